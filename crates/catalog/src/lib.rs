@@ -1,0 +1,1 @@
+//! Embedded backup catalog on redb: VMs, disks, backups, chains, credentials.

@@ -1,0 +1,1 @@
+//! VMDK reader: descriptors, flat, monolithicSparse, twoGbMaxExtent and streamOptimized extents.
