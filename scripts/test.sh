@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine (as root, with
+# apt-get) and runs the whole suite: format, lints, unit + integration +
+# golden tests against qemu-img / libnbd / nbdkit, fuzz smoke runs, and a
+# benchmark smoke run. Exits non-zero on the first failure.
+#
+#   scripts/test.sh            everything
+#   SKIP_FUZZ=1 scripts/test.sh   everything but the fuzz smoke runs (local use)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- 1. System packages the tests drive (never skipped: a missing tool fails). ---
+need_pkgs=()
+command -v qemu-img >/dev/null || need_pkgs+=(qemu-utils)
+command -v qemu-nbd >/dev/null || need_pkgs+=(qemu-utils)
+command -v nbdinfo >/dev/null || need_pkgs+=(libnbd-bin)
+command -v nbdcopy >/dev/null || need_pkgs+=(libnbd-bin)
+command -v nbdkit >/dev/null || need_pkgs+=(nbdkit)
+command -v cc >/dev/null || need_pkgs+=(build-essential)
+command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  step "installing ${need_pkgs[*]}"
+  if [ "$(id -u)" != 0 ]; then
+    echo "error: missing ${need_pkgs[*]}; run as root (apt-get) or install them" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit; do
+  command -v "$t" >/dev/null || { echo "error: $t still missing after install" >&2; exit 1; }
+done
+
+# --- 2. Rust checks. ---
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked --no-fail-fast
+
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked >/dev/null
+
+# --- 3. Fuzz smoke runs (cargo-fuzz on stable needs RUSTC_BOOTSTRAP=1). ---
+if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+  if ! command -v cargo-fuzz >/dev/null; then
+    step "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
+  fi
+  targets=$(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list)
+  for t in $targets; do
+    step "fuzz smoke: $t (20 s)"
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time=20 -rss_limit_mb=2048)
+  done
+fi
+
+# --- 4. Benchmark smoke run: every criterion bench once, tiny, not timed. ---
+step "criterion benches (smoke, --test mode)"
+cargo bench --workspace --locked -- --test >/dev/null
+
+echo
+echo "scripts/test.sh: all checks passed"
