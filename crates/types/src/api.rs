@@ -1,0 +1,658 @@
+//! The JSON bodies of the REST API (`/api/v1/...`), named exactly as DESIGN.md names them, and the
+//! client's `--json` backup summary.
+//!
+//! Requests are validated while they are deserialized (`#[serde(try_from = ...)]` from a private
+//! wire struct with `deny_unknown_fields`), so a request value that exists is valid and a bad body
+//! is refused with a message naming the field. Their fields are private, read through accessors;
+//! build them in Rust with their `new` constructors, which apply the same checks. Responses are
+//! plain structs with public fields: the hub builds them from its catalog.
+//!
+//! Optional response fields are always present in the JSON, as `null` when unknown.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{TypesError, echo};
+use crate::names::{BackupId, ChangeId, CredentialName, DiskKey, ExportName, VmName};
+use crate::timestamp::Timestamp;
+
+/// Largest disk capacity accepted: 64 TiB, VMware's limit for a virtual disk.
+pub const MAX_CAPACITY_BYTES: u64 = 64 << 40;
+/// Disk capacities must be a multiple of this sector size.
+pub const SECTOR_SIZE: u64 = 512;
+/// Most disks one VM (or one request) may list.
+pub const MAX_DISKS: usize = 512;
+/// Longest failure reason, in bytes.
+pub const MAX_REASON_LEN: usize = 4096;
+/// Longest credential host name, in bytes.
+pub const MAX_HOST_LEN: usize = 255;
+/// Longest credential user name, in bytes.
+pub const MAX_USERNAME_LEN: usize = 256;
+/// Longest credential password, in bytes.
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
+/// Stable machine-readable codes for [`ApiError::error`].
+pub mod error_codes {
+    /// Malformed or invalid request body or query (HTTP 400).
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// Missing or wrong bearer token (HTTP 401).
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// Unknown VM, backup, credential or route (HTTP 404).
+    pub const NOT_FOUND: &str = "not_found";
+    /// The request contradicts the current state, e.g. a second running backup (HTTP 409).
+    pub const CONFLICT: &str = "conflict";
+    /// The hub failed (HTTP 500).
+    pub const INTERNAL: &str = "internal";
+}
+
+/// The kind of backup asked for. The hub resolves `auto` into `full` or `incremental`; a stored
+/// backup is never `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    /// Every allocated extent of every disk, into standalone images.
+    Full,
+    /// Only what CBT reports as changed since the parent, into overlays of the parent's images.
+    Incremental,
+    /// Incremental if the VM has a completed chain, otherwise full.
+    Auto,
+}
+
+impl BackupType {
+    /// The lowercase name used in JSON.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Incremental => "incremental",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for BackupType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackupType {
+    type Err = TypesError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(Self::Full),
+            "incremental" => Ok(Self::Incremental),
+            "auto" => Ok(Self::Auto),
+            _ => Err(TypesError::InvalidField {
+                field: "backup_type",
+                reason: "must be full, incremental or auto",
+            }),
+        }
+    }
+}
+
+/// Where a backup is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupStatus {
+    /// Created, images not yet receiving data.
+    Pending,
+    /// Exports open, receiving data.
+    Running,
+    /// Flushed, checked, renamed into place; the chain advanced.
+    Completed,
+    /// Given up; partial images removed; the chain untouched.
+    Failed,
+}
+
+impl BackupStatus {
+    /// The lowercase name used in JSON.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether the backup is still in progress (`pending` or `running`).
+    #[must_use]
+    pub const fn is_active(self) -> bool {
+        matches!(self, Self::Pending | Self::Running)
+    }
+}
+
+impl fmt::Display for BackupStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackupStatus {
+    type Err = TypesError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "running" => Ok(Self::Running),
+            "completed" => Ok(Self::Completed),
+            "failed" => Ok(Self::Failed),
+            _ => Err(TypesError::InvalidField {
+                field: "status",
+                reason: "must be pending, running, completed or failed",
+            }),
+        }
+    }
+}
+
+/// One virtual disk of a VM: `{key, capacity_bytes}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// VMware device key.
+    pub key: DiskKey,
+    /// Size of the disk in bytes.
+    pub capacity_bytes: u64,
+}
+
+impl DiskSpec {
+    /// Checks the capacity: more than 0, at most 64 TiB, a multiple of 512.
+    ///
+    /// # Errors
+    /// [`TypesError::InvalidCapacity`] naming the rule broken.
+    pub fn validate(&self) -> Result<(), TypesError> {
+        let reason = if self.capacity_bytes == 0 {
+            "must be more than 0"
+        } else if self.capacity_bytes > MAX_CAPACITY_BYTES {
+            "must be at most 64 TiB"
+        } else if !self.capacity_bytes.is_multiple_of(SECTOR_SIZE) {
+            "must be a multiple of 512"
+        } else {
+            return Ok(());
+        };
+        Err(TypesError::InvalidCapacity {
+            disk_key: self.key.get(),
+            capacity_bytes: self.capacity_bytes,
+            reason,
+        })
+    }
+}
+
+/// Checks a list of disk keys: 1..=[`MAX_DISKS`] entries, no key twice.
+fn check_disk_keys(keys: impl ExactSizeIterator<Item = DiskKey>) -> Result<(), TypesError> {
+    if keys.len() == 0 {
+        return Err(TypesError::InvalidField {
+            field: "disks",
+            reason: "must list at least one disk",
+        });
+    }
+    if keys.len() > MAX_DISKS {
+        return Err(TypesError::InvalidField {
+            field: "disks",
+            reason: "too many disks",
+        });
+    }
+    let mut seen = BTreeSet::new();
+    for key in keys {
+        if !seen.insert(key) {
+            return Err(TypesError::DuplicateDiskKey {
+                disk_key: key.get(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/vms`: register or update a VM, `{name, disks: [{key, capacity_bytes}]}`.
+///
+/// Always valid: at least one disk, keys unique, every capacity valid ([`DiskSpec::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RegisterVmWire")]
+pub struct RegisterVmRequest {
+    name: VmName,
+    disks: Vec<DiskSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterVmWire {
+    name: VmName,
+    disks: Vec<DiskSpec>,
+}
+
+impl TryFrom<RegisterVmWire> for RegisterVmRequest {
+    type Error = TypesError;
+
+    fn try_from(wire: RegisterVmWire) -> Result<Self, Self::Error> {
+        Self::new(wire.name, wire.disks)
+    }
+}
+
+impl RegisterVmRequest {
+    /// A validated request.
+    ///
+    /// # Errors
+    /// [`TypesError`] if there is no disk, a key repeats or a capacity is invalid.
+    pub fn new(name: VmName, disks: Vec<DiskSpec>) -> Result<Self, TypesError> {
+        check_disk_keys(disks.iter().map(|d| d.key))?;
+        disks.iter().try_for_each(DiskSpec::validate)?;
+        Ok(Self { name, disks })
+    }
+
+    /// The VM's name.
+    #[must_use]
+    pub fn name(&self) -> &VmName {
+        &self.name
+    }
+
+    /// The VM's disks, in request order.
+    #[must_use]
+    pub fn disks(&self) -> &[DiskSpec] {
+        &self.disks
+    }
+}
+
+/// `POST /api/v1/backups`: `{vm_name, backup_type}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartBackupRequest {
+    /// The VM to back up.
+    pub vm_name: VmName,
+    /// Full, incremental, or auto (incremental when possible).
+    pub backup_type: BackupType,
+}
+
+/// One disk in [`CompleteBackupRequest`]: `{disk_key, change_id, bytes_transferred}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteDisk {
+    /// The disk.
+    pub disk_key: DiskKey,
+    /// The VMware change id of the snapshot that was copied (the base of the next incremental);
+    /// `null` for sources without CBT.
+    #[serde(default)]
+    pub change_id: Option<ChangeId>,
+    /// Bytes the client sent for this disk.
+    pub bytes_transferred: u64,
+}
+
+/// `POST /api/v1/backups/{id}/complete`: `{disks: [{disk_key, change_id, bytes_transferred}]}`.
+///
+/// Always valid: at least one disk, keys unique.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CompleteBackupWire")]
+pub struct CompleteBackupRequest {
+    disks: Vec<CompleteDisk>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteBackupWire {
+    disks: Vec<CompleteDisk>,
+}
+
+impl TryFrom<CompleteBackupWire> for CompleteBackupRequest {
+    type Error = TypesError;
+
+    fn try_from(wire: CompleteBackupWire) -> Result<Self, Self::Error> {
+        Self::new(wire.disks)
+    }
+}
+
+impl CompleteBackupRequest {
+    /// A validated request.
+    ///
+    /// # Errors
+    /// [`TypesError`] if there is no disk or a key repeats.
+    pub fn new(disks: Vec<CompleteDisk>) -> Result<Self, TypesError> {
+        check_disk_keys(disks.iter().map(|d| d.disk_key))?;
+        Ok(Self { disks })
+    }
+
+    /// The disks, in request order.
+    #[must_use]
+    pub fn disks(&self) -> &[CompleteDisk] {
+        &self.disks
+    }
+}
+
+/// `POST /api/v1/backups/{id}/fail`: `{reason}`, 1 to 4096 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "FailBackupWire")]
+pub struct FailBackupRequest {
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailBackupWire {
+    reason: String,
+}
+
+impl TryFrom<FailBackupWire> for FailBackupRequest {
+    type Error = TypesError;
+
+    fn try_from(wire: FailBackupWire) -> Result<Self, Self::Error> {
+        Self::new(wire.reason)
+    }
+}
+
+impl FailBackupRequest {
+    /// A validated request.
+    ///
+    /// # Errors
+    /// [`TypesError::InvalidField`] if the reason is empty or longer than 4096 bytes.
+    pub fn new(reason: String) -> Result<Self, TypesError> {
+        check_text("reason", &reason, MAX_REASON_LEN)?;
+        Ok(Self { reason })
+    }
+
+    /// Why the client gave up.
+    #[must_use]
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// `POST /api/v1/credentials`: `{name, host, username, password}`.
+///
+/// Its `Debug` never shows the password; it is not `Serialize`-d back in any response.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CredentialWire")]
+pub struct CredentialRequest {
+    name: CredentialName,
+    host: String,
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialWire {
+    name: CredentialName,
+    host: String,
+    username: String,
+    password: String,
+}
+
+impl TryFrom<CredentialWire> for CredentialRequest {
+    type Error = TypesError;
+
+    fn try_from(wire: CredentialWire) -> Result<Self, Self::Error> {
+        Self::new(wire.name, wire.host, wire.username, wire.password)
+    }
+}
+
+impl fmt::Debug for CredentialRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialRequest")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl CredentialRequest {
+    /// A validated request: host 1..=255 bytes without whitespace, `/` or control characters;
+    /// username 1..=256 bytes without control characters; password 1..=1024 bytes.
+    ///
+    /// # Errors
+    /// [`TypesError::InvalidField`] naming the field.
+    pub fn new(
+        name: CredentialName,
+        host: String,
+        username: String,
+        password: String,
+    ) -> Result<Self, TypesError> {
+        check_text("host", &host, MAX_HOST_LEN)?;
+        if host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(TypesError::InvalidField {
+                field: "host",
+                reason: "must not contain whitespace or '/'",
+            });
+        }
+        check_text("username", &username, MAX_USERNAME_LEN)?;
+        if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
+            return Err(TypesError::InvalidField {
+                field: "password",
+                reason: "must be 1 to 1024 bytes",
+            });
+        }
+        Ok(Self {
+            name,
+            host,
+            username,
+            password,
+        })
+    }
+
+    /// The credential's name.
+    #[must_use]
+    pub fn name(&self) -> &CredentialName {
+        &self.name
+    }
+
+    /// The vCenter host name.
+    #[must_use]
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The vCenter user name.
+    #[must_use]
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// The plaintext password: seal it at once, never log it.
+    #[must_use]
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+/// Checks a free-text field: not empty, at most `max` bytes, no control characters.
+fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), TypesError> {
+    let reason = if value.is_empty() {
+        "must not be empty"
+    } else if value.len() > max {
+        "is too long"
+    } else if value.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(TypesError::InvalidField { field, reason })
+}
+
+/// The query of `GET /api/v1/backups?vm_name=&status=`; both filters optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupQuery {
+    /// Only this VM's backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_name: Option<VmName>,
+    /// Only backups in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<BackupStatus>,
+}
+
+/// A registered VM: `{name, disks, created_at, updated_at}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    /// The VM's name.
+    pub name: VmName,
+    /// Its disks, ordered by key.
+    pub disks: Vec<DiskSpec>,
+    /// When it was first registered.
+    pub created_at: Timestamp,
+    /// When it was last registered or updated.
+    pub updated_at: Timestamp,
+}
+
+/// One disk of a [`Backup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupDisk {
+    /// The disk.
+    pub disk_key: DiskKey,
+    /// The disk's size when the backup was taken.
+    pub capacity_bytes: u64,
+    /// The image, relative to `DATA/repository` (`<vm>/disk-<key>/<backup_id>.qcow2`).
+    pub file: Option<String>,
+    /// The write export while the backup runs; `null` otherwise.
+    pub export_name: Option<ExportName>,
+    /// `nbds://HOST:PORT/EXPORT_NAME` while the backup runs; `null` otherwise.
+    pub nbd_uri: Option<String>,
+    /// The change id of the parent backup's disk: ask CBT for changes since this one.
+    pub parent_change_id: Option<ChangeId>,
+    /// The change id this backup captured, once completed.
+    pub change_id: Option<ChangeId>,
+    /// Bytes written into the image so far.
+    pub bytes_written: u64,
+}
+
+/// A backup as the API answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    /// The backup's id.
+    pub backup_id: BackupId,
+    /// The VM backed up.
+    pub vm_name: VmName,
+    /// `full` or `incremental` (never `auto` once stored).
+    pub backup_type: BackupType,
+    /// Where it is in its life.
+    pub status: BackupStatus,
+    /// The backup this one is an overlay of; `null` for a full.
+    pub parent_backup_id: Option<BackupId>,
+    /// When it was started.
+    pub created_at: Timestamp,
+    /// When it completed; `null` unless completed.
+    pub completed_at: Option<Timestamp>,
+    /// Why it failed; `null` unless failed.
+    pub failure_reason: Option<String>,
+    /// Its disks, ordered by key.
+    pub disks: Vec<BackupDisk>,
+}
+
+/// `GET /api/v1/backups/chain/{vm_name}`: the full backup, then its incrementals, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// The VM.
+    pub vm_name: VmName,
+    /// Oldest (the full) first.
+    pub backups: Vec<Backup>,
+}
+
+/// One disk of [`RestoreExports`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreDisk {
+    /// The disk.
+    pub disk_key: DiskKey,
+    /// The read-only export of that disk's chain as of the backup.
+    pub export_name: ExportName,
+    /// `nbds://HOST:PORT/EXPORT_NAME`.
+    pub nbd_uri: String,
+}
+
+/// `POST /api/v1/backups/{id}/exports`: `{disks: [{disk_key, export_name, nbd_uri}]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreExports {
+    /// One read-only export per disk.
+    pub disks: Vec<RestoreDisk>,
+}
+
+/// A stored vCenter credential as answered: no password, ever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// The credential's name.
+    pub name: CredentialName,
+    /// The vCenter host name.
+    pub host: String,
+    /// The vCenter user name.
+    pub username: String,
+    /// When it was stored.
+    pub created_at: Timestamp,
+}
+
+/// `GET /api/v1/health`: `{status, version}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `"ok"` when the hub serves requests.
+    pub status: String,
+    /// The hub's version.
+    pub version: String,
+}
+
+/// Every error answer: `{error, message}`, `error` one of [`error_codes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable machine-readable code, e.g. `"not_found"`.
+    pub error: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error answer with a code from [`error_codes`].
+    #[must_use]
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            error: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.error, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<&TypesError> for ApiError {
+    fn from(err: &TypesError) -> Self {
+        Self::new(error_codes::BAD_REQUEST, echo(&err.to_string()))
+    }
+}
+
+/// One disk of [`BackupSummary`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskSummary {
+    /// The disk.
+    pub disk_key: DiskKey,
+    /// Bytes sent as data (WRITE payloads).
+    pub bytes_sent: u64,
+    /// Bytes not sent: unallocated, unchanged, or sent as WRITE_ZEROES.
+    pub bytes_skipped: u64,
+    /// Wall-clock seconds for this disk.
+    pub seconds: f64,
+}
+
+/// What `sendense-client backup --json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupSummary {
+    /// The backup's id.
+    pub backup_id: BackupId,
+    /// The VM.
+    pub vm_name: VmName,
+    /// `full` or `incremental` as the hub resolved it.
+    pub backup_type: BackupType,
+    /// The final status.
+    pub status: BackupStatus,
+    /// Wall-clock seconds for the whole backup.
+    pub seconds: f64,
+    /// Bytes sent as data over all disks.
+    pub bytes_sent: u64,
+    /// Per disk.
+    pub disks: Vec<DiskSummary>,
+}

@@ -1,0 +1,28 @@
+//! The types shared by the Sendense hub and client: the REST API's JSON bodies and the validated
+//! names and ids inside them.
+//!
+//! One place for them (STYLE.md §1): the hub deserializes requests and serializes responses with
+//! these types, the client does the opposite, so the two can never drift apart. Everything here
+//! is plain data: serde, validation, no I/O.
+//!
+//! - [`names`]: [`VmName`], [`CredentialName`], [`DiskKey`], [`BackupId`], [`ChangeId`],
+//!   [`ExportName`], all validated on construction and deserialization.
+//! - [`timestamp`]: [`Timestamp`], RFC 3339 UTC with one-second resolution.
+//! - [`api`]: requests (validated while deserialized, unknown fields refused), responses and the
+//!   client's `--json` summary.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod error;
+pub mod names;
+pub mod timestamp;
+
+pub use api::{
+    ApiError, Backup, BackupDisk, BackupQuery, BackupStatus, BackupSummary, BackupType, Chain,
+    CompleteBackupRequest, CompleteDisk, Credential, CredentialRequest, DiskSpec, DiskSummary,
+    FailBackupRequest, Health, RegisterVmRequest, RestoreDisk, RestoreExports, StartBackupRequest,
+    Vm, error_codes,
+};
+pub use error::TypesError;
+pub use names::{BackupId, ChangeId, CredentialName, DiskKey, ExportName, VmName, image_path};
+pub use timestamp::{CivilTime, Timestamp};
