@@ -1,0 +1,2 @@
+//! Hand-written descriptors: vmfs, several mixed extents, open policy,
+//! hostile files.
