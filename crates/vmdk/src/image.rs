@@ -490,3 +490,76 @@ fn read_embedded_descriptor(
     storage.read_at_checked(&mut text, start)?;
     Descriptor::parse(&text).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sparse::tests::{build_plain, build_stream};
+
+    fn open_bytes(bytes: &[u8]) -> Result<VmdkImage, VmdkError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.vmdk");
+        std::fs::write(&path, bytes).unwrap();
+        VmdkImage::open(&path)
+    }
+
+    #[test]
+    fn open_stream_gd_at_end_without_descriptor_synthesizes_one() {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut z, &[9u8; 4096]).unwrap();
+        let bytes = build_stream(64, &[(3, z.finish().unwrap())]);
+
+        let img = open_bytes(&bytes).unwrap();
+        let mut buf = vec![0u8; 8192];
+        img.read_at(&mut buf, 2 * 4096).unwrap();
+
+        assert_eq!(img.create_type(), "streamOptimized");
+        assert_eq!(img.size(), 64 * 512);
+        assert!(buf[..4096].iter().all(|&b| b == 0) && buf[4096..].iter().all(|&b| b == 9));
+        assert_eq!(img.allocated_extents().unwrap(), vec![(3 * 4096, 4096)]);
+    }
+
+    #[test]
+    fn open_embedded_descriptor_beyond_eof_is_rejected() {
+        let mut bytes = build_plain(64, &[(0, 1)]);
+        let h = SparseHeader {
+            descriptor_offset: 1000,
+            descriptor_sectors: 4,
+            ..SparseHeader::parse(&bytes).unwrap()
+        };
+        bytes[..512].copy_from_slice(&h.encode());
+
+        assert!(matches!(
+            open_bytes(&bytes),
+            Err(VmdkError::MetadataBeyondEof {
+                what: "embedded descriptor",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn open_sparse_with_garbage_embedded_descriptor_is_rejected() {
+        let mut bytes = build_plain(64, &[]);
+        let h = SparseHeader {
+            descriptor_offset: 1,
+            descriptor_sectors: 1,
+            ..SparseHeader::parse(&bytes).unwrap()
+        };
+        bytes[..512].copy_from_slice(&h.encode());
+        bytes[512..520].copy_from_slice(b"garbage\n");
+
+        assert!(matches!(
+            open_bytes(&bytes),
+            Err(VmdkError::InvalidDescriptor { .. })
+        ));
+    }
+
+    #[test]
+    fn open_sparse_header_shorter_than_sector_is_rejected() {
+        assert!(matches!(
+            open_bytes(b"KDMV\x01\x00"),
+            Err(VmdkError::InvalidSparseHeader { .. })
+        ));
+    }
+}
