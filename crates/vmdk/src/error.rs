@@ -37,6 +37,12 @@ pub enum VmdkError {
         #[source]
         source: std::io::Error,
     },
+    /// A file of the image is not a regular file (a FIFO, device or folder).
+    #[error("Not a regular file: {path}")]
+    NotRegularFile {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file is neither a sparse extent nor a text descriptor.
     #[error("Not a VMDK file: {path}")]
     NotVmdk {
@@ -169,7 +175,9 @@ impl VmdkError {
         match self {
             Self::Io { .. } => VmdkErrorKind::Io,
             Self::NotVmdk { .. } => VmdkErrorKind::NotVmdk,
-            Self::HasParent | Self::UnsupportedExtent { .. } => VmdkErrorKind::Unsupported,
+            Self::HasParent | Self::UnsupportedExtent { .. } | Self::NotRegularFile { .. } => {
+                VmdkErrorKind::Unsupported
+            }
             Self::ExtentPathRefused { .. } => VmdkErrorKind::Policy,
             Self::OutOfRange { .. } => VmdkErrorKind::OutOfRange,
             _ => VmdkErrorKind::Corrupt,

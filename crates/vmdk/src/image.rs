@@ -16,7 +16,7 @@ use crate::descriptor::{CID_NO_PARENT, Descriptor, Extent, ExtentKind, MAX_DESCR
 use crate::header::{MAX_CAPACITY_SECTORS, SPARSE_MAGIC, SparseHeader};
 use crate::raw::SECTOR;
 use crate::runs::Runs;
-use crate::sparse::{DEFAULT_GT_CACHE_BYTES, SparseExtent};
+use crate::sparse::{CacheBudget, DEFAULT_GT_CACHE_BYTES, SparseExtent};
 use crate::storage::{FileStorage, Storage};
 use crate::{VmdkError, descriptor};
 
@@ -41,7 +41,8 @@ pub enum ExtentPathPolicy {
 pub struct OpenOptions {
     /// Which extent paths a descriptor may name.
     pub extent_paths: ExtentPathPolicy,
-    /// Grain table cache size per sparse extent, in bytes.
+    /// Grain table cache size for the whole image, in bytes (split evenly
+    /// between sparse extents, at least 4 tables each).
     pub grain_table_cache_bytes: usize,
 }
 
@@ -55,7 +56,7 @@ impl Default for OpenOptions {
 }
 
 impl OpenOptions {
-    /// The defaults: extents in the descriptor's folder, 4 MiB of grain tables per extent.
+    /// The defaults: extents in the descriptor's folder, 4 MiB of grain tables.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
@@ -68,7 +69,7 @@ impl OpenOptions {
         self
     }
 
-    /// Sets the grain table cache size per sparse extent.
+    /// Sets the grain table cache size for the whole image.
     #[must_use]
     pub fn grain_table_cache_bytes(mut self, bytes: usize) -> Self {
         self.grain_table_cache_bytes = bytes;
@@ -295,7 +296,11 @@ impl VmdkImage {
         let primary = SparseHeader::parse(&head)
             .map_err(|reason| VmdkError::InvalidSparseHeader { extent: 0, reason })?;
         let embedded = read_embedded_descriptor(storage.as_ref(), &primary)?;
-        let sparse = SparseExtent::open(0, storage, primary, opts.grain_table_cache_bytes)?;
+        let cache = CacheBudget {
+            gt_bytes: opts.grain_table_cache_bytes,
+            ..CacheBudget::default()
+        };
+        let sparse = SparseExtent::open(0, storage, primary, cache)?;
         let header = *sparse.header();
         let size = header.capacity * SECTOR;
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -354,11 +359,20 @@ impl VmdkImage {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
+        let sparse_count = descriptor
+            .extents
+            .iter()
+            .filter(|e| e.kind == ExtentKind::Sparse)
+            .count();
+        let cache = CacheBudget {
+            gt_bytes: opts.grain_table_cache_bytes / sparse_count.max(1),
+            ..CacheBudget::default()
+        };
         let mut extents = Vec::with_capacity(descriptor.extents.len());
         let mut start = 0u64;
         for (index, e) in descriptor.extents.iter().enumerate() {
             let len = e.sectors * SECTOR;
-            let reader = open_extent(index, e, &dir, opts)?;
+            let reader = open_extent(index, e, &dir, opts.extent_paths, &cache)?;
             if let ExtentReader::Sparse(s) = &reader
                 && s.capacity_bytes() < len
             {
@@ -385,13 +399,14 @@ fn open_extent(
     index: usize,
     e: &Extent,
     dir: &Path,
-    opts: &OpenOptions,
+    policy: ExtentPathPolicy,
+    cache: &CacheBudget,
 ) -> Result<ExtentReader, VmdkError> {
     let len = e.sectors * SECTOR;
     match e.kind {
         ExtentKind::Zero => Ok(ExtentReader::Zero),
         ExtentKind::Flat | ExtentKind::Vmfs => {
-            let storage = FileStorage::open(&resolve(e, dir, opts)?)?;
+            let storage = FileStorage::open(&resolve(e, dir, policy)?)?;
             let start = e.offset.checked_mul(SECTOR);
             let needed = start.and_then(|s| s.checked_add(len)).unwrap_or(u64::MAX);
             if needed > storage.len() {
@@ -407,7 +422,7 @@ fn open_extent(
             })
         }
         ExtentKind::Sparse => {
-            let storage = FileStorage::open(&resolve(e, dir, opts)?)?;
+            let storage = FileStorage::open(&resolve(e, dir, policy)?)?;
             let mut head = [0u8; 512];
             if storage.len() < 512 {
                 return Err(VmdkError::InvalidSparseHeader {
@@ -427,12 +442,7 @@ fn open_extent(
                     extent: index,
                     reason,
                 })?;
-            let s = SparseExtent::open(
-                index,
-                Box::new(storage),
-                primary,
-                opts.grain_table_cache_bytes,
-            )?;
+            let s = SparseExtent::open(index, Box::new(storage), primary, cache.clone())?;
             Ok(ExtentReader::Sparse(Box::new(s)))
         }
         other => Err(VmdkError::UnsupportedExtent {
@@ -443,14 +453,14 @@ fn open_extent(
 }
 
 /// Applies the extent path policy and returns the path to open.
-fn resolve(e: &Extent, dir: &Path, opts: &OpenOptions) -> Result<PathBuf, VmdkError> {
+fn resolve(e: &Extent, dir: &Path, policy: ExtentPathPolicy) -> Result<PathBuf, VmdkError> {
     let name = e.file.as_deref().unwrap_or_default();
     let refused = || VmdkError::ExtentPathRefused {
         name: name.to_owned(),
     };
     let rel = Path::new(name);
     let joined = dir.join(rel);
-    if opts.extent_paths == ExtentPathPolicy::Any {
+    if policy == ExtentPathPolicy::Any {
         return Ok(joined);
     }
     if rel

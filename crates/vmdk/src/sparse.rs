@@ -35,6 +35,19 @@ pub(crate) const MAX_COMPRESSION_OVERHEAD: u64 = 4096;
 /// Default size of the grain table cache.
 pub(crate) const DEFAULT_GT_CACHE_BYTES: usize = 4 << 20;
 
+/// The last inflated grain of the whole image, `(extent, grain, data)`;
+/// one slot shared by all extents keeps memory at one grain per image.
+pub(crate) type InflatedCache = Arc<Mutex<Option<(usize, u64, Arc<Vec<u8>>)>>>;
+
+/// Cache budget handed to each sparse extent.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CacheBudget {
+    /// Grain table cache bytes for this extent.
+    pub(crate) gt_bytes: usize,
+    /// The image's inflated-grain slot.
+    pub(crate) inflated: InflatedCache,
+}
+
 /// Where a grain's data is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Grain {
@@ -54,7 +67,7 @@ pub(crate) struct SparseExtent {
     header: SparseHeader,
     gd: Vec<u32>,
     gt_cache: Mutex<GtCache>,
-    last_grain: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    inflated: InflatedCache,
 }
 
 impl SparseExtent {
@@ -63,7 +76,7 @@ impl SparseExtent {
         index: usize,
         storage: Box<dyn Storage>,
         primary: SparseHeader,
-        gt_cache_bytes: usize,
+        cache: CacheBudget,
     ) -> Result<Self, VmdkError> {
         let header = if primary.gd_offset == GD_AT_END {
             read_footer(index, storage.as_ref())?
@@ -108,7 +121,7 @@ impl SparseExtent {
         let gt_bytes = usize::try_from(header.gtes_per_gt)
             .unwrap_or(usize::MAX)
             .saturating_mul(4);
-        let capacity = (gt_cache_bytes / gt_bytes.max(1)).max(4);
+        let capacity = (cache.gt_bytes / gt_bytes.max(1)).max(4);
         Ok(Self {
             index,
             storage,
@@ -119,7 +132,7 @@ impl SparseExtent {
                 tick: 0,
                 capacity,
             }),
-            last_grain: Mutex::new(None),
+            inflated: cache.inflated,
         })
     }
 
@@ -266,11 +279,9 @@ impl SparseExtent {
     /// exactly one grain long.
     fn inflate_grain(&self, grain: u64, sector: u64) -> Result<Arc<Vec<u8>>, VmdkError> {
         {
-            let last = self
-                .last_grain
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some((g, data)) = last.as_ref()
+            let last = self.inflated.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((e, g, data)) = last.as_ref()
+                && *e == self.index
                 && *g == grain
             {
                 return Ok(Arc::clone(data));
@@ -328,10 +339,8 @@ impl SparseExtent {
         let mut out = vec![0u8; out_len];
         inflate_into(&input, &mut out).map_err(bad)?;
         let out = Arc::new(out);
-        *self
-            .last_grain
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((grain, Arc::clone(&out)));
+        *self.inflated.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((self.index, grain, Arc::clone(&out)));
         Ok(out)
     }
 }
@@ -599,7 +608,15 @@ pub(crate) mod tests {
             bytes,
             path: PathBuf::from("mem.vmdk"),
         };
-        SparseExtent::open(0, Box::new(storage), header, DEFAULT_GT_CACHE_BYTES)
+        SparseExtent::open(
+            0,
+            Box::new(storage),
+            header,
+            CacheBudget {
+                gt_bytes: DEFAULT_GT_CACHE_BYTES,
+                ..CacheBudget::default()
+            },
+        )
     }
 
     fn read(ext: &SparseExtent, offset: u64, len: usize) -> Result<Vec<u8>, VmdkError> {
@@ -647,7 +664,7 @@ pub(crate) mod tests {
             bytes,
             path: PathBuf::from("m"),
         };
-        let ext = SparseExtent::open(0, Box::new(storage), header, 0).unwrap();
+        let ext = SparseExtent::open(0, Box::new(storage), header, CacheBudget::default()).unwrap();
         for (g, fill) in [(31u64, 4u8), (0, 1), (20, 3), (9, 2), (31, 4)] {
             assert!(read(&ext, g * 4096, 4096).unwrap() == [fill; 4096], "{g}");
         }

@@ -8,7 +8,7 @@
 use std::fmt::Debug;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::VmdkError;
@@ -48,8 +48,20 @@ pub(crate) struct FileStorage {
 
 impl FileStorage {
     pub(crate) fn open(path: &Path) -> Result<Self, VmdkError> {
-        let file = File::open(path).map_err(|e| VmdkError::io(path, e))?;
-        let len = file.metadata().map_err(|e| VmdkError::io(path, e))?.len();
+        // O_NONBLOCK: a FIFO named by a hostile descriptor must not block
+        // the open; it has no effect on regular files.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| VmdkError::io(path, e))?;
+        let meta = file.metadata().map_err(|e| VmdkError::io(path, e))?;
+        if !meta.is_file() {
+            return Err(VmdkError::NotRegularFile {
+                path: path.to_owned(),
+            });
+        }
+        let len = meta.len();
         Ok(Self {
             file,
             path: path.to_owned(),

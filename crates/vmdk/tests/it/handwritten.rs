@@ -380,3 +380,30 @@ fn image_is_send_sync_and_serves_threads() {
 
     assert!(results.iter().all(|&ok| ok));
 }
+
+#[test]
+fn extent_naming_a_fifo_is_rejected_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.raw");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let path = write_descriptor(dir.path(), "monolithicFlat", &["RW 8 FLAT \"fifo.raw\" 0"]);
+
+    assert!(matches!(
+        VmdkImage::open(&path),
+        Err(VmdkError::NotRegularFile { .. })
+    ));
+}
+
+#[test]
+fn opening_a_folder_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+
+    assert!(matches!(
+        VmdkImage::open(dir.path()),
+        Err(VmdkError::NotRegularFile { .. })
+    ));
+}
