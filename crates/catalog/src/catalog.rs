@@ -1,0 +1,1077 @@
+//! [`Catalog`]: the typed API over the redb database `DATA/catalog.redb`.
+//!
+//! Tables (frozen for [`SCHEMA_VERSION`] 1; `meta` stays `&str -> u64` in every version, so any
+//! build can read the version and refuse what it does not know):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `"schema_version"`, `"next_seq"` | `u64` |
+//! | `vms` | VM name | JSON [`Vm`] |
+//! | `backups` | backup id | JSON `{seq, record: BackupRecord}` |
+//! | `vm_backups` | (VM name, seq) | backup id: a VM's backups in creation order |
+//! | `backup_order` | seq | backup id: all backups in creation order |
+//! | `active` | VM name | id of its one pending or running backup |
+//! | `heads` | VM name | id of its latest completed backup: the chain head |
+//! | `credentials` | credential name | JSON [`CredentialRecord`] |
+//!
+//! Invariants, each kept by doing every mutation in one write transaction (redb serializes
+//! writers, so check-then-write is atomic, and a failed or interrupted transaction leaves no
+//! trace):
+//! - a VM has at most one pending or running backup (`active`);
+//! - an incremental's parent is the VM's head when the incremental is created, and stays
+//!   completed and present until it completes or fails (deletion refuses dependants);
+//! - the head only moves in [`Catalog::complete_backup`] (forward) and
+//!   [`Catalog::delete_backup`] (back to the deleted head's parent), so a backup is either
+//!   completed with the chain advanced, or neither.
+//!
+//! Commits are durable (fsync) except [`Catalog::set_disk_progress`], which is not worth an
+//! fsync: a crash may lose progress counters, never a status or a chain link.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, WriteTransaction,
+};
+use sendense_types::api::MAX_REASON_LEN;
+use sendense_types::{
+    BackupId, BackupQuery, BackupStatus, BackupType, CredentialName, DiskKey, RegisterVmRequest,
+    Timestamp, Vm, VmName,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::CatalogError;
+use crate::record::{BackupRecord, CredentialRecord, DiskCompletion};
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+/// The catalog's file name inside the hub's data folder.
+pub const FILE_NAME: &str = "catalog.redb";
+
+const SCHEMA_KEY: &str = "schema_version";
+const NEXT_SEQ_KEY: &str = "next_seq";
+
+const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
+const VMS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("vms");
+const BACKUPS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("backups");
+const VM_BACKUPS: TableDefinition<'static, (&str, u64), &str> = TableDefinition::new("vm_backups");
+const BACKUP_ORDER: TableDefinition<'static, u64, &str> = TableDefinition::new("backup_order");
+const ACTIVE: TableDefinition<'static, &str, &str> = TableDefinition::new("active");
+const HEADS: TableDefinition<'static, &str, &str> = TableDefinition::new("heads");
+const CREDENTIALS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("credentials");
+
+type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// The embedded catalog. `Send + Sync`: share one per data folder (e.g. in an `Arc`); redb
+/// locks the file, so a second `open` of the same file fails while this one lives.
+#[derive(Debug)]
+pub struct Catalog {
+    db: Database,
+}
+
+/// A backup as stored, with its creation sequence number (the order key).
+#[derive(Serialize, Deserialize)]
+struct StoredBackup {
+    seq: u64,
+    record: BackupRecord,
+}
+
+impl Catalog {
+    /// Opens the catalog file at `path` (conventionally `DATA/`[`FILE_NAME`]), creating it and
+    /// its tables if needed.
+    ///
+    /// # Errors
+    /// [`CatalogError::SchemaVersion`] if the file has another schema version;
+    /// [`CatalogError::Storage`] if redb cannot open it (not a redb file, locked, I/O).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let db = Database::create(path.as_ref())?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get(SCHEMA_KEY)?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+                    meta.insert(NEXT_SEQ_KEY, 0)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(found) => {
+                    return Err(CatalogError::SchemaVersion {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
+        WriteTables::open(&txn)?;
+        txn.commit()?;
+        Ok(Self { db })
+    }
+
+    /// Registers a VM or replaces its disk list, answering the stored VM (disks ordered by
+    /// key; `created_at` kept from the first registration).
+    ///
+    /// # Errors
+    /// [`CatalogError::VmBusy`] if the disks change while a backup of the VM is in progress.
+    pub fn upsert_vm(&self, spec: &RegisterVmRequest, now: Timestamp) -> Result<Vm> {
+        let mut disks = spec.disks().to_vec();
+        disks.sort_by_key(|d| d.key);
+        self.write(Durability::Immediate, |t| {
+            let name = spec.name();
+            let existing: Option<Vm> = get_json(&t.vms, "vms", name.as_str())?;
+            if let Some(existing) = &existing
+                && existing.disks != disks
+                && let Some(backup_id) = get_id(&t.active, "active", name.as_str())?
+            {
+                return Err(CatalogError::VmBusy {
+                    vm: name.clone(),
+                    backup_id,
+                });
+            }
+            let vm = Vm {
+                name: name.clone(),
+                disks,
+                created_at: existing.map_or(now, |e| e.created_at),
+                updated_at: now,
+            };
+            t.vms.insert(name.as_str(), encode(&vm).as_slice())?;
+            Ok(vm)
+        })
+    }
+
+    /// The VM, if registered.
+    ///
+    /// # Errors
+    /// [`CatalogError::Storage`] or a corruption error.
+    pub fn vm(&self, name: &VmName) -> Result<Option<Vm>> {
+        self.read(|t| get_json(&t.vms, "vms", name.as_str()))
+    }
+
+    /// All VMs, ordered by name.
+    ///
+    /// # Errors
+    /// [`CatalogError::Storage`] or a corruption error.
+    pub fn vms(&self) -> Result<Vec<Vm>> {
+        self.read(|t| {
+            t.vms
+                .iter()?
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    decode("vms", key.value(), value.value())
+                })
+                .collect()
+        })
+    }
+
+    /// Records a new backup (see [`BackupRecord::new`]).
+    ///
+    /// The record must be `Pending` or `Running`, carry no completion or failure fields, name
+    /// each disk once with the VM's capacity and a relative file, and be `Full` without a parent
+    /// or `Incremental` with one; an incremental's parent must be the VM's latest completed
+    /// backup and each disk's `parent_change_id` must be the parent's `change_id` of that disk.
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupInProgress`] if the VM already has a pending or running backup;
+    /// [`CatalogError::NoCompletedParent`] / [`CatalogError::ParentNotLatest`] for an
+    /// incremental without the right parent; [`CatalogError::VmNotFound`];
+    /// [`CatalogError::BackupExists`]; `Invalid`-kind errors for an inconsistent record.
+    pub fn create_backup(&self, record: &BackupRecord) -> Result<()> {
+        check_new_record(record)?;
+        self.write(Durability::Immediate, |t| {
+            let vm_name = record.vm_name.as_str();
+            let vm: Vm =
+                get_json(&t.vms, "vms", vm_name)?.ok_or_else(|| CatalogError::VmNotFound {
+                    vm: record.vm_name.clone(),
+                })?;
+            for disk in &record.disks {
+                let matches = vm
+                    .disks
+                    .iter()
+                    .any(|d| d.key == disk.disk_key && d.capacity_bytes == disk.capacity_bytes);
+                if !matches {
+                    return Err(CatalogError::VmDiskMismatch {
+                        vm: vm.name,
+                        disk_key: disk.disk_key,
+                    });
+                }
+            }
+            if t.backups.get(record.backup_id.as_str())?.is_some() {
+                return Err(CatalogError::BackupExists {
+                    backup_id: record.backup_id.clone(),
+                });
+            }
+            if let Some(backup_id) = get_id(&t.active, "active", vm_name)? {
+                return Err(CatalogError::BackupInProgress {
+                    vm: vm.name,
+                    backup_id,
+                });
+            }
+            if let Some(parent_id) = &record.parent_backup_id {
+                let latest = get_id(&t.heads, "heads", vm_name)?.ok_or_else(|| {
+                    CatalogError::NoCompletedParent {
+                        vm: vm.name.clone(),
+                    }
+                })?;
+                if &latest != parent_id {
+                    return Err(CatalogError::ParentNotLatest {
+                        parent: parent_id.clone(),
+                        latest,
+                    });
+                }
+                let parent = load_backup(&t.backups, parent_id)?
+                    .ok_or_else(|| CatalogError::BrokenChain {
+                        backup_id: record.backup_id.clone(),
+                        parent: parent_id.clone(),
+                    })?
+                    .record;
+                for disk in &record.disks {
+                    let expected = parent
+                        .disk(disk.disk_key)
+                        .and_then(|d| d.change_id.as_ref());
+                    if disk.parent_change_id.as_ref() != expected {
+                        return Err(CatalogError::InvalidRecord {
+                            backup_id: record.backup_id.clone(),
+                            reason: "a disk's parent_change_id is not the parent's change_id",
+                        });
+                    }
+                }
+            }
+            let seq = t.meta.get(NEXT_SEQ_KEY)?.map_or(0, |v| v.value());
+            let next = seq.checked_add(1).ok_or(CatalogError::InvalidRecord {
+                backup_id: record.backup_id.clone(),
+                reason: "backup sequence exhausted",
+            })?;
+            t.meta.insert(NEXT_SEQ_KEY, next)?;
+            let id = record.backup_id.as_str();
+            let stored = StoredBackup {
+                seq,
+                record: record.clone(),
+            };
+            t.backups.insert(id, encode(&stored).as_slice())?;
+            t.vm_backups.insert((vm_name, seq), id)?;
+            t.order.insert(seq, id)?;
+            t.active.insert(vm_name, id)?;
+            Ok(())
+        })
+    }
+
+    /// Moves a `Pending` backup to `Running`, answering the updated record.
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] unless pending.
+    pub fn mark_running(&self, id: &BackupId) -> Result<BackupRecord> {
+        self.update_backup(Durability::Immediate, id, |_, stored| {
+            expect_status(&stored.record, &[BackupStatus::Pending], "pending")?;
+            stored.record.status = BackupStatus::Running;
+            Ok(())
+        })
+    }
+
+    /// One backup.
+    ///
+    /// # Errors
+    /// [`CatalogError::Storage`] or a corruption error.
+    pub fn backup(&self, id: &BackupId) -> Result<Option<BackupRecord>> {
+        self.read(|t| Ok(load_backup(&t.backups, id)?.map(|s| s.record)))
+    }
+
+    /// Backups matching the query (VM and/or status), oldest first.
+    ///
+    /// # Errors
+    /// [`CatalogError::Storage`] or a corruption error.
+    pub fn backups(&self, query: &BackupQuery) -> Result<Vec<BackupRecord>> {
+        self.read(|t| {
+            let ids = match &query.vm_name {
+                Some(vm) => vm_backup_ids(&t.vm_backups, vm)?,
+                None => t
+                    .order
+                    .iter()?
+                    .map(|entry| {
+                        let (seq, id) = entry?;
+                        parse_id("backup_order", &seq.value().to_string(), id.value())
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            };
+            let mut out = Vec::new();
+            for id in ids {
+                let record = require_backup(&t.backups, &id)?;
+                if query.status.is_none_or(|s| s == record.status) {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Sets the bytes written so far into one disk of a pending or running backup. Not fsynced:
+    /// a crash may lose it.
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] unless pending or running;
+    /// [`CatalogError::UnknownDisk`].
+    pub fn set_disk_progress(
+        &self,
+        id: &BackupId,
+        disk_key: DiskKey,
+        bytes_written: u64,
+    ) -> Result<()> {
+        self.update_backup(Durability::None, id, |_, stored| {
+            expect_active(&stored.record)?;
+            let disk = stored
+                .record
+                .disks
+                .iter_mut()
+                .find(|d| d.disk_key == disk_key)
+                .ok_or_else(|| CatalogError::UnknownDisk {
+                    backup_id: id.clone(),
+                    disk_key,
+                })?;
+            disk.bytes_written = bytes_written;
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    /// Completes a running backup and advances the VM's chain to it, in one transaction: the
+    /// record's disks get their change ids and byte counts, the status becomes `Completed`, the
+    /// VM's in-progress slot is freed and its head becomes this backup. Answers the record.
+    ///
+    /// # Errors
+    /// [`CatalogError::WrongStatus`] unless running; [`CatalogError::UnknownDisk`],
+    /// [`CatalogError::MissingDisk`] or [`CatalogError::DuplicateDisk`] unless `disks` names
+    /// each of the backup's disks exactly once; [`CatalogError::ParentNotLatest`] if the chain
+    /// moved (cannot happen through this API).
+    pub fn complete_backup(
+        &self,
+        id: &BackupId,
+        disks: &[DiskCompletion],
+        completed_at: Timestamp,
+    ) -> Result<BackupRecord> {
+        self.update_backup(Durability::Immediate, id, |t, stored| {
+            let record = &mut stored.record;
+            expect_status(record, &[BackupStatus::Running], "running")?;
+            let mut seen = BTreeSet::new();
+            for done in disks {
+                if !seen.insert(done.disk_key) {
+                    return Err(CatalogError::DuplicateDisk {
+                        disk_key: done.disk_key,
+                    });
+                }
+                let disk = record
+                    .disks
+                    .iter_mut()
+                    .find(|d| d.disk_key == done.disk_key)
+                    .ok_or_else(|| CatalogError::UnknownDisk {
+                        backup_id: id.clone(),
+                        disk_key: done.disk_key,
+                    })?;
+                disk.change_id.clone_from(&done.change_id);
+                disk.bytes_written = done.bytes_written;
+            }
+            if let Some(missing) = record.disks.iter().find(|d| !seen.contains(&d.disk_key)) {
+                return Err(CatalogError::MissingDisk {
+                    backup_id: id.clone(),
+                    disk_key: missing.disk_key,
+                });
+            }
+            let vm = record.vm_name.as_str();
+            let head = get_id(&t.heads, "heads", vm)?;
+            if let Some(parent) = &record.parent_backup_id
+                && head.as_ref() != Some(parent)
+            {
+                return Err(match head {
+                    Some(latest) => CatalogError::ParentNotLatest {
+                        parent: parent.clone(),
+                        latest,
+                    },
+                    None => CatalogError::NoCompletedParent {
+                        vm: record.vm_name.clone(),
+                    },
+                });
+            }
+            record.status = BackupStatus::Completed;
+            record.completed_at = Some(completed_at);
+            fail_point::check(fail_point::COMPLETE_BEFORE_HEAD)?;
+            t.active.remove(vm)?;
+            t.heads.insert(vm, id.as_str())?;
+            Ok(())
+        })
+    }
+
+    /// Marks a pending or running backup failed, freeing the VM's in-progress slot; the chain is
+    /// untouched. `reason` is cut to 4096 bytes. Answers the record.
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] unless pending or
+    /// running.
+    pub fn fail_backup(&self, id: &BackupId, reason: &str, at: Timestamp) -> Result<BackupRecord> {
+        self.update_backup(Durability::Immediate, id, |t, stored| {
+            let record = &mut stored.record;
+            expect_active(record)?;
+            record.status = BackupStatus::Failed;
+            record.failed_at = Some(at);
+            record.failure_reason = Some(truncate(reason, MAX_REASON_LEN).to_owned());
+            t.active.remove(record.vm_name.as_str())?;
+            Ok(())
+        })
+    }
+
+    /// Removes a completed or failed backup that no other (non-failed) backup has as its parent,
+    /// answering the removed record so the caller can delete its files. If it was the VM's
+    /// head, the head moves back to its parent (or the VM has no chain left).
+    ///
+    /// # Errors
+    /// [`CatalogError::HasDependents`] listing the backups that depend on it;
+    /// [`CatalogError::WrongStatus`] if it is pending or running (fail it first);
+    /// [`CatalogError::BackupNotFound`].
+    pub fn delete_backup(&self, id: &BackupId) -> Result<BackupRecord> {
+        self.write(Durability::Immediate, |t| {
+            let stored =
+                load_backup(&t.backups, id)?.ok_or_else(|| CatalogError::BackupNotFound {
+                    backup_id: id.clone(),
+                })?;
+            let record = stored.record;
+            if record.status.is_active() {
+                return Err(CatalogError::WrongStatus {
+                    backup_id: id.clone(),
+                    status: record.status,
+                    expected: "completed or failed",
+                });
+            }
+            let mut dependents = Vec::new();
+            for other in vm_backup_ids(&t.vm_backups, &record.vm_name)? {
+                let other = require_backup(&t.backups, &other)?;
+                if other.parent_backup_id.as_ref() == Some(id)
+                    && other.status != BackupStatus::Failed
+                {
+                    dependents.push(other.backup_id);
+                }
+            }
+            if !dependents.is_empty() {
+                return Err(CatalogError::HasDependents {
+                    backup_id: id.clone(),
+                    dependents,
+                });
+            }
+            let vm = record.vm_name.as_str();
+            t.backups.remove(id.as_str())?;
+            t.vm_backups.remove((vm, stored.seq))?;
+            t.order.remove(stored.seq)?;
+            if get_id(&t.heads, "heads", vm)?.as_ref() == Some(id) {
+                match &record.parent_backup_id {
+                    Some(parent) => t.heads.insert(vm, parent.as_str())?,
+                    None => t.heads.remove(vm)?,
+                };
+            }
+            Ok(record)
+        })
+    }
+
+    /// The VM's current chain, oldest first: from its latest completed backup (the head) follow
+    /// `parent_backup_id` back to a full; empty if the VM has no completed backup.
+    ///
+    /// # Errors
+    /// [`CatalogError::VmNotFound`]; [`CatalogError::BrokenChain`] if a link is missing.
+    pub fn chain(&self, vm: &VmName) -> Result<Vec<BackupRecord>> {
+        self.read(|t| {
+            if t.vms.get(vm.as_str())?.is_none() {
+                return Err(CatalogError::VmNotFound { vm: vm.clone() });
+            }
+            match get_id(&t.heads, "heads", vm.as_str())? {
+                Some(head) => walk_chain(&t.backups, &head),
+                None => Ok(Vec::new()),
+            }
+        })
+    }
+
+    /// The chain of a completed backup as of that backup (its restore point), oldest first:
+    /// the full, its incrementals, ending with `id`.
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] unless completed;
+    /// [`CatalogError::BrokenChain`].
+    pub fn chain_to(&self, id: &BackupId) -> Result<Vec<BackupRecord>> {
+        self.read(|t| {
+            let record = require_backup(&t.backups, id)?;
+            expect_status(&record, &[BackupStatus::Completed], "completed")?;
+            walk_chain(&t.backups, id)
+        })
+    }
+
+    /// The VM's latest completed backup (the chain head), if any.
+    ///
+    /// # Errors
+    /// [`CatalogError::VmNotFound`]; storage or corruption errors.
+    pub fn latest_completed(&self, vm: &VmName) -> Result<Option<BackupRecord>> {
+        self.read(|t| {
+            if t.vms.get(vm.as_str())?.is_none() {
+                return Err(CatalogError::VmNotFound { vm: vm.clone() });
+            }
+            get_id(&t.heads, "heads", vm.as_str())?
+                .map(|id| require_backup(&t.backups, &id))
+                .transpose()
+        })
+    }
+
+    /// Every pending or running backup, oldest first: at start the hub fails these (their
+    /// exports and partial images did not survive the restart).
+    ///
+    /// # Errors
+    /// Storage or corruption errors.
+    pub fn running_backups(&self) -> Result<Vec<BackupRecord>> {
+        self.read(|t| {
+            let mut found = Vec::new();
+            for entry in t.active.iter()? {
+                let (vm, id) = entry?;
+                let id = parse_id("active", vm.value(), id.value())?;
+                let stored = load_backup(&t.backups, &id)?
+                    .ok_or(CatalogError::BackupNotFound { backup_id: id })?;
+                found.push(stored);
+            }
+            found.sort_by_key(|s| s.seq);
+            Ok(found.into_iter().map(|s| s.record).collect())
+        })
+    }
+
+    /// Stores (or replaces) a credential; the password arrives already sealed by the hub.
+    /// Answers the record (`created_at` kept from the first store).
+    ///
+    /// # Errors
+    /// Storage or corruption errors.
+    pub fn put_credential(
+        &self,
+        name: &CredentialName,
+        host: &str,
+        username: &str,
+        sealed_password: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<CredentialRecord> {
+        self.write(Durability::Immediate, |t| {
+            let existing: Option<CredentialRecord> =
+                get_json(&t.credentials, "credentials", name.as_str())?;
+            let record = CredentialRecord {
+                name: name.clone(),
+                host: host.to_owned(),
+                username: username.to_owned(),
+                sealed_password,
+                created_at: existing.map_or(now, |e| e.created_at),
+                updated_at: now,
+            };
+            t.credentials
+                .insert(name.as_str(), encode(&record).as_slice())?;
+            Ok(record)
+        })
+    }
+
+    /// One credential.
+    ///
+    /// # Errors
+    /// Storage or corruption errors.
+    pub fn credential(&self, name: &CredentialName) -> Result<Option<CredentialRecord>> {
+        self.read(|t| get_json(&t.credentials, "credentials", name.as_str()))
+    }
+
+    /// All credentials, ordered by name.
+    ///
+    /// # Errors
+    /// Storage or corruption errors.
+    pub fn credentials(&self) -> Result<Vec<CredentialRecord>> {
+        self.read(|t| {
+            t.credentials
+                .iter()?
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    decode("credentials", key.value(), value.value())
+                })
+                .collect()
+        })
+    }
+
+    /// Removes a credential.
+    ///
+    /// # Errors
+    /// [`CatalogError::CredentialNotFound`]; storage errors.
+    pub fn delete_credential(&self, name: &CredentialName) -> Result<()> {
+        self.write(Durability::Immediate, |t| {
+            match t.credentials.remove(name.as_str())? {
+                Some(_) => Ok(()),
+                None => Err(CatalogError::CredentialNotFound { name: name.clone() }),
+            }
+        })
+    }
+
+    /// Runs `f` in one write transaction, committing only if it succeeds.
+    fn write<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut WriteTables<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability)?;
+        let out = {
+            let mut tables = WriteTables::open(&txn)?;
+            f(&mut tables)?
+        };
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Loads a backup, lets `f` change it (and other tables), stores it back, in one write
+    /// transaction; answers the updated record.
+    fn update_backup(
+        &self,
+        durability: Durability,
+        id: &BackupId,
+        f: impl FnOnce(&mut WriteTables<'_>, &mut StoredBackup) -> Result<()>,
+    ) -> Result<BackupRecord> {
+        self.write(durability, |t| {
+            let mut stored =
+                load_backup(&t.backups, id)?.ok_or_else(|| CatalogError::BackupNotFound {
+                    backup_id: id.clone(),
+                })?;
+            f(t, &mut stored)?;
+            t.backups.insert(id.as_str(), encode(&stored).as_slice())?;
+            Ok(stored.record)
+        })
+    }
+
+    /// Runs `f` on a consistent read snapshot.
+    fn read<T>(&self, f: impl FnOnce(&ReadTables) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_read()?;
+        let tables = ReadTables::open(&txn)?;
+        f(&tables)
+    }
+}
+
+/// Every table, opened in one write transaction.
+struct WriteTables<'txn> {
+    meta: Table<'txn, &'static str, u64>,
+    vms: Table<'txn, &'static str, &'static [u8]>,
+    backups: Table<'txn, &'static str, &'static [u8]>,
+    vm_backups: Table<'txn, (&'static str, u64), &'static str>,
+    order: Table<'txn, u64, &'static str>,
+    active: Table<'txn, &'static str, &'static str>,
+    heads: Table<'txn, &'static str, &'static str>,
+    credentials: Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl<'txn> WriteTables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self> {
+        Ok(Self {
+            meta: txn.open_table(META)?,
+            vms: txn.open_table(VMS)?,
+            backups: txn.open_table(BACKUPS)?,
+            vm_backups: txn.open_table(VM_BACKUPS)?,
+            order: txn.open_table(BACKUP_ORDER)?,
+            active: txn.open_table(ACTIVE)?,
+            heads: txn.open_table(HEADS)?,
+            credentials: txn.open_table(CREDENTIALS)?,
+        })
+    }
+}
+
+/// The tables readers use, opened in one read transaction.
+struct ReadTables {
+    vms: ReadOnlyTable<&'static str, &'static [u8]>,
+    backups: ReadOnlyTable<&'static str, &'static [u8]>,
+    vm_backups: ReadOnlyTable<(&'static str, u64), &'static str>,
+    order: ReadOnlyTable<u64, &'static str>,
+    active: ReadOnlyTable<&'static str, &'static str>,
+    heads: ReadOnlyTable<&'static str, &'static str>,
+    credentials: ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl ReadTables {
+    fn open(txn: &ReadTransaction) -> Result<Self> {
+        Ok(Self {
+            vms: txn.open_table(VMS)?,
+            backups: txn.open_table(BACKUPS)?,
+            vm_backups: txn.open_table(VM_BACKUPS)?,
+            order: txn.open_table(BACKUP_ORDER)?,
+            active: txn.open_table(ACTIVE)?,
+            heads: txn.open_table(HEADS)?,
+            credentials: txn.open_table(CREDENTIALS)?,
+        })
+    }
+}
+
+/// Checks what a new record must satisfy on its own, before looking at the database.
+fn check_new_record(record: &BackupRecord) -> Result<()> {
+    let invalid = |reason| {
+        Err(CatalogError::InvalidRecord {
+            backup_id: record.backup_id.clone(),
+            reason,
+        })
+    };
+    if record.backup_id.vm_name() != record.vm_name {
+        return invalid("vm_name is not the VM named in the backup id");
+    }
+    if !record.status.is_active() {
+        return invalid("a new backup must be pending or running");
+    }
+    if record.completed_at.is_some()
+        || record.failed_at.is_some()
+        || record.failure_reason.is_some()
+        || record.disks.iter().any(|d| d.change_id.is_some())
+    {
+        return invalid("a new backup cannot carry completion or failure fields");
+    }
+    match (record.backup_type, &record.parent_backup_id) {
+        (BackupType::Auto, _) => return invalid("backup_type auto must be resolved first"),
+        (BackupType::Full, Some(_)) => return invalid("a full backup has no parent"),
+        (BackupType::Incremental, None) => return invalid("an incremental needs a parent"),
+        (BackupType::Full, None) if record.disks.iter().any(|d| d.parent_change_id.is_some()) => {
+            return invalid("a full backup has no parent change ids");
+        }
+        _ => {}
+    }
+    if record.disks.is_empty() {
+        return invalid("a backup needs at least one disk");
+    }
+    let mut seen = BTreeSet::new();
+    for disk in &record.disks {
+        if !seen.insert(disk.disk_key) {
+            return Err(CatalogError::DuplicateDisk {
+                disk_key: disk.disk_key,
+            });
+        }
+        if !is_safe_relative_path(&disk.file) {
+            return invalid("a disk file must be a relative path inside the repository");
+        }
+    }
+    Ok(())
+}
+
+/// A non-empty relative path whose components are all plain names (no `..`, `.`, empty parts
+/// or backslashes).
+fn is_safe_relative_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains('\\')
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
+fn expect_status(
+    record: &BackupRecord,
+    allowed: &[BackupStatus],
+    expected: &'static str,
+) -> Result<()> {
+    if allowed.contains(&record.status) {
+        Ok(())
+    } else {
+        Err(CatalogError::WrongStatus {
+            backup_id: record.backup_id.clone(),
+            status: record.status,
+            expected,
+        })
+    }
+}
+
+fn expect_active(record: &BackupRecord) -> Result<()> {
+    expect_status(
+        record,
+        &[BackupStatus::Pending, BackupStatus::Running],
+        "pending or running",
+    )
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our records are structs with string keys and no non-finite floats: JSON encoding of them
+    // cannot fail.
+    serde_json::to_vec(value).expect("catalog records always encode as JSON")
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| CatalogError::Corrupt {
+        table,
+        key: key.to_owned(),
+        source,
+    })
+}
+
+fn parse_id(table: &'static str, key: &str, value: &str) -> Result<BackupId> {
+    value.parse().map_err(|source| CatalogError::CorruptId {
+        table,
+        key: key.to_owned(),
+        source,
+    })
+}
+
+fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &'static str,
+    key: &str,
+) -> Result<Option<T>> {
+    match table.get(key)? {
+        Some(value) => decode(name, key, value.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn get_id(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    name: &'static str,
+    key: &str,
+) -> Result<Option<BackupId>> {
+    match table.get(key)? {
+        Some(value) => parse_id(name, key, value.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn load_backup(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &BackupId,
+) -> Result<Option<StoredBackup>> {
+    get_json(table, "backups", id.as_str())
+}
+
+/// Loads a backup an index points to; a dangling index entry is corruption.
+fn require_backup(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &BackupId,
+) -> Result<BackupRecord> {
+    load_backup(table, id)?
+        .map(|s| s.record)
+        .ok_or_else(|| CatalogError::BackupNotFound {
+            backup_id: id.clone(),
+        })
+}
+
+/// A VM's backup ids in creation order.
+fn vm_backup_ids(
+    table: &impl ReadableTable<(&'static str, u64), &'static str>,
+    vm: &VmName,
+) -> Result<Vec<BackupId>> {
+    table
+        .range((vm.as_str(), 0)..=(vm.as_str(), u64::MAX))?
+        .map(|entry| {
+            let (_, id) = entry?;
+            parse_id("vm_backups", vm.as_str(), id.value())
+        })
+        .collect()
+}
+
+/// Follows parent links from `last` back to a full; answers oldest first.
+fn walk_chain(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    last: &BackupId,
+) -> Result<Vec<BackupRecord>> {
+    let mut chain = Vec::new();
+    let mut seen = HashSet::new();
+    let mut next = Some(require_backup(table, last)?);
+    while let Some(record) = next {
+        seen.insert(record.backup_id.clone());
+        next = match &record.parent_backup_id {
+            Some(parent) => {
+                let broken = || CatalogError::BrokenChain {
+                    backup_id: record.backup_id.clone(),
+                    parent: parent.clone(),
+                };
+                if seen.contains(parent) {
+                    return Err(broken());
+                }
+                Some(load_backup(table, parent)?.ok_or_else(broken)?.record)
+            }
+            None => None,
+        };
+        chain.push(record);
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// Test-only fault injection: makes a transaction fail at a named point, to prove that a
+/// failure midway leaves nothing behind.
+mod fail_point {
+    use crate::error::CatalogError;
+
+    /// In `complete_backup`, after the record is rewritten and before the head moves.
+    pub(super) const COMPLETE_BEFORE_HEAD: &str = "complete_before_head";
+
+    #[cfg(test)]
+    thread_local! {
+        static ARMED: std::cell::RefCell<Option<&'static str>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// Arms `point` for the current thread until it fires once.
+    #[cfg(test)]
+    pub(super) fn arm(point: &'static str) {
+        ARMED.with(|a| *a.borrow_mut() = Some(point));
+    }
+
+    #[cfg(test)]
+    pub(super) fn check(point: &'static str) -> Result<(), CatalogError> {
+        let fire = ARMED.with(|a| {
+            let mut armed = a.borrow_mut();
+            let hit = *armed == Some(point);
+            if hit {
+                *armed = None;
+            }
+            hit
+        });
+        if fire {
+            Err(CatalogError::Storage {
+                source: Box::new(redb::Error::Io(std::io::Error::other("injected failure"))),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    #[cfg(not(test))]
+    #[inline]
+    pub(super) fn check(_point: &'static str) -> Result<(), CatalogError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sendense_types::{DiskSpec, RegisterVmRequest};
+
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_unix_seconds(1_800_000_000 + secs).unwrap()
+    }
+
+    fn catalog_with_running_full(dir: &Path) -> (Catalog, BackupId) {
+        let catalog = Catalog::open(dir.join(FILE_NAME)).unwrap();
+        let spec = RegisterVmRequest::new(
+            "vm1".parse().unwrap(),
+            vec![DiskSpec {
+                key: DiskKey(2000),
+                capacity_bytes: 1 << 20,
+            }],
+        )
+        .unwrap();
+        let vm = catalog.upsert_vm(&spec, at(0)).unwrap();
+        let id = BackupId::from_parts(&vm.name, at(1), 1);
+        let record = BackupRecord::new(id.clone(), &vm, None, BackupStatus::Running, at(1));
+        catalog.create_backup(&record).unwrap();
+        (catalog, id)
+    }
+
+    #[test]
+    fn complete_backup_failure_before_head_moves_leaves_backup_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, id) = catalog_with_running_full(dir.path());
+        let done = [DiskCompletion {
+            disk_key: DiskKey(2000),
+            change_id: None,
+            bytes_written: 1,
+        }];
+        fail_point::arm(fail_point::COMPLETE_BEFORE_HEAD);
+
+        let result = catalog.complete_backup(&id, &done, at(2));
+
+        let vm: VmName = "vm1".parse().unwrap();
+        assert_eq!(
+            (
+                result.is_err(),
+                catalog.backup(&id).unwrap().unwrap().status,
+                catalog.latest_completed(&vm).unwrap(),
+                catalog.running_backups().unwrap().len(),
+            ),
+            (true, BackupStatus::Running, None, 1)
+        );
+    }
+
+    #[test]
+    fn complete_backup_after_injected_failure_retry_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, id) = catalog_with_running_full(dir.path());
+        let done = [DiskCompletion {
+            disk_key: DiskKey(2000),
+            change_id: None,
+            bytes_written: 1,
+        }];
+        fail_point::arm(fail_point::COMPLETE_BEFORE_HEAD);
+        let _ = catalog.complete_backup(&id, &done, at(2));
+
+        let record = catalog.complete_backup(&id, &done, at(3)).unwrap();
+
+        assert_eq!(record.status, BackupStatus::Completed);
+    }
+
+    #[test]
+    fn open_newer_schema_version_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        drop(Catalog::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, SCHEMA_VERSION + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+
+        let err = Catalog::open(&path).unwrap_err();
+
+        assert!(
+            matches!(
+                err,
+                CatalogError::SchemaVersion {
+                    found: 2,
+                    supported: 1
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn open_fresh_file_writes_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        drop(Catalog::open(&path).unwrap());
+
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let version = txn
+            .open_table(META)
+            .unwrap()
+            .get(SCHEMA_KEY)
+            .unwrap()
+            .map(|v| v.value());
+
+        assert_eq!(version, Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn truncate_multibyte_cuts_on_char_boundary() {
+        assert_eq!(truncate("aé", 2), "a");
+    }
+
+    #[test]
+    fn safe_relative_path_rejects_traversal() {
+        assert_eq!(
+            [
+                is_safe_relative_path("vm/disk-2000/x.qcow2"),
+                is_safe_relative_path("../x"),
+                is_safe_relative_path("/abs"),
+                is_safe_relative_path("a//b"),
+                is_safe_relative_path(""),
+            ],
+            [true, false, false, false, false]
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The records the catalog stores and answers: backups with their disks, and credentials.
+//!
+//! Records are stored as JSON (serde) inside redb values, so every field goes through the same
+//! validating newtypes as the API on the way back in: a damaged record is refused as
+//! [`CatalogError::Corrupt`](crate::CatalogError::Corrupt), never trusted.
+
+use std::fmt;
+
+use sendense_types::{
+    Backup, BackupDisk, BackupId, BackupStatus, BackupType, ChangeId, Credential, CredentialName,
+    DiskKey, Timestamp, Vm, VmName, image_path,
+};
+use serde::{Deserialize, Serialize};
+
+/// One disk of a backup as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    /// The VMware disk key.
+    pub disk_key: DiskKey,
+    /// The disk's size when the backup was taken.
+    pub capacity_bytes: u64,
+    /// The image's final path relative to `DATA/repository`.
+    pub file: String,
+    /// The change id of this disk in the parent backup (ask CBT for changes since it); `None`
+    /// for a full, or a disk the parent did not have.
+    pub parent_change_id: Option<ChangeId>,
+    /// The change id captured by this backup; set on completion.
+    pub change_id: Option<ChangeId>,
+    /// Bytes written into the image so far.
+    pub bytes_written: u64,
+}
+
+/// A backup as stored: everything the API's [`Backup`] needs except the live export names,
+/// which the hub adds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// The backup's id.
+    pub backup_id: BackupId,
+    /// The VM backed up (always the VM part of `backup_id`).
+    pub vm_name: VmName,
+    /// `Full` or `Incremental`; never `Auto`.
+    pub backup_type: BackupType,
+    /// Where it is in its life.
+    pub status: BackupStatus,
+    /// The backup this one is an overlay of: `None` exactly for a full.
+    pub parent_backup_id: Option<BackupId>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it completed.
+    pub completed_at: Option<Timestamp>,
+    /// When it failed.
+    pub failed_at: Option<Timestamp>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// Its disks, ordered by key.
+    pub disks: Vec<DiskRecord>,
+}
+
+impl BackupRecord {
+    /// A new backup of every disk of `vm`, ready for [`Catalog::create_backup`]: files at
+    /// [`image_path`], and for an incremental (`parent` given) each disk's `parent_change_id`
+    /// taken from the parent's same disk. `status` should be `Pending` or `Running`.
+    ///
+    /// [`Catalog::create_backup`]: crate::Catalog::create_backup
+    #[must_use]
+    pub fn new(
+        backup_id: BackupId,
+        vm: &Vm,
+        parent: Option<&Self>,
+        status: BackupStatus,
+        created_at: Timestamp,
+    ) -> Self {
+        let disks = vm
+            .disks
+            .iter()
+            .map(|spec| DiskRecord {
+                disk_key: spec.key,
+                capacity_bytes: spec.capacity_bytes,
+                file: image_path(&vm.name, spec.key, &backup_id),
+                parent_change_id: parent
+                    .and_then(|p| p.disk(spec.key))
+                    .and_then(|d| d.change_id.clone()),
+                change_id: None,
+                bytes_written: 0,
+            })
+            .collect();
+        Self {
+            vm_name: vm.name.clone(),
+            backup_type: if parent.is_some() {
+                BackupType::Incremental
+            } else {
+                BackupType::Full
+            },
+            status,
+            parent_backup_id: parent.map(|p| p.backup_id.clone()),
+            created_at,
+            completed_at: None,
+            failed_at: None,
+            failure_reason: None,
+            disks,
+            backup_id,
+        }
+    }
+
+    /// The record of one disk.
+    #[must_use]
+    pub fn disk(&self, disk_key: DiskKey) -> Option<&DiskRecord> {
+        self.disks.iter().find(|d| d.disk_key == disk_key)
+    }
+
+    /// The API form, without export names or NBD URIs (the hub fills those in for a running
+    /// backup).
+    #[must_use]
+    pub fn to_api(&self) -> Backup {
+        Backup {
+            backup_id: self.backup_id.clone(),
+            vm_name: self.vm_name.clone(),
+            backup_type: self.backup_type,
+            status: self.status,
+            parent_backup_id: self.parent_backup_id.clone(),
+            created_at: self.created_at,
+            completed_at: self.completed_at,
+            failure_reason: self.failure_reason.clone(),
+            disks: self
+                .disks
+                .iter()
+                .map(|d| BackupDisk {
+                    disk_key: d.disk_key,
+                    capacity_bytes: d.capacity_bytes,
+                    file: Some(d.file.clone()),
+                    export_name: None,
+                    nbd_uri: None,
+                    parent_change_id: d.parent_change_id.clone(),
+                    change_id: d.change_id.clone(),
+                    bytes_written: d.bytes_written,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&BackupRecord> for Backup {
+    fn from(record: &BackupRecord) -> Self {
+        record.to_api()
+    }
+}
+
+/// What the hub reports for one disk when a backup completes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskCompletion {
+    /// The disk.
+    pub disk_key: DiskKey,
+    /// The change id of the snapshot copied, base of the next incremental.
+    pub change_id: Option<ChangeId>,
+    /// Bytes written into the image.
+    pub bytes_written: u64,
+}
+
+/// A stored vCenter credential. The password is kept only sealed (encrypted by the hub); the
+/// catalog never sees it in plaintext, and `Debug` does not show the sealed bytes either.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    /// The credential's name.
+    pub name: CredentialName,
+    /// The vCenter host.
+    pub host: String,
+    /// The vCenter user name.
+    pub username: String,
+    /// The password as sealed by the hub.
+    pub sealed_password: Vec<u8>,
+    /// When it was first stored.
+    pub created_at: Timestamp,
+    /// When it was last replaced.
+    pub updated_at: Timestamp,
+}
+
+impl CredentialRecord {
+    /// The API form: no password.
+    #[must_use]
+    pub fn to_api(&self) -> Credential {
+        Credential {
+            name: self.name.clone(),
+            host: self.host.clone(),
+            username: self.username.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+impl fmt::Debug for CredentialRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialRecord")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .field(
+                "sealed_password",
+                &format_args!("<{} bytes>", self.sealed_password.len()),
+            )
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}

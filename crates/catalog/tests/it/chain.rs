@@ -1,0 +1,247 @@
+//! Chains: following parent links, chain heads, deletion rules.
+
+use sendense_catalog::{CatalogError, ErrorKind};
+use sendense_types::{BackupStatus, BackupType};
+
+use crate::support::{Fixture, complete, ids, name, register, start_full, start_incremental};
+
+#[test]
+fn chain_full_then_incrementals_oldest_first() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let inc1 = complete(&f.catalog, &start_incremental(&f.catalog, &vm, 3), 4);
+    let inc2 = complete(&f.catalog, &start_incremental(&f.catalog, &vm, 5), 6);
+
+    let chain = f.catalog.chain(&vm.name).unwrap();
+
+    assert_eq!(
+        ids(&chain),
+        [full.backup_id, inc1.backup_id, inc2.backup_id]
+    );
+}
+
+#[test]
+fn chain_excludes_running_and_failed() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let failed = start_incremental(&f.catalog, &vm, 3);
+    f.catalog
+        .fail_backup(&failed.backup_id, "x", crate::support::at(4))
+        .unwrap();
+    start_incremental(&f.catalog, &vm, 5);
+
+    let chain = f.catalog.chain(&vm.name).unwrap();
+
+    assert_eq!(ids(&chain), [full.backup_id]);
+}
+
+#[test]
+fn chain_new_full_starts_new_chain() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    complete(&f.catalog, &start_incremental(&f.catalog, &vm, 3), 4);
+    let second_full = complete(&f.catalog, &start_full(&f.catalog, &vm, 5), 6);
+
+    let chain = f.catalog.chain(&vm.name).unwrap();
+
+    assert_eq!(
+        (ids(&chain), chain[0].backup_type),
+        (vec![second_full.backup_id], BackupType::Full)
+    );
+}
+
+#[test]
+fn chain_no_completed_backup_is_empty() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    start_full(&f.catalog, &vm, 1);
+
+    assert_eq!(f.catalog.chain(&vm.name).unwrap(), vec![]);
+}
+
+#[test]
+fn chain_unknown_vm_not_found() {
+    let f = Fixture::new();
+
+    let err = f.catalog.chain(&name("ghost")).unwrap_err();
+
+    assert!(matches!(err, CatalogError::VmNotFound { .. }), "{err}");
+}
+
+#[test]
+fn latest_completed_unknown_vm_not_found() {
+    let f = Fixture::new();
+
+    let err = f.catalog.latest_completed(&name("ghost")).unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+#[test]
+fn chain_to_mid_point_ends_there() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let inc1 = complete(&f.catalog, &start_incremental(&f.catalog, &vm, 3), 4);
+    complete(&f.catalog, &start_incremental(&f.catalog, &vm, 5), 6);
+
+    let chain = f.catalog.chain_to(&inc1.backup_id).unwrap();
+
+    assert_eq!(ids(&chain), [full.backup_id, inc1.backup_id]);
+}
+
+#[test]
+fn chain_to_running_backup_conflicts() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let running = start_full(&f.catalog, &vm, 1);
+
+    let err = f.catalog.chain_to(&running.backup_id).unwrap_err();
+
+    assert!(matches!(err, CatalogError::WrongStatus { .. }), "{err}");
+}
+
+#[test]
+fn delete_backup_with_dependents_refused_naming_them() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let inc = complete(&f.catalog, &start_incremental(&f.catalog, &vm, 3), 4);
+
+    let err = f.catalog.delete_backup(&full.backup_id).unwrap_err();
+
+    assert!(
+        matches!(&err, CatalogError::HasDependents { dependents, .. } if *dependents == [inc.backup_id]),
+        "{err}"
+    );
+}
+
+#[test]
+fn delete_backup_parent_of_running_incremental_refused() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    start_incremental(&f.catalog, &vm, 3);
+
+    let err = f.catalog.delete_backup(&full.backup_id).unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+}
+
+#[test]
+fn delete_backup_parent_of_only_failed_incremental_allowed() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let inc = start_incremental(&f.catalog, &vm, 3);
+    f.catalog
+        .fail_backup(&inc.backup_id, "x", crate::support::at(4))
+        .unwrap();
+
+    let deleted = f.catalog.delete_backup(&full.backup_id).unwrap();
+
+    assert_eq!(
+        (deleted.backup_id, f.catalog.chain(&vm.name).unwrap()),
+        (full.backup_id, vec![])
+    );
+}
+
+#[test]
+fn delete_backup_head_moves_head_to_parent() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let inc = complete(&f.catalog, &start_incremental(&f.catalog, &vm, 3), 4);
+
+    f.catalog.delete_backup(&inc.backup_id).unwrap();
+
+    assert_eq!(
+        (
+            f.catalog.latest_completed(&vm.name).unwrap(),
+            f.catalog.backup(&inc.backup_id).unwrap(),
+        ),
+        (Some(full), None)
+    );
+}
+
+#[test]
+fn delete_backup_head_then_incremental_builds_on_parent() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let inc = complete(&f.catalog, &start_incremental(&f.catalog, &vm, 3), 4);
+    f.catalog.delete_backup(&inc.backup_id).unwrap();
+
+    let next = start_incremental(&f.catalog, &vm, 5);
+
+    assert_eq!(next.parent_backup_id, Some(full.backup_id));
+}
+
+#[test]
+fn delete_backup_full_head_leaves_no_chain() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+
+    f.catalog.delete_backup(&full.backup_id).unwrap();
+
+    assert_eq!(
+        (
+            f.catalog.latest_completed(&vm.name).unwrap(),
+            f.catalog.chain(&vm.name).unwrap(),
+            f.catalog.backups(&Default::default()).unwrap(),
+        ),
+        (None, vec![], vec![])
+    );
+}
+
+#[test]
+fn delete_backup_old_chain_leaf_keeps_current_head() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let old_inc = complete(&f.catalog, &start_incremental(&f.catalog, &vm, 3), 4);
+    let new_full = complete(&f.catalog, &start_full(&f.catalog, &vm, 5), 6);
+
+    f.catalog.delete_backup(&old_inc.backup_id).unwrap();
+
+    assert_eq!(
+        f.catalog.latest_completed(&vm.name).unwrap(),
+        Some(new_full)
+    );
+}
+
+#[test]
+fn delete_backup_running_conflicts() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let running = start_full(&f.catalog, &vm, 1);
+
+    let err = f.catalog.delete_backup(&running.backup_id).unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            CatalogError::WrongStatus {
+                status: BackupStatus::Running,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn delete_backup_unknown_not_found() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    f.catalog.delete_backup(&full.backup_id).unwrap();
+
+    let err = f.catalog.delete_backup(&full.backup_id).unwrap_err();
+
+    assert!(matches!(err, CatalogError::BackupNotFound { .. }), "{err}");
+}

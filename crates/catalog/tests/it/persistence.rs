@@ -1,0 +1,95 @@
+//! Reopening the catalog file.
+
+use sendense_catalog::{Catalog, ErrorKind};
+use sendense_types::{BackupQuery, DiskKey};
+
+use crate::support::{Fixture, at, complete, ids, register, start_full, start_incremental};
+
+#[test]
+fn reopen_keeps_vms_backups_chain_and_credentials() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let running = start_incremental(&f.catalog, &vm, 3);
+    f.catalog
+        .put_credential(&"vc1".parse().unwrap(), "h", "u", vec![9], at(1))
+        .unwrap();
+    let path = f.path();
+    drop(f.catalog);
+
+    let catalog = Catalog::open(&path).unwrap();
+
+    assert_eq!(
+        (
+            catalog.vm(&vm.name).unwrap(),
+            ids(&catalog.chain(&vm.name).unwrap()),
+            ids(&catalog.running_backups().unwrap()),
+            ids(&catalog.backups(&BackupQuery::default()).unwrap()),
+            catalog.credentials().unwrap().len(),
+        ),
+        (
+            Some(vm),
+            vec![full.backup_id.clone()],
+            vec![running.backup_id.clone()],
+            vec![full.backup_id, running.backup_id],
+            1
+        )
+    );
+}
+
+#[test]
+fn reopen_keeps_creation_order_after_more_backups() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let first = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let path = f.path();
+    drop(f.catalog);
+    let catalog = Catalog::open(&path).unwrap();
+
+    let second = complete(&catalog, &start_incremental(&catalog, &vm, 3), 4);
+
+    assert_eq!(
+        ids(&catalog.backups(&BackupQuery::default()).unwrap()),
+        [first.backup_id, second.backup_id]
+    );
+}
+
+#[test]
+fn reopen_keeps_progress_after_durable_commit() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let running = start_full(&f.catalog, &vm, 1);
+    f.catalog
+        .set_disk_progress(&running.backup_id, DiskKey(2000), 777)
+        .unwrap();
+    f.catalog
+        .put_credential(&"vc1".parse().unwrap(), "h", "u", vec![9], at(1))
+        .unwrap();
+    let path = f.path();
+    drop(f.catalog);
+
+    let catalog = Catalog::open(&path).unwrap();
+
+    let stored = catalog.backup(&running.backup_id).unwrap().unwrap();
+    assert_eq!(stored.disk(DiskKey(2000)).unwrap().bytes_written, 777);
+}
+
+#[test]
+fn open_second_handle_same_file_refused() {
+    let f = Fixture::new();
+
+    let err = Catalog::open(f.path()).unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Storage);
+}
+
+#[test]
+fn open_garbage_file_storage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.redb");
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+
+    let err = Catalog::open(&path).unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Storage);
+}
