@@ -3,10 +3,14 @@
 //!
 //! - [`source`]: [`DiskSource`] and its local implementations (raw files with
 //!   `SEEK_DATA`/`SEEK_HOLE`, VMDK through `sendense-vmdk`), detected by [`open_local`].
+//! - [`cbt`]: VMware `DiskChangeInfo` changed areas, validated and merged.
+//! - [`plan`]: requests of ≤ 4 MiB on 1 MiB boundaries, zero detection, zero policy.
 //! - [`error`]: [`ClientError`], [`SourceError`], [`CbtError`].
 #![forbid(unsafe_code)]
 
+pub mod cbt;
 pub mod error;
+pub mod plan;
 pub mod source;
 
 pub use error::{CbtError, ClientError, SourceError};
