@@ -1,0 +1,815 @@
+//! Tokio NBD client with pipelining.
+//!
+//! [`Client::connect`] negotiates (fixed newstyle, optional `STARTTLS`,
+//! `STRUCTURED_REPLY`, `SET_META_CONTEXT base:allocation`, `GO` with
+//! `NBD_INFO_BLOCK_SIZE`). Its request methods take `&self` and may be called
+//! from many tasks at once: a semaphore bounds the requests in flight, each
+//! request gets a fresh cookie and a waiter, the request is written under a
+//! lock, and one reader task matches replies (in any order) to waiters,
+//! writing READ data straight into the waiter's buffer.
+//!
+//! Cancellation: dropping a request future while its request is being
+//! written can leave a partial request on the wire; the connection is then
+//! unusable. Dropping it after the write only discards the reply.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rustls_pki_types::ServerName;
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::codec::{self, ReplyHeader};
+use crate::error::NbdError;
+use crate::export::{BlockExtent, ZeroFlags};
+use crate::wire::{
+    self, BlockSizes, ChunkPayload, ClientOption, Errno, InfoItem, InfoRequest, MetaContextRequest,
+    OptionReply, ReplyPayload, Request, cflag, chunk, cmd, info, rep, state, tflag,
+};
+
+type Result<T> = std::result::Result<T, NbdError>;
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Connection options.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// TLS client configuration and the server name to verify; `None` = plain.
+    pub tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    /// Export to open.
+    pub export_name: String,
+    /// Negotiate structured replies (needed for block status).
+    pub structured_replies: bool,
+    /// Select `base:allocation` (needs structured replies).
+    pub block_status: bool,
+    /// Most requests in flight on this connection.
+    pub max_in_flight: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            export_name: String::new(),
+            structured_replies: true,
+            block_status: true,
+            max_in_flight: 64,
+        }
+    }
+}
+
+/// What the server told us about the export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// Transmission flags.
+    pub flags: u16,
+    /// Block size constraints, if the server sent them.
+    pub block_sizes: Option<BlockSizes>,
+    /// Structured replies are in use.
+    pub structured_replies: bool,
+    /// The `base:allocation` context id, if selected.
+    pub base_allocation: Option<u32>,
+}
+
+/// One pipelined NBD connection.
+#[derive(Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+    info: ExportInfo,
+    reader: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    writer: tokio::sync::Mutex<WriteHalf<Box<dyn Stream>>>,
+    pending: Mutex<Pending>,
+    window: Semaphore,
+    window_size: u32,
+    next_cookie: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    waiters: HashMap<u64, Waiter>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    kind: Kind,
+    error: Option<Errno>,
+    tx: oneshot::Sender<Result<Outcome>>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Read {
+        offset: u64,
+        buf: Vec<u8>,
+    },
+    BlockStatus {
+        context: u32,
+        extents: Vec<BlockExtent>,
+    },
+    Other,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Done,
+    Data(Vec<u8>),
+    Extents(Vec<BlockExtent>),
+}
+
+impl std::fmt::Debug for dyn Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stream")
+    }
+}
+
+impl Client {
+    /// Connects and negotiates the export in `options`.
+    ///
+    /// # Errors
+    /// Connection, TLS or negotiation failure (e.g. unknown export).
+    pub async fn connect(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Self> {
+        let mut io = open(addr, options.tls.as_ref()).await?;
+        let info = negotiate(&mut io, &options).await?;
+        let (rd, wr) = tokio::io::split(io);
+        let window_size = u32::try_from(options.max_in_flight.clamp(1, 4096)).unwrap_or(64);
+        let inner = Arc::new(Inner {
+            writer: tokio::sync::Mutex::new(wr),
+            pending: Mutex::new(Pending::default()),
+            window: Semaphore::new(window_size as usize),
+            window_size,
+            next_cookie: AtomicU64::new(1),
+            in_flight: AtomicUsize::new(0),
+        });
+        let reader = tokio::spawn(reader_task(rd, Arc::clone(&inner), info));
+        Ok(Self {
+            inner,
+            info,
+            reader,
+        })
+    }
+
+    /// Lists the server's exports (`NBD_OPT_LIST`), after `STARTTLS` if `tls` is given.
+    ///
+    /// # Errors
+    /// Connection, TLS or negotiation failure.
+    pub async fn list_exports(
+        addr: impl ToSocketAddrs,
+        tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    ) -> Result<Vec<String>> {
+        let mut io = open(addr, tls.as_ref()).await?;
+        send_option(&mut io, &ClientOption::List).await?;
+        let mut names = Vec::new();
+        loop {
+            let reply = read_option_reply(&mut io).await?;
+            match codec::parse_reply_payload(&reply)? {
+                ReplyPayload::Server { name, .. } => names.push(name),
+                ReplyPayload::Ack => break,
+                ReplyPayload::Error { code, message } => {
+                    return Err(NbdError::OptionRefused {
+                        option: reply.option,
+                        reply: code,
+                        message,
+                    });
+                }
+                _ => return Err(NbdError::protocol("unexpected reply to LIST")),
+            }
+        }
+        send_option(&mut io, &ClientOption::Abort).await?;
+        let _ = read_option_reply(&mut io).await;
+        let _ = io.shutdown().await;
+        Ok(names)
+    }
+
+    /// Export information.
+    #[must_use]
+    pub const fn info(&self) -> &ExportInfo {
+        &self.info
+    }
+
+    /// Export size in bytes.
+    #[must_use]
+    pub const fn size(&self) -> u64 {
+        self.info.size
+    }
+
+    /// Transmission flags.
+    #[must_use]
+    pub const fn flags(&self) -> u16 {
+        self.info.flags
+    }
+
+    /// Largest READ/WRITE length this client sends.
+    #[must_use]
+    pub fn max_payload(&self) -> u32 {
+        self.info
+            .block_sizes
+            .map_or(wire::MAX_REQUEST_PAYLOAD, |b| {
+                b.maximum.min(wire::MAX_REQUEST_PAYLOAD)
+            })
+    }
+
+    /// Requests currently in flight.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Reads `len` bytes at `offset`.
+    ///
+    /// # Errors
+    /// Server error ([`NbdError::Request`]), closed connection, `len` above the maximum payload.
+    pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.check_payload(len)?;
+        let kind = Kind::Read {
+            offset,
+            buf: vec![0u8; len as usize],
+        };
+        match self.submit(cmd::READ, 0, offset, len, None, kind).await? {
+            Outcome::Data(d) => Ok(d),
+            _ => Err(NbdError::protocol("read finished without data")),
+        }
+    }
+
+    /// Writes `data` at `offset`; with `fua` the server makes it durable before replying.
+    ///
+    /// # Errors
+    /// Server error, closed connection, data above the maximum payload.
+    pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        let len = u32::try_from(data.len()).map_err(|_| NbdError::InvalidArgument {
+            what: "write larger than 4 GiB",
+        })?;
+        self.check_payload(len)?;
+        let flags = if fua { cflag::FUA } else { 0 };
+        self.submit(cmd::WRITE, flags, offset, len, Some(data), Kind::Other)
+            .await
+            .map(drop)
+    }
+
+    /// Zeroes `len` bytes at `offset`.
+    ///
+    /// # Errors
+    /// Server error (`ENOTSUP` for a refused fast zero), closed connection.
+    pub async fn write_zeroes(&self, offset: u64, len: u32, flags: ZeroFlags) -> Result<()> {
+        let mut f = 0;
+        if !flags.may_trim {
+            f |= cflag::NO_HOLE;
+        }
+        if flags.fast_zero {
+            f |= cflag::FAST_ZERO;
+        }
+        if flags.fua {
+            f |= cflag::FUA;
+        }
+        self.submit(cmd::WRITE_ZEROES, f, offset, len, None, Kind::Other)
+            .await
+            .map(drop)
+    }
+
+    /// Trims `len` bytes at `offset`.
+    ///
+    /// # Errors
+    /// Server error, closed connection.
+    pub async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<()> {
+        let flags = if fua { cflag::FUA } else { 0 };
+        self.submit(cmd::TRIM, flags, offset, len, None, Kind::Other)
+            .await
+            .map(drop)
+    }
+
+    /// Makes all completed writes durable.
+    ///
+    /// # Errors
+    /// Server error, closed connection.
+    pub async fn flush(&self) -> Result<()> {
+        self.submit(cmd::FLUSH, 0, 0, 0, None, Kind::Other)
+            .await
+            .map(drop)
+    }
+
+    /// `base:allocation` status of `len` bytes at `offset`.
+    ///
+    /// # Errors
+    /// [`NbdError::InvalidArgument`] if the context was not negotiated; server error.
+    pub async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<BlockExtent>> {
+        let Some(context) = self.info.base_allocation else {
+            return Err(NbdError::InvalidArgument {
+                what: "base:allocation not negotiated",
+            });
+        };
+        let kind = Kind::BlockStatus {
+            context,
+            extents: Vec::new(),
+        };
+        match self
+            .submit(cmd::BLOCK_STATUS, 0, offset, len, None, kind)
+            .await?
+        {
+            Outcome::Extents(x) => Ok(x),
+            _ => Err(NbdError::protocol("block status without extents")),
+        }
+    }
+
+    /// Waits for in-flight requests, sends `NBD_CMD_DISC` and closes.
+    ///
+    /// # Errors
+    /// Writing the disconnect failed.
+    pub async fn disconnect(self) -> Result<()> {
+        let _all = self.inner.window.acquire_many(self.inner.window_size).await;
+        let mut out = Vec::new();
+        let req = Request {
+            flags: 0,
+            command: cmd::DISC,
+            cookie: 0,
+            offset: 0,
+            length: 0,
+        };
+        codec::encode_request(&req, &mut out);
+        let mut w = self.inner.writer.lock().await;
+        w.write_all(&out).await?;
+        w.flush().await?;
+        let _ = w.shutdown().await;
+        drop(w);
+        self.reader.abort();
+        Ok(())
+    }
+
+    fn check_payload(&self, len: u32) -> Result<()> {
+        if len > self.max_payload() {
+            return Err(NbdError::InvalidArgument {
+                what: "length above the maximum payload",
+            });
+        }
+        Ok(())
+    }
+
+    async fn submit(
+        &self,
+        command: u16,
+        flags: u16,
+        offset: u64,
+        length: u32,
+        payload: Option<&[u8]>,
+        kind: Kind,
+    ) -> Result<Outcome> {
+        let _permit = self
+            .inner
+            .window
+            .acquire()
+            .await
+            .map_err(|_| NbdError::Closed)?;
+        let cookie = self.inner.next_cookie.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.inner.lock();
+            if p.closed {
+                return Err(NbdError::Closed);
+            }
+            p.waiters.insert(
+                cookie,
+                Waiter {
+                    kind,
+                    error: None,
+                    tx,
+                },
+            );
+        }
+        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _count = InFlight(&self.inner.in_flight);
+        let req = Request {
+            flags,
+            command,
+            cookie,
+            offset,
+            length,
+        };
+        let mut head = Vec::with_capacity(wire::REQUEST_HEADER_LEN);
+        codec::encode_request(&req, &mut head);
+        let written = async {
+            let mut w = self.inner.writer.lock().await;
+            w.write_all(&head).await?;
+            if let Some(data) = payload {
+                w.write_all(data).await?;
+            }
+            w.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            self.inner.lock().waiters.remove(&cookie);
+            return Err(e.into());
+        }
+        rx.await.map_err(|_| NbdError::Closed)?
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fail_all(&self) {
+        let mut p = self.lock();
+        p.closed = true;
+        for (_, w) in p.waiters.drain() {
+            let _ = w.tx.send(Err(NbdError::Closed));
+        }
+    }
+}
+
+/// N connections to one export; requests go to the least-loaded connection.
+#[derive(Debug)]
+pub struct ClientPool {
+    clients: Vec<Client>,
+    next: AtomicUsize,
+}
+
+impl ClientPool {
+    /// Opens `connections` (at least one) connections with the same options.
+    ///
+    /// # Errors
+    /// Any connection failing.
+    pub async fn connect(
+        addr: impl ToSocketAddrs + Clone,
+        options: ClientOptions,
+        connections: usize,
+    ) -> Result<Self> {
+        let mut clients = Vec::with_capacity(connections.max(1));
+        for _ in 0..connections.max(1) {
+            clients.push(Client::connect(addr.clone(), options.clone()).await?);
+        }
+        Ok(Self {
+            clients,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The least-loaded connection (ties broken round-robin).
+    #[must_use]
+    pub fn get(&self) -> &Client {
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        let mut best = &self.clients[start];
+        for i in 1..self.clients.len() {
+            let c = &self.clients[(start + i) % self.clients.len()];
+            if c.in_flight() < best.in_flight() {
+                best = c;
+            }
+        }
+        best
+    }
+
+    /// All connections.
+    #[must_use]
+    pub fn clients(&self) -> &[Client] {
+        &self.clients
+    }
+
+    /// Flushes every connection (one suffices with `CAN_MULTI_CONN`; this is safe without).
+    ///
+    /// # Errors
+    /// Any flush failing.
+    pub async fn flush(&self) -> Result<()> {
+        if self.clients[0].flags() & tflag::CAN_MULTI_CONN != 0 {
+            return self.clients[0].flush().await;
+        }
+        for c in &self.clients {
+            c.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Disconnects every connection.
+    ///
+    /// # Errors
+    /// Any disconnect failing.
+    pub async fn disconnect(self) -> Result<()> {
+        for c in self.clients {
+            c.disconnect().await?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- handshake
+
+async fn open(
+    addr: impl ToSocketAddrs,
+    tls: Option<&(Arc<rustls::ClientConfig>, String)>,
+) -> Result<Box<dyn Stream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    let mut io: Box<dyn Stream> = Box::new(tcp);
+    let mut greeting = [0u8; wire::GREETING_LEN];
+    io.read_exact(&mut greeting).await?;
+    let Some((hflags, _)) = codec::decode_greeting(&greeting)? else {
+        return Err(NbdError::protocol("short greeting"));
+    };
+    if hflags & wire::FLAG_FIXED_NEWSTYLE == 0 {
+        return Err(NbdError::protocol("server does not support fixed newstyle"));
+    }
+    let mut cflags = wire::FLAG_C_FIXED_NEWSTYLE;
+    if hflags & wire::FLAG_NO_ZEROES != 0 {
+        cflags |= wire::FLAG_C_NO_ZEROES;
+    }
+    io.write_all(&cflags.to_be_bytes()).await?;
+    if let Some((config, name)) = tls {
+        send_option(&mut io, &ClientOption::StartTls).await?;
+        expect_ack(&mut io).await?;
+        let server_name =
+            ServerName::try_from(name.clone()).map_err(|_| NbdError::InvalidArgument {
+                what: "invalid TLS server name",
+            })?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+        io = Box::new(connector.connect(server_name, io).await?);
+    }
+    Ok(io)
+}
+
+async fn negotiate(io: &mut Box<dyn Stream>, options: &ClientOptions) -> Result<ExportInfo> {
+    let mut structured = false;
+    if options.structured_replies {
+        send_option(io, &ClientOption::StructuredReply).await?;
+        let reply = read_option_reply(io).await?;
+        structured = reply.reply_type == rep::ACK;
+    }
+    let mut base_allocation = None;
+    if structured && options.block_status {
+        let req = MetaContextRequest {
+            name: options.export_name.clone(),
+            queries: vec![wire::BASE_ALLOCATION.to_owned()],
+        };
+        send_option(io, &ClientOption::SetMetaContext(req)).await?;
+        loop {
+            let reply = read_option_reply(io).await?;
+            match codec::parse_reply_payload(&reply)? {
+                ReplyPayload::MetaContext { id, name } if name == wire::BASE_ALLOCATION => {
+                    base_allocation = Some(id);
+                }
+                ReplyPayload::Ack | ReplyPayload::Error { .. } => break,
+                _ => {}
+            }
+        }
+    }
+    let go = InfoRequest {
+        name: options.export_name.clone(),
+        requests: vec![info::BLOCK_SIZE],
+    };
+    send_option(io, &ClientOption::Go(go)).await?;
+    let mut export = None;
+    let mut block_sizes = None;
+    loop {
+        let reply = read_option_reply(io).await?;
+        match codec::parse_reply_payload(&reply)? {
+            ReplyPayload::Info(InfoItem::Export { size, flags }) => export = Some((size, flags)),
+            ReplyPayload::Info(InfoItem::BlockSize(b)) => block_sizes = Some(b),
+            ReplyPayload::Info(_) => {}
+            ReplyPayload::Ack => break,
+            ReplyPayload::Error { code, message } => {
+                if code == rep::ERR_UNKNOWN {
+                    return Err(NbdError::UnknownExport {
+                        name: options.export_name.clone(),
+                    });
+                }
+                return Err(NbdError::OptionRefused {
+                    option: reply.option,
+                    reply: code,
+                    message,
+                });
+            }
+            _ => return Err(NbdError::protocol("unexpected reply to GO")),
+        }
+    }
+    let Some((size, flags)) = export else {
+        return Err(NbdError::protocol("GO without NBD_INFO_EXPORT"));
+    };
+    Ok(ExportInfo {
+        size,
+        flags,
+        block_sizes,
+        structured_replies: structured,
+        base_allocation,
+    })
+}
+
+async fn send_option(io: &mut Box<dyn Stream>, o: &ClientOption) -> Result<()> {
+    let mut out = Vec::new();
+    codec::encode_option_request(&codec::encode_client_option(o), &mut out);
+    io.write_all(&out).await?;
+    io.flush().await?;
+    Ok(())
+}
+
+/// Reads exactly one option reply (never more, so no TLS bytes are consumed early).
+async fn read_option_reply(io: &mut Box<dyn Stream>) -> Result<OptionReply> {
+    let mut buf = vec![0u8; wire::OPTION_REPLY_HEADER_LEN];
+    io.read_exact(&mut buf).await?;
+    let len = u32::from_be_bytes([buf[16], buf[17], buf[18], buf[19]]);
+    if len <= wire::MAX_OPTION_REPLY_PAYLOAD {
+        buf.resize(wire::OPTION_REPLY_HEADER_LEN + len as usize, 0);
+        io.read_exact(&mut buf[wire::OPTION_REPLY_HEADER_LEN..])
+            .await?;
+    }
+    match codec::decode_option_reply(&buf)? {
+        Some((r, _)) => Ok(r),
+        None => Err(NbdError::protocol("short option reply")),
+    }
+}
+
+async fn expect_ack(io: &mut Box<dyn Stream>) -> Result<()> {
+    let reply = read_option_reply(io).await?;
+    if reply.reply_type == rep::ACK {
+        return Ok(());
+    }
+    let message = String::from_utf8_lossy(&reply.data).into_owned();
+    Err(NbdError::OptionRefused {
+        option: reply.option,
+        reply: reply.reply_type,
+        message,
+    })
+}
+
+// ---------------------------------------------------------------- replies
+
+async fn reader_task(rd: ReadHalf<Box<dyn Stream>>, inner: Arc<Inner>, info: ExportInfo) {
+    let mut rd = BufReader::with_capacity(256 * 1024, rd);
+    if let Err(e) = read_replies(&mut rd, &inner, info).await {
+        tracing::debug!(error = %e, "NBD client reader stopped");
+    }
+    inner.fail_all();
+}
+
+async fn read_replies(
+    rd: &mut BufReader<ReadHalf<Box<dyn Stream>>>,
+    inner: &Inner,
+    info: ExportInfo,
+) -> Result<()> {
+    loop {
+        let mut head = [0u8; wire::STRUCTURED_REPLY_HEADER_LEN];
+        rd.read_exact(&mut head[..wire::SIMPLE_REPLY_HEADER_LEN])
+            .await?;
+        if u32::from_be_bytes([head[0], head[1], head[2], head[3]]) == wire::STRUCTURED_REPLY_MAGIC
+        {
+            if !info.structured_replies {
+                return Err(NbdError::protocol("structured reply not negotiated"));
+            }
+            rd.read_exact(&mut head[wire::SIMPLE_REPLY_HEADER_LEN..])
+                .await?;
+        }
+        let Some((header, _)) = codec::decode_reply_header(&head)? else {
+            return Err(NbdError::protocol("short reply header"));
+        };
+        match header {
+            ReplyHeader::Simple { error, cookie } => {
+                let Some(mut w) = inner.lock().waiters.remove(&cookie) else {
+                    return Err(NbdError::protocol("reply for unknown cookie"));
+                };
+                if error != 0 {
+                    let _ = w.tx.send(Err(NbdError::Request {
+                        errno: Errno::from_code(error),
+                    }));
+                    continue;
+                }
+                let outcome = match &mut w.kind {
+                    Kind::Read { buf, .. } => {
+                        rd.read_exact(buf).await?;
+                        Outcome::Data(std::mem::take(buf))
+                    }
+                    Kind::BlockStatus { .. } => {
+                        return Err(NbdError::protocol("simple reply to block status"));
+                    }
+                    Kind::Other => Outcome::Done,
+                };
+                let _ = w.tx.send(Ok(outcome));
+            }
+            ReplyHeader::Chunk {
+                flags,
+                chunk_type,
+                cookie,
+                length,
+            } => {
+                let Some(mut w) = inner.lock().waiters.remove(&cookie) else {
+                    return Err(NbdError::protocol("chunk for unknown cookie"));
+                };
+                if chunk_type == chunk::OFFSET_DATA {
+                    read_data_chunk(rd, &mut w, length).await?;
+                } else {
+                    let mut payload = vec![0u8; length as usize];
+                    rd.read_exact(&mut payload).await?;
+                    apply_chunk(&mut w, codec::parse_chunk_payload(chunk_type, &payload)?)?;
+                }
+                if flags & chunk::FLAG_DONE != 0 {
+                    let result = match (w.error, w.kind) {
+                        (Some(errno), _) => Err(NbdError::Request { errno }),
+                        (None, Kind::Read { buf, .. }) => Ok(Outcome::Data(buf)),
+                        (None, Kind::BlockStatus { extents, .. }) if !extents.is_empty() => {
+                            Ok(Outcome::Extents(extents))
+                        }
+                        (None, Kind::BlockStatus { .. }) => {
+                            Err(NbdError::protocol("block status reply without extents"))
+                        }
+                        (None, Kind::Other) => Ok(Outcome::Done),
+                    };
+                    let _ = w.tx.send(result);
+                } else {
+                    inner.lock().waiters.insert(cookie, w);
+                }
+            }
+        }
+    }
+}
+
+/// Reads an OFFSET_DATA chunk straight into the read buffer.
+async fn read_data_chunk(
+    rd: &mut BufReader<ReadHalf<Box<dyn Stream>>>,
+    w: &mut Waiter,
+    length: u32,
+) -> Result<()> {
+    let Kind::Read { offset: base, buf } = &mut w.kind else {
+        return Err(NbdError::protocol("data chunk for a non-read request"));
+    };
+    if length < 9 {
+        return Err(NbdError::protocol("OFFSET_DATA chunk too short"));
+    }
+    let mut off = [0u8; 8];
+    rd.read_exact(&mut off).await?;
+    let offset = u64::from_be_bytes(off);
+    let n = (length - 8) as usize;
+    let start = offset
+        .checked_sub(*base)
+        .and_then(|s| usize::try_from(s).ok())
+        .filter(|s| s.checked_add(n).is_some_and(|e| e <= buf.len()));
+    let Some(start) = start else {
+        return Err(NbdError::protocol("OFFSET_DATA chunk outside the request"));
+    };
+    rd.read_exact(&mut buf[start..start + n]).await?;
+    Ok(())
+}
+
+fn apply_chunk(w: &mut Waiter, payload: ChunkPayload) -> Result<()> {
+    match payload {
+        ChunkPayload::None => {}
+        ChunkPayload::OffsetHole { offset, size } => {
+            let Kind::Read { offset: base, buf } = &mut w.kind else {
+                return Err(NbdError::protocol("hole chunk for a non-read request"));
+            };
+            let start = offset
+                .checked_sub(*base)
+                .and_then(|s| usize::try_from(s).ok())
+                .filter(|s| s.checked_add(size as usize).is_some_and(|e| e <= buf.len()));
+            let Some(start) = start else {
+                return Err(NbdError::protocol("OFFSET_HOLE chunk outside the request"));
+            };
+            buf[start..start + size as usize].fill(0);
+        }
+        ChunkPayload::BlockStatus {
+            context_id,
+            descriptors,
+        } => {
+            if let Kind::BlockStatus { context, extents } = &mut w.kind
+                && *context == context_id
+            {
+                extents.extend(descriptors.into_iter().map(|(len, f)| BlockExtent {
+                    length: u64::from(len),
+                    hole: f & state::HOLE != 0,
+                    zero: f & state::ZERO != 0,
+                }));
+            }
+        }
+        ChunkPayload::Error { error, .. } | ChunkPayload::ErrorOffset { error, .. } => {
+            w.error.get_or_insert(Errno::from_code(error));
+        }
+        ChunkPayload::Unknown { chunk_type, .. } if chunk_type & chunk::ERROR_BIT != 0 => {
+            w.error.get_or_insert(Errno::Io);
+        }
+        ChunkPayload::OffsetData { .. } | ChunkPayload::Unknown { .. } => {
+            return Err(NbdError::protocol("unexpected chunk type"));
+        }
+    }
+    Ok(())
+}
