@@ -1,0 +1,351 @@
+//! Golden tests: images we write pass `qemu-img check` and `compare`; images qemu writes read
+//! byte-identical to `qemu-img convert -O raw`.
+
+use sendense_qcow2::{BackingSpec, CreateOptions, Image, OpenOptions};
+use tempfile::TempDir;
+
+use crate::util::{
+    assert_qemu_check_clean, assert_qemu_compare, pattern, qemu_img_ok, qemu_to_raw,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn write_mixed(img: &Image, expected: &mut [u8], seed: u64) {
+    let size = expected.len() as u64;
+    let cs = img.cluster_size();
+    let writes = [
+        (0u64, 3 * cs as usize + 100),
+        (size / 3 + 7, 70_000usize),
+        (size / 2, (2 * MIB) as usize),
+        (size - 4096, 4096),
+    ];
+    for (i, (off, len)) in writes.into_iter().enumerate() {
+        let len = len.min((size - off) as usize);
+        let data = pattern(seed + i as u64, len);
+        img.write_at(&data, off).unwrap();
+        expected[off as usize..off as usize + len].copy_from_slice(&data);
+    }
+    img.write_zeroes(size / 2 + 1000, 3 * cs).unwrap();
+    let z = (size / 2 + 1000) as usize;
+    expected[z..z + 3 * cs as usize].fill(0);
+}
+
+fn roundtrip(cluster_size: u32, extended_l2: bool) {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("a.qcow2");
+    let size = 8 * MIB.max(u64::from(cluster_size) * 4);
+    let mut expected = vec![0u8; size as usize];
+    let opts = CreateOptions::new(size)
+        .cluster_size(cluster_size)
+        .extended_l2(extended_l2);
+    let img = Image::create(&path, &opts).unwrap();
+    write_mixed(&img, &mut expected, 1);
+    img.flush().unwrap();
+    drop(img);
+    let raw = dir.path().join("expected.raw");
+    std::fs::write(&raw, &expected).unwrap();
+    assert_qemu_check_clean(&path);
+    assert_qemu_compare(&path, &raw);
+}
+
+#[test]
+fn created_image_64k_passes_qemu_check_and_compare() {
+    roundtrip(65536, false);
+}
+
+#[test]
+fn created_image_512b_passes_qemu_check_and_compare() {
+    roundtrip(512, false);
+}
+
+#[test]
+fn created_image_2m_passes_qemu_check_and_compare() {
+    roundtrip(2 << 20, false);
+}
+
+#[test]
+fn created_image_extended_l2_passes_qemu_check_and_compare() {
+    roundtrip(65536, true);
+}
+
+#[test]
+fn created_overlay_chain_shows_in_qemu_info_and_compares() {
+    let dir = TempDir::new().unwrap();
+    let base = dir.path().join("base.qcow2");
+    let top = dir.path().join("top.qcow2");
+    let size = 4 * MIB;
+    let mut expected = vec![0u8; size as usize];
+    let img = Image::create(&base, &CreateOptions::new(size)).unwrap();
+    write_mixed(&img, &mut expected, 10);
+    drop(img);
+    let opts = CreateOptions::new(size).backing(BackingSpec::qcow2("base.qcow2"));
+    let img = Image::create(&top, &opts).unwrap();
+    let data = pattern(99, 5000);
+    img.write_at(&data, 12345).unwrap();
+    expected[12345..12345 + 5000].copy_from_slice(&data);
+    img.write_zeroes(0, 65536).unwrap();
+    expected[..65536].fill(0);
+    img.discard(MIB, MIB).unwrap();
+    expected[MIB as usize..2 * MIB as usize].fill(0);
+    drop(img);
+    let info = qemu_img_ok(&["info", "--backing-chain", top.to_str().unwrap()]);
+    assert!(info.contains("backing file: base.qcow2"), "{info}");
+    assert!(info.contains("backing file format: qcow2"), "{info}");
+    let raw = dir.path().join("expected.raw");
+    std::fs::write(&raw, &expected).unwrap();
+    assert_qemu_check_clean(&top);
+    assert_qemu_check_clean(&base);
+    assert_qemu_compare(&top, &raw);
+}
+
+fn qemu_made(args: &[&str], name: &str, seed: u64) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new().unwrap();
+    let raw = dir.path().join("src.raw");
+    let mut data = pattern(seed, (4 * MIB) as usize);
+    data[MIB as usize..2 * MIB as usize].fill(0);
+    std::fs::write(&raw, &data).unwrap();
+    let out = dir.path().join(name);
+    let mut full = vec!["convert", "-O", "qcow2"];
+    full.extend_from_slice(args);
+    full.push(raw.to_str().unwrap());
+    full.push(out.to_str().unwrap());
+    qemu_img_ok(&full);
+    (dir, out)
+}
+
+fn assert_reads_like_qemu(path: &std::path::Path, dir: &std::path::Path) {
+    let expected = qemu_to_raw(path, dir);
+    let img = Image::open(path, &OpenOptions::read_only()).unwrap();
+    let mut got = vec![0u8; expected.len()];
+    img.read_at(&mut got, 0).unwrap();
+    assert!(got == expected, "content differs from qemu-img convert");
+    let report = img.check().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[test]
+fn qemu_image_512b_reads_identically() {
+    let (dir, p) = qemu_made(&["-o", "cluster_size=512"], "a.qcow2", 1);
+    assert_reads_like_qemu(&p, dir.path());
+}
+
+#[test]
+fn qemu_image_64k_reads_identically() {
+    let (dir, p) = qemu_made(&[], "a.qcow2", 2);
+    assert_reads_like_qemu(&p, dir.path());
+}
+
+#[test]
+fn qemu_image_2m_reads_identically() {
+    let (dir, p) = qemu_made(&["-o", "cluster_size=2M"], "a.qcow2", 3);
+    assert_reads_like_qemu(&p, dir.path());
+}
+
+#[test]
+fn qemu_image_compressed_reads_identically() {
+    let dir = TempDir::new().unwrap();
+    let raw = dir.path().join("src.raw");
+    // Compressible data: repeated text with some random blocks.
+    let mut data = Vec::new();
+    while data.len() < (4 * MIB) as usize {
+        data.extend_from_slice(b"sendense qcow2 compressed cluster test line\n");
+    }
+    data.truncate((4 * MIB) as usize);
+    data[2 * MIB as usize..2 * MIB as usize + 100_000].copy_from_slice(&pattern(5, 100_000));
+    std::fs::write(&raw, &data).unwrap();
+    let out = dir.path().join("c.qcow2");
+    qemu_img_ok(&[
+        "convert",
+        "-c",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_reads_like_qemu(&out, dir.path());
+}
+
+#[test]
+fn qemu_image_extended_l2_reads_identically() {
+    let (dir, p) = qemu_made(&["-o", "extended_l2=on"], "a.qcow2", 4);
+    // Partial writes create subcluster allocations.
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "extended_l2=on",
+        "-b",
+        "a.qcow2",
+        "-F",
+        "qcow2",
+        dir.path().join("b.qcow2").to_str().unwrap(),
+    ]);
+    crate::util::run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x5a 70000 5000",
+            "-c",
+            "write -z 200000 8192",
+            dir.path().join("b.qcow2").to_str().unwrap(),
+        ],
+    );
+    assert_reads_like_qemu(&p, dir.path());
+    assert_reads_like_qemu(&dir.path().join("b.qcow2"), dir.path());
+}
+
+#[test]
+fn qemu_image_compat_v2_reads_identically() {
+    let (dir, p) = qemu_made(&["-o", "compat=0.10"], "a.qcow2", 6);
+    let img = Image::open(&p, &OpenOptions::read_only()).unwrap();
+    assert_eq!(img.info().version, 2);
+    drop(img);
+    assert_reads_like_qemu(&p, dir.path());
+}
+
+#[test]
+fn qemu_chain_with_relative_names_reads_identically() {
+    let (dir, base) = qemu_made(&[], "base.qcow2", 7);
+    let d = dir.path();
+    let mid = d.join("mid.qcow2");
+    let top = d.join("top.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        mid.to_str().unwrap(),
+    ]);
+    crate::util::run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x11 1000 300000",
+            "-c",
+            "write -z 3000000 65536",
+            mid.to_str().unwrap(),
+        ],
+    );
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "mid.qcow2",
+        "-F",
+        "qcow2",
+        top.to_str().unwrap(),
+    ]);
+    crate::util::run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x22 200000 1000",
+            "-c",
+            "discard 0 65536",
+            top.to_str().unwrap(),
+        ],
+    );
+    assert!(base.exists());
+    assert_reads_like_qemu(&top, d);
+}
+
+#[test]
+fn qemu_raw_backing_reads_identically() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("base.raw"), pattern(8, (3 * MIB) as usize)).unwrap();
+    let top = d.join("top.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        top.to_str().unwrap(),
+        "4M",
+    ]);
+    crate::util::run(
+        "qemu-io",
+        &["-c", "write -P 0x33 100000 70000", top.to_str().unwrap()],
+    );
+    assert_reads_like_qemu(&top, d);
+}
+
+#[test]
+fn commit_into_qcow2_backing_matches_top() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let base = d.join("base.qcow2");
+    let top = d.join("top.qcow2");
+    let img = Image::create(&base, &CreateOptions::new(4 * MIB)).unwrap();
+    img.write_at(&pattern(1, (4 * MIB) as usize), 0).unwrap();
+    drop(img);
+    let img = Image::create(
+        &top,
+        &CreateOptions::new(4 * MIB).backing(BackingSpec::qcow2("base.qcow2")),
+    )
+    .unwrap();
+    img.write_at(&pattern(2, 100_000), 50_000).unwrap();
+    img.write_zeroes(MIB, MIB).unwrap();
+    img.commit().unwrap();
+    let mut via_top = vec![0u8; (4 * MIB) as usize];
+    img.read_at(&mut via_top, 0).unwrap();
+    drop(img);
+    let base_raw = qemu_to_raw(&base, d);
+    assert!(
+        base_raw == via_top,
+        "committed base differs from the top image"
+    );
+    assert_qemu_check_clean(&base);
+}
+
+#[test]
+fn commit_into_raw_backing_matches_top() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let base = d.join("base.raw");
+    std::fs::write(&base, pattern(3, (2 * MIB) as usize)).unwrap();
+    let top = d.join("top.qcow2");
+    let img = Image::create(
+        &top,
+        &CreateOptions::new(2 * MIB).backing(BackingSpec::raw("base.raw")),
+    )
+    .unwrap();
+    img.write_at(&pattern(4, 3000), 77).unwrap();
+    img.write_zeroes(MIB, 65536).unwrap();
+    img.commit().unwrap();
+    let mut via_top = vec![0u8; (2 * MIB) as usize];
+    img.read_at(&mut via_top, 0).unwrap();
+    drop(img);
+    assert!(std::fs::read(&base).unwrap() == via_top);
+}
+
+#[test]
+fn finalize_renames_and_image_is_clean() {
+    let dir = TempDir::new().unwrap();
+    let tmp = dir.path().join("a.qcow2.part");
+    let fin = dir.path().join("a.qcow2");
+    let img = Image::create(&tmp, &CreateOptions::new(2 * MIB)).unwrap();
+    img.write_at(&pattern(1, 300_000), 4096).unwrap();
+    img.finalize(&fin).unwrap();
+    assert!(!tmp.exists());
+    assert_qemu_check_clean(&fin);
+}
+
+#[test]
+fn check_of_written_image_is_clean() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("a.qcow2");
+    let img = Image::create(&path, &CreateOptions::new(8 * MIB).cluster_size(4096)).unwrap();
+    img.write_at(&pattern(1, (3 * MIB) as usize), 1000).unwrap();
+    img.discard(0, MIB).unwrap();
+    let report = img.check().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
