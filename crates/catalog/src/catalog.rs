@@ -41,6 +41,7 @@ use sendense_types::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
 
 use crate::error::CatalogError;
 use crate::record::{BackupRecord, CredentialRecord, DiskCompletion};
@@ -95,6 +96,7 @@ impl Catalog {
                 None => {
                     meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
                     meta.insert(NEXT_SEQ_KEY, 0)?;
+                    info!(path = %path.as_ref().display(), version = SCHEMA_VERSION, "created catalog");
                 }
                 Some(SCHEMA_VERSION) => {}
                 Some(found) => {
@@ -108,6 +110,14 @@ impl Catalog {
         WriteTables::open(&txn)?;
         txn.commit()?;
         Ok(Self { db })
+    }
+
+    /// Opens (or creates) `data_dir/`[`FILE_NAME`].
+    ///
+    /// # Errors
+    /// As [`Catalog::open`].
+    pub fn open_in(data_dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open(data_dir.as_ref().join(FILE_NAME))
     }
 
     /// Registers a VM or replaces its disk list, answering the stored VM (disks ordered by
@@ -253,6 +263,7 @@ impl Catalog {
             t.vm_backups.insert((vm_name, seq), id)?;
             t.order.insert(seq, id)?;
             t.active.insert(vm_name, id)?;
+            debug!(backup_id = %id, "backup created");
             Ok(())
         })
     }
@@ -396,6 +407,7 @@ impl Catalog {
             fail_point::check(fail_point::COMPLETE_BEFORE_HEAD)?;
             t.active.remove(vm)?;
             t.heads.insert(vm, id.as_str())?;
+            debug!(backup_id = %id, "backup completed, chain head advanced");
             Ok(())
         })
     }
@@ -414,6 +426,7 @@ impl Catalog {
             record.failed_at = Some(at);
             record.failure_reason = Some(truncate(reason, MAX_REASON_LEN).to_owned());
             t.active.remove(record.vm_name.as_str())?;
+            debug!(backup_id = %id, "backup failed");
             Ok(())
         })
     }
@@ -465,6 +478,7 @@ impl Catalog {
                     None => t.heads.remove(vm)?,
                 };
             }
+            debug!(backup_id = %id, "backup deleted");
             Ok(record)
         })
     }

@@ -202,3 +202,159 @@ impl fmt::Debug for CredentialRecord {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::option;
+    use proptest::prelude::*;
+    use sendense_types::{DiskSpec, VmName};
+
+    use super::*;
+
+    fn timestamp() -> impl Strategy<Value = Timestamp> {
+        (0..=Timestamp::MAX.unix_seconds()).prop_map(|s| Timestamp::from_unix_seconds(s).unwrap())
+    }
+
+    fn change_id() -> impl Strategy<Value = ChangeId> {
+        "[ -~]{1,40}".prop_map(|s| s.parse().unwrap())
+    }
+
+    fn disk() -> impl Strategy<Value = DiskRecord> {
+        (
+            any::<u32>(),
+            any::<u64>(),
+            "[a-z0-9._-]{1,20}",
+            option::of(change_id()),
+            option::of(change_id()),
+            any::<u64>(),
+        )
+            .prop_map(|(k, cap, file, parent, change, bytes)| DiskRecord {
+                disk_key: DiskKey(k),
+                capacity_bytes: cap,
+                file,
+                parent_change_id: parent,
+                change_id: change,
+                bytes_written: bytes,
+            })
+    }
+
+    fn status() -> impl Strategy<Value = BackupStatus> {
+        prop_oneof![
+            Just(BackupStatus::Pending),
+            Just(BackupStatus::Running),
+            Just(BackupStatus::Completed),
+            Just(BackupStatus::Failed)
+        ]
+    }
+
+    fn record() -> impl Strategy<Value = BackupRecord> {
+        (
+            (
+                "[a-z0-9][a-z0-9_-]{0,15}",
+                timestamp(),
+                any::<u32>(),
+                any::<bool>(),
+            ),
+            status(),
+            option::of(any::<u32>()),
+            (
+                option::of(timestamp()),
+                option::of(timestamp()),
+                option::of("\\PC{0,30}"),
+            ),
+            proptest::collection::vec(disk(), 0..4),
+        )
+            .prop_map(
+                |((vm, created, suffix, incremental), status, parent, ends, disks)| {
+                    let vm_name: VmName = vm.parse().unwrap();
+                    BackupRecord {
+                        backup_id: BackupId::from_parts(&vm_name, created, suffix),
+                        backup_type: if incremental {
+                            BackupType::Incremental
+                        } else {
+                            BackupType::Full
+                        },
+                        status,
+                        parent_backup_id: parent
+                            .map(|p| BackupId::from_parts(&vm_name, created, p)),
+                        created_at: created,
+                        completed_at: ends.0,
+                        failed_at: ends.1,
+                        failure_reason: ends.2,
+                        disks,
+                        vm_name,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn backup_record_json_round_trips(r in record()) {
+            let bytes = serde_json::to_vec(&r).unwrap();
+
+            prop_assert_eq!(serde_json::from_slice::<BackupRecord>(&bytes).unwrap(), r);
+        }
+
+        #[test]
+        fn credential_record_json_round_trips(
+            sealed in proptest::collection::vec(any::<u8>(), 0..64),
+            t in timestamp(),
+        ) {
+            let r = CredentialRecord {
+                name: "vc".parse().unwrap(),
+                host: "h".into(),
+                username: "u".into(),
+                sealed_password: sealed,
+                created_at: t,
+                updated_at: t,
+            };
+            let bytes = serde_json::to_vec(&r).unwrap();
+
+            prop_assert_eq!(serde_json::from_slice::<CredentialRecord>(&bytes).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn backup_record_new_incremental_copies_parent_change_ids() {
+        let vm = Vm {
+            name: "vm".parse().unwrap(),
+            disks: vec![
+                DiskSpec {
+                    key: DiskKey(2000),
+                    capacity_bytes: 512,
+                },
+                DiskSpec {
+                    key: DiskKey(2001),
+                    capacity_bytes: 512,
+                },
+            ],
+            created_at: Timestamp::EPOCH,
+            updated_at: Timestamp::EPOCH,
+        };
+        let mut parent = BackupRecord::new(
+            BackupId::from_parts(&vm.name, Timestamp::EPOCH, 1),
+            &vm,
+            None,
+            BackupStatus::Completed,
+            Timestamp::EPOCH,
+        );
+        parent.disks[0].change_id = Some("52 aa/1".parse().unwrap());
+        parent.disks.truncate(1);
+
+        let child = BackupRecord::new(
+            BackupId::from_parts(&vm.name, Timestamp::EPOCH, 2),
+            &vm,
+            Some(&parent),
+            BackupStatus::Running,
+            Timestamp::EPOCH,
+        );
+
+        let parent_ids: Vec<Option<ChangeId>> = child
+            .disks
+            .iter()
+            .map(|d| d.parent_change_id.clone())
+            .collect();
+        assert_eq!(parent_ids, [Some("52 aa/1".parse().unwrap()), None]);
+    }
+}

@@ -15,7 +15,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{TypesError, echo};
+use crate::error::TypesError;
 use crate::names::{BackupId, ChangeId, CredentialName, DiskKey, ExportName, VmName};
 use crate::timestamp::Timestamp;
 
@@ -621,7 +621,7 @@ impl std::error::Error for ApiError {}
 
 impl From<&TypesError> for ApiError {
     fn from(err: &TypesError) -> Self {
-        Self::new(error_codes::BAD_REQUEST, echo(&err.to_string()))
+        Self::new(error_codes::BAD_REQUEST, err.to_string())
     }
 }
 

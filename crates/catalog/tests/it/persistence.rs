@@ -93,3 +93,12 @@ fn open_garbage_file_storage_error() {
 
     assert_eq!(err.kind(), ErrorKind::Storage);
 }
+
+#[test]
+fn open_in_uses_catalog_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+
+    drop(Catalog::open_in(dir.path()).unwrap());
+
+    assert!(dir.path().join(sendense_catalog::FILE_NAME).is_file());
+}
