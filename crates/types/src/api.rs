@@ -473,16 +473,38 @@ fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), TypesE
     Err(TypesError::InvalidField { field, reason })
 }
 
-/// The query of `GET /api/v1/backups?vm_name=&status=`; both filters optional.
+/// The query of `GET /api/v1/backups?vm_name=&status=`; both filters optional, and an empty
+/// value (`vm_name=`) means no filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupQuery {
     /// Only this VM's backups.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "empty_as_none"
+    )]
     pub vm_name: Option<VmName>,
     /// Only backups in this state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "empty_as_none"
+    )]
     pub status: Option<BackupStatus>,
+}
+
+/// Deserializes an optional string field through `FromStr`, an empty string being `None`.
+fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    match Option::<String>::deserialize(deserializer)?.as_deref() {
+        None | Some("") => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// A registered VM: `{name, disks, created_at, updated_at}`.

@@ -239,3 +239,27 @@ fn timestamp_field_invalid_rejected_with_reason() {
 
     assert!(msg.contains("Invalid timestamp"), "{msg}");
 }
+
+#[test]
+fn backup_query_empty_values_mean_no_filter() {
+    let q: BackupQuery = serde_json::from_value(json!({"vm_name": "", "status": ""})).unwrap();
+
+    assert_eq!(q, BackupQuery::default());
+}
+
+#[test]
+fn backup_query_bad_status_rejected() {
+    let msg = parse_err::<BackupQuery>(json!({"status": "done"}));
+
+    assert!(
+        msg.contains("must be pending, running, completed or failed"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn backup_query_unknown_param_rejected() {
+    let msg = parse_err::<BackupQuery>(json!({"vm": "a"}));
+
+    assert!(msg.contains("unknown field `vm`"), "{msg}");
+}
