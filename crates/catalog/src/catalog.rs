@@ -307,7 +307,7 @@ impl Catalog {
             };
             let mut out = Vec::new();
             for id in ids {
-                let record = require_backup(&t.backups, &id)?;
+                let record = require_backup(&t.backups, "backup index", &id)?;
                 if query.status.is_none_or(|s| s == record.status) {
                     out.push(record);
                 }
@@ -455,7 +455,7 @@ impl Catalog {
             }
             let mut dependents = Vec::new();
             for other in vm_backup_ids(&t.vm_backups, &record.vm_name)? {
-                let other = require_backup(&t.backups, &other)?;
+                let other = require_backup(&t.backups, "vm_backups", &other)?;
                 if other.parent_backup_id.as_ref() == Some(id)
                     && other.status != BackupStatus::Failed
                 {
@@ -508,7 +508,11 @@ impl Catalog {
     /// [`CatalogError::BrokenChain`].
     pub fn chain_to(&self, id: &BackupId) -> Result<Vec<BackupRecord>> {
         self.read(|t| {
-            let record = require_backup(&t.backups, id)?;
+            let record = load_backup(&t.backups, id)?
+                .ok_or_else(|| CatalogError::BackupNotFound {
+                    backup_id: id.clone(),
+                })?
+                .record;
             expect_status(&record, &[BackupStatus::Completed], "completed")?;
             walk_chain(&t.backups, id)
         })
@@ -524,7 +528,7 @@ impl Catalog {
                 return Err(CatalogError::VmNotFound { vm: vm.clone() });
             }
             get_id(&t.heads, "heads", vm.as_str())?
-                .map(|id| require_backup(&t.backups, &id))
+                .map(|id| require_backup(&t.backups, "heads", &id))
                 .transpose()
         })
     }
@@ -540,8 +544,10 @@ impl Catalog {
             for entry in t.active.iter()? {
                 let (vm, id) = entry?;
                 let id = parse_id("active", vm.value(), id.value())?;
-                let stored = load_backup(&t.backups, &id)?
-                    .ok_or(CatalogError::BackupNotFound { backup_id: id })?;
+                let stored = load_backup(&t.backups, &id)?.ok_or(CatalogError::DanglingIndex {
+                    table: "active",
+                    backup_id: id,
+                })?;
                 found.push(stored);
             }
             found.sort_by_key(|s| s.seq);
@@ -853,14 +859,16 @@ fn load_backup(
     get_json(table, "backups", id.as_str())
 }
 
-/// Loads a backup an index points to; a dangling index entry is corruption.
+/// Loads a backup the index `index` points to; a dangling index entry is corruption.
 fn require_backup(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
+    index: &'static str,
     id: &BackupId,
 ) -> Result<BackupRecord> {
     load_backup(table, id)?
         .map(|s| s.record)
-        .ok_or_else(|| CatalogError::BackupNotFound {
+        .ok_or_else(|| CatalogError::DanglingIndex {
+            table: index,
             backup_id: id.clone(),
         })
 }
@@ -886,7 +894,7 @@ fn walk_chain(
 ) -> Result<Vec<BackupRecord>> {
     let mut chain = Vec::new();
     let mut seen = HashSet::new();
-    let mut next = Some(require_backup(table, last)?);
+    let mut next = Some(require_backup(table, "heads", last)?);
     while let Some(record) = next {
         seen.insert(record.backup_id.clone());
         next = match &record.parent_backup_id {
@@ -1068,6 +1076,51 @@ mod tests {
             .map(|v| v.value());
 
         assert_eq!(version, Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn backup_corrupt_record_is_storage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, id) = catalog_with_running_full(dir.path());
+        {
+            let txn = catalog.db.begin_write().unwrap();
+            txn.open_table(BACKUPS)
+                .unwrap()
+                .insert(id.as_str(), &b"{not json"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+
+        let err = catalog.backup(&id).unwrap_err();
+
+        assert!(
+            matches!(
+                err,
+                CatalogError::Corrupt {
+                    table: "backups",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn running_backups_dangling_active_entry_is_storage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, id) = catalog_with_running_full(dir.path());
+        {
+            let txn = catalog.db.begin_write().unwrap();
+            txn.open_table(BACKUPS)
+                .unwrap()
+                .remove(id.as_str())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+
+        let err = catalog.running_backups().unwrap_err();
+
+        assert_eq!(err.kind(), crate::ErrorKind::Storage);
     }
 
     #[test]

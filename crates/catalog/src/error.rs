@@ -53,6 +53,15 @@ pub enum CatalogError {
         #[source]
         source: sendense_types::TypesError,
     },
+    /// An index entry (`active`, `heads`, `vm_backups`, `backup_order`) names a backup that is
+    /// not stored.
+    #[error("Catalog index {table} names missing backup {backup_id}")]
+    DanglingIndex {
+        /// The index table.
+        table: &'static str,
+        /// The missing backup.
+        backup_id: BackupId,
+    },
     /// A parent link points to a backup that is not in the catalog, or chains loop.
     #[error("Broken chain at backup {backup_id}: parent {parent} is missing or loops")]
     BrokenChain {
@@ -191,6 +200,7 @@ impl CatalogError {
             Self::Storage { .. }
             | Self::Corrupt { .. }
             | Self::CorruptId { .. }
+            | Self::DanglingIndex { .. }
             | Self::BrokenChain { .. }
             | Self::SchemaVersion { .. } => ErrorKind::Storage,
             Self::VmNotFound { .. }

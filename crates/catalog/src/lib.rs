@@ -6,6 +6,45 @@
 //! so the catalog's invariants (one backup in progress per VM, incrementals only on top of the
 //! VM's latest completed backup, the chain advancing only when a backup completes) hold after
 //! any crash. See [`catalog`] for the tables and invariants.
+//!
+//! A backup's life, as the hub drives it:
+//!
+//! ```
+//! use sendense_catalog::{BackupRecord, Catalog, DiskCompletion};
+//! use sendense_types::{BackupId, BackupStatus, DiskKey, DiskSpec, RegisterVmRequest, Timestamp};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let catalog = Catalog::open_in(dir.path())?;
+//! let now = Timestamp::now();
+//! let spec = RegisterVmRequest::new(
+//!     "web01".parse()?,
+//!     vec![DiskSpec { key: DiskKey(2000), capacity_bytes: 1 << 30 }],
+//! )?;
+//! let vm = catalog.upsert_vm(&spec, now)?;
+//!
+//! // `auto`: incremental on the latest completed backup if there is one, else full.
+//! let parent = catalog.latest_completed(&vm.name)?;
+//! let record = BackupRecord::new(
+//!     BackupId::new(&vm.name, now),
+//!     &vm,
+//!     parent.as_ref(),
+//!     BackupStatus::Running,
+//!     now,
+//! );
+//! catalog.create_backup(&record)?; // 409-kind error if one is already running
+//!
+//! // ... data flows into the images ...
+//! let done = [DiskCompletion {
+//!     disk_key: DiskKey(2000),
+//!     change_id: Some("52 3c 7e/12".parse()?),
+//!     bytes_written: 4096,
+//! }];
+//! catalog.complete_backup(&record.backup_id, &done, Timestamp::now())?;
+//! assert_eq!(catalog.chain(&vm.name)?.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod catalog;

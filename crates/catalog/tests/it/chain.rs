@@ -245,3 +245,13 @@ fn delete_backup_unknown_not_found() {
 
     assert!(matches!(err, CatalogError::BackupNotFound { .. }), "{err}");
 }
+
+#[test]
+fn chain_to_unknown_backup_not_found() {
+    let f = Fixture::new();
+    let id = sendense_types::BackupId::from_parts(&name("web01"), crate::support::at(1), 1);
+
+    let err = f.catalog.chain_to(&id).unwrap_err();
+
+    assert!(matches!(err, CatalogError::BackupNotFound { .. }), "{err}");
+}
