@@ -1,0 +1,348 @@
+//! Our client against our server: TLS, pipelining, out-of-order replies,
+//! export removal, shutdown, hostile input, error values.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sendense_nbd::wire::{self, Errno, tflag};
+use sendense_nbd::{
+    Client, ClientOptions, ClientPool, ExportRegistry, MemoryExport, NbdError, ZeroFlags, codec,
+    tls,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{GateExport, TestServer, memory_registry, random_bytes};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_plain_write_read_zero_flush_block_status_round_trip() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    let c = srv.client("mem").await;
+    assert_eq!(c.size(), 64 << 20);
+    assert_ne!(c.flags() & tflag::CAN_MULTI_CONN, 0);
+    let data = random_bytes(1 << 20);
+    c.write(8 << 20, &data, true).await.unwrap();
+    assert_eq!(c.read(8 << 20, 1 << 20).await.unwrap(), data);
+    c.write_zeroes(8 << 20, 4096, ZeroFlags::default())
+        .await
+        .unwrap();
+    let back = c.read(8 << 20, 8192).await.unwrap();
+    assert!(back[..4096].iter().all(|b| *b == 0));
+    assert_eq!(&back[4096..], &data[4096..8192]);
+    c.trim(16 << 20, 1 << 20, false).await.unwrap();
+    c.flush().await.unwrap();
+    let ext = c.block_status(0, 4 << 20).await.unwrap();
+    assert!(ext[0].hole && ext[0].zero);
+    assert!(!ext[1].hole);
+    c.disconnect().await.unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_structured_read_with_holes_reassembled() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    let c = srv.client("mem").await;
+    // 0..1 MiB hole, 1..2 MiB data, 2..4 MiB hole: split into hole and data chunks.
+    let back = c.read(0, 4 << 20).await.unwrap();
+    assert!(back[..1 << 20].iter().all(|b| *b == 0));
+    assert!(back[1 << 20..2 << 20].iter().all(|b| *b == 0xab));
+    assert!(back[2 << 20..].iter().all(|b| *b == 0));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_simple_replies_read_write_round_trip() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    let opts = ClientOptions {
+        structured_replies: false,
+        ..srv.options("mem")
+    };
+    let c = Client::connect(srv.addr, opts).await.unwrap();
+    assert!(!c.info().structured_replies);
+    let data = random_bytes(65536);
+    c.write(4096, &data, false).await.unwrap();
+    assert_eq!(c.read(4096, 65536).await.unwrap(), data);
+    assert!(matches!(
+        c.block_status(0, 4096).await,
+        Err(NbdError::InvalidArgument { .. })
+    ));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tls_with_client_cert_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::common::make_certs(dir.path());
+    let config = tls::server_config_from_dir(dir.path(), true).unwrap();
+    let srv = TestServer::start(memory_registry(), Some(config)).await;
+    let client_tls = tls::client_config_from_dir(dir.path()).unwrap();
+    let opts = ClientOptions {
+        tls: Some((client_tls.clone(), "localhost".into())),
+        ..srv.options("mem")
+    };
+    let names = Client::list_exports(srv.addr, opts.tls.clone())
+        .await
+        .unwrap();
+    assert_eq!(names, vec!["mem".to_owned()]);
+    let c = Client::connect(srv.addr, opts).await.unwrap();
+    let data = random_bytes(1 << 20);
+    c.write(0, &data, false).await.unwrap();
+    assert_eq!(c.read(0, 1 << 20).await.unwrap(), data);
+    c.disconnect().await.unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tls_without_client_cert_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::common::make_certs(dir.path());
+    let config = tls::server_config_from_dir(dir.path(), true).unwrap();
+    let srv = TestServer::start(memory_registry(), Some(config)).await;
+    let no_cert = tls::client_config(&dir.path().join(tls::CA_CERT), None).unwrap();
+    let opts = ClientOptions {
+        tls: Some((no_cert, "localhost".into())),
+        ..srv.options("mem")
+    };
+    assert!(Client::connect(srv.addr, opts).await.is_err());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_plain_against_tls_server_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::common::make_certs(dir.path());
+    let config = tls::server_config_from_dir(dir.path(), false).unwrap();
+    let srv = TestServer::start(memory_registry(), Some(config)).await;
+    let err = Client::connect(srv.addr, srv.options("mem"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NbdError::OptionRefused {
+                reply: wire::rep::ERR_TLS_REQD,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = Client::list_exports(srv.addr, None).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NbdError::OptionRefused {
+                reply: wire::rep::ERR_TLS_REQD,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_many_concurrent_requests_all_correct() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    let c = Arc::new(srv.client("mem").await);
+    let mut tasks = Vec::new();
+    for i in 0..256u64 {
+        let c = Arc::clone(&c);
+        tasks.push(tokio::spawn(async move {
+            let data = vec![u8::try_from(i % 251).unwrap(); 65536];
+            c.write(i * 65536, &data, false).await.unwrap();
+            assert_eq!(c.read(i * 65536, 65536).await.unwrap(), data);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pool_four_connections_write_flush_read() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    let pool = Arc::new(
+        ClientPool::connect(srv.addr, srv.options("mem"), 4)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(srv.registry.connection_count("mem"), Some(4));
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let pool = Arc::clone(&pool);
+        tasks.push(tokio::spawn(async move {
+            pool.get()
+                .write(i << 20, &vec![u8::try_from(i).unwrap(); 1 << 20], false)
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    pool.flush().await.unwrap();
+    assert_eq!(pool.get().read(31 << 20, 16).await.unwrap(), vec![31u8; 16]);
+    Arc::into_inner(pool).unwrap().disconnect().await.unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_replies_out_of_order() {
+    let r = Arc::new(ExportRegistry::new());
+    let gate = Arc::new(GateExport::new(1 << 20));
+    r.add("gate", gate.clone()).unwrap();
+    let srv = TestServer::start(r, None).await;
+    let c = Arc::new(srv.client("gate").await);
+    let slow = {
+        let c = Arc::clone(&c);
+        tokio::spawn(async move { c.read(0, 4096).await })
+    };
+    let g = gate.clone();
+    tokio::task::spawn_blocking(move || g.wait_entered())
+        .await
+        .unwrap();
+    // Sent after the blocked read, answered before it.
+    c.read(4096, 4096).await.unwrap();
+    assert!(!slow.is_finished());
+    gate.release();
+    slow.await.unwrap().unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_remove_waits_for_in_flight_then_closes_connection() {
+    let r = Arc::new(ExportRegistry::new());
+    let gate = Arc::new(GateExport::new(1 << 20));
+    r.add("gate", gate.clone()).unwrap();
+    let srv = TestServer::start(Arc::clone(&r), None).await;
+    let c = Arc::new(srv.client("gate").await);
+    assert_eq!(r.connection_count("gate"), Some(1));
+    let slow = {
+        let c = Arc::clone(&c);
+        tokio::spawn(async move { c.read(0, 4096).await })
+    };
+    let g = gate.clone();
+    tokio::task::spawn_blocking(move || g.wait_entered())
+        .await
+        .unwrap();
+    let removal = tokio::spawn(r.remove("gate"));
+    assert!(r.names().is_empty());
+    let err = Client::connect(srv.addr, srv.options("gate"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NbdError::UnknownExport { .. }), "{err}");
+    assert!(!removal.is_finished());
+    gate.release();
+    // The in-flight read completes successfully, then the connection ends.
+    slow.await.unwrap().unwrap();
+    let removed = tokio::time::timeout(Duration::from_secs(10), removal)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(removed);
+    assert!(c.read(4096, 16).await.is_err());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_shutdown_ends_connections_and_returns() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    let c = srv.client("mem").await;
+    c.write(0, &[1; 512], false).await.unwrap();
+    srv.stop().await;
+    assert!(c.read(0, 512).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_to_read_only_export_eperm() {
+    let r = Arc::new(ExportRegistry::new());
+    r.add("ro", Arc::new(MemoryExport::new(1 << 20).read_only()))
+        .unwrap();
+    let srv = TestServer::start(r, None).await;
+    let c = srv.client("ro").await;
+    assert_ne!(c.flags() & tflag::READ_ONLY, 0);
+    let err = c.write(0, &[1; 512], false).await.unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::Perm));
+    let err = c.trim(0, 512, false).await.unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::Perm));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_past_end_einval_and_write_enospc() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    let c = srv.client("mem").await;
+    let end = c.size();
+    assert_eq!(
+        c.read(end - 512, 1024).await.unwrap_err().errno(),
+        Some(Errno::Inval)
+    );
+    assert_eq!(
+        c.block_status(end, 512).await.unwrap_err().errno(),
+        Some(Errno::Inval)
+    );
+    let err = c.write(end - 512, &[0; 1024], false).await.unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::NoSpc));
+    // The connection keeps working after errors.
+    c.read(0, 512).await.unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_lengths_close_only_that_connection() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    let good = srv.client("mem").await;
+
+    // Pure garbage instead of client flags and options.
+    let mut raw = TcpStream::connect(srv.addr).await.unwrap();
+    raw.write_all(&random_bytes(4096)).await.unwrap();
+    expect_eof(&mut raw).await;
+
+    // A valid start, then an option claiming 4 GiB of payload.
+    let mut raw = TcpStream::connect(srv.addr).await.unwrap();
+    let mut msg = wire::FLAG_C_FIXED_NEWSTYLE.to_be_bytes().to_vec();
+    msg.extend_from_slice(&wire::IHAVEOPT.to_be_bytes());
+    msg.extend_from_slice(&wire::opt::GO.to_be_bytes());
+    msg.extend_from_slice(&u32::MAX.to_be_bytes());
+    raw.write_all(&msg).await.unwrap();
+    expect_eof(&mut raw).await;
+
+    // In transmission: a WRITE announcing 4 GiB of payload.
+    let mut raw = TcpStream::connect(srv.addr).await.unwrap();
+    let mut msg = (wire::FLAG_C_FIXED_NEWSTYLE | wire::FLAG_C_NO_ZEROES)
+        .to_be_bytes()
+        .to_vec();
+    let go = codec::encode_client_option(&wire::ClientOption::ExportName("mem".into()));
+    codec::encode_option_request(&go, &mut msg);
+    let req = wire::Request {
+        flags: 0,
+        command: wire::cmd::WRITE,
+        cookie: 1,
+        offset: 0,
+        length: u32::MAX,
+    };
+    codec::encode_request(&req, &mut msg);
+    raw.write_all(&msg).await.unwrap();
+    expect_eof(&mut raw).await;
+
+    // The other connection keeps working.
+    let data = random_bytes(4096);
+    good.write(0, &data, false).await.unwrap();
+    assert_eq!(good.read(0, 4096).await.unwrap(), data);
+    srv.stop().await;
+}
+
+async fn expect_eof(raw: &mut TcpStream) {
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tokio::time::timeout_at(deadline, raw.read(&mut buf))
+            .await
+            .expect("server did not close the connection");
+        match n {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
