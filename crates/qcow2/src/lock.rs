@@ -52,10 +52,30 @@ impl LockMode {
     }
 }
 
+/// How many times a conflict is re-checked before it is reported.
+const CONFLICT_CHECKS: u32 = 20;
+/// Pause between checks. A descriptor inherited by a child process between `fork` and
+/// `exec` keeps a just-closed image's locks alive for a moment; this waits that out (at most
+/// 20 × 5 ms).
+const CONFLICT_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Applies the lock bytes of `mode` on `file` (releasing the others), then checks that no
-/// other user conflicts. On conflict the bytes are left as before the call is not
-/// guaranteed; callers close the file.
+/// other user conflicts, re-checking briefly before reporting [`Qcow2Error::Locked`].
+/// On conflict our own bytes stay applied; callers close the file, which releases them.
 pub(crate) fn apply(file: &File, path: &Path, mode: LockMode) -> Result<(), Qcow2Error> {
+    let mut attempt = 0;
+    loop {
+        match apply_once(file, path, mode) {
+            Err(Qcow2Error::Locked { .. }) if attempt + 1 < CONFLICT_CHECKS => {
+                attempt += 1;
+                std::thread::sleep(CONFLICT_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn apply_once(file: &File, path: &Path, mode: LockMode) -> Result<(), Qcow2Error> {
     let (perm, shared) = mode.perms();
     let io = |e| Qcow2Error::io("lock", path, e);
     for i in 0..PERM_BITS {
