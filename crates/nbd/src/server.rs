@@ -244,13 +244,13 @@ impl Conn {
             let mut hdr = [0u8; wire::REQUEST_HEADER_LEN];
             let r = tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => break Ok(()),
-                _ = closing.wait_for(|s| *s) => break Ok(()),
+                _ = stop.wait_for(|s| *s) => break Ok(true),
+                _ = closing.wait_for(|s| *s) => break Ok(true),
                 r = rd.read_exact(&mut hdr) => r,
             };
             match r {
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(false),
                 Err(e) => break Err(e.into()),
             }
             let req = match codec::decode_request(&hdr) {
@@ -263,17 +263,17 @@ impl Conn {
             };
             guard.entry().touch();
             if req.command == cmd::DISC {
-                break Ok(());
+                break Ok(false);
             }
             let Ok(req_permit) = Arc::clone(&requests).acquire_owned().await else {
-                break Ok(());
+                break Ok(false);
             };
             let cost = match req.command {
                 cmd::READ | cmd::WRITE => req.length.min(max_bytes),
                 _ => 0,
             };
             let Ok(byte_permit) = Arc::clone(&bytes).acquire_many_owned(cost).await else {
-                break Ok(());
+                break Ok(false);
             };
             let mut payload = Vec::new();
             if req.command == cmd::WRITE {
@@ -295,6 +295,11 @@ impl Conn {
                 drop(req_permit);
             });
         };
+        if let Ok(true) = result {
+            // Shutting down: requests already received get ESHUTDOWN (proto.md,
+            // "Terminating the transmission phase").
+            shutdown_buffered(rd.buffer(), &ctx, &tx);
+        }
         // Let in-flight requests finish; their replies drain through the writer.
         #[allow(clippy::cast_possible_truncation)] // max_requests is small
         let _ = requests.acquire_many(max_requests as u32).await;
@@ -305,7 +310,20 @@ impl Conn {
             Err(e) => debug!(error = %e, "reply writer panicked"),
         }
         drop(guard);
-        result
+        result.map(drop)
+    }
+}
+
+/// Answers every complete request in `buf` with `ESHUTDOWN`.
+fn shutdown_buffered(buf: &[u8], ctx: &Ctx, tx: &mpsc::Sender<Vec<Bytes>>) {
+    let mut pos = 0;
+    while let Ok(Some((req, used))) = codec::decode_request(&buf[pos..]) {
+        let need = used + req.payload_len() as usize;
+        if buf.len() - pos < need || req.command == cmd::DISC {
+            break;
+        }
+        pos += need;
+        let _ = tx.try_send(ctx.error_reply(&req, Errno::Shutdown));
     }
 }
 

@@ -346,3 +346,59 @@ async fn expect_eof(raw: &mut TcpStream) {
         }
     }
 }
+
+/// Opens a raw connection with EXPORT_NAME (no structured replies), past the handshake.
+async fn raw_export_name(srv: &TestServer, name: &str) -> TcpStream {
+    let mut raw = TcpStream::connect(srv.addr).await.unwrap();
+    let mut greeting = [0u8; wire::GREETING_LEN];
+    raw.read_exact(&mut greeting).await.unwrap();
+    let mut msg = (wire::FLAG_C_FIXED_NEWSTYLE | wire::FLAG_C_NO_ZEROES)
+        .to_be_bytes()
+        .to_vec();
+    let o = codec::encode_client_option(&wire::ClientOption::ExportName(name.into()));
+    codec::encode_option_request(&o, &mut msg);
+    raw.write_all(&msg).await.unwrap();
+    let mut export = [0u8; 10];
+    raw.read_exact(&mut export).await.unwrap();
+    raw
+}
+
+async fn raw_request(raw: &mut TcpStream, command: u16, flags: u16, length: u32) -> u32 {
+    let req = wire::Request {
+        flags,
+        command,
+        cookie: 7,
+        offset: 0,
+        length,
+    };
+    let mut msg = Vec::new();
+    codec::encode_request(&req, &mut msg);
+    raw.write_all(&msg).await.unwrap();
+    let mut head = [0u8; wire::SIMPLE_REPLY_HEADER_LEN];
+    raw.read_exact(&mut head).await.unwrap();
+    let Some((codec::ReplyHeader::Simple { error, cookie }, _)) =
+        codec::decode_reply_header(&head).unwrap()
+    else {
+        panic!("expected a simple reply");
+    };
+    assert_eq!(cookie, 7);
+    error
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_command_and_flags_einval_connection_survives() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    let mut raw = raw_export_name(&srv, "mem").await;
+    assert_eq!(raw_request(&mut raw, 99, 0, 0).await, Errno::Inval.code());
+    assert_eq!(
+        raw_request(&mut raw, wire::cmd::FLUSH, 1 << 9, 0).await,
+        Errno::Inval.code()
+    );
+    // DF is not valid without structured replies.
+    assert_eq!(
+        raw_request(&mut raw, wire::cmd::READ, wire::cflag::DF, 512).await,
+        Errno::Inval.code()
+    );
+    assert_eq!(raw_request(&mut raw, wire::cmd::FLUSH, 0, 0).await, 0);
+    srv.stop().await;
+}
