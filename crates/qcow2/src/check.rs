@@ -138,7 +138,10 @@ impl Image {
             refs: vec![0; nclusters as usize],
             meta: vec![false; nclusters as usize],
         };
-        let h = &self.header;
+        // The on-disk header: the refcount table may have moved since open.
+        let mut first = vec![0u8; cs.min(file_len) as usize];
+        core.read_exact(&mut first, 0, "read header")?;
+        let h = &crate::parse::Header::parse(&first, file_len)?;
         cnt.add(&mut r, 0, cs, "header", true);
         let l1_bytes = u64::from(h.l1_size) * 8;
         if l1_bytes > 0 {

@@ -1606,3 +1606,65 @@ fn create_layout(header: &Header) -> Result<Vec<u8>, Qcow2Error> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+
+    fn mem_image(size: u64, cs: u32) -> Image {
+        let header = create_header(&CreateOptions::new(size).cluster_size(cs)).unwrap();
+        let bytes = create_layout(&header).unwrap();
+        Image::open_storage(Box::new(MemStorage::new(bytes)), &OpenOptions::writable()).unwrap()
+    }
+
+    fn data(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn tiny_caches_evict_and_keep_content() {
+        let img = mem_image(4 << 20, 512);
+        {
+            let mut m = img.lock_meta();
+            m.set_cache_caps_for_test(1, 1);
+        }
+        let mut expected = vec![0u8; 4 << 20];
+        for (i, off) in [0u64, 70_000, 1 << 20, 3 << 20, 33_000, 2_000_000]
+            .into_iter()
+            .enumerate()
+        {
+            let d = data(i as u8, 40_000);
+            img.write_at(&d, off).unwrap();
+            expected[off as usize..off as usize + d.len()].copy_from_slice(&d);
+        }
+        img.write_zeroes(1 << 20, 512 * 10).unwrap();
+        expected[1 << 20..(1 << 20) + 5120].fill(0);
+        let mut got = vec![0u8; expected.len()];
+        img.read_at(&mut got, 0).unwrap();
+        assert!(got == expected);
+        let report = img.check().unwrap();
+        assert!(report.is_clean(), "{report:?}");
+    }
+
+    #[test]
+    fn refcount_table_growth_keeps_image_consistent() {
+        let img = mem_image(16 << 20, 512);
+        let d = data(7, 12 << 20);
+        img.write_at(&d, 0).unwrap();
+        let report = img.check().unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        let mut got = vec![0u8; d.len()];
+        img.read_at(&mut got, 0).unwrap();
+        assert!(got == d);
+    }
+
+    #[test]
+    fn create_layout_refcounts_cover_metadata() {
+        let img = mem_image(64 << 20, 512);
+        let report = img.check().unwrap();
+        assert!(report.is_clean(), "{report:?}");
+    }
+}

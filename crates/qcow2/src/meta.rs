@@ -574,6 +574,14 @@ impl Meta {
         Ok(())
     }
 
+    #[cfg(test)]
+    pub(crate) fn set_cache_caps_for_test(&mut self, l2: usize, blocks: usize) {
+        self.l2_cap = l2;
+        if let Some(rc) = self.rc.as_mut() {
+            rc.cap = blocks;
+        }
+    }
+
     /// Whether the image has unwritten metadata.
     pub(crate) fn is_dirty(&self) -> bool {
         self.l1_dirty

@@ -349,3 +349,20 @@ fn check_of_written_image_is_clean() {
     let report = img.check().unwrap();
     assert!(report.is_clean(), "{report:?}");
 }
+
+#[test]
+fn created_image_512b_with_refcount_table_growth_passes_qemu_check() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("g.qcow2");
+    let size = 16 * MIB;
+    let img = Image::create(&path, &CreateOptions::new(size).cluster_size(512)).unwrap();
+    let data = pattern(3, (12 * MIB) as usize);
+    img.write_at(&data, 512 * 7 + 100).unwrap();
+    drop(img);
+    let mut expected = vec![0u8; size as usize];
+    expected[3684..3684 + data.len()].copy_from_slice(&data);
+    let raw = dir.path().join("expected.raw");
+    std::fs::write(&raw, &expected).unwrap();
+    assert_qemu_check_clean(&path);
+    assert_qemu_compare(&path, &raw);
+}
