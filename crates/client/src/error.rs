@@ -226,7 +226,7 @@ pub enum ClientError {
         target: String,
         /// The cause.
         #[source]
-        source: io::Error,
+        source: sendense_nbd::NbdError,
     },
     /// An `nbd_uri` from the hub is not `nbds://HOST:PORT/NAME`.
     #[error("Invalid NBD URI {uri:?}: {reason}")]

@@ -5,13 +5,21 @@
 //!   `SEEK_DATA`/`SEEK_HOLE`, VMDK through `sendense-vmdk`), detected by [`open_local`].
 //! - [`cbt`]: VMware `DiskChangeInfo` changed areas, validated and merged.
 //! - [`plan`]: requests of ≤ 4 MiB on 1 MiB boundaries, zero detection, zero policy.
+//! - [`transfer`]: the engine: N connections per disk, bounded requests in flight, retry,
+//!   flush; every disk at once.
+//! - [`nbd`]: NBD URIs, the NBD write target and the NBD export as a restore source.
+//! - [`progress`]: progress reporting (indicatif bars, log lines).
 //! - [`error`]: [`ClientError`], [`SourceError`], [`CbtError`].
 #![forbid(unsafe_code)]
 
 pub mod cbt;
 pub mod error;
+mod join;
+pub mod nbd;
 pub mod plan;
+pub mod progress;
 pub mod source;
+pub mod transfer;
 
 pub use error::{CbtError, ClientError, SourceError};
 pub use source::{

@@ -1,0 +1,796 @@
+//! The transfer engine: moves a disk's extents from a [`DiskSource`] into a write target (an
+//! NBD export on the hub), all disks of a VM at once.
+//!
+//! Per disk: the [`DiskPlan`] gives the extents, [`crate::plan`] cuts them into requests of
+//! ≤ 4 MiB on 1 MiB boundaries, and `in_flight` workers each take the next request, read it from
+//! the source, cut it into data and zero segments and send them over one of `connections`
+//! connections (worker *i* uses connection *i* mod N; the NBD client pipelines requests of
+//! several workers on one connection). Reading in some workers overlaps writing in others.
+//! Memory is bounded: each worker owns one request buffer, so a disk holds at most
+//! `in_flight × request_size` bytes of data whatever its size.
+//!
+//! A request that fails is retried once on a fresh connection, which then replaces the broken
+//! one; a second failure fails the disk, and the first failing disk fails the transfer (the
+//! other workers and disks are dropped). At the end every connection is flushed (FLUSH) and
+//! closed; the caller asks the hub to complete the backup only after that.
+//!
+//! Zeros: in a full backup, all-zero runs are not sent (the new image reads zeros there); in an
+//! incremental they are sent as `WRITE_ZEROES` so the overlay masks the parent. An incremental
+//! without CBT data sends every allocated extent and `WRITE_ZEROES` for every hole, so it is
+//! correct whatever changed.
+//!
+//! Nothing is spawned (STYLE.md §1): workers and disks are futures joined in the caller's task;
+//! reads of local files run on tokio's blocking pool.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::error::ClientError;
+use crate::join::try_join_all;
+use crate::plan::{self, Segment, ZeroPolicy};
+use crate::progress::Progress;
+use crate::source::{BoxFuture, DiskSource, Extent};
+
+/// One connection to a write target (an NBD export). Methods take `&self` and may be called
+/// concurrently (pipelined).
+pub trait BlockTarget: Send + Sync + fmt::Debug {
+    /// Writes `data` at `offset`.
+    fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> BoxFuture<'a, Result<(), ClientError>>;
+    /// Makes `length` bytes at `offset` read as zeros.
+    fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), ClientError>>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> BoxFuture<'_, Result<(), ClientError>>;
+    /// Closes the connection politely (after in-flight requests).
+    fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), ClientError>>;
+}
+
+/// Opens connections to one write target.
+pub trait TargetConnector: Send + Sync + fmt::Debug {
+    /// A new connection.
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn BlockTarget>, ClientError>>;
+}
+
+/// What to send of a disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskPlan {
+    /// Full backup: the source's allocated extents; zero runs are skipped.
+    Full,
+    /// Incremental: exactly these changed extents (sorted, merged, inside the disk); zero runs
+    /// inside them become `WRITE_ZEROES`.
+    Changed(Vec<Extent>),
+    /// Incremental without change data: every allocated extent (zero runs as `WRITE_ZEROES`)
+    /// and `WRITE_ZEROES` over every hole.
+    Everything,
+}
+
+/// One disk to transfer.
+#[derive(Debug, Clone)]
+pub struct DiskTransfer {
+    /// VMware disk key.
+    pub disk_key: u32,
+    /// Where the bytes come from.
+    pub source: Arc<dyn DiskSource>,
+    /// Where they go.
+    pub target: Arc<dyn TargetConnector>,
+    /// What to send.
+    pub plan: DiskPlan,
+}
+
+/// Tuning of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferOptions {
+    /// Connections per disk (at least 1).
+    pub connections: usize,
+    /// Requests in flight per disk (at least 1); each holds one buffer of `request_size`.
+    pub in_flight: usize,
+    /// Largest request in bytes (a multiple of 1 MiB, at most 32 MiB).
+    pub request_size: u64,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        Self {
+            connections: 4,
+            in_flight: 8,
+            request_size: plan::MAX_REQUEST,
+        }
+    }
+}
+
+impl TransferOptions {
+    /// Options with `connections` connections and twice as many requests in flight.
+    #[must_use]
+    pub fn with_connections(connections: usize) -> Self {
+        let connections = connections.max(1);
+        Self {
+            connections,
+            in_flight: connections.saturating_mul(2),
+            ..Self::default()
+        }
+    }
+}
+
+/// What a disk transfer did.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DiskStats {
+    /// The disk.
+    pub disk_key: u32,
+    /// The disk's size.
+    pub size: u64,
+    /// Bytes sent as WRITE payloads.
+    pub bytes_sent: u64,
+    /// Bytes covered by WRITE_ZEROES requests.
+    pub bytes_zeroed: u64,
+    /// Bytes of the plan not sent at all (zero runs of a full).
+    pub bytes_zero_skipped: u64,
+    /// Bytes the plan covered (read or zeroed).
+    pub bytes_planned: u64,
+    /// Requests retried on a fresh connection.
+    pub retries: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl DiskStats {
+    /// Bytes not sent as data: unallocated, unchanged, zero (skipped or `WRITE_ZEROES`).
+    #[must_use]
+    pub fn bytes_skipped(&self) -> u64 {
+        self.size.saturating_sub(self.bytes_sent)
+    }
+}
+
+/// Transfers every disk at once; the first failure fails all.
+///
+/// # Errors
+/// The first disk's error (see [`transfer_disk`]).
+pub async fn transfer_all(
+    disks: &[DiskTransfer],
+    options: TransferOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<DiskStats>, ClientError> {
+    let futures: Vec<BoxFuture<'_, Result<DiskStats, ClientError>>> = disks
+        .iter()
+        .map(|d| -> BoxFuture<'_, Result<DiskStats, ClientError>> {
+            Box::pin(transfer_disk(d, options, progress))
+        })
+        .collect();
+    try_join_all(futures).await
+}
+
+/// One unit of work of a disk.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    /// Read this extent and send its data (and zeros per policy).
+    Read(Extent),
+    /// A hole to zero without reading.
+    Zero(Extent),
+}
+
+/// Shared state of one disk's workers.
+struct DiskRun<'a> {
+    disk: &'a DiskTransfer,
+    policy: ZeroPolicy,
+    queue: Mutex<Box<dyn Iterator<Item = Work> + Send + 'a>>,
+    connections: Mutex<Vec<Arc<dyn BlockTarget>>>,
+    progress: &'a dyn Progress,
+    request_size: u64,
+    sent: AtomicU64,
+    zeroed: AtomicU64,
+    zero_skipped: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// Transfers one disk: plan, read, send, retry once on a fresh connection, flush, close.
+///
+/// # Errors
+/// [`ClientError::Source`] when the source fails; the target's error when a request fails
+/// twice, a connection cannot be opened, or the flush fails; [`ClientError::InvalidArgument`]
+/// for options out of range.
+pub async fn transfer_disk(
+    disk: &DiskTransfer,
+    options: TransferOptions,
+    progress: &dyn Progress,
+) -> Result<DiskStats, ClientError> {
+    let span = info_span!("disk", disk_key = disk.disk_key);
+    transfer_disk_inner(disk, options, progress)
+        .instrument(span)
+        .await
+}
+
+async fn transfer_disk_inner(
+    disk: &DiskTransfer,
+    options: TransferOptions,
+    progress: &dyn Progress,
+) -> Result<DiskStats, ClientError> {
+    check_options(options)?;
+    let started = Instant::now();
+    let size = disk.source.size();
+    let (extents, holes, policy) = match &disk.plan {
+        DiskPlan::Full => (allocated(disk).await?, Vec::new(), ZeroPolicy::Skip),
+        DiskPlan::Changed(changed) => (changed.clone(), Vec::new(), ZeroPolicy::WriteZeroes),
+        DiskPlan::Everything => {
+            let allocated = allocated(disk).await?;
+            let holes = plan::holes(&allocated, size);
+            (allocated, holes, ZeroPolicy::WriteZeroes)
+        }
+    };
+    if let Some(bad) = extents
+        .iter()
+        .find(|e| e.checked_end().is_none_or(|end| end > size))
+    {
+        return Err(ClientError::InvalidArgument {
+            what: "extent",
+            reason: format!(
+                "extent at {} of {} bytes passes the disk end ({size} bytes)",
+                bad.offset, bad.length
+            ),
+        });
+    }
+    let planned: u64 = extents.iter().chain(&holes).map(|e| e.length).sum();
+    info!(
+        extents = extents.len(),
+        holes = holes.len(),
+        planned,
+        size,
+        "disk transfer starts"
+    );
+    progress.started(disk.disk_key, planned);
+
+    let mut connections = Vec::with_capacity(options.connections);
+    for _ in 0..options.connections {
+        connections.push(disk.target.connect().await?);
+    }
+    let request_size = options.request_size;
+    let work = plan::requests(&extents, request_size, plan::ALIGN)
+        .map(Work::Read)
+        .chain(holes.iter().copied().map(Work::Zero));
+    let run = DiskRun {
+        disk,
+        policy,
+        queue: Mutex::new(Box::new(work)),
+        connections: Mutex::new(connections),
+        progress,
+        request_size,
+        sent: AtomicU64::new(0),
+        zeroed: AtomicU64::new(0),
+        zero_skipped: AtomicU64::new(0),
+        retries: AtomicU64::new(0),
+    };
+    let workers: Vec<BoxFuture<'_, Result<(), ClientError>>> = (0..options.in_flight)
+        .map(|i| -> BoxFuture<'_, Result<(), ClientError>> { Box::pin(run.worker(i)) })
+        .collect();
+    try_join_all(workers).await?;
+
+    let connections = std::mem::take(&mut *run.lock_connections());
+    for conn in &connections {
+        conn.flush().await?;
+    }
+    for conn in connections {
+        if let Err(e) = conn.close().await {
+            debug!(error = %e, "closing a connection failed after the flush");
+        }
+    }
+    progress.finished(disk.disk_key);
+    let stats = DiskStats {
+        disk_key: disk.disk_key,
+        size,
+        bytes_sent: run.sent.load(Ordering::Relaxed),
+        bytes_zeroed: run.zeroed.load(Ordering::Relaxed),
+        bytes_zero_skipped: run.zero_skipped.load(Ordering::Relaxed),
+        bytes_planned: planned,
+        retries: run.retries.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    info!(
+        bytes_sent = stats.bytes_sent,
+        bytes_zeroed = stats.bytes_zeroed,
+        bytes_zero_skipped = stats.bytes_zero_skipped,
+        retries = stats.retries,
+        seconds = stats.seconds,
+        "disk transfer done"
+    );
+    Ok(stats)
+}
+
+fn check_options(options: TransferOptions) -> Result<(), ClientError> {
+    let bad = |reason: &str| {
+        Err(ClientError::InvalidArgument {
+            what: "transfer options",
+            reason: reason.to_owned(),
+        })
+    };
+    if options.connections == 0 || options.connections > 64 {
+        return bad("connections must be 1 to 64");
+    }
+    if options.in_flight == 0 || options.in_flight > 256 {
+        return bad("requests in flight must be 1 to 256");
+    }
+    if options.request_size == 0
+        || !options.request_size.is_multiple_of(plan::ALIGN)
+        || options.request_size > 32 << 20
+    {
+        return bad("request size must be a multiple of 1 MiB, at most 32 MiB");
+    }
+    Ok(())
+}
+
+async fn allocated(disk: &DiskTransfer) -> Result<Vec<Extent>, ClientError> {
+    disk.source
+        .allocated_extents()
+        .await
+        .map_err(|e| ClientError::source_failed(disk.disk_key, e))
+}
+
+impl DiskRun<'_> {
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<Arc<dyn BlockTarget>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn next_work(&self) -> Option<Work> {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next()
+    }
+
+    fn connection(&self, slot: usize) -> Arc<dyn BlockTarget> {
+        let conns = self.lock_connections();
+        Arc::clone(&conns[slot % conns.len()])
+    }
+
+    async fn worker(&self, index: usize) -> Result<(), ClientError> {
+        let capacity = usize::try_from(self.request_size).unwrap_or(usize::MAX);
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(work) = self.next_work() {
+            let extent = match work {
+                Work::Read(extent) => {
+                    let len = usize::try_from(extent.length)
+                        .ok()
+                        .filter(|&l| l <= capacity)
+                        .ok_or_else(|| ClientError::InvalidArgument {
+                            what: "request",
+                            reason: format!("request of {} bytes is too large", extent.length),
+                        })?;
+                    buf.resize(len, 0);
+                    self.disk
+                        .source
+                        .read(extent.offset, &mut buf[..len])
+                        .await
+                        .map_err(|e| ClientError::source_failed(self.disk.disk_key, e))?;
+                    let segments =
+                        plan::segments(&buf[..len], extent.offset, plan::ZERO_GRANULARITY);
+                    self.send_with_retry(index, &buf[..len], &segments).await?;
+                    extent
+                }
+                Work::Zero(extent) => {
+                    let segments = [Segment::Zero {
+                        offset: extent.offset,
+                        length: extent.length,
+                    }];
+                    self.send_with_retry(index, &[], &segments).await?;
+                    extent
+                }
+            };
+            self.progress.advanced(self.disk.disk_key, extent.length);
+        }
+        Ok(())
+    }
+
+    async fn send_with_retry(
+        &self,
+        slot: usize,
+        buf: &[u8],
+        segments: &[Segment],
+    ) -> Result<(), ClientError> {
+        let conn = self.connection(slot);
+        let Err(first) = self.send(conn.as_ref(), buf, segments).await else {
+            return Ok(());
+        };
+        warn!(error = %first, "request failed; retrying once on a fresh connection");
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        let fresh = self.disk.target.connect().await.map_err(|_| first)?;
+        {
+            let mut conns = self.lock_connections();
+            let n = conns.len();
+            if let Some(entry) = conns.get_mut(slot % n)
+                && Arc::ptr_eq(entry, &conn)
+            {
+                *entry = Arc::clone(&fresh);
+            }
+        }
+        self.send(fresh.as_ref(), buf, segments).await
+    }
+
+    /// Sends one request's segments; counts bytes only when all succeeded.
+    async fn send(
+        &self,
+        conn: &dyn BlockTarget,
+        buf: &[u8],
+        segments: &[Segment],
+    ) -> Result<(), ClientError> {
+        let (mut sent, mut zeroed, mut skipped) = (0u64, 0u64, 0u64);
+        for seg in segments {
+            match *seg {
+                Segment::Data { offset, start, end } => {
+                    conn.write(offset, &buf[start..end]).await?;
+                    sent += (end - start) as u64;
+                }
+                Segment::Zero { offset, length } => match self.policy {
+                    ZeroPolicy::Skip => skipped += length,
+                    ZeroPolicy::WriteZeroes => {
+                        conn.write_zeroes(offset, length).await?;
+                        zeroed += length;
+                    }
+                },
+            }
+        }
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+        self.zeroed.fetch_add(zeroed, Ordering::Relaxed);
+        self.zero_skipped.fetch_add(skipped, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::{NoProgress, ProgressCounters};
+    use crate::source::MemorySource;
+    use sendense_nbd::NbdError;
+    use std::sync::atomic::AtomicUsize;
+
+    const MIB: usize = 1 << 20;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Op {
+        Write(u64, u64),
+        Zero(u64, u64),
+        Flush,
+    }
+
+    /// An in-memory write target shared by all its connections.
+    #[derive(Debug)]
+    struct Recorder {
+        data: Mutex<Vec<u8>>,
+        ops: Mutex<Vec<Op>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+        failures_left: AtomicUsize,
+        connects: AtomicUsize,
+    }
+
+    impl Recorder {
+        fn new(initial: Vec<u8>) -> Arc<Self> {
+            Arc::new(Self {
+                data: Mutex::new(initial),
+                ops: Mutex::new(Vec::new()),
+                in_flight: AtomicUsize::new(0),
+                max_in_flight: AtomicUsize::new(0),
+                failures_left: AtomicUsize::new(0),
+                connects: AtomicUsize::new(0),
+            })
+        }
+
+        fn ops(&self) -> Vec<Op> {
+            self.ops.lock().unwrap().clone()
+        }
+
+        fn data(&self) -> Vec<u8> {
+            self.data.lock().unwrap().clone()
+        }
+
+        async fn op(&self, op: Op, payload: &[u8]) -> Result<(), ClientError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let fail = self
+                .failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if fail {
+                return Err(ClientError::Nbd {
+                    operation: "write",
+                    target: "fake".into(),
+                    source: NbdError::Closed,
+                });
+            }
+            let mut data = self.data.lock().unwrap();
+            match op {
+                Op::Write(off, len) => {
+                    let off = usize::try_from(off).unwrap();
+                    let len = usize::try_from(len).unwrap();
+                    data[off..off + len].copy_from_slice(payload);
+                }
+                Op::Zero(off, len) => {
+                    let off = usize::try_from(off).unwrap();
+                    let len = usize::try_from(len).unwrap();
+                    data[off..off + len].fill(0);
+                }
+                Op::Flush => {}
+            }
+            self.ops.lock().unwrap().push(op);
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct FakeConn(Arc<Recorder>);
+
+    impl BlockTarget for FakeConn {
+        fn write<'a>(
+            &'a self,
+            offset: u64,
+            data: &'a [u8],
+        ) -> BoxFuture<'a, Result<(), ClientError>> {
+            Box::pin(self.0.op(Op::Write(offset, data.len() as u64), data))
+        }
+
+        fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), ClientError>> {
+            Box::pin(self.0.op(Op::Zero(offset, length), &[]))
+        }
+
+        fn flush(&self) -> BoxFuture<'_, Result<(), ClientError>> {
+            Box::pin(self.0.op(Op::Flush, &[]))
+        }
+
+        fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), ClientError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[derive(Debug)]
+    struct FakeConnector(Arc<Recorder>);
+
+    impl TargetConnector for FakeConnector {
+        fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn BlockTarget>, ClientError>> {
+            self.0.connects.fetch_add(1, Ordering::SeqCst);
+            let conn: Arc<dyn BlockTarget> = Arc::new(FakeConn(Arc::clone(&self.0)));
+            Box::pin(async move { Ok(conn) })
+        }
+    }
+
+    /// 8 MiB: MiB 0 data, MiB 1 zero, MiB 2..4 data, rest zero.
+    fn disk() -> Vec<u8> {
+        let mut d = vec![0u8; 8 * MIB];
+        for (i, b) in d[..MIB].iter_mut().enumerate() {
+            *b = u8::try_from(i % 249).unwrap() | 1;
+        }
+        for (i, b) in d[2 * MIB..4 * MIB].iter_mut().enumerate() {
+            *b = u8::try_from(i % 241).unwrap() | 2;
+        }
+        d
+    }
+
+    fn job(source: MemorySource, rec: &Arc<Recorder>, plan: DiskPlan) -> DiskTransfer {
+        DiskTransfer {
+            disk_key: 2000,
+            source: Arc::new(source),
+            target: Arc::new(FakeConnector(Arc::clone(rec))),
+            plan,
+        }
+    }
+
+    fn opts(connections: usize, in_flight: usize) -> TransferOptions {
+        TransferOptions {
+            connections,
+            in_flight,
+            request_size: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn transfer_full_sends_data_and_skips_zeros() {
+        let rec = Recorder::new(vec![0u8; 8 * MIB]);
+        let src = MemorySource::new(disk()).with_allocated(vec![Extent::new(0, 4 << 20)]);
+        let progress = ProgressCounters::default();
+
+        let stats = transfer_disk(&job(src, &rec, DiskPlan::Full), opts(2, 4), &progress)
+            .await
+            .unwrap();
+
+        assert_eq!(rec.data(), disk());
+        assert!(!rec.ops().iter().any(|op| matches!(op, Op::Zero(..))));
+        assert_eq!(stats.bytes_sent, 3 << 20);
+        assert_eq!(stats.bytes_zero_skipped, 1 << 20);
+        assert_eq!(stats.bytes_skipped(), 5 << 20);
+        assert_eq!(progress.snapshot()[&2000].done, 4 << 20);
+    }
+
+    #[tokio::test]
+    async fn transfer_incremental_zero_run_becomes_write_zeroes() {
+        let rec = Recorder::new(vec![0xAAu8; 8 * MIB]);
+        let src = MemorySource::new(disk());
+        let changed = vec![Extent::new(512 << 10, 1 << 20), Extent::new(6 << 20, 4096)];
+
+        let stats = transfer_disk(
+            &job(src, &rec, DiskPlan::Changed(changed)),
+            opts(1, 2),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+
+        let got = rec.data();
+        let want = disk();
+        assert_eq!(
+            got[512 << 10..(3 << 20) / 2],
+            want[512 << 10..(3 << 20) / 2]
+        );
+        assert_eq!(
+            got[6 << 20..(6 << 20) + 4096],
+            want[6 << 20..(6 << 20) + 4096]
+        );
+        assert!(
+            got[..512 << 10].iter().all(|&b| b == 0xAA),
+            "outside the extents is untouched"
+        );
+        assert!(got[(6 << 20) + 4096..].iter().all(|&b| b == 0xAA));
+        assert!(rec.ops().contains(&Op::Zero(1 << 20, 512 << 10)));
+        assert!(rec.ops().contains(&Op::Zero(6 << 20, 4096)));
+        assert_eq!(stats.bytes_sent, 512 << 10);
+        assert_eq!(stats.bytes_zeroed, (512 << 10) + 4096);
+    }
+
+    #[tokio::test]
+    async fn transfer_everything_zeroes_holes() {
+        let rec = Recorder::new(vec![0xAAu8; 8 * MIB]);
+        let src = MemorySource::new(disk()).with_allocated(vec![Extent::new(0, 4 << 20)]);
+
+        let stats = transfer_disk(
+            &job(src, &rec, DiskPlan::Everything),
+            opts(2, 2),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+
+        assert_eq!(rec.data(), disk());
+        assert!(rec.ops().contains(&Op::Zero(4 << 20, 4 << 20)));
+        assert_eq!(stats.bytes_planned, 8 << 20);
+    }
+
+    #[tokio::test]
+    async fn transfer_in_flight_stays_bounded() {
+        let rec = Recorder::new(vec![0u8; 8 * MIB]);
+        let src = MemorySource::new(vec![7u8; 8 * MIB]);
+
+        transfer_disk(&job(src, &rec, DiskPlan::Full), opts(2, 3), &NoProgress)
+            .await
+            .unwrap();
+
+        let max = rec.max_in_flight.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&max), "max in flight {max}");
+    }
+
+    #[tokio::test]
+    async fn transfer_failed_request_is_retried_on_fresh_connection() {
+        let rec = Recorder::new(vec![0u8; 8 * MIB]);
+        rec.failures_left.store(1, Ordering::SeqCst);
+        let src = MemorySource::new(disk());
+
+        let stats = transfer_disk(&job(src, &rec, DiskPlan::Full), opts(2, 2), &NoProgress)
+            .await
+            .unwrap();
+
+        assert_eq!(stats.retries, 1);
+        assert_eq!(rec.connects.load(Ordering::SeqCst), 3);
+        assert_eq!(rec.data(), disk());
+    }
+
+    #[tokio::test]
+    async fn transfer_request_failing_twice_fails_the_disk() {
+        let rec = Recorder::new(vec![0u8; 8 * MIB]);
+        rec.failures_left.store(2, Ordering::SeqCst);
+        let src = MemorySource::new(disk());
+
+        let err = transfer_disk(&job(src, &rec, DiskPlan::Full), opts(1, 1), &NoProgress)
+            .await
+            .unwrap_err();
+
+        assert!(matches!(err, ClientError::Nbd { .. }), "{err:?}");
+        assert!(!rec.ops().contains(&Op::Flush), "no flush after a failure");
+    }
+
+    #[tokio::test]
+    async fn transfer_ends_with_a_flush_per_connection() {
+        let rec = Recorder::new(vec![0u8; 8 * MIB]);
+        let src = MemorySource::new(disk());
+
+        transfer_disk(&job(src, &rec, DiskPlan::Full), opts(3, 4), &NoProgress)
+            .await
+            .unwrap();
+
+        let ops = rec.ops();
+        assert_eq!(ops.iter().filter(|op| **op == Op::Flush).count(), 3);
+        assert_eq!(ops[ops.len() - 3..], [Op::Flush, Op::Flush, Op::Flush]);
+    }
+
+    #[tokio::test]
+    async fn transfer_writes_are_at_least_one_mib_where_extents_allow() {
+        let rec = Recorder::new(vec![0u8; 8 * MIB]);
+        let src = MemorySource::new(vec![1u8; 8 * MIB]);
+        let options = TransferOptions {
+            request_size: 4 << 20,
+            ..opts(1, 2)
+        };
+
+        transfer_disk(&job(src, &rec, DiskPlan::Full), options, &NoProgress)
+            .await
+            .unwrap();
+
+        let writes: Vec<Op> = rec
+            .ops()
+            .into_iter()
+            .filter(|o| matches!(o, Op::Write(..)))
+            .collect();
+        assert_eq!(writes.len(), 2);
+        assert!(
+            writes
+                .iter()
+                .all(|o| matches!(o, Op::Write(_, len) if *len == 4 << 20))
+        );
+    }
+
+    #[tokio::test]
+    async fn transfer_all_two_disks_both_arrive() {
+        let rec_a = Recorder::new(vec![0u8; 8 * MIB]);
+        let rec_b = Recorder::new(vec![0u8; 8 * MIB]);
+        let mut b = job(
+            MemorySource::new(vec![5u8; 8 * MIB]),
+            &rec_b,
+            DiskPlan::Full,
+        );
+        b.disk_key = 2001;
+        let jobs = [job(MemorySource::new(disk()), &rec_a, DiskPlan::Full), b];
+
+        let stats = transfer_all(&jobs, opts(2, 2), &NoProgress).await.unwrap();
+
+        assert_eq!(stats.len(), 2);
+        assert_eq!(rec_a.data(), disk());
+        assert_eq!(rec_b.data(), vec![5u8; 8 * MIB]);
+    }
+
+    #[tokio::test]
+    async fn transfer_extent_past_end_is_refused() {
+        let rec = Recorder::new(vec![0u8; 8 * MIB]);
+        let plan = DiskPlan::Changed(vec![Extent::new(8 << 20, 512)]);
+
+        let err = transfer_disk(
+            &job(MemorySource::new(disk()), &rec, plan),
+            opts(1, 1),
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+
+        assert!(
+            matches!(err, ClientError::InvalidArgument { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn transfer_zero_connections_is_refused() {
+        let rec = Recorder::new(vec![0u8; 8 * MIB]);
+
+        let err = transfer_disk(
+            &job(MemorySource::new(disk()), &rec, DiskPlan::Full),
+            opts(0, 1),
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+
+        assert!(
+            matches!(err, ClientError::InvalidArgument { .. }),
+            "{err:?}"
+        );
+    }
+}
