@@ -45,7 +45,9 @@ pub trait Export: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// Backend failure.
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExportError>;
-    /// Writes `data` at `offset`; with `fua` the data is durable on return.
+    /// Writes `data` at `offset`. `fua` marks a Force Unit Access request: the
+    /// server calls [`Export::flush`] after such a request anyway, so an export
+    /// may use the flag only to do better (e.g. write-through).
     ///
     /// # Errors
     /// Backend failure.
@@ -645,12 +647,10 @@ impl Export for FileExport {
         Ok(())
     }
 
-    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
+    // `fua` is left to the server's following `flush` (one `sync_data`, not two).
+    fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), ExportError> {
         self.check_write(offset, data.len() as u64)?;
         self.file.write_all_at(data, offset)?;
-        if fua {
-            self.file.sync_data()?;
-        }
         Ok(())
     }
 
@@ -669,21 +669,16 @@ impl Export for FileExport {
             Err(_) if flags.fast_zero => return Err(ExportError::not_supported()),
             Err(_) => self.write_zero_bytes(offset, len)?,
         }
-        if flags.fua {
-            self.file.sync_data()?;
-        }
         Ok(())
     }
 
-    fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), ExportError> {
+    fn trim(&self, offset: u64, len: u64, _fua: bool) -> Result<(), ExportError> {
         self.check_write(offset, len)?;
         if len == 0 {
             return Ok(());
         }
         // A hint: a file system without hole punching simply keeps the data.
-        if sys::punch_hole(&self.file, offset, len).is_ok() && fua {
-            self.file.sync_data()?;
-        }
+        let _ = sys::punch_hole(&self.file, offset, len);
         Ok(())
     }
 

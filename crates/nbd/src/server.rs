@@ -363,22 +363,25 @@ impl Ctx {
         let e = &self.export;
         let fua = req.flags & cflag::FUA != 0;
         let len = u64::from(req.length);
+        // FUA: the export gets the flag, and the server flushes as well, so
+        // durability never depends on an export honouring the hint.
+        let durable = |r: Result<(), ExportError>| if fua { r.and_then(|()| e.flush()) } else { r };
         let done = |r: Result<(), ExportError>| match r {
             Ok(()) => vec![simple(0, req.cookie)],
             Err(err) => self.error_reply(req, err.errno()),
         };
         match req.command {
             cmd::READ => self.read(req),
-            cmd::WRITE => done(e.write(req.offset, payload, fua)),
+            cmd::WRITE => done(durable(e.write(req.offset, payload, fua))),
             cmd::FLUSH => done(e.flush()),
-            cmd::TRIM => done(e.trim(req.offset, len, fua)),
+            cmd::TRIM => done(durable(e.trim(req.offset, len, fua))),
             cmd::WRITE_ZEROES => {
                 let flags = ZeroFlags {
                     may_trim: req.flags & cflag::NO_HOLE == 0,
                     fast_zero: req.flags & cflag::FAST_ZERO != 0,
                     fua,
                 };
-                done(e.write_zeroes(req.offset, len, flags))
+                done(durable(e.write_zeroes(req.offset, len, flags)))
             }
             cmd::BLOCK_STATUS => self.block_status(req),
             _ => self.error_reply(req, Errno::Inval),
