@@ -3,9 +3,14 @@
 //! The binary only parses and calls [`run`]; every command's work is done by
 //! a library function so that tests can drive it without a subprocess.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::image_tools::{
+    self, ByteSize, ConvertOptions, CreateArgs, ImageToolError, OutputFormat,
+};
 
 /// Sendense hub: the backup repository daemon and its image tools.
 #[derive(Debug, Parser)]
@@ -46,13 +51,92 @@ pub enum Command {
 
 /// `sendense-hub image …`
 #[derive(Debug, Subcommand)]
-pub enum ImageCommand {}
+pub enum ImageCommand {
+    /// Create a new, empty QCOW2 v3 image; with -b, an overlay of BACKING.
+    Create {
+        /// Backing file, stored as given; a relative name is resolved from
+        /// FILE's folder (as QEMU does). Its format (qcow2 or raw) is detected.
+        #[arg(short = 'b', long = "backing", value_name = "BACKING")]
+        backing: Option<String>,
+        /// Cluster size: a power of two from 512 to 2M.
+        #[arg(long, value_name = "N", default_value = "64K")]
+        cluster_size: ByteSize,
+        /// Use extended L2 entries (32 subclusters per cluster).
+        #[arg(long)]
+        extended_l2: bool,
+        /// The image to create (must not exist).
+        file: PathBuf,
+        /// Virtual size, e.g. 10G or 512M; defaults to the backing file's size.
+        size: Option<ByteSize>,
+    },
+    /// Show an image's format, sizes, cluster size and backing chain.
+    Info {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The image (QCOW2 or raw).
+        file: PathBuf,
+    },
+    /// Check a QCOW2 image's consistency (references vs refcounts).
+    ///
+    /// Exit status: 0 clean, 2 errors found, 3 leaked clusters only, 1 the
+    /// check itself could not run.
+    Check {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The QCOW2 image.
+        file: PathBuf,
+    },
+    /// Convert between QCOW2 (read with its backing chain) and raw.
+    ///
+    /// The output is written under a temporary name beside OUT and renamed
+    /// into place only when complete and flushed to disk.
+    Convert {
+        /// Output format.
+        #[arg(short = 'O', long = "output-format", value_enum, default_value_t = Format::Qcow2)]
+        output_format: Format,
+        /// Make OUT an overlay of BACKING holding only what differs from it
+        /// (zero clusters where BACKING has data and IN has zeros). The name
+        /// is stored as given, relative to OUT's folder.
+        #[arg(short = 'B', long = "backing", value_name = "BACKING")]
+        backing: Option<String>,
+        /// Cluster size of a QCOW2 output.
+        #[arg(long, value_name = "N")]
+        cluster_size: Option<ByteSize>,
+        /// Worker threads reading and writing in parallel.
+        #[arg(long, value_name = "N", default_value_t = default_threads())]
+        threads: usize,
+        /// Print a JSON report (bytes read, written, seconds) on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Input image: QCOW2 (with its chain) or raw, detected from content.
+        input: PathBuf,
+        /// Output file (replaced if it exists).
+        output: PathBuf,
+    },
+}
+
+/// Image formats the tools write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Sparse raw file.
+    Raw,
+    /// QCOW2 v3.
+    Qcow2,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+}
 
 /// Installs the tracing subscriber (stderr; `RUST_LOG` filters, default `info`).
 pub fn init_tracing(log: &LogArgs) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match log.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -61,7 +145,98 @@ pub fn init_tracing(log: &LogArgs) {
 
 /// Runs a parsed command line and returns the process exit status.
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {
-        Command::Image(cmd) => match cmd {},
+    let result = match cli.command {
+        Command::Image(cmd) => run_image(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sendense-hub: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: cause: cause …`, the whole source chain on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn run_image(cmd: ImageCommand) -> Result<ExitCode, ImageToolError> {
+    match cmd {
+        ImageCommand::Create {
+            backing,
+            cluster_size,
+            extended_l2,
+            file,
+            size,
+        } => {
+            let cluster_size = u32::try_from(cluster_size.0).unwrap_or(u32::MAX);
+            let args = CreateArgs {
+                size: size.map(|s| s.0),
+                cluster_size: Some(cluster_size),
+                backing,
+                extended_l2,
+            };
+            image_tools::create(&file, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Info { json, file } => {
+            let layers = image_tools::info(&file)?;
+            if json {
+                print_json(&layers);
+            } else {
+                print!("{}", image_tools::LayerInfo::render_chain(&layers));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Check { json, file } => {
+            let summary = image_tools::check(&file)?;
+            if json {
+                print_json(&summary);
+            } else {
+                print!("{}", summary.render());
+            }
+            Ok(ExitCode::from(summary.exit_code()))
+        }
+        ImageCommand::Convert {
+            output_format,
+            backing,
+            cluster_size,
+            threads,
+            json,
+            input,
+            output,
+        } => {
+            let opts = ConvertOptions {
+                format: match output_format {
+                    Format::Raw => OutputFormat::Raw,
+                    Format::Qcow2 => OutputFormat::Qcow2,
+                },
+                backing,
+                cluster_size: cluster_size.map(|c| u32::try_from(c.0).unwrap_or(u32::MAX)),
+                threads,
+                progress: true,
+            };
+            let report = image_tools::convert(&input, &output, &opts)?;
+            if json {
+                print_json(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("sendense-hub: cannot encode JSON: {e}"),
     }
 }

@@ -1,0 +1,238 @@
+//! Images the tools read: QCOW2 (with its backing chain, through our engine)
+//! or raw files, told apart by content (the QCOW2 magic `QFI\xfb`).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::SeekFrom;
+use sendense_qcow2::{ExtentState, Image, OpenOptions};
+
+use super::ImageToolError;
+
+/// QCOW2 files begin with these four bytes.
+pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
+/// A readable disk image: QCOW2 (chain included) or raw.
+#[derive(Debug)]
+pub enum Input {
+    /// A QCOW2 image opened read-only with its backing chain.
+    Qcow2(Box<Image>),
+    /// A raw file; its length is the disk size.
+    Raw(RawFile),
+}
+
+/// A raw disk image file.
+#[derive(Debug)]
+pub struct RawFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl Input {
+    /// Opens `path` read-only, detecting QCOW2 by its magic.
+    ///
+    /// # Errors
+    /// The file cannot be opened or read, or it is a QCOW2 our engine refuses.
+    pub fn open(path: &Path) -> Result<Self, ImageToolError> {
+        if is_qcow2(path)? {
+            let image = Image::open(path, &OpenOptions::read_only())
+                .map_err(|source| ImageToolError::qcow2(path, source))?;
+            Ok(Self::Qcow2(Box::new(image)))
+        } else {
+            let file = File::open(path).map_err(|e| ImageToolError::io(path, e))?;
+            let size = file
+                .metadata()
+                .map_err(|e| ImageToolError::io(path, e))?
+                .len();
+            Ok(Self::Raw(RawFile {
+                path: path.to_path_buf(),
+                file,
+                size,
+            }))
+        }
+    }
+
+    /// Short format name, as `qemu-img` spells it.
+    pub fn format(&self) -> &'static str {
+        match self {
+            Self::Qcow2(_) => "qcow2",
+            Self::Raw(_) => "raw",
+        }
+    }
+
+    /// Virtual size in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            Self::Qcow2(image) => image.virtual_size(),
+            Self::Raw(raw) => raw.size,
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset` (zeros past a raw file's end).
+    ///
+    /// # Errors
+    /// An I/O error, or a corrupt QCOW2 image.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageToolError> {
+        match self {
+            Self::Qcow2(image) => image
+                .read_at(buf, offset)
+                .map_err(|e| ImageToolError::qcow2(image.path(), e)),
+            Self::Raw(raw) => raw.read_at(buf, offset),
+        }
+    }
+
+    /// The `(offset, length)` runs that may hold non-zero data, in order;
+    /// everything else reads as zeros.
+    ///
+    /// # Errors
+    /// An I/O error, or a corrupt QCOW2 image.
+    pub fn data_extents(&self) -> Result<Vec<(u64, u64)>, ImageToolError> {
+        match self {
+            Self::Qcow2(image) => {
+                let extents = image
+                    .chain_status(0, image.virtual_size())
+                    .map_err(|e| ImageToolError::qcow2(image.path(), e))?;
+                let mut runs: Vec<(u64, u64)> = Vec::new();
+                for e in extents.iter().filter(|e| e.state == ExtentState::Data) {
+                    push_run(&mut runs, e.offset, e.length);
+                }
+                Ok(runs)
+            }
+            Self::Raw(raw) => raw.data_extents(),
+        }
+    }
+}
+
+impl RawFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageToolError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            match self.file.read_at(&mut buf[done..], at) {
+                Ok(0) => {
+                    // Past the end of the file: a raw image reads zeros there.
+                    buf[done..].fill(0);
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ImageToolError::io(&self.path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Data runs from `SEEK_DATA`/`SEEK_HOLE`; a file system without them
+    /// reports the whole file as data, which is correct, only slower.
+    fn data_extents(&self) -> Result<Vec<(u64, u64)>, ImageToolError> {
+        let mut runs = Vec::new();
+        let mut pos = 0u64;
+        while pos < self.size {
+            let start = match rustix::fs::seek(&self.file, SeekFrom::Data(pos)) {
+                Ok(start) => start,
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+                    return Ok(vec![(0, self.size)]);
+                }
+                Err(e) => return Err(ImageToolError::io(&self.path, e.into())),
+            };
+            let end = match rustix::fs::seek(&self.file, SeekFrom::Hole(start)) {
+                Ok(end) => end.min(self.size),
+                Err(e) => return Err(ImageToolError::io(&self.path, e.into())),
+            };
+            if end <= start {
+                break;
+            }
+            push_run(&mut runs, start, end - start);
+            pos = end;
+        }
+        Ok(runs)
+    }
+}
+
+/// Appends a run, merging it with the previous one when they touch.
+pub(super) fn push_run(runs: &mut Vec<(u64, u64)>, offset: u64, length: u64) {
+    if length == 0 {
+        return;
+    }
+    match runs.last_mut() {
+        Some(last) if last.0 + last.1 == offset => last.1 += length,
+        _ => runs.push((offset, length)),
+    }
+}
+
+/// True when the file begins with the QCOW2 magic.
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn is_qcow2(path: &Path) -> Result<bool, ImageToolError> {
+    let file = File::open(path).map_err(|e| ImageToolError::io(path, e))?;
+    let mut magic = [0u8; 4];
+    match file.read_exact_at(&mut magic, 0) {
+        Ok(()) => Ok(magic == QCOW2_MAGIC),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(ImageToolError::io(path, e)),
+    }
+}
+
+/// True when every byte of `buf` is zero (vectorises in optimised builds).
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut chunks = buf.chunks_exact(16);
+    let words_zero = chunks.by_ref().fold(0u128, |acc, c| {
+        let mut word = [0u8; 16];
+        word.copy_from_slice(c);
+        acc | u128::from_ne_bytes(word)
+    }) == 0;
+    words_zero && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_zero_with_one_set_byte_anywhere_is_false() {
+        for len in [0usize, 1, 15, 16, 17, 4096 + 3] {
+            let zeros = vec![0u8; len];
+            assert!(is_zero(&zeros));
+            for i in 0..len {
+                let mut buf = zeros.clone();
+                buf[i] = 1;
+                assert!(!is_zero(&buf), "len {len} byte {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn push_run_with_touching_runs_merges_them() {
+        let mut runs = Vec::new();
+        push_run(&mut runs, 0, 10);
+        push_run(&mut runs, 10, 5);
+        push_run(&mut runs, 20, 5);
+        push_run(&mut runs, 30, 0);
+        assert_eq!(runs, vec![(0, 15), (20, 5)]);
+    }
+
+    #[test]
+    fn raw_data_extents_of_sparse_file_skip_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.raw");
+        let file = File::create(&path).unwrap();
+        file.set_len(64 << 20).unwrap();
+        file.write_all_at(&[7u8; 4096], 32 << 20).unwrap();
+        drop(file);
+        let input = Input::open(&path).unwrap();
+        let runs = input.data_extents().unwrap();
+        let covered: u64 = runs.iter().map(|r| r.1).sum();
+        assert!(
+            runs.iter()
+                .any(|&(o, l)| o <= 32 << 20 && o + l >= (32 << 20) + 4096)
+        );
+        assert!(
+            covered < 64 << 20,
+            "holes must not be reported as data: {runs:?}"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! `sendense-hub image …`: operator tools over Sendense's own QCOW2 engine.
+//!
+//! `create`, `info`, `check` and `convert` need no QEMU: they are what the
+//! hub itself does to repository files, offered to operators and used by our
+//! tests. Their outputs are checked against `qemu-img` in the test suite.
+
+mod convert;
+mod input;
+mod report;
+mod size;
+
+use std::path::{Path, PathBuf};
+
+use sendense_qcow2::{BackingFormat, BackingSpec, CreateOptions, Image, Qcow2Error};
+
+pub use convert::{ConvertOptions, ConvertReport, OutputFormat, convert};
+pub use input::{Input, QCOW2_MAGIC, is_qcow2, is_zero};
+pub use report::{CheckSummary, LayerInfo, check, info};
+pub use size::{ByteSize, human};
+
+/// Errors of the image tools.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageToolError {
+    /// A file could not be read, written or created.
+    #[error("I/O error on {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Our QCOW2 engine refused or failed.
+    #[error("QCOW2 error in {path}")]
+    Qcow2 {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Qcow2Error,
+    },
+    /// `-B` was given for a raw output.
+    #[error("A backing file (-B) needs QCOW2 output (-O qcow2)")]
+    BackingNeedsQcow2,
+    /// The output path names no file.
+    #[error("Output path {0} names no file")]
+    BadOutputPath(PathBuf),
+    /// `create` without a size and without a backing file to take it from.
+    #[error("No size given: name a SIZE, or a backing file (-b) whose size to take")]
+    MissingSize,
+    /// A worker thread panicked (a bug).
+    #[error("A conversion worker panicked")]
+    WorkerPanicked,
+}
+
+impl ImageToolError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn qcow2(path: &Path, source: Qcow2Error) -> Self {
+        Self::Qcow2 {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Options of [`create`].
+#[derive(Debug, Clone)]
+pub struct CreateArgs {
+    /// Virtual size in bytes; `None` takes the backing file's size.
+    pub size: Option<u64>,
+    /// Cluster size in bytes (default 64 KiB).
+    pub cluster_size: Option<u32>,
+    /// Backing file, stored as given (relative to the new image's folder).
+    pub backing: Option<String>,
+    /// Use extended L2 entries (32 subclusters per cluster).
+    pub extended_l2: bool,
+}
+
+/// `image create`: a new, empty QCOW2 v3 image (an overlay with a backing file).
+///
+/// # Errors
+/// The file exists or cannot be created, the options are invalid, or the
+/// backing file cannot be opened.
+pub fn create(path: &Path, args: &CreateArgs) -> Result<(), ImageToolError> {
+    let backing = match &args.backing {
+        Some(name) => {
+            let (spec, input) = open_backing(path, name)?;
+            Some((spec, input.size()))
+        }
+        None => None,
+    };
+    let size = match (args.size, &backing) {
+        (Some(size), _) => size,
+        (None, Some((_, backing_size))) => *backing_size,
+        (None, None) => return Err(ImageToolError::MissingSize),
+    };
+    let mut opts = CreateOptions::new(size);
+    if let Some(cs) = args.cluster_size {
+        opts.cluster_size = cs;
+    }
+    opts.extended_l2 = args.extended_l2;
+    opts.backing = backing.map(|(spec, _)| spec);
+    let image = Image::create(path, &opts).map_err(|e| ImageToolError::qcow2(path, e))?;
+    image.flush().map_err(|e| ImageToolError::qcow2(path, e))
+}
+
+/// Opens the backing file `name` of an image to be made at `image`, and
+/// the spec to store in its header (the name verbatim, the detected format).
+///
+/// # Errors
+/// The backing file cannot be opened.
+pub fn open_backing(image: &Path, name: &str) -> Result<(BackingSpec, Input), ImageToolError> {
+    let input = Input::open(&resolve_beside(image, name))?;
+    let format = match input {
+        Input::Qcow2(_) => BackingFormat::Qcow2,
+        Input::Raw(_) => BackingFormat::Raw,
+    };
+    Ok((
+        BackingSpec {
+            file: name.to_owned(),
+            format,
+        },
+        input,
+    ))
+}
+
+/// Resolves a backing name the way QCOW2 does: relative to the image's folder.
+pub fn resolve_beside(image: &Path, name: &str) -> PathBuf {
+    let named = Path::new(name);
+    if named.is_absolute() {
+        named.to_path_buf()
+    } else {
+        image.parent().unwrap_or_else(|| Path::new(".")).join(named)
+    }
+}
+
+/// A progress bar on stderr when `enabled` and stderr is a terminal; hidden otherwise.
+pub fn progress_bar(enabled: bool, total: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the hub crate. Golden tests check our outputs with
+//! `qemu-img`, which must be installed (`scripts/test.sh` installs it).
+
+#[cfg(test)]
+mod image_tools;
+#[cfg(test)]
+mod support;

@@ -1,0 +1,12 @@
+//! End-to-end tests that drive the real `sendense-hub` binary.
+//!
+//! External tools (`qemu-img`) must be installed: a missing tool fails the
+//! test with a message naming it (`scripts/test.sh` installs them).
+
+// Sizes here are small constants: u64 -> usize casts cannot truncate.
+#![allow(clippy::cast_possible_truncation)]
+
+#[cfg(test)]
+mod image_cli;
+#[cfg(test)]
+mod support;

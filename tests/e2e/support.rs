@@ -1,0 +1,57 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The `sendense-hub` binary under test.
+pub(crate) fn hub() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sendense-hub"))
+}
+
+/// Runs `qemu-img`; panics with a clear message when it is not installed.
+pub(crate) fn qemu_img(args: &[&str]) -> Output {
+    Command::new("qemu-img")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("qemu-img is required ({e}); install qemu-utils (scripts/test.sh does)")
+        })
+}
+
+/// Asserts a command exited 0 and returns its stdout.
+pub(crate) fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `len` deterministic pseudo-random bytes at `offset` of `path`.
+pub(crate) fn write_random(path: &Path, offset: u64, len: usize, seed: u64) {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut buf = vec![0u8; len];
+    for chunk in buf.chunks_mut(8) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+    file.write_all_at(&buf, offset).unwrap();
+}
+
+/// The path as `&str` (temp paths are UTF-8).
+pub(crate) fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
