@@ -13,6 +13,14 @@
 //! directory/tables, compressed grains), `image` (extent concatenation,
 //! open policy), `storage` (positional file access), `sys` (`SEEK_DATA`).
 //!
+//! Limits (all named constants): descriptor text 1 MiB and 1024 extents;
+//! grains of 1 to 2048 sectors (power of two); 1 to 512 grain table entries
+//! per table; 2^40 sectors (512 TiB) per disk; grain directory 16 MiB; grain
+//! table cache 4 MiB per image by default; one inflated grain cached per
+//! image; compressed grains at most one grain + 4 KiB and inflating to at most
+//! one grain. Not supported (clear errors): delta disks with a parent,
+//! `COWD`/`VMFSSPARSE`, device extents (`VMFSRDM`, `VMFSRAW`).
+//!
 //! # Why not `vmdk-core`
 //!
 //! The issue asked to evaluate crates.io's `vmdk-core` (0.8.4) first. It
