@@ -604,6 +604,88 @@ mod tests {
         assert!(matches!(last.last(), Some(SessionAction::Transmission(_))));
     }
 
+    #[derive(Debug)]
+    struct Clustered(MemoryExport);
+
+    impl Export for Clustered {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn is_read_only(&self) -> bool {
+            true
+        }
+        fn preferred_block_size(&self) -> u32 {
+            65536
+        }
+        fn read(&self, o: u64, b: &mut [u8]) -> Result<(), crate::ExportError> {
+            self.0.read(o, b)
+        }
+        fn write(&self, o: u64, d: &[u8], f: bool) -> Result<(), crate::ExportError> {
+            self.0.write(o, d, f)
+        }
+        fn write_zeroes(
+            &self,
+            o: u64,
+            l: u64,
+            f: crate::ZeroFlags,
+        ) -> Result<(), crate::ExportError> {
+            self.0.write_zeroes(o, l, f)
+        }
+        fn trim(&self, o: u64, l: u64, f: bool) -> Result<(), crate::ExportError> {
+            self.0.trim(o, l, f)
+        }
+        fn flush(&self) -> Result<(), crate::ExportError> {
+            Ok(())
+        }
+        fn block_status(
+            &self,
+            o: u64,
+            l: u64,
+        ) -> Result<Vec<crate::BlockExtent>, crate::ExportError> {
+            self.0.block_status(o, l)
+        }
+    }
+
+    #[test]
+    fn session_info_block_size_uses_export_preference() {
+        let r = Arc::new(ExportRegistry::new());
+        r.add("q", Arc::new(Clustered(MemoryExport::new(1 << 20))))
+            .unwrap();
+        let mut s = ServerSession::new(r, TlsPolicy::Off);
+        let mut bytes = wire::FLAG_C_FIXED_NEWSTYLE.to_be_bytes().to_vec();
+        let info = ClientOption::Info(InfoRequest {
+            name: "q".into(),
+            requests: vec![info::BLOCK_SIZE],
+        });
+        bytes.extend_from_slice(&option_bytes(&info));
+        let a = s.receive(&bytes).unwrap();
+        let r = replies(&a);
+        let items: Vec<_> = r
+            .iter()
+            .map(|x| codec::parse_reply_payload(x).unwrap())
+            .collect();
+        let flags = tflag::HAS_FLAGS
+            | tflag::READ_ONLY
+            | tflag::SEND_FLUSH
+            | tflag::SEND_FUA
+            | tflag::CAN_MULTI_CONN;
+        assert_eq!(
+            items,
+            vec![
+                ReplyPayload::Info(InfoItem::Export {
+                    size: 1 << 20,
+                    flags
+                }),
+                ReplyPayload::Info(InfoItem::BlockSize(BlockSizes {
+                    minimum: 1,
+                    preferred: 65536,
+                    maximum: wire::MAX_REQUEST_PAYLOAD
+                })),
+                ReplyPayload::Ack,
+            ]
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn session_garbage_input_no_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
