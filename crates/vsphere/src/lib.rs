@@ -1,0 +1,33 @@
+//! vSphere client for Sendense: back up VMware VMs with Changed Block Tracking, no VDDK.
+//!
+//! - [`Session`]: a logged-in vCenter SOAP session (rustls, re-login on expiry).
+//! - [`soap`]: hand-written vim25 envelopes and bounded response parsing.
+//! - [`cbt::changed_areas`]: the paged `QueryChangedDiskAreas` loop.
+//! - [`DatastoreFile`]: `/folder` Range reads with bounded concurrency and 503 back-off.
+//! - [`VmDiskSource`]: a [`sendense_client::DiskSource`] of a disk at a snapshot.
+//! - [`VsphereBackup::prepare`]: the VMware CBT rules (snapshot, change ids, automatic fulls)
+//!   and [`Prepared::finish`], which always removes our snapshot.
+//! - `simulator` (feature `simulator`): an in-process vCenter for tests.
+
+pub mod backup;
+pub mod cbt;
+pub mod datastore;
+pub mod error;
+pub mod session;
+#[cfg(feature = "simulator")]
+pub mod simulator;
+pub mod soap;
+pub mod source;
+mod xml;
+
+pub use backup::{
+    DiskMode, PrepareOptions, Prepared, PreparedDisk, PreviousDisk, SNAPSHOT_PREFIX,
+    SnapshotCleanup, VsphereBackup,
+};
+pub use cbt::{ALL_ALLOCATED, ChangedAreas, changed_areas};
+pub use datastore::{DatastoreFile, DatastorePath};
+pub use error::{ErrorKind, FaultKind, SoapFault, VsphereError};
+pub use session::{ConnectOptions, Session, TlsMode, VmInfo};
+pub use soap::{MoRef, VirtualDisk};
+pub use source::VmDiskSource;
+pub use xml::{MAX_DEPTH, MAX_ELEMENTS, MAX_RESPONSE_BYTES};
