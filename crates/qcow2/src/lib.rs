@@ -4,6 +4,21 @@
 //! I/O methods on `&self`, [`Image`] is `Send + Sync` and safe to drive from many threads.
 //! See [`image`] for the concurrency design and [`meta`] for crash-safe write ordering.
 //!
+//! # Locking
+//! Opens take QEMU's OFD lock bytes (`block/file-posix.c`: byte 100 + permission bit when
+//! held, 200 + bit when not shared). A writable open holds read, write, write-unchanged and
+//! resize and shares only read and write-unchanged, exactly like a QEMU writer: `qemu-img
+//! info` without `-U` then fails, and we fail with [`Qcow2Error::Locked`] on an image QEMU
+//! (or another of our opens) writes. A read-only open (also every backing file) holds
+//! consistent read and does not share write or resize, so QEMU cannot write it meanwhile.
+//!
+//! # Formats
+//! Reads QCOW2 v2 and v3 as written by qemu-img 10: zlib-compressed clusters, zero flags,
+//! extended L2 (subclusters), any refcount width, QCOW2 and raw backing files. Refuses
+//! encryption, external data files, zstd compression and unknown incompatible features.
+//! Writes v3 images only (16-bit refcounts); v2 images, images with internal snapshots and
+//! images with the dirty or corrupt bit open read-only only.
+//!
 //! Offsets and lengths are `u64`; buffers are indexed with `usize`. The crate only builds for
 //! 64-bit targets, where `u64 as usize` is lossless, so that cast lint is allowed crate-wide.
 #![allow(clippy::cast_possible_truncation)]
