@@ -402,3 +402,61 @@ fn create_bad_cluster_size_is_refused() {
         assert!(matches!(e, Qcow2Error::InvalidOptions { .. }), "{e}");
     }
 }
+
+fn exercise(bytes: Vec<u8>) {
+    let storage = Box::new(sendense_qcow2::MemStorage::new(bytes));
+    let Ok(img) = Image::open_storage(storage, &OpenOptions::read_only()) else {
+        return;
+    };
+    let size = img.virtual_size();
+    let mut buf = vec![0u8; 65536];
+    for start in [0, size / 2, size.saturating_sub(1000)] {
+        let len = (buf.len() as u64).min(size.saturating_sub(start)) as usize;
+        let _ = img.read_at(&mut buf[..len], start);
+    }
+    let _ = img.block_status(0, size.min(1 << 30));
+    let _ = img.check();
+}
+
+fn seed_image(cs: u32, ext: bool) -> Vec<u8> {
+    let dir = TempDir::new().unwrap();
+    let p = dir.path().join("s.qcow2");
+    let img = Image::create(
+        &p,
+        &CreateOptions::new(2 * MIB)
+            .cluster_size(cs)
+            .extended_l2(ext),
+    )
+    .unwrap();
+    img.write_at(&pattern(9, 300_000), 1234).unwrap();
+    img.write_zeroes(MIB, 70_000).unwrap();
+    drop(img);
+    std::fs::read(&p).unwrap()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, ..Default::default() })]
+
+    #[test]
+    fn mutated_images_never_panic(
+        which in 0usize..3,
+        flips in proptest::collection::vec((0usize..6 * 65536, proptest::prelude::any::<u8>()), 1..12),
+        cut in proptest::option::of(0usize..8 * 65536),
+    ) {
+        let cs = [65536u32, 16384, 512][which];
+        static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+        let seeds = SEEDS.get_or_init(|| {
+            [(65536, false), (16384, true), (512, false)].iter().map(|&(c, e)| seed_image(c, e)).collect()
+        });
+        let mut bytes = seeds[which].clone();
+        let meta_len = bytes.len().min(if cs == 512 { 8192 } else { 6 * cs as usize });
+        for (at, v) in flips {
+            let i = at % meta_len;
+            bytes[i] ^= v;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.min(bytes.len()));
+        }
+        exercise(bytes);
+    }
+}
