@@ -170,6 +170,7 @@ impl Image {
         core.read_exact(&mut l1, h.l1_table_offset, "read L1 table")?;
         let mut l2_checks = Vec::new();
         let mut table = vec![0u8; cs as usize];
+        let mut scanned = std::collections::HashSet::new();
         for (i, l1e) in words(&l1).into_iter().enumerate() {
             let l2_off = l1e & L1E_OFFSET_MASK;
             if l2_off == 0 {
@@ -177,7 +178,9 @@ impl Image {
             }
             cnt.add(&mut r, l2_off, cs, "L2 table", true);
             l2_checks.push((l2_off, l1e & OFLAG_COPIED != 0, format!("L1 entry {i}")));
-            if !l2_off.is_multiple_of(cs) || l2_off >= file_len {
+            // A table referenced twice is already an overlap error; scanning it again would
+            // let a small hostile file cost (L1 entries × cluster size) of reads.
+            if !l2_off.is_multiple_of(cs) || l2_off >= file_len || !scanned.insert(l2_off) {
                 continue;
             }
             core.read_exact(&mut table, l2_off, "read L2 table")?;
