@@ -268,6 +268,15 @@ pub enum VsphereError {
         #[source]
         source: std::io::Error,
     },
+    /// The password file could not be read or is empty.
+    #[error("cannot read the vCenter password file {path}")]
+    PasswordFile {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The vCenter address is not `HOST[:PORT]` or an http(s) URL.
     #[error("invalid vCenter address {address:?}")]
     InvalidAddress {
@@ -322,6 +331,7 @@ impl VsphereError {
             | Self::DatastoreBusy { .. } => ErrorKind::Unavailable,
             Self::Tls { .. }
             | Self::CaFile { .. }
+            | Self::PasswordFile { .. }
             | Self::InvalidAddress { .. }
             | Self::ClientBuild { .. } => ErrorKind::Configuration,
             _ => ErrorKind::Protocol,

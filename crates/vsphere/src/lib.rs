@@ -27,7 +27,7 @@ pub use backup::{
 pub use cbt::{ALL_ALLOCATED, ChangedAreas, changed_areas};
 pub use datastore::{DatastoreFile, DatastorePath};
 pub use error::{ErrorKind, FaultKind, SoapFault, VsphereError};
-pub use session::{ConnectOptions, Session, TlsMode, VmInfo};
+pub use session::{ConnectOptions, Session, TlsMode, VmInfo, read_password_file};
 pub use soap::{MoRef, VirtualDisk};
 pub use source::VmDiskSource;
 pub use xml::{MAX_DEPTH, MAX_ELEMENTS, MAX_RESPONSE_BYTES};

@@ -99,6 +99,26 @@ impl ConnectOptions {
     }
 }
 
+/// Read a password file (`--vcenter-password-file`): its first line, without the line end.
+///
+/// # Errors
+/// [`VsphereError::PasswordFile`] when it cannot be read, is not UTF-8 or is empty.
+pub fn read_password_file(path: &std::path::Path) -> Result<String, VsphereError> {
+    let err = |source| VsphereError::PasswordFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(err)?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "empty password",
+        )));
+    }
+    Ok(line.to_owned())
+}
+
 impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectOptions")
@@ -828,6 +848,25 @@ mod tests {
             session_cookie(&v).unwrap(),
             HeaderValue::from_static("vmware_soap_session=\"abc\"")
         );
+    }
+
+    #[test]
+    fn read_password_file_strips_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "hunter2\n").unwrap();
+        assert_eq!(read_password_file(&p).unwrap(), "hunter2");
+    }
+
+    #[test]
+    fn read_password_file_empty_is_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(matches!(
+            read_password_file(&p),
+            Err(VsphereError::PasswordFile { .. })
+        ));
     }
 
     #[test]

@@ -718,6 +718,31 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn disk_change_info_round_trips(
+            start in proptest::prelude::any::<u64>(),
+            length in proptest::prelude::any::<u64>(),
+            changed in proptest::collection::vec(
+                (proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>()),
+                0..8,
+            ),
+        ) {
+            let mut xml = format!(
+                "<R><returnval><startOffset>{start}</startOffset><length>{length}</length>"
+            );
+            for (s, l) in &changed {
+                xml.push_str(&format!(
+                    "<changedArea><start>{s}</start><length>{l}</length></changedArea>"
+                ));
+            }
+            xml.push_str("</returnval></R>");
+            let body = response_body(&wrap(&xml), "test").unwrap();
+            let info = disk_change_info(&body).unwrap();
+            proptest::prop_assert_eq!(info, DiskChangeInfo { start_offset: start, length, changed });
+        }
+    }
+
     #[test]
     fn request_values_are_escaped() {
         let body = login(

@@ -325,3 +325,79 @@ async fn datastore_read_after_session_expiry_relogs_in() {
     file.read_at(0, &mut buf).await.unwrap();
     assert_eq!(e.sim.stats().logins, 2);
 }
+
+fn change_info(start: u64, length: u64, areas: &[(u64, u64)]) -> Vec<u8> {
+    let mut inner =
+        format!("<returnval><startOffset>{start}</startOffset><length>{length}</length>");
+    for (s, l) in areas {
+        inner.push_str(&format!(
+            "<changedArea><start>{s}</start><length>{l}</length></changedArea>"
+        ));
+    }
+    format!(
+        "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body><QueryChangedDiskAreasResponse xmlns=\"urn:vim25\">{inner}</returnval></QueryChangedDiskAreasResponse></soapenv:Body></soapenv:Envelope>"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn changed_areas_beyond_capacity_are_rejected() {
+    let e = env().await;
+    let s = session(&e.sim).await;
+    let vm = s.find_vm("vm1").await.unwrap();
+    let snap = s
+        .create_snapshot(&vm, "sendense-t", "", false)
+        .await
+        .unwrap();
+    e.sim
+        .answer_next_raw(change_info(0, 2 * MIB, &[(2 * MIB - 512, 4096)]));
+    let err = changed_areas(&s, &vm, &snap, 2000, 2 * MIB, ALL_ALLOCATED)
+        .await
+        .unwrap_err();
+    s.remove_snapshot(&snap).await.unwrap();
+    assert!(
+        matches!(err, VsphereError::InvalidChangedArea { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn changed_areas_page_that_does_not_advance_is_rejected() {
+    let e = env().await;
+    let s = session(&e.sim).await;
+    let vm = s.find_vm("vm1").await.unwrap();
+    let snap = s
+        .create_snapshot(&vm, "sendense-t", "", false)
+        .await
+        .unwrap();
+    e.sim.answer_next_raw(change_info(0, 0, &[]));
+    let err = changed_areas(&s, &vm, &snap, 2000, 2 * MIB, ALL_ALLOCATED)
+        .await
+        .unwrap_err();
+    s.remove_snapshot(&snap).await.unwrap();
+    assert!(
+        matches!(err, VsphereError::ChangedAreasStalled { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn changed_areas_overlapping_is_rejected() {
+    let e = env().await;
+    let s = session(&e.sim).await;
+    let vm = s.find_vm("vm1").await.unwrap();
+    let snap = s
+        .create_snapshot(&vm, "sendense-t", "", false)
+        .await
+        .unwrap();
+    e.sim
+        .answer_next_raw(change_info(0, 2 * MIB, &[(0, 4096), (512, 512)]));
+    let err = changed_areas(&s, &vm, &snap, 2000, 2 * MIB, ALL_ALLOCATED)
+        .await
+        .unwrap_err();
+    s.remove_snapshot(&snap).await.unwrap();
+    assert!(
+        matches!(err, VsphereError::InvalidChangedArea { .. }),
+        "{err:?}"
+    );
+}
