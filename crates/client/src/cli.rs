@@ -1,0 +1,493 @@
+//! Command-line interface of `sendense-client`: argument types and dispatch.
+//!
+//! The binary parses [`Cli`], installs logging, builds the runtime and awaits [`execute`],
+//! which returns the text to print on stdout; every command's work is a library call
+//! ([`crate::backup::run`], [`crate::restore::run`]) that tests drive directly.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sendense_types::{BackupId, BackupType, ChangeId, DiskKey, VmName};
+
+use crate::backup::{self, BackupOptions, DiskInput, mb_per_s, parse_key_values};
+use crate::error::ClientError;
+use crate::hub::HubOptions;
+use crate::progress::{LogProgress, Progress, TerminalProgress};
+use crate::restore::{self, RestoreFormat, RestoreOptions};
+use crate::transfer::TransferOptions;
+
+/// Sendense appliance client: back up a VM's disks into a Sendense hub, and restore them.
+#[derive(Debug, Parser)]
+#[command(name = "sendense-client", version)]
+pub struct Cli {
+    /// Log line format on stderr (filter with RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Back up a VM's disks (local raw or VMDK files) into the hub: register the VM, start a
+    /// backup, stream every disk over NBD+TLS, complete it (or fail it on any error or Ctrl-C).
+    Backup(BackupArgs),
+    /// Restore one disk of a backup from the hub into a local sparse raw or QCOW2 file.
+    Restore(RestoreArgs),
+}
+
+/// How to reach the hub.
+#[derive(Debug, Clone, Args)]
+pub struct HubArgs {
+    /// The hub's REST API, e.g. https://hub.example:8443.
+    #[arg(long, value_name = "URL")]
+    pub hub: String,
+    /// The hub's CA certificate (its DATA/tls/ca-cert.pem); the only CA trusted, for HTTPS and
+    /// for NBD.
+    #[arg(long, value_name = "FILE")]
+    pub ca: PathBuf,
+    /// File holding the hub's API token (its DATA/api.token).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+}
+
+/// `sendense-client backup`.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// Hub connection.
+    #[command(flatten)]
+    pub hub: HubArgs,
+    /// The VM's name (1-64 characters of A-Z a-z 0-9 . _ -).
+    #[arg(long, value_name = "NAME")]
+    pub vm: String,
+    /// A disk as VMware key and local file: 2000=/path/disk.vmdk. Repeat for each disk; raw or
+    /// VMDK is detected from the content. All disks are sent at once.
+    #[arg(long = "disk", value_name = "KEY=PATH", required = true)]
+    pub disks: Vec<String>,
+    /// Backup type; auto is incremental when the VM has a completed chain, else full.
+    #[arg(long = "type", value_enum, default_value_t = TypeArg::Auto)]
+    pub backup_type: TypeArg,
+    /// Changed areas of a disk since the previous backup, as VMware DiskChangeInfo JSON
+    /// ({"startOffset":0,"length":N,"changedArea":[{"start":S,"length":L},...]}): 2000=FILE.
+    /// An incremental of a disk without it sends every allocated extent and zeroes the holes.
+    #[arg(long = "changed-areas", value_name = "KEY=FILE")]
+    pub changed_areas: Vec<String>,
+    /// The CBT change id to record for a disk (the base of the next incremental): 2000=ID.
+    /// Without it, a file source gets a derived id file-<hash of path and size>/<sequence>.
+    #[arg(long = "change-id", value_name = "KEY=ID")]
+    pub change_ids: Vec<String>,
+    /// NBD connections per disk.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub connections: u16,
+    /// Print a JSON summary on stdout instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--type` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TypeArg {
+    /// Every allocated extent, into a new chain.
+    Full,
+    /// Only the changes since the last backup, into an overlay.
+    Incremental,
+    /// Incremental if possible, else full.
+    Auto,
+}
+
+/// `sendense-client restore`.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// Hub connection.
+    #[command(flatten)]
+    pub hub: HubArgs,
+    /// The backup (restore point), e.g. backup-web01-20261124T235901-3fa9c2.
+    #[arg(long, value_name = "ID")]
+    pub backup: String,
+    /// The disk's VMware key, e.g. 2000.
+    #[arg(long, value_name = "KEY")]
+    pub disk: u32,
+    /// The image to write; must not exist (written as PATH.partial, renamed when complete).
+    #[arg(long, value_name = "PATH")]
+    pub to: PathBuf,
+    /// Format of the image written.
+    #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
+    pub format: FormatArg,
+    /// NBD connections.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub connections: u16,
+    /// Print a JSON summary on stdout instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// Sparse raw file.
+    Raw,
+    /// QCOW2 v3 made by Sendense's engine.
+    Qcow2,
+}
+
+/// Runs a command; answers what to print on stdout.
+///
+/// # Errors
+/// The command's error.
+pub async fn execute(command: Command) -> Result<String, ClientError> {
+    match command {
+        Command::Backup(args) => run_backup(args).await,
+        Command::Restore(args) => run_restore(args).await,
+    }
+}
+
+/// Installs the `tracing` subscriber on stderr (`RUST_LOG` filter, default `info`). Called once
+/// by the binary.
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The error and its causes, one per line, for stderr.
+#[must_use]
+pub fn error_report(err: &ClientError) -> String {
+    let mut text = format!("error: {err}");
+    let mut cur = std::error::Error::source(err);
+    while let Some(e) = cur {
+        text.push_str("\n  caused by: ");
+        text.push_str(&e.to_string());
+        cur = e.source();
+    }
+    text
+}
+
+fn hub_options(args: &HubArgs) -> HubOptions {
+    HubOptions {
+        url: args.hub.clone(),
+        ca_file: args.ca.clone(),
+        token_file: args.token_file.clone(),
+    }
+}
+
+/// Bars on a terminal (unless `--json`), log lines otherwise.
+fn progress(json: bool) -> (Arc<dyn Progress>, Option<Arc<TerminalProgress>>) {
+    if !json && std::io::stderr().is_terminal() {
+        let bars = Arc::new(TerminalProgress::new());
+        (Arc::clone(&bars) as Arc<dyn Progress>, Some(bars))
+    } else {
+        (Arc::new(LogProgress::new(Duration::from_secs(10))), None)
+    }
+}
+
+fn invalid(what: &'static str, e: impl std::fmt::Display) -> ClientError {
+    ClientError::InvalidArgument {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// Turns the command-line disk arguments into [`DiskInput`]s.
+///
+/// # Errors
+/// [`ClientError::InvalidArgument`] naming the bad argument (also a `--changed-areas` or
+/// `--change-id` for a disk not given with `--disk`).
+pub fn disk_inputs(
+    disks: &[String],
+    changed_areas: &[String],
+    change_ids: &[String],
+) -> Result<Vec<DiskInput>, ClientError> {
+    let paths = parse_key_values("--disk", disks)?;
+    let mut areas = parse_key_values("--changed-areas", changed_areas)?;
+    let mut ids = parse_key_values("--change-id", change_ids)?;
+    let mut out = Vec::with_capacity(paths.len());
+    for (key, path) in paths {
+        let change_id = ids
+            .remove(&key)
+            .map(|id| ChangeId::try_from(id).map_err(|e| invalid("--change-id", e)))
+            .transpose()?;
+        out.push(DiskInput {
+            key,
+            path: PathBuf::from(path),
+            changed_areas: areas.remove(&key).map(PathBuf::from),
+            change_id,
+        });
+    }
+    if let Some(key) = areas.keys().chain(ids.keys()).next() {
+        return Err(invalid(
+            "--changed-areas/--change-id",
+            format!("disk {key} is not given with --disk"),
+        ));
+    }
+    Ok(out)
+}
+
+async fn run_backup(args: BackupArgs) -> Result<String, ClientError> {
+    let vm = VmName::try_from(args.vm.as_str()).map_err(|e| invalid("--vm", e))?;
+    let disks = disk_inputs(&args.disks, &args.changed_areas, &args.change_ids)?;
+    let (progress, bars) = progress(args.json);
+    let mut options = BackupOptions::new(hub_options(&args.hub), vm, disks);
+    options.backup_type = match args.backup_type {
+        TypeArg::Full => BackupType::Full,
+        TypeArg::Incremental => BackupType::Incremental,
+        TypeArg::Auto => BackupType::Auto,
+    };
+    options.transfer = TransferOptions::with_connections(usize::from(args.connections));
+    options.progress = progress;
+    let result = backup::run(options).await;
+    if let Some(bars) = bars {
+        bars.clear();
+    }
+    let summary = result?;
+    let rate = mb_per_s(summary.bytes_sent, summary.seconds);
+    if args.json {
+        let mut value = serde_json::to_value(&summary).map_err(|e| invalid("summary", e))?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("mb_per_s".into(), round2(rate));
+        }
+        if let Some(disks) = value.get_mut("disks").and_then(|d| d.as_array_mut()) {
+            for (disk, s) in disks.iter_mut().zip(&summary.disks) {
+                if let Some(obj) = disk.as_object_mut() {
+                    obj.insert("mb_per_s".into(), round2(mb_per_s(s.bytes_sent, s.seconds)));
+                }
+            }
+        }
+        Ok(value.to_string())
+    } else {
+        let mut text = format!(
+            "{} {} backup {}: {} bytes sent in {:.1} s ({rate:.1} MB/s)",
+            summary.backup_type,
+            summary.status,
+            summary.backup_id,
+            summary.bytes_sent,
+            summary.seconds
+        );
+        for d in &summary.disks {
+            text.push_str(&format!(
+                "\n  disk {}: {} bytes sent, {} skipped, {:.1} s",
+                d.disk_key, d.bytes_sent, d.bytes_skipped, d.seconds
+            ));
+        }
+        Ok(text)
+    }
+}
+
+fn round2(x: f64) -> serde_json::Value {
+    serde_json::json!((x * 100.0).round() / 100.0)
+}
+
+async fn run_restore(args: RestoreArgs) -> Result<String, ClientError> {
+    let backup_id = BackupId::try_from(args.backup.as_str()).map_err(|e| invalid("--backup", e))?;
+    let (progress, bars) = progress(args.json);
+    let mut options = RestoreOptions::new(
+        hub_options(&args.hub),
+        backup_id,
+        DiskKey(args.disk),
+        args.to.clone(),
+    );
+    options.format = match args.format {
+        FormatArg::Raw => RestoreFormat::Raw,
+        FormatArg::Qcow2 => RestoreFormat::Qcow2,
+    };
+    options.transfer = TransferOptions::with_connections(usize::from(args.connections));
+    options.progress = progress;
+    let result = restore::run(options).await;
+    if let Some(bars) = bars {
+        bars.clear();
+    }
+    let s = result?;
+    let rate = mb_per_s(s.bytes_written, s.seconds);
+    if args.json {
+        Ok(serde_json::json!({
+            "backup_id": s.backup_id,
+            "disk_key": s.disk_key,
+            "path": s.path,
+            "size": s.size,
+            "bytes_written": s.bytes_written,
+            "seconds": s.seconds,
+            "mb_per_s": round2(rate),
+        })
+        .to_string())
+    } else {
+        Ok(format!(
+            "restored disk {} of {} into {}: {} bytes written in {:.1} s ({rate:.1} MB/s)",
+            s.disk_key,
+            s.backup_id,
+            s.path.display(),
+            s.bytes_written,
+            s.seconds
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cli_backup_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "sendense-client",
+            "backup",
+            "--hub",
+            "https://h:8443",
+            "--ca",
+            "ca.pem",
+            "--token-file",
+            "t",
+            "--vm",
+            "web01",
+            "--disk",
+            "2000=a.raw",
+            "--disk",
+            "2001=b.vmdk",
+            "--type",
+            "incremental",
+            "--changed-areas",
+            "2000=c.json",
+            "--change-id",
+            "2001=52 aa/7",
+            "--connections",
+            "8",
+            "--json",
+        ])
+        .unwrap();
+
+        let Command::Backup(args) = cli.command else {
+            panic!("not backup")
+        };
+        let disks = disk_inputs(&args.disks, &args.changed_areas, &args.change_ids).unwrap();
+        assert_eq!(disks.len(), 2);
+        assert_eq!(disks[0].changed_areas, Some(PathBuf::from("c.json")));
+        assert_eq!(
+            disks[1].change_id.as_ref().map(ChangeId::as_str),
+            Some("52 aa/7")
+        );
+        assert_eq!(args.connections, 8);
+        assert_eq!(args.backup_type, TypeArg::Incremental);
+    }
+
+    #[test]
+    fn cli_zero_connections_is_refused() {
+        let err = Cli::try_parse_from([
+            "sendense-client",
+            "backup",
+            "--hub",
+            "https://h",
+            "--ca",
+            "c",
+            "--token-file",
+            "t",
+            "--vm",
+            "v",
+            "--disk",
+            "2000=a",
+            "--connections",
+            "0",
+        ])
+        .unwrap_err();
+
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn disk_inputs_changed_areas_for_unknown_disk_is_refused() {
+        let err = disk_inputs(&["2000=a".into()], &["2001=c.json".into()], &[]).unwrap_err();
+
+        assert!(err.to_string().contains("disk 2001"), "{err}");
+    }
+
+    #[test]
+    fn cli_restore_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "sendense-client",
+            "restore",
+            "--hub",
+            "https://h:8443",
+            "--ca",
+            "ca.pem",
+            "--token-file",
+            "t",
+            "--backup",
+            "backup-web01-20261124T235901-3fa9c2",
+            "--disk",
+            "2000",
+            "--to",
+            "/tmp/x.qcow2",
+            "--format",
+            "qcow2",
+        ])
+        .unwrap();
+
+        let Command::Restore(args) = cli.command else {
+            panic!("not restore")
+        };
+        assert_eq!(args.format, FormatArg::Qcow2);
+        assert_eq!(args.disk, 2000);
+    }
+
+    #[tokio::test]
+    async fn execute_backup_with_hub_down_names_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("d.raw");
+        std::fs::write(&disk, vec![1u8; 65536]).unwrap();
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0k3n").unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let cli = Cli::try_parse_from([
+            "sendense-client".to_owned(),
+            "backup".into(),
+            "--hub".into(),
+            format!("https://127.0.0.1:{port}"),
+            "--ca".into(),
+            ca.display().to_string(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--vm".into(),
+            "web01".into(),
+            "--disk".into(),
+            format!("2000={}", disk.display()),
+            "--json".into(),
+        ])
+        .unwrap();
+
+        let err = execute(cli.command).await.unwrap_err();
+
+        let text = err.to_string();
+        assert!(matches!(err, ClientError::HubUnreachable { .. }), "{err:?}");
+        assert!(text.contains("connection refused"), "{text}");
+        assert!(text.contains("is sendense-hub serve running?"), "{text}");
+    }
+}

@@ -1,0 +1,500 @@
+//! The hub's REST API, as the client uses it: HTTPS with the hub's CA only, a bearer token
+//! from a file, and `sendense-types` bodies.
+//!
+//! Failures name the fix: a hub that does not answer ("is sendense-hub serve running?"), a
+//! certificate that does not verify ("check --ca"), a refused token ("check --token-file"), or
+//! the hub's own `{error, message}` answer with its HTTP status.
+//!
+//! The same rustls configuration (ring provider, the hub's CA as the only root) is used for the
+//! NBD connections, with the host of the hub URL as the name to verify.
+
+use std::error::Error as StdError;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, Url};
+use sendense_types::{
+    ApiError, Backup, BackupId, Chain, CompleteBackupRequest, FailBackupRequest, Health,
+    RegisterVmRequest, RestoreExports, StartBackupRequest, Vm, VmName,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::debug;
+
+use crate::error::ClientError;
+use crate::nbd::NbdTls;
+
+/// Longest error body kept in an error message.
+const MAX_ERROR_BODY: usize = 512;
+
+/// Where the hub is and how to trust it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubOptions {
+    /// Base URL, `https://HOST:PORT`.
+    pub url: String,
+    /// The hub's CA certificate (PEM), `DATA/tls/ca-cert.pem`.
+    pub ca_file: PathBuf,
+    /// The file holding the API token, `DATA/api.token`.
+    pub token_file: PathBuf,
+}
+
+/// A client of one hub's REST API.
+#[derive(Clone)]
+pub struct HubClient {
+    http: reqwest::Client,
+    base: Url,
+    host: String,
+    token: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for HubClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubClient")
+            .field("base", &self.base.as_str())
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubClient {
+    /// Reads the CA and token files and prepares the client (no request is made).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a URL that is not `https://HOST[:PORT]`;
+    /// [`ClientError::File`], [`ClientError::NoCaCertificate`], [`ClientError::EmptyToken`]
+    /// for unusable files.
+    pub fn new(options: &HubOptions) -> Result<Self, ClientError> {
+        let base = parse_hub_url(&options.url)?;
+        let host = base
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .ok_or_else(|| bad_url(&options.url, "has no host"))?;
+        let tls = tls_config(&options.ca_file)?;
+        let token = read_token(&options.token_file)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(600))
+            .build()
+            .map_err(|e| ClientError::InvalidArgument {
+                what: "HTTP client",
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            http,
+            base,
+            host,
+            token,
+            tls,
+        })
+    }
+
+    /// The hub's base URL.
+    #[must_use]
+    pub fn url(&self) -> &Url {
+        &self.base
+    }
+
+    /// TLS for NBD connections to this hub: its CA, and its host name to verify.
+    #[must_use]
+    pub fn nbd_tls(&self) -> NbdTls {
+        NbdTls {
+            config: Arc::clone(&self.tls),
+            server_name: self.host.clone(),
+        }
+    }
+
+    /// `GET /api/v1/health`.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.call(Method::GET, "/api/v1/health", None::<&()>).await
+    }
+
+    /// `POST /api/v1/vms`: registers or updates a VM and its disks.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn register_vm(&self, request: &RegisterVmRequest) -> Result<Vm, ClientError> {
+        self.call(Method::POST, "/api/v1/vms", Some(request)).await
+    }
+
+    /// `POST /api/v1/backups`: starts a backup; the answer lists each disk's write export.
+    ///
+    /// # Errors
+    /// See the module documentation (409: a backup already runs, or no full to build on).
+    pub async fn start_backup(&self, request: &StartBackupRequest) -> Result<Backup, ClientError> {
+        self.call(Method::POST, "/api/v1/backups", Some(request))
+            .await
+    }
+
+    /// `GET /api/v1/backups/{id}`.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn backup(&self, id: &BackupId) -> Result<Backup, ClientError> {
+        self.call(Method::GET, &format!("/api/v1/backups/{id}"), None::<&()>)
+            .await
+    }
+
+    /// `POST /api/v1/backups/{id}/complete`. The answer's body is not interpreted; read the
+    /// backup with [`Self::backup`].
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn complete_backup(
+        &self,
+        id: &BackupId,
+        request: &CompleteBackupRequest,
+    ) -> Result<(), ClientError> {
+        let path = format!("/api/v1/backups/{id}/complete");
+        self.send(Method::POST, &path, Some(request))
+            .await
+            .map(drop)
+    }
+
+    /// `POST /api/v1/backups/{id}/fail`.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn fail_backup(
+        &self,
+        id: &BackupId,
+        request: &FailBackupRequest,
+    ) -> Result<(), ClientError> {
+        let path = format!("/api/v1/backups/{id}/fail");
+        self.send(Method::POST, &path, Some(request))
+            .await
+            .map(drop)
+    }
+
+    /// `GET /api/v1/backups/chain/{vm_name}`.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn chain(&self, vm: &VmName) -> Result<Chain, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/backups/chain/{vm}"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/backups/{id}/exports`: read-only exports of a restore point.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn open_restore_exports(&self, id: &BackupId) -> Result<RestoreExports, ClientError> {
+        let path = format!("/api/v1/backups/{id}/exports");
+        self.call(Method::POST, &path, None::<&()>).await
+    }
+
+    /// `DELETE /api/v1/backups/{id}/exports`.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn close_restore_exports(&self, id: &BackupId) -> Result<(), ClientError> {
+        let path = format!("/api/v1/backups/{id}/exports");
+        self.send(Method::DELETE, &path, None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let method_name = method_name(&method);
+        let bytes = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::HubResponse {
+            method: method_name,
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sends a request; answers the body of a 2xx, or the error it stands for.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let method_name = method_name(&method);
+        let url = self.base.join(path).map_err(|e| ClientError::HubRequest {
+            method: method_name,
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let mut request = self
+            .http
+            .request(method, url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        debug!(method = method_name, path, "hub request");
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(method_name, path, &e))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(method_name, path, &e))?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::TokenRejected {
+                url: self.base_str(),
+            });
+        }
+        let (code, message) = match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(e) => (e.error, e.message),
+            Err(_) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let text: String = text.chars().take(MAX_ERROR_BODY).collect();
+                ("unknown".to_owned(), text)
+            }
+        };
+        Err(ClientError::HubStatus {
+            method: method_name,
+            path: path.to_owned(),
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    }
+
+    fn base_str(&self) -> String {
+        self.base.as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// Classifies a transport failure: TLS (certificate) trouble, the hub not answering, or
+    /// anything else.
+    fn transport_error(
+        &self,
+        method: &'static str,
+        path: &str,
+        err: &reqwest::Error,
+    ) -> ClientError {
+        if let Some(tls) = find_tls_error(err) {
+            return ClientError::HubCertificate {
+                url: self.base_str(),
+                detail: tls,
+            };
+        }
+        if err.is_connect() || err.is_timeout() {
+            return ClientError::HubUnreachable {
+                url: self.base_str(),
+                detail: connect_detail(err),
+            };
+        }
+        ClientError::HubRequest {
+            method,
+            path: path.to_owned(),
+            detail: chain_text(err),
+        }
+    }
+}
+
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        _ => "HTTP",
+    }
+}
+
+fn bad_url(url: &str, reason: &str) -> ClientError {
+    ClientError::InvalidArgument {
+        what: "--hub URL",
+        reason: format!("{url:?} {reason}; expected https://HOST:PORT"),
+    }
+}
+
+/// Parses `https://HOST[:PORT][/]`.
+fn parse_hub_url(url: &str) -> Result<Url, ClientError> {
+    let parsed = Url::parse(url).map_err(|e| bad_url(url, &format!("is not a URL ({e})")))?;
+    if parsed.scheme() != "https" {
+        return Err(bad_url(url, "must use https"));
+    }
+    if parsed.path() != "/" || parsed.query().is_some() || !parsed.username().is_empty() {
+        return Err(bad_url(url, "must not have a path, query or user"));
+    }
+    Ok(parsed)
+}
+
+/// A rustls client configuration trusting only the CA in `path` (ring provider).
+///
+/// # Errors
+/// [`ClientError::File`] when unreadable, [`ClientError::NoCaCertificate`] when it holds no
+/// usable certificate.
+pub fn tls_config(path: &Path) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let pem = std::fs::read(path).map_err(|source| ClientError::File {
+        what: "CA file",
+        path: path.to_owned(),
+        source,
+    })?;
+    if !pem
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(ClientError::NoCaCertificate {
+            path: path.to_owned(),
+        });
+    }
+    sendense_nbd::tls::client_config(path, None).map_err(|e| ClientError::File {
+        what: "CA file",
+        path: path.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+    })
+}
+
+/// Reads the API token: the file's content without surrounding whitespace.
+fn read_token(path: &Path) -> Result<String, ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ClientError::File {
+        what: "token file",
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ClientError::EmptyToken {
+            path: path.to_owned(),
+        });
+    }
+    Ok(token.to_owned())
+}
+
+/// The TLS part of an error chain, if any (a rustls error, or a message about certificates).
+fn find_tls_error(err: &(dyn StdError + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(tls) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(tls.to_string());
+        }
+        let text = e.to_string();
+        if text.contains("certificate") || text.contains("UnknownIssuer") {
+            return Some(text);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// The lowest-level cause of a connection failure, in words (`connection refused`).
+fn connect_detail(err: &(dyn StdError + 'static)) -> String {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    let mut last = err.to_string();
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return match io.kind() {
+                io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                io::ErrorKind::TimedOut => "timed out".to_owned(),
+                _ => io.to_string(),
+            };
+        }
+        last = e.to_string();
+        cur = e.source();
+    }
+    if err
+        .downcast_ref::<reqwest::Error>()
+        .is_some_and(reqwest::Error::is_timeout)
+    {
+        return "timed out".to_owned();
+    }
+    last
+}
+
+/// Every message of an error chain, joined with `: `.
+fn chain_text(err: &(dyn StdError + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        parts.push(e.to_string());
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn parse_hub_url_http_is_refused() {
+        let err = parse_hub_url("http://hub:8443").unwrap_err();
+
+        assert!(err.to_string().contains("https"), "{err}");
+    }
+
+    #[test]
+    fn parse_hub_url_with_path_is_refused() {
+        let err = parse_hub_url("https://hub:8443/api").unwrap_err();
+
+        assert!(
+            matches!(err, ClientError::InvalidArgument { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn read_token_trims_whitespace() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"  s3cret\n").unwrap();
+
+        assert_eq!(read_token(f.path()).unwrap(), "s3cret");
+    }
+
+    #[test]
+    fn read_token_empty_file_is_refused() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+
+        let err = read_token(f.path()).unwrap_err();
+
+        assert!(matches!(err, ClientError::EmptyToken { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn tls_config_file_without_certificate_is_refused() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"not a pem").unwrap();
+
+        let err = tls_config(f.path()).unwrap_err();
+
+        assert!(
+            matches!(err, ClientError::NoCaCertificate { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn tls_config_missing_file_names_it() {
+        let err = tls_config(Path::new("/nonexistent/ca.pem")).unwrap_err();
+
+        assert!(
+            err.to_string().contains("CA file /nonexistent/ca.pem"),
+            "{err}"
+        );
+    }
+}

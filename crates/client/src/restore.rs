@@ -1,0 +1,329 @@
+//! `sendense-client restore`: one disk of a restore point, from the hub into a local image.
+//!
+//! Opens the backup's read-only exports (`POST /api/v1/backups/{id}/exports`), reads the disk
+//! with N NBD connections ([`NbdSource`]: block status skips holes and zero extents), and
+//! writes through the same transfer engine as a backup (a full: zero runs are not written)
+//! into a sparse raw file or a QCOW2 image made by `sendense-qcow2`. The image is built under
+//! `<to>.partial` and renamed onto `<to>` only when complete. The exports are closed at the end,
+//! also when something failed.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sendense_qcow2::{CreateOptions, Image};
+use sendense_types::{BackupId, DiskKey};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::error::ClientError;
+use crate::hub::{HubClient, HubOptions};
+use crate::nbd::{NbdConnector, NbdSource, NbdUri};
+use crate::progress::{NoProgress, Progress};
+use crate::source::{BoxFuture, DiskSource};
+use crate::transfer::{
+    BlockTarget, DiskPlan, DiskTransfer, TargetConnector, TransferOptions, transfer_disk,
+};
+
+/// Format of the restored image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestoreFormat {
+    /// Sparse raw file.
+    #[default]
+    Raw,
+    /// QCOW2 v3 (64 KiB clusters).
+    Qcow2,
+}
+
+/// Everything `restore` needs.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The hub.
+    pub hub: HubOptions,
+    /// The restore point.
+    pub backup_id: BackupId,
+    /// The disk to restore.
+    pub disk: DiskKey,
+    /// The image to write (must not exist).
+    pub to: PathBuf,
+    /// Its format.
+    pub format: RestoreFormat,
+    /// Engine tuning.
+    pub transfer: TransferOptions,
+    /// Where progress goes.
+    pub progress: Arc<dyn Progress>,
+}
+
+impl RestoreOptions {
+    /// Options with defaults: raw, default transfer options, no progress display.
+    #[must_use]
+    pub fn new(hub: HubOptions, backup_id: BackupId, disk: DiskKey, to: PathBuf) -> Self {
+        Self {
+            hub,
+            backup_id,
+            disk,
+            to,
+            format: RestoreFormat::Raw,
+            transfer: TransferOptions::default(),
+            progress: Arc::new(NoProgress),
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreSummary {
+    /// The restore point.
+    pub backup_id: BackupId,
+    /// The disk.
+    pub disk_key: DiskKey,
+    /// The image written.
+    pub path: PathBuf,
+    /// Size of the disk.
+    pub size: u64,
+    /// Bytes of data written.
+    pub bytes_written: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Restores one disk.
+///
+/// # Errors
+/// An existing target, hub errors (unknown backup, disk not in it), NBD errors, write errors.
+pub async fn run(options: RestoreOptions) -> Result<RestoreSummary, ClientError> {
+    let span = info_span!("restore", backup_id = %options.backup_id, disk_key = options.disk.get());
+    run_inner(options).instrument(span).await
+}
+
+async fn run_inner(options: RestoreOptions) -> Result<RestoreSummary, ClientError> {
+    let started = Instant::now();
+    if options.to.exists() {
+        return Err(ClientError::RestoreWrite {
+            path: options.to.clone(),
+            source: io::Error::new(io::ErrorKind::AlreadyExists, "the target file exists"),
+        });
+    }
+    let hub = HubClient::new(&options.hub)?;
+    let exports = hub.open_restore_exports(&options.backup_id).await?;
+    let result = restore_disk(&hub, &options, &exports).await;
+    if let Err(e) = hub.close_restore_exports(&options.backup_id).await {
+        warn!(error = %e, "closing the restore exports failed");
+    }
+    let (size, bytes_written) = result?;
+    Ok(RestoreSummary {
+        backup_id: options.backup_id,
+        disk_key: options.disk,
+        path: options.to,
+        size,
+        bytes_written,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+async fn restore_disk(
+    hub: &HubClient,
+    options: &RestoreOptions,
+    exports: &sendense_types::RestoreExports,
+) -> Result<(u64, u64), ClientError> {
+    let disk = exports
+        .disks
+        .iter()
+        .find(|d| d.disk_key == options.disk)
+        .ok_or(ClientError::DiskMismatch {
+            disk_key: options.disk.get(),
+            reason: "the backup has no such disk",
+        })?;
+    let uri = NbdUri::parse(&disk.nbd_uri)?;
+    let tls = uri.tls.then(|| hub.nbd_tls());
+    let connector = NbdConnector::new(uri, tls)?;
+    let source = Arc::new(NbdSource::connect(&connector, options.transfer.connections).await?);
+    let size = source.size();
+    let partial = partial_path(&options.to);
+    let target = LocalTarget::create(&partial, options.format, size).await?;
+    let job = DiskTransfer {
+        disk_key: options.disk.get(),
+        source: Arc::clone(&source) as Arc<dyn DiskSource>,
+        target: Arc::new(LocalConnector(Arc::clone(&target))) as Arc<dyn TargetConnector>,
+        plan: DiskPlan::Full,
+    };
+    let stats = match transfer_disk(&job, options.transfer, options.progress.as_ref()).await {
+        Ok(stats) => stats,
+        Err(e) => {
+            drop(job);
+            drop(target);
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    drop(job);
+    if let Ok(source) = Arc::try_unwrap(source)
+        && let Err(e) = source.close().await
+    {
+        warn!(error = %e, "disconnecting from the restore export failed");
+    }
+    finish(target, &partial, &options.to).await?;
+    info!(bytes_written = stats.bytes_sent, path = %options.to.display(), "disk restored");
+    Ok((size, stats.bytes_sent))
+}
+
+/// `<to>.partial`, beside the target.
+fn partial_path(to: &Path) -> PathBuf {
+    let mut name = to.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// Closes the local image and renames it into place.
+async fn finish(target: Arc<LocalTarget>, partial: &Path, to: &Path) -> Result<(), ClientError> {
+    let target = Arc::try_unwrap(target).map_err(|_| ClientError::RestoreWrite {
+        path: to.to_owned(),
+        source: io::Error::other("the image is still in use"),
+    })?;
+    let partial = partial.to_owned();
+    let to = to.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let err = |source| ClientError::RestoreWrite {
+            path: to.clone(),
+            source,
+        };
+        match target.image {
+            LocalImage::Raw(file) => {
+                file.sync_all().map_err(err)?;
+                drop(file);
+                std::fs::rename(&partial, &to).map_err(err)
+            }
+            LocalImage::Qcow2(image) => image
+                .finalize(&to)
+                .map_err(|e| err(io::Error::other(e.to_string()))),
+        }
+    })
+    .await
+    .map_err(|_| ClientError::Interrupted)?
+}
+
+/// The restored image being written.
+enum LocalImage {
+    Raw(File),
+    Qcow2(Box<Image>),
+}
+
+/// A local image as a write target (one shared "connection").
+struct LocalTarget {
+    image: LocalImage,
+    path: PathBuf,
+}
+
+impl fmt::Debug for LocalTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalTarget")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalTarget {
+    /// Creates a new image of `size` bytes at `path` (which must not exist).
+    ///
+    /// # Errors
+    /// [`ClientError::RestoreWrite`].
+    async fn create(
+        path: &Path,
+        format: RestoreFormat,
+        size: u64,
+    ) -> Result<Arc<Self>, ClientError> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let err = |source| ClientError::RestoreWrite {
+                path: path.clone(),
+                source,
+            };
+            let image = match format {
+                RestoreFormat::Raw => {
+                    let file = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(err)?;
+                    file.set_len(size).map_err(err)?;
+                    LocalImage::Raw(file)
+                }
+                RestoreFormat::Qcow2 => LocalImage::Qcow2(Box::new(
+                    Image::create(&path, &CreateOptions::new(size))
+                        .map_err(|e| err(io::Error::other(e.to_string())))?,
+                )),
+            };
+            Ok(Arc::new(Self { image, path }))
+        })
+        .await
+        .map_err(|_| ClientError::Interrupted)?
+    }
+
+    fn write_blocking(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        match &self.image {
+            LocalImage::Raw(file) => file.write_all_at(data, offset),
+            LocalImage::Qcow2(image) => image
+                .write_at(data, offset)
+                .map_err(|e| io::Error::other(e.to_string())),
+        }
+    }
+
+    fn zero_blocking(&self, offset: u64, length: u64) -> io::Result<()> {
+        match &self.image {
+            // A new sparse file reads zeros already; punching is not needed.
+            LocalImage::Raw(_) => Ok(()),
+            LocalImage::Qcow2(image) => image
+                .write_zeroes(offset, length)
+                .map_err(|e| io::Error::other(e.to_string())),
+        }
+    }
+
+    fn err(&self, source: io::Error) -> ClientError {
+        ClientError::RestoreWrite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// Connects to a [`LocalTarget`]: every "connection" is the target itself.
+#[derive(Debug)]
+struct LocalConnector(Arc<LocalTarget>);
+
+impl TargetConnector for LocalConnector {
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn BlockTarget>, ClientError>> {
+        let target: Arc<dyn BlockTarget> = Arc::clone(&self.0) as Arc<dyn BlockTarget>;
+        Box::pin(async move { Ok(target) })
+    }
+}
+
+impl BlockTarget for LocalTarget {
+    fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> BoxFuture<'a, Result<(), ClientError>> {
+        // Writes go to the page cache (raw) or the QCOW2 engine's cache: fast enough to do
+        // inline, and the data is borrowed.
+        Box::pin(async move { self.write_blocking(offset, data).map_err(|e| self.err(e)) })
+    }
+
+    fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), ClientError>> {
+        Box::pin(async move { self.zero_blocking(offset, length).map_err(|e| self.err(e)) })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), ClientError>> {
+        Box::pin(async move {
+            match &self.image {
+                LocalImage::Raw(_) => Ok(()),
+                LocalImage::Qcow2(image) => image
+                    .flush()
+                    .map_err(|e| self.err(io::Error::other(e.to_string()))),
+            }
+        })
+    }
+
+    fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), ClientError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
