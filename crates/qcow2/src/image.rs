@@ -3,7 +3,7 @@
 //!
 //! # Concurrency
 //! All I/O methods take `&self`; [`Image`] is `Send + Sync`. One mutex guards the layer's
-//! metadata ([`crate::meta::Meta`]). A write takes the mutex, waits until none of its guest
+//! metadata (`meta::Meta`). A write takes the mutex, waits until none of its guest
 //! clusters has another write/zero/discard in flight, marks them in flight, allocates the
 //! host clusters it needs (contiguously, at the end of the file) and releases the mutex. It
 //! then reads any copy-on-write source and issues its data `pwrite`s without the mutex —

@@ -7,7 +7,7 @@
 //! still references for something else. Metadata is written back, never through:
 //!
 //! 1. data `pwrite`s complete before their L2 entry is published in memory;
-//! 2. [`Meta::flush`] then runs: `fdatasync` (data) → dirty refcount blocks and refcount
+//! 2. `flush` then runs: `fdatasync` (data) → dirty refcount blocks and refcount
 //!    table → `fdatasync` → header (if the refcount table moved) → `fdatasync` → dirty L2
 //!    tables → `fdatasync` → L1 table → `fdatasync` → refcount *decrements* of freed clusters
 //!    → `fdatasync`;
@@ -37,8 +37,12 @@ pub(crate) const OFLAG_COMPRESSED: u64 = 1 << 62;
 /// Bit 0 of standard L2 entries (v3): reads as zeros.
 pub(crate) const OFLAG_ZERO: u64 = 1;
 
-/// Memory budget for cached L2 tables per image layer.
+/// Memory budget for cached L2 tables of a writable layer (64 GiB of guest data mapped at
+/// 64 KiB clusters).
 const L2_CACHE_BYTES: u64 = 32 << 20;
+/// Memory budget for cached L2 tables of a read-only layer (backing files: a chain may be
+/// deep, so each layer gets less).
+const L2_CACHE_BYTES_READ_ONLY: u64 = 8 << 20;
 /// Memory budget for cached refcount blocks per image layer.
 const REFBLOCK_CACHE_BYTES: u64 = 8 << 20;
 /// Bounds on the number of cached tables (eviction scans are linear).
@@ -119,7 +123,12 @@ impl Meta {
         file_len: u64,
     ) -> Self {
         let cs = core.geo.cluster_size;
-        let l2_cap = (L2_CACHE_BYTES / cs).clamp(MIN_CACHED, MAX_CACHED) as usize;
+        let budget = if rc.is_some() {
+            L2_CACHE_BYTES
+        } else {
+            L2_CACHE_BYTES_READ_ONLY
+        };
+        let l2_cap = (budget / cs).clamp(MIN_CACHED, MAX_CACHED) as usize;
         let eof = if rc.is_some() {
             file_len.next_multiple_of(cs)
         } else {
