@@ -389,6 +389,11 @@ impl Client {
         }
         self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
         let _count = InFlight(&self.inner.in_flight);
+        let mut registration = Registration {
+            inner: &self.inner,
+            cookie,
+            armed: true,
+        };
         let req = Request {
             flags,
             command,
@@ -407,10 +412,8 @@ impl Client {
             w.flush().await
         }
         .await;
-        if let Err(e) = written {
-            self.inner.lock().waiters.remove(&cookie);
-            return Err(e.into());
-        }
+        written?;
+        registration.armed = false;
         rx.await.map_err(|_| NbdError::Closed)?
     }
 }
@@ -418,6 +421,21 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.reader.abort();
+    }
+}
+
+/// Removes a waiter whose request was never fully written (error or cancellation).
+struct Registration<'a> {
+    inner: &'a Inner,
+    cookie: u64,
+    armed: bool,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.lock().waiters.remove(&self.cookie);
+        }
     }
 }
 
