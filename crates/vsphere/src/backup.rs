@@ -195,6 +195,15 @@ impl Prepared {
     }
 }
 
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        let left = self.cleanup.snapshot.try_lock().is_ok_and(|s| s.is_some());
+        if left && Arc::strong_count(&self.cleanup.snapshot) == 1 {
+            error!(vm = %self.vm_name, snapshot = %self.snapshot, "prepared backup dropped without finish(): the snapshot is left on the VM");
+        }
+    }
+}
+
 /// The backup entry points.
 #[derive(Debug, Clone, Copy)]
 pub struct VsphereBackup;

@@ -197,6 +197,7 @@ struct State {
     task_polls: u32,
     fail_next: Vec<(String, String, String)>,
     raw_next: Option<Vec<u8>>,
+    fail_task_next: Vec<(String, String, String)>,
     stats: SimStats,
     dir: PathBuf,
 }
@@ -445,6 +446,14 @@ impl Simulator {
     pub fn fail_next(&self, method: &str, fault: &str, message: &str) {
         self.lock()
             .fail_next
+            .push((method.to_owned(), fault.to_owned(), message.to_owned()));
+    }
+
+    /// Make the task of the next call of `method` (a `..._Task` method) end in error with a
+    /// fault of type `fault`, without doing anything.
+    pub fn fail_next_task(&self, method: &str, fault: &str, message: &str) {
+        self.lock()
+            .fail_task_next
             .push((method.to_owned(), fault.to_owned(), message.to_owned()));
     }
 
@@ -782,6 +791,20 @@ const SERVICE_CONTENT: &str = "<returnval>\
 
 fn dispatch(st: &mut State, method: &str, m: &Element) -> Resp {
     let this = text(m, "_this").to_owned();
+    if let Some(i) = st.fail_task_next.iter().position(|(n, _, _)| n == method) {
+        let (_, kind, msg) = st.fail_task_next.remove(i);
+        let id = st.id("task");
+        let polls_left = st.task_polls;
+        st.tasks.insert(
+            id.clone(),
+            Task {
+                polls_left,
+                result: None,
+                error: Some((kind, msg)),
+            },
+        );
+        return ok(method, &mo("returnval", "Task", &id));
+    }
     match method {
         "Logout" => ok(method, ""),
         "FindByInventoryPath" => {

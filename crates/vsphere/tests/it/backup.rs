@@ -425,3 +425,44 @@ async fn promote_to_full_turns_incrementals_into_fulls() {
         )
     );
 }
+
+#[tokio::test]
+async fn prepare_snapshot_task_failure_is_task_failed_without_snapshot() {
+    let e = env().await;
+    e.sim.fail_next_task(
+        "CreateSnapshot_Task",
+        "FileFault",
+        "Insufficient disk space on datastore 'ds1'.",
+    );
+    let s = session(&e.sim).await;
+    let err = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &PrepareOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, VsphereError::TaskFailed { fault, .. } if fault.message.contains("Insufficient"))
+            && e.sim.snapshot_names(&e.vm).is_empty(),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn finish_remove_task_failure_can_be_retried_with_handle() {
+    let e = env().await;
+    let s = session(&e.sim).await;
+    let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &PrepareOptions::default())
+        .await
+        .unwrap();
+    let h = p.cleanup_handle();
+    e.sim.fail_next_task(
+        "RemoveSnapshot_Task",
+        "TaskInProgress",
+        "Another task is already in progress.",
+    );
+    let first = p.finish().await;
+    let left = e.sim.snapshot_names(&e.vm).len();
+    h.remove().await.unwrap();
+    assert_eq!(
+        (first.is_err(), left, e.sim.snapshot_names(&e.vm).len()),
+        (true, 1, 0)
+    );
+}
