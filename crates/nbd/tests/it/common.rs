@@ -72,15 +72,20 @@ impl TestServer {
         registry: Arc<ExportRegistry>,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = Server::new(
-            Arc::clone(&registry),
+        Self::start_with(
+            registry,
             ServerOptions {
                 tls,
                 ..Default::default()
             },
-        );
+        )
+        .await
+    }
+
+    pub(crate) async fn start_with(registry: Arc<ExportRegistry>, options: ServerOptions) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::new(Arc::clone(&registry), options);
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             server

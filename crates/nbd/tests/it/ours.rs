@@ -402,3 +402,46 @@ async fn unknown_command_and_flags_einval_connection_survives() {
     assert_eq!(raw_request(&mut raw, wire::cmd::FLUSH, 0, 0).await, 0);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_connection_cap_queues_extra_clients_until_one_leaves() {
+    let options = sendense_nbd::ServerOptions {
+        max_connections: 1,
+        ..Default::default()
+    };
+    let srv = TestServer::start_with(memory_registry(), options).await;
+    let first = srv.client("mem").await;
+    let (addr, opts) = (srv.addr, srv.options("mem"));
+    let second = tokio::spawn(async move { Client::connect(addr, opts).await });
+    // A full round trip on the first connection; the second still has no greeting.
+    first.write(0, &[1; 512], false).await.unwrap();
+    first.read(0, 512).await.unwrap();
+    assert!(!second.is_finished());
+    first.disconnect().await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.unwrap().read(0, 512).await.unwrap(), vec![1; 512]);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_tracks_connections_and_activity() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    let before = srv.registry.last_activity("mem").unwrap();
+    let c = srv.client("mem").await;
+    c.read(0, 512).await.unwrap();
+    assert_eq!(srv.registry.connection_count("mem"), Some(1));
+    assert!(srv.registry.last_activity("mem").unwrap() >= before);
+    c.disconnect().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while srv.registry.connection_count("mem") != Some(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connection never detached"
+        );
+        tokio::task::yield_now().await;
+    }
+    srv.stop().await;
+}
