@@ -1,0 +1,314 @@
+//! `backup::run_until` and `restore::run` against the fake hub (HTTPS REST) and the in-process
+//! NBD server with TLS.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sendense_client::ClientError;
+use sendense_client::backup::{self, BackupOptions, DiskInput};
+use sendense_client::hub::HubOptions;
+use sendense_client::restore::{self, RestoreFormat, RestoreOptions};
+use sendense_client::transfer::TransferOptions;
+use sendense_types::{BackupStatus, BackupType, DiskKey, VmName};
+
+use crate::common::{Certs, Op, TestNbd, make_certs, pattern, qemu_img};
+use crate::fake_hub::FakeHub;
+
+const MIB: usize = 1 << 20;
+
+struct World {
+    dir: tempfile::TempDir,
+    certs: Certs,
+    hub: FakeHub,
+}
+
+impl World {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = make_certs(dir.path());
+        let nbd = Arc::new(TestNbd::start(Some(Arc::clone(&certs.server))).await);
+        let hub = FakeHub::start(Arc::clone(&certs.server), nbd).await;
+        std::fs::write(dir.path().join("token"), format!("{}\n", FakeHub::token())).unwrap();
+        Self { dir, certs, hub }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn hub_options(&self) -> HubOptions {
+        HubOptions {
+            url: self.hub.url.clone(),
+            ca_file: self.certs.ca(),
+            token_file: self.path("token"),
+        }
+    }
+
+    fn backup_options(&self, disks: Vec<DiskInput>) -> BackupOptions {
+        let mut o = BackupOptions::new(
+            self.hub_options(),
+            VmName::try_from("web01").unwrap(),
+            disks,
+        );
+        o.transfer = TransferOptions::with_connections(2);
+        o
+    }
+}
+
+fn disk_input(key: u32, path: &Path) -> DiskInput {
+    DiskInput {
+        key: DiskKey(key),
+        path: path.to_owned(),
+        changed_areas: None,
+        change_id: None,
+    }
+}
+
+/// A sparse raw file of `size` bytes with `pieces` written.
+fn raw_file(path: &Path, size: u64, pieces: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let mut content = vec![0u8; usize::try_from(size).unwrap()];
+    for (off, data) in pieces {
+        f.write_all_at(data, *off).unwrap();
+        let o = usize::try_from(*off).unwrap();
+        content[o..o + data.len()].copy_from_slice(data);
+    }
+    content
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_full_raw_and_vmdk_disks_arrive_and_complete() {
+    let w = World::new().await;
+    let raw = raw_file(
+        &w.path("a.raw"),
+        8 << 20,
+        &[(0, pattern(MIB, 1)), (5 << 20, pattern(4096, 2))],
+    );
+    let b_raw = raw_file(
+        &w.path("b.raw"),
+        4 << 20,
+        &[(MIB as u64, pattern(2 * MIB, 3))],
+    );
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        w.path("b.raw").to_str().unwrap(),
+        w.path("b.vmdk").to_str().unwrap(),
+    ]);
+    let mut b = disk_input(2001, &w.path("b.vmdk"));
+    b.change_id = Some("52 aa bb/4".try_into().unwrap());
+    let options = w.backup_options(vec![disk_input(2000, &w.path("a.raw")), b]);
+
+    let summary = backup::run_until(options, std::future::pending())
+        .await
+        .unwrap();
+
+    assert_eq!(summary.status, BackupStatus::Completed);
+    assert_eq!(summary.backup_type, BackupType::Full);
+    assert_eq!(summary.bytes_sent, (MIB + 4096 + 2 * MIB) as u64);
+    assert_eq!(
+        summary.disks[0].bytes_skipped,
+        (8 << 20) - (MIB as u64 + 4096)
+    );
+    let st = w.hub.state.lock().unwrap();
+    assert!(st.exports[&2000].contents() == raw);
+    assert!(st.exports[&2001].contents() == b_raw);
+    let done = st.completed.as_ref().unwrap();
+    assert!(
+        done.disks()[0]
+            .change_id
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .starts_with("file-")
+    );
+    assert_eq!(
+        done.disks()[1].change_id.as_ref().unwrap().as_str(),
+        "52 aa bb/4"
+    );
+    assert_eq!(
+        done.disks()[0].bytes_transferred,
+        summary.disks[0].bytes_sent
+    );
+    assert!(st.failed.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_incremental_sends_only_changed_areas_and_masks_zeros() {
+    let w = World::new().await;
+    let old = pattern(8 * MIB, 7);
+    let new = raw_file(
+        &w.path("a.raw"),
+        8 << 20,
+        &[
+            (0, old[..4 * MIB].to_vec()),
+            (4 << 20, pattern(MIB, 9)),
+            (6 << 20, old[6 * MIB..].to_vec()),
+        ],
+    );
+    // MiB 4 rewritten, MiB 5 zeroed since the last backup.
+    std::fs::write(
+        w.path("cbt.json"),
+        r#"{"startOffset":0,"length":8388608,"changedArea":[{"start":4194304,"length":1048576},{"start":5242880,"length":1048576}]}"#,
+    )
+    .unwrap();
+    {
+        let mut st = w.hub.state.lock().unwrap();
+        st.initial.insert(2000, old);
+        st.auto_as = Some(BackupType::Incremental);
+    }
+    let mut disk = disk_input(2000, &w.path("a.raw"));
+    disk.changed_areas = Some(w.path("cbt.json"));
+    let options = w.backup_options(vec![disk]);
+
+    let summary = backup::run_until(options, std::future::pending())
+        .await
+        .unwrap();
+
+    assert_eq!(summary.backup_type, BackupType::Incremental);
+    assert_eq!(
+        summary.bytes_sent, MIB as u64,
+        "only the changed data travels"
+    );
+    let st = w.hub.state.lock().unwrap();
+    let export = &st.exports[&2000];
+    assert!(
+        export.contents() == new,
+        "the overlay reads as the new state"
+    );
+    assert!(export.ops().contains(&Op::Zero(5 << 20, 1 << 20)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_interrupted_fails_the_backup_on_the_hub() {
+    let w = World::new().await;
+    raw_file(&w.path("a.raw"), 8 << 20, &[(0, pattern(MIB, 1))]);
+    let options = w.backup_options(vec![disk_input(2000, &w.path("a.raw"))]);
+
+    let err = backup::run_until(options, std::future::ready(()))
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, ClientError::Interrupted), "{err:?}");
+    let st = w.hub.state.lock().unwrap();
+    assert_eq!(st.failed.as_deref(), Some("Interrupted"));
+    assert!(st.completed.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_nbd_failure_fails_the_backup_with_the_reason() {
+    let w = World::new().await;
+    raw_file(&w.path("a.raw"), 8 << 20, &[(0, pattern(MIB, 1))]);
+    w.hub.state.lock().unwrap().break_exports = true;
+    let options = w.backup_options(vec![disk_input(2000, &w.path("a.raw"))]);
+
+    let err = backup::run_until(options, std::future::pending())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, ClientError::Nbd { .. }), "{err:?}");
+    let st = w.hub.state.lock().unwrap();
+    let reason = st.failed.clone().unwrap();
+    assert!(reason.contains("NBD connect failed"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_wrong_token_names_the_token_file() {
+    let w = World::new().await;
+    raw_file(&w.path("a.raw"), 1 << 20, &[]);
+    std::fs::write(w.path("token"), "wrong").unwrap();
+    let options = w.backup_options(vec![disk_input(2000, &w.path("a.raw"))]);
+
+    let err = backup::run_until(options, std::future::pending())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, ClientError::TokenRejected { .. }), "{err:?}");
+    assert!(err.to_string().contains("--token-file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_wrong_ca_is_a_certificate_error() {
+    let w = World::new().await;
+    raw_file(&w.path("a.raw"), 1 << 20, &[]);
+    let other = tempfile::tempdir().unwrap();
+    let other_certs = make_certs(other.path());
+    let mut options = w.backup_options(vec![disk_input(2000, &w.path("a.raw"))]);
+    options.hub.ca_file = other_certs.ca();
+
+    let err = backup::run_until(options, std::future::pending())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, ClientError::HubCertificate { .. }), "{err:?}");
+    assert!(err.to_string().contains("--ca"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_after_full_backup_equals_source_in_raw_and_qcow2() {
+    let w = World::new().await;
+    raw_file(
+        &w.path("a.raw"),
+        8 << 20,
+        &[
+            (MIB as u64, pattern(2 * MIB, 4)),
+            (7 << 20, pattern(4096, 5)),
+        ],
+    );
+    let options = w.backup_options(vec![disk_input(2000, &w.path("a.raw"))]);
+    let summary = backup::run_until(options, std::future::pending())
+        .await
+        .unwrap();
+
+    for (format, name, fmt) in [
+        (RestoreFormat::Raw, "r.raw", "raw"),
+        (RestoreFormat::Qcow2, "r.qcow2", "qcow2"),
+    ] {
+        let mut ro = RestoreOptions::new(
+            w.hub_options(),
+            summary.backup_id.clone(),
+            DiskKey(2000),
+            w.path(name),
+        );
+        ro.format = format;
+        ro.transfer = TransferOptions::with_connections(2);
+
+        let restored = restore::run(ro).await.unwrap();
+
+        assert_eq!(restored.size, 8 << 20);
+        qemu_img(&[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            fmt,
+            w.path("a.raw").to_str().unwrap(),
+            w.path(name).to_str().unwrap(),
+        ]);
+        assert!(!w.path(&format!("{name}.partial")).exists());
+    }
+    if let Ok(st) = w.hub.state.lock() {
+        assert!(st.restore_closed, "exports closed after the restore");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_existing_target_is_refused() {
+    let w = World::new().await;
+    std::fs::write(w.path("exists.raw"), b"x").unwrap();
+    let ro = RestoreOptions::new(
+        w.hub_options(),
+        "backup-web01-20261124T235901-3fa9c2".try_into().unwrap(),
+        DiskKey(2000),
+        w.path("exists.raw"),
+    );
+
+    let err = restore::run(ro).await.unwrap_err();
+
+    assert!(matches!(err, ClientError::RestoreWrite { .. }), "{err:?}");
+}
