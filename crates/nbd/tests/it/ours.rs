@@ -188,7 +188,7 @@ async fn client_pool_four_connections_write_flush_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_replies_out_of_order() {
+async fn server_blocked_request_later_reply_first() {
     let r = Arc::new(ExportRegistry::new());
     let gate = Arc::new(GateExport::new(1 << 20));
     r.add("gate", gate.clone()).unwrap();

@@ -38,7 +38,7 @@ async fn pipelined_reads(c: &Arc<Client>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_against_qemu_nbd_round_trip() {
+async fn client_against_qemu_nbd_all_commands_succeed() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("disk.raw");
     std::fs::File::create(&file)
@@ -69,7 +69,7 @@ async fn client_against_qemu_nbd_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_against_nbdkit_memory_round_trip() {
+async fn client_against_nbdkit_memory_all_commands_succeed() {
     let port = free_port();
     let child = Command::new(tool("nbdkit"))
         .args(["-f", "--exit-with-parent", "-i", "127.0.0.1"])

@@ -19,7 +19,7 @@ fn file_registry(dir: &Path, names: &[&str]) -> Arc<ExportRegistry> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nbdinfo_list_and_map_plain() {
+async fn nbdinfo_plain_lists_and_maps() {
     let r = memory_registry();
     r.add("second", Arc::new(sendense_nbd::MemoryExport::new(1 << 20)))
         .unwrap();
@@ -108,7 +108,7 @@ async fn nbdcopy_32mib_one_and_four_connections_identical() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_img_convert_and_compare_plain() {
+async fn qemu_img_plain_convert_and_compare_identical() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.raw");
     let mut data = random_bytes(SIZE);
@@ -163,7 +163,7 @@ async fn qemu_img_convert_and_compare_plain() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_img_convert_and_compare_tls_with_client_cert() {
+async fn qemu_img_tls_client_cert_convert_and_compare_identical() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("tls");
     std::fs::create_dir(&certs).unwrap();
