@@ -1,7 +1,8 @@
 //! vim25 SOAP envelopes: request bodies and typed response parsing.
 //!
 //! Hand-written, no generated bindings: each request is a short template with escaped values,
-//! and each response is parsed from the bounded [`crate::xml`] tree into the few fields we use.
+//! and each response is parsed from a bounded XML tree (see [`crate::MAX_RESPONSE_BYTES`] and
+//! [`crate::MAX_DEPTH`]) into the few fields we use.
 //! A `soapenv:Fault` in the body becomes [`VsphereError::Fault`] with a typed [`FaultKind`]
 //! taken from the fault detail's `xsi:type` (or element name).
 
