@@ -386,7 +386,12 @@ impl Plan<'_> {
 
     fn decide(&self, key: DiskKey, sd: &VirtualDisk, new_id: Option<&ChangeId>) -> Decision {
         let Some(prev) = self.previous.get(&key) else {
-            return Decision::Full(None);
+            if self.previous.is_empty() {
+                return Decision::Full(None);
+            }
+            return Decision::Full(Some(format!(
+                "no previous backup of disk {key} (a new disk, or its key changed)"
+            )));
         };
         let Some(base) = &prev.change_id else {
             return Decision::Full(None);

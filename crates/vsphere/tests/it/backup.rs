@@ -466,3 +466,26 @@ async fn finish_remove_task_failure_can_be_retried_with_handle() {
         (true, 1, 0)
     );
 }
+
+#[tokio::test]
+async fn incremental_with_disk_missing_from_previous_gives_that_disk_a_full_with_reason() {
+    let e = env().await;
+    let s = session(&e.sim).await;
+    let opts = PrepareOptions::default();
+    let full = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &opts)
+        .await
+        .unwrap();
+    let mut prev = previous_of(&full.disks);
+    full.finish().await.unwrap();
+    prev.remove(&DiskKey(2001));
+    let p = VsphereBackup::prepare(&s, "vm1", &prev, &opts)
+        .await
+        .unwrap();
+    let got = (
+        matches!(p.disks[0].mode, DiskMode::Incremental { .. }),
+        full_reason(&p.disks[1].mode).is_some_and(|r| r.contains("new disk")),
+        p.all_incremental(),
+    );
+    p.finish().await.unwrap();
+    assert_eq!(got, (true, true, false));
+}
