@@ -366,3 +366,69 @@ fn created_image_512b_with_refcount_table_growth_passes_qemu_check() {
     assert_qemu_check_clean(&path);
     assert_qemu_compare(&path, &raw);
 }
+
+fn chain_ops_golden(cluster_size: u32, extended_l2: bool) {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let size = 4 * MIB;
+    let mut expected = vec![0u8; size as usize];
+    let mut prev: Option<String> = None;
+    let mut seed = 1000u64;
+    for layer in 0..3 {
+        let name = format!("l{layer}.qcow2");
+        let mut opts = CreateOptions::new(size)
+            .cluster_size(cluster_size)
+            .extended_l2(extended_l2);
+        if let Some(p) = &prev {
+            opts = opts.backing(BackingSpec::qcow2(p.clone()));
+        }
+        let img = Image::create(&d.join(&name), &opts).unwrap();
+        for i in 0..12u64 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let off = (seed >> 20) % size;
+            let len = ((seed >> 8) % 150_000 + 1).min(size - off);
+            match i % 4 {
+                0 | 1 => {
+                    let data = pattern(seed, len as usize);
+                    img.write_at(&data, off).unwrap();
+                    expected[off as usize..(off + len) as usize].copy_from_slice(&data);
+                }
+                2 => {
+                    img.write_zeroes(off, len).unwrap();
+                    expected[off as usize..(off + len) as usize].fill(0);
+                }
+                _ => {
+                    img.discard(off, len).unwrap();
+                    let cs = u64::from(cluster_size);
+                    let (lo, hi) = (off.next_multiple_of(cs), (off + len) / cs * cs);
+                    if lo < hi {
+                        expected[lo as usize..hi as usize].fill(0);
+                    }
+                }
+            }
+        }
+        drop(img);
+        assert_qemu_check_clean(&d.join(&name));
+        prev = Some(name);
+    }
+    let raw = d.join("expected.raw");
+    std::fs::write(&raw, &expected).unwrap();
+    assert_qemu_compare(&d.join("l2.qcow2"), &raw);
+}
+
+#[test]
+fn three_layer_chain_with_mixed_ops_matches_qemu() {
+    chain_ops_golden(65536, false);
+}
+
+#[test]
+fn three_layer_extended_l2_chain_with_mixed_ops_matches_qemu() {
+    chain_ops_golden(32768, true);
+}
+
+#[test]
+fn three_layer_512b_chain_with_mixed_ops_matches_qemu() {
+    chain_ops_golden(512, false);
+}
