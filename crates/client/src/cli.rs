@@ -53,7 +53,7 @@ pub enum Command {
 /// How to reach the hub.
 #[derive(Debug, Clone, Args)]
 pub struct HubArgs {
-    /// The hub's REST API, e.g. https://hub.example:8443.
+    /// The hub's REST API as https://HOST:PORT (the hub's --api address).
     #[arg(long, value_name = "URL")]
     pub hub: String,
     /// The hub's CA certificate (its DATA/tls/ca-cert.pem); the only CA trusted, for HTTPS and
@@ -87,7 +87,7 @@ pub struct BackupArgs {
     #[arg(long = "changed-areas", value_name = "KEY=FILE")]
     pub changed_areas: Vec<String>,
     /// The CBT change id to record for a disk (the base of the next incremental): 2000=ID.
-    /// Without it, a file source gets a derived id file-<hash of path and size>/<sequence>.
+    /// Without it, a file source gets a derived id file-HASH/SEQUENCE (HASH of the path and size).
     #[arg(long = "change-id", value_name = "KEY=ID")]
     pub change_ids: Vec<String>,
     /// NBD connections per disk.
