@@ -358,7 +358,8 @@ impl Meta {
         (per_block, u64::from(bits), core.geo.refcount_order)
     }
 
-    fn rc_add(&mut self, core: &Core, cluster: u64, delta: i64) -> Result<(), Qcow2Error> {
+    /// Adds `delta` to the refcount of `cluster`; returns the new refcount.
+    fn rc_add(&mut self, core: &Core, cluster: u64, delta: i64) -> Result<u64, Qcow2Error> {
         let (per_block, bits, _) = Self::rc_geometry(core);
         let bi = cluster / per_block;
         self.ensure_block(core, bi)?;
@@ -379,7 +380,7 @@ impl Meta {
                 })?;
         set_refcount(&mut block.data, idx, bits, new);
         block.dirty = true;
-        Ok(())
+        Ok(new)
     }
 
     fn load_block(&mut self, core: &Core, bi: u64) -> Result<&mut Cached<Vec<u8>>, Qcow2Error> {
@@ -472,7 +473,7 @@ impl Meta {
                 used: self.tick,
             },
         );
-        self.rc_add(core, off / cs, 1)
+        self.rc_add(core, off / cs, 1).map(|_| ())
     }
 
     fn grow_reftable(&mut self, core: &Core, min_entries: u64) -> Result<(), Qcow2Error> {
@@ -573,12 +574,25 @@ impl Meta {
         }
         if !self.pending_free.is_empty() {
             let frees = std::mem::take(&mut self.pending_free);
+            let mut holes: Vec<(u64, u64)> = Vec::new();
             for (first, count) in frees {
                 for c in first..first + count {
-                    self.rc_add(core, c, -1)?;
+                    if self.rc_add(core, c, -1)? == 0 {
+                        match holes.last_mut() {
+                            Some((start, n)) if *start + *n == c => *n += 1,
+                            _ => holes.push((c, 1)),
+                        }
+                    }
                 }
             }
             self.write_refcounts(core)?;
+            // Nothing on disk references these clusters any more: give their space back.
+            let cs = core.geo.cluster_size;
+            for (c, n) in holes {
+                core.storage
+                    .punch_hole(c * cs, n * cs)
+                    .map_err(|e| Qcow2Error::io("punch hole", &core.path, e))?;
+            }
         }
         Ok(())
     }

@@ -41,6 +41,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// # Errors
     /// Operating-system errors.
     fn sync_all(&self) -> io::Result<()>;
+    /// Releases the space of `[offset, offset + len)`, which then reads as zeros; the length
+    /// of the storage is unchanged. Optional: the default does nothing.
+    ///
+    /// # Errors
+    /// Operating-system errors.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
 }
 
 /// Reads `buf.len()` bytes at `offset`; bytes past the end of the storage read as zero.
@@ -80,6 +89,9 @@ impl Storage for File {
     }
     fn sync_all(&self) -> io::Result<()> {
         Self::sync_all(self)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        crate::sys::punch_hole(self, offset, len)
     }
 }
 

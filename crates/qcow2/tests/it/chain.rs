@@ -147,3 +147,22 @@ fn reopened_image_reads_same() {
     img.read_at(&mut buf, 77).unwrap();
     assert!(buf == data);
 }
+
+#[test]
+fn discarded_clusters_give_space_back_after_flush() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new().unwrap();
+    let p = dir.path().join("a.qcow2");
+    let img = Image::create(&p, &CreateOptions::new(8 * MIB)).unwrap();
+    img.write_at(&pattern(1, (8 * MIB) as usize), 0).unwrap();
+    img.flush().unwrap();
+    let before = std::fs::metadata(&p).unwrap().blocks();
+    img.discard(0, 8 * MIB).unwrap();
+    img.flush().unwrap();
+    let after = std::fs::metadata(&p).unwrap().blocks();
+    assert!(after * 4 < before, "blocks before {before}, after {after}");
+    let r = img.check().unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    drop(img);
+    crate::util::assert_qemu_check_clean(&p);
+}
