@@ -8,6 +8,30 @@
 //! - [`VsphereBackup::prepare`]: the VMware CBT rules (snapshot, change ids, automatic fulls)
 //!   and [`Prepared::finish`], which always removes our snapshot.
 //! - `simulator` (feature `simulator`): an in-process vCenter for tests.
+//!
+//! A backup run, as the client binary drives it:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), sendense_vsphere::VsphereError> {
+//! use std::collections::BTreeMap;
+//! use sendense_vsphere::{ConnectOptions, PrepareOptions, Session, TlsMode, VsphereBackup};
+//!
+//! let opts = ConnectOptions::new("vcenter.example:443", "backup@vsphere.local", "pw", TlsMode::Insecure);
+//! let session = Session::connect(opts).await?;
+//! // `previous`: per disk key, the change id (and capacity) of the last completed backup.
+//! let prepared =
+//!     VsphereBackup::prepare(&session, "dc1/vm/web01", &BTreeMap::new(), &PrepareOptions::default())
+//!         .await?;
+//! let _on_ctrl_c = prepared.cleanup_handle(); // `remove().await` from a signal handler
+//! for disk in &prepared.disks {
+//!     // Send `disk.extents` read from `disk.source`; hand `disk.new_change_id` to the hub's
+//!     // `complete` only once the data is durable.
+//!     let _ = (&disk.source, &disk.extents, &disk.new_change_id, &disk.mode);
+//! }
+//! prepared.finish().await?; // always, success or failure: removes our snapshot
+//! session.logout().await?;
+//! # Ok(()) }
+//! ```
 
 pub mod backup;
 pub mod cbt;

@@ -15,7 +15,7 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Deepest element nesting accepted.
 pub const MAX_DEPTH: usize = 64;
 /// Most elements accepted in one response.
-pub const MAX_ELEMENTS: usize = 1_000_000;
+pub const MAX_ELEMENTS: usize = 400_000;
 
 /// One XML element: local name, attributes, children and concatenated text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
