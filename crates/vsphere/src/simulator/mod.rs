@@ -107,11 +107,16 @@ pub struct Simulator {
     state: Arc<Mutex<State>>,
     in_flight: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
+    /// Own runtime of [`Simulator::start_blocking`].
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Drop for Simulator {
     fn drop(&mut self) {
         self.accept.abort();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -266,7 +271,23 @@ impl Simulator {
             state,
             in_flight,
             accept,
+            runtime: None,
         })
+    }
+
+    /// Start a simulator on its own runtime (two worker threads), for tests that are not async
+    /// or that block while a child process (the client binary) talks to the simulator.
+    ///
+    /// # Errors
+    /// As [`Simulator::start`], or the runtime cannot be built.
+    pub fn start_blocking(dir: &Path) -> io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let mut sim = rt.block_on(Self::start(dir))?;
+        sim.runtime = Some(rt);
+        Ok(sim)
     }
 
     /// `127.0.0.1:PORT`.

@@ -401,3 +401,15 @@ async fn changed_areas_overlapping_is_rejected() {
         "{err:?}"
     );
 }
+
+#[test]
+fn simulator_on_own_runtime_serves_a_blocking_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sendense_vsphere::simulator::Simulator::start_blocking(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let logged_in = rt.block_on(Session::connect(options(&sim))).is_ok();
+    assert!(logged_in && sim.stats().logins == 1);
+}
