@@ -506,8 +506,11 @@ async fn apply(image: &mut [u8], d: &sendense_vsphere::PreparedDisk) {
 async fn full_plus_incrementals_reconstruct_the_disk_exactly() {
     let e = env_with("vm4", true, vec![DiskSpec::flat(4 * MIB)]).await;
     e.sim.set_change_page(768 * 1024);
-    let pattern =
-        |seed: u8, n: usize| -> Vec<u8> { (0..n).map(|i| seed ^ (i % 253) as u8).collect() };
+    let pattern = |seed: u8, n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|i| seed ^ u8::try_from(i % 253).unwrap())
+            .collect()
+    };
     e.sim
         .write_disk(&e.vm, 2000, 0, &pattern(1, 300_000))
         .unwrap();

@@ -238,7 +238,9 @@ async fn task_exceeding_timeout_is_task_timeout() {
 #[tokio::test]
 async fn datastore_read_busy_storm_is_retried() {
     let e = env().await;
-    let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    let data: Vec<u8> = (0..8192u32)
+        .map(|i| u8::try_from(i % 251).unwrap())
+        .collect();
     e.sim.write_disk(&e.vm, 2000, 4096, &data).unwrap();
     let s = session(&e.sim).await;
     let file = DatastoreFile::new(
