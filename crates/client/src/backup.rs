@@ -245,7 +245,15 @@ async fn transfer_and_complete(
                 );
                 DiskPlan::Everything
             }
-            _ => DiskPlan::Full,
+            (_, changed) => {
+                if changed.is_some() {
+                    info!(
+                        disk_key = key.get(),
+                        "the hub made this a full backup: --changed-areas is not needed and ignored"
+                    );
+                }
+                DiskPlan::Full
+            }
         };
         jobs.push(DiskTransfer {
             disk_key: key.get(),

@@ -90,16 +90,38 @@ pub struct RestoreSummary {
     pub seconds: f64,
 }
 
-/// Restores one disk.
+/// Restores one disk; Ctrl-C (SIGINT) stops it, removes the partial image, closes the exports
+/// and returns [`ClientError::Interrupted`].
 ///
 /// # Errors
-/// An existing target, hub errors (unknown backup, disk not in it), NBD errors, write errors.
+/// See [`run_until`].
 pub async fn run(options: RestoreOptions) -> Result<RestoreSummary, ClientError> {
-    let span = info_span!("restore", backup_id = %options.backup_id, disk_key = options.disk.get());
-    run_inner(options).instrument(span).await
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    run_until(options, ctrl_c).await
 }
 
-async fn run_inner(options: RestoreOptions) -> Result<RestoreSummary, ClientError> {
+/// Restores one disk until done or until `shutdown` resolves.
+///
+/// # Errors
+/// An existing target, hub errors (unknown backup, disk not in it), NBD errors, write errors,
+/// [`ClientError::Interrupted`]. The exports are closed and the partial image removed on every
+/// error.
+pub async fn run_until(
+    options: RestoreOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RestoreSummary, ClientError> {
+    let span = info_span!("restore", backup_id = %options.backup_id, disk_key = options.disk.get());
+    run_inner(options, shutdown).instrument(span).await
+}
+
+async fn run_inner(
+    options: RestoreOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RestoreSummary, ClientError> {
     let started = Instant::now();
     if options.to.exists() {
         return Err(ClientError::RestoreWrite {
@@ -109,7 +131,13 @@ async fn run_inner(options: RestoreOptions) -> Result<RestoreSummary, ClientErro
     }
     let hub = HubClient::new(&options.hub)?;
     let exports = hub.open_restore_exports(&options.backup_id).await?;
-    let result = restore_disk(&hub, &options, &exports).await;
+    let result = tokio::select! {
+        r = restore_disk(&hub, &options, &exports) => r,
+        () = shutdown => Err(ClientError::Interrupted),
+    };
+    if result.is_err() {
+        let _ = std::fs::remove_file(partial_path(&options.to));
+    }
     if let Err(e) = hub.close_restore_exports(&options.backup_id).await {
         warn!(error = %e, "closing the restore exports failed");
     }

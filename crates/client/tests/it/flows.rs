@@ -312,3 +312,28 @@ async fn restore_existing_target_is_refused() {
 
     assert!(matches!(err, ClientError::RestoreWrite { .. }), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_interrupted_closes_exports_and_leaves_no_file() {
+    let w = World::new().await;
+    raw_file(&w.path("a.raw"), 8 << 20, &[(0, pattern(MIB, 4))]);
+    let options = w.backup_options(vec![disk_input(2000, &w.path("a.raw"))]);
+    let summary = backup::run_until(options, std::future::pending())
+        .await
+        .unwrap();
+    let ro = RestoreOptions::new(
+        w.hub_options(),
+        summary.backup_id,
+        DiskKey(2000),
+        w.path("r.raw"),
+    );
+
+    let err = restore::run_until(ro, std::future::ready(()))
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, ClientError::Interrupted), "{err:?}");
+    assert!(!w.path("r.raw").exists());
+    assert!(!w.path("r.raw.partial").exists());
+    assert!(w.hub.state.lock().unwrap().restore_closed);
+}
