@@ -50,7 +50,7 @@ pub struct DiskChangeInfo {
     /// Length of the range this answer covers.
     pub length: u64,
     /// The changed areas (missing means none).
-    #[serde(default, deserialize_with = "bounded_areas")]
+    #[serde(default, deserialize_with = "bounded_areas::<_, MAX_CHANGED_AREAS>")]
     pub changed_area: Vec<ChangedArea>,
 }
 
@@ -171,11 +171,13 @@ pub fn merge_extents(mut extents: Vec<Extent>) -> Vec<Extent> {
 /// The serde error message prefix marking "too many areas".
 const TOO_MANY_MARK: &str = "too many changed areas";
 
-/// Deserializes `changedArea` without ever holding more than [`MAX_CHANGED_AREAS`] entries.
-fn bounded_areas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ChangedArea>, D::Error> {
-    struct Areas;
+/// Deserializes `changedArea` without ever holding more than `LIMIT` entries.
+fn bounded_areas<'de, D: Deserializer<'de>, const LIMIT: usize>(
+    d: D,
+) -> Result<Vec<ChangedArea>, D::Error> {
+    struct Areas<const LIMIT: usize>;
 
-    impl<'de> Visitor<'de> for Areas {
+    impl<'de, const LIMIT: usize> Visitor<'de> for Areas<LIMIT> {
         type Value = Vec<ChangedArea>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -186,7 +188,7 @@ fn bounded_areas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ChangedArea>, D:
             let hint = seq.size_hint().unwrap_or(0).min(4096);
             let mut areas = Vec::with_capacity(hint);
             while let Some(area) = seq.next_element::<ChangedArea>()? {
-                if areas.len() == MAX_CHANGED_AREAS {
+                if areas.len() == LIMIT {
                     return Err(de::Error::custom(TOO_MANY_MARK));
                 }
                 areas.push(area);
@@ -199,7 +201,7 @@ fn bounded_areas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ChangedArea>, D:
         }
     }
 
-    d.deserialize_any(Areas)
+    d.deserialize_any(Areas::<LIMIT>)
 }
 
 #[cfg(test)]
@@ -360,6 +362,30 @@ mod tests {
         let err = changed_extents(json.as_bytes(), CAP).unwrap_err();
 
         assert!(matches!(err, CbtError::Json { .. }), "{err:?}");
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Small {
+        #[serde(deserialize_with = "bounded_areas::<_, 2>")]
+        areas: Vec<ChangedArea>,
+    }
+
+    #[test]
+    fn bounded_areas_over_limit_is_refused_while_parsing() {
+        let json = r#"{"areas":[{"start":0,"length":512},{"start":512,"length":512},{"start":1024,"length":512}]}"#;
+
+        let err = serde_json::from_str::<Small>(json).unwrap_err();
+
+        assert!(err.to_string().starts_with(TOO_MANY_MARK), "{err}");
+    }
+
+    #[test]
+    fn bounded_areas_at_limit_is_accepted() {
+        let json = r#"{"areas":[{"start":0,"length":512},{"start":512,"length":512}]}"#;
+
+        let got = serde_json::from_str::<Small>(json).unwrap();
+
+        assert_eq!(got.areas.len(), 2);
     }
 
     #[test]

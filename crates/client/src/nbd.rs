@@ -413,6 +413,23 @@ impl DiskSource for NbdSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn nbd_uri_display_parse_round_trip(
+            host in prop_oneof!["[a-z][a-z0-9.-]{0,20}", "::1", "fe80::[0-9a-f]{1,4}"],
+            port in 1u16..,
+            export in "[A-Za-z0-9._-]{1,40}",
+            tls in any::<bool>(),
+        ) {
+            let uri = NbdUri { host, port, export, tls };
+
+            let parsed = NbdUri::parse(&uri.to_string()).unwrap();
+
+            prop_assert_eq!(parsed, uri);
+        }
+    }
 
     #[test]
     fn nbd_uri_nbds_with_port_parses() {

@@ -493,7 +493,13 @@ mod tests {
     async fn open_local_vmdk_from_qemu_img_reads_equal_to_raw() {
         let dir = tempfile::tempdir().unwrap();
         let (raw, want) = sparse_raw(dir.path());
-        for sub in ["monolithicSparse", "monolithicFlat", "streamOptimized"] {
+        for sub in [
+            "monolithicSparse",
+            "monolithicFlat",
+            "streamOptimized",
+            "twoGbMaxExtentSparse",
+            "twoGbMaxExtentFlat",
+        ] {
             let vmdk = dir.path().join(format!("{sub}.vmdk"));
             qemu_img(&[
                 "convert",
