@@ -15,7 +15,7 @@ use sendense_types::{BackupId, BackupType, ChangeId, DiskKey, VmName};
 use crate::backup::{self, BackupOptions, DiskInput, mb_per_s, parse_key_values};
 use crate::error::ClientError;
 use crate::hub::HubOptions;
-use crate::progress::{LogProgress, Progress, TerminalProgress};
+use crate::progress::{BarAwareStderr, LogProgress, Progress, TerminalProgress};
 use crate::restore::{self, RestoreFormat, RestoreOptions};
 use crate::transfer::TransferOptions;
 
@@ -162,7 +162,7 @@ pub fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| BarAwareStderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

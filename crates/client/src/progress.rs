@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::io::{self, Write};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -155,6 +156,31 @@ impl Progress for LogProgress {
     }
 }
 
+/// The one set of bars on stderr, shared with [`BarAwareStderr`].
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+fn bars() -> &'static MultiProgress {
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
+
+/// Standard error for log lines that hides the progress bars while a line is written, so logs
+/// and bars do not garble each other. Give it to the `tracing` subscriber as its writer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BarAwareStderr;
+
+impl Write for BarAwareStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match BARS.get() {
+            Some(multi) => multi.suspend(|| io::stderr().write_all(buf).map(|()| buf.len())),
+            None => io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
 /// indicatif bars on stderr: one per disk and one for the total.
 pub struct TerminalProgress {
     multi: MultiProgress,
@@ -178,7 +204,7 @@ impl TerminalProgress {
     /// Bars drawn on stderr.
     #[must_use]
     pub fn new() -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let multi = bars().clone();
         let total = multi.add(ProgressBar::new(0));
         total.set_style(style());
         total.set_prefix("total");
@@ -191,6 +217,15 @@ impl TerminalProgress {
 
     /// Removes the bars from the terminal.
     pub fn clear(&self) {
+        for bar in self
+            .bars
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            self.multi.remove(bar);
+        }
+        self.multi.remove(&self.total);
         let _ = self.multi.clear();
     }
 }
