@@ -6,8 +6,10 @@
 //! the source, cut it into data and zero segments and send them over one of `connections`
 //! connections (worker *i* uses connection *i* mod N; the NBD client pipelines requests of
 //! several workers on one connection). Reading in some workers overlaps writing in others.
-//! Memory is bounded: each worker owns one request buffer, so a disk holds at most
-//! `in_flight × request_size` bytes of data whatever its size.
+//! Memory is bounded whatever the disk sizes and their number: request buffers come from one
+//! [`BufferPool`] shared by every disk of a transfer, so at most `total_buffers` buffers of
+//! `request_size` exist at once (a local-file read briefly needs a second one on the blocking
+//! pool), e.g. 12 × 4 MiB.
 //!
 //! A request that fails is retried once on a fresh connection, which then replaces the broken
 //! one; a second failure fails the disk, and the first failing disk fails the transfer (the
@@ -89,6 +91,8 @@ pub struct TransferOptions {
     pub in_flight: usize,
     /// Largest request in bytes (a multiple of 1 MiB, at most 32 MiB).
     pub request_size: u64,
+    /// Request buffers shared by all disks of a transfer (at least 1).
+    pub total_buffers: usize,
 }
 
 impl Default for TransferOptions {
@@ -97,6 +101,7 @@ impl Default for TransferOptions {
             connections: 4,
             in_flight: 8,
             request_size: plan::MAX_REQUEST,
+            total_buffers: 12,
         }
     }
 }
@@ -152,13 +157,72 @@ pub async fn transfer_all(
     options: TransferOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<DiskStats>, ClientError> {
+    check_options(options)?;
+    let pool = BufferPool::new(options.total_buffers);
+    let pool = &pool;
     let futures: Vec<BoxFuture<'_, Result<DiskStats, ClientError>>> = disks
         .iter()
         .map(|d| -> BoxFuture<'_, Result<DiskStats, ClientError>> {
-            Box::pin(transfer_disk(d, options, progress))
+            Box::pin(transfer_disk_in(d, options, progress, pool))
         })
         .collect();
     try_join_all(futures).await
+}
+
+/// Request buffers shared by the disks of a transfer: at most `count` exist at once.
+#[derive(Debug)]
+pub struct BufferPool {
+    permits: tokio::sync::Semaphore,
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// A pool of at most `count` (at least 1) buffers, allocated on first use.
+    #[must_use]
+    pub fn new(count: usize) -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(count.max(1)),
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Waits for a buffer.
+    async fn take(&self) -> Result<PooledBuffer<'_>, ClientError> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Interrupted)?;
+        let buf = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
+        Ok(PooledBuffer {
+            pool: self,
+            buf,
+            _permit: permit,
+        })
+    }
+}
+
+/// A buffer of a [`BufferPool`], given back when dropped.
+struct PooledBuffer<'a> {
+    pool: &'a BufferPool,
+    buf: Vec<u8>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for PooledBuffer<'_> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        self.pool
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(buf);
+    }
 }
 
 /// One unit of work of a disk.
@@ -177,6 +241,7 @@ struct DiskRun<'a> {
     queue: Mutex<Box<dyn Iterator<Item = Work> + Send + 'a>>,
     connections: Mutex<Vec<Arc<dyn BlockTarget>>>,
     progress: &'a dyn Progress,
+    pool: &'a BufferPool,
     request_size: u64,
     sent: AtomicU64,
     zeroed: AtomicU64,
@@ -195,8 +260,19 @@ pub async fn transfer_disk(
     options: TransferOptions,
     progress: &dyn Progress,
 ) -> Result<DiskStats, ClientError> {
+    check_options(options)?;
+    let pool = BufferPool::new(options.total_buffers);
+    transfer_disk_in(disk, options, progress, &pool).await
+}
+
+async fn transfer_disk_in(
+    disk: &DiskTransfer,
+    options: TransferOptions,
+    progress: &dyn Progress,
+    pool: &BufferPool,
+) -> Result<DiskStats, ClientError> {
     let span = info_span!("disk", disk_key = disk.disk_key);
-    transfer_disk_inner(disk, options, progress)
+    transfer_disk_inner(disk, options, progress, pool)
         .instrument(span)
         .await
 }
@@ -205,6 +281,7 @@ async fn transfer_disk_inner(
     disk: &DiskTransfer,
     options: TransferOptions,
     progress: &dyn Progress,
+    pool: &BufferPool,
 ) -> Result<DiskStats, ClientError> {
     check_options(options)?;
     let started = Instant::now();
@@ -254,6 +331,7 @@ async fn transfer_disk_inner(
         queue: Mutex::new(Box::new(work)),
         connections: Mutex::new(connections),
         progress,
+        pool,
         request_size,
         sent: AtomicU64::new(0),
         zeroed: AtomicU64::new(0),
@@ -309,6 +387,9 @@ fn check_options(options: TransferOptions) -> Result<(), ClientError> {
     if options.in_flight == 0 || options.in_flight > 256 {
         return bad("requests in flight must be 1 to 256");
     }
+    if options.total_buffers == 0 || options.total_buffers > 1024 {
+        return bad("total buffers must be 1 to 1024");
+    }
     if options.request_size == 0
         || !options.request_size.is_multiple_of(plan::ALIGN)
         || options.request_size > 32 << 20
@@ -346,7 +427,6 @@ impl DiskRun<'_> {
 
     async fn worker(&self, index: usize) -> Result<(), ClientError> {
         let capacity = usize::try_from(self.request_size).unwrap_or(usize::MAX);
-        let mut buf: Vec<u8> = Vec::new();
         while let Some(work) = self.next_work() {
             let extent = match work {
                 Work::Read(extent) => {
@@ -357,6 +437,8 @@ impl DiskRun<'_> {
                             what: "request",
                             reason: format!("request of {} bytes is too large", extent.length),
                         })?;
+                    let mut pooled = self.pool.take().await?;
+                    let buf = &mut pooled.buf;
                     buf.resize(len, 0);
                     self.disk
                         .source
@@ -486,10 +568,16 @@ mod tests {
         }
 
         async fn op(&self, op: Op, payload: &[u8]) -> Result<(), ClientError> {
-            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            // Data writes are what buffers bound; zeroes and flushes hold none.
+            let counted = matches!(op, Op::Write(..));
+            if counted {
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            }
             tokio::task::yield_now().await;
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if counted {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
             let fail = self
                 .failures_left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -582,6 +670,7 @@ mod tests {
             connections,
             in_flight,
             request_size: 1 << 20,
+            total_buffers: 16,
         }
     }
 
@@ -667,6 +756,30 @@ mod tests {
 
         let max = rec.max_in_flight.load(Ordering::SeqCst);
         assert!((1..=3).contains(&max), "max in flight {max}");
+    }
+
+    #[tokio::test]
+    async fn transfer_all_buffers_bound_in_flight_across_disks() {
+        let rec = Recorder::new(vec![0u8; 8 * MIB]);
+        let mut b = job(MemorySource::new(vec![5u8; 8 * MIB]), &rec, DiskPlan::Full);
+        b.disk_key = 2001;
+        let jobs = [
+            job(MemorySource::new(vec![5u8; 8 * MIB]), &rec, DiskPlan::Full),
+            b,
+        ];
+        let options = TransferOptions {
+            total_buffers: 2,
+            ..opts(2, 4)
+        };
+
+        transfer_all(&jobs, options, &NoProgress).await.unwrap();
+
+        let max = rec.max_in_flight.load(Ordering::SeqCst);
+        assert!(
+            max <= 2,
+            "two buffers allow two requests in flight, saw {max}"
+        );
+        assert_eq!(rec.data(), vec![5u8; 8 * MIB]);
     }
 
     #[tokio::test]

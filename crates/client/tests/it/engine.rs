@@ -36,6 +36,7 @@ fn options() -> TransferOptions {
         connections: 2,
         in_flight: 4,
         request_size: 4 << 20,
+        total_buffers: 8,
     }
 }
 
