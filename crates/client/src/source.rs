@@ -106,20 +106,32 @@ fn check_range(offset: u64, len: usize, size: u64) -> Result<(), SourceError> {
     }
 }
 
-/// Runs `f` on tokio's blocking pool with a scratch buffer of `buf.len()` bytes, then copies
-/// the result into `buf` (the pool needs owned data).
-async fn read_blocking<F>(buf: &mut [u8], f: F) -> Result<(), SourceError>
+/// Largest piece read on the blocking pool at once: the scratch buffer a read needs there
+/// (the pool needs owned data), so a read costs this much extra memory, not its own size.
+const BLOCKING_READ_CHUNK: usize = 1 << 20;
+
+/// Fills `buf` from disk offset `offset` by running `f(scratch, offset)` on tokio's blocking
+/// pool, piece by piece of at most [`BLOCKING_READ_CHUNK`] bytes, copying each piece into `buf`.
+async fn read_blocking<F>(buf: &mut [u8], offset: u64, f: F) -> Result<(), SourceError>
 where
-    F: FnOnce(&mut [u8]) -> Result<(), SourceError> + Send + 'static,
+    F: Fn(&mut [u8], u64) -> Result<(), SourceError> + Send + Sync + 'static,
 {
-    let len = buf.len();
-    let scratch = tokio::task::spawn_blocking(move || {
-        let mut scratch = vec![0u8; len];
-        f(&mut scratch).map(|()| scratch)
-    })
-    .await
-    .map_err(|_| SourceError::Cancelled)??;
-    buf.copy_from_slice(&scratch);
+    let f = Arc::new(f);
+    let mut scratch = Vec::new();
+    let mut pos = offset;
+    for piece in buf.chunks_mut(BLOCKING_READ_CHUNK) {
+        let len = piece.len();
+        let f = Arc::clone(&f);
+        let mut owned = std::mem::take(&mut scratch);
+        scratch = tokio::task::spawn_blocking(move || {
+            owned.resize(len, 0);
+            f(&mut owned[..len], pos).map(|()| owned)
+        })
+        .await
+        .map_err(|_| SourceError::Cancelled)??;
+        piece.copy_from_slice(&scratch[..len]);
+        pos += len as u64;
+    }
     Ok(())
 }
 
@@ -226,7 +238,10 @@ impl DiskSource for RawFileSource {
         Box::pin(async move {
             check_range(offset, buf.len(), self.size)?;
             let file = Arc::clone(&self.file);
-            read_blocking(buf, move |scratch| read_exact_at(&file, scratch, offset)).await
+            read_blocking(buf, offset, move |scratch, at| {
+                read_exact_at(&file, scratch, at)
+            })
+            .await
         })
     }
 
@@ -302,7 +317,10 @@ impl DiskSource for VmdkSource {
         Box::pin(async move {
             check_range(offset, buf.len(), self.image.size())?;
             let image = Arc::clone(&self.image);
-            read_blocking(buf, move |scratch| Ok(image.read_at(scratch, offset)?)).await
+            read_blocking(buf, offset, move |scratch, at| {
+                Ok(image.read_at(scratch, at)?)
+            })
+            .await
         })
     }
 
