@@ -7,6 +7,8 @@
 
 // Sizes here are small constants: u64 -> usize casts cannot truncate.
 #![allow(clippy::cast_possible_truncation)]
+// criterion_group!/criterion_main! generate undocumented functions.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -121,6 +123,5 @@ fn chain_reads(c: &mut Criterion) {
     group.finish();
 }
 
-/// Every QCOW2 benchmark.
 criterion_group!(benches, sequential_writes, random_writes, chain_reads);
 criterion_main!(benches);

@@ -1,12 +1,22 @@
 //! `sendense-hub`: the backup repository daemon and its image tools.
 //!
-//! Thin by design: parse arguments, install logging, call the hub crate.
-#![allow(clippy::print_stdout)]
+//! Thin by design: parse arguments, install logging, build the runtime, call
+//! the hub crate.
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = sendense_hub::cli::Cli::parse();
     sendense_hub::cli::init_tracing(&cli.log);
-    sendense_hub::cli::run(cli)
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sendense-hub: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(sendense_hub::cli::run(cli))
 }

@@ -9,4 +9,6 @@
 #[cfg(test)]
 mod image_cli;
 #[cfg(test)]
+mod image_serve;
+#[cfg(test)]
 mod support;

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::image_tools::{
-    self, ByteSize, ConvertOptions, CreateArgs, ImageToolError, OutputFormat,
-};
+use crate::daemon::{self, HubConfig};
+use crate::image_tools::{self, ByteSize, ConvertOptions, CreateArgs, OutputFormat};
+use crate::serve_image::{ServeOptions, serve_image, shutdown_signal};
 
 /// Sendense hub: the backup repository daemon and its image tools.
 #[derive(Debug, Parser)]
@@ -44,6 +44,32 @@ pub enum LogFormat {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the hub: catalog, QCOW2 repository, REST API (HTTPS) and NBD
+    /// server (TLS) in one process.
+    ///
+    /// The first start creates DIR/catalog.redb, DIR/repository/, a CA and
+    /// certificate in DIR/tls (QEMU's file names) and the API token in
+    /// DIR/api.token (mode 0600). Stops cleanly on SIGINT/SIGTERM: running
+    /// backups are failed (their chains untouched), images closed.
+    Serve {
+        /// The data folder.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// REST API listen address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+        api: std::net::SocketAddr,
+        /// NBD listen address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
+        nbd: std::net::SocketAddr,
+        /// Host name clients use to reach this hub (put into NBD URIs and the
+        /// certificate on first start); default: the --nbd address's IP.
+        #[arg(long, value_name = "HOST")]
+        public_host: Option<String>,
+        /// Fail a running backup whose client has had no NBD connection for
+        /// this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        idle_timeout: u64,
+    },
     /// Work on QCOW2 images with Sendense's own engine (no QEMU needed).
     #[command(subcommand)]
     Image(ImageCommand),
@@ -115,6 +141,31 @@ pub enum ImageCommand {
         /// Output file (replaced if it exists).
         output: PathBuf,
     },
+    /// Serve an image (and its backing chain) over NBD, like qemu-nbd.
+    ///
+    /// QCOW2 images go through our engine: writes land in the top layer,
+    /// reads and block status come through the chain. Other files are served
+    /// raw. Stops cleanly (flush, close) on SIGINT/SIGTERM.
+    Serve {
+        /// Refuse writes; the image is opened read-only.
+        #[arg(long)]
+        read_only: bool,
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
+        listen: std::net::SocketAddr,
+        /// Export name (default: the empty, default export).
+        #[arg(long, value_name = "NAME", default_value = "")]
+        export: String,
+        /// Require TLS, with the certificates in this folder under QEMU's
+        /// names: ca-cert.pem, server-cert.pem, server-key.pem.
+        #[arg(long, value_name = "DIR")]
+        tls_dir: Option<PathBuf>,
+        /// Require client certificates signed by the folder's ca-cert.pem.
+        #[arg(long, requires = "tls_dir")]
+        verify_clients: bool,
+        /// The image to serve.
+        file: PathBuf,
+    },
 }
 
 /// Image formats the tools write.
@@ -134,9 +185,11 @@ fn default_threads() -> usize {
 pub fn init_tracing(log: &LogArgs) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match log.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -144,18 +197,42 @@ pub fn init_tracing(log: &LogArgs) {
 }
 
 /// Runs a parsed command line and returns the process exit status.
-pub fn run(cli: Cli) -> ExitCode {
+pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Image(cmd) => run_image(cmd),
+        Command::Serve {
+            data_dir,
+            api,
+            nbd,
+            public_host,
+            idle_timeout,
+        } => {
+            let config = HubConfig {
+                data_dir,
+                api_listen: api,
+                nbd_listen: nbd,
+                public_host,
+                idle_timeout: std::time::Duration::from_secs(idle_timeout.max(1)),
+            };
+            match daemon::start(config).await {
+                Ok(hub) => {
+                    hub.run_until(shutdown_signal()).await;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Image(cmd) => run_image(cmd).await,
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sendense-hub: {}", error_chain(&e));
+            eprintln!("sendense-hub: {}", error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `error: cause: cause …`, the whole source chain on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -169,8 +246,29 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn run_image(cmd: ImageCommand) -> Result<ExitCode, ImageToolError> {
+/// Runs an image command. The synchronous ones block this (otherwise idle)
+/// runtime thread; `serve` is the only one that needs the runtime.
+async fn run_image(cmd: ImageCommand) -> Result<ExitCode, BoxError> {
     match cmd {
+        ImageCommand::Serve {
+            read_only,
+            listen,
+            export,
+            tls_dir,
+            verify_clients,
+            file,
+        } => {
+            let opts = ServeOptions {
+                file,
+                read_only,
+                listen,
+                export,
+                tls_dir,
+                verify_clients,
+            };
+            serve_image(opts, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         ImageCommand::Create {
             backing,
             cluster_size,

@@ -22,7 +22,11 @@ pub struct Qcow2Export {
 impl Qcow2Export {
     /// Serves `image`; with `read_only`, every write is refused with `EPERM`.
     pub fn new(image: Arc<Image>, read_only: bool) -> Self {
-        Self { image, read_only, bytes_written: AtomicU64::new(0) }
+        Self {
+            image,
+            read_only,
+            bytes_written: AtomicU64::new(0),
+        }
     }
 
     /// The image served.
@@ -36,7 +40,11 @@ impl Qcow2Export {
     }
 
     fn writable(&self) -> Result<(), ExportError> {
-        if self.read_only { Err(ExportError::read_only()) } else { Ok(()) }
+        if self.read_only {
+            Err(ExportError::read_only())
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -65,7 +73,9 @@ impl Export for Qcow2Export {
     }
 
     fn preferred_block_size(&self) -> u32 {
-        u32::try_from(self.image.cluster_size()).unwrap_or(65536).clamp(4096, 2 << 20)
+        u32::try_from(self.image.cluster_size())
+            .unwrap_or(65536)
+            .clamp(4096, 2 << 20)
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExportError> {
@@ -75,7 +85,8 @@ impl Export for Qcow2Export {
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
         self.writable()?;
         self.image.write_at(data, offset).map_err(nbd_error)?;
-        self.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.bytes_written
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         if fua {
             self.image.flush().map_err(nbd_error)?;
         }
@@ -116,7 +127,11 @@ impl Export for Qcow2Export {
             .into_iter()
             .map(|e| {
                 let zero = e.state != ExtentState::Data;
-                BlockExtent { length: e.length, hole: zero, zero }
+                BlockExtent {
+                    length: e.length,
+                    hole: zero,
+                    zero,
+                }
             })
             .collect())
     }

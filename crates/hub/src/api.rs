@@ -1,0 +1,301 @@
+//! The REST API (axum): typed input, one engine call, mapped result.
+//!
+//! Handlers never touch the catalog or the repository; they parse, call the
+//! [`Engine`], and answer JSON. Every error is `{error, message}` with the
+//! status [`HubError::kind`] gives. Every call but `health` needs the bearer
+//! token.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sendense_types::api::error_codes;
+use sendense_types::{
+    ApiError, BackupId, BackupQuery, CompleteBackupRequest, CredentialRequest, FailBackupRequest,
+    Health, RegisterVmRequest, StartBackupRequest, VmName,
+};
+use serde::de::DeserializeOwned;
+
+use crate::credentials::Credentials;
+use crate::engine::Engine;
+use crate::error::{ErrorKind, HubError};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// The backup engine.
+    pub engine: Arc<Engine>,
+    /// The credential store.
+    pub credentials: Arc<Credentials>,
+    /// The bearer token.
+    pub token: Arc<str>,
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    let authed = Router::new()
+        .route("/api/v1/vms", post(register_vm).get(list_vms))
+        .route("/api/v1/vms/{name}", get(get_vm))
+        .route("/api/v1/backups", post(start_backup).get(list_backups))
+        .route("/api/v1/backups/chain/{vm_name}", get(chain))
+        .route(
+            "/api/v1/backups/{id}",
+            get(get_backup).delete(delete_backup),
+        )
+        .route("/api/v1/backups/{id}/complete", post(complete_backup))
+        .route("/api/v1/backups/{id}/fail", post(fail_backup))
+        .route(
+            "/api/v1/backups/{id}/exports",
+            post(open_exports).delete(close_exports),
+        )
+        .route(
+            "/api/v1/credentials",
+            post(put_credential).get(list_credentials),
+        )
+        .route("/api/v1/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .merge(authed)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiFailure(StatusCode, ApiError);
+
+impl ApiFailure {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self(status, ApiError::new(code, message))
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, error_codes::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<HubError> for ApiFailure {
+    fn from(e: HubError) -> Self {
+        let message = crate::cli::error_chain(&e);
+        let (status, code) = match e.kind() {
+            ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, error_codes::BAD_REQUEST),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, error_codes::NOT_FOUND),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, error_codes::CONFLICT),
+            _ => {
+                tracing::error!(error = %message, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, error_codes::INTERNAL)
+            }
+        };
+        Self::new(status, code, message)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+/// A JSON body whose every rejection is a JSON 400 naming the problem.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_rejection(&rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: &JsonRejection) -> ApiFailure {
+    match r {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiFailure::bad_request("Send the body as JSON with Content-Type: application/json")
+        }
+        other => ApiFailure::bad_request(format!("Malformed request body: {}", other.body_text())),
+    }
+}
+
+fn parse<T: std::str::FromStr>(what: &str, raw: &str) -> ApiResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    raw.parse()
+        .map_err(|e| ApiFailure::bad_request(format!("Invalid {what} {raw:?}: {e}")))
+}
+
+/// Runs blocking engine work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, HubError> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| HubError::Worker)?
+        .map_err(Into::into)
+}
+
+async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if crate::token::matches(&state.token, t.trim()) => next.run(req).await,
+        Some(_) => ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            error_codes::UNAUTHORIZED,
+            "Token rejected: use the token in the hub's DATA/api.token",
+        )
+        .into_response(),
+        None => ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            error_codes::UNAUTHORIZED,
+            "Missing 'Authorization: Bearer <token>' header (the token is in the hub's DATA/api.token)",
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::NOT_FOUND,
+        error_codes::NOT_FOUND,
+        "No such API endpoint",
+    )
+}
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn register_vm(
+    State(s): State<ApiState>,
+    Body(req): Body<RegisterVmRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let vm = blocking(move || s.engine.register_vm(&req)).await?;
+    Ok((StatusCode::CREATED, Json(vm)))
+}
+
+async fn list_vms(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(blocking(move || s.engine.vms()).await?))
+}
+
+async fn get_vm(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let name: VmName = parse("VM name", &name)?;
+    Ok(Json(blocking(move || s.engine.vm(&name)).await?))
+}
+
+async fn start_backup(
+    State(s): State<ApiState>,
+    Body(req): Body<StartBackupRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let backup = blocking(move || s.engine.start_backup(&req)).await?;
+    Ok((StatusCode::CREATED, Json(backup)))
+}
+
+async fn list_backups(
+    State(s): State<ApiState>,
+    query: Result<Query<BackupQuery>, QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Query(query) =
+        query.map_err(|e| ApiFailure::bad_request(format!("Invalid query: {}", e.body_text())))?;
+    Ok(Json(blocking(move || s.engine.backups(&query)).await?))
+}
+
+async fn get_backup(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    Ok(Json(blocking(move || s.engine.backup(&id)).await?))
+}
+
+async fn delete_backup(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    Ok(Json(blocking(move || s.engine.delete_backup(&id)).await?))
+}
+
+async fn complete_backup(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Body(req): Body<CompleteBackupRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    Ok(Json(s.engine.complete_backup(&id, &req).await?))
+}
+
+async fn fail_backup(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Body(req): Body<FailBackupRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    Ok(Json(s.engine.fail_backup(&id, req.reason()).await?))
+}
+
+async fn chain(State(s): State<ApiState>, Path(vm): Path<String>) -> ApiResult<impl IntoResponse> {
+    let vm: VmName = parse("VM name", &vm)?;
+    Ok(Json(blocking(move || s.engine.chain(&vm)).await?))
+}
+
+async fn open_exports(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    Ok(Json(blocking(move || s.engine.open_restore(&id)).await?))
+}
+
+async fn close_exports(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    s.engine.close_restore(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_credential(
+    State(s): State<ApiState>,
+    Body(req): Body<CredentialRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let credential = blocking(move || s.credentials.put(&req)).await?;
+    Ok((StatusCode::CREATED, Json(credential)))
+}
+
+async fn list_credentials(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(blocking(move || s.credentials.list()).await?))
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+}

@@ -1,0 +1,262 @@
+//! `sendense-hub serve`: the daemon. One process: catalog, repository, REST
+//! API over HTTPS and the NBD server over TLS, sharing one engine.
+//!
+//! First start creates `DATA/catalog.redb`, `DATA/repository/`, the TLS
+//! folder and the API token; later starts reuse them. Start-up fails backups
+//! a crash left running. Shutdown stops the API, fails running backups
+//! (chain untouched, partial images removed), closes restore exports, then
+//! stops the NBD server once its connections have drained.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sendense_catalog::Catalog;
+use sendense_nbd::{ExportRegistry, Server, ServerOptions};
+
+use crate::api::{ApiState, router};
+use crate::credentials::Credentials;
+use crate::engine::{Engine, REPOSITORY_DIR};
+use crate::error::HubError;
+
+/// Folder of the TLS material inside the data folder.
+pub const TLS_DIR: &str = "tls";
+
+/// How the daemon is set up.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// The data folder (catalog, repository, TLS, token).
+    pub data_dir: PathBuf,
+    /// REST API listen address (HTTPS).
+    pub api_listen: SocketAddr,
+    /// NBD listen address (TLS required).
+    pub nbd_listen: SocketAddr,
+    /// Host name clients use to reach this hub: goes into the `nbd_uri`s and
+    /// the certificate. Defaults to the NBD listen address's IP.
+    pub public_host: Option<String>,
+    /// A running backup with no NBD connection for this long is failed.
+    pub idle_timeout: Duration,
+}
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The data folder could not be prepared.
+    #[error("Cannot prepare data folder {path}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS material or token could not be made or read.
+    #[error("Cannot prepare TLS material or API token")]
+    Setup(#[from] crate::tls::TlsSetupError),
+    /// The TLS folder could not be loaded.
+    #[error("Cannot load the hub's TLS material")]
+    Tls(#[source] sendense_nbd::NbdError),
+    /// The catalog or the engine failed.
+    #[error("Backup engine")]
+    Engine(#[from] HubError),
+    /// A listen address could not be bound.
+    #[error("Cannot listen on {addr}: is another hub running there? (--api / --nbd choose others)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started hub: its addresses, and the handle that stops it.
+#[derive(Debug)]
+pub struct RunningHub {
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// Where the NBD server listens.
+    pub nbd_addr: SocketAddr,
+    /// The engine, for in-process callers.
+    pub engine: Arc<Engine>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningHub {
+    /// Stops the hub cleanly and waits until it has.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the hub stops (after `shutdown` resolves) .
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        shutdown.await;
+        self.stop().await;
+    }
+}
+
+/// Starts the hub: prepares the data folder, recovers, binds both
+/// listeners and serves in background tasks.
+///
+/// # Errors
+/// The data folder, TLS material, catalog or listeners cannot be used.
+pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
+    let data = config.data_dir.clone();
+    let repository = data.join(REPOSITORY_DIR);
+    std::fs::create_dir_all(&repository).map_err(|source| DaemonError::DataDir {
+        path: repository.clone(),
+        source,
+    })?;
+    let host = config
+        .public_host
+        .clone()
+        .unwrap_or_else(|| config.nbd_listen.ip().to_string());
+    let tls_dir = data.join(TLS_DIR);
+    if crate::tls::ensure_certificates(&tls_dir, std::slice::from_ref(&host))? {
+        tracing::info!(dir = %tls_dir.display(), "created the hub's CA and certificate");
+    }
+    let token = crate::token::load_or_create(&data)?;
+    let tls =
+        sendense_nbd::tls::server_config_from_dir(&tls_dir, false).map_err(DaemonError::Tls)?;
+
+    let catalog = Arc::new(Catalog::open_in(&data).map_err(HubError::from)?);
+    let credentials = Arc::new(Credentials::open(Arc::clone(&catalog), &data)?);
+    let registry = Arc::new(ExportRegistry::new());
+
+    let nbd_listener = tokio::net::TcpListener::bind(config.nbd_listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: config.nbd_listen,
+            source,
+        })?;
+    let nbd_addr = nbd_listener
+        .local_addr()
+        .map_err(|source| DaemonError::Bind {
+            addr: config.nbd_listen,
+            source,
+        })?;
+    let api_listener =
+        std::net::TcpListener::bind(config.api_listen).map_err(|source| DaemonError::Bind {
+            addr: config.api_listen,
+            source,
+        })?;
+    api_listener
+        .set_nonblocking(true)
+        .map_err(|source| DaemonError::Bind {
+            addr: config.api_listen,
+            source,
+        })?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|source| DaemonError::Bind {
+            addr: config.api_listen,
+            source,
+        })?;
+
+    let nbd_base = format!("nbds://{}:{}", uri_host(&host), nbd_addr.port());
+    let engine = Arc::new(Engine::new(
+        catalog,
+        repository,
+        Arc::clone(&registry),
+        nbd_base,
+    ));
+    let recovered = engine.recover()?;
+    if recovered > 0 {
+        tracing::warn!(
+            count = recovered,
+            "marked backups left running by a crash as failed"
+        );
+    }
+
+    let state = ApiState {
+        engine: Arc::clone(&engine),
+        credentials,
+        token: token.into(),
+    };
+    let mut api_tls = (*tls).clone();
+    api_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(api_tls));
+    let api_handle = axum_server::Handle::new();
+    let api_server = axum_server::from_tcp_rustls(api_listener, rustls_config)
+        .map_err(|source| DaemonError::Bind {
+            addr: config.api_listen,
+            source,
+        })?
+        .handle(api_handle.clone());
+    let app = router(state);
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let nbd_server = Server::new(
+        registry,
+        ServerOptions {
+            tls: Some(tls),
+            ..ServerOptions::default()
+        },
+    );
+    let (nbd_stop_tx, nbd_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let nbd_task = tokio::spawn(async move {
+        let stop = async {
+            let _ = nbd_stop_rx.await;
+        };
+        if let Err(e) = nbd_server.serve(nbd_listener, stop).await {
+            tracing::error!(error = %e, "NBD server failed");
+        }
+    });
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = api_server.serve(app.into_make_service()).await {
+            tracing::error!(error = %e, "API server failed");
+        }
+    });
+    let watchdog_engine = Arc::clone(&engine);
+    let idle = config.idle_timeout;
+    let mut watchdog_stop = stop_rx.clone();
+    let watchdog = tokio::spawn(async move {
+        let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => watchdog_engine.fail_idle(idle).await,
+                _ = watchdog_stop.changed() => break,
+            }
+        }
+    });
+
+    let shutdown_engine = Arc::clone(&engine);
+    let task = tokio::spawn(async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+        tracing::info!("shutting down");
+        api_handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        let _ = api_task.await;
+        let _ = watchdog.await;
+        shutdown_engine.shutdown().await;
+        let _ = nbd_stop_tx.send(());
+        let _ = nbd_task.await;
+        tracing::info!("hub stopped");
+    });
+    tracing::info!(
+        data_dir = %data.display(),
+        api = %format!("https://{}:{}", uri_host(&host), api_addr.port()),
+        nbd = %format!("nbds://{}:{}", uri_host(&host), nbd_addr.port()),
+        "hub ready"
+    );
+    Ok(RunningHub {
+        api_addr,
+        nbd_addr,
+        engine,
+        stop: stop_tx,
+        task,
+    })
+}
+
+/// A host for a URI: IPv6 literals in brackets.
+fn uri_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}

@@ -1,0 +1,180 @@
+//! The hub's error type and its mapping to HTTP statuses (in one place).
+
+use std::path::PathBuf;
+
+use sendense_catalog::CatalogError;
+use sendense_types::{BackupId, BackupStatus, DiskKey, VmName};
+
+/// Everything the backup engine can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The catalog refused or failed.
+    #[error("Catalog")]
+    Catalog(#[from] CatalogError),
+    /// A QCOW2 image could not be created, opened, flushed or checked.
+    #[error("Image {path}")]
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: sendense_qcow2::Qcow2Error,
+    },
+    /// A repository file operation failed.
+    #[error("Repository file {path}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The NBD export registry refused.
+    #[error("NBD export")]
+    Nbd(#[from] sendense_nbd::NbdError),
+    /// No VM of that name is registered.
+    #[error("Unknown VM {vm}: register it first (POST /api/v1/vms)")]
+    VmNotFound {
+        /// The name asked for.
+        vm: VmName,
+    },
+    /// No backup has that id.
+    #[error("Unknown backup {backup_id}")]
+    BackupNotFound {
+        /// The id asked for.
+        backup_id: BackupId,
+    },
+    /// An incremental was asked for with nothing to build on.
+    #[error(
+        "VM {vm} has no completed full backup to base an incremental on: take a full (or use auto)"
+    )]
+    NoFullBackup {
+        /// The VM.
+        vm: VmName,
+    },
+    /// The backup is not in the state the operation needs.
+    #[error("Backup {backup_id} is {status}; this needs it {expected}")]
+    WrongStatus {
+        /// The backup.
+        backup_id: BackupId,
+        /// Its state.
+        status: BackupStatus,
+        /// The state needed.
+        expected: &'static str,
+    },
+    /// The backup is running in the catalog but this hub process holds no exports for it.
+    #[error("Backup {backup_id} is not being written through this hub process")]
+    NotLive {
+        /// The backup.
+        backup_id: BackupId,
+    },
+    /// A completion named a disk the backup does not have.
+    #[error("Backup {backup_id} has no disk {disk_key}")]
+    UnknownDisk {
+        /// The backup.
+        backup_id: BackupId,
+        /// The disk named.
+        disk_key: DiskKey,
+    },
+    /// A completion left out one of the backup's disks.
+    #[error("Completion of backup {backup_id} is missing disk {disk_key}")]
+    MissingDisk {
+        /// The backup.
+        backup_id: BackupId,
+        /// The disk left out.
+        disk_key: DiskKey,
+    },
+    /// A completion named a disk twice.
+    #[error("Completion of backup {backup_id} names disk {disk_key} twice")]
+    DuplicateDisk {
+        /// The backup.
+        backup_id: BackupId,
+        /// The disk.
+        disk_key: DiskKey,
+    },
+    /// The finished image failed its consistency check; the backup is failed.
+    #[error("Image {path} failed its check: {errors} errors, {leaks} leaks")]
+    CheckFailed {
+        /// The image.
+        path: PathBuf,
+        /// Corruptions found.
+        errors: u64,
+        /// Leaks found.
+        leaks: u64,
+    },
+    /// Restore exports of this backup are open: close them first.
+    #[error(
+        "Backup {backup_id} has open restore exports: close them first (DELETE /api/v1/backups/{backup_id}/exports)"
+    )]
+    ExportsOpen {
+        /// The backup.
+        backup_id: BackupId,
+    },
+    /// No restore exports of this backup are open.
+    #[error("Backup {backup_id} has no open restore exports")]
+    NoExports {
+        /// The backup.
+        backup_id: BackupId,
+    },
+    /// The credential key could not be used.
+    #[error("Credential encryption failed")]
+    Crypto,
+    /// A blocking worker panicked (a bug).
+    #[error("Internal worker failure")]
+    Worker,
+}
+
+/// How a caller should read a [`HubError`]: the HTTP status class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// 400: the request is malformed or inconsistent.
+    BadRequest,
+    /// 404: the thing named does not exist.
+    NotFound,
+    /// 409: the request conflicts with the current state.
+    Conflict,
+    /// 500: the hub failed.
+    Internal,
+}
+
+impl HubError {
+    /// The stable classification of this error.
+    pub fn kind(&self) -> ErrorKind {
+        use sendense_catalog::ErrorKind as C;
+        match self {
+            Self::Catalog(e) => match e.kind() {
+                C::NotFound => ErrorKind::NotFound,
+                C::Conflict => ErrorKind::Conflict,
+                C::Invalid => ErrorKind::BadRequest,
+                _ => ErrorKind::Internal,
+            },
+            Self::VmNotFound { .. } | Self::BackupNotFound { .. } | Self::NoExports { .. } => {
+                ErrorKind::NotFound
+            }
+            Self::NoFullBackup { .. }
+            | Self::WrongStatus { .. }
+            | Self::NotLive { .. }
+            | Self::ExportsOpen { .. } => ErrorKind::Conflict,
+            Self::UnknownDisk { .. } | Self::MissingDisk { .. } | Self::DuplicateDisk { .. } => {
+                ErrorKind::BadRequest
+            }
+            _ => ErrorKind::Internal,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn image(path: impl Into<PathBuf>, source: sendense_qcow2::Qcow2Error) -> Self {
+        Self::Image {
+            path: path.into(),
+            source,
+        }
+    }
+}
