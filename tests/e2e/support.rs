@@ -9,6 +9,11 @@ pub(crate) fn hub() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sendense-hub"))
 }
 
+/// The `sendense-client` binary under test.
+pub(crate) fn client() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sendense-client"))
+}
+
 /// Runs `qemu-img`; panics with a clear message when it is not installed.
 pub(crate) fn qemu_img(args: &[&str]) -> Output {
     Command::new("qemu-img")

@@ -1,0 +1,656 @@
+//! Backups end to end: the real `sendense-client` binary backs up local raw
+//! and VMDK files into a real `sendense-hub serve` subprocess (REST over
+//! HTTPS, NBD over TLS) and restores from it; `qemu-img` checks and compares
+//! what lands in the repository. Clients and hubs are also killed mid-transfer
+//! to see the hub fail those backups and keep working.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use sendense_client::hub::{HubClient, HubOptions};
+use serde_json::{Value, json};
+
+use crate::support::{client, hub, ok, qemu_img, s, write_random};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+/// How long any wait on a subprocess may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A child process, killed (SIGKILL) and reaped when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL, then waits for the exit.
+    fn kill(&mut self) {
+        // Already exited is fine: the kill is only there to be sure.
+        let _ = self.0.kill();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends `signal` (a name such as `TERM`) to `pid` with the `kill` command.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
+}
+
+/// Reads a child's stderr on a thread, one JSON log line per message (lines
+/// that are not JSON arrive as strings). The thread drains until EOF so the
+/// child never blocks on a full pipe.
+fn log_lines(stderr: impl Read + Send + 'static) -> Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+            // The receiver may be gone; keep draining regardless.
+            let _ = tx.send(value);
+        }
+    });
+    rx
+}
+
+/// Waits (blocking, bounded by [`DEADLINE`]) for a log line matching `want`.
+fn wait_log(log: &Receiver<Value>, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if want(&line) => return line,
+            Ok(line) => seen.push(line.to_string()),
+            Err(e) => panic!("no log line {what} ({e}); saw:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+/// A log line's message.
+fn message(line: &Value) -> &str {
+    line["fields"]["message"].as_str().unwrap_or_default()
+}
+
+/// A running `sendense-hub serve` on 127.0.0.1 with OS-chosen ports.
+struct Hub {
+    proc: Proc,
+    data: PathBuf,
+    api: String,
+    log: Receiver<Value>,
+}
+
+impl Hub {
+    /// Starts a hub on `data` (created on first start) and waits until ready.
+    fn start(data: &Path, idle_timeout_s: u64) -> Self {
+        let mut child = hub()
+            .args(["serve", "--data-dir", s(data)])
+            .args(["--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(["--idle-timeout", &idle_timeout_s.to_string()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = log_lines(child.stderr.take().unwrap());
+        let proc = Proc(child);
+        let ready = wait_log(&log, "hub ready", |l| message(l) == "hub ready");
+        let api = ready["fields"]["api"].as_str().unwrap().to_owned();
+        Self {
+            proc,
+            data: data.to_owned(),
+            api,
+            log,
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.data.join("tls/ca-cert.pem")
+    }
+
+    fn token(&self) -> PathBuf {
+        self.data.join("api.token")
+    }
+
+    /// The repository file of one disk of one backup.
+    fn image(&self, vm: &str, key: u32, backup_id: &str) -> PathBuf {
+        self.data
+            .join(format!("repository/{vm}/disk-{key}/{backup_id}.qcow2"))
+    }
+
+    /// `sendense-client backup` against this hub, JSON summary and JSON logs.
+    fn backup_cmd(&self, vm: &str, disks: &[(u32, &Path)], extra: &[&str]) -> Command {
+        self.backup_cmd_trusting(&self.ca(), &self.token(), vm, disks, extra)
+    }
+
+    /// [`Self::backup_cmd`] with the given CA and token files.
+    fn backup_cmd_trusting(
+        &self,
+        ca: &Path,
+        token: &Path,
+        vm: &str,
+        disks: &[(u32, &Path)],
+        extra: &[&str],
+    ) -> Command {
+        let mut cmd = client();
+        cmd.args(["backup", "--hub", &self.api, "--ca", s(ca)])
+            .args(["--token-file", s(token), "--vm", vm])
+            .args(["--json", "--log-format", "json"])
+            .stdin(Stdio::null());
+        for (key, path) in disks {
+            cmd.arg("--disk").arg(format!("{key}={}", s(path)));
+        }
+        cmd.args(extra);
+        cmd
+    }
+
+    /// Runs a backup that must succeed; returns its `--json` summary.
+    fn backup(&self, vm: &str, disks: &[(u32, &Path)], extra: &[&str]) -> Value {
+        let out = self.backup_cmd(vm, disks, extra).output().unwrap();
+        serde_json::from_str(&ok(&out)).unwrap()
+    }
+
+    /// Spawns a backup with `--connections 1` and returns it with its backup
+    /// id once its first disk transfer has started.
+    fn backup_started(&self, vm: &str, disk: &Path) -> (Proc, String) {
+        let mut child = self
+            .backup_cmd(vm, &[(2000, disk)], &["--connections", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = log_lines(child.stderr.take().unwrap());
+        let proc = Proc(child);
+        let started = wait_log(&log, "backup started", |l| message(l) == "backup started");
+        let id = started["fields"]["backup_id"].as_str().unwrap().to_owned();
+        wait_log(&log, "disk transfer starts", |l| {
+            message(l) == "disk transfer starts"
+        });
+        (proc, id)
+    }
+
+    /// `sendense-client restore` of one disk into `to`.
+    fn restore(&self, backup_id: &str, key: u32, to: &Path, format: &str) {
+        let out = client()
+            .args(["restore", "--hub", &self.api, "--ca", s(&self.ca())])
+            .args(["--token-file", s(&self.token()), "--backup", backup_id])
+            .args([
+                "--disk",
+                &key.to_string(),
+                "--to",
+                s(to),
+                "--format",
+                format,
+            ])
+            .args(["--json", "--log-format", "json"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        ok(&out);
+    }
+
+    /// Runs a REST call through the client library on a small runtime.
+    fn rest<T, F: Future<Output = T>>(&self, call: impl FnOnce(HubClient) -> F) -> T {
+        let hub = HubClient::new(&HubOptions {
+            url: self.api.clone(),
+            ca_file: self.ca(),
+            token_file: self.token(),
+        })
+        .unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(call(hub))
+    }
+
+    /// `GET /api/v1/backups/{id}`: (status, failure reason).
+    fn status(&self, backup_id: &str) -> (String, Option<String>) {
+        let id = serde_json::from_value(json!(backup_id)).unwrap();
+        let backup = self.rest(|h| async move { h.backup(&id).await.unwrap() });
+        (backup.status.to_string(), backup.failure_reason)
+    }
+
+    /// `GET /api/v1/backups/chain/{vm}` as (backup id, status, files) per backup.
+    fn chain(&self, vm: &str) -> Vec<(String, String, Vec<Option<String>>)> {
+        let name = serde_json::from_value(json!(vm)).unwrap();
+        let chain = self.rest(|h| async move { h.chain(&name).await.unwrap() });
+        chain
+            .backups
+            .into_iter()
+            .map(|b| {
+                let files = b.disks.into_iter().map(|d| d.file).collect();
+                (b.backup_id.to_string(), b.status.to_string(), files)
+            })
+            .collect()
+    }
+
+    /// Waits for the hub to log that it failed `backup_id`.
+    fn wait_failed(&self, backup_id: &str) {
+        wait_log(&self.log, "backup failed", |l| {
+            message(l) == "backup failed" && l["fields"]["backup_id"] == backup_id
+        });
+    }
+
+    /// SIGTERM, then waits for the exit.
+    fn stop(mut self) {
+        signal(self.proc.pid(), "TERM");
+        let status = self.proc.0.wait().unwrap();
+        assert!(status.success(), "hub exited {status} after SIGTERM");
+    }
+}
+
+/// A sparse raw file of `size` bytes with random data at `(offset, len)`s.
+fn sparse_raw(path: &Path, size: u64, data: &[(u64, u64)]) {
+    fs::File::create(path).unwrap().set_len(size).unwrap();
+    for (i, &(offset, len)) in (1..).zip(data) {
+        write_random(path, offset, usize::try_from(len).unwrap(), i);
+    }
+}
+
+/// Overwrites `len` bytes at `offset` with zeros.
+fn zero(path: &Path, offset: u64, len: u64) {
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&vec![0; usize::try_from(len).unwrap()], offset)
+        .unwrap();
+}
+
+/// Writes a VMware `DiskChangeInfo` covering `[0, capacity)` with `areas`.
+fn changed_areas(path: &Path, capacity: u64, areas: &[(u64, u64)]) {
+    let areas: Vec<Value> = areas
+        .iter()
+        .map(|&(start, length)| json!({"start": start, "length": length}))
+        .collect();
+    let info = json!({"startOffset": 0, "length": capacity, "changedArea": areas});
+    fs::write(path, info.to_string()).unwrap();
+}
+
+/// `qemu-img compare` must find `image` (format `fmt`) identical to `source`.
+fn assert_same(image: &Path, fmt: &str, source: &Path, source_fmt: &str) {
+    ok(&qemu_img(&[
+        "compare",
+        "-f",
+        fmt,
+        "-F",
+        source_fmt,
+        s(image),
+        s(source),
+    ]));
+}
+
+/// `qemu-img check` must find no errors and no leaks.
+fn assert_check_clean(image: &Path) {
+    ok(&qemu_img(&["check", "-f", "qcow2", s(image)]));
+}
+
+/// Every file under `dir`, recursively, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The summary's `backup_id`.
+fn id_of(summary: &Value) -> String {
+    summary["backup_id"].as_str().unwrap().to_owned()
+}
+
+/// The summary's entry for disk `key`.
+fn disk_of(summary: &Value, key: u32) -> &Value {
+    summary["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["disk_key"] == key)
+        .unwrap()
+}
+
+#[test]
+fn full_backup_raw_and_vmdk_disks_repository_files_match_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("data"), 600);
+    let raw = dir.path().join("disk0.raw");
+    let raw_size = 16 * MIB;
+    let raw_data = [
+        (0, 64 * KIB),
+        (MIB + 4 * KIB, 100 * KIB),
+        (7 * MIB, 512 * KIB),
+        (raw_size - 4 * KIB, 4 * KIB),
+    ];
+    sparse_raw(&raw, raw_size, &raw_data);
+    // A size that is not a multiple of the 64 KiB grain.
+    let vmdk_size = 6 * MIB + 12 * KIB;
+    let vmdk_raw = dir.path().join("disk1.raw");
+    sparse_raw(
+        &vmdk_raw,
+        vmdk_size,
+        &[
+            (300 * KIB, 40 * KIB),
+            (5 * MIB, MIB),
+            (vmdk_size - 8 * KIB, 8 * KIB),
+        ],
+    );
+    let vmdk = dir.path().join("disk1.vmdk");
+    ok(&qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=monolithicSparse",
+        s(&vmdk_raw),
+        s(&vmdk),
+    ]));
+
+    let summary = hub.backup("web01", &[(2000, &raw), (2001, &vmdk)], &["--type", "full"]);
+
+    let id = id_of(&summary);
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["backup_type"], "full");
+    assert_eq!(summary["vm_name"], "web01");
+    let disk0 = disk_of(&summary, 2000);
+    let disk1 = disk_of(&summary, 2001);
+    let data0: u64 = raw_data.iter().map(|&(_, len)| len).sum();
+    assert_eq!(disk0["bytes_sent"], data0);
+    assert_eq!(
+        disk0["bytes_sent"].as_u64().unwrap() + disk0["bytes_skipped"].as_u64().unwrap(),
+        raw_size
+    );
+    let sent1 = disk1["bytes_sent"].as_u64().unwrap();
+    assert!(sent1 > 0 && sent1 < vmdk_size, "{summary}");
+    assert_eq!(sent1 + disk1["bytes_skipped"].as_u64().unwrap(), vmdk_size);
+    assert_eq!(summary["bytes_sent"], data0 + sent1);
+    assert_eq!(hub.status(&id).0, "completed");
+    assert_check_clean(&hub.image("web01", 2000, &id));
+    assert_check_clean(&hub.image("web01", 2001, &id));
+    assert_same(&hub.image("web01", 2000, &id), "qcow2", &raw, "raw");
+    assert_same(&hub.image("web01", 2001, &id), "qcow2", &vmdk, "vmdk");
+}
+
+#[test]
+fn incremental_from_changed_areas_sends_only_changes_and_chain_matches_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("data"), 600);
+    let disk = dir.path().join("disk.raw");
+    let size = 16 * MIB;
+    sparse_raw(
+        &disk,
+        size,
+        &[(0, MIB), (4 * MIB, MIB), (9 * MIB, 512 * KIB)],
+    );
+    hub.backup("db01", &[(2000, &disk)], &["--type", "full"]);
+    // New data over old data and over a hole; a region of data zeroed.
+    write_random(&disk, 256 * KIB, 128 * KIB as usize, 100);
+    zero(&disk, 4 * MIB, 512 * KIB);
+    write_random(&disk, 12 * MIB, 64 * KIB as usize, 101);
+    let areas = dir.path().join("areas.json");
+    changed_areas(
+        &areas,
+        size,
+        &[
+            (256 * KIB, 128 * KIB),
+            (4 * MIB, 512 * KIB),
+            (12 * MIB, 64 * KIB),
+        ],
+    );
+    let changed_data = 128 * KIB + 64 * KIB;
+
+    let summary = hub.backup(
+        "db01",
+        &[(2000, &disk)],
+        &[
+            "--type",
+            "incremental",
+            "--changed-areas",
+            &format!("2000={}", s(&areas)),
+        ],
+    );
+
+    let id = id_of(&summary);
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["backup_type"], "incremental");
+    assert_eq!(disk_of(&summary, 2000)["bytes_sent"], changed_data);
+    assert_eq!(summary["bytes_sent"], changed_data);
+    let top = hub.image("db01", 2000, &id);
+    assert_check_clean(&top);
+    assert_same(&top, "qcow2", &disk, "raw");
+}
+
+/// One step of changes to a disk.
+struct Change {
+    /// Random data written: `(offset, len, seed)`.
+    writes: &'static [(u64, u64, u64)],
+    /// Areas zeroed: `(offset, len)`.
+    zeros: &'static [(u64, u64)],
+}
+
+#[test]
+fn restore_every_point_of_three_deep_chain_equals_source_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("data"), 600);
+    let disk = dir.path().join("disk.raw");
+    let size = 8 * MIB;
+    sparse_raw(&disk, size, &[(0, 256 * KIB), (3 * MIB, MIB)]);
+    let mut points = Vec::new();
+    let full = hub.backup("app01", &[(2000, &disk)], &["--type", "full"]);
+    let state = dir.path().join("state0.raw");
+    fs::copy(&disk, &state).unwrap();
+    points.push((id_of(&full), state));
+    let changes = [
+        Change {
+            writes: &[(MIB, 128 * KIB, 200)],
+            zeros: &[],
+        },
+        Change {
+            writes: &[(6 * MIB, 64 * KIB, 201)],
+            zeros: &[(0, 64 * KIB)],
+        },
+    ];
+    for (n, Change { writes, zeros }) in (1..).zip(changes) {
+        for &(offset, len, seed) in writes {
+            write_random(&disk, offset, len as usize, seed);
+        }
+        for &(offset, len) in zeros {
+            zero(&disk, offset, len);
+        }
+        let mut areas: Vec<(u64, u64)> = writes.iter().map(|&(o, l, _)| (o, l)).collect();
+        areas.extend_from_slice(zeros);
+        areas.sort_unstable();
+        let areas_file = dir.path().join(format!("areas{n}.json"));
+        changed_areas(&areas_file, size, &areas);
+        let summary = hub.backup(
+            "app01",
+            &[(2000, &disk)],
+            &[
+                "--type",
+                "incremental",
+                "--changed-areas",
+                &format!("2000={}", s(&areas_file)),
+            ],
+        );
+        let state = dir.path().join(format!("state{n}.raw"));
+        fs::copy(&disk, &state).unwrap();
+        points.push((id_of(&summary), state));
+    }
+
+    for (id, state) in &points {
+        for format in ["raw", "qcow2"] {
+            let to = dir.path().join(format!("{id}.{format}"));
+            hub.restore(id, 2000, &to, format);
+            assert_same(&to, format, state, "raw");
+        }
+    }
+    assert_eq!(hub.chain("app01").len(), 3);
+}
+
+#[test]
+fn client_killed_mid_transfer_hub_fails_backup_after_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("data"), 2);
+    let disk = dir.path().join("disk.raw");
+    sparse_raw(&disk, 32 * MIB, &[(0, 32 * MIB)]);
+    let (mut client, id) = hub.backup_started("vm1", &disk);
+    // Frozen mid-transfer: it can neither finish nor fail the backup.
+    signal(client.pid(), "STOP");
+    assert_eq!(hub.status(&id).0, "running");
+
+    client.kill();
+    hub.wait_failed(&id);
+
+    let (status, reason) = hub.status(&id);
+    assert_eq!(status, "failed");
+    assert!(reason.unwrap().contains("NBD connection"));
+    let next = hub.backup("vm1", &[(2000, &disk)], &[]);
+    assert_eq!(next["status"], "completed");
+    assert_same(
+        &hub.image("vm1", 2000, &id_of(&next)),
+        "qcow2",
+        &disk,
+        "raw",
+    );
+}
+
+#[test]
+fn client_interrupted_mid_transfer_fails_backup_and_exits_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("data"), 600);
+    let disk = dir.path().join("disk.raw");
+    sparse_raw(&disk, 32 * MIB, &[(0, 32 * MIB)]);
+    let (mut client, id) = hub.backup_started("vm1", &disk);
+
+    signal(client.pid(), "INT");
+    let status = client.0.wait().unwrap();
+
+    assert!(!status.success(), "client exited {status} after SIGINT");
+    assert_eq!(hub.status(&id).0, "failed");
+    assert!(hub.chain("vm1").is_empty());
+}
+
+#[test]
+fn hub_killed_mid_backup_restart_marks_it_failed_and_auto_incremental_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let hub = Hub::start(&data, 600);
+    let disk = dir.path().join("disk.raw");
+    sparse_raw(&disk, 32 * MIB, &[(0, 32 * MIB)]);
+    let full = hub.backup("vm1", &[(2000, &disk)], &["--type", "full"]);
+    write_random(&disk, 5 * MIB, MIB as usize, 300);
+    let (mut client, id) = hub.backup_started("vm1", &disk);
+    signal(client.pid(), "STOP");
+    drop(hub);
+    client.kill();
+
+    let hub = Hub::start(&data, 600);
+
+    let (status, reason) = hub.status(&id);
+    assert_eq!(status, "failed");
+    assert!(reason.unwrap().contains("hub stopped"));
+    let parts: Vec<PathBuf> = files_under(&data.join("repository"))
+        .into_iter()
+        .filter(|p| s(p).ends_with(".part"))
+        .collect();
+    assert!(parts.is_empty(), "partial files left: {parts:?}");
+    let next = hub.backup("vm1", &[(2000, &disk)], &["--type", "auto"]);
+    assert_eq!(next["backup_type"], "incremental");
+    let chain = hub.chain("vm1");
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[0].0, id_of(&full));
+    let top = hub.image("vm1", 2000, &id_of(&next));
+    assert_check_clean(&top);
+    assert_same(&top, "qcow2", &disk, "raw");
+}
+
+/// A hub holding one completed full backup of `vm1`, and that disk.
+fn hub_with_one_backup(dir: &Path) -> (Hub, PathBuf) {
+    let hub = Hub::start(&dir.join("data"), 600);
+    let disk = dir.join("disk.raw");
+    sparse_raw(&disk, 4 * MIB, &[(MIB, 256 * KIB)]);
+    hub.backup("vm1", &[(2000, &disk)], &[]);
+    (hub, disk)
+}
+
+/// Stderr of a backup that must fail.
+fn failing(mut cmd: Command) -> String {
+    let out: Output = cmd.output().unwrap();
+    assert!(!out.status.success(), "backup succeeded: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn backup_hub_down_exits_nonzero_naming_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, disk) = hub_with_one_backup(dir.path());
+    let chain = hub.chain("vm1");
+    let repository = files_under(&hub.data.join("repository"));
+    let cmd = hub.backup_cmd("vm1", &[(2000, &disk)], &[]);
+    let api = hub.api.clone();
+    hub.stop();
+
+    let stderr = failing(cmd);
+
+    assert!(stderr.contains(&api) && stderr.contains("hub"), "{stderr}");
+    let hub = Hub::start(&dir.path().join("data"), 600);
+    assert_eq!(hub.chain("vm1"), chain);
+    assert_eq!(files_under(&hub.data.join("repository")), repository);
+}
+
+#[test]
+fn backup_wrong_ca_exits_nonzero_mentioning_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, disk) = hub_with_one_backup(dir.path());
+    let chain = hub.chain("vm1");
+    let other = Hub::start(&dir.path().join("other"), 600);
+    let cmd = hub.backup_cmd_trusting(&other.ca(), &hub.token(), "vm1", &[(2000, &disk)], &[]);
+
+    let stderr = failing(cmd);
+
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert_eq!(hub.chain("vm1"), chain);
+}
+
+#[test]
+fn backup_wrong_token_exits_nonzero_mentioning_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, disk) = hub_with_one_backup(dir.path());
+    let chain = hub.chain("vm1");
+    let token = dir.path().join("wrong.token");
+    fs::write(&token, "not-the-token\n").unwrap();
+    let cmd = hub.backup_cmd_trusting(&hub.ca(), &token, "vm1", &[(2000, &disk)], &[]);
+
+    let stderr = failing(cmd);
+
+    assert!(stderr.contains("token"), "{stderr}");
+    assert_eq!(hub.chain("vm1"), chain);
+}
