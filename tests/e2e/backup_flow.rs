@@ -721,3 +721,29 @@ fn three_vms_backed_up_at_once_all_complete_and_match_sources() {
         assert_same(&image, "qcow2", disk, "raw");
     }
 }
+
+#[test]
+fn backup_changed_area_beyond_disk_end_exits_nonzero_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, disk) = hub_with_one_backup(dir.path());
+    let chain = hub.chain("vm1");
+    let repository = files_under(&hub.data.join("repository"));
+    let areas = dir.path().join("areas.json");
+    changed_areas(&areas, 4 * MIB, &[(4 * MIB - 64 * KIB, 128 * KIB)]);
+    let cmd = hub.backup_cmd(
+        "vm1",
+        &[(2000, &disk)],
+        &[
+            "--type",
+            "incremental",
+            "--changed-areas",
+            &format!("2000={}", s(&areas)),
+        ],
+    );
+
+    let stderr = failing(cmd);
+
+    assert!(stderr.contains("Changed area #0"), "{stderr}");
+    assert_eq!(hub.chain("vm1"), chain);
+    assert_eq!(files_under(&hub.data.join("repository")), repository);
+}
