@@ -7,7 +7,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = sendense_hub::cli::Cli::parse();
-    sendense_hub::cli::init_tracing(&cli.log);
+    sendense_hub::cli::init_tracing(&cli.log, cli.default_log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

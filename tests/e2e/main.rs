@@ -13,4 +13,6 @@ mod image_cli;
 #[cfg(test)]
 mod image_serve;
 #[cfg(test)]
+mod quickstart;
+#[cfg(test)]
 mod support;

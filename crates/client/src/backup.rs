@@ -88,12 +88,7 @@ impl BackupOptions {
 /// # Errors
 /// See [`run_until`].
 pub async fn run(options: BackupOptions) -> Result<BackupSummary, ClientError> {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    run_until(options, ctrl_c).await
+    run_until(options, crate::progress::interrupted()).await
 }
 
 /// Runs a backup until done or until `shutdown` resolves (then the backup is failed on the hub

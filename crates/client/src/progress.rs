@@ -321,3 +321,20 @@ mod tests {
         assert_eq!(p.total.position(), 10);
     }
 }
+
+/// Resolves on SIGINT (Ctrl-C). The handler is installed when this is
+/// called, not when the future is first polled, so a Ctrl-C that arrives
+/// while the caller is still talking to the hub is not lost (and does not
+/// kill the process before the backup can be failed on the hub).
+pub fn interrupted() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listener = signal(SignalKind::interrupt());
+    async move {
+        match listener {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    }
+}

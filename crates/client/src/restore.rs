@@ -96,12 +96,7 @@ pub struct RestoreSummary {
 /// # Errors
 /// See [`run_until`].
 pub async fn run(options: RestoreOptions) -> Result<RestoreSummary, ClientError> {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    run_until(options, ctrl_c).await
+    run_until(options, crate::progress::interrupted()).await
 }
 
 /// Restores one disk until done or until `shutdown` resolves.

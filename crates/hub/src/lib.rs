@@ -12,6 +12,7 @@ pub mod error;
 pub mod image_tools;
 pub mod openapi;
 pub mod qcow2_export;
+pub mod quickstart;
 pub mod serve_image;
 pub mod tls;
 pub mod token;
