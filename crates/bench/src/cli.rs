@@ -1,0 +1,180 @@
+//! Command line of `sendense-bench`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::{Options, Scenario};
+
+/// Sendense benchmark harness: our binaries against their QEMU/libnbd peers, same data, same run.
+///
+/// Every scenario runs our side and its peer back to back on the same incompressible raw disk
+/// and prints a table: wall seconds, MB/s (10^6 bytes/s of disk size, or of bytes sent for the
+/// incremental), CPU seconds (user + system of every process of that side, from wait4 and
+/// /proc/PID/stat), peak RSS (wait4's ru_maxrss, or VmHWM of a running server), and
+/// ratio = peer seconds / our seconds (above 1: ours is faster).
+///
+/// Scenarios (default: all, always run in this order):
+///
+///   qcow2        `sendense-hub image convert -O qcow2` with 2 and with 1 thread (fsync at
+///                finalize) vs `qemu-img convert -O qcow2` (default writeback cache, which
+///                flushes at close) followed by `sync -f OUT`, timed together.
+///
+///   serve        `nbdcopy --flush DISK URI` into `sendense-hub image serve` of a new QCOW2 vs
+///                into `qemu-nbd --shared=10 --cache=none -f qcow2` of a new QCOW2; plain, and
+///                with TLS on both (qemu-nbd's tls-creds-x509 object, nbdcopy's
+///                nbds://...?tls-certificates=DIR, certificates made by the hub's own code).
+///
+///   ingest       full backup of the disk by `sendense-client backup` into a running
+///                `sendense-hub serve` over TLS, until the backup is `completed` (durable) vs
+///                `nbdcopy --flush` into `qemu-nbd --shared=10 --cache=none -f qcow2` (plain).
+///                Reports the hub's peak RSS.
+///
+///   incremental  rewrites --changed PERCENT of the 64 KiB blocks (one in eight with zeros),
+///                writes a VMware DiskChangeInfo file and runs an incremental backup with it;
+///                compared with the full backup (time and bytes sent).
+///
+///   restore      `sendense-client restore` of the chain (full + incremental) into a raw file vs
+///                `nbdcopy --flush` from `qemu-nbd --read-only --cache=none` serving the same
+///                chain; both results are compared with the source.
+///
+/// Our binaries are looked up beside this executable (or in --bin-dir); the peers on PATH. A
+/// peer that is not installed is reported `missing`, never estimated. Data lives in a fresh
+/// folder under --dir (default /var/tmp), removed at the end unless --keep; every child process
+/// is killed on any exit, even if the harness itself is killed. Exit status 1 when any case
+/// failed.
+#[derive(Debug, Parser)]
+#[command(name = "sendense-bench", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// Size of the test disk: bytes, or with K, M, G, T (binary units).
+    #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = parse_size)]
+    pub size: u64,
+    /// Folder under which the run's data folder is created (needs about 4x SIZE free).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Folder holding sendense-hub and sendense-client (default: this executable's folder).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Percentage of 64 KiB blocks changed for the incremental.
+    #[arg(long = "changed", value_name = "PERCENT", default_value_t = 2.0)]
+    pub changed_percent: f64,
+    /// Print the report as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the data folder (and the children's logs in DATA/logs) after the run.
+    #[arg(long)]
+    pub keep: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Scenarios to run (default: all).
+    #[arg(value_enum, value_name = "SCENARIO")]
+    pub scenarios: Vec<Scenario>,
+}
+
+impl Cli {
+    /// The options these arguments ask for.
+    #[must_use]
+    pub fn options(&self) -> Options {
+        Options {
+            size: self.size,
+            dir: self.dir.clone(),
+            bin_dir: self.bin_dir.clone(),
+            scenarios: self.scenarios.clone(),
+            changed_percent: self.changed_percent,
+            keep: self.keep,
+            verbose: !self.quiet,
+        }
+    }
+}
+
+/// Runs the harness and prints the report; answers the exit status.
+#[allow(clippy::print_stdout)]
+#[must_use]
+pub fn main(cli: &Cli) -> ExitCode {
+    match crate::run(&cli.options()) {
+        Ok(report) => {
+            if cli.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("sendense-bench: cannot serialize the report: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", report.render());
+            }
+            if report.has_failures() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("sendense-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `2G`, `512M`, `64K`, `1T` or plain bytes.
+///
+/// # Errors
+/// Not a number, an unknown suffix, zero, or an overflow.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix in {text:?} (K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes == 0 {
+        return Err("the size must not be zero".into());
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parse_size_gigabytes_is_binary() {
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+    }
+
+    #[test]
+    fn parse_size_unknown_suffix_is_refused() {
+        assert!(parse_size("2X").is_err());
+    }
+
+    #[test]
+    fn cli_scenarios_parse_by_name() {
+        let cli =
+            Cli::try_parse_from(["sendense-bench", "--size", "32M", "qcow2", "restore"]).unwrap();
+
+        assert_eq!(cli.scenarios, vec![Scenario::Qcow2, Scenario::Restore]);
+    }
+}

@@ -1,0 +1,102 @@
+//! `sendense-bench`: the end-to-end benchmark harness.
+//!
+//! It drives the real binaries (`sendense-hub`, `sendense-client`) and their peers (`qemu-img`,
+//! `qemu-nbd`, `nbdcopy`) in the same run, on the same incompressible data, one pair right
+//! after the other, and reports wall time, MB/s, CPU seconds (from `wait4` for each child, and
+//! `/proc/PID/stat` deltas for servers that keep running) and peak RSS (`wait4`'s `ru_maxrss`, or
+//! `VmHWM` of a running server). A peer that is not installed is reported missing, never faked.
+//!
+//! Every child is guarded: killed and reaped when its guard drops, and tied to the harness with
+//! `PR_SET_PDEATHSIG` so that not even a killed harness leaks a `qemu-nbd`. The data folder is
+//! removed at the end unless `--keep`.
+//!
+//! The harness is synchronous (no async runtime): it only starts processes and waits.
+
+mod data;
+mod proc;
+mod scenarios;
+mod sys;
+
+pub mod cli;
+pub mod report;
+
+use std::path::PathBuf;
+
+pub use report::{Machine, Measure, Outcome, Report, Row};
+pub use scenarios::run;
+
+/// A benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Scenario {
+    /// `sendense-hub image convert -O qcow2` (2 and 1 threads) vs `qemu-img convert -O qcow2`.
+    Qcow2,
+    /// `nbdcopy --flush` into `sendense-hub image serve` vs into `qemu-nbd`, plain and TLS.
+    Serve,
+    /// Full backup through `sendense-client` into `sendense-hub serve` vs `nbdcopy` into
+    /// `qemu-nbd`.
+    Ingest,
+    /// Incremental backup of the changed blocks vs the full backup.
+    Incremental,
+    /// `sendense-client restore` of the chain vs `nbdcopy` from `qemu-nbd` serving the chain.
+    Restore,
+}
+
+impl Scenario {
+    /// Every scenario, in the order they run.
+    pub const ALL: [Self; 5] = [
+        Self::Qcow2,
+        Self::Serve,
+        Self::Ingest,
+        Self::Incremental,
+        Self::Restore,
+    ];
+
+    /// The scenario's command-line name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Qcow2 => "qcow2",
+            Self::Serve => "serve",
+            Self::Ingest => "ingest",
+            Self::Incremental => "incremental",
+            Self::Restore => "restore",
+        }
+    }
+}
+
+/// What to run and where.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Size of the test disk in bytes.
+    pub size: u64,
+    /// Folder under which the run's data folder is made (default `/var/tmp`).
+    pub dir: Option<PathBuf>,
+    /// Folder holding `sendense-hub` and `sendense-client` (default: beside this executable).
+    pub bin_dir: Option<PathBuf>,
+    /// Scenarios to run (empty: all).
+    pub scenarios: Vec<Scenario>,
+    /// Percentage of blocks changed for the incremental.
+    pub changed_percent: f64,
+    /// Keep the data folder.
+    pub keep: bool,
+    /// Print progress lines on stderr.
+    pub verbose: bool,
+}
+
+impl Options {
+    /// Options for `size` bytes, every scenario, 2 % changed.
+    #[must_use]
+    pub fn new(size: u64) -> Self {
+        Self {
+            size,
+            dir: None,
+            bin_dir: None,
+            scenarios: Vec::new(),
+            changed_percent: 2.0,
+            keep: false,
+            verbose: false,
+        }
+    }
+}

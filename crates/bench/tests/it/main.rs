@@ -1,0 +1,90 @@
+//! Smoke test of the benchmark harness: every scenario at a tiny size produces a row per case,
+//! every side measured (the peers are installed on the test machines: a missing one fails).
+//! Timings are never asserted.
+
+#[cfg(test)]
+mod smoke {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use sendense_bench::{Options, Outcome, Scenario};
+
+    /// The folder of this test's profile (`target/debug`), with our binaries freshly built in it.
+    fn bin_dir() -> PathBuf {
+        let exe = std::env::current_exe().expect("no test executable path");
+        let dir = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .expect("no target folder")
+            .to_path_buf();
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("no profile folder name")
+            .to_owned();
+        let profile = if profile == "debug" {
+            "dev".to_owned()
+        } else {
+            profile
+        };
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "sendense",
+                "--bin",
+                "sendense-hub",
+                "--bin",
+                "sendense-client",
+                "--profile",
+            ])
+            .arg(&profile)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cannot run cargo to build sendense-hub and sendense-client");
+        assert!(
+            status.success(),
+            "building sendense-hub and sendense-client failed"
+        );
+        dir
+    }
+
+    #[test]
+    fn bench_every_scenario_tiny_size_reports_measured_rows() {
+        let mut opts = Options::new(32 << 20);
+        opts.bin_dir = Some(bin_dir());
+
+        let report = sendense_bench::run(&opts).unwrap();
+
+        let scenarios: Vec<&str> = report.rows.iter().map(|r| r.scenario.as_str()).collect();
+        let not_measured: Vec<String> = report
+            .rows
+            .iter()
+            .flat_map(|r| [(&r.scenario, &r.ours), (&r.scenario, &r.peer)])
+            .filter(|(_, o)| !matches!(o, Outcome::Measured(_)))
+            .map(|(s, o)| format!("{s}: {o:?}"))
+            .collect();
+        assert_eq!(
+            scenarios,
+            [
+                "qcow2",
+                "qcow2",
+                "serve",
+                "serve",
+                "ingest",
+                "incremental",
+                "restore"
+            ],
+            "{}",
+            report.render()
+        );
+        assert!(
+            not_measured.is_empty(),
+            "{not_measured:#?}\n{}",
+            report.render()
+        );
+        assert!(report.rows.iter().all(|r| r.ratio.is_some()));
+        assert_eq!(Scenario::ALL.len(), 5);
+    }
+}
