@@ -1,22 +1,33 @@
 //! Command-line interface of `sendense-client`: argument types and dispatch.
 //!
-//! The binary parses [`Cli`], installs logging, builds the runtime and awaits [`execute`],
+//! The binary parses [`Cli`], installs logging, builds the runtime and awaits [`execute_with`],
 //! which returns the text to print on stdout; every command's work is a library call
 //! ([`crate::backup::run`], [`crate::restore::run`]) that tests drive directly.
+//!
+//! # Remote sources (`--vcenter`)
+//!
+//! `sendense-vsphere` depends on this crate (for [`crate::DiskSource`], the transfer engine
+//! and the hub client), so this crate cannot call it. The vCenter flags are therefore parsed
+//! here, with the rest of `backup` (one `--help`, one set of hub flags, one summary format), and
+//! the work is done by a [`RemoteBackup`] provider that the binary injects into
+//! [`execute_with`] (`sendense_vsphere::flow::VcenterProvider`). A build without a provider
+//! refuses `--vcenter` with a clear error.
 
+use std::fmt;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sendense_types::{BackupId, BackupType, ChangeId, DiskKey, VmName};
+use sendense_types::{BackupId, BackupSummary, BackupType, ChangeId, DiskKey, VmName};
 
 use crate::backup::{self, BackupOptions, DiskInput, mb_per_s, parse_key_values};
 use crate::error::ClientError;
 use crate::hub::HubOptions;
 use crate::progress::{BarAwareStderr, LogProgress, Progress, TerminalProgress};
 use crate::restore::{self, RestoreFormat, RestoreOptions};
+use crate::source::BoxFuture;
 use crate::transfer::TransferOptions;
 
 /// Sendense appliance client: back up a VM's disks into a Sendense hub, and restore them.
@@ -43,8 +54,9 @@ pub enum LogFormat {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Back up a VM's disks (local raw or VMDK files) into the hub: register the VM, start a
-    /// backup, stream every disk over NBD+TLS, complete it (or fail it on any error or Ctrl-C).
+    /// Back up a VM's disks (local raw or VMDK files with --disk, or every disk of a vCenter VM
+    /// with --vcenter) into the hub: register the VM, start a backup, stream every disk over
+    /// NBD+TLS, complete it (or fail it on any error or Ctrl-C).
     Backup(BackupArgs),
     /// Restore one disk of a backup from the hub into a local sparse raw or QCOW2 file.
     Restore(RestoreArgs),
@@ -71,12 +83,17 @@ pub struct BackupArgs {
     /// Hub connection.
     #[command(flatten)]
     pub hub: HubArgs,
-    /// The VM's name (1-64 characters of A-Z a-z 0-9 . _ -).
-    #[arg(long, value_name = "NAME")]
+    /// The VM's name (1-64 characters of A-Z a-z 0-9 . _ -). With --vcenter: its inventory
+    /// path (dc1/vm/web01) or its name in vCenter; the hub stores it under its vCenter name.
+    #[arg(long, value_name = "NAME|PATH")]
     pub vm: String,
     /// A disk as VMware key and local file: 2000=/path/disk.vmdk. Repeat for each disk; raw or
     /// VMDK is detected from the content. All disks are sent at once.
-    #[arg(long = "disk", value_name = "KEY=PATH", required = true)]
+    #[arg(
+        long = "disk",
+        value_name = "KEY=PATH",
+        required_unless_present = "vcenter"
+    )]
     pub disks: Vec<String>,
     /// Backup type; auto is incremental when the VM has a completed chain, else full.
     #[arg(long = "type", value_enum, default_value_t = TypeArg::Auto)]
@@ -96,6 +113,74 @@ pub struct BackupArgs {
     /// Print a JSON summary on stdout instead of progress bars.
     #[arg(long)]
     pub json: bool,
+    /// The VM's disks come from vCenter instead of local files (last: its help heading).
+    #[command(flatten)]
+    pub vcenter: VcenterArgs,
+}
+
+/// `sendense-client backup --vcenter ...`: the VM's disks read from vCenter.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "vCenter source (instead of --disk)")]
+pub struct VcenterArgs {
+    /// Back up every disk of the VM (keys 2000, 2001, ...) from this vCenter or ESXi host,
+    /// HOST or HOST:PORT (443 by default). One snapshot for all disks, always removed at the
+    /// end (also on failure and Ctrl-C); a full sends the allocated areas, an incremental the
+    /// areas CBT reports changed since the hub's last completed backup. When CBT was reset or a
+    /// disk changed (key, UUID, size), the backup becomes a full on a new chain, with a log line
+    /// saying why.
+    #[arg(
+        long,
+        value_name = "HOST[:PORT]",
+        conflicts_with_all = ["disks", "changed_areas", "change_ids"],
+        requires_all = ["vcenter_user", "vcenter_password_file"]
+    )]
+    pub vcenter: Option<String>,
+    /// vCenter user, e.g. backup@vsphere.local.
+    #[arg(long, value_name = "USER", requires = "vcenter")]
+    pub vcenter_user: Option<String>,
+    /// File whose first line is the vCenter user's password (keep it 0600).
+    #[arg(long, value_name = "FILE", requires = "vcenter")]
+    pub vcenter_password_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed vCenter's certificate (e.g. vCenter's VMCA root,
+    /// https://VCENTER/certs/download.zip). One of --vcenter-ca and --insecure is required.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "vcenter",
+        conflicts_with = "insecure"
+    )]
+    pub vcenter_ca: Option<PathBuf>,
+    /// Accept any vCenter certificate (no chain check): only on a trusted network.
+    #[arg(long, requires = "vcenter")]
+    pub insecure: bool,
+}
+
+/// What a [`RemoteBackup`] provider is asked to do: `backup --vcenter ...`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RemoteBackupRequest {
+    /// The hub.
+    pub hub: HubOptions,
+    /// `--vm`: the VM's inventory path or name at the source.
+    pub vm: String,
+    /// The source's flags.
+    pub vcenter: VcenterArgs,
+    /// `--type`.
+    pub backup_type: BackupType,
+    /// Engine tuning (`--connections`).
+    pub transfer: TransferOptions,
+    /// Where progress goes.
+    pub progress: Arc<dyn Progress>,
+}
+
+/// Backs up a VM whose disks live behind a remote API (vCenter); injected by the binary, since
+/// the crate that implements it depends on this one.
+pub trait RemoteBackup: Send + Sync + fmt::Debug {
+    /// Runs the backup (Ctrl-C included) and answers its summary.
+    fn backup(
+        &self,
+        request: RemoteBackupRequest,
+    ) -> BoxFuture<'_, Result<BackupSummary, ClientError>>;
 }
 
 /// `--type` values.
@@ -144,13 +229,25 @@ pub enum FormatArg {
     Qcow2,
 }
 
-/// Runs a command; answers what to print on stdout.
+/// Runs a command without a remote-source provider (`--vcenter` is refused); answers what to
+/// print on stdout.
 ///
 /// # Errors
 /// The command's error.
 pub async fn execute(command: Command) -> Result<String, ClientError> {
+    execute_with(command, None).await
+}
+
+/// Runs a command; `remote` serves `backup --vcenter`. Answers what to print on stdout.
+///
+/// # Errors
+/// The command's error.
+pub async fn execute_with(
+    command: Command,
+    remote: Option<&dyn RemoteBackup>,
+) -> Result<String, ClientError> {
     match command {
-        Command::Backup(args) => run_backup(args).await,
+        Command::Backup(args) => run_backup(args, remote).await,
         Command::Restore(args) => run_restore(args).await,
     }
 }
@@ -200,7 +297,7 @@ fn progress(json: bool) -> (Arc<dyn Progress>, Option<Arc<TerminalProgress>>) {
     }
 }
 
-fn invalid(what: &'static str, e: impl std::fmt::Display) -> ClientError {
+fn invalid(what: &'static str, e: impl fmt::Display) -> ClientError {
     ClientError::InvalidArgument {
         what,
         reason: e.to_string(),
@@ -242,22 +339,57 @@ pub fn disk_inputs(
     Ok(out)
 }
 
-async fn run_backup(args: BackupArgs) -> Result<String, ClientError> {
-    let vm = VmName::try_from(args.vm.as_str()).map_err(|e| invalid("--vm", e))?;
-    let disks = disk_inputs(&args.disks, &args.changed_areas, &args.change_ids)?;
-    let (progress, bars) = progress(args.json);
-    let mut options = BackupOptions::new(hub_options(&args.hub), vm, disks);
-    options.backup_type = match args.backup_type {
+async fn run_backup(
+    args: BackupArgs,
+    remote: Option<&dyn RemoteBackup>,
+) -> Result<String, ClientError> {
+    let backup_type = match args.backup_type {
         TypeArg::Full => BackupType::Full,
         TypeArg::Incremental => BackupType::Incremental,
         TypeArg::Auto => BackupType::Auto,
     };
-    options.transfer = TransferOptions::with_connections(usize::from(args.connections));
-    options.progress = progress;
-    let result = backup::run(options).await;
-    if let Some(bars) = bars {
-        bars.clear();
-    }
+    let transfer = TransferOptions::with_connections(usize::from(args.connections));
+    let result = if args.vcenter.vcenter.is_some() {
+        let remote = remote.ok_or_else(|| {
+            invalid(
+                "--vcenter",
+                "this sendense-client was built without vCenter support",
+            )
+        })?;
+        if args.vcenter.vcenter_ca.is_none() && !args.vcenter.insecure {
+            return Err(invalid(
+                "--vcenter",
+                "give --vcenter-ca FILE (vCenter's CA) or --insecure",
+            ));
+        }
+        let (progress, bars) = progress(args.json);
+        let request = RemoteBackupRequest {
+            hub: hub_options(&args.hub),
+            vm: args.vm.clone(),
+            vcenter: args.vcenter.clone(),
+            backup_type,
+            transfer,
+            progress,
+        };
+        let result = remote.backup(request).await;
+        if let Some(bars) = bars {
+            bars.clear();
+        }
+        result
+    } else {
+        let vm = VmName::try_from(args.vm.as_str()).map_err(|e| invalid("--vm", e))?;
+        let disks = disk_inputs(&args.disks, &args.changed_areas, &args.change_ids)?;
+        let (progress, bars) = progress(args.json);
+        let mut options = BackupOptions::new(hub_options(&args.hub), vm, disks);
+        options.backup_type = backup_type;
+        options.transfer = transfer;
+        options.progress = progress;
+        let result = backup::run(options).await;
+        if let Some(bars) = bars {
+            bars.clear();
+        }
+        result
+    };
     let summary = result?;
     let rate = mb_per_s(summary.bytes_sent, summary.seconds);
     if args.json {

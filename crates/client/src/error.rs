@@ -264,6 +264,18 @@ pub enum ClientError {
     /// The user interrupted the run (Ctrl-C).
     #[error("Interrupted")]
     Interrupted,
+    /// A remote source (vCenter, through a [`crate::cli::RemoteBackup`] provider) failed.
+    ///
+    /// The provider's crate depends on this one, so its error type cannot be named here: this
+    /// is the one type-erased boundary of the client.
+    #[error("{system} backup failed")]
+    Remote {
+        /// The remote system (`"vCenter"`).
+        system: &'static str,
+        /// The provider's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 impl ClientError {

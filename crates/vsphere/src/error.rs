@@ -290,6 +290,57 @@ pub enum VsphereError {
         #[source]
         source: reqwest::Error,
     },
+    /// The hub, the NBD transfer or a disk source failed during a vCenter backup.
+    #[error("Backup through the hub failed")]
+    Client {
+        /// The client's error.
+        #[source]
+        source: Box<sendense_client::ClientError>,
+    },
+    /// The VM's vCenter name cannot be its name at the hub.
+    #[error("VM {name:?} cannot be stored at the hub: {reason}")]
+    HubVmName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// `--type incremental` was asked, but a full is needed.
+    #[error("An incremental backup is not possible ({reason}); use --type auto or full")]
+    IncrementalImpossible {
+        /// Why a full is needed.
+        reason: String,
+    },
+    /// The hub's parent change id of a disk is not the base CBT answered for.
+    #[error("Disk {disk_key}: the hub's parent change id {hub:?} is not the CBT base {base}")]
+    BaseMismatch {
+        /// The disk.
+        disk_key: u32,
+        /// The base the changed areas are relative to.
+        base: String,
+        /// What the hub answered.
+        hub: Option<String>,
+    },
+    /// A required command-line flag is missing.
+    #[error("Missing {flag}")]
+    MissingArgument {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// The user interrupted the run (Ctrl-C).
+    #[error("Interrupted")]
+    Interrupted,
+    /// The backup completed but our snapshot could not be removed.
+    #[error(
+        "Backup {backup_id} completed, but the snapshot could not be removed: remove it in vCenter"
+    )]
+    SnapshotLeft {
+        /// The completed backup.
+        backup_id: String,
+        /// The removal's error.
+        #[source]
+        source: Box<Self>,
+    },
 }
 
 /// Stable classification of [`VsphereError`] for callers that branch.
@@ -333,7 +384,10 @@ impl VsphereError {
             | Self::CaFile { .. }
             | Self::PasswordFile { .. }
             | Self::InvalidAddress { .. }
-            | Self::ClientBuild { .. } => ErrorKind::Configuration,
+            | Self::ClientBuild { .. }
+            | Self::MissingArgument { .. }
+            | Self::HubVmName { .. }
+            | Self::IncrementalImpossible { .. } => ErrorKind::Configuration,
             _ => ErrorKind::Protocol,
         }
     }

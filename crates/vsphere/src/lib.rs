@@ -7,6 +7,8 @@
 //! - [`VmDiskSource`]: a [`sendense_client::DiskSource`] of a disk at a snapshot.
 //! - [`VsphereBackup::prepare`]: the VMware CBT rules (snapshot, change ids, automatic fulls)
 //!   and [`Prepared::finish`], which always removes our snapshot.
+//! - [`flow`]: `sendense-client backup --vcenter`: prepare, hub chain, transfer, complete or
+//!   fail, snapshot always removed ([`flow::run_until`], [`flow::VcenterProvider`]).
 //! - `simulator` (feature `simulator`): an in-process vCenter for tests.
 //!
 //! A backup run, as the client binary drives it:
@@ -37,6 +39,7 @@ pub mod backup;
 pub mod cbt;
 pub mod datastore;
 pub mod error;
+pub mod flow;
 pub mod session;
 #[cfg(feature = "simulator")]
 pub mod simulator;

@@ -1,0 +1,599 @@
+//! `sendense-client backup --vcenter ...`: one VM's disks from vCenter into the hub.
+//!
+//! # Where this lives, and why
+//!
+//! This crate depends on `sendense-client` (disk sources, transfer engine, hub client), so the
+//! client crate cannot call it. The client's CLI parses the vCenter flags with the rest of
+//! `backup` and hands them to a [`RemoteBackup`](sendense_client::cli::RemoteBackup) provider;
+//! [`VcenterProvider`] is that provider, and the `sendense-client` binary injects it with
+//! `execute_with(command, Some(&VcenterProvider))`. The binary stays free of logic, `--help`
+//! shows every flag, and no dependency cycle appears.
+//!
+//! # Sequence ([`run_until`])
+//!
+//! 1. Log in to vCenter; find the VM; its vCenter name is its name at the hub.
+//! 2. Read the hub's chain of the VM (404 or empty: a first full). The last completed backup
+//!    gives each disk's previous change id and capacity.
+//! 3. [`VsphereBackup::prepare`]: one snapshot, change ids from the snapshot, extents per disk,
+//!    automatic fulls with their reason.
+//! 4. If any disk needs a full, or `--type full`: every disk becomes a full
+//!    ([`Prepared::promote_to_full`]) and the hub is asked for `full` explicitly (never `auto`,
+//!    which could turn a needed full into an incremental), with a log line saying why.
+//!    `--type incremental` when a full is needed is refused (nothing is started at the hub).
+//! 5. Register the VM's disks (keys, capacities); start the backup; check an incremental's
+//!    parent change ids at the hub equal the bases CBT answered for.
+//! 6. Transfer every disk at once with the client's engine: a full sends the allocated areas
+//!    (`*`), an incremental the changed areas (zero runs as `WRITE_ZEROES`).
+//! 7. `complete` with each disk's new change id, only after the transfer.
+//! 8. Remove the snapshot, always. On any error or on `shutdown` (Ctrl-C) after the backup was
+//!    started, the hub is told `fail` with the reason first; the error is returned.
+//!
+//! A Ctrl-C while the snapshot is being created is acted on once `prepare` has returned, so
+//! the snapshot it created can be removed.
+
+use std::collections::BTreeMap;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sendense_client::ClientError;
+use sendense_client::cli::{RemoteBackup, RemoteBackupRequest};
+use sendense_client::hub::{HubClient, HubOptions};
+use sendense_client::nbd::{NbdConnector, NbdUri};
+use sendense_client::progress::{NoProgress, Progress};
+use sendense_client::source::BoxFuture;
+use sendense_client::transfer::{
+    DiskPlan, DiskStats, DiskTransfer, TargetConnector, TransferOptions, transfer_all,
+};
+use sendense_types::{
+    Backup, BackupStatus, BackupSummary, BackupType, Chain, CompleteBackupRequest, CompleteDisk,
+    DiskKey, DiskSpec, DiskSummary, FailBackupRequest, RegisterVmRequest, StartBackupRequest,
+    VmName,
+};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::backup::{DiskMode, PrepareOptions, Prepared, PreviousDisk, VsphereBackup};
+use crate::error::VsphereError;
+use crate::session::{ConnectOptions, Session, TlsMode, read_password_file};
+
+/// Everything a vCenter backup needs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct VcenterBackupOptions {
+    /// The hub.
+    pub hub: HubOptions,
+    /// vCenter address, credentials, TLS and timeouts.
+    pub connect: ConnectOptions,
+    /// The VM's inventory path or name in vCenter.
+    pub vm: String,
+    /// Full, incremental or auto.
+    pub backup_type: BackupType,
+    /// Quiesce the guest when snapshotting.
+    pub quiesce: bool,
+    /// Engine tuning.
+    pub transfer: TransferOptions,
+    /// Where progress goes.
+    pub progress: Arc<dyn Progress>,
+}
+
+impl VcenterBackupOptions {
+    /// Options with defaults: auto type, no quiescing, default transfer, no progress display.
+    #[must_use]
+    pub fn new(hub: HubOptions, connect: ConnectOptions, vm: &str) -> Self {
+        Self {
+            hub,
+            connect,
+            vm: vm.to_owned(),
+            backup_type: BackupType::Auto,
+            quiesce: false,
+            transfer: TransferOptions::default(),
+            progress: Arc::new(NoProgress),
+        }
+    }
+}
+
+/// The [`RemoteBackup`] provider of `sendense-client backup --vcenter`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VcenterProvider;
+
+impl RemoteBackup for VcenterProvider {
+    fn backup(
+        &self,
+        request: RemoteBackupRequest,
+    ) -> BoxFuture<'_, Result<BackupSummary, ClientError>> {
+        Box::pin(async move {
+            let options = options_from_request(&request).map_err(into_client_error)?;
+            run(options).await.map_err(into_client_error)
+        })
+    }
+}
+
+/// Turns the command line's request into options (reads the password file).
+///
+/// # Errors
+/// [`VsphereError::PasswordFile`]; [`VsphereError::MissingArgument`] when a vCenter flag is
+/// absent.
+pub fn options_from_request(
+    request: &RemoteBackupRequest,
+) -> Result<VcenterBackupOptions, VsphereError> {
+    let v = &request.vcenter;
+    let missing = |flag: &'static str| VsphereError::MissingArgument { flag };
+    let address = v.vcenter.as_deref().ok_or_else(|| missing("--vcenter"))?;
+    let user = v
+        .vcenter_user
+        .as_deref()
+        .ok_or_else(|| missing("--vcenter-user"))?;
+    let password_file = v
+        .vcenter_password_file
+        .as_deref()
+        .ok_or_else(|| missing("--vcenter-password-file"))?;
+    let password = read_password_file(password_file)?;
+    let tls = match (&v.vcenter_ca, v.insecure) {
+        (Some(ca), _) => TlsMode::CaFile(ca.clone()),
+        (None, true) => TlsMode::Insecure,
+        (None, false) => return Err(missing("--vcenter-ca or --insecure")),
+    };
+    let connect = ConnectOptions::new(address, user, &password, tls);
+    let mut options = VcenterBackupOptions::new(request.hub.clone(), connect, &request.vm);
+    options.backup_type = request.backup_type;
+    options.transfer = request.transfer;
+    options.progress = Arc::clone(&request.progress);
+    Ok(options)
+}
+
+/// Runs a vCenter backup; Ctrl-C (SIGINT) fails it on the hub, removes the snapshot and
+/// returns [`VsphereError::Interrupted`].
+///
+/// # Errors
+/// See [`run_until`].
+pub async fn run(options: VcenterBackupOptions) -> Result<BackupSummary, VsphereError> {
+    // The SIGINT handler is installed now, not at first poll: a Ctrl-C during login or the
+    // snapshot is not lost (and does not kill the process with the snapshot left).
+    run_until(options, sendense_client::progress::interrupted()).await
+}
+
+/// Runs a vCenter backup until done or until `shutdown` resolves (see the module docs).
+///
+/// # Errors
+/// vCenter errors, hub errors, transfer errors, [`VsphereError::IncrementalImpossible`],
+/// [`VsphereError::Interrupted`]. Whatever the error, the snapshot has been removed (or the
+/// removal's failure logged) and a started backup failed at the hub before this returns.
+pub async fn run_until(
+    options: VcenterBackupOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<BackupSummary, VsphereError> {
+    let span = info_span!("vcenter_backup", vm = %options.vm);
+    run_inner(options, shutdown).instrument(span).await
+}
+
+async fn run_inner(
+    options: VcenterBackupOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<BackupSummary, VsphereError> {
+    let started = Instant::now();
+    let mut shutdown = pin!(shutdown);
+    let hub = HubClient::new(&options.hub).map_err(client)?;
+    let session = Session::connect(options.connect.clone()).await?;
+    let result = with_session(&options, &hub, &session, shutdown.as_mut(), started).await;
+    if let Err(e) = session.logout().await {
+        warn!(error = %e, "vCenter logout failed");
+    }
+    result
+}
+
+async fn with_session(
+    options: &VcenterBackupOptions,
+    hub: &HubClient,
+    session: &Session,
+    mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+    started: Instant,
+) -> Result<BackupSummary, VsphereError> {
+    let vm_ref = session.find_vm(&options.vm).await?;
+    let vm_info = session.vm_info(&vm_ref).await?;
+    let vm_name = VmName::try_from(vm_info.name.as_str()).map_err(|e| VsphereError::HubVmName {
+        name: vm_info.name.clone(),
+        reason: e.to_string(),
+    })?;
+    let previous = previous_disks(hub, &vm_name).await?;
+    let prepare_options = PrepareOptions {
+        quiesce: options.quiesce,
+        force_full: options.backup_type == BackupType::Full,
+    };
+
+    // Not cancellable half-way: a snapshot created by a dropped `prepare` would be left.
+    let mut interrupted = false;
+    let prepared = {
+        let mut prepare = pin!(VsphereBackup::prepare(
+            session,
+            &options.vm,
+            &previous,
+            &prepare_options
+        ));
+        loop {
+            tokio::select! {
+                r = &mut prepare => break r?,
+                () = &mut shutdown, if !interrupted => {
+                    warn!("interrupted: waiting for the snapshot to be created, to remove it");
+                    interrupted = true;
+                }
+            }
+        }
+    };
+    let mut prepared = prepared;
+    let cleanup = prepared.cleanup_handle();
+    let result = if interrupted {
+        Err(VsphereError::Interrupted)
+    } else {
+        with_snapshot(options, hub, &vm_name, &mut prepared, shutdown, started).await
+    };
+    // Always remove the snapshot, success or failure.
+    let removed = match prepared.finish().await {
+        Ok(()) => Ok(()),
+        Err(first) => {
+            warn!(error = %first, "removing the snapshot failed; trying once more");
+            cleanup.remove().await
+        }
+    };
+    match (result, removed) {
+        (Ok(summary), Ok(())) => Ok(summary),
+        (Ok(summary), Err(source)) => Err(VsphereError::SnapshotLeft {
+            backup_id: summary.backup_id.to_string(),
+            source: Box::new(source),
+        }),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(ce)) => {
+            error!(error = %ce, "the snapshot could not be removed: remove it in vCenter");
+            Err(e)
+        }
+    }
+}
+
+/// The previous change ids per disk: from the hub's last completed backup of the VM.
+async fn previous_disks(
+    hub: &HubClient,
+    vm: &VmName,
+) -> Result<BTreeMap<DiskKey, PreviousDisk>, VsphereError> {
+    let chain = match hub.chain(vm).await {
+        Ok(chain) => chain,
+        Err(ClientError::HubStatus { status: 404, .. }) => {
+            info!(vm = %vm, "the hub has no backup of this VM: first full");
+            return Ok(BTreeMap::new());
+        }
+        Err(e) => return Err(client(e)),
+    };
+    Ok(previous_from_chain(&chain))
+}
+
+/// Per disk, the change id and capacity of the chain's last completed backup.
+#[must_use]
+pub fn previous_from_chain(chain: &Chain) -> BTreeMap<DiskKey, PreviousDisk> {
+    chain
+        .backups
+        .iter()
+        .rev()
+        .find(|b| b.status == BackupStatus::Completed)
+        .map(|b| {
+            b.disks
+                .iter()
+                .map(|d| {
+                    (
+                        d.disk_key,
+                        PreviousDisk {
+                            change_id: d.change_id.clone(),
+                            capacity: Some(d.capacity_bytes),
+                            uuid: None,
+                        },
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Why this backup must be a full, if it must.
+fn full_reason(prepared: &Prepared, requested: BackupType) -> Option<String> {
+    if requested == BackupType::Full {
+        return Some("a full backup was requested".to_owned());
+    }
+    prepared.disks.iter().find_map(|d| match &d.mode {
+        DiskMode::Full {
+            reason: Some(reason),
+        } => Some(format!("disk {}: {reason}", d.key)),
+        DiskMode::Full { reason: None } => {
+            Some(format!("disk {}: no previous backup to build on", d.key))
+        }
+        _ => None,
+    })
+}
+
+async fn with_snapshot(
+    options: &VcenterBackupOptions,
+    hub: &HubClient,
+    vm_name: &VmName,
+    prepared: &mut Prepared,
+    shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+    started: Instant,
+) -> Result<BackupSummary, VsphereError> {
+    let backup_type = match full_reason(prepared, options.backup_type) {
+        Some(reason) if options.backup_type == BackupType::Incremental => {
+            return Err(VsphereError::IncrementalImpossible { reason });
+        }
+        Some(reason) => {
+            if !prepared
+                .disks
+                .iter()
+                .all(|d| matches!(d.mode, DiskMode::Full { .. }))
+            {
+                prepared.promote_to_full(&reason).await?;
+            }
+            info!(vm = %vm_name, %reason, "full backup on a new chain");
+            BackupType::Full
+        }
+        None => {
+            info!(vm = %vm_name, "incremental backup from CBT");
+            BackupType::Incremental
+        }
+    };
+
+    let specs = prepared
+        .disks
+        .iter()
+        .map(|d| DiskSpec {
+            key: d.key,
+            capacity_bytes: d.capacity,
+        })
+        .collect();
+    let register =
+        RegisterVmRequest::new(vm_name.clone(), specs).map_err(|e| VsphereError::HubVmName {
+            name: vm_name.to_string(),
+            reason: e.to_string(),
+        })?;
+    hub.register_vm(&register).await.map_err(client)?;
+    let backup = hub
+        .start_backup(&StartBackupRequest {
+            vm_name: vm_name.clone(),
+            backup_type,
+        })
+        .await
+        .map_err(client)?;
+    info!(backup_id = %backup.backup_id, backup_type = %backup.backup_type, "backup started");
+
+    let work = transfer_and_complete(hub, options, prepared, &backup);
+    let result = tokio::select! {
+        r = work => r,
+        () = shutdown => Err(VsphereError::Interrupted),
+    };
+    match result {
+        Ok(stats) => {
+            let final_state = hub.backup(&backup.backup_id).await.map_err(client)?;
+            Ok(summary(
+                &final_state,
+                &stats,
+                started.elapsed().as_secs_f64(),
+            ))
+        }
+        Err(err) => {
+            let reason = error_text(&err);
+            error!(backup_id = %backup.backup_id, %reason, "backup failed; telling the hub");
+            let request = FailBackupRequest::new(truncate(&reason, 4000))
+                .or_else(|_| FailBackupRequest::new("client error".to_owned()));
+            if let Ok(request) = request
+                && let Err(e) = hub.fail_backup(&backup.backup_id, &request).await
+            {
+                warn!(error = %e, "could not mark the backup failed on the hub");
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn transfer_and_complete(
+    hub: &HubClient,
+    options: &VcenterBackupOptions,
+    prepared: &Prepared,
+    backup: &Backup,
+) -> Result<Vec<DiskStats>, VsphereError> {
+    let mismatch = |key: DiskKey, reason: &'static str| {
+        client(ClientError::DiskMismatch {
+            disk_key: key.get(),
+            reason,
+        })
+    };
+    if let Some(extra) = backup
+        .disks
+        .iter()
+        .find(|h| !prepared.disks.iter().any(|d| d.key == h.disk_key))
+    {
+        return Err(mismatch(
+            extra.disk_key,
+            "the hub's backup lists a disk the VM does not have",
+        ));
+    }
+    let mut jobs = Vec::with_capacity(prepared.disks.len());
+    for d in &prepared.disks {
+        let at_hub = backup
+            .disks
+            .iter()
+            .find(|h| h.disk_key == d.key)
+            .ok_or_else(|| mismatch(d.key, "the hub's backup does not list this disk"))?;
+        let plan = match (&d.mode, backup.backup_type) {
+            (DiskMode::Incremental { base }, BackupType::Incremental) => {
+                if at_hub.parent_change_id.as_ref() != Some(base) {
+                    return Err(VsphereError::BaseMismatch {
+                        disk_key: d.key.get(),
+                        base: base.to_string(),
+                        hub: at_hub.parent_change_id.as_ref().map(ToString::to_string),
+                    });
+                }
+                DiskPlan::Changed(d.extents.clone())
+            }
+            (DiskMode::Full { .. }, BackupType::Full) => DiskPlan::Full,
+            _ => {
+                return Err(mismatch(
+                    d.key,
+                    "the hub started another backup type than the one CBT prepared",
+                ));
+            }
+        };
+        let uri = at_hub
+            .nbd_uri
+            .as_deref()
+            .ok_or_else(|| mismatch(d.key, "the hub answered no nbd_uri for this disk"))?;
+        let uri = NbdUri::parse(uri).map_err(client)?;
+        let tls = uri.tls.then(|| hub.nbd_tls());
+        let target: Arc<dyn TargetConnector> =
+            Arc::new(NbdConnector::new(uri, tls).map_err(client)?);
+        jobs.push(DiskTransfer {
+            disk_key: d.key.get(),
+            source: Arc::clone(&d.source),
+            target,
+            plan,
+        });
+    }
+
+    let stats = transfer_all(&jobs, options.transfer, options.progress.as_ref())
+        .await
+        .map_err(client)?;
+
+    let mut disks = Vec::with_capacity(prepared.disks.len());
+    for (d, s) in prepared.disks.iter().zip(&stats) {
+        disks.push(CompleteDisk {
+            disk_key: d.key,
+            change_id: d.new_change_id.clone(),
+            bytes_transferred: s.bytes_sent,
+        });
+    }
+    let request = CompleteBackupRequest::new(disks).map_err(|e| VsphereError::HubVmName {
+        name: backup.vm_name.to_string(),
+        reason: e.to_string(),
+    })?;
+    hub.complete_backup(&backup.backup_id, &request)
+        .await
+        .map_err(client)?;
+    info!(backup_id = %backup.backup_id, "backup completed");
+    Ok(stats)
+}
+
+fn summary(backup: &Backup, stats: &[DiskStats], seconds: f64) -> BackupSummary {
+    let disks: Vec<DiskSummary> = stats
+        .iter()
+        .map(|s| DiskSummary {
+            disk_key: DiskKey(s.disk_key),
+            bytes_sent: s.bytes_sent,
+            bytes_skipped: s.bytes_skipped(),
+            seconds: s.seconds,
+        })
+        .collect();
+    BackupSummary {
+        backup_id: backup.backup_id.clone(),
+        vm_name: backup.vm_name.clone(),
+        backup_type: backup.backup_type,
+        status: backup.status,
+        seconds,
+        bytes_sent: disks.iter().map(|d| d.bytes_sent).sum(),
+        disks,
+    }
+}
+
+fn client(source: ClientError) -> VsphereError {
+    VsphereError::Client {
+        source: Box::new(source),
+    }
+}
+
+/// Maps a flow error to the client's error type at the provider boundary.
+fn into_client_error(e: VsphereError) -> ClientError {
+    match e {
+        VsphereError::Interrupted => ClientError::Interrupted,
+        VsphereError::Client { source } => *source,
+        other => ClientError::Remote {
+            system: "vCenter",
+            source: Box::new(other),
+        },
+    }
+}
+
+/// The error and its causes in one line, for `fail`'s reason.
+fn error_text(err: &VsphereError) -> String {
+    let mut text = err.to_string();
+    let mut cur = std::error::Error::source(err);
+    while let Some(e) = cur {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cur = e.source();
+    }
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sendense_types::{BackupDisk, BackupId, ChangeId};
+
+    fn backup(id: &str, status: BackupStatus, change: &str, cap: u64) -> Backup {
+        serde_json::from_value(serde_json::json!({
+            "backup_id": id, "vm_name": "vm1", "backup_type": "full", "status": status,
+            "parent_backup_id": null, "created_at": "2026-11-25T00:00:00Z", "completed_at": null,
+            "failure_reason": null, "disks": [BackupDisk {
+                disk_key: DiskKey(2000), capacity_bytes: cap, file: None, export_name: None,
+                nbd_uri: None, parent_change_id: None,
+                change_id: Some(ChangeId::try_from(change).unwrap()), bytes_written: 0,
+            }]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn previous_from_chain_last_completed_backup_wins() {
+        let chain = Chain {
+            vm_name: VmName::try_from("vm1").unwrap(),
+            backups: vec![
+                backup(
+                    "backup-vm1-20261125T000000-000001",
+                    BackupStatus::Completed,
+                    "52 a/1",
+                    10,
+                ),
+                backup(
+                    "backup-vm1-20261125T000001-000002",
+                    BackupStatus::Completed,
+                    "52 a/2",
+                    20,
+                ),
+                backup(
+                    "backup-vm1-20261125T000002-000003",
+                    BackupStatus::Failed,
+                    "52 a/3",
+                    30,
+                ),
+            ],
+        };
+
+        let prev = previous_from_chain(&chain);
+
+        assert_eq!(
+            prev[&DiskKey(2000)],
+            PreviousDisk {
+                change_id: Some(ChangeId::try_from("52 a/2").unwrap()),
+                capacity: Some(20),
+                uuid: None,
+            }
+        );
+        let _ = BackupId::try_from("backup-vm1-20261125T000000-000001").unwrap();
+    }
+
+    #[test]
+    fn into_client_error_interrupted_stays_interrupted() {
+        let e = into_client_error(VsphereError::Interrupted);
+
+        assert!(matches!(e, ClientError::Interrupted), "{e:?}");
+    }
+}

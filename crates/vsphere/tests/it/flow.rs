@@ -1,0 +1,469 @@
+//! `backup --vcenter` end to end: the simulator, a real in-process hub (HTTPS API, NBD over
+//! TLS, QCOW2 repository), the client's transfer engine, and `qemu-img compare` of every
+//! repository image against the simulator's disk files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sendense_client::ClientError;
+use sendense_client::cli::{Cli, execute_with};
+use sendense_client::hub::{HubClient, HubOptions};
+use sendense_client::progress::Progress;
+use sendense_client::transfer::TransferOptions;
+use sendense_hub::daemon::{self, HubConfig, RunningHub};
+use sendense_types::{Backup, BackupStatus, BackupSummary, BackupType, VmName};
+use sendense_vsphere::VsphereError;
+use sendense_vsphere::flow::{VcenterBackupOptions, VcenterProvider, run_until};
+use sendense_vsphere::simulator::{DiskSpec, Simulator, VmSpec};
+use tempfile::TempDir;
+
+use crate::support::{MIB, options};
+
+/// A simulator with VM `vm1` (CBT on, disks of 4 MiB and 2 MiB) and a running hub.
+struct World {
+    sim: Arc<Simulator>,
+    vm: String,
+    hub: Option<RunningHub>,
+    data: TempDir,
+    _sim_dir: TempDir,
+}
+
+impl World {
+    async fn start() -> Self {
+        let sim_dir = tempfile::tempdir().unwrap();
+        let sim = Arc::new(Simulator::start(sim_dir.path()).await.unwrap());
+        let vm = sim
+            .add_vm(&VmSpec {
+                name: "vm1".to_owned(),
+                cbt_enabled: true,
+                disks: vec![DiskSpec::flat(4 * MIB), DiskSpec::flat(2 * MIB)],
+            })
+            .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let hub = daemon::start(HubConfig {
+            data_dir: data.path().to_path_buf(),
+            api_listen: "127.0.0.1:0".parse().unwrap(),
+            nbd_listen: "127.0.0.1:0".parse().unwrap(),
+            public_host: Some("localhost".into()),
+            idle_timeout: Duration::from_secs(600),
+        })
+        .await
+        .unwrap();
+        Self {
+            sim,
+            vm,
+            hub: Some(hub),
+            data,
+            _sim_dir: sim_dir,
+        }
+    }
+
+    fn hub_options(&self) -> HubOptions {
+        let port = self.hub.as_ref().unwrap().api_addr.port();
+        HubOptions {
+            url: format!("https://localhost:{port}"),
+            ca_file: self.data.path().join("tls/ca-cert.pem"),
+            token_file: self.data.path().join("api.token"),
+        }
+    }
+
+    fn hub_client(&self) -> HubClient {
+        HubClient::new(&self.hub_options()).unwrap()
+    }
+
+    fn backup_options(&self, backup_type: BackupType) -> VcenterBackupOptions {
+        let mut o = VcenterBackupOptions::new(self.hub_options(), options(&self.sim), "vm1");
+        o.backup_type = backup_type;
+        o.transfer = TransferOptions::with_connections(2);
+        o
+    }
+
+    async fn backup(&self, backup_type: BackupType) -> Result<BackupSummary, VsphereError> {
+        run_until(self.backup_options(backup_type), std::future::pending()).await
+    }
+
+    fn disk_file(&self, key: i32) -> PathBuf {
+        self.sim.disk_file(&self.vm, key).unwrap()
+    }
+
+    /// `qemu-img compare` of each disk's image of `backup_id` with the simulator's file.
+    async fn assert_images_match(&self, backup_id: &str) {
+        let backup = self
+            .hub_client()
+            .backup(&backup_id.try_into().unwrap())
+            .await
+            .unwrap();
+        for d in &backup.disks {
+            let image = self
+                .data
+                .path()
+                .join("repository")
+                .join(d.file.as_deref().unwrap());
+            let raw = self.disk_file(i32::try_from(d.disk_key.get()).unwrap());
+            qemu_img_compare(&image, &raw);
+        }
+    }
+
+    /// `GET /api/v1/backups?vm_name=vm1`: every backup of the VM, any status.
+    async fn all_backups(&self) -> Vec<Backup> {
+        let o = self.hub_options();
+        let tls = sendense_client::hub::tls_config(&o.ca_file).unwrap();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .unwrap();
+        let token = std::fs::read_to_string(&o.token_file).unwrap();
+        let body = http
+            .get(format!("{}/api/v1/backups?vm_name=vm1", o.url))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn snapshots_left(&self) -> Vec<String> {
+        self.sim.snapshot_names(&self.vm)
+    }
+}
+
+fn qemu_img_compare(image: &Path, raw: &Path) {
+    let out = Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "raw"])
+        .arg(image)
+        .arg(raw)
+        .output()
+        .expect("qemu-img is required for these tests (apt install qemu-utils)");
+    assert!(
+        out.status.success(),
+        "qemu-img compare {} {}: {}{}",
+        image.display(),
+        raw.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pattern(seed: u8, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| seed ^ u8::try_from(i % 251).unwrap())
+        .collect()
+}
+
+fn vm1() -> VmName {
+    VmName::try_from("vm1").unwrap()
+}
+
+/// A hook run once.
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// Calls `on_first` the first time a disk reports progress.
+struct OnFirstProgress {
+    fired: AtomicBool,
+    on_first: Mutex<Option<Hook>>,
+}
+
+impl OnFirstProgress {
+    fn new(f: impl FnOnce() + Send + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            fired: AtomicBool::new(false),
+            on_first: Mutex::new(Some(Box::new(f))),
+        })
+    }
+}
+
+impl std::fmt::Debug for OnFirstProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnFirstProgress")
+            .field("fired", &self.fired)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Progress for OnFirstProgress {
+    fn started(&self, _: u32, _: u64) {}
+    fn advanced(&self, _: u32, _: u64) {
+        if !self.fired.swap(true, Ordering::SeqCst)
+            && let Some(f) = self.on_first.lock().unwrap().take()
+        {
+            f();
+        }
+    }
+    fn finished(&self, _: u32) {}
+}
+
+/// Sequential 1 MiB requests, so a hook after the first one fires mid-transfer.
+fn slow_transfer() -> TransferOptions {
+    TransferOptions {
+        connections: 1,
+        in_flight: 1,
+        request_size: MIB,
+        total_buffers: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_backup_full_incremental_then_cbt_reset_makes_new_full_chain() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(1, 300_000))
+        .unwrap();
+    w.sim
+        .write_disk(&w.vm, 2000, 3 * MIB, &pattern(2, 100_000))
+        .unwrap();
+    w.sim
+        .write_disk(&w.vm, 2001, 512 * 1024, &pattern(3, 200_000))
+        .unwrap();
+
+    // 1. First full.
+    let full = w.backup(BackupType::Auto).await.unwrap();
+    assert_eq!(
+        (full.backup_type, full.status, full.disks.len()),
+        (BackupType::Full, BackupStatus::Completed, 2)
+    );
+    assert!(w.snapshots_left().is_empty());
+    w.assert_images_match(full.backup_id.as_str()).await;
+
+    // 2. 64 KiB changed on disk 2000; on disk 2001 data overwritten with zeros.
+    w.sim
+        .write_disk(&w.vm, 2000, MIB, &pattern(4, 65536))
+        .unwrap();
+    w.sim
+        .write_disk(&w.vm, 2001, 512 * 1024, &vec![0u8; 65536])
+        .unwrap();
+    let inc = w.backup(BackupType::Auto).await.unwrap();
+    assert_eq!(
+        (inc.backup_type, inc.status),
+        (BackupType::Incremental, BackupStatus::Completed)
+    );
+    // Only the changed extents traveled: the 64 KiB block as data, the zeros as WRITE_ZEROES.
+    assert_eq!(
+        (inc.disks[0].bytes_sent, inc.disks[1].bytes_sent),
+        (65536, 0),
+        "{inc:?}"
+    );
+    assert!(full.bytes_sent >= 500_000, "{full:?}");
+    assert!(w.snapshots_left().is_empty());
+    w.assert_images_match(inc.backup_id.as_str()).await;
+
+    // 3. CBT reset: an automatic full on a new chain.
+    w.sim.reset_cbt(&w.vm);
+    w.sim.write_disk(&w.vm, 2001, 0, &pattern(5, 4096)).unwrap();
+    let again = w.backup(BackupType::Auto).await.unwrap();
+    assert_eq!(
+        (again.backup_type, again.status),
+        (BackupType::Full, BackupStatus::Completed)
+    );
+    let chain = w.hub_client().chain(&vm1()).await.unwrap();
+    assert_eq!(chain.backups[0].backup_id, again.backup_id);
+    assert_eq!(chain.backups[0].backup_type, BackupType::Full);
+    w.assert_images_match(again.backup_id.as_str()).await;
+    let st = w.sim.stats();
+    assert_eq!(
+        (
+            st.snapshots_created,
+            st.snapshots_removed,
+            w.snapshots_left().len()
+        ),
+        (3, 3, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_backup_datastore_failure_mid_transfer_fails_backup_and_removes_snapshot() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(7, 4 * 1024 * 1024))
+        .unwrap();
+    let mut options = w.backup_options(BackupType::Auto);
+    options.transfer = slow_transfer();
+    let sim = Arc::clone(&w.sim);
+    options.progress = OnFirstProgress::new(move || sim.set_busy_storm(u32::MAX));
+
+    let err = run_until(options, std::future::pending())
+        .await
+        .unwrap_err();
+
+    w.sim.set_busy_storm(0);
+    assert!(matches!(err, VsphereError::Client { .. }), "{err:?}");
+    let backups = w.all_backups().await;
+    assert_eq!(backups.len(), 1);
+    assert_eq!(backups[0].status, BackupStatus::Failed);
+    assert!(w.snapshots_left().is_empty());
+    assert_eq!(w.sim.stats().snapshots_removed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_backup_interrupted_mid_transfer_fails_backup_and_removes_snapshot() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(8, 4 * 1024 * 1024))
+        .unwrap();
+    let mut options = w.backup_options(BackupType::Auto);
+    options.transfer = slow_transfer();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    options.progress = OnFirstProgress::new(move || {
+        let _ = tx.send(());
+    });
+    let shutdown = async move {
+        let _ = rx.await;
+    };
+
+    let err = run_until(options, shutdown).await.unwrap_err();
+
+    assert!(matches!(err, VsphereError::Interrupted), "{err:?}");
+    let backups = w.all_backups().await;
+    assert_eq!(backups.len(), 1);
+    assert_eq!(backups[0].status, BackupStatus::Failed);
+    assert!(w.snapshots_left().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_backup_incremental_without_chain_is_refused_before_the_hub() {
+    let w = World::start().await;
+
+    let err = w.backup(BackupType::Incremental).await.unwrap_err();
+
+    assert!(
+        matches!(err, VsphereError::IncrementalImpossible { .. }),
+        "{err:?}"
+    );
+    let backups = w.all_backups().await;
+    assert!(backups.is_empty());
+    assert!(w.snapshots_left().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_backup_vcenter_json_runs_full_through_provider() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2001, 0, &pattern(9, 70_000))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("vc-ca.pem");
+    std::fs::write(&ca, w.sim.ca_pem()).unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(
+        &pw,
+        format!("{}\n", sendense_vsphere::simulator::SIM_PASSWORD),
+    )
+    .unwrap();
+    let hub = w.hub_options();
+    let args: Vec<String> = vec![
+        "sendense-client".into(),
+        "backup".into(),
+        "--vcenter".into(),
+        w.sim.address(),
+        "--vcenter-user".into(),
+        sendense_vsphere::simulator::SIM_USER.into(),
+        "--vcenter-password-file".into(),
+        pw.display().to_string(),
+        "--vcenter-ca".into(),
+        ca.display().to_string(),
+        "--vm".into(),
+        "dc1/vm/vm1".into(),
+        "--hub".into(),
+        hub.url.clone(),
+        "--ca".into(),
+        hub.ca_file.display().to_string(),
+        "--token-file".into(),
+        hub.token_file.display().to_string(),
+        "--type".into(),
+        "full".into(),
+        "--json".into(),
+    ];
+    let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
+
+    let out = execute_with(cli.command, Some(&VcenterProvider))
+        .await
+        .unwrap();
+
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            &v["backup_type"],
+            &v["status"],
+            v["disks"].as_array().map(Vec::len)
+        ),
+        (
+            &serde_json::json!("full"),
+            &serde_json::json!("completed"),
+            Some(2)
+        ),
+        "{out}"
+    );
+    assert!(w.snapshots_left().is_empty());
+    w.assert_images_match(v["backup_id"].as_str().unwrap())
+        .await;
+}
+
+#[tokio::test]
+async fn cli_backup_vcenter_without_provider_is_refused() {
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "sendense-client",
+        "backup",
+        "--vcenter",
+        "vc:443",
+        "--vcenter-user",
+        "u",
+        "--vcenter-password-file",
+        "pw",
+        "--insecure",
+        "--vm",
+        "vm1",
+        "--hub",
+        "https://h:8443",
+        "--ca",
+        "c",
+        "--token-file",
+        "t",
+    ])
+    .unwrap();
+
+    let err = execute_with(cli.command, None).await.unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            ClientError::InvalidArgument {
+                what: "--vcenter",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn cli_backup_vcenter_with_disk_is_refused() {
+    let err = <Cli as clap::Parser>::try_parse_from([
+        "sendense-client",
+        "backup",
+        "--vcenter",
+        "vc",
+        "--vcenter-user",
+        "u",
+        "--vcenter-password-file",
+        "pw",
+        "--insecure",
+        "--vm",
+        "vm1",
+        "--disk",
+        "2000=a.raw",
+        "--hub",
+        "https://h",
+        "--ca",
+        "c",
+        "--token-file",
+        "t",
+    ])
+    .unwrap_err();
+
+    assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+}
