@@ -467,3 +467,57 @@ fn cli_backup_vcenter_with_disk_is_refused() {
 
     assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_backup_one_disk_resized_makes_whole_vm_full() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(10, 100_000))
+        .unwrap();
+    w.sim
+        .write_disk(&w.vm, 2001, 0, &pattern(11, 100_000))
+        .unwrap();
+    let first = w.backup(BackupType::Auto).await.unwrap();
+    w.sim.resize_disk(&w.vm, 2001, 3 * MIB).unwrap();
+    w.sim
+        .write_disk(&w.vm, 2001, 2 * MIB, &pattern(12, 4096))
+        .unwrap();
+
+    let second = w.backup(BackupType::Auto).await.unwrap();
+
+    let chain = w.hub_client().chain(&vm1()).await.unwrap();
+    assert_eq!(
+        (
+            first.backup_type,
+            second.backup_type,
+            chain.backups.len(),
+            chain.backups[0].disks[1].capacity_bytes
+        ),
+        (BackupType::Full, BackupType::Full, 1, 3 * MIB)
+    );
+    assert!(second.disks[0].bytes_sent >= 100_000, "{second:?}");
+    w.assert_images_match(second.backup_id.as_str()).await;
+    assert!(w.snapshots_left().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_backup_type_full_with_chain_starts_new_chain() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(13, 65536))
+        .unwrap();
+    let first = w.backup(BackupType::Auto).await.unwrap();
+
+    let second = w.backup(BackupType::Full).await.unwrap();
+
+    let chain = w.hub_client().chain(&vm1()).await.unwrap();
+    assert_eq!(
+        (
+            first.backup_type,
+            second.backup_type,
+            &chain.backups[0].backup_id
+        ),
+        (BackupType::Full, BackupType::Full, &second.backup_id)
+    );
+    w.assert_images_match(second.backup_id.as_str()).await;
+}
