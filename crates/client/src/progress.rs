@@ -277,6 +277,23 @@ impl Progress for TerminalProgress {
     }
 }
 
+/// Resolves on SIGINT (Ctrl-C). The handler is installed when this is
+/// called, not when the future is first polled, so a Ctrl-C that arrives
+/// while the caller is still talking to the hub is not lost (and does not
+/// kill the process before the backup can be failed on the hub).
+pub fn interrupted() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listener = signal(SignalKind::interrupt());
+    async move {
+        match listener {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,22 +336,5 @@ mod tests {
         p.finished(2000);
 
         assert_eq!(p.total.position(), 10);
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C). The handler is installed when this is
-/// called, not when the future is first polled, so a Ctrl-C that arrives
-/// while the caller is still talking to the hub is not lost (and does not
-/// kill the process before the backup can be failed on the hub).
-pub fn interrupted() -> impl Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listener = signal(SignalKind::interrupt());
-    async move {
-        match listener {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
     }
 }
