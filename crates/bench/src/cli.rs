@@ -23,8 +23,9 @@ use crate::{Options, Scenario};
 ///
 ///   serve        `nbdcopy --flush DISK URI` into `sendense-hub image serve` of a new QCOW2 vs
 ///                into `qemu-nbd --shared=10 --cache=none -f qcow2` of a new QCOW2; plain, and
-///                with TLS on both (qemu-nbd's tls-creds-x509 object, nbdcopy's
-///                nbds://...?tls-certificates=DIR, certificates made by the hub's own code).
+///                with TLS on both (qemu-nbd's tls-creds-x509 object with verify-peer=off, as
+///                our server does not ask for client certificates either; nbdcopy's
+///                nbds://...?tls-certificates=DIR; certificates made by the hub's own code).
 ///
 ///   ingest       full backup of the disk by `sendense-client backup` into a running
 ///                `sendense-hub serve` over TLS, until the backup is `completed` (durable) vs

@@ -653,7 +653,7 @@ fn qemu_nbd_command(
     if let Some(dir) = tls_dir {
         cmd.arg("--object")
             .arg(format!(
-                "tls-creds-x509,id=tls0,dir={},endpoint=server",
+                "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=off",
                 dir.display()
             ))
             .args(["--tls-creds", "tls0"]);
