@@ -466,17 +466,29 @@ struct Change {
 }
 
 #[test]
-fn restore_every_point_of_three_deep_chain_equals_source_then() {
+fn restore_every_point_of_two_disk_full_plus_three_incrementals_equals_source_then() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(&dir.path().join("data"), 600);
-    let disk = dir.path().join("disk.raw");
     let size = 8 * MIB;
-    sparse_raw(&disk, size, &[(0, 256 * KIB), (3 * MIB, MIB)]);
+    let disks = [dir.path().join("disk0.raw"), dir.path().join("disk1.raw")];
+    sparse_raw(&disks[0], size, &[(0, 256 * KIB), (3 * MIB, MIB)]);
+    sparse_raw(&disks[1], size, &[(MIB, 512 * KIB)]);
+    let keyed = [(2000, disks[0].as_path()), (2001, disks[1].as_path())];
+    let save = |n: usize| -> Vec<PathBuf> {
+        disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let state = dir.path().join(format!("state{n}-{i}.raw"));
+                fs::copy(d, &state).unwrap();
+                state
+            })
+            .collect()
+    };
     let mut points = Vec::new();
-    let full = hub.backup("app01", &[(2000, &disk)], &["--type", "full"]);
-    let state = dir.path().join("state0.raw");
-    fs::copy(&disk, &state).unwrap();
-    points.push((id_of(&full), state));
+    let full = hub.backup("app01", &keyed, &["--type", "full"]);
+    points.push((id_of(&full), save(0)));
+    // Per incremental: disk 2000 gets these changes, disk 2001 one new write.
     let changes = [
         Change {
             writes: &[(MIB, 128 * KIB, 200)],
@@ -486,42 +498,52 @@ fn restore_every_point_of_three_deep_chain_equals_source_then() {
             writes: &[(6 * MIB, 64 * KIB, 201)],
             zeros: &[(0, 64 * KIB)],
         },
+        Change {
+            writes: &[(2 * MIB, 192 * KIB, 202)],
+            zeros: &[(3 * MIB, 256 * KIB)],
+        },
     ];
     for (n, Change { writes, zeros }) in (1..).zip(changes) {
         for &(offset, len, seed) in writes {
-            write_random(&disk, offset, len as usize, seed);
+            write_random(&disks[0], offset, len as usize, seed);
         }
         for &(offset, len) in zeros {
-            zero(&disk, offset, len);
+            zero(&disks[0], offset, len);
         }
         let mut areas: Vec<(u64, u64)> = writes.iter().map(|&(o, l, _)| (o, l)).collect();
         areas.extend_from_slice(zeros);
         areas.sort_unstable();
-        let areas_file = dir.path().join(format!("areas{n}.json"));
-        changed_areas(&areas_file, size, &areas);
+        let areas0 = dir.path().join(format!("areas{n}-0.json"));
+        changed_areas(&areas0, size, &areas);
+        let other = (n as u64 * 2 * MIB, 64 * KIB);
+        write_random(&disks[1], other.0, other.1 as usize, 300 + n as u64);
+        let areas1 = dir.path().join(format!("areas{n}-1.json"));
+        changed_areas(&areas1, size, &[other]);
         let summary = hub.backup(
             "app01",
-            &[(2000, &disk)],
+            &keyed,
             &[
                 "--type",
                 "incremental",
                 "--changed-areas",
-                &format!("2000={}", s(&areas_file)),
+                &format!("2000={}", s(&areas0)),
+                "--changed-areas",
+                &format!("2001={}", s(&areas1)),
             ],
         );
-        let state = dir.path().join(format!("state{n}.raw"));
-        fs::copy(&disk, &state).unwrap();
-        points.push((id_of(&summary), state));
+        points.push((id_of(&summary), save(n)));
     }
 
-    for (id, state) in &points {
-        for format in ["raw", "qcow2"] {
-            let to = dir.path().join(format!("{id}.{format}"));
-            hub.restore(id, 2000, &to, format);
-            assert_same(&to, format, state, "raw");
+    for (id, states) in &points {
+        for (key, state) in [2000u32, 2001].into_iter().zip(states) {
+            for format in ["raw", "qcow2"] {
+                let to = dir.path().join(format!("{id}-{key}.{format}"));
+                hub.restore(id, key, &to, format);
+                assert_same(&to, format, state, "raw");
+            }
         }
     }
-    assert_eq!(hub.chain("app01").len(), 3);
+    assert_eq!(hub.chain("app01").len(), 4);
 }
 
 #[test]
