@@ -4,7 +4,7 @@
 //!
 //! This crate depends on `sendense-client` (disk sources, transfer engine, hub client), so the
 //! client crate cannot call it. The client's CLI parses the vCenter flags with the rest of
-//! `backup` and hands them to a [`RemoteBackup`](sendense_client::cli::RemoteBackup) provider;
+//! `backup` and hands them to a [`sendense_client::cli::RemoteBackup`] provider;
 //! [`VcenterProvider`] is that provider, and the `sendense-client` binary injects it with
 //! `execute_with(command, Some(&VcenterProvider))`. The binary stays free of logic, `--help`
 //! shows every flag, and no dependency cycle appears.
