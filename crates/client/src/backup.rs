@@ -347,8 +347,10 @@ impl Fnv1a {
     }
 }
 
-/// The summary `--json` prints.
-fn summary(backup: &Backup, stats: &[DiskStats], seconds: f64) -> BackupSummary {
+/// The summary `--json` prints, from the hub's final view of the backup and
+/// the transfer's per-disk statistics (shared with the vCenter flow).
+#[must_use]
+pub fn summary(backup: &Backup, stats: &[DiskStats], seconds: f64) -> BackupSummary {
     let disks: Vec<DiskSummary> = stats
         .iter()
         .map(|s| DiskSummary {

@@ -47,8 +47,7 @@ use sendense_client::transfer::{
 };
 use sendense_types::{
     Backup, BackupStatus, BackupSummary, BackupType, Chain, CompleteBackupRequest, CompleteDisk,
-    DiskKey, DiskSpec, DiskSummary, FailBackupRequest, RegisterVmRequest, StartBackupRequest,
-    VmName,
+    DiskKey, DiskSpec, FailBackupRequest, RegisterVmRequest, StartBackupRequest, VmName,
 };
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -366,7 +365,7 @@ async fn with_snapshot(
     match result {
         Ok(stats) => {
             let final_state = hub.backup(&backup.backup_id).await.map_err(client)?;
-            Ok(summary(
+            Ok(sendense_client::backup::summary(
                 &final_state,
                 &stats,
                 started.elapsed().as_secs_f64(),
@@ -472,27 +471,6 @@ async fn transfer_and_complete(
         .map_err(client)?;
     info!(backup_id = %backup.backup_id, "backup completed");
     Ok(stats)
-}
-
-fn summary(backup: &Backup, stats: &[DiskStats], seconds: f64) -> BackupSummary {
-    let disks: Vec<DiskSummary> = stats
-        .iter()
-        .map(|s| DiskSummary {
-            disk_key: DiskKey(s.disk_key),
-            bytes_sent: s.bytes_sent,
-            bytes_skipped: s.bytes_skipped(),
-            seconds: s.seconds,
-        })
-        .collect();
-    BackupSummary {
-        backup_id: backup.backup_id.clone(),
-        vm_name: backup.vm_name.clone(),
-        backup_type: backup.backup_type,
-        status: backup.status,
-        seconds,
-        bytes_sent: disks.iter().map(|d| d.bytes_sent).sum(),
-        disks,
-    }
 }
 
 fn client(source: ClientError) -> VsphereError {
