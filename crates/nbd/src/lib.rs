@@ -7,6 +7,8 @@
 //! configurations and [`export`] holding the `Export` trait, the registry
 //! and the memory/file exports.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod codec;
 pub mod error;

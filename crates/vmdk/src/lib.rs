@@ -11,7 +11,7 @@
 //! Modules: [`descriptor`] (text descriptor, pure), [`header`] (sparse
 //! header and markers, pure), `raw` (byte layouts), `sparse` (grain
 //! directory/tables, compressed grains), `image` (extent concatenation,
-//! open policy), `storage` (positional file access), `sys` (`SEEK_DATA`).
+//! open policy), `storage` (positional file access), `sys` (`SEEK_DATA` through rustix).
 //!
 //! Limits (all named constants): descriptor text 1 MiB and 1024 extents;
 //! grains of 1 to 2048 sectors (power of two); 1 to 512 grain table entries
@@ -33,6 +33,8 @@
 //! pulls forensic extras (md-5, sha2, safe-read, chain/COWD/SESparse
 //! recovery) we would have to audit but do not need. Our reader is a few
 //! hundred lines focused on the backup path.
+
+#![forbid(unsafe_code)]
 
 mod error;
 mod image;
