@@ -27,6 +27,16 @@ use crate::{Options, Scenario};
 ///                our server does not ask for client certificates either; nbdcopy's
 ///                nbds://...?tls-certificates=DIR; certificates made by the hub's own code).
 ///
+///   memory       `nbdcopy --flush DISK URI` into sendense-nbd's memory export, served inside
+///                the harness (tokio, 127.0.0.1) vs into `nbdkit memory SIZE`; plain, and with
+///                TLS on both (nbdkit --tls=require with the same certificates folder). No
+///                QCOW2, no disk writes: the NBD servers alone.
+///
+///   nbd-tls-cost sendense-nbd's own ClientPool (4 connections, 8 writes of 4 MiB in flight,
+///                then FLUSH) writes the disk into our memory export over TLS and plain; the
+///                ratio (plain s / TLS s) and the CPU seconds show what TLS costs. CPU is the
+///                harness process (client and server both run in it).
+///
 ///   ingest       full backup of the disk by `sendense-client backup` into a running
 ///                `sendense-hub serve` over TLS, until the backup is `completed` (durable) vs
 ///                `nbdcopy --flush` into `qemu-nbd --shared=10 --cache=none -f qcow2` (plain).

@@ -10,7 +10,9 @@
 //! `PR_SET_PDEATHSIG` so that not even a killed harness leaks a `qemu-nbd`. The data folder is
 //! removed at the end unless `--keep`.
 //!
-//! The harness is synchronous (no async runtime): it only starts processes and waits.
+//! The harness is synchronous: it only starts processes and waits, except for the `memory` and
+//! `nbd-tls-cost` scenarios, which serve `sendense-nbd`'s memory export (and run its client) on
+//! tokio runtimes of their own inside the harness.
 
 mod data;
 mod proc;
@@ -34,6 +36,11 @@ pub enum Scenario {
     Qcow2,
     /// `nbdcopy --flush` into `sendense-hub image serve` vs into `qemu-nbd`, plain and TLS.
     Serve,
+    /// `nbdcopy --flush` into our memory export (served in the harness) vs into `nbdkit memory`,
+    /// plain and TLS.
+    Memory,
+    /// Our client pool into our memory export over TLS vs plain: the cost of TLS.
+    NbdTlsCost,
     /// Full backup through `sendense-client` into `sendense-hub serve` vs `nbdcopy` into
     /// `qemu-nbd`.
     Ingest,
@@ -45,9 +52,11 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Qcow2,
         Self::Serve,
+        Self::Memory,
+        Self::NbdTlsCost,
         Self::Ingest,
         Self::Incremental,
         Self::Restore,
@@ -59,6 +68,8 @@ impl Scenario {
         match self {
             Self::Qcow2 => "qcow2",
             Self::Serve => "serve",
+            Self::Memory => "memory",
+            Self::NbdTlsCost => "nbd-tls-cost",
             Self::Ingest => "ingest",
             Self::Incremental => "incremental",
             Self::Restore => "restore",

@@ -1,6 +1,7 @@
 //! The scenarios: each runs our side and its peer back to back on the same file and produces
-//! report rows. Order is fixed (qcow2, serve, ingest, incremental, restore) because the
-//! incremental changes the source disk and the restore reads the chain the backups made.
+//! report rows. Order is fixed (qcow2, serve, memory, nbd-tls-cost, ingest, incremental,
+//! restore) because the incremental changes the source disk and the restore reads the chain the
+//! backups made.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +13,8 @@ use crate::data;
 use crate::proc::{Proc, free_addr};
 use crate::report::{Machine, Measure, Outcome, Report, Row};
 use crate::{Options, Scenario};
+
+mod inproc;
 
 const VM: &str = "benchvm";
 const DISK_KEY: u32 = 2000;
@@ -52,6 +55,12 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     if wanted.contains(&Scenario::Serve) {
         ctx.serve();
+    }
+    if wanted.contains(&Scenario::Memory) {
+        ctx.memory();
+    }
+    if wanted.contains(&Scenario::NbdTlsCost) {
+        ctx.nbd_tls_cost();
     }
     if wanted.iter().any(|s| {
         matches!(

@@ -72,6 +72,9 @@ mod smoke {
                 "qcow2",
                 "serve",
                 "serve",
+                "memory",
+                "memory",
+                "nbd-tls-cost",
                 "ingest",
                 "incremental",
                 "restore"
@@ -85,6 +88,37 @@ mod smoke {
             report.render()
         );
         assert!(report.rows.iter().all(|r| r.ratio.is_some()));
-        assert_eq!(Scenario::ALL.len(), 5);
+        assert_eq!(Scenario::ALL.len(), 7);
+    }
+
+    #[test]
+    fn bench_in_process_nbd_scenarios_tiny_size_report_measured_rows_as_json() {
+        let mut opts = Options::new(16 << 20);
+        opts.bin_dir = Some(bin_dir());
+        opts.scenarios = vec![Scenario::NbdTlsCost, Scenario::Memory];
+
+        let report = sendense_bench::run(&opts).unwrap();
+
+        let json = serde_json::to_value(&report).unwrap();
+        let rows: Vec<(String, String, String)> = json["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["scenario"].as_str().unwrap_or_default().to_owned(),
+                    r["ours"]["status"].as_str().unwrap_or_default().to_owned(),
+                    r["peer"]["status"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let measured = |s: &str| (s.to_owned(), "measured".to_owned(), "measured".to_owned());
+        assert_eq!(
+            rows,
+            [measured("memory"), measured("memory"), measured("nbd-tls-cost")],
+            "{}",
+            report.render()
+        );
+        assert!(report.rows.iter().all(|r| r.ratio.is_some()));
     }
 }
