@@ -18,3 +18,5 @@ mod image_serve;
 mod quickstart;
 #[cfg(test)]
 mod support;
+#[cfg(test)]
+mod vcenter;

@@ -92,7 +92,7 @@ pub struct BackupArgs {
     #[arg(
         long = "disk",
         value_name = "KEY=PATH",
-        required_unless_present = "vcenter"
+        required_unless_present_any = ["vcenter", "vcenter_credential"]
     )]
     pub disks: Vec<String>,
     /// Backup type; auto is incremental when the VM has a completed chain, else full.
@@ -119,40 +119,70 @@ pub struct BackupArgs {
 }
 
 /// `sendense-client backup --vcenter ...`: the VM's disks read from vCenter.
+///
+/// Two exclusive ways to log in: `--vcenter-user` with `--vcenter-password-file`, or
+/// `--vcenter-credential NAME` (a credential stored at the hub; the hub logs in and hands out a
+/// vCenter session, never the password).
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "vCenter source (instead of --disk)")]
+#[command(group = clap::ArgGroup::new("vcenter_source").args(["vcenter", "vcenter_credential"]).multiple(true))]
 pub struct VcenterArgs {
     /// Back up every disk of the VM (keys 2000, 2001, ...) from this vCenter or ESXi host,
     /// HOST or HOST:PORT (443 by default). One snapshot for all disks, always removed at the
     /// end (also on failure and Ctrl-C); a full sends the allocated areas, an incremental the
     /// areas CBT reports changed since the hub's last completed backup. When CBT was reset or a
     /// disk changed (key, UUID, size), the backup becomes a full on a new chain, with a log line
-    /// saying why.
+    /// saying why. Needs --vcenter-user and --vcenter-password-file, or --vcenter-credential
+    /// (then this overrides the credential's host, e.g. when the client reaches vCenter under
+    /// another name).
     #[arg(
         long,
         value_name = "HOST[:PORT]",
-        conflicts_with_all = ["disks", "changed_areas", "change_ids"],
-        requires_all = ["vcenter_user", "vcenter_password_file"]
+        conflicts_with_all = ["disks", "changed_areas", "change_ids"]
     )]
     pub vcenter: Option<String>,
-    /// vCenter user, e.g. backup@vsphere.local.
-    #[arg(long, value_name = "USER", requires = "vcenter")]
+    /// vCenter user, e.g. backup@vsphere.local (with --vcenter-password-file).
+    #[arg(
+        long,
+        value_name = "USER",
+        requires_all = ["vcenter", "vcenter_password_file"]
+    )]
     pub vcenter_user: Option<String>,
     /// File whose first line is the vCenter user's password (keep it 0600).
-    #[arg(long, value_name = "FILE", requires = "vcenter")]
-    pub vcenter_password_file: Option<PathBuf>,
-    /// PEM file of the CA(s) that signed vCenter's certificate (e.g. vCenter's VMCA root,
-    /// https://VCENTER/certs/download.zip). One of --vcenter-ca and --insecure is required.
     #[arg(
         long,
         value_name = "FILE",
-        requires = "vcenter",
+        requires_all = ["vcenter", "vcenter_user"]
+    )]
+    pub vcenter_password_file: Option<PathBuf>,
+    /// Log in with the vCenter credential NAME stored at the hub (POST /api/v1/credentials)
+    /// instead of --vcenter-user/--vcenter-password-file: the hub logs in to the credential's
+    /// vCenter with the sealed password and hands this client only a session (and again when
+    /// the session expires). The hub must reach vCenter. The host is the credential's unless
+    /// --vcenter is given.
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with_all = ["vcenter_user", "vcenter_password_file", "disks", "changed_areas", "change_ids"]
+    )]
+    pub vcenter_credential: Option<String>,
+    /// PEM file of the CA(s) that signed vCenter's certificate (e.g. vCenter's VMCA root,
+    /// https://VCENTER/certs/download.zip). One of --vcenter-ca and --insecure is required.
+    /// With --vcenter-credential the hub checks vCenter's certificate against it too.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "vcenter_source",
         conflicts_with = "insecure"
     )]
     pub vcenter_ca: Option<PathBuf>,
     /// Accept any vCenter certificate (no chain check): only on a trusted network.
-    #[arg(long, requires = "vcenter")]
+    #[arg(long, requires = "vcenter_source")]
     pub insecure: bool,
+    /// Quiesce the guest's file systems for the snapshot (VMware Tools must run in the guest;
+    /// without them vCenter refuses the snapshot and the backup fails, leaving nothing behind).
+    #[arg(long, requires = "vcenter_source")]
+    pub quiesce: bool,
 }
 
 /// What a [`RemoteBackup`] provider is asked to do: `backup --vcenter ...`.
@@ -349,7 +379,7 @@ async fn run_backup(
         TypeArg::Auto => BackupType::Auto,
     };
     let transfer = TransferOptions::with_connections(usize::from(args.connections));
-    let result = if args.vcenter.vcenter.is_some() {
+    let result = if args.vcenter.vcenter.is_some() || args.vcenter.vcenter_credential.is_some() {
         let remote = remote.ok_or_else(|| {
             invalid(
                 "--vcenter",

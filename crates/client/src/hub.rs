@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
+use sendense_types::api::{SessionRequest, VcenterSession};
 use sendense_types::{
-    ApiError, Backup, BackupId, Chain, CompleteBackupRequest, FailBackupRequest, Health,
-    RegisterVmRequest, RestoreExports, StartBackupRequest, Vm, VmName,
+    ApiError, Backup, BackupId, Chain, CompleteBackupRequest, Credential, CredentialName,
+    CredentialRequest, FailBackupRequest, Health, RegisterVmRequest, RestoreExports,
+    StartBackupRequest, Vm, VmName,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -183,6 +185,32 @@ impl HubClient {
             None::<&()>,
         )
         .await
+    }
+
+    /// `POST /api/v1/credentials`: store a vCenter credential (answered without its password).
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn put_credential(
+        &self,
+        request: &CredentialRequest,
+    ) -> Result<Credential, ClientError> {
+        self.call(Method::POST, "/api/v1/credentials", Some(request))
+            .await
+    }
+
+    /// `POST /api/v1/credentials/{name}/session`: the hub logs in to the credential's vCenter
+    /// and answers the session (never the password).
+    ///
+    /// # Errors
+    /// See the module documentation (404: no such credential; 502: vCenter refused or failed).
+    pub async fn credential_session(
+        &self,
+        name: &CredentialName,
+        request: &SessionRequest,
+    ) -> Result<VcenterSession, ClientError> {
+        let path = format!("/api/v1/credentials/{name}/session");
+        self.call(Method::POST, &path, Some(request)).await
     }
 
     /// `POST /api/v1/backups/{id}/exports`: read-only exports of a restore point.

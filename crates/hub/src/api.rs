@@ -14,14 +14,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use sendense_types::api::SessionRequest;
 use sendense_types::api::error_codes;
 use sendense_types::{
-    ApiError, BackupId, BackupQuery, CompleteBackupRequest, CredentialRequest, FailBackupRequest,
-    Health, RegisterVmRequest, StartBackupRequest, VmName,
+    ApiError, BackupId, BackupQuery, CompleteBackupRequest, CredentialName, CredentialRequest,
+    FailBackupRequest, Health, RegisterVmRequest, StartBackupRequest, VmName,
 };
 use serde::de::DeserializeOwned;
 
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, SessionError};
 use crate::engine::Engine;
 use crate::error::{ErrorKind, HubError};
 
@@ -59,6 +60,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/credentials",
             post(put_credential).get(list_credentials),
+        )
+        .route(
+            "/api/v1/credentials/{name}/session",
+            post(credential_session),
         )
         .route("/api/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -291,6 +296,32 @@ async fn put_credential(
 
 async fn list_credentials(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(blocking(move || s.credentials.list()).await?))
+}
+
+/// Logs in to the credential's vCenter for the client; answers the session, never the
+/// password.
+async fn credential_session(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    Body(req): Body<SessionRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let name: CredentialName = parse("credential name", &name)?;
+    let session = Arc::clone(&s.credentials).open_session(name, req).await?;
+    Ok(Json(session))
+}
+
+impl From<SessionError> for ApiFailure {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Store(e) => e.into(),
+            SessionError::Trust { .. } => Self::bad_request(crate::cli::error_chain(&e)),
+            other => {
+                let message = crate::cli::error_chain(&other);
+                tracing::warn!(error = %message, "vCenter session for a client refused");
+                Self::new(StatusCode::BAD_GATEWAY, error_codes::BAD_GATEWAY, message)
+            }
+        }
+    }
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -3,13 +3,22 @@
 //! under a 256-bit key in `DATA/credentials.key` (mode 0600, created on
 //! first use). The catalog only ever sees the sealed bytes; no API answer
 //! and no log line carries a password.
+//!
+//! Clients that refer to a credential by name (`sendense-client backup
+//! --vcenter-credential NAME`) get a *session*, never the password:
+//! [`Credentials::open_session`] logs in to the credential's vCenter with the
+//! sealed password (checking vCenter's certificate as the client asks) and
+//! answers the `vmware_soap_session` cookie value and the host. Each call is
+//! one fresh login: a client asks again when vCenter expires its session.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use sendense_catalog::Catalog;
+use sendense_types::api::{SessionRequest, VcenterSession};
 use sendense_types::{Credential, CredentialName, CredentialRequest, Timestamp};
+use sendense_vsphere::{ConnectOptions, ErrorKind as VsphereKind, Session, TlsMode, VsphereError};
 
 use crate::error::HubError;
 use crate::tls::write_file;
@@ -17,10 +26,62 @@ use crate::tls::write_file;
 /// Key file name inside the data folder.
 pub const KEY_FILE: &str = "credentials.key";
 
+/// Limit for each HTTP exchange of the hub's own vCenter login.
+const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The credential store.
 pub struct Credentials {
     catalog: Arc<Catalog>,
     key: LessSafeKey,
+}
+
+/// Why [`Credentials::open_session`] answered no session. No variant carries the password.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The store failed, or no credential has that name (its [`HubError::kind`] says which).
+    #[error(transparent)]
+    Store(#[from] HubError),
+    /// The client's trust choice for vCenter's certificate is unusable (bad `ca_pem`).
+    #[error("Cannot use the ca_pem given for vCenter of credential {name}")]
+    Trust {
+        /// The credential.
+        name: CredentialName,
+        /// The cause.
+        #[source]
+        source: VsphereError,
+    },
+    /// vCenter refused the credential's user name and password.
+    #[error("vCenter {host} refused the login of credential {name} (user {username})")]
+    LoginRefused {
+        /// The credential.
+        name: CredentialName,
+        /// Its vCenter.
+        host: String,
+        /// Its user name.
+        username: String,
+        /// vCenter's fault.
+        #[source]
+        source: VsphereError,
+    },
+    /// vCenter could not be reached, its certificate did not verify, or it failed.
+    #[error("Cannot log in to vCenter {host} with credential {name}")]
+    Vcenter {
+        /// The credential.
+        name: CredentialName,
+        /// Its vCenter.
+        host: String,
+        /// The cause.
+        #[source]
+        source: VsphereError,
+    },
+}
+
+/// What a login needs, read from the store (the password only in memory, never logged).
+struct LoginDetails {
+    host: String,
+    username: String,
+    password: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -107,6 +168,88 @@ impl Credentials {
         String::from_utf8(plain).map_err(|_| HubError::Crypto)
     }
 
+    /// Logs in to the credential's vCenter with its sealed password and answers the session
+    /// (cookie value and host): what `POST /api/v1/credentials/{name}/session` answers.
+    /// vCenter's certificate is checked as `request` says (the client's `--vcenter-ca` PEM,
+    /// or `--insecure`).
+    ///
+    /// # Errors
+    /// [`SessionError::Store`] (unknown credential: its kind is `NotFound`),
+    /// [`SessionError::Trust`], [`SessionError::LoginRefused`], [`SessionError::Vcenter`].
+    pub async fn open_session(
+        self: Arc<Self>,
+        name: CredentialName,
+        request: SessionRequest,
+    ) -> Result<VcenterSession, SessionError> {
+        let store = Arc::clone(&self);
+        let key = name.clone();
+        let details = tokio::task::spawn_blocking(move || store.login_details(&key))
+            .await
+            .map_err(|e| HubError::io(KEY_FILE, std::io::Error::other(e)))??;
+        let tls = match request.ca_pem {
+            Some(pem) => TlsMode::CaPem(pem.into_bytes()),
+            None => TlsMode::Insecure,
+        };
+        let mut options =
+            ConnectOptions::new(&details.host, &details.username, &details.password, tls);
+        options.request_timeout = LOGIN_TIMEOUT;
+        let session = Session::connect(options).await.map_err(|source| {
+            let host = details.host.clone();
+            match source.kind() {
+                VsphereKind::Authentication => SessionError::LoginRefused {
+                    name: name.clone(),
+                    host,
+                    username: details.username.clone(),
+                    source,
+                },
+                _ if matches!(
+                    source,
+                    VsphereError::CaFile { .. } | VsphereError::Tls { .. }
+                ) =>
+                {
+                    SessionError::Trust {
+                        name: name.clone(),
+                        source,
+                    }
+                }
+                _ => SessionError::Vcenter {
+                    name: name.clone(),
+                    host,
+                    source,
+                },
+            }
+        })?;
+        let session_cookie = session
+            .session_cookie()
+            .ok_or_else(|| SessionError::Vcenter {
+                name: name.clone(),
+                host: details.host.clone(),
+                source: VsphereError::UnexpectedResponse {
+                    what: "Login answered no session cookie",
+                },
+            })?;
+        tracing::info!(credential = %name, host = %details.host, "vCenter session opened for a client");
+        Ok(VcenterSession {
+            host: details.host,
+            session_cookie,
+        })
+    }
+
+    fn login_details(&self, name: &CredentialName) -> Result<LoginDetails, HubError> {
+        let record = self.catalog.credential(name)?.ok_or_else(|| {
+            HubError::Catalog(sendense_catalog::CatalogError::CredentialNotFound {
+                name: name.clone(),
+            })
+        })?;
+        let plain = self.open_sealed(name, &record.sealed_password)?;
+        let password = String::from_utf8(plain).map_err(|_| HubError::Crypto)?;
+        Ok(LoginDetails {
+            host: record.host,
+            username: record.username,
+            password,
+        })
+    }
+
     fn seal(&self, name: &CredentialName, plain: &[u8]) -> Result<Vec<u8>, HubError> {
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let mut out = plain.to_vec();
@@ -182,5 +325,136 @@ mod tests {
         let sealed = creds.seal(&a, b"pw").unwrap();
         assert!(creds.open_sealed(&b, &sealed).is_err());
         assert_eq!(creds.open_sealed(&a, &sealed).unwrap(), b"pw");
+    }
+
+    mod sessions {
+        use super::*;
+        use sendense_vsphere::simulator::{SIM_PASSWORD, SIM_USER, Simulator};
+
+        struct World {
+            _dir: tempfile::TempDir,
+            _sim_dir: tempfile::TempDir,
+            sim: Simulator,
+            creds: Arc<Credentials>,
+        }
+
+        async fn world(password: &str) -> World {
+            let dir = tempfile::tempdir().unwrap();
+            let sim_dir = tempfile::tempdir().unwrap();
+            let sim = Simulator::start(sim_dir.path()).await.unwrap();
+            let creds = Arc::new(store(dir.path()));
+            let req = CredentialRequest::new(
+                "vc1".parse().unwrap(),
+                sim.address(),
+                SIM_USER.into(),
+                password.into(),
+            )
+            .unwrap();
+            creds.put(&req).unwrap();
+            World {
+                _dir: dir,
+                _sim_dir: sim_dir,
+                sim,
+                creds,
+            }
+        }
+
+        fn trusting(sim: &Simulator) -> SessionRequest {
+            SessionRequest::trusting(String::from_utf8(sim.ca_pem()).unwrap()).unwrap()
+        }
+
+        #[tokio::test]
+        async fn open_session_valid_credential_logs_in_once_and_answers_host_and_cookie() {
+            let w = world(SIM_PASSWORD).await;
+
+            let s = Arc::clone(&w.creds)
+                .open_session("vc1".parse().unwrap(), trusting(&w.sim))
+                .await
+                .unwrap();
+
+            assert_eq!(
+                (
+                    s.host.as_str(),
+                    s.session_cookie.is_empty(),
+                    w.sim.stats().logins
+                ),
+                (w.sim.address().as_str(), false, 1)
+            );
+        }
+
+        #[tokio::test]
+        async fn open_session_answer_never_holds_the_password() {
+            let w = world(SIM_PASSWORD).await;
+
+            let s = Arc::clone(&w.creds)
+                .open_session("vc1".parse().unwrap(), SessionRequest::insecure())
+                .await
+                .unwrap();
+
+            assert!(!serde_json::to_string(&s).unwrap().contains(SIM_PASSWORD));
+        }
+
+        #[tokio::test]
+        async fn open_session_unknown_credential_is_not_found_naming_it() {
+            let w = world(SIM_PASSWORD).await;
+
+            let err = Arc::clone(&w.creds)
+                .open_session("nope".parse().unwrap(), trusting(&w.sim))
+                .await
+                .unwrap_err();
+
+            assert!(
+                matches!(&err, SessionError::Store(e) if e.kind() == crate::error::ErrorKind::NotFound)
+                    && crate::cli::error_chain(&err).contains("nope"),
+                "{err:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn open_session_refused_login_names_credential_not_password() {
+            let w = world("wrong-Pa55word").await;
+
+            let err = Arc::clone(&w.creds)
+                .open_session("vc1".parse().unwrap(), trusting(&w.sim))
+                .await
+                .unwrap_err();
+
+            let text = crate::cli::error_chain(&err);
+            assert!(
+                matches!(err, SessionError::LoginRefused { .. })
+                    && text.contains("vc1")
+                    && !text.contains("wrong-Pa55word"),
+                "{text}"
+            );
+        }
+
+        #[tokio::test]
+        async fn open_session_untrusted_certificate_is_a_vcenter_error() {
+            let w = world(SIM_PASSWORD).await;
+            let other_dir = tempfile::tempdir().unwrap();
+            let other = Simulator::start(other_dir.path()).await.unwrap();
+
+            let err = Arc::clone(&w.creds)
+                .open_session("vc1".parse().unwrap(), trusting(&other))
+                .await
+                .unwrap_err();
+
+            assert!(matches!(err, SessionError::Vcenter { .. }), "{err:?}");
+        }
+
+        #[tokio::test]
+        async fn open_session_ca_pem_without_certificate_is_a_trust_error() {
+            let w = world(SIM_PASSWORD).await;
+
+            let err = Arc::clone(&w.creds)
+                .open_session(
+                    "vc1".parse().unwrap(),
+                    SessionRequest::trusting("not a certificate".to_owned()).unwrap(),
+                )
+                .await
+                .unwrap_err();
+
+            assert!(matches!(err, SessionError::Trust { .. }), "{err:?}");
+        }
     }
 }

@@ -69,6 +69,14 @@ pub const DOCUMENT: &str = r##"{
       "Credential": { "type": "object", "properties": {
         "name": { "type": "string" }, "host": { "type": "string" }, "username": { "type": "string" },
         "created_at": { "type": "string", "format": "date-time" } } },
+      "SessionRequest": { "type": "object", "additionalProperties": false,
+        "description": "How the hub checks vCenter's certificate: exactly one of ca_pem and insecure=true",
+        "properties": {
+        "ca_pem": { "type": "string", "maxLength": 262144, "description": "PEM CA certificate(s) of vCenter" },
+        "insecure": { "type": "boolean", "default": false, "description": "Accept any vCenter certificate" } } },
+      "VcenterSession": { "type": "object", "required": ["host", "session_cookie"], "properties": {
+        "host": { "type": "string", "description": "The credential's vCenter, HOST[:PORT]" },
+        "session_cookie": { "type": "string", "description": "Value of vCenter's vmware_soap_session cookie (a bearer secret)" } } },
       "Health": { "type": "object", "properties": { "status": { "type": "string" }, "version": { "type": "string" } } }
     },
     "responses": {
@@ -134,6 +142,13 @@ pub const DOCUMENT: &str = r##"{
           "400": { "$ref": "#/components/responses/Error" } } },
       "get": { "summary": "List credentials (never passwords)",
         "responses": { "200": { "description": "Credentials", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Credential" } } } } } } } },
+    "/api/v1/credentials/{name}/session": {
+      "parameters": [ { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } } ],
+      "post": { "summary": "Log in to the credential's vCenter (the hub must reach it) and answer the session, never the password",
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SessionRequest" } } } },
+        "responses": { "200": { "description": "A logged-in vCenter session", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/VcenterSession" } } } },
+          "400": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" },
+          "502": { "description": "vCenter refused the login or could not be reached", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ApiError" } } } } } } },
     "/api/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
   }
 }"##;
@@ -156,6 +171,7 @@ mod tests {
             "/api/v1/backups/chain/{vm_name}",
             "/api/v1/backups/{id}/exports",
             "/api/v1/credentials",
+            "/api/v1/credentials/{name}/session",
             "/api/v1/openapi.json",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");

@@ -46,6 +46,8 @@ pub mod error_codes {
     pub const CONFLICT: &str = "conflict";
     /// The hub failed (HTTP 500).
     pub const INTERNAL: &str = "internal";
+    /// A system the hub talks to on the caller's behalf (vCenter) failed or refused (HTTP 502).
+    pub const BAD_GATEWAY: &str = "bad_gateway";
 }
 
 /// The kind of backup asked for. The hub resolves `auto` into `full` or `incremental`; a stored
@@ -604,6 +606,102 @@ pub struct Credential {
     pub created_at: Timestamp,
 }
 
+/// Longest CA bundle accepted in a [`SessionRequest`], in bytes.
+pub const MAX_CA_PEM_LEN: usize = 256 * 1024;
+
+/// `POST /api/v1/credentials/{name}/session`: how the hub must check vCenter's certificate
+/// when it logs in for the client: `{"ca_pem": "-----BEGIN CERTIFICATE-----..."}` or
+/// `{"insecure": true}` (exactly one of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SessionRequestWire")]
+pub struct SessionRequest {
+    /// PEM CA certificate(s) that signed vCenter's certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// Accept any vCenter certificate.
+    pub insecure: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionRequestWire {
+    #[serde(default)]
+    ca_pem: Option<String>,
+    #[serde(default)]
+    insecure: bool,
+}
+
+impl TryFrom<SessionRequestWire> for SessionRequest {
+    type Error = TypesError;
+
+    fn try_from(wire: SessionRequestWire) -> Result<Self, Self::Error> {
+        match (wire.ca_pem, wire.insecure) {
+            (Some(pem), false) => Self::trusting(pem),
+            (None, true) => Ok(Self::insecure()),
+            (Some(_), true) => Err(TypesError::InvalidField {
+                field: "insecure",
+                reason: "must not be true together with ca_pem",
+            }),
+            (None, false) => Err(TypesError::InvalidField {
+                field: "ca_pem",
+                reason: "is required unless insecure is true",
+            }),
+        }
+    }
+}
+
+impl SessionRequest {
+    /// Check vCenter's certificate against these PEM CA certificates (1..=256 KiB).
+    ///
+    /// # Errors
+    /// [`TypesError::InvalidField`] when `ca_pem` is empty or too long.
+    pub fn trusting(ca_pem: String) -> Result<Self, TypesError> {
+        if ca_pem.trim().is_empty() || ca_pem.len() > MAX_CA_PEM_LEN {
+            return Err(TypesError::InvalidField {
+                field: "ca_pem",
+                reason: "must be 1 byte to 256 KiB of PEM",
+            });
+        }
+        Ok(Self {
+            ca_pem: Some(ca_pem),
+            insecure: false,
+        })
+    }
+
+    /// Accept any vCenter certificate.
+    #[must_use]
+    pub fn insecure() -> Self {
+        Self {
+            ca_pem: None,
+            insecure: true,
+        }
+    }
+}
+
+/// The answer of `POST /api/v1/credentials/{name}/session`: a vCenter session the hub
+/// logged in with the credential's sealed password. Never the password itself.
+///
+/// `session_cookie` is a bearer secret (the value of vCenter's `vmware_soap_session`
+/// cookie): its `Debug` hides it, and it must not be logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VcenterSession {
+    /// The credential's vCenter, `HOST[:PORT]`.
+    pub host: String,
+    /// The value of the `vmware_soap_session` cookie, to send as
+    /// `Cookie: vmware_soap_session=<value>` on SOAP calls and datastore reads.
+    pub session_cookie: String,
+}
+
+impl fmt::Debug for VcenterSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VcenterSession")
+            .field("host", &self.host)
+            .field("session_cookie", &"<redacted>")
+            .finish()
+    }
+}
+
 /// `GET /api/v1/health`: `{status, version}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -677,4 +775,44 @@ pub struct BackupSummary {
     pub bytes_sent: u64,
     /// Per disk.
     pub disks: Vec<DiskSummary>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_request_ca_pem_round_trips() {
+        let req = SessionRequest::trusting("-----BEGIN CERTIFICATE-----".to_owned()).unwrap();
+
+        let back: SessionRequest =
+            serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn session_request_without_trust_choice_is_rejected() {
+        let err = serde_json::from_str::<SessionRequest>("{}").unwrap_err();
+
+        assert!(err.to_string().contains("ca_pem"), "{err}");
+    }
+
+    #[test]
+    fn session_request_ca_pem_and_insecure_is_rejected() {
+        let err = serde_json::from_str::<SessionRequest>(r#"{"ca_pem":"x","insecure":true}"#)
+            .unwrap_err();
+
+        assert!(err.to_string().contains("insecure"), "{err}");
+    }
+
+    #[test]
+    fn vcenter_session_debug_hides_cookie() {
+        let s = VcenterSession {
+            host: "vc:443".to_owned(),
+            session_cookie: "\"52abc\"".to_owned(),
+        };
+
+        assert!(!format!("{s:?}").contains("52abc"));
+    }
 }

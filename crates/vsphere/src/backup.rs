@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::cbt::{ALL_ALLOCATED, changed_areas};
 use crate::datastore::{DatastoreFile, DatastorePath};
-use crate::error::{FaultKind, VsphereError};
+use crate::error::{FaultKind, SoapFault, VsphereError};
 use crate::session::Session;
 use crate::soap::{DiskBacking, MoRef, VirtualDisk};
 use crate::source::{CbtContext, VmDiskSource};
@@ -258,7 +258,15 @@ impl VsphereBackup {
                 "Sendense backup (removed automatically)",
                 options.quiesce,
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                VsphereError::TaskFailed { fault, .. }
+                    if options.quiesce && is_quiesce_fault(&fault) =>
+                {
+                    VsphereError::QuiesceFailed { fault }
+                }
+                other => other,
+            })?;
         info!(vm = %info.name, snapshot = %snapshot, name, "snapshot created");
         let cleanup = SnapshotCleanup::new(session.clone(), snapshot.clone());
         let plan = Plan {
@@ -545,6 +553,15 @@ async fn full_extents(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether a failed `CreateSnapshot_Task` failed because the guest could not be quiesced
+/// (no VMware Tools, or the guest's quiescing failed), rather than for another reason.
+fn is_quiesce_fault(fault: &SoapFault) -> bool {
+    matches!(
+        fault.kind.type_name(),
+        "ToolsUnavailable" | "ApplicationQuiesceFault" | "GuestOperationsUnavailable"
+    ) || fault.message.to_ascii_lowercase().contains("quiesce")
 }
 
 #[cfg(test)]

@@ -327,6 +327,26 @@ pub enum VsphereError {
         /// The flag.
         flag: &'static str,
     },
+    /// vCenter could not create a quiesced snapshot (typically: VMware Tools missing or not
+    /// running in the guest). Nothing was created.
+    #[error(
+        "vCenter could not quiesce the guest for the snapshot ({fault}); VMware Tools must be \
+         installed and running in the guest for --quiesce: install them or back up without --quiesce"
+    )]
+    QuiesceFailed {
+        /// vCenter's fault.
+        fault: SoapFault,
+    },
+    /// The hub could not hand out a vCenter session for a stored credential
+    /// (`--vcenter-credential`): unknown credential, vCenter refused the login, hub unreachable.
+    #[error("The hub could not open a vCenter session with credential {credential}")]
+    CredentialSession {
+        /// The credential's name.
+        credential: String,
+        /// The hub call's error (the hub's status and message).
+        #[source]
+        source: Box<sendense_client::ClientError>,
+    },
     /// The user interrupted the run (Ctrl-C).
     #[error("Interrupted")]
     Interrupted,
@@ -371,7 +391,10 @@ impl VsphereError {
             Self::Fault { fault, .. } if fault.kind == FaultKind::InvalidLogin => {
                 ErrorKind::Authentication
             }
-            Self::Fault { .. } | Self::TaskFailed { .. } => ErrorKind::Fault,
+            Self::CredentialSession { .. } => ErrorKind::Authentication,
+            Self::Fault { .. } | Self::TaskFailed { .. } | Self::QuiesceFailed { .. } => {
+                ErrorKind::Fault
+            }
             Self::VmNotFound { .. } | Self::AmbiguousVm { .. } => ErrorKind::NotFound,
             Self::UnsupportedBacking { .. }
             | Self::UnsupportedDiskMode { .. }
@@ -396,7 +419,9 @@ impl VsphereError {
     #[must_use]
     pub fn fault_kind(&self) -> Option<&FaultKind> {
         match self {
-            Self::Fault { fault, .. } | Self::TaskFailed { fault, .. } => Some(&fault.kind),
+            Self::Fault { fault, .. }
+            | Self::TaskFailed { fault, .. }
+            | Self::QuiesceFailed { fault } => Some(&fault.kind),
             _ => None,
         }
     }

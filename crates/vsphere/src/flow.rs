@@ -11,7 +11,8 @@
 //!
 //! # Sequence ([`run_until`])
 //!
-//! 1. Log in to vCenter; find the VM; its vCenter name is its name at the hub.
+//! 1. Log in to vCenter (with a password, or with a session the hub issues for a stored
+//!    credential, `--vcenter-credential`: see [`crate::credential`]); find the VM; its vCenter name is its name at the hub.
 //! 2. Read the hub's chain of the VM (404 or empty: a first full). The last completed backup
 //!    gives each disk's previous change id and capacity.
 //! 3. [`VsphereBackup::prepare`]: one snapshot, change ids from the snapshot, extents per disk,
@@ -47,13 +48,15 @@ use sendense_client::transfer::{
 };
 use sendense_types::{
     Backup, BackupStatus, BackupSummary, BackupType, Chain, CompleteBackupRequest, CompleteDisk,
-    DiskKey, DiskSpec, FailBackupRequest, RegisterVmRequest, StartBackupRequest, VmName,
+    CredentialName, DiskKey, DiskSpec, FailBackupRequest, RegisterVmRequest, StartBackupRequest,
+    VmName,
 };
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::backup::{DiskMode, PrepareOptions, Prepared, PreviousDisk, VsphereBackup};
+use crate::credential::{HubSessionIssuer, session_request};
 use crate::error::VsphereError;
-use crate::session::{ConnectOptions, Session, TlsMode, read_password_file};
+use crate::session::{ConnectOptions, Login, Session, TlsMode, read_password_file};
 
 /// Everything a vCenter backup needs.
 #[derive(Debug, Clone)]
@@ -61,8 +64,11 @@ use crate::session::{ConnectOptions, Session, TlsMode, read_password_file};
 pub struct VcenterBackupOptions {
     /// The hub.
     pub hub: HubOptions,
-    /// vCenter address, credentials, TLS and timeouts.
+    /// vCenter address, login, TLS and timeouts. With [`Self::credential`], the login and
+    /// (when empty) the address come from the hub.
     pub connect: ConnectOptions,
+    /// Log in with this credential stored at the hub (`--vcenter-credential`).
+    pub credential: Option<CredentialName>,
     /// The VM's inventory path or name in vCenter.
     pub vm: String,
     /// Full, incremental or auto.
@@ -82,6 +88,7 @@ impl VcenterBackupOptions {
         Self {
             hub,
             connect,
+            credential: None,
             vm: vm.to_owned(),
             backup_type: BackupType::Auto,
             quiesce: false,
@@ -111,30 +118,47 @@ impl RemoteBackup for VcenterProvider {
 ///
 /// # Errors
 /// [`VsphereError::PasswordFile`]; [`VsphereError::MissingArgument`] when a vCenter flag is
-/// absent.
+/// absent; [`VsphereError::HubVmName`] for an invalid credential name.
 pub fn options_from_request(
     request: &RemoteBackupRequest,
 ) -> Result<VcenterBackupOptions, VsphereError> {
     let v = &request.vcenter;
     let missing = |flag: &'static str| VsphereError::MissingArgument { flag };
-    let address = v.vcenter.as_deref().ok_or_else(|| missing("--vcenter"))?;
-    let user = v
-        .vcenter_user
-        .as_deref()
-        .ok_or_else(|| missing("--vcenter-user"))?;
-    let password_file = v
-        .vcenter_password_file
-        .as_deref()
-        .ok_or_else(|| missing("--vcenter-password-file"))?;
-    let password = read_password_file(password_file)?;
     let tls = match (&v.vcenter_ca, v.insecure) {
         (Some(ca), _) => TlsMode::CaFile(ca.clone()),
         (None, true) => TlsMode::Insecure,
         (None, false) => return Err(missing("--vcenter-ca or --insecure")),
     };
-    let connect = ConnectOptions::new(address, user, &password, tls);
+    let (connect, credential) = match &v.vcenter_credential {
+        Some(name) => {
+            let name =
+                CredentialName::try_from(name.as_str()).map_err(|e| VsphereError::HubVmName {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            // The login comes from the hub; the address too unless --vcenter overrides it.
+            let address = v.vcenter.as_deref().unwrap_or_default();
+            let connect = ConnectOptions::new(address, "", "", tls);
+            (connect, Some(name))
+        }
+        None => {
+            let address = v.vcenter.as_deref().ok_or_else(|| missing("--vcenter"))?;
+            let user = v
+                .vcenter_user
+                .as_deref()
+                .ok_or_else(|| missing("--vcenter-user (or --vcenter-credential NAME)"))?;
+            let password_file = v
+                .vcenter_password_file
+                .as_deref()
+                .ok_or_else(|| missing("--vcenter-password-file"))?;
+            let password = read_password_file(password_file)?;
+            (ConnectOptions::new(address, user, &password, tls), None)
+        }
+    };
     let mut options = VcenterBackupOptions::new(request.hub.clone(), connect, &request.vm);
+    options.credential = credential;
     options.backup_type = request.backup_type;
+    options.quiesce = v.quiesce;
     options.transfer = request.transfer;
     options.progress = Arc::clone(&request.progress);
     Ok(options)
@@ -172,7 +196,24 @@ async fn run_inner(
     let started = Instant::now();
     let mut shutdown = pin!(shutdown);
     let hub = HubClient::new(&options.hub).map_err(client)?;
-    let session = Session::connect(options.connect.clone()).await?;
+    let connect = match &options.credential {
+        None => options.connect.clone(),
+        Some(name) => {
+            let request = session_request(&options.connect.tls)?;
+            let issuer = HubSessionIssuer::new(hub.clone(), name.clone(), request);
+            let host = issuer.open().await?;
+            let address = if options.connect.address.is_empty() {
+                host
+            } else {
+                options.connect.address.clone()
+            };
+            let mut connect = options.connect.clone();
+            connect.address = address;
+            connect.login = Login::Issued(Arc::new(issuer));
+            connect
+        }
+    };
+    let session = Session::connect(connect).await?;
     let result = with_session(&options, &hub, &session, shutdown.as_mut(), started).await;
     if let Err(e) = session.logout().await {
         warn!(error = %e, "vCenter logout failed");

@@ -1,6 +1,7 @@
 //! vSphere client for Sendense: back up VMware VMs with Changed Block Tracking, no VDDK.
 //!
 //! - [`Session`]: a logged-in vCenter SOAP session (rustls, re-login on expiry).
+//! - [`credential`]: sessions issued by the hub for a stored credential (`--vcenter-credential`).
 //! - [`soap`]: hand-written vim25 envelopes and bounded response parsing.
 //! - [`cbt::changed_areas`]: the paged `QueryChangedDiskAreas` loop.
 //! - [`DatastoreFile`]: `/folder` Range reads with bounded concurrency and 503 back-off.
@@ -37,6 +38,7 @@
 
 pub mod backup;
 pub mod cbt;
+pub mod credential;
 pub mod datastore;
 pub mod error;
 pub mod flow;
@@ -54,7 +56,9 @@ pub use backup::{
 pub use cbt::{ALL_ALLOCATED, ChangedAreas, changed_areas};
 pub use datastore::{DatastoreFile, DatastorePath};
 pub use error::{ErrorKind, FaultKind, SoapFault, VsphereError};
-pub use session::{ConnectOptions, Session, TlsMode, VmInfo, read_password_file};
+pub use session::{
+    ConnectOptions, IssueFuture, Login, Session, SessionIssuer, TlsMode, VmInfo, read_password_file,
+};
 pub use soap::{MoRef, VirtualDisk};
 pub use source::VmDiskSource;
 pub use xml::{MAX_DEPTH, MAX_ELEMENTS, MAX_RESPONSE_BYTES};

@@ -5,6 +5,11 @@
 //! multi-hour transfer), the session logs in again once and retries the call; concurrent
 //! callers that hit the expiry together share one re-login (a generation counter).
 //!
+//! How the session logs in is a [`Login`] strategy: SOAP `Login` with a user and password
+//! ([`Login::Password`]), or a session cookie issued by someone who holds the password
+//! ([`Login::Issued`]: the hub, for `--vcenter-credential`). Expiry is handled the same way
+//! for both: the strategy is asked again.
+//!
 //! Every HTTP exchange has a timeout, and every response body is read with a size bound
 //! ([`crate::xml::MAX_RESPONSE_BYTES`]) before parsing.
 
@@ -51,15 +56,73 @@ impl std::fmt::Debug for TlsMode {
     }
 }
 
+/// Future returned by a [`SessionIssuer`].
+pub type IssueFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<String, VsphereError>> + Send + 'a>>;
+
+/// Hands out logged-in vCenter sessions without revealing how (the hub, which holds the
+/// password of a stored credential).
+pub trait SessionIssuer: Send + Sync + std::fmt::Debug {
+    /// A fresh logged-in session: the value of its `vmware_soap_session` cookie.
+    fn issue(&self) -> IssueFuture<'_>;
+
+    /// Who logs in, for log lines (never a secret), e.g. `credential vc1 (via the hub)`.
+    fn describe(&self) -> String;
+}
+
+/// How a [`Session`] logs in, first and again when vCenter expires the session.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Login {
+    /// SOAP `Login` with a user name and password.
+    Password {
+        /// User name.
+        user: String,
+        /// Password (never logged or printed by `Debug`).
+        password: String,
+    },
+    /// A session cookie from an issuer; asked again on expiry.
+    Issued(Arc<dyn SessionIssuer>),
+}
+
+impl Login {
+    /// User name and password.
+    #[must_use]
+    pub fn password(user: &str, password: &str) -> Self {
+        Self::Password {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Password { user, .. } => user.clone(),
+            Self::Issued(issuer) => issuer.describe(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Password { user, .. } => f
+                .debug_struct("Password")
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .finish(),
+            Self::Issued(issuer) => f.debug_tuple("Issued").field(issuer).finish(),
+        }
+    }
+}
+
 /// Connection settings.
 #[derive(Clone)]
 pub struct ConnectOptions {
     /// `HOST[:PORT]` (HTTPS) or a full `https://` / `http://` base URL.
     pub address: String,
-    /// User name.
-    pub user: String,
-    /// Password (never logged or printed by `Debug`).
-    pub password: String,
+    /// How to log in.
+    pub login: Login,
     /// Certificate checking.
     pub tls: TlsMode,
     /// Limit for one HTTP exchange (SOAP call or datastore page).
@@ -79,14 +142,19 @@ pub struct ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Options with the defaults: 120 s requests, 1 h tasks, 4 reads of 32 MiB in flight,
-    /// 8 attempts on HTTP 503 starting at 250 ms.
+    /// Options logging in with a user and password, with the defaults: 120 s requests, 1 h
+    /// tasks, 4 reads of 32 MiB in flight, 8 attempts on HTTP 503 starting at 250 ms.
     #[must_use]
     pub fn new(address: &str, user: &str, password: &str, tls: TlsMode) -> Self {
+        Self::with_login(address, Login::password(user, password), tls)
+    }
+
+    /// Options with another login strategy, and the defaults of [`Self::new`].
+    #[must_use]
+    pub fn with_login(address: &str, login: Login, tls: TlsMode) -> Self {
         Self {
             address: address.to_owned(),
-            user: user.to_owned(),
-            password: password.to_owned(),
+            login,
             tls,
             request_timeout: Duration::from_secs(120),
             task_timeout: Duration::from_secs(3600),
@@ -123,8 +191,7 @@ impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectOptions")
             .field("address", &self.address)
-            .field("user", &self.user)
-            .field("password", &"<redacted>")
+            .field("login", &self.login)
             .field("tls", &self.tls)
             .field("request_timeout", &self.request_timeout)
             .field("task_timeout", &self.task_timeout)
@@ -156,8 +223,7 @@ pub struct Session {
 struct Inner {
     http: reqwest::Client,
     base: String,
-    user: String,
-    password: String,
+    login: Login,
     cookie: Mutex<Option<HeaderValue>>,
     relogin: tokio::sync::Mutex<()>,
     generation: AtomicU64,
@@ -170,7 +236,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("base", &self.inner.base)
-            .field("user", &self.inner.user)
+            .field("login", &self.inner.login)
             .finish_non_exhaustive()
     }
 }
@@ -210,8 +276,7 @@ impl Session {
             inner: Arc::new(Inner {
                 http,
                 base,
-                user: options.user.clone(),
-                password: options.password.clone(),
+                login: options.login.clone(),
                 cookie: Mutex::new(None),
                 relogin: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
@@ -221,7 +286,7 @@ impl Session {
             }),
         };
         session.login().await?;
-        info!(vcenter = %session.inner.base, user = %session.inner.user, "logged in to vCenter");
+        info!(vcenter = %session.inner.base, user = %session.inner.login.describe(), "logged in to vCenter");
         Ok(session)
     }
 
@@ -247,13 +312,30 @@ impl Session {
             .map(drop)
     }
 
+    /// The value of the session's `vmware_soap_session` cookie (a bearer secret: hand it only
+    /// to whom may use the session, never log it); `None` before a login answered one.
+    #[must_use]
+    pub fn session_cookie(&self) -> Option<String> {
+        let cookie = self.cookie()?;
+        let pair = cookie.to_str().ok()?;
+        pair.split_once('=').map(|(_, v)| v.to_owned())
+    }
+
     async fn login(&self) -> Result<(), VsphereError> {
-        let body = soap::login(
-            &self.inner.content.session_manager,
-            &self.inner.user,
-            &self.inner.password,
-        );
-        self.post("Login", &body).await.map(drop)
+        match &self.inner.login {
+            Login::Password { user, password } => {
+                let body = soap::login(&self.inner.content.session_manager, user, password);
+                self.post("Login", &body).await.map(drop)
+            }
+            Login::Issued(issuer) => {
+                let value = issuer.issue().await?;
+                let header = cookie_header(&value)?;
+                if let Ok(mut slot) = self.inner.cookie.lock() {
+                    *slot = Some(header);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Log in again unless another caller did since `seen` generation.
@@ -694,6 +776,17 @@ fn session_cookie(v: &HeaderValue) -> Option<HeaderValue> {
     (name.trim() == SESSION_COOKIE)
         .then(|| HeaderValue::from_str(first).ok())
         .flatten()
+}
+
+/// A `Cookie` header carrying an issued session cookie value.
+fn cookie_header(value: &str) -> Result<HeaderValue, VsphereError> {
+    let bad = VsphereError::UnexpectedResponse {
+        what: "issued session cookie is not a valid cookie value",
+    };
+    if value.is_empty() || value.contains([';', ',', ' ']) {
+        return Err(bad);
+    }
+    HeaderValue::from_str(&format!("{SESSION_COOKIE}={value}")).map_err(|_| bad)
 }
 
 /// `HOST[:PORT]` or an http(s) URL, as a base URL without a trailing slash.

@@ -97,6 +97,10 @@ pub struct SimStats {
     pub snapshots_removed: u32,
     /// `ReconfigVM_Task` calls.
     pub reconfigs: u32,
+    /// `CreateSnapshot_Task` calls that asked for a quiesced snapshot.
+    pub quiesce_requests: u32,
+    /// `CreateSnapshot_Task` calls that asked for no quiescing.
+    pub plain_snapshot_requests: u32,
 }
 
 /// A running simulator. Dropping it stops the server.
@@ -203,6 +207,8 @@ struct State {
     fail_next: Vec<(String, String, String)>,
     raw_next: Option<Vec<u8>>,
     fail_task_next: Vec<(String, String, String)>,
+    /// Fault quiesced snapshots, as vCenter does for a VM without VMware Tools.
+    no_tools: bool,
     stats: SimStats,
     dir: PathBuf,
 }
@@ -476,6 +482,12 @@ impl Simulator {
         self.lock()
             .fail_task_next
             .push((method.to_owned(), fault.to_owned(), message.to_owned()));
+    }
+
+    /// Pretend every VM lacks VMware Tools: a `CreateSnapshot_Task` with `quiesce=true` fails
+    /// (`ToolsUnavailable`) and creates no snapshot; unquiesced snapshots still work.
+    pub fn set_tools_missing(&self, missing: bool) {
+        self.lock().no_tools = missing;
     }
 
     /// Answer the next SOAP call (after login) with these raw bytes, HTTP 200.
@@ -863,6 +875,18 @@ fn dispatch(st: &mut State, method: &str, m: &Element) -> Resp {
                 return not_found(&this);
             }
             let name = text(m, "name").to_owned();
+            if text(m, "quiesce") == "true" {
+                st.stats.quiesce_requests += 1;
+                if st.no_tools {
+                    return failed_task(
+                        st,
+                        "ToolsUnavailable",
+                        "Cannot create a quiesced snapshot because VMware Tools are not running in the guest.",
+                    );
+                }
+            } else {
+                st.stats.plain_snapshot_requests += 1;
+            }
             let snap = create_snapshot(st, &this, &name);
             st.stats.snapshots_created += 1;
             new_task(
@@ -897,6 +921,21 @@ fn not_found(id: &str) -> Resp {
         "ManagedObjectNotFound",
         &format!("The object '{id}' has already been deleted or has not been completely created"),
     )
+}
+
+/// A task that ends in `kind`'s fault (after the configured polls).
+fn failed_task(st: &mut State, kind: &str, message: &str) -> Resp {
+    let id = st.id("task");
+    let polls_left = st.task_polls;
+    st.tasks.insert(
+        id.clone(),
+        Task {
+            polls_left,
+            result: None,
+            error: Some((kind.to_owned(), message.to_owned())),
+        },
+    );
+    ok("CreateSnapshot_Task", &mo("returnval", "Task", &id))
 }
 
 fn new_task(st: &mut State, method: &str, result: Option<(String, String)>) -> Resp {

@@ -542,3 +542,78 @@ async fn full_plus_incrementals_reconstruct_the_disk_exactly() {
     let file = std::fs::read(e.sim.disk_file(&e.vm, 2000).unwrap()).unwrap();
     assert!(image == file, "reconstructed image differs from the disk");
 }
+
+#[tokio::test]
+async fn prepare_with_quiesce_asks_vcenter_for_a_quiesced_snapshot() {
+    let e = env().await;
+    let s = session(&e.sim).await;
+    let options = PrepareOptions {
+        quiesce: true,
+        force_full: false,
+    };
+
+    let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &options)
+        .await
+        .unwrap();
+    p.finish().await.unwrap();
+
+    let stats = e.sim.stats();
+    assert_eq!(
+        (stats.quiesce_requests, stats.plain_snapshot_requests),
+        (1, 0)
+    );
+}
+
+#[tokio::test]
+async fn prepare_without_quiesce_asks_for_a_plain_snapshot() {
+    let e = env().await;
+    let s = session(&e.sim).await;
+
+    let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &PrepareOptions::default())
+        .await
+        .unwrap();
+    p.finish().await.unwrap();
+
+    let stats = e.sim.stats();
+    assert_eq!(
+        (stats.quiesce_requests, stats.plain_snapshot_requests),
+        (0, 1)
+    );
+}
+
+#[tokio::test]
+async fn prepare_quiesce_without_tools_fails_naming_quiesce_and_leaves_no_snapshot() {
+    let e = env().await;
+    e.sim.set_tools_missing(true);
+    let s = session(&e.sim).await;
+    let options = PrepareOptions {
+        quiesce: true,
+        force_full: false,
+    };
+
+    let err = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &options)
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(&err, VsphereError::QuiesceFailed { .. })
+            && err.to_string().contains("without --quiesce")
+            && err.to_string().contains("VMware Tools")
+            && e.sim.snapshot_names(&e.vm).is_empty(),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn prepare_plain_snapshot_without_tools_succeeds() {
+    let e = env().await;
+    e.sim.set_tools_missing(true);
+    let s = session(&e.sim).await;
+
+    let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &PrepareOptions::default())
+        .await
+        .unwrap();
+    p.finish().await.unwrap();
+
+    assert!(e.sim.snapshot_names(&e.vm).is_empty());
+}

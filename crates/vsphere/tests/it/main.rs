@@ -3,8 +3,6 @@
 #[cfg(test)]
 mod backup;
 #[cfg(test)]
-mod flow;
-#[cfg(test)]
 mod session;
 #[cfg(test)]
 mod support;

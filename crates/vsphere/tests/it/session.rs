@@ -21,7 +21,7 @@ async fn connect_valid_credentials_logs_in() {
 async fn connect_wrong_password_is_authentication_error() {
     let e = env().await;
     let mut o = options(&e.sim);
-    o.password = "wrong".to_owned();
+    o.login = sendense_vsphere::Login::password(SIM_USER, "wrong");
     let err = Session::connect(o).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Authentication);
 }
@@ -414,4 +414,95 @@ fn simulator_on_own_runtime_serves_a_blocking_caller() {
         .unwrap();
     let logged_in = rt.block_on(Session::connect(options(&sim))).is_ok();
     assert!(logged_in && sim.stats().logins == 1);
+}
+
+/// An issuer that logs in to the simulator with the password itself (as the hub does) and
+/// counts how often it was asked.
+#[derive(Debug)]
+struct CountingIssuer {
+    options: ConnectOptions,
+    issued: std::sync::atomic::AtomicU32,
+}
+
+impl sendense_vsphere::SessionIssuer for CountingIssuer {
+    fn issue(&self) -> sendense_vsphere::IssueFuture<'_> {
+        Box::pin(async move {
+            self.issued
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let s = Session::connect(self.options.clone()).await?;
+            Ok(s.session_cookie().unwrap())
+        })
+    }
+
+    fn describe(&self) -> String {
+        "test issuer".to_owned()
+    }
+}
+
+fn issued_options(
+    sim: &sendense_vsphere::simulator::Simulator,
+) -> (ConnectOptions, std::sync::Arc<CountingIssuer>) {
+    let issuer = std::sync::Arc::new(CountingIssuer {
+        options: options(sim),
+        issued: std::sync::atomic::AtomicU32::new(0),
+    });
+    let mut o = options(sim);
+    o.login = sendense_vsphere::Login::Issued(issuer.clone());
+    (o, issuer)
+}
+
+#[tokio::test]
+async fn issued_login_session_is_reused_for_every_call() {
+    let e = env().await;
+    let (o, issuer) = issued_options(&e.sim);
+
+    let s = Session::connect(o).await.unwrap();
+    s.find_vm("vm1").await.unwrap();
+    s.find_vm("dc1/vm/vm1").await.unwrap();
+
+    assert_eq!(
+        (
+            issuer.issued.load(std::sync::atomic::Ordering::SeqCst),
+            e.sim.stats().logins
+        ),
+        (1, 1)
+    );
+}
+
+#[tokio::test]
+async fn issued_login_expired_session_asks_the_issuer_again() {
+    let e = env().await;
+    let (o, issuer) = issued_options(&e.sim);
+    let s = Session::connect(o).await.unwrap();
+    e.sim.expire_sessions();
+
+    let vm = s.find_vm("vm1").await.unwrap();
+
+    assert_eq!(
+        (
+            vm.value,
+            issuer.issued.load(std::sync::atomic::Ordering::SeqCst)
+        ),
+        (e.vm.clone(), 2)
+    );
+}
+
+#[tokio::test]
+async fn session_cookie_is_the_value_vcenter_set() {
+    let e = env().await;
+    let s = session(&e.sim).await;
+
+    let cookie = s.session_cookie().unwrap();
+
+    assert!(
+        cookie.starts_with('"') && cookie.len() > 10 && !cookie.contains("vmware_soap_session"),
+        "{cookie}"
+    );
+}
+
+#[tokio::test]
+async fn connect_options_debug_hides_password_of_login() {
+    let o = ConnectOptions::new("h", "u", "hunter2", TlsMode::Insecure);
+
+    assert!(!format!("{o:?}").contains("hunter2"));
 }

@@ -1,6 +1,9 @@
 //! `backup --vcenter` end to end: the simulator, a real in-process hub (HTTPS API, NBD over
 //! TLS, QCOW2 repository), the client's transfer engine, and `qemu-img compare` of every
 //! repository image against the simulator's disk files.
+//!
+//! (Moved here from `sendense-vsphere`'s own tests: the hub now depends on `sendense-vsphere`
+//! for its vCenter logins, so that crate can no longer use the hub in its tests.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +23,7 @@ use sendense_vsphere::flow::{VcenterBackupOptions, VcenterProvider, run_until};
 use sendense_vsphere::simulator::{DiskSpec, Simulator, VmSpec};
 use tempfile::TempDir;
 
-use crate::support::{MIB, options};
+use super::{MIB, options};
 
 /// A simulator with VM `vm1` (CBT on, disks of 4 MiB and 2 MiB) and a running hub.
 struct World {
