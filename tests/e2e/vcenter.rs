@@ -27,3 +27,565 @@ fn options(sim: &Simulator) -> ConnectOptions {
     o.busy_backoff = Duration::from_millis(1);
     o
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real binaries: `sendense-hub serve` and `sendense-client backup --vcenter ...`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sendense_client::hub::{HubClient, HubOptions};
+use sendense_types::{BackupId, CredentialRequest};
+use sendense_vsphere::simulator::{DiskSpec, VmSpec};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::support::{client, hub, qemu_img, s, write_random};
+
+/// How long the hub may take to start.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A `sendense-hub serve` subprocess (debug logs as JSON, every line kept), killed on drop.
+struct HubProc {
+    child: Child,
+    data: PathBuf,
+    api: String,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl HubProc {
+    fn start(data: &Path) -> Self {
+        let mut child = hub()
+            .args(["serve", "--data-dir", s(data)])
+            .args(["--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx): (_, Receiver<Value>) = mpsc::channel();
+        let keep = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    // The receiver is gone once the hub is ready; keep draining.
+                    let _ = tx.send(v);
+                }
+                keep.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + DEADLINE;
+        let api = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("hub ready");
+            if line["fields"]["message"] == "hub ready" {
+                break line["fields"]["api"].as_str().unwrap().to_owned();
+            }
+        };
+        Self {
+            child,
+            data: data.to_owned(),
+            api,
+            lines,
+        }
+    }
+
+    fn options(&self) -> HubOptions {
+        HubOptions {
+            url: self.api.clone(),
+            ca_file: self.data.join("tls/ca-cert.pem"),
+            token_file: self.data.join("api.token"),
+        }
+    }
+
+    /// Every log line so far.
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Log lines whose message is `message`.
+    fn count(&self, message: &str) -> usize {
+        let needle = format!("\"message\":\"{message}\"");
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(&needle))
+            .count()
+    }
+
+    /// Runs a REST call through the client library on a small runtime.
+    fn rest<T, F: Future<Output = T>>(&self, call: impl FnOnce(HubClient) -> F) -> T {
+        let hub = HubClient::new(&self.options()).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(call(hub))
+    }
+
+    fn put_credential(&self, name: &str, host: &str, password: &str) {
+        let req = CredentialRequest::new(
+            name.parse().unwrap(),
+            host.to_owned(),
+            SIM_USER.to_owned(),
+            password.to_owned(),
+        )
+        .unwrap();
+        let answer = self.rest(|h| async move { h.put_credential(&req).await.unwrap() });
+        assert!(!serde_json::to_string(&answer).unwrap().contains(password));
+    }
+}
+
+impl Drop for HubProc {
+    fn drop(&mut self) {
+        // Already exited is fine.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The simulator (own runtime) with VM `vm1`: CBT on, disks 2000 (4 MiB) and 2001 (2 MiB)
+/// holding some data; the files the client needs to trust and log in to it.
+struct Vc {
+    sim: Simulator,
+    vm: String,
+    ca: PathBuf,
+    password_file: PathBuf,
+    dir: TempDir,
+}
+
+impl Vc {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sim_dir = dir.path().join("sim");
+        std::fs::create_dir(&sim_dir).unwrap();
+        let sim = Simulator::start_blocking(&sim_dir).unwrap();
+        let vm = sim
+            .add_vm(&VmSpec {
+                name: "vm1".to_owned(),
+                cbt_enabled: true,
+                disks: vec![DiskSpec::flat(4 * MIB), DiskSpec::flat(2 * MIB)],
+            })
+            .unwrap();
+        let ca = dir.path().join("vc-ca.pem");
+        std::fs::write(&ca, sim.ca_pem()).unwrap();
+        let password_file = dir.path().join("vc.pw");
+        std::fs::write(&password_file, format!("{SIM_PASSWORD}\n")).unwrap();
+        let vc = Self {
+            sim,
+            vm,
+            ca,
+            password_file,
+            dir,
+        };
+        vc.write(2000, 0, 300 * 1024, 1);
+        vc.write(2000, 3 * MIB, 128 * 1024, 2);
+        vc.write(2001, 512 * 1024, 192 * 1024, 3);
+        vc
+    }
+
+    /// Writes pseudo-random bytes into a disk through the simulator (CBT records them).
+    fn write(&self, key: i32, offset: u64, len: usize, seed: u64) {
+        let scratch = self.dir.path().join("scratch");
+        write_random(&scratch, 0, len, seed);
+        let data = std::fs::read(&scratch).unwrap();
+        self.sim
+            .write_disk(&self.vm, key, offset, &data[..len])
+            .unwrap();
+    }
+
+    fn password_args(&self) -> Vec<String> {
+        vec![
+            "--vcenter".into(),
+            self.sim.address(),
+            "--vcenter-user".into(),
+            SIM_USER.into(),
+            "--vcenter-password-file".into(),
+            s(&self.password_file).into(),
+            "--vcenter-ca".into(),
+            s(&self.ca).into(),
+        ]
+    }
+
+    fn credential_args(&self, name: &str) -> Vec<String> {
+        vec![
+            "--vcenter-credential".into(),
+            name.into(),
+            "--vcenter-ca".into(),
+            s(&self.ca).into(),
+        ]
+    }
+
+    fn snapshots_left(&self) -> Vec<String> {
+        self.sim.snapshot_names(&self.vm)
+    }
+}
+
+/// `sendense-client backup --vm dc1/vm/vm1 --json` against `hub` with `extra` arguments.
+fn backup(hub: &HubProc, extra: &[String]) -> Output {
+    let o = hub.options();
+    client()
+        .args(["backup", "--hub", &o.url, "--ca", s(&o.ca_file)])
+        .args(["--token-file", s(&o.token_file), "--vm", "dc1/vm/vm1"])
+        .args(["--connections", "2", "--json", "--log-format", "json"])
+        .args(extra)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The `--json` summary of a successful run.
+fn summary(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Stderr of a failed run.
+fn failure(out: &Output) -> String {
+    assert!(!out.status.success(), "the run succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn disk_bytes(summary: &Value, key: u64) -> u64 {
+    summary["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["disk_key"] == key)
+        .unwrap()["bytes_sent"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `qemu-img compare` of every disk image of the backup (with its chain) with the
+/// simulator's flat file.
+fn assert_images_match(hub: &HubProc, vc: &Vc, summary: &Value) {
+    let id: BackupId = summary["backup_id"].as_str().unwrap().parse().unwrap();
+    let backup = hub.rest(|h| async move { h.backup(&id).await.unwrap() });
+    assert_eq!(backup.disks.len(), 2);
+    for d in &backup.disks {
+        let image = hub.data.join("repository").join(d.file.as_deref().unwrap());
+        let flat = vc
+            .sim
+            .disk_file(&vc.vm, i32::try_from(d.disk_key.get()).unwrap())
+            .unwrap();
+        let out = qemu_img(&["compare", "-f", "qcow2", "-F", "raw", s(&image), s(&flat)]);
+        assert!(
+            out.status.success(),
+            "{} differs from {}: {}{}",
+            image.display(),
+            flat.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The run's full → changed blocks → incremental → CBT reset → automatic full sequence,
+/// with `login` arguments; answers the three summaries.
+fn full_incremental_reset(hub: &HubProc, vc: &Vc, login: &[String]) -> [Value; 3] {
+    let full = summary(&backup(hub, login));
+    assert_eq!(
+        (&full["backup_type"], &full["status"]),
+        (&Value::from("full"), &Value::from("completed"))
+    );
+    assert!(vc.snapshots_left().is_empty());
+    assert_images_match(hub, vc, &full);
+
+    // 64 KiB on disk 2000 and 128 KiB on disk 2001 change; only they travel.
+    vc.write(2000, MIB, 64 * 1024, 11);
+    vc.write(2001, 0, 128 * 1024, 12);
+    let inc = summary(&backup(hub, login));
+    assert_eq!(
+        (&inc["backup_type"], &inc["status"]),
+        (&Value::from("incremental"), &Value::from("completed"))
+    );
+    assert_eq!(
+        (
+            disk_bytes(&inc, 2000),
+            disk_bytes(&inc, 2001),
+            &inc["bytes_sent"]
+        ),
+        (64 * 1024, 128 * 1024, &Value::from(192 * 1024)),
+        "{inc}"
+    );
+    assert!(vc.snapshots_left().is_empty());
+    assert_images_match(hub, vc, &inc);
+
+    // CBT reset: an automatic full on a new chain.
+    vc.sim.reset_cbt(&vc.vm);
+    vc.write(2001, MIB, 64 * 1024, 13);
+    let again = summary(&backup(hub, login));
+    assert_eq!(
+        (&again["backup_type"], &again["status"]),
+        (&Value::from("full"), &Value::from("completed"))
+    );
+    assert!(vc.snapshots_left().is_empty());
+    assert_images_match(hub, vc, &again);
+    let chain = hub.rest(|h| async move { h.chain(&"vm1".parse().unwrap()).await.unwrap() });
+    assert_eq!(chain.backups[0].backup_id.as_str(), again["backup_id"]);
+    [full, inc, again]
+}
+
+#[test]
+fn binaries_vcenter_password_full_incremental_cbt_reset_new_full_match_simulator() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(data.path());
+    let vc = Vc::start();
+
+    let [full, ..] = full_incremental_reset(&hub, &vc, &vc.password_args());
+
+    assert!(disk_bytes(&full, 2000) >= 428 * 1024, "{full}");
+    let st = vc.sim.stats();
+    assert_eq!((st.snapshots_created, st.snapshots_removed), (3, 3));
+}
+
+#[test]
+fn binaries_vcenter_credential_full_incremental_cbt_reset_new_full_match_simulator() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(data.path());
+    let vc = Vc::start();
+    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD);
+
+    full_incremental_reset(&hub, &vc, &vc.credential_args("vc1"));
+
+    // One session per run, issued by the hub (the client never logs in itself).
+    assert_eq!(
+        (
+            hub.count("vCenter session opened for a client"),
+            vc.sim.stats().logins
+        ),
+        (3, 3)
+    );
+    assert!(
+        !hub.log().contains(SIM_PASSWORD),
+        "password in the hub's log"
+    );
+}
+
+#[test]
+fn binaries_vcenter_credential_session_expiring_mid_run_is_renewed_through_the_hub() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(data.path());
+    let vc = Vc::start();
+    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD);
+    // Every session dies after 6 SOAP calls: a run needs several.
+    vc.sim.expire_sessions_after(Some(6));
+
+    let out = backup(&hub, &vc.credential_args("vc1"));
+
+    let full = summary(&out);
+    assert_eq!(full["status"], "completed");
+    assert!(
+        hub.count("vCenter session opened for a client") >= 2,
+        "the hub issued no second session"
+    );
+    assert!(vc.snapshots_left().is_empty());
+    assert_images_match(&hub, &vc, &full);
+    let client_log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        client_log.contains("vCenter session expired"),
+        "{client_log}"
+    );
+}
+
+/// A raw REST call (method, path, JSON body): (status, body text).
+fn raw(hub: &HubProc, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, String) {
+    let o = hub.options();
+    let tls = sendense_client::hub::tls_config(&o.ca_file).unwrap();
+    let token = std::fs::read_to_string(&o.token_file).unwrap();
+    let url = format!("{}{path}", o.url);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let http = reqwest::Client::builder()
+                .use_preconfigured_tls((*tls).clone())
+                .build()
+                .unwrap();
+            let mut req = http.request(method, url).bearer_auth(token.trim());
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        })
+}
+
+fn session_body(vc: &Vc) -> Value {
+    serde_json::json!({ "ca_pem": String::from_utf8(vc.sim.ca_pem()).unwrap() })
+}
+
+#[test]
+fn binaries_vcenter_credential_password_never_in_answers_or_logs() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(data.path());
+    let vc = Vc::start();
+    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD);
+
+    let out = backup(&hub, &vc.credential_args("vc1"));
+    let (list_status, list) = raw(&hub, reqwest::Method::GET, "/api/v1/credentials", None);
+    let (session_status, session) = raw(
+        &hub,
+        reqwest::Method::POST,
+        "/api/v1/credentials/vc1/session",
+        Some(session_body(&vc)),
+    );
+
+    summary(&out);
+    assert_eq!(
+        (list_status, session_status),
+        (200, 200),
+        "{list}\n{session}"
+    );
+    let answer: Value = serde_json::from_str(&session).unwrap();
+    assert_eq!(answer["host"], vc.sim.address());
+    let everything = format!(
+        "{}\n{}\n{}\n{list}\n{session}",
+        hub.log(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!everything.contains(SIM_PASSWORD), "password leaked");
+    assert!(
+        hub.log().contains("vc1"),
+        "the hub's log never names the credential"
+    );
+}
+
+#[test]
+fn binaries_vcenter_unknown_credential_is_404_naming_it_and_nothing_started() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(data.path());
+    let vc = Vc::start();
+
+    let stderr = failure(&backup(&hub, &vc.credential_args("nosuch")));
+    let (status, body) = raw(
+        &hub,
+        reqwest::Method::POST,
+        "/api/v1/credentials/nosuch/session",
+        Some(session_body(&vc)),
+    );
+
+    assert!(
+        stderr.contains("404") && stderr.contains("nosuch"),
+        "{stderr}"
+    );
+    assert!(status == 404 && body.contains("nosuch"), "{status} {body}");
+    assert_eq!(vc.sim.stats().snapshots_created, 0);
+}
+
+#[test]
+fn binaries_vcenter_credential_refused_login_names_credential_never_password() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(data.path());
+    let vc = Vc::start();
+    hub.put_credential("vc1", &vc.sim.address(), "Wr0ng-pa55word");
+
+    let out = backup(&hub, &vc.credential_args("vc1"));
+    let (status, body) = raw(
+        &hub,
+        reqwest::Method::POST,
+        "/api/v1/credentials/vc1/session",
+        Some(session_body(&vc)),
+    );
+
+    let stderr = failure(&out);
+    assert!(
+        stderr.contains("vc1") && stderr.contains("refused the login"),
+        "{stderr}"
+    );
+    assert!(status == 502 && body.contains("vc1"), "{status} {body}");
+    let everything = format!("{}\n{stderr}\n{body}", hub.log());
+    assert!(!everything.contains("Wr0ng-pa55word"), "password leaked");
+    assert_eq!(vc.sim.stats().snapshots_created, 0);
+}
+
+#[test]
+fn binaries_vcenter_quiesce_is_asked_of_vcenter() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(data.path());
+    let vc = Vc::start();
+    let mut args = vc.password_args();
+    args.push("--quiesce".into());
+
+    let full = summary(&backup(&hub, &args));
+
+    assert_eq!(full["status"], "completed");
+    assert_eq!(vc.sim.stats().quiesce_requests, 1);
+    assert!(vc.snapshots_left().is_empty());
+}
+
+#[test]
+fn binaries_vcenter_quiesce_without_tools_fails_suggesting_no_quiesce_leaving_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(data.path());
+    let vc = Vc::start();
+    vc.sim.set_tools_missing(true);
+    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD);
+    let mut args = vc.credential_args("vc1");
+    args.push("--quiesce".into());
+
+    let stderr = failure(&backup(&hub, &args));
+
+    assert!(
+        stderr.contains("VMware Tools") && stderr.contains("without --quiesce"),
+        "{stderr}"
+    );
+    assert!(vc.snapshots_left().is_empty());
+    let (status, backups) = raw(
+        &hub,
+        reqwest::Method::GET,
+        "/api/v1/backups?vm_name=vm1",
+        None,
+    );
+    assert_eq!((status, backups.as_str()), (200, "[]"));
+}
+
+#[test]
+fn binaries_vcenter_credential_with_password_flags_is_refused_by_the_parser() {
+    let out = client()
+        .args(["backup", "--hub", "https://127.0.0.1:1", "--ca", "ca.pem"])
+        .args(["--token-file", "t", "--vm", "vm1", "--insecure"])
+        .args(["--vcenter-credential", "vc1", "--vcenter", "h:443"])
+        .args(["--vcenter-user", "u", "--vcenter-password-file", "pw"])
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(2) && stderr.contains("cannot be used with"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn binaries_client_backup_help_explains_credential_and_quiesce() {
+    let out = client().args(["backup", "--help"]).output().unwrap();
+
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--vcenter-credential <NAME>")
+            && help.contains("never the password")
+            && help.contains("--quiesce"),
+        "{help}"
+    );
+}

@@ -157,9 +157,9 @@ pub struct VcenterArgs {
     pub vcenter_password_file: Option<PathBuf>,
     /// Log in with the vCenter credential NAME stored at the hub (POST /api/v1/credentials)
     /// instead of --vcenter-user/--vcenter-password-file: the hub logs in to the credential's
-    /// vCenter with the sealed password and hands this client only a session (and again when
-    /// the session expires). The hub must reach vCenter. The host is the credential's unless
-    /// --vcenter is given.
+    /// vCenter with the sealed password and hands this client a session, never the password
+    /// (and a fresh one when the session expires). The hub must reach vCenter. The host is the
+    /// credential's unless --vcenter is given.
     #[arg(
         long,
         value_name = "NAME",
