@@ -466,6 +466,15 @@ fn binaries_vcenter_credential_password_never_in_answers_or_logs() {
     );
     assert!(!everything.contains(SIM_PASSWORD), "password leaked");
     assert!(
+        hub.log().contains(r#""level":"DEBUG""#),
+        "the hub did not log at debug"
+    );
+    let cookie = answer["session_cookie"].as_str().unwrap();
+    assert!(
+        !hub.log().contains(cookie),
+        "session cookie in the hub's log"
+    );
+    assert!(
         hub.log().contains("vc1"),
         "the hub's log never names the credential"
     );
@@ -527,10 +536,12 @@ fn binaries_vcenter_quiesce_is_asked_of_vcenter() {
     let mut args = vc.password_args();
     args.push("--quiesce".into());
 
-    let full = summary(&backup(&hub, &args));
+    let out = backup(&hub, &args);
 
+    let full = summary(&out);
     assert_eq!(full["status"], "completed");
     assert_eq!(vc.sim.stats().quiesce_requests, 1);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(SIM_PASSWORD));
     assert!(vc.snapshots_left().is_empty());
 }
 
