@@ -30,7 +30,7 @@ use crate::parse::{
     default_feature_names,
 };
 use crate::raw::{OFF_AUTOCLEAR, QCOW2_MAGIC, RAW_HEADER_LEN};
-use crate::storage::{Storage, read_or_zero};
+use crate::storage::{FileStorage, Storage, read_data_or_zero, read_or_zero};
 
 /// Hard upper bound on backing chain depth, whatever the caller asks for.
 pub const MAX_CHAIN_DEPTH: usize = 256;
@@ -395,6 +395,22 @@ impl Core {
             .write_at(buf, off)
             .map_err(|e| Qcow2Error::io(op, &self.path, e))
     }
+    /// Reads guest data (may bypass the page cache, see [`crate::storage`]).
+    pub(crate) fn read_data(&self, buf: &mut [u8], off: u64) -> Result<(), Qcow2Error> {
+        read_data_or_zero(self.storage.as_ref(), buf, off)
+            .map_err(|e| Qcow2Error::io("read data", &self.path, e))
+    }
+    /// Writes guest data (may bypass the page cache, see [`crate::storage`]).
+    pub(crate) fn write_data(
+        &self,
+        buf: &[u8],
+        off: u64,
+        op: &'static str,
+    ) -> Result<(), Qcow2Error> {
+        self.storage
+            .write_data_at(buf, off)
+            .map_err(|e| Qcow2Error::io(op, &self.path, e))
+    }
     pub(crate) fn sync(&self, op: &'static str) -> Result<(), Qcow2Error> {
         self.storage
             .sync_data()
@@ -606,7 +622,8 @@ impl Image {
         let lock_file = file
             .try_clone()
             .map_err(|e| Qcow2Error::io("dup", path, e))?;
-        let mut img = Self::from_storage(Box::new(file), path, writable)?;
+        let storage = FileStorage::with_direct_io(file, path, writable);
+        let mut img = Self::from_storage(Box::new(storage), path, writable)?;
         img.lock_file = Some(lock_file);
         if let Some(name) = img.header.backing_file.clone() {
             if depth + 1 > limit {
@@ -895,7 +912,7 @@ impl Image {
             let start = (s.guest - offset) as usize;
             let out = &mut buf[start..start + s.len as usize];
             match s.src {
-                ReadSrc::Host(h) => self.core.read_exact(out, h, "read data")?,
+                ReadSrc::Host(h) => self.core.read_data(out, h)?,
                 ReadSrc::Zero => out.fill(0),
                 ReadSrc::Backing => self.read_backing(out, s.guest)?,
                 ReadSrc::Compressed { entry, within } => {
@@ -1185,8 +1202,10 @@ impl Image {
         }
         for piece in &pieces {
             match piece {
-                Piece::User(h, s, n) => self.core.write(&buf[*s..*s + *n], *h, "write data")?,
-                Piece::Owned(h, d) => self.core.write(d, *h, "write data")?,
+                Piece::User(h, s, n) => {
+                    self.core.write_data(&buf[*s..*s + *n], *h, "write data")?;
+                }
+                Piece::Owned(h, d) => self.core.write_data(d, *h, "write data")?,
             }
         }
         Ok(())

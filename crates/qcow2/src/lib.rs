@@ -44,4 +44,4 @@ pub use image::{
     OpenOptions, RawBacking,
 };
 pub use parse::{BackingFormat, CompressionType};
-pub use storage::{MemStorage, Storage};
+pub use storage::{AlignedBuf, DIRECT_ALIGN, FileStorage, MemStorage, Storage};

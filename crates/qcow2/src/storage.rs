@@ -2,12 +2,30 @@
 //!
 //! All methods take `&self`: implementations must be safe to call from many threads at once
 //! (the file backend uses `pread`/`pwrite`, which are).
+//!
+//! # Direct I/O for data
+//! [`FileStorage`] writes data clusters with `O_DIRECT` when the caller's buffer, the offset
+//! and the length are all multiples of [`DIRECT_ALIGN`] (give it an [`AlignedBuf`]); anything
+//! else, and all metadata, goes through the page cache. On this project's machines a buffered
+//! write of fresh data costs the kernel a page-cache copy that runs at under 1 GB/s, while the
+//! same data written with `O_DIRECT` goes at the disk's speed (2 GiB: 8.4 s buffered + fsync,
+//! 1.3 s direct, measured with `dd`). Both descriptors are the same file: Linux writes back and
+//! drops cached pages of a range before a direct write to it, so buffered reads stay coherent,
+//! and `fsync` on either descriptor makes both kinds of write durable.
 
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::ops::{Deref, DerefMut};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
+
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
+
+/// Alignment (memory address, file offset and length) a write needs to bypass the page cache.
+pub const DIRECT_ALIGN: usize = 4096;
 
 /// Positional I/O on an image file.
 pub trait Storage: Send + Sync + fmt::Debug {
@@ -50,13 +68,220 @@ pub trait Storage: Send + Sync + fmt::Debug {
         let _ = (offset, len);
         Ok(())
     }
+    /// Writes guest data (not metadata) at `offset`. A backend may bypass the page cache when
+    /// `buf`, `offset` and the length are suitably aligned; the default is [`Self::write_at`].
+    ///
+    /// # Errors
+    /// Operating-system errors.
+    fn write_data_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_at(buf, offset)
+    }
+    /// Reads guest data (not metadata) like [`Self::read_at`]. A backend may bypass the page
+    /// cache when `buf`, `offset` and the length are suitably aligned; the default is
+    /// [`Self::read_at`].
+    ///
+    /// # Errors
+    /// Operating-system errors.
+    fn read_data_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.read_at(buf, offset)
+    }
+}
+
+/// One 4 KiB page, aligned to [`DIRECT_ALIGN`].
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C, align(4096))]
+struct Page([u8; DIRECT_ALIGN]);
+
+/// A byte buffer whose start is aligned to [`DIRECT_ALIGN`], so that writes from it can use
+/// direct I/O. Dereferences to `[u8]` of its current length.
+#[derive(Clone, Default)]
+pub struct AlignedBuf {
+    pages: Vec<Page>,
+    len: usize,
+}
+
+impl fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl AlignedBuf {
+    /// `len` zero bytes.
+    #[must_use]
+    pub fn zeroed(len: usize) -> Self {
+        let mut b = Self::default();
+        b.resize(len);
+        b
+    }
+
+    /// Sets the length to `len`. Growing exposes zeros or bytes left from an earlier, longer
+    /// use of this buffer (callers overwrite them); the allocation is kept when shrinking.
+    pub fn resize(&mut self, len: usize) {
+        let pages = len.div_ceil(DIRECT_ALIGN);
+        if pages > self.pages.len() {
+            self.pages.resize(pages, Page::new_zeroed());
+        }
+        self.len = len;
+    }
+
+    /// Bytes the buffer holds without reallocating.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.pages.len() * DIRECT_ALIGN
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.pages.as_bytes()[..self.len]
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.pages.as_mut_bytes()[..self.len]
+    }
+}
+
+/// Whether I/O of `buf` at `offset` meets the direct-I/O alignment.
+#[must_use]
+pub fn is_direct_aligned(buf: &[u8], offset: u64) -> bool {
+    let a = DIRECT_ALIGN as u64;
+    (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+        && buf.len().is_multiple_of(DIRECT_ALIGN)
+        && !buf.is_empty()
+        && offset.is_multiple_of(a)
+}
+
+/// An image file: positional I/O through the page cache, plus an optional second descriptor
+/// of the same file opened with `O_DIRECT` for aligned data reads and writes (see the module
+/// docs).
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+    direct: Option<File>,
+    direct_failed: AtomicBool,
+}
+
+impl FileStorage {
+    /// Buffered I/O only.
+    #[must_use]
+    pub fn buffered(file: File) -> Self {
+        Self {
+            file,
+            direct: None,
+            direct_failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Buffered I/O, plus direct reads and writes of aligned data through a second descriptor
+    /// of `path` opened with `O_DIRECT` (writable only if `writable`). A file system that
+    /// refuses `O_DIRECT` (tmpfs) leaves only the buffered path.
+    #[must_use]
+    pub fn with_direct_io(file: File, path: &Path, writable: bool) -> Self {
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok();
+        Self {
+            file,
+            direct,
+            direct_failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether aligned data I/O currently bypasses the page cache.
+    #[must_use]
+    pub fn direct_io(&self) -> bool {
+        self.direct.is_some() && !self.direct_failed.load(Ordering::Relaxed)
+    }
+
+    /// The direct descriptor, if aligned I/O of `buf` at `offset` should use it.
+    fn direct_for(&self, buf: &[u8], offset: u64) -> Option<&File> {
+        self.direct.as_ref().filter(|_| {
+            !self.direct_failed.load(Ordering::Relaxed) && is_direct_aligned(buf, offset)
+        })
+    }
+
+    /// Notes a direct-I/O failure: `EINVAL` means the file system took the open but refuses
+    /// the I/O, so stop trying and let the page cache take this and every later request.
+    fn direct_refused(&self, e: &io::Error) -> bool {
+        let refused = e.raw_os_error() == Some(libc::EINVAL);
+        if refused {
+            self.direct_failed.store(true, Ordering::Relaxed);
+        }
+        refused
+    }
+}
+
+impl Storage for FileStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        Storage::read_at(&self.file, buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        Storage::write_at(&self.file, buf, offset)
+    }
+    fn file_len(&self) -> io::Result<u64> {
+        Storage::file_len(&self.file)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        Storage::set_len(&self.file, len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Storage::sync_data(&self.file)
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        Storage::sync_all(&self.file)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        Storage::punch_hole(&self.file, offset, len)
+    }
+    fn write_data_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if let Some(direct) = self.direct_for(buf, offset) {
+            match direct.write_all_at(buf, offset) {
+                Ok(()) => return Ok(()),
+                Err(e) if self.direct_refused(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Storage::write_at(&self.file, buf, offset)
+    }
+    fn read_data_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if let Some(direct) = self.direct_for(buf, offset) {
+            match Storage::read_at(direct, buf, offset) {
+                Ok(n) => return Ok(n),
+                Err(e) if self.direct_refused(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Storage::read_at(&self.file, buf, offset)
+    }
 }
 
 /// Reads `buf.len()` bytes at `offset`; bytes past the end of the storage read as zero.
 pub(crate) fn read_or_zero(s: &dyn Storage, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    fill_or_zero(buf, offset, |b, o| s.read_at(b, o))
+}
+
+/// [`read_or_zero`] of guest data, through [`Storage::read_data_at`].
+pub(crate) fn read_data_or_zero(s: &dyn Storage, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    fill_or_zero(buf, offset, |b, o| s.read_data_at(b, o))
+}
+
+fn fill_or_zero(
+    buf: &mut [u8],
+    offset: u64,
+    mut read: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
-        let n = s.read_at(&mut buf[done..], offset + done as u64)?;
+        let n = read(&mut buf[done..], offset + done as u64)?;
         if n == 0 {
             buf[done..].fill(0);
             break;
@@ -169,6 +394,73 @@ impl Storage for MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aligned_buf_is_aligned_and_resizes() {
+        let mut b = AlignedBuf::zeroed(10_000);
+        assert_eq!(b.len(), 10_000);
+        assert!(b.iter().all(|&x| x == 0));
+        assert_eq!(b.as_ptr() as usize % DIRECT_ALIGN, 0);
+        b[9_999] = 7;
+        b.resize(100);
+        assert_eq!(b.len(), 100);
+        assert_eq!(b.capacity(), 3 * DIRECT_ALIGN);
+        b.resize(20_000);
+        assert_eq!(b.len(), 20_000);
+        assert_eq!(b[9_999], 7);
+        assert_eq!(b.as_ptr() as usize % DIRECT_ALIGN, 0);
+    }
+
+    #[test]
+    fn direct_alignment_needs_pointer_offset_and_length() {
+        let b = AlignedBuf::zeroed(2 * DIRECT_ALIGN);
+        assert!(is_direct_aligned(&b, 0));
+        assert!(is_direct_aligned(&b, 65_536));
+        assert!(!is_direct_aligned(&b, 512));
+        assert!(!is_direct_aligned(&b[..DIRECT_ALIGN + 1], 0));
+        assert!(!is_direct_aligned(&b[1..=DIRECT_ALIGN], 0));
+        assert!(!is_direct_aligned(&b[..0], 0));
+    }
+
+    #[test]
+    fn file_storage_direct_and_buffered_writes_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        let s = FileStorage::with_direct_io(file, &path, true);
+        // A buffered write, then a direct one over the same range, then a partial buffered one.
+        s.write_at(&[1u8; 8192], 0).unwrap();
+        let mut b = AlignedBuf::zeroed(2 * DIRECT_ALIGN);
+        b.fill(9);
+        s.write_data_at(&b, 0).unwrap();
+        s.write_data_at(&[5u8; 100], 50).unwrap();
+        s.write_data_at(&b, 3 * DIRECT_ALIGN as u64).unwrap();
+        let mut out = vec![0u8; 5 * DIRECT_ALIGN];
+        read_or_zero(&s, &mut out, 0).unwrap();
+        let mut aligned = AlignedBuf::zeroed(6 * DIRECT_ALIGN);
+        read_data_or_zero(&s, &mut aligned, 0).unwrap();
+        assert_eq!(&aligned[..5 * DIRECT_ALIGN], &out[..]);
+        assert!(
+            aligned[5 * DIRECT_ALIGN..].iter().all(|&x| x == 0),
+            "past the end reads zeros"
+        );
+        assert!(out[..50].iter().all(|&x| x == 9));
+        assert!(out[50..150].iter().all(|&x| x == 5));
+        assert!(out[150..2 * DIRECT_ALIGN].iter().all(|&x| x == 9));
+        assert!(
+            out[2 * DIRECT_ALIGN..3 * DIRECT_ALIGN]
+                .iter()
+                .all(|&x| x == 0)
+        );
+        assert!(out[3 * DIRECT_ALIGN..].iter().all(|&x| x == 9));
+        assert_eq!(s.file_len().unwrap(), 5 * DIRECT_ALIGN as u64);
+        s.sync_all().unwrap();
+    }
 
     #[test]
     fn read_or_zero_past_end_fills_zeros() {

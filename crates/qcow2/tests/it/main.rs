@@ -10,6 +10,7 @@
 
 mod chain;
 mod concurrency;
+mod direct;
 mod golden;
 mod hostile;
 mod locking;
