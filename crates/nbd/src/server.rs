@@ -35,8 +35,13 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::codec;
 use crate::error::NbdError;
 use crate::export::{Export, ExportError, ExportRegistry, ZeroFlags, is_zero};
+
 use crate::session::{Negotiated, ServerSession, SessionAction, TlsPolicy};
 use crate::wire::{self, ChunkPayload, Errno, Request, cflag, chunk, cmd, state};
+
+mod payload;
+pub use payload::PAYLOAD_ALIGN;
+use payload::{Payload, PayloadPool};
 
 /// Server limits and TLS.
 #[derive(Debug, Clone)]
@@ -233,8 +238,10 @@ impl Conn {
         let writer = tokio::spawn(writer_task(wr, rx));
         let requests = Arc::new(Semaphore::new(max_requests));
         let bytes = Arc::new(Semaphore::new(max_bytes as usize));
+        let payloads = PayloadPool::default();
         let ctx = Arc::new(Ctx {
             export,
+            payloads: payloads.clone(),
             structured: structured_replies,
             base_allocation,
         });
@@ -275,10 +282,10 @@ impl Conn {
             let Ok(byte_permit) = Arc::clone(&bytes).acquire_many_owned(cost).await else {
                 break Ok(false);
             };
-            let mut payload = Vec::new();
+            let mut payload = Payload::empty();
             if req.command == cmd::WRITE {
-                payload = vec![0u8; req.length as usize];
-                if let Err(e) = rd.read_exact(&mut payload).await {
+                payload = payloads.take(req.length as usize);
+                if let Err(e) = rd.read_exact(payload.bytes_mut()).await {
                     break Err(e.into());
                 }
             }
@@ -286,7 +293,7 @@ impl Conn {
             let tx = tx.clone();
             tokio::task::spawn_blocking(move || {
                 let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    ctx.handle(&req, &payload)
+                    ctx.handle(&req, payload.bytes())
                 }))
                 .unwrap_or_else(|_| ctx.error_reply(&req, Errno::Io));
                 drop(payload);
@@ -350,6 +357,7 @@ async fn writer_task(
 /// What the request workers of one connection share.
 struct Ctx {
     export: Arc<dyn Export>,
+    payloads: PayloadPool,
     structured: bool,
     base_allocation: bool,
 }
@@ -424,21 +432,21 @@ impl Ctx {
     }
 
     fn read(&self, req: &Request) -> Vec<Bytes> {
-        let mut buf = vec![0u8; req.length as usize];
-        if let Err(e) = self.export.read(req.offset, &mut buf) {
+        let mut buf = self.payloads.take(req.length as usize);
+        if let Err(e) = self.export.read(req.offset, buf.bytes_mut()) {
             return self.error_reply(req, e.errno());
         }
         if !self.structured {
-            return vec![simple(0, req.cookie), Bytes::from(buf)];
+            return vec![simple(0, req.cookie), Bytes::from_owner(buf)];
         }
-        if buf.is_empty() {
+        if buf.bytes().is_empty() {
             return vec![chunk_bytes(
                 chunk::FLAG_DONE,
                 req.cookie,
                 &ChunkPayload::None,
             )];
         }
-        let data = Bytes::from(buf);
+        let data = Bytes::from_owner(buf);
         if req.flags & cflag::DF != 0 || data.len() <= READ_GRAIN {
             return data_chunk(chunk::FLAG_DONE, req.cookie, req.offset, data);
         }
