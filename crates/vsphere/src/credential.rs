@@ -103,18 +103,51 @@ pub fn session_request(tls: &TlsMode) -> Result<SessionRequest, VsphereError> {
         path,
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_owned()),
     };
-    let pem = match tls {
+    let (path, bytes) = match tls {
         TlsMode::Insecure => return Ok(SessionRequest::insecure()),
         TlsMode::CaFile(path) => {
             let bytes = std::fs::read(path).map_err(|source| VsphereError::CaFile {
                 path: path.display().to_string(),
                 source,
             })?;
-            String::from_utf8(bytes)
-                .map_err(|_| invalid(path.display().to_string(), "not UTF-8 PEM"))?
+            (path.display().to_string(), bytes)
         }
-        TlsMode::CaPem(pem) => String::from_utf8(pem.clone())
-            .map_err(|_| invalid("<in memory>".to_owned(), "not UTF-8 PEM"))?,
+        TlsMode::CaPem(pem) => ("<in memory>".to_owned(), pem.clone()),
     };
-    SessionRequest::trusting(pem).map_err(|e| invalid("<CA>".to_owned(), &e.to_string()))
+    let pem = String::from_utf8(bytes).map_err(|_| invalid(path.clone(), "not UTF-8 PEM"))?;
+    SessionRequest::trusting(pem).map_err(|e| invalid(path, &e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_request_insecure_asks_the_hub_for_insecure() {
+        assert_eq!(
+            session_request(&TlsMode::Insecure).unwrap(),
+            SessionRequest::insecure()
+        );
+    }
+
+    #[test]
+    fn session_request_ca_file_sends_its_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+
+        let req = session_request(&TlsMode::CaFile(ca)).unwrap();
+
+        assert_eq!(req.ca_pem.as_deref(), Some("-----BEGIN CERTIFICATE-----\n"));
+    }
+
+    #[test]
+    fn session_request_missing_ca_file_names_it() {
+        let err = session_request(&TlsMode::CaFile("/nonexistent/ca.pem".into())).unwrap_err();
+
+        assert!(
+            matches!(&err, VsphereError::CaFile { path, .. } if path == "/nonexistent/ca.pem"),
+            "{err:?}"
+        );
+    }
 }

@@ -337,6 +337,14 @@ pub enum VsphereError {
         /// vCenter's fault.
         fault: SoapFault,
     },
+    /// `--vcenter-credential` is not a valid credential name.
+    #[error("Invalid credential name {name:?}: {reason}")]
+    InvalidCredentialName {
+        /// The name given.
+        name: String,
+        /// Why it is invalid.
+        reason: String,
+    },
     /// The hub could not hand out a vCenter session for a stored credential
     /// (`--vcenter-credential`): unknown credential, vCenter refused the login, hub unreachable.
     #[error("The hub could not open a vCenter session with credential {credential}")]
@@ -410,6 +418,7 @@ impl VsphereError {
             | Self::ClientBuild { .. }
             | Self::MissingArgument { .. }
             | Self::HubVmName { .. }
+            | Self::InvalidCredentialName { .. }
             | Self::IncrementalImpossible { .. } => ErrorKind::Configuration,
             _ => ErrorKind::Protocol,
         }

@@ -118,7 +118,7 @@ impl RemoteBackup for VcenterProvider {
 ///
 /// # Errors
 /// [`VsphereError::PasswordFile`]; [`VsphereError::MissingArgument`] when a vCenter flag is
-/// absent; [`VsphereError::HubVmName`] for an invalid credential name.
+/// absent; [`VsphereError::InvalidCredentialName`].
 pub fn options_from_request(
     request: &RemoteBackupRequest,
 ) -> Result<VcenterBackupOptions, VsphereError> {
@@ -131,14 +131,16 @@ pub fn options_from_request(
     };
     let (connect, credential) = match &v.vcenter_credential {
         Some(name) => {
-            let name =
-                CredentialName::try_from(name.as_str()).map_err(|e| VsphereError::HubVmName {
+            let name = CredentialName::try_from(name.as_str()).map_err(|e| {
+                VsphereError::InvalidCredentialName {
                     name: name.clone(),
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
             // The login comes from the hub; the address too unless --vcenter overrides it.
             let address = v.vcenter.as_deref().unwrap_or_default();
-            let connect = ConnectOptions::new(address, "", "", tls);
+            // A placeholder login: `run` replaces it with the hub's sessions.
+            let connect = ConnectOptions::with_login(address, Login::password("", ""), tls);
             (connect, Some(name))
         }
         None => {
