@@ -63,6 +63,21 @@ pub trait DiskSource: Send + Sync + fmt::Debug {
     -> BoxFuture<'a, Result<(), SourceError>>;
     /// Runs that may hold non-zero data, sorted, non-overlapping; a full backup reads only these.
     fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, SourceError>>;
+    /// Like [`Self::read`] of `len` bytes, into an owned buffer that is resized to `len` and
+    /// handed back: a source that reads on another thread (local files, on tokio's blocking
+    /// pool) fills it there without a scratch copy. The default reads through [`Self::read`].
+    fn read_owned(
+        &self,
+        offset: u64,
+        mut buf: Vec<u8>,
+        len: usize,
+    ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+        Box::pin(async move {
+            buf.resize(len, 0);
+            self.read(offset, &mut buf[..len]).await?;
+            Ok(buf)
+        })
+    }
 }
 
 /// Opens a local disk file, detecting its format from its content: a VMDK (sparse magic `KDMV`
@@ -109,6 +124,25 @@ fn check_range(offset: u64, len: usize, size: u64) -> Result<(), SourceError> {
 /// Largest piece read on the blocking pool at once: the scratch buffer a read needs there
 /// (the pool needs owned data), so a read costs this much extra memory, not its own size.
 const BLOCKING_READ_CHUNK: usize = 1 << 20;
+
+/// Runs `f(buf, offset)` on tokio's blocking pool on the owned `buf` resized to `len`, and
+/// hands the buffer back.
+async fn read_owned_blocking<F>(
+    mut buf: Vec<u8>,
+    len: usize,
+    offset: u64,
+    f: F,
+) -> Result<Vec<u8>, SourceError>
+where
+    F: FnOnce(&mut [u8], u64) -> Result<(), SourceError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        buf.resize(len, 0);
+        f(&mut buf[..len], offset).map(|()| buf)
+    })
+    .await
+    .map_err(|_| SourceError::Cancelled)?
+}
 
 /// Fills `buf` from disk offset `offset` by running `f(scratch, offset)` on tokio's blocking
 /// pool, piece by piece of at most [`BLOCKING_READ_CHUNK`] bytes, copying each piece into `buf`.
@@ -245,6 +279,19 @@ impl DiskSource for RawFileSource {
         })
     }
 
+    fn read_owned(
+        &self,
+        offset: u64,
+        buf: Vec<u8>,
+        len: usize,
+    ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+        Box::pin(async move {
+            check_range(offset, len, self.size)?;
+            let file = Arc::clone(&self.file);
+            read_owned_blocking(buf, len, offset, move |b, at| read_exact_at(&file, b, at)).await
+        })
+    }
+
     fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, SourceError>> {
         Box::pin(async move {
             let path = self.path.clone();
@@ -321,6 +368,19 @@ impl DiskSource for VmdkSource {
                 Ok(image.read_at(scratch, at)?)
             })
             .await
+        })
+    }
+
+    fn read_owned(
+        &self,
+        offset: u64,
+        buf: Vec<u8>,
+        len: usize,
+    ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+        Box::pin(async move {
+            check_range(offset, len, self.image.size())?;
+            let image = Arc::clone(&self.image);
+            read_owned_blocking(buf, len, offset, move |b, at| Ok(image.read_at(b, at)?)).await
         })
     }
 
@@ -505,6 +565,53 @@ mod tests {
 
         assert!(format!("{src:?}").starts_with("RawFileSource"));
         assert_eq!(read_all(src.as_ref()).await, want);
+    }
+
+    /// Reads the whole source in 1 MiB pieces through `read_owned`, reusing one buffer.
+    async fn read_all_owned(src: &dyn DiskSource) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        let mut pos = 0;
+        while pos < src.size() {
+            let len = (src.size() - pos).min(1 << 20) as usize;
+            buf = src.read_owned(pos, buf, len).await.unwrap();
+            assert_eq!(buf.len(), len);
+            out.extend_from_slice(&buf);
+            pos += len as u64;
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn read_owned_equals_read_for_raw_vmdk_and_memory_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raw, want) = sparse_raw(dir.path());
+        let vmdk = dir.path().join("s.vmdk");
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            raw.to_str().unwrap(),
+            vmdk.to_str().unwrap(),
+        ]);
+        let sources = [
+            open_local(&raw).await.unwrap(),
+            open_local(&vmdk).await.unwrap(),
+            Arc::new(MemorySource::new(want.clone())) as Arc<dyn DiskSource>,
+        ];
+        for src in sources {
+            assert!(read_all_owned(src.as_ref()).await == want, "{src:?}");
+            let err = src
+                .read_owned(src.size() - 10, Vec::new(), 20)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, SourceError::OutOfRange { .. }),
+                "{src:?}: {err}"
+            );
+        }
     }
 
     #[tokio::test]

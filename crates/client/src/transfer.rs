@@ -8,8 +8,8 @@
 //! several workers on one connection). Reading in some workers overlaps writing in others.
 //! Memory is bounded whatever the disk sizes and their number: request buffers come from one
 //! [`BufferPool`] shared by every disk of a transfer, so at most `total_buffers` buffers of
-//! `request_size` exist at once (a local-file read briefly needs a second one on the blocking
-//! pool), e.g. 12 × 4 MiB.
+//! `request_size` exist at once, e.g. 12 × 4 MiB. A buffer moves to the source's reading
+//! thread and back ([`DiskSource::read_owned`]), so a local-file read costs no extra copy.
 //!
 //! A request that fails is retried once on a fresh connection, which then replaces the broken
 //! one; a second failure fails the disk, and the first failing disk fails the transfer (the
@@ -438,16 +438,23 @@ impl DiskRun<'_> {
                             reason: format!("request of {} bytes is too large", extent.length),
                         })?;
                     let mut pooled = self.pool.take().await?;
-                    let buf = &mut pooled.buf;
-                    buf.resize(len, 0);
-                    self.disk
+                    let empty = std::mem::take(&mut pooled.buf);
+                    pooled.buf = self
+                        .disk
                         .source
-                        .read(extent.offset, &mut buf[..len])
+                        .read_owned(extent.offset, empty, len)
                         .await
                         .map_err(|e| ClientError::source_failed(self.disk.disk_key, e))?;
-                    let segments =
-                        plan::segments(&buf[..len], extent.offset, plan::ZERO_GRANULARITY);
-                    self.send_with_retry(index, &buf[..len], &segments).await?;
+                    let buf = pooled.buf.get(..len).ok_or_else(|| {
+                        ClientError::source_failed(
+                            self.disk.disk_key,
+                            crate::error::SourceError::ShortRead {
+                                offset: extent.offset,
+                            },
+                        )
+                    })?;
+                    let segments = plan::segments(buf, extent.offset, plan::ZERO_GRANULARITY);
+                    self.send_with_retry(index, buf, &segments).await?;
                     extent
                 }
                 Work::Zero(extent) => {
