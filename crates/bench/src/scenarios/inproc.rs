@@ -67,7 +67,7 @@ impl Ctx<'_> {
                     (ours, peer)
                 }
             };
-            let case = format!("nbdcopy -> our memory export {label}");
+            let case = format!("nbdcopy -> our memory {label}");
             let peer_name = format!("nbdcopy -> nbdkit memory {label}");
             let mut row = Row::new("memory", &case, ours, &peer_name, peer);
             row.note = "our export is sendense-nbd's in the harness; CPU is nbdcopy + server; \
@@ -104,9 +104,9 @@ impl Ctx<'_> {
         };
         let mut row = Row::new(
             "nbd-tls-cost",
-            "our client -> our memory, TLS",
+            "client pool -> our memory TLS",
             tls,
-            "our client -> our memory, plain",
+            "client pool -> our memory plain",
             plain,
         );
         row.note = format!(
