@@ -324,8 +324,14 @@ fn repository_filesystem_full_fails_backup_cleanly_and_next_backup_works() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "backup into a full disk succeeded");
     assert!(
-        stderr.contains("error: NBD write failed") && stderr.contains("ENOSPC"),
-        "client error does not name the NBD write and ENOSPC:\n{stderr}"
+        stderr.contains("repository is full")
+            && stderr.contains("ENOSPC")
+            && stderr.contains("DATA/repository"),
+        "client error does not say the hub's repository is full (ENOSPC):\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("retrying once"),
+        "ENOSPC is final, yet the client retried:\n{stderr}"
     );
     let failed_id = started_id(&stderr);
     let (status, reason) = hub.wait_settled(&failed_id);

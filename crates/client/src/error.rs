@@ -228,6 +228,19 @@ pub enum ClientError {
         #[source]
         source: sendense_nbd::NbdError,
     },
+    /// The hub answered a write with `ENOSPC`: its repository's file system is full. Final:
+    /// not retried.
+    #[error(
+        "The hub's repository is full: NBD {operation} to {target} failed with ENOSPC. Free \
+         space on the hub's file system under DATA/repository (or delete backups nothing \
+         depends on), then run the backup again"
+    )]
+    HubFull {
+        /// What was attempted (`"write"`, `"write_zeroes"`, `"flush"`).
+        operation: &'static str,
+        /// The export's URI.
+        target: String,
+    },
     /// An `nbd_uri` from the hub is not `nbds://HOST:PORT/NAME`.
     #[error("Invalid NBD URI {uri:?}: {reason}")]
     BadNbdUri {
@@ -283,5 +296,24 @@ impl ClientError {
     #[must_use]
     pub fn source_failed(disk_key: u32, source: SourceError) -> Self {
         Self::Source { disk_key, source }
+    }
+
+    /// Whether sending the same request again (on a fresh connection) cannot succeed: a full
+    /// repository, or the server's verdict on the request itself (`EPERM`, `EINVAL`,
+    /// `EOVERFLOW`, `ENOTSUP`). I/O errors and broken connections are worth one retry.
+    #[must_use]
+    pub fn is_final(&self) -> bool {
+        use sendense_nbd::wire::Errno;
+        match self {
+            Self::HubFull { .. } => true,
+            Self::Nbd {
+                source: sendense_nbd::NbdError::Request { errno },
+                ..
+            } => matches!(
+                errno,
+                Errno::Perm | Errno::Inval | Errno::NoSpc | Errno::Overflow | Errno::NotSup
+            ),
+            _ => false,
+        }
     }
 }

@@ -196,6 +196,15 @@ pub struct NbdTarget {
 
 impl NbdTarget {
     fn err(&self, operation: &'static str, source: NbdError) -> ClientError {
+        if let NbdError::Request {
+            errno: sendense_nbd::wire::Errno::NoSpc,
+        } = source
+        {
+            return ClientError::HubFull {
+                operation,
+                target: self.uri.clone(),
+            };
+        }
         ClientError::Nbd {
             operation,
             target: self.uri.clone(),

@@ -12,7 +12,8 @@
 //! thread and back ([`DiskSource::read_owned`]), so a local-file read costs no extra copy.
 //!
 //! A request that fails is retried once on a fresh connection, which then replaces the broken
-//! one; a second failure fails the disk, and the first failing disk fails the transfer (the
+//! one, unless the failure is final ([`ClientError::is_final`]: a full repository, or a request
+//! the server refuses as such); a second failure fails the disk, and the first failing disk fails the transfer (the
 //! other workers and disks are dropped). At the end every connection is flushed (FLUSH) and
 //! closed; the caller asks the hub to complete the backup only after that.
 //!
@@ -481,6 +482,9 @@ impl DiskRun<'_> {
         let Err(first) = self.send(conn.as_ref(), buf, segments).await else {
             return Ok(());
         };
+        if first.is_final() {
+            return Err(first);
+        }
         warn!(error = %first, "request failed; retrying once on a fresh connection");
         self.retries.fetch_add(1, Ordering::Relaxed);
         let fresh = self.disk.target.connect().await.map_err(|_| first)?;
@@ -532,7 +536,7 @@ mod tests {
     use crate::progress::{NoProgress, ProgressCounters};
     use crate::source::MemorySource;
     use sendense_nbd::NbdError;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     const MIB: usize = 1 << 20;
 
@@ -551,6 +555,7 @@ mod tests {
         in_flight: AtomicUsize,
         max_in_flight: AtomicUsize,
         failures_left: AtomicUsize,
+        failures_are_full: AtomicBool,
         connects: AtomicUsize,
     }
 
@@ -562,6 +567,7 @@ mod tests {
                 in_flight: AtomicUsize::new(0),
                 max_in_flight: AtomicUsize::new(0),
                 failures_left: AtomicUsize::new(0),
+                failures_are_full: AtomicBool::new(false),
                 connects: AtomicUsize::new(0),
             })
         }
@@ -589,6 +595,12 @@ mod tests {
                 .failures_left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
+            if fail && self.failures_are_full.load(Ordering::SeqCst) {
+                return Err(ClientError::HubFull {
+                    operation: "write",
+                    target: "fake".into(),
+                });
+            }
             if fail {
                 return Err(ClientError::Nbd {
                     operation: "write",
@@ -802,6 +814,45 @@ mod tests {
         assert_eq!(stats.retries, 1);
         assert_eq!(rec.connects.load(Ordering::SeqCst), 3);
         assert_eq!(rec.data(), disk());
+    }
+
+    #[tokio::test]
+    async fn transfer_full_repository_fails_at_once_without_retry() {
+        let rec = Recorder::new(vec![0u8; 8 * MIB]);
+        rec.failures_left.store(1, Ordering::SeqCst);
+        rec.failures_are_full.store(true, Ordering::SeqCst);
+        let src = MemorySource::new(disk());
+
+        let err = transfer_disk(&job(src, &rec, DiskPlan::Full), opts(2, 1), &NoProgress)
+            .await
+            .unwrap_err();
+
+        assert!(matches!(err, ClientError::HubFull { .. }), "{err:?}");
+        assert!(err.is_final());
+        assert!(err.to_string().contains("DATA/repository"), "{err}");
+        assert_eq!(
+            rec.connects.load(Ordering::SeqCst),
+            2,
+            "no fresh connection"
+        );
+        assert!(!rec.ops().contains(&Op::Flush), "no flush after a failure");
+    }
+
+    #[test]
+    fn is_final_only_for_refusals_and_a_full_repository() {
+        use sendense_nbd::wire::Errno;
+        let nbd = |source| ClientError::Nbd {
+            operation: "write",
+            target: "t".into(),
+            source,
+        };
+        let request = |errno| nbd(NbdError::Request { errno });
+        assert!(request(Errno::NoSpc).is_final());
+        assert!(request(Errno::Perm).is_final());
+        assert!(request(Errno::Inval).is_final());
+        assert!(!request(Errno::Io).is_final());
+        assert!(!request(Errno::Shutdown).is_final());
+        assert!(!nbd(NbdError::Closed).is_final());
     }
 
     #[tokio::test]
