@@ -567,6 +567,21 @@ mod tests {
         assert_eq!(read_all(src.as_ref()).await, want);
     }
 
+    /// `qemu-img convert -O vmdk` (monolithicSparse) of `raw` into `dir/s.vmdk`.
+    fn to_vmdk(raw: &Path, dir: &Path) -> PathBuf {
+        let vmdk = dir.join("s.vmdk");
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            raw.to_str().unwrap(),
+            vmdk.to_str().unwrap(),
+        ]);
+        vmdk
+    }
+
     /// Reads the whole source in 1 MiB pieces through `read_owned`, reusing one buffer.
     async fn read_all_owned(src: &dyn DiskSource) -> Vec<u8> {
         let mut out = Vec::new();
@@ -586,16 +601,7 @@ mod tests {
     async fn read_owned_equals_read_for_raw_vmdk_and_memory_sources() {
         let dir = tempfile::tempdir().unwrap();
         let (raw, want) = sparse_raw(dir.path());
-        let vmdk = dir.path().join("s.vmdk");
-        qemu_img(&[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vmdk",
-            raw.to_str().unwrap(),
-            vmdk.to_str().unwrap(),
-        ]);
+        let vmdk = to_vmdk(&raw, dir.path());
         let sources = [
             open_local(&raw).await.unwrap(),
             open_local(&vmdk).await.unwrap(),
@@ -653,16 +659,7 @@ mod tests {
     async fn vmdk_source_sparse_reports_allocated_grains_only() {
         let dir = tempfile::tempdir().unwrap();
         let (raw, _) = sparse_raw(dir.path());
-        let vmdk = dir.path().join("s.vmdk");
-        qemu_img(&[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vmdk",
-            raw.to_str().unwrap(),
-            vmdk.to_str().unwrap(),
-        ]);
+        let vmdk = to_vmdk(&raw, dir.path());
         let src = open_local(&vmdk).await.unwrap();
 
         let runs = src.allocated_extents().await.unwrap();
