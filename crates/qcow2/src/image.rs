@@ -1421,6 +1421,9 @@ impl Image {
     /// # Errors
     /// I/O errors.
     pub fn finalize(self, final_path: &Path) -> Result<(), Qcow2Error> {
+        if self.writable {
+            self.lock_meta().trim_preallocation(&self.core)?;
+        }
         self.flush()?;
         self.core
             .storage
@@ -1448,6 +1451,9 @@ impl Drop for Image {
     fn drop(&mut self) {
         if self.writable {
             let m = self.meta.get_mut().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = m.trim_preallocation(&self.core) {
+                tracing::error!(path = %self.core.path.display(), error = %e, "trimming preallocated space on close failed");
+            }
             if m.is_dirty()
                 && let Err(e) = m.flush(&self.core)
             {

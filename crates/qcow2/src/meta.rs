@@ -83,6 +83,10 @@ impl Refcounts {
     }
 }
 
+/// How far ahead of the allocation end a writable file is preallocated (see
+/// [`Meta::alloc`]).
+const PREALLOC_STEP: u64 = 64 << 20;
+
 /// Metadata state of one layer, guarded by the image's mutex.
 #[derive(Debug)]
 pub(crate) struct Meta {
@@ -95,8 +99,13 @@ pub(crate) struct Meta {
     pub(crate) rc: Option<Refcounts>,
     /// Next free byte for allocation (cluster aligned) when writable; file length otherwise.
     pub(crate) eof: u64,
-    /// Length offsets are validated against: max(file length at open, eof).
+    /// Length offsets are validated against: max(file length at open, eof, preallocated end).
     pub(crate) file_len: u64,
+    /// End of the space preallocated for data beyond `eof` (see [`Meta::alloc`]); `eof` when
+    /// nothing is.
+    prealloc_end: u64,
+    /// Preallocation is worth trying (the storage does it and has not failed).
+    prealloc: bool,
     /// Guest clusters with a write, zeroing or discard in flight.
     pub(crate) inflight: HashSet<u64>,
     /// Cluster ranges (first cluster index, count) whose refcount drops at the next flush.
@@ -144,6 +153,8 @@ impl Meta {
             rc,
             eof,
             file_len: file_len.max(eof),
+            prealloc_end: eof,
+            prealloc: true,
             inflight: HashSet::new(),
             pending_free: Vec::new(),
             need_sync: false,
@@ -158,6 +169,7 @@ impl Meta {
         self.l1 = be_words(&buf);
         self.file_len = core.storage_len()?;
         self.eof = self.file_len;
+        self.prealloc_end = self.eof;
         Ok(())
     }
 
@@ -339,10 +351,54 @@ impl Meta {
             })?;
         self.eof = end;
         self.file_len = self.file_len.max(end);
+        self.preallocate(core, off, end);
         for i in 0..n {
             self.rc_add(core, off / cs + i, 1)?;
         }
         Ok(off)
+    }
+
+    /// Keeps the file [`PREALLOC_STEP`] ahead of `end` when the storage preallocates (files
+    /// written with direct I/O): a direct write inside the file's length runs in parallel
+    /// with others on ext4, while one that extends the file waits for the inode lock.
+    /// Failure only turns preallocation off; [`Self::trim_preallocation`] cuts the tail.
+    fn preallocate(&mut self, core: &Core, start: u64, end: u64) {
+        if !self.prealloc || end <= self.prealloc_end {
+            return;
+        }
+        // Below `start` the file is written already (metadata extends it as it goes).
+        let from = self.prealloc_end.max(start);
+        // Never beyond what the image can need: its data plus generous metadata room.
+        let geo = core.geo;
+        let cap = geo
+            .virtual_size
+            .saturating_add(geo.virtual_size / 64)
+            .saturating_add(4 << 20)
+            .next_multiple_of(geo.cluster_size);
+        let target = end
+            .saturating_add(PREALLOC_STEP)
+            .next_multiple_of(PREALLOC_STEP)
+            .min(cap.max(end));
+        if target <= from {
+            return;
+        }
+        match core.storage.preallocate(from, target - from) {
+            Ok(true) => {
+                self.prealloc_end = target;
+                self.file_len = self.file_len.max(target);
+            }
+            Ok(false) | Err(_) => self.prealloc = false,
+        }
+    }
+
+    /// Cuts preallocated space past `eof` off the file (at close and finalize).
+    pub(crate) fn trim_preallocation(&mut self, core: &Core) -> Result<(), Qcow2Error> {
+        if self.prealloc_end > self.eof {
+            core.set_len(self.eof)?;
+            self.prealloc_end = self.eof;
+            self.file_len = self.eof;
+        }
+        Ok(())
     }
 
     /// Schedules a refcount decrement of `count` clusters from `first` at the next flush.

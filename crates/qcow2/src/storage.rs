@@ -76,6 +76,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn write_data_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.write_at(buf, offset)
     }
+    /// Allocates `[offset, offset + len)` and grows the file to cover it, if this backend
+    /// benefits (direct writes into allocated space run in parallel); answers whether it did.
+    /// The default does nothing.
+    ///
+    /// # Errors
+    /// Operating-system errors.
+    fn preallocate(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let _ = (offset, len);
+        Ok(false)
+    }
     /// Reads guest data (not metadata) like [`Self::read_at`]. A backend may bypass the page
     /// cache when `buf`, `offset` and the length are suitably aligned; the default is
     /// [`Self::read_at`].
@@ -251,6 +261,13 @@ impl Storage for FileStorage {
             }
         }
         Storage::write_at(&self.file, buf, offset)
+    }
+    fn preallocate(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if !self.direct_io() || len == 0 {
+            return Ok(false);
+        }
+        rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), offset, len)?;
+        Ok(true)
     }
     fn read_data_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         if let Some(direct) = self.direct_for(buf, offset) {

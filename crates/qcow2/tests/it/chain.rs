@@ -127,11 +127,13 @@ fn sequential_whole_cluster_writes_are_contiguous() {
         img.write_at(&pattern(i, MIB as usize), i * MIB).unwrap();
     }
     img.flush().unwrap();
-    // header + reftable + refblock + L1 + one L2 + 8 MiB of data, nothing else.
-    assert_eq!(img.info().file_length, 5 * 65536 + 8 * MIB);
     let r = img.check().unwrap();
     assert!(r.is_clean());
     assert_eq!(r.allocated_clusters, 128);
+    drop(img);
+    // header + reftable + refblock + L1 + one L2 + 8 MiB of data, nothing else (space
+    // preallocated for direct writes is cut off at close).
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), 5 * 65536 + 8 * MIB);
 }
 
 #[test]
@@ -160,7 +162,11 @@ fn discarded_clusters_give_space_back_after_flush() {
     img.discard(0, 8 * MIB).unwrap();
     img.flush().unwrap();
     let after = std::fs::metadata(&p).unwrap().blocks();
-    assert!(after * 4 < before, "blocks before {before}, after {after}");
+    // 8 MiB is 16384 blocks of 512 bytes (preallocated space may stay while open).
+    assert!(
+        before.saturating_sub(after) >= 16384 * 3 / 4,
+        "blocks before {before}, after {after}"
+    );
     let r = img.check().unwrap();
     assert!(r.is_clean(), "{r:?}");
     drop(img);

@@ -101,3 +101,37 @@ fn parallel_aligned_writes_into_an_overlay_read_through_the_chain() {
     assert!(qemu_to_raw(&top, dir.path()) == model);
     assert_eq!(got.as_ptr() as usize % DIRECT_ALIGN, 0);
 }
+
+#[test]
+fn preallocated_tail_is_cut_at_close_and_harmless_after_a_crash() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("p.qcow2");
+    let size = 64 * MIB;
+    let img = Image::create(&path, &CreateOptions::new(size as u64)).unwrap();
+    img.write_at(&aligned(7, 4 * MIB), 8 * MIB as u64).unwrap();
+    img.flush().unwrap();
+    let open_len = std::fs::metadata(&path).unwrap().len();
+    // What a crash would leave: the flushed image with its preallocated tail.
+    let crashed = dir.path().join("crashed.qcow2");
+    std::fs::copy(&path, &crashed).unwrap();
+    drop(img);
+    let closed_len = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        closed_len < 5 * MIB as u64,
+        "closed image is {closed_len} bytes"
+    );
+    assert!(open_len >= closed_len);
+    assert_qemu_check_clean(&path);
+    assert_qemu_check_clean(&crashed);
+    let mut model = vec![0u8; size];
+    model[8 * MIB..12 * MIB].copy_from_slice(&pattern(7, 4 * MIB));
+    assert!(qemu_to_raw(&crashed, dir.path()) == model);
+    // Reopened writable, the crashed copy takes more writes and closes clean.
+    let again = Image::open(&crashed, &OpenOptions::writable()).unwrap();
+    again.write_at(&aligned(8, MIB), 0).unwrap();
+    assert!(again.check().unwrap().is_clean());
+    drop(again);
+    model[..MIB].copy_from_slice(&pattern(8, MIB));
+    assert_qemu_check_clean(&crashed);
+    assert!(qemu_to_raw(&crashed, dir.path()) == model);
+}
