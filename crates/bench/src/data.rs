@@ -118,6 +118,70 @@ pub(crate) fn change_blocks(
     Ok(picked * BLOCK)
 }
 
+/// One run of data in the sparse disk: `len` bytes of the dense disk at `from`, written at `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    pub(crate) len: u64,
+}
+
+/// Where the `size` bytes of a dense disk go in a sparse disk of `virtual_size` bytes: at most
+/// `runs` runs of equal length (a multiple of `BLOCK`, the last one shorter), each starting at a
+/// `BLOCK`-aligned multiple of an even stride, the first at 0.
+///
+/// # Errors
+/// `runs` is zero, or the runs do not fit in `virtual_size` with a hole between them.
+pub(crate) fn sparse_layout(size: u64, virtual_size: u64, runs: u64) -> Result<Vec<Run>> {
+    if runs == 0 || size == 0 {
+        bail!("a sparse layout needs data and at least one run");
+    }
+    let len = size.div_ceil(runs).div_ceil(BLOCK).saturating_mul(BLOCK);
+    let count = size.div_ceil(len);
+    let stride = virtual_size / count / BLOCK * BLOCK;
+    if stride <= len {
+        bail!(
+            "a sparse disk of {virtual_size} bytes cannot hold {size} bytes in {count} runs of              {len} bytes with holes between them: make it larger"
+        );
+    }
+    Ok((0..count)
+        .map(|i| Run {
+            from: i * len,
+            to: i * stride,
+            len: len.min(size - i * len),
+        })
+        .collect())
+}
+
+/// Makes `sparse`: a file of `virtual_size` bytes (`set_len`, so all holes) holding the runs of
+/// `layout` copied from `dense`, then fsyncs it.
+pub(crate) fn write_sparse(
+    dense: &Path,
+    sparse: &Path,
+    virtual_size: u64,
+    layout: &[Run],
+) -> Result<()> {
+    let src = File::open(dense).with_context(|| format!("cannot open {}", dense.display()))?;
+    let dst =
+        File::create(sparse).with_context(|| format!("cannot create {}", sparse.display()))?;
+    dst.set_len(virtual_size)
+        .with_context(|| format!("cannot size {}", sparse.display()))?;
+    let mut buf = vec![0u8; CHUNK];
+    for run in layout {
+        let mut done = 0u64;
+        while done < run.len {
+            let n = usize::try_from((run.len - done).min(CHUNK as u64)).unwrap_or(CHUNK);
+            src.read_exact_at(&mut buf[..n], run.from + done)
+                .with_context(|| format!("cannot read {}", dense.display()))?;
+            dst.write_all_at(&buf[..n], run.to + done)
+                .with_context(|| format!("cannot write {}", sparse.display()))?;
+            done += n as u64;
+        }
+    }
+    dst.sync_all()
+        .with_context(|| format!("cannot fsync {}", sparse.display()))
+}
+
 /// Whether two files hold the same bytes.
 pub(crate) fn same_content(a: &Path, b: &Path) -> Result<bool> {
     let mut fa = File::open(a).with_context(|| format!("cannot open {}", a.display()))?;
@@ -154,6 +218,70 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_layout_tiny_disk_spreads_block_aligned_runs() {
+        let layout = sparse_layout(8 << 20, 256 << 20, 64).unwrap();
+
+        assert_eq!(
+            (
+                layout.len(),
+                layout[1],
+                layout.iter().map(|r| r.len).sum::<u64>()
+            ),
+            (
+                64,
+                Run {
+                    from: 128 << 10,
+                    to: 4 << 20,
+                    len: 128 << 10
+                },
+                8 << 20
+            )
+        );
+    }
+
+    #[test]
+    fn sparse_layout_uneven_size_last_run_is_shorter_and_fits() {
+        let size = (3 << 20) + 1000;
+
+        let layout = sparse_layout(size, 64 << 20, 64).unwrap();
+
+        let last = layout.last().copied().unwrap();
+        assert_eq!(
+            (
+                layout.iter().map(|r| r.len).sum::<u64>(),
+                last.to + last.len <= 64 << 20
+            ),
+            (size, true)
+        );
+    }
+
+    #[test]
+    fn sparse_layout_virtual_too_small_is_refused() {
+        assert!(sparse_layout(8 << 20, 8 << 20, 64).is_err());
+    }
+
+    #[test]
+    fn write_sparse_copies_runs_and_leaves_holes_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let dense = dir.path().join("d.raw");
+        let sparse = dir.path().join("s.raw");
+        write_random(&dense, 1 << 20, 3).unwrap();
+        let layout = sparse_layout(1 << 20, 16 << 20, 4).unwrap();
+
+        write_sparse(&dense, &sparse, 16 << 20, &layout).unwrap();
+
+        let d = std::fs::read(&dense).unwrap();
+        let s = std::fs::read(&sparse).unwrap();
+        let mut expected = vec![0u8; 16 << 20];
+        for r in &layout {
+            let at = |x: u64| usize::try_from(x).unwrap();
+            let (from, to, len) = (at(r.from), at(r.to), at(r.len));
+            expected[to..to + len].copy_from_slice(&d[from..from + len]);
+        }
+        assert!(s == expected);
+    }
 
     #[test]
     fn change_blocks_two_percent_writes_areas_json() {

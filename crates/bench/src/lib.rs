@@ -24,8 +24,11 @@ pub mod report;
 
 use std::path::PathBuf;
 
-pub use report::{Machine, Measure, Outcome, Report, Row};
+pub use report::{Machine, Measure, Outcome, Report, Row, SparseFigures, SparseSide};
 pub use scenarios::run;
+
+/// Default virtual size of the `sparse` scenario's disk: 64 GiB.
+pub const DEFAULT_SPARSE_VIRTUAL: u64 = 64 << 30;
 
 /// A benchmark scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
@@ -48,11 +51,14 @@ pub enum Scenario {
     Incremental,
     /// `sendense-client restore` of the chain vs `nbdcopy` from `qemu-nbd` serving the chain.
     Restore,
+    /// Full backup of a large sparse disk holding the test data vs of a dense disk holding the
+    /// same data: sparseness must cost nothing.
+    Sparse,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Qcow2,
         Self::Serve,
         Self::Memory,
@@ -60,6 +66,7 @@ impl Scenario {
         Self::Ingest,
         Self::Incremental,
         Self::Restore,
+        Self::Sparse,
     ];
 
     /// The scenario's command-line name.
@@ -73,6 +80,7 @@ impl Scenario {
             Self::Ingest => "ingest",
             Self::Incremental => "incremental",
             Self::Restore => "restore",
+            Self::Sparse => "sparse",
         }
     }
 }
@@ -90,6 +98,8 @@ pub struct Options {
     pub scenarios: Vec<Scenario>,
     /// Percentage of blocks changed for the incremental.
     pub changed_percent: f64,
+    /// Virtual size in bytes of the `sparse` scenario's disk (which holds `size` bytes of data).
+    pub sparse_virtual: u64,
     /// Keep the data folder.
     pub keep: bool,
     /// Print progress lines on stderr.
@@ -97,7 +107,7 @@ pub struct Options {
 }
 
 impl Options {
-    /// Options for `size` bytes, every scenario, 2 % changed.
+    /// Options for `size` bytes, every scenario, 2 % changed, a 64 GiB sparse disk.
     #[must_use]
     pub fn new(size: u64) -> Self {
         Self {
@@ -106,6 +116,7 @@ impl Options {
             bin_dir: None,
             scenarios: Vec::new(),
             changed_percent: 2.0,
+            sparse_virtual: DEFAULT_SPARSE_VIRTUAL,
             keep: false,
             verbose: false,
         }

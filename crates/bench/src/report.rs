@@ -35,7 +35,8 @@ pub struct Machine {
 /// One case of a scenario: ours against a peer.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// Scenario name (`qcow2`, `serve`, `ingest`, `incremental`, `restore`).
+    /// Scenario name (`qcow2`, `serve`, `memory`, `nbd-tls-cost`, `ingest`, `incremental`,
+    /// `restore`, `sparse`).
     pub scenario: String,
     /// What exactly ran on our side.
     pub case: String,
@@ -51,6 +52,46 @@ pub struct Row {
     pub load_1m: f64,
     /// Extra facts (bytes sent, client RSS, verification).
     pub note: String,
+    /// The `sparse` scenario's figures (absent from other rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<SparseFigures>,
+}
+
+/// What the `sparse` scenario measured besides the row's two sides: the sparse disk's backup
+/// against the dense disk's backup of the same data.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct SparseFigures {
+    /// Virtual size of the sparse disk in bytes.
+    pub virtual_bytes: u64,
+    /// Bytes of data on each disk (the dense disk's size).
+    pub data_bytes: u64,
+    /// Runs the data is spread in across the sparse disk.
+    pub runs: u64,
+    /// The sparse disk's backup.
+    pub sparse: SparseSide,
+    /// The dense disk's backup.
+    pub dense: SparseSide,
+    /// The hub's peak RSS (`VmHWM`) after both backups, in bytes.
+    pub hub_peak_rss_bytes: Option<u64>,
+}
+
+/// One backup of the `sparse` scenario.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct SparseSide {
+    /// Wall-clock seconds of `sendense-client backup`, until `completed`.
+    pub seconds: f64,
+    /// The client's peak RSS (`wait4`), in bytes.
+    pub client_peak_rss_bytes: u64,
+    /// Bytes the client sent, from its `--json` summary.
+    pub bytes_sent: u64,
+    /// Length of the repository's QCOW2 file, in bytes.
+    pub image_bytes: u64,
+    /// Bytes the repository's QCOW2 file occupies on disk (`st_blocks * 512`).
+    pub image_allocated_bytes: u64,
+    /// Whether `qemu-img compare` found the image identical to its source.
+    pub verified: bool,
 }
 
 /// The result of one side of a case.
@@ -141,6 +182,7 @@ impl Row {
             ratio,
             load_1m: 0.0,
             note: String::new(),
+            sparse: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The scenarios: each runs our side and its peer back to back on the same file and produces
 //! report rows. Order is fixed (qcow2, serve, memory, nbd-tls-cost, ingest, incremental,
-//! restore) because the incremental changes the source disk and the restore reads the chain the
-//! backups made.
+//! restore, sparse) because the incremental changes the source disk and the restore reads the
+//! chain the backups made; `sparse` backs up whatever the source disk holds by then, twice.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +15,7 @@ use crate::report::{Machine, Measure, Outcome, Report, Row};
 use crate::{Options, Scenario};
 
 mod inproc;
+mod sparse;
 
 const VM: &str = "benchvm";
 const DISK_KEY: u32 = 2000;
@@ -69,6 +70,9 @@ pub fn run(opts: &Options) -> Result<Report> {
         )
     }) {
         ctx.backups(&wanted);
+    }
+    if wanted.contains(&Scenario::Sparse) {
+        ctx.sparse();
     }
     let machine = Machine {
         nproc: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
@@ -393,19 +397,7 @@ impl Ctx<'_> {
 
     fn backups_inner(&mut self, wanted: &[Scenario]) -> Result<()> {
         let data_dir = self.dir.join("hub");
-        let api = free_addr()?;
-        let nbd = free_addr()?;
-        let mut cmd = Command::new(&self.bins.hub);
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--api")
-            .arg(api.to_string())
-            .arg("--nbd")
-            .arg(nbd.to_string());
-        let mut hub = Proc::spawn("hub-serve", cmd, &self.logs, false)?;
-        hub.wait_listening(api)?;
-        let hub_url = format!("https://{api}");
+        let (hub, hub_url) = self.start_hub(&data_dir)?;
 
         // Full backup.
         let load = loadavg()[0];
@@ -518,6 +510,24 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Starts `sendense-hub serve` on `data_dir` and waits until its API listens; answers the
+    /// running hub and its API's URL.
+    fn start_hub(&self, data_dir: &Path) -> Result<(Proc, String)> {
+        let api = free_addr()?;
+        let nbd = free_addr()?;
+        let mut cmd = Command::new(&self.bins.hub);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--api")
+            .arg(api.to_string())
+            .arg("--nbd")
+            .arg(nbd.to_string());
+        let mut hub = Proc::spawn("hub-serve", cmd, &self.logs, false)?;
+        hub.wait_listening(api)?;
+        Ok((hub, format!("https://{api}")))
+    }
+
     fn client_hub_args(&self, cmd: &mut Command, hub_url: &str, data_dir: &Path) {
         cmd.arg("--hub")
             .arg(hub_url)
@@ -534,12 +544,7 @@ impl Ctx<'_> {
         data_dir: &Path,
         areas: Option<&Path>,
     ) -> Result<BackupRun> {
-        let mut cmd = Command::new(&self.bins.client);
-        cmd.arg("backup");
-        self.client_hub_args(&mut cmd, hub_url, data_dir);
-        cmd.args(["--vm", VM, "--disk"])
-            .arg(format!("{DISK_KEY}={}", self.raw.display()))
-            .arg("--json");
+        let mut cmd = self.backup_command(hub_url, data_dir, VM, &self.raw);
         match areas {
             Some(a) => {
                 cmd.args(["--type", "incremental", "--changed-areas"])
@@ -549,6 +554,29 @@ impl Ctx<'_> {
                 cmd.args(["--type", "full"]);
             }
         }
+        let basis = if areas.is_some() {
+            None
+        } else {
+            Some(self.opts.size)
+        };
+        self.run_backup(hub, cmd, basis)
+    }
+
+    /// `sendense-client backup --json` of `vm` with one disk (`DISK_KEY`) read from `disk`; the
+    /// caller adds the type.
+    fn backup_command(&self, hub_url: &str, data_dir: &Path, vm: &str, disk: &Path) -> Command {
+        let mut cmd = Command::new(&self.bins.client);
+        cmd.arg("backup");
+        self.client_hub_args(&mut cmd, hub_url, data_dir);
+        cmd.args(["--vm", vm, "--disk"])
+            .arg(format!("{DISK_KEY}={}", disk.display()))
+            .arg("--json");
+        cmd
+    }
+
+    /// Runs a backup command to its end and reads its summary. MB/s counts `basis` bytes, or the
+    /// bytes sent when there is none; CPU is the client's and the hub's; RSS is the hub's.
+    fn run_backup(&self, hub: &Proc, cmd: Command, basis: Option<u64>) -> Result<BackupRun> {
         let cpu0 = hub.cpu().unwrap_or_default();
         let (secs, fin) = self.timed("client-backup", cmd)?;
         let hub_cpu = hub.cpu().unwrap_or_default().saturating_sub(cpu0);
@@ -562,16 +590,11 @@ impl Ctx<'_> {
             .context("the client's summary has no backup_id")?
             .to_owned();
         let bytes_sent = summary["bytes_sent"].as_u64().unwrap_or(0);
-        let basis = if areas.is_some() {
-            bytes_sent
-        } else {
-            self.opts.size
-        };
         Ok(BackupRun {
             id,
             measure: Measure::new(
                 secs,
-                basis,
+                basis.unwrap_or(bytes_sent),
                 (fin.usage.cpu + hub_cpu).as_secs_f64(),
                 hub.peak_rss(),
             ),

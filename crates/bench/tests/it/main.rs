@@ -54,6 +54,7 @@ mod smoke {
     fn bench_every_scenario_tiny_size_reports_measured_rows() {
         let mut opts = Options::new(32 << 20);
         opts.bin_dir = Some(bin_dir());
+        opts.sparse_virtual = 256 << 20;
 
         let report = sendense_bench::run(&opts).unwrap();
 
@@ -77,7 +78,8 @@ mod smoke {
                 "nbd-tls-cost",
                 "ingest",
                 "incremental",
-                "restore"
+                "restore",
+                "sparse"
             ],
             "{}",
             report.render()
@@ -88,7 +90,7 @@ mod smoke {
             report.render()
         );
         assert!(report.rows.iter().all(|r| r.ratio.is_some()));
-        assert_eq!(Scenario::ALL.len(), 7);
+        assert_eq!(Scenario::ALL.len(), 8);
     }
 
     #[test]
@@ -115,10 +117,62 @@ mod smoke {
         let measured = |s: &str| (s.to_owned(), "measured".to_owned(), "measured".to_owned());
         assert_eq!(
             rows,
-            [measured("memory"), measured("memory"), measured("nbd-tls-cost")],
+            [
+                measured("memory"),
+                measured("memory"),
+                measured("nbd-tls-cost")
+            ],
             "{}",
             report.render()
         );
         assert!(report.rows.iter().all(|r| r.ratio.is_some()));
+    }
+
+    #[test]
+    fn bench_sparse_tiny_disk_reports_verified_small_image_and_cleans_up() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut opts = Options::new(8 << 20);
+        opts.bin_dir = Some(bin_dir());
+        opts.dir = Some(parent.path().to_path_buf());
+        opts.sparse_virtual = 256 << 20;
+        opts.scenarios = vec![Scenario::Sparse];
+
+        let report = sendense_bench::run(&opts).unwrap();
+
+        let rendered = report.render();
+        let json = serde_json::to_value(&report).unwrap();
+        let row = &json["rows"][0];
+        let figures = &row["sparse"];
+        let left: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
+        assert_eq!(
+            (
+                json["rows"].as_array().map(Vec::len),
+                row["scenario"].as_str(),
+                row["ours"]["status"].as_str(),
+                row["peer"]["status"].as_str(),
+                row["ours"]["bytes"].as_u64(),
+                figures["virtual_bytes"].as_u64(),
+                figures["sparse"]["verified"].as_bool(),
+                figures["dense"]["verified"].as_bool(),
+            ),
+            (
+                Some(1),
+                Some("sparse"),
+                Some("measured"),
+                Some("measured"),
+                Some(8 << 20),
+                Some(256 << 20),
+                Some(true),
+                Some(true),
+            ),
+            "{rendered}"
+        );
+        let allocated = figures["sparse"]["image_allocated_bytes"].as_u64().unwrap();
+        assert!(
+            allocated < 16 << 20,
+            "the sparse disk's image occupies {allocated} bytes for 8 MiB of data\n{rendered}"
+        );
+        assert!(report.rows[0].ratio.is_some(), "{rendered}");
+        assert!(left.is_empty(), "the run left {left:?} behind");
     }
 }
