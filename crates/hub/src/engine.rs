@@ -316,7 +316,8 @@ impl Engine {
         for d in &disks {
             let image = d.export.image();
             image
-                .flush()
+                .trim_preallocation()
+                .and_then(|()| image.flush())
                 .map_err(|e| fail(HubError::image(&d.temp, e)))?;
             let report = image
                 .check()

@@ -1416,14 +1416,25 @@ impl Image {
         m.flush(&self.core)
     }
 
+    /// Cuts off the space preallocated past the last allocated cluster (writable images with
+    /// direct I/O keep some ahead of their writes). Close and [`Self::finalize`] do it; call it
+    /// before a last flush when the image stays shared. Writes after it preallocate again.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn trim_preallocation(&self) -> Result<(), Qcow2Error> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.lock_meta().trim_preallocation(&self.core)
+    }
+
     /// Flushes, `fsync`s, renames the image onto `final_path` and `fsync`s its folder.
     ///
     /// # Errors
     /// I/O errors.
     pub fn finalize(self, final_path: &Path) -> Result<(), Qcow2Error> {
-        if self.writable {
-            self.lock_meta().trim_preallocation(&self.core)?;
-        }
+        self.trim_preallocation()?;
         self.flush()?;
         self.core
             .storage
