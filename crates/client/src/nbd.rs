@@ -376,6 +376,39 @@ impl DiskSource for NbdSource {
         })
     }
 
+    fn read_owned(
+        &self,
+        offset: u64,
+        mut buf: Vec<u8>,
+        len: usize,
+    ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+        Box::pin(async move {
+            let client = self.client();
+            // One request fills the caller's buffer without a copy; longer reads go piecewise.
+            match u32::try_from(len) {
+                Ok(n) if n <= client.max_payload() => {
+                    let end = offset.checked_add(len as u64);
+                    if end.is_none_or(|end| end > self.size) {
+                        return Err(SourceError::OutOfRange {
+                            offset,
+                            len: len as u64,
+                            size: self.size,
+                        });
+                    }
+                    client
+                        .read_into(offset, buf, n)
+                        .await
+                        .map_err(|e| self.err("read", e))
+                }
+                _ => {
+                    buf.resize(len, 0);
+                    self.read(offset, &mut buf).await?;
+                    Ok(buf)
+                }
+            }
+        })
+    }
+
     fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, SourceError>> {
         Box::pin(async move {
             let client = self.client();

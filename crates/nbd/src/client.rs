@@ -115,6 +115,8 @@ enum Kind {
     Read {
         offset: u64,
         buf: Vec<u8>,
+        /// Bytes the reply's chunks have filled so far (chunks never overlap).
+        covered: usize,
     },
     BlockStatus {
         context: u32,
@@ -233,10 +235,22 @@ impl Client {
     /// # Errors
     /// Server error ([`NbdError::Request`]), closed connection, `len` above the maximum payload.
     pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.read_into(offset, Vec::new(), len).await
+    }
+
+    /// Reads `len` bytes at `offset` into `buf` (resized to `len`; its earlier contents do not
+    /// matter, so a caller can reuse one buffer without zeroing it) and hands it back.
+    ///
+    /// # Errors
+    /// Server error, closed connection, length above the maximum payload, a reply that does
+    /// not cover the whole request.
+    pub async fn read_into(&self, offset: u64, mut buf: Vec<u8>, len: u32) -> Result<Vec<u8>> {
         self.check_payload(len)?;
+        buf.resize(len as usize, 0);
         let kind = Kind::Read {
             offset,
-            buf: vec![0u8; len as usize],
+            buf,
+            covered: 0,
         };
         match self.submit(cmd::READ, 0, offset, len, None, kind).await? {
             Outcome::Data(d) => Ok(d),
@@ -744,7 +758,12 @@ async fn read_replies(
                 if flags & chunk::FLAG_DONE != 0 {
                     let result = match (w.error, w.kind) {
                         (Some(errno), _) => Err(NbdError::Request { errno }),
-                        (None, Kind::Read { buf, .. }) => Ok(Outcome::Data(buf)),
+                        (None, Kind::Read { buf, covered, .. }) if covered == buf.len() => {
+                            Ok(Outcome::Data(buf))
+                        }
+                        (None, Kind::Read { .. }) => Err(NbdError::protocol(
+                            "structured read reply does not cover the request",
+                        )),
                         (None, Kind::BlockStatus { extents, .. }) if !extents.is_empty() => {
                             Ok(Outcome::Extents(extents))
                         }
@@ -768,7 +787,12 @@ async fn read_data_chunk(
     w: &mut Waiter,
     length: u32,
 ) -> Result<()> {
-    let Kind::Read { offset: base, buf } = &mut w.kind else {
+    let Kind::Read {
+        offset: base,
+        buf,
+        covered,
+    } = &mut w.kind
+    else {
         return Err(NbdError::protocol("data chunk for a non-read request"));
     };
     if length < 9 {
@@ -786,6 +810,7 @@ async fn read_data_chunk(
         return Err(NbdError::protocol("OFFSET_DATA chunk outside the request"));
     };
     rd.read_exact(&mut buf[start..start + n]).await?;
+    *covered += n;
     Ok(())
 }
 
@@ -793,7 +818,12 @@ fn apply_chunk(w: &mut Waiter, payload: ChunkPayload) -> Result<()> {
     match payload {
         ChunkPayload::None => {}
         ChunkPayload::OffsetHole { offset, size } => {
-            let Kind::Read { offset: base, buf } = &mut w.kind else {
+            let Kind::Read {
+                offset: base,
+                buf,
+                covered,
+            } = &mut w.kind
+            else {
                 return Err(NbdError::protocol("hole chunk for a non-read request"));
             };
             let start = offset
@@ -804,6 +834,7 @@ fn apply_chunk(w: &mut Waiter, payload: ChunkPayload) -> Result<()> {
                 return Err(NbdError::protocol("OFFSET_HOLE chunk outside the request"));
             };
             buf[start..start + size as usize].fill(0);
+            *covered += size as usize;
         }
         ChunkPayload::BlockStatus {
             context_id,

@@ -51,6 +51,37 @@ async fn client_structured_read_with_holes_reassembled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_read_into_dirty_buffer_overwrites_every_byte() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    for structured in [true, false] {
+        let opts = ClientOptions {
+            structured_replies: structured,
+            block_status: structured,
+            ..srv.options("mem")
+        };
+        let c = Client::connect(srv.addr, opts).await.unwrap();
+        // A reused buffer full of garbage, longer than the read: holes must come back as
+        // zeros, data as data, and the length must be the request's.
+        let dirty = vec![0x5au8; 5 << 20];
+        let back = c.read_into(0, dirty, 4 << 20).await.unwrap();
+        assert_eq!(back.len(), 4 << 20, "structured: {structured}");
+        assert!(
+            back[..1 << 20].iter().all(|b| *b == 0),
+            "structured: {structured}"
+        );
+        assert!(back[1 << 20..2 << 20].iter().all(|b| *b == 0xab));
+        assert!(
+            back[2 << 20..].iter().all(|b| *b == 0),
+            "structured: {structured}"
+        );
+        let again = c.read_into(1 << 20, back, 4096).await.unwrap();
+        assert_eq!(again, vec![0xab; 4096]);
+        c.disconnect().await.unwrap();
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_simple_replies_read_write_round_trip() {
     let srv = TestServer::start(memory_registry(), None).await;
     let opts = ClientOptions {
