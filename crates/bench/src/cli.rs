@@ -12,7 +12,7 @@ use crate::{Options, Scenario};
 /// Every scenario runs our side and its peer back to back on the same incompressible raw disk
 /// and prints a table: wall seconds, MB/s (10^6 bytes/s of disk size, or of bytes sent for the
 /// incremental), CPU seconds (user + system of every process of that side, from wait4 and
-/// /proc/PID/stat), peak RSS (wait4's ru_maxrss, or VmHWM of a running server), and
+/// /proc/PID/stat), peak RSS (each process's own VmHWM, sampled while it runs), and
 /// ratio = peer seconds / our seconds (above 1: ours is faster).
 ///
 /// Scenarios (default: all, always run in this order):

@@ -3,8 +3,8 @@
 //! It drives the real binaries (`sendense-hub`, `sendense-client`) and their peers (`qemu-img`,
 //! `qemu-nbd`, `nbdcopy`) in the same run, on the same incompressible data, one pair right
 //! after the other, and reports wall time, MB/s, CPU seconds (from `wait4` for each child, and
-//! `/proc/PID/stat` deltas for servers that keep running) and peak RSS (`wait4`'s `ru_maxrss`, or
-//! `VmHWM` of a running server). A peer that is not installed is reported missing, never faked.
+//! `/proc/PID/stat` deltas for servers that keep running) and peak RSS (each process's own
+//! `VmHWM`, sampled while it runs: `ru_maxrss` would also count the harness at `fork`). A peer that is not installed is reported missing, never faked.
 //!
 //! Every child is guarded: killed and reaped when its guard drops, and tied to the harness with
 //! `PR_SET_PDEATHSIG` so that not even a killed harness leaks a `qemu-nbd`. The data folder is

@@ -14,6 +14,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::sys::{self, Usage};
 
+/// How often a waited-for child's peak RSS is sampled.
+const RSS_SAMPLE: Duration = Duration::from_millis(5);
+
 /// How long a server may take to start listening, or to stop after SIGTERM.
 const SERVER_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -120,13 +123,39 @@ impl Proc {
     }
 
     /// Waits for the child to end by itself; an unsuccessful exit is an error.
+    ///
+    /// Peak RSS is the child's own `VmHWM`, sampled every few milliseconds while it runs:
+    /// `wait4`'s `ru_maxrss` also counts the harness's resident size at `fork` (Linux carries
+    /// the forked copy's high-water mark across `exec`), which would charge the harness's
+    /// buffers to the child. `ru_maxrss` is the fallback for a child too short to sample.
     pub(crate) fn wait(mut self) -> Result<Finished> {
-        let mut stdout = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            out.read_to_string(&mut stdout)
-                .with_context(|| format!("cannot read {}'s output", self.name))?;
+        let reader = self.child.stdout.take().map(|mut out| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                out.read_to_string(&mut text).map(|_| text)
+            })
+        });
+        let mut sampled = 0u64;
+        let (status, mut usage) = loop {
+            if let Some(peak) = self.peak_rss() {
+                sampled = sampled.max(peak);
+            }
+            if let Some(done) = sys::wait4(self.pid, false)? {
+                self.reaped = true;
+                break done;
+            }
+            std::thread::sleep(RSS_SAMPLE);
+        };
+        let stdout = match reader {
+            Some(r) => r
+                .join()
+                .map_err(|_| anyhow::anyhow!("the reader of {}'s output panicked", self.name))?
+                .with_context(|| format!("cannot read {}'s output", self.name))?,
+            None => String::new(),
+        };
+        if sampled > 0 {
+            usage.max_rss_bytes = sampled;
         }
-        let (status, usage) = self.reap(true)?;
         if !status.success() {
             bail!("{} failed ({status}){}", self.name, self.log_tail());
         }

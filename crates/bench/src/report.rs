@@ -82,7 +82,7 @@ pub struct SparseFigures {
 pub struct SparseSide {
     /// Wall-clock seconds of `sendense-client backup`, until `completed`.
     pub seconds: f64,
-    /// The client's peak RSS (`wait4`), in bytes.
+    /// The client's peak RSS (its `VmHWM`, sampled while it ran), in bytes.
     pub client_peak_rss_bytes: u64,
     /// Bytes the client sent, from its `--json` summary.
     pub bytes_sent: u64,
