@@ -125,6 +125,53 @@ fn check_range(offset: u64, len: usize, size: u64) -> Result<(), SourceError> {
 /// (the pool needs owned data), so a read costs this much extra memory, not its own size.
 const BLOCKING_READ_CHUNK: usize = 1 << 20;
 
+/// Positional reads of a local file or image, run on tokio's blocking pool.
+trait BlockingRead: Send + Sync + 'static {
+    /// Fills `buf` from `offset` (all of it, or an error).
+    fn fill_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError>;
+}
+
+impl BlockingRead for File {
+    fn fill_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
+        read_exact_at(self, buf, offset)
+    }
+}
+
+impl BlockingRead for VmdkImage {
+    fn fill_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
+        Ok(self.read_at(buf, offset)?)
+    }
+}
+
+/// [`DiskSource::read`] of a blocking reader of `size` bytes.
+fn read_via<'a, R: BlockingRead>(
+    reader: &Arc<R>,
+    size: u64,
+    offset: u64,
+    buf: &'a mut [u8],
+) -> BoxFuture<'a, Result<(), SourceError>> {
+    let reader = Arc::clone(reader);
+    Box::pin(async move {
+        check_range(offset, buf.len(), size)?;
+        read_blocking(buf, offset, move |b, at| reader.fill_at(b, at)).await
+    })
+}
+
+/// [`DiskSource::read_owned`] of a blocking reader of `size` bytes.
+fn read_owned_via<R: BlockingRead>(
+    reader: &Arc<R>,
+    size: u64,
+    offset: u64,
+    buf: Vec<u8>,
+    len: usize,
+) -> BoxFuture<'static, Result<Vec<u8>, SourceError>> {
+    let reader = Arc::clone(reader);
+    Box::pin(async move {
+        check_range(offset, len, size)?;
+        read_owned_blocking(buf, len, offset, move |b, at| reader.fill_at(b, at)).await
+    })
+}
+
 /// Runs `f(buf, offset)` on tokio's blocking pool on the owned `buf` resized to `len`, and
 /// hands the buffer back.
 async fn read_owned_blocking<F>(
@@ -269,14 +316,7 @@ impl DiskSource for RawFileSource {
         offset: u64,
         buf: &'a mut [u8],
     ) -> BoxFuture<'a, Result<(), SourceError>> {
-        Box::pin(async move {
-            check_range(offset, buf.len(), self.size)?;
-            let file = Arc::clone(&self.file);
-            read_blocking(buf, offset, move |scratch, at| {
-                read_exact_at(&file, scratch, at)
-            })
-            .await
-        })
+        read_via(&self.file, self.size, offset, buf)
     }
 
     fn read_owned(
@@ -285,11 +325,7 @@ impl DiskSource for RawFileSource {
         buf: Vec<u8>,
         len: usize,
     ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
-        Box::pin(async move {
-            check_range(offset, len, self.size)?;
-            let file = Arc::clone(&self.file);
-            read_owned_blocking(buf, len, offset, move |b, at| read_exact_at(&file, b, at)).await
-        })
+        read_owned_via(&self.file, self.size, offset, buf, len)
     }
 
     fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, SourceError>> {
@@ -361,14 +397,7 @@ impl DiskSource for VmdkSource {
         offset: u64,
         buf: &'a mut [u8],
     ) -> BoxFuture<'a, Result<(), SourceError>> {
-        Box::pin(async move {
-            check_range(offset, buf.len(), self.image.size())?;
-            let image = Arc::clone(&self.image);
-            read_blocking(buf, offset, move |scratch, at| {
-                Ok(image.read_at(scratch, at)?)
-            })
-            .await
-        })
+        read_via(&self.image, self.image.size(), offset, buf)
     }
 
     fn read_owned(
@@ -377,11 +406,7 @@ impl DiskSource for VmdkSource {
         buf: Vec<u8>,
         len: usize,
     ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
-        Box::pin(async move {
-            check_range(offset, len, self.image.size())?;
-            let image = Arc::clone(&self.image);
-            read_owned_blocking(buf, len, offset, move |b, at| Ok(image.read_at(b, at)?)).await
-        })
+        read_owned_via(&self.image, self.image.size(), offset, buf, len)
     }
 
     fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, SourceError>> {
