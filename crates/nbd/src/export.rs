@@ -36,6 +36,12 @@ pub trait Export: Send + Sync + std::fmt::Debug + 'static {
     fn preferred_block_size(&self) -> u32 {
         4096
     }
+    /// Whether every call returns without waiting on I/O (a memory export): the server then
+    /// runs requests on the connection's own task instead of handing them to tokio's blocking
+    /// pool, saving two thread switches per request.
+    fn never_blocks(&self) -> bool {
+        false
+    }
     /// Whether FLUSH/FUA on one connection covers writes of all connections.
     fn can_multi_conn(&self) -> bool {
         true
@@ -453,6 +459,10 @@ impl MemoryExport {
 impl Export for MemoryExport {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn never_blocks(&self) -> bool {
+        true
     }
 
     fn is_read_only(&self) -> bool {

@@ -12,7 +12,9 @@
 //!
 //! Why the blocking pool: export calls are positional I/O of 1–32 MiB, where
 //! a `spawn_blocking` hop (a few microseconds) is noise, and the pool grows to
-//! the parallelism the clients offer without a second pool to size.
+//! the parallelism the clients offer without a second pool to size. An export
+//! that never blocks ([`Export::never_blocks`], the memory export) runs on the
+//! connection's task instead.
 //!
 //! Shutdown: `serve` stops accepting when its shutdown future resolves,
 //! signals every connection, and returns once all have ended. A connection
@@ -288,6 +290,17 @@ impl Conn {
                 if let Err(e) = rd.read_exact(payload.bytes_mut()).await {
                     break Err(e.into());
                 }
+            }
+            if ctx.export.never_blocks() {
+                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    ctx.handle(&req, payload.bytes())
+                }))
+                .unwrap_or_else(|_| ctx.error_reply(&req, Errno::Io));
+                drop(payload);
+                let _ = tx.send(reply).await;
+                drop(byte_permit);
+                drop(req_permit);
+                continue;
             }
             let ctx = Arc::clone(&ctx);
             let tx = tx.clone();
