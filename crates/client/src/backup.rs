@@ -145,13 +145,42 @@ async fn run_inner(
     info!(backup_id = %backup.backup_id, backup_type = %backup.backup_type, "backup started");
 
     let work = transfer_and_complete(&hub, &options, &prepared, &backup);
+    finish_started(
+        &hub,
+        &backup,
+        work,
+        shutdown,
+        ClientError::Interrupted,
+        |e| e,
+        started,
+    )
+    .await
+}
+
+/// Drives `work` (transfer and complete) of a started backup until it ends or `shutdown`
+/// resolves (then `interrupted` is the error). Success answers the summary from the hub's
+/// final state; any error first fails the backup at the hub with the error and its causes as
+/// the reason. Shared by local-file and vCenter backups; `client` wraps this crate's errors in
+/// the caller's.
+///
+/// # Errors
+/// `work`'s error, `interrupted`, or the hub's error reading the final state.
+pub async fn finish_started<E: std::error::Error>(
+    hub: &HubClient,
+    backup: &Backup,
+    work: impl Future<Output = Result<Vec<DiskStats>, E>>,
+    shutdown: impl Future<Output = ()>,
+    interrupted: E,
+    client: impl Fn(ClientError) -> E,
+    started: Instant,
+) -> Result<BackupSummary, E> {
     let result = tokio::select! {
         r = work => r,
-        () = shutdown => Err(ClientError::Interrupted),
+        () = shutdown => Err(interrupted),
     };
     match result {
         Ok(stats) => {
-            let final_state = hub.backup(&backup.backup_id).await?;
+            let final_state = hub.backup(&backup.backup_id).await.map_err(client)?;
             Ok(summary(
                 &final_state,
                 &stats,
@@ -372,7 +401,7 @@ pub fn summary(backup: &Backup, stats: &[DiskStats], seconds: f64) -> BackupSumm
 }
 
 /// The error and its causes in one line, for `fail`'s reason.
-fn error_text(err: &ClientError) -> String {
+fn error_text(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut cur = std::error::Error::source(err);
     while let Some(e) = cur {

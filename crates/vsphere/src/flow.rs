@@ -48,8 +48,7 @@ use sendense_client::transfer::{
 };
 use sendense_types::{
     Backup, BackupStatus, BackupSummary, BackupType, Chain, CompleteBackupRequest, CompleteDisk,
-    CredentialName, DiskKey, DiskSpec, FailBackupRequest, RegisterVmRequest, StartBackupRequest,
-    VmName,
+    CredentialName, DiskKey, DiskSpec, RegisterVmRequest, StartBackupRequest, VmName,
 };
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -401,32 +400,16 @@ async fn with_snapshot(
     info!(backup_id = %backup.backup_id, backup_type = %backup.backup_type, "backup started");
 
     let work = transfer_and_complete(hub, options, prepared, &backup);
-    let result = tokio::select! {
-        r = work => r,
-        () = shutdown => Err(VsphereError::Interrupted),
-    };
-    match result {
-        Ok(stats) => {
-            let final_state = hub.backup(&backup.backup_id).await.map_err(client)?;
-            Ok(sendense_client::backup::summary(
-                &final_state,
-                &stats,
-                started.elapsed().as_secs_f64(),
-            ))
-        }
-        Err(err) => {
-            let reason = error_text(&err);
-            error!(backup_id = %backup.backup_id, %reason, "backup failed; telling the hub");
-            let request = FailBackupRequest::new(truncate(&reason, 4000))
-                .or_else(|_| FailBackupRequest::new("client error".to_owned()));
-            if let Ok(request) = request
-                && let Err(e) = hub.fail_backup(&backup.backup_id, &request).await
-            {
-                warn!(error = %e, "could not mark the backup failed on the hub");
-            }
-            Err(err)
-        }
-    }
+    sendense_client::backup::finish_started(
+        hub,
+        &backup,
+        work,
+        shutdown,
+        VsphereError::Interrupted,
+        client,
+        started,
+    )
+    .await
 }
 
 async fn transfer_and_complete(
@@ -532,26 +515,6 @@ fn into_client_error(e: VsphereError) -> ClientError {
             source: Box::new(other),
         },
     }
-}
-
-/// The error and its causes in one line, for `fail`'s reason.
-fn error_text(err: &VsphereError) -> String {
-    let mut text = err.to_string();
-    let mut cur = std::error::Error::source(err);
-    while let Some(e) = cur {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cur = e.source();
-    }
-    text.chars().filter(|c| !c.is_control()).collect()
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
 }
 
 #[cfg(test)]
