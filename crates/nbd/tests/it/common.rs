@@ -1,11 +1,12 @@
 //! Shared fixtures: certificates in QEMU's folder layout, a server on
 //! 127.0.0.1:0, external tool runners that fail loudly when a tool is missing.
 
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -202,7 +203,14 @@ pub(crate) struct ChildGuard(pub(crate) Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // A child reading our stdin (nbdkit's `--run` command) ends when it closes, and nbdkit
+        // then stops its server cleanly; any other child is killed.
+        match self.0.stdin.take() {
+            Some(stdin) => drop(stdin),
+            None => {
+                let _ = self.0.kill();
+            }
+        }
         let _ = self.0.wait();
     }
 }
@@ -213,19 +221,61 @@ pub(crate) fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Connects until the server answers or the deadline passes.
-pub(crate) async fn connect_when_ready(addr: SocketAddr, options: ClientOptions) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match Client::connect(addr, options.clone()).await {
-            Ok(c) => return c,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("server at {addr} never answered: {e}"),
+/// A server that daemonised itself once it listened (`qemu-nbd --fork`): killed through its
+/// pid file when dropped.
+pub(crate) struct Daemon {
+    pid_file: PathBuf,
+}
+
+impl Daemon {
+    /// Runs `cmd`, whose parent process exits once the server accepts connections, and
+    /// fails the test if it did not start.
+    pub(crate) fn start(mut cmd: Command, pid_file: &Path) -> Self {
+        // The daemon keeps the standard streams it inherits: capturing them would wait for it.
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("{:?} could not be run: {e}", cmd.get_program()));
+        assert!(
+            status.success(),
+            "{:?} did not start: {status}",
+            cmd.get_program()
+        );
+        Self {
+            pid_file: pid_file.to_owned(),
         }
     }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+/// Starts `cmd` (an `nbdkit … --run 'echo ready; cat >/dev/null'`) and waits for the line
+/// its `--run` command prints once nbdkit accepts connections. The command then waits on
+/// stdin, so nbdkit lives until the guard drops.
+pub(crate) fn start_when_ready(mut cmd: Command) -> ChildGuard {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{:?} could not be run: {e}", cmd.get_program()));
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    }
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "{:?} did not get ready",
+        cmd.get_program()
+    );
+    ChildGuard(child)
 }
 
 /// A memory export whose reads at offset 0 block until `release` is called.

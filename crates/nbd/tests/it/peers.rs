@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sendense_nbd::{Client, ClientOptions, ZeroFlags};
 
-use crate::common::{ChildGuard, connect_when_ready, free_port, random_bytes, tool};
+use crate::common::{Daemon, free_port, random_bytes, start_when_ready, tool};
 
 async fn exercise(c: &Client) {
     let data = random_bytes(1 << 20);
@@ -46,20 +46,30 @@ async fn client_against_qemu_nbd_all_commands_succeed() {
         .set_len(16 << 20)
         .unwrap();
     let port = free_port();
-    let child = Command::new(tool("qemu-nbd"))
-        .args(["--persistent", "-f", "raw", "-b", "127.0.0.1", "-x", "disk"])
-        .arg(format!("--port={port}"))
-        .arg(&file)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = ChildGuard(child);
+    let pid_file = dir.path().join("qemu-nbd.pid");
+    // --fork: the parent exits once the server is running.
+    let mut cmd = Command::new(tool("qemu-nbd"));
+    cmd.args([
+        "--fork",
+        "--persistent",
+        "-f",
+        "raw",
+        "-b",
+        "127.0.0.1",
+        "-x",
+        "disk",
+    ])
+    .arg(format!("--port={port}"))
+    .arg(format!("--pid-file={}", pid_file.display()))
+    .arg(&file)
+    .stdout(Stdio::null());
+    let _guard = Daemon::start(cmd, &pid_file);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let opts = ClientOptions {
         export_name: "disk".into(),
         ..Default::default()
     };
-    let c = connect_when_ready(addr, opts).await;
+    let c = Client::connect(addr, opts).await.unwrap();
     assert_eq!(c.size(), 16 << 20);
     assert!(c.info().base_allocation.is_some());
     exercise(&c).await;
@@ -71,16 +81,15 @@ async fn client_against_qemu_nbd_all_commands_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_against_nbdkit_memory_all_commands_succeed() {
     let port = free_port();
-    let child = Command::new(tool("nbdkit"))
-        .args(["-f", "--exit-with-parent", "-i", "127.0.0.1"])
+    let mut cmd = Command::new(tool("nbdkit"));
+    cmd.args(["-f", "--exit-with-parent", "-i", "127.0.0.1"])
         .arg(format!("--port={port}"))
-        .args(["memory", "64M"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = ChildGuard(child);
+        .args(["--run", "echo ready; cat >/dev/null", "memory", "64M"]);
+    let _guard = start_when_ready(cmd);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let c = connect_when_ready(addr, ClientOptions::default()).await;
+    let c = Client::connect(addr, ClientOptions::default())
+        .await
+        .unwrap();
     assert_eq!(c.size(), 64 << 20);
     exercise(&c).await;
     let c = Arc::new(c);
