@@ -8,6 +8,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +17,8 @@ use crate::sys::{self, Usage};
 
 /// How often a waited-for child's peak RSS is sampled.
 const RSS_SAMPLE: Duration = Duration::from_millis(5);
+/// How long to wait for a starting server to end before trying its port again.
+const CONNECT_RETRY: Duration = Duration::from_millis(20);
 
 /// How long a server may take to start listening, or to stop after SIGTERM.
 const SERVER_DEADLINE: Duration = Duration::from_secs(60);
@@ -27,6 +30,10 @@ pub(crate) struct Proc {
     pid: i32,
     child: Child,
     reaped: bool,
+    /// Gets a message (or hangs up) once the child has ended, from a watcher thread that does
+    /// not reap it.
+    ended: Receiver<()>,
+    has_ended: bool,
     log: PathBuf,
 }
 
@@ -63,13 +70,34 @@ impl Proc {
             .spawn()
             .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
         let pid = i32::try_from(child.id()).context("process id out of range")?;
+        let (tx, ended) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("watch-{name}"))
+            .spawn(move || {
+                let _ = sys::wait_ended(pid);
+                let _ = tx.send(());
+            })
+            .with_context(|| format!("cannot watch {name}"))?;
         Ok(Self {
             name: name.to_owned(),
             pid,
             child,
             reaped: false,
+            ended,
+            has_ended: false,
             log,
         })
+    }
+
+    /// Waits up to `limit` for the child to end (it is not reaped); answers whether it has.
+    fn ended_within(&mut self, limit: Duration) -> bool {
+        if !self.has_ended {
+            self.has_ended = match self.ended.recv_timeout(limit) {
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+                Err(RecvTimeoutError::Timeout) => false,
+            };
+        }
+        self.has_ended
     }
 
     /// Peak resident set size so far (`VmHWM`), in bytes.
@@ -103,8 +131,8 @@ impl Proc {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
-            if let Some((status, _)) = sys::wait4(self.pid, false)? {
-                self.reaped = true;
+            if self.ended_within(CONNECT_RETRY) {
+                let (status, _) = self.reap(true)?;
                 bail!(
                     "{} exited ({status}) before listening on {addr}{}",
                     self.name,
@@ -118,7 +146,6 @@ impl Proc {
                     self.log_tail()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -136,16 +163,15 @@ impl Proc {
             })
         });
         let mut sampled = 0u64;
-        let (status, mut usage) = loop {
+        loop {
             if let Some(peak) = self.peak_rss() {
                 sampled = sampled.max(peak);
             }
-            if let Some(done) = sys::wait4(self.pid, false)? {
-                self.reaped = true;
-                break done;
+            if self.ended_within(RSS_SAMPLE) {
+                break;
             }
-            std::thread::sleep(RSS_SAMPLE);
-        };
+        }
+        let (status, mut usage) = self.reap(true)?;
         let stdout = match reader {
             Some(r) => r
                 .join()
@@ -166,24 +192,12 @@ impl Proc {
     pub(crate) fn stop(mut self) -> Result<Finished> {
         sys::kill(self.pid, libc::SIGTERM)
             .with_context(|| format!("cannot signal {}", self.name))?;
-        let deadline = Instant::now() + SERVER_DEADLINE;
-        loop {
-            if let Some((_, usage)) = sys::wait4(self.pid, false)? {
-                self.reaped = true;
-                return Ok(Finished {
-                    usage,
-                    stdout: String::new(),
-                });
-            }
-            if Instant::now() > deadline {
-                let (_, usage) = self.reap(false)?;
-                return Ok(Finished {
-                    usage,
-                    stdout: String::new(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let gently = self.ended_within(SERVER_DEADLINE);
+        let (_, usage) = self.reap(gently)?;
+        Ok(Finished {
+            usage,
+            stdout: String::new(),
+        })
     }
 
     /// Reaps the child (killing it first unless `gently`).

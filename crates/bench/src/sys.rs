@@ -2,7 +2,9 @@
 //! child's life to ours.
 //!
 //! JUSTIFICATION for `unsafe`: `wait4` is the only way to get one child's own CPU times and peak
-//! RSS (`getrusage(RUSAGE_CHILDREN)` mixes every reaped child); `kill` sends SIGTERM for a
+//! RSS (`getrusage(RUSAGE_CHILDREN)` mixes every reaped child); `waitid(WNOWAIT)` lets a
+//! watcher thread learn that a child ended without reaping it (so its pid stays ours and
+//! `wait4` still gets its usage); `kill` sends SIGTERM for a
 //! graceful stop (std only sends SIGKILL); `prctl(PR_SET_PDEATHSIG)` in `pre_exec` makes every
 //! child die with the harness even when the harness itself is SIGKILLed, so no `qemu-nbd` is
 //! ever leaked; `sysconf(_SC_CLK_TCK)` converts `/proc/PID/stat` ticks. Each call passes only
@@ -51,6 +53,32 @@ pub(crate) fn wait4(pid: i32, block: bool) -> io::Result<Option<(ExitStatus, Usa
             ExitStatus::from_raw(status),
             Usage { cpu, max_rss_bytes },
         )));
+    }
+}
+
+/// Blocks until child `pid` has ended, without reaping it (`waitid` with `WNOWAIT`): the
+/// caller can still `wait4` it for its usage, and no other process can take its pid meanwhile.
+pub(crate) fn wait_ended(pid: i32) -> io::Result<()> {
+    let id = libc::id_t::try_from(pid).map_err(|_| io::Error::other("negative process id"))?;
+    loop {
+        // SAFETY: all-zero bytes are a valid `siginfo_t` (integers and unions of integers).
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live, writable local of the right type.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                id,
+                &raw mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
     }
 }
 
