@@ -292,28 +292,16 @@ impl Conn {
                 }
             }
             if ctx.export.never_blocks() {
-                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    ctx.handle(&req, payload.bytes())
-                }))
-                .unwrap_or_else(|_| ctx.error_reply(&req, Errno::Io));
-                drop(payload);
-                let _ = tx.send(reply).await;
-                drop(byte_permit);
-                drop(req_permit);
-                continue;
+                let _ = tx.send(ctx.answer(&req, payload)).await;
+            } else {
+                let ctx = Arc::clone(&ctx);
+                let tx = tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = tx.blocking_send(ctx.answer(&req, payload));
+                    drop(byte_permit);
+                    drop(req_permit);
+                });
             }
-            let ctx = Arc::clone(&ctx);
-            let tx = tx.clone();
-            tokio::task::spawn_blocking(move || {
-                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    ctx.handle(&req, payload.bytes())
-                }))
-                .unwrap_or_else(|_| ctx.error_reply(&req, Errno::Io));
-                drop(payload);
-                let _ = tx.blocking_send(reply);
-                drop(byte_permit);
-                drop(req_permit);
-            });
         };
         if let Ok(true) = result {
             // Shutting down: requests already received get ESHUTDOWN (proto.md,
@@ -376,6 +364,17 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// [`Self::handle`] with the payload's buffer given back to its pool as soon as the
+    /// request is done; a panicking export answers `EIO`.
+    fn answer(&self, req: &Request, payload: Payload) -> Vec<Bytes> {
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.handle(req, payload.bytes())
+        }))
+        .unwrap_or_else(|_| self.error_reply(req, Errno::Io));
+        drop(payload);
+        reply
+    }
+
     /// Validates and executes one request, returning the encoded reply.
     fn handle(&self, req: &Request, payload: &[u8]) -> Vec<Bytes> {
         if let Err(errno) = self.validate(req) {

@@ -178,16 +178,6 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Buffered I/O only.
-    #[must_use]
-    pub fn buffered(file: File) -> Self {
-        Self {
-            file,
-            direct: None,
-            direct_failed: AtomicBool::new(false),
-        }
-    }
-
     /// Buffered I/O, plus direct reads and writes of aligned data through a second descriptor
     /// of `path` opened with `O_DIRECT` (writable only if `writable`). A file system that
     /// refuses `O_DIRECT` (tmpfs) leaves only the buffered path.
