@@ -1,7 +1,8 @@
 //! [`Catalog`]: the typed API over the redb database `DATA/catalog.redb`.
 //!
-//! Tables (frozen for [`SCHEMA_VERSION`] 1; `meta` stays `&str -> u64` in every version, so any
-//! build can read the version and refuse what it does not know):
+//! Tables (frozen for [`SCHEMA_VERSION`] 2; `meta` stays `&str -> u64` in every version, so any
+//! build can read the version and refuse what it does not know; version 1 lacked `deletions`
+//! and is upgraded in place by adding it):
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -13,6 +14,7 @@
 //! | `active` | VM name | id of its one pending or running backup |
 //! | `heads` | VM name | id of its latest completed backup: the chain head |
 //! | `credentials` | credential name | JSON [`CredentialRecord`] |
+//! | `deletions` | backup id | JSON list of the deleted backup's files: removed from the catalog, files not yet removed |
 //!
 //! Invariants, each kept by doing every mutation in one write transaction (redb serializes
 //! writers, so check-then-write is atomic, and a failed or interrupted transaction leaves no
@@ -21,8 +23,12 @@
 //! - an incremental's parent is the VM's head when the incremental is created, and stays
 //!   completed and present until it completes or fails (deletion refuses dependants);
 //! - the head only moves in [`Catalog::complete_backup`] (forward) and
-//!   [`Catalog::delete_backup`] (back to the deleted head's parent), so a backup is either
-//!   completed with the chain advanced, or neither.
+//!   [`Catalog::delete_backup`] (back to the VM's latest remaining completed backup: the
+//!   deleted head's parent, or the previous chain's last point when a full is deleted), so a
+//!   backup is either completed with the chain advanced, or neither;
+//! - a deleted backup's files are listed in `deletions` in the same transaction that removes
+//!   it, until the hub has removed them ([`Catalog::finish_deletion`]): a crash in between
+//!   leaves a journal entry the next start finishes, never an unknown file.
 //!
 //! Commits are durable (fsync) except [`Catalog::set_disk_progress`], which is not worth an
 //! fsync: a crash may lose progress counters, never a status or a chain link.
@@ -47,7 +53,9 @@ use crate::error::CatalogError;
 use crate::record::{BackupRecord, CredentialRecord, DiskCompletion};
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
+/// The oldest schema version this build upgrades in place.
+const OLDEST_UPGRADABLE: u64 = 1;
 /// The catalog's file name inside the hub's data folder.
 pub const FILE_NAME: &str = "catalog.redb";
 
@@ -62,6 +70,7 @@ const BACKUP_ORDER: TableDefinition<'static, u64, &str> = TableDefinition::new("
 const ACTIVE: TableDefinition<'static, &str, &str> = TableDefinition::new("active");
 const HEADS: TableDefinition<'static, &str, &str> = TableDefinition::new("heads");
 const CREDENTIALS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("credentials");
+const DELETIONS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("deletions");
 
 type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
@@ -99,6 +108,11 @@ impl Catalog {
                     info!(path = %path.as_ref().display(), version = SCHEMA_VERSION, "created catalog");
                 }
                 Some(SCHEMA_VERSION) => {}
+                Some(found @ OLDEST_UPGRADABLE..SCHEMA_VERSION) => {
+                    // Every later table is created by `WriteTables::open` below.
+                    meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+                    info!(path = %path.as_ref().display(), from = found, to = SCHEMA_VERSION, "upgraded catalog schema");
+                }
                 Some(found) => {
                     return Err(CatalogError::SchemaVersion {
                         found,
@@ -432,8 +446,10 @@ impl Catalog {
     }
 
     /// Removes a completed or failed backup that no other (non-failed) backup has as its parent,
-    /// answering the removed record so the caller can delete its files. If it was the VM's
-    /// head, the head moves back to its parent (or the VM has no chain left).
+    /// answering the removed record so the caller can delete its files; the files are listed in
+    /// the deletion journal in the same transaction (see [`Catalog::deletions`]). If it was the
+    /// VM's head, the head moves to the VM's latest remaining completed backup: its parent for
+    /// an incremental, the previous chain's last point for a full (or no chain is left).
     ///
     /// # Errors
     /// [`CatalogError::HasDependents`] listing the backups that depend on it;
@@ -472,14 +488,66 @@ impl Catalog {
             t.backups.remove(id.as_str())?;
             t.vm_backups.remove((vm, stored.seq))?;
             t.order.remove(stored.seq)?;
+            let files: Vec<&str> = record.disks.iter().map(|d| d.file.as_str()).collect();
+            t.deletions.insert(id.as_str(), encode(&files).as_slice())?;
             if get_id(&t.heads, "heads", vm)?.as_ref() == Some(id) {
-                match &record.parent_backup_id {
-                    Some(parent) => t.heads.insert(vm, parent.as_str())?,
+                let mut latest = None;
+                for other in vm_backup_ids(&t.vm_backups, &record.vm_name)? {
+                    let other = require_backup(&t.backups, "vm_backups", &other)?;
+                    if other.status == BackupStatus::Completed {
+                        latest = Some(other.backup_id);
+                    }
+                }
+                match latest {
+                    Some(head) => t.heads.insert(vm, head.as_str())?,
                     None => t.heads.remove(vm)?,
                 };
             }
             debug!(backup_id = %id, "backup deleted");
             Ok(record)
+        })
+    }
+
+    /// Deleted backups whose files the hub has not yet confirmed removed, with those files
+    /// (relative to the repository), oldest deletion id first.
+    ///
+    /// # Errors
+    /// Storage or corruption errors.
+    pub fn deletions(&self) -> Result<Vec<(BackupId, Vec<String>)>> {
+        self.read(|t| {
+            t.deletions
+                .iter()?
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    let id = parse_id("deletions", key.value(), key.value())?;
+                    let files: Vec<String> = decode("deletions", key.value(), value.value())?;
+                    Ok((id, files))
+                })
+                .collect()
+        })
+    }
+
+    /// Forgets a deletion journal entry once its files are gone. Unknown ids are fine.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn finish_deletion(&self, id: &BackupId) -> Result<()> {
+        self.write(Durability::Immediate, |t| {
+            t.deletions.remove(id.as_str())?;
+            Ok(())
+        })
+    }
+
+    /// Marks a completed backup whose image files are gone, answering the record: it stays
+    /// listed (so an operator sees what was lost) but is never the parent of an incremental.
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] unless completed.
+    pub fn mark_files_missing(&self, id: &BackupId) -> Result<BackupRecord> {
+        self.update_backup(Durability::Immediate, id, |_, stored| {
+            expect_status(&stored.record, &[BackupStatus::Completed], "completed")?;
+            stored.record.files_missing = true;
+            Ok(())
         })
     }
 
@@ -675,6 +743,7 @@ struct WriteTables<'txn> {
     active: Table<'txn, &'static str, &'static str>,
     heads: Table<'txn, &'static str, &'static str>,
     credentials: Table<'txn, &'static str, &'static [u8]>,
+    deletions: Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -688,6 +757,7 @@ impl<'txn> WriteTables<'txn> {
             active: txn.open_table(ACTIVE)?,
             heads: txn.open_table(HEADS)?,
             credentials: txn.open_table(CREDENTIALS)?,
+            deletions: txn.open_table(DELETIONS)?,
         })
     }
 }
@@ -701,6 +771,7 @@ struct ReadTables {
     active: ReadOnlyTable<&'static str, &'static str>,
     heads: ReadOnlyTable<&'static str, &'static str>,
     credentials: ReadOnlyTable<&'static str, &'static [u8]>,
+    deletions: ReadOnlyTable<&'static str, &'static [u8]>,
 }
 
 impl ReadTables {
@@ -713,6 +784,7 @@ impl ReadTables {
             active: txn.open_table(ACTIVE)?,
             heads: txn.open_table(HEADS)?,
             credentials: txn.open_table(CREDENTIALS)?,
+            deletions: txn.open_table(DELETIONS)?,
         })
     }
 }
@@ -734,6 +806,7 @@ fn check_new_record(record: &BackupRecord) -> Result<()> {
     if record.completed_at.is_some()
         || record.failed_at.is_some()
         || record.failure_reason.is_some()
+        || record.files_missing
         || record.disks.iter().any(|d| d.change_id.is_some())
     {
         return invalid("a new backup cannot carry completion or failure fields");
@@ -742,6 +815,9 @@ fn check_new_record(record: &BackupRecord) -> Result<()> {
         (BackupType::Auto, _) => return invalid("backup_type auto must be resolved first"),
         (BackupType::Full, Some(_)) => return invalid("a full backup has no parent"),
         (BackupType::Incremental, None) => return invalid("an incremental needs a parent"),
+        (BackupType::Incremental, Some(_)) if record.full_reason.is_some() => {
+            return invalid("an incremental has no full_reason");
+        }
         (BackupType::Full, None) if record.disks.iter().any(|d| d.parent_change_id.is_some()) => {
             return invalid("a full backup has no parent change ids");
         }
@@ -1052,12 +1128,33 @@ mod tests {
             matches!(
                 err,
                 CatalogError::SchemaVersion {
-                    found: 2,
-                    supported: 1
+                    found: 3,
+                    supported: 2
                 }
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn open_version_1_file_upgrades_and_journals_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        drop(Catalog::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, 1)
+                .unwrap();
+            txn.delete_table(DELETIONS).unwrap();
+            txn.commit().unwrap();
+        }
+
+        let catalog = Catalog::open(&path).unwrap();
+
+        assert_eq!(catalog.deletions().unwrap(), vec![]);
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub struct BackupRecord {
     pub failed_at: Option<Timestamp>,
     /// Why it failed.
     pub failure_reason: Option<String>,
+    /// Why the hub made this a full although `auto` was asked for.
+    #[serde(default)]
+    pub full_reason: Option<String>,
+    /// Set on a completed backup whose image files were found missing: it is never the parent
+    /// of a new incremental.
+    #[serde(default)]
+    pub files_missing: bool,
     /// Its disks, ordered by key.
     pub disks: Vec<DiskRecord>,
 }
@@ -97,6 +104,8 @@ impl BackupRecord {
             completed_at: None,
             failed_at: None,
             failure_reason: None,
+            full_reason: None,
+            files_missing: false,
             disks,
             backup_id,
         }
@@ -121,6 +130,8 @@ impl BackupRecord {
             created_at: self.created_at,
             completed_at: self.completed_at,
             failure_reason: self.failure_reason.clone(),
+            full_reason: self.full_reason.clone(),
+            files_missing: self.files_missing,
             disks: self
                 .disks
                 .iter()
@@ -280,7 +291,9 @@ mod tests {
                         created_at: created,
                         completed_at: ends.0,
                         failed_at: ends.1,
+                        full_reason: ends.2.clone(),
                         failure_reason: ends.2,
+                        files_missing: incremental,
                         disks,
                         vm_name,
                     }

@@ -140,6 +140,7 @@ async fn run_inner(
         .start_backup(&StartBackupRequest {
             vm_name: options.vm.clone(),
             backup_type: options.backup_type,
+            base_backup_id: None,
         })
         .await?;
     info!(backup_id = %backup.backup_id, backup_type = %backup.backup_type, "backup started");

@@ -48,6 +48,8 @@ pub mod error_codes {
     pub const INTERNAL: &str = "internal";
     /// A system the hub talks to on the caller's behalf (vCenter) failed or refused (HTTP 502).
     pub const BAD_GATEWAY: &str = "bad_gateway";
+    /// The hub is shutting down (HTTP 503).
+    pub const UNAVAILABLE: &str = "unavailable";
 }
 
 /// The kind of backup asked for. The hub resolves `auto` into `full` or `incremental`; a stored
@@ -260,7 +262,7 @@ impl RegisterVmRequest {
     }
 }
 
-/// `POST /api/v1/backups`: `{vm_name, backup_type}`.
+/// `POST /api/v1/backups`: `{vm_name, backup_type, base_backup_id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartBackupRequest {
@@ -268,6 +270,10 @@ pub struct StartBackupRequest {
     pub vm_name: VmName,
     /// Full, incremental, or auto (incremental when possible).
     pub backup_type: BackupType,
+    /// The backup the client's changes are relative to: an incremental (or an `auto` that
+    /// continues the chain) is refused with 409 when the hub's parent is another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_backup_id: Option<BackupId>,
 }
 
 /// One disk in [`CompleteBackupRequest`]: `{disk_key, change_id, bytes_transferred}`.
@@ -562,6 +568,14 @@ pub struct Backup {
     pub completed_at: Option<Timestamp>,
     /// Why it failed; `null` unless failed.
     pub failure_reason: Option<String>,
+    /// Why the hub made this a full when `auto` (or a chain that could not continue) was asked
+    /// for; `null` otherwise.
+    #[serde(default)]
+    pub full_reason: Option<String>,
+    /// A completed backup whose image files were found missing: it cannot be restored and is
+    /// never the parent of a new incremental.
+    #[serde(default)]
+    pub files_missing: bool,
     /// Its disks, ordered by key.
     pub disks: Vec<BackupDisk>,
 }
@@ -573,6 +587,33 @@ pub struct Chain {
     pub vm_name: VmName,
     /// Oldest (the full) first.
     pub backups: Vec<Backup>,
+}
+
+/// One VM's share of the repository in [`RepositoryInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmUsage {
+    /// The VM.
+    pub vm_name: VmName,
+    /// Bytes its images occupy on disk.
+    pub used_bytes: u64,
+    /// How many of its backups hold files in the repository.
+    pub backups: u64,
+}
+
+/// `GET /api/v1/repository`: space and contents of `DATA/repository`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepositoryInfo {
+    /// Size of the file system holding the repository.
+    pub capacity_bytes: u64,
+    /// Bytes the repository's files occupy on disk.
+    pub used_bytes: u64,
+    /// Bytes still available to the hub on that file system.
+    pub free_bytes: u64,
+    /// Per VM, ordered by name.
+    pub vms: Vec<VmUsage>,
+    /// Files under the repository that the catalog does not know, relative to it. The hub
+    /// never deletes them: an operator decides.
+    pub unknown_files: Vec<String>,
 }
 
 /// One disk of [`RestoreExports`].

@@ -20,8 +20,8 @@ pub mod timestamp;
 pub use api::{
     ApiError, Backup, BackupDisk, BackupQuery, BackupStatus, BackupSummary, BackupType, Chain,
     CompleteBackupRequest, CompleteDisk, Credential, CredentialRequest, DiskSpec, DiskSummary,
-    FailBackupRequest, Health, RegisterVmRequest, RestoreDisk, RestoreExports, StartBackupRequest,
-    Vm, error_codes,
+    FailBackupRequest, Health, RegisterVmRequest, RepositoryInfo, RestoreDisk, RestoreExports,
+    StartBackupRequest, Vm, VmUsage, error_codes,
 };
 pub use error::TypesError;
 pub use names::{BackupId, ChangeId, CredentialName, DiskKey, ExportName, VmName, image_path};

@@ -394,6 +394,7 @@ async fn with_snapshot(
         .start_backup(&StartBackupRequest {
             vm_name: vm_name.clone(),
             backup_type,
+            base_backup_id: None,
         })
         .await
         .map_err(client)?;

@@ -255,3 +255,69 @@ fn chain_to_unknown_backup_not_found() {
 
     assert!(matches!(err, CatalogError::BackupNotFound { .. }), "{err}");
 }
+
+/// Issue #11 item 10: deleting the head full of a second chain brings the first chain's last
+/// point back as the head, so `auto` continues it instead of starting over.
+#[test]
+fn delete_backup_head_full_brings_previous_chain_head_back() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let inc = complete(&f.catalog, &start_incremental(&f.catalog, &vm, 3), 4);
+    let second_full = complete(&f.catalog, &start_full(&f.catalog, &vm, 5), 6);
+
+    f.catalog.delete_backup(&second_full.backup_id).unwrap();
+
+    assert_eq!(
+        f.catalog
+            .latest_completed(&vm.name)
+            .unwrap()
+            .map(|r| r.backup_id),
+        Some(inc.backup_id)
+    );
+}
+
+#[test]
+fn delete_backup_journals_files_until_finished() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let files: Vec<String> = full.disks.iter().map(|d| d.file.clone()).collect();
+
+    f.catalog.delete_backup(&full.backup_id).unwrap();
+    let journalled = f.catalog.deletions().unwrap();
+    f.catalog.finish_deletion(&full.backup_id).unwrap();
+
+    assert_eq!(
+        (journalled, f.catalog.deletions().unwrap()),
+        (vec![(full.backup_id, files)], vec![])
+    );
+}
+
+#[test]
+fn mark_files_missing_flags_completed_backup() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+
+    f.catalog.mark_files_missing(&full.backup_id).unwrap();
+
+    assert!(
+        f.catalog
+            .backup(&full.backup_id)
+            .unwrap()
+            .unwrap()
+            .files_missing
+    );
+}
+
+#[test]
+fn mark_files_missing_running_backup_refused() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let running = start_full(&f.catalog, &vm, 1);
+
+    let err = f.catalog.mark_files_missing(&running.backup_id).unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+}

@@ -161,7 +161,18 @@ fn apply(
                     } else {
                         model.backups[i].deleted = true;
                         if model.heads[vm] == Some(i) {
-                            model.heads[vm] = parent;
+                            // The latest remaining completed backup of the VM: the parent
+                            // of an incremental, the previous chain's last point for a full.
+                            model.heads[vm] = model
+                                .backups
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, b)| {
+                                    b.vm == vm && !b.deleted && b.status == BackupStatus::Completed
+                                })
+                                .map(|(j, _)| j)
+                                .next_back();
+                            assert!(parent.is_none() || model.heads[vm] == parent);
                         }
                         None
                     };

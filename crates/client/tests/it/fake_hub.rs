@@ -196,6 +196,8 @@ fn route(
                 created_at: Timestamp::now(),
                 completed_at: None,
                 failure_reason: None,
+                full_reason: None,
+                files_missing: false,
                 disks,
             };
             st.backup = Some(backup.clone());

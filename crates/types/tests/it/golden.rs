@@ -16,6 +16,8 @@ fn backup() -> Backup {
         created_at: "2026-11-24T23:59:01Z".parse().unwrap(),
         completed_at: None,
         failure_reason: None,
+        full_reason: None,
+        files_missing: false,
         disks: vec![BackupDisk {
             disk_key: DiskKey(2000),
             capacity_bytes: 1 << 30,
@@ -39,6 +41,8 @@ fn backup_json() -> Value {
         "created_at": "2026-11-24T23:59:01Z",
         "completed_at": null,
         "failure_reason": null,
+        "full_reason": null,
+        "files_missing": false,
         "disks": [{
             "disk_key": 2000,
             "capacity_bytes": 1_073_741_824_u64,

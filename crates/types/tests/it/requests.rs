@@ -119,6 +119,30 @@ fn start_backup_valid_body_parses() {
 }
 
 #[test]
+fn start_backup_base_backup_id_parses_and_is_omitted_when_absent() {
+    let req: StartBackupRequest = serde_json::from_value(json!({
+        "vm_name": "web01", "backup_type": "incremental",
+        "base_backup_id": "backup-web01-20261124T235901-3fa9c2"
+    }))
+    .unwrap();
+    let without = StartBackupRequest {
+        base_backup_id: None,
+        ..req.clone()
+    };
+
+    assert_eq!(
+        (
+            req.base_backup_id.map(|b| b.to_string()),
+            serde_json::to_value(&without).unwrap()
+        ),
+        (
+            Some("backup-web01-20261124T235901-3fa9c2".to_owned()),
+            json!({"vm_name": "web01", "backup_type": "incremental"})
+        )
+    );
+}
+
+#[test]
 fn start_backup_unknown_type_rejected() {
     let msg = parse_err::<StartBackupRequest>(json!({"vm_name": "web01", "backup_type": "Full"}));
 

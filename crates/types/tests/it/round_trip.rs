@@ -99,7 +99,9 @@ fn backup() -> impl Strategy<Value = Backup> {
                 parent_backup_id: parent,
                 created_at: created,
                 completed_at: completed,
-                failure_reason: reason,
+                failure_reason: reason.clone(),
+                full_reason: reason,
+                files_missing: st == BackupStatus::Completed,
                 disks,
             },
         )
