@@ -65,6 +65,7 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/credentials/{name}/session",
             post(credential_session),
         )
+        .route("/api/v1/repository", get(repository))
         .route("/api/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -102,6 +103,7 @@ impl From<HubError> for ApiFailure {
             ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, error_codes::BAD_REQUEST),
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, error_codes::NOT_FOUND),
             ErrorKind::Conflict => (StatusCode::CONFLICT, error_codes::CONFLICT),
+            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, error_codes::UNAVAILABLE),
             _ => {
                 tracing::error!(error = %message, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, error_codes::INTERNAL)
@@ -262,6 +264,10 @@ async fn fail_backup(
 ) -> ApiResult<impl IntoResponse> {
     let id: BackupId = parse("backup id", &id)?;
     Ok(Json(s.engine.fail_backup(&id, req.reason()).await?))
+}
+
+async fn repository(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(blocking(move || s.engine.repository()).await?))
 }
 
 async fn chain(State(s): State<ApiState>, Path(vm): Path<String>) -> ApiResult<impl IntoResponse> {

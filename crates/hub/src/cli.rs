@@ -85,10 +85,16 @@ pub enum Command {
         /// certificate on first start); default: the --nbd address's IP.
         #[arg(long, value_name = "HOST")]
         public_host: Option<String>,
-        /// Fail a running backup whose client has had no NBD connection for
+        /// Fail a running backup whose client has not connected since the
+        /// backup started, or whose NBD connections have been silent, for
         /// this many seconds.
-        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
         idle_timeout: u64,
+        /// Fail a running backup whose every NBD connection has been closed
+        /// for this many seconds without complete or fail (a client may
+        /// reconnect within it).
+        #[arg(long, value_name = "SECONDS", default_value_t = 20)]
+        disconnect_grace: u64,
     },
     /// Work on QCOW2 images with Sendense's own engine (no QEMU needed).
     #[command(subcommand)]
@@ -237,6 +243,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             nbd,
             public_host,
             idle_timeout,
+            disconnect_grace,
         } => {
             let config = HubConfig {
                 data_dir,
@@ -244,6 +251,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 nbd_listen: nbd,
                 public_host,
                 idle_timeout: std::time::Duration::from_secs(idle_timeout.max(1)),
+                disconnect_grace: std::time::Duration::from_secs(disconnect_grace.max(1)),
             };
             match daemon::start(config).await {
                 Ok(hub) => {

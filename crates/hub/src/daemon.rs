@@ -2,10 +2,12 @@
 //! API over HTTPS and the NBD server over TLS, sharing one engine.
 //!
 //! First start creates `DATA/catalog.redb`, `DATA/repository/`, the TLS
-//! folder and the API token; later starts reuse them. Start-up fails backups
-//! a crash left running. Shutdown stops the API, fails running backups
-//! (chain untouched, partial images removed), closes restore exports, then
-//! stops the NBD server once its connections have drained.
+//! folder and the API token; later starts reuse them. Start-up reconciles
+//! the repository with the catalog ([`Engine::reconcile`]). A watchdog fails
+//! backups whose client is gone. Shutdown stops the API, fails running
+//! backups (chain untouched, partial images removed), closes restore
+//! exports, then stops the NBD server; each step has a deadline, so the hub
+//! ends within [`SHUTDOWN_LIMIT`] whatever its peers do.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,11 +19,20 @@ use sendense_nbd::{ExportRegistry, Server, ServerOptions};
 
 use crate::api::{ApiState, router};
 use crate::credentials::Credentials;
-use crate::engine::{Engine, REPOSITORY_DIR};
+use crate::engine::{Engine, REPOSITORY_DIR, Reconciliation, Watchdog};
 use crate::error::HubError;
 
 /// Folder of the TLS material inside the data folder.
 pub const TLS_DIR: &str = "tls";
+
+/// The longest a shutdown takes, whatever peers do: the sum of the steps' deadlines.
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(25);
+/// How long in-flight API requests may finish after shutdown begins.
+const API_DRAIN: Duration = Duration::from_secs(8);
+/// How long the engine may take to fail running backups and close exports.
+const ENGINE_DRAIN: Duration = Duration::from_secs(10);
+/// How long the NBD server may take to end its connections.
+const NBD_DRAIN: Duration = Duration::from_secs(5);
 
 /// How the daemon is set up.
 #[derive(Debug, Clone)]
@@ -35,8 +46,12 @@ pub struct HubConfig {
     /// Host name clients use to reach this hub: goes into the `nbd_uri`s and
     /// the certificate. Defaults to the NBD listen address's IP.
     pub public_host: Option<String>,
-    /// A running backup with no NBD connection for this long is failed.
+    /// A running backup with no NBD connection since its start, or whose
+    /// connections are silent, this long is failed.
     pub idle_timeout: Duration,
+    /// A running backup whose every NBD connection has been closed this long
+    /// is failed (its client may reconnect within it).
+    pub disconnect_grace: Duration,
 }
 
 /// Errors starting the daemon.
@@ -164,11 +179,15 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
         Arc::clone(&registry),
         nbd_base,
     ));
-    let recovered = engine.recover()?;
-    if recovered > 0 {
+    let report = engine.reconcile()?;
+    if report != Reconciliation::default() {
         tracing::warn!(
-            count = recovered,
-            "marked backups left running by a crash as failed"
+            failed_running = report.failed_running,
+            finished_deletions = report.finished_deletions,
+            removed_part_files = report.removed_part_files.len(),
+            marked_missing = report.marked_missing.len(),
+            unknown_files = report.unknown_files.len(),
+            "reconciled the repository with the catalog"
         );
     }
 
@@ -212,14 +231,19 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
         }
     });
     let watchdog_engine = Arc::clone(&engine);
-    let idle = config.idle_timeout;
+    let timers = Watchdog {
+        idle_timeout: config.idle_timeout,
+        disconnect_grace: config.disconnect_grace,
+    };
     let mut watchdog_stop = stop_rx.clone();
     let watchdog = tokio::spawn(async move {
-        let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let period = (timers.idle_timeout.min(timers.disconnect_grace) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
         let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => watchdog_engine.fail_idle(idle).await,
+                _ = tick.tick() => watchdog_engine.watchdog_tick(timers).await,
                 _ = watchdog_stop.changed() => break,
             }
         }
@@ -229,12 +253,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
     let task = tokio::spawn(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
         tracing::info!("shutting down");
-        api_handle.graceful_shutdown(Some(Duration::from_secs(10)));
-        let _ = api_task.await;
-        let _ = watchdog.await;
-        shutdown_engine.shutdown().await;
+        api_handle.graceful_shutdown(Some(API_DRAIN));
+        bounded("API server", API_DRAIN + Duration::from_secs(1), api_task).await;
+        watchdog.abort();
+        let engine_down = tokio::spawn(async move { shutdown_engine.shutdown().await });
+        bounded("backup engine", ENGINE_DRAIN, engine_down).await;
         let _ = nbd_stop_tx.send(());
-        let _ = nbd_task.await;
+        bounded("NBD server", NBD_DRAIN, nbd_task).await;
         tracing::info!("hub stopped");
     });
     tracing::info!(
@@ -250,6 +275,16 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
         stop: stop_tx,
         task,
     })
+}
+
+/// Waits for a shutdown step up to `limit`, then abandons it (aborting its
+/// task), so no peer can hold the shutdown.
+async fn bounded(step: &'static str, limit: Duration, task: tokio::task::JoinHandle<()>) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(limit, task).await.is_err() {
+        abort.abort();
+        tracing::warn!(step, seconds = limit.as_secs(), "shutdown step did not end in time: abandoned");
+    }
 }
 
 /// A host for a URI: IPv6 literals in brackets.

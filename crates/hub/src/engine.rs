@@ -5,41 +5,83 @@
 //!
 //! - `start_backup` decides full or incremental (an incremental is a QCOW2
 //!   overlay of the latest completed backup of each disk, with a relative
-//!   backing name), creates each image under a hidden temporary name, and
-//!   opens one write export per disk under an unguessable name.
-//! - `complete_backup` closes the exports (after in-flight writes finish),
-//!   flushes, checks each image, renames it into place, fsyncs the folder and
-//!   only then commits the catalog: the chain advances in that one write
-//!   transaction and nowhere else.
+//!   backing name; `auto` starts a full, and says why in `full_reason`, when
+//!   the chain has no head, would pass [`MAX_CHAIN_LENGTH`], has a missing
+//!   file, or a disk changed), creates each image under a hidden temporary
+//!   name, and opens one write export per disk under an unguessable name. A
+//!   disk the parent did not have gets a standalone image.
+//! - `complete_backup` closes the exports (after in-flight writes finish, up
+//!   to a deadline), flushes, checks each image, renames it into place, fsyncs
+//!   the folder and only then commits the catalog: the chain advances in that
+//!   one write transaction and nowhere else.
 //! - `fail_backup` closes the exports, removes the partial files, and marks
 //!   the backup failed; the chain is untouched.
-//! - `recover` (at start) fails backups a crash left running and removes
-//!   their files.
+//! - `watchdog_tick` fails backups whose client is gone: every connection
+//!   closed for the disconnect grace, connections silent for the idle
+//!   timeout, or no connection at all within the idle timeout.
+//! - `reconcile` (at start) fails backups a crash left running, finishes
+//!   journalled deletions, removes orphaned `.part` files, marks completed
+//!   backups whose files are gone, and reports files the catalog does not know.
 //!
-//! Locking: `live` (running backups and restore exports) is a std mutex held
-//! only for map operations, never across I/O or `.await`. A backup's write
-//! disks are taken out of the map by whoever completes or fails it, so two
-//! racing calls cannot both finish it.
+//! Completion and failure run on their own task, which the caller awaits:
+//! dropping the caller (an HTTP client that hangs up) never stops a teardown
+//! half way. Each running backup has one slot in `live`; whoever moves it
+//! from `Running` to `Finishing` owns the teardown, and every other caller
+//! (a racing `complete`, `fail` or the watchdog) waits for that end and gets
+//! a 409 naming the final status.
+//!
+//! Locking: `live` is a std mutex held only for map operations, never across
+//! I/O or `.await`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sendense_catalog::{BackupRecord, Catalog, DiskCompletion};
 use sendense_nbd::{Export, ExportRegistry};
+use sendense_qcow2::image::{DEFAULT_CHAIN_DEPTH, MAX_CHAIN_DEPTH};
 use sendense_qcow2::{BackingSpec, CreateOptions, Image, OpenOptions};
 use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, BackupType, Chain, CompleteBackupRequest, DiskKey,
-    ExportName, RegisterVmRequest, RestoreDisk, RestoreExports, StartBackupRequest, Timestamp, Vm,
-    VmName,
+    ExportName, RegisterVmRequest, RepositoryInfo, RestoreDisk, RestoreExports,
+    StartBackupRequest, Timestamp, Vm, VmName, VmUsage,
 };
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::error::HubError;
 use crate::qcow2_export::Qcow2Export;
 
 /// Folder of the repository inside the data folder.
 pub const REPOSITORY_DIR: &str = "repository";
+
+/// Most restore points in one chain (the full and its incrementals): the
+/// engine opens an image with at most [`DEFAULT_CHAIN_DEPTH`] backing files,
+/// so a new incremental on a chain this long would not open. `auto` starts a
+/// new full instead; an explicit incremental is refused (409).
+pub const MAX_CHAIN_LENGTH: usize = DEFAULT_CHAIN_DEPTH;
+
+/// How long `fail` waits for the connections of a backup's exports to end
+/// before it removes the files anyway (a writer still attached only writes
+/// into an unlinked file).
+const FAIL_DRAIN: Duration = Duration::from_secs(5);
+
+/// How long `complete` waits for in-flight writes to end before it gives up
+/// and fails the backup: an image is flushed only once nobody writes to it.
+const COMPLETE_DRAIN: Duration = Duration::from_secs(20);
+
+/// The timers of the dead-client watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watchdog {
+    /// A backup with no NBD connection since it started, or whose connections
+    /// have been silent, this long is failed.
+    pub idle_timeout: Duration,
+    /// A backup whose every NBD connection has been closed this long (after
+    /// at least one was seen) is failed; a client may reconnect within it.
+    pub disconnect_grace: Duration,
+}
 
 /// One disk of a running backup.
 #[derive(Debug)]
@@ -51,11 +93,58 @@ struct WriteDisk {
     target: PathBuf,
 }
 
+/// Where a backup this process holds is in its life.
+#[derive(Debug)]
+enum Slot {
+    /// `start_backup` is creating its images; a `fail` meanwhile records
+    /// its reason here and the start gives up when it sees it.
+    Starting { cancelled: Option<String> },
+    /// Exports open, receiving data.
+    Running {
+        disks: Vec<WriteDisk>,
+        liveness: Liveness,
+    },
+    /// A `complete` or `fail` owns the teardown; `done` turns true when it
+    /// has ended and the catalog says how.
+    Finishing { done: watch::Receiver<bool> },
+}
+
 /// What this process holds open.
 #[derive(Debug, Default)]
 struct Live {
-    running: HashMap<BackupId, Vec<WriteDisk>>,
+    running: HashMap<BackupId, Slot>,
     restores: HashMap<BackupId, Vec<(DiskKey, ExportName)>>,
+    /// Backups being deleted: no restore exports may open meanwhile.
+    deleting: HashSet<BackupId>,
+    /// Shutdown has begun: no new backup starts.
+    closing: bool,
+}
+
+/// What start-up reconciliation found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Backups a crash left running, now failed.
+    pub failed_running: usize,
+    /// Deletions a crash interrupted, now finished.
+    pub finished_deletions: usize,
+    /// Orphaned `.part` files removed (relative to the repository).
+    pub removed_part_files: Vec<String>,
+    /// Completed backups whose files are gone, now marked so.
+    pub marked_missing: Vec<BackupId>,
+    /// Files the catalog does not know (relative to the repository): reported, kept.
+    pub unknown_files: Vec<String>,
+}
+
+/// Who ends a backup's slot, and how the others learn it ended.
+enum Claim {
+    /// The caller owns the teardown of these disks.
+    Owner(Vec<WriteDisk>, watch::Sender<bool>),
+    /// Someone else is finishing it: wait, then answer the final status.
+    Wait(watch::Receiver<bool>),
+    /// The start is still running (it has now been told to give up, for a `fail`).
+    Starting,
+    /// This process holds nothing for it.
+    NotLive,
 }
 
 /// The backup engine.
@@ -128,54 +217,180 @@ impl Engine {
     /// write export per disk.
     ///
     /// # Errors
-    /// Unknown VM (404), an incremental with no completed backup (409), a
-    /// backup of the VM already running (409), or a repository failure.
+    /// Unknown VM (404); 409 for an incremental with no completed backup, a
+    /// chain at [`MAX_CHAIN_LENGTH`], a missing parent file, a stated base
+    /// that is not the hub's parent, a backup of the VM already running, or a
+    /// `fail` that arrived while starting; 503 while shutting down; or a
+    /// repository failure.
     pub fn start_backup(&self, req: &StartBackupRequest) -> Result<Backup, HubError> {
+        if self.live().closing {
+            return Err(HubError::ShuttingDown);
+        }
         let vm = self.vm(&req.vm_name)?;
-        let latest = self.catalog.latest_completed(&vm.name)?;
-        let parent = match req.backup_type {
-            BackupType::Full => None,
-            BackupType::Incremental => Some(latest.ok_or_else(|| HubError::NoFullBackup {
-                vm: vm.name.clone(),
-            })?),
-            BackupType::Auto => latest.filter(|p| chain_can_continue(&vm, p)),
-        };
+        let (parent, full_reason) = self.choose_parent(&vm, req)?;
         let now = Timestamp::now();
-        let record = BackupRecord::new(
+        let mut record = BackupRecord::new(
             BackupId::new(&vm.name, now),
             &vm,
             parent.as_ref(),
             BackupStatus::Running,
             now,
         );
+        record.full_reason = full_reason;
         self.catalog.create_backup(&record)?;
-        match self.open_write_disks(&record, parent.as_ref()) {
-            Ok(disks) => {
+        let id = record.backup_id.clone();
+        {
+            let mut live = self.live();
+            let cancelled = live
+                .closing
+                .then(|| "the hub is shutting down".to_owned());
+            live.running.insert(id.clone(), Slot::Starting { cancelled });
+        }
+        let opened = self.open_write_disks(&record, parent.as_ref());
+        let mut live = self.live();
+        let slot = live.running.remove(&id);
+        match (opened, slot) {
+            (Ok(disks), Some(Slot::Starting { cancelled: None })) => {
                 let backup = self.api_backup(&record, Some(&disks));
+                let liveness = Liveness::new(Instant::now(), self.sample(&disks));
+                live.running
+                    .insert(id.clone(), Slot::Running { disks, liveness });
+                drop(live);
                 tracing::info!(
-                    backup_id = %record.backup_id,
+                    backup_id = %id,
                     vm = %vm.name,
                     backup_type = %record.backup_type,
-                    disks = disks.len(),
+                    full_reason = record.full_reason.as_deref(),
+                    disks = record.disks.len(),
                     "backup started"
                 );
-                self.live().running.insert(record.backup_id.clone(), disks);
                 Ok(backup)
             }
-            Err(e) => {
+            (opened, slot) => {
+                drop(live);
+                let cancelled = match slot {
+                    Some(Slot::Starting { cancelled }) => cancelled,
+                    _ => None,
+                };
+                if let Ok(disks) = opened {
+                    self.discard_write_disks(disks);
+                    let reason = cancelled.unwrap_or_else(|| "failed while starting".to_owned());
+                    self.fail_in_catalog(&id, &reason);
+                    return Err(HubError::StartCancelled {
+                        backup_id: id,
+                        reason,
+                    });
+                }
+                let Err(e) = opened else {
+                    unreachable!("the Ok case returned above")
+                };
                 let reason = format!(
                     "could not prepare the images: {}",
                     crate::cli::error_chain(&e)
                 );
-                if let Err(fail) =
-                    self.catalog
-                        .fail_backup(&record.backup_id, &reason, Timestamp::now())
-                {
-                    tracing::error!(backup_id = %record.backup_id, error = %fail, "cannot mark backup failed");
-                }
+                self.fail_in_catalog(&id, &reason);
                 Err(e)
             }
         }
+    }
+
+    /// Marks a backup failed unless something already ended it.
+    fn fail_in_catalog(&self, id: &BackupId, reason: &str) {
+        match self.catalog.fail_backup(id, reason, Timestamp::now()) {
+            Ok(_) => {}
+            Err(e) if e.kind() == sendense_catalog::ErrorKind::Conflict => {}
+            Err(e) => {
+                tracing::error!(backup_id = %id, error = %crate::cli::error_chain(&e), "cannot mark backup failed");
+            }
+        }
+    }
+
+    /// Decides the parent of a new backup: `None` for a full, with the
+    /// reason when `auto` could not continue the chain.
+    fn choose_parent(
+        &self,
+        vm: &Vm,
+        req: &StartBackupRequest,
+    ) -> Result<(Option<BackupRecord>, Option<String>), HubError> {
+        if req.backup_type == BackupType::Full {
+            return Ok((None, None));
+        }
+        let chain = self.catalog.chain(&vm.name)?;
+        let head = match (chain.last(), req.backup_type) {
+            (Some(head), _) => head,
+            (None, BackupType::Incremental) => {
+                return Err(HubError::NoFullBackup {
+                    vm: vm.name.clone(),
+                });
+            }
+            (None, _) => {
+                let reason = "the VM has no completed backup yet".to_owned();
+                tracing::info!(vm = %vm.name, %reason, "auto starts a full backup");
+                return Ok((None, Some(reason)));
+            }
+        };
+        let strict = req.backup_type == BackupType::Incremental;
+        match self.chain_break(vm, &chain, strict) {
+            None => {
+                if let Some(base) = &req.base_backup_id
+                    && base != &head.backup_id
+                {
+                    return Err(HubError::BaseMismatch {
+                        vm: vm.name.clone(),
+                        base: base.clone(),
+                        parent: head.backup_id.clone(),
+                    });
+                }
+                Ok((Some(head.clone()), None))
+            }
+            Some(why) if strict => Err(why),
+            Some(why) => {
+                let reason = crate::cli::error_chain(&why);
+                tracing::info!(vm = %vm.name, %reason, "auto starts a full backup");
+                Ok((None, Some(reason)))
+            }
+        }
+    }
+
+    /// Why a new incremental cannot continue `chain` (oldest first, not
+    /// empty), or `None` when it can. `strict` (an explicit incremental)
+    /// accepts disks that are new or changed: those become fulls of that disk.
+    fn chain_break(&self, vm: &Vm, chain: &[BackupRecord], strict: bool) -> Option<HubError> {
+        if chain.len() >= MAX_CHAIN_LENGTH {
+            return Some(HubError::ChainTooLong {
+                vm: vm.name.clone(),
+                length: chain.len(),
+                max: MAX_CHAIN_LENGTH,
+            });
+        }
+        for record in chain {
+            for d in &record.disks {
+                if !vm.disks.iter().any(|spec| spec.key == d.disk_key) {
+                    continue;
+                }
+                if record.files_missing || !self.repository.join(&d.file).is_file() {
+                    return Some(HubError::FilesMissing {
+                        backup_id: record.backup_id.clone(),
+                        file: d.file.clone(),
+                    });
+                }
+            }
+        }
+        let head = chain.last()?;
+        if strict {
+            return None;
+        }
+        vm.disks
+            .iter()
+            .find(|spec| {
+                !head.disk(spec.key).is_some_and(|d| {
+                    d.change_id.is_some() && d.capacity_bytes == spec.capacity_bytes
+                })
+            })
+            .map(|spec| HubError::DiskChanged {
+                backup_id: head.backup_id.clone(),
+                disk_key: spec.key,
+            })
     }
 
     /// Creates each disk's image under its temporary name and registers its
@@ -216,7 +431,8 @@ impl Engine {
         let temp = temp_path(&target);
         let mut opts = CreateOptions::new(disk.capacity_bytes);
         // The parent's image of the same disk, by its bare file name: it lives
-        // in the same folder, so the repository can move as a whole.
+        // in the same folder, so the repository can move as a whole. A disk
+        // the parent did not have gets a standalone image (a full of it).
         if let Some(parent_disk) = parent.and_then(|p| p.disk(key))
             && let Some(name) = Path::new(&parent_disk.file).file_name()
         {
@@ -228,7 +444,7 @@ impl Engine {
         let as_dyn: Arc<dyn Export> = export.clone();
         if let Err(e) = self.registry.add(export_name.as_str(), as_dyn) {
             drop(export);
-            let _ = std::fs::remove_file(&temp);
+            remove_quietly(&temp);
             return Err(e.into());
         }
         Ok(WriteDisk {
@@ -250,36 +466,64 @@ impl Engine {
     }
 
     /// Completes a running backup: exports closed, images flushed, checked,
-    /// renamed into place and fsynced, then the catalog commit.
+    /// renamed into place and fsynced, then the catalog commit. Runs on its
+    /// own task: dropping the returned future does not stop it half way.
     ///
     /// # Errors
-    /// Unknown backup (404), not running (409), a completion that does not
-    /// name each disk exactly once (400), or a failure finishing an image
-    /// (the backup is then failed and the error returned).
+    /// Unknown backup (404), not running or being finished by another call
+    /// (409), a completion that does not name each disk exactly once (400),
+    /// or a failure finishing an image (the backup is then failed and the
+    /// error returned).
     pub async fn complete_backup(
         self: &Arc<Self>,
         id: &BackupId,
         req: &CompleteBackupRequest,
     ) -> Result<Backup, HubError> {
-        let record = self.running_record(id)?;
-        validate_completion(&record, req)?;
-        let disks = self
-            .live()
-            .running
-            .remove(id)
-            .ok_or_else(|| HubError::NotLive {
-                backup_id: id.clone(),
-            })?;
-        for d in &disks {
-            self.registry.remove(d.export_name.as_str()).await;
-        }
         let engine = Arc::clone(self);
-        let id2 = id.clone();
+        let id = id.clone();
         let req = req.clone();
-        let result = tokio::task::spawn_blocking(move || engine.finish_images(&id2, &req, disks))
+        tokio::spawn(async move { engine.complete_owned(id, req).await })
             .await
-            .map_err(|_| HubError::Worker)?;
-        match result {
+            .map_err(|_| HubError::Worker)?
+    }
+
+    async fn complete_owned(
+        self: Arc<Self>,
+        id: BackupId,
+        req: CompleteBackupRequest,
+    ) -> Result<Backup, HubError> {
+        let record = self.record(&id)?;
+        validate_completion(&record, &req)?;
+        let (disks, done) = match self.claim(&id, None) {
+            Claim::Owner(disks, done) => (disks, done),
+            Claim::Wait(rx) => return Err(self.lost_race(&id, rx).await),
+            Claim::Starting => {
+                return Err(HubError::Busy {
+                    backup_id: id,
+                    state: "still starting",
+                });
+            }
+            Claim::NotLive => return Err(self.not_live(&record)),
+        };
+        let drained = self.close_exports(&disks, COMPLETE_DRAIN).await;
+        let result = if drained {
+            let engine = Arc::clone(&self);
+            let id2 = id.clone();
+            tokio::task::spawn_blocking(move || engine.finish_images(&id2, &req, disks))
+                .await
+                .unwrap_or_else(|_| Err((HubError::Worker, Vec::new())))
+        } else {
+            let files = disks.iter().map(|d| d.temp.clone()).collect();
+            drop(disks);
+            Err((
+                HubError::DrainTimeout {
+                    backup_id: id.clone(),
+                    seconds: COMPLETE_DRAIN.as_secs(),
+                },
+                files,
+            ))
+        };
+        let answer = match result {
             Ok(done) => {
                 tracing::info!(backup_id = %id, "backup completed");
                 Ok(done.to_api())
@@ -290,12 +534,12 @@ impl Engine {
                 for path in leftovers {
                     remove_quietly(&path);
                 }
-                if let Err(fail) = self.catalog.fail_backup(id, &reason, Timestamp::now()) {
-                    tracing::error!(backup_id = %id, error = %fail, "cannot mark backup failed");
-                }
+                self.fail_in_catalog(&id, &reason);
                 Err(e)
             }
-        }
+        };
+        self.release(&id, &done);
+        answer
     }
 
     /// The blocking part of completion. On failure answers the error and
@@ -353,35 +597,138 @@ impl Engine {
             .map_err(|e| fail(e.into()))
     }
 
-    /// Fails a running backup: exports closed, partial files removed, chain untouched.
+    /// Fails a running backup: exports closed, partial files removed, chain
+    /// untouched. A `fail` while the backup is starting wins: the start gives
+    /// up. Runs on its own task: dropping the returned future does not stop
+    /// it half way.
     ///
     /// # Errors
-    /// Unknown backup (404) or not running (409).
-    pub async fn fail_backup(&self, id: &BackupId, reason: &str) -> Result<Backup, HubError> {
-        self.running_record(id)?;
-        let disks = self.live().running.remove(id).unwrap_or_default();
-        for d in &disks {
-            self.registry.remove(d.export_name.as_str()).await;
-        }
-        for d in disks {
-            drop(d.export);
-            remove_quietly(&d.temp);
-        }
-        let record = self.catalog.fail_backup(id, reason, Timestamp::now())?;
-        tracing::warn!(backup_id = %id, reason, "backup failed");
-        Ok(record.to_api())
+    /// Unknown backup (404); already completed or failed, or being finished
+    /// by another call (409, after that call ended).
+    pub async fn fail_backup(
+        self: &Arc<Self>,
+        id: &BackupId,
+        reason: &str,
+    ) -> Result<Backup, HubError> {
+        let engine = Arc::clone(self);
+        let id = id.clone();
+        let reason = reason.to_owned();
+        tokio::spawn(async move { engine.fail_owned(id, reason).await })
+            .await
+            .map_err(|_| HubError::Worker)?
     }
 
-    fn running_record(&self, id: &BackupId) -> Result<BackupRecord, HubError> {
-        let record = self.record(id)?;
-        if record.status != BackupStatus::Running {
-            return Err(HubError::WrongStatus {
-                backup_id: id.clone(),
+    async fn fail_owned(self: Arc<Self>, id: BackupId, reason: String) -> Result<Backup, HubError> {
+        let record = self.record(&id)?;
+        match self.claim(&id, Some(&reason)) {
+            Claim::Owner(disks, done) => {
+                self.close_exports(&disks, FAIL_DRAIN).await;
+                for d in disks {
+                    drop(d.export);
+                    remove_quietly(&d.temp);
+                }
+                let answer = self
+                    .catalog
+                    .fail_backup(&id, &reason, Timestamp::now())
+                    .map(|r| r.to_api())
+                    .map_err(HubError::from);
+                self.release(&id, &done);
+                tracing::warn!(backup_id = %id, reason, "backup failed");
+                answer
+            }
+            Claim::Wait(rx) => Err(self.lost_race(&id, rx).await),
+            Claim::Starting => {
+                let failed = self.catalog.fail_backup(&id, &reason, Timestamp::now())?;
+                tracing::warn!(backup_id = %id, reason, "backup failed while starting");
+                Ok(failed.to_api())
+            }
+            Claim::NotLive if record.status.is_active() => {
+                // Running in the catalog, nothing open here (cannot happen
+                // after `reconcile`): just record the failure.
+                let failed = self.catalog.fail_backup(&id, &reason, Timestamp::now())?;
+                Ok(failed.to_api())
+            }
+            Claim::NotLive => Err(self.not_live(&record)),
+        }
+    }
+
+    /// Takes the slot of a running backup for its teardown; a `fail_reason`
+    /// also cancels a start in progress.
+    fn claim(&self, id: &BackupId, fail_reason: Option<&str>) -> Claim {
+        let mut live = self.live();
+        let Some(slot) = live.running.get_mut(id) else {
+            return Claim::NotLive;
+        };
+        match slot {
+            Slot::Starting { cancelled } => {
+                if cancelled.is_none() {
+                    *cancelled = fail_reason.map(str::to_owned);
+                }
+                Claim::Starting
+            }
+            Slot::Finishing { done } => Claim::Wait(done.clone()),
+            Slot::Running { .. } => {
+                let (tx, rx) = watch::channel(false);
+                match std::mem::replace(slot, Slot::Finishing { done: rx }) {
+                    Slot::Running { disks, .. } => Claim::Owner(disks, tx),
+                    _ => unreachable!("matched Running above"),
+                }
+            }
+        }
+    }
+
+    /// Frees a backup's slot after its teardown and wakes the losers.
+    fn release(&self, id: &BackupId, done: &watch::Sender<bool>) {
+        self.live().running.remove(id);
+        done.send_replace(true);
+    }
+
+    /// The answer to the loser of a race: waits for the winner, then a 409
+    /// naming the final status.
+    async fn lost_race(&self, id: &BackupId, mut done: watch::Receiver<bool>) -> HubError {
+        // An error means the winner's sender is gone, i.e. it ended.
+        let _ = done.wait_for(|d| *d).await;
+        match self.record(id) {
+            Ok(record) => self.not_live(&record),
+            Err(e) => e,
+        }
+    }
+
+    fn not_live(&self, record: &BackupRecord) -> HubError {
+        if record.status.is_active() {
+            HubError::NotLive {
+                backup_id: record.backup_id.clone(),
+            }
+        } else {
+            HubError::WrongStatus {
+                backup_id: record.backup_id.clone(),
                 status: record.status,
                 expected: "running",
-            });
+            }
         }
-        Ok(record)
+    }
+
+    /// Removes the exports of `disks` and waits up to `deadline` for their
+    /// connections to end; answers whether they did.
+    async fn close_exports(&self, disks: &[WriteDisk], deadline: Duration) -> bool {
+        let until = Instant::now() + deadline;
+        let waits: Vec<_> = disks
+            .iter()
+            .map(|d| self.registry.remove(d.export_name.as_str()))
+            .collect();
+        let mut drained = true;
+        for wait in waits {
+            if tokio::time::timeout_at(until, wait).await.is_err() {
+                drained = false;
+            }
+        }
+        if !drained {
+            tracing::warn!(
+                seconds = deadline.as_secs(),
+                "NBD connections of a backup did not end in time"
+            );
+        }
+        drained
     }
 
     fn record(&self, id: &BackupId) -> Result<BackupRecord, HubError> {
@@ -399,7 +746,7 @@ impl Engine {
     pub fn backup(&self, id: &BackupId) -> Result<Backup, HubError> {
         let record = self.record(id)?;
         let live = self.live();
-        Ok(self.api_backup(&record, live.running.get(id).map(Vec::as_slice)))
+        Ok(self.api_backup(&record, running_disks(&live, id)))
     }
 
     /// Backups matching `query`, oldest first.
@@ -411,7 +758,7 @@ impl Engine {
         let live = self.live();
         Ok(records
             .iter()
-            .map(|r| self.api_backup(r, live.running.get(&r.backup_id).map(Vec::as_slice)))
+            .map(|r| self.api_backup(r, running_disks(&live, &r.backup_id)))
             .collect())
     }
 
@@ -433,41 +780,64 @@ impl Engine {
         })
     }
 
-    /// Deletes a backup nothing depends on, with its files.
+    /// Deletes a backup nothing depends on, with its files. The catalog
+    /// removes the backup and journals its files in one transaction; the
+    /// files go next, then the journal entry. A crash in between leaves the
+    /// journal entry, which [`Engine::reconcile`] finishes: never a file
+    /// nobody knows.
     ///
     /// # Errors
     /// Unknown backup (404); dependants, a running backup or open restore
     /// exports (409).
     pub fn delete_backup(&self, id: &BackupId) -> Result<Backup, HubError> {
-        if self.live().restores.contains_key(id) {
-            return Err(HubError::ExportsOpen {
-                backup_id: id.clone(),
-            });
+        {
+            let mut live = self.live();
+            if live.restores.contains_key(id) {
+                return Err(HubError::ExportsOpen {
+                    backup_id: id.clone(),
+                });
+            }
+            live.deleting.insert(id.clone());
         }
-        let record = self.catalog.delete_backup(id)?;
+        let deleted = self.catalog.delete_backup(id);
+        self.live().deleting.remove(id);
+        let record = deleted?;
+        let files: Vec<String> = record.disks.iter().map(|d| d.file.clone()).collect();
+        self.remove_deleted_files(id, &files);
+        tracing::info!(backup_id = %id, "backup deleted");
+        Ok(record.to_api())
+    }
+
+    /// Removes a deleted backup's files, fsyncs their folders, and clears
+    /// its journal entry (kept when a removal failed, for the next start).
+    fn remove_deleted_files(&self, id: &BackupId, files: &[String]) {
         let mut folders = BTreeSet::new();
-        for d in &record.disks {
-            let path = self.repository.join(&d.file);
-            remove_quietly(&path);
-            remove_quietly(&temp_path(&path));
+        let mut all_gone = true;
+        for file in files {
+            let path = self.repository.join(file);
+            all_gone &= remove_quietly(&path);
+            all_gone &= remove_quietly(&temp_path(&path));
             if let Some(folder) = path.parent() {
                 folders.insert(folder.to_path_buf());
             }
         }
         for folder in folders {
             if let Err(e) = sync_dir(&folder) {
+                all_gone = false;
                 tracing::warn!(error = %crate::cli::error_chain(&e), "cannot fsync folder after delete");
             }
         }
-        tracing::info!(backup_id = %id, "backup deleted");
-        Ok(record.to_api())
+        if all_gone && let Err(e) = self.catalog.finish_deletion(id) {
+            tracing::warn!(backup_id = %id, error = %crate::cli::error_chain(&e), "cannot clear deletion journal entry");
+        }
     }
 
     /// Opens a read-only export per disk of a completed backup, serving that
     /// disk's chain as of the backup. Opening twice answers the same exports.
     ///
     /// # Errors
-    /// Unknown backup (404), not completed (409), or an image fails to open.
+    /// Unknown backup (404), not completed, files missing or being deleted
+    /// (409), or an image fails to open.
     pub fn open_restore(&self, id: &BackupId) -> Result<RestoreExports, HubError> {
         let record = self.record(id)?;
         if record.status != BackupStatus::Completed {
@@ -477,13 +847,25 @@ impl Engine {
                 expected: "completed",
             });
         }
+        if record.files_missing {
+            return Err(HubError::FilesMissing {
+                backup_id: id.clone(),
+                file: record.disks.first().map(|d| d.file.clone()).unwrap_or_default(),
+            });
+        }
         if let Some(open) = self.live().restores.get(id) {
             return Ok(self.restore_answer(open));
         }
+        // Any chain the hub wrote opens: it never writes one longer than
+        // MAX_CHAIN_LENGTH, and older hubs at most one more.
+        let opts = OpenOptions {
+            writable: false,
+            max_chain_depth: MAX_CHAIN_DEPTH,
+        };
         let mut opened: Vec<(DiskKey, ExportName)> = Vec::new();
         for d in &record.disks {
             let path = self.repository.join(&d.file);
-            let added = Image::open(&path, &OpenOptions::read_only())
+            let added = Image::open(&path, &opts)
                 .map_err(|e| HubError::image(&path, e))
                 .and_then(|image| {
                     let export: Arc<dyn Export> = Arc::new(Qcow2Export::new(Arc::new(image), true));
@@ -503,14 +885,17 @@ impl Engine {
         }
         let answer = self.restore_answer(&opened);
         let mut live = self.live();
-        if let Some(raced) = live.restores.get(id) {
-            // Another request opened them meanwhile: keep theirs, drop ours.
-            let answer = self.restore_answer(raced);
+        let raced = live.restores.get(id).map(|r| self.restore_answer(r));
+        if raced.is_some() || live.deleting.contains(id) {
             drop(live);
             for (_, name) in opened {
                 drop(self.registry.remove(name.as_str()));
             }
-            return Ok(answer);
+            // Another request opened them meanwhile: answer theirs. Or the
+            // backup is being deleted: open nothing.
+            return raced.ok_or_else(|| HubError::BackupNotFound {
+                backup_id: id.clone(),
+            });
         }
         live.restores.insert(id.clone(), opened);
         tracing::info!(backup_id = %id, "restore exports opened");
@@ -530,7 +915,8 @@ impl Engine {
         }
     }
 
-    /// Closes a backup's restore exports (after in-flight reads finish).
+    /// Closes a backup's restore exports (after in-flight reads finish, up to
+    /// a deadline).
     ///
     /// # Errors
     /// No restore exports of that backup are open (404).
@@ -542,23 +928,94 @@ impl Engine {
             .ok_or_else(|| HubError::NoExports {
                 backup_id: id.clone(),
             })?;
-        for (_, name) in open {
-            self.registry.remove(name.as_str()).await;
+        let until = Instant::now() + FAIL_DRAIN;
+        let waits: Vec<_> = open
+            .iter()
+            .map(|(_, name)| self.registry.remove(name.as_str()))
+            .collect();
+        for wait in waits {
+            let _ = tokio::time::timeout_at(until, wait).await;
         }
         tracing::info!(backup_id = %id, "restore exports closed");
         Ok(())
     }
 
-    // ------------------------------------------------------------ lifecycle
+    // ----------------------------------------------------------- repository
 
-    /// At start: backups a crash left running become failed, and their files
-    /// (temporary or already renamed) are removed. Answers how many.
+    /// Space and contents of the repository: file system capacity and free
+    /// space, bytes its files occupy (in all and per VM), and the files the
+    /// catalog does not know.
     ///
     /// # Errors
-    /// The catalog fails.
-    pub fn recover(&self) -> Result<usize, HubError> {
-        let stale = self.catalog.running_backups()?;
-        for record in &stale {
+    /// The catalog fails, or the repository cannot be read.
+    pub fn repository(&self) -> Result<RepositoryInfo, HubError> {
+        let fs = rustix::fs::statvfs(&self.repository)
+            .map_err(|e| HubError::io(&self.repository, e.into()))?;
+        let records = self.catalog.backups(&BackupQuery::default())?;
+        let known = self.known_files(&records)?;
+        let files = walk_files(&self.repository)?;
+        let mut used_bytes = 0u64;
+        let mut unknown_files = Vec::new();
+        let mut sizes: HashMap<&str, u64> = HashMap::new();
+        for (rel, allocated) in &files {
+            used_bytes = used_bytes.saturating_add(*allocated);
+            sizes.insert(rel.as_str(), *allocated);
+            if !is_known(&known, rel) {
+                unknown_files.push(rel.clone());
+            }
+        }
+        let mut per_vm: BTreeMap<VmName, VmUsage> = BTreeMap::new();
+        for r in &records {
+            let usage = per_vm.entry(r.vm_name.clone()).or_insert_with(|| VmUsage {
+                vm_name: r.vm_name.clone(),
+                used_bytes: 0,
+                backups: 0,
+            });
+            let bytes = r
+                .disks
+                .iter()
+                .filter_map(|d| sizes.get(d.file.as_str()))
+                .fold(0u64, |a, b| a.saturating_add(*b));
+            usage.used_bytes = usage.used_bytes.saturating_add(bytes);
+            if r.status == BackupStatus::Completed && !r.files_missing {
+                usage.backups = usage.backups.saturating_add(1);
+            }
+        }
+        Ok(RepositoryInfo {
+            capacity_bytes: fs.f_blocks.saturating_mul(fs.f_frsize),
+            used_bytes,
+            free_bytes: fs.f_bavail.saturating_mul(fs.f_frsize),
+            vms: per_vm.into_values().collect(),
+            unknown_files,
+        })
+    }
+
+    /// Every file the catalog knows, relative to the repository: each
+    /// backup's images and the files of unfinished deletions.
+    fn known_files(&self, records: &[BackupRecord]) -> Result<HashSet<String>, HubError> {
+        let mut known: HashSet<String> = records
+            .iter()
+            .flat_map(|r| r.disks.iter().map(|d| d.file.clone()))
+            .collect();
+        for (_, files) in self.catalog.deletions()? {
+            known.extend(files);
+        }
+        Ok(known)
+    }
+
+    // ------------------------------------------------------------ lifecycle
+
+    /// At start: backups a crash left running become failed and their files
+    /// are removed; deletions a crash interrupted are finished; orphaned
+    /// `.part` files are removed; completed backups whose files are gone are
+    /// marked (never parents again); files the catalog does not know are
+    /// reported, never deleted.
+    ///
+    /// # Errors
+    /// The catalog fails, or the repository cannot be read.
+    pub fn reconcile(&self) -> Result<Reconciliation, HubError> {
+        let mut report = Reconciliation::default();
+        for record in self.catalog.running_backups()? {
             for d in &record.disks {
                 let path = self.repository.join(&d.file);
                 remove_quietly(&temp_path(&path));
@@ -570,52 +1027,113 @@ impl Engine {
                 Timestamp::now(),
             )?;
             tracing::warn!(backup_id = %record.backup_id, "backup left running by a previous hub process marked failed");
+            report.failed_running += 1;
         }
-        Ok(stale.len())
+        for (id, files) in self.catalog.deletions()? {
+            self.remove_deleted_files(&id, &files);
+            tracing::warn!(backup_id = %id, "finished a deletion a previous hub process left half done");
+            report.finished_deletions += 1;
+        }
+        for (rel, _) in walk_files(&self.repository)? {
+            if is_part_file(&rel) {
+                remove_quietly(&self.repository.join(&rel));
+                tracing::warn!(file = %rel, "removed an orphaned partial image");
+                report.removed_part_files.push(rel);
+            }
+        }
+        let records = self.catalog.backups(&BackupQuery {
+            vm_name: None,
+            status: Some(BackupStatus::Completed),
+        })?;
+        for record in &records {
+            let missing = record
+                .disks
+                .iter()
+                .find(|d| !self.repository.join(&d.file).is_file());
+            if let Some(d) = missing
+                && !record.files_missing
+            {
+                self.catalog.mark_files_missing(&record.backup_id)?;
+                tracing::error!(backup_id = %record.backup_id, file = %d.file, "a completed backup's image is missing: marked, never used as a parent");
+                report.marked_missing.push(record.backup_id.clone());
+            }
+        }
+        let all = self.catalog.backups(&BackupQuery::default())?;
+        let known = self.known_files(&all)?;
+        for (rel, _) in walk_files(&self.repository)? {
+            if !is_known(&known, &rel) {
+                tracing::warn!(file = %rel, "file in the repository the catalog does not know (kept; see GET /api/v1/repository)");
+                report.unknown_files.push(rel);
+            }
+        }
+        Ok(report)
     }
 
-    /// Fails every running backup whose exports have had no NBD connection
-    /// for `idle` (the client went away without calling `fail`).
-    pub async fn fail_idle(&self, idle: Duration) {
+    /// One pass of the dead-client watchdog: fails every running backup
+    /// whose client is gone (see [`Watchdog`]). The daemon calls it every
+    /// few seconds; each failure runs as `fail_backup` does.
+    pub async fn watchdog_tick(self: &Arc<Self>, timers: Watchdog) {
         let now = Instant::now();
-        let idle_ids: Vec<BackupId> = {
-            let live = self.live();
+        let dead: Vec<(BackupId, String)> = {
+            let mut live = self.live();
             live.running
-                .iter()
-                .filter(|(_, disks)| {
-                    disks.iter().all(|d| {
-                        let name = d.export_name.as_str();
-                        self.registry.connection_count(name).unwrap_or(0) == 0
-                            && self
-                                .registry
-                                .last_activity(name)
-                                .is_none_or(|t| now.saturating_duration_since(t) >= idle)
-                    })
+                .iter_mut()
+                .filter_map(|(id, slot)| match slot {
+                    Slot::Running { disks, liveness } => {
+                        let sample = self.sample(disks);
+                        liveness
+                            .observe(now, sample, timers)
+                            .map(|reason| (id.clone(), reason))
+                    }
+                    _ => None,
                 })
-                .map(|(id, _)| id.clone())
                 .collect()
         };
-        for id in idle_ids {
-            let reason = format!(
-                "no NBD connection to this backup's exports for {} s: the client went away",
-                idle.as_secs()
-            );
-            if let Err(e) = self.fail_backup(&id, &reason).await {
-                tracing::error!(backup_id = %id, error = %crate::cli::error_chain(&e), "cannot fail idle backup");
+        for (id, reason) in dead {
+            match self.fail_backup(&id, &reason).await {
+                Ok(_) => {}
+                // Completed or failed by someone else meanwhile: fine.
+                Err(e) if e.kind() == crate::error::ErrorKind::Conflict => {}
+                Err(e) => {
+                    tracing::error!(backup_id = %id, error = %crate::cli::error_chain(&e), "cannot fail a backup whose client is gone");
+                }
             }
         }
     }
 
-    /// At shutdown: running backups become failed (chain untouched), restore
-    /// exports close.
-    pub async fn shutdown(&self) {
-        let ids: Vec<BackupId> = self.live().running.keys().cloned().collect();
+    /// The connection count and last activity of each disk's export.
+    fn sample(&self, disks: &[WriteDisk]) -> Vec<ExportActivity> {
+        disks
+            .iter()
+            .map(|d| {
+                let name = d.export_name.as_str();
+                ExportActivity {
+                    connections: self.registry.connection_count(name).unwrap_or(0),
+                    last_activity: self.registry.last_activity(name),
+                }
+            })
+            .collect()
+    }
+
+    /// At shutdown: no backup starts any more; running backups become failed
+    /// (chain untouched), starts in progress give up, completions in progress
+    /// end, restore exports close. The caller bounds how long it may take.
+    pub async fn shutdown(self: &Arc<Self>) {
+        let ids: Vec<BackupId> = {
+            let mut live = self.live();
+            live.closing = true;
+            live.running.keys().cloned().collect()
+        };
         for id in ids {
-            if let Err(e) = self
+            match self
                 .fail_backup(&id, "the hub was shut down during the backup")
                 .await
             {
-                tracing::error!(backup_id = %id, error = %crate::cli::error_chain(&e), "cannot fail backup at shutdown");
+                Ok(_) => {}
+                Err(e) if e.kind() == crate::error::ErrorKind::Conflict => {}
+                Err(e) => {
+                    tracing::error!(backup_id = %id, error = %crate::cli::error_chain(&e), "cannot fail backup at shutdown");
+                }
             }
         }
         let restores: Vec<BackupId> = self.live().restores.keys().cloned().collect();
@@ -640,14 +1158,83 @@ impl Engine {
     }
 }
 
-/// Whether `auto` may continue the chain at `parent`: every disk of the VM
-/// has a parent image with a change id, and no capacity changed.
-fn chain_can_continue(vm: &Vm, parent: &BackupRecord) -> bool {
-    vm.disks.iter().all(|spec| {
-        parent
-            .disk(spec.key)
-            .is_some_and(|d| d.change_id.is_some() && d.capacity_bytes == spec.capacity_bytes)
-    })
+fn running_disks<'a>(live: &'a Live, id: &BackupId) -> Option<&'a [WriteDisk]> {
+    match live.running.get(id) {
+        Some(Slot::Running { disks, .. }) => Some(disks),
+        _ => None,
+    }
+}
+
+/// What the watchdog reads of one export at one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ExportActivity {
+    connections: usize,
+    last_activity: Option<std::time::Instant>,
+}
+
+/// What the watchdog knows about one running backup's client. Time is
+/// tokio's (so tests can pause it); the registry's own clock only serves to
+/// notice that something happened between two ticks.
+#[derive(Debug)]
+struct Liveness {
+    started: Instant,
+    /// A connection was seen (or activity noticed) since the start.
+    connected: bool,
+    /// When the watchdog last noticed a change.
+    last_change: Instant,
+    last: Vec<ExportActivity>,
+}
+
+impl Liveness {
+    fn new(now: Instant, initial: Vec<ExportActivity>) -> Self {
+        Self {
+            started: now,
+            connected: false,
+            last_change: now,
+            last: initial,
+        }
+    }
+
+    /// Takes one sample; answers why the backup must fail, if it must.
+    fn observe(
+        &mut self,
+        now: Instant,
+        sample: Vec<ExportActivity>,
+        timers: Watchdog,
+    ) -> Option<String> {
+        let open: usize = sample.iter().map(|a| a.connections).sum();
+        if sample != self.last {
+            self.last = sample;
+            self.last_change = now;
+            self.connected = true;
+        }
+        if open > 0 {
+            self.connected = true;
+        }
+        let quiet = now.saturating_duration_since(self.last_change);
+        if !self.connected {
+            (now.saturating_duration_since(self.started) >= timers.idle_timeout).then(|| {
+                format!(
+                    "no NBD connection to this backup's exports in the {} s since it started: the client went away",
+                    timers.idle_timeout.as_secs()
+                )
+            })
+        } else if open == 0 {
+            (quiet >= timers.disconnect_grace).then(|| {
+                format!(
+                    "every NBD connection to this backup's exports closed {} s ago with no complete or fail: the client went away",
+                    timers.disconnect_grace.as_secs()
+                )
+            })
+        } else {
+            (quiet >= timers.idle_timeout).then(|| {
+                format!(
+                    "the NBD connections of this backup were silent for {} s: the client is stuck",
+                    timers.idle_timeout.as_secs()
+                )
+            })
+        }
+    }
 }
 
 /// A completion must name each of the backup's disks exactly once.
@@ -685,11 +1272,71 @@ fn temp_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.part"))
 }
 
-fn remove_quietly(path: &Path) {
+/// Whether `rel` (relative to the repository) is a temporary image name.
+fn is_part_file(rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    name.starts_with('.') && name.ends_with(".part")
+}
+
+/// Whether the catalog knows `rel`: one of its files, or the temporary name
+/// of one (an image being written).
+fn is_known(known: &HashSet<String>, rel: &str) -> bool {
+    if known.contains(rel) {
+        return true;
+    }
+    let (folder, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let target = name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".part"));
+    target.is_some_and(|t| {
+        let full = if folder.is_empty() {
+            t.to_owned()
+        } else {
+            format!("{folder}/{t}")
+        };
+        known.contains(&full)
+    })
+}
+
+/// Every regular file under `root` (symlinks are not followed), relative to
+/// it with `/` separators, with the bytes it occupies on disk; sorted.
+fn walk_files(root: &Path) -> Result<Vec<(String, u64)>, HubError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| HubError::io(&dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| HubError::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let meta = entry
+                .path()
+                .symlink_metadata()
+                .map_err(|e| HubError::io(entry.path(), e))?;
+            if meta.is_dir() {
+                stack.push((entry.path(), rel));
+            } else {
+                out.push((rel, meta.blocks().saturating_mul(512)));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes a file; answers whether it is gone (a missing file is).
+fn remove_quietly(path: &Path) -> bool {
     match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove file"),
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove file");
+            false
+        }
     }
 }
 
@@ -702,6 +1349,97 @@ fn sync_dir(dir: &Path) -> Result<(), HubError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TIMERS: Watchdog = Watchdog {
+        idle_timeout: Duration::from_secs(120),
+        disconnect_grace: Duration::from_secs(20),
+    };
+
+    fn activity(connections: usize, at: std::time::Instant) -> ExportActivity {
+        ExportActivity {
+            connections,
+            last_activity: Some(at),
+        }
+    }
+
+    /// Issue #11 item 4: a client that connected and then vanished (every
+    /// connection closed) is failed after the grace, not the idle timeout.
+    #[tokio::test(start_paused = true)]
+    async fn liveness_all_connections_closed_fails_after_grace() {
+        let t0 = std::time::Instant::now();
+        let mut l = Liveness::new(Instant::now(), vec![activity(0, t0)]);
+        let t1 = t0 + Duration::from_millis(1);
+        assert_eq!(l.observe(Instant::now(), vec![activity(2, t1)], TIMERS), None);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let t2 = t1 + Duration::from_millis(1);
+        assert_eq!(l.observe(Instant::now(), vec![activity(0, t2)], TIMERS), None);
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert_eq!(l.observe(Instant::now(), vec![activity(0, t2)], TIMERS), None);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let verdict = l.observe(Instant::now(), vec![activity(0, t2)], TIMERS);
+
+        assert!(verdict.is_some_and(|r| r.contains("closed 20 s ago")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_reconnect_within_grace_keeps_backup() {
+        let t0 = std::time::Instant::now();
+        let mut l = Liveness::new(Instant::now(), vec![activity(0, t0)]);
+        let t1 = t0 + Duration::from_millis(1);
+        l.observe(Instant::now(), vec![activity(0, t1)], TIMERS);
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let t2 = t1 + Duration::from_millis(1);
+        l.observe(Instant::now(), vec![activity(1, t2)], TIMERS);
+
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let verdict = l.observe(Instant::now(), vec![activity(1, t2)], TIMERS);
+
+        assert_eq!(verdict, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_open_but_silent_fails_after_idle_timeout() {
+        let t0 = std::time::Instant::now();
+        let mut l = Liveness::new(Instant::now(), vec![activity(0, t0)]);
+        let t1 = t0 + Duration::from_millis(1);
+        l.observe(Instant::now(), vec![activity(1, t1)], TIMERS);
+        tokio::time::advance(Duration::from_secs(119)).await;
+        assert_eq!(l.observe(Instant::now(), vec![activity(1, t1)], TIMERS), None);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let verdict = l.observe(Instant::now(), vec![activity(1, t1)], TIMERS);
+
+        assert!(verdict.is_some_and(|r| r.contains("silent for 120 s")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_never_connected_fails_after_idle_timeout() {
+        let t0 = std::time::Instant::now();
+        let mut l = Liveness::new(Instant::now(), vec![activity(0, t0)]);
+        tokio::time::advance(Duration::from_secs(119)).await;
+        assert_eq!(l.observe(Instant::now(), vec![activity(0, t0)], TIMERS), None);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let verdict = l.observe(Instant::now(), vec![activity(0, t0)], TIMERS);
+
+        assert!(verdict.is_some_and(|r| r.contains("no NBD connection")));
+    }
+
+    #[test]
+    fn is_known_accepts_temporary_name_of_a_known_file() {
+        let known: HashSet<String> = ["vm/disk-2000/b.qcow2".to_owned()].into();
+
+        assert_eq!(
+            [
+                is_known(&known, "vm/disk-2000/b.qcow2"),
+                is_known(&known, "vm/disk-2000/.b.qcow2.part"),
+                is_known(&known, "vm/disk-2000/.c.qcow2.part"),
+                is_known(&known, "vm/disk-2000/notes.txt"),
+            ],
+            [true, true, false, false]
+        );
+    }
 
     #[test]
     fn temp_path_hides_the_file_beside_its_target() {

@@ -117,6 +117,75 @@ pub enum HubError {
         /// The backup.
         backup_id: BackupId,
     },
+    /// An incremental would pass the longest chain the engine opens.
+    #[error(
+        "VM {vm}'s chain has {length} restore points, the most one chain may hold ({max}): take a full (or use auto)"
+    )]
+    ChainTooLong {
+        /// The VM.
+        vm: VmName,
+        /// Points in its current chain.
+        length: usize,
+        /// The most a chain may hold.
+        max: usize,
+    },
+    /// An image of the chain (or of the restore point) is not in the repository.
+    #[error("Backup {backup_id} has lost its image {file}: take a full (or use auto)")]
+    FilesMissing {
+        /// The backup whose file is gone.
+        backup_id: BackupId,
+        /// The file, relative to the repository.
+        file: String,
+    },
+    /// A disk of the VM is new or resized since the chain's head (auto then takes a full).
+    #[error("Disk {disk_key} is new, resized or without a change id since backup {backup_id}")]
+    DiskChanged {
+        /// The chain's head.
+        backup_id: BackupId,
+        /// The disk.
+        disk_key: DiskKey,
+    },
+    /// The client's stated base is not the backup the hub would build on.
+    #[error(
+        "VM {vm}: the client's changes are relative to backup {base}, but the hub's chain ends at {parent}: take a full"
+    )]
+    BaseMismatch {
+        /// The VM.
+        vm: VmName,
+        /// The base the client stated.
+        base: BackupId,
+        /// The hub's parent for a new incremental.
+        parent: BackupId,
+    },
+    /// Another call is working on this backup right now.
+    #[error("Backup {backup_id} is {state}: try again")]
+    Busy {
+        /// The backup.
+        backup_id: BackupId,
+        /// What it is doing.
+        state: &'static str,
+    },
+    /// A `fail` (or shutdown) arrived while the backup was starting: it was failed.
+    #[error("Backup {backup_id} was failed while starting: {reason}")]
+    StartCancelled {
+        /// The backup.
+        backup_id: BackupId,
+        /// Why it was failed.
+        reason: String,
+    },
+    /// NBD connections still wrote when the backup was to complete; it was failed.
+    #[error(
+        "Backup {backup_id}: NBD connections to its exports did not end within {seconds} s of the completion request"
+    )]
+    DrainTimeout {
+        /// The backup.
+        backup_id: BackupId,
+        /// How long the hub waited.
+        seconds: u64,
+    },
+    /// The hub is shutting down and starts nothing new.
+    #[error("The hub is shutting down")]
+    ShuttingDown,
     /// The credential key could not be used.
     #[error("Credential encryption failed")]
     Crypto,
@@ -135,6 +204,8 @@ pub enum ErrorKind {
     NotFound,
     /// 409: the request conflicts with the current state.
     Conflict,
+    /// 503: the hub is shutting down.
+    Unavailable,
     /// 500: the hub failed.
     Internal,
 }
@@ -156,7 +227,15 @@ impl HubError {
             Self::NoFullBackup { .. }
             | Self::WrongStatus { .. }
             | Self::NotLive { .. }
-            | Self::ExportsOpen { .. } => ErrorKind::Conflict,
+            | Self::ExportsOpen { .. }
+            | Self::ChainTooLong { .. }
+            | Self::FilesMissing { .. }
+            | Self::DiskChanged { .. }
+            | Self::BaseMismatch { .. }
+            | Self::Busy { .. }
+            | Self::StartCancelled { .. }
+            | Self::DrainTimeout { .. } => ErrorKind::Conflict,
+            Self::ShuttingDown => ErrorKind::Unavailable,
             Self::UnknownDisk { .. } | Self::MissingDisk { .. } | Self::DuplicateDisk { .. } => {
                 ErrorKind::BadRequest
             }

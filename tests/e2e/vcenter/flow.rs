@@ -52,6 +52,7 @@ impl World {
             nbd_listen: "127.0.0.1:0".parse().unwrap(),
             public_host: Some("localhost".into()),
             idle_timeout: Duration::from_secs(600),
+            disconnect_grace: Duration::from_secs(20),
         })
         .await
         .unwrap();

@@ -37,6 +37,7 @@ impl Hub {
             nbd_listen: "127.0.0.1:0".parse().unwrap(),
             public_host: Some("localhost".into()),
             idle_timeout: idle,
+            disconnect_grace: idle,
         };
         let running = daemon::start(config).await.unwrap();
         let tls =
