@@ -26,7 +26,7 @@ use crate::error::HubError;
 pub const TLS_DIR: &str = "tls";
 
 /// The longest a shutdown takes, whatever peers do: the sum of the steps' deadlines.
-pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(25);
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 /// How long in-flight API requests may finish after shutdown begins.
 const API_DRAIN: Duration = Duration::from_secs(8);
 /// How long the engine may take to fail running backups and close exports.
@@ -255,7 +255,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
         tracing::info!("shutting down");
         api_handle.graceful_shutdown(Some(API_DRAIN));
         bounded("API server", API_DRAIN + Duration::from_secs(1), api_task).await;
-        watchdog.abort();
+        bounded("watchdog", Duration::from_secs(1), watchdog).await;
         let engine_down = tokio::spawn(async move { shutdown_engine.shutdown().await });
         bounded("backup engine", ENGINE_DRAIN, engine_down).await;
         let _ = nbd_stop_tx.send(());
@@ -279,11 +279,16 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
 
 /// Waits for a shutdown step up to `limit`, then abandons it (aborting its
 /// task), so no peer can hold the shutdown.
-async fn bounded(step: &'static str, limit: Duration, task: tokio::task::JoinHandle<()>) {
-    let abort = task.abort_handle();
-    if tokio::time::timeout(limit, task).await.is_err() {
-        abort.abort();
-        tracing::warn!(step, seconds = limit.as_secs(), "shutdown step did not end in time: abandoned");
+async fn bounded(step: &'static str, limit: Duration, mut task: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(limit, &mut task).await.is_err() {
+        task.abort();
+        tracing::warn!(
+            step,
+            seconds = limit.as_secs(),
+            "shutdown step did not end in time: abandoned"
+        );
+        // An aborted task ends at its next await; what it held is released then.
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
 }
 

@@ -45,8 +45,8 @@ use sendense_qcow2::image::{DEFAULT_CHAIN_DEPTH, MAX_CHAIN_DEPTH};
 use sendense_qcow2::{BackingSpec, CreateOptions, Image, OpenOptions};
 use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, BackupType, Chain, CompleteBackupRequest, DiskKey,
-    ExportName, RegisterVmRequest, RepositoryInfo, RestoreDisk, RestoreExports,
-    StartBackupRequest, Timestamp, Vm, VmName, VmUsage,
+    ExportName, RegisterVmRequest, RepositoryInfo, RestoreDisk, RestoreExports, StartBackupRequest,
+    Timestamp, Vm, VmName, VmUsage,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -241,10 +241,9 @@ impl Engine {
         let id = record.backup_id.clone();
         {
             let mut live = self.live();
-            let cancelled = live
-                .closing
-                .then(|| "the hub is shutting down".to_owned());
-            live.running.insert(id.clone(), Slot::Starting { cancelled });
+            let cancelled = live.closing.then(|| "the hub is shutting down".to_owned());
+            live.running
+                .insert(id.clone(), Slot::Starting { cancelled });
         }
         let opened = self.open_write_disks(&record, parent.as_ref());
         let mut live = self.live();
@@ -850,7 +849,11 @@ impl Engine {
         if record.files_missing {
             return Err(HubError::FilesMissing {
                 backup_id: id.clone(),
-                file: record.disks.first().map(|d| d.file.clone()).unwrap_or_default(),
+                file: record
+                    .disks
+                    .first()
+                    .map(|d| d.file.clone())
+                    .unwrap_or_default(),
             });
         }
         if let Some(open) = self.live().restores.get(id) {
@@ -1285,9 +1288,7 @@ fn is_known(known: &HashSet<String>, rel: &str) -> bool {
         return true;
     }
     let (folder, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-    let target = name
-        .strip_prefix('.')
-        .and_then(|n| n.strip_suffix(".part"));
+    let target = name.strip_prefix('.').and_then(|n| n.strip_suffix(".part"));
     target.is_some_and(|t| {
         let full = if folder.is_empty() {
             t.to_owned()
@@ -1369,12 +1370,21 @@ mod tests {
         let t0 = std::time::Instant::now();
         let mut l = Liveness::new(Instant::now(), vec![activity(0, t0)]);
         let t1 = t0 + Duration::from_millis(1);
-        assert_eq!(l.observe(Instant::now(), vec![activity(2, t1)], TIMERS), None);
+        assert_eq!(
+            l.observe(Instant::now(), vec![activity(2, t1)], TIMERS),
+            None
+        );
         tokio::time::advance(Duration::from_secs(5)).await;
         let t2 = t1 + Duration::from_millis(1);
-        assert_eq!(l.observe(Instant::now(), vec![activity(0, t2)], TIMERS), None);
+        assert_eq!(
+            l.observe(Instant::now(), vec![activity(0, t2)], TIMERS),
+            None
+        );
         tokio::time::advance(Duration::from_secs(19)).await;
-        assert_eq!(l.observe(Instant::now(), vec![activity(0, t2)], TIMERS), None);
+        assert_eq!(
+            l.observe(Instant::now(), vec![activity(0, t2)], TIMERS),
+            None
+        );
 
         tokio::time::advance(Duration::from_secs(1)).await;
         let verdict = l.observe(Instant::now(), vec![activity(0, t2)], TIMERS);
@@ -1405,7 +1415,10 @@ mod tests {
         let t1 = t0 + Duration::from_millis(1);
         l.observe(Instant::now(), vec![activity(1, t1)], TIMERS);
         tokio::time::advance(Duration::from_secs(119)).await;
-        assert_eq!(l.observe(Instant::now(), vec![activity(1, t1)], TIMERS), None);
+        assert_eq!(
+            l.observe(Instant::now(), vec![activity(1, t1)], TIMERS),
+            None
+        );
 
         tokio::time::advance(Duration::from_secs(1)).await;
         let verdict = l.observe(Instant::now(), vec![activity(1, t1)], TIMERS);
@@ -1418,7 +1431,10 @@ mod tests {
         let t0 = std::time::Instant::now();
         let mut l = Liveness::new(Instant::now(), vec![activity(0, t0)]);
         tokio::time::advance(Duration::from_secs(119)).await;
-        assert_eq!(l.observe(Instant::now(), vec![activity(0, t0)], TIMERS), None);
+        assert_eq!(
+            l.observe(Instant::now(), vec![activity(0, t0)], TIMERS),
+            None
+        );
 
         tokio::time::advance(Duration::from_secs(1)).await;
         let verdict = l.observe(Instant::now(), vec![activity(0, t0)], TIMERS);

@@ -129,7 +129,7 @@ async fn run_in(root: &Path, size: u64) -> Result<String, QuickstartError> {
         nbd_listen: ([127, 0, 0, 1], 0).into(),
         public_host: Some("localhost".into()),
         idle_timeout: Duration::from_secs(600),
-            disconnect_grace: Duration::from_secs(20),
+        disconnect_grace: Duration::from_secs(20),
     })
     .await?;
     let outcome = drive(root, &vm_dir, &restore_dir, size, hub.api_addr.port()).await;

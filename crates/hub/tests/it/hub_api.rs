@@ -13,31 +13,40 @@ use serde_json::{Value, json};
 
 use crate::support::{fill_random, qemu_img_ok};
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 
-struct Hub {
-    running: Option<RunningHub>,
-    data: tempfile::TempDir,
-    http: reqwest::Client,
-    base: String,
-    token: String,
-    tls: Arc<rustls::ClientConfig>,
+pub(crate) struct Hub {
+    pub(crate) running: Option<RunningHub>,
+    pub(crate) data: tempfile::TempDir,
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) token: String,
+    pub(crate) tls: Arc<rustls::ClientConfig>,
 }
 
 impl Hub {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let data = tempfile::tempdir().unwrap();
         Self::start_in(data, Duration::from_secs(600)).await
     }
 
-    async fn start_in(data: tempfile::TempDir, idle: Duration) -> Self {
+    pub(crate) async fn start_in(data: tempfile::TempDir, idle: Duration) -> Self {
+        Self::start_with(data, idle, idle).await
+    }
+
+    /// A hub over `data` with these watchdog timers.
+    pub(crate) async fn start_with(
+        data: tempfile::TempDir,
+        idle: Duration,
+        disconnect_grace: Duration,
+    ) -> Self {
         let config = HubConfig {
             data_dir: data.path().to_path_buf(),
             api_listen: "127.0.0.1:0".parse().unwrap(),
             nbd_listen: "127.0.0.1:0".parse().unwrap(),
             public_host: Some("localhost".into()),
             idle_timeout: idle,
-            disconnect_grace: idle,
+            disconnect_grace,
         };
         let running = daemon::start(config).await.unwrap();
         let tls =
@@ -61,18 +70,18 @@ impl Hub {
         }
     }
 
-    async fn stop(mut self) -> tempfile::TempDir {
+    pub(crate) async fn stop(mut self) -> tempfile::TempDir {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
         self.data
     }
 
-    fn repo(&self) -> PathBuf {
+    pub(crate) fn repo(&self) -> PathBuf {
         self.data.path().join("repository")
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -98,15 +107,15 @@ impl Hub {
         )
     }
 
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    async fn register(&self, vm: &str, sizes: &[u64]) {
+    pub(crate) async fn register(&self, vm: &str, sizes: &[u64]) {
         let disks: Vec<Value> = sizes
             .iter()
             .enumerate()
@@ -118,7 +127,7 @@ impl Hub {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 
-    async fn start_backup(&self, vm: &str, kind: &str) -> Value {
+    pub(crate) async fn start_backup(&self, vm: &str, kind: &str) -> Value {
         let (status, body) = self
             .post(
                 "/api/v1/backups",
@@ -129,7 +138,7 @@ impl Hub {
         body
     }
 
-    async fn complete(&self, backup: &Value, change: &str) -> Value {
+    pub(crate) async fn complete(&self, backup: &Value, change: &str) -> Value {
         let disks: Vec<Value> = backup["disks"]
             .as_array()
             .unwrap()
@@ -150,7 +159,7 @@ impl Hub {
         body
     }
 
-    async fn nbd(&self, export: &str) -> Client {
+    pub(crate) async fn nbd(&self, export: &str) -> Client {
         let port = self.running.as_ref().unwrap().nbd_addr.port();
         let opts = ClientOptions {
             tls: Some((Arc::clone(&self.tls), "localhost".into())),
@@ -214,18 +223,18 @@ impl Disk {
     }
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn export_of(backup: &Value, i: usize) -> String {
+pub(crate) fn export_of(backup: &Value, i: usize) -> String {
     backup["disks"][i]["export_name"]
         .as_str()
         .unwrap()
         .to_owned()
 }
 
-fn file_of(hub: &Hub, backup: &Value, i: usize) -> PathBuf {
+pub(crate) fn file_of(hub: &Hub, backup: &Value, i: usize) -> PathBuf {
     hub.repo()
         .join(backup["disks"][i]["file"].as_str().unwrap())
 }

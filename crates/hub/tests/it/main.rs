@@ -6,4 +6,6 @@ mod hub_api;
 #[cfg(test)]
 mod image_tools;
 #[cfg(test)]
+mod lifecycle;
+#[cfg(test)]
 mod support;
