@@ -1144,10 +1144,7 @@ mod tests {
         {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert(SCHEMA_KEY, 1)
-                .unwrap();
+            txn.open_table(META).unwrap().insert(SCHEMA_KEY, 1).unwrap();
             txn.delete_table(DELETIONS).unwrap();
             txn.commit().unwrap();
         }

@@ -317,7 +317,10 @@ fn mark_files_missing_running_backup_refused() {
     let vm = register(&f.catalog, "web01");
     let running = start_full(&f.catalog, &vm, 1);
 
-    let err = f.catalog.mark_files_missing(&running.backup_id).unwrap_err();
+    let err = f
+        .catalog
+        .mark_files_missing(&running.backup_id)
+        .unwrap_err();
 
     assert_eq!(err.kind(), ErrorKind::Conflict);
 }
