@@ -978,3 +978,51 @@ fn data_chunk(flags: u16, cookie: u64, offset: u64, data: Bytes) -> Vec<Bytes> {
     head.extend_from_slice(&offset.to_be_bytes());
     vec![Bytes::from(head), data]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::sockopt;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_keepalive_and_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let opts = ServerOptions {
+            tcp_keepalive: Duration::from_secs(45),
+            tcp_user_timeout: Duration::from_millis(12_345),
+            ..ServerOptions::default()
+        };
+        configure_socket(&stream, &opts).unwrap();
+        assert!(sockopt::socket_keepalive(&stream).unwrap());
+        assert_eq!(
+            sockopt::tcp_keepidle(&stream).unwrap(),
+            Duration::from_secs(45)
+        );
+        assert_eq!(sockopt::tcp_keepcnt(&stream).unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(sockopt::tcp_user_timeout(&stream).unwrap(), 12_345);
+        assert!(stream.nodelay().unwrap());
+    }
+
+    #[test]
+    fn admission_caps_total_and_per_peer_and_frees_on_drop() {
+        let a = Arc::new(Admission {
+            max: 3,
+            per_peer: 2,
+            state: Mutex::default(),
+            freed: Notify::new(),
+        });
+        let one: IpAddr = [10, 0, 0, 1].into();
+        let two: IpAddr = [10, 0, 0, 2].into();
+        let p1 = a.try_admit(one).unwrap();
+        let _p2 = a.try_admit(one).unwrap();
+        assert!(a.try_admit(one).is_none(), "per-peer cap");
+        let _p3 = a.try_admit(two).unwrap();
+        assert!(a.try_admit(two).is_none(), "total cap");
+        drop(p1);
+        assert!(a.try_admit(one).is_some());
+        assert_eq!(a.lock().peers.len(), 2);
+    }
+}

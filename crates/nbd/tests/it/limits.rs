@@ -492,3 +492,48 @@ async fn list_refused_with_policy_unless_enabled() {
     assert_eq!(names, vec!["mem".to_owned()]);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stream_serves_an_in_memory_stream() {
+    let server = Server::new(memory_registry(), ServerOptions::default());
+    let (mut client, io) = tokio::io::duplex(1 << 20);
+    let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+    let s = server.clone();
+    let served = tokio::spawn(async move { s.serve_stream(io, peer).await });
+    let mut greeting = [0u8; wire::GREETING_LEN];
+    client.read_exact(&mut greeting).await.unwrap();
+    let mut msg = (wire::FLAG_C_FIXED_NEWSTYLE | wire::FLAG_C_NO_ZEROES)
+        .to_be_bytes()
+        .to_vec();
+    let o = codec::encode_client_option(&wire::ClientOption::ExportName("mem".into()));
+    codec::encode_option_request(&o, &mut msg);
+    // Pipelined after the option: a WRITE, a READ of it, and DISC.
+    msg.extend_from_slice(&request(cmd::WRITE, 1, 4096, 512));
+    msg.extend_from_slice(&[0x42; 512]);
+    msg.extend_from_slice(&request(cmd::READ, 2, 4096, 512));
+    msg.extend_from_slice(&request(cmd::DISC, 3, 0, 0));
+    client.write_all(&msg).await.unwrap();
+    let mut export = [0u8; 10];
+    client.read_exact(&mut export).await.unwrap();
+    assert_eq!(
+        u64::from_be_bytes(export[..8].try_into().unwrap()),
+        64 << 20
+    );
+    let mut out = Vec::new();
+    timeout(SOON, client.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    timeout(SOON, served).await.unwrap().unwrap().unwrap();
+    // Two simple replies in completion order; the READ's carries the data.
+    let head = wire::SIMPLE_REPLY_HEADER_LEN;
+    assert_eq!(out.len(), 2 * head + 512);
+    let read_at = if out[8..16] == 2u64.to_be_bytes() {
+        0
+    } else {
+        head
+    };
+    assert_eq!(out[read_at + 8..read_at + 16], 2u64.to_be_bytes());
+    assert_eq!(out[read_at + head..read_at + head + 512], [0x42; 512]);
+    assert_eq!(server.admitted_connections(), 0);
+}
