@@ -459,10 +459,15 @@ impl Conn {
         let Handshake::Serve(mut io, n) = handshake else {
             return Ok(());
         };
+        // A connection waiting for its permit already holds the export: it gives
+        // up at once when the export is being removed.
+        let mut closing = n.guard.entry().closing();
+        let admit = self.shared.admission.admit(self.peer.ip());
         let admitted = tokio::select! {
-            r = timeout(self.opts().admission_timeout, self.shared.admission.admit(self.peer.ip())) => r.ok(),
+            r = timeout(self.opts().admission_timeout, admit) => r.ok(),
             _ = stop.wait_for(|s| *s) => None,
             _ = cut.wait_for(|s| *s) => None,
+            _ = closing.wait_for(|s| *s) => None,
         };
         let Some(admitted) = admitted else {
             debug!(peer = %self.peer, "no connection permit: refusing");

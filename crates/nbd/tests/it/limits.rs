@@ -537,3 +537,43 @@ async fn serve_stream_serves_an_in_memory_stream() {
     assert_eq!(out[read_at + head..read_at + head + 512], [0x42; 512]);
     assert_eq!(server.admitted_connections(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_refuses_connections_still_waiting_for_a_permit() {
+    let registry = Arc::new(ExportRegistry::new().with_drain_timeout(Duration::from_millis(300)));
+    registry
+        .add("mem", Arc::new(MemoryExport::new(1 << 20)))
+        .unwrap();
+    let options = ServerOptions {
+        max_connections_per_peer: 1,
+        admission_timeout: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let srv = Running::start(Arc::clone(&registry), options).await;
+    // A holds the one permit and is stuck in a WRITE payload.
+    let mut a = raw_transmission(srv.addr, "mem").await;
+    a.write_all(&request(cmd::WRITE, 1, 0, 4096)).await.unwrap();
+    // B finished its handshake and waits for a permit (it holds the export).
+    let (addr, opts) = (srv.addr, srv.options("mem"));
+    let b = tokio::spawn(async move { Client::connect(addr, opts).await });
+    wait_until("B to wait for a permit", || {
+        registry.connection_count("mem") == Some(2)
+    })
+    .await;
+    let removal = timeout(SOON, registry.remove("mem")).await.unwrap();
+    // Only A was left to cut: B gave up as soon as the removal began.
+    assert_eq!(removal, Removal::Cut { connections: 1 });
+    let err = timeout(SOON, b).await.unwrap().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NbdError::OptionRefused {
+                reply: wire::rep::ERR_POLICY,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(closed_by_server(&mut a).await);
+    srv.stop().await;
+}
