@@ -464,22 +464,23 @@ impl Conn {
         let mut closing = n.guard.entry().closing();
         let admit = self.shared.admission.admit(self.peer.ip());
         let admitted = tokio::select! {
-            r = timeout(self.opts().admission_timeout, admit) => r.ok(),
-            _ = stop.wait_for(|s| *s) => None,
-            _ = cut.wait_for(|s| *s) => None,
-            _ = closing.wait_for(|s| *s) => None,
+            r = timeout(self.opts().admission_timeout, admit) => r.map_err(|_| "too many connections"),
+            _ = stop.wait_for(|s| *s) => Err("server shutdown"),
+            _ = cut.wait_for(|s| *s) => Err("server shutdown"),
+            _ = closing.wait_for(|s| *s) => Err("export removed"),
         };
-        let Some(admitted) = admitted else {
-            debug!(peer = %self.peer, "no connection permit: refusing");
-            let _ = timeout(self.opts().reply_timeout, async {
-                io.write_all(n.refusal()).await?;
-                io.flush().await?;
-                io.shutdown().await
-            })
-            .await;
-            return Err(NbdError::Cut {
-                why: "too many connections",
-            });
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(why) => {
+                debug!(peer = %self.peer, why, "not admitted: refusing");
+                let _ = timeout(self.opts().reply_timeout, async {
+                    io.write_all(n.refusal()).await?;
+                    io.flush().await?;
+                    io.shutdown().await
+                })
+                .await;
+                return Err(NbdError::Cut { why });
+            }
         };
         match timeout(self.opts().reply_timeout, async {
             io.write_all(n.reply()).await?;

@@ -81,8 +81,9 @@ impl Negotiated {
     }
 
     /// The bytes to send instead when the connection is not admitted (too many
-    /// connections): `NBD_REP_ERR_POLICY` to `GO`, nothing to `EXPORT_NAME` (which
-    /// has no error reply); the driver closes the connection after them.
+    /// connections, export or server closing): `NBD_REP_ERR_POLICY` to `GO`,
+    /// nothing to `EXPORT_NAME` (which has no error reply); the driver closes the
+    /// connection after them.
     #[must_use]
     pub fn refusal(&self) -> &[u8] {
         &self.refusal
@@ -360,7 +361,9 @@ impl ServerSession {
                 option,
                 &ReplyPayload::Error {
                     code: rep::ERR_POLICY,
-                    message: "too many connections".to_owned(),
+                    message:
+                        "not admitted: connection limit reached, or the export or server is closing"
+                            .to_owned(),
                 },
             ),
         };

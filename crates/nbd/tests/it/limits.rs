@@ -238,6 +238,11 @@ async fn per_peer_cap_refuses_the_connection_past_it() {
     // The admitted ones are unaffected; a freed permit admits the next client.
     a.read(0, 512).await.unwrap();
     b.disconnect().await.unwrap();
+    let server = srv.server.clone();
+    wait_until("B's permit to come back", || {
+        server.admitted_connections() == 1
+    })
+    .await;
     let c = timeout(SOON, srv.client("mem")).await.unwrap().unwrap();
     c.read(0, 512).await.unwrap();
     a.disconnect().await.unwrap();
