@@ -154,6 +154,8 @@ pub async fn serve_image(
         registry,
         ServerOptions {
             tls,
+            // One export, named on the command line: listing it gives nothing away.
+            list_exports: true,
             ..ServerOptions::default()
         },
     );

@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         registry,
         ServerOptions {
             tls,
+            list_exports: true,
             ..Default::default()
         },
     );

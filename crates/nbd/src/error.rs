@@ -69,6 +69,18 @@ pub enum NbdError {
     /// The connection is closed.
     #[error("Connection closed")]
     Closed,
+    /// A peer missed a deadline (handshake, request payload, reply write).
+    #[error("Timed out waiting for {what}")]
+    TimedOut {
+        /// What did not happen in time.
+        what: &'static str,
+    },
+    /// The connection was cut (export removal or server shutdown past its deadline).
+    #[error("Connection cut: {why}")]
+    Cut {
+        /// Why it was cut.
+        why: &'static str,
+    },
     /// Socket I/O failed.
     #[error("I/O error")]
     Io(#[from] std::io::Error),

@@ -18,7 +18,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -205,10 +205,24 @@ impl From<io::Error> for ExportError {
 
 // ---------------------------------------------------------------- registry
 
+/// How long [`ExportRegistry::remove`] waits for an export's connections by default
+/// before it cuts them.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Named exports, shared (in an `Arc`) by the server and its owner.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ExportRegistry {
     exports: Mutex<BTreeMap<String, Arc<ExportEntry>>>,
+    drain_timeout: Duration,
+}
+
+impl Default for ExportRegistry {
+    fn default() -> Self {
+        Self {
+            exports: Mutex::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
 }
 
 /// A registered export with its connection bookkeeping.
@@ -216,6 +230,7 @@ pub struct ExportRegistry {
 pub(crate) struct ExportEntry {
     pub(crate) export: Arc<dyn Export>,
     closing: watch::Sender<bool>,
+    cut: watch::Sender<bool>,
     connections: watch::Sender<usize>,
     last_activity: Mutex<Instant>,
 }
@@ -226,11 +241,42 @@ pub(crate) struct ConnectionGuard {
     entry: Arc<ExportEntry>,
 }
 
+/// How [`ExportRegistry::remove`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Removal {
+    /// No export had that name.
+    NotFound,
+    /// Every connection finished its in-flight requests and closed within the deadline.
+    Drained,
+    /// The deadline passed with `connections` still open: they were cut (their
+    /// sockets closed, unwritten replies dropped, in-flight export calls finished).
+    Cut {
+        /// Connections open when the deadline passed.
+        connections: usize,
+    },
+}
+
+impl Removal {
+    /// Whether an export of that name existed (and is now removed).
+    #[must_use]
+    pub const fn existed(self) -> bool {
+        !matches!(self, Self::NotFound)
+    }
+}
+
 impl ExportRegistry {
-    /// An empty registry.
+    /// An empty registry; [`Self::remove`] waits [`DEFAULT_DRAIN_TIMEOUT`].
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same registry with another drain deadline for [`Self::remove`].
+    #[must_use]
+    pub const fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
     }
 
     /// Adds an export.
@@ -252,6 +298,7 @@ impl ExportRegistry {
         let entry = ExportEntry {
             export,
             closing: watch::Sender::new(false),
+            cut: watch::Sender::new(false),
             connections: watch::Sender::new(0),
             last_activity: Mutex::new(Instant::now()),
         };
@@ -261,22 +308,34 @@ impl ExportRegistry {
 
     /// Removes an export. New connections are refused at once; connections
     /// in transmission finish their in-flight requests, answer later ones
-    /// with `ESHUTDOWN` and close. The future completes (with `true`) when
-    /// the last connection has ended, or at once with `false` if the name
-    /// was unknown.
-    pub fn remove(&self, name: &str) -> impl Future<Output = bool> + Send + 'static {
+    /// with `ESHUTDOWN` and close. Connections still open after the registry's
+    /// drain deadline ([`Self::with_drain_timeout`]) are cut: their sockets
+    /// close and their unwritten replies are dropped; the export is released
+    /// once their in-flight export calls return (waited for up to one more
+    /// deadline). The future tells which happened.
+    ///
+    /// The deadline and the cut run on a task of their own when called inside
+    /// a tokio runtime, so they happen even if the returned future is dropped.
+    pub fn remove(&self, name: &str) -> impl Future<Output = Removal> + Send + 'static {
         let entry = self.lock().remove(name);
         if let Some(e) = &entry {
             e.closing.send_replace(true);
         }
-        let mut rx = entry.as_ref().map(|e| e.connections.subscribe());
+        let drain = Box::pin(drain(entry, self.drain_timeout));
+        let spawned = match tokio::runtime::Handle::try_current() {
+            Ok(h) => Ok(h.spawn(drain)),
+            Err(_) => Err(drain),
+        };
         async move {
-            let Some(rx) = rx.as_mut() else {
-                return false;
-            };
-            // An error means the sender is gone, i.e. no connection remains.
-            let _ = rx.wait_for(|n| *n == 0).await;
-            true
+            match spawned {
+                Ok(task) => match task.await {
+                    Ok(r) => r,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    // The runtime is shutting down: nothing is served any more.
+                    Err(_) => Removal::Drained,
+                },
+                Err(drain) => drain.await,
+            }
         }
     }
 
@@ -317,6 +376,29 @@ impl ExportRegistry {
     }
 }
 
+/// Waits for `entry`'s connections to end, up to `timeout`; then cuts them.
+async fn drain(entry: Option<Arc<ExportEntry>>, timeout: Duration) -> Removal {
+    let Some(entry) = entry else {
+        return Removal::NotFound;
+    };
+    let mut rx = entry.connections.subscribe();
+    // The sender lives in `entry`, so `wait_for` only ends when the count is zero.
+    if tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0))
+        .await
+        .is_ok()
+    {
+        return Removal::Drained;
+    }
+    let connections = *rx.borrow();
+    tracing::warn!(
+        connections,
+        "export connections still open after the drain deadline: cutting them"
+    );
+    entry.cut.send_replace(true);
+    let _ = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
+    Removal::Cut { connections }
+}
+
 impl ExportEntry {
     /// Attaches a connection, or `None` if the export is being removed.
     pub(crate) fn attach(self: &Arc<Self>) -> Option<ConnectionGuard> {
@@ -340,6 +422,11 @@ impl ExportEntry {
 
     pub(crate) fn closing(&self) -> watch::Receiver<bool> {
         self.closing.subscribe()
+    }
+
+    /// Set when a removal's deadline passed: the connection must end now.
+    pub(crate) fn cut(&self) -> watch::Receiver<bool> {
+        self.cut.subscribe()
     }
 }
 

@@ -22,7 +22,7 @@ pub mod wire;
 pub use client::{Client, ClientOptions, ClientPool, ExportInfo};
 pub use error::NbdError;
 pub use export::{
-    BlockExtent, Export, ExportError, ExportRegistry, FileExport, MemoryExport, ZeroFlags,
+    BlockExtent, Export, ExportError, ExportRegistry, FileExport, MemoryExport, Removal, ZeroFlags,
 };
 pub use server::{Server, ServerOptions};
 pub use session::{ServerSession, SessionAction, TlsPolicy};

@@ -6,9 +6,11 @@
 //! WRITE payloads, and hands each request to tokio's blocking pool, where the
 //! synchronous [`Export`] method runs and the reply is built. A separate
 //! *writer* task serialises finished replies, so replies go out in completion
-//! order, not request order. Two semaphores bound each connection: requests
-//! in flight and payload bytes in flight (READ and WRITE lengths), so a fast
-//! client cannot make the server buffer without limit.
+//! order, not request order. Semaphores bound memory: requests in flight and
+//! payload bytes in flight (READ and WRITE lengths) per connection, and one
+//! payload byte budget shared by every connection of the server
+//! ([`ServerOptions::payload_budget`]). A request's permits are held until its
+//! reply is written, so unwritten replies count too.
 //!
 //! Why the blocking pool: export calls are positional I/O of 1–32 MiB, where
 //! a `spawn_blocking` hop (a few microseconds) is noise, and the pool grows to
@@ -16,22 +18,48 @@
 //! that never blocks ([`Export::never_blocks`], the memory export) runs on the
 //! connection's task instead.
 //!
-//! Shutdown: `serve` stops accepting when its shutdown future resolves,
-//! signals every connection, and returns once all have ended. A connection
-//! told to stop (server shutdown or export removal) reads no more requests,
-//! lets in-flight ones finish and their replies drain, then closes (TLS
-//! `close_notify`, then FIN), as proto.md asks of a server shutting down.
+//! Nothing a peer does can hang the server (every deadline is a
+//! [`ServerOptions`] field):
+//! - Accepted sockets get TCP keepalive and `TCP_USER_TIMEOUT`.
+//! - The whole handshake (option phase, TLS included) has one total deadline, the
+//!   TLS handshake one of its own; a peer that trickles bytes is dropped all the same.
+//! - Connections still negotiating are bounded by [`ServerOptions::max_handshakes`]
+//!   (further peers wait in the kernel's accept queue); they hold no connection
+//!   permit. Permits ([`ServerOptions::max_connections`] in all,
+//!   [`ServerOptions::max_connections_per_peer`] per IP address) are taken only when
+//!   the handshake is done, just before its final reply. A connection that finds
+//!   none waits for one up to [`ServerOptions::admission_timeout`]; then `GO` is
+//!   answered `NBD_REP_ERR_POLICY` (`EXPORT_NAME` has no error reply) and the
+//!   connection is closed.
+//! - Each WRITE payload must arrive within [`ServerOptions::payload_timeout`], each
+//!   reply must be taken by the peer within [`ServerOptions::reply_timeout`];
+//!   otherwise the connection is closed. Idle connections between requests are
+//!   allowed (the owner watches [`ExportRegistry::last_activity`]).
+//!
+//! Shutdown: `serve` stops accepting when its shutdown future resolves and
+//! signals every connection. A connection told to stop (server shutdown or
+//! export removal) reads no more requests, lets in-flight ones finish and their
+//! replies drain, then closes (TLS `close_notify`, then FIN), as proto.md asks
+//! of a server shutting down. Connections still open after
+//! [`ServerOptions::shutdown_timeout`] are cut: their sockets close, unwritten
+//! replies are dropped, and only export calls already running are waited for
+//! (up to one more `shutdown_timeout`, after which their tasks are aborted), so
+//! `serve` returns within twice `shutdown_timeout` whatever peers do.
+//! [`ExportRegistry::remove`] cuts the connections of one export the same way
+//! after the registry's drain deadline.
 
+use std::collections::HashMap;
 use std::io::Cursor;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::timeout;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::codec;
@@ -45,44 +73,105 @@ mod payload;
 pub use payload::PAYLOAD_ALIGN;
 use payload::{Payload, PayloadPool};
 
-/// Server limits and TLS.
+/// Server limits, deadlines and TLS. The defaults suit a hub: see each field.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// TLS configuration; `Some` makes TLS required (FORCEDTLS).
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Most simultaneous connections; further clients wait in the accept queue.
+    /// Whether `NBD_OPT_LIST` answers the export names (default `false`: refused with
+    /// `NBD_REP_ERR_POLICY`, since export names are capabilities).
+    pub list_exports: bool,
+    /// Most connections still in their handshake (default 1024); further peers wait
+    /// in the kernel's accept queue. Each costs a task and a small buffer only.
+    pub max_handshakes: usize,
+    /// Most connections past their handshake (default 256).
     pub max_connections: usize,
-    /// Most requests in flight per connection.
+    /// Most connections past their handshake from one IP address (default 64).
+    pub max_connections_per_peer: usize,
+    /// How long a connection that finished its handshake waits for a connection
+    /// permit before it is refused and closed (default 10 s).
+    pub admission_timeout: Duration,
+    /// Most requests in flight per connection (default 64).
     pub max_in_flight_requests: usize,
-    /// Most READ/WRITE payload bytes in flight per connection.
+    /// Most READ/WRITE payload bytes in flight per connection (default 256 MiB; at
+    /// least one maximal request, 32 MiB).
     pub max_in_flight_bytes: u32,
-    /// Longest pause allowed between handshake messages.
+    /// READ/WRITE payload bytes in flight over all connections (default 1 GiB). A
+    /// single request larger than the budget takes all of it.
+    pub payload_budget: usize,
+    /// Deadline of the whole handshake, from accept to the final option, TLS
+    /// included (default 30 s).
     pub handshake_timeout: Duration,
+    /// Deadline of the TLS handshake (default 10 s).
+    pub tls_handshake_timeout: Duration,
+    /// Deadline of each WRITE payload, from its header to its last byte (default 60 s).
+    pub payload_timeout: Duration,
+    /// Deadline of each reply write: the peer must take a reply within it (default 60 s).
+    pub reply_timeout: Duration,
+    /// After shutdown, how long connections may drain before they are cut (default 10 s).
+    pub shutdown_timeout: Duration,
+    /// Idle time before TCP keepalive probes start (default 30 s; probes every 10 s,
+    /// 3 unanswered end the connection).
+    pub tcp_keepalive: Duration,
+    /// `TCP_USER_TIMEOUT`: unacknowledged sent data older than this ends the
+    /// connection (default 60 s).
+    pub tcp_user_timeout: Duration,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             tls: None,
+            list_exports: false,
+            max_handshakes: 1024,
             max_connections: 256,
+            max_connections_per_peer: 64,
+            admission_timeout: Duration::from_secs(10),
             max_in_flight_requests: 64,
             max_in_flight_bytes: 256 * 1024 * 1024,
+            payload_budget: 1024 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            payload_timeout: Duration::from_secs(60),
+            reply_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(30),
+            tcp_user_timeout: Duration::from_secs(60),
         }
     }
 }
 
 /// The NBD server: serves the exports of a registry on a listener.
+///
+/// Clones share one state (permits, payload budget, shutdown); once a shutdown
+/// began, the server serves nothing more.
 #[derive(Debug, Clone)]
 pub struct Server {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     registry: Arc<ExportRegistry>,
-    options: Arc<ServerOptions>,
+    options: ServerOptions,
+    admission: Arc<Admission>,
+    budget: Arc<Semaphore>,
+    budget_size: usize,
+    /// Graceful stop: read no more requests, drain, close.
+    stop: watch::Sender<bool>,
+    /// Forced end: close now.
+    cut: watch::Sender<bool>,
 }
 
 /// Granule of zero detection when splitting structured READ replies.
 const READ_GRAIN: usize = 64 * 1024;
-/// Read buffer of the handshake and the request reader.
+/// Read buffer of the request reader.
 const READ_BUFFER: usize = 256 * 1024;
+/// Read buffer of the handshake (options are small; the session buffers the rest).
+const HANDSHAKE_BUFFER: usize = 16 * 1024;
+/// TCP keepalive probe interval and count.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -91,20 +180,48 @@ impl Server {
     /// A server for `registry`.
     #[must_use]
     pub fn new(registry: Arc<ExportRegistry>, options: ServerOptions) -> Self {
+        let budget_size = options.payload_budget.clamp(1, Semaphore::MAX_PERMITS);
+        let admission = Arc::new(Admission {
+            max: options.max_connections.max(1),
+            per_peer: options.max_connections_per_peer.max(1),
+            state: Mutex::default(),
+            freed: Notify::new(),
+        });
         Self {
-            registry,
-            options: Arc::new(options),
+            shared: Arc::new(Shared {
+                registry,
+                options,
+                admission,
+                budget: Arc::new(Semaphore::new(budget_size)),
+                budget_size,
+                stop: watch::Sender::new(false),
+                cut: watch::Sender::new(false),
+            }),
         }
     }
 
     /// The registry served.
     #[must_use]
-    pub const fn registry(&self) -> &Arc<ExportRegistry> {
-        &self.registry
+    pub fn registry(&self) -> &Arc<ExportRegistry> {
+        &self.shared.registry
     }
 
-    /// Accepts connections until `shutdown` resolves, then waits for every
-    /// connection to finish its in-flight requests and close.
+    /// READ/WRITE payload bytes in flight over all connections (buffered requests
+    /// and unwritten replies); never above [`ServerOptions::payload_budget`].
+    #[must_use]
+    pub fn payload_bytes_in_flight(&self) -> usize {
+        self.shared.budget_size - self.shared.budget.available_permits()
+    }
+
+    /// Connections past their handshake (holding a connection permit).
+    #[must_use]
+    pub fn admitted_connections(&self) -> usize {
+        self.shared.admission.lock().total
+    }
+
+    /// Accepts connections until `shutdown` resolves, then lets every connection
+    /// finish its in-flight requests and close, cutting those still open after
+    /// [`ServerOptions::shutdown_timeout`]; returns within twice that deadline.
     ///
     /// # Errors
     /// Never at present; accept errors are logged and retried.
@@ -113,14 +230,14 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), NbdError> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let permits = Arc::new(Semaphore::new(self.options.max_connections.max(1)));
+        let opts = &self.shared.options;
+        let handshakes = Arc::new(Semaphore::new(opts.max_handshakes.max(1)));
         let mut tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let permit = tokio::select! {
                 () = &mut shutdown => break,
-                p = Arc::clone(&permits).acquire_owned() => match p {
+                p = Arc::clone(&handshakes).acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
                 },
@@ -135,63 +252,271 @@ impl Server {
                     }
                 },
             };
-            let _ = stream.set_nodelay(true);
-            let conn = Conn {
-                registry: Arc::clone(&self.registry),
-                options: Arc::clone(&self.options),
-                stop: stop_rx.clone(),
-            };
-            let span = info_span!("nbd_conn", %peer);
-            tasks.spawn(
-                async move {
-                    let _permit = permit;
-                    if let Err(e) = conn.run(stream, peer).await {
-                        debug!(error = %e, "connection ended with error");
-                    }
-                }
-                .instrument(span),
-            );
+            if let Err(e) = configure_socket(&stream, opts) {
+                debug!(error = %e, %peer, "cannot set socket options");
+            }
+            let server = self.clone();
+            tasks.spawn(async move { server.serve_conn(stream, peer, Some(permit)).await });
             while tasks.try_join_next().is_some() {}
         }
         drop(listener);
-        stop_tx.send_replace(true);
-        while tasks.join_next().await.is_some() {}
+        self.shared.stop.send_replace(true);
+        let drained = timeout(opts.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                connections = tasks.len(),
+                "connections still open after the shutdown deadline: cutting them"
+            );
+            self.shared.cut.send_replace(true);
+            let ended = timeout(opts.shutdown_timeout, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if ended.is_err() {
+                warn!(
+                    connections = tasks.len(),
+                    "aborting connections stuck in export calls"
+                );
+                tasks.shutdown().await;
+            }
+        }
         Ok(())
+    }
+
+    /// Serves one already accepted connection (TCP, or any byte stream such as an
+    /// in-memory duplex) from handshake to close, with the server's limits and
+    /// deadlines; `peer` is the address the per-peer cap counts. `serve` uses it
+    /// for every TCP connection; callers with streams of their own call it on a
+    /// task of theirs. It ends on the server's shutdown like the others.
+    ///
+    /// # Errors
+    /// The peer broke the protocol, a deadline passed, or the transport failed.
+    pub async fn serve_stream<S>(&self, io: S, peer: SocketAddr) -> Result<(), NbdError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = Conn {
+            shared: Arc::clone(&self.shared),
+            peer,
+        };
+        conn.run(Box::new(io), None).await
+    }
+
+    async fn serve_conn(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: Option<OwnedSemaphorePermit>,
+    ) {
+        let conn = Conn {
+            shared: Arc::clone(&self.shared),
+            peer,
+        };
+        let span = info_span!("nbd_conn", %peer);
+        if let Err(e) = conn.run(Box::new(stream), slot).instrument(span).await {
+            debug!(%peer, error = %e, "connection ended with error");
+        }
     }
 }
 
+/// TCP_NODELAY, keepalive and `TCP_USER_TIMEOUT` on an accepted socket.
+fn configure_socket(stream: &TcpStream, opts: &ServerOptions) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    stream.set_nodelay(true)?;
+    sockopt::set_socket_keepalive(stream, true)?;
+    sockopt::set_tcp_keepidle(stream, opts.tcp_keepalive.max(Duration::from_secs(1)))?;
+    sockopt::set_tcp_keepintvl(stream, KEEPALIVE_INTERVAL)?;
+    sockopt::set_tcp_keepcnt(stream, KEEPALIVE_PROBES)?;
+    let ms = u32::try_from(opts.tcp_user_timeout.as_millis()).unwrap_or(u32::MAX);
+    sockopt::set_tcp_user_timeout(stream, ms)?;
+    Ok(())
+}
+
+/// Connection permits: at most `max` in all and `per_peer` per IP address.
+#[derive(Debug)]
+struct Admission {
+    max: usize,
+    per_peer: usize,
+    state: Mutex<AdmissionState>,
+    freed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct AdmissionState {
+    total: usize,
+    peers: HashMap<IpAddr, usize>,
+}
+
+/// A connection permit; returned on drop.
+#[derive(Debug)]
+struct Admitted {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AdmissionState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
+        let mut st = self.lock();
+        let mine = st.peers.get(&ip).copied().unwrap_or(0);
+        if st.total >= self.max || mine >= self.per_peer {
+            return None;
+        }
+        st.total += 1;
+        st.peers.insert(ip, mine + 1);
+        Some(Admitted {
+            admission: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Waits until a permit for `ip` is free.
+    async fn admit(self: &Arc<Self>, ip: IpAddr) -> Admitted {
+        loop {
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(a) = self.try_admit(ip) {
+                return a;
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut st = self.admission.lock();
+        st.total = st.total.saturating_sub(1);
+        if let Some(n) = st.peers.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.peers.remove(&self.ip);
+            }
+        }
+        drop(st);
+        self.admission.freed.notify_waiters();
+    }
+}
+
+/// Permits a request holds until its reply is written (or dropped).
+#[derive(Debug)]
+struct Held {
+    _request: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// One encoded reply on its way to the writer.
+struct Out {
+    bytes: Vec<Bytes>,
+    _held: Option<Held>,
+}
+
+/// How the handshake ended.
+enum Handshake {
+    /// Serve this export on this stream.
+    Serve(Box<dyn Stream>, Box<Negotiated>),
+    /// The peer left, aborted, or the server is stopping.
+    Done,
+}
+
 struct Conn {
-    registry: Arc<ExportRegistry>,
-    options: Arc<ServerOptions>,
-    stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
 }
 
 impl Conn {
-    async fn run(mut self, stream: TcpStream, peer: SocketAddr) -> Result<(), NbdError> {
-        let policy = if self.options.tls.is_some() {
+    fn opts(&self) -> &ServerOptions {
+        &self.shared.options
+    }
+
+    async fn run(
+        self,
+        io: Box<dyn Stream>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), NbdError> {
+        let mut stop = self.shared.stop.subscribe();
+        let mut cut = self.shared.cut.subscribe();
+        let handshake = tokio::select! {
+            r = timeout(self.opts().handshake_timeout, self.handshake(io)) => match r {
+                Ok(r) => r?,
+                Err(_) => {
+                    debug!(peer = %self.peer, "handshake deadline passed");
+                    return Err(NbdError::TimedOut { what: "the handshake" });
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        // The handshake slot is free again; a connection permit is what counts now.
+        drop(slot);
+        let Handshake::Serve(mut io, n) = handshake else {
+            return Ok(());
+        };
+        // A connection waiting for its permit already holds the export: it gives
+        // up at once when the export is being removed.
+        let mut closing = n.guard.entry().closing();
+        let admit = self.shared.admission.admit(self.peer.ip());
+        let admitted = tokio::select! {
+            r = timeout(self.opts().admission_timeout, admit) => r.map_err(|_| "too many connections"),
+            _ = stop.wait_for(|s| *s) => Err("server shutdown"),
+            _ = cut.wait_for(|s| *s) => Err("server shutdown"),
+            _ = closing.wait_for(|s| *s) => Err("export removed"),
+        };
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(why) => {
+                debug!(peer = %self.peer, why, "not admitted: refusing");
+                let _ = timeout(self.opts().reply_timeout, async {
+                    io.write_all(n.refusal()).await?;
+                    io.flush().await?;
+                    io.shutdown().await
+                })
+                .await;
+                return Err(NbdError::Cut { why });
+            }
+        };
+        match timeout(self.opts().reply_timeout, async {
+            io.write_all(n.reply()).await?;
+            io.flush().await
+        })
+        .await
+        {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(NbdError::TimedOut {
+                    what: "the peer to take the handshake reply",
+                });
+            }
+        }
+        debug!(export = %n.name, structured = n.structured_replies, "transmission");
+        let r = self.transmission(io, *n).await;
+        drop(admitted);
+        r
+    }
+
+    /// The option phase: greeting, options, TLS; ends with the stream to serve.
+    async fn handshake(&self, mut io: Box<dyn Stream>) -> Result<Handshake, NbdError> {
+        let policy = if self.opts().tls.is_some() {
             TlsPolicy::Required
         } else {
             TlsPolicy::Off
         };
-        let mut session = ServerSession::new(Arc::clone(&self.registry), policy);
-        let mut io: Box<dyn Stream> = Box::new(stream);
+        let mut session = ServerSession::new(Arc::clone(&self.shared.registry), policy)
+            .with_listing(self.opts().list_exports);
         io.write_all(&session.greeting()).await?;
         io.flush().await?;
-        let mut buf = vec![0u8; READ_BUFFER];
+        let mut buf = vec![0u8; HANDSHAKE_BUFFER];
         loop {
-            let read = tokio::time::timeout(self.options.handshake_timeout, io.read(&mut buf));
-            let n = tokio::select! {
-                r = read => match r {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        debug!(%peer, "handshake timed out");
-                        return Ok(());
-                    }
-                },
-                _ = self.stop.wait_for(|s| *s) => return Ok(()),
-            };
+            let n = io.read(&mut buf).await?;
             if n == 0 {
-                return Ok(());
+                return Ok(Handshake::Done);
             }
             for action in session.receive(&buf[..n])? {
                 match action {
@@ -200,61 +525,86 @@ impl Conn {
                         io.flush().await?;
                     }
                     SessionAction::StartTls => {
-                        let Some(config) = self.options.tls.clone() else {
+                        let Some(config) = self.opts().tls.clone() else {
                             return Err(NbdError::protocol("TLS requested without configuration"));
                         };
                         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                        io = Box::new(acceptor.accept(io).await?);
+                        let tls = timeout(self.opts().tls_handshake_timeout, acceptor.accept(io));
+                        io = match tls.await {
+                            Ok(r) => Box::new(r?),
+                            Err(_) => {
+                                return Err(NbdError::TimedOut {
+                                    what: "the TLS handshake",
+                                });
+                            }
+                        };
                         session.tls_started();
                     }
                     SessionAction::Close => {
                         let _ = io.shutdown().await;
-                        return Ok(());
+                        return Ok(Handshake::Done);
                     }
-                    SessionAction::Transmission(n) => {
-                        debug!(export = %n.name, structured = n.structured_replies, "transmission");
-                        return self.transmission(io, *n).await;
-                    }
+                    SessionAction::Transmission(n) => return Ok(Handshake::Serve(io, n)),
                 }
             }
         }
     }
 
-    async fn transmission(self, io: Box<dyn Stream>, n: Negotiated) -> Result<(), NbdError> {
-        let Negotiated {
-            export,
-            structured_replies,
-            base_allocation,
-            leftover,
-            guard,
-            ..
-        } = n;
+    /// Serves requests until the peer leaves, the export or server stops (graceful),
+    /// or a cut; in every case waits for export calls already running before the
+    /// export is released.
+    async fn transmission(&self, io: Box<dyn Stream>, mut n: Negotiated) -> Result<(), NbdError> {
+        let max_requests = self.opts().max_in_flight_requests.clamp(1, 1 << 16);
+        let requests = Arc::new(Semaphore::new(max_requests));
+        let mut export_cut = n.guard.entry().cut();
+        let mut server_cut = self.shared.cut.subscribe();
+        let leftover = std::mem::take(&mut n.leftover);
+        let result = tokio::select! {
+            biased;
+            _ = export_cut.wait_for(|c| *c) => Err(NbdError::Cut { why: "export removed" }),
+            _ = server_cut.wait_for(|c| *c) => Err(NbdError::Cut { why: "server shutdown" }),
+            r = self.requests(io, &n, leftover, Arc::clone(&requests)) => r,
+        };
+        // Export calls already running hold request permits until they return.
+        #[allow(clippy::cast_possible_truncation)] // max_requests <= 65536
+        let _ = requests.acquire_many(max_requests as u32).await;
+        drop(n);
+        result
+    }
+
+    /// The reader loop and its writer task.
+    async fn requests(
+        &self,
+        io: Box<dyn Stream>,
+        n: &Negotiated,
+        leftover: Vec<u8>,
+        requests: Arc<Semaphore>,
+    ) -> Result<(), NbdError> {
+        let opts = self.opts();
         let (rd, wr) = tokio::io::split(io);
         let mut rd = BufReader::with_capacity(READ_BUFFER, Cursor::new(leftover).chain(rd));
-        let max_requests = self.options.max_in_flight_requests.max(1);
-        let max_bytes = self
-            .options
-            .max_in_flight_bytes
-            .max(wire::MAX_REQUEST_PAYLOAD);
-        let (tx, rx) = mpsc::channel::<Vec<Bytes>>(max_requests);
-        let writer = tokio::spawn(writer_task(wr, rx));
-        let requests = Arc::new(Semaphore::new(max_requests));
+        let max_bytes = opts.max_in_flight_bytes.max(wire::MAX_REQUEST_PAYLOAD);
+        let budget_size = u32::try_from(self.shared.budget_size).unwrap_or(u32::MAX);
+        let (tx, rx) = mpsc::channel::<Out>(requests.available_permits());
+        let writer = AbortOnDrop(tokio::spawn(writer_task(wr, rx, opts.reply_timeout)));
         let bytes = Arc::new(Semaphore::new(max_bytes as usize));
         let payloads = PayloadPool::default();
         let ctx = Arc::new(Ctx {
-            export,
+            export: Arc::clone(&n.export),
             payloads: payloads.clone(),
-            structured: structured_replies,
-            base_allocation,
+            structured: n.structured_replies,
+            base_allocation: n.base_allocation,
         });
-        let mut stop = self.stop.clone();
-        let mut closing = guard.entry().closing();
+        let entry = n.guard.entry();
+        let mut stop = self.shared.stop.subscribe();
+        let mut closing = entry.closing();
         let result = loop {
             let mut hdr = [0u8; wire::REQUEST_HEADER_LEN];
             let r = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => break Ok(true),
                 _ = closing.wait_for(|s| *s) => break Ok(true),
+                () = tx.closed() => break Err(NbdError::Closed),
                 r = rd.read_exact(&mut hdr) => r,
             };
             match r {
@@ -270,36 +620,62 @@ impl Conn {
                     break Err(e);
                 }
             };
-            guard.entry().touch();
+            entry.touch();
             if req.command == cmd::DISC {
                 break Ok(false);
             }
-            let Ok(req_permit) = Arc::clone(&requests).acquire_owned().await else {
-                break Ok(false);
-            };
-            let cost = match req.command {
-                cmd::READ | cmd::WRITE => req.length.min(max_bytes),
+            let len = match req.command {
+                cmd::READ | cmd::WRITE => req.length,
                 _ => 0,
             };
-            let Ok(byte_permit) = Arc::clone(&bytes).acquire_many_owned(cost).await else {
+            let Ok(request) = Arc::clone(&requests).acquire_owned().await else {
                 break Ok(false);
+            };
+            let Ok(own) = Arc::clone(&bytes)
+                .acquire_many_owned(len.min(max_bytes))
+                .await
+            else {
+                break Ok(false);
+            };
+            let shared_budget = Arc::clone(&self.shared.budget);
+            let Ok(budget) = shared_budget.acquire_many_owned(len.min(budget_size)).await else {
+                break Ok(false);
+            };
+            let held = Held {
+                _request: request,
+                _bytes: own,
+                _budget: budget,
             };
             let mut payload = Payload::empty();
             if req.command == cmd::WRITE {
                 payload = payloads.take(req.length as usize);
-                if let Err(e) = rd.read_exact(payload.bytes_mut()).await {
-                    break Err(e.into());
+                match timeout(opts.payload_timeout, rd.read_exact(payload.bytes_mut())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => break Err(e.into()),
+                    Err(_) => {
+                        break Err(NbdError::TimedOut {
+                            what: "a WRITE payload",
+                        });
+                    }
                 }
             }
             if ctx.export.never_blocks() {
-                let _ = tx.send(ctx.answer(&req, payload)).await;
+                let out = Out {
+                    bytes: ctx.answer(&req, payload),
+                    _held: Some(held),
+                };
+                if tx.send(out).await.is_err() {
+                    break Err(NbdError::Closed);
+                }
             } else {
                 let ctx = Arc::clone(&ctx);
                 let tx = tx.clone();
                 tokio::task::spawn_blocking(move || {
-                    let _ = tx.blocking_send(ctx.answer(&req, payload));
-                    drop(byte_permit);
-                    drop(req_permit);
+                    let out = Out {
+                        bytes: ctx.answer(&req, payload),
+                        _held: Some(held),
+                    };
+                    let _ = tx.blocking_send(out);
                 });
             }
         };
@@ -308,22 +684,35 @@ impl Conn {
             // "Terminating the transmission phase").
             shutdown_buffered(rd.buffer(), &ctx, &tx);
         }
-        // Let in-flight requests finish; their replies drain through the writer.
-        #[allow(clippy::cast_possible_truncation)] // max_requests is small
-        let _ = requests.acquire_many(max_requests as u32).await;
+        // Let in-flight requests finish; their replies drain through the writer
+        // (each write within the reply deadline).
         drop(tx);
-        match writer.await {
+        match writer.join().await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => debug!(error = %e, "reply writer failed"),
             Err(e) => debug!(error = %e, "reply writer panicked"),
         }
-        drop(guard);
         result.map(drop)
     }
 }
 
+/// A task aborted when its handle is dropped (a cut connection drops its writer).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Answers every complete request in `buf` with `ESHUTDOWN`.
-fn shutdown_buffered(buf: &[u8], ctx: &Ctx, tx: &mpsc::Sender<Vec<Bytes>>) {
+fn shutdown_buffered(buf: &[u8], ctx: &Ctx, tx: &mpsc::Sender<Out>) {
     let mut pos = 0;
     while let Ok(Some((req, used))) = codec::decode_request(&buf[pos..]) {
         let need = used + req.payload_len() as usize;
@@ -331,28 +720,49 @@ fn shutdown_buffered(buf: &[u8], ctx: &Ctx, tx: &mpsc::Sender<Vec<Bytes>>) {
             break;
         }
         pos += need;
-        let _ = tx.try_send(ctx.error_reply(&req, Errno::Shutdown));
+        let out = Out {
+            bytes: ctx.error_reply(&req, Errno::Shutdown),
+            _held: None,
+        };
+        let _ = tx.try_send(out);
     }
 }
 
+/// Writes replies in completion order; each reply must be taken within `deadline`.
 async fn writer_task(
     wr: tokio::io::WriteHalf<Box<dyn Stream>>,
-    mut rx: mpsc::Receiver<Vec<Bytes>>,
-) -> std::io::Result<()> {
+    mut rx: mpsc::Receiver<Out>,
+    deadline: Duration,
+) -> Result<(), NbdError> {
     let mut w = BufWriter::with_capacity(READ_BUFFER, wr);
+    let late = |_: tokio::time::error::Elapsed| NbdError::TimedOut {
+        what: "the peer to take a reply",
+    };
     while let Some(msg) = rx.recv().await {
-        for b in msg {
-            w.write_all(&b).await?;
-        }
+        timeout(deadline, write_out(&mut w, msg))
+            .await
+            .map_err(late)??;
         while let Ok(msg) = rx.try_recv() {
-            for b in msg {
-                w.write_all(&b).await?;
-            }
+            timeout(deadline, write_out(&mut w, msg))
+                .await
+                .map_err(late)??;
         }
-        w.flush().await?;
+        timeout(deadline, w.flush()).await.map_err(late)??;
     }
-    w.flush().await?;
-    w.shutdown().await
+    timeout(deadline, async {
+        w.flush().await?;
+        w.shutdown().await
+    })
+    .await
+    .map_err(late)??;
+    Ok(())
+}
+
+async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, msg: Out) -> std::io::Result<()> {
+    for b in &msg.bytes {
+        w.write_all(b).await?;
+    }
+    Ok(())
 }
 
 /// What the request workers of one connection share.
@@ -573,4 +983,52 @@ fn data_chunk(flags: u16, cookie: u64, offset: u64, data: Bytes) -> Vec<Bytes> {
     codec::encode_chunk_header(flags, chunk::OFFSET_DATA, cookie, len, &mut head);
     head.extend_from_slice(&offset.to_be_bytes());
     vec![Bytes::from(head), data]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::sockopt;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_keepalive_and_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let opts = ServerOptions {
+            tcp_keepalive: Duration::from_secs(45),
+            tcp_user_timeout: Duration::from_millis(12_345),
+            ..ServerOptions::default()
+        };
+        configure_socket(&stream, &opts).unwrap();
+        assert!(sockopt::socket_keepalive(&stream).unwrap());
+        assert_eq!(
+            sockopt::tcp_keepidle(&stream).unwrap(),
+            Duration::from_secs(45)
+        );
+        assert_eq!(sockopt::tcp_keepcnt(&stream).unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(sockopt::tcp_user_timeout(&stream).unwrap(), 12_345);
+        assert!(stream.nodelay().unwrap());
+    }
+
+    #[test]
+    fn admission_caps_total_and_per_peer_and_frees_on_drop() {
+        let a = Arc::new(Admission {
+            max: 3,
+            per_peer: 2,
+            state: Mutex::default(),
+            freed: Notify::new(),
+        });
+        let one: IpAddr = [10, 0, 0, 1].into();
+        let two: IpAddr = [10, 0, 0, 2].into();
+        let p1 = a.try_admit(one).unwrap();
+        let _p2 = a.try_admit(one).unwrap();
+        assert!(a.try_admit(one).is_none(), "per-peer cap");
+        let _p3 = a.try_admit(two).unwrap();
+        assert!(a.try_admit(two).is_none(), "total cap");
+        drop(p1);
+        assert!(a.try_admit(one).is_some());
+        assert_eq!(a.lock().peers.len(), 2);
+    }
 }

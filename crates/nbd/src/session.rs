@@ -10,6 +10,10 @@
 //! until TLS is up, `EXPORT_NAME` closes the session, and nothing is listed or
 //! served. After the driver finishes the TLS handshake it calls
 //! [`ServerSession::tls_started`], which forgets everything negotiated before.
+//!
+//! Export names are capabilities: `NBD_OPT_LIST` is refused with
+//! `NBD_REP_ERR_POLICY` unless the owner allows listing
+//! ([`ServerSession::with_listing`]), as proto.md allows a server to do.
 
 use std::sync::Arc;
 
@@ -41,7 +45,10 @@ pub enum SessionAction {
     StartTls,
     /// Close the connection.
     Close,
-    /// Handshake done: serve this export.
+    /// Handshake done: serve this export once the driver admits the connection. The
+    /// final reply (the `ACK` of `GO`, the `EXPORT_NAME` answer) is not sent yet: the
+    /// driver sends [`Negotiated::reply`] when it admits the connection, or
+    /// [`Negotiated::refusal`] and closes when it does not.
     Transmission(Box<Negotiated>),
 }
 
@@ -61,6 +68,26 @@ pub struct Negotiated {
     /// Bytes received after the final option (the first requests, if pipelined).
     pub leftover: Vec<u8>,
     pub(crate) guard: ConnectionGuard,
+    reply: Vec<u8>,
+    refusal: Vec<u8>,
+}
+
+impl Negotiated {
+    /// The bytes that end the handshake (the `ACK` of `GO`, or the `EXPORT_NAME`
+    /// answer); the driver sends them when it admits the connection.
+    #[must_use]
+    pub fn reply(&self) -> &[u8] {
+        &self.reply
+    }
+
+    /// The bytes to send instead when the connection is not admitted (too many
+    /// connections, export or server closing): `NBD_REP_ERR_POLICY` to `GO`,
+    /// nothing to `EXPORT_NAME` (which has no error reply); the driver closes the
+    /// connection after them.
+    #[must_use]
+    pub fn refusal(&self) -> &[u8] {
+        &self.refusal
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,15 +109,17 @@ pub struct ServerSession {
     no_zeroes: bool,
     structured: bool,
     meta: Option<(String, bool)>,
+    list_exports: bool,
 }
 
 impl ServerSession {
-    /// A new session serving exports of `registry`.
+    /// A new session serving exports of `registry`; `NBD_OPT_LIST` is refused.
     #[must_use]
     pub const fn new(registry: Arc<ExportRegistry>, policy: TlsPolicy) -> Self {
         Self {
             registry,
             policy,
+            list_exports: false,
             state: State::ClientFlags,
             buf: Vec::new(),
             tls_active: false,
@@ -98,6 +127,14 @@ impl ServerSession {
             structured: false,
             meta: None,
         }
+    }
+
+    /// Whether `NBD_OPT_LIST` answers with the export names (`true`) or is refused with
+    /// `NBD_REP_ERR_POLICY` (`false`, the default: names are capabilities).
+    #[must_use]
+    pub const fn with_listing(mut self, list_exports: bool) -> Self {
+        self.list_exports = list_exports;
+        self
     }
 
     /// The greeting to send first: `NBDMAGIC`, `IHAVEOPT`, `FIXED_NEWSTYLE | NO_ZEROES`.
@@ -200,6 +237,14 @@ impl ServerSession {
             ClientOption::StartTls => {
                 self.error(actions, option, rep::ERR_POLICY, "TLS is not offered");
             }
+            ClientOption::List if !self.list_exports => {
+                self.error(
+                    actions,
+                    option,
+                    rep::ERR_POLICY,
+                    "listing exports is not allowed",
+                );
+            }
             ClientOption::List => {
                 for name in self.registry.names() {
                     let p = ReplyPayload::Server {
@@ -217,10 +262,13 @@ impl ServerSession {
                 };
                 let export = Arc::clone(&guard.entry().export);
                 let flags = self.transmission_flags(export.as_ref());
-                let mut out = Vec::new();
-                codec::encode_export_name_reply(export.size(), flags, self.no_zeroes, &mut out);
-                actions.push(SessionAction::Send(out));
-                self.enter_transmission(actions, name, export, flags, guard);
+                let mut reply = Vec::new();
+                codec::encode_export_name_reply(export.size(), flags, self.no_zeroes, &mut reply);
+                let end = Ending {
+                    reply,
+                    refusal: Vec::new(),
+                };
+                self.enter_transmission(actions, name, export, flags, guard, end);
                 return true;
             }
             ClientOption::Info(r) | ClientOption::Go(r) => {
@@ -307,8 +355,19 @@ impl ServerSession {
             self.error(actions, option, rep::ERR_UNKNOWN, "export is being removed");
             return false;
         };
-        self.reply(actions, option, &ReplyPayload::Ack);
-        self.enter_transmission(actions, r.name.clone(), export, flags, guard);
+        let end = Ending {
+            reply: encode(option, &ReplyPayload::Ack),
+            refusal: encode(
+                option,
+                &ReplyPayload::Error {
+                    code: rep::ERR_POLICY,
+                    message:
+                        "not admitted: connection limit reached, or the export or server is closing"
+                            .to_owned(),
+                },
+            ),
+        };
+        self.enter_transmission(actions, r.name.clone(), export, flags, guard, end);
         true
     }
 
@@ -358,6 +417,7 @@ impl ServerSession {
         export: Arc<dyn Export>,
         flags: u16,
         guard: ConnectionGuard,
+        end: Ending,
     ) {
         let base_allocation =
             self.structured && matches!(&self.meta, Some((n, true)) if *n == name);
@@ -370,6 +430,8 @@ impl ServerSession {
             base_allocation,
             leftover,
             guard,
+            reply: end.reply,
+            refusal: end.refusal,
         };
         self.finish(actions, SessionAction::Transmission(Box::new(n)));
     }
@@ -396,9 +458,7 @@ impl ServerSession {
     }
 
     fn reply(&self, actions: &mut Vec<SessionAction>, option: u32, payload: &ReplyPayload) {
-        let mut out = Vec::new();
-        codec::encode_option_reply(&codec::encode_reply_payload(option, payload), &mut out);
-        push_send(actions, out);
+        push_send(actions, encode(option, payload));
     }
 
     fn error(&self, actions: &mut Vec<SessionAction>, option: u32, code: u32, message: &str) {
@@ -408,6 +468,19 @@ impl ServerSession {
         };
         self.reply(actions, option, &p);
     }
+}
+
+/// The final bytes of a handshake: sent on admission, or instead on refusal.
+struct Ending {
+    reply: Vec<u8>,
+    refusal: Vec<u8>,
+}
+
+/// One encoded option reply.
+fn encode(option: u32, payload: &ReplyPayload) -> Vec<u8> {
+    let mut out = Vec::new();
+    codec::encode_option_reply(&codec::encode_reply_payload(option, payload), &mut out);
+    out
 }
 
 /// Appends bytes to the last `Send` action, or starts a new one.
@@ -551,8 +624,21 @@ mod tests {
     }
 
     #[test]
-    fn session_list_shows_export_names() {
+    fn session_list_refused_with_policy_by_default() {
         let mut s = started(TlsPolicy::Off);
+        let a = s.receive(&option_bytes(&ClientOption::List)).unwrap();
+        let r = replies(&a);
+        assert_eq!(r.len(), 1, "one error reply, no names");
+        assert_eq!(r[0].reply_type, rep::ERR_POLICY);
+        // The session goes on: the client may still pick the export it knows.
+        let a = s.receive(&option_bytes(&go("disk"))).unwrap();
+        assert!(matches!(a.last(), Some(SessionAction::Transmission(_))));
+    }
+
+    #[test]
+    fn session_list_shows_export_names_when_allowed() {
+        let mut s = started(TlsPolicy::Off);
+        s.list_exports = true;
         let a = s.receive(&option_bytes(&ClientOption::List)).unwrap();
         let r = replies(&a);
         let p = codec::parse_reply_payload(&r[0]).unwrap();
@@ -578,6 +664,16 @@ mod tests {
         };
         assert!(n.structured_replies && n.base_allocation);
         assert_eq!(n.flags & tflag::SEND_DF, tflag::SEND_DF);
+        // The ACK of GO waits for the driver's admission; the refusal is ERR_POLICY.
+        let ack = codec::decode_option_reply(n.reply()).unwrap().unwrap().0;
+        assert_eq!(ack.reply_type, rep::ACK);
+        let no = codec::decode_option_reply(n.refusal()).unwrap().unwrap().0;
+        assert_eq!(no.reply_type, rep::ERR_POLICY);
+        assert!(
+            replies(&a)
+                .iter()
+                .all(|r| r.reply_type != rep::ACK || r.option != opt::GO)
+        );
     }
 
     #[test]

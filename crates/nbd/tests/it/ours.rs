@@ -105,7 +105,12 @@ async fn client_tls_with_client_cert_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     crate::common::make_certs(dir.path());
     let config = tls::server_config_from_dir(dir.path(), true).unwrap();
-    let srv = TestServer::start(memory_registry(), Some(config)).await;
+    let listing = sendense_nbd::ServerOptions {
+        tls: Some(config),
+        list_exports: true,
+        ..Default::default()
+    };
+    let srv = TestServer::start_with(memory_registry(), listing).await;
     let client_tls = tls::client_config_from_dir(dir.path()).unwrap();
     let opts = ClientOptions {
         tls: Some((client_tls.clone(), "localhost".into())),
@@ -271,7 +276,7 @@ async fn registry_remove_waits_for_in_flight_then_closes_connection() {
         .await
         .unwrap()
         .unwrap();
-    assert!(removed);
+    assert_eq!(removed, sendense_nbd::Removal::Drained);
     assert!(c.read(4096, 16).await.is_err());
     srv.stop().await;
 }

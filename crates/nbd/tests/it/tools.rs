@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sendense_nbd::{ExportRegistry, FileExport, tls};
+use sendense_nbd::{ExportRegistry, FileExport, ServerOptions, tls};
 
 use crate::common::{TestServer, make_certs, memory_registry, random_bytes, run, run_fails, s};
 
@@ -23,7 +23,11 @@ async fn nbdinfo_plain_lists_and_maps() {
     let r = memory_registry();
     r.add("second", Arc::new(sendense_nbd::MemoryExport::new(1 << 20)))
         .unwrap();
-    let srv = TestServer::start(r, None).await;
+    let listing = ServerOptions {
+        list_exports: true,
+        ..Default::default()
+    };
+    let srv = TestServer::start_with(r, listing).await;
     let out = run(
         "nbdinfo",
         vec![s("--list"), format!("nbd://127.0.0.1:{}", srv.port())],
@@ -50,7 +54,12 @@ async fn nbdinfo_tls_with_client_cert_lists_and_maps() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path());
     let config = tls::server_config_from_dir(dir.path(), true).unwrap();
-    let srv = TestServer::start(memory_registry(), Some(config)).await;
+    let listing = ServerOptions {
+        tls: Some(config),
+        list_exports: true,
+        ..Default::default()
+    };
+    let srv = TestServer::start_with(memory_registry(), listing).await;
     let q = format!("tls-certificates={}", dir.path().display());
     let out = run(
         "nbdinfo",
@@ -69,6 +78,36 @@ async fn nbdinfo_tls_with_client_cert_lists_and_maps() {
         vec![s("--list"), format!("nbd://127.0.0.1:{}", srv.port())],
     )
     .await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nbdinfo_list_refused_by_default_names_stay_secret() {
+    let r = memory_registry();
+    r.add(
+        "secret-name",
+        Arc::new(sendense_nbd::MemoryExport::new(1 << 20)),
+    )
+    .unwrap();
+    let srv = TestServer::start(r, None).await;
+    let out = run_fails(
+        "nbdinfo",
+        vec![s("--list"), format!("nbd://127.0.0.1:{}", srv.port())],
+    )
+    .await;
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !all.contains("secret-name") && !all.contains("\"mem\""),
+        "{all}"
+    );
+    // The export is still served to whoever knows its name.
+    let uri = format!("nbd://127.0.0.1:{}/secret-name", srv.port());
+    let out = run("nbdinfo", vec![s("--size"), uri]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1048576");
     srv.stop().await;
 }
 

@@ -1,0 +1,112 @@
+//! Fuzz target: the NBD server's whole connection path — handshake, then
+//! transmission requests — over an in-memory stream into a `Qcow2Export` (the
+//! hub's export over our QCOW2 engine), through `Server::serve_stream`.
+//!
+//! The first byte picks the mode: bit 0 prepends a valid handshake (so most inputs
+//! reach transmission), bit 1 makes it negotiate structured replies and
+//! `base:allocation`, bit 2 serves the export read-only. The rest is the client's
+//! byte stream. The server must end (the client half-closes after its bytes) with
+//! a reply stream or an error, never a panic or a hang; the image stays consistent.
+#![no_main]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use sendense_hub::qcow2_export::Qcow2Export;
+use sendense_nbd::wire::{self, ClientOption, InfoRequest, MetaContextRequest};
+use sendense_nbd::{ExportRegistry, Server, ServerOptions, codec};
+use sendense_qcow2::{CreateOptions, Image, MemStorage, OpenOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A fresh 4 MiB image with one written cluster, created once on disk and reused
+/// from memory.
+fn template() -> &'static [u8] {
+    static T: OnceLock<Vec<u8>> = OnceLock::new();
+    T.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("nbd-transmission-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("template.qcow2");
+        let _ = std::fs::remove_file(&path);
+        let img = Image::create(&path, &CreateOptions::new(4 << 20)).expect("create image");
+        img.write_at(&[0x5a; 65536], 1 << 20).expect("write image");
+        img.flush().expect("flush image");
+        drop(img);
+        let bytes = std::fs::read(&path).expect("read image");
+        let _ = std::fs::remove_dir_all(&dir);
+        bytes
+    })
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+fn option(o: &ClientOption, out: &mut Vec<u8>) {
+    codec::encode_option_request(&codec::encode_client_option(o), out);
+}
+
+/// Client flags and the options up to `GO "disk"`.
+fn handshake(structured: bool) -> Vec<u8> {
+    let mut out = (wire::FLAG_C_FIXED_NEWSTYLE | wire::FLAG_C_NO_ZEROES)
+        .to_be_bytes()
+        .to_vec();
+    if structured {
+        option(&ClientOption::StructuredReply, &mut out);
+        let meta = MetaContextRequest {
+            name: "disk".into(),
+            queries: vec![wire::BASE_ALLOCATION.into()],
+        };
+        option(&ClientOption::SetMetaContext(meta), &mut out);
+    }
+    let go = InfoRequest {
+        name: "disk".into(),
+        requests: vec![wire::info::BLOCK_SIZE],
+    };
+    option(&ClientOption::Go(go), &mut out);
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, stream)) = data.split_first() else {
+        return;
+    };
+    let mut input = Vec::with_capacity(stream.len() + 128);
+    if mode & 1 != 0 {
+        input.extend_from_slice(&handshake(mode & 2 != 0));
+    }
+    input.extend_from_slice(stream);
+    let storage = Box::new(MemStorage::new(template().to_vec()));
+    let image = Arc::new(Image::open_storage(storage, &OpenOptions::writable()).expect("open template"));
+    let registry = Arc::new(ExportRegistry::new());
+    let export = Qcow2Export::new(Arc::clone(&image), mode & 4 != 0);
+    registry.add("disk", Arc::new(export)).expect("add export");
+    let server = Server::new(registry, ServerOptions::default());
+    let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 10809));
+    runtime().block_on(async move {
+        let (client, server_io) = tokio::io::duplex(256 * 1024);
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let feed = async move {
+            let _ = wr.write_all(&input).await;
+            let _ = wr.shutdown().await;
+        };
+        let drain = async move {
+            let mut sink = vec![0u8; 64 * 1024];
+            while let Ok(n) = rd.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::join!(server.serve_stream(server_io, peer), feed, drain);
+    });
+    image.flush().expect("flush image");
+    let report = image.check().expect("check image");
+    assert!(report.is_clean(), "image inconsistent after the session: {report:?}");
+});
