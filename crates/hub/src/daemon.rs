@@ -2,7 +2,14 @@
 //! API over HTTPS and the NBD server over TLS, sharing one engine.
 //!
 //! First start creates `DATA/catalog.redb`, `DATA/repository/`, the TLS
-//! folder and the API token; later starts reuse them. Start-up fails backups
+//! folder and the API token; later starts reuse them. The hub runs with umask
+//! 077 and sets what is already in DATA to 0600 (files) and 0700 (folders)
+//! at start, so images, catalog, keys and token are the hub user's alone.
+//!
+//! The NBD port requires a client certificate issued by the hub's CA
+//! (`--nbd-client-certs required`, the default; `optional` also accepts
+//! clients without one). The REST API asks for none: it takes the bearer
+//! token. Start-up fails backups
 //! a crash left running. Shutdown stops the API, fails running backups
 //! (chain untouched, partial images removed), closes restore exports, then
 //! stops the NBD server once its connections have drained.
@@ -13,10 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sendense_catalog::Catalog;
+pub use sendense_nbd::tls::ClientCerts;
 use sendense_nbd::{ExportRegistry, Server, ServerOptions};
 
 use crate::api::{ApiState, router};
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, OpenError};
 use crate::engine::{Engine, REPOSITORY_DIR};
 use crate::error::HubError;
 
@@ -37,6 +45,9 @@ pub struct HubConfig {
     pub public_host: Option<String>,
     /// A running backup with no NBD connection for this long is failed.
     pub idle_timeout: Duration,
+    /// Which client certificates the NBD port accepts: [`ClientCerts::Required`] (only
+    /// certificates the hub's CA issued) or [`ClientCerts::Optional`].
+    pub nbd_client_certs: ClientCerts,
 }
 
 /// Errors starting the daemon.
@@ -61,6 +72,9 @@ pub enum DaemonError {
     /// The catalog or the engine failed.
     #[error("Backup engine")]
     Engine(#[from] HubError),
+    /// The credential store cannot be opened (its key is missing or unreadable).
+    #[error("Cannot open the vCenter credential store")]
+    Credentials(#[from] OpenError),
     /// A listen address could not be bound.
     #[error("Cannot listen on {addr}: is another hub running there? (--api / --nbd choose others)")]
     Bind {
@@ -107,10 +121,11 @@ impl RunningHub {
 pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
     let data = config.data_dir.clone();
     let repository = data.join(REPOSITORY_DIR);
-    std::fs::create_dir_all(&repository).map_err(|source| DaemonError::DataDir {
-        path: repository.clone(),
-        source,
-    })?;
+    // Everything the hub creates from now on is its user's alone (files 0600, folders 0700),
+    // whoever else can reach the machine; what an older hub left is set so below.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    crate::tls::create_private_dir(&repository)?;
+    crate::tls::restrict_tree(&data)?;
     let host = config
         .public_host
         .clone()
@@ -120,8 +135,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
         tracing::info!(dir = %tls_dir.display(), "created the hub's CA and certificate");
     }
     let token = crate::token::load_or_create(&data)?;
-    let tls =
+    let api_tls =
         sendense_nbd::tls::server_config_from_dir(&tls_dir, false).map_err(DaemonError::Tls)?;
+    let nbd_tls = sendense_nbd::tls::server_config_from_dir_with(&tls_dir, config.nbd_client_certs)
+        .map_err(DaemonError::Tls)?;
 
     let catalog = Arc::new(Catalog::open_in(&data).map_err(HubError::from)?);
     let credentials = Arc::new(Credentials::open(Arc::clone(&catalog), &data)?);
@@ -177,7 +194,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
         credentials,
         token: token.into(),
     };
-    let mut api_tls = (*tls).clone();
+    let mut api_tls = (*api_tls).clone();
     api_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(api_tls));
     let api_handle = axum_server::Handle::new();
@@ -193,7 +210,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
     let nbd_server = Server::new(
         registry,
         ServerOptions {
-            tls: Some(tls),
+            tls: Some(nbd_tls),
             ..ServerOptions::default()
         },
     );
@@ -241,6 +258,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
         data_dir = %data.display(),
         api = %format!("https://{}:{}", uri_host(&host), api_addr.port()),
         nbd = %format!("nbds://{}:{}", uri_host(&host), nbd_addr.port()),
+        nbd_client_certs = ?config.nbd_client_certs,
         "hub ready"
     );
     Ok(RunningHub {

@@ -21,7 +21,7 @@ pub use api::{
     ApiError, Backup, BackupDisk, BackupQuery, BackupStatus, BackupSummary, BackupType, Chain,
     CompleteBackupRequest, CompleteDisk, Credential, CredentialRequest, DiskSpec, DiskSummary,
     FailBackupRequest, Health, RegisterVmRequest, RestoreDisk, RestoreExports, StartBackupRequest,
-    Vm, error_codes,
+    VcenterTrust, Vm, error_codes,
 };
 pub use error::TypesError;
 pub use names::{BackupId, ChangeId, CredentialName, DiskKey, ExportName, VmName, image_path};
