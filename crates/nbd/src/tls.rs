@@ -251,7 +251,12 @@ fn client_params(name: &str) -> Result<CertificateParams, NbdError> {
     params.is_ca = IsCa::ExplicitNoCa;
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // QEMU's x509 credentials refuse a client certificate whose key usage lacks
+    // keyEncipherment, even with an ECDSA key.
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     Ok(params)
