@@ -70,8 +70,10 @@ pub enum Command {
     ///
     /// The first start creates DIR/catalog.redb, DIR/repository/, a CA and
     /// certificate in DIR/tls (QEMU's file names) and the API token in
-    /// DIR/api.token (mode 0600). Stops cleanly on SIGINT/SIGTERM: running
-    /// backups are failed (their chains untouched), images closed.
+    /// DIR/api.token. Everything in DIR is made (and at each start set) 0600,
+    /// folders 0700. NBD clients need a certificate from `sendense-hub cert
+    /// issue`. Stops cleanly on SIGINT/SIGTERM: running backups are failed
+    /// (their chains untouched), images closed.
     Serve {
         /// The data folder.
         #[arg(long, value_name = "DIR")]
