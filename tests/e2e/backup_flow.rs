@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sendense_client::hub::{HubClient, HubOptions};
 use serde_json::{Value, json};
 
-use crate::support::{client, hub, ok, qemu_img, s, write_random};
+use crate::support::{client, client_tls, hub, ok, qemu_img, s, write_random};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -124,8 +124,9 @@ impl Hub {
         }
     }
 
+    /// The client certificate folder (`--tls-dir`) this hub issued.
     fn ca(&self) -> PathBuf {
-        self.data.join("tls/ca-cert.pem")
+        client_tls(&self.data)
     }
 
     fn token(&self) -> PathBuf {
@@ -153,7 +154,7 @@ impl Hub {
         extra: &[&str],
     ) -> Command {
         let mut cmd = client();
-        cmd.args(["backup", "--hub", &self.api, "--ca", s(ca)])
+        cmd.args(["backup", "--hub", &self.api, "--tls-dir", s(ca)])
             .args(["--token-file", s(token), "--vm", vm])
             .args(["--json", "--log-format", "json"])
             .stdin(Stdio::null());
@@ -192,7 +193,7 @@ impl Hub {
     /// `sendense-client restore` of one disk into `to`.
     fn restore(&self, backup_id: &str, key: u32, to: &Path, format: &str) {
         let out = client()
-            .args(["restore", "--hub", &self.api, "--ca", s(&self.ca())])
+            .args(["restore", "--hub", &self.api, "--tls-dir", s(&self.ca())])
             .args(["--token-file", s(&self.token()), "--backup", backup_id])
             .args([
                 "--disk",
@@ -211,11 +212,11 @@ impl Hub {
 
     /// Runs a REST call through the client library on a small runtime.
     fn rest<T, F: Future<Output = T>>(&self, call: impl FnOnce(HubClient) -> F) -> T {
-        let hub = HubClient::new(&HubOptions {
-            url: self.api.clone(),
-            ca_file: self.ca(),
-            token_file: self.token(),
-        })
+        let hub = HubClient::new(&HubOptions::with_tls_dir(
+            &self.api,
+            &self.ca(),
+            &self.token(),
+        ))
         .unwrap();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sendense_client::hub::{HubClient, HubOptions};
 use serde_json::{Value, json};
 
-use crate::support::{client, hub, ok, qemu_img, s, write_random};
+use crate::support::{client, client_tls, hub, ok, qemu_img, s, write_random};
 
 const MIB: u64 = 1 << 20;
 
@@ -177,7 +177,7 @@ impl Hub {
     fn backup_full(&self, vm: &str, disk: &Path) -> Output {
         client()
             .args(["backup", "--hub", &self.api])
-            .args(["--ca", s(&self.data.join("tls/ca-cert.pem"))])
+            .args(["--tls-dir", s(&client_tls(&self.data))])
             .args(["--token-file", s(&self.data.join("api.token"))])
             .args(["--vm", vm, "--type", "full"])
             .arg("--disk")
@@ -190,11 +190,11 @@ impl Hub {
 
     /// Runs a REST call through the client library on a small runtime.
     fn rest<T, F: Future<Output = T>>(&self, call: impl FnOnce(HubClient) -> F) -> T {
-        let hub = HubClient::new(&HubOptions {
-            url: self.api.clone(),
-            ca_file: self.data.join("tls/ca-cert.pem"),
-            token_file: self.data.join("api.token"),
-        })
+        let hub = HubClient::new(&HubOptions::with_tls_dir(
+            &self.api,
+            &client_tls(&self.data),
+            &self.data.join("api.token"),
+        ))
         .unwrap();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -17,6 +17,8 @@ mod image_serve;
 #[cfg(test)]
 mod quickstart;
 #[cfg(test)]
+mod security;
+#[cfg(test)]
 mod support;
 #[cfg(test)]
 mod vcenter;

@@ -1,7 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The `sendense-hub` binary under test.
@@ -12,6 +12,41 @@ pub(crate) fn hub() -> Command {
 /// The `sendense-client` binary under test.
 pub(crate) fn client() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sendense-client"))
+}
+
+/// Folder (inside the hub's data folder) of the client certificate [`client_tls`] issues.
+pub(crate) const CLIENT_TLS_DIR: &str = "e2e-client-tls";
+
+/// An NBD client certificate folder (QEMU layout: `ca-cert.pem`, `client-cert.pem`,
+/// `client-key.pem`) for the hub whose data folder is `data`, issued once with
+/// `sendense-hub cert issue` (the hub must have started once, so its CA exists). The hub
+/// requires such a certificate on its NBD port by default (issue #11).
+pub(crate) fn client_tls(data: &Path) -> PathBuf {
+    let out = data.join(CLIENT_TLS_DIR);
+    if !out.join("client-cert.pem").exists() {
+        ok(&hub()
+            .args([
+                "cert",
+                "issue",
+                "e2e-client",
+                "--data-dir",
+                s(data),
+                "--out",
+                s(&out),
+            ])
+            .output()
+            .unwrap());
+    }
+    out
+}
+
+/// [`client_tls`] without a subprocess, for tests that run the hub in-process.
+pub(crate) fn client_tls_in_process(data: &Path) -> PathBuf {
+    let out = data.join(CLIENT_TLS_DIR);
+    if !out.join("client-cert.pem").exists() {
+        sendense_hub::tls::issue_client_folder(&data.join("tls"), "e2e-client", &out).unwrap();
+    }
+    out
 }
 
 /// Runs `qemu-img`; panics with a clear message when it is not installed.

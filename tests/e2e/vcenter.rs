@@ -39,12 +39,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sendense_client::hub::{HubClient, HubOptions};
-use sendense_types::{BackupId, CredentialRequest};
+use sendense_types::{BackupId, CredentialRequest, VcenterTrust};
 use sendense_vsphere::simulator::{DiskSpec, VmSpec};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::{client, hub, qemu_img, s, write_random};
+use crate::support::{client, client_tls, hub, qemu_img, s, write_random};
 
 /// How long the hub may take to start.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -100,11 +100,11 @@ impl HubProc {
     }
 
     fn options(&self) -> HubOptions {
-        HubOptions {
-            url: self.api.clone(),
-            ca_file: self.data.join("tls/ca-cert.pem"),
-            token_file: self.data.join("api.token"),
-        }
+        HubOptions::with_tls_dir(
+            &self.api,
+            &client_tls(&self.data),
+            &self.data.join("api.token"),
+        )
     }
 
     /// Every log line so far.
@@ -133,12 +133,15 @@ impl HubProc {
             .block_on(call(hub))
     }
 
-    fn put_credential(&self, name: &str, host: &str, password: &str) {
+    /// Stores a credential whose vCenter certificate the hub checks against `ca_pem`.
+    fn put_credential(&self, name: &str, host: &str, password: &str, ca_pem: &[u8]) {
+        let trust = VcenterTrust::ca_pem(String::from_utf8(ca_pem.to_vec()).unwrap()).unwrap();
         let req = CredentialRequest::new(
             name.parse().unwrap(),
             host.to_owned(),
             SIM_USER.to_owned(),
             password.to_owned(),
+            trust,
         )
         .unwrap();
         let answer = self.rest(|h| async move { h.put_credential(&req).await.unwrap() });
@@ -235,7 +238,8 @@ impl Vc {
 fn backup(hub: &HubProc, extra: &[String]) -> Output {
     let o = hub.options();
     client()
-        .args(["backup", "--hub", &o.url, "--ca", s(&o.ca_file)])
+        .args(["backup", "--hub", &o.url])
+        .args(["--tls-dir", s(o.tls_dir.as_deref().unwrap())])
         .args(["--token-file", s(&o.token_file), "--vm", "dc1/vm/vm1"])
         .args(["--connections", "2", "--json", "--log-format", "json"])
         .args(extra)
@@ -361,7 +365,7 @@ fn binaries_vcenter_credential_full_incremental_cbt_reset_new_full_match_simulat
     let data = tempfile::tempdir().unwrap();
     let hub = HubProc::start(data.path());
     let vc = Vc::start();
-    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD);
+    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD, &vc.sim.ca_pem());
 
     full_incremental_reset(&hub, &vc, &vc.credential_args("vc1"));
 
@@ -384,7 +388,7 @@ fn binaries_vcenter_credential_session_expiring_mid_run_is_renewed_through_the_h
     let data = tempfile::tempdir().unwrap();
     let hub = HubProc::start(data.path());
     let vc = Vc::start();
-    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD);
+    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD, &vc.sim.ca_pem());
     // Every session dies after 6 SOAP calls: a run needs several.
     vc.sim.expire_sessions_after(Some(6));
 
@@ -430,8 +434,73 @@ fn raw(hub: &HubProc, method: reqwest::Method, path: &str, body: Option<Value>) 
         })
 }
 
-fn session_body(vc: &Vc) -> Value {
-    serde_json::json!({ "ca_pem": String::from_utf8(vc.sim.ca_pem()).unwrap() })
+/// A session request: `{}` (the trust choice is the credential's, issue #11).
+fn session_body() -> Value {
+    serde_json::json!({})
+}
+
+#[test]
+fn binaries_vcenter_session_request_cannot_choose_trust_and_stored_choice_is_used() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(data.path());
+    let vc = Vc::start();
+    let other = Vc::start();
+    // Stored trusting another vCenter's CA: the hub must refuse vc's certificate.
+    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD, &other.sim.ca_pem());
+
+    let (insecure_status, insecure) = raw(
+        &hub,
+        reqwest::Method::POST,
+        "/api/v1/credentials/vc1/session",
+        Some(serde_json::json!({ "insecure": true })),
+    );
+    let (pem_status, _) = raw(
+        &hub,
+        reqwest::Method::POST,
+        "/api/v1/credentials/vc1/session",
+        Some(serde_json::json!({ "ca_pem": String::from_utf8(vc.sim.ca_pem()).unwrap() })),
+    );
+    let (stored_status, stored) = raw(
+        &hub,
+        reqwest::Method::POST,
+        "/api/v1/credentials/vc1/session",
+        Some(session_body()),
+    );
+
+    assert_eq!(
+        (
+            insecure_status,
+            pem_status,
+            stored_status,
+            vc.sim.stats().logins
+        ),
+        (400, 400, 502, 0),
+        "{insecure}\n{stored}"
+    );
+    assert!(
+        insecure.contains("stored with the credential"),
+        "{insecure}"
+    );
+}
+
+#[test]
+fn binaries_vcenter_credential_without_trust_choice_is_refused_at_creation() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(data.path());
+    let vc = Vc::start();
+
+    let (status, body) = raw(
+        &hub,
+        reqwest::Method::POST,
+        "/api/v1/credentials",
+        Some(serde_json::json!({
+            "name": "vc1", "host": vc.sim.address(), "username": SIM_USER, "password": SIM_PASSWORD
+        })),
+    );
+    let (_, list) = raw(&hub, reqwest::Method::GET, "/api/v1/credentials", None);
+
+    assert!(status == 400 && body.contains("ca_pem"), "{status} {body}");
+    assert_eq!(list.trim(), "[]");
 }
 
 #[test]
@@ -439,7 +508,7 @@ fn binaries_vcenter_credential_password_never_in_answers_or_logs() {
     let data = tempfile::tempdir().unwrap();
     let hub = HubProc::start(data.path());
     let vc = Vc::start();
-    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD);
+    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD, &vc.sim.ca_pem());
 
     let out = backup(&hub, &vc.credential_args("vc1"));
     let (list_status, list) = raw(&hub, reqwest::Method::GET, "/api/v1/credentials", None);
@@ -447,7 +516,7 @@ fn binaries_vcenter_credential_password_never_in_answers_or_logs() {
         &hub,
         reqwest::Method::POST,
         "/api/v1/credentials/vc1/session",
-        Some(session_body(&vc)),
+        Some(session_body()),
     );
 
     summary(&out);
@@ -491,7 +560,7 @@ fn binaries_vcenter_unknown_credential_is_404_naming_it_and_nothing_started() {
         &hub,
         reqwest::Method::POST,
         "/api/v1/credentials/nosuch/session",
-        Some(session_body(&vc)),
+        Some(session_body()),
     );
 
     assert!(
@@ -507,14 +576,14 @@ fn binaries_vcenter_credential_refused_login_names_credential_never_password() {
     let data = tempfile::tempdir().unwrap();
     let hub = HubProc::start(data.path());
     let vc = Vc::start();
-    hub.put_credential("vc1", &vc.sim.address(), "Wr0ng-pa55word");
+    hub.put_credential("vc1", &vc.sim.address(), "Wr0ng-pa55word", &vc.sim.ca_pem());
 
     let out = backup(&hub, &vc.credential_args("vc1"));
     let (status, body) = raw(
         &hub,
         reqwest::Method::POST,
         "/api/v1/credentials/vc1/session",
-        Some(session_body(&vc)),
+        Some(session_body()),
     );
 
     let stderr = failure(&out);
@@ -551,7 +620,7 @@ fn binaries_vcenter_quiesce_without_tools_fails_suggesting_no_quiesce_leaving_no
     let hub = HubProc::start(data.path());
     let vc = Vc::start();
     vc.sim.set_tools_missing(true);
-    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD);
+    hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD, &vc.sim.ca_pem());
     let mut args = vc.credential_args("vc1");
     args.push("--quiesce".into());
 

@@ -19,6 +19,8 @@ mod sparse;
 
 const VM: &str = "benchvm";
 const DISK_KEY: u32 = 2000;
+/// Folder (inside the hub's data folder) of the bench client's NBD certificate.
+const CLIENT_TLS_DIR: &str = "bench-client-tls";
 
 /// Runs the scenarios of `opts` and answers the report.
 ///
@@ -525,14 +527,21 @@ impl Ctx<'_> {
             .arg(nbd.to_string());
         let mut hub = Proc::spawn("hub-serve", cmd, &self.logs, false)?;
         hub.wait_listening(api)?;
+        // The hub's NBD port requires a client certificate from its CA (its default).
+        sendense_hub::tls::issue_client_folder(
+            &data_dir.join("tls"),
+            "bench-client",
+            &data_dir.join(CLIENT_TLS_DIR),
+        )
+        .context("issuing the bench client's certificate")?;
         Ok((hub, format!("https://{api}")))
     }
 
     fn client_hub_args(&self, cmd: &mut Command, hub_url: &str, data_dir: &Path) {
         cmd.arg("--hub")
             .arg(hub_url)
-            .arg("--ca")
-            .arg(data_dir.join("tls").join("ca-cert.pem"))
+            .arg("--tls-dir")
+            .arg(data_dir.join(CLIENT_TLS_DIR))
             .arg("--token-file")
             .arg(data_dir.join("api.token"));
     }

@@ -16,6 +16,12 @@
 //! | `credentials` | credential name | JSON [`CredentialRecord`] |
 //! | `deletions` | backup id | JSON list of the deleted backup's files: removed from the catalog, files not yet removed |
 //!
+//! A credential's `trust` (how the hub checks vCenter's certificate, issue #11) is an optional
+//! JSON field of its record, so adding it needs no new schema version: a record written
+//! before has none and decodes with `trust: None`, and the hub refuses to log in with such a
+//! credential until it is created again with `ca_pem` or `insecure` (it never guesses one,
+//! neither "insecure" nor some CA). Older builds reading a newer record ignore the field.
+//!
 //! Invariants, each kept by doing every mutation in one write transaction (redb serializes
 //! writers, so check-then-write is atomic, and a failed or interrupted transaction leaves no
 //! trace):
@@ -43,7 +49,7 @@ use redb::{
 use sendense_types::api::MAX_REASON_LEN;
 use sendense_types::{
     BackupId, BackupQuery, BackupStatus, BackupType, CredentialName, DiskKey, RegisterVmRequest,
-    Timestamp, Vm, VmName,
+    Timestamp, VcenterTrust, Vm, VmName,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -634,6 +640,7 @@ impl Catalog {
         host: &str,
         username: &str,
         sealed_password: Vec<u8>,
+        trust: &VcenterTrust,
         now: Timestamp,
     ) -> Result<CredentialRecord> {
         self.write(Durability::Immediate, |t| {
@@ -644,6 +651,7 @@ impl Catalog {
                 host: host.to_owned(),
                 username: username.to_owned(),
                 sealed_password,
+                trust: Some(trust.clone()),
                 created_at: existing.map_or(now, |e| e.created_at),
                 updated_at: now,
             };
@@ -1105,6 +1113,34 @@ mod tests {
         let record = catalog.complete_backup(&id, &done, at(3)).unwrap();
 
         assert_eq!(record.status, BackupStatus::Completed);
+    }
+
+    #[test]
+    fn credential_stored_before_trust_was_kept_reads_without_trust_and_needs_a_choice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        drop(Catalog::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let legacy = br#"{"name":"vc1","host":"h","username":"u","sealed_password":[1,2],"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
+            txn.open_table(CREDENTIALS)
+                .unwrap()
+                .insert("vc1", legacy.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let catalog = Catalog::open(&path).unwrap();
+
+        let record = catalog
+            .credential(&"vc1".parse().unwrap())
+            .unwrap()
+            .unwrap();
+
+        assert_eq!(
+            (record.to_api().needs_trust_choice, record.trust),
+            (true, None)
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::fmt;
 
 use sendense_types::{
     Backup, BackupDisk, BackupId, BackupStatus, BackupType, ChangeId, Credential, CredentialName,
-    DiskKey, Timestamp, Vm, VmName, image_path,
+    DiskKey, Timestamp, VcenterTrust, Vm, VmName, image_path,
 };
 use serde::{Deserialize, Serialize};
 
@@ -179,6 +179,11 @@ pub struct CredentialRecord {
     pub username: String,
     /// The password as sealed by the hub.
     pub sealed_password: Vec<u8>,
+    /// How the hub checks vCenter's certificate, chosen at creation. `None` for a record
+    /// stored before the choice was kept: such a credential is not used (see the catalog's
+    /// module documentation).
+    #[serde(default)]
+    pub trust: Option<VcenterTrust>,
     /// When it was first stored.
     pub created_at: Timestamp,
     /// When it was last replaced.
@@ -194,6 +199,12 @@ impl CredentialRecord {
             host: self.host.clone(),
             username: self.username.clone(),
             created_at: self.created_at,
+            ca_pem: match &self.trust {
+                Some(VcenterTrust::CaPem(pem)) => Some(pem.clone()),
+                _ => None,
+            },
+            insecure: self.trust == Some(VcenterTrust::Insecure),
+            needs_trust_choice: self.trust.is_none(),
         }
     }
 }
@@ -208,6 +219,7 @@ impl fmt::Debug for CredentialRecord {
                 "sealed_password",
                 &format_args!("<{} bytes>", self.sealed_password.len()),
             )
+            .field("trust", &self.trust)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
             .finish()
@@ -313,12 +325,17 @@ mod tests {
         fn credential_record_json_round_trips(
             sealed in proptest::collection::vec(any::<u8>(), 0..64),
             t in timestamp(),
+            trust in option::of(prop_oneof![
+                Just(VcenterTrust::Insecure),
+                "[ -~]{0,40}".prop_map(|p| VcenterTrust::CaPem(format!("-----BEGIN CERTIFICATE-----{p}"))),
+            ]),
         ) {
             let r = CredentialRecord {
                 name: "vc".parse().unwrap(),
                 host: "h".into(),
                 username: "u".into(),
                 sealed_password: sealed,
+                trust,
                 created_at: t,
                 updated_at: t,
             };

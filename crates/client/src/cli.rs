@@ -69,9 +69,21 @@ pub struct HubArgs {
     #[arg(long, value_name = "URL")]
     pub hub: String,
     /// The hub's CA certificate (its DATA/tls/ca-cert.pem); the only CA trusted, for HTTPS and
-    /// for NBD.
-    #[arg(long, value_name = "FILE")]
-    pub ca: PathBuf,
+    /// for NBD. Presents no client certificate: only for a hub run with
+    /// --nbd-client-certs optional. One of --ca and --tls-dir is required.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "tls_dir",
+        conflicts_with = "tls_dir"
+    )]
+    pub ca: Option<PathBuf>,
+    /// A client certificate folder in QEMU's layout (ca-cert.pem, client-cert.pem,
+    /// client-key.pem), as `sendense-hub cert issue NAME --data-dir DATA --out DIR` writes it:
+    /// its ca-cert.pem is the only CA trusted (HTTPS and NBD), and the client certificate is
+    /// presented on every NBD connection (the hub requires one by default).
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// File holding the hub's API token (its DATA/api.token).
     #[arg(long, value_name = "FILE")]
     pub token_file: PathBuf,
@@ -168,7 +180,8 @@ pub struct VcenterArgs {
     pub vcenter_credential: Option<String>,
     /// PEM file of the CA(s) that signed vCenter's certificate (e.g. vCenter's VMCA root,
     /// https://VCENTER/certs/download.zip). One of --vcenter-ca and --insecure is required.
-    /// With --vcenter-credential the hub checks vCenter's certificate against it too.
+    /// With --vcenter-credential this only concerns this client's own connections to vCenter:
+    /// the hub checks vCenter's certificate as the credential's stored trust choice says.
     #[arg(
         long,
         value_name = "FILE",
@@ -310,10 +323,15 @@ pub fn error_report(err: &ClientError) -> String {
 }
 
 fn hub_options(args: &HubArgs) -> HubOptions {
-    HubOptions {
-        url: args.hub.clone(),
-        ca_file: args.ca.clone(),
-        token_file: args.token_file.clone(),
+    match (&args.tls_dir, &args.ca) {
+        (Some(dir), _) => HubOptions::with_tls_dir(&args.hub, dir, &args.token_file),
+        (None, ca) => HubOptions {
+            url: args.hub.clone(),
+            // clap requires one of --ca and --tls-dir.
+            ca_file: ca.clone().unwrap_or_default(),
+            token_file: args.token_file.clone(),
+            tls_dir: None,
+        },
     }
 }
 

@@ -40,6 +40,25 @@ pub struct HubOptions {
     pub ca_file: PathBuf,
     /// The file holding the API token, `DATA/api.token`.
     pub token_file: PathBuf,
+    /// A client certificate folder in QEMU's layout (`ca-cert.pem`, `client-cert.pem`,
+    /// `client-key.pem`, as `sendense-hub cert issue` writes it): the client certificate is
+    /// presented on every NBD connection. `None`: no client certificate (a hub run with
+    /// `--nbd-client-certs optional`).
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl HubOptions {
+    /// Options trusting the CA of the client folder `dir` (its `ca-cert.pem`, for HTTPS and
+    /// NBD) and presenting its client certificate on NBD.
+    #[must_use]
+    pub fn with_tls_dir(url: &str, dir: &Path, token_file: &Path) -> Self {
+        Self {
+            url: url.to_owned(),
+            ca_file: dir.join(sendense_nbd::tls::CA_CERT),
+            token_file: token_file.to_owned(),
+            tls_dir: Some(dir.to_owned()),
+        }
+    }
 }
 
 /// A client of one hub's REST API.
@@ -49,7 +68,8 @@ pub struct HubClient {
     base: Url,
     host: String,
     token: String,
-    tls: Arc<rustls::ClientConfig>,
+    /// For NBD: trusts the hub's CA and presents the client certificate, if any.
+    nbd_tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for HubClient {
@@ -75,6 +95,10 @@ impl HubClient {
             .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
             .ok_or_else(|| bad_url(&options.url, "has no host"))?;
         let tls = tls_config(&options.ca_file)?;
+        let nbd_tls = match &options.tls_dir {
+            Some(dir) => client_cert_config(dir)?,
+            None => Arc::clone(&tls),
+        };
         let token = read_token(&options.token_file)?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
@@ -90,7 +114,7 @@ impl HubClient {
             base,
             host,
             token,
-            tls,
+            nbd_tls,
         })
     }
 
@@ -100,11 +124,12 @@ impl HubClient {
         &self.base
     }
 
-    /// TLS for NBD connections to this hub: its CA, and its host name to verify.
+    /// TLS for NBD connections to this hub: its CA, the client certificate (with a
+    /// [`HubOptions::tls_dir`]), and its host name to verify.
     #[must_use]
     pub fn nbd_tls(&self) -> NbdTls {
         NbdTls {
-            config: Arc::clone(&self.tls),
+            config: Arc::clone(&self.nbd_tls),
             server_name: self.host.clone(),
         }
     }
@@ -200,17 +225,19 @@ impl HubClient {
     }
 
     /// `POST /api/v1/credentials/{name}/session`: the hub logs in to the credential's vCenter
-    /// and answers the session (never the password).
+    /// (checking its certificate as the credential's stored trust choice says) and answers the
+    /// session (never the password).
     ///
     /// # Errors
-    /// See the module documentation (404: no such credential; 502: vCenter refused or failed).
+    /// See the module documentation (404: no such credential; 409: the credential has no
+    /// stored trust choice; 502: vCenter refused or failed).
     pub async fn credential_session(
         &self,
         name: &CredentialName,
-        request: &SessionRequest,
     ) -> Result<VcenterSession, ClientError> {
         let path = format!("/api/v1/credentials/{name}/session");
-        self.call(Method::POST, &path, Some(request)).await
+        self.call(Method::POST, &path, Some(&SessionRequest::default()))
+            .await
     }
 
     /// `POST /api/v1/backups/{id}/exports`: read-only exports of a restore point.
@@ -388,6 +415,33 @@ pub fn tls_config(path: &Path) -> Result<Arc<rustls::ClientConfig>, ClientError>
         what: "CA file",
         path: path.to_owned(),
         source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+    })
+}
+
+/// A rustls client configuration from a QEMU client folder: trusting its `ca-cert.pem` and
+/// presenting `client-cert.pem` with `client-key.pem`.
+///
+/// # Errors
+/// [`ClientError::File`] naming the file that is missing or unusable.
+pub fn client_cert_config(dir: &Path) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    use sendense_nbd::tls::{CA_CERT, CLIENT_CERT, CLIENT_KEY};
+    tls_config(&dir.join(CA_CERT))?;
+    for file in [CLIENT_CERT, CLIENT_KEY] {
+        let path = dir.join(file);
+        std::fs::metadata(&path).map_err(|source| ClientError::File {
+            what: "client certificate folder (sendense-hub cert issue writes it)",
+            path,
+            source,
+        })?;
+    }
+    let cert = dir.join(CLIENT_CERT);
+    let key = dir.join(CLIENT_KEY);
+    sendense_nbd::tls::client_config(&dir.join(CA_CERT), Some((&cert, &key))).map_err(|e| {
+        ClientError::File {
+            what: "client certificate or key",
+            path: dir.to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+        }
     })
 }
 

@@ -304,15 +304,16 @@ async fn list_credentials(State(s): State<ApiState>) -> ApiResult<impl IntoRespo
     Ok(Json(blocking(move || s.credentials.list()).await?))
 }
 
-/// Logs in to the credential's vCenter for the client; answers the session, never the
-/// password.
+/// Logs in to the credential's vCenter for the client, checking its certificate as the
+/// credential's stored trust choice says; answers the session, never the password. The body
+/// is `{}`: one naming `ca_pem` or `insecure` was refused (400) when parsed.
 async fn credential_session(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-    Body(req): Body<SessionRequest>,
+    Body(SessionRequest {}): Body<SessionRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let name: CredentialName = parse("credential name", &name)?;
-    let session = Arc::clone(&s.credentials).open_session(name, req).await?;
+    let session = Arc::clone(&s.credentials).open_session(name).await?;
     Ok(Json(session))
 }
 
@@ -321,6 +322,11 @@ impl From<SessionError> for ApiFailure {
         match e {
             SessionError::Store(e) => e.into(),
             SessionError::Trust { .. } => Self::bad_request(crate::cli::error_chain(&e)),
+            SessionError::NoTrustChoice { .. } => Self::new(
+                StatusCode::CONFLICT,
+                error_codes::CONFLICT,
+                crate::cli::error_chain(&e),
+            ),
             other => {
                 let message = crate::cli::error_chain(&other);
                 tracing::warn!(error = %message, "vCenter session for a client refused");

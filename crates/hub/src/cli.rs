@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sendense_nbd::tls::ClientCerts;
 
 use crate::daemon::{self, HubConfig};
 use crate::image_tools::{self, ByteSize, ConvertOptions, CreateArgs, OutputFormat};
@@ -69,8 +70,10 @@ pub enum Command {
     ///
     /// The first start creates DIR/catalog.redb, DIR/repository/, a CA and
     /// certificate in DIR/tls (QEMU's file names) and the API token in
-    /// DIR/api.token (mode 0600). Stops cleanly on SIGINT/SIGTERM: running
-    /// backups are failed (their chains untouched), images closed.
+    /// DIR/api.token. Everything in DIR is made (and at each start set) 0600,
+    /// folders 0700. NBD clients need a certificate from `sendense-hub cert
+    /// issue`. Stops cleanly on SIGINT/SIGTERM: running backups are failed
+    /// (their chains untouched), images closed.
     Serve {
         /// The data folder.
         #[arg(long, value_name = "DIR")]
@@ -95,10 +98,50 @@ pub enum Command {
         /// reconnect within it).
         #[arg(long, value_name = "SECONDS", default_value_t = 20)]
         disconnect_grace: u64,
+        /// Client certificates on the NBD port: `required` accepts only clients
+        /// presenting a certificate this hub's CA issued (`sendense-hub cert
+        /// issue`); `optional` also accepts clients that only trust the CA.
+        #[arg(long, value_enum, value_name = "MODE", default_value_t = NbdClientCerts::Required)]
+        nbd_client_certs: NbdClientCerts,
     },
+    /// Client certificates for the NBD port.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Work on QCOW2 images with Sendense's own engine (no QEMU needed).
     #[command(subcommand)]
     Image(ImageCommand),
+}
+
+/// Which NBD clients the hub accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NbdClientCerts {
+    /// Only clients with a certificate from the hub's CA.
+    Required,
+    /// Also clients without a client certificate (they still verify the hub).
+    Optional,
+}
+
+/// `sendense-hub cert …`
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Issue a client certificate from the hub's CA (DATA/tls/ca-key.pem).
+    ///
+    /// Writes OUT/ca-cert.pem, OUT/client-cert.pem and OUT/client-key.pem
+    /// (mode 0600, OUT 0700): QEMU's client layout, taken as it is by
+    /// `sendense-client --tls-dir OUT`, nbdinfo/nbdcopy
+    /// (nbds://HOST:PORT/EXPORT?tls-certificates=OUT) and qemu-img
+    /// (--object tls-creds-x509,id=tls0,dir=OUT,endpoint=client). Run it on
+    /// the hub, as the user the hub runs as; the hub need not be running.
+    Issue {
+        /// The client's name (the certificate's common name), 1-64 bytes.
+        name: String,
+        /// The hub's data folder.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Folder to write the client files to (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// `sendense-hub image …`
@@ -214,7 +257,7 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match &self.command {
             Command::Serve { .. } | Command::Image(ImageCommand::Serve { .. }) => "info",
-            Command::Quickstart { .. } | Command::Image(_) => "warn",
+            Command::Quickstart { .. } | Command::Image(_) | Command::Cert(_) => "warn",
         }
     }
 }
@@ -244,6 +287,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             public_host,
             idle_timeout,
             disconnect_grace,
+            nbd_client_certs,
         } => {
             let config = HubConfig {
                 data_dir,
@@ -252,6 +296,10 @@ pub async fn run(cli: Cli) -> ExitCode {
                 public_host,
                 idle_timeout: std::time::Duration::from_secs(idle_timeout.max(1)),
                 disconnect_grace: std::time::Duration::from_secs(disconnect_grace.max(1)),
+                nbd_client_certs: match nbd_client_certs {
+                    NbdClientCerts::Required => ClientCerts::Required,
+                    NbdClientCerts::Optional => ClientCerts::Optional,
+                },
             };
             match daemon::start(config).await {
                 Ok(hub) => {
@@ -280,6 +328,19 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Image(cmd) => run_image(cmd).await,
+        Command::Cert(CertCommand::Issue {
+            name,
+            data_dir,
+            out,
+        }) => crate::tls::issue_client_folder(&data_dir.join(daemon::TLS_DIR), &name, &out)
+            .map(|()| {
+                println!(
+                    "issued client certificate {name:?}: {}",
+                    out.join(crate::tls::CLIENT_CERT).display()
+                );
+                ExitCode::SUCCESS
+            })
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => code,

@@ -7,17 +7,24 @@
 //! Clients that refer to a credential by name (`sendense-client backup
 //! --vcenter-credential NAME`) get a *session*, never the password:
 //! [`Credentials::open_session`] logs in to the credential's vCenter with the
-//! sealed password (checking vCenter's certificate as the client asks) and
-//! answers the `vmware_soap_session` cookie value and the host. Each call is
-//! one fresh login: a client asks again when vCenter expires its session.
+//! sealed password and answers the `vmware_soap_session` cookie value and the
+//! host. Each call is one fresh login: a client asks again when vCenter
+//! expires its session.
+//!
+//! How vCenter's certificate is checked (`ca_pem` or `insecure`) is chosen
+//! when the credential is created and stored with it: no session request can
+//! change it, so a caller holding only the API token cannot make the hub send
+//! a stored password to a vCenter impostor. A credential stored before the
+//! choice was kept has none and is refused ([`SessionError::NoTrustChoice`])
+//! until it is created again.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use sendense_catalog::Catalog;
-use sendense_types::api::{SessionRequest, VcenterSession};
-use sendense_types::{Credential, CredentialName, CredentialRequest, Timestamp};
+use sendense_types::api::VcenterSession;
+use sendense_types::{Credential, CredentialName, CredentialRequest, Timestamp, VcenterTrust};
 use sendense_vsphere::{ConnectOptions, ErrorKind as VsphereKind, Session, TlsMode, VsphereError};
 
 use crate::error::HubError;
@@ -35,6 +42,28 @@ pub struct Credentials {
     key: LessSafeKey,
 }
 
+/// Why [`Credentials::open`] could not open the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The key file is gone while the catalog holds credentials sealed with it: a new key
+    /// would silently make them unusable.
+    #[error(
+        "{path} is missing, but the catalog holds {sealed} vCenter credential(s) sealed with it; \
+         restore the file (32 bytes, mode 0600) from your copy of the data folder and start \
+         again: a new key cannot open them"
+    )]
+    KeyMissing {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// How many sealed credentials the catalog holds.
+        sealed: usize,
+    },
+    /// The key file or the catalog failed.
+    #[error(transparent)]
+    Store(#[from] HubError),
+}
+
 /// Why [`Credentials::open_session`] answered no session. No variant carries the password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -42,8 +71,17 @@ pub enum SessionError {
     /// The store failed, or no credential has that name (its [`HubError::kind`] says which).
     #[error(transparent)]
     Store(#[from] HubError),
-    /// The client's trust choice for vCenter's certificate is unusable (bad `ca_pem`).
-    #[error("Cannot use the ca_pem given for vCenter of credential {name}")]
+    /// The credential was stored before its trust choice was kept with it.
+    #[error(
+        "Credential {name} has no stored trust choice for vCenter's certificate (it predates \
+         it): create it again with POST /api/v1/credentials giving ca_pem or insecure: true"
+    )]
+    NoTrustChoice {
+        /// The credential.
+        name: CredentialName,
+    },
+    /// The credential's stored `ca_pem` is unusable.
+    #[error("Cannot use the stored ca_pem for vCenter of credential {name}")]
     Trust {
         /// The credential.
         name: CredentialName,
@@ -82,6 +120,7 @@ struct LoginDetails {
     host: String,
     username: String,
     password: String,
+    trust: Option<VcenterTrust>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -93,21 +132,27 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// Opens the store, creating the key file in `data_dir` on first use.
+    /// Opens the store, creating the key file in `data_dir` on first use (while the catalog
+    /// holds no credential).
     ///
     /// # Errors
-    /// The key file cannot be read or written, or is not 32 bytes.
-    pub fn open(catalog: Arc<Catalog>, data_dir: &Path) -> Result<Self, HubError> {
+    /// [`OpenError::KeyMissing`] when the key file is gone but sealed credentials exist;
+    /// [`OpenError::Store`] when the key file cannot be read or written, or is not 32 bytes.
+    pub fn open(catalog: Arc<Catalog>, data_dir: &Path) -> Result<Self, OpenError> {
         let path = data_dir.join(KEY_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let sealed = catalog.credentials().map_err(HubError::from)?.len();
+                if sealed > 0 {
+                    return Err(OpenError::KeyMissing { path, sealed });
+                }
                 let fresh: [u8; 32] = rand::random();
                 write_file(&path, &fresh, 0o600)
                     .map_err(|e| HubError::io(&path, std::io::Error::other(e)))?;
                 fresh.to_vec()
             }
-            Err(e) => return Err(HubError::io(&path, e)),
+            Err(e) => return Err(HubError::io(&path, e).into()),
         };
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &bytes).map_err(|_| {
             HubError::io(
@@ -135,6 +180,7 @@ impl Credentials {
             req.host(),
             req.username(),
             sealed,
+            req.trust(),
             Timestamp::now(),
         )?;
         tracing::info!(name = %req.name(), host = req.host(), "credential stored");
@@ -170,26 +216,23 @@ impl Credentials {
 
     /// Logs in to the credential's vCenter with its sealed password and answers the session
     /// (cookie value and host): what `POST /api/v1/credentials/{name}/session` answers.
-    /// vCenter's certificate is checked as `request` says (the client's `--vcenter-ca` PEM,
-    /// or `--insecure`).
+    /// vCenter's certificate is checked as the credential's stored trust choice says.
     ///
     /// # Errors
     /// [`SessionError::Store`] (unknown credential: its kind is `NotFound`),
-    /// [`SessionError::Trust`], [`SessionError::LoginRefused`], [`SessionError::Vcenter`].
+    /// [`SessionError::NoTrustChoice`], [`SessionError::Trust`],
+    /// [`SessionError::LoginRefused`], [`SessionError::Vcenter`].
     pub async fn open_session(
         self: Arc<Self>,
         name: CredentialName,
-        request: SessionRequest,
     ) -> Result<VcenterSession, SessionError> {
         let store = Arc::clone(&self);
         let key = name.clone();
         let details = tokio::task::spawn_blocking(move || store.login_details(&key))
             .await
             .map_err(|e| HubError::io(KEY_FILE, std::io::Error::other(e)))??;
-        let tls = match request.ca_pem {
-            Some(pem) => TlsMode::CaPem(pem.into_bytes()),
-            None => TlsMode::Insecure,
-        };
+        let tls = tls_mode(details.trust.as_ref())
+            .ok_or_else(|| SessionError::NoTrustChoice { name: name.clone() })?;
         let mut options =
             ConnectOptions::new(&details.host, &details.username, &details.password, tls);
         options.request_timeout = LOGIN_TIMEOUT;
@@ -247,6 +290,7 @@ impl Credentials {
             host: record.host,
             username: record.username,
             password,
+            trust: record.trust,
         })
     }
 
@@ -280,6 +324,15 @@ impl Credentials {
     }
 }
 
+/// How the hub checks vCenter's certificate for a credential: its stored choice, never a
+/// default (`None` when it has none).
+fn tls_mode(trust: Option<&VcenterTrust>) -> Option<TlsMode> {
+    match trust? {
+        VcenterTrust::CaPem(pem) => Some(TlsMode::CaPem(pem.clone().into_bytes())),
+        VcenterTrust::Insecure => Some(TlsMode::Insecure),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +352,7 @@ mod tests {
             "vc.example".into(),
             "admin".into(),
             "s3cret-pw".into(),
+            VcenterTrust::Insecure,
         )
         .unwrap();
         let answer = creds.put(&req).unwrap();
@@ -313,6 +367,67 @@ mod tests {
         assert!(
             !raw.windows(9).any(|w| w == b"s3cret-pw"),
             "plaintext in the catalog file"
+        );
+    }
+
+    #[test]
+    fn open_without_key_file_while_sealed_credentials_exist_refuses_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(Catalog::open_in(dir.path()).unwrap());
+        let creds = Credentials::open(Arc::clone(&catalog), dir.path()).unwrap();
+        let req = CredentialRequest::new(
+            "vc1".parse().unwrap(),
+            "vc.example".into(),
+            "admin".into(),
+            "pw".into(),
+            VcenterTrust::Insecure,
+        )
+        .unwrap();
+        creds.put(&req).unwrap();
+        std::fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
+
+        let err = Credentials::open(catalog, dir.path()).unwrap_err();
+
+        assert!(
+            matches!(err, OpenError::KeyMissing { sealed: 1, .. })
+                && err.to_string().contains(KEY_FILE)
+                && !dir.path().join(KEY_FILE).exists(),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn open_without_key_file_and_no_credentials_creates_a_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+
+        drop(store(dir.path()));
+
+        let meta = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap();
+        assert_eq!(
+            (
+                meta.len(),
+                std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777
+            ),
+            (32, 0o600)
+        );
+    }
+
+    #[test]
+    fn tls_mode_without_stored_choice_has_none_not_a_default() {
+        assert!(tls_mode(None).is_none());
+    }
+
+    #[test]
+    fn no_trust_choice_error_names_how_to_recreate() {
+        let err = SessionError::NoTrustChoice {
+            name: "old".parse().unwrap(),
+        };
+
+        let text = err.to_string();
+
+        assert!(
+            text.contains("old") && text.contains("POST /api/v1/credentials"),
+            "{text}"
         );
     }
 
@@ -338,7 +453,9 @@ mod tests {
             creds: Arc<Credentials>,
         }
 
-        async fn world(password: &str) -> World {
+        /// A simulator and a store holding credential `vc1` for it; `trust` defaults to the
+        /// simulator's own CA.
+        async fn world(password: &str, trust: Option<VcenterTrust>) -> World {
             let dir = tempfile::tempdir().unwrap();
             let sim_dir = tempfile::tempdir().unwrap();
             let sim = Simulator::start(sim_dir.path()).await.unwrap();
@@ -348,6 +465,7 @@ mod tests {
                 sim.address(),
                 SIM_USER.into(),
                 password.into(),
+                trust.unwrap_or_else(|| trusting(&sim)),
             )
             .unwrap();
             creds.put(&req).unwrap();
@@ -359,16 +477,16 @@ mod tests {
             }
         }
 
-        fn trusting(sim: &Simulator) -> SessionRequest {
-            SessionRequest::trusting(String::from_utf8(sim.ca_pem()).unwrap()).unwrap()
+        fn trusting(sim: &Simulator) -> VcenterTrust {
+            VcenterTrust::ca_pem(String::from_utf8(sim.ca_pem()).unwrap()).unwrap()
         }
 
         #[tokio::test]
         async fn open_session_valid_credential_logs_in_once_and_answers_host_and_cookie() {
-            let w = world(SIM_PASSWORD).await;
+            let w = world(SIM_PASSWORD, None).await;
 
             let s = Arc::clone(&w.creds)
-                .open_session("vc1".parse().unwrap(), trusting(&w.sim))
+                .open_session("vc1".parse().unwrap())
                 .await
                 .unwrap();
 
@@ -384,10 +502,10 @@ mod tests {
 
         #[tokio::test]
         async fn open_session_answer_never_holds_the_password() {
-            let w = world(SIM_PASSWORD).await;
+            let w = world(SIM_PASSWORD, Some(VcenterTrust::Insecure)).await;
 
             let s = Arc::clone(&w.creds)
-                .open_session("vc1".parse().unwrap(), SessionRequest::insecure())
+                .open_session("vc1".parse().unwrap())
                 .await
                 .unwrap();
 
@@ -396,10 +514,10 @@ mod tests {
 
         #[tokio::test]
         async fn open_session_unknown_credential_is_not_found_naming_it() {
-            let w = world(SIM_PASSWORD).await;
+            let w = world(SIM_PASSWORD, None).await;
 
             let err = Arc::clone(&w.creds)
-                .open_session("nope".parse().unwrap(), trusting(&w.sim))
+                .open_session("nope".parse().unwrap())
                 .await
                 .unwrap_err();
 
@@ -412,10 +530,10 @@ mod tests {
 
         #[tokio::test]
         async fn open_session_refused_login_names_credential_not_password() {
-            let w = world("wrong-Pa55word").await;
+            let w = world("wrong-Pa55word", None).await;
 
             let err = Arc::clone(&w.creds)
-                .open_session("vc1".parse().unwrap(), trusting(&w.sim))
+                .open_session("vc1".parse().unwrap())
                 .await
                 .unwrap_err();
 
@@ -429,32 +547,20 @@ mod tests {
         }
 
         #[tokio::test]
-        async fn open_session_untrusted_certificate_is_a_vcenter_error() {
-            let w = world(SIM_PASSWORD).await;
+        async fn open_session_stored_ca_of_another_vcenter_is_a_vcenter_error() {
             let other_dir = tempfile::tempdir().unwrap();
             let other = Simulator::start(other_dir.path()).await.unwrap();
+            let w = world(SIM_PASSWORD, Some(trusting(&other))).await;
 
             let err = Arc::clone(&w.creds)
-                .open_session("vc1".parse().unwrap(), trusting(&other))
+                .open_session("vc1".parse().unwrap())
                 .await
                 .unwrap_err();
 
-            assert!(matches!(err, SessionError::Vcenter { .. }), "{err:?}");
-        }
-
-        #[tokio::test]
-        async fn open_session_ca_pem_without_certificate_is_a_trust_error() {
-            let w = world(SIM_PASSWORD).await;
-
-            let err = Arc::clone(&w.creds)
-                .open_session(
-                    "vc1".parse().unwrap(),
-                    SessionRequest::trusting("not a certificate".to_owned()).unwrap(),
-                )
-                .await
-                .unwrap_err();
-
-            assert!(matches!(err, SessionError::Trust { .. }), "{err:?}");
+            assert!(
+                matches!(err, SessionError::Vcenter { .. }) && w.sim.stats().logins == 0,
+                "{err:?}"
+            );
         }
     }
 }

@@ -2,12 +2,21 @@
 //! API over HTTPS and the NBD server over TLS, sharing one engine.
 //!
 //! First start creates `DATA/catalog.redb`, `DATA/repository/`, the TLS
-//! folder and the API token; later starts reuse them. Start-up reconciles
-//! the repository with the catalog ([`Engine::reconcile`]). A watchdog fails
-//! backups whose client is gone. Shutdown stops the API, fails running
-//! backups (chain untouched, partial images removed), closes restore
-//! exports, then stops the NBD server; each step has a deadline, so the hub
-//! ends within [`SHUTDOWN_LIMIT`] whatever its peers do.
+//! folder and the API token; later starts reuse them. The hub runs with umask
+//! 077 and sets what is already in DATA to 0600 (files) and 0700 (folders)
+//! at start, so images, catalog, keys and token are the hub user's alone.
+//! Start-up reconciles the repository with the catalog
+//! ([`Engine::reconcile`]). A watchdog fails backups whose client is gone.
+//!
+//! The NBD port requires a client certificate issued by the hub's CA
+//! (`--nbd-client-certs required`, the default; `optional` also accepts
+//! clients without one). The REST API asks for none: it takes the bearer
+//! token.
+//!
+//! Shutdown stops the API, fails running backups (chain untouched, partial
+//! images removed), closes restore exports, then stops the NBD server; each
+//! step has a deadline, so the hub ends within [`SHUTDOWN_LIMIT`] whatever
+//! its peers do.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,10 +24,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sendense_catalog::Catalog;
+pub use sendense_nbd::tls::ClientCerts;
 use sendense_nbd::{ExportRegistry, Server, ServerOptions};
 
 use crate::api::{ApiState, router};
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, OpenError};
 use crate::engine::{Engine, REPOSITORY_DIR, Reconciliation, Watchdog};
 use crate::error::HubError;
 
@@ -52,6 +62,9 @@ pub struct HubConfig {
     /// A running backup whose every NBD connection has been closed this long
     /// is failed (its client may reconnect within it).
     pub disconnect_grace: Duration,
+    /// Which client certificates the NBD port accepts: [`ClientCerts::Required`] (only
+    /// certificates the hub's CA issued) or [`ClientCerts::Optional`].
+    pub nbd_client_certs: ClientCerts,
 }
 
 /// Errors starting the daemon.
@@ -76,6 +89,9 @@ pub enum DaemonError {
     /// The catalog or the engine failed.
     #[error("Backup engine")]
     Engine(#[from] HubError),
+    /// The credential store cannot be opened (its key is missing or unreadable).
+    #[error("Cannot open the vCenter credential store")]
+    Credentials(#[from] OpenError),
     /// A listen address could not be bound.
     #[error("Cannot listen on {addr}: is another hub running there? (--api / --nbd choose others)")]
     Bind {
@@ -122,10 +138,11 @@ impl RunningHub {
 pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
     let data = config.data_dir.clone();
     let repository = data.join(REPOSITORY_DIR);
-    std::fs::create_dir_all(&repository).map_err(|source| DaemonError::DataDir {
-        path: repository.clone(),
-        source,
-    })?;
+    // Everything the hub creates from now on is its user's alone (files 0600, folders 0700),
+    // whoever else can reach the machine; what an older hub left is set so below.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    crate::tls::create_private_dir(&repository)?;
+    crate::tls::restrict_tree(&data)?;
     let host = config
         .public_host
         .clone()
@@ -135,8 +152,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
         tracing::info!(dir = %tls_dir.display(), "created the hub's CA and certificate");
     }
     let token = crate::token::load_or_create(&data)?;
-    let tls =
+    let api_tls =
         sendense_nbd::tls::server_config_from_dir(&tls_dir, false).map_err(DaemonError::Tls)?;
+    let nbd_tls = sendense_nbd::tls::server_config_from_dir_with(&tls_dir, config.nbd_client_certs)
+        .map_err(DaemonError::Tls)?;
 
     let catalog = Arc::new(Catalog::open_in(&data).map_err(HubError::from)?);
     let credentials = Arc::new(Credentials::open(Arc::clone(&catalog), &data)?);
@@ -196,7 +215,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
         credentials,
         token: token.into(),
     };
-    let mut api_tls = (*tls).clone();
+    let mut api_tls = (*api_tls).clone();
     api_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(api_tls));
     let api_handle = axum_server::Handle::new();
@@ -212,7 +231,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
     let nbd_server = Server::new(
         registry,
         ServerOptions {
-            tls: Some(tls),
+            tls: Some(nbd_tls),
             ..ServerOptions::default()
         },
     );
@@ -266,6 +285,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
         data_dir = %data.display(),
         api = %format!("https://{}:{}", uri_host(&host), api_addr.port()),
         nbd = %format!("nbds://{}:{}", uri_host(&host), nbd_addr.port()),
+        nbd_client_certs = ?config.nbd_client_certs,
         "hub ready"
     );
     Ok(RunningHub {

@@ -63,17 +63,22 @@ pub const DOCUMENT: &str = r##"{
       "RestoreExports": { "type": "object", "properties": {
         "disks": { "type": "array", "items": { "type": "object", "properties": {
           "disk_key": { "type": "integer" }, "export_name": { "type": "string" }, "nbd_uri": { "type": "string" } } } } } },
-      "CredentialRequest": { "type": "object", "additionalProperties": false, "required": ["name", "host", "username", "password"], "properties": {
-        "name": { "type": "string" }, "host": { "type": "string" }, "username": { "type": "string" },
-        "password": { "type": "string", "writeOnly": true } } },
-      "Credential": { "type": "object", "properties": {
-        "name": { "type": "string" }, "host": { "type": "string" }, "username": { "type": "string" },
-        "created_at": { "type": "string", "format": "date-time" } } },
-      "SessionRequest": { "type": "object", "additionalProperties": false,
-        "description": "How the hub checks vCenter's certificate: exactly one of ca_pem and insecure=true",
+      "CredentialRequest": { "type": "object", "additionalProperties": false, "required": ["name", "host", "username", "password"],
+        "description": "The trust choice for vCenter's certificate is exactly one of ca_pem and insecure=true; it is stored with the credential and no session request can change it",
         "properties": {
+        "name": { "type": "string" }, "host": { "type": "string" }, "username": { "type": "string" },
+        "password": { "type": "string", "writeOnly": true },
         "ca_pem": { "type": "string", "maxLength": 262144, "description": "PEM CA certificate(s) of vCenter" },
         "insecure": { "type": "boolean", "default": false, "description": "Accept any vCenter certificate" } } },
+      "Credential": { "type": "object", "properties": {
+        "name": { "type": "string" }, "host": { "type": "string" }, "username": { "type": "string" },
+        "created_at": { "type": "string", "format": "date-time" },
+        "ca_pem": { "type": "string", "description": "The stored CA certificate(s) of vCenter" },
+        "insecure": { "type": "boolean", "description": "Any vCenter certificate is accepted" },
+        "needs_trust_choice": { "type": "boolean", "description": "Stored before the trust choice was kept: create it again to use it" } } },
+      "SessionRequest": { "type": "object", "additionalProperties": false,
+        "description": "Empty: the hub checks vCenter's certificate as the credential's stored trust choice says; ca_pem or insecure here are refused with 400",
+        "properties": { } },
       "VcenterSession": { "type": "object", "required": ["host", "session_cookie"], "properties": {
         "host": { "type": "string", "description": "The credential's vCenter, HOST[:PORT]" },
         "session_cookie": { "type": "string", "description": "Value of vCenter's vmware_soap_session cookie (a bearer secret)" } } },
@@ -147,7 +152,7 @@ pub const DOCUMENT: &str = r##"{
       "post": { "summary": "Log in to the credential's vCenter (the hub must reach it) and answer the session, never the password",
         "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SessionRequest" } } } },
         "responses": { "200": { "description": "A logged-in vCenter session", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/VcenterSession" } } } },
-          "400": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" },
+          "400": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" },
           "502": { "description": "vCenter refused the login or could not be reached", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ApiError" } } } } } } },
     "/api/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
   }

@@ -122,7 +122,7 @@ async fn run_in(root: &Path, size: u64) -> Result<String, QuickstartError> {
     for d in [&vm_dir, &restore_dir] {
         fs::create_dir_all(d).map_err(io(d))?;
     }
-    step("starting a hub (TLS on loopback ports)");
+    step("starting a hub (TLS on loopback ports, NBD client certificates required)");
     let hub = daemon::start(HubConfig {
         data_dir: root.join("hub"),
         api_listen: ([127, 0, 0, 1], 0).into(),
@@ -130,8 +130,19 @@ async fn run_in(root: &Path, size: u64) -> Result<String, QuickstartError> {
         public_host: Some("localhost".into()),
         idle_timeout: Duration::from_secs(600),
         disconnect_grace: Duration::from_secs(20),
+        nbd_client_certs: daemon::ClientCerts::Required,
     })
     .await?;
+    step("issuing the client's certificate (sendense-hub cert issue quickstart-client)");
+    let client_dir = root.join("client-tls");
+    if let Err(e) = crate::tls::issue_client_folder(
+        &root.join("hub").join(daemon::TLS_DIR),
+        "quickstart-client",
+        &client_dir,
+    ) {
+        hub.stop().await;
+        return Err(QuickstartError::Hub(e.into()));
+    }
     let outcome = drive(root, &vm_dir, &restore_dir, size, hub.api_addr.port()).await;
     hub.stop().await;
     outcome
@@ -144,11 +155,11 @@ async fn drive(
     size: u64,
     api_port: u16,
 ) -> Result<String, QuickstartError> {
-    let hub_opts = HubOptions {
-        url: format!("https://localhost:{api_port}"),
-        ca_file: root.join("hub/tls/ca-cert.pem"),
-        token_file: root.join("hub/api.token"),
-    };
+    let hub_opts = HubOptions::with_tls_dir(
+        &format!("https://localhost:{api_port}"),
+        &root.join("client-tls"),
+        &root.join("hub/api.token"),
+    );
     let vm: VmName = "demo-vm".parse().map_err(|_| QuickstartError::BadSize)?;
     step("making a demo VM: disk 2000 (raw) and disk 2001 (VMDK), sparse, non-uniform data");
     let raw = vm_dir.join("demo-disk0.raw");

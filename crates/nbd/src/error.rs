@@ -99,6 +99,15 @@ pub enum NbdError {
     /// TLS certificate verifier configuration failed.
     #[error("TLS verifier configuration error")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// A certificate could not be issued or signed.
+    #[error("Certificate error while {what}")]
+    Certificate {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: rcgen::Error,
+    },
 }
 
 impl NbdError {

@@ -368,32 +368,105 @@ impl FailBackupRequest {
     }
 }
 
-/// `POST /api/v1/credentials`: `{name, host, username, password}`.
+/// How the hub checks a vCenter's certificate: chosen when the credential is created and
+/// stored with it; no later request can change it.
+///
+/// On the wire (in [`CredentialRequest`] and [`Credential`]) it is the field `ca_pem` or
+/// `insecure: true`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VcenterTrust {
+    /// Verify vCenter's certificate against these PEM CA certificates.
+    CaPem(String),
+    /// Accept any certificate vCenter presents.
+    Insecure,
+}
+
+impl VcenterTrust {
+    /// From the wire's `ca_pem` and `insecure` fields: exactly one of them.
+    ///
+    /// # Errors
+    /// [`TypesError::InvalidField`] when both or neither are given, or `ca_pem` is empty,
+    /// longer than [`MAX_CA_PEM_LEN`] or holds no `BEGIN CERTIFICATE` block.
+    pub fn from_fields(ca_pem: Option<String>, insecure: bool) -> Result<Self, TypesError> {
+        match (ca_pem, insecure) {
+            (Some(pem), false) => Self::ca_pem(pem),
+            (None, true) => Ok(Self::Insecure),
+            (Some(_), true) => Err(TypesError::InvalidField {
+                field: "insecure",
+                reason: "must not be true together with ca_pem",
+            }),
+            (None, false) => Err(TypesError::InvalidField {
+                field: "ca_pem",
+                reason: "is required unless insecure is true (how the hub checks vCenter's certificate)",
+            }),
+        }
+    }
+
+    /// Verify vCenter's certificate against `pem` (1 byte to 256 KiB holding a certificate).
+    ///
+    /// # Errors
+    /// [`TypesError::InvalidField`] naming `ca_pem`.
+    pub fn ca_pem(pem: String) -> Result<Self, TypesError> {
+        if pem.len() > MAX_CA_PEM_LEN || !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(TypesError::InvalidField {
+                field: "ca_pem",
+                reason: "must be up to 256 KiB of PEM holding a CERTIFICATE block",
+            });
+        }
+        Ok(Self::CaPem(pem))
+    }
+}
+
+/// `POST /api/v1/credentials`: `{name, host, username, password, ca_pem or insecure}`.
 ///
 /// Its `Debug` never shows the password; it is not `Serialize`-d back in any response.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "CredentialWire")]
+#[serde(try_from = "CredentialWire", into = "CredentialWire")]
 pub struct CredentialRequest {
     name: CredentialName,
     host: String,
     username: String,
     password: String,
+    trust: VcenterTrust,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CredentialWire {
     name: CredentialName,
     host: String,
     username: String,
     password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_pem: Option<String>,
+    #[serde(default)]
+    insecure: bool,
 }
 
 impl TryFrom<CredentialWire> for CredentialRequest {
     type Error = TypesError;
 
     fn try_from(wire: CredentialWire) -> Result<Self, Self::Error> {
-        Self::new(wire.name, wire.host, wire.username, wire.password)
+        let trust = VcenterTrust::from_fields(wire.ca_pem, wire.insecure)?;
+        Self::new(wire.name, wire.host, wire.username, wire.password, trust)
+    }
+}
+
+impl From<CredentialRequest> for CredentialWire {
+    fn from(req: CredentialRequest) -> Self {
+        let (ca_pem, insecure) = match req.trust {
+            VcenterTrust::CaPem(pem) => (Some(pem), false),
+            VcenterTrust::Insecure => (None, true),
+        };
+        Self {
+            name: req.name,
+            host: req.host,
+            username: req.username,
+            password: req.password,
+            ca_pem,
+            insecure,
+        }
     }
 }
 
@@ -404,13 +477,15 @@ impl fmt::Debug for CredentialRequest {
             .field("host", &self.host)
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("trust", &self.trust)
             .finish()
     }
 }
 
 impl CredentialRequest {
     /// A validated request: host 1..=255 bytes without whitespace, `/` or control characters;
-    /// username 1..=256 bytes without control characters; password 1..=1024 bytes.
+    /// username 1..=256 bytes without control characters; password 1..=1024 bytes; the trust
+    /// choice for vCenter's certificate, kept with the credential.
     ///
     /// # Errors
     /// [`TypesError::InvalidField`] naming the field.
@@ -419,6 +494,7 @@ impl CredentialRequest {
         host: String,
         username: String,
         password: String,
+        trust: VcenterTrust,
     ) -> Result<Self, TypesError> {
         check_text("host", &host, MAX_HOST_LEN)?;
         if host.chars().any(|c| c.is_whitespace() || c == '/') {
@@ -434,12 +510,22 @@ impl CredentialRequest {
                 reason: "must be 1 to 1024 bytes",
             });
         }
+        if let VcenterTrust::CaPem(pem) = &trust {
+            VcenterTrust::ca_pem(pem.clone())?;
+        }
         Ok(Self {
             name,
             host,
             username,
             password,
+            trust,
         })
+    }
+
+    /// How the hub checks vCenter's certificate for this credential.
+    #[must_use]
+    pub fn trust(&self) -> &VcenterTrust {
+        &self.trust
     }
 
     /// The credential's name.
@@ -645,77 +731,51 @@ pub struct Credential {
     pub username: String,
     /// When it was stored.
     pub created_at: Timestamp,
+    /// The PEM CA certificate(s) vCenter's certificate is checked against (public data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// Any vCenter certificate is accepted.
+    #[serde(default)]
+    pub insecure: bool,
+    /// The credential was stored before the trust choice was kept with it: the hub refuses to
+    /// use it until it is created again with `ca_pem` or `insecure`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_trust_choice: bool,
 }
 
-/// Longest CA bundle accepted in a [`SessionRequest`], in bytes.
+/// Longest CA bundle accepted in a credential's `ca_pem`, in bytes.
 pub const MAX_CA_PEM_LEN: usize = 256 * 1024;
 
-/// `POST /api/v1/credentials/{name}/session`: how the hub must check vCenter's certificate
-/// when it logs in for the client: `{"ca_pem": "-----BEGIN CERTIFICATE-----..."}` or
-/// `{"insecure": true}` (exactly one of them).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /api/v1/credentials/{name}/session`: an empty object `{}`. The hub checks vCenter's
+/// certificate as the credential's stored trust choice says; a request naming `ca_pem` or
+/// `insecure` is refused, so no caller can weaken it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "SessionRequestWire")]
-pub struct SessionRequest {
-    /// PEM CA certificate(s) that signed vCenter's certificate.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_pem: Option<String>,
-    /// Accept any vCenter certificate.
-    pub insecure: bool,
-}
+pub struct SessionRequest {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SessionRequestWire {
     #[serde(default)]
-    ca_pem: Option<String>,
+    ca_pem: Option<serde::de::IgnoredAny>,
     #[serde(default)]
-    insecure: bool,
+    insecure: Option<serde::de::IgnoredAny>,
 }
 
 impl TryFrom<SessionRequestWire> for SessionRequest {
     type Error = TypesError;
 
     fn try_from(wire: SessionRequestWire) -> Result<Self, Self::Error> {
-        match (wire.ca_pem, wire.insecure) {
-            (Some(pem), false) => Self::trusting(pem),
-            (None, true) => Ok(Self::insecure()),
-            (Some(_), true) => Err(TypesError::InvalidField {
-                field: "insecure",
-                reason: "must not be true together with ca_pem",
-            }),
-            (None, false) => Err(TypesError::InvalidField {
-                field: "ca_pem",
-                reason: "is required unless insecure is true",
-            }),
-        }
-    }
-}
-
-impl SessionRequest {
-    /// Check vCenter's certificate against these PEM CA certificates (1..=256 KiB).
-    ///
-    /// # Errors
-    /// [`TypesError::InvalidField`] when `ca_pem` is empty or too long.
-    pub fn trusting(ca_pem: String) -> Result<Self, TypesError> {
-        if ca_pem.trim().is_empty() || ca_pem.len() > MAX_CA_PEM_LEN {
-            return Err(TypesError::InvalidField {
-                field: "ca_pem",
-                reason: "must be 1 byte to 256 KiB of PEM",
-            });
-        }
-        Ok(Self {
-            ca_pem: Some(ca_pem),
-            insecure: false,
+        let field = match (wire.ca_pem, wire.insecure) {
+            (None, None) => return Ok(Self {}),
+            (Some(_), _) => "ca_pem",
+            (None, Some(_)) => "insecure",
+        };
+        Err(TypesError::InvalidField {
+            field,
+            reason: "cannot be chosen per session: the trust choice is stored with the \
+                     credential (create it again with POST /api/v1/credentials to change it)",
         })
-    }
-
-    /// Accept any vCenter certificate.
-    #[must_use]
-    pub fn insecure() -> Self {
-        Self {
-            ca_pem: None,
-            insecure: true,
-        }
     }
 }
 
@@ -823,28 +883,65 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_request_ca_pem_round_trips() {
-        let req = SessionRequest::trusting("-----BEGIN CERTIFICATE-----".to_owned()).unwrap();
+    fn session_request_empty_object_is_accepted() {
+        let req = serde_json::from_str::<SessionRequest>("{}").unwrap();
 
-        let back: SessionRequest =
-            serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
-
-        assert_eq!(back, req);
+        assert_eq!(req, SessionRequest::default());
     }
 
     #[test]
-    fn session_request_without_trust_choice_is_rejected() {
-        let err = serde_json::from_str::<SessionRequest>("{}").unwrap_err();
+    fn session_request_with_trust_fields_is_refused_naming_them() {
+        let pem = serde_json::from_str::<SessionRequest>(r#"{"ca_pem":"x"}"#).unwrap_err();
+        let insecure = serde_json::from_str::<SessionRequest>(r#"{"insecure":true}"#).unwrap_err();
+
+        assert!(
+            pem.to_string().contains("ca_pem")
+                && insecure.to_string().contains("insecure")
+                && insecure.to_string().contains("stored with the credential"),
+            "{pem} / {insecure}"
+        );
+    }
+
+    #[test]
+    fn credential_request_without_trust_choice_is_refused() {
+        let err = serde_json::from_str::<CredentialRequest>(
+            r#"{"name":"vc","host":"h","username":"u","password":"p"}"#,
+        )
+        .unwrap_err();
 
         assert!(err.to_string().contains("ca_pem"), "{err}");
     }
 
     #[test]
-    fn session_request_ca_pem_and_insecure_is_rejected() {
-        let err = serde_json::from_str::<SessionRequest>(r#"{"ca_pem":"x","insecure":true}"#)
-            .unwrap_err();
+    fn credential_request_trust_round_trips() {
+        let req = CredentialRequest::new(
+            "vc".parse().unwrap(),
+            "h".into(),
+            "u".into(),
+            "p".into(),
+            VcenterTrust::ca_pem("-----BEGIN CERTIFICATE-----\n".into()).unwrap(),
+        )
+        .unwrap();
+
+        let back: CredentialRequest =
+            serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+
+        assert_eq!(back.trust(), req.trust());
+    }
+
+    #[test]
+    fn credential_request_ca_pem_and_insecure_is_refused() {
+        let err = serde_json::from_str::<CredentialRequest>(
+            r#"{"name":"vc","host":"h","username":"u","password":"p","ca_pem":"-----BEGIN CERTIFICATE-----","insecure":true}"#,
+        )
+        .unwrap_err();
 
         assert!(err.to_string().contains("insecure"), "{err}");
+    }
+
+    #[test]
+    fn vcenter_trust_ca_pem_without_certificate_is_refused() {
+        assert!(VcenterTrust::ca_pem("not pem".into()).is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub use api::{
     ApiError, Backup, BackupDisk, BackupQuery, BackupStatus, BackupSummary, BackupType, Chain,
     CompleteBackupRequest, CompleteDisk, Credential, CredentialRequest, DiskSpec, DiskSummary,
     FailBackupRequest, Health, RegisterVmRequest, RepositoryInfo, RestoreDisk, RestoreExports,
-    StartBackupRequest, Vm, VmUsage, error_codes,
+    StartBackupRequest, VcenterTrust, Vm, VmUsage, error_codes,
 };
 pub use error::TypesError;
 pub use names::{BackupId, ChangeId, CredentialName, DiskKey, ExportName, VmName, image_path};

@@ -2,8 +2,8 @@
 //!
 //! The hub holds the credential's password, sealed; it never answers it. Instead
 //! `POST /api/v1/credentials/{name}/session` makes the hub log in to the credential's vCenter
-//! (checking vCenter's certificate with the trust choice this client sends: its
-//! `--vcenter-ca` PEM or `--insecure`) and answer the `vmware_soap_session` cookie value and
+//! (checking vCenter's certificate as the credential's trust choice, stored at its creation,
+//! says: this client cannot change it) and answer the `vmware_soap_session` cookie value and
 //! the host. [`HubSessionIssuer`] is the [`SessionIssuer`] of such sessions: the
 //! [`Session`](crate::Session) uses it for its first login and again whenever vCenter
 //! answers `NotAuthenticated` (an expired session during a long transfer), exactly as it
@@ -13,17 +13,16 @@ use std::sync::Mutex;
 
 use sendense_client::hub::HubClient;
 use sendense_types::CredentialName;
-use sendense_types::api::{SessionRequest, VcenterSession};
+use sendense_types::api::VcenterSession;
 use tracing::info;
 
 use crate::error::VsphereError;
-use crate::session::{IssueFuture, SessionIssuer, TlsMode};
+use crate::session::{IssueFuture, SessionIssuer};
 
 /// Issues vCenter sessions of one stored credential through the hub.
 pub struct HubSessionIssuer {
     hub: HubClient,
     name: CredentialName,
-    request: SessionRequest,
     /// The session [`Self::open`] fetched, handed out by the first [`SessionIssuer::issue`].
     first: Mutex<Option<String>>,
 }
@@ -38,14 +37,12 @@ impl std::fmt::Debug for HubSessionIssuer {
 }
 
 impl HubSessionIssuer {
-    /// An issuer of sessions of credential `name`, the hub checking vCenter's certificate as
-    /// `request` says.
+    /// An issuer of sessions of credential `name`.
     #[must_use]
-    pub fn new(hub: HubClient, name: CredentialName, request: SessionRequest) -> Self {
+    pub fn new(hub: HubClient, name: CredentialName) -> Self {
         Self {
             hub,
             name,
-            request,
             first: Mutex::new(None),
         }
     }
@@ -67,7 +64,7 @@ impl HubSessionIssuer {
     async fn fetch(&self) -> Result<VcenterSession, VsphereError> {
         let session = self
             .hub
-            .credential_session(&self.name, &self.request)
+            .credential_session(&self.name)
             .await
             .map_err(|source| VsphereError::CredentialSession {
                 credential: self.name.to_string(),
@@ -91,63 +88,5 @@ impl SessionIssuer for HubSessionIssuer {
 
     fn describe(&self) -> String {
         format!("credential {} (via the hub)", self.name)
-    }
-}
-
-/// The trust choice the hub is asked to use for vCenter's certificate: the same as ours.
-///
-/// # Errors
-/// [`VsphereError::CaFile`] when the CA file cannot be read or is not UTF-8 PEM.
-pub fn session_request(tls: &TlsMode) -> Result<SessionRequest, VsphereError> {
-    let invalid = |path: String, msg: &str| VsphereError::CaFile {
-        path,
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_owned()),
-    };
-    let (path, bytes) = match tls {
-        TlsMode::Insecure => return Ok(SessionRequest::insecure()),
-        TlsMode::CaFile(path) => {
-            let bytes = std::fs::read(path).map_err(|source| VsphereError::CaFile {
-                path: path.display().to_string(),
-                source,
-            })?;
-            (path.display().to_string(), bytes)
-        }
-        TlsMode::CaPem(pem) => ("<in memory>".to_owned(), pem.clone()),
-    };
-    let pem = String::from_utf8(bytes).map_err(|_| invalid(path.clone(), "not UTF-8 PEM"))?;
-    SessionRequest::trusting(pem).map_err(|e| invalid(path, &e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn session_request_insecure_asks_the_hub_for_insecure() {
-        assert_eq!(
-            session_request(&TlsMode::Insecure).unwrap(),
-            SessionRequest::insecure()
-        );
-    }
-
-    #[test]
-    fn session_request_ca_file_sends_its_pem() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
-
-        let req = session_request(&TlsMode::CaFile(ca)).unwrap();
-
-        assert_eq!(req.ca_pem.as_deref(), Some("-----BEGIN CERTIFICATE-----\n"));
-    }
-
-    #[test]
-    fn session_request_missing_ca_file_names_it() {
-        let err = session_request(&TlsMode::CaFile("/nonexistent/ca.pem".into())).unwrap_err();
-
-        assert!(
-            matches!(&err, VsphereError::CaFile { path, .. } if path == "/nonexistent/ca.pem"),
-            "{err:?}"
-        );
     }
 }

@@ -53,7 +53,7 @@ use sendense_types::{
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::backup::{DiskMode, PrepareOptions, Prepared, PreviousDisk, VsphereBackup};
-use crate::credential::{HubSessionIssuer, session_request};
+use crate::credential::HubSessionIssuer;
 use crate::error::VsphereError;
 use crate::session::{ConnectOptions, Login, Session, TlsMode, read_password_file};
 
@@ -200,8 +200,7 @@ async fn run_inner(
     let connect = match &options.credential {
         None => options.connect.clone(),
         Some(name) => {
-            let request = session_request(&options.connect.tls)?;
-            let issuer = HubSessionIssuer::new(hub.clone(), name.clone(), request);
+            let issuer = HubSessionIssuer::new(hub.clone(), name.clone());
             let host = issuer.open().await?;
             let address = if options.connect.address.is_empty() {
                 host

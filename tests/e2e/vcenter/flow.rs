@@ -16,7 +16,7 @@ use sendense_client::cli::{Cli, execute_with};
 use sendense_client::hub::{HubClient, HubOptions};
 use sendense_client::progress::Progress;
 use sendense_client::transfer::TransferOptions;
-use sendense_hub::daemon::{self, HubConfig, RunningHub};
+use sendense_hub::daemon::{self, ClientCerts, HubConfig, RunningHub};
 use sendense_types::{Backup, BackupStatus, BackupSummary, BackupType, VmName};
 use sendense_vsphere::VsphereError;
 use sendense_vsphere::flow::{VcenterBackupOptions, VcenterProvider, run_until};
@@ -53,6 +53,7 @@ impl World {
             public_host: Some("localhost".into()),
             idle_timeout: Duration::from_secs(600),
             disconnect_grace: Duration::from_secs(20),
+            nbd_client_certs: ClientCerts::Required,
         })
         .await
         .unwrap();
@@ -67,11 +68,11 @@ impl World {
 
     fn hub_options(&self) -> HubOptions {
         let port = self.hub.as_ref().unwrap().api_addr.port();
-        HubOptions {
-            url: format!("https://localhost:{port}"),
-            ca_file: self.data.path().join("tls/ca-cert.pem"),
-            token_file: self.data.path().join("api.token"),
-        }
+        HubOptions::with_tls_dir(
+            &format!("https://localhost:{port}"),
+            &crate::support::client_tls_in_process(self.data.path()),
+            &self.data.path().join("api.token"),
+        )
     }
 
     fn hub_client(&self) -> HubClient {
@@ -374,8 +375,8 @@ async fn cli_backup_vcenter_json_runs_full_through_provider() {
         "dc1/vm/vm1".into(),
         "--hub".into(),
         hub.url.clone(),
-        "--ca".into(),
-        hub.ca_file.display().to_string(),
+        "--tls-dir".into(),
+        hub.tls_dir.as_ref().unwrap().display().to_string(),
         "--token-file".into(),
         hub.token_file.display().to_string(),
         "--type".into(),

@@ -1,7 +1,7 @@
 //! Sealed credentials.
 
 use sendense_catalog::CatalogError;
-use sendense_types::CredentialName;
+use sendense_types::{CredentialName, VcenterTrust};
 
 use crate::support::{Fixture, at};
 
@@ -15,7 +15,14 @@ fn put_credential_then_credential_answers_it() {
 
     let stored = f
         .catalog
-        .put_credential(&cred("vc1"), "vc.example", "backup", vec![1, 2, 3], at(1))
+        .put_credential(
+            &cred("vc1"),
+            "vc.example",
+            "backup",
+            vec![1, 2, 3],
+            &VcenterTrust::Insecure,
+            at(1),
+        )
         .unwrap();
 
     assert_eq!(f.catalog.credential(&cred("vc1")).unwrap(), Some(stored));
@@ -25,12 +32,26 @@ fn put_credential_then_credential_answers_it() {
 fn put_credential_replace_keeps_created_at() {
     let f = Fixture::new();
     f.catalog
-        .put_credential(&cred("vc1"), "old", "u", vec![1], at(1))
+        .put_credential(
+            &cred("vc1"),
+            "old",
+            "u",
+            vec![1],
+            &VcenterTrust::Insecure,
+            at(1),
+        )
         .unwrap();
 
     let replaced = f
         .catalog
-        .put_credential(&cred("vc1"), "new", "u", vec![2], at(5))
+        .put_credential(
+            &cred("vc1"),
+            "new",
+            "u",
+            vec![2],
+            &VcenterTrust::Insecure,
+            at(5),
+        )
         .unwrap();
 
     assert_eq!(
@@ -48,10 +69,24 @@ fn put_credential_replace_keeps_created_at() {
 fn credentials_listed_by_name() {
     let f = Fixture::new();
     f.catalog
-        .put_credential(&cred("b"), "h", "u", vec![1], at(1))
+        .put_credential(
+            &cred("b"),
+            "h",
+            "u",
+            vec![1],
+            &VcenterTrust::Insecure,
+            at(1),
+        )
         .unwrap();
     f.catalog
-        .put_credential(&cred("a"), "h", "u", vec![1], at(1))
+        .put_credential(
+            &cred("a"),
+            "h",
+            "u",
+            vec![1],
+            &VcenterTrust::Insecure,
+            at(1),
+        )
         .unwrap();
 
     let names: Vec<String> = f
@@ -77,7 +112,14 @@ fn credential_debug_and_api_hide_sealed_password() {
     let f = Fixture::new();
     let stored = f
         .catalog
-        .put_credential(&cred("vc1"), "h", "u", vec![0xde, 0xad], at(1))
+        .put_credential(
+            &cred("vc1"),
+            "h",
+            "u",
+            vec![0xde, 0xad],
+            &VcenterTrust::Insecure,
+            at(1),
+        )
         .unwrap();
 
     let shown = format!(
@@ -95,7 +137,14 @@ fn credential_debug_and_api_hide_sealed_password() {
 fn delete_credential_removes_it() {
     let f = Fixture::new();
     f.catalog
-        .put_credential(&cred("vc1"), "h", "u", vec![1], at(1))
+        .put_credential(
+            &cred("vc1"),
+            "h",
+            "u",
+            vec![1],
+            &VcenterTrust::Insecure,
+            at(1),
+        )
         .unwrap();
 
     f.catalog.delete_credential(&cred("vc1")).unwrap();

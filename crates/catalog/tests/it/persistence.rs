@@ -1,7 +1,7 @@
 //! Reopening the catalog file.
 
 use sendense_catalog::{Catalog, ErrorKind};
-use sendense_types::{BackupQuery, DiskKey};
+use sendense_types::{BackupQuery, DiskKey, VcenterTrust};
 
 use crate::support::{Fixture, at, complete, ids, register, start_full, start_incremental};
 
@@ -12,7 +12,14 @@ fn reopen_keeps_vms_backups_chain_and_credentials() {
     let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
     let running = start_incremental(&f.catalog, &vm, 3);
     f.catalog
-        .put_credential(&"vc1".parse().unwrap(), "h", "u", vec![9], at(1))
+        .put_credential(
+            &"vc1".parse().unwrap(),
+            "h",
+            "u",
+            vec![9],
+            &VcenterTrust::Insecure,
+            at(1),
+        )
         .unwrap();
     let path = f.path();
     drop(f.catalog);
@@ -63,7 +70,14 @@ fn reopen_keeps_progress_after_durable_commit() {
         .set_disk_progress(&running.backup_id, DiskKey(2000), 777)
         .unwrap();
     f.catalog
-        .put_credential(&"vc1".parse().unwrap(), "h", "u", vec![9], at(1))
+        .put_credential(
+            &"vc1".parse().unwrap(),
+            "h",
+            "u",
+            vec![9],
+            &VcenterTrust::Insecure,
+            at(1),
+        )
         .unwrap();
     let path = f.path();
     drop(f.catalog);

@@ -42,6 +42,7 @@ impl World {
             url: self.hub.url.clone(),
             ca_file: self.certs.ca(),
             token_file: self.path("token"),
+            tls_dir: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use sendense_hub::daemon::{self, HubConfig, RunningHub};
+use sendense_hub::daemon::{self, ClientCerts, HubConfig, RunningHub};
 use sendense_nbd::{Client, ClientOptions, ZeroFlags};
 use serde_json::{Value, json};
 
@@ -23,6 +23,9 @@ pub(crate) struct Hub {
     pub(crate) token: String,
     pub(crate) tls: Arc<rustls::ClientConfig>,
 }
+
+/// The test's NBD client certificate folder (QEMU layout) inside the data folder.
+const CLIENT_DIR: &str = "test-client";
 
 impl Hub {
     pub(crate) async fn start() -> Self {
@@ -47,12 +50,21 @@ impl Hub {
             public_host: Some("localhost".into()),
             idle_timeout: idle,
             disconnect_grace,
+            nbd_client_certs: ClientCerts::Required,
         };
         let running = daemon::start(config).await.unwrap();
-        let tls =
+        let api_tls =
             sendense_nbd::tls::client_config(&data.path().join("tls/ca-cert.pem"), None).unwrap();
+        // The NBD port requires a certificate the hub's CA issued (issue #11).
+        sendense_hub::tls::issue_client_folder(
+            &data.path().join("tls"),
+            "hub-api-test",
+            &data.path().join(CLIENT_DIR),
+        )
+        .unwrap();
+        let tls = sendense_nbd::tls::client_config_from_dir(&data.path().join(CLIENT_DIR)).unwrap();
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls((*tls).clone())
+            .use_preconfigured_tls((*api_tls).clone())
             .build()
             .unwrap();
         let token = std::fs::read_to_string(data.path().join("api.token"))
@@ -343,7 +355,7 @@ async fn full_then_incremental_then_restore_matches_source_at_each_point() {
     let restored = work.path().join("restored.raw");
     let object = format!(
         "tls-creds-x509,id=tls0,dir={},endpoint=client",
-        s(&hub.data.path().join("tls"))
+        s(&hub.data.path().join(CLIENT_DIR))
     );
     let opts = format!(
         "driver=nbd,server.type=inet,server.host=localhost,server.port={port},export={name},tls-creds=tls0"
@@ -383,7 +395,7 @@ async fn nbdcopy_into_write_export_over_tls_completes_clean() {
     let uri = format!(
         "{}?tls-certificates={}",
         b["disks"][0]["nbd_uri"].as_str().unwrap(),
-        s(&hub.data.path().join("tls"))
+        s(&hub.data.path().join(CLIENT_DIR))
     );
     let out = std::process::Command::new("nbdcopy")
         .args(["--flush", "--connections=4", s(&src), &uri])

@@ -120,6 +120,9 @@ fn credential_serializes_without_password() {
         host: "vcenter.example".into(),
         username: "backup@vsphere.local".into(),
         created_at: "2026-11-24T00:00:00Z".parse().unwrap(),
+        ca_pem: None,
+        insecure: true,
+        needs_trust_choice: false,
     };
 
     assert_eq!(
@@ -128,7 +131,8 @@ fn credential_serializes_without_password() {
             "name": "vc1",
             "host": "vcenter.example",
             "username": "backup@vsphere.local",
-            "created_at": "2026-11-24T00:00:00Z"
+            "created_at": "2026-11-24T00:00:00Z",
+            "insecure": true
         })
     );
 }

@@ -215,7 +215,8 @@ fn fail_backup_reason_parses() {
 #[test]
 fn credential_request_parses_and_debug_hides_password() {
     let req: CredentialRequest = serde_json::from_value(json!({
-        "name": "vc1", "host": "vcenter.example", "username": "u", "password": "hunter2"
+        "name": "vc1", "host": "vcenter.example", "username": "u", "password": "hunter2",
+        "insecure": true
     }))
     .unwrap();
 
@@ -225,7 +226,7 @@ fn credential_request_parses_and_debug_hides_password() {
 #[test]
 fn credential_request_host_with_slash_rejected() {
     let msg = parse_err::<CredentialRequest>(json!({
-        "name": "vc1", "host": "a/b", "username": "u", "password": "p"
+        "name": "vc1", "host": "a/b", "username": "u", "password": "p", "insecure": true
     }));
 
     assert!(msg.contains("Invalid field host"), "{msg}");

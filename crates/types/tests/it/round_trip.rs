@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use sendense_types::{
     Backup, BackupDisk, BackupId, BackupStatus, BackupSummary, BackupType, Chain, ChangeId,
     CompleteBackupRequest, CompleteDisk, CredentialRequest, DiskKey, DiskSpec, DiskSummary,
-    ExportName, RegisterVmRequest, Timestamp, Vm, VmName,
+    ExportName, RegisterVmRequest, Timestamp, VcenterTrust, Vm, VmName,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -149,7 +149,7 @@ proptest! {
 
     #[test]
     fn credential_request_json_round_trips(password in "[ -~]{1,64}", user in "[a-z@.]{1,20}") {
-        let req = CredentialRequest::new("vc".parse().unwrap(), "vc.example".into(), user, password).unwrap();
+        let req = CredentialRequest::new("vc".parse().unwrap(), "vc.example".into(), user, password, VcenterTrust::Insecure).unwrap();
 
         prop_assert_eq!(round_trip(&req), req);
     }
