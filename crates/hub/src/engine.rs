@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use sendense_catalog::{BackupRecord, Catalog, DiskCompletion};
 use sendense_nbd::{Export, ExportRegistry};
-use sendense_qcow2::{BackingSpec, CreateOptions, Image, OpenOptions};
+use sendense_qcow2::{BackingPolicy, BackingSpec, CreateOptions, Image, OpenOptions};
 use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, BackupType, Chain, CompleteBackupRequest, DiskKey,
     ExportName, RegisterVmRequest, RestoreDisk, RestoreExports, StartBackupRequest, Timestamp, Vm,
@@ -214,7 +214,8 @@ impl Engine {
             .map_or_else(|| self.repository.clone(), Path::to_path_buf);
         std::fs::create_dir_all(&folder).map_err(|e| HubError::io(&folder, e))?;
         let temp = temp_path(&target);
-        let mut opts = CreateOptions::new(disk.capacity_bytes);
+        let mut opts =
+            CreateOptions::new(disk.capacity_bytes).backing_policy(BackingPolicy::repository());
         // The parent's image of the same disk, by its bare file name: it lives
         // in the same folder, so the repository can move as a whole.
         if let Some(parent_disk) = parent.and_then(|p| p.disk(key))
@@ -483,7 +484,8 @@ impl Engine {
         let mut opened: Vec<(DiskKey, ExportName)> = Vec::new();
         for d in &record.disks {
             let path = self.repository.join(&d.file);
-            let added = Image::open(&path, &OpenOptions::read_only())
+            let opts = OpenOptions::read_only().backing(BackingPolicy::repository());
+            let added = Image::open(&path, &opts)
                 .map_err(|e| HubError::image(&path, e))
                 .and_then(|image| {
                     let export: Arc<dyn Export> = Arc::new(Qcow2Export::new(Arc::new(image), true));

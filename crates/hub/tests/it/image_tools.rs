@@ -5,6 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use sendense_hub::image_tools::{self, ConvertOptions, CreateArgs, ImageToolError, OutputFormat};
+use sendense_qcow2::BackingPolicy;
 
 use crate::support::{
     assert_qemu_check_clean, assert_qemu_identical, qemu_img, qemu_img_ok, sparse_raw, write_random,
@@ -17,6 +18,7 @@ fn opts(format: OutputFormat, threads: usize) -> ConvertOptions {
         cluster_size: None,
         threads,
         progress: false,
+        backing_policy: BackingPolicy::below(),
     }
 }
 
@@ -33,6 +35,7 @@ fn create_standalone_passes_qemu_check_with_requested_geometry() {
         cluster_size: Some(2 << 20),
         backing: None,
         extended_l2: false,
+        backing_policy: BackingPolicy::below(),
     };
     image_tools::create(&img, &args).unwrap();
     assert_qemu_check_clean(&img);
@@ -53,6 +56,7 @@ fn create_overlay_with_relative_backing_shows_in_qemu_backing_chain() {
         cluster_size: None,
         backing: None,
         extended_l2: false,
+        backing_policy: BackingPolicy::below(),
     };
     image_tools::create(&base, &args).unwrap();
     let args = CreateArgs {
@@ -60,6 +64,7 @@ fn create_overlay_with_relative_backing_shows_in_qemu_backing_chain() {
         cluster_size: None,
         backing: Some("base.qcow2".into()),
         extended_l2: true,
+        backing_policy: BackingPolicy::below(),
     };
     image_tools::create(&top, &args).unwrap();
     assert_qemu_check_clean(&top);
@@ -79,6 +84,7 @@ fn create_without_size_or_backing_is_refused() {
         cluster_size: None,
         backing: None,
         extended_l2: false,
+        backing_policy: BackingPolicy::below(),
     };
     let err = image_tools::create(&dir.path().join("x.qcow2"), &args).unwrap_err();
     assert!(matches!(err, ImageToolError::MissingSize), "{err:?}");
