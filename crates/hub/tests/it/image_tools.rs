@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use sendense_hub::image_tools::{self, ConvertOptions, CreateArgs, ImageToolError, OutputFormat};
-use sendense_qcow2::BackingPolicy;
+use sendense_qcow2::{BackingPolicy, Qcow2Error};
 
 use crate::support::{
     assert_qemu_check_clean, assert_qemu_identical, qemu_img, qemu_img_ok, sparse_raw, write_random,
@@ -281,4 +281,80 @@ fn check_of_referenced_cluster_without_refcount_exits_two_like_qemu() {
     assert_eq!(qemu_img(&["check", p(&img)]).status.code(), Some(2));
     let summary = image_tools::check(&img).unwrap();
     assert_eq!(summary.exit_code(), 2, "{summary:?}");
+}
+
+// Issue #11 item 12: `image create -b` opened any path it was given.
+#[test]
+fn create_overlay_of_parent_folder_backing_is_refused_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    let base_args = CreateArgs {
+        size: Some(1 << 20),
+        cluster_size: None,
+        backing: None,
+        extended_l2: false,
+        backing_policy: BackingPolicy::below(),
+    };
+    image_tools::create(&dir.path().join("base.qcow2"), &base_args).unwrap();
+    let args = CreateArgs {
+        size: None,
+        cluster_size: None,
+        backing: Some("../base.qcow2".into()),
+        extended_l2: false,
+        backing_policy: BackingPolicy::below(),
+    };
+
+    let err = image_tools::create(&sub.join("top.qcow2"), &args).unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            ImageToolError::Qcow2 {
+                source: Qcow2Error::BackingRefused { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!sub.join("top.qcow2").exists());
+}
+
+#[test]
+fn convert_of_input_whose_backing_escapes_its_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let base = elsewhere.path().join("base.raw");
+    sparse_raw(&base, 1 << 20, 5);
+    let top = dir.path().join("top.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        p(&base),
+        "-F",
+        "raw",
+        p(&top),
+        "1M",
+    ]);
+
+    let err = image_tools::convert(
+        &top,
+        &dir.path().join("out.raw"),
+        &opts(OutputFormat::Raw, 1),
+    )
+    .unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            ImageToolError::Qcow2 {
+                source: Qcow2Error::BackingRefused { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
