@@ -57,8 +57,9 @@ pub struct CreateOptions {
     pub backing: Option<BackingSpec>,
     /// Extended L2 entries (32 subclusters per cluster; clusters of at least 16 KiB).
     pub extended_l2: bool,
-    /// Policy for the backing chain opened below the new overlay (default
-    /// [`BackingPolicy::below`]).
+    /// Policy for the backing files named by the images below the new overlay, relative to
+    /// the folder of `backing` (default [`BackingPolicy::below`]). `backing` itself is the
+    /// caller's own choice and is opened wherever it is.
     pub backing_policy: BackingPolicy,
 }
 
@@ -600,6 +601,9 @@ impl Image {
             file.sync_all()
                 .map_err(|e| Qcow2Error::io("sync new image", path, e))?;
             let mut chain = FileChain::new(path, DEFAULT_CHAIN_DEPTH, opts.backing_policy);
+            // The caller named this backing file itself: the policy governs the names read
+            // from images below it, relative to its folder.
+            chain.trust_first = true;
             Self::from_file(file, path, true, 0, &mut chain)
         })();
         if res.is_err() {
@@ -738,8 +742,15 @@ impl Image {
         let mut img = Self::from_storage(Box::new(storage), path, writable)?;
         img.lock_file = Some(lock_file);
         if let Some(name) = img.header.backing_file.clone() {
-            let root = chain.root()?;
-            let (bpath, real) = backing::resolve_file(&chain.policy, path, &name, &root)?;
+            let (bpath, real) = if depth == 0 && chain.trust_first {
+                let (bpath, real) =
+                    backing::resolve_file(&BackingPolicy::any(), path, &name, Path::new("/"))?;
+                chain.root = real.parent().map(Path::to_path_buf);
+                (bpath, real)
+            } else {
+                let root = chain.root()?;
+                backing::resolve_file(&chain.policy, path, &name, &root)?
+            };
             if depth + 1 > chain.limit {
                 return Err(Qcow2Error::ChainTooDeep {
                     max_depth: chain.limit,
@@ -1643,6 +1654,8 @@ struct FileChain {
     root: Option<PathBuf>,
     limit: usize,
     policy: BackingPolicy,
+    /// The top image's own backing file is the caller's choice (`create`), not the policy's.
+    trust_first: bool,
     /// Canonical paths of the layers opened so far.
     seen: Vec<PathBuf>,
 }
@@ -1654,6 +1667,7 @@ impl FileChain {
             root: None,
             limit,
             policy,
+            trust_first: false,
             seen: Vec::new(),
         }
     }

@@ -81,7 +81,8 @@ pub struct CreateArgs {
     pub backing: Option<String>,
     /// Use extended L2 entries (32 subclusters per cluster).
     pub extended_l2: bool,
-    /// Which backing files `backing` (and the chain below it) may name.
+    /// Which backing files the chain below `backing` may name (`backing`
+    /// itself is the operator's choice).
     pub backing_policy: BackingPolicy,
 }
 
@@ -114,19 +115,21 @@ pub fn create(path: &Path, args: &CreateArgs) -> Result<(), ImageToolError> {
     image.flush().map_err(|e| ImageToolError::qcow2(path, e))
 }
 
-/// Opens the backing file `name` of an image to be made at `image`, as
-/// `policy` allows, and the spec to store in its header (the name verbatim,
-/// the detected format).
+/// Opens the backing file `name` of an image to be made at `image`, and
+/// the spec to store in its header (the name verbatim, the detected format).
+/// The operator names it, so it is opened wherever it is (a relative name
+/// from `image`'s folder); the backing files the chain below it names are
+/// opened only as `policy` allows, from its own folder.
 ///
 /// # Errors
-/// The policy refuses the name or the format, or the backing file cannot be
-/// opened.
+/// The backing file cannot be opened, or the policy refuses a backing file
+/// of its chain.
 pub fn open_backing(
     image: &Path,
     name: &str,
     policy: BackingPolicy,
 ) -> Result<(BackingSpec, Input), ImageToolError> {
-    let path = policy
+    let path = BackingPolicy::any()
         .resolve(image, name)
         .map_err(|e| ImageToolError::qcow2(image, e))?;
     let input = Input::open_with(&path, policy)?;
@@ -134,9 +137,6 @@ pub fn open_backing(
         Input::Qcow2(_) => BackingFormat::Qcow2,
         Input::Raw(_) => BackingFormat::Raw,
     };
-    policy
-        .check_format(name, format)
-        .map_err(|e| ImageToolError::qcow2(image, e))?;
     Ok((
         BackingSpec {
             file: name.to_owned(),

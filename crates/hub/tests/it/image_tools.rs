@@ -283,24 +283,32 @@ fn check_of_referenced_cluster_without_refcount_exits_two_like_qemu() {
     assert_eq!(summary.exit_code(), 2, "{summary:?}");
 }
 
-// Issue #11 item 12: `image create -b` opened any path it was given.
+// Issue #11 item 12: `image create -b` opened the whole chain below the
+// operator's backing file wherever its images pointed.
 #[test]
-fn create_overlay_of_parent_folder_backing_is_refused_by_default() {
+fn create_overlay_of_image_whose_backing_escapes_its_folder_is_refused_by_default() {
     let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let base = elsewhere.path().join("base.raw");
+    sparse_raw(&base, 1 << 20, 6);
     let sub = dir.path().join("sub");
     fs::create_dir(&sub).unwrap();
-    let base_args = CreateArgs {
-        size: Some(1 << 20),
-        cluster_size: None,
-        backing: None,
-        extended_l2: false,
-        backing_policy: BackingPolicy::below(),
-    };
-    image_tools::create(&dir.path().join("base.qcow2"), &base_args).unwrap();
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        p(&base),
+        "-F",
+        "raw",
+        p(&dir.path().join("mid.qcow2")),
+        "1M",
+    ]);
     let args = CreateArgs {
         size: None,
         cluster_size: None,
-        backing: Some("../base.qcow2".into()),
+        backing: Some("../mid.qcow2".into()),
         extended_l2: false,
         backing_policy: BackingPolicy::below(),
     };

@@ -247,18 +247,40 @@ fn policy_refuse_rejects_a_backing_in_folder() {
 }
 
 #[test]
-fn policy_create_refuses_backing_outside_folder() {
+fn policy_create_opens_the_callers_own_backing_anywhere() {
     let l = layout();
     let spec = BackingSpec::qcow2(l.outside.join("secret.qcow2").to_str().unwrap());
 
-    let e = Image::create(
+    let img = Image::create(
         &l.images.join("top.qcow2"),
+        &CreateOptions::new(MIB).backing(spec),
+    )
+    .unwrap();
+
+    assert_eq!(
+        img.backing().unwrap().path(),
+        l.outside.join("secret.qcow2")
+    );
+}
+
+#[test]
+fn policy_create_refuses_a_backing_whose_own_backing_escapes_its_folder() {
+    let l = layout();
+    let mid = overlay(
+        &l.images,
+        BackingSpec::raw(l.outside.join("secret.raw").to_str().unwrap()),
+    );
+    let other = TempDir::new().unwrap();
+    let spec = BackingSpec::qcow2(mid.to_str().unwrap());
+
+    let e = Image::create(
+        &other.path().join("new.qcow2"),
         &CreateOptions::new(MIB).backing(spec),
     )
     .unwrap_err();
 
     assert!(matches!(e, Qcow2Error::BackingRefused { .. }), "{e}");
-    assert!(!l.images.join("top.qcow2").exists());
+    assert!(!other.path().join("new.qcow2").exists());
 }
 
 #[test]
