@@ -245,3 +245,120 @@ fn tls_server_refuses_plain_clients() {
     );
     served.stop();
 }
+
+/// Runs `image serve` on `image`, expecting it to refuse to start: reads its
+/// stderr to the end (it exits) and fails if it ever reports an address.
+fn serve_refused(image: &Path) -> String {
+    let mut child = hub()
+        .args(["image", "serve", "--read-only", "--listen", "127.0.0.1:0"])
+        .arg(image)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut text = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        if line.contains("uri=") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("image serve started serving a crafted image: {line}");
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "image serve exited 0: {text}");
+    text
+}
+
+/// A QCOW2 image in `dir` whose header names `backing` (format `fmt`),
+/// written by `qemu-img create -u` as an attacker would.
+fn crafted(dir: &Path, backing: &str, fmt: &str) -> std::path::PathBuf {
+    let image = dir.join("crafted.qcow2");
+    ok(&qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        backing,
+        "-F",
+        fmt,
+        s(&image),
+        "1M",
+    ]));
+    image
+}
+
+// Issue #11 item 12: the engine opened any backing file an image named.
+#[test]
+fn serve_of_image_backed_by_etc_shadow_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = crafted(dir.path(), "/etc/shadow", "raw");
+
+    let stderr = serve_refused(&image);
+
+    assert!(
+        stderr.contains("\"/etc/shadow\"") && stderr.contains("backing policy"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_of_image_backed_by_parent_path_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = crafted(dir.path(), "../../../../../../etc/shadow", "raw");
+
+    let stderr = serve_refused(&image);
+
+    assert!(stderr.contains("path contains .."), "{stderr}");
+}
+
+#[test]
+fn serve_of_image_backed_by_symlink_out_of_its_folder_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", dir.path().join("base.raw")).unwrap();
+    let image = crafted(dir.path(), "base.raw", "raw");
+
+    let stderr = serve_refused(&image);
+
+    assert!(
+        stderr.contains("resolves outside the image's folder"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn info_of_image_backed_by_etc_shadow_names_file_and_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = crafted(dir.path(), "/etc/shadow", "raw");
+
+    let out = hub().args(["image", "info"]).arg(&image).output().unwrap();
+
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"/etc/shadow\" refused (absolute path) by the backing policy"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn info_with_allow_any_backing_opens_an_absolute_backing_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let base = elsewhere.path().join("base.raw");
+    write_random(&base, 0, 4096, 3);
+    let image = crafted(dir.path(), s(&base), "raw");
+
+    let refused = hub().args(["image", "info"]).arg(&image).output().unwrap();
+    let allowed = hub()
+        .args(["image", "info", "--allow-any-backing"])
+        .arg(&image)
+        .output()
+        .unwrap();
+
+    assert!(!refused.status.success());
+    assert!(ok(&allowed).contains(s(&base)));
+}

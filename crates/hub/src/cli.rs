@@ -144,6 +144,32 @@ pub enum CertCommand {
     },
 }
 
+/// Which backing files the image commands open.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct BackingArgs {
+    /// Open backing files wherever an image names them: absolute paths,
+    /// `..`, symlinks out of the image's folder. By default only relative
+    /// names resolving to the image's folder or below are opened, so that a
+    /// crafted image cannot make us read (or serve) a file such as
+    /// /etc/shadow. Needed for overlays whose backing name is an absolute
+    /// path (as `qemu-img create -b /abs/base.qcow2` stores it); use only on
+    /// images you trust.
+    #[arg(long)]
+    pub allow_any_backing: bool,
+}
+
+impl BackingArgs {
+    /// The engine's policy for these flags.
+    #[must_use]
+    pub fn policy(self) -> sendense_qcow2::BackingPolicy {
+        if self.allow_any_backing {
+            sendense_qcow2::BackingPolicy::any()
+        } else {
+            sendense_qcow2::BackingPolicy::below()
+        }
+    }
+}
+
 /// `sendense-hub image …`
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -159,6 +185,9 @@ pub enum ImageCommand {
         /// Use extended L2 entries (32 subclusters per cluster).
         #[arg(long)]
         extended_l2: bool,
+        /// Backing file policy.
+        #[command(flatten)]
+        backing_files: BackingArgs,
         /// The image to create (must not exist).
         file: PathBuf,
         /// Virtual size, e.g. 10G or 512M; defaults to the backing file's size.
@@ -169,6 +198,9 @@ pub enum ImageCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Backing file policy.
+        #[command(flatten)]
+        backing_files: BackingArgs,
         /// The image (QCOW2 or raw).
         file: PathBuf,
     },
@@ -180,6 +212,9 @@ pub enum ImageCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Backing file policy.
+        #[command(flatten)]
+        backing_files: BackingArgs,
         /// The QCOW2 image.
         file: PathBuf,
     },
@@ -205,6 +240,9 @@ pub enum ImageCommand {
         /// Print a JSON report (bytes read, written, seconds) on stdout.
         #[arg(long)]
         json: bool,
+        /// Backing file policy.
+        #[command(flatten)]
+        backing_files: BackingArgs,
         /// Input image: QCOW2 (with its chain) or raw, detected from content.
         input: PathBuf,
         /// Output file (replaced if it exists).
@@ -232,6 +270,9 @@ pub enum ImageCommand {
         /// Require client certificates signed by the folder's ca-cert.pem.
         #[arg(long, requires = "tls_dir")]
         verify_clients: bool,
+        /// Backing file policy.
+        #[command(flatten)]
+        backing_files: BackingArgs,
         /// The image to serve.
         file: PathBuf,
     },
@@ -375,6 +416,7 @@ async fn run_image(cmd: ImageCommand) -> Result<ExitCode, BoxError> {
             export,
             tls_dir,
             verify_clients,
+            backing_files,
             file,
         } => {
             let opts = ServeOptions {
@@ -384,6 +426,7 @@ async fn run_image(cmd: ImageCommand) -> Result<ExitCode, BoxError> {
                 export,
                 tls_dir,
                 verify_clients,
+                backing: backing_files.policy(),
             };
             serve_image(opts, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
@@ -392,6 +435,7 @@ async fn run_image(cmd: ImageCommand) -> Result<ExitCode, BoxError> {
             backing,
             cluster_size,
             extended_l2,
+            backing_files,
             file,
             size,
         } => {
@@ -401,12 +445,17 @@ async fn run_image(cmd: ImageCommand) -> Result<ExitCode, BoxError> {
                 cluster_size: Some(cluster_size),
                 backing,
                 extended_l2,
+                backing_policy: backing_files.policy(),
             };
             image_tools::create(&file, &args)?;
             Ok(ExitCode::SUCCESS)
         }
-        ImageCommand::Info { json, file } => {
-            let layers = image_tools::info(&file)?;
+        ImageCommand::Info {
+            json,
+            backing_files,
+            file,
+        } => {
+            let layers = image_tools::info_with(&file, backing_files.policy())?;
             if json {
                 print_json(&layers);
             } else {
@@ -414,8 +463,12 @@ async fn run_image(cmd: ImageCommand) -> Result<ExitCode, BoxError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ImageCommand::Check { json, file } => {
-            let summary = image_tools::check(&file)?;
+        ImageCommand::Check {
+            json,
+            backing_files,
+            file,
+        } => {
+            let summary = image_tools::check_with(&file, backing_files.policy())?;
             if json {
                 print_json(&summary);
             } else {
@@ -429,6 +482,7 @@ async fn run_image(cmd: ImageCommand) -> Result<ExitCode, BoxError> {
             cluster_size,
             threads,
             json,
+            backing_files,
             input,
             output,
         } => {
@@ -441,6 +495,7 @@ async fn run_image(cmd: ImageCommand) -> Result<ExitCode, BoxError> {
                 cluster_size: cluster_size.map(|c| u32::try_from(c.0).unwrap_or(u32::MAX)),
                 threads,
                 progress: true,
+                backing_policy: backing_files.policy(),
             };
             let report = image_tools::convert(&input, &output, &opts)?;
             if json {

@@ -41,8 +41,10 @@ use std::time::Duration;
 
 use sendense_catalog::{BackupRecord, Catalog, DiskCompletion};
 use sendense_nbd::{Export, ExportRegistry};
-use sendense_qcow2::image::{DEFAULT_CHAIN_DEPTH, MAX_CHAIN_DEPTH};
-use sendense_qcow2::{BackingSpec, CreateOptions, Image, OpenOptions};
+use sendense_qcow2::{
+    BackingPolicy, BackingSpec, CreateOptions, DEFAULT_CHAIN_DEPTH, Image, MAX_CHAIN_DEPTH,
+    OpenOptions,
+};
 use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, BackupType, Chain, CompleteBackupRequest, DiskKey,
     ExportName, RegisterVmRequest, RepositoryInfo, RestoreDisk, RestoreExports, StartBackupRequest,
@@ -428,7 +430,8 @@ impl Engine {
             .map_or_else(|| self.repository.clone(), Path::to_path_buf);
         std::fs::create_dir_all(&folder).map_err(|e| HubError::io(&folder, e))?;
         let temp = temp_path(&target);
-        let mut opts = CreateOptions::new(disk.capacity_bytes);
+        let mut opts =
+            CreateOptions::new(disk.capacity_bytes).backing_policy(BackingPolicy::repository());
         // The parent's image of the same disk, by its bare file name: it lives
         // in the same folder, so the repository can move as a whole. A disk
         // the parent did not have gets a standalone image (a full of it).
@@ -861,10 +864,9 @@ impl Engine {
         }
         // Any chain the hub wrote opens: it never writes one longer than
         // MAX_CHAIN_LENGTH, and older hubs at most one more.
-        let opts = OpenOptions {
-            writable: false,
-            max_chain_depth: MAX_CHAIN_DEPTH,
-        };
+        let opts = OpenOptions::read_only()
+            .max_chain_depth(MAX_CHAIN_DEPTH)
+            .backing(BackingPolicy::repository());
         let mut opened: Vec<(DiskKey, ExportName)> = Vec::new();
         for d in &record.disks {
             let path = self.repository.join(&d.file);

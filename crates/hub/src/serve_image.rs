@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sendense_nbd::{Export, ExportRegistry, FileExport, Server, ServerOptions, tls};
-use sendense_qcow2::{Image, OpenOptions};
+use sendense_qcow2::{BackingPolicy, Image, OpenOptions};
 
 use crate::image_tools::{ImageToolError, is_qcow2};
 use crate::qcow2_export::Qcow2Export;
@@ -31,6 +31,8 @@ pub struct ServeOptions {
     pub tls_dir: Option<PathBuf>,
     /// Require client certificates signed by the folder's `ca-cert.pem`.
     pub verify_clients: bool,
+    /// Which backing files the image's chain may name.
+    pub backing: BackingPolicy,
 }
 
 /// Errors of `image serve`.
@@ -84,17 +86,24 @@ pub struct OpenedExport {
     pub image: Option<Arc<Image>>,
 }
 
-/// The export for `path`: our QCOW2 engine for QCOW2 files, a raw file otherwise.
+/// The export for `path`: our QCOW2 engine for QCOW2 files (backing files
+/// opened only as `backing` allows), a raw file otherwise.
 ///
 /// # Errors
-/// The file cannot be opened (or is locked by another writer).
-pub fn open_export(path: &Path, read_only: bool) -> Result<OpenedExport, ImageToolError> {
+/// The file cannot be opened (or is locked by another writer), or the
+/// policy refuses a backing file.
+pub fn open_export(
+    path: &Path,
+    read_only: bool,
+    backing: BackingPolicy,
+) -> Result<OpenedExport, ImageToolError> {
     if is_qcow2(path)? {
         let opts = if read_only {
             OpenOptions::read_only()
         } else {
             OpenOptions::writable()
-        };
+        }
+        .backing(backing);
         let image = Image::open(path, &opts).map_err(|e| ImageToolError::qcow2(path, e))?;
         let image = Arc::new(image);
         let export: Arc<dyn Export> = Arc::new(Qcow2Export::new(Arc::clone(&image), read_only));
@@ -119,7 +128,7 @@ pub async fn serve_image(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let OpenedExport { export, image } = open_export(&opts.file, opts.read_only)?;
+    let OpenedExport { export, image } = open_export(&opts.file, opts.read_only, opts.backing)?;
     let tls = match &opts.tls_dir {
         Some(dir) => Some(
             tls::server_config_from_dir(dir, opts.verify_clients).map_err(|source| {

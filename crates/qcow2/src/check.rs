@@ -63,7 +63,20 @@ impl CheckReport {
 /// # Errors
 /// As [`Image::open`] and [`Image::check`].
 pub fn check_path(path: &Path) -> Result<CheckReport, Qcow2Error> {
-    Image::open(path, &OpenOptions::read_only())?.check()
+    check_path_with(path, &OpenOptions::read_only())
+}
+
+/// Opens `path` with `opts` (its backing policy and depth limit; always read-only) and checks
+/// it.
+///
+/// # Errors
+/// As [`Image::open`] and [`Image::check`].
+pub fn check_path_with(path: &Path, opts: &OpenOptions) -> Result<CheckReport, Qcow2Error> {
+    let opts = OpenOptions {
+        writable: false,
+        ..*opts
+    };
+    Image::open(path, &opts)?.check()
 }
 
 struct Counter {

@@ -34,7 +34,7 @@ impl Image {
         let path = backing.path().to_path_buf();
         let ro_lock = match backing {
             Backing::Qcow2(img) => img.lock_file.as_ref(),
-            Backing::Raw(r) => Some(r.file_ref()),
+            Backing::Raw(r) => r.lock_file(),
         };
         if let Some(f) = ro_lock {
             lock::release_to_reader_without_unshare(f, &path)?;

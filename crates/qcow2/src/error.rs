@@ -5,6 +5,9 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::backing::BackingPolicy;
+use crate::parse::BackingFormat;
+
 /// Everything that can go wrong while creating, opening, reading or writing an image.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -141,6 +144,37 @@ pub enum Qcow2Error {
         /// The backing file name.
         name: String,
     },
+    /// The caller's backing policy refuses the backing file an image names.
+    #[error("Backing file {name:?} refused ({reason}) by the backing policy: {policy}")]
+    BackingRefused {
+        /// The backing file name as stored in the image.
+        name: String,
+        /// Why the policy refuses it.
+        reason: &'static str,
+        /// The policy in force.
+        policy: BackingPolicy,
+    },
+    /// The caller's backing policy refuses the backing file's format.
+    #[error(
+        "Backing file {name:?} refused (format {}) by the backing policy: {policy}",
+        format.as_str()
+    )]
+    BackingFormatRefused {
+        /// The backing file name as stored in the image.
+        name: String,
+        /// Its declared (or probed) format.
+        format: BackingFormat,
+        /// The policy in force.
+        policy: BackingPolicy,
+    },
+    /// The backing file an image names does not exist.
+    #[error("Backing file {name:?} not found at {path}")]
+    BackingMissing {
+        /// The backing file name as stored in the image.
+        name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
     /// The image has no space left in its refcount structures.
     #[error("Image is too large: {what}")]
     TooLarge {
@@ -169,6 +203,10 @@ pub enum ErrorKind {
     Locked,
     /// Caller error: bad options, file exists, no backing.
     InvalidInput,
+    /// The caller's backing policy refuses the image's backing file.
+    Refused,
+    /// A file the image needs (its backing file) does not exist.
+    NotFound,
 }
 
 impl Qcow2Error {
@@ -194,6 +232,8 @@ impl Qcow2Error {
             Self::AlreadyExists { .. } | Self::InvalidOptions { .. } | Self::NoBacking => {
                 ErrorKind::InvalidInput
             }
+            Self::BackingRefused { .. } | Self::BackingFormatRefused { .. } => ErrorKind::Refused,
+            Self::BackingMissing { .. } => ErrorKind::NotFound,
         }
     }
 

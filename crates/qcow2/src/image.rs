@@ -21,6 +21,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use flate2::{Decompress, FlushDecompress, Status};
 
+use crate::backing::{self, BackingPolicy, MemFolder};
 use crate::error::Qcow2Error;
 use crate::lock::{self, LockMode};
 use crate::meta::{L2E_OFFSET_MASK, Meta, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO, Refcounts};
@@ -32,9 +33,13 @@ use crate::parse::{
 use crate::raw::{OFF_AUTOCLEAR, QCOW2_MAGIC, RAW_HEADER_LEN};
 use crate::storage::{FileStorage, Storage, read_data_or_zero, read_or_zero};
 
-/// Hard upper bound on backing chain depth, whatever the caller asks for.
+/// Hard upper bound on backing chain depth, whatever the caller asks for in
+/// [`OpenOptions::max_chain_depth`].
 pub const MAX_CHAIN_DEPTH: usize = 256;
-/// Default backing chain depth limit.
+/// Backing chain depth limit of [`OpenOptions::read_only`], [`OpenOptions::writable`] and
+/// [`Image::create`]: an image with more backing files below it than this fails to open with
+/// [`Qcow2Error::ChainTooDeep`], so a writer of chains (the hub) starts a new full before its
+/// chain reaches it.
 pub const DEFAULT_CHAIN_DEPTH: usize = 32;
 /// Default cluster size of new images.
 pub const DEFAULT_CLUSTER_SIZE: u32 = 65536;
@@ -52,6 +57,10 @@ pub struct CreateOptions {
     pub backing: Option<BackingSpec>,
     /// Extended L2 entries (32 subclusters per cluster; clusters of at least 16 KiB).
     pub extended_l2: bool,
+    /// Policy for the backing files named by the images below the new overlay, relative to
+    /// the folder of `backing` (default [`BackingPolicy::below`]). `backing` itself is the
+    /// caller's own choice and is opened wherever it is.
+    pub backing_policy: BackingPolicy,
 }
 
 impl CreateOptions {
@@ -63,6 +72,7 @@ impl CreateOptions {
             cluster_size: DEFAULT_CLUSTER_SIZE,
             backing: None,
             extended_l2: false,
+            backing_policy: BackingPolicy::below(),
         }
     }
 
@@ -84,6 +94,13 @@ impl CreateOptions {
     #[must_use]
     pub fn extended_l2(mut self, on: bool) -> Self {
         self.extended_l2 = on;
+        self
+    }
+
+    /// Sets the policy for the backing chain below the new overlay.
+    #[must_use]
+    pub fn backing_policy(mut self, policy: BackingPolicy) -> Self {
+        self.backing_policy = policy;
         self
     }
 }
@@ -124,25 +141,43 @@ pub struct OpenOptions {
     pub writable: bool,
     /// Maximum number of backing files below the top image (capped at [`MAX_CHAIN_DEPTH`]).
     pub max_chain_depth: usize,
+    /// Which backing files the chain may name (see [`crate::backing`]).
+    pub backing: BackingPolicy,
 }
 
 impl OpenOptions {
-    /// Read-only, default depth limit.
+    /// Read-only, default depth limit, backing files under [`BackingPolicy::below`].
     #[must_use]
     pub fn read_only() -> Self {
         Self {
             writable: false,
             max_chain_depth: DEFAULT_CHAIN_DEPTH,
+            backing: BackingPolicy::below(),
         }
     }
 
-    /// Writable, default depth limit.
+    /// Writable, default depth limit, backing files under [`BackingPolicy::below`].
     #[must_use]
     pub fn writable() -> Self {
         Self {
             writable: true,
             max_chain_depth: DEFAULT_CHAIN_DEPTH,
+            backing: BackingPolicy::below(),
         }
+    }
+
+    /// Sets the backing file policy.
+    #[must_use]
+    pub fn backing(mut self, policy: BackingPolicy) -> Self {
+        self.backing = policy;
+        self
+    }
+
+    /// Sets the chain depth limit (capped at [`MAX_CHAIN_DEPTH`]).
+    #[must_use]
+    pub fn max_chain_depth(mut self, depth: usize) -> Self {
+        self.max_chain_depth = depth;
+        self
     }
 }
 
@@ -228,25 +263,38 @@ pub enum Backing {
 #[derive(Debug)]
 pub struct RawBacking {
     path: PathBuf,
-    file: File,
+    storage: Box<dyn Storage>,
+    /// Keeps the OFD lock of a file on disk.
+    lock_file: Option<File>,
     size: u64,
 }
 
 impl RawBacking {
-    pub(crate) fn file_ref(&self) -> &File {
-        &self.file
+    pub(crate) fn lock_file(&self) -> Option<&File> {
+        self.lock_file.as_ref()
     }
 
-    fn open(path: &Path) -> Result<Self, Qcow2Error> {
-        let file = File::open(path).map_err(|e| Qcow2Error::io("open backing", path, e))?;
+    fn open(path: &Path, open_at: &Path) -> Result<Self, Qcow2Error> {
+        let file = File::open(open_at).map_err(|e| Qcow2Error::io("open backing", path, e))?;
         lock::apply(&file, path, LockMode::Read)?;
-        let size = file
-            .metadata()
-            .map_err(|e| Qcow2Error::io("stat", path, e))?
-            .len();
+        let lock_file = file
+            .try_clone()
+            .map_err(|e| Qcow2Error::io("dup", path, e))?;
+        Self::from_storage(path, Box::new(file), Some(lock_file))
+    }
+
+    fn from_storage(
+        path: &Path,
+        storage: Box<dyn Storage>,
+        lock_file: Option<File>,
+    ) -> Result<Self, Qcow2Error> {
+        let size = storage
+            .file_len()
+            .map_err(|e| Qcow2Error::io("stat", path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            storage,
+            lock_file,
             size,
         })
     }
@@ -305,7 +353,7 @@ impl Backing {
         }
         match self {
             Self::Qcow2(i) => i.read_at(head, offset),
-            Self::Raw(r) => read_or_zero(&r.file, head, offset)
+            Self::Raw(r) => read_or_zero(r.storage.as_ref(), head, offset)
                 .map_err(|e| Qcow2Error::io("read backing", &r.path, e)),
         }
     }
@@ -552,8 +600,11 @@ impl Image {
                 .map_err(|e| Qcow2Error::io("write new image", path, e))?;
             file.sync_all()
                 .map_err(|e| Qcow2Error::io("sync new image", path, e))?;
-            let mut seen = Vec::new();
-            Self::from_file(file, path, true, 0, DEFAULT_CHAIN_DEPTH, &mut seen)
+            let mut chain = FileChain::new(path, DEFAULT_CHAIN_DEPTH, opts.backing_policy);
+            // The caller named this backing file itself: the policy governs the names read
+            // from images below it, relative to its folder.
+            chain.trust_first = true;
+            Self::from_file(file, path, true, 0, &mut chain)
         })();
         if res.is_err() {
             let _ = fs::remove_file(path);
@@ -561,15 +612,79 @@ impl Image {
         res
     }
 
-    /// Opens the image at `path` and its backing chain (always read-only).
+    /// Opens the image at `path` and its backing chain (always read-only). Backing files are
+    /// opened only as `opts.backing` allows, relative to the folder of `path`.
     ///
     /// # Errors
     /// I/O errors, lock conflicts ([`Qcow2Error::Locked`]), invalid or unsupported images,
-    /// backing loops and chains deeper than `opts.max_chain_depth`.
+    /// backing loops, chains deeper than `opts.max_chain_depth`, backing files the policy
+    /// refuses ([`Qcow2Error::BackingRefused`], [`Qcow2Error::BackingFormatRefused`]) and
+    /// missing backing files ([`Qcow2Error::BackingMissing`]).
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Self, Qcow2Error> {
         let limit = opts.max_chain_depth.min(MAX_CHAIN_DEPTH);
-        let mut seen = Vec::new();
-        Self::open_layer(path, opts.writable, 0, limit, &mut seen)
+        let mut chain = FileChain::new(path, limit, opts.backing);
+        Self::open_layer(path, path, opts.writable, 0, &mut chain)
+    }
+
+    /// Opens an image held in `storage` with its backing chain taken from `folder` by the
+    /// names the images store, under `opts.backing`: for tests and fuzzing. Backing files
+    /// are read-only copies; [`Image::commit`] is not available on such a chain.
+    ///
+    /// # Errors
+    /// As [`Image::open`].
+    pub fn open_storage_chain(
+        storage: Box<dyn Storage>,
+        opts: &OpenOptions,
+        folder: &MemFolder,
+    ) -> Result<Self, Qcow2Error> {
+        let mut chain = MemChain {
+            limit: opts.max_chain_depth.min(MAX_CHAIN_DEPTH),
+            policy: opts.backing,
+            folder,
+            seen: Vec::new(),
+        };
+        Self::mem_layer(storage, Path::new("<memory>"), opts.writable, 0, &mut chain)
+    }
+
+    fn mem_layer(
+        storage: Box<dyn Storage>,
+        path: &Path,
+        writable: bool,
+        depth: usize,
+        chain: &mut MemChain<'_>,
+    ) -> Result<Self, Qcow2Error> {
+        let mut img = Self::from_storage(storage, path, writable)?;
+        if let Some(name) = img.header.backing_file.clone() {
+            let (key, storage) = chain.folder.open(&chain.policy, &name)?;
+            if depth + 1 > chain.limit {
+                return Err(Qcow2Error::ChainTooDeep {
+                    max_depth: chain.limit,
+                });
+            }
+            let bpath = PathBuf::from(key);
+            if chain.seen.contains(&bpath) {
+                return Err(Qcow2Error::BackingLoop { path: bpath });
+            }
+            chain.seen.push(bpath.clone());
+            let format = match img.header.backing_format {
+                Some(f) => f,
+                None => probe_format(storage.as_ref(), &bpath)?,
+            };
+            chain.policy.check_format(&name, format)?;
+            img.backing = Some(match format {
+                BackingFormat::Qcow2 => Backing::Qcow2(Box::new(Self::mem_layer(
+                    storage,
+                    &bpath,
+                    false,
+                    depth + 1,
+                    chain,
+                )?)),
+                BackingFormat::Raw => {
+                    Backing::Raw(RawBacking::from_storage(&bpath, storage, None)?)
+                }
+            });
+        }
+        Ok(img)
     }
 
     /// Opens an image held in `storage` (no path, no locks, no backing files): for tests and
@@ -585,17 +700,19 @@ impl Image {
         Ok(img)
     }
 
+    /// Opens the layer at `open_at` (its canonical path, for a backing file), known to the
+    /// user as `path`.
     fn open_layer(
         path: &Path,
+        open_at: &Path,
         writable: bool,
         depth: usize,
-        limit: usize,
-        seen: &mut Vec<PathBuf>,
+        chain: &mut FileChain,
     ) -> Result<Self, Qcow2Error> {
         let file = fs::OpenOptions::new()
             .read(true)
             .write(writable)
-            .open(path)
+            .open(open_at)
             .map_err(|e| Qcow2Error::io("open", path, e))?;
         let mode = if writable {
             LockMode::Write
@@ -603,7 +720,7 @@ impl Image {
             LockMode::Read
         };
         lock::apply(&file, path, mode)?;
-        Self::from_file(file, path, writable, depth, limit, seen)
+        Self::from_file(file, path, writable, depth, chain)
     }
 
     fn from_file(
@@ -611,14 +728,13 @@ impl Image {
         path: &Path,
         writable: bool,
         depth: usize,
-        limit: usize,
-        seen: &mut Vec<PathBuf>,
+        chain: &mut FileChain,
     ) -> Result<Self, Qcow2Error> {
         let canonical = fs::canonicalize(path).map_err(|e| Qcow2Error::io("resolve", path, e))?;
-        if seen.contains(&canonical) {
+        if chain.seen.contains(&canonical) {
             return Err(Qcow2Error::BackingLoop { path: canonical });
         }
-        seen.push(canonical);
+        chain.seen.push(canonical);
         let lock_file = file
             .try_clone()
             .map_err(|e| Qcow2Error::io("dup", path, e))?;
@@ -626,29 +742,42 @@ impl Image {
         let mut img = Self::from_storage(Box::new(storage), path, writable)?;
         img.lock_file = Some(lock_file);
         if let Some(name) = img.header.backing_file.clone() {
-            if depth + 1 > limit {
-                return Err(Qcow2Error::ChainTooDeep { max_depth: limit });
+            let (bpath, real) = if depth == 0 && chain.trust_first {
+                let (bpath, real) =
+                    backing::resolve_file(&BackingPolicy::any(), path, &name, Path::new("/"))?;
+                chain.root = real.parent().map(Path::to_path_buf);
+                (bpath, real)
+            } else {
+                let root = chain.root()?;
+                backing::resolve_file(&chain.policy, path, &name, &root)?
+            };
+            if depth + 1 > chain.limit {
+                return Err(Qcow2Error::ChainTooDeep {
+                    max_depth: chain.limit,
+                });
             }
-            let bpath = resolve_backing(path, &name);
             let format = match img.header.backing_format {
                 Some(f) => f,
-                None => probe_format(&bpath)?,
+                None => {
+                    let f =
+                        File::open(&real).map_err(|e| Qcow2Error::io("open backing", &bpath, e))?;
+                    probe_format(&f, &bpath)?
+                }
             };
+            chain.policy.check_format(&name, format)?;
             img.backing = Some(match format {
                 BackingFormat::Qcow2 => Backing::Qcow2(Box::new(Self::open_layer(
                     &bpath,
+                    &real,
                     false,
                     depth + 1,
-                    limit,
-                    seen,
+                    chain,
                 )?)),
                 BackingFormat::Raw => {
-                    let c = fs::canonicalize(&bpath)
-                        .map_err(|e| Qcow2Error::io("resolve", &bpath, e))?;
-                    if seen.contains(&c) {
-                        return Err(Qcow2Error::BackingLoop { path: c });
+                    if chain.seen.contains(&real) {
+                        return Err(Qcow2Error::BackingLoop { path: real });
                     }
-                    Backing::Raw(RawBacking::open(&bpath)?)
+                    Backing::Raw(RawBacking::open(&bpath, &real)?)
                 }
             });
         }
@@ -1516,21 +1645,60 @@ pub(crate) fn compressed_clusters(geo: &Geo, e: u64) -> (u64, u64) {
     (first, last - first + 1)
 }
 
-fn resolve_backing(image: &Path, name: &str) -> PathBuf {
-    let p = Path::new(name);
-    if p.is_absolute() {
-        return p.to_path_buf();
+/// A file-system chain being opened: what passes from layer to layer.
+#[derive(Debug)]
+struct FileChain {
+    /// The image the caller opened.
+    top: PathBuf,
+    /// Canonical folder of `top`, once a backing file needs it.
+    root: Option<PathBuf>,
+    limit: usize,
+    policy: BackingPolicy,
+    /// The top image's own backing file is the caller's choice (`create`), not the policy's.
+    trust_first: bool,
+    /// Canonical paths of the layers opened so far.
+    seen: Vec<PathBuf>,
+}
+
+impl FileChain {
+    fn new(top: &Path, limit: usize, policy: BackingPolicy) -> Self {
+        Self {
+            top: top.to_path_buf(),
+            root: None,
+            limit,
+            policy,
+            trust_first: false,
+            seen: Vec::new(),
+        }
     }
-    match image.parent() {
-        Some(dir) => dir.join(p),
-        None => p.to_path_buf(),
+
+    /// The folder backing files must stay in: the canonical folder of the opened image.
+    fn root(&mut self) -> Result<PathBuf, Qcow2Error> {
+        if let Some(r) = &self.root {
+            return Ok(r.clone());
+        }
+        let dir = match self.top.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let r = fs::canonicalize(dir).map_err(|e| Qcow2Error::io("resolve", dir, e))?;
+        self.root = Some(r.clone());
+        Ok(r)
     }
 }
 
-fn probe_format(path: &Path) -> Result<BackingFormat, Qcow2Error> {
-    let f = File::open(path).map_err(|e| Qcow2Error::io("open backing", path, e))?;
+/// An in-memory chain being opened.
+#[derive(Debug)]
+struct MemChain<'a> {
+    limit: usize,
+    policy: BackingPolicy,
+    folder: &'a MemFolder,
+    seen: Vec<PathBuf>,
+}
+
+fn probe_format(s: &dyn Storage, path: &Path) -> Result<BackingFormat, Qcow2Error> {
     let mut magic = [0u8; 4];
-    read_or_zero(&f, &mut magic, 0).map_err(|e| Qcow2Error::io("probe backing", path, e))?;
+    read_or_zero(s, &mut magic, 0).map_err(|e| Qcow2Error::io("probe backing", path, e))?;
     Ok(if u32::from_be_bytes(magic) == QCOW2_MAGIC {
         BackingFormat::Qcow2
     } else {

@@ -26,6 +26,7 @@
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("sendense-qcow2 requires a 64-bit target");
 
+pub mod backing;
 mod check;
 mod commit;
 pub mod error;
@@ -37,11 +38,16 @@ pub mod raw;
 pub mod storage;
 mod sys;
 
-pub use check::{CheckReport, check_path};
+pub use backing::{BackingPaths, BackingPolicy, MemFolder};
+pub use check::{CheckReport, check_path, check_path_with};
 pub use error::{ErrorKind, Qcow2Error};
 pub use image::{
     Backing, BackingInfo, BackingSpec, CreateOptions, Extent, ExtentState, Image, ImageInfo,
     OpenOptions, RawBacking,
 };
+/// Chain depth limits: [`DEFAULT_CHAIN_DEPTH`] is what [`OpenOptions::read_only`],
+/// [`OpenOptions::writable`] and [`Image::create`] open (a chain writer starts a new full
+/// before reaching it); [`MAX_CHAIN_DEPTH`] caps any [`OpenOptions::max_chain_depth`].
+pub use image::{DEFAULT_CHAIN_DEPTH, MAX_CHAIN_DEPTH};
 pub use parse::{BackingFormat, CompressionType};
 pub use storage::{AlignedBuf, DIRECT_ALIGN, FileStorage, MemStorage, Storage};

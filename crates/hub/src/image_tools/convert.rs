@@ -20,7 +20,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use sendense_qcow2::{AlignedBuf, BackingSpec, CreateOptions, FileStorage, Image, Storage};
+use sendense_qcow2::{
+    AlignedBuf, BackingPolicy, BackingSpec, CreateOptions, FileStorage, Image, Storage,
+};
 
 use super::input::{Input, is_zero};
 use super::{ImageToolError, open_backing, progress_bar};
@@ -53,6 +55,8 @@ pub struct ConvertOptions {
     pub threads: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Which backing files the input's chain and `backing` may name.
+    pub backing_policy: BackingPolicy,
 }
 
 /// What a conversion did.
@@ -81,13 +85,13 @@ pub fn convert(
     opts: &ConvertOptions,
 ) -> Result<ConvertReport, ImageToolError> {
     let started = Instant::now();
-    let source = Input::open(input)?;
+    let source = Input::open_with(input, opts.backing_policy)?;
     let size = source.size();
     if opts.backing.is_some() && opts.format != OutputFormat::Qcow2 {
         return Err(ImageToolError::BackingNeedsQcow2);
     }
     let backing = match &opts.backing {
-        Some(name) => Some(open_backing(output, name)?),
+        Some(name) => Some(open_backing(output, name, opts.backing_policy)?),
         None => None,
     };
     let grid = match opts.format {
@@ -174,6 +178,7 @@ impl Sink {
                     create.cluster_size = cs;
                 }
                 create.backing = backing.cloned();
+                create.backing_policy = opts.backing_policy;
                 let image =
                     Image::create(temp, &create).map_err(|e| ImageToolError::qcow2(temp, e))?;
                 Ok(Self::Qcow2(Box::new(image)))

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::SeekFrom;
-use sendense_qcow2::{ExtentState, Image, OpenOptions};
+use sendense_qcow2::{BackingPolicy, ExtentState, Image, OpenOptions};
 
 use super::ImageToolError;
 
@@ -31,13 +31,24 @@ pub struct RawFile {
 }
 
 impl Input {
-    /// Opens `path` read-only, detecting QCOW2 by its magic.
+    /// Opens `path` read-only, detecting QCOW2 by its magic; a QCOW2 chain
+    /// under [`BackingPolicy::below`].
     ///
     /// # Errors
     /// The file cannot be opened or read, or it is a QCOW2 our engine refuses.
     pub fn open(path: &Path) -> Result<Self, ImageToolError> {
+        Self::open_with(path, BackingPolicy::below())
+    }
+
+    /// Opens `path` read-only, detecting QCOW2 by its magic; a QCOW2 chain
+    /// opens backing files only as `policy` allows.
+    ///
+    /// # Errors
+    /// The file cannot be opened or read, or it is a QCOW2 our engine (or
+    /// the policy) refuses.
+    pub fn open_with(path: &Path, policy: BackingPolicy) -> Result<Self, ImageToolError> {
         if is_qcow2(path)? {
-            let image = Image::open(path, &OpenOptions::read_only())
+            let image = Image::open(path, &OpenOptions::read_only().backing(policy))
                 .map_err(|source| ImageToolError::qcow2(path, source))?;
             Ok(Self::Qcow2(Box::new(image)))
         } else {

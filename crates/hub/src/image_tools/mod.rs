@@ -11,11 +11,11 @@ mod size;
 
 use std::path::{Path, PathBuf};
 
-use sendense_qcow2::{BackingFormat, BackingSpec, CreateOptions, Image, Qcow2Error};
+use sendense_qcow2::{BackingFormat, BackingPolicy, BackingSpec, CreateOptions, Image, Qcow2Error};
 
 pub use convert::{ConvertOptions, ConvertReport, OutputFormat, convert};
 pub use input::{Input, QCOW2_MAGIC, is_qcow2, is_zero};
-pub use report::{CheckSummary, LayerInfo, check, info};
+pub use report::{CheckSummary, LayerInfo, check, check_with, info, info_with};
 pub use size::{ByteSize, human};
 
 /// Errors of the image tools.
@@ -81,6 +81,9 @@ pub struct CreateArgs {
     pub backing: Option<String>,
     /// Use extended L2 entries (32 subclusters per cluster).
     pub extended_l2: bool,
+    /// Which backing files the chain below `backing` may name (`backing`
+    /// itself is the operator's choice).
+    pub backing_policy: BackingPolicy,
 }
 
 /// `image create`: a new, empty QCOW2 v3 image (an overlay with a backing file).
@@ -91,7 +94,7 @@ pub struct CreateArgs {
 pub fn create(path: &Path, args: &CreateArgs) -> Result<(), ImageToolError> {
     let backing = match &args.backing {
         Some(name) => {
-            let (spec, input) = open_backing(path, name)?;
+            let (spec, input) = open_backing(path, name, args.backing_policy)?;
             Some((spec, input.size()))
         }
         None => None,
@@ -107,17 +110,29 @@ pub fn create(path: &Path, args: &CreateArgs) -> Result<(), ImageToolError> {
     }
     opts.extended_l2 = args.extended_l2;
     opts.backing = backing.map(|(spec, _)| spec);
+    opts.backing_policy = args.backing_policy;
     let image = Image::create(path, &opts).map_err(|e| ImageToolError::qcow2(path, e))?;
     image.flush().map_err(|e| ImageToolError::qcow2(path, e))
 }
 
 /// Opens the backing file `name` of an image to be made at `image`, and
 /// the spec to store in its header (the name verbatim, the detected format).
+/// The operator names it, so it is opened wherever it is (a relative name
+/// from `image`'s folder); the backing files the chain below it names are
+/// opened only as `policy` allows, from its own folder.
 ///
 /// # Errors
-/// The backing file cannot be opened.
-pub fn open_backing(image: &Path, name: &str) -> Result<(BackingSpec, Input), ImageToolError> {
-    let input = Input::open(&resolve_beside(image, name))?;
+/// The backing file cannot be opened, or the policy refuses a backing file
+/// of its chain.
+pub fn open_backing(
+    image: &Path,
+    name: &str,
+    policy: BackingPolicy,
+) -> Result<(BackingSpec, Input), ImageToolError> {
+    let path = BackingPolicy::any()
+        .resolve(image, name)
+        .map_err(|e| ImageToolError::qcow2(image, e))?;
+    let input = Input::open_with(&path, policy)?;
     let format = match input {
         Input::Qcow2(_) => BackingFormat::Qcow2,
         Input::Raw(_) => BackingFormat::Raw,
@@ -129,16 +144,6 @@ pub fn open_backing(image: &Path, name: &str) -> Result<(BackingSpec, Input), Im
         },
         input,
     ))
-}
-
-/// Resolves a backing name the way QCOW2 does: relative to the image's folder.
-pub fn resolve_beside(image: &Path, name: &str) -> PathBuf {
-    let named = Path::new(name);
-    if named.is_absolute() {
-        named.to_path_buf()
-    } else {
-        image.parent().unwrap_or_else(|| Path::new(".")).join(named)
-    }
 }
 
 /// A progress bar on stderr when `enabled` and stderr is a terminal; hidden otherwise.

@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use sendense_qcow2::{BackingFormat, BackingInfo, CheckReport, Image, ImageInfo, OpenOptions};
+use sendense_qcow2::{
+    BackingFormat, BackingInfo, BackingPolicy, CheckReport, Image, ImageInfo, OpenOptions,
+};
 use serde::Serialize;
 
 use super::ImageToolError;
@@ -46,12 +48,21 @@ pub struct LayerInfo {
 /// # Errors
 /// The file (or a backing file) cannot be opened.
 pub fn info(path: &Path) -> Result<Vec<LayerInfo>, ImageToolError> {
+    info_with(path, BackingPolicy::below())
+}
+
+/// `image info` opening backing files only as `policy` allows.
+///
+/// # Errors
+/// The file (or a backing file) cannot be opened, or the policy refuses a
+/// backing file.
+pub fn info_with(path: &Path, policy: BackingPolicy) -> Result<Vec<LayerInfo>, ImageToolError> {
     if !is_qcow2(path)? {
         let meta = std::fs::metadata(path).map_err(|e| ImageToolError::io(path, e))?;
         return Ok(vec![raw_layer(path, meta.len())?]);
     }
-    let image =
-        Image::open(path, &OpenOptions::read_only()).map_err(|e| ImageToolError::qcow2(path, e))?;
+    let image = Image::open(path, &OpenOptions::read_only().backing(policy))
+        .map_err(|e| ImageToolError::qcow2(path, e))?;
     let mut layers = Vec::new();
     let mut next = Some(image.info());
     while let Some(info) = next.take() {
@@ -221,8 +232,17 @@ impl CheckSummary {
 /// # Errors
 /// The image cannot be opened at all (a header too broken to check).
 pub fn check(path: &Path) -> Result<CheckSummary, ImageToolError> {
+    check_with(path, BackingPolicy::below())
+}
+
+/// `image check` opening backing files only as `policy` allows.
+///
+/// # Errors
+/// The image cannot be opened at all, or the policy refuses a backing file.
+pub fn check_with(path: &Path, policy: BackingPolicy) -> Result<CheckSummary, ImageToolError> {
+    let opts = OpenOptions::read_only().backing(policy);
     let report: CheckReport =
-        sendense_qcow2::check_path(path).map_err(|e| ImageToolError::qcow2(path, e))?;
+        sendense_qcow2::check_path_with(path, &opts).map_err(|e| ImageToolError::qcow2(path, e))?;
     Ok(CheckSummary {
         filename: path.display().to_string(),
         errors: report.errors,

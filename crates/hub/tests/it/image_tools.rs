@@ -5,6 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use sendense_hub::image_tools::{self, ConvertOptions, CreateArgs, ImageToolError, OutputFormat};
+use sendense_qcow2::{BackingPolicy, Qcow2Error};
 
 use crate::support::{
     assert_qemu_check_clean, assert_qemu_identical, qemu_img, qemu_img_ok, sparse_raw, write_random,
@@ -17,6 +18,7 @@ fn opts(format: OutputFormat, threads: usize) -> ConvertOptions {
         cluster_size: None,
         threads,
         progress: false,
+        backing_policy: BackingPolicy::below(),
     }
 }
 
@@ -33,6 +35,7 @@ fn create_standalone_passes_qemu_check_with_requested_geometry() {
         cluster_size: Some(2 << 20),
         backing: None,
         extended_l2: false,
+        backing_policy: BackingPolicy::below(),
     };
     image_tools::create(&img, &args).unwrap();
     assert_qemu_check_clean(&img);
@@ -53,6 +56,7 @@ fn create_overlay_with_relative_backing_shows_in_qemu_backing_chain() {
         cluster_size: None,
         backing: None,
         extended_l2: false,
+        backing_policy: BackingPolicy::below(),
     };
     image_tools::create(&base, &args).unwrap();
     let args = CreateArgs {
@@ -60,6 +64,7 @@ fn create_overlay_with_relative_backing_shows_in_qemu_backing_chain() {
         cluster_size: None,
         backing: Some("base.qcow2".into()),
         extended_l2: true,
+        backing_policy: BackingPolicy::below(),
     };
     image_tools::create(&top, &args).unwrap();
     assert_qemu_check_clean(&top);
@@ -79,6 +84,7 @@ fn create_without_size_or_backing_is_refused() {
         cluster_size: None,
         backing: None,
         extended_l2: false,
+        backing_policy: BackingPolicy::below(),
     };
     let err = image_tools::create(&dir.path().join("x.qcow2"), &args).unwrap_err();
     assert!(matches!(err, ImageToolError::MissingSize), "{err:?}");
@@ -275,4 +281,88 @@ fn check_of_referenced_cluster_without_refcount_exits_two_like_qemu() {
     assert_eq!(qemu_img(&["check", p(&img)]).status.code(), Some(2));
     let summary = image_tools::check(&img).unwrap();
     assert_eq!(summary.exit_code(), 2, "{summary:?}");
+}
+
+// Issue #11 item 12: `image create -b` opened the whole chain below the
+// operator's backing file wherever its images pointed.
+#[test]
+fn create_overlay_of_image_whose_backing_escapes_its_folder_is_refused_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let base = elsewhere.path().join("base.raw");
+    sparse_raw(&base, 1 << 20, 6);
+    let sub = dir.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        p(&base),
+        "-F",
+        "raw",
+        p(&dir.path().join("mid.qcow2")),
+        "1M",
+    ]);
+    let args = CreateArgs {
+        size: None,
+        cluster_size: None,
+        backing: Some("../mid.qcow2".into()),
+        extended_l2: false,
+        backing_policy: BackingPolicy::below(),
+    };
+
+    let err = image_tools::create(&sub.join("top.qcow2"), &args).unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            ImageToolError::Qcow2 {
+                source: Qcow2Error::BackingRefused { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!sub.join("top.qcow2").exists());
+}
+
+#[test]
+fn convert_of_input_whose_backing_escapes_its_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let base = elsewhere.path().join("base.raw");
+    sparse_raw(&base, 1 << 20, 5);
+    let top = dir.path().join("top.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        p(&base),
+        "-F",
+        "raw",
+        p(&top),
+        "1M",
+    ]);
+
+    let err = image_tools::convert(
+        &top,
+        &dir.path().join("out.raw"),
+        &opts(OutputFormat::Raw, 1),
+    )
+    .unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            ImageToolError::Qcow2 {
+                source: Qcow2Error::BackingRefused { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }

@@ -15,4 +15,5 @@ mod golden;
 mod hostile;
 mod locking;
 mod model;
+mod policy;
 mod util;
