@@ -4,8 +4,10 @@
 //!
 //! The first byte picks the mode: bit 0 prepends a valid handshake (so most inputs
 //! reach transmission), bit 1 makes it negotiate structured replies and
-//! `base:allocation`, bit 2 serves the export read-only. The rest is the client's
-//! byte stream. The server must end (the client half-closes after its bytes) with
+//! `base:allocation`, bit 2 serves the export read-only, bit 3 reads the rest as
+//! compact 8-byte request descriptors (command, flags, offset, length) encoded into
+//! well-formed requests with their WRITE payloads, so the fuzzer reaches the
+//! export quickly. Otherwise the rest is the client's raw byte stream. The server must end (the client half-closes after its bytes) with
 //! a reply stream or an error, never a panic or a hang; the image stays consistent.
 #![no_main]
 
@@ -73,6 +75,32 @@ fn handshake(structured: bool) -> Vec<u8> {
     out
 }
 
+/// Encodes 8-byte descriptors as requests: command (low 4 bits, invalid ones
+/// included), flags, offset in 512-byte units (past the end included), length in
+/// 16-byte units (up to 1 MiB); WRITEs carry a patterned payload.
+fn requests(descriptors: &[u8], out: &mut Vec<u8>) {
+    let mut payload_left: usize = 16 << 20;
+    for (i, d) in descriptors.chunks_exact(8).enumerate() {
+        let command = u16::from(d[0] & 0x0f);
+        let flags = u16::from(d[1]);
+        let offset = u64::from(u32::from_be_bytes([0, d[2], d[3], d[4]])) * 512 % (5 << 20);
+        let length = u32::from(u16::from_be_bytes([d[5], d[6]])) * 16;
+        let req = wire::Request {
+            flags,
+            command,
+            cookie: i as u64,
+            offset,
+            length,
+        };
+        codec::encode_request(&req, out);
+        if command == wire::cmd::WRITE {
+            let n = (length as usize).min(payload_left);
+            payload_left -= n;
+            out.extend((0..n).map(|k| d[7].wrapping_add(k as u8)));
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, stream)) = data.split_first() else {
         return;
@@ -81,7 +109,11 @@ fuzz_target!(|data: &[u8]| {
     if mode & 1 != 0 {
         input.extend_from_slice(&handshake(mode & 2 != 0));
     }
-    input.extend_from_slice(stream);
+    if mode & 8 != 0 {
+        requests(stream, &mut input);
+    } else {
+        input.extend_from_slice(stream);
+    }
     let storage = Box::new(MemStorage::new(template().to_vec()));
     let image = Arc::new(Image::open_storage(storage, &OpenOptions::writable()).expect("open template"));
     let registry = Arc::new(ExportRegistry::new());
