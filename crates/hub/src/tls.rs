@@ -274,6 +274,12 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsSetupEr
     };
     let prefix = format!(".{name}.");
     remove_stale_temps(dir, &prefix).map_err(io)?;
+    // Older hubs wrote through `NAME.tmp` (extension replaced): a crash could leave one.
+    if let Err(e) = fs::remove_file(path.with_extension("tmp"))
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(io(e));
+    }
     let suffix: u64 = rand::random();
     let tmp = dir.join(format!("{prefix}{suffix:016x}.tmp"));
     let written = (|| {
@@ -329,6 +335,8 @@ mod tests {
         let stale = dir.path().join(".api.token.00000000deadbeef.tmp");
         fs::write(&stale, b"old secret of a crashed write, world-readable").unwrap();
         fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).unwrap();
+        let legacy = dir.path().join("api.tmp");
+        fs::write(&legacy, b"old secret of an older hub's crashed write").unwrap();
 
         write_file(&target, b"new", 0o600).unwrap();
 
