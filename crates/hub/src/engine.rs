@@ -59,9 +59,13 @@ pub const REPOSITORY_DIR: &str = "repository";
 
 /// Most restore points in one chain (the full and its incrementals): the
 /// engine opens an image with at most [`DEFAULT_CHAIN_DEPTH`] backing files,
-/// so a new incremental on a chain this long would not open. `auto` starts a
+/// so a new incremental on a longer chain would not open. `auto` starts a
 /// new full instead; an explicit incremental is refused (409).
-pub const MAX_CHAIN_LENGTH: usize = DEFAULT_CHAIN_DEPTH;
+pub const MAX_CHAIN_LENGTH: usize = sendense_types::api::MAX_CHAIN_LENGTH;
+
+// The last point of a full chain has MAX_CHAIN_LENGTH - 1 backing files; a
+// new incremental on it would have MAX_CHAIN_LENGTH: both must open.
+const _: () = assert!(MAX_CHAIN_LENGTH <= DEFAULT_CHAIN_DEPTH);
 
 /// How long `fail` waits for the connections of a backup's exports to end
 /// before it removes the files anyway (a writer still attached only writes
