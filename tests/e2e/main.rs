@@ -15,6 +15,8 @@ mod image_cli;
 #[cfg(test)]
 mod image_serve;
 #[cfg(test)]
+mod lifecycle;
+#[cfg(test)]
 mod quickstart;
 #[cfg(test)]
 mod security;

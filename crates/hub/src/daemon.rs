@@ -257,7 +257,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
     let mut watchdog_stop = stop_rx.clone();
     let watchdog = tokio::spawn(async move {
         let period = (timers.idle_timeout.min(timers.disconnect_grace) / 4)
-            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+            .clamp(Duration::from_millis(50), Duration::from_secs(2));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

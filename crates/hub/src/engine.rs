@@ -61,9 +61,13 @@ pub const REPOSITORY_DIR: &str = "repository";
 
 /// Most restore points in one chain (the full and its incrementals): the
 /// engine opens an image with at most [`DEFAULT_CHAIN_DEPTH`] backing files,
-/// so a new incremental on a chain this long would not open. `auto` starts a
+/// so a new incremental on a longer chain would not open. `auto` starts a
 /// new full instead; an explicit incremental is refused (409).
-pub const MAX_CHAIN_LENGTH: usize = DEFAULT_CHAIN_DEPTH;
+pub const MAX_CHAIN_LENGTH: usize = sendense_types::api::MAX_CHAIN_LENGTH;
+
+// The last point of a full chain has MAX_CHAIN_LENGTH - 1 backing files; a
+// new incremental on it would have MAX_CHAIN_LENGTH: both must open.
+const _: () = assert!(MAX_CHAIN_LENGTH <= DEFAULT_CHAIN_DEPTH);
 
 /// How long `fail` waits for the connections of a backup's exports to end
 /// before it removes the files anyway (a writer still attached only writes
@@ -74,11 +78,13 @@ const FAIL_DRAIN: Duration = Duration::from_secs(5);
 /// and fails the backup: an image is flushed only once nobody writes to it.
 const COMPLETE_DRAIN: Duration = Duration::from_secs(20);
 
-/// The timers of the dead-client watchdog.
+/// The timers of the dead-client watchdog. A backup whose client never
+/// connected is failed after the larger of `idle_timeout / 2` and
+/// `disconnect_grace` (60 s by default): a client connects right after the
+/// start answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watchdog {
-    /// A backup with no NBD connection since it started, or whose connections
-    /// have been silent, this long is failed.
+    /// A backup whose connections have been silent this long is failed.
     pub idle_timeout: Duration,
     /// A backup whose every NBD connection has been closed this long (after
     /// at least one was seen) is failed; a client may reconnect within it.
@@ -1218,10 +1224,11 @@ impl Liveness {
         }
         let quiet = now.saturating_duration_since(self.last_change);
         if !self.connected {
-            (now.saturating_duration_since(self.started) >= timers.idle_timeout).then(|| {
+            let first_connect = (timers.idle_timeout / 2).max(timers.disconnect_grace);
+            (now.saturating_duration_since(self.started) >= first_connect).then(|| {
                 format!(
                     "no NBD connection to this backup's exports in the {} s since it started: the client went away",
-                    timers.idle_timeout.as_secs()
+                    first_connect.as_secs()
                 )
             })
         } else if open == 0 {
@@ -1429,10 +1436,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn liveness_never_connected_fails_after_idle_timeout() {
+    async fn liveness_never_connected_fails_after_half_the_idle_timeout() {
         let t0 = std::time::Instant::now();
         let mut l = Liveness::new(Instant::now(), vec![activity(0, t0)]);
-        tokio::time::advance(Duration::from_secs(119)).await;
+        tokio::time::advance(Duration::from_secs(59)).await;
         assert_eq!(
             l.observe(Instant::now(), vec![activity(0, t0)], TIMERS),
             None

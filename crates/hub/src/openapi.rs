@@ -14,7 +14,7 @@ pub const DOCUMENT: &str = r##"{
     "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
     "schemas": {
       "ApiError": { "type": "object", "required": ["error", "message"], "properties": {
-        "error": { "type": "string", "enum": ["bad_request", "unauthorized", "not_found", "conflict", "internal"] },
+        "error": { "type": "string", "enum": ["bad_request", "unauthorized", "not_found", "conflict", "internal", "bad_gateway", "unavailable"] },
         "message": { "type": "string" } } },
       "DiskSpec": { "type": "object", "required": ["key", "capacity_bytes"], "properties": {
         "key": { "type": "integer", "minimum": 0, "description": "VMware device key: 2000, 2001, ..." },
@@ -29,7 +29,8 @@ pub const DOCUMENT: &str = r##"{
         "updated_at": { "type": "string", "format": "date-time" } } },
       "StartBackupRequest": { "type": "object", "additionalProperties": false, "required": ["vm_name", "backup_type"], "properties": {
         "vm_name": { "type": "string" },
-        "backup_type": { "type": "string", "enum": ["full", "incremental", "auto"] } } },
+        "backup_type": { "type": "string", "enum": ["full", "incremental", "auto"] },
+        "base_backup_id": { "type": "string", "description": "The backup the client's changes are relative to; an incremental (or an auto that continues the chain) on another parent is refused with 409" } } },
       "BackupDisk": { "type": "object", "properties": {
         "disk_key": { "type": "integer" },
         "capacity_bytes": { "type": "integer" },
@@ -48,7 +49,16 @@ pub const DOCUMENT: &str = r##"{
         "created_at": { "type": "string", "format": "date-time" },
         "completed_at": { "type": ["string", "null"], "format": "date-time" },
         "failure_reason": { "type": ["string", "null"] },
+        "full_reason": { "type": ["string", "null"], "description": "Why the hub made this a full although auto was asked for" },
+        "files_missing": { "type": "boolean", "description": "A completed backup whose image files are gone: never a parent, not restorable" },
         "disks": { "type": "array", "items": { "$ref": "#/components/schemas/BackupDisk" } } } },
+      "RepositoryInfo": { "type": "object", "properties": {
+        "capacity_bytes": { "type": "integer", "description": "Size of the file system holding the repository" },
+        "used_bytes": { "type": "integer", "description": "Bytes the repository's files occupy" },
+        "free_bytes": { "type": "integer", "description": "Bytes available to the hub" },
+        "vms": { "type": "array", "items": { "type": "object", "properties": {
+          "vm_name": { "type": "string" }, "used_bytes": { "type": "integer" }, "backups": { "type": "integer" } } } },
+        "unknown_files": { "type": "array", "items": { "type": "string" }, "description": "Files the catalog does not know, relative to the repository; never deleted by the hub" } } },
       "CompleteBackupRequest": { "type": "object", "additionalProperties": false, "required": ["disks"], "properties": {
         "disks": { "type": "array", "items": { "type": "object", "additionalProperties": false,
           "required": ["disk_key", "bytes_transferred"], "properties": {
@@ -154,6 +164,8 @@ pub const DOCUMENT: &str = r##"{
         "responses": { "200": { "description": "A logged-in vCenter session", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/VcenterSession" } } } },
           "400": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" },
           "502": { "description": "vCenter refused the login or could not be reached", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ApiError" } } } } } } },
+    "/api/v1/repository": { "get": { "summary": "Capacity, used and free space, per-VM usage, and files the catalog does not know",
+        "responses": { "200": { "description": "The repository", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RepositoryInfo" } } } } } } },
     "/api/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
   }
 }"##;
@@ -177,6 +189,7 @@ mod tests {
             "/api/v1/backups/{id}/exports",
             "/api/v1/credentials",
             "/api/v1/credentials/{name}/session",
+            "/api/v1/repository",
             "/api/v1/openapi.json",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");

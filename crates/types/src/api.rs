@@ -25,6 +25,10 @@ pub const MAX_CAPACITY_BYTES: u64 = 64 << 40;
 pub const SECTOR_SIZE: u64 = 512;
 /// Most disks one VM (or one request) may list.
 pub const MAX_DISKS: usize = 512;
+/// Most restore points one chain holds (its full and incrementals): past it the hub's `auto`
+/// starts a new full and an explicit incremental is refused (409). Clients that choose the
+/// backup type themselves (the vCenter flow) use it to start the full in time.
+pub const MAX_CHAIN_LENGTH: usize = 32;
 /// Longest failure reason, in bytes.
 pub const MAX_REASON_LEN: usize = 4096;
 /// Longest credential host name, in bytes.

@@ -1,0 +1,293 @@
+//! A client that dies or freezes mid-backup (issue #11): the real `sendense-hub serve` with its
+//! default watchdog timers, the real `sendense-client backup` killed with SIGKILL or stopped
+//! with SIGSTOP. The hub fails the backup in bounded time, the VM backs up again at once, and
+//! SIGTERM ends the hub within 30 s although a frozen client still holds its connections.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use sendense_client::hub::{HubClient, HubOptions};
+use sendense_types::{Backup, BackupId, BackupStatus, FailBackupRequest};
+use serde_json::Value;
+
+use crate::support::{client, hub, ok, s, write_random};
+
+const MIB: u64 = 1 << 20;
+
+/// How long any wait on a log line may take before the test fails.
+const LOG_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What issue #11 promises: a dead client's backup is failed within this, by default.
+const DEAD_CLIENT_LIMIT: Duration = Duration::from_secs(120);
+
+/// What issue #11 promises for `POST /fail` and for SIGTERM, whatever peers do.
+const ANSWER_LIMIT: Duration = Duration::from_secs(30);
+
+/// A child process, killed (SIGKILL) and reaped when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}: {status}");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Already exited is fine: the kill is only there to be sure.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A child's stderr, one JSON log line per message, read on a thread until EOF.
+fn log_lines(stderr: impl Read + Send + 'static) -> Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+            // The receiver may be gone; keep draining regardless.
+            let _ = tx.send(value);
+        }
+    });
+    rx
+}
+
+fn message(line: &Value) -> &str {
+    line["fields"]["message"].as_str().unwrap_or_default()
+}
+
+/// Waits for a log line whose message is `want`, bounded by [`LOG_DEADLINE`].
+fn wait_log(log: &Receiver<Value>, want: &str) -> Value {
+    let deadline = Instant::now() + LOG_DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if message(&line) == want => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no log line {want:?}: {e}"),
+        }
+    }
+}
+
+/// `sendense-hub serve` with its default watchdog timers.
+struct Hub {
+    proc: Proc,
+    data: PathBuf,
+    api: String,
+    log: Receiver<Value>,
+}
+
+impl Hub {
+    fn start(data: &Path) -> Self {
+        let mut child = hub()
+            .args(["serve", "--data-dir", s(data)])
+            .args(["--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = log_lines(child.stderr.take().unwrap());
+        let proc = Proc(child);
+        let ready = wait_log(&log, "hub ready");
+        Self {
+            proc,
+            data: data.to_owned(),
+            api: ready["fields"]["api"].as_str().unwrap().to_owned(),
+            log,
+        }
+    }
+
+    fn backup_cmd(&self, vm: &str, disk: &Path) -> Command {
+        let mut cmd = client();
+        cmd.args(["backup", "--hub", &self.api])
+            .args(["--ca", s(&self.data.join("tls/ca-cert.pem"))])
+            .args(["--token-file", s(&self.data.join("api.token"))])
+            .args(["--vm", vm, "--json", "--log-format", "json"])
+            .arg("--disk")
+            .arg(format!("2000={}", s(disk)))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// A backup with one connection, returned once its disk transfer has started.
+    fn backup_started(&self, vm: &str, disk: &Path) -> (Proc, BackupId) {
+        let mut child = self
+            .backup_cmd(vm, disk)
+            .args(["--connections", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = log_lines(child.stderr.take().unwrap());
+        let proc = Proc(child);
+        let started = wait_log(&log, "backup started");
+        let id = started["fields"]["backup_id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        wait_log(&log, "disk transfer starts");
+        std::thread::spawn(move || for _ in log {});
+        (proc, id)
+    }
+
+    /// Runs a whole backup that must complete.
+    fn backup(&self, vm: &str, disk: &Path) -> Value {
+        let out = self.backup_cmd(vm, disk).output().unwrap();
+        serde_json::from_str(&ok(&out)).unwrap()
+    }
+
+    /// A REST call through the client library on a small runtime.
+    fn rest<T, F: Future<Output = T>>(&self, call: impl FnOnce(HubClient) -> F) -> T {
+        let hub = HubClient::new(&HubOptions {
+            url: self.api.clone(),
+            ca_file: self.data.join("tls/ca-cert.pem"),
+            token_file: self.data.join("api.token"),
+        })
+        .unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(call(hub))
+    }
+
+    /// Waits (up to [`LOG_DEADLINE`]) until the hub has received data for the backup: its
+    /// client is connected and writing.
+    fn wait_written(&self, id: &BackupId) {
+        let id = id.clone();
+        self.rest(|h| async move {
+            let deadline = Instant::now() + LOG_DEADLINE;
+            let mut poll = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                poll.tick().await;
+                let b = h.backup(&id).await.unwrap();
+                if b.disks.iter().any(|d| d.bytes_written > 0) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "no data arrived: {b:?}");
+            }
+        });
+    }
+
+    fn status(&self, id: &BackupId) -> Backup {
+        let id = id.clone();
+        self.rest(|h| async move { h.backup(&id).await.unwrap() })
+    }
+
+    /// Waits (up to `limit`) for the hub to log that it failed the backup; answers how long
+    /// that took.
+    fn wait_failed(&self, id: &BackupId, limit: Duration) -> Duration {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let left = limit.saturating_sub(start.elapsed());
+            match self.log.recv_timeout(left) {
+                Ok(line)
+                    if message(&line) == "backup failed"
+                        && line["fields"]["backup_id"] == id.as_str() =>
+                {
+                    return start.elapsed();
+                }
+                Ok(line) => seen.push(line.to_string()),
+                Err(e) => panic!(
+                    "backup {id} not failed within {limit:?}: {e}; hub log:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// SIGTERM; answers the exit status, failing the test if the hub takes `limit` or more.
+    fn terminate(self, limit: Duration) -> std::process::ExitStatus {
+        let Self { proc, log, .. } = self;
+        // Keep draining so the hub never blocks on a full pipe while it stops.
+        std::thread::spawn(move || for _ in log {});
+        proc.signal("TERM");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut proc = proc;
+            let _ = tx.send(proc.0.wait());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(status) => status.unwrap(),
+            Err(e) => panic!("hub still running {limit:?} after SIGTERM: {e}"),
+        }
+    }
+}
+
+fn disk_with_data(dir: &Path) -> PathBuf {
+    let disk = dir.join("disk.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    write_random(&disk, 0, 64 * MIB as usize, 7);
+    disk
+}
+
+/// Issue #11 item 4: a client killed with SIGKILL mid-backup (its connections close) has its
+/// backup failed within 2 minutes with the default timers, and the VM backs up at once.
+#[test]
+fn client_sigkill_mid_backup_is_failed_within_two_minutes_and_vm_backs_up_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("data"));
+    let disk = disk_with_data(dir.path());
+    let (mut client, id) = hub.backup_started("vm1", &disk);
+    hub.wait_written(&id);
+
+    client.signal("KILL");
+    let _ = client.0.wait();
+    assert_eq!(hub.status(&id).status, BackupStatus::Running);
+    let took = hub.wait_failed(&id, DEAD_CLIENT_LIMIT);
+
+    assert!(took < DEAD_CLIENT_LIMIT, "{took:?}");
+    let reason = hub.status(&id).failure_reason.unwrap();
+    assert!(reason.contains("NBD connection"), "{reason}");
+    let next = hub.backup("vm1", &disk);
+    assert_eq!(next["status"], "completed");
+}
+
+/// Issue #11 items 3-5: a client frozen with SIGSTOP mid-write keeps its connections open and
+/// silent. `POST /fail` still answers within 30 s, the VM backs up again meanwhile, and SIGTERM
+/// ends the hub within 30 s although the frozen client never lets go.
+#[test]
+fn client_sigstop_mid_write_fail_answers_and_sigterm_ends_hub_within_30_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("data"));
+    let disk = disk_with_data(dir.path());
+    let (client, id) = hub.backup_started("vm1", &disk);
+    client.signal("STOP");
+
+    let asked = Instant::now();
+    let fail_id = id.clone();
+    let failed = hub.rest(|h| async move {
+        let req = FailBackupRequest::new("operator gave up on a frozen client".to_owned()).unwrap();
+        h.fail_backup(&fail_id, &req).await
+    });
+    let fail_took = asked.elapsed();
+
+    assert!(failed.is_ok(), "{failed:?}");
+    assert!(fail_took < ANSWER_LIMIT, "POST /fail took {fail_took:?}");
+    assert_eq!(hub.status(&id).status, BackupStatus::Failed);
+    let next = hub.backup("vm1", &disk);
+    assert_eq!(next["status"], "completed");
+
+    let exit = hub.terminate(ANSWER_LIMIT);
+
+    assert!(exit.success(), "hub exited {exit}");
+    drop(client);
+}
