@@ -13,7 +13,7 @@ use sendense_client::hub::{HubClient, HubOptions};
 use sendense_types::{Backup, BackupId, BackupStatus, FailBackupRequest};
 use serde_json::Value;
 
-use crate::support::{client, hub, ok, s, write_random};
+use crate::support::{client, client_tls, hub, ok, s, write_random};
 
 const MIB: u64 = 1 << 20;
 
@@ -113,7 +113,7 @@ impl Hub {
     fn backup_cmd(&self, vm: &str, disk: &Path) -> Command {
         let mut cmd = client();
         cmd.args(["backup", "--hub", &self.api])
-            .args(["--ca", s(&self.data.join("tls/ca-cert.pem"))])
+            .args(["--tls-dir", s(&client_tls(&self.data))])
             .args(["--token-file", s(&self.data.join("api.token"))])
             .args(["--vm", vm, "--json", "--log-format", "json"])
             .arg("--disk")
@@ -156,6 +156,7 @@ impl Hub {
             url: self.api.clone(),
             ca_file: self.data.join("tls/ca-cert.pem"),
             token_file: self.data.join("api.token"),
+            tls_dir: None,
         })
         .unwrap();
         tokio::runtime::Builder::new_current_thread()
