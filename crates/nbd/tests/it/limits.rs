@@ -558,6 +558,12 @@ async fn removal_refuses_connections_still_waiting_for_a_permit() {
     // A holds the one permit and is stuck in a WRITE payload.
     let mut a = raw_transmission(srv.addr, "mem").await;
     a.write_all(&request(cmd::WRITE, 1, 0, 4096)).await.unwrap();
+    // Wait until the server has read A's header and waits for its payload: only then is
+    // A stuck (before, a removal would find it idle and let it drain).
+    wait_until("A's payload to be awaited", || {
+        srv.server.payload_bytes_in_flight() == 4096
+    })
+    .await;
     // B finished its handshake and waits for a permit (it holds the export).
     let (addr, opts) = (srv.addr, srv.options("mem"));
     let b = tokio::spawn(async move { Client::connect(addr, opts).await });
