@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use sendense_catalog::{BackupRecord, Catalog, DiskCompletion};
 use sendense_nbd::{Export, ExportRegistry};
 use sendense_qcow2::{BackingSpec, CreateOptions, Image, OpenOptions};
+use sendense_types::api::BackupSnapshot;
 use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, BackupType, Chain, CompleteBackupRequest, DiskKey,
     ExportName, RegisterVmRequest, RestoreDisk, RestoreExports, StartBackupRequest, Timestamp, Vm,
@@ -56,6 +57,8 @@ struct WriteDisk {
 struct Live {
     running: HashMap<BackupId, Vec<WriteDisk>>,
     restores: HashMap<BackupId, Vec<(DiskKey, ExportName)>>,
+    /// The vCenter snapshot each running backup reads from (`record_snapshot`).
+    snapshots: HashMap<BackupId, String>,
 }
 
 /// The backup engine.
@@ -400,6 +403,41 @@ impl Engine {
         let record = self.record(id)?;
         let live = self.live();
         Ok(self.api_backup(&record, live.running.get(id).map(Vec::as_slice)))
+    }
+
+    /// Records the vCenter snapshot a running backup reads from, so that another run of the
+    /// VM removes only leftover snapshots (one run per VM). Kept in memory: ownership ends with
+    /// the run (a hub restart fails every running backup).
+    ///
+    /// # Errors
+    /// Unknown backup (404), not running (409), or the catalog fails.
+    pub fn record_snapshot(&self, id: &BackupId, moref: &str) -> Result<BackupSnapshot, HubError> {
+        self.running_record(id)?;
+        let mut live = self.live();
+        let Live {
+            running, snapshots, ..
+        } = &mut *live;
+        snapshots.retain(|b, _| running.contains_key(b));
+        snapshots.insert(id.clone(), moref.to_owned());
+        tracing::info!(backup_id = %id, snapshot = moref, "snapshot recorded");
+        Ok(BackupSnapshot {
+            backup_id: id.clone(),
+            snapshot_moref: Some(moref.to_owned()),
+        })
+    }
+
+    /// The vCenter snapshot a backup owns: the recorded one while it runs, else none.
+    ///
+    /// # Errors
+    /// Unknown backup (404), or the catalog fails.
+    pub fn backup_snapshot(&self, id: &BackupId) -> Result<BackupSnapshot, HubError> {
+        let record = self.record(id)?;
+        let live = self.live();
+        let owned = record.status.is_active() && live.running.contains_key(id);
+        Ok(BackupSnapshot {
+            backup_id: id.clone(),
+            snapshot_moref: owned.then(|| live.snapshots.get(id).cloned()).flatten(),
+        })
     }
 
     /// Backups matching `query`, oldest first.

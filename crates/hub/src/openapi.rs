@@ -49,12 +49,17 @@ pub const DOCUMENT: &str = r##"{
         "completed_at": { "type": ["string", "null"], "format": "date-time" },
         "failure_reason": { "type": ["string", "null"] },
         "disks": { "type": "array", "items": { "$ref": "#/components/schemas/BackupDisk" } } } },
+      "BackupSnapshot": { "type": "object", "properties": {
+        "backup_id": { "type": "string" },
+        "snapshot_moref": { "type": ["string", "null"] } } },
       "CompleteBackupRequest": { "type": "object", "additionalProperties": false, "required": ["disks"], "properties": {
         "disks": { "type": "array", "items": { "type": "object", "additionalProperties": false,
           "required": ["disk_key", "bytes_transferred"], "properties": {
             "disk_key": { "type": "integer" },
             "change_id": { "type": ["string", "null"] },
             "bytes_transferred": { "type": "integer" } } } } } },
+      "SnapshotRequest": { "type": "object", "additionalProperties": false, "required": ["snapshot_moref"], "properties": {
+        "snapshot_moref": { "type": "string", "maxLength": 80 } } },
       "FailBackupRequest": { "type": "object", "additionalProperties": false, "required": ["reason"], "properties": {
         "reason": { "type": "string", "maxLength": 4096 } } },
       "Chain": { "type": "object", "properties": {
@@ -125,6 +130,15 @@ pub const DOCUMENT: &str = r##"{
       "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/FailBackupRequest" } } } },
       "responses": { "200": { "description": "The failed backup", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Backup" } } } },
         "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/backups/{id}/snapshot": {
+      "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+      "post": { "summary": "Record the vCenter snapshot a running backup reads from; another run of the VM keeps it",
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SnapshotRequest" } } } },
+        "responses": { "200": { "description": "Recorded", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BackupSnapshot" } } } },
+          "400": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } },
+      "get": { "summary": "The snapshot a running backup owns (null once it ended)",
+        "responses": { "200": { "description": "The snapshot", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BackupSnapshot" } } } },
+          "404": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/backups/chain/{vm_name}": { "get": { "summary": "The VM's chain: full, then incrementals, oldest first",
       "parameters": [ { "name": "vm_name", "in": "path", "required": true, "schema": { "type": "string" } } ],
       "responses": { "200": { "description": "The chain", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Chain" } } } },
@@ -168,6 +182,7 @@ mod tests {
             "/api/v1/backups/{id}",
             "/api/v1/backups/{id}/complete",
             "/api/v1/backups/{id}/fail",
+            "/api/v1/backups/{id}/snapshot",
             "/api/v1/backups/chain/{vm_name}",
             "/api/v1/backups/{id}/exports",
             "/api/v1/credentials",

@@ -524,3 +524,125 @@ async fn vcenter_backup_type_full_with_chain_starts_new_chain() {
     );
     w.assert_images_match(second.backup_id.as_str()).await;
 }
+
+/// How long a test waits for a condition.
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_two_runs_of_one_vm_at_once_second_refused_first_snapshot_survives_and_exact() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(11, 3 * 1024 * 1024))
+        .unwrap();
+    w.sim
+        .write_disk(&w.vm, 2001, MIB, &pattern(12, 300_000))
+        .unwrap();
+    // Run A gets as far as reading its snapshot's disks, and waits there.
+    w.sim.hold_reads(true);
+    let first = tokio::spawn(run_until(
+        w.backup_options(BackupType::Auto),
+        std::future::pending(),
+    ));
+    tokio::time::timeout(WAIT, w.sim.read_held())
+        .await
+        .expect("run A reads its snapshot");
+    let during_a = w.snapshots_left();
+    let created_before_b = w.sim.stats().snapshots_created;
+
+    // Run B of the same VM while A reads: refused by the hub, nothing done in vCenter.
+    let err = w.backup(BackupType::Auto).await.unwrap_err();
+
+    let after_b = w.snapshots_left();
+    w.sim.hold_reads(false);
+    let a = tokio::time::timeout(WAIT, first)
+        .await
+        .expect("run A ends")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(err, VsphereError::VmBusy { .. }), "{err:?}");
+    let text = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(
+        text.contains("Another backup of VM vm1 is running") && text.contains("409"),
+        "{text}"
+    );
+    assert_eq!(
+        during_a,
+        vec![format!("sendense-{}", a.backup_id)],
+        "A's snapshot is named after its backup"
+    );
+    assert_eq!(after_b, during_a, "B left A's snapshot alone");
+    assert_eq!(
+        w.sim.stats().snapshots_created,
+        created_before_b,
+        "B made no snapshot"
+    );
+    assert_eq!(
+        (a.backup_type, a.status),
+        (BackupType::Full, BackupStatus::Completed)
+    );
+    w.assert_images_match(a.backup_id.as_str()).await;
+    let backups = w.all_backups().await;
+    assert_eq!(
+        backups.len(),
+        1,
+        "B started nothing at the hub: {backups:?}"
+    );
+    assert!(w.snapshots_left().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_run_records_its_snapshot_at_the_hub_while_it_runs() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(13, 65536))
+        .unwrap();
+    w.sim.hold_reads(true);
+    let run = tokio::spawn(run_until(
+        w.backup_options(BackupType::Auto),
+        std::future::pending(),
+    ));
+    tokio::time::timeout(WAIT, w.sim.read_held())
+        .await
+        .expect("the run reads its snapshot");
+    let running = w.all_backups().await;
+    let id = running[0].backup_id.clone();
+
+    let owned = w.hub_client().backup_snapshot(&id).await.unwrap();
+
+    w.sim.hold_reads(false);
+    let done = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("the run ends")
+        .unwrap()
+        .unwrap();
+    let after = w.hub_client().backup_snapshot(&id).await.unwrap();
+    assert_eq!(done.backup_id, id);
+    assert!(
+        owned
+            .snapshot_moref
+            .as_deref()
+            .is_some_and(|m| m.starts_with("snapshot-")),
+        "{owned:?}"
+    );
+    assert_eq!(
+        after.snapshot_moref, None,
+        "a completed backup owns no snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_leftover_snapshot_of_a_failed_run_is_removed_by_the_next_run() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(14, 65536))
+        .unwrap();
+    w.sim
+        .add_user_snapshot(&w.vm, "sendense-backup-vm1-20261125T000000-000001");
+
+    let full = w.backup(BackupType::Auto).await.unwrap();
+
+    assert_eq!(full.status, BackupStatus::Completed);
+    assert!(w.snapshots_left().is_empty());
+    assert_eq!(w.sim.stats().snapshots_removed, 2);
+    w.assert_images_match(full.backup_id.as_str()).await;
+}

@@ -124,6 +124,24 @@ impl Drop for Simulator {
     }
 }
 
+/// Holds `/folder` reads while a test looks at the world mid-transfer.
+#[derive(Debug)]
+struct ReadGate {
+    /// Reads wait while this is `true`.
+    held: tokio::sync::watch::Sender<bool>,
+    /// Reads waiting at the gate now.
+    waiting: tokio::sync::watch::Sender<u32>,
+}
+
+impl Default for ReadGate {
+    fn default() -> Self {
+        Self {
+            held: tokio::sync::watch::channel(false).0,
+            waiting: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct SimDisk {
     key: i32,
@@ -203,6 +221,7 @@ struct State {
     change_page: u64,
     busy_storm: u32,
     hang: bool,
+    gate: Arc<ReadGate>,
     task_polls: u32,
     fail_next: Vec<(String, String, String)>,
     raw_next: Option<Vec<u8>>,
@@ -459,6 +478,18 @@ impl Simulator {
         self.lock().hang = hang;
     }
 
+    /// Hold every `/folder` read (they wait, unanswered) until called with `false`.
+    pub fn hold_reads(&self, hold: bool) {
+        self.lock().gate.held.send_replace(hold);
+    }
+
+    /// Resolves once at least one `/folder` read waits at the gate of [`Self::hold_reads`].
+    pub async fn read_held(&self) {
+        let mut waiting = self.lock().gate.waiting.subscribe();
+        // The sender lives in the state as long as the simulator: an error cannot happen.
+        let _ = waiting.wait_for(|n| *n > 0).await;
+    }
+
     /// Bytes covered by one `QueryChangedDiskAreas` answer.
     pub fn set_change_page(&self, bytes: u64) {
         self.lock().change_page = bytes.max(512);
@@ -638,6 +669,13 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let query = req.uri().query().unwrap_or_default().to_owned();
+        let gate = Arc::clone(&lock(&state).gate);
+        let mut held = gate.held.subscribe();
+        if *held.borrow_and_update() {
+            gate.waiting.send_modify(|n| *n += 1);
+            let _ = held.wait_for(|h| !*h).await;
+            gate.waiting.send_modify(|n| *n -= 1);
+        }
         let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         {
             let mut st = lock(&state);
