@@ -646,3 +646,103 @@ async fn vcenter_leftover_snapshot_of_a_failed_run_is_removed_by_the_next_run() 
     assert_eq!(w.sim.stats().snapshots_removed, 2);
     w.assert_images_match(full.backup_id.as_str()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_incremental_cbt_refusing_base_fails_it_at_the_hub_and_runs_a_full_instead() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(15, 200_000))
+        .unwrap();
+    let full = w.backup(BackupType::Auto).await.unwrap();
+    w.sim
+        .write_disk(&w.vm, 2001, 0, &pattern(16, 65536))
+        .unwrap();
+    // The VM's change ids look fine, so the hub starts an incremental; the snapshot's query on
+    // the stored change id then faults (a CBT reset vCenter reports only there).
+    w.sim.fail_next(
+        "QueryChangedDiskAreas",
+        "FileFault",
+        "change tracking reset",
+    );
+
+    let again = w.backup(BackupType::Auto).await.unwrap();
+
+    assert_eq!(
+        (again.backup_type, again.status),
+        (BackupType::Full, BackupStatus::Completed)
+    );
+    let backups = w.all_backups().await;
+    let states: Vec<_> = backups.iter().map(|b| (b.backup_type, b.status)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (BackupType::Full, BackupStatus::Completed),
+            (BackupType::Incremental, BackupStatus::Failed),
+            (BackupType::Full, BackupStatus::Completed),
+        ]
+    );
+    let reason = backups[1].failure_reason.as_deref().unwrap();
+    assert!(
+        reason.contains("restarted as a full") && reason.contains("QueryChangedDiskAreas"),
+        "{reason}"
+    );
+    assert_ne!(again.backup_id, full.backup_id);
+    w.assert_images_match(again.backup_id.as_str()).await;
+    let st = w.sim.stats();
+    assert_eq!(
+        (
+            st.snapshots_created,
+            st.snapshots_removed,
+            w.snapshots_left().len()
+        ),
+        (2, 2, 0),
+        "the full reads the incremental's snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_incremental_with_a_disk_new_to_the_vm_sends_that_disk_whole() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(17, 100_000))
+        .unwrap();
+    let full = w.backup(BackupType::Auto).await.unwrap();
+    let key = w.sim.add_disk(&w.vm, &DiskSpec::flat(2 * MIB)).unwrap();
+    w.sim
+        .write_disk(&w.vm, key, 0, &pattern(18, 300_000))
+        .unwrap();
+    w.sim
+        .write_disk(&w.vm, 2000, MIB, &pattern(19, 4096))
+        .unwrap();
+
+    let inc = w.backup(BackupType::Auto).await.unwrap();
+
+    assert_eq!(
+        (inc.backup_type, inc.status),
+        (BackupType::Incremental, BackupStatus::Completed),
+        "a new disk is no reason for a full of the VM"
+    );
+    let sent: Vec<_> = inc
+        .disks
+        .iter()
+        .map(|d| (d.disk_key.get(), d.bytes_sent))
+        .collect();
+    assert!(
+        sent.contains(&(2000, 65536)) || sent.contains(&(2000, 4096)),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .any(|&(k, b)| i32::try_from(k).unwrap() == key && b >= 300_000),
+        "{sent:?}"
+    );
+    let at_hub = w.hub_client().backup(&inc.backup_id).await.unwrap();
+    let new_disk = at_hub
+        .disks
+        .iter()
+        .find(|d| i32::try_from(d.disk_key.get()).unwrap() == key)
+        .unwrap();
+    assert_eq!(new_disk.parent_change_id, None);
+    assert_eq!(at_hub.parent_backup_id.as_ref(), Some(&full.backup_id));
+    w.assert_images_match(inc.backup_id.as_str()).await;
+}

@@ -370,6 +370,36 @@ impl Simulator {
         Ok(id)
     }
 
+    /// Add a disk to a VM (hot add): the next key (2000 + number of disks), CBT as the VM's.
+    /// Answers the key.
+    ///
+    /// # Errors
+    /// Unknown VM, or creating the disk file fails.
+    pub fn add_disk(&self, vm: &str, spec: &DiskSpec) -> io::Result<i32> {
+        let mut st = self.lock();
+        let dir = st.dir.clone();
+        let v = st
+            .vm_mut(vm)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such VM"))?;
+        let i = v.disks.len();
+        let key = 2000 + i32::try_from(i).map_err(io::Error::other)?;
+        let local = dir.join(format!("{}-{key}-flat.vmdk", v.name));
+        File::create(&local)?.set_len(spec.capacity)?;
+        let epoch = v.cbt_enabled.then(new_epoch);
+        v.disks.push(SimDisk {
+            key,
+            capacity: spec.capacity,
+            backing: spec.backing.clone(),
+            descriptor: format!("{0}/{0}_{i}.vmdk", v.name),
+            local,
+            uuid: format!("6000c29{}", random_hex(12, "")),
+            epoch,
+            seq: 0,
+            writes: Vec::new(),
+        });
+        Ok(key)
+    }
+
     /// Write guest data into a disk (between backups), logging the change for CBT.
     ///
     /// # Errors
