@@ -6,6 +6,7 @@
 //!   binaries, with a password file and with `--vcenter-credential`.
 
 mod flow;
+mod signals;
 
 use std::time::Duration;
 
