@@ -157,7 +157,7 @@ fn vcenter_backup_sigterm_removes_the_snapshot_fails_it_and_the_vm_backs_up_agai
     rt.block_on(async {
         tokio::time::timeout(DEADLINE, vc.sim.read_held())
             .await
-            .expect("the client reads its snapshot")
+            .expect("the client reads its snapshot");
     });
     let during = vc.snapshots_left();
 
