@@ -7,6 +7,15 @@
 //! error — or the shutdown future (Ctrl-C, SIGTERM, SIGHUP) — makes the client call `fail` with the reason
 //! before returning the error, so the hub never keeps a half-written backup.
 //!
+//! # The base of an incremental
+//!
+//! [`BackupOptions::base_backup`] (`--base-backup`, required by the CLI for `--type
+//! incremental`) is sent as `base_backup_id`: the hub refuses the start (409) when its parent is
+//! another backup, and the client refuses an incremental whose answered parent differs (a hub
+//! without that check), before any data is sent. A disk the hub has no base for
+//! (`parent_change_id: null`: new to the VM) is sent whole, allocated data and holes, not only
+//! its changed areas.
+//!
 //! # Change ids of file sources
 //!
 //! Without `--change-id`, a file source gets a derived change id of VMware's shape

@@ -1,12 +1,14 @@
 //! Backup orchestration: the VMware CBT rules of `shared/VSPHERE.md`.
 //!
-//! [`VsphereBackup::prepare`] finds the VM, checks every disk is a flat VMDK, removes a
-//! leftover snapshot of ours (nothing is recorded from it: the previous change ids come from
-//! the hub), enables CBT when it is off (that backup is a full), creates one snapshot, reads the
+//! [`VsphereBackup::prepare`] finds the VM, checks every disk is a flat VMDK, removes leftover
+//! snapshots of ours except those a running backup owns ([`PrepareOptions::keep_snapshots`];
+//! nothing is recorded from them: the previous change ids come from the hub), enables CBT when it is off (that backup is a full), creates one snapshot, reads the
 //! change ids from the **snapshot's** devices and computes each disk's extents:
 //! `QueryChangedDiskAreas` (paged) from the stored change id, or `*` for a full. A disk falls
 //! back to a full on a new chain, with a log line saying why, when its key, UUID or capacity
-//! changed, the stored change id's epoch (UUID part) differs, or the query faults on it.
+//! changed, the stored change id's epoch (UUID part) differs, or the query faults on it. A disk
+//! the previous backup did not have is [`DiskMode::New`]: all its allocated areas, no full of
+//! the VM.
 //!
 //! The new change id is only returned: the caller hands it to the hub in `complete`, after the
 //! data is durable. The snapshot is removed by [`Prepared::finish`] or a [`SnapshotCleanup`]
