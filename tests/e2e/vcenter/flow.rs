@@ -746,3 +746,36 @@ async fn vcenter_incremental_with_a_disk_new_to_the_vm_sends_that_disk_whole() {
     assert_eq!(at_hub.parent_backup_id.as_ref(), Some(&full.backup_id));
     w.assert_images_match(inc.backup_id.as_str()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_route_refuses_a_backup_not_running_and_a_bad_moref() {
+    let w = World::start().await;
+    let done = w.backup(BackupType::Auto).await.unwrap();
+    let o = w.hub_options();
+    let tls = sendense_client::hub::tls_config(&o.ca_file).unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .unwrap();
+    let token = std::fs::read_to_string(&o.token_file).unwrap();
+    let post = |body: serde_json::Value| {
+        http.post(format!(
+            "{}/api/v1/backups/{}/snapshot",
+            o.url, done.backup_id
+        ))
+        .bearer_auth(token.trim())
+        .json(&body)
+        .send()
+    };
+
+    let ended = post(serde_json::json!({"snapshot_moref": "snapshot-9"}))
+        .await
+        .unwrap();
+    let bad = post(serde_json::json!({"snapshot_moref": "snap shot"}))
+        .await
+        .unwrap();
+
+    assert_eq!(ended.status().as_u16(), 409);
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(bad.text().await.unwrap().contains("snapshot_moref"));
+}
