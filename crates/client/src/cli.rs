@@ -187,7 +187,7 @@ pub struct VcenterArgs {
     #[arg(long, requires = "vcenter_source")]
     pub insecure: bool,
     /// Quiesce the guest's file systems for the snapshot (VMware Tools must run in the guest;
-    /// without them vCenter refuses the snapshot and the backup fails, leaving nothing behind).
+    /// without them vCenter refuses the snapshot and the backup fails, leaving no snapshot).
     #[arg(long, requires = "vcenter_source")]
     pub quiesce: bool,
 }
