@@ -286,12 +286,16 @@ async fn with_session(
     let (work, removed) = locked(options, hub, session, &previous, &mut current, shutdown).await;
     let result = match (work, current) {
         (Ok(stats), Some(backup)) => {
-            let final_state = hub.backup(&backup.backup_id).await.map_err(client)?;
-            Ok(sendense_client::backup::summary(
-                &final_state,
-                &stats,
-                started.elapsed().as_secs_f64(),
-            ))
+            hub.backup(&backup.backup_id)
+                .await
+                .map_err(client)
+                .map(|final_state| {
+                    sendense_client::backup::summary(
+                        &final_state,
+                        &stats,
+                        started.elapsed().as_secs_f64(),
+                    )
+                })
         }
         (Ok(_), None) => Err(VsphereError::UnexpectedResponse {
             what: "no backup at the hub after the transfer",
