@@ -420,7 +420,7 @@ fn incremental_from_changed_areas_sends_only_changes_and_chain_matches_source() 
         size,
         &[(0, MIB), (4 * MIB, MIB), (9 * MIB, 512 * KIB)],
     );
-    hub.backup("db01", &[(2000, &disk)], &["--type", "full"]);
+    let base = id_of(&hub.backup("db01", &[(2000, &disk)], &["--type", "full"]));
     // New data over old data and over a hole; a region of data zeroed.
     write_random(&disk, 256 * KIB, 128 * KIB as usize, 100);
     zero(&disk, 4 * MIB, 512 * KIB);
@@ -443,6 +443,8 @@ fn incremental_from_changed_areas_sends_only_changes_and_chain_matches_source() 
         &[
             "--type",
             "incremental",
+            "--base-backup",
+            &base,
             "--changed-areas",
             &format!("2000={}", s(&areas)),
         ],
@@ -520,12 +522,18 @@ fn restore_every_point_of_two_disk_full_plus_three_incrementals_equals_source_th
         write_random(&disks[1], other.0, other.1 as usize, 300 + n as u64);
         let areas1 = dir.path().join(format!("areas{n}-1.json"));
         changed_areas(&areas1, size, &[other]);
+        let base = points
+            .last()
+            .map(|p: &(String, Vec<PathBuf>)| p.0.clone())
+            .unwrap();
         let summary = hub.backup(
             "app01",
             &keyed,
             &[
                 "--type",
                 "incremental",
+                "--base-backup",
+                &base,
                 "--changed-areas",
                 &format!("2000={}", s(&areas0)),
                 "--changed-areas",
@@ -753,12 +761,15 @@ fn backup_changed_area_beyond_disk_end_exits_nonzero_naming_it() {
     let repository = files_under(&hub.data.join("repository"));
     let areas = dir.path().join("areas.json");
     changed_areas(&areas, 4 * MIB, &[(4 * MIB - 64 * KIB, 128 * KIB)]);
+    let base = chain[0].0.clone();
     let cmd = hub.backup_cmd(
         "vm1",
         &[(2000, &disk)],
         &[
             "--type",
             "incremental",
+            "--base-backup",
+            &base,
             "--changed-areas",
             &format!("2000={}", s(&areas)),
         ],

@@ -6,6 +6,7 @@
 //!   binaries, with a password file and with `--vcenter-credential`.
 
 mod flow;
+mod signals;
 
 use std::time::Duration;
 
@@ -615,7 +616,7 @@ fn binaries_vcenter_quiesce_is_asked_of_vcenter() {
 }
 
 #[test]
-fn binaries_vcenter_quiesce_without_tools_fails_suggesting_no_quiesce_leaving_nothing() {
+fn binaries_vcenter_quiesce_without_tools_fails_suggesting_no_quiesce_leaving_no_snapshot() {
     let data = tempfile::tempdir().unwrap();
     let hub = HubProc::start(data.path());
     let vc = Vc::start();
@@ -637,7 +638,25 @@ fn binaries_vcenter_quiesce_without_tools_fails_suggesting_no_quiesce_leaving_no
         "/api/v1/backups?vm_name=vm1",
         None,
     );
-    assert_eq!((status, backups.as_str()), (200, "[]"));
+    // One run per VM: the backup is started (the hub's lock) before the snapshot is asked
+    // for, so the refused snapshot fails that backup, saying why; nothing else is left.
+    let backups: Value = serde_json::from_str(&backups).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(backups.as_array().unwrap().len(), 1, "{backups}");
+    assert_eq!(backups[0]["status"], "failed");
+    assert!(
+        backups[0]["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("without --quiesce"),
+        "{backups}"
+    );
+    assert!(backups[0]["disks"].as_array().unwrap().iter().all(|d| {
+        !hub.data
+            .join("repository")
+            .join(d["file"].as_str().unwrap())
+            .exists()
+    }));
 }
 
 #[test]

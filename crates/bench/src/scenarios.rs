@@ -404,7 +404,7 @@ impl Ctx<'_> {
         // Full backup.
         let load = loadavg()[0];
         self.say("ingest: full backup through sendense-client into sendense-hub serve");
-        let full = self.backup(&hub, &hub_url, &data_dir, None)?;
+        let full = self.backup(&hub, &hub_url, &data_dir, None, None)?;
         let hub_rss_full = hub.peak_rss();
         if wanted.contains(&Scenario::Ingest) {
             self.say("ingest: nbdcopy into qemu-nbd");
@@ -450,7 +450,7 @@ impl Ctx<'_> {
             0xc4a9_6ed5,
         )?;
         self.say("incremental: changed blocks through sendense-client");
-        let incr = self.backup(&hub, &hub_url, &data_dir, Some(&areas))?;
+        let incr = self.backup(&hub, &hub_url, &data_dir, Some(&areas), Some(&full.id))?;
         if wanted.contains(&Scenario::Incremental) {
             let mut row = Row::new(
                 "incremental",
@@ -552,12 +552,16 @@ impl Ctx<'_> {
         hub_url: &str,
         data_dir: &Path,
         areas: Option<&Path>,
+        base: Option<&str>,
     ) -> Result<BackupRun> {
         let mut cmd = self.backup_command(hub_url, data_dir, VM, &self.raw);
         match areas {
             Some(a) => {
                 cmd.args(["--type", "incremental", "--changed-areas"])
                     .arg(format!("{DISK_KEY}={}", a.display()));
+                if let Some(base) = base {
+                    cmd.args(["--base-backup", base]);
+                }
             }
             None => {
                 cmd.args(["--type", "full"]);

@@ -4,8 +4,17 @@
 //! changed-areas file first, so bad input fails before the hub is touched; register the VM with
 //! each disk's capacity; start the backup; transfer every disk at once to the `nbd_uri` the hub
 //! answered; complete it with each disk's change id. From the moment the backup exists, any
-//! error — or the shutdown future (Ctrl-C) — makes the client call `fail` with the reason
+//! error — or the shutdown future (Ctrl-C, SIGTERM, SIGHUP) — makes the client call `fail` with the reason
 //! before returning the error, so the hub never keeps a half-written backup.
+//!
+//! # The base of an incremental
+//!
+//! [`BackupOptions::base_backup`] (`--base-backup`, required by the CLI for `--type
+//! incremental`) is sent as `base_backup_id`: the hub refuses the start (409) when its parent is
+//! another backup, and the client refuses an incremental whose answered parent differs (a hub
+//! without that check), before any data is sent. A disk the hub has no base for
+//! (`parent_change_id: null`: new to the VM) is sent whole, allocated data and holes, not only
+//! its changed areas.
 //!
 //! # Change ids of file sources
 //!
@@ -22,9 +31,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sendense_types::{
-    Backup, BackupStatus, BackupSummary, BackupType, ChangeId, CompleteBackupRequest, CompleteDisk,
-    DiskKey, DiskSpec, DiskSummary, FailBackupRequest, RegisterVmRequest, StartBackupRequest,
-    VmName,
+    Backup, BackupId, BackupStatus, BackupSummary, BackupType, ChangeId, CompleteBackupRequest,
+    CompleteDisk, DiskKey, DiskSpec, DiskSummary, FailBackupRequest, RegisterVmRequest,
+    StartBackupRequest, VmName,
 };
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -62,6 +71,9 @@ pub struct BackupOptions {
     pub disks: Vec<DiskInput>,
     /// Full, incremental or auto.
     pub backup_type: BackupType,
+    /// The backup the changes are relative to (`--base-backup`): sent as `base_backup_id`, the
+    /// hub refuses the start when its parent is another one.
+    pub base_backup: Option<BackupId>,
     /// Engine tuning (connections per disk, requests in flight).
     pub transfer: TransferOptions,
     /// Where progress goes.
@@ -77,13 +89,14 @@ impl BackupOptions {
             vm,
             disks,
             backup_type: BackupType::Auto,
+            base_backup: None,
             transfer: TransferOptions::default(),
             progress: Arc::new(NoProgress),
         }
     }
 }
 
-/// Runs a backup; Ctrl-C (SIGINT) fails it on the hub and returns [`ClientError::Interrupted`].
+/// Runs a backup; Ctrl-C (SIGINT), SIGTERM or SIGHUP fails it on the hub and returns [`ClientError::Interrupted`].
 ///
 /// # Errors
 /// See [`run_until`].
@@ -140,9 +153,27 @@ async fn run_inner(
         .start_backup(&StartBackupRequest {
             vm_name: options.vm.clone(),
             backup_type: options.backup_type,
-            base_backup_id: None,
+            base_backup_id: options.base_backup.clone(),
         })
         .await?;
+    if let Some(base) = &options.base_backup
+        && backup.parent_backup_id.as_ref() != Some(base)
+        && backup.backup_type == BackupType::Incremental
+    {
+        // A hub without the base check: refuse here, before any data is sent.
+        let err = ClientError::InvalidArgument {
+            what: "--base-backup",
+            reason: format!(
+                "the hub's parent is {}, not {base}",
+                backup
+                    .parent_backup_id
+                    .as_ref()
+                    .map_or("none", BackupId::as_str)
+            ),
+        };
+        fail_at_hub(&hub, &backup.backup_id, &error_text(&err)).await;
+        return Err(err);
+    }
     info!(backup_id = %backup.backup_id, backup_type = %backup.backup_type, "backup started");
 
     let work = transfer_and_complete(&hub, &options, &prepared, &backup);
@@ -189,17 +220,23 @@ pub async fn finish_started<E: std::error::Error>(
             ))
         }
         Err(err) => {
-            let reason = error_text(&err);
-            error!(backup_id = %backup.backup_id, %reason, "backup failed; telling the hub");
-            let request = FailBackupRequest::new(truncate(&reason, 4000))
-                .or_else(|_| FailBackupRequest::new("client error".to_owned()));
-            if let Ok(request) = request
-                && let Err(e) = hub.fail_backup(&backup.backup_id, &request).await
-            {
-                warn!(error = %e, "could not mark the backup failed on the hub");
-            }
+            fail_at_hub(hub, &backup.backup_id, &error_text(&err)).await;
             Err(err)
         }
+    }
+}
+
+/// Tells the hub a started backup failed, with `reason` (cut to 4000 bytes, control characters
+/// removed); a failure to tell it is logged, not returned (the caller is already failing).
+pub async fn fail_at_hub(hub: &HubClient, backup_id: &BackupId, reason: &str) {
+    let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
+    error!(%backup_id, %reason, "backup failed; telling the hub");
+    let request = FailBackupRequest::new(truncate(&reason, 4000))
+        .or_else(|_| FailBackupRequest::new("client error".to_owned()));
+    if let Ok(request) = request
+        && let Err(e) = hub.fail_backup(backup_id, &request).await
+    {
+        warn!(error = %e, "could not mark the backup failed on the hub");
     }
 }
 
@@ -262,6 +299,15 @@ async fn transfer_and_complete(
         let tls = uri.tls.then(|| hub.nbd_tls());
         let target: Arc<dyn TargetConnector> = Arc::new(NbdConnector::new(uri, tls)?);
         let plan = match (backup.backup_type, &p.changed) {
+            // The hub has no base for this disk (new to the VM): its changed areas are relative
+            // to nothing, so all its data.
+            (BackupType::Incremental, Some(_)) if disk.parent_change_id.is_none() => {
+                info!(
+                    disk_key = key.get(),
+                    "the hub has no previous backup of this disk (a disk new to the VM): sending all its data, not only --changed-areas"
+                );
+                DiskPlan::Everything
+            }
             (BackupType::Incremental, Some(changed)) => DiskPlan::Changed(changed.clone()),
             (BackupType::Incremental, None) => {
                 info!(
@@ -402,7 +448,8 @@ pub fn summary(backup: &Backup, stats: &[DiskStats], seconds: f64) -> BackupSumm
 }
 
 /// The error and its causes in one line, for `fail`'s reason.
-fn error_text(err: &dyn std::error::Error) -> String {
+#[must_use]
+pub fn error_text(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut cur = std::error::Error::source(err);
     while let Some(e) = cur {

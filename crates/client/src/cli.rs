@@ -107,9 +107,16 @@ pub struct BackupArgs {
         required_unless_present_any = ["vcenter", "vcenter_credential"]
     )]
     pub disks: Vec<String>,
-    /// Backup type; auto is incremental when the VM has a completed chain, else full.
+    /// Backup type; auto is incremental when the VM has a completed chain, else full. With
+    /// --disk, --type incremental needs --base-backup.
     #[arg(long = "type", value_enum, default_value_t = TypeArg::Auto)]
     pub backup_type: TypeArg,
+    /// The backup the changes are relative to (the previous restore point of the VM, e.g. the
+    /// last backup_id in GET /api/v1/backups/chain/VM). Required with --disk and --type
+    /// incremental; optional with --type auto. The hub refuses the backup (409) when the parent
+    /// it would use is another one, so --changed-areas never land on the wrong base.
+    #[arg(long = "base-backup", value_name = "ID")]
+    pub base_backup: Option<String>,
     /// Changed areas of a disk since the previous backup, as VMware DiskChangeInfo JSON
     /// ({"startOffset":0,"length":N,"changedArea":[{"start":S,"length":L},...]}): 2000=FILE.
     /// An incremental of a disk without it sends every allocated extent and zeroes the holes.
@@ -150,7 +157,7 @@ pub struct VcenterArgs {
     #[arg(
         long,
         value_name = "HOST[:PORT]",
-        conflicts_with_all = ["disks", "changed_areas", "change_ids"]
+        conflicts_with_all = ["disks", "changed_areas", "change_ids", "base_backup"]
     )]
     pub vcenter: Option<String>,
     /// vCenter user, e.g. backup@vsphere.local (with --vcenter-password-file).
@@ -175,7 +182,7 @@ pub struct VcenterArgs {
     #[arg(
         long,
         value_name = "NAME",
-        conflicts_with_all = ["vcenter_user", "vcenter_password_file", "disks", "changed_areas", "change_ids"]
+        conflicts_with_all = ["vcenter_user", "vcenter_password_file", "disks", "changed_areas", "change_ids", "base_backup"]
     )]
     pub vcenter_credential: Option<String>,
     /// PEM file of the CA(s) that signed vCenter's certificate (e.g. vCenter's VMCA root,
@@ -193,7 +200,7 @@ pub struct VcenterArgs {
     #[arg(long, requires = "vcenter_source")]
     pub insecure: bool,
     /// Quiesce the guest's file systems for the snapshot (VMware Tools must run in the guest;
-    /// without them vCenter refuses the snapshot and the backup fails, leaving nothing behind).
+    /// without them vCenter refuses the snapshot and the backup fails, leaving no snapshot).
     #[arg(long, requires = "vcenter_source")]
     pub quiesce: bool,
 }
@@ -387,6 +394,36 @@ pub fn disk_inputs(
     Ok(out)
 }
 
+/// `--base-backup` of a file-source backup: required for `--type incremental` (the changes are
+/// relative to a base the user names), optional for `auto`, refused for `full`.
+///
+/// # Errors
+/// [`ClientError::InvalidArgument`] naming the fix.
+pub fn base_backup(
+    given: Option<&str>,
+    backup_type: BackupType,
+    vm: &VmName,
+) -> Result<Option<BackupId>, ClientError> {
+    let base = given
+        .map(|id| BackupId::try_from(id).map_err(|e| invalid("--base-backup", e)))
+        .transpose()?;
+    match (backup_type, &base) {
+        (BackupType::Incremental, None) => Err(invalid(
+            "--base-backup",
+            format!(
+                "an incremental of local disk files must state its base: add --base-backup ID \
+                 (the backup the changes are relative to, the last backup_id of \
+                 GET /api/v1/backups/chain/{vm}), or use --type auto"
+            ),
+        )),
+        (BackupType::Full, Some(_)) => Err(invalid(
+            "--base-backup",
+            "a full backup has no base: drop --base-backup or use --type incremental",
+        )),
+        _ => Ok(base),
+    }
+}
+
 async fn run_backup(
     args: BackupArgs,
     remote: Option<&dyn RemoteBackup>,
@@ -426,10 +463,12 @@ async fn run_backup(
         result
     } else {
         let vm = VmName::try_from(args.vm.as_str()).map_err(|e| invalid("--vm", e))?;
+        let base_backup = base_backup(args.base_backup.as_deref(), backup_type, &vm)?;
         let disks = disk_inputs(&args.disks, &args.changed_areas, &args.change_ids)?;
         let (progress, bars) = progress(args.json);
         let mut options = BackupOptions::new(hub_options(&args.hub), vm, disks);
         options.backup_type = backup_type;
+        options.base_backup = base_backup;
         options.transfer = transfer;
         options.progress = progress;
         let result = backup::run(options).await;
@@ -594,6 +633,74 @@ mod tests {
         .unwrap_err();
 
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[tokio::test]
+    async fn cli_file_incremental_without_base_backup_is_refused_naming_the_flag() {
+        let cli = Cli::try_parse_from([
+            "sendense-client",
+            "backup",
+            "--hub",
+            "https://h",
+            "--ca",
+            "c",
+            "--token-file",
+            "t",
+            "--vm",
+            "v",
+            "--disk",
+            "2000=a",
+            "--type",
+            "incremental",
+        ])
+        .unwrap();
+
+        let err = execute(cli.command).await.unwrap_err();
+
+        assert!(
+            err.to_string().contains("--base-backup") && err.to_string().contains("--type auto"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn base_backup_rules_per_type() {
+        let vm = VmName::try_from("v").unwrap();
+        let id = "backup-v-20261124T235901-3fa9c2";
+
+        let incremental = base_backup(Some(id), BackupType::Incremental, &vm).unwrap();
+        let auto = base_backup(None, BackupType::Auto, &vm).unwrap();
+        let full = base_backup(Some(id), BackupType::Full, &vm).unwrap_err();
+        let bad = base_backup(Some("nope"), BackupType::Incremental, &vm).unwrap_err();
+
+        assert_eq!(incremental.as_ref().map(BackupId::as_str), Some(id));
+        assert_eq!(auto, None);
+        assert!(full.to_string().contains("full"), "{full}");
+        assert!(bad.to_string().contains("--base-backup"), "{bad}");
+    }
+
+    #[test]
+    fn cli_base_backup_with_vcenter_is_refused_by_the_parser() {
+        let err = Cli::try_parse_from([
+            "sendense-client",
+            "backup",
+            "--hub",
+            "https://h",
+            "--ca",
+            "c",
+            "--token-file",
+            "t",
+            "--vm",
+            "v",
+            "--vcenter",
+            "vc",
+            "--insecure",
+            "--base-backup",
+            "backup-v-20261124T235901-3fa9c2",
+        ])
+        .unwrap_err();
+
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

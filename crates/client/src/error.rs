@@ -274,8 +274,8 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
-    /// The user interrupted the run (Ctrl-C).
-    #[error("Interrupted")]
+    /// The user interrupted the run (Ctrl-C, SIGTERM or SIGHUP).
+    #[error("Interrupted (Ctrl-C, SIGTERM or SIGHUP)")]
     Interrupted,
     /// A remote source (vCenter, through a [`crate::cli::RemoteBackup`] provider) failed.
     ///

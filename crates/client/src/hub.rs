@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
-use sendense_types::api::{SessionRequest, VcenterSession};
+use sendense_types::api::{BackupSnapshot, SessionRequest, SnapshotRequest, VcenterSession};
 use sendense_types::{
-    ApiError, Backup, BackupId, Chain, CompleteBackupRequest, Credential, CredentialName,
-    CredentialRequest, FailBackupRequest, Health, RegisterVmRequest, RestoreExports,
-    StartBackupRequest, Vm, VmName,
+    ApiError, Backup, BackupId, BackupQuery, Chain, CompleteBackupRequest, Credential,
+    CredentialName, CredentialRequest, FailBackupRequest, Health, RegisterVmRequest,
+    RestoreExports, StartBackupRequest, Vm, VmName,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -197,6 +197,46 @@ impl HubClient {
         self.send(Method::POST, &path, Some(request))
             .await
             .map(drop)
+    }
+
+    /// `POST /api/v1/backups/{id}/snapshot`: records the vCenter snapshot a running backup
+    /// reads from.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn record_snapshot(
+        &self,
+        id: &BackupId,
+        request: &SnapshotRequest,
+    ) -> Result<BackupSnapshot, ClientError> {
+        let path = format!("/api/v1/backups/{id}/snapshot");
+        self.call(Method::POST, &path, Some(request)).await
+    }
+
+    /// `GET /api/v1/backups/{id}/snapshot`: the snapshot a running backup owns.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn backup_snapshot(&self, id: &BackupId) -> Result<BackupSnapshot, ClientError> {
+        let path = format!("/api/v1/backups/{id}/snapshot");
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `GET /api/v1/backups?vm_name=&status=`: backups matching the query, oldest first.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn backups(&self, query: &BackupQuery) -> Result<Vec<Backup>, ClientError> {
+        let mut path = "/api/v1/backups".to_owned();
+        let mut sep = '?';
+        if let Some(vm) = &query.vm_name {
+            path.push_str(&format!("{sep}vm_name={vm}"));
+            sep = '&';
+        }
+        if let Some(status) = query.status {
+            path.push_str(&format!("{sep}status={status}"));
+        }
+        self.call(Method::GET, &path, None::<&()>).await
     }
 
     /// `GET /api/v1/backups/chain/{vm_name}`.

@@ -277,20 +277,38 @@ impl Progress for TerminalProgress {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C). The handler is installed when this is
-/// called, not when the future is first polled, so a Ctrl-C that arrives
-/// while the caller is still talking to the hub is not lost (and does not
+/// Resolves on SIGINT (Ctrl-C), SIGTERM or SIGHUP: all three stop a backup or restore the same
+/// way (the backup failed at the hub, a vCenter snapshot removed, a partial restore removed).
+/// The handlers are installed when this is called, not when the future is first polled, so a
+/// signal that arrives while the caller is still talking to the hub is not lost (and does not
 /// kill the process before the backup can be failed on the hub).
 pub fn interrupted() -> impl Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listener = signal(SignalKind::interrupt());
-    async move {
-        match listener {
-            Ok(mut s) => {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind)
+            .inspect_err(
+                |e| tracing::warn!(signal = name, error = %e, "cannot listen for a signal"),
+            )
+            .ok()
+    };
+    let mut int = listen(SignalKind::interrupt(), "SIGINT");
+    let mut term = listen(SignalKind::terminate(), "SIGTERM");
+    let mut hup = listen(SignalKind::hangup(), "SIGHUP");
+    async fn recv(s: Option<&mut Signal>) {
+        match s {
+            Some(s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
+    }
+    async move {
+        let name = tokio::select! {
+            () = recv(int.as_mut()) => "SIGINT",
+            () = recv(term.as_mut()) => "SIGTERM",
+            () = recv(hup.as_mut()) => "SIGHUP",
+        };
+        tracing::warn!(signal = name, "interrupted: stopping");
     }
 }
 

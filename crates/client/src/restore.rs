@@ -93,7 +93,7 @@ pub struct RestoreSummary {
     pub seconds: f64,
 }
 
-/// Restores one disk; Ctrl-C (SIGINT) stops it, removes the partial image, closes the exports
+/// Restores one disk; Ctrl-C (SIGINT), SIGTERM or SIGHUP stops it, removes the partial image, closes the exports
 /// and returns [`ClientError::Interrupted`].
 ///
 /// # Errors

@@ -14,8 +14,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use sendense_types::api::SessionRequest;
 use sendense_types::api::error_codes;
+use sendense_types::api::{SessionRequest, SnapshotRequest};
 use sendense_types::{
     ApiError, BackupId, BackupQuery, CompleteBackupRequest, CredentialName, CredentialRequest,
     FailBackupRequest, Health, RegisterVmRequest, StartBackupRequest, VmName,
@@ -53,6 +53,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/backups/{id}/complete", post(complete_backup))
         .route("/api/v1/backups/{id}/fail", post(fail_backup))
+        .route(
+            "/api/v1/backups/{id}/snapshot",
+            post(record_snapshot).get(backup_snapshot),
+        )
         .route(
             "/api/v1/backups/{id}/exports",
             post(open_exports).delete(close_exports),
@@ -268,6 +272,25 @@ async fn fail_backup(
 
 async fn repository(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(blocking(move || s.engine.repository()).await?))
+}
+
+async fn record_snapshot(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Body(req): Body<SnapshotRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    Ok(Json(
+        blocking(move || s.engine.record_snapshot(&id, req.snapshot_moref())).await?,
+    ))
+}
+
+async fn backup_snapshot(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    Ok(Json(blocking(move || s.engine.backup_snapshot(&id)).await?))
 }
 
 async fn chain(State(s): State<ApiState>, Path(vm): Path<String>) -> ApiResult<impl IntoResponse> {

@@ -45,6 +45,7 @@ use sendense_qcow2::{
     BackingPolicy, BackingSpec, CreateOptions, DEFAULT_CHAIN_DEPTH, Image, MAX_CHAIN_DEPTH,
     OpenOptions,
 };
+use sendense_types::api::BackupSnapshot;
 use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, BackupType, Chain, CompleteBackupRequest, DiskKey,
     ExportName, RegisterVmRequest, RepositoryInfo, RestoreDisk, RestoreExports, StartBackupRequest,
@@ -122,6 +123,8 @@ enum Slot {
 struct Live {
     running: HashMap<BackupId, Slot>,
     restores: HashMap<BackupId, Vec<(DiskKey, ExportName)>>,
+    /// The vCenter snapshot each running backup reads from (`record_snapshot`).
+    snapshots: HashMap<BackupId, String>,
     /// Backups being deleted: no restore exports may open meanwhile.
     deleting: HashSet<BackupId>,
     /// Shutdown has begun: no new backup starts.
@@ -755,6 +758,41 @@ impl Engine {
         let record = self.record(id)?;
         let live = self.live();
         Ok(self.api_backup(&record, running_disks(&live, id)))
+    }
+
+    /// Records the vCenter snapshot a running backup reads from, so that another run of the
+    /// VM removes only leftover snapshots (one run per VM). Kept in memory: ownership ends with
+    /// the run (a hub restart fails every running backup).
+    ///
+    /// # Errors
+    /// Unknown backup (404), not running (409), or the catalog fails.
+    pub fn record_snapshot(&self, id: &BackupId, moref: &str) -> Result<BackupSnapshot, HubError> {
+        self.running_record(id)?;
+        let mut live = self.live();
+        let Live {
+            running, snapshots, ..
+        } = &mut *live;
+        snapshots.retain(|b, _| running.contains_key(b));
+        snapshots.insert(id.clone(), moref.to_owned());
+        tracing::info!(backup_id = %id, snapshot = moref, "snapshot recorded");
+        Ok(BackupSnapshot {
+            backup_id: id.clone(),
+            snapshot_moref: Some(moref.to_owned()),
+        })
+    }
+
+    /// The vCenter snapshot a backup owns: the recorded one while it runs, else none.
+    ///
+    /// # Errors
+    /// Unknown backup (404), or the catalog fails.
+    pub fn backup_snapshot(&self, id: &BackupId) -> Result<BackupSnapshot, HubError> {
+        let record = self.record(id)?;
+        let live = self.live();
+        let owned = record.status.is_active() && live.running.contains_key(id);
+        Ok(BackupSnapshot {
+            backup_id: id.clone(),
+            snapshot_moref: owned.then(|| live.snapshots.get(id).cloned()).flatten(),
+        })
     }
 
     /// Backups matching `query`, oldest first.

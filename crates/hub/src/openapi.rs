@@ -59,12 +59,17 @@ pub const DOCUMENT: &str = r##"{
         "vms": { "type": "array", "items": { "type": "object", "properties": {
           "vm_name": { "type": "string" }, "used_bytes": { "type": "integer" }, "backups": { "type": "integer" } } } },
         "unknown_files": { "type": "array", "items": { "type": "string" }, "description": "Files the catalog does not know, relative to the repository; never deleted by the hub" } } },
+      "BackupSnapshot": { "type": "object", "properties": {
+        "backup_id": { "type": "string" },
+        "snapshot_moref": { "type": ["string", "null"] } } },
       "CompleteBackupRequest": { "type": "object", "additionalProperties": false, "required": ["disks"], "properties": {
         "disks": { "type": "array", "items": { "type": "object", "additionalProperties": false,
           "required": ["disk_key", "bytes_transferred"], "properties": {
             "disk_key": { "type": "integer" },
             "change_id": { "type": ["string", "null"] },
             "bytes_transferred": { "type": "integer" } } } } } },
+      "SnapshotRequest": { "type": "object", "additionalProperties": false, "required": ["snapshot_moref"], "properties": {
+        "snapshot_moref": { "type": "string", "maxLength": 80 } } },
       "FailBackupRequest": { "type": "object", "additionalProperties": false, "required": ["reason"], "properties": {
         "reason": { "type": "string", "maxLength": 4096 } } },
       "Chain": { "type": "object", "properties": {
@@ -140,6 +145,15 @@ pub const DOCUMENT: &str = r##"{
       "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/FailBackupRequest" } } } },
       "responses": { "200": { "description": "The failed backup", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Backup" } } } },
         "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/backups/{id}/snapshot": {
+      "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+      "post": { "summary": "Record the vCenter snapshot a running backup reads from; another run of the VM keeps it",
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SnapshotRequest" } } } },
+        "responses": { "200": { "description": "Recorded", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BackupSnapshot" } } } },
+          "400": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } },
+      "get": { "summary": "The snapshot a running backup owns (null once it ended)",
+        "responses": { "200": { "description": "The snapshot", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BackupSnapshot" } } } },
+          "404": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/backups/chain/{vm_name}": { "get": { "summary": "The VM's chain: full, then incrementals, oldest first",
       "parameters": [ { "name": "vm_name", "in": "path", "required": true, "schema": { "type": "string" } } ],
       "responses": { "200": { "description": "The chain", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Chain" } } } },
@@ -185,6 +199,7 @@ mod tests {
             "/api/v1/backups/{id}",
             "/api/v1/backups/{id}/complete",
             "/api/v1/backups/{id}/fail",
+            "/api/v1/backups/{id}/snapshot",
             "/api/v1/backups/chain/{vm_name}",
             "/api/v1/backups/{id}/exports",
             "/api/v1/credentials",

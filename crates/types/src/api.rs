@@ -274,10 +274,74 @@ pub struct StartBackupRequest {
     pub vm_name: VmName,
     /// Full, incremental, or auto (incremental when possible).
     pub backup_type: BackupType,
-    /// The backup the client's changes are relative to: an incremental (or an `auto` that
-    /// continues the chain) is refused with 409 when the hub's parent is another one.
+    /// The backup the caller's changes are relative to (a file source's `--base-backup`): the
+    /// hub refuses the start (409) when the parent it would choose is another one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_backup_id: Option<BackupId>,
+}
+
+/// Longest snapshot managed-object id accepted in a [`SnapshotRequest`], in bytes.
+pub const MAX_SNAPSHOT_MOREF_LEN: usize = 80;
+
+/// `POST /api/v1/backups/{id}/snapshot`: `{snapshot_moref}`, the vCenter snapshot a running
+/// backup reads from (e.g. `snapshot-42`), recorded with the backup so that another run of the
+/// same VM removes only leftover snapshots no running backup owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SnapshotWire")]
+pub struct SnapshotRequest {
+    snapshot_moref: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotWire {
+    snapshot_moref: String,
+}
+
+impl TryFrom<SnapshotWire> for SnapshotRequest {
+    type Error = TypesError;
+
+    fn try_from(wire: SnapshotWire) -> Result<Self, Self::Error> {
+        Self::new(wire.snapshot_moref)
+    }
+}
+
+impl SnapshotRequest {
+    /// A validated request: 1 to 80 bytes of ASCII letters, digits, `-`, `_`, `.` or `:`.
+    ///
+    /// # Errors
+    /// [`TypesError::InvalidField`] naming `snapshot_moref`.
+    pub fn new(snapshot_moref: String) -> Result<Self, TypesError> {
+        let valid = !snapshot_moref.is_empty()
+            && snapshot_moref.len() <= MAX_SNAPSHOT_MOREF_LEN
+            && snapshot_moref
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if !valid {
+            return Err(TypesError::InvalidField {
+                field: "snapshot_moref",
+                reason: "must be 1 to 80 characters of A-Z a-z 0-9 - _ . :",
+            });
+        }
+        Ok(Self { snapshot_moref })
+    }
+
+    /// The snapshot's managed-object id.
+    #[must_use]
+    pub fn snapshot_moref(&self) -> &str {
+        &self.snapshot_moref
+    }
+}
+
+/// The answer of `POST` and `GET /api/v1/backups/{id}/snapshot`: `{backup_id, snapshot_moref}`,
+/// the vCenter snapshot a running backup owns (`null` when none is recorded or the backup is no
+/// longer running: its snapshot, if still there, is a leftover).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSnapshot {
+    /// The backup.
+    pub backup_id: BackupId,
+    /// The snapshot's managed-object id while the backup runs.
+    pub snapshot_moref: Option<String>,
 }
 
 /// One disk in [`CompleteBackupRequest`]: `{disk_key, change_id, bytes_transferred}`.
@@ -946,6 +1010,49 @@ mod tests {
     #[test]
     fn vcenter_trust_ca_pem_without_certificate_is_refused() {
         assert!(VcenterTrust::ca_pem("not pem".into()).is_err());
+    }
+
+    #[test]
+    fn start_backup_request_without_base_omits_it() {
+        let req = StartBackupRequest {
+            vm_name: VmName::try_from("vm1").unwrap(),
+            backup_type: BackupType::Full,
+            base_backup_id: None,
+        };
+
+        let json = serde_json::to_string(&req).unwrap();
+
+        assert_eq!(json, r#"{"vm_name":"vm1","backup_type":"full"}"#);
+    }
+
+    #[test]
+    fn start_backup_request_base_round_trips() {
+        let json = r#"{"vm_name":"vm1","backup_type":"incremental","base_backup_id":"backup-vm1-20261125T000000-000001"}"#;
+
+        let req: StartBackupRequest = serde_json::from_str(json).unwrap();
+
+        assert_eq!(
+            req.base_backup_id.as_ref().map(BackupId::as_str),
+            Some("backup-vm1-20261125T000000-000001")
+        );
+        assert_eq!(serde_json::to_string(&req).unwrap(), json);
+    }
+
+    #[test]
+    fn snapshot_request_valid_moref_round_trips() {
+        let req: SnapshotRequest =
+            serde_json::from_str(r#"{"snapshot_moref":"snapshot-42"}"#).unwrap();
+
+        assert_eq!(req.snapshot_moref(), "snapshot-42");
+    }
+
+    #[test]
+    fn snapshot_request_bad_moref_is_rejected() {
+        for bad in ["", "snap shot", "a/b", &"x".repeat(81)] {
+            let err = SnapshotRequest::new(bad.to_owned()).unwrap_err();
+
+            assert!(err.to_string().contains("snapshot_moref"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Backup orchestration: the VMware CBT rules of `shared/VSPHERE.md`.
 //!
-//! [`VsphereBackup::prepare`] finds the VM, checks every disk is a flat VMDK, removes a
-//! leftover snapshot of ours (nothing is recorded from it: the previous change ids come from
-//! the hub), enables CBT when it is off (that backup is a full), creates one snapshot, reads the
+//! [`VsphereBackup::prepare`] finds the VM, checks every disk is a flat VMDK, removes leftover
+//! snapshots of ours except those a running backup owns ([`PrepareOptions::keep_snapshots`];
+//! nothing is recorded from them: the previous change ids come from the hub), enables CBT when it is off (that backup is a full), creates one snapshot, reads the
 //! change ids from the **snapshot's** devices and computes each disk's extents:
 //! `QueryChangedDiskAreas` (paged) from the stored change id, or `*` for a full. A disk falls
 //! back to a full on a new chain, with a log line saying why, when its key, UUID or capacity
-//! changed, the stored change id's epoch (UUID part) differs, or the query faults on it.
+//! changed, the stored change id's epoch (UUID part) differs, or the query faults on it. A disk
+//! the previous backup did not have is [`DiskMode::New`]: all its allocated areas, no full of
+//! the VM.
 //!
 //! The new change id is only returned: the caller hands it to the hub in `complete`, after the
 //! data is durable. The snapshot is removed by [`Prepared::finish`] or a [`SnapshotCleanup`]
@@ -23,7 +25,7 @@ use tracing::{error, info, warn};
 use crate::cbt::{ALL_ALLOCATED, changed_areas};
 use crate::datastore::{DatastoreFile, DatastorePath};
 use crate::error::{FaultKind, SoapFault, VsphereError};
-use crate::session::Session;
+use crate::session::{Session, VmInfo};
 use crate::soap::{DiskBacking, MoRef, VirtualDisk};
 use crate::source::{CbtContext, VmDiskSource};
 
@@ -48,6 +50,12 @@ pub struct PrepareOptions {
     pub quiesce: bool,
     /// Take a full of every disk whatever the previous change ids.
     pub force_full: bool,
+    /// The snapshot's name (it must start with [`SNAPSHOT_PREFIX`]); `sendense-<unix seconds>`
+    /// when `None`. The vCenter flow names it after the hub's backup id.
+    pub snapshot_name: Option<String>,
+    /// Snapshots of ours (by managed-object id, e.g. `snapshot-42`) that running backups own:
+    /// they are not leftovers and are never removed.
+    pub keep_snapshots: Vec<String>,
 }
 
 /// How a disk is backed up.
@@ -64,6 +72,10 @@ pub enum DiskMode {
         /// The previous change id the extents are relative to.
         base: ChangeId,
     },
+    /// A disk the previous backup did not have (added to the VM since): all allocated areas,
+    /// into a standalone image of that disk inside an incremental of the VM (the hub answers
+    /// `parent_change_id: null` for it).
+    New,
 }
 
 /// One disk ready to transfer.
@@ -161,13 +173,19 @@ impl Prepared {
             .all(|d| matches!(d.mode, DiskMode::Incremental { .. }))
     }
 
-    /// Turn every incremental disk into a full (all allocated areas), for when the hub must
-    /// start a new chain for the whole VM because one disk needs it.
+    /// Turn every incremental (and new) disk into a full (all allocated areas), for when the
+    /// hub must start a new chain for the whole VM because one disk needs it.
     ///
     /// # Errors
     /// SOAP errors of the allocated-areas query.
     pub async fn promote_to_full(&mut self, reason: &str) -> Result<(), VsphereError> {
         for d in &mut self.disks {
+            if d.mode == DiskMode::New {
+                // Its extents are already the allocated areas.
+                d.mode = DiskMode::Full {
+                    reason: Some(reason.to_owned()),
+                };
+            }
             if matches!(d.mode, DiskMode::Incremental { .. }) {
                 let key =
                     i32::try_from(d.key.get()).map_err(|_| VsphereError::UnexpectedResponse {
@@ -184,6 +202,21 @@ impl Prepared {
             }
         }
         Ok(())
+    }
+
+    /// Whether a disk needs a full on a new chain (a new disk does not: see [`DiskMode::New`]),
+    /// and why.
+    #[must_use]
+    pub fn full_reason(&self) -> Option<String> {
+        self.disks.iter().find_map(|d| match &d.mode {
+            DiskMode::Full {
+                reason: Some(reason),
+            } => Some(format!("disk {}: {reason}", d.key)),
+            DiskMode::Full { reason: None } => {
+                Some(format!("disk {}: no previous backup to build on", d.key))
+            }
+            _ => None,
+        })
     }
 
     /// Remove our snapshot. Call it on every path, success or failure.
@@ -231,11 +264,16 @@ impl VsphereBackup {
         }
         // Order rule (forklift #1184): old change ids are the hub's (already recorded); remove
         // the leftover snapshot, then create ours.
+        // Only leftovers: a snapshot a running backup owns is being read (one run per VM).
         for s in info
             .snapshots
             .iter()
             .filter(|s| s.name.starts_with(SNAPSHOT_PREFIX))
         {
+            if options.keep_snapshots.contains(&s.snapshot.value) {
+                info!(vm = %info.name, snapshot = %s.name, moref = %s.snapshot.value, "keeping a snapshot a running backup owns");
+                continue;
+            }
             warn!(vm = %info.name, snapshot = %s.name, "removing a leftover snapshot of an earlier run");
             session.remove_snapshot(&s.snapshot).await?;
         }
@@ -247,10 +285,16 @@ impl VsphereBackup {
             true
         };
         let dc_path = session.datacenter_path(&vm_ref).await?;
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let name = format!("{SNAPSHOT_PREFIX}{secs}");
+        let name = match &options.snapshot_name {
+            Some(name) if name.starts_with(SNAPSHOT_PREFIX) => name.clone(),
+            Some(name) => format!("{SNAPSHOT_PREFIX}{name}"),
+            None => {
+                let secs = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                format!("{SNAPSHOT_PREFIX}{secs}")
+            }
+        };
         let snapshot = session
             .create_snapshot(
                 &vm_ref,
@@ -296,6 +340,21 @@ impl VsphereBackup {
             }
         }
     }
+}
+
+/// Checks the VM has disks and each one can be backed up (flat VMDK, not independent), before
+/// anything is started.
+///
+/// # Errors
+/// [`VsphereError::NoDisks`], [`VsphereError::UnsupportedBacking`],
+/// [`VsphereError::UnsupportedDiskMode`].
+pub fn check_vm_disks(info: &VmInfo) -> Result<(), VsphereError> {
+    if info.disks.is_empty() {
+        return Err(VsphereError::NoDisks {
+            vm: info.name.clone(),
+        });
+    }
+    info.disks.iter().try_for_each(check_disk)
 }
 
 fn check_disk(d: &VirtualDisk) -> Result<(), VsphereError> {
@@ -358,6 +417,7 @@ fn frozen_file(
 
 enum Decision {
     Full(Option<String>),
+    New,
     TryIncremental(ChangeId),
 }
 
@@ -393,47 +453,14 @@ impl Plan<'_> {
     }
 
     fn decide(&self, key: DiskKey, sd: &VirtualDisk, new_id: Option<&ChangeId>) -> Decision {
-        let Some(prev) = self.previous.get(&key) else {
-            if self.previous.is_empty() {
-                return Decision::Full(None);
-            }
-            return Decision::Full(Some(format!(
-                "no previous backup of disk {key} (a new disk, or its key changed)"
-            )));
-        };
-        let Some(base) = &prev.change_id else {
-            return Decision::Full(None);
-        };
-        if self.options.force_full {
-            return Decision::Full(None);
-        }
-        if self.cbt_enabled_now {
-            return Decision::Full(Some("CBT was off and has just been enabled".to_owned()));
-        }
-        if let Some(cap) = prev.capacity
-            && cap != sd.capacity
-        {
-            return Decision::Full(Some(format!(
-                "capacity changed from {cap} to {} bytes",
-                sd.capacity
-            )));
-        }
-        if let (Some(old), Some(new)) = (&prev.uuid, &sd.backing.uuid)
-            && old != new
-        {
-            return Decision::Full(Some(format!("disk UUID changed from {old} to {new}")));
-        }
-        let Some(new_id) = new_id else {
-            return Decision::Full(Some(
-                "the snapshot reports no change id (CBT not active on this disk)".to_owned(),
-            ));
-        };
-        if new_id.uuid_part() != base.uuid_part() {
-            return Decision::Full(Some(format!(
-                "CBT epoch changed (stored change id {base}, disk now {new_id}): CBT was reset"
-            )));
-        }
-        Decision::TryIncremental(base.clone())
+        decide(
+            self.previous,
+            key,
+            sd,
+            new_id,
+            self.options.force_full,
+            self.cbt_enabled_now,
+        )
     }
 
     async fn disk(
@@ -494,6 +521,11 @@ impl Plan<'_> {
                     full_extents(self.session, self.vm, self.snapshot, sd.key, sd.capacity).await?;
                 (DiskMode::Full { reason }, x, c)
             }
+            Decision::New => {
+                let (x, c) =
+                    full_extents(self.session, self.vm, self.snapshot, sd.key, sd.capacity).await?;
+                (DiskMode::New, x, c)
+            }
         };
         match &mode {
             DiskMode::Full { reason: Some(r) } => {
@@ -503,8 +535,12 @@ impl Plan<'_> {
             DiskMode::Incremental { base } => {
                 info!(disk = %key, %base, extents = extents.len(), "incremental backup");
             }
+            DiskMode::New => {
+                info!(disk = %key, "a disk new to the VM: all its allocated areas");
+            }
         }
-        let allocated = matches!(mode, DiskMode::Full { .. }).then(|| extents.clone());
+        let allocated =
+            matches!(mode, DiskMode::Full { .. } | DiskMode::New).then(|| extents.clone());
         let source = VmDiskSource::new(
             DatastoreFile::new(self.session.clone(), self.dc_path, &file),
             sd.capacity,
@@ -530,6 +566,86 @@ impl Plan<'_> {
             cbt_calls: calls,
         })
     }
+}
+
+/// The CBT rules for one disk: a full (with the reason when one was not asked for), a disk new
+/// to the VM, or an incremental from the stored change id. `new_id` is the disk's change id now
+/// (the snapshot's, or the VM's before the snapshot).
+fn decide(
+    previous: &BTreeMap<DiskKey, PreviousDisk>,
+    key: DiskKey,
+    sd: &VirtualDisk,
+    new_id: Option<&ChangeId>,
+    force_full: bool,
+    cbt_enabled_now: bool,
+) -> Decision {
+    let Some(prev) = previous.get(&key) else {
+        if previous.is_empty() || force_full {
+            return Decision::Full(None);
+        }
+        return Decision::New;
+    };
+    let Some(base) = &prev.change_id else {
+        return Decision::Full(None);
+    };
+    if force_full {
+        return Decision::Full(None);
+    }
+    if cbt_enabled_now {
+        return Decision::Full(Some("CBT was off and has just been enabled".to_owned()));
+    }
+    if let Some(cap) = prev.capacity
+        && cap != sd.capacity
+    {
+        return Decision::Full(Some(format!(
+            "capacity changed from {cap} to {} bytes",
+            sd.capacity
+        )));
+    }
+    if let (Some(old), Some(new)) = (&prev.uuid, &sd.backing.uuid)
+        && old != new
+    {
+        return Decision::Full(Some(format!("disk UUID changed from {old} to {new}")));
+    }
+    let Some(new_id) = new_id else {
+        return Decision::Full(Some(
+            "the disk reports no change id (CBT not active on this disk)".to_owned(),
+        ));
+    };
+    if new_id.uuid_part() != base.uuid_part() {
+        return Decision::Full(Some(format!(
+            "CBT epoch changed (stored change id {base}, disk now {new_id}): CBT was reset"
+        )));
+    }
+    Decision::TryIncremental(base.clone())
+}
+
+/// Before any snapshot: why the VM's next backup must be a full on a new chain, if it must,
+/// judged from the VM's current devices with the rules [`VsphereBackup::prepare`] applies to the
+/// snapshot's (no previous backup, CBT off, a disk's key, UUID or capacity changed, a CBT epoch
+/// changed). A disk new to the VM is no reason ([`DiskMode::New`]). The snapshot may still
+/// reveal a reason (`QueryChangedDiskAreas` refusing the stored change id).
+#[must_use]
+pub fn full_reason_before_snapshot(
+    info: &VmInfo,
+    previous: &BTreeMap<DiskKey, PreviousDisk>,
+) -> Option<String> {
+    if previous.is_empty() {
+        return Some("no previous backup of this VM to build on".to_owned());
+    }
+    info.disks.iter().find_map(|d| {
+        let key = DiskKey(u32::try_from(d.key).ok()?);
+        let now = d
+            .backing
+            .change_id
+            .as_deref()
+            .and_then(|c| ChangeId::try_from(c).ok());
+        match decide(previous, key, d, now.as_ref(), false, !info.cbt_enabled) {
+            Decision::Full(Some(reason)) => Some(format!("disk {key}: {reason}")),
+            Decision::Full(None) => Some(format!("disk {key}: no previous backup to build on")),
+            Decision::New | Decision::TryIncremental(_) => None,
+        }
+    })
 }
 
 /// All allocated areas (`*`); the whole disk when CBT cannot answer yet.

@@ -168,13 +168,14 @@ impl DatastoreFile {
         const CALL: &str = "datastore read";
         let timeout = self.session.options().request_timeout;
         let len = buf.len() as u64;
-        let last = offset
-            .checked_add(len - 1)
-            .ok_or(VsphereError::ReadOutOfRange {
-                offset,
-                length: len,
-                capacity: u64::MAX,
-            })?;
+        let last =
+            offset
+                .checked_add(len.saturating_sub(1))
+                .ok_or(VsphereError::ReadOutOfRange {
+                    offset,
+                    length: len,
+                    capacity: u64::MAX,
+                })?;
         let mut req = self
             .session
             .http()
@@ -184,46 +185,30 @@ impl DatastoreFile {
             req = req.header(COOKIE, c);
         }
         let mut resp = req.send().await.map_err(|e| http_error(e, CALL, timeout))?;
-        match resp.status().as_u16() {
-            206 => {}
-            503 => return Ok(Attempt::Busy),
-            401 => return Ok(Attempt::Unauthorized),
-            status => return Err(VsphereError::HttpStatus { call: CALL, status }),
-        }
-        let range_err = |answered: Option<String>| VsphereError::ContentRange {
-            path: self.name.clone(),
-            offset,
-            length: len,
-            answered,
-        };
-        let answered = resp
+        let content_range = resp
             .headers()
             .get(CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let expected = format!("bytes {offset}-{last}/");
-        if !answered
-            .as_deref()
-            .is_some_and(|a| a.starts_with(&expected))
-        {
-            return Err(range_err(answered));
+            .map(|v| v.as_bytes().to_vec());
+        match judge_range_answer(
+            &self.name,
+            resp.status().as_u16(),
+            content_range.as_deref(),
+            offset,
+            len,
+        )? {
+            RangeAnswer::Data => {}
+            RangeAnswer::Busy => return Ok(Attempt::Busy),
+            RangeAnswer::Unauthorized => return Ok(Attempt::Unauthorized),
         }
-        let mut filled = 0usize;
+        let mut body = RangeBody::new(&self.name, offset, buf, content_range.as_deref());
         while let Some(chunk) = resp
             .chunk()
             .await
             .map_err(|e| http_error(e, CALL, timeout))?
         {
-            let end = filled
-                .checked_add(chunk.len())
-                .filter(|&e| e <= buf.len())
-                .ok_or_else(|| range_err(answered.clone()))?;
-            buf[filled..end].copy_from_slice(&chunk);
-            filled = end;
+            body.push(&chunk)?;
         }
-        if filled != buf.len() {
-            return Err(range_err(answered));
-        }
+        body.finish()?;
         Ok(Attempt::Done)
     }
 }
@@ -232,6 +217,126 @@ enum Attempt {
     Done,
     Busy,
     Unauthorized,
+}
+
+/// What a `/folder` answer to a Range read means (see [`judge_range_answer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeAnswer {
+    /// 206 with the `Content-Range` asked for: read the body.
+    Data,
+    /// 503: ESXi rate limiting, back off and retry.
+    Busy,
+    /// 401: the session expired, log in again.
+    Unauthorized,
+}
+
+/// Judges vCenter's answer to `GET /folder/...` with `Range: bytes=OFFSET-LAST` (`LAST` =
+/// `offset + length - 1`) from its status and `Content-Range` header, which must start with
+/// `bytes OFFSET-LAST/`. Pure, so the `vsphere_folder` fuzz target can drive it.
+///
+/// # Errors
+/// [`VsphereError::HttpStatus`] for another status; [`VsphereError::ContentRange`] for a 206
+/// answering another range (or none); [`VsphereError::ReadOutOfRange`] for an empty or
+/// overflowing request.
+pub fn judge_range_answer(
+    path: &str,
+    status: u16,
+    content_range: Option<&[u8]>,
+    offset: u64,
+    length: u64,
+) -> Result<RangeAnswer, VsphereError> {
+    match status {
+        206 => {}
+        503 => return Ok(RangeAnswer::Busy),
+        401 => return Ok(RangeAnswer::Unauthorized),
+        status => {
+            return Err(VsphereError::HttpStatus {
+                call: "datastore read",
+                status,
+            });
+        }
+    }
+    let last = length
+        .checked_sub(1)
+        .and_then(|l| offset.checked_add(l))
+        .ok_or(VsphereError::ReadOutOfRange {
+            offset,
+            length,
+            capacity: u64::MAX,
+        })?;
+    let answered = content_range.and_then(|v| std::str::from_utf8(v).ok());
+    let expected = format!("bytes {offset}-{last}/");
+    if answered.is_some_and(|a| a.starts_with(&expected)) {
+        Ok(RangeAnswer::Data)
+    } else {
+        Err(range_error(path, offset, length, content_range))
+    }
+}
+
+fn range_error(path: &str, offset: u64, length: u64, answered: Option<&[u8]>) -> VsphereError {
+    VsphereError::ContentRange {
+        path: path.to_owned(),
+        offset,
+        length,
+        answered: answered.map(|a| String::from_utf8_lossy(a).chars().take(200).collect()),
+    }
+}
+
+/// The body of a `/folder` Range answer, copied chunk by chunk into the caller's buffer: more or
+/// fewer bytes than asked is [`VsphereError::ContentRange`]. Pure (fuzzed with
+/// [`judge_range_answer`]).
+#[derive(Debug)]
+pub struct RangeBody<'a> {
+    path: &'a str,
+    offset: u64,
+    buf: &'a mut [u8],
+    filled: usize,
+    answered: Option<&'a [u8]>,
+}
+
+impl<'a> RangeBody<'a> {
+    /// An empty body for the read of `buf.len()` bytes at `offset` of `path`; `answered` is
+    /// the `Content-Range` header, for error messages.
+    pub fn new(path: &'a str, offset: u64, buf: &'a mut [u8], answered: Option<&'a [u8]>) -> Self {
+        Self {
+            path,
+            offset,
+            buf,
+            filled: 0,
+            answered,
+        }
+    }
+
+    fn error(&self) -> VsphereError {
+        range_error(self.path, self.offset, self.buf.len() as u64, self.answered)
+    }
+
+    /// Appends one chunk of the body.
+    ///
+    /// # Errors
+    /// [`VsphereError::ContentRange`] when the body grows past the length asked.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), VsphereError> {
+        let end = self
+            .filled
+            .checked_add(chunk.len())
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| self.error())?;
+        self.buf[self.filled..end].copy_from_slice(chunk);
+        self.filled = end;
+        Ok(())
+    }
+
+    /// Ends the body.
+    ///
+    /// # Errors
+    /// [`VsphereError::ContentRange`] when it is shorter than asked.
+    pub fn finish(self) -> Result<(), VsphereError> {
+        if self.filled == self.buf.len() {
+            Ok(())
+        } else {
+            Err(self.error())
+        }
+    }
 }
 
 /// Percent-encode for a URL path (`keep_slash`) or query value.
@@ -283,6 +388,51 @@ impl<F: Future<Output = Result<(), VsphereError>>> Future for JoinAll<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn judge_range_answer_statuses_and_ranges() {
+        let ok = judge_range_answer("f", 206, Some(b"bytes 512-1023/4096"), 512, 512);
+        let other = judge_range_answer("f", 206, Some(b"bytes 0-511/4096"), 512, 512);
+        let missing = judge_range_answer("f", 206, None, 512, 512);
+        let busy = judge_range_answer("f", 503, None, 0, 512);
+        let expired = judge_range_answer("f", 401, None, 0, 512);
+        let empty = judge_range_answer("f", 206, Some(b"bytes 0--1/1"), 0, 0);
+        let overflow = judge_range_answer("f", 206, None, u64::MAX, 2);
+        let refused = judge_range_answer("f", 200, None, 0, 512);
+
+        assert_eq!(ok.unwrap(), RangeAnswer::Data);
+        assert!(matches!(other, Err(VsphereError::ContentRange { .. })));
+        assert!(matches!(
+            missing,
+            Err(VsphereError::ContentRange { answered: None, .. })
+        ));
+        assert_eq!(busy.unwrap(), RangeAnswer::Busy);
+        assert_eq!(expired.unwrap(), RangeAnswer::Unauthorized);
+        assert!(matches!(empty, Err(VsphereError::ReadOutOfRange { .. })));
+        assert!(matches!(overflow, Err(VsphereError::ReadOutOfRange { .. })));
+        assert!(matches!(
+            refused,
+            Err(VsphereError::HttpStatus { status: 200, .. })
+        ));
+    }
+
+    #[test]
+    fn range_body_refuses_short_and_long_bodies() {
+        let mut buf = [0u8; 4];
+        let mut long = RangeBody::new("f", 0, &mut buf, None);
+        long.push(b"abc").unwrap();
+        assert!(long.push(b"de").is_err());
+        let mut buf = [0u8; 4];
+        let mut short = RangeBody::new("f", 0, &mut buf, None);
+        short.push(b"abc").unwrap();
+        assert!(short.finish().is_err());
+        let mut buf = [0u8; 4];
+        let mut exact = RangeBody::new("f", 0, &mut buf, None);
+        exact.push(b"ab").unwrap();
+        exact.push(b"cd").unwrap();
+        exact.finish().unwrap();
+        assert_eq!(&buf, b"abcd");
+    }
 
     #[test]
     fn datastore_path_flat_extent_maps_name() {

@@ -297,6 +297,30 @@ pub enum VsphereError {
         #[source]
         source: Box<sendense_client::ClientError>,
     },
+    /// The hub refused to start the backup because another backup of the VM is running (409):
+    /// one run per VM. Nothing was done in vCenter (no snapshot created or removed).
+    #[error(
+        "Another backup of VM {vm} is running at the hub (one run per VM): nothing was done in vCenter; retry once it has ended"
+    )]
+    VmBusy {
+        /// The VM's name at the hub.
+        vm: String,
+        /// The hub's 409 answer.
+        #[source]
+        source: Box<sendense_client::ClientError>,
+    },
+    /// A backup whose incremental CBT refused was restarted as a full, but the hub refused the
+    /// full (another run took the VM in between): the snapshot has been removed.
+    #[error("Restarting VM {vm}'s backup as a full ({reason}) was refused by the hub")]
+    RestartRefused {
+        /// The VM's name at the hub.
+        vm: String,
+        /// Why the incremental had to become a full.
+        reason: String,
+        /// The hub's answer.
+        #[source]
+        source: Box<sendense_client::ClientError>,
+    },
     /// The VM's vCenter name cannot be its name at the hub.
     #[error("VM {name:?} cannot be stored at the hub: {reason}")]
     HubVmName {
@@ -355,8 +379,8 @@ pub enum VsphereError {
         #[source]
         source: Box<sendense_client::ClientError>,
     },
-    /// The user interrupted the run (Ctrl-C).
-    #[error("Interrupted")]
+    /// The user interrupted the run (Ctrl-C, SIGTERM or SIGHUP).
+    #[error("Interrupted (Ctrl-C, SIGTERM or SIGHUP)")]
     Interrupted,
     /// The backup completed but our snapshot could not be removed.
     #[error(

@@ -15,21 +15,33 @@
 //!    credential, `--vcenter-credential`: see [`crate::credential`]); find the VM; its vCenter name is its name at the hub.
 //! 2. Read the hub's chain of the VM (404 or empty: a first full). The last completed backup
 //!    gives each disk's previous change id and capacity.
-//! 3. [`VsphereBackup::prepare`]: one snapshot, change ids from the snapshot, extents per disk,
-//!    automatic fulls with their reason.
-//! 4. If any disk needs a full, or `--type full`: every disk becomes a full
-//!    ([`Prepared::promote_to_full`]) and the hub is asked for `full` explicitly (never `auto`,
-//!    which could turn a needed full into an incremental), with a log line saying why.
-//!    `--type incremental` when a full is needed is refused (nothing is started at the hub).
-//! 5. Register the VM's disks (keys, capacities); start the backup; check an incremental's
-//!    parent change ids at the hub equal the bases CBT answered for.
-//! 6. Transfer every disk at once with the client's engine: a full sends the allocated areas
-//!    (`*`), an incremental the changed areas (zero runs as `WRITE_ZEROES`).
-//! 7. `complete` with each disk's new change id, only after the transfer.
-//! 8. Remove the snapshot, always. On any error or on `shutdown` (Ctrl-C) after the backup was
-//!    started, the hub is told `fail` with the reason first; the error is returned.
+//! 3. Decide full or incremental from the VM's devices as they are now
+//!    ([`crate::backup::full_reason_before_snapshot`]: CBT off, a disk's key, UUID or capacity
+//!    changed, a CBT epoch changed, no previous backup, or `--type full`), with a log line saying
+//!    why. `--type incremental` when a full is needed is refused (nothing is started at the hub).
+//!    The hub is asked for `full` or `incremental` explicitly, never `auto`.
+//! 4. **One run per VM**: register the VM's disks and start the backup at the hub *before*
+//!    touching any snapshot. The hub's start is its per-VM lock: a second run of the VM gets
+//!    409 and stops with [`VsphereError::VmBusy`], having done nothing in vCenter.
+//! 5. [`VsphereBackup::prepare`]: remove leftover snapshots of ours except those a running
+//!    backup owns (their moref recorded at the hub), create one snapshot named
+//!    `sendense-<backup id>`, read change ids from it, compute extents per disk. Then record the
+//!    snapshot's moref with the backup (`POST /api/v1/backups/{id}/snapshot`).
+//! 6. If the snapshot reveals a full is needed after all (`QueryChangedDiskAreas` refuses the
+//!    stored change id, a CBT epoch changed since step 3): the incremental is failed at the hub
+//!    with the reason ("restarted as a full backup on a new chain: ...") and a full started in
+//!    its place, reading the same snapshot; `--type incremental` fails instead. A disk new to
+//!    the VM needs no full of the VM: the hub answers `parent_change_id: null` for it and all
+//!    its allocated areas are sent ([`DiskMode::New`]).
+//! 7. Transfer every disk at once with the client's engine: a full sends the allocated areas
+//!    (`*`), an incremental the changed areas (zero runs as `WRITE_ZEROES`), after checking each
+//!    disk's parent change id at the hub equals the base CBT answered for.
+//! 8. `complete` with each disk's new change id, only after the transfer.
+//! 9. Remove the snapshot, always. On any error or on `shutdown` (Ctrl-C, SIGTERM, SIGHUP)
+//!    after the backup was started, the snapshot is removed, then the hub is told `fail` with
+//!    the reason (so the VM stays locked until its snapshot is gone); the error is returned.
 //!
-//! A Ctrl-C while the snapshot is being created is acted on once `prepare` has returned, so
+//! A signal while the snapshot is being created is acted on once `prepare` has returned, so
 //! the snapshot it created can be removed.
 
 use std::collections::BTreeMap;
@@ -46,16 +58,22 @@ use sendense_client::source::BoxFuture;
 use sendense_client::transfer::{
     DiskPlan, DiskStats, DiskTransfer, TargetConnector, TransferOptions, transfer_all,
 };
+use sendense_types::api::{MAX_CHAIN_LENGTH, SnapshotRequest};
 use sendense_types::{
-    Backup, BackupStatus, BackupSummary, BackupType, Chain, CompleteBackupRequest, CompleteDisk,
-    CredentialName, DiskKey, DiskSpec, RegisterVmRequest, StartBackupRequest, VmName,
+    Backup, BackupId, BackupQuery, BackupStatus, BackupSummary, BackupType, Chain,
+    CompleteBackupRequest, CompleteDisk, CredentialName, DiskKey, DiskSpec, RegisterVmRequest,
+    StartBackupRequest, VmName,
 };
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::backup::{DiskMode, PrepareOptions, Prepared, PreviousDisk, VsphereBackup};
+use crate::backup::{
+    DiskMode, PrepareOptions, Prepared, PreviousDisk, SNAPSHOT_PREFIX, VsphereBackup,
+    check_vm_disks, full_reason_before_snapshot,
+};
 use crate::credential::HubSessionIssuer;
 use crate::error::VsphereError;
 use crate::session::{ConnectOptions, Login, Session, TlsMode, read_password_file};
+use crate::soap::MoRef;
 
 /// Everything a vCenter backup needs.
 #[derive(Debug, Clone)]
@@ -165,13 +183,13 @@ pub fn options_from_request(
     Ok(options)
 }
 
-/// Runs a vCenter backup; Ctrl-C (SIGINT) fails it on the hub, removes the snapshot and
-/// returns [`VsphereError::Interrupted`].
+/// Runs a vCenter backup; Ctrl-C (SIGINT), SIGTERM or SIGHUP removes the snapshot, fails the
+/// backup on the hub and returns [`VsphereError::Interrupted`].
 ///
 /// # Errors
 /// See [`run_until`].
 pub async fn run(options: VcenterBackupOptions) -> Result<BackupSummary, VsphereError> {
-    // The SIGINT handler is installed now, not at first poll: a Ctrl-C during login or the
+    // The signal handlers are installed now, not at first poll: a signal during login or the
     // snapshot is not lost (and does not kill the process with the snapshot left).
     run_until(options, sendense_client::progress::interrupted()).await
 }
@@ -225,7 +243,7 @@ async fn with_session(
     options: &VcenterBackupOptions,
     hub: &HubClient,
     session: &Session,
-    mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+    shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
     started: Instant,
 ) -> Result<BackupSummary, VsphereError> {
     let vm_ref = session.find_vm(&options.vm).await?;
@@ -234,44 +252,60 @@ async fn with_session(
         name: vm_info.name.clone(),
         reason: e.to_string(),
     })?;
-    let previous = previous_disks(hub, &vm_name).await?;
-    let prepare_options = PrepareOptions {
-        quiesce: options.quiesce,
-        force_full: options.backup_type == BackupType::Full,
-    };
-
-    // Not cancellable half-way: a snapshot created by a dropped `prepare` would be left.
-    let mut interrupted = false;
-    let prepared = {
-        let mut prepare = pin!(VsphereBackup::prepare(
-            session,
-            &options.vm,
-            &previous,
-            &prepare_options
-        ));
-        loop {
-            tokio::select! {
-                r = &mut prepare => break r?,
-                () = &mut shutdown, if !interrupted => {
-                    warn!("interrupted: waiting for the snapshot to be created, to remove it");
-                    interrupted = true;
-                }
-            }
+    check_vm_disks(&vm_info)?;
+    let (previous, chain_reason) = previous_disks(hub, &vm_name).await?;
+    // The type is decided from the VM's devices now, before the snapshot: the hub's start is the
+    // per-VM lock and must come first. The snapshot may still force a full (see `locked`).
+    let backup_type = match (
+        options.backup_type,
+        chain_reason.or_else(|| full_reason_before_snapshot(&vm_info, &previous)),
+    ) {
+        (BackupType::Full, _) => {
+            info!(vm = %vm_name, reason = "a full backup was requested", "full backup on a new chain");
+            BackupType::Full
+        }
+        (BackupType::Incremental, Some(reason)) => {
+            return Err(VsphereError::IncrementalImpossible { reason });
+        }
+        (_, Some(reason)) => {
+            info!(vm = %vm_name, %reason, "full backup on a new chain");
+            BackupType::Full
+        }
+        (_, None) => {
+            info!(vm = %vm_name, "incremental backup from CBT");
+            BackupType::Incremental
         }
     };
-    let mut prepared = prepared;
-    let cleanup = prepared.cleanup_handle();
-    let result = if interrupted {
-        Err(VsphereError::Interrupted)
-    } else {
-        with_snapshot(options, hub, &vm_name, &mut prepared, shutdown, started).await
-    };
-    // Always remove the snapshot, success or failure.
-    let removed = match prepared.finish().await {
-        Ok(()) => Ok(()),
-        Err(first) => {
-            warn!(error = %first, "removing the snapshot failed; trying once more");
-            cleanup.remove().await
+    register(hub, &vm_name, &vm_info).await?;
+    // One run per VM: nothing in vCenter is touched before the hub's start succeeded.
+    let backup = start(hub, &vm_name, backup_type).await?;
+    info!(backup_id = %backup.backup_id, backup_type = %backup.backup_type, "backup started");
+
+    let mut current = Some(backup);
+    let (work, removed) = locked(options, hub, session, &previous, &mut current, shutdown).await;
+    let result = match (work, current) {
+        (Ok(stats), Some(backup)) => {
+            hub.backup(&backup.backup_id)
+                .await
+                .map_err(client)
+                .map(|final_state| {
+                    sendense_client::backup::summary(
+                        &final_state,
+                        &stats,
+                        started.elapsed().as_secs_f64(),
+                    )
+                })
+        }
+        (Ok(_), None) => Err(VsphereError::UnexpectedResponse {
+            what: "no backup at the hub after the transfer",
+        }),
+        (Err(e), current) => {
+            // The snapshot is gone (or its removal failed) before the hub lets the VM go.
+            if let Some(backup) = current {
+                let reason = sendense_client::backup::error_text(&e);
+                sendense_client::backup::fail_at_hub(hub, &backup.backup_id, &reason).await;
+            }
+            Err(e)
         }
     };
     match (result, removed) {
@@ -288,20 +322,292 @@ async fn with_session(
     }
 }
 
-/// The previous change ids per disk: from the hub's last completed backup of the VM.
+/// Registers the VM's disks (keys and capacities as vCenter reports them now).
+async fn register(
+    hub: &HubClient,
+    vm_name: &VmName,
+    info: &crate::session::VmInfo,
+) -> Result<(), VsphereError> {
+    let mut specs = Vec::with_capacity(info.disks.len());
+    for d in &info.disks {
+        let key = u32::try_from(d.key).map_err(|_| VsphereError::InvalidNumber {
+            field: "key",
+            value: d.key.to_string(),
+        })?;
+        specs.push(DiskSpec {
+            key: DiskKey(key),
+            capacity_bytes: d.capacity,
+        });
+    }
+    let register =
+        RegisterVmRequest::new(vm_name.clone(), specs).map_err(|e| VsphereError::HubVmName {
+            name: vm_name.to_string(),
+            reason: e.to_string(),
+        })?;
+    match hub.register_vm(&register).await {
+        Ok(_) => Ok(()),
+        // The hub refuses to change the disks of a VM whose backup is running.
+        Err(e @ ClientError::HubStatus { status: 409, .. }) if running_elsewhere(&e) => {
+            Err(VsphereError::VmBusy {
+                vm: vm_name.to_string(),
+                source: Box::new(e),
+            })
+        }
+        Err(e) => Err(client(e)),
+    }
+}
+
+/// Starts a backup at the hub; a 409 (another backup of the VM is running) is
+/// [`VsphereError::VmBusy`].
+async fn start(
+    hub: &HubClient,
+    vm_name: &VmName,
+    backup_type: BackupType,
+) -> Result<Backup, VsphereError> {
+    let request = StartBackupRequest {
+        vm_name: vm_name.clone(),
+        backup_type,
+        base_backup_id: None,
+    };
+    match hub.start_backup(&request).await {
+        Ok(backup) => Ok(backup),
+        Err(e @ ClientError::HubStatus { status: 409, .. }) if running_elsewhere(&e) => {
+            Err(VsphereError::VmBusy {
+                vm: vm_name.to_string(),
+                source: Box::new(e),
+            })
+        }
+        Err(e) => Err(client(e)),
+    }
+}
+
+/// Whether a hub 409 says a backup of the VM is in progress (other 409s, such as an incremental
+/// without a chain, keep their own message).
+fn running_elsewhere(e: &ClientError) -> bool {
+    matches!(e, ClientError::HubStatus { message, .. } if message.contains("in progress") || message.contains("running"))
+}
+
+/// The snapshots running backups of the VM own (other than `ours`), by managed-object id.
+async fn owned_snapshots(
+    hub: &HubClient,
+    vm_name: &VmName,
+    ours: &BackupId,
+) -> Result<Vec<String>, VsphereError> {
+    let query = BackupQuery {
+        vm_name: Some(vm_name.clone()),
+        status: Some(BackupStatus::Running),
+    };
+    let running = hub.backups(&query).await.map_err(client)?;
+    let mut owned = Vec::new();
+    for b in running.iter().filter(|b| &b.backup_id != ours) {
+        match hub.backup_snapshot(&b.backup_id).await {
+            Ok(s) => owned.extend(s.snapshot_moref),
+            // It ended in between: its snapshot, if left, is a leftover.
+            Err(ClientError::HubStatus { status: 404, .. }) => {}
+            Err(e) => return Err(client(e)),
+        }
+    }
+    Ok(owned)
+}
+
+/// Records our snapshot with the backup at the hub.
+async fn record_snapshot(
+    hub: &HubClient,
+    backup: &Backup,
+    snapshot: &MoRef,
+) -> Result<(), VsphereError> {
+    let request = SnapshotRequest::new(snapshot.value.clone()).map_err(|_| {
+        VsphereError::UnexpectedResponse {
+            what: "a snapshot id the hub cannot record",
+        }
+    })?;
+    hub.record_snapshot(&backup.backup_id, &request)
+        .await
+        .map_err(client)?;
+    info!(backup_id = %backup.backup_id, snapshot = %snapshot.value, "snapshot recorded with the backup");
+    Ok(())
+}
+
+/// Everything done while the hub holds the VM for `current`: remove leftover snapshots (not
+/// those running backups own), snapshot, record it, maybe restart as a full, transfer,
+/// complete. The snapshot is removed before this returns (second result). `current` is the
+/// backup at the hub to fail on error (`None` when none is held).
+async fn locked(
+    options: &VcenterBackupOptions,
+    hub: &HubClient,
+    session: &Session,
+    previous: &BTreeMap<DiskKey, PreviousDisk>,
+    current: &mut Option<Backup>,
+    mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> (
+    Result<Vec<DiskStats>, VsphereError>,
+    Result<(), VsphereError>,
+) {
+    let Some(backup) = current.as_ref() else {
+        return (
+            Err(VsphereError::UnexpectedResponse {
+                what: "no backup started",
+            }),
+            Ok(()),
+        );
+    };
+    let keep = match owned_snapshots(hub, &backup.vm_name, &backup.backup_id).await {
+        Ok(keep) => keep,
+        Err(e) => return (Err(e), Ok(())),
+    };
+    let prepare_options = PrepareOptions {
+        quiesce: options.quiesce,
+        force_full: backup.backup_type == BackupType::Full,
+        snapshot_name: Some(format!("{SNAPSHOT_PREFIX}{}", backup.backup_id)),
+        keep_snapshots: keep,
+    };
+
+    // Not cancellable half-way: a snapshot created by a dropped `prepare` would be left.
+    let mut interrupted = false;
+    let prepared = {
+        let mut prepare = pin!(VsphereBackup::prepare(
+            session,
+            &options.vm,
+            previous,
+            &prepare_options
+        ));
+        loop {
+            tokio::select! {
+                r = &mut prepare => break r,
+                () = &mut shutdown, if !interrupted => {
+                    warn!("interrupted: waiting for the snapshot to be created, to remove it");
+                    interrupted = true;
+                }
+            }
+        }
+    };
+    let mut prepared = match prepared {
+        Ok(p) => p,
+        // `prepare` removed its snapshot itself.
+        Err(e) => return (Err(e), Ok(())),
+    };
+    let cleanup = prepared.cleanup_handle();
+    let result = if interrupted {
+        Err(VsphereError::Interrupted)
+    } else {
+        with_snapshot(options, hub, &mut prepared, current, shutdown).await
+    };
+    // Always remove the snapshot, success or failure.
+    let removed = match prepared.finish().await {
+        Ok(()) => Ok(()),
+        Err(first) => {
+            warn!(error = %first, "removing the snapshot failed; trying once more");
+            cleanup.remove().await
+        }
+    };
+    (result, removed)
+}
+
+async fn with_snapshot(
+    options: &VcenterBackupOptions,
+    hub: &HubClient,
+    prepared: &mut Prepared,
+    current: &mut Option<Backup>,
+    shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> Result<Vec<DiskStats>, VsphereError> {
+    let Some(backup) = current.as_ref() else {
+        return Err(VsphereError::UnexpectedResponse {
+            what: "no backup started",
+        });
+    };
+    record_snapshot(hub, backup, &prepared.snapshot).await?;
+    match (backup.backup_type, prepared.full_reason()) {
+        (BackupType::Incremental, Some(reason)) => {
+            if options.backup_type == BackupType::Incremental {
+                return Err(VsphereError::IncrementalImpossible { reason });
+            }
+            // CBT said no only once the snapshot existed: the incremental the hub started is
+            // failed, saying why, and a full started in its place on the same snapshot.
+            warn!(%reason, "the incremental is not possible: failing it at the hub and starting a full on a new chain");
+            let vm_name = backup.vm_name.clone();
+            if let Some(old) = current.take() {
+                sendense_client::backup::fail_at_hub(
+                    hub,
+                    &old.backup_id,
+                    &format!("restarted as a full backup on a new chain: {reason}"),
+                )
+                .await;
+            }
+            let full = start(hub, &vm_name, BackupType::Full).await.map_err(|e| {
+                VsphereError::RestartRefused {
+                    vm: vm_name.to_string(),
+                    reason: reason.clone(),
+                    source: Box::new(into_client_error(e)),
+                }
+            })?;
+            info!(backup_id = %full.backup_id, %reason, "full backup started instead");
+            let full = current.insert(full);
+            record_snapshot(hub, full, &prepared.snapshot).await?;
+            prepared.promote_to_full(&reason).await?;
+        }
+        (BackupType::Full, _)
+            if !prepared
+                .disks
+                .iter()
+                .all(|d| matches!(d.mode, DiskMode::Full { .. })) =>
+        {
+            prepared
+                .promote_to_full("the hub started a full backup")
+                .await?;
+        }
+        _ => {}
+    }
+    let Some(backup) = current.as_ref() else {
+        return Err(VsphereError::UnexpectedResponse {
+            what: "no backup started",
+        });
+    };
+    let work = transfer_and_complete(hub, options, prepared, backup);
+    tokio::select! {
+        r = work => r,
+        () = shutdown => Err(VsphereError::Interrupted),
+    }
+}
+
+/// The previous change ids per disk (from the hub's last completed backup of the VM), and why
+/// the hub's chain itself needs a new full, if it does ([`chain_full_reason`]).
 async fn previous_disks(
     hub: &HubClient,
     vm: &VmName,
-) -> Result<BTreeMap<DiskKey, PreviousDisk>, VsphereError> {
+) -> Result<(BTreeMap<DiskKey, PreviousDisk>, Option<String>), VsphereError> {
     let chain = match hub.chain(vm).await {
         Ok(chain) => chain,
         Err(ClientError::HubStatus { status: 404, .. }) => {
             info!(vm = %vm, "the hub has no backup of this VM: first full");
-            return Ok(BTreeMap::new());
+            return Ok((BTreeMap::new(), None));
         }
         Err(e) => return Err(client(e)),
     };
-    Ok(previous_from_chain(&chain))
+    Ok((previous_from_chain(&chain), chain_full_reason(&chain)))
+}
+
+/// Why the next backup must start a new chain although CBT could continue this one: the chain
+/// already holds [`MAX_CHAIN_LENGTH`] points (the hub refuses an incremental past it), or one of
+/// its points lost its files.
+#[must_use]
+pub fn chain_full_reason(chain: &Chain) -> Option<String> {
+    let completed: Vec<_> = chain
+        .backups
+        .iter()
+        .filter(|b| b.status == BackupStatus::Completed)
+        .collect();
+    if completed.len() >= MAX_CHAIN_LENGTH {
+        return Some(format!(
+            "the chain already holds {} restore points (at most {MAX_CHAIN_LENGTH})",
+            completed.len()
+        ));
+    }
+    completed.iter().find(|b| b.files_missing).map(|b| {
+        format!(
+            "the files of {} in the chain are missing from the hub",
+            b.backup_id
+        )
+    })
 }
 
 /// Per disk, the change id and capacity of the chain's last completed backup.
@@ -328,88 +634,6 @@ pub fn previous_from_chain(chain: &Chain) -> BTreeMap<DiskKey, PreviousDisk> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Why this backup must be a full, if it must.
-fn full_reason(prepared: &Prepared, requested: BackupType) -> Option<String> {
-    if requested == BackupType::Full {
-        return Some("a full backup was requested".to_owned());
-    }
-    prepared.disks.iter().find_map(|d| match &d.mode {
-        DiskMode::Full {
-            reason: Some(reason),
-        } => Some(format!("disk {}: {reason}", d.key)),
-        DiskMode::Full { reason: None } => {
-            Some(format!("disk {}: no previous backup to build on", d.key))
-        }
-        _ => None,
-    })
-}
-
-async fn with_snapshot(
-    options: &VcenterBackupOptions,
-    hub: &HubClient,
-    vm_name: &VmName,
-    prepared: &mut Prepared,
-    shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
-    started: Instant,
-) -> Result<BackupSummary, VsphereError> {
-    let backup_type = match full_reason(prepared, options.backup_type) {
-        Some(reason) if options.backup_type == BackupType::Incremental => {
-            return Err(VsphereError::IncrementalImpossible { reason });
-        }
-        Some(reason) => {
-            if !prepared
-                .disks
-                .iter()
-                .all(|d| matches!(d.mode, DiskMode::Full { .. }))
-            {
-                prepared.promote_to_full(&reason).await?;
-            }
-            info!(vm = %vm_name, %reason, "full backup on a new chain");
-            BackupType::Full
-        }
-        None => {
-            info!(vm = %vm_name, "incremental backup from CBT");
-            BackupType::Incremental
-        }
-    };
-
-    let specs = prepared
-        .disks
-        .iter()
-        .map(|d| DiskSpec {
-            key: d.key,
-            capacity_bytes: d.capacity,
-        })
-        .collect();
-    let register =
-        RegisterVmRequest::new(vm_name.clone(), specs).map_err(|e| VsphereError::HubVmName {
-            name: vm_name.to_string(),
-            reason: e.to_string(),
-        })?;
-    hub.register_vm(&register).await.map_err(client)?;
-    let backup = hub
-        .start_backup(&StartBackupRequest {
-            vm_name: vm_name.clone(),
-            backup_type,
-            base_backup_id: None,
-        })
-        .await
-        .map_err(client)?;
-    info!(backup_id = %backup.backup_id, backup_type = %backup.backup_type, "backup started");
-
-    let work = transfer_and_complete(hub, options, prepared, &backup);
-    sendense_client::backup::finish_started(
-        hub,
-        &backup,
-        work,
-        shutdown,
-        VsphereError::Interrupted,
-        client,
-        started,
-    )
-    .await
 }
 
 async fn transfer_and_complete(
@@ -441,6 +665,12 @@ async fn transfer_and_complete(
             .iter()
             .find(|h| h.disk_key == d.key)
             .ok_or_else(|| mismatch(d.key, "the hub's backup does not list this disk"))?;
+        if at_hub.capacity_bytes != d.capacity {
+            return Err(mismatch(
+                d.key,
+                "the disk's capacity at the snapshot differs from the one registered at the hub",
+            ));
+        }
         let plan = match (&d.mode, backup.backup_type) {
             (DiskMode::Incremental { base }, BackupType::Incremental) => {
                 if at_hub.parent_change_id.as_ref() != Some(base) {
@@ -452,7 +682,17 @@ async fn transfer_and_complete(
                 }
                 DiskPlan::Changed(d.extents.clone())
             }
-            (DiskMode::Full { .. }, BackupType::Full) => DiskPlan::Full,
+            // A disk new to the VM: the hub's image of it has no parent, so all its data.
+            (DiskMode::New, BackupType::Incremental) => {
+                if at_hub.parent_change_id.is_some() {
+                    return Err(mismatch(
+                        d.key,
+                        "the hub has a parent for a disk the previous backup did not have",
+                    ));
+                }
+                DiskPlan::Full
+            }
+            (DiskMode::Full { .. } | DiskMode::New, BackupType::Full) => DiskPlan::Full,
             _ => {
                 return Err(mismatch(
                     d.key,
@@ -572,6 +812,51 @@ mod tests {
             }
         );
         let _ = BackupId::try_from("backup-vm1-20261125T000000-000001").unwrap();
+    }
+
+    fn chain_of(points: usize) -> Chain {
+        Chain {
+            vm_name: VmName::try_from("vm1").unwrap(),
+            backups: (0..points)
+                .map(|i| {
+                    backup(
+                        &format!("backup-vm1-20261125T{:06}-000001", i),
+                        BackupStatus::Completed,
+                        "52 a/1",
+                        10,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn chain_full_reason_chain_below_the_limit_is_none() {
+        let chain = chain_of(MAX_CHAIN_LENGTH - 1);
+
+        assert_eq!(chain_full_reason(&chain), None);
+    }
+
+    #[test]
+    fn chain_full_reason_chain_at_the_limit_names_it() {
+        let chain = chain_of(MAX_CHAIN_LENGTH);
+
+        let reason = chain_full_reason(&chain).unwrap();
+
+        assert!(reason.contains("32 restore points"), "{reason}");
+    }
+
+    #[test]
+    fn chain_full_reason_point_with_missing_files_names_it() {
+        let mut chain = chain_of(3);
+        chain.backups[1].files_missing = true;
+
+        let reason = chain_full_reason(&chain).unwrap();
+
+        assert!(
+            reason.contains("000001-000001") && reason.contains("missing"),
+            "{reason}"
+        );
     }
 
     #[test]

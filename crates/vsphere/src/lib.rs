@@ -54,10 +54,11 @@ pub use backup::{
     SnapshotCleanup, VsphereBackup,
 };
 pub use cbt::{ALL_ALLOCATED, ChangedAreas, changed_areas};
-pub use datastore::{DatastoreFile, DatastorePath};
+pub use datastore::{DatastoreFile, DatastorePath, RangeAnswer, RangeBody, judge_range_answer};
 pub use error::{ErrorKind, FaultKind, SoapFault, VsphereError};
 pub use session::{
-    ConnectOptions, IssueFuture, Login, Session, SessionIssuer, TlsMode, VmInfo, read_password_file,
+    ConnectOptions, IssueFuture, Login, Session, SessionIssuer, TlsMode, VmInfo,
+    parse_login_answer, read_password_file,
 };
 pub use soap::{MoRef, VirtualDisk};
 pub use source::VmDiskSource;

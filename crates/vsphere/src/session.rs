@@ -721,13 +721,47 @@ impl Probe<'_> {
             .iter()
             .find_map(session_cookie);
         let status = resp.status().as_u16();
-        if status != 200 && status != 500 {
-            return Err(VsphereError::HttpStatus { call, status });
-        }
+        check_soap_status(call, status)?;
         let bytes = read_body_limited(resp, call, self.timeout).await?;
         let el = soap::response_body(&bytes, call)?;
         Ok((el, new_cookie))
     }
+}
+
+/// A SOAP answer's HTTP status: 200, or 500 carrying a fault; anything else is an error.
+fn check_soap_status(call: &'static str, status: u16) -> Result<(), VsphereError> {
+    if status != 200 && status != 500 {
+        return Err(VsphereError::HttpStatus { call, status });
+    }
+    Ok(())
+}
+
+/// Reads vCenter's answer to SOAP `Login` as the session does, from its parts: the HTTP status
+/// (200, or 500 with a SOAP fault such as `InvalidLogin`), the `Set-Cookie` header values and
+/// the body (at most [`MAX_RESPONSE_BYTES`]). Answers the session cookie pair
+/// (`vmware_soap_session=...`) when one was set. Pure, so the `vsphere_login` fuzz target can
+/// drive it.
+///
+/// # Errors
+/// [`VsphereError::HttpStatus`], [`VsphereError::XmlLimit`], XML and SOAP fault errors.
+pub fn parse_login_answer(
+    status: u16,
+    set_cookies: &[&[u8]],
+    body: &[u8],
+) -> Result<Option<String>, VsphereError> {
+    const CALL: &str = "Login";
+    let cookie = set_cookies
+        .iter()
+        .filter_map(|c| HeaderValue::from_bytes(c).ok())
+        .find_map(|c| session_cookie(&c));
+    check_soap_status(CALL, status)?;
+    if body.len() > MAX_RESPONSE_BYTES {
+        return Err(VsphereError::XmlLimit {
+            limit: "response size",
+        });
+    }
+    soap::response_body(body, CALL)?;
+    Ok(cookie.and_then(|c| c.to_str().ok().map(str::to_owned)))
 }
 
 /// Read a response body, refusing more than [`MAX_RESPONSE_BYTES`].
@@ -932,6 +966,28 @@ mod tests {
             base_url("http://127.0.0.1:9/sdk").unwrap(),
             "http://127.0.0.1:9"
         );
+    }
+
+    #[test]
+    fn parse_login_answer_fault_is_invalid_login_and_ok_gives_cookie() {
+        let fault = br#"<?xml version="1.0"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>Cannot complete login</faultstring><detail><InvalidLoginFault xmlns="urn:vim25" xsi:type="InvalidLogin"></InvalidLoginFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#;
+        let ok = br#"<?xml version="1.0"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><LoginResponse xmlns="urn:vim25"><returnval><key>52</key><userName>u</userName></returnval></LoginResponse></soapenv:Body></soapenv:Envelope>"#;
+
+        let refused = parse_login_answer(500, &[], fault).unwrap_err();
+        let cookie = parse_login_answer(
+            200,
+            &[b"other=1", b"vmware_soap_session=\"abc\"; Path=/"],
+            ok,
+        )
+        .unwrap();
+        let status = parse_login_answer(302, &[], ok).unwrap_err();
+
+        assert_eq!(refused.fault_kind(), Some(&FaultKind::InvalidLogin));
+        assert_eq!(cookie.as_deref(), Some("vmware_soap_session=\"abc\""));
+        assert!(matches!(
+            status,
+            VsphereError::HttpStatus { status: 302, .. }
+        ));
     }
 
     #[test]

@@ -526,3 +526,258 @@ async fn vcenter_backup_type_full_with_chain_starts_new_chain() {
     );
     w.assert_images_match(second.backup_id.as_str()).await;
 }
+
+/// How long a test waits for a condition.
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_two_runs_of_one_vm_at_once_second_refused_first_snapshot_survives_and_exact() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(11, 3 * 1024 * 1024))
+        .unwrap();
+    w.sim
+        .write_disk(&w.vm, 2001, MIB, &pattern(12, 300_000))
+        .unwrap();
+    // Run A gets as far as reading its snapshot's disks, and waits there.
+    w.sim.hold_reads(true);
+    let first = tokio::spawn(run_until(
+        w.backup_options(BackupType::Auto),
+        std::future::pending(),
+    ));
+    tokio::time::timeout(WAIT, w.sim.read_held())
+        .await
+        .expect("run A reads its snapshot");
+    let during_a = w.snapshots_left();
+    let created_before_b = w.sim.stats().snapshots_created;
+
+    // Run B of the same VM while A reads: refused by the hub, nothing done in vCenter.
+    let err = w.backup(BackupType::Auto).await.unwrap_err();
+
+    let after_b = w.snapshots_left();
+    w.sim.hold_reads(false);
+    let a = tokio::time::timeout(WAIT, first)
+        .await
+        .expect("run A ends")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(err, VsphereError::VmBusy { .. }), "{err:?}");
+    let text = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(
+        text.contains("Another backup of VM vm1 is running") && text.contains("409"),
+        "{text}"
+    );
+    assert_eq!(
+        during_a,
+        vec![format!("sendense-{}", a.backup_id)],
+        "A's snapshot is named after its backup"
+    );
+    assert_eq!(after_b, during_a, "B left A's snapshot alone");
+    assert_eq!(
+        w.sim.stats().snapshots_created,
+        created_before_b,
+        "B made no snapshot"
+    );
+    assert_eq!(
+        (a.backup_type, a.status),
+        (BackupType::Full, BackupStatus::Completed)
+    );
+    w.assert_images_match(a.backup_id.as_str()).await;
+    let backups = w.all_backups().await;
+    assert_eq!(
+        backups.len(),
+        1,
+        "B started nothing at the hub: {backups:?}"
+    );
+    assert!(w.snapshots_left().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_run_records_its_snapshot_at_the_hub_while_it_runs() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(13, 65536))
+        .unwrap();
+    w.sim.hold_reads(true);
+    let run = tokio::spawn(run_until(
+        w.backup_options(BackupType::Auto),
+        std::future::pending(),
+    ));
+    tokio::time::timeout(WAIT, w.sim.read_held())
+        .await
+        .expect("the run reads its snapshot");
+    let running = w.all_backups().await;
+    let id = running[0].backup_id.clone();
+
+    let owned = w.hub_client().backup_snapshot(&id).await.unwrap();
+
+    w.sim.hold_reads(false);
+    let done = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("the run ends")
+        .unwrap()
+        .unwrap();
+    let after = w.hub_client().backup_snapshot(&id).await.unwrap();
+    assert_eq!(done.backup_id, id);
+    assert!(
+        owned
+            .snapshot_moref
+            .as_deref()
+            .is_some_and(|m| m.starts_with("snapshot-")),
+        "{owned:?}"
+    );
+    assert_eq!(
+        after.snapshot_moref, None,
+        "a completed backup owns no snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_leftover_snapshot_of_a_failed_run_is_removed_by_the_next_run() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(14, 65536))
+        .unwrap();
+    w.sim
+        .add_user_snapshot(&w.vm, "sendense-backup-vm1-20261125T000000-000001");
+
+    let full = w.backup(BackupType::Auto).await.unwrap();
+
+    assert_eq!(full.status, BackupStatus::Completed);
+    assert!(w.snapshots_left().is_empty());
+    assert_eq!(w.sim.stats().snapshots_removed, 2);
+    w.assert_images_match(full.backup_id.as_str()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_incremental_cbt_refusing_base_fails_it_at_the_hub_and_runs_a_full_instead() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(15, 200_000))
+        .unwrap();
+    let full = w.backup(BackupType::Auto).await.unwrap();
+    w.sim
+        .write_disk(&w.vm, 2001, 0, &pattern(16, 65536))
+        .unwrap();
+    // The VM's change ids look fine, so the hub starts an incremental; the snapshot's query on
+    // the stored change id then faults (a CBT reset vCenter reports only there).
+    w.sim.fail_next(
+        "QueryChangedDiskAreas",
+        "FileFault",
+        "change tracking reset",
+    );
+
+    let again = w.backup(BackupType::Auto).await.unwrap();
+
+    assert_eq!(
+        (again.backup_type, again.status),
+        (BackupType::Full, BackupStatus::Completed)
+    );
+    let backups = w.all_backups().await;
+    let states: Vec<_> = backups.iter().map(|b| (b.backup_type, b.status)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (BackupType::Full, BackupStatus::Completed),
+            (BackupType::Incremental, BackupStatus::Failed),
+            (BackupType::Full, BackupStatus::Completed),
+        ]
+    );
+    let reason = backups[1].failure_reason.as_deref().unwrap();
+    assert!(
+        reason.contains("restarted as a full") && reason.contains("QueryChangedDiskAreas"),
+        "{reason}"
+    );
+    assert_ne!(again.backup_id, full.backup_id);
+    w.assert_images_match(again.backup_id.as_str()).await;
+    let st = w.sim.stats();
+    assert_eq!(
+        (
+            st.snapshots_created,
+            st.snapshots_removed,
+            w.snapshots_left().len()
+        ),
+        (2, 2, 0),
+        "the full reads the incremental's snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_incremental_with_a_disk_new_to_the_vm_sends_that_disk_whole() {
+    let w = World::start().await;
+    w.sim
+        .write_disk(&w.vm, 2000, 0, &pattern(17, 100_000))
+        .unwrap();
+    let full = w.backup(BackupType::Auto).await.unwrap();
+    let key = w.sim.add_disk(&w.vm, &DiskSpec::flat(2 * MIB)).unwrap();
+    w.sim
+        .write_disk(&w.vm, key, 0, &pattern(18, 300_000))
+        .unwrap();
+    w.sim
+        .write_disk(&w.vm, 2000, MIB, &pattern(19, 4096))
+        .unwrap();
+
+    let inc = w.backup(BackupType::Auto).await.unwrap();
+
+    assert_eq!(
+        (inc.backup_type, inc.status),
+        (BackupType::Incremental, BackupStatus::Completed),
+        "a new disk is no reason for a full of the VM"
+    );
+    let sent: Vec<_> = inc
+        .disks
+        .iter()
+        .map(|d| (d.disk_key.get(), d.bytes_sent))
+        .collect();
+    assert!(
+        sent.contains(&(2000, 65536)) || sent.contains(&(2000, 4096)),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .any(|&(k, b)| i32::try_from(k).unwrap() == key && b >= 300_000),
+        "{sent:?}"
+    );
+    let at_hub = w.hub_client().backup(&inc.backup_id).await.unwrap();
+    let new_disk = at_hub
+        .disks
+        .iter()
+        .find(|d| i32::try_from(d.disk_key.get()).unwrap() == key)
+        .unwrap();
+    assert_eq!(new_disk.parent_change_id, None);
+    assert_eq!(at_hub.parent_backup_id.as_ref(), Some(&full.backup_id));
+    w.assert_images_match(inc.backup_id.as_str()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_route_refuses_a_backup_not_running_and_a_bad_moref() {
+    let w = World::start().await;
+    let done = w.backup(BackupType::Auto).await.unwrap();
+    let o = w.hub_options();
+    let tls = sendense_client::hub::tls_config(&o.ca_file).unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .unwrap();
+    let token = std::fs::read_to_string(&o.token_file).unwrap();
+    let post = |body: serde_json::Value| {
+        http.post(format!(
+            "{}/api/v1/backups/{}/snapshot",
+            o.url, done.backup_id
+        ))
+        .bearer_auth(token.trim())
+        .json(&body)
+        .send()
+    };
+
+    let ended = post(serde_json::json!({"snapshot_moref": "snapshot-9"}))
+        .await
+        .unwrap();
+    let bad = post(serde_json::json!({"snapshot_moref": "snap shot"}))
+        .await
+        .unwrap();
+
+    assert_eq!(ended.status().as_u16(), 409);
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(bad.text().await.unwrap().contains("snapshot_moref"));
+}

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use sendense_types::{
-    Backup, BackupDisk, BackupId, BackupStatus, BackupType, CompleteBackupRequest, ExportName,
-    FailBackupRequest, RegisterVmRequest, RestoreDisk, RestoreExports, StartBackupRequest,
-    Timestamp,
+    Backup, BackupDisk, BackupId, BackupStatus, BackupType, ChangeId, CompleteBackupRequest,
+    ExportName, FailBackupRequest, RegisterVmRequest, RestoreDisk, RestoreExports,
+    StartBackupRequest, Timestamp,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -30,6 +30,12 @@ pub(crate) struct HubState {
     pub(crate) initial: BTreeMap<u32, Vec<u8>>,
     /// Answer export names that the NBD server does not know.
     pub(crate) break_exports: bool,
+    /// Parent change id per disk of an incremental (a disk absent here is new to the VM).
+    pub(crate) parents: BTreeMap<u32, ChangeId>,
+    /// The parent backup an incremental answers.
+    pub(crate) parent_backup_id: Option<BackupId>,
+    /// Every start request received.
+    pub(crate) starts: Vec<StartBackupRequest>,
 }
 
 pub(crate) struct FakeHub {
@@ -159,6 +165,7 @@ fn route(
         }
         ("POST", "/api/v1/backups") => {
             let req: StartBackupRequest = serde_json::from_slice(body).unwrap();
+            st.starts.push(req.clone());
             let backup_type = match req.backup_type {
                 BackupType::Auto => st.auto_as.unwrap_or(BackupType::Full),
                 t => t,
@@ -182,7 +189,9 @@ fn route(
                     file: None,
                     nbd_uri: Some(nbd.uri(true, name.as_str())),
                     export_name: Some(name),
-                    parent_change_id: None,
+                    parent_change_id: (backup_type == BackupType::Incremental)
+                        .then(|| st.parents.get(&key).cloned())
+                        .flatten(),
                     change_id: None,
                     bytes_written: 0,
                 });
@@ -192,7 +201,9 @@ fn route(
                 vm_name: req.vm_name,
                 backup_type,
                 status: BackupStatus::Running,
-                parent_backup_id: None,
+                parent_backup_id: (backup_type == BackupType::Incremental)
+                    .then(|| st.parent_backup_id.clone())
+                    .flatten(),
                 created_at: Timestamp::now(),
                 completed_at: None,
                 failure_reason: None,

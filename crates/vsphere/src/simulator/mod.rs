@@ -124,6 +124,24 @@ impl Drop for Simulator {
     }
 }
 
+/// Holds `/folder` reads while a test looks at the world mid-transfer.
+#[derive(Debug)]
+struct ReadGate {
+    /// Reads wait while this is `true`.
+    held: tokio::sync::watch::Sender<bool>,
+    /// Reads waiting at the gate now.
+    waiting: tokio::sync::watch::Sender<u32>,
+}
+
+impl Default for ReadGate {
+    fn default() -> Self {
+        Self {
+            held: tokio::sync::watch::channel(false).0,
+            waiting: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct SimDisk {
     key: i32,
@@ -203,6 +221,7 @@ struct State {
     change_page: u64,
     busy_storm: u32,
     hang: bool,
+    gate: Arc<ReadGate>,
     task_polls: u32,
     fail_next: Vec<(String, String, String)>,
     raw_next: Option<Vec<u8>>,
@@ -351,6 +370,36 @@ impl Simulator {
         Ok(id)
     }
 
+    /// Add a disk to a VM (hot add): the next key (2000 + number of disks), CBT as the VM's.
+    /// Answers the key.
+    ///
+    /// # Errors
+    /// Unknown VM, or creating the disk file fails.
+    pub fn add_disk(&self, vm: &str, spec: &DiskSpec) -> io::Result<i32> {
+        let mut st = self.lock();
+        let dir = st.dir.clone();
+        let v = st
+            .vm_mut(vm)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such VM"))?;
+        let i = v.disks.len();
+        let key = 2000 + i32::try_from(i).map_err(io::Error::other)?;
+        let local = dir.join(format!("{}-{key}-flat.vmdk", v.name));
+        File::create(&local)?.set_len(spec.capacity)?;
+        let epoch = v.cbt_enabled.then(new_epoch);
+        v.disks.push(SimDisk {
+            key,
+            capacity: spec.capacity,
+            backing: spec.backing.clone(),
+            descriptor: format!("{0}/{0}_{i}.vmdk", v.name),
+            local,
+            uuid: format!("6000c29{}", random_hex(12, "")),
+            epoch,
+            seq: 0,
+            writes: Vec::new(),
+        });
+        Ok(key)
+    }
+
     /// Write guest data into a disk (between backups), logging the change for CBT.
     ///
     /// # Errors
@@ -457,6 +506,18 @@ impl Simulator {
     /// Stop answering (requests hang) or resume.
     pub fn set_hang(&self, hang: bool) {
         self.lock().hang = hang;
+    }
+
+    /// Hold every `/folder` read (they wait, unanswered) until called with `false`.
+    pub fn hold_reads(&self, hold: bool) {
+        self.lock().gate.held.send_replace(hold);
+    }
+
+    /// Resolves once at least one `/folder` read waits at the gate of [`Self::hold_reads`].
+    pub async fn read_held(&self) {
+        let mut waiting = self.lock().gate.waiting.subscribe();
+        // The sender lives in the state as long as the simulator: an error cannot happen.
+        let _ = waiting.wait_for(|n| *n > 0).await;
     }
 
     /// Bytes covered by one `QueryChangedDiskAreas` answer.
@@ -638,6 +699,13 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let query = req.uri().query().unwrap_or_default().to_owned();
+        let gate = Arc::clone(&lock(&state).gate);
+        let mut held = gate.held.subscribe();
+        if *held.borrow_and_update() {
+            gate.waiting.send_modify(|n| *n += 1);
+            let _ = held.wait_for(|h| !*h).await;
+            gate.waiting.send_modify(|n| *n -= 1);
+        }
         let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         {
             let mut st = lock(&state);

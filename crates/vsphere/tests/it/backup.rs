@@ -468,7 +468,7 @@ async fn finish_remove_task_failure_can_be_retried_with_handle() {
 }
 
 #[tokio::test]
-async fn incremental_with_disk_missing_from_previous_gives_that_disk_a_full_with_reason() {
+async fn incremental_with_disk_missing_from_previous_makes_that_disk_new_with_allocated_areas() {
     let e = env().await;
     let s = session(&e.sim).await;
     let opts = PrepareOptions::default();
@@ -476,6 +476,7 @@ async fn incremental_with_disk_missing_from_previous_gives_that_disk_a_full_with
         .await
         .unwrap();
     let mut prev = previous_of(&full.disks);
+    let allocated = full.disks[1].extents.clone();
     full.finish().await.unwrap();
     prev.remove(&DiskKey(2001));
     let p = VsphereBackup::prepare(&s, "vm1", &prev, &opts)
@@ -483,11 +484,57 @@ async fn incremental_with_disk_missing_from_previous_gives_that_disk_a_full_with
         .unwrap();
     let got = (
         matches!(p.disks[0].mode, DiskMode::Incremental { .. }),
-        full_reason(&p.disks[1].mode).is_some_and(|r| r.contains("new disk")),
-        p.all_incremental(),
+        p.disks[1].mode.clone(),
+        p.disks[1].extents.clone(),
+        p.full_reason(),
     );
+    assert_extents_match_file(&e.sim, &e.vm, &p.disks[1]).await;
     p.finish().await.unwrap();
-    assert_eq!(got, (true, true, false));
+    // A new disk is no reason for a full of the VM: all its allocated areas, in an incremental.
+    assert_eq!(got, (true, DiskMode::New, allocated, None));
+}
+
+#[tokio::test]
+async fn prepare_keeps_snapshots_running_backups_own_and_removes_other_leftovers() {
+    let e = env().await;
+    e.sim.add_user_snapshot(&e.vm, "sendense-backup-vm1-owned");
+    e.sim.add_user_snapshot(&e.vm, "sendense-1700000000");
+    let s = session(&e.sim).await;
+    let before = s.vm_info(&s.find_vm("vm1").await.unwrap()).await.unwrap();
+    let owned = before
+        .snapshots
+        .iter()
+        .find(|x| x.name == "sendense-backup-vm1-owned")
+        .unwrap()
+        .snapshot
+        .value
+        .clone();
+    let options = PrepareOptions {
+        keep_snapshots: vec![owned],
+        snapshot_name: Some("sendense-backup-vm1-mine".to_owned()),
+        ..PrepareOptions::default()
+    };
+
+    let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &options).await;
+
+    let during = e.sim.snapshot_names(&e.vm);
+    // The owned snapshot stays, the other leftover is gone; with another snapshot on the VM our
+    // snapshot's base disk is a delta, which prepare refuses (and removes its own snapshot).
+    assert!(
+        during.contains(&"sendense-backup-vm1-owned".to_owned()),
+        "{during:?}"
+    );
+    assert!(
+        !during.contains(&"sendense-1700000000".to_owned()),
+        "{during:?}"
+    );
+    if let Ok(p) = p {
+        p.finish().await.unwrap();
+    }
+    assert_eq!(
+        e.sim.snapshot_names(&e.vm),
+        vec!["sendense-backup-vm1-owned".to_owned()]
+    );
 }
 
 /// Apply a prepared disk's extents (read from its source) onto an image buffer.
@@ -549,7 +596,7 @@ async fn prepare_with_quiesce_asks_vcenter_for_a_quiesced_snapshot() {
     let s = session(&e.sim).await;
     let options = PrepareOptions {
         quiesce: true,
-        force_full: false,
+        ..PrepareOptions::default()
     };
 
     let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &options)
@@ -588,7 +635,7 @@ async fn prepare_quiesce_without_tools_fails_naming_quiesce_and_leaves_no_snapsh
     let s = session(&e.sim).await;
     let options = PrepareOptions {
         quiesce: true,
-        force_full: false,
+        ..PrepareOptions::default()
     };
 
     let err = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &options)
