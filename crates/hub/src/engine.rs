@@ -742,6 +742,18 @@ impl Engine {
         drained
     }
 
+    fn running_record(&self, id: &BackupId) -> Result<BackupRecord, HubError> {
+        let record = self.record(id)?;
+        if record.status != BackupStatus::Running {
+            return Err(HubError::WrongStatus {
+                backup_id: id.clone(),
+                status: record.status,
+                expected: "running",
+            });
+        }
+        Ok(record)
+    }
+
     fn record(&self, id: &BackupId) -> Result<BackupRecord, HubError> {
         self.catalog
             .backup(id)?
