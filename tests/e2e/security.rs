@@ -3,10 +3,12 @@
 //! client, `nbdinfo`, `nbdcopy` and `qemu-img` work with an issued folder and
 //! are refused without one or with one from another CA; `--nbd-client-certs
 //! optional` lets CA-only clients in. Everything under the data folder is
-//! private to the hub's user (files 0600, folders 0700).
+//! private to the hub's user (files 0600, folders 0700). 300 idle peers on the
+//! NBD port do not keep a real backup out.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -27,6 +29,8 @@ struct Hub {
     child: Child,
     data: PathBuf,
     api: String,
+    /// `nbds://HOST:PORT` of the NBD port.
+    nbd: String,
     _log: Receiver<Value>,
 }
 
@@ -47,10 +51,12 @@ impl Hub {
         let log = log_lines(child.stderr.take().unwrap());
         let ready = wait_ready(&log);
         let api = ready["fields"]["api"].as_str().unwrap().to_owned();
+        let nbd = ready["fields"]["nbd"].as_str().unwrap().to_owned();
         Self {
             child,
             data: data.to_owned(),
             api,
+            nbd,
             _log: log,
         }
     }
@@ -392,4 +398,35 @@ fn data_folder_loosened_while_stopped_is_private_again_after_restart() {
 
     let loose = loose_modes(data.path());
     assert!(loose.is_empty(), "not private: {loose:?}");
+}
+
+#[test]
+fn three_hundred_idle_connections_do_not_keep_a_real_backup_out() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let hub = Hub::start(data.path(), &[]);
+    let disk = work.path().join("disk.raw");
+    write_random(&disk, 0, 4 * MIB as usize, 11);
+    let port = hub_port(&hub.nbd);
+    // 300 peers from this address that connect to the NBD port and never say a word.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+
+    let out = hub.backup("vm1", &disk, ["--tls-dir", s(&client_tls(data.path()))]);
+
+    let id = backup_id(&out);
+    let image = data
+        .path()
+        .join(format!("repository/vm1/disk-2000/{id}.qcow2"));
+    ok(&qemu_img(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "qcow2",
+        s(&disk),
+        s(&image),
+    ]));
+    assert_eq!(idle.len(), 300);
 }

@@ -84,11 +84,17 @@ fn file_backup_stopped_by(sig: &str) {
     let o = hub.options();
     let command = || {
         let mut c = client();
-        c.args(["backup", "--hub", &o.url, "--ca", s(&o.ca_file)])
-            .args(["--token-file", s(&o.token_file), "--vm", "vm1"])
-            .args(["--disk", &format!("2000={}", s(&disk))])
-            .args(["--connections", "1", "--json", "--log-format", "json"])
-            .stdin(Stdio::null());
+        c.args([
+            "backup",
+            "--hub",
+            &o.url,
+            "--tls-dir",
+            s(o.tls_dir.as_deref().unwrap()),
+        ])
+        .args(["--token-file", s(&o.token_file), "--vm", "vm1"])
+        .args(["--disk", &format!("2000={}", s(&disk))])
+        .args(["--connections", "1", "--json", "--log-format", "json"])
+        .stdin(Stdio::null());
         c
     };
     let mut child = command()
@@ -141,7 +147,13 @@ fn vcenter_backup_sigterm_removes_the_snapshot_fails_it_and_the_vm_backs_up_agai
     vc.sim.hold_reads(true);
     let o = hub.options();
     let child = client()
-        .args(["backup", "--hub", &o.url, "--ca", s(&o.ca_file)])
+        .args([
+            "backup",
+            "--hub",
+            &o.url,
+            "--tls-dir",
+            s(o.tls_dir.as_deref().unwrap()),
+        ])
         .args(["--token-file", s(&o.token_file), "--vm", "dc1/vm/vm1"])
         .args(["--json", "--log-format", "json"])
         .args(vc.password_args())
