@@ -5,17 +5,17 @@
 //! to see the hub fail those backups and keep working.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use sendense_client::hub::{HubClient, HubOptions};
 use serde_json::{Value, json};
 
-use crate::support::{client, client_tls, hub, ok, qemu_img, s, write_random};
+use crate::support::{client, client_tls, hub, log_lines, ok, qemu_img, s, write_random};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -53,22 +53,6 @@ fn signal(pid: u32, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{signal} {pid}: {status}");
-}
-
-/// Reads a child's stderr on a thread, one JSON log line per message (lines
-/// that are not JSON arrive as strings). The thread drains until EOF so the
-/// child never blocks on a full pipe.
-fn log_lines(stderr: impl Read + Send + 'static) -> Receiver<Value> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-            // The receiver may be gone; keep draining regardless.
-            let _ = tx.send(value);
-        }
-    });
-    rx
 }
 
 /// Waits (blocking, bounded by [`DEADLINE`]) for a log line matching `want`.

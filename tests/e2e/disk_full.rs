@@ -5,16 +5,15 @@
 //! the same backup must succeed once space is freed.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use sendense_client::hub::{HubClient, HubOptions};
 use serde_json::{Value, json};
 
-use crate::support::{client, client_tls, hub, ok, qemu_img, s, write_random};
+use crate::support::{client, client_tls, hub, log_lines, ok, qemu_img, s, write_random};
 
 const MIB: u64 = 1 << 20;
 
@@ -104,21 +103,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Reads a child's stderr on a thread, one JSON log line per message (lines
-/// that are not JSON arrive as strings), draining until EOF.
-fn log_lines(stderr: impl Read + Send + 'static) -> Receiver<Value> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-            // The receiver may be gone; keep draining regardless.
-            let _ = tx.send(value);
-        }
-    });
-    rx
 }
 
 /// A log line's message.

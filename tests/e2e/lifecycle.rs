@@ -3,7 +3,6 @@
 //! with SIGSTOP. The hub fails the backup in bounded time, the VM backs up again at once, and
 //! SIGTERM ends the hub within 30 s although a frozen client still holds its connections.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -13,7 +12,7 @@ use sendense_client::hub::{HubClient, HubOptions};
 use sendense_types::{Backup, BackupId, BackupStatus, FailBackupRequest};
 use serde_json::Value;
 
-use crate::support::{client, client_tls, hub, ok, s, write_random};
+use crate::support::{client, client_tls, hub, log_lines, ok, s, write_random};
 
 const MIB: u64 = 1 << 20;
 
@@ -46,20 +45,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A child's stderr, one JSON log line per message, read on a thread until EOF.
-fn log_lines(stderr: impl Read + Send + 'static) -> Receiver<Value> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-            // The receiver may be gone; keep draining regardless.
-            let _ = tx.send(value);
-        }
-    });
-    rx
 }
 
 fn message(line: &Value) -> &str {

@@ -7,17 +7,16 @@
 //! NBD port do not keep a real backup out.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{client, client_tls, hub, ok, qemu_img, s, write_random};
+use crate::support::{client, client_tls, hub, log_lines, ok, qemu_img, s, write_random};
 
 const MIB: u64 = 1 << 20;
 
@@ -136,20 +135,6 @@ impl Drop for Hub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Reads a child's stderr on a thread, one JSON value per line, until EOF.
-fn log_lines(stderr: impl Read + Send + 'static) -> Receiver<Value> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-            // The receiver may be gone; keep draining so the hub never blocks.
-            let _ = tx.send(value);
-        }
-    });
-    rx
 }
 
 /// Waits (bounded by [`DEADLINE`]) for the hub's `hub ready` line.

@@ -95,3 +95,21 @@ pub(crate) fn write_random(path: &Path, offset: u64, len: usize, seed: u64) {
 pub(crate) fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// Reads a child's stderr on a thread, one JSON value per line (a line that is not JSON as a
+/// string), until EOF; the receiver may be dropped, the thread keeps draining so the child never
+/// blocks on a full pipe.
+pub(crate) fn log_lines(
+    stderr: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let value = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+            let _ = tx.send(value);
+        }
+    });
+    rx
+}

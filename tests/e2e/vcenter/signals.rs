@@ -2,7 +2,6 @@
 //! hub, a vCenter snapshot is removed, and the VM can be backed up again at once. The real
 //! `sendense-hub serve` and `sendense-client` binaries; no sleeps (conditions with deadlines).
 
-use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Instant;
@@ -11,21 +10,7 @@ use sendense_types::{BackupQuery, BackupStatus};
 use serde_json::Value;
 
 use super::{DEADLINE, HubProc, MIB, Vc, assert_images_match, backup, summary};
-use crate::support::{client, s, write_random};
-
-/// Log lines (JSON values) of a child's stderr, read on a thread.
-fn log_lines(stderr: impl Read + Send + 'static) -> Receiver<Value> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-            // The receiver may be gone; keep draining.
-            let _ = tx.send(value);
-        }
-    });
-    rx
-}
+use crate::support::{client, log_lines, s, write_random};
 
 /// Waits (bounded by [`DEADLINE`]) for a log line whose message is `message`.
 fn wait_message(log: &Receiver<Value>, message: &str) -> Value {
