@@ -241,6 +241,11 @@ fn our_client_without_certificate_is_refused_and_with_issued_certificate_backs_u
         "a client without a certificate backed up: {}",
         String::from_utf8_lossy(&refused.stdout)
     );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("sendense-hub cert issue") && stderr.contains("--tls-dir"),
+        "the refusal does not name the fix: {stderr}"
+    );
     let id = backup_id(&issued);
     let image = data
         .path()

@@ -228,6 +228,20 @@ pub enum ClientError {
         #[source]
         source: sendense_nbd::NbdError,
     },
+    /// The hub's NBD port refused this client's TLS certificate (none presented, or one its CA
+    /// did not issue). Final: not retried.
+    #[error(
+        "The hub refused the NBD connection to {target}: it accepts only client certificates \
+         its CA issued. Issue a folder on the hub with `sendense-hub cert issue NAME --data-dir \
+         DATA --out DIR`, copy it here and pass --tls-dir DIR"
+    )]
+    NbdCertificateRefused {
+        /// The export's URI.
+        target: String,
+        /// The TLS failure.
+        #[source]
+        source: sendense_nbd::NbdError,
+    },
     /// The hub answered a write with `ENOSPC`: its repository's file system is full. Final:
     /// not retried.
     #[error(
@@ -305,7 +319,7 @@ impl ClientError {
     pub fn is_final(&self) -> bool {
         use sendense_nbd::wire::Errno;
         match self {
-            Self::HubFull { .. } => true,
+            Self::HubFull { .. } | Self::NbdCertificateRefused { .. } => true,
             Self::Nbd {
                 source: sendense_nbd::NbdError::Request { errno },
                 ..

@@ -166,12 +166,40 @@ impl NbdConnector {
     }
 
     fn err(&self, operation: &'static str, source: NbdError) -> ClientError {
+        if certificate_refused(&source) {
+            return ClientError::NbdCertificateRefused {
+                target: self.uri.to_string(),
+                source,
+            };
+        }
         ClientError::Nbd {
             operation,
             target: self.uri.to_string(),
             source,
         }
     }
+}
+
+/// Whether the server ended the TLS handshake because of our client certificate: it asked for
+/// one we did not present, or did not accept the one we did.
+fn certificate_refused(e: &NbdError) -> bool {
+    use rustls::AlertDescription as A;
+    let NbdError::Io(io) = e else { return false };
+    let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return false;
+    };
+    matches!(
+        tls,
+        rustls::Error::AlertReceived(
+            A::CertificateRequired
+                | A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateUnknown
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::UnsupportedCertificate
+        )
+    )
 }
 
 impl TargetConnector for NbdConnector {
@@ -456,6 +484,33 @@ impl DiskSource for NbdSource {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn alert(description: rustls::AlertDescription) -> NbdError {
+        NbdError::Io(std::io::Error::other(rustls::Error::AlertReceived(
+            description,
+        )))
+    }
+
+    #[test]
+    fn certificate_refused_certificate_required_alert_is_true() {
+        assert!(certificate_refused(&alert(
+            rustls::AlertDescription::CertificateRequired
+        )));
+    }
+
+    #[test]
+    fn certificate_refused_other_alert_is_false() {
+        assert!(!certificate_refused(&alert(
+            rustls::AlertDescription::HandshakeFailure
+        )));
+    }
+
+    #[test]
+    fn certificate_refused_plain_io_error_is_false() {
+        let e = NbdError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+
+        assert!(!certificate_refused(&e));
+    }
 
     proptest! {
         #[test]
