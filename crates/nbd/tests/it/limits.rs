@@ -175,6 +175,7 @@ async fn trickling_peer_dropped_at_total_handshake_deadline() {
         if reader.is_finished() {
             break;
         }
+        // Virtual time (start_paused): advances the paused clock, no real wait.
         tokio::time::sleep(Duration::from_secs(29)).await;
         if wr.write_all(&[b]).await.is_err() {
             break;
