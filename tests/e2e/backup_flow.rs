@@ -10,18 +10,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
 
 use sendense_client::hub::{HubClient, HubOptions};
 use serde_json::{Value, json};
 
-use crate::support::{client, client_tls, hub, log_lines, ok, qemu_img, s, write_random};
+use crate::support::{client, client_tls, hub, log_lines, ok, qemu_img, s, wait_log, write_random};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
-
-/// How long any wait on a subprocess may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A child process, killed (SIGKILL) and reaped when dropped.
 struct Proc(Child);
@@ -53,20 +49,6 @@ fn signal(pid: u32, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{signal} {pid}: {status}");
-}
-
-/// Waits (blocking, bounded by [`DEADLINE`]) for a log line matching `want`.
-fn wait_log(log: &Receiver<Value>, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match log.recv_timeout(left) {
-            Ok(line) if want(&line) => return line,
-            Ok(line) => seen.push(line.to_string()),
-            Err(e) => panic!("no log line {what} ({e}); saw:\n{}", seen.join("\n")),
-        }
-    }
 }
 
 /// A log line's message.

@@ -12,7 +12,7 @@ use sendense_client::hub::{HubClient, HubOptions};
 use sendense_types::{Backup, BackupId, BackupStatus, FailBackupRequest};
 use serde_json::Value;
 
-use crate::support::{client, client_tls, hub, log_lines, ok, s, write_random};
+use crate::support::{client, client_tls, hub, log_lines, ok, s, wait_message, write_random};
 
 const MIB: u64 = 1 << 20;
 
@@ -51,19 +51,6 @@ fn message(line: &Value) -> &str {
     line["fields"]["message"].as_str().unwrap_or_default()
 }
 
-/// Waits for a log line whose message is `want`, bounded by [`LOG_DEADLINE`].
-fn wait_log(log: &Receiver<Value>, want: &str) -> Value {
-    let deadline = Instant::now() + LOG_DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match log.recv_timeout(left) {
-            Ok(line) if message(&line) == want => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no log line {want:?}: {e}"),
-        }
-    }
-}
-
 /// `sendense-hub serve` with its default watchdog timers.
 struct Hub {
     proc: Proc,
@@ -86,7 +73,7 @@ impl Hub {
             .unwrap();
         let log = log_lines(child.stderr.take().unwrap());
         let proc = Proc(child);
-        let ready = wait_log(&log, "hub ready");
+        let ready = wait_message(&log, "hub ready");
         Self {
             proc,
             data: data.to_owned(),
@@ -118,13 +105,13 @@ impl Hub {
             .unwrap();
         let log = log_lines(child.stderr.take().unwrap());
         let proc = Proc(child);
-        let started = wait_log(&log, "backup started");
+        let started = wait_message(&log, "backup started");
         let id = started["fields"]["backup_id"]
             .as_str()
             .unwrap()
             .parse()
             .unwrap();
-        wait_log(&log, "disk transfer starts");
+        wait_message(&log, "disk transfer starts");
         std::thread::spawn(move || for _ in log {});
         (proc, id)
     }

@@ -12,16 +12,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{client, client_tls, hub, log_lines, ok, qemu_img, s, write_random};
+use crate::support::{
+    client, client_tls, hub, log_lines, ok, qemu_img, s, wait_message, write_random,
+};
 
 const MIB: u64 = 1 << 20;
-
-/// How long any wait on the hub may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A running `sendense-hub serve` on 127.0.0.1 with OS-chosen ports; killed when dropped.
 struct Hub {
@@ -48,7 +46,7 @@ impl Hub {
             .spawn()
             .unwrap();
         let log = log_lines(child.stderr.take().unwrap());
-        let ready = wait_ready(&log);
+        let ready = wait_message(&log, "hub ready");
         let api = ready["fields"]["api"].as_str().unwrap().to_owned();
         let nbd = ready["fields"]["nbd"].as_str().unwrap().to_owned();
         Self {
@@ -134,20 +132,6 @@ impl Drop for Hub {
         // Already exited is fine: the kill is only there to be sure.
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Waits (bounded by [`DEADLINE`]) for the hub's `hub ready` line.
-fn wait_ready(log: &Receiver<Value>) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match log.recv_timeout(left) {
-            Ok(line) if line["fields"]["message"] == "hub ready" => return line,
-            Ok(line) => seen.push(line.to_string()),
-            Err(e) => panic!("the hub never got ready ({e}); saw:\n{}", seen.join("\n")),
-        }
     }
 }
 

@@ -113,3 +113,35 @@ pub(crate) fn log_lines(
     });
     rx
 }
+
+/// How long [`wait_log`] waits for a log line before the test fails.
+pub(crate) const LOG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits (blocking, bounded by [`LOG_DEADLINE`]) for a log line matching `want`; fails the test
+/// naming `what` and every line seen otherwise.
+pub(crate) fn wait_log(
+    log: &std::sync::mpsc::Receiver<serde_json::Value>,
+    what: &str,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + LOG_DEADLINE;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if want(&line) => return line,
+            Ok(line) => seen.push(line.to_string()),
+            Err(e) => panic!("no log line {what} ({e}); saw:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+/// [`wait_log`] for a line whose message is `message`.
+pub(crate) fn wait_message(
+    log: &std::sync::mpsc::Receiver<serde_json::Value>,
+    message: &str,
+) -> serde_json::Value {
+    wait_log(log, &format!("{message:?}"), |line| {
+        line["fields"]["message"] == message
+    })
+}

@@ -3,28 +3,12 @@
 //! `sendense-hub serve` and `sendense-client` binaries; no sleeps (conditions with deadlines).
 
 use std::process::{Child, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::Instant;
+use std::sync::mpsc::{self};
 
 use sendense_types::{BackupQuery, BackupStatus};
-use serde_json::Value;
 
 use super::{DEADLINE, HubProc, MIB, Vc, assert_images_match, backup, summary};
-use crate::support::{client, log_lines, s, write_random};
-
-/// Waits (bounded by [`DEADLINE`]) for a log line whose message is `message`.
-fn wait_message(log: &Receiver<Value>, message: &str) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match log.recv_timeout(left) {
-            Ok(line) if line["fields"]["message"] == message => return line,
-            Ok(line) => seen.push(line.to_string()),
-            Err(e) => panic!("no log line {message:?} ({e}); saw:\n{}", seen.join("\n")),
-        }
-    }
-}
+use crate::support::{client, log_lines, s, wait_message, write_random};
 
 /// Sends `signal` (`TERM`, `HUP`, `STOP`, `CONT`, `KILL`) to `pid` with kill(1).
 fn signal(pid: u32, signal: &str) {
