@@ -55,6 +55,15 @@ pub fn stop_signal() -> impl Future<Output = StopSignal> + Send + 'static {
     }
 }
 
+/// [`stop_signal`] for callers that only need to know that one came: resolves to `()`. The
+/// handlers are installed when this is called, as for [`stop_signal`].
+pub fn stopped() -> impl Future<Output = ()> + Send + 'static {
+    let stop = stop_signal();
+    async move {
+        stop.await;
+    }
+}
+
 async fn recv(s: Option<&mut Signal>) {
     match s {
         Some(s) => {

@@ -35,7 +35,10 @@ mod tests {
     fn empty_and_zero_buffers_are_zero() {
         assert!(is_zero(&[]));
         assert!(is_zero(&[0; 1]));
-        assert!(is_zero(&vec![0; 1 << 20]));
+        assert!(is_zero(&vec![0; (4 << 20) + 7]));
+        let mut last = vec![0u8; (4 << 20) + 7];
+        *last.last_mut().unwrap() = 1;
+        assert!(!is_zero(&last));
     }
 
     #[test]
