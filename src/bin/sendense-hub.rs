@@ -1,12 +1,12 @@
-//! `sendense-hub`: the backup repository daemon and its image tools.
+//! `sendense-hub`: the backup repository daemon, its image tools and the quickstart.
 //!
 //! Thin by design: parse arguments, install logging, build the runtime, call
-//! the hub crate.
+//! [`sendense::hub_cli::run`].
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = sendense_hub::cli::Cli::parse();
+    let cli = sendense::hub_cli::Cli::parse();
     sendense_hub::cli::init_tracing(&cli.log, cli.default_log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -18,5 +18,5 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    runtime.block_on(sendense_hub::cli::run(cli))
+    runtime.block_on(sendense::hub_cli::run(cli))
 }

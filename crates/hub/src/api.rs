@@ -102,7 +102,7 @@ impl IntoResponse for ApiFailure {
 
 impl From<HubError> for ApiFailure {
     fn from(e: HubError) -> Self {
-        let message = crate::cli::error_chain(&e);
+        let message = sendense_io::error_chain(&e);
         let (status, code) = match e.kind() {
             ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, error_codes::BAD_REQUEST),
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, error_codes::NOT_FOUND),
@@ -344,14 +344,14 @@ impl From<SessionError> for ApiFailure {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::Store(e) => e.into(),
-            SessionError::Trust { .. } => Self::bad_request(crate::cli::error_chain(&e)),
+            SessionError::Trust { .. } => Self::bad_request(sendense_io::error_chain(&e)),
             SessionError::NoTrustChoice { .. } => Self::new(
                 StatusCode::CONFLICT,
                 error_codes::CONFLICT,
-                crate::cli::error_chain(&e),
+                sendense_io::error_chain(&e),
             ),
             other => {
-                let message = crate::cli::error_chain(&other);
+                let message = sendense_io::error_chain(&other);
                 tracing::warn!(error = %message, "vCenter session for a client refused");
                 Self::new(StatusCode::BAD_GATEWAY, error_codes::BAD_GATEWAY, message)
             }

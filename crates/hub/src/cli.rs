@@ -1,30 +1,18 @@
 //! Command-line interface of `sendense-hub`: argument types and dispatch.
 //!
-//! The binary only parses and calls [`run`]; every command's work is done by
-//! a library function so that tests can drive it without a subprocess.
+//! The `sendense-hub` binary (root package, which adds `quickstart`) flattens [`Command`] into
+//! its command line and calls [`run`]; every command's work is done by a library function so
+//! that tests can drive it without a subprocess.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use sendense_nbd::tls::ClientCerts;
 
-use crate::daemon::{self, HubConfig};
-use crate::image_tools::{self, ByteSize, ConvertOptions, CreateArgs, OutputFormat};
-use crate::quickstart::{self, QuickstartOptions};
-use crate::serve_image::{ServeOptions, serve_image, shutdown_signal};
+use sendense_image::cli::ImageCommand;
 
-/// Sendense hub: the backup repository daemon and its image tools.
-#[derive(Debug, Parser)]
-#[command(name = "sendense-hub", version, about, long_about = None)]
-pub struct Cli {
-    /// Logging options.
-    #[command(flatten)]
-    pub log: LogArgs,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
+use crate::daemon::{self, HubConfig, Listeners};
 
 /// Logging options shared by every command.
 #[derive(Debug, Args)]
@@ -46,25 +34,6 @@ pub enum LogFormat {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole product once on this machine, with nothing configured.
-    ///
-    /// Starts a hub on loopback ports, makes a demo VM with two sparse disks
-    /// (one raw, one VMDK), backs it up fully through the real client over
-    /// TLS, changes ~2% of the blocks (some zeroed), backs up incrementally,
-    /// restores both points of both disks, verifies them (qemu-img compare
-    /// when installed, our own comparison otherwise) and prints a table.
-    /// Exit status 0 only when everything verified.
-    Quickstart {
-        /// Working folder (kept); default: a temporary folder, removed at the end.
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-        /// Size of each demo disk (sparse; about 12% holds data).
-        #[arg(long, value_name = "SIZE", default_value = "2G")]
-        disk_size: ByteSize,
-        /// Keep the temporary folder to look at afterwards.
-        #[arg(long)]
-        keep: bool,
-    },
     /// Run the hub: catalog, QCOW2 repository, REST API (HTTPS) and NBD
     /// server (TLS) in one process.
     ///
@@ -144,161 +113,15 @@ pub enum CertCommand {
     },
 }
 
-/// Which backing files the image commands open.
-#[derive(Debug, Clone, Copy, Args)]
-pub struct BackingArgs {
-    /// Open backing files wherever an image names them: absolute paths,
-    /// `..`, symlinks out of the image's folder. By default only relative
-    /// names resolving to the image's folder or below are opened, so that a
-    /// crafted image cannot make us read (or serve) a file such as
-    /// /etc/shadow. Needed for overlays whose backing name is an absolute
-    /// path (as `qemu-img create -b /abs/base.qcow2` stores it); use only on
-    /// images you trust.
-    #[arg(long)]
-    pub allow_any_backing: bool,
-}
-
-impl BackingArgs {
-    /// The engine's policy for these flags.
-    #[must_use]
-    pub fn policy(self) -> sendense_qcow2::BackingPolicy {
-        if self.allow_any_backing {
-            sendense_qcow2::BackingPolicy::any()
-        } else {
-            sendense_qcow2::BackingPolicy::below()
-        }
-    }
-}
-
-/// `sendense-hub image …`
-#[derive(Debug, Subcommand)]
-pub enum ImageCommand {
-    /// Create a new, empty QCOW2 v3 image; with -b, an overlay of BACKING.
-    Create {
-        /// Backing file, stored as given; a relative name is resolved from
-        /// FILE's folder (as QEMU does). Its format (qcow2 or raw) is detected.
-        #[arg(short = 'b', long = "backing", value_name = "BACKING")]
-        backing: Option<String>,
-        /// Cluster size: a power of two from 512 to 2M.
-        #[arg(long, value_name = "N", default_value = "64K")]
-        cluster_size: ByteSize,
-        /// Use extended L2 entries (32 subclusters per cluster).
-        #[arg(long)]
-        extended_l2: bool,
-        /// Backing file policy.
-        #[command(flatten)]
-        backing_files: BackingArgs,
-        /// The image to create (must not exist).
-        file: PathBuf,
-        /// Virtual size, e.g. 10G or 512M; defaults to the backing file's size.
-        size: Option<ByteSize>,
-    },
-    /// Show an image's format, sizes, cluster size and backing chain.
-    Info {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Backing file policy.
-        #[command(flatten)]
-        backing_files: BackingArgs,
-        /// The image (QCOW2 or raw).
-        file: PathBuf,
-    },
-    /// Check a QCOW2 image's consistency (references vs refcounts).
-    ///
-    /// Exit status: 0 clean, 2 errors found, 3 leaked clusters only, 1 the
-    /// check itself could not run.
-    Check {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Backing file policy.
-        #[command(flatten)]
-        backing_files: BackingArgs,
-        /// The QCOW2 image.
-        file: PathBuf,
-    },
-    /// Convert between QCOW2 (read with its backing chain) and raw.
-    ///
-    /// The output is written under a temporary name beside OUT and renamed
-    /// into place only when complete and flushed to disk.
-    Convert {
-        /// Output format.
-        #[arg(short = 'O', long = "output-format", value_enum, default_value_t = Format::Qcow2)]
-        output_format: Format,
-        /// Make OUT an overlay of BACKING holding only what differs from it
-        /// (zero clusters where BACKING has data and IN has zeros). The name
-        /// is stored as given, relative to OUT's folder.
-        #[arg(short = 'B', long = "backing", value_name = "BACKING")]
-        backing: Option<String>,
-        /// Cluster size of a QCOW2 output.
-        #[arg(long, value_name = "N")]
-        cluster_size: Option<ByteSize>,
-        /// Worker threads reading and writing in parallel.
-        #[arg(long, value_name = "N", default_value_t = default_threads())]
-        threads: usize,
-        /// Print a JSON report (bytes read, written, seconds) on stdout.
-        #[arg(long)]
-        json: bool,
-        /// Backing file policy.
-        #[command(flatten)]
-        backing_files: BackingArgs,
-        /// Input image: QCOW2 (with its chain) or raw, detected from content.
-        input: PathBuf,
-        /// Output file (replaced if it exists).
-        output: PathBuf,
-    },
-    /// Serve an image (and its backing chain) over NBD, like qemu-nbd.
-    ///
-    /// QCOW2 images go through our engine: writes land in the top layer,
-    /// reads and block status come through the chain. Other files are served
-    /// raw. Stops cleanly (flush, close) on SIGINT/SIGTERM.
-    Serve {
-        /// Refuse writes; the image is opened read-only.
-        #[arg(long)]
-        read_only: bool,
-        /// Address to listen on.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
-        listen: std::net::SocketAddr,
-        /// Export name (default: the empty, default export).
-        #[arg(long, value_name = "NAME", default_value = "")]
-        export: String,
-        /// Require TLS, with the certificates in this folder under QEMU's
-        /// names: ca-cert.pem, server-cert.pem, server-key.pem.
-        #[arg(long, value_name = "DIR")]
-        tls_dir: Option<PathBuf>,
-        /// Require client certificates signed by the folder's ca-cert.pem.
-        #[arg(long, requires = "tls_dir")]
-        verify_clients: bool,
-        /// Backing file policy.
-        #[command(flatten)]
-        backing_files: BackingArgs,
-        /// The image to serve.
-        file: PathBuf,
-    },
-}
-
-/// Image formats the tools write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Sparse raw file.
-    Raw,
-    /// QCOW2 v3.
-    Qcow2,
-}
-
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
-}
-
-impl Cli {
+impl Command {
     /// Log filter when `RUST_LOG` is not set: `info` for the daemon and
-    /// `image serve`, `warn` for the quickstart and one-shot tools, whose
-    /// results are their output.
+    /// `image serve`, `warn` for the one-shot tools, whose results are their
+    /// output.
+    #[must_use]
     pub fn default_log_filter(&self) -> &'static str {
-        match &self.command {
-            Command::Serve { .. } | Command::Image(ImageCommand::Serve { .. }) => "info",
-            Command::Quickstart { .. } | Command::Image(_) | Command::Cert(_) => "warn",
+        match self {
+            Self::Serve { .. } | Self::Image(ImageCommand::Serve { .. }) => "info",
+            Self::Image(_) | Self::Cert(_) => "warn",
         }
     }
 }
@@ -319,8 +142,8 @@ pub fn init_tracing(log: &LogArgs, default_filter: &str) {
 }
 
 /// Runs a parsed command line and returns the process exit status.
-pub async fn run(cli: Cli) -> ExitCode {
-    let result = match cli.command {
+pub async fn run(command: Command) -> ExitCode {
+    let result: Result<ExitCode, BoxError> = match command {
         Command::Serve {
             data_dir,
             api,
@@ -342,33 +165,16 @@ pub async fn run(cli: Cli) -> ExitCode {
                     NbdClientCerts::Optional => ClientCerts::Optional,
                 },
             };
-            match daemon::start(config).await {
-                Ok(hub) => {
-                    hub.run_until(shutdown_signal()).await;
-                    Ok(ExitCode::SUCCESS)
-                }
+            let stop = sendense_io::signal::stopped();
+            match Listeners::bind(&config) {
+                Ok(listeners) => daemon::run(listeners, config, stop)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+                    .map_err(Into::into),
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Quickstart {
-            dir,
-            disk_size,
-            keep,
-        } => {
-            let opts = QuickstartOptions {
-                dir,
-                disk_size: disk_size.0,
-                keep,
-            };
-            match quickstart::run(opts).await {
-                Ok(report) => {
-                    print!("{report}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        Command::Image(cmd) => run_image(cmd).await,
+        Command::Image(cmd) => sendense_image::cli::run(cmd).await.map_err(Into::into),
         Command::Cert(CertCommand::Issue {
             name,
             data_dir,
@@ -386,129 +192,10 @@ pub async fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sendense-hub: {}", error_chain(e.as_ref()));
+            eprintln!("sendense-hub: {}", sendense_io::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// `error: cause: cause …`, the whole source chain on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// Runs an image command. The synchronous ones block this (otherwise idle)
-/// runtime thread; `serve` is the only one that needs the runtime.
-async fn run_image(cmd: ImageCommand) -> Result<ExitCode, BoxError> {
-    match cmd {
-        ImageCommand::Serve {
-            read_only,
-            listen,
-            export,
-            tls_dir,
-            verify_clients,
-            backing_files,
-            file,
-        } => {
-            let opts = ServeOptions {
-                file,
-                read_only,
-                listen,
-                export,
-                tls_dir,
-                verify_clients,
-                backing: backing_files.policy(),
-            };
-            serve_image(opts, shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        ImageCommand::Create {
-            backing,
-            cluster_size,
-            extended_l2,
-            backing_files,
-            file,
-            size,
-        } => {
-            let cluster_size = u32::try_from(cluster_size.0).unwrap_or(u32::MAX);
-            let args = CreateArgs {
-                size: size.map(|s| s.0),
-                cluster_size: Some(cluster_size),
-                backing,
-                extended_l2,
-                backing_policy: backing_files.policy(),
-            };
-            image_tools::create(&file, &args)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        ImageCommand::Info {
-            json,
-            backing_files,
-            file,
-        } => {
-            let layers = image_tools::info_with(&file, backing_files.policy())?;
-            if json {
-                print_json(&layers);
-            } else {
-                print!("{}", image_tools::LayerInfo::render_chain(&layers));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        ImageCommand::Check {
-            json,
-            backing_files,
-            file,
-        } => {
-            let summary = image_tools::check_with(&file, backing_files.policy())?;
-            if json {
-                print_json(&summary);
-            } else {
-                print!("{}", summary.render());
-            }
-            Ok(ExitCode::from(summary.exit_code()))
-        }
-        ImageCommand::Convert {
-            output_format,
-            backing,
-            cluster_size,
-            threads,
-            json,
-            backing_files,
-            input,
-            output,
-        } => {
-            let opts = ConvertOptions {
-                format: match output_format {
-                    Format::Raw => OutputFormat::Raw,
-                    Format::Qcow2 => OutputFormat::Qcow2,
-                },
-                backing,
-                cluster_size: cluster_size.map(|c| u32::try_from(c.0).unwrap_or(u32::MAX)),
-                threads,
-                progress: true,
-                backing_policy: backing_files.policy(),
-            };
-            let report = image_tools::convert(&input, &output, &opts)?;
-            if json {
-                print_json(&report);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
-        Err(e) => eprintln!("sendense-hub: cannot encode JSON: {e}"),
-    }
-}

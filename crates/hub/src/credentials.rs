@@ -523,7 +523,7 @@ mod tests {
 
             assert!(
                 matches!(&err, SessionError::Store(e) if e.kind() == crate::error::ErrorKind::NotFound)
-                    && crate::cli::error_chain(&err).contains("nope"),
+                    && sendense_io::error_chain(&err).contains("nope"),
                 "{err:?}"
             );
         }
@@ -537,7 +537,7 @@ mod tests {
                 .await
                 .unwrap_err();
 
-            let text = crate::cli::error_chain(&err);
+            let text = sendense_io::error_chain(&err);
             assert!(
                 matches!(err, SessionError::LoginRefused { .. })
                     && text.contains("vc1")

@@ -130,12 +130,61 @@ impl RunningHub {
     }
 }
 
-/// Starts the hub: prepares the data folder, recovers, binds both
-/// listeners and serves in background tasks.
+/// The hub's two listening sockets, bound before the hub starts (by [`Listeners::bind`], or
+/// handed over by a service manager or a test).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The REST API's socket (HTTPS).
+    pub api: std::net::TcpListener,
+    /// The NBD server's socket (TLS).
+    pub nbd: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds `config.api_listen` and `config.nbd_listen`.
+    ///
+    /// # Errors
+    /// [`DaemonError::Bind`] naming the address in use.
+    pub fn bind(config: &HubConfig) -> Result<Self, DaemonError> {
+        let bind = |addr| {
+            std::net::TcpListener::bind(addr).map_err(|source| DaemonError::Bind { addr, source })
+        };
+        Ok(Self {
+            nbd: bind(config.nbd_listen)?,
+            api: bind(config.api_listen)?,
+        })
+    }
+}
+
+/// Runs the hub on `listeners` until `shutdown` resolves, then stops it cleanly (within
+/// [`SHUTDOWN_LIMIT`]). What `sendense-hub serve` does.
 ///
 /// # Errors
 /// The data folder, TLS material, catalog or listeners cannot be used.
+pub async fn run(
+    listeners: Listeners,
+    config: HubConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    start_on(listeners, config).await?.run_until(shutdown).await;
+    Ok(())
+}
+
+/// Starts the hub on the addresses of `config`: binds them, then as [`start_on`].
+///
+/// # Errors
+/// See [`start_on`]; [`DaemonError::Bind`] when an address is taken.
 pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
+    let listeners = Listeners::bind(&config)?;
+    start_on(listeners, config).await
+}
+
+/// Starts the hub on `listeners`: prepares the data folder, recovers, and serves in background
+/// tasks; the answer stops it.
+///
+/// # Errors
+/// The data folder, TLS material, catalog or listeners cannot be used.
+pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<RunningHub, DaemonError> {
     let data = config.data_dir.clone();
     let repository = data.join(REPOSITORY_DIR);
     // Everything the hub creates from now on is its user's alone (files 0600, folders 0700),
@@ -161,35 +210,17 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
     let credentials = Arc::new(Credentials::open(Arc::clone(&catalog), &data)?);
     let registry = Arc::new(ExportRegistry::new());
 
-    let nbd_listener = tokio::net::TcpListener::bind(config.nbd_listen)
-        .await
-        .map_err(|source| DaemonError::Bind {
-            addr: config.nbd_listen,
-            source,
-        })?;
-    let nbd_addr = nbd_listener
-        .local_addr()
-        .map_err(|source| DaemonError::Bind {
-            addr: config.nbd_listen,
-            source,
-        })?;
-    let api_listener =
-        std::net::TcpListener::bind(config.api_listen).map_err(|source| DaemonError::Bind {
-            addr: config.api_listen,
-            source,
-        })?;
-    api_listener
-        .set_nonblocking(true)
-        .map_err(|source| DaemonError::Bind {
-            addr: config.api_listen,
-            source,
-        })?;
-    let api_addr = api_listener
-        .local_addr()
-        .map_err(|source| DaemonError::Bind {
-            addr: config.api_listen,
-            source,
-        })?;
+    let Listeners { api, nbd } = listeners;
+    let bind_err = |addr| move |source| DaemonError::Bind { addr, source };
+    let nbd_addr = nbd.local_addr().map_err(bind_err(config.nbd_listen))?;
+    let api_addr = api.local_addr().map_err(bind_err(config.api_listen))?;
+    nbd.set_nonblocking(true)
+        .map_err(bind_err(config.nbd_listen))?;
+    api.set_nonblocking(true)
+        .map_err(bind_err(config.api_listen))?;
+    let nbd_listener =
+        tokio::net::TcpListener::from_std(nbd).map_err(bind_err(config.nbd_listen))?;
+    let api_listener = api;
 
     let nbd_base = format!("nbds://{}:{}", uri_host(&host), nbd_addr.port());
     let engine = Arc::new(Engine::new(

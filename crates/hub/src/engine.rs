@@ -55,7 +55,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::HubError;
-use crate::qcow2_export::Qcow2Export;
+use sendense_image::export::Qcow2Export;
 
 /// Folder of the repository inside the data folder.
 pub const REPOSITORY_DIR: &str = "repository";
@@ -296,7 +296,7 @@ impl Engine {
                 };
                 let reason = format!(
                     "could not prepare the images: {}",
-                    crate::cli::error_chain(&e)
+                    sendense_io::error_chain(&e)
                 );
                 self.fail_in_catalog(&id, &reason);
                 Err(e)
@@ -310,7 +310,7 @@ impl Engine {
             Ok(_) => {}
             Err(e) if e.kind() == sendense_catalog::ErrorKind::Conflict => {}
             Err(e) => {
-                tracing::error!(backup_id = %id, error = %crate::cli::error_chain(&e), "cannot mark backup failed");
+                tracing::error!(backup_id = %id, error = %sendense_io::error_chain(&e), "cannot mark backup failed");
             }
         }
     }
@@ -355,7 +355,7 @@ impl Engine {
             }
             Some(why) if strict => Err(why),
             Some(why) => {
-                let reason = crate::cli::error_chain(&why);
+                let reason = sendense_io::error_chain(&why);
                 tracing::info!(vm = %vm.name, %reason, "auto starts a full backup");
                 Ok((None, Some(reason)))
             }
@@ -540,7 +540,7 @@ impl Engine {
                 Ok(done.to_api())
             }
             Err((e, leftovers)) => {
-                let reason = format!("completion failed: {}", crate::cli::error_chain(&e));
+                let reason = format!("completion failed: {}", sendense_io::error_chain(&e));
                 tracing::error!(backup_id = %id, %reason, "backup failed at completion");
                 for path in leftovers {
                     remove_quietly(&path);
@@ -882,11 +882,11 @@ impl Engine {
         for folder in folders {
             if let Err(e) = sync_dir(&folder) {
                 all_gone = false;
-                tracing::warn!(error = %crate::cli::error_chain(&e), "cannot fsync folder after delete");
+                tracing::warn!(error = %sendense_io::error_chain(&e), "cannot fsync folder after delete");
             }
         }
         if all_gone && let Err(e) = self.catalog.finish_deletion(id) {
-            tracing::warn!(backup_id = %id, error = %crate::cli::error_chain(&e), "cannot clear deletion journal entry");
+            tracing::warn!(backup_id = %id, error = %sendense_io::error_chain(&e), "cannot clear deletion journal entry");
         }
     }
 
@@ -1156,7 +1156,7 @@ impl Engine {
                 // Completed or failed by someone else meanwhile: fine.
                 Err(e) if e.kind() == crate::error::ErrorKind::Conflict => {}
                 Err(e) => {
-                    tracing::error!(backup_id = %id, error = %crate::cli::error_chain(&e), "cannot fail a backup whose client is gone");
+                    tracing::error!(backup_id = %id, error = %sendense_io::error_chain(&e), "cannot fail a backup whose client is gone");
                 }
             }
         }
@@ -1193,7 +1193,7 @@ impl Engine {
                 Ok(_) => {}
                 Err(e) if e.kind() == crate::error::ErrorKind::Conflict => {}
                 Err(e) => {
-                    tracing::error!(backup_id = %id, error = %crate::cli::error_chain(&e), "cannot fail backup at shutdown");
+                    tracing::error!(backup_id = %id, error = %sendense_io::error_chain(&e), "cannot fail backup at shutdown");
                 }
             }
         }

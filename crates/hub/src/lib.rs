@@ -1,5 +1,6 @@
-//! Sendense hub: backup engine, repository, export registry, REST API and
-//! the `image` tools that operators run against repository files.
+//! Sendense hub: backup engine, repository, export registry, REST API, and the daemon that runs
+//! them ([`run`]). The `image` tools are `sendense-image`; the binary's command line also
+//! carries them.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -9,10 +10,8 @@ pub mod credentials;
 pub mod daemon;
 pub mod engine;
 pub mod error;
-pub mod image_tools;
 pub mod openapi;
-pub mod qcow2_export;
-pub mod quickstart;
-pub mod serve_image;
 pub mod tls;
 pub mod token;
+
+pub use daemon::{HubConfig, Listeners, RunningHub, run, start};

@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use sendense_hub::image_tools::{self, ConvertOptions, CreateArgs, ImageToolError, OutputFormat};
+use sendense_image::{self as image_tools, ConvertOptions, CreateArgs, ImageError, OutputFormat};
 use sendense_qcow2::{BackingPolicy, Qcow2Error};
 
 use crate::support::{
@@ -87,7 +87,7 @@ fn create_without_size_or_backing_is_refused() {
         backing_policy: BackingPolicy::below(),
     };
     let err = image_tools::create(&dir.path().join("x.qcow2"), &args).unwrap_err();
-    assert!(matches!(err, ImageToolError::MissingSize), "{err:?}");
+    assert!(matches!(err, ImageError::MissingSize), "{err:?}");
 }
 
 #[test]
@@ -202,7 +202,7 @@ fn convert_of_missing_input_fails_and_leaves_no_output() {
         &out,
         &opts(OutputFormat::Qcow2, 1),
     );
-    assert!(matches!(err, Err(ImageToolError::Io { .. })), "{err:?}");
+    assert!(matches!(err, Err(ImageError::Io { .. })), "{err:?}");
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
@@ -318,7 +318,7 @@ fn create_overlay_of_image_whose_backing_escapes_its_folder_is_refused_by_defaul
     assert!(
         matches!(
             err,
-            ImageToolError::Qcow2 {
+            ImageError::Qcow2 {
                 source: Qcow2Error::BackingRefused { .. },
                 ..
             }
@@ -358,7 +358,7 @@ fn convert_of_input_whose_backing_escapes_its_folder_is_refused() {
     assert!(
         matches!(
             err,
-            ImageToolError::Qcow2 {
+            ImageError::Qcow2 {
                 source: Qcow2Error::BackingRefused { .. },
                 ..
             }

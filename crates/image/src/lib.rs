@@ -1,12 +1,23 @@
-//! `sendense-hub image …`: operator tools over Sendense's own QCOW2 engine.
+//! `sendense-hub image …`: operator tools over Sendense's own QCOW2 engine, and the QCOW2
+//! NBD export that the hub and `image serve` share.
 //!
 //! `create`, `info`, `check` and `convert` need no QEMU: they are what the
 //! hub itself does to repository files, offered to operators and used by our
 //! tests. Their outputs are checked against `qemu-img` in the test suite.
+//!
+//! - [`export::Qcow2Export`]: an open QCOW2 image (with its chain) as an NBD export.
+//! - [`serve`]: `image serve`, our `qemu-nbd`.
+//! - [`cli`]: the `image` subcommands' arguments and dispatch.
+//!
+//! This crate knows nothing about backups: it works on image files.
+#![forbid(unsafe_code)]
 
+pub mod cli;
 mod convert;
+pub mod export;
 mod input;
 mod report;
+pub mod serve;
 mod size;
 
 use std::path::{Path, PathBuf};
@@ -14,14 +25,14 @@ use std::path::{Path, PathBuf};
 use sendense_qcow2::{BackingFormat, BackingPolicy, BackingSpec, CreateOptions, Image, Qcow2Error};
 
 pub use convert::{ConvertOptions, ConvertReport, OutputFormat, convert};
-pub use input::{Input, QCOW2_MAGIC, is_qcow2, is_zero};
+pub use input::{Input, QCOW2_MAGIC, is_qcow2};
 pub use report::{CheckSummary, LayerInfo, check, check_with, info, info_with};
 pub use size::{ByteSize, human};
 
-/// Errors of the image tools.
+/// Errors of the image tools and `image serve`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ImageToolError {
+pub enum ImageError {
     /// A file could not be read, written or created.
     #[error("I/O error on {path}")]
     Io {
@@ -50,11 +61,41 @@ pub enum ImageToolError {
     #[error("No size given: name a SIZE, or a backing file (-b) whose size to take")]
     MissingSize,
     /// A worker thread panicked (a bug).
-    #[error("A conversion worker panicked")]
+    #[error("A worker thread panicked")]
     WorkerPanicked,
+    /// `image serve`: the TLS folder could not be used.
+    #[error("Cannot load TLS material from {dir}")]
+    Tls {
+        /// The folder.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: sendense_nbd::NbdError,
+    },
+    /// `image serve`: the listen address could not be bound.
+    #[error("Cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `image serve`: the NBD server failed.
+    #[error("NBD server failed")]
+    Nbd(#[from] sendense_nbd::NbdError),
+    /// `image serve`: the final flush failed; recent writes may not be durable.
+    #[error("Final flush of {path} failed")]
+    Flush {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Qcow2Error,
+    },
 }
 
-impl ImageToolError {
+impl ImageError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
@@ -91,7 +132,7 @@ pub struct CreateArgs {
 /// # Errors
 /// The file exists or cannot be created, the options are invalid, or the
 /// backing file cannot be opened.
-pub fn create(path: &Path, args: &CreateArgs) -> Result<(), ImageToolError> {
+pub fn create(path: &Path, args: &CreateArgs) -> Result<(), ImageError> {
     let backing = match &args.backing {
         Some(name) => {
             let (spec, input) = open_backing(path, name, args.backing_policy)?;
@@ -102,7 +143,7 @@ pub fn create(path: &Path, args: &CreateArgs) -> Result<(), ImageToolError> {
     let size = match (args.size, &backing) {
         (Some(size), _) => size,
         (None, Some((_, backing_size))) => *backing_size,
-        (None, None) => return Err(ImageToolError::MissingSize),
+        (None, None) => return Err(ImageError::MissingSize),
     };
     let mut opts = CreateOptions::new(size);
     if let Some(cs) = args.cluster_size {
@@ -111,8 +152,8 @@ pub fn create(path: &Path, args: &CreateArgs) -> Result<(), ImageToolError> {
     opts.extended_l2 = args.extended_l2;
     opts.backing = backing.map(|(spec, _)| spec);
     opts.backing_policy = args.backing_policy;
-    let image = Image::create(path, &opts).map_err(|e| ImageToolError::qcow2(path, e))?;
-    image.flush().map_err(|e| ImageToolError::qcow2(path, e))
+    let image = Image::create(path, &opts).map_err(|e| ImageError::qcow2(path, e))?;
+    image.flush().map_err(|e| ImageError::qcow2(path, e))
 }
 
 /// Opens the backing file `name` of an image to be made at `image`, and
@@ -128,10 +169,10 @@ pub fn open_backing(
     image: &Path,
     name: &str,
     policy: BackingPolicy,
-) -> Result<(BackingSpec, Input), ImageToolError> {
+) -> Result<(BackingSpec, Input), ImageError> {
     let path = BackingPolicy::any()
         .resolve(image, name)
-        .map_err(|e| ImageToolError::qcow2(image, e))?;
+        .map_err(|e| ImageError::qcow2(image, e))?;
     let input = Input::open_with(&path, policy)?;
     let format = match input {
         Input::Qcow2(_) => BackingFormat::Qcow2,

@@ -22,8 +22,9 @@ use sendense_client::hub::HubOptions;
 use sendense_client::restore::{self, RestoreFormat, RestoreOptions};
 use sendense_types::{BackupId, BackupSummary, BackupType, DiskKey, VmName};
 
-use crate::daemon::{self, HubConfig};
-use crate::image_tools::{Input, is_zero};
+use sendense_hub::daemon::{self, HubConfig};
+use sendense_image::Input;
+use sendense_io::is_zero;
 
 /// Options of [`run`].
 #[derive(Debug, Clone)]
@@ -135,7 +136,7 @@ async fn run_in(root: &Path, size: u64) -> Result<String, QuickstartError> {
     .await?;
     step("issuing the client's certificate (sendense-hub cert issue quickstart-client)");
     let client_dir = root.join("client-tls");
-    if let Err(e) = crate::tls::issue_client_folder(
+    if let Err(e) = sendense_hub::tls::issue_client_folder(
         &root.join("hub").join(daemon::TLS_DIR),
         "quickstart-client",
         &client_dir,
@@ -339,14 +340,14 @@ fn write_change_info(path: &Path, size: u64, areas: &[(u64, u64)]) -> Result<(),
 fn copy_sparse(from: &Path, to: &Path) -> Result<(), QuickstartError> {
     let input = Input::open(from).map_err(|e| QuickstartError::Io {
         path: from.to_path_buf(),
-        source: std::io::Error::other(crate::cli::error_chain(&e)),
+        source: std::io::Error::other(sendense_io::error_chain(&e)),
     })?;
     let out = File::create(to).map_err(io(to))?;
     out.set_len(input.size()).map_err(io(to))?;
     let mut buf = vec![0u8; MIB_USIZE];
     for (offset, len) in input.data_extents().map_err(|e| QuickstartError::Io {
         path: from.to_path_buf(),
-        source: std::io::Error::other(crate::cli::error_chain(&e)),
+        source: std::io::Error::other(sendense_io::error_chain(&e)),
     })? {
         let mut at = offset;
         while at < offset + len {
@@ -355,7 +356,7 @@ fn copy_sparse(from: &Path, to: &Path) -> Result<(), QuickstartError> {
                 .read_at(&mut buf[..n], at)
                 .map_err(|e| QuickstartError::Io {
                     path: from.to_path_buf(),
-                    source: std::io::Error::other(crate::cli::error_chain(&e)),
+                    source: std::io::Error::other(sendense_io::error_chain(&e)),
                 })?;
             if !is_zero(&buf[..n]) {
                 out.write_all_at(&buf[..n], at).map_err(io(to))?;
@@ -444,8 +445,8 @@ fn report(backups: &[&BackupSummary], repo: &Path, vm: &VmName, verified: &[Stri
             "{:<46} {:<12} {:>12} {:>12} {:>9.1} {:>8.2}",
             b.backup_id.as_str(),
             b.backup_type.as_str(),
-            crate::image_tools::human(b.bytes_sent),
-            crate::image_tools::human(on_disk(repo, vm, &b.backup_id)),
+            sendense_image::human(b.bytes_sent),
+            sendense_image::human(on_disk(repo, vm, &b.backup_id)),
             rate,
             b.seconds
         );

@@ -24,8 +24,10 @@ use sendense_qcow2::{
     AlignedBuf, BackingPolicy, BackingSpec, CreateOptions, FileStorage, Image, Storage,
 };
 
-use super::input::{Input, is_zero};
-use super::{ImageToolError, open_backing, progress_bar};
+use sendense_io::is_zero;
+
+use super::input::Input;
+use super::{ImageError, open_backing, progress_bar};
 
 /// Guest bytes handled by one work item: a multiple of every legal cluster size.
 const CHUNK: u64 = 4 << 20;
@@ -83,12 +85,12 @@ pub fn convert(
     input: &Path,
     output: &Path,
     opts: &ConvertOptions,
-) -> Result<ConvertReport, ImageToolError> {
+) -> Result<ConvertReport, ImageError> {
     let started = Instant::now();
     let source = Input::open_with(input, opts.backing_policy)?;
     let size = source.size();
     if opts.backing.is_some() && opts.format != OutputFormat::Qcow2 {
-        return Err(ImageToolError::BackingNeedsQcow2);
+        return Err(ImageError::BackingNeedsQcow2);
     }
     let backing = match &opts.backing {
         Some(name) => Some(open_backing(output, name, opts.backing_policy)?),
@@ -135,16 +137,14 @@ pub fn convert(
     let error = work
         .error
         .lock()
-        .map_err(|_| ImageToolError::WorkerPanicked)?
+        .map_err(|_| ImageError::WorkerPanicked)?
         .take();
     if let Some(e) = error {
         sink.abandon(&temp);
         return Err(e);
     }
-    let (bytes_read, bytes_written, bytes_zeroed) = *work
-        .totals
-        .lock()
-        .map_err(|_| ImageToolError::WorkerPanicked)?;
+    let (bytes_read, bytes_written, bytes_zeroed) =
+        *work.totals.lock().map_err(|_| ImageError::WorkerPanicked)?;
     if let Err(e) = sink.finish(&temp, output) {
         let _ = fs::remove_file(&temp);
         return Err(e);
@@ -170,7 +170,7 @@ impl Sink {
         size: u64,
         opts: &ConvertOptions,
         backing: Option<&BackingSpec>,
-    ) -> Result<Self, ImageToolError> {
+    ) -> Result<Self, ImageError> {
         match opts.format {
             OutputFormat::Qcow2 => {
                 let mut create = CreateOptions::new(size);
@@ -179,8 +179,7 @@ impl Sink {
                 }
                 create.backing = backing.cloned();
                 create.backing_policy = opts.backing_policy;
-                let image =
-                    Image::create(temp, &create).map_err(|e| ImageToolError::qcow2(temp, e))?;
+                let image = Image::create(temp, &create).map_err(|e| ImageError::qcow2(temp, e))?;
                 Ok(Self::Qcow2(Box::new(image)))
             }
             OutputFormat::Raw => {
@@ -188,44 +187,43 @@ impl Sink {
                     .write(true)
                     .create_new(true)
                     .open(temp)
-                    .map_err(|e| ImageToolError::io(temp, e))?;
-                file.set_len(size)
-                    .map_err(|e| ImageToolError::io(temp, e))?;
+                    .map_err(|e| ImageError::io(temp, e))?;
+                file.set_len(size).map_err(|e| ImageError::io(temp, e))?;
                 Ok(Self::Raw(FileStorage::with_direct_io(file, temp, true)))
             }
         }
     }
 
-    fn write(&self, temp: &Path, data: &[u8], offset: u64) -> Result<(), ImageToolError> {
+    fn write(&self, temp: &Path, data: &[u8], offset: u64) -> Result<(), ImageError> {
         match self {
             Self::Qcow2(image) => image
                 .write_at(data, offset)
-                .map_err(|e| ImageToolError::qcow2(temp, e)),
+                .map_err(|e| ImageError::qcow2(temp, e)),
             Self::Raw(file) => file
                 .write_data_at(data, offset)
-                .map_err(|e| ImageToolError::io(temp, e)),
+                .map_err(|e| ImageError::io(temp, e)),
         }
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), ImageToolError> {
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), ImageError> {
         match self {
             Self::Qcow2(image) => image
                 .write_zeroes(offset, len)
-                .map_err(|e| ImageToolError::qcow2(image.path(), e)),
+                .map_err(|e| ImageError::qcow2(image.path(), e)),
             // A raw output starts as a hole: zeros need no write.
             Self::Raw(_) => Ok(()),
         }
     }
 
-    fn finish(self, temp: &Path, output: &Path) -> Result<(), ImageToolError> {
+    fn finish(self, temp: &Path, output: &Path) -> Result<(), ImageError> {
         match self {
             Self::Qcow2(image) => (*image)
                 .finalize(output)
-                .map_err(|e| ImageToolError::qcow2(temp, e)),
+                .map_err(|e| ImageError::qcow2(temp, e)),
             Self::Raw(file) => {
-                file.sync_all().map_err(|e| ImageToolError::io(temp, e))?;
+                file.sync_all().map_err(|e| ImageError::io(temp, e))?;
                 drop(file);
-                fs::rename(temp, output).map_err(|e| ImageToolError::io(output, e))?;
+                fs::rename(temp, output).map_err(|e| ImageError::io(output, e))?;
                 sync_parent(output)
             }
         }
@@ -247,7 +245,7 @@ struct Work<'a> {
     grid: u64,
     next: AtomicUsize,
     failed: AtomicBool,
-    error: Mutex<Option<ImageToolError>>,
+    error: Mutex<Option<ImageError>>,
     /// (bytes read, bytes written, bytes zeroed)
     totals: Mutex<(u64, u64, u64)>,
     bar: indicatif::ProgressBar,
@@ -291,7 +289,7 @@ impl Work<'_> {
         offset: u64,
         buf: &mut [u8],
         theirs: &mut [u8],
-    ) -> Result<(u64, u64), ImageToolError> {
+    ) -> Result<(u64, u64), ImageError> {
         self.source.read_at(buf, offset)?;
         let block = usize_of(self.grid);
         let mut written = 0u64;
@@ -362,7 +360,7 @@ fn classify(ours: &[u8], theirs: Option<&[u8]>) -> Action {
 }
 
 /// Reads `buf.len()` bytes at `offset`, zeros past the image's end.
-fn read_clipped(input: &Input, buf: &mut [u8], offset: u64) -> Result<(), ImageToolError> {
+fn read_clipped(input: &Input, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
     let size = input.size();
     let avail = usize_of(size.saturating_sub(offset).min(buf.len() as u64));
     buf[avail..].fill(0);
@@ -420,23 +418,23 @@ fn chunk_regions(regions: &[(u64, u64)], grid: u64, size: u64) -> Vec<(u64, u64)
 }
 
 /// A hidden temporary name beside `output`.
-fn temp_name(output: &Path) -> Result<PathBuf, ImageToolError> {
+fn temp_name(output: &Path) -> Result<PathBuf, ImageError> {
     let name = output
         .file_name()
-        .ok_or_else(|| ImageToolError::BadOutputPath(output.to_path_buf()))?
+        .ok_or_else(|| ImageError::BadOutputPath(output.to_path_buf()))?
         .to_string_lossy();
     Ok(output.with_file_name(format!(".{name}.part-{}", std::process::id())))
 }
 
 /// fsyncs the folder holding `path`, so a rename into it is durable.
-pub(crate) fn sync_parent(path: &Path) -> Result<(), ImageToolError> {
+pub(crate) fn sync_parent(path: &Path) -> Result<(), ImageError> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     File::open(parent)
         .and_then(|d| d.sync_all())
-        .map_err(|e| ImageToolError::io(parent, e))
+        .map_err(|e| ImageError::io(parent, e))
 }
 
 /// A chunk-sized length as `usize` (chunks are at most [`CHUNK`]).

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use sendense_nbd::{Export, ExportRegistry, FileExport, Server, ServerOptions, tls};
 use sendense_qcow2::{BackingPolicy, Image, OpenOptions};
 
-use crate::image_tools::{ImageToolError, is_qcow2};
-use crate::qcow2_export::Qcow2Export;
+use crate::export::Qcow2Export;
+use crate::{ImageError, is_qcow2};
 
 /// Options of [`serve_image`].
 #[derive(Debug, Clone)]
@@ -33,48 +33,6 @@ pub struct ServeOptions {
     pub verify_clients: bool,
     /// Which backing files the image's chain may name.
     pub backing: BackingPolicy,
-}
-
-/// Errors of `image serve`.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServeError {
-    /// The image could not be opened.
-    #[error("Cannot open the image")]
-    Image(#[from] ImageToolError),
-    /// The TLS folder could not be used.
-    #[error("Cannot load TLS material from {dir}")]
-    Tls {
-        /// The folder.
-        dir: PathBuf,
-        /// The cause.
-        #[source]
-        source: sendense_nbd::NbdError,
-    },
-    /// The listen address could not be bound.
-    #[error("Cannot listen on {addr}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The NBD server failed.
-    #[error("NBD server failed")]
-    Nbd(#[from] sendense_nbd::NbdError),
-    /// A blocking worker panicked (a bug).
-    #[error("A worker thread panicked")]
-    WorkerPanicked,
-    /// The final flush failed: recent writes may not be durable.
-    #[error("Final flush of {path} failed")]
-    Flush {
-        /// The image.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: sendense_qcow2::Qcow2Error,
-    },
 }
 
 /// An export opened on a file, and the QCOW2 image behind it (if any), to flush at the end.
@@ -96,7 +54,7 @@ pub fn open_export(
     path: &Path,
     read_only: bool,
     backing: BackingPolicy,
-) -> Result<OpenedExport, ImageToolError> {
+) -> Result<OpenedExport, ImageError> {
     if is_qcow2(path)? {
         let opts = if read_only {
             OpenOptions::read_only()
@@ -104,7 +62,7 @@ pub fn open_export(
             OpenOptions::writable()
         }
         .backing(backing);
-        let image = Image::open(path, &opts).map_err(|e| ImageToolError::qcow2(path, e))?;
+        let image = Image::open(path, &opts).map_err(|e| ImageError::qcow2(path, e))?;
         let image = Arc::new(image);
         let export: Arc<dyn Export> = Arc::new(Qcow2Export::new(Arc::clone(&image), read_only));
         Ok(OpenedExport {
@@ -112,7 +70,7 @@ pub fn open_export(
             image: Some(image),
         })
     } else {
-        let export = FileExport::open(path, read_only).map_err(|e| ImageToolError::io(path, e))?;
+        let export = FileExport::open(path, read_only).map_err(|e| ImageError::io(path, e))?;
         Ok(OpenedExport {
             export: Arc::new(export),
             image: None,
@@ -127,12 +85,12 @@ pub fn open_export(
 pub async fn serve_image(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
+) -> Result<(), ImageError> {
     let OpenedExport { export, image } = open_export(&opts.file, opts.read_only, opts.backing)?;
     let tls = match &opts.tls_dir {
         Some(dir) => Some(
             tls::server_config_from_dir(dir, opts.verify_clients).map_err(|source| {
-                ServeError::Tls {
+                ImageError::Tls {
                     dir: dir.clone(),
                     source,
                 }
@@ -142,11 +100,11 @@ pub async fn serve_image(
     };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
-        .map_err(|source| ServeError::Bind {
+        .map_err(|source| ImageError::Bind {
             addr: opts.listen,
             source,
         })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+    let local = listener.local_addr().map_err(|source| ImageError::Bind {
         addr: opts.listen,
         source,
     })?;
@@ -173,26 +131,9 @@ pub async fn serve_image(
         let path = opts.file.clone();
         tokio::task::spawn_blocking(move || image.flush())
             .await
-            .map_err(|_| ServeError::WorkerPanicked)?
-            .map_err(|source| ServeError::Flush { path, source })?;
+            .map_err(|_| ImageError::WorkerPanicked)?
+            .map_err(|source| ImageError::Flush { path, source })?;
     }
     tracing::info!(file = %opts.file.display(), "image closed cleanly");
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }

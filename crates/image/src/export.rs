@@ -54,7 +54,7 @@ fn nbd_error(e: Qcow2Error) -> ExportError {
         ErrorKind::OutOfRange => ExportError::invalid(),
         ErrorKind::ReadOnly => ExportError::read_only(),
         _ => {
-            tracing::warn!(error = %crate::cli::error_chain(&e), "QCOW2 export operation failed");
+            tracing::warn!(error = %sendense_io::error_chain(&e), "QCOW2 export operation failed");
             match e {
                 Qcow2Error::Io { source, .. } => ExportError::io(source),
                 _ => ExportError::io_failed(),

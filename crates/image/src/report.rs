@@ -10,7 +10,7 @@ use sendense_qcow2::{
 };
 use serde::Serialize;
 
-use super::ImageToolError;
+use super::ImageError;
 use super::input::is_qcow2;
 use super::size::human;
 
@@ -47,7 +47,7 @@ pub struct LayerInfo {
 ///
 /// # Errors
 /// The file (or a backing file) cannot be opened.
-pub fn info(path: &Path) -> Result<Vec<LayerInfo>, ImageToolError> {
+pub fn info(path: &Path) -> Result<Vec<LayerInfo>, ImageError> {
     info_with(path, BackingPolicy::below())
 }
 
@@ -56,13 +56,13 @@ pub fn info(path: &Path) -> Result<Vec<LayerInfo>, ImageToolError> {
 /// # Errors
 /// The file (or a backing file) cannot be opened, or the policy refuses a
 /// backing file.
-pub fn info_with(path: &Path, policy: BackingPolicy) -> Result<Vec<LayerInfo>, ImageToolError> {
+pub fn info_with(path: &Path, policy: BackingPolicy) -> Result<Vec<LayerInfo>, ImageError> {
     if !is_qcow2(path)? {
-        let meta = std::fs::metadata(path).map_err(|e| ImageToolError::io(path, e))?;
+        let meta = std::fs::metadata(path).map_err(|e| ImageError::io(path, e))?;
         return Ok(vec![raw_layer(path, meta.len())?]);
     }
     let image = Image::open(path, &OpenOptions::read_only().backing(policy))
-        .map_err(|e| ImageToolError::qcow2(path, e))?;
+        .map_err(|e| ImageError::qcow2(path, e))?;
     let mut layers = Vec::new();
     let mut next = Some(image.info());
     while let Some(info) = next.take() {
@@ -79,12 +79,12 @@ pub fn info_with(path: &Path, policy: BackingPolicy) -> Result<Vec<LayerInfo>, I
     Ok(layers)
 }
 
-fn disk_size(path: &Path) -> Result<u64, ImageToolError> {
-    let meta = std::fs::metadata(path).map_err(|e| ImageToolError::io(path, e))?;
+fn disk_size(path: &Path) -> Result<u64, ImageError> {
+    let meta = std::fs::metadata(path).map_err(|e| ImageError::io(path, e))?;
     Ok(meta.blocks() * 512)
 }
 
-fn raw_layer(path: &Path, size: u64) -> Result<LayerInfo, ImageToolError> {
+fn raw_layer(path: &Path, size: u64) -> Result<LayerInfo, ImageError> {
     Ok(LayerInfo {
         filename: path.display().to_string(),
         format: "raw",
@@ -101,7 +101,7 @@ fn raw_layer(path: &Path, size: u64) -> Result<LayerInfo, ImageToolError> {
     })
 }
 
-fn qcow2_layer(info: &ImageInfo) -> Result<LayerInfo, ImageToolError> {
+fn qcow2_layer(info: &ImageInfo) -> Result<LayerInfo, ImageError> {
     Ok(LayerInfo {
         filename: info.path.display().to_string(),
         format: "qcow2",
@@ -231,7 +231,7 @@ impl CheckSummary {
 ///
 /// # Errors
 /// The image cannot be opened at all (a header too broken to check).
-pub fn check(path: &Path) -> Result<CheckSummary, ImageToolError> {
+pub fn check(path: &Path) -> Result<CheckSummary, ImageError> {
     check_with(path, BackingPolicy::below())
 }
 
@@ -239,10 +239,10 @@ pub fn check(path: &Path) -> Result<CheckSummary, ImageToolError> {
 ///
 /// # Errors
 /// The image cannot be opened at all, or the policy refuses a backing file.
-pub fn check_with(path: &Path, policy: BackingPolicy) -> Result<CheckSummary, ImageToolError> {
+pub fn check_with(path: &Path, policy: BackingPolicy) -> Result<CheckSummary, ImageError> {
     let opts = OpenOptions::read_only().backing(policy);
     let report: CheckReport =
-        sendense_qcow2::check_path_with(path, &opts).map_err(|e| ImageToolError::qcow2(path, e))?;
+        sendense_qcow2::check_path_with(path, &opts).map_err(|e| ImageError::qcow2(path, e))?;
     Ok(CheckSummary {
         filename: path.display().to_string(),
         errors: report.errors,

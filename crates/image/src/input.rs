@@ -5,10 +5,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::SeekFrom;
 use sendense_qcow2::{BackingPolicy, ExtentState, Image, OpenOptions};
 
-use super::ImageToolError;
+use super::ImageError;
 
 /// QCOW2 files begin with these four bytes.
 pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
@@ -36,7 +35,7 @@ impl Input {
     ///
     /// # Errors
     /// The file cannot be opened or read, or it is a QCOW2 our engine refuses.
-    pub fn open(path: &Path) -> Result<Self, ImageToolError> {
+    pub fn open(path: &Path) -> Result<Self, ImageError> {
         Self::open_with(path, BackingPolicy::below())
     }
 
@@ -46,17 +45,14 @@ impl Input {
     /// # Errors
     /// The file cannot be opened or read, or it is a QCOW2 our engine (or
     /// the policy) refuses.
-    pub fn open_with(path: &Path, policy: BackingPolicy) -> Result<Self, ImageToolError> {
+    pub fn open_with(path: &Path, policy: BackingPolicy) -> Result<Self, ImageError> {
         if is_qcow2(path)? {
             let image = Image::open(path, &OpenOptions::read_only().backing(policy))
-                .map_err(|source| ImageToolError::qcow2(path, source))?;
+                .map_err(|source| ImageError::qcow2(path, source))?;
             Ok(Self::Qcow2(Box::new(image)))
         } else {
-            let file = File::open(path).map_err(|e| ImageToolError::io(path, e))?;
-            let size = file
-                .metadata()
-                .map_err(|e| ImageToolError::io(path, e))?
-                .len();
+            let file = File::open(path).map_err(|e| ImageError::io(path, e))?;
+            let size = file.metadata().map_err(|e| ImageError::io(path, e))?.len();
             Ok(Self::Raw(RawFile {
                 path: path.to_path_buf(),
                 file,
@@ -85,11 +81,11 @@ impl Input {
     ///
     /// # Errors
     /// An I/O error, or a corrupt QCOW2 image.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageToolError> {
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
         match self {
             Self::Qcow2(image) => image
                 .read_at(buf, offset)
-                .map_err(|e| ImageToolError::qcow2(image.path(), e)),
+                .map_err(|e| ImageError::qcow2(image.path(), e)),
             Self::Raw(raw) => raw.read_at(buf, offset),
         }
     }
@@ -99,12 +95,12 @@ impl Input {
     ///
     /// # Errors
     /// An I/O error, or a corrupt QCOW2 image.
-    pub fn data_extents(&self) -> Result<Vec<(u64, u64)>, ImageToolError> {
+    pub fn data_extents(&self) -> Result<Vec<(u64, u64)>, ImageError> {
         match self {
             Self::Qcow2(image) => {
                 let extents = image
                     .chain_status(0, image.virtual_size())
-                    .map_err(|e| ImageToolError::qcow2(image.path(), e))?;
+                    .map_err(|e| ImageError::qcow2(image.path(), e))?;
                 let mut runs: Vec<(u64, u64)> = Vec::new();
                 for e in extents.iter().filter(|e| e.state == ExtentState::Data) {
                     push_run(&mut runs, e.offset, e.length);
@@ -117,7 +113,7 @@ impl Input {
 }
 
 impl RawFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageToolError> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
         let mut done = 0usize;
         while done < buf.len() {
             let at = offset + done as u64;
@@ -129,37 +125,18 @@ impl RawFile {
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ImageToolError::io(&self.path, e)),
+                Err(e) => return Err(ImageError::io(&self.path, e)),
             }
         }
         Ok(())
     }
 
-    /// Data runs from `SEEK_DATA`/`SEEK_HOLE`; a file system without them
-    /// reports the whole file as data, which is correct, only slower.
-    fn data_extents(&self) -> Result<Vec<(u64, u64)>, ImageToolError> {
-        let mut runs = Vec::new();
-        let mut pos = 0u64;
-        while pos < self.size {
-            let start = match rustix::fs::seek(&self.file, SeekFrom::Data(pos)) {
-                Ok(start) => start,
-                Err(rustix::io::Errno::NXIO) => break,
-                Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
-                    return Ok(vec![(0, self.size)]);
-                }
-                Err(e) => return Err(ImageToolError::io(&self.path, e.into())),
-            };
-            let end = match rustix::fs::seek(&self.file, SeekFrom::Hole(start)) {
-                Ok(end) => end.min(self.size),
-                Err(e) => return Err(ImageToolError::io(&self.path, e.into())),
-            };
-            if end <= start {
-                break;
-            }
-            push_run(&mut runs, start, end - start);
-            pos = end;
-        }
-        Ok(runs)
+    /// Data runs from `SEEK_DATA`/`SEEK_HOLE` ([`sendense_io::sparse::data_runs`]); a file
+    /// system without them reports the whole file as data, which is correct, only slower.
+    fn data_extents(&self) -> Result<Vec<(u64, u64)>, ImageError> {
+        let runs = sendense_io::sparse::data_runs(&self.file, 0, self.size)
+            .map_err(|e| ImageError::io(&self.path, e))?;
+        Ok(runs.iter().map(|r| (r.offset, r.length)).collect())
     }
 }
 
@@ -178,43 +155,19 @@ pub(super) fn push_run(runs: &mut Vec<(u64, u64)>, offset: u64, length: u64) {
 ///
 /// # Errors
 /// The file cannot be opened or read.
-pub fn is_qcow2(path: &Path) -> Result<bool, ImageToolError> {
-    let file = File::open(path).map_err(|e| ImageToolError::io(path, e))?;
+pub fn is_qcow2(path: &Path) -> Result<bool, ImageError> {
+    let file = File::open(path).map_err(|e| ImageError::io(path, e))?;
     let mut magic = [0u8; 4];
     match file.read_exact_at(&mut magic, 0) {
         Ok(()) => Ok(magic == QCOW2_MAGIC),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(ImageToolError::io(path, e)),
+        Err(e) => Err(ImageError::io(path, e)),
     }
-}
-
-/// True when every byte of `buf` is zero (vectorises in optimised builds).
-pub fn is_zero(buf: &[u8]) -> bool {
-    let mut chunks = buf.chunks_exact(16);
-    let words_zero = chunks.by_ref().fold(0u128, |acc, c| {
-        let mut word = [0u8; 16];
-        word.copy_from_slice(c);
-        acc | u128::from_ne_bytes(word)
-    }) == 0;
-    words_zero && chunks.remainder().iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn is_zero_with_one_set_byte_anywhere_is_false() {
-        for len in [0usize, 1, 15, 16, 17, 4096 + 3] {
-            let zeros = vec![0u8; len];
-            assert!(is_zero(&zeros));
-            for i in 0..len {
-                let mut buf = zeros.clone();
-                buf[i] = 1;
-                assert!(!is_zero(&buf), "len {len} byte {i}");
-            }
-        }
-    }
 
     #[test]
     fn push_run_with_touching_runs_merges_them() {
