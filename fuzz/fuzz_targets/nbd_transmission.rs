@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use sendense_hub::qcow2_export::Qcow2Export;
+use sendense_image::export::Qcow2Export;
 use sendense_nbd::wire::{self, ClientOption, InfoRequest, MetaContextRequest};
 use sendense_nbd::{ExportRegistry, Server, ServerOptions, codec};
 use sendense_qcow2::{CreateOptions, Image, MemStorage, OpenOptions};
