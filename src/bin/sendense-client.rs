@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sendense_client::cli::{Cli, error_report, execute, init_tracing};
+use sendense_client::cli::{Cli, execute, init_tracing};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("{}", error_report(&err));
+            eprintln!("{}", sendense_io::error_report(&err));
             ExitCode::FAILURE
         }
     }

@@ -173,12 +173,22 @@ async fn run_inner(
                     .map_or("none", BackupId::as_str)
             ),
         };
-        fail_at_hub(&hub, &backup.backup_id, &error_text(&err)).await;
+        fail_at_hub(&hub, &backup.backup_id, &sendense_io::error_chain(&err)).await;
         return Err(err);
     }
     info!(backup_id = %backup.backup_id, backup_type = %backup.backup_type, "backup started");
 
-    let work = transfer_and_complete(&hub, &options, &prepared, &backup);
+    let work = async {
+        let disks = plan_local(&prepared, &backup)?;
+        transfer_and_complete(
+            &hub,
+            &backup,
+            disks,
+            options.transfer,
+            options.progress.as_ref(),
+        )
+        .await
+    };
     finish_started(
         &hub,
         &backup,
@@ -222,7 +232,7 @@ pub async fn finish_started<E: std::error::Error>(
             ))
         }
         Err(err) => {
-            fail_at_hub(hub, &backup.backup_id, &error_text(&err)).await;
+            fail_at_hub(hub, &backup.backup_id, &sendense_io::error_chain(&err)).await;
             Err(err)
         }
     }
@@ -274,32 +284,115 @@ async fn prepare(disks: &[DiskInput]) -> Result<Vec<Prepared>, ClientError> {
     Ok(prepared)
 }
 
-/// Transfers every disk to its export and completes the backup.
-async fn transfer_and_complete(
+/// One disk ready to go: where its bytes come from, what to send, and the change id to record
+/// once the data is durable.
+#[derive(Debug)]
+pub(crate) struct SendDisk {
+    /// The disk.
+    pub(crate) key: DiskKey,
+    /// Its bytes.
+    pub(crate) source: Arc<dyn DiskSource>,
+    /// What to send.
+    pub(crate) plan: DiskPlan,
+    /// Recorded with `complete`.
+    pub(crate) change_id: Option<ChangeId>,
+}
+
+/// Sends every disk of a started backup to its export at the hub, all at once, then completes
+/// the backup with each disk's change id. The one end of every backup flow (local disks and
+/// vCenter).
+///
+/// # Errors
+/// [`ClientError::DiskMismatch`] when the hub's backup lists a disk not in `disks` or has no
+/// NBD URI for one; the transfer's error; the hub's answer to `complete`.
+pub(crate) async fn transfer_and_complete(
     hub: &HubClient,
-    options: &BackupOptions,
-    prepared: &[Prepared],
     backup: &Backup,
+    disks: Vec<SendDisk>,
+    transfer: TransferOptions,
+    progress: &dyn Progress,
 ) -> Result<Vec<DiskStats>, ClientError> {
-    let mut jobs = Vec::with_capacity(prepared.len());
-    for p in prepared {
-        let key = p.input.key;
-        let disk =
-            backup
-                .disks
-                .iter()
-                .find(|d| d.disk_key == key)
-                .ok_or(ClientError::DiskMismatch {
-                    disk_key: key.get(),
-                    reason: "the hub's backup does not list this disk",
-                })?;
-        let uri = disk.nbd_uri.as_deref().ok_or(ClientError::DiskMismatch {
-            disk_key: key.get(),
-            reason: "the hub answered no nbd_uri for this disk",
-        })?;
+    if let Some(extra) = backup
+        .disks
+        .iter()
+        .find(|h| !disks.iter().any(|d| d.key == h.disk_key))
+    {
+        return Err(ClientError::DiskMismatch {
+            disk_key: extra.disk_key.get(),
+            reason: "the hub's backup lists a disk this run does not send",
+        });
+    }
+    let mut jobs = Vec::with_capacity(disks.len());
+    let mut complete = Vec::with_capacity(disks.len());
+    for d in disks {
+        let mismatch = |reason| ClientError::DiskMismatch {
+            disk_key: d.key.get(),
+            reason,
+        };
+        let at_hub = hub_disk(backup, d.key)?;
+        let uri = at_hub
+            .nbd_uri
+            .as_deref()
+            .ok_or_else(|| mismatch("the hub answered no nbd_uri for this disk"))?;
         let uri = NbdUri::parse(uri)?;
         let tls = uri.tls.then(|| hub.nbd_tls());
         let target: Arc<dyn TargetConnector> = Arc::new(NbdConnector::new(uri, tls)?);
+        jobs.push(DiskTransfer {
+            disk_key: d.key.get(),
+            source: d.source,
+            target,
+            plan: d.plan,
+        });
+        complete.push((d.key, d.change_id));
+    }
+
+    let stats = transfer_all(&jobs, transfer, progress).await?;
+
+    let disks = complete
+        .into_iter()
+        .zip(&stats)
+        .map(|((disk_key, change_id), s)| CompleteDisk {
+            disk_key,
+            change_id,
+            bytes_transferred: s.bytes_sent,
+        })
+        .collect();
+    let request = CompleteBackupRequest::new(disks).map_err(|e| ClientError::InvalidArgument {
+        what: "disks",
+        reason: e.to_string(),
+    })?;
+    hub.complete_backup(&backup.backup_id, &request).await?;
+    info!(backup_id = %backup.backup_id, "backup completed");
+    Ok(stats)
+}
+
+/// The hub's record of disk `key` in `backup`.
+///
+/// # Errors
+/// [`ClientError::DiskMismatch`] when the hub's backup does not list it.
+pub(crate) fn hub_disk(
+    backup: &Backup,
+    key: DiskKey,
+) -> Result<&sendense_types::BackupDisk, ClientError> {
+    backup
+        .disks
+        .iter()
+        .find(|d| d.disk_key == key)
+        .ok_or(ClientError::DiskMismatch {
+            disk_key: key.get(),
+            reason: "the hub's backup does not list this disk",
+        })
+}
+
+/// What to send of each local disk, given the backup the hub started.
+///
+/// # Errors
+/// [`ClientError::DiskMismatch`]; [`ClientError::File`] when a change id cannot be derived.
+fn plan_local(prepared: &[Prepared], backup: &Backup) -> Result<Vec<SendDisk>, ClientError> {
+    let mut disks = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let key = p.input.key;
+        let disk = hub_disk(backup, key)?;
         let plan = match (backup.backup_type, &p.changed) {
             // The hub has no base for this disk (new to the VM): its changed areas are relative
             // to nothing, so all its data.
@@ -328,50 +421,22 @@ async fn transfer_and_complete(
                 DiskPlan::Full
             }
         };
-        jobs.push(DiskTransfer {
-            disk_key: key.get(),
-            source: Arc::clone(&p.source),
-            target,
-            plan,
-        });
-    }
-    if let Some(extra) = backup
-        .disks
-        .iter()
-        .find(|d| !prepared.iter().any(|p| p.input.key == d.disk_key))
-    {
-        return Err(ClientError::DiskMismatch {
-            disk_key: extra.disk_key.get(),
-            reason: "the hub's backup lists a disk that was not given with --disk",
-        });
-    }
-
-    let stats = transfer_all(&jobs, options.transfer, options.progress.as_ref()).await?;
-
-    let mut disks = Vec::with_capacity(prepared.len());
-    for (p, s) in prepared.iter().zip(&stats) {
-        let parent = backup
-            .disks
-            .iter()
-            .find(|d| d.disk_key == p.input.key)
-            .and_then(|d| d.parent_change_id.as_ref());
         let change_id = match &p.input.change_id {
             Some(id) => id.clone(),
-            None => derive_change_id(&p.input.path, p.source.size(), parent)?,
+            None => derive_change_id(
+                &p.input.path,
+                p.source.size(),
+                disk.parent_change_id.as_ref(),
+            )?,
         };
-        disks.push(CompleteDisk {
-            disk_key: p.input.key,
+        disks.push(SendDisk {
+            key,
+            source: Arc::clone(&p.source),
+            plan,
             change_id: Some(change_id),
-            bytes_transferred: s.bytes_sent,
         });
     }
-    let request = CompleteBackupRequest::new(disks).map_err(|e| ClientError::InvalidArgument {
-        what: "disks",
-        reason: e.to_string(),
-    })?;
-    hub.complete_backup(&backup.backup_id, &request).await?;
-    info!(backup_id = %backup.backup_id, "backup completed");
-    Ok(stats)
+    Ok(disks)
 }
 
 /// The change id of a file source (see the module documentation).
@@ -447,19 +512,6 @@ pub fn summary(backup: &Backup, stats: &[DiskStats], seconds: f64) -> BackupSumm
         bytes_sent: disks.iter().map(|d| d.bytes_sent).sum(),
         disks,
     }
-}
-
-/// The error and its causes in one line, for `fail`'s reason.
-#[must_use]
-pub fn error_text(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cur = std::error::Error::source(err);
-    while let Some(e) = cur {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cur = e.source();
-    }
-    text.chars().filter(|c| !c.is_control()).collect()
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -605,7 +657,7 @@ mod tests {
     }
 
     #[test]
-    fn error_text_includes_causes() {
+    fn fail_reason_includes_causes() {
         let err = ClientError::Cbt {
             disk_key: 2000,
             source: crate::error::CbtError::Json {
@@ -614,7 +666,7 @@ mod tests {
         };
 
         assert_eq!(
-            error_text(&err),
+            sendense_io::error_chain(&err),
             "Disk 2000: invalid changed areas: Changed areas are not DiskChangeInfo JSON: eof"
         );
     }

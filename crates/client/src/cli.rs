@@ -285,19 +285,6 @@ pub fn init_tracing(format: LogFormat) {
     }
 }
 
-/// The error and its causes, one per line, for stderr.
-#[must_use]
-pub fn error_report(err: &ClientError) -> String {
-    let mut text = format!("error: {err}");
-    let mut cur = std::error::Error::source(err);
-    while let Some(e) = cur {
-        text.push_str("\n  caused by: ");
-        text.push_str(&e.to_string());
-        cur = e.source();
-    }
-    text
-}
-
 fn hub_options(args: &HubArgs) -> HubOptions {
     match (&args.tls_dir, &args.ca) {
         (Some(dir), _) => HubOptions::with_tls_dir(&args.hub, dir, &args.token_file),

@@ -398,7 +398,7 @@ impl HubClient {
         ClientError::HubRequest {
             method,
             path: path.to_owned(),
-            detail: chain_text(err),
+            detail: sendense_io::error_chain(err),
         }
     }
 }
@@ -545,17 +545,6 @@ fn connect_detail(err: &(dyn StdError + 'static)) -> String {
         return "timed out".to_owned();
     }
     last
-}
-
-/// Every message of an error chain, joined with `: `.
-fn chain_text(err: &(dyn StdError + 'static)) -> String {
-    let mut parts = Vec::new();
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        parts.push(e.to_string());
-        cur = e.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

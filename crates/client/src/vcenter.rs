@@ -44,16 +44,12 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sendense_transfer::engine::{
-    DiskPlan, DiskStats, DiskTransfer, TargetConnector, TransferOptions, transfer_all,
-};
-use sendense_transfer::nbd::{NbdConnector, NbdUri};
+use sendense_transfer::engine::{DiskPlan, DiskStats, TransferOptions};
 use sendense_transfer::progress::{NoProgress, Progress};
 use sendense_types::api::{MAX_CHAIN_LENGTH, SnapshotRequest};
 use sendense_types::{
-    Backup, BackupId, BackupQuery, BackupStatus, BackupSummary, BackupType, Chain,
-    CompleteBackupRequest, CompleteDisk, CredentialName, DiskKey, DiskSpec, RegisterVmRequest,
-    StartBackupRequest, VmName,
+    Backup, BackupId, BackupQuery, BackupStatus, BackupSummary, BackupType, Chain, CredentialName,
+    DiskKey, DiskSpec, RegisterVmRequest, StartBackupRequest, VmName,
 };
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -63,6 +59,7 @@ use sendense_vsphere::{
     SNAPSHOT_PREFIX, Session, TlsMode, VsphereBackup, VsphereError, read_password_file,
 };
 
+use crate::backup::{SendDisk, hub_disk, transfer_and_complete};
 use crate::cli::VcenterRequest;
 use crate::credential::HubSessionIssuer;
 use crate::error::ClientError;
@@ -276,7 +273,7 @@ async fn with_session(
         (Err(e), current) => {
             // The snapshot is gone (or its removal failed) before the hub lets the VM go.
             if let Some(backup) = current {
-                let reason = crate::backup::error_text(&e);
+                let reason = sendense_io::error_chain(&e);
                 crate::backup::fail_at_hub(hub, &backup.backup_id, &reason).await;
             }
             Err(e)
@@ -530,7 +527,17 @@ async fn with_snapshot(
             what: "no backup started",
         });
     };
-    let work = transfer_and_complete(hub, options, prepared, backup);
+    let work = async {
+        let disks = plan_vcenter(prepared, backup)?;
+        transfer_and_complete(
+            hub,
+            backup,
+            disks,
+            options.transfer,
+            options.progress.as_ref(),
+        )
+        .await
+    };
     tokio::select! {
         r = work => r,
         () = shutdown => Err(ClientError::Interrupted),
@@ -604,33 +611,19 @@ pub fn previous_from_chain(chain: &Chain) -> BTreeMap<DiskKey, PreviousDisk> {
         .unwrap_or_default()
 }
 
-async fn transfer_and_complete(
-    hub: &HubClient,
-    options: &VcenterBackupOptions,
-    prepared: &Prepared,
-    backup: &Backup,
-) -> Result<Vec<DiskStats>, ClientError> {
+/// What to send of each disk of the snapshot, given the backup the hub started: the disks must
+/// match the hub's (capacity, base change id, backup type).
+///
+/// # Errors
+/// [`ClientError::DiskMismatch`], [`ClientError::BaseMismatch`].
+fn plan_vcenter(prepared: &Prepared, backup: &Backup) -> Result<Vec<SendDisk>, ClientError> {
     let mismatch = |key: DiskKey, reason: &'static str| ClientError::DiskMismatch {
         disk_key: key.get(),
         reason,
     };
-    if let Some(extra) = backup
-        .disks
-        .iter()
-        .find(|h| !prepared.disks.iter().any(|d| d.key == h.disk_key))
-    {
-        return Err(mismatch(
-            extra.disk_key,
-            "the hub's backup lists a disk the VM does not have",
-        ));
-    }
-    let mut jobs = Vec::with_capacity(prepared.disks.len());
+    let mut disks = Vec::with_capacity(prepared.disks.len());
     for d in &prepared.disks {
-        let at_hub = backup
-            .disks
-            .iter()
-            .find(|h| h.disk_key == d.key)
-            .ok_or_else(|| mismatch(d.key, "the hub's backup does not list this disk"))?;
+        let at_hub = hub_disk(backup, d.key)?;
         if at_hub.capacity_bytes != d.capacity {
             return Err(mismatch(
                 d.key,
@@ -666,38 +659,14 @@ async fn transfer_and_complete(
                 ));
             }
         };
-        let uri = at_hub
-            .nbd_uri
-            .as_deref()
-            .ok_or_else(|| mismatch(d.key, "the hub answered no nbd_uri for this disk"))?;
-        let uri = NbdUri::parse(uri)?;
-        let tls = uri.tls.then(|| hub.nbd_tls());
-        let target: Arc<dyn TargetConnector> = Arc::new(NbdConnector::new(uri, tls)?);
-        jobs.push(DiskTransfer {
-            disk_key: d.key.get(),
+        disks.push(SendDisk {
+            key: d.key,
             source: Arc::clone(&d.source),
-            target,
             plan,
-        });
-    }
-
-    let stats = transfer_all(&jobs, options.transfer, options.progress.as_ref()).await?;
-
-    let mut disks = Vec::with_capacity(prepared.disks.len());
-    for (d, s) in prepared.disks.iter().zip(&stats) {
-        disks.push(CompleteDisk {
-            disk_key: d.key,
             change_id: d.new_change_id.clone(),
-            bytes_transferred: s.bytes_sent,
         });
     }
-    let request = CompleteBackupRequest::new(disks).map_err(|e| ClientError::HubVmName {
-        name: backup.vm_name.to_string(),
-        reason: e.to_string(),
-    })?;
-    hub.complete_backup(&backup.backup_id, &request).await?;
-    info!(backup_id = %backup.backup_id, "backup completed");
-    Ok(stats)
+    Ok(disks)
 }
 
 #[cfg(test)]

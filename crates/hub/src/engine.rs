@@ -1401,9 +1401,7 @@ fn remove_quietly(path: &Path) -> bool {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), HubError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| HubError::io(dir, e))
+    sendense_io::sync_dir(dir).map_err(|e| HubError::io(dir, e))
 }
 
 #[cfg(test)]

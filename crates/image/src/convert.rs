@@ -14,7 +14,7 @@
 //! (QCOW2) and blocks (raw) bypass the page cache with `O_DIRECT` where the file
 //! system allows it (see `sendense_qcow2::storage`).
 
-use std::fs::{self, File, OpenOptions as FsOpenOptions};
+use std::fs::{self, OpenOptions as FsOpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -223,8 +223,7 @@ impl Sink {
             Self::Raw(file) => {
                 file.sync_all().map_err(|e| ImageError::io(temp, e))?;
                 drop(file);
-                fs::rename(temp, output).map_err(|e| ImageError::io(output, e))?;
-                sync_parent(output)
+                sendense_io::rename_durable(temp, output).map_err(|e| ImageError::io(output, e))
             }
         }
     }
@@ -424,17 +423,6 @@ fn temp_name(output: &Path) -> Result<PathBuf, ImageError> {
         .ok_or_else(|| ImageError::BadOutputPath(output.to_path_buf()))?
         .to_string_lossy();
     Ok(output.with_file_name(format!(".{name}.part-{}", std::process::id())))
-}
-
-/// fsyncs the folder holding `path`, so a rename into it is durable.
-pub(crate) fn sync_parent(path: &Path) -> Result<(), ImageError> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| ImageError::io(parent, e))
 }
 
 /// A chunk-sized length as `usize` (chunks are at most [`CHUNK`]).

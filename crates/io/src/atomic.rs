@@ -52,6 +52,15 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    sync_dir(dir)
+}
+
+/// Fsyncs the folder `dir` itself (after creates, renames or unlinks in it; one call covers
+/// all of them).
+///
+/// # Errors
+/// Opening or syncing the folder failed.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -25,7 +25,7 @@ pub mod signal;
 pub mod sparse;
 pub mod zero;
 
-pub use atomic::{rename_durable, sync_parent, write_atomic};
+pub use atomic::{rename_durable, sync_dir, sync_parent, write_atomic};
 pub use buf::{AlignedBuf, BufPool, PAGE_SIZE, PooledBuf, is_direct_aligned};
 pub use chain::{error_chain, error_report};
 pub use extent::Extent;

@@ -11,7 +11,7 @@
 //! Modules: [`descriptor`] (text descriptor, pure), [`header`] (sparse
 //! header and markers, pure), `raw` (byte layouts), `sparse` (grain
 //! directory/tables, compressed grains), `image` (extent concatenation,
-//! open policy), `storage` (positional file access), `sys` (`SEEK_DATA` through rustix).
+//! open policy), `storage` (positional file access; `SEEK_DATA` through `sendense-io`).
 //!
 //! Limits (all named constants): descriptor text 1 MiB and 1024 extents;
 //! grains of 1 to 2048 sectors (power of two); 1 to 512 grain table entries
@@ -42,7 +42,6 @@ mod raw;
 mod runs;
 mod sparse;
 mod storage;
-mod sys;
 
 pub mod descriptor;
 pub mod header;

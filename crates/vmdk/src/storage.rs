@@ -13,10 +13,6 @@ use std::path::{Path, PathBuf};
 
 use crate::VmdkError;
 
-/// Runs of possibly non-zero bytes reported by a storage; past this many the
-/// storage reports "unknown" and callers treat the whole range as data.
-const MAX_DATA_RUNS: usize = 1 << 20;
-
 /// A file of an image, read by position.
 pub(crate) trait Storage: Send + Sync + Debug {
     /// Length in bytes, as seen at open.
@@ -84,29 +80,12 @@ impl Storage for FileStorage {
     }
 
     fn data_runs(&self, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
-        let end = end.min(self.len);
-        let mut runs = Vec::new();
-        let mut pos = start;
-        while pos < end {
-            let data = match crate::sys::seek_data(&self.file, pos) {
-                Ok(Some(d)) => d,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(path = %self.path.display(), error = %e, "SEEK_DATA unavailable");
-                    return None;
-                }
-            };
-            if data >= end {
-                break;
-            }
-            let hole = crate::sys::seek_hole(&self.file, data).ok()?.min(end);
-            if hole <= data || runs.len() >= MAX_DATA_RUNS {
-                return None;
-            }
-            runs.push((data, hole - data));
-            pos = hole;
-        }
-        Some(runs)
+        let runs = sendense_io::sparse::data_runs(&self.file, start, end.min(self.len))
+            .inspect_err(|e| {
+                tracing::debug!(path = %self.path.display(), error = %e, "SEEK_DATA failed");
+            })
+            .ok()?;
+        Some(runs.iter().map(|r| (r.offset, r.length)).collect())
     }
 }
 
