@@ -617,35 +617,49 @@ async fn write_past_disk_end_is_refused_and_backup_still_completes() {
     c.write(0, &[2u8; 4096], false).await.unwrap();
     c.disconnect().await.unwrap();
     let done = hub.complete(&b, "p/1").await;
-    qemu_img_ok(&["check", s(&file_of(&hub, &done, 0))]);
+    let image = file_of(&hub, &done, 0);
+    qemu_img_ok(&["check", s(&image)]);
+    // The refused write left nothing behind; the accepted one is there.
+    let work = tempfile::tempdir().unwrap();
+    let expected = work.path().join("expected.raw");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..4096].fill(2);
+    std::fs::write(&expected, &bytes).unwrap();
+    qemu_img_ok(&["compare", "-f", "raw", "-F", "qcow2", s(&expected), s(&image)]);
     hub.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_vms_back_up_at_once() {
+async fn three_vms_back_up_at_once_and_each_image_matches_its_source() {
     let hub = Arc::new(Hub::start().await);
+    let work = Arc::new(tempfile::tempdir().unwrap());
     for vm in ["va", "vb", "vc"] {
         hub.register(vm, &[8 * MIB, 4 * MIB]).await;
     }
     let mut tasks = Vec::new();
     for (n, vm) in ["va", "vb", "vc"].into_iter().enumerate() {
         let hub = Arc::clone(&hub);
+        let work = Arc::clone(&work);
         tasks.push(tokio::spawn(async move {
             let b = hub.start_backup(vm, "full").await;
-            for i in 0..2 {
+            let mut sources = Vec::new();
+            for (i, size) in [8 * MIB, 4 * MIB].into_iter().enumerate() {
+                let disk = Disk::new(work.path(), &format!("{vm}-{i}.raw"), size);
                 let c = hub.nbd(&export_of(&b, i)).await;
-                let mut buf = vec![0u8; 2 << 20];
-                fill_random(&mut buf, n as u64 * 10 + i as u64);
-                c.write(MIB, &buf, false).await.unwrap();
+                disk.write(&c, MIB, 2 << 20, n as u64 * 10 + i as u64).await;
                 c.disconnect().await.unwrap();
+                sources.push(disk.path);
             }
-            hub.complete(&b, "m/1").await
+            (hub.complete(&b, "m/1").await, sources)
         }));
     }
     for t in tasks {
-        let done = t.await.unwrap();
-        for i in 0..2 {
-            qemu_img_ok(&["check", s(&file_of(&hub, &done, i))]);
+        let (done, sources) = t.await.unwrap();
+        for (i, source) in sources.iter().enumerate() {
+            let image = file_of(&hub, &done, i);
+            qemu_img_ok(&["check", s(&image)]);
+            // Each VM's data landed in its own images, whole: three writers at once mixed nothing.
+            qemu_img_ok(&["compare", "-f", "raw", "-F", "qcow2", s(source), s(&image)]);
         }
     }
     let hub = Arc::try_unwrap(hub).ok().unwrap();
