@@ -251,6 +251,11 @@ impl Disk {
     }
 }
 
+/// `qemu-img compare` says the qcow2 `image` (with its backing chain) reads like the raw file.
+fn assert_qcow2_matches_raw(image: &Path, raw: &Path) {
+    qemu_img_ok(&["compare", "-f", "raw", "-F", "qcow2", s(raw), s(image)]);
+}
+
 pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -327,7 +332,7 @@ async fn full_then_incremental_then_restore_matches_source_at_each_point() {
     for (i, state) in full_state.iter().enumerate() {
         let img = file_of(&hub, &full, i);
         qemu_img_ok(&["check", s(&img)]);
-        qemu_img_ok(&["compare", "-f", "raw", "-F", "qcow2", s(state), s(&img)]);
+        assert_qcow2_matches_raw(&img, state);
     }
 
     // Incremental: change a little, zero a range that held data.
@@ -347,15 +352,7 @@ async fn full_then_incremental_then_restore_matches_source_at_each_point() {
     let inc = hub.complete(&inc, "52 aa/2").await;
     let inc_file = file_of(&hub, &inc, 0);
     qemu_img_ok(&["check", s(&inc_file)]);
-    qemu_img_ok(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        s(&disks[0].path),
-        s(&inc_file),
-    ]);
+    assert_qcow2_matches_raw(&inc_file, &disks[0].path);
     let info: Value =
         serde_json::from_str(&qemu_img_ok(&["info", "--output=json", s(&inc_file)])).unwrap();
     assert_eq!(
@@ -439,7 +436,7 @@ async fn nbdcopy_into_write_export_over_tls_completes_clean() {
     let done = hub.complete(&b, "x/1").await;
     let img = file_of(&hub, &done, 0);
     qemu_img_ok(&["check", s(&img)]);
-    qemu_img_ok(&["compare", "-f", "raw", "-F", "qcow2", s(&src), s(&img)]);
+    assert_qcow2_matches_raw(&img, &src);
     hub.stop().await;
 }
 
@@ -656,15 +653,7 @@ async fn write_past_disk_end_is_refused_and_backup_still_completes() {
     let mut bytes = vec![0u8; 1 << 20];
     bytes[..4096].fill(2);
     std::fs::write(&expected, &bytes).unwrap();
-    qemu_img_ok(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        s(&expected),
-        s(&image),
-    ]);
+    assert_qcow2_matches_raw(&image, &expected);
     hub.stop().await;
 }
 
@@ -698,7 +687,7 @@ async fn three_vms_back_up_at_once_and_each_image_matches_its_source() {
             let image = file_of(&hub, &done, i);
             qemu_img_ok(&["check", s(&image)]);
             // Each VM's data landed in its own images, whole: three writers at once mixed nothing.
-            qemu_img_ok(&["compare", "-f", "raw", "-F", "qcow2", s(source), s(&image)]);
+            assert_qcow2_matches_raw(&image, source);
         }
     }
     let hub = Arc::try_unwrap(hub).ok().unwrap();
