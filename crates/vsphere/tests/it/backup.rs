@@ -6,7 +6,9 @@ use sendense_types::{ChangeId, DiskKey};
 use sendense_vsphere::simulator::DiskSpec;
 use sendense_vsphere::{DiskMode, PrepareOptions, PreviousDisk, VsphereBackup, VsphereError};
 
-use crate::support::{MIB, assert_extents_match_file, env, env_with, ext, previous_of, session};
+use crate::support::{
+    MIB, assert_extents_match_file, env, env_with, ext, full_done, previous_of, session,
+};
 
 fn full_reason(mode: &DiskMode) -> Option<String> {
     match mode {
@@ -72,11 +74,7 @@ async fn full_then_changes_then_incremental_then_cbt_reset_gives_automatic_full(
     let s = session(&e.sim).await;
     let opts = PrepareOptions::default();
     // Full.
-    let full = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &opts)
-        .await
-        .unwrap();
-    let prev = previous_of(&full.disks);
-    full.finish().await.unwrap();
+    let prev = full_done(&s).await;
     // Change blocks (two on disk 2000, one spanning a page boundary on 2001).
     e.sim.write_disk(&e.vm, 2000, 8192, &[9u8; 4096]).unwrap();
     e.sim
@@ -141,11 +139,7 @@ async fn incremental_with_unknown_change_id_same_epoch_falls_back_to_full() {
     let e = env().await;
     let s = session(&e.sim).await;
     let opts = PrepareOptions::default();
-    let full = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &opts)
-        .await
-        .unwrap();
-    let mut prev = previous_of(&full.disks);
-    full.finish().await.unwrap();
+    let mut prev = full_done(&s).await;
     let d0 = prev.get_mut(&DiskKey(2000)).unwrap();
     let epoch = d0.change_id.as_ref().unwrap().uuid_part().to_owned();
     d0.change_id = Some(ChangeId::try_from(format!("{epoch}/999")).unwrap());
@@ -169,11 +163,7 @@ async fn incremental_after_resize_falls_back_to_full() {
     let e = env().await;
     let s = session(&e.sim).await;
     let opts = PrepareOptions::default();
-    let full = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &opts)
-        .await
-        .unwrap();
-    let prev = previous_of(&full.disks);
-    full.finish().await.unwrap();
+    let prev = full_done(&s).await;
     e.sim.resize_disk(&e.vm, 2001, 4 * MIB).unwrap();
     let p = VsphereBackup::prepare(&s, "vm1", &prev, &opts)
         .await
@@ -193,11 +183,7 @@ async fn incremental_with_other_disk_uuid_falls_back_to_full() {
     let e = env().await;
     let s = session(&e.sim).await;
     let opts = PrepareOptions::default();
-    let full = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &opts)
-        .await
-        .unwrap();
-    let mut prev = previous_of(&full.disks);
-    full.finish().await.unwrap();
+    let mut prev = full_done(&s).await;
     prev.get_mut(&DiskKey(2000)).unwrap().uuid = Some("6000c29-other".to_owned());
     let p = VsphereBackup::prepare(&s, "vm1", &prev, &opts)
         .await
@@ -400,11 +386,7 @@ async fn promote_to_full_turns_incrementals_into_fulls() {
     e.sim.write_disk(&e.vm, 2000, 0, &[1u8; 4096]).unwrap();
     let s = session(&e.sim).await;
     let opts = PrepareOptions::default();
-    let full = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &opts)
-        .await
-        .unwrap();
-    let prev = previous_of(&full.disks);
-    full.finish().await.unwrap();
+    let prev = full_done(&s).await;
     let mut p = VsphereBackup::prepare(&s, "vm1", &prev, &opts)
         .await
         .unwrap();

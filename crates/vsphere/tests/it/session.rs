@@ -106,10 +106,12 @@ async fn session_expired_call_relogs_in_and_succeeds() {
 async fn session_expiring_every_few_calls_still_completes_work() {
     let e = env().await;
     let s = session(&e.sim).await;
-    e.sim.expire_sessions_after(Some(3));
     let vm = s.find_vm("vm1").await.unwrap();
+    let before = s.vm_info(&vm).await.unwrap();
+    e.sim.expire_sessions_after(Some(3));
     for _ in 0..5 {
-        s.vm_info(&vm).await.unwrap();
+        // The work done across renewed sessions is the same work: the same answer each time.
+        assert_eq!(s.vm_info(&vm).await.unwrap(), before);
     }
     assert!(e.sim.stats().logins >= 3);
 }
@@ -322,10 +324,18 @@ async fn datastore_read_after_session_expiry_relogs_in() {
         "dc1",
         &DatastorePath::parse("[ds1] vm1/vm1-flat.vmdk").unwrap(),
     );
+    let data: Vec<u8> = (0..512u32)
+        .map(|i| u8::try_from(i % 249).unwrap())
+        .collect();
+    e.sim.write_disk(&e.vm, 2000, 0, &data).unwrap();
     e.sim.expire_sessions();
     let mut buf = vec![0u8; 512];
     file.read_at(0, &mut buf).await.unwrap();
     assert_eq!(e.sim.stats().logins, 2);
+    assert_eq!(
+        buf, data,
+        "the read after the new login returns the disk's bytes"
+    );
 }
 
 fn change_info(start: u64, length: u64, areas: &[(u64, u64)]) -> Vec<u8> {
@@ -342,8 +352,9 @@ fn change_info(start: u64, length: u64, areas: &[(u64, u64)]) -> Vec<u8> {
     .into_bytes()
 }
 
-#[tokio::test]
-async fn changed_areas_beyond_capacity_are_rejected() {
+/// `changed_areas` of disk 2000 (2 MiB) of a fresh snapshot, vCenter answering `answer` (a raw
+/// `QueryChangedDiskAreas` body) once: the error it must end in; the snapshot is removed.
+async fn changed_areas_refusing(answer: Vec<u8>) -> VsphereError {
     let e = env().await;
     let s = session(&e.sim).await;
     let vm = s.find_vm("vm1").await.unwrap();
@@ -351,12 +362,17 @@ async fn changed_areas_beyond_capacity_are_rejected() {
         .create_snapshot(&vm, "sendense-t", "", false)
         .await
         .unwrap();
-    e.sim
-        .answer_next_raw(change_info(0, 2 * MIB, &[(2 * MIB - 512, 4096)]));
+    e.sim.answer_next_raw(answer);
     let err = changed_areas(&s, &vm, &snap, 2000, 2 * MIB, ALL_ALLOCATED)
         .await
         .unwrap_err();
     s.remove_snapshot(&snap).await.unwrap();
+    err
+}
+
+#[tokio::test]
+async fn changed_areas_beyond_capacity_are_rejected() {
+    let err = changed_areas_refusing(change_info(0, 2 * MIB, &[(2 * MIB - 512, 4096)])).await;
     assert!(
         matches!(err, VsphereError::InvalidChangedArea { .. }),
         "{err:?}"
@@ -365,18 +381,7 @@ async fn changed_areas_beyond_capacity_are_rejected() {
 
 #[tokio::test]
 async fn changed_areas_page_that_does_not_advance_is_rejected() {
-    let e = env().await;
-    let s = session(&e.sim).await;
-    let vm = s.find_vm("vm1").await.unwrap();
-    let snap = s
-        .create_snapshot(&vm, "sendense-t", "", false)
-        .await
-        .unwrap();
-    e.sim.answer_next_raw(change_info(0, 0, &[]));
-    let err = changed_areas(&s, &vm, &snap, 2000, 2 * MIB, ALL_ALLOCATED)
-        .await
-        .unwrap_err();
-    s.remove_snapshot(&snap).await.unwrap();
+    let err = changed_areas_refusing(change_info(0, 0, &[])).await;
     assert!(
         matches!(err, VsphereError::ChangedAreasStalled { .. }),
         "{err:?}"
@@ -385,19 +390,7 @@ async fn changed_areas_page_that_does_not_advance_is_rejected() {
 
 #[tokio::test]
 async fn changed_areas_overlapping_is_rejected() {
-    let e = env().await;
-    let s = session(&e.sim).await;
-    let vm = s.find_vm("vm1").await.unwrap();
-    let snap = s
-        .create_snapshot(&vm, "sendense-t", "", false)
-        .await
-        .unwrap();
-    e.sim
-        .answer_next_raw(change_info(0, 2 * MIB, &[(0, 4096), (512, 512)]));
-    let err = changed_areas(&s, &vm, &snap, 2000, 2 * MIB, ALL_ALLOCATED)
-        .await
-        .unwrap_err();
-    s.remove_snapshot(&snap).await.unwrap();
+    let err = changed_areas_refusing(change_info(0, 2 * MIB, &[(0, 4096), (512, 512)])).await;
     assert!(
         matches!(err, VsphereError::InvalidChangedArea { .. }),
         "{err:?}"

@@ -6,7 +6,9 @@ use std::time::Duration;
 use sendense_client::Extent;
 use sendense_types::DiskKey;
 use sendense_vsphere::simulator::{DiskSpec, SIM_PASSWORD, SIM_USER, Simulator, VmSpec};
-use sendense_vsphere::{ConnectOptions, PreparedDisk, PreviousDisk, Session, TlsMode};
+use sendense_vsphere::{
+    ConnectOptions, PrepareOptions, PreparedDisk, PreviousDisk, Session, TlsMode, VsphereBackup,
+};
 use tempfile::TempDir;
 
 /// A simulator with one VM, and the VM's id.
@@ -74,6 +76,17 @@ pub(crate) async fn assert_extents_match_file(sim: &Simulator, vm: &str, disk: &
 }
 
 /// Previous-backup records from a prepared backup (what the hub stores on `complete`).
+/// A full backup of `vm1` prepared with default options and finished (snapshot removed):
+/// what the next backup gets as its previous disks.
+pub(crate) async fn full_done(s: &Session) -> BTreeMap<DiskKey, PreviousDisk> {
+    let full = VsphereBackup::prepare(s, "vm1", &BTreeMap::new(), &PrepareOptions::default())
+        .await
+        .unwrap();
+    let prev = previous_of(&full.disks);
+    full.finish().await.unwrap();
+    prev
+}
+
 pub(crate) fn previous_of(disks: &[PreparedDisk]) -> BTreeMap<DiskKey, PreviousDisk> {
     disks
         .iter()
