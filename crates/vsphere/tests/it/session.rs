@@ -150,7 +150,8 @@ async fn non_soap_response_is_clear_error() {
     );
 }
 
-#[tokio::test]
+// The timeout runs on the paused clock: no real wait.
+#[tokio::test(start_paused = true)]
 async fn hung_vcenter_times_out() {
     let e = env().await;
     let mut o = options(&e.sim);
@@ -225,7 +226,8 @@ async fn task_running_for_several_polls_is_waited_for() {
     assert!(e.sim.snapshot_names(&e.vm).is_empty());
 }
 
-#[tokio::test]
+// The timeout runs on the paused clock: no real wait.
+#[tokio::test(start_paused = true)]
 async fn task_exceeding_timeout_is_task_timeout() {
     let e = env().await;
     e.sim.set_task_polls(1_000_000);
