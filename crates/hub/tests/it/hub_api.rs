@@ -694,7 +694,7 @@ async fn three_vms_back_up_at_once_and_each_image_matches_its_source() {
     hub.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn vanished_client_backup_is_failed_after_idle_timeout_and_restart_recovers() {
     let data = tempfile::tempdir().unwrap();
     let hub = Hub::start_in(data, Duration::from_millis(400)).await;

@@ -388,7 +388,7 @@ async fn fail_during_start_leaves_backup_failed_and_nothing_open() {
 /// Issue #11 item 4: a client that wrote and then vanished (every connection closed) has its
 /// backup failed after the disconnect grace, long before the idle timeout, and the VM can be
 /// backed up again at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn vanished_client_backup_is_failed_after_disconnect_grace() {
     let data = tempfile::tempdir().unwrap();
     let hub = Hub::start_with(data, Duration::from_secs(600), Duration::from_millis(300)).await;
@@ -411,7 +411,7 @@ async fn vanished_client_backup_is_failed_after_disconnect_grace() {
 
 /// Issue #11 item 4: an open but silent connection does not keep a backup alive past the
 /// idle timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn silent_open_connection_backup_is_failed_after_idle_timeout() {
     let data = tempfile::tempdir().unwrap();
     let hub = Hub::start_with(data, Duration::from_millis(500), Duration::from_secs(600)).await;
