@@ -14,28 +14,17 @@ use std::sync::mpsc::Receiver;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Proc, Serve, client, log_lines, message, ok, qemu_img, s, signal, wait_log, write_random,
+    Proc, Serve, client, files_under, log_lines, message, ok, qemu_img, s, serve_wrapper, signal,
+    wait_log, write_random,
 };
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
-/// A running `sendense-hub serve` (see [`Serve`]) with this suite's backup helpers.
-struct Hub(Serve);
-
-impl std::ops::Deref for Hub {
-    type Target = Serve;
-
-    fn deref(&self) -> &Serve {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Hub {
-    fn deref_mut(&mut self) -> &mut Serve {
-        &mut self.0
-    }
-}
+serve_wrapper!(
+    /// A running `sendense-hub serve` (see [`Serve`]) with this suite's backup helpers.
+    Hub
+);
 
 impl Hub {
     /// Starts a hub on `data` (created on first start) and waits until ready.
@@ -201,24 +190,6 @@ fn assert_same(image: &Path, fmt: &str, source: &Path, source_fmt: &str) {
 /// `qemu-img check` must find no errors and no leaks.
 fn assert_check_clean(image: &Path) {
     ok(&qemu_img(&["check", "-f", "qcow2", s(image)]));
-}
-
-/// Every file under `dir`, recursively, sorted.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// No image under construction (`.NAME.part`) is left in the repository.

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Serve, client, message, ok, qemu_img, s, write_random};
+use crate::support::{
+    Serve, client, files_under, message, ok, qemu_img, s, serve_wrapper, write_random,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -93,16 +95,10 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A running `sendense-hub serve` (see [`Serve`]) with this suite's helpers.
-struct Hub(Serve);
-
-impl std::ops::Deref for Hub {
-    type Target = Serve;
-
-    fn deref(&self) -> &Serve {
-        &self.0
-    }
-}
+serve_wrapper!(
+    /// A running `sendense-hub serve` (see [`Serve`]) with this suite's helpers.
+    Hub
+);
 
 impl Hub {
     /// Starts a hub on `data` and waits (bounded) until it logs `hub ready`.
@@ -171,24 +167,6 @@ fn filler(path: &Path, len: u64) {
         left -= n;
     }
     file.sync_all().unwrap();
-}
-
-/// Every file under `dir`, recursively, sorted.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// `qemu-img check` clean and `qemu-img compare` identical to the raw `source`.

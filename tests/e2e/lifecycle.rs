@@ -12,7 +12,8 @@ use sendense_types::{Backup, BackupId, BackupStatus, FailBackupRequest};
 use serde_json::Value;
 
 use crate::support::{
-    LOG_DEADLINE, Proc, Serve, client, log_lines, message, ok, s, wait_message, write_random,
+    LOG_DEADLINE, Proc, Serve, client, log_lines, message, ok, s, serve_wrapper, wait_message,
+    write_random,
 };
 
 const MIB: u64 = 1 << 20;
@@ -23,16 +24,10 @@ const DEAD_CLIENT_LIMIT: Duration = Duration::from_secs(120);
 /// What issue #11 promises for `POST /fail` and for SIGTERM, whatever peers do.
 const ANSWER_LIMIT: Duration = Duration::from_secs(30);
 
-/// `sendense-hub serve` (see [`Serve`]) with its default watchdog timers.
-struct Hub(Serve);
-
-impl std::ops::Deref for Hub {
-    type Target = Serve;
-
-    fn deref(&self) -> &Serve {
-        &self.0
-    }
-}
+serve_wrapper!(
+    /// `sendense-hub serve` (see [`Serve`]) with its default watchdog timers.
+    Hub
+);
 
 impl Hub {
     fn start(data: &Path) -> Self {

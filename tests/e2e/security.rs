@@ -14,20 +14,14 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::{Serve, client, client_tls, ok, qemu_img, s, write_random};
+use crate::support::{Serve, client, client_tls, ok, qemu_img, s, serve_wrapper, write_random};
 
 const MIB: u64 = 1 << 20;
 
-/// A running `sendense-hub serve` (see [`Serve`]) with this suite's helpers.
-struct Hub(Serve);
-
-impl std::ops::Deref for Hub {
-    type Target = Serve;
-
-    fn deref(&self) -> &Serve {
-        &self.0
-    }
-}
+serve_wrapper!(
+    /// A running `sendense-hub serve` (see [`Serve`]) with this suite's helpers.
+    Hub
+);
 
 impl Hub {
     /// Starts a hub on `data` with `extra` serve arguments and waits until it is ready.

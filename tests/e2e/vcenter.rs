@@ -40,21 +40,15 @@ use sendense_vsphere::simulator::{DiskSpec, VmSpec};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::{Serve, client, qemu_img, s, write_random};
+use crate::support::{Serve, client, qemu_img, s, serve_wrapper, write_random};
 
 /// How long a wait on a process may take.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A `sendense-hub serve` subprocess (see [`Serve`]) with debug logs, every line kept.
-struct HubProc(Serve);
-
-impl std::ops::Deref for HubProc {
-    type Target = Serve;
-
-    fn deref(&self) -> &Serve {
-        &self.0
-    }
-}
+serve_wrapper!(
+    /// A `sendense-hub serve` subprocess (see [`Serve`]) with debug logs, every line kept.
+    HubProc
+);
 
 impl HubProc {
     fn start(data: &Path) -> Self {
