@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use sendense_types::{ChangeId, DiskKey};
 use sendense_vsphere::simulator::DiskSpec;
-use sendense_vsphere::{DiskMode, PrepareOptions, PreviousDisk, VsphereBackup, VsphereError};
+use sendense_vsphere::{
+    DiskMode, PrepareOptions, PreviousDisk, Session, VsphereBackup, VsphereError,
+};
 
 use crate::support::{
     MIB, assert_extents_match_file, env, env_with, ext, full_done, previous_of, session,
@@ -15,6 +17,21 @@ fn full_reason(mode: &DiskMode) -> Option<String> {
         DiskMode::Full { reason } => reason.clone(),
         _ => None,
     }
+}
+
+/// Prepares the next backup of `vm1` on `prev` and finishes it (snapshot removed): why disk
+/// number `index` is a full, `None` when it is an incremental.
+async fn next_full_reason(
+    s: &Session,
+    prev: &BTreeMap<DiskKey, PreviousDisk>,
+    index: usize,
+) -> Option<String> {
+    let p = VsphereBackup::prepare(s, "vm1", prev, &PrepareOptions::default())
+        .await
+        .unwrap();
+    let reason = full_reason(&p.disks[index].mode);
+    p.finish().await.unwrap();
+    reason
 }
 
 #[tokio::test]
@@ -162,14 +179,9 @@ async fn incremental_with_unknown_change_id_same_epoch_falls_back_to_full() {
 async fn incremental_after_resize_falls_back_to_full() {
     let e = env().await;
     let s = session(&e.sim).await;
-    let opts = PrepareOptions::default();
     let prev = full_done(&s).await;
     e.sim.resize_disk(&e.vm, 2001, 4 * MIB).unwrap();
-    let p = VsphereBackup::prepare(&s, "vm1", &prev, &opts)
-        .await
-        .unwrap();
-    let reason = full_reason(&p.disks[1].mode);
-    p.finish().await.unwrap();
+    let reason = next_full_reason(&s, &prev, 1).await;
     assert!(
         reason
             .as_deref()
@@ -182,14 +194,9 @@ async fn incremental_after_resize_falls_back_to_full() {
 async fn incremental_with_other_disk_uuid_falls_back_to_full() {
     let e = env().await;
     let s = session(&e.sim).await;
-    let opts = PrepareOptions::default();
     let mut prev = full_done(&s).await;
     prev.get_mut(&DiskKey(2000)).unwrap().uuid = Some("6000c29-other".to_owned());
-    let p = VsphereBackup::prepare(&s, "vm1", &prev, &opts)
-        .await
-        .unwrap();
-    let reason = full_reason(&p.disks[0].mode);
-    p.finish().await.unwrap();
+    let reason = next_full_reason(&s, &prev, 0).await;
     assert!(
         reason
             .as_deref()

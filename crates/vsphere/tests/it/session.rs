@@ -10,6 +10,15 @@ use sendense_vsphere::{
 
 use crate::support::{MIB, env, options, session};
 
+/// The file `name` in vm1's folder on datastore `ds1` of `dc1`, read through `s`.
+fn vm1_file(s: &Session, name: &str) -> DatastoreFile {
+    DatastoreFile::new(
+        s.clone(),
+        "dc1",
+        &DatastorePath::parse(&format!("[ds1] vm1/{name}")).unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn connect_valid_credentials_logs_in() {
     let e = env().await;
@@ -247,11 +256,7 @@ async fn datastore_read_busy_storm_is_retried() {
         .collect();
     e.sim.write_disk(&e.vm, 2000, 4096, &data).unwrap();
     let s = session(&e.sim).await;
-    let file = DatastoreFile::new(
-        s.clone(),
-        "dc1",
-        &DatastorePath::parse("[ds1] vm1/vm1-flat.vmdk").unwrap(),
-    );
+    let file = vm1_file(&s, "vm1-flat.vmdk");
     e.sim.set_busy_storm(3);
     let mut buf = vec![0u8; 8192];
     file.read_at(4096, &mut buf).await.unwrap();
@@ -262,11 +267,7 @@ async fn datastore_read_busy_storm_is_retried() {
 async fn datastore_read_endless_busy_fails_after_bounded_attempts() {
     let e = env().await;
     let s = session(&e.sim).await;
-    let file = DatastoreFile::new(
-        s.clone(),
-        "dc1",
-        &DatastorePath::parse("[ds1] vm1/vm1-flat.vmdk").unwrap(),
-    );
+    let file = vm1_file(&s, "vm1-flat.vmdk");
     e.sim.set_busy_storm(1000);
     let mut buf = vec![0u8; 512];
     let err = file.read_at(0, &mut buf).await.unwrap_err();
@@ -282,11 +283,7 @@ async fn datastore_read_large_buffer_uses_bounded_parallel_pages() {
     let mut o = options(&e.sim);
     o.max_read_bytes = 64 * 1024;
     let s = Session::connect(o).await.unwrap();
-    let file = DatastoreFile::new(
-        s.clone(),
-        "dc1",
-        &DatastorePath::parse("[ds1] vm1/vm1_1-flat.vmdk").unwrap(),
-    );
+    let file = vm1_file(&s, "vm1_1-flat.vmdk");
     let mut buf = vec![1u8; usize::try_from(3 * MIB).unwrap()];
     file.read_at(0, &mut buf).await.unwrap();
     let st = e.sim.stats();
@@ -304,11 +301,7 @@ async fn datastore_read_large_buffer_uses_bounded_parallel_pages() {
 async fn datastore_read_missing_file_is_http_status() {
     let e = env().await;
     let s = session(&e.sim).await;
-    let file = DatastoreFile::new(
-        s.clone(),
-        "dc1",
-        &DatastorePath::parse("[ds1] vm1/nope-flat.vmdk").unwrap(),
-    );
+    let file = vm1_file(&s, "nope-flat.vmdk");
     let mut buf = vec![0u8; 512];
     let err = file.read_at(0, &mut buf).await.unwrap_err();
     assert!(
@@ -321,11 +314,7 @@ async fn datastore_read_missing_file_is_http_status() {
 async fn datastore_read_after_session_expiry_relogs_in() {
     let e = env().await;
     let s = session(&e.sim).await;
-    let file = DatastoreFile::new(
-        s.clone(),
-        "dc1",
-        &DatastorePath::parse("[ds1] vm1/vm1-flat.vmdk").unwrap(),
-    );
+    let file = vm1_file(&s, "vm1-flat.vmdk");
     let data: Vec<u8> = (0..512u32)
         .map(|i| u8::try_from(i % 249).unwrap())
         .collect();
