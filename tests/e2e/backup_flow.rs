@@ -14,8 +14,8 @@ use std::sync::mpsc::Receiver;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Proc, Serve, client, files_under, log_lines, message, ok, qemu_img, s, serve_wrapper, signal,
-    wait_log, write_random,
+    Proc, Serve, assert_check_clean, assert_same, client, files_under, log_lines, message, ok,
+    qemu_img, s, serve_wrapper, signal, wait_log, write_random,
 };
 
 const KIB: u64 = 1 << 10;
@@ -172,24 +172,6 @@ fn changed_areas(path: &Path, capacity: u64, areas: &[(u64, u64)]) {
         .collect();
     let info = json!({"startOffset": 0, "length": capacity, "changedArea": areas});
     fs::write(path, info.to_string()).unwrap();
-}
-
-/// `qemu-img compare` must find `image` (format `fmt`) identical to `source`.
-fn assert_same(image: &Path, fmt: &str, source: &Path, source_fmt: &str) {
-    ok(&qemu_img(&[
-        "compare",
-        "-f",
-        fmt,
-        "-F",
-        source_fmt,
-        s(image),
-        s(source),
-    ]));
-}
-
-/// `qemu-img check` must find no errors and no leaks.
-fn assert_check_clean(image: &Path) {
-    ok(&qemu_img(&["check", "-f", "qcow2", s(image)]));
 }
 
 /// No image under construction (`.NAME.part`) is left in the repository.

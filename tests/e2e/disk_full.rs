@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Serve, client, files_under, message, ok, qemu_img, s, serve_wrapper, write_random,
+    Serve, assert_check_clean, assert_same, client, files_under, message, ok, s, serve_wrapper,
+    write_random,
 };
 
 const MIB: u64 = 1 << 20;
@@ -171,16 +172,8 @@ fn filler(path: &Path, len: u64) {
 
 /// `qemu-img check` clean and `qemu-img compare` identical to the raw `source`.
 fn assert_image_matches(image: &Path, source: &Path) {
-    ok(&qemu_img(&["check", "-f", "qcow2", s(image)]));
-    ok(&qemu_img(&[
-        "compare",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        s(image),
-        s(source),
-    ]));
+    assert_check_clean(image);
+    assert_same(image, "qcow2", source, "raw");
 }
 
 /// The `--json` summary of a backup that must have succeeded.

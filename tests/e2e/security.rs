@@ -14,7 +14,9 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::{Serve, client, client_tls, ok, qemu_img, s, serve_wrapper, write_random};
+use crate::support::{
+    Serve, assert_same, client, client_tls, ok, qemu_img, s, serve_wrapper, write_random,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -171,18 +173,7 @@ fn our_client_without_certificate_is_refused_and_with_issued_certificate_backs_u
         "the refusal does not name the fix: {stderr}"
     );
     let id = backup_id(&issued);
-    let image = data
-        .path()
-        .join(format!("repository/vm1/disk-2000/{id}.qcow2"));
-    ok(&qemu_img(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        s(&disk),
-        s(&image),
-    ]));
+    assert_same(&hub.image("vm1", 2000, &id), "qcow2", &disk, "raw");
 }
 
 #[test]
@@ -330,17 +321,6 @@ fn three_hundred_idle_connections_do_not_keep_a_real_backup_out() {
     let out = hub.backup("vm1", &disk, ["--tls-dir", s(&client_tls(data.path()))]);
 
     let id = backup_id(&out);
-    let image = data
-        .path()
-        .join(format!("repository/vm1/disk-2000/{id}.qcow2"));
-    ok(&qemu_img(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        s(&disk),
-        s(&image),
-    ]));
+    assert_same(&hub.image("vm1", 2000, &id), "qcow2", &disk, "raw");
     assert_eq!(idle.len(), 300);
 }

@@ -375,3 +375,23 @@ macro_rules! serve_wrapper {
     };
 }
 pub(crate) use serve_wrapper;
+
+/// `qemu-img compare` must find `image` (format `fmt`) identical to `source` (format
+/// `source_fmt`); fails naming both and what qemu-img said.
+pub(crate) fn assert_same(image: &Path, fmt: &str, source: &Path, source_fmt: &str) {
+    let out = qemu_img(&["compare", "-f", fmt, "-F", source_fmt, s(image), s(source)]);
+    assert!(
+        out.status.success(),
+        "qemu-img compare {} {}: exit {}: {}{}",
+        image.display(),
+        source.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `qemu-img check` must find no errors and no leaks in the qcow2 `image`.
+pub(crate) fn assert_check_clean(image: &Path) {
+    ok(&qemu_img(&["check", "-f", "qcow2", s(image)]));
+}

@@ -40,7 +40,7 @@ use sendense_vsphere::simulator::{DiskSpec, VmSpec};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::{Serve, client, qemu_img, s, serve_wrapper, write_random};
+use crate::support::{Serve, assert_same, client, s, serve_wrapper, write_random};
 
 /// How long a wait on a process may take.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -208,15 +208,7 @@ fn assert_images_match(hub: &HubProc, vc: &Vc, summary: &Value) {
             .sim
             .disk_file(&vc.vm, i32::try_from(d.disk_key.get()).unwrap())
             .unwrap();
-        let out = qemu_img(&["compare", "-f", "qcow2", "-F", "raw", s(&image), s(&flat)]);
-        assert!(
-            out.status.success(),
-            "{} differs from {}: {}{}",
-            image.display(),
-            flat.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_same(&image, "qcow2", &flat, "raw");
     }
 }
 

@@ -5,8 +5,7 @@
 //! (Moved here from `sendense-vsphere`'s own tests: the hub now depends on `sendense-vsphere`
 //! for its vCenter logins, so that crate can no longer use the hub in its tests.)
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +23,7 @@ use sendense_vsphere::simulator::{DiskSpec, Simulator, VmSpec};
 use tempfile::TempDir;
 
 use super::{MIB, options};
+use crate::support::assert_same;
 
 /// A simulator with VM `vm1` (CBT on, disks of 4 MiB and 2 MiB) and a running hub.
 struct World {
@@ -115,7 +115,7 @@ impl World {
                 .join("repository")
                 .join(d.file.as_deref().unwrap());
             let raw = self.disk_file(i32::try_from(d.disk_key.get()).unwrap());
-            qemu_img_compare(&image, &raw);
+            assert_same(&image, "qcow2", &raw, "raw");
         }
     }
 
@@ -170,23 +170,6 @@ impl World {
             .unwrap()
             .unwrap()
     }
-}
-
-fn qemu_img_compare(image: &Path, raw: &Path) {
-    let out = Command::new("qemu-img")
-        .args(["compare", "-f", "qcow2", "-F", "raw"])
-        .arg(image)
-        .arg(raw)
-        .output()
-        .expect("qemu-img is required for these tests (apt install qemu-utils)");
-    assert!(
-        out.status.success(),
-        "qemu-img compare {} {}: {}{}",
-        image.display(),
-        raw.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn pattern(seed: u8, n: usize) -> Vec<u8> {
