@@ -9,7 +9,8 @@ use sendense_vsphere::{
 };
 
 use crate::support::{
-    MIB, assert_extents_match_file, env, env_with, ext, full_done, previous_of, session,
+    MIB, assert_extents_match_file, env, env_with, ext, full_done, full_done_with, previous_of,
+    session,
 };
 
 fn full_reason(mode: &DiskMode) -> Option<String> {
@@ -588,10 +589,7 @@ async fn prepare_with_quiesce_asks_vcenter_for_a_quiesced_snapshot() {
         ..PrepareOptions::default()
     };
 
-    let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &options)
-        .await
-        .unwrap();
-    p.finish().await.unwrap();
+    full_done_with(&s, &options).await;
 
     let stats = e.sim.stats();
     assert_eq!(
@@ -605,10 +603,7 @@ async fn prepare_without_quiesce_asks_for_a_plain_snapshot() {
     let e = env().await;
     let s = session(&e.sim).await;
 
-    let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &PrepareOptions::default())
-        .await
-        .unwrap();
-    p.finish().await.unwrap();
+    full_done(&s).await;
 
     let stats = e.sim.stats();
     assert_eq!(
@@ -646,10 +641,7 @@ async fn prepare_plain_snapshot_without_tools_succeeds() {
     e.sim.set_tools_missing(true);
     let s = session(&e.sim).await;
 
-    let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &PrepareOptions::default())
-        .await
-        .unwrap();
-    p.finish().await.unwrap();
+    full_done(&s).await;
 
     assert!(e.sim.snapshot_names(&e.vm).is_empty());
 }

@@ -79,7 +79,15 @@ pub(crate) async fn assert_extents_match_file(sim: &Simulator, vm: &str, disk: &
 /// A full backup of `vm1` prepared with default options and finished (snapshot removed):
 /// what the next backup gets as its previous disks.
 pub(crate) async fn full_done(s: &Session) -> BTreeMap<DiskKey, PreviousDisk> {
-    let full = VsphereBackup::prepare(s, "vm1", &BTreeMap::new(), &PrepareOptions::default())
+    full_done_with(s, &PrepareOptions::default()).await
+}
+
+/// [`full_done`] with `options`.
+pub(crate) async fn full_done_with(
+    s: &Session,
+    options: &PrepareOptions,
+) -> BTreeMap<DiskKey, PreviousDisk> {
+    let full = VsphereBackup::prepare(s, "vm1", &BTreeMap::new(), options)
         .await
         .unwrap();
     let prev = previous_of(&full.disks);
