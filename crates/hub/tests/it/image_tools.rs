@@ -26,6 +26,21 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// `qemu-img create` of the qcow2 overlay `top` over the qcow2 `backing` (a name relative to
+/// `top`'s folder).
+fn qemu_overlay(top: &Path, backing: &str) {
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        backing,
+        "-F",
+        "qcow2",
+        p(top),
+    ]);
+}
+
 #[test]
 fn create_standalone_passes_qemu_check_with_requested_geometry() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,16 +141,7 @@ fn convert_qemu_made_chain_to_raw_matches_qemu_img_convert() {
         p(&base),
     ]);
     let top = dir.path().join("top.qcow2");
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        p(&top),
-    ]);
+    qemu_overlay(&top, "base.qcow2");
     let io = std::process::Command::new("qemu-io")
         .args([
             "-f",
@@ -220,16 +226,7 @@ fn info_of_chain_lists_every_layer_top_first() {
         "64M",
     ]);
     let top = dir.path().join("top.qcow2");
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        p(&top),
-    ]);
+    qemu_overlay(&top, "base.qcow2");
     let layers = image_tools::info(&top).unwrap();
     assert_eq!(layers.len(), 2);
     assert_eq!(layers[0].backing_file.as_deref(), Some("base.qcow2"));
