@@ -8,106 +8,37 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
 
-use sendense_client::hub::{HubClient, HubOptions};
 use serde_json::{Value, json};
 
-use crate::support::{client, client_tls, hub, log_lines, ok, qemu_img, s, wait_log, write_random};
+use crate::support::{
+    Proc, Serve, assert_check_clean, assert_same, client, files_under, log_lines, message, ok,
+    qemu_img, s, serve_wrapper, signal, wait_log, write_random,
+};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
-/// A child process, killed (SIGKILL) and reaped when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// SIGKILL, then waits for the exit.
-    fn kill(&mut self) {
-        // Already exited is fine: the kill is only there to be sure.
-        let _ = self.0.kill();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Sends `signal` (a name such as `TERM`) to `pid` with the `kill` command.
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}: {status}");
-}
-
-/// A log line's message.
-fn message(line: &Value) -> &str {
-    line["fields"]["message"].as_str().unwrap_or_default()
-}
-
-/// A running `sendense-hub serve` on 127.0.0.1 with OS-chosen ports.
-struct Hub {
-    proc: Proc,
-    data: PathBuf,
-    api: String,
-    log: Receiver<Value>,
-}
+serve_wrapper!(
+    /// A running `sendense-hub serve` (see [`Serve`]) with this suite's backup helpers.
+    Hub
+);
 
 impl Hub {
     /// Starts a hub on `data` (created on first start) and waits until ready.
     fn start(data: &Path, idle_timeout_s: u64) -> Self {
-        let mut child = hub()
-            .args(["serve", "--data-dir", s(data)])
-            .args(["--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
-            .args(["--idle-timeout", &idle_timeout_s.to_string()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = log_lines(child.stderr.take().unwrap());
-        let proc = Proc(child);
-        let ready = wait_log(&log, "hub ready", |l| message(l) == "hub ready");
-        let api = ready["fields"]["api"].as_str().unwrap().to_owned();
-        Self {
-            proc,
-            data: data.to_owned(),
-            api,
-            log,
-        }
-    }
-
-    /// The client certificate folder (`--tls-dir`) this hub issued.
-    fn ca(&self) -> PathBuf {
-        client_tls(&self.data)
-    }
-
-    fn token(&self) -> PathBuf {
-        self.data.join("api.token")
-    }
-
-    /// The repository file of one disk of one backup.
-    fn image(&self, vm: &str, key: u32, backup_id: &str) -> PathBuf {
-        self.data
-            .join(format!("repository/{vm}/disk-{key}/{backup_id}.qcow2"))
+        Self(Serve::start(
+            data,
+            &["--idle-timeout", &idle_timeout_s.to_string()],
+            "info",
+        ))
     }
 
     /// `sendense-client backup` against this hub, JSON summary and JSON logs.
     fn backup_cmd(&self, vm: &str, disks: &[(u32, &Path)], extra: &[&str]) -> Command {
-        self.backup_cmd_trusting(&self.ca(), &self.token(), vm, disks, extra)
+        self.backup_cmd_trusting(&self.tls_dir(), &self.token(), vm, disks, extra)
     }
 
     /// [`Self::backup_cmd`] with the given CA and token files.
@@ -159,7 +90,13 @@ impl Hub {
     /// `sendense-client restore` of one disk into `to`.
     fn restore(&self, backup_id: &str, key: u32, to: &Path, format: &str) {
         let out = client()
-            .args(["restore", "--hub", &self.api, "--tls-dir", s(&self.ca())])
+            .args([
+                "restore",
+                "--hub",
+                &self.api,
+                "--tls-dir",
+                s(&self.tls_dir()),
+            ])
             .args(["--token-file", s(&self.token()), "--backup", backup_id])
             .args([
                 "--disk",
@@ -174,21 +111,6 @@ impl Hub {
             .output()
             .unwrap();
         ok(&out);
-    }
-
-    /// Runs a REST call through the client library on a small runtime.
-    fn rest<T, F: Future<Output = T>>(&self, call: impl FnOnce(HubClient) -> F) -> T {
-        let hub = HubClient::new(&HubOptions::with_tls_dir(
-            &self.api,
-            &self.ca(),
-            &self.token(),
-        ))
-        .unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(call(hub))
     }
 
     /// `GET /api/v1/backups/{id}`: (status, failure reason).
@@ -250,42 +172,6 @@ fn changed_areas(path: &Path, capacity: u64, areas: &[(u64, u64)]) {
         .collect();
     let info = json!({"startOffset": 0, "length": capacity, "changedArea": areas});
     fs::write(path, info.to_string()).unwrap();
-}
-
-/// `qemu-img compare` must find `image` (format `fmt`) identical to `source`.
-fn assert_same(image: &Path, fmt: &str, source: &Path, source_fmt: &str) {
-    ok(&qemu_img(&[
-        "compare",
-        "-f",
-        fmt,
-        "-F",
-        source_fmt,
-        s(image),
-        s(source),
-    ]));
-}
-
-/// `qemu-img check` must find no errors and no leaks.
-fn assert_check_clean(image: &Path) {
-    ok(&qemu_img(&["check", "-f", "qcow2", s(image)]));
-}
-
-/// Every file under `dir`, recursively, sorted.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// No image under construction (`.NAME.part`) is left in the repository.
@@ -650,7 +536,7 @@ fn backup_wrong_ca_exits_nonzero_mentioning_certificate() {
     let (hub, disk) = hub_with_one_backup(dir.path());
     let chain = hub.chain("vm1");
     let other = Hub::start(&dir.path().join("other"), 600);
-    let cmd = hub.backup_cmd_trusting(&other.ca(), &hub.token(), "vm1", &[(2000, &disk)], &[]);
+    let cmd = hub.backup_cmd_trusting(&other.tls_dir(), &hub.token(), "vm1", &[(2000, &disk)], &[]);
 
     let stderr = failing(cmd);
 
@@ -665,7 +551,7 @@ fn backup_wrong_token_exits_nonzero_mentioning_token() {
     let chain = hub.chain("vm1");
     let token = dir.path().join("wrong.token");
     fs::write(&token, "not-the-token\n").unwrap();
-    let cmd = hub.backup_cmd_trusting(&hub.ca(), &token, "vm1", &[(2000, &disk)], &[]);
+    let cmd = hub.backup_cmd_trusting(&hub.tls_dir(), &token, "vm1", &[(2000, &disk)], &[]);
 
     let stderr = failing(cmd);
 

@@ -7,13 +7,15 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use sendense_client::hub::{HubClient, HubOptions};
 use serde_json::{Value, json};
 
-use crate::support::{client, client_tls, hub, log_lines, ok, qemu_img, s, write_random};
+use crate::support::{
+    Serve, assert_check_clean, assert_same, client, files_under, message, ok, s, serve_wrapper,
+    write_random,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -94,75 +96,27 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A child process, killed (SIGKILL) and reaped when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Already exited is fine: the kill is only there to be sure.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A log line's message.
-fn message(line: &Value) -> &str {
-    line["fields"]["message"].as_str().unwrap_or_default()
-}
-
-/// A running `sendense-hub serve` on 127.0.0.1 with OS-chosen ports.
-struct Hub {
-    _proc: Proc,
-    data: PathBuf,
-    api: String,
-}
+serve_wrapper!(
+    /// A running `sendense-hub serve` (see [`Serve`]) with this suite's helpers.
+    Hub
+);
 
 impl Hub {
     /// Starts a hub on `data` and waits (bounded) until it logs `hub ready`.
     fn start(data: &Path, idle_timeout_s: u64) -> Self {
-        let mut child = hub()
-            .args(["serve", "--data-dir", s(data)])
-            .args(["--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
-            .args(["--idle-timeout", &idle_timeout_s.to_string()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = log_lines(child.stderr.take().unwrap());
-        let proc = Proc(child);
-        let deadline = Instant::now() + DEADLINE;
-        let mut seen = Vec::new();
-        let ready = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match log.recv_timeout(left) {
-                Ok(line) if message(&line) == "hub ready" => break line,
-                Ok(line) => seen.push(line.to_string()),
-                Err(e) => panic!("hub not ready ({e}); log:\n{}", seen.join("\n")),
-            }
-        };
-        let api = ready["fields"]["api"].as_str().unwrap().to_owned();
-        Self {
-            _proc: proc,
-            data: data.to_owned(),
-            api,
-        }
-    }
-
-    /// The repository file of one disk of one backup.
-    fn image(&self, vm: &str, key: u32, backup_id: &str) -> PathBuf {
-        self.data
-            .join(format!("repository/{vm}/disk-{key}/{backup_id}.qcow2"))
+        Self(Serve::start(
+            data,
+            &["--idle-timeout", &idle_timeout_s.to_string()],
+            "info",
+        ))
     }
 
     /// `sendense-client backup` of one disk (key 2000), `--type full`.
     fn backup_full(&self, vm: &str, disk: &Path) -> Output {
         client()
             .args(["backup", "--hub", &self.api])
-            .args(["--tls-dir", s(&client_tls(&self.data))])
-            .args(["--token-file", s(&self.data.join("api.token"))])
+            .args(["--tls-dir", s(&self.tls_dir())])
+            .args(["--token-file", s(&self.token())])
             .args(["--vm", vm, "--type", "full"])
             .arg("--disk")
             .arg(format!("2000={}", s(disk)))
@@ -170,21 +124,6 @@ impl Hub {
             .stdin(Stdio::null())
             .output()
             .unwrap()
-    }
-
-    /// Runs a REST call through the client library on a small runtime.
-    fn rest<T, F: Future<Output = T>>(&self, call: impl FnOnce(HubClient) -> F) -> T {
-        let hub = HubClient::new(&HubOptions::with_tls_dir(
-            &self.api,
-            &client_tls(&self.data),
-            &self.data.join("api.token"),
-        ))
-        .unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(call(hub))
     }
 
     /// `GET /api/v1/backups/chain/{vm}` as (backup id, status) per backup.
@@ -231,36 +170,10 @@ fn filler(path: &Path, len: u64) {
     file.sync_all().unwrap();
 }
 
-/// Every file under `dir`, recursively, sorted.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// `qemu-img check` clean and `qemu-img compare` identical to the raw `source`.
 fn assert_image_matches(image: &Path, source: &Path) {
-    ok(&qemu_img(&["check", "-f", "qcow2", s(image)]));
-    ok(&qemu_img(&[
-        "compare",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        s(image),
-        s(source),
-    ]));
+    assert_check_clean(image);
+    assert_same(image, "qcow2", source, "raw");
 }
 
 /// The `--json` summary of a backup that must have succeeded.

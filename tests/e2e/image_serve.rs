@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{hub, ok, qemu_img, s, write_random};
+use crate::support::{assert_same, hub, ok, qemu_img, s, write_random};
 
 /// A running `image serve`, stopped with SIGTERM on drop.
 struct Served {
@@ -134,15 +134,7 @@ fn nbdcopy_into_served_qcow2_with_one_and_four_connections_is_identical_and_clea
             "read back differs"
         );
         ok(&qemu_img(&["check", s(&img)]));
-        ok(&qemu_img(&[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            s(&src),
-            s(&img),
-        ]));
+        assert_same(&img, "qcow2", &src, "raw");
     }
 }
 

@@ -4,20 +4,19 @@
 //! SIGTERM ends the hub within 30 s although a frozen client still holds its connections.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sendense_client::hub::{HubClient, HubOptions};
 use sendense_types::{Backup, BackupId, BackupStatus, FailBackupRequest};
 use serde_json::Value;
 
-use crate::support::{client, client_tls, hub, log_lines, ok, s, wait_message, write_random};
+use crate::support::{
+    LOG_DEADLINE, Proc, Serve, client, log_lines, message, ok, s, serve_wrapper, wait_message,
+    write_random,
+};
 
 const MIB: u64 = 1 << 20;
-
-/// How long any wait on a log line may take before the test fails.
-const LOG_DEADLINE: Duration = Duration::from_secs(60);
 
 /// What issue #11 promises: a dead client's backup is failed within this, by default.
 const DEAD_CLIENT_LIMIT: Duration = Duration::from_secs(120);
@@ -25,68 +24,21 @@ const DEAD_CLIENT_LIMIT: Duration = Duration::from_secs(120);
 /// What issue #11 promises for `POST /fail` and for SIGTERM, whatever peers do.
 const ANSWER_LIMIT: Duration = Duration::from_secs(30);
 
-/// A child process, killed (SIGKILL) and reaped when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.0.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name}: {status}");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Already exited is fine: the kill is only there to be sure.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn message(line: &Value) -> &str {
-    line["fields"]["message"].as_str().unwrap_or_default()
-}
-
-/// `sendense-hub serve` with its default watchdog timers.
-struct Hub {
-    proc: Proc,
-    data: PathBuf,
-    api: String,
-    log: Receiver<Value>,
-}
+serve_wrapper!(
+    /// `sendense-hub serve` (see [`Serve`]) with its default watchdog timers.
+    Hub
+);
 
 impl Hub {
     fn start(data: &Path) -> Self {
-        let mut child = hub()
-            .args(["serve", "--data-dir", s(data)])
-            .args(["--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = log_lines(child.stderr.take().unwrap());
-        let proc = Proc(child);
-        let ready = wait_message(&log, "hub ready");
-        Self {
-            proc,
-            data: data.to_owned(),
-            api: ready["fields"]["api"].as_str().unwrap().to_owned(),
-            log,
-        }
+        Self(Serve::start(data, &[], "info"))
     }
 
     fn backup_cmd(&self, vm: &str, disk: &Path) -> Command {
         let mut cmd = client();
         cmd.args(["backup", "--hub", &self.api])
-            .args(["--tls-dir", s(&client_tls(&self.data))])
-            .args(["--token-file", s(&self.data.join("api.token"))])
+            .args(["--tls-dir", s(&self.tls_dir())])
+            .args(["--token-file", s(&self.token())])
             .args(["--vm", vm, "--json", "--log-format", "json"])
             .arg("--disk")
             .arg(format!("2000={}", s(disk)))
@@ -120,22 +72,6 @@ impl Hub {
     fn backup(&self, vm: &str, disk: &Path) -> Value {
         let out = self.backup_cmd(vm, disk).output().unwrap();
         serde_json::from_str(&ok(&out)).unwrap()
-    }
-
-    /// A REST call through the client library on a small runtime.
-    fn rest<T, F: Future<Output = T>>(&self, call: impl FnOnce(HubClient) -> F) -> T {
-        let hub = HubClient::new(&HubOptions {
-            url: self.api.clone(),
-            ca_file: self.data.join("tls/ca-cert.pem"),
-            token_file: self.data.join("api.token"),
-            tls_dir: None,
-        })
-        .unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(call(hub))
     }
 
     /// Waits (up to [`LOG_DEADLINE`]) until the hub has received data for the backup: its
@@ -186,9 +122,8 @@ impl Hub {
 
     /// SIGTERM; answers the exit status, failing the test if the hub takes `limit` or more.
     fn terminate(self, limit: Duration) -> std::process::ExitStatus {
-        let Self { proc, log, .. } = self;
-        // Keep draining so the hub never blocks on a full pipe while it stops.
-        std::thread::spawn(move || for _ in log {});
+        // The log reader keeps draining so the hub never blocks on a full pipe while it stops.
+        let Serve { proc, .. } = self.0;
         proc.signal("TERM");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

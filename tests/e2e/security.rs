@@ -10,56 +10,25 @@ use std::fs;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
 use crate::support::{
-    client, client_tls, hub, log_lines, ok, qemu_img, s, wait_message, write_random,
+    Serve, assert_same, client, client_tls, ok, qemu_img, s, serve_wrapper, write_random,
 };
 
 const MIB: u64 = 1 << 20;
 
-/// A running `sendense-hub serve` on 127.0.0.1 with OS-chosen ports; killed when dropped.
-struct Hub {
-    child: Child,
-    data: PathBuf,
-    api: String,
-    /// `nbds://HOST:PORT` of the NBD port.
-    nbd: String,
-    _log: Receiver<Value>,
-}
+serve_wrapper!(
+    /// A running `sendense-hub serve` (see [`Serve`]) with this suite's helpers.
+    Hub
+);
 
 impl Hub {
     /// Starts a hub on `data` with `extra` serve arguments and waits until it is ready.
     fn start(data: &Path, extra: &[&str]) -> Self {
-        let mut child = hub()
-            .args(["serve", "--data-dir", s(data)])
-            .args(["--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = log_lines(child.stderr.take().unwrap());
-        let ready = wait_message(&log, "hub ready");
-        let api = ready["fields"]["api"].as_str().unwrap().to_owned();
-        let nbd = ready["fields"]["nbd"].as_str().unwrap().to_owned();
-        Self {
-            child,
-            data: data.to_owned(),
-            api,
-            nbd,
-            _log: log,
-        }
-    }
-
-    fn token(&self) -> PathBuf {
-        self.data.join("api.token")
+        Self(Serve::start(data, extra, "info"))
     }
 
     /// `sendense-client backup` of `disk` as disk 2000 of `vm`, full, trusting the hub with
@@ -86,27 +55,8 @@ impl Hub {
 
     /// A REST call with the token: (status, JSON body).
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let tls = sendense_client::hub::tls_config(&self.data.join("tls/ca-cert.pem")).unwrap();
-        let token = fs::read_to_string(self.token()).unwrap();
-        let url = format!("{}{path}", self.api);
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let http = reqwest::Client::builder()
-                    .use_preconfigured_tls((*tls).clone())
-                    .build()
-                    .unwrap();
-                let mut req = http.request(method, url).bearer_auth(token.trim());
-                if let Some(body) = body {
-                    req = req.json(&body);
-                }
-                let resp = req.send().await.unwrap();
-                let status = resp.status().as_u16();
-                let text = resp.text().await.unwrap();
-                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-            })
+        let (status, text) = self.raw(method, path, body);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// Registers `vm` with one disk (2000) of `size` bytes and starts a full backup of it.
@@ -124,14 +74,6 @@ impl Hub {
         );
         assert_eq!(status, 201, "{body}");
         body
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        // Already exited is fine: the kill is only there to be sure.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -231,18 +173,7 @@ fn our_client_without_certificate_is_refused_and_with_issued_certificate_backs_u
         "the refusal does not name the fix: {stderr}"
     );
     let id = backup_id(&issued);
-    let image = data
-        .path()
-        .join(format!("repository/vm1/disk-2000/{id}.qcow2"));
-    ok(&qemu_img(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        s(&disk),
-        s(&image),
-    ]));
+    assert_same(&hub.image("vm1", 2000, &id), "qcow2", &disk, "raw");
 }
 
 #[test]
@@ -390,17 +321,6 @@ fn three_hundred_idle_connections_do_not_keep_a_real_backup_out() {
     let out = hub.backup("vm1", &disk, ["--tls-dir", s(&client_tls(data.path()))]);
 
     let id = backup_id(&out);
-    let image = data
-        .path()
-        .join(format!("repository/vm1/disk-2000/{id}.qcow2"));
-    ok(&qemu_img(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        s(&disk),
-        s(&image),
-    ]));
+    assert_same(&hub.image("vm1", 2000, &id), "qcow2", &disk, "raw");
     assert_eq!(idle.len(), 300);
 }

@@ -1,7 +1,7 @@
 //! vCenter backups end to end, against the in-process vCenter simulator of
 //! `sendense-vsphere` (feature `simulator`).
 //!
-//! - [`flow`]: the library flow (`run_until`, `VcenterProvider`) with an in-process hub.
+//! - [`flow`]: the client's vCenter flow (`sendense_client::vcenter::run_until`) with an in-process hub.
 //! - this module: the real `sendense-hub serve` and `sendense-client backup --vcenter ...`
 //!   binaries, with a password file and with `--vcenter-credential`.
 
@@ -32,106 +32,32 @@ fn options(sim: &Simulator) -> ConnectOptions {
 // ---------------------------------------------------------------------------------------------
 // The real binaries: `sendense-hub serve` and `sendense-client backup --vcenter ...`.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::process::{Output, Stdio};
 
-use sendense_client::hub::{HubClient, HubOptions};
 use sendense_types::{BackupId, CredentialRequest, VcenterTrust};
 use sendense_vsphere_sim::{DiskSpec, VmSpec};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::{client, client_tls, hub, qemu_img, s, write_random};
+use crate::support::{Serve, assert_same, client, s, serve_wrapper, write_random};
 
-/// How long the hub may take to start.
+/// How long a wait on a process may take.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A `sendense-hub serve` subprocess (debug logs as JSON, every line kept), killed on drop.
-struct HubProc {
-    child: Child,
-    data: PathBuf,
-    api: String,
-    lines: Arc<Mutex<Vec<String>>>,
-}
+serve_wrapper!(
+    /// A `sendense-hub serve` subprocess (see [`Serve`]) with debug logs, every line kept.
+    HubProc
+);
 
 impl HubProc {
     fn start(data: &Path) -> Self {
-        let mut child = hub()
-            .args(["serve", "--data-dir", s(data)])
-            .args(["--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx): (_, Receiver<Value>) = mpsc::channel();
-        let keep = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    // The receiver is gone once the hub is ready; keep draining.
-                    let _ = tx.send(v);
-                }
-                keep.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + DEADLINE;
-        let api = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("hub ready");
-            if line["fields"]["message"] == "hub ready" {
-                break line["fields"]["api"].as_str().unwrap().to_owned();
-            }
-        };
-        Self {
-            child,
-            data: data.to_owned(),
-            api,
-            lines,
-        }
-    }
-
-    fn options(&self) -> HubOptions {
-        HubOptions::with_tls_dir(
-            &self.api,
-            &client_tls(&self.data),
-            &self.data.join("api.token"),
-        )
+        Self(Serve::start(data, &[], "debug"))
     }
 
     /// Every log line so far.
     fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// Log lines whose message is `message`.
-    fn count(&self, message: &str) -> usize {
-        let needle = format!("\"message\":\"{message}\"");
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(&needle))
-            .count()
-    }
-
-    /// Runs a REST call through the client library on a small runtime.
-    fn rest<T, F: Future<Output = T>>(&self, call: impl FnOnce(HubClient) -> F) -> T {
-        let hub = HubClient::new(&self.options()).unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(call(hub))
+        self.all_lines()
     }
 
     /// Stores a credential whose vCenter certificate the hub checks against `ca_pem`.
@@ -147,14 +73,6 @@ impl HubProc {
         .unwrap();
         let answer = self.rest(|h| async move { h.put_credential(&req).await.unwrap() });
         assert!(!serde_json::to_string(&answer).unwrap().contains(password));
-    }
-}
-
-impl Drop for HubProc {
-    fn drop(&mut self) {
-        // Already exited is fine.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -290,15 +208,7 @@ fn assert_images_match(hub: &HubProc, vc: &Vc, summary: &Value) {
             .sim
             .disk_file(&vc.vm, i32::try_from(d.disk_key.get()).unwrap())
             .unwrap();
-        let out = qemu_img(&["compare", "-f", "qcow2", "-F", "raw", s(&image), s(&flat)]);
-        assert!(
-            out.status.success(),
-            "{} differs from {}: {}{}",
-            image.display(),
-            flat.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_same(&image, "qcow2", &flat, "raw");
     }
 }
 
@@ -410,31 +320,6 @@ fn binaries_vcenter_credential_session_expiring_mid_run_is_renewed_through_the_h
     );
 }
 
-/// A raw REST call (method, path, JSON body): (status, body text).
-fn raw(hub: &HubProc, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, String) {
-    let o = hub.options();
-    let tls = sendense_client::hub::tls_config(&o.ca_file).unwrap();
-    let token = std::fs::read_to_string(&o.token_file).unwrap();
-    let url = format!("{}{path}", o.url);
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async move {
-            let http = reqwest::Client::builder()
-                .use_preconfigured_tls((*tls).clone())
-                .build()
-                .unwrap();
-            let mut req = http.request(method, url).bearer_auth(token.trim());
-            if let Some(body) = body {
-                req = req.json(&body);
-            }
-            let resp = req.send().await.unwrap();
-            let status = resp.status().as_u16();
-            (status, resp.text().await.unwrap())
-        })
-}
-
 /// A session request: `{}` (the trust choice is the credential's, issue #11).
 fn session_body() -> Value {
     serde_json::json!({})
@@ -449,20 +334,17 @@ fn binaries_vcenter_session_request_cannot_choose_trust_and_stored_choice_is_use
     // Stored trusting another vCenter's CA: the hub must refuse vc's certificate.
     hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD, &other.sim.ca_pem());
 
-    let (insecure_status, insecure) = raw(
-        &hub,
+    let (insecure_status, insecure) = hub.raw(
         reqwest::Method::POST,
         "/api/v1/credentials/vc1/session",
         Some(serde_json::json!({ "insecure": true })),
     );
-    let (pem_status, _) = raw(
-        &hub,
+    let (pem_status, _) = hub.raw(
         reqwest::Method::POST,
         "/api/v1/credentials/vc1/session",
         Some(serde_json::json!({ "ca_pem": String::from_utf8(vc.sim.ca_pem()).unwrap() })),
     );
-    let (stored_status, stored) = raw(
-        &hub,
+    let (stored_status, stored) = hub.raw(
         reqwest::Method::POST,
         "/api/v1/credentials/vc1/session",
         Some(session_body()),
@@ -490,15 +372,14 @@ fn binaries_vcenter_credential_without_trust_choice_is_refused_at_creation() {
     let hub = HubProc::start(data.path());
     let vc = Vc::start();
 
-    let (status, body) = raw(
-        &hub,
+    let (status, body) = hub.raw(
         reqwest::Method::POST,
         "/api/v1/credentials",
         Some(serde_json::json!({
             "name": "vc1", "host": vc.sim.address(), "username": SIM_USER, "password": SIM_PASSWORD
         })),
     );
-    let (_, list) = raw(&hub, reqwest::Method::GET, "/api/v1/credentials", None);
+    let (_, list) = hub.raw(reqwest::Method::GET, "/api/v1/credentials", None);
 
     assert!(status == 400 && body.contains("ca_pem"), "{status} {body}");
     assert_eq!(list.trim(), "[]");
@@ -512,9 +393,8 @@ fn binaries_vcenter_credential_password_never_in_answers_or_logs() {
     hub.put_credential("vc1", &vc.sim.address(), SIM_PASSWORD, &vc.sim.ca_pem());
 
     let out = backup(&hub, &vc.credential_args("vc1"));
-    let (list_status, list) = raw(&hub, reqwest::Method::GET, "/api/v1/credentials", None);
-    let (session_status, session) = raw(
-        &hub,
+    let (list_status, list) = hub.raw(reqwest::Method::GET, "/api/v1/credentials", None);
+    let (session_status, session) = hub.raw(
         reqwest::Method::POST,
         "/api/v1/credentials/vc1/session",
         Some(session_body()),
@@ -557,8 +437,7 @@ fn binaries_vcenter_unknown_credential_is_404_naming_it_and_nothing_started() {
     let vc = Vc::start();
 
     let stderr = failure(&backup(&hub, &vc.credential_args("nosuch")));
-    let (status, body) = raw(
-        &hub,
+    let (status, body) = hub.raw(
         reqwest::Method::POST,
         "/api/v1/credentials/nosuch/session",
         Some(session_body()),
@@ -580,8 +459,7 @@ fn binaries_vcenter_credential_refused_login_names_credential_never_password() {
     hub.put_credential("vc1", &vc.sim.address(), "Wr0ng-pa55word", &vc.sim.ca_pem());
 
     let out = backup(&hub, &vc.credential_args("vc1"));
-    let (status, body) = raw(
-        &hub,
+    let (status, body) = hub.raw(
         reqwest::Method::POST,
         "/api/v1/credentials/vc1/session",
         Some(session_body()),
@@ -632,12 +510,7 @@ fn binaries_vcenter_quiesce_without_tools_fails_suggesting_no_quiesce_leaving_no
         "{stderr}"
     );
     assert!(vc.snapshots_left().is_empty());
-    let (status, backups) = raw(
-        &hub,
-        reqwest::Method::GET,
-        "/api/v1/backups?vm_name=vm1",
-        None,
-    );
+    let (status, backups) = hub.raw(reqwest::Method::GET, "/api/v1/backups?vm_name=vm1", None);
     // One run per VM: the backup is started (the hub's lock) before the snapshot is asked
     // for, so the refused snapshot fails that backup, saying why; nothing else is left.
     let backups: Value = serde_json::from_str(&backups).unwrap();

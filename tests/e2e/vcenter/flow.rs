@@ -5,8 +5,7 @@
 //! (Moved here from `sendense-vsphere`'s own tests: the hub now depends on `sendense-vsphere`
 //! for its vCenter logins, so that crate can no longer use the hub in its tests.)
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +24,7 @@ use sendense_vsphere_sim::{DiskSpec, Simulator, VmSpec};
 use tempfile::TempDir;
 
 use super::{MIB, options};
+use crate::support::assert_same;
 
 /// A simulator with VM `vm1` (CBT on, disks of 4 MiB and 2 MiB) and a running hub.
 struct World {
@@ -91,6 +91,13 @@ impl World {
         run_until(self.backup_options(backup_type), std::future::pending()).await
     }
 
+    /// Writes `len` bytes of [`pattern`] `seed` at `offset` of the VM's disk `key`.
+    fn write(&self, key: i32, offset: u64, seed: u8, len: usize) {
+        self.sim
+            .write_disk(&self.vm, key, offset, &pattern(seed, len))
+            .unwrap();
+    }
+
     fn disk_file(&self, key: i32) -> PathBuf {
         self.sim.disk_file(&self.vm, key).unwrap()
     }
@@ -109,7 +116,7 @@ impl World {
                 .join("repository")
                 .join(d.file.as_deref().unwrap());
             let raw = self.disk_file(i32::try_from(d.disk_key.get()).unwrap());
-            qemu_img_compare(&image, &raw);
+            assert_same(&image, "qcow2", &raw, "raw");
         }
     }
 
@@ -137,23 +144,33 @@ impl World {
     fn snapshots_left(&self) -> Vec<String> {
         self.sim.snapshot_names(&self.vm)
     }
-}
 
-fn qemu_img_compare(image: &Path, raw: &Path) {
-    let out = Command::new("qemu-img")
-        .args(["compare", "-f", "qcow2", "-F", "raw"])
-        .arg(image)
-        .arg(raw)
-        .output()
-        .expect("qemu-img is required for these tests (apt install qemu-utils)");
-    assert!(
-        out.status.success(),
-        "qemu-img compare {} {}: {}{}",
-        image.display(),
-        raw.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    /// Spawns an `auto` run and returns once it reads its snapshot's disks: the simulator
+    /// holds every read until [`Self::release`].
+    async fn run_held(&self) -> tokio::task::JoinHandle<Result<BackupSummary, ClientError>> {
+        self.sim.hold_reads(true);
+        let run = tokio::spawn(run_until(
+            self.backup_options(BackupType::Auto),
+            std::future::pending(),
+        ));
+        tokio::time::timeout(WAIT, self.sim.read_held())
+            .await
+            .expect("the run reads its snapshot");
+        run
+    }
+
+    /// Lets the held reads go and waits (bounded by [`WAIT`]) for `run` to complete.
+    async fn release(
+        &self,
+        run: tokio::task::JoinHandle<Result<BackupSummary, ClientError>>,
+    ) -> BackupSummary {
+        self.sim.hold_reads(false);
+        tokio::time::timeout(WAIT, run)
+            .await
+            .expect("the run ends")
+            .unwrap()
+            .unwrap()
+    }
 }
 
 fn pattern(seed: u8, n: usize) -> Vec<u8> {
@@ -217,15 +234,9 @@ fn slow_transfer() -> TransferOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vcenter_backup_full_incremental_then_cbt_reset_makes_new_full_chain() {
     let w = World::start().await;
-    w.sim
-        .write_disk(&w.vm, 2000, 0, &pattern(1, 300_000))
-        .unwrap();
-    w.sim
-        .write_disk(&w.vm, 2000, 3 * MIB, &pattern(2, 100_000))
-        .unwrap();
-    w.sim
-        .write_disk(&w.vm, 2001, 512 * 1024, &pattern(3, 200_000))
-        .unwrap();
+    w.write(2000, 0, 1, 300_000);
+    w.write(2000, 3 * MIB, 2, 100_000);
+    w.write(2001, 512 * 1024, 3, 200_000);
 
     // 1. First full.
     let full = w.backup(BackupType::Auto).await.unwrap();
@@ -237,9 +248,7 @@ async fn vcenter_backup_full_incremental_then_cbt_reset_makes_new_full_chain() {
     w.assert_images_match(full.backup_id.as_str()).await;
 
     // 2. 64 KiB changed on disk 2000; on disk 2001 data overwritten with zeros.
-    w.sim
-        .write_disk(&w.vm, 2000, MIB, &pattern(4, 65536))
-        .unwrap();
+    w.write(2000, MIB, 4, 65536);
     w.sim
         .write_disk(&w.vm, 2001, 512 * 1024, &vec![0u8; 65536])
         .unwrap();
@@ -260,7 +269,7 @@ async fn vcenter_backup_full_incremental_then_cbt_reset_makes_new_full_chain() {
 
     // 3. CBT reset: an automatic full on a new chain.
     w.sim.reset_cbt(&w.vm);
-    w.sim.write_disk(&w.vm, 2001, 0, &pattern(5, 4096)).unwrap();
+    w.write(2001, 0, 5, 4096);
     let again = w.backup(BackupType::Auto).await.unwrap();
     assert_eq!(
         (again.backup_type, again.status),
@@ -284,9 +293,7 @@ async fn vcenter_backup_full_incremental_then_cbt_reset_makes_new_full_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vcenter_backup_datastore_failure_mid_transfer_fails_backup_and_removes_snapshot() {
     let w = World::start().await;
-    w.sim
-        .write_disk(&w.vm, 2000, 0, &pattern(7, 4 * 1024 * 1024))
-        .unwrap();
+    w.write(2000, 0, 7, 4 * 1024 * 1024);
     let mut options = w.backup_options(BackupType::Auto);
     options.transfer = slow_transfer();
     let sim = Arc::clone(&w.sim);
@@ -311,9 +318,7 @@ async fn vcenter_backup_datastore_failure_mid_transfer_fails_backup_and_removes_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vcenter_backup_interrupted_mid_transfer_fails_backup_and_removes_snapshot() {
     let w = World::start().await;
-    w.sim
-        .write_disk(&w.vm, 2000, 0, &pattern(8, 4 * 1024 * 1024))
-        .unwrap();
+    w.write(2000, 0, 8, 4 * 1024 * 1024);
     let mut options = w.backup_options(BackupType::Auto);
     options.transfer = slow_transfer();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -351,9 +356,7 @@ async fn vcenter_backup_incremental_without_chain_is_refused_before_the_hub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_backup_vcenter_json_runs_full_through_provider() {
     let w = World::start().await;
-    w.sim
-        .write_disk(&w.vm, 2001, 0, &pattern(9, 70_000))
-        .unwrap();
+    w.write(2001, 0, 9, 70_000);
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("vc-ca.pem");
     std::fs::write(&ca, w.sim.ca_pem()).unwrap();
@@ -468,17 +471,11 @@ fn cli_backup_vcenter_with_disk_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vcenter_backup_one_disk_resized_makes_whole_vm_full() {
     let w = World::start().await;
-    w.sim
-        .write_disk(&w.vm, 2000, 0, &pattern(10, 100_000))
-        .unwrap();
-    w.sim
-        .write_disk(&w.vm, 2001, 0, &pattern(11, 100_000))
-        .unwrap();
+    w.write(2000, 0, 10, 100_000);
+    w.write(2001, 0, 11, 100_000);
     let first = w.backup(BackupType::Auto).await.unwrap();
     w.sim.resize_disk(&w.vm, 2001, 3 * MIB).unwrap();
-    w.sim
-        .write_disk(&w.vm, 2001, 2 * MIB, &pattern(12, 4096))
-        .unwrap();
+    w.write(2001, 2 * MIB, 12, 4096);
 
     let second = w.backup(BackupType::Auto).await.unwrap();
 
@@ -500,9 +497,7 @@ async fn vcenter_backup_one_disk_resized_makes_whole_vm_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vcenter_backup_type_full_with_chain_starts_new_chain() {
     let w = World::start().await;
-    w.sim
-        .write_disk(&w.vm, 2000, 0, &pattern(13, 65536))
-        .unwrap();
+    w.write(2000, 0, 13, 65536);
     let first = w.backup(BackupType::Auto).await.unwrap();
 
     let second = w.backup(BackupType::Full).await.unwrap();
@@ -525,21 +520,10 @@ const WAIT: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vcenter_two_runs_of_one_vm_at_once_second_refused_first_snapshot_survives_and_exact() {
     let w = World::start().await;
-    w.sim
-        .write_disk(&w.vm, 2000, 0, &pattern(11, 3 * 1024 * 1024))
-        .unwrap();
-    w.sim
-        .write_disk(&w.vm, 2001, MIB, &pattern(12, 300_000))
-        .unwrap();
+    w.write(2000, 0, 11, 3 * 1024 * 1024);
+    w.write(2001, MIB, 12, 300_000);
     // Run A gets as far as reading its snapshot's disks, and waits there.
-    w.sim.hold_reads(true);
-    let first = tokio::spawn(run_until(
-        w.backup_options(BackupType::Auto),
-        std::future::pending(),
-    ));
-    tokio::time::timeout(WAIT, w.sim.read_held())
-        .await
-        .expect("run A reads its snapshot");
+    let first = w.run_held().await;
     let during_a = w.snapshots_left();
     let created_before_b = w.sim.stats().snapshots_created;
 
@@ -547,12 +531,7 @@ async fn vcenter_two_runs_of_one_vm_at_once_second_refused_first_snapshot_surviv
     let err = w.backup(BackupType::Auto).await.unwrap_err();
 
     let after_b = w.snapshots_left();
-    w.sim.hold_reads(false);
-    let a = tokio::time::timeout(WAIT, first)
-        .await
-        .expect("run A ends")
-        .unwrap()
-        .unwrap();
+    let a = w.release(first).await;
     assert!(matches!(err, ClientError::VmBusy { .. }), "{err:?}");
     let text = format!("{err}: {:?}", std::error::Error::source(&err));
     assert!(
@@ -587,28 +566,14 @@ async fn vcenter_two_runs_of_one_vm_at_once_second_refused_first_snapshot_surviv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vcenter_run_records_its_snapshot_at_the_hub_while_it_runs() {
     let w = World::start().await;
-    w.sim
-        .write_disk(&w.vm, 2000, 0, &pattern(13, 65536))
-        .unwrap();
-    w.sim.hold_reads(true);
-    let run = tokio::spawn(run_until(
-        w.backup_options(BackupType::Auto),
-        std::future::pending(),
-    ));
-    tokio::time::timeout(WAIT, w.sim.read_held())
-        .await
-        .expect("the run reads its snapshot");
+    w.write(2000, 0, 13, 65536);
+    let run = w.run_held().await;
     let running = w.all_backups().await;
     let id = running[0].backup_id.clone();
 
     let owned = w.hub_client().backup_snapshot(&id).await.unwrap();
 
-    w.sim.hold_reads(false);
-    let done = tokio::time::timeout(WAIT, run)
-        .await
-        .expect("the run ends")
-        .unwrap()
-        .unwrap();
+    let done = w.release(run).await;
     let after = w.hub_client().backup_snapshot(&id).await.unwrap();
     assert_eq!(done.backup_id, id);
     assert!(
@@ -627,9 +592,7 @@ async fn vcenter_run_records_its_snapshot_at_the_hub_while_it_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vcenter_leftover_snapshot_of_a_failed_run_is_removed_by_the_next_run() {
     let w = World::start().await;
-    w.sim
-        .write_disk(&w.vm, 2000, 0, &pattern(14, 65536))
-        .unwrap();
+    w.write(2000, 0, 14, 65536);
     w.sim
         .add_user_snapshot(&w.vm, "sendense-backup-vm1-20261125T000000-000001");
 
@@ -644,13 +607,9 @@ async fn vcenter_leftover_snapshot_of_a_failed_run_is_removed_by_the_next_run() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vcenter_incremental_cbt_refusing_base_fails_it_at_the_hub_and_runs_a_full_instead() {
     let w = World::start().await;
-    w.sim
-        .write_disk(&w.vm, 2000, 0, &pattern(15, 200_000))
-        .unwrap();
+    w.write(2000, 0, 15, 200_000);
     let full = w.backup(BackupType::Auto).await.unwrap();
-    w.sim
-        .write_disk(&w.vm, 2001, 0, &pattern(16, 65536))
-        .unwrap();
+    w.write(2001, 0, 16, 65536);
     // The VM's change ids look fine, so the hub starts an incremental; the snapshot's query on
     // the stored change id then faults (a CBT reset vCenter reports only there).
     w.sim.fail_next(
@@ -697,17 +656,11 @@ async fn vcenter_incremental_cbt_refusing_base_fails_it_at_the_hub_and_runs_a_fu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vcenter_incremental_with_a_disk_new_to_the_vm_sends_that_disk_whole() {
     let w = World::start().await;
-    w.sim
-        .write_disk(&w.vm, 2000, 0, &pattern(17, 100_000))
-        .unwrap();
+    w.write(2000, 0, 17, 100_000);
     let full = w.backup(BackupType::Auto).await.unwrap();
     let key = w.sim.add_disk(&w.vm, &DiskSpec::flat(2 * MIB)).unwrap();
-    w.sim
-        .write_disk(&w.vm, key, 0, &pattern(18, 300_000))
-        .unwrap();
-    w.sim
-        .write_disk(&w.vm, 2000, MIB, &pattern(19, 4096))
-        .unwrap();
+    w.write(key, 0, 18, 300_000);
+    w.write(2000, MIB, 19, 4096);
 
     let inc = w.backup(BackupType::Auto).await.unwrap();
 

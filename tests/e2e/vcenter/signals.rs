@@ -8,16 +8,7 @@ use std::sync::mpsc::{self};
 use sendense_types::{BackupQuery, BackupStatus};
 
 use super::{DEADLINE, HubProc, MIB, Vc, assert_images_match, backup, summary};
-use crate::support::{client, log_lines, s, wait_message, write_random};
-
-/// Sends `signal` (`TERM`, `HUP`, `STOP`, `CONT`, `KILL`) to `pid` with kill(1).
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .expect("kill(1) is required");
-    assert!(status.success(), "kill -{signal} {pid}: {status}");
-}
+use crate::support::{client, log_lines, s, signal, wait_message, write_random};
 
 /// Waits for `child` to exit, bounded by [`DEADLINE`] (then kills it and fails).
 fn wait_exit(mut child: Child) -> ExitStatus {

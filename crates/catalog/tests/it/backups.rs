@@ -4,7 +4,7 @@ use sendense_catalog::{BackupRecord, CatalogError, DiskCompletion, ErrorKind};
 use sendense_types::{BackupId, BackupQuery, BackupStatus, BackupType, DiskKey};
 
 use crate::support::{
-    Fixture, at, change_id, complete, completion, ids, name, register, start_full,
+    Fixture, at, change_id, complete, completion, ids, name, new_record, register, start_full,
     start_incremental,
 };
 
@@ -36,13 +36,7 @@ fn create_backup_second_while_running_conflicts() {
     let f = Fixture::new();
     let vm = register(&f.catalog, "web01");
     let first = start_full(&f.catalog, &vm, 1);
-    let second = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(2), 2),
-        &vm,
-        None,
-        BackupStatus::Running,
-        at(2),
-    );
+    let second = new_record(&vm, 2, None, BackupStatus::Running);
 
     let err = f.catalog.create_backup(&second).unwrap_err();
 
@@ -56,21 +50,9 @@ fn create_backup_second_while_running_conflicts() {
 fn create_backup_second_while_pending_conflicts() {
     let f = Fixture::new();
     let vm = register(&f.catalog, "web01");
-    let pending = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(1), 1),
-        &vm,
-        None,
-        BackupStatus::Pending,
-        at(1),
-    );
+    let pending = new_record(&vm, 1, None, BackupStatus::Pending);
     f.catalog.create_backup(&pending).unwrap();
-    let second = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(2), 2),
-        &vm,
-        None,
-        BackupStatus::Running,
-        at(2),
-    );
+    let second = new_record(&vm, 2, None, BackupStatus::Running);
 
     let err = f.catalog.create_backup(&second).unwrap_err();
 
@@ -119,13 +101,7 @@ fn create_backup_incremental_without_completed_full_conflicts() {
     f.catalog
         .fail_backup(&full.backup_id, "network", at(2))
         .unwrap();
-    let incremental = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(3), 3),
-        &vm,
-        Some(&full),
-        BackupStatus::Running,
-        at(3),
-    );
+    let incremental = new_record(&vm, 3, Some(&full), BackupStatus::Running);
 
     let err = f.catalog.create_backup(&incremental).unwrap_err();
 
@@ -141,13 +117,7 @@ fn create_backup_incremental_parent_not_latest_conflicts() {
     let vm = register(&f.catalog, "web01");
     let old = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
     complete(&f.catalog, &start_incremental(&f.catalog, &vm, 3), 4);
-    let stale = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(5), 5),
-        &vm,
-        Some(&old),
-        BackupStatus::Running,
-        at(5),
-    );
+    let stale = new_record(&vm, 5, Some(&old), BackupStatus::Running);
 
     let err = f.catalog.create_backup(&stale).unwrap_err();
 
@@ -159,13 +129,7 @@ fn create_backup_incremental_wrong_parent_change_id_invalid() {
     let f = Fixture::new();
     let vm = register(&f.catalog, "web01");
     let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
-    let mut incremental = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(3), 3),
-        &vm,
-        Some(&full),
-        BackupStatus::Running,
-        at(3),
-    );
+    let mut incremental = new_record(&vm, 3, Some(&full), BackupStatus::Running);
     incremental.disks[0].parent_change_id = Some(change_id(DiskKey(2000), 99));
 
     let err = f.catalog.create_backup(&incremental).unwrap_err();
@@ -194,13 +158,7 @@ fn create_backup_incremental_takes_parent_change_ids() {
 fn create_backup_auto_type_invalid() {
     let f = Fixture::new();
     let vm = register(&f.catalog, "web01");
-    let mut record = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(1), 1),
-        &vm,
-        None,
-        BackupStatus::Running,
-        at(1),
-    );
+    let mut record = new_record(&vm, 1, None, BackupStatus::Running);
     record.backup_type = BackupType::Auto;
 
     let err = f.catalog.create_backup(&record).unwrap_err();
@@ -212,13 +170,7 @@ fn create_backup_auto_type_invalid() {
 fn create_backup_completed_status_invalid() {
     let f = Fixture::new();
     let vm = register(&f.catalog, "web01");
-    let record = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(1), 1),
-        &vm,
-        None,
-        BackupStatus::Completed,
-        at(1),
-    );
+    let record = new_record(&vm, 1, None, BackupStatus::Completed);
 
     let err = f.catalog.create_backup(&record).unwrap_err();
 
@@ -246,13 +198,7 @@ fn create_backup_id_of_other_vm_invalid() {
 fn create_backup_traversal_file_invalid() {
     let f = Fixture::new();
     let vm = register(&f.catalog, "web01");
-    let mut record = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(1), 1),
-        &vm,
-        None,
-        BackupStatus::Running,
-        at(1),
-    );
+    let mut record = new_record(&vm, 1, None, BackupStatus::Running);
     record.disks[0].file = "../../etc/passwd".into();
 
     let err = f.catalog.create_backup(&record).unwrap_err();
@@ -264,13 +210,7 @@ fn create_backup_traversal_file_invalid() {
 fn create_backup_capacity_mismatch_invalid() {
     let f = Fixture::new();
     let vm = register(&f.catalog, "web01");
-    let mut record = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(1), 1),
-        &vm,
-        None,
-        BackupStatus::Running,
-        at(1),
-    );
+    let mut record = new_record(&vm, 1, None, BackupStatus::Running);
     record.disks[0].capacity_bytes += 512;
 
     let err = f.catalog.create_backup(&record).unwrap_err();
@@ -282,13 +222,7 @@ fn create_backup_capacity_mismatch_invalid() {
 fn create_backup_duplicate_disk_invalid() {
     let f = Fixture::new();
     let vm = register(&f.catalog, "web01");
-    let mut record = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(1), 1),
-        &vm,
-        None,
-        BackupStatus::Running,
-        at(1),
-    );
+    let mut record = new_record(&vm, 1, None, BackupStatus::Running);
     record.disks[1].disk_key = DiskKey(2000);
 
     let err = f.catalog.create_backup(&record).unwrap_err();
@@ -312,13 +246,7 @@ fn create_backup_existing_id_conflicts() {
 fn mark_running_pending_becomes_running() {
     let f = Fixture::new();
     let vm = register(&f.catalog, "web01");
-    let record = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(1), 1),
-        &vm,
-        None,
-        BackupStatus::Pending,
-        at(1),
-    );
+    let record = new_record(&vm, 1, None, BackupStatus::Pending);
     f.catalog.create_backup(&record).unwrap();
 
     let running = f.catalog.mark_running(&record.backup_id).unwrap();
@@ -488,13 +416,7 @@ fn complete_backup_duplicate_disk_invalid() {
 fn complete_backup_pending_conflicts() {
     let f = Fixture::new();
     let vm = register(&f.catalog, "web01");
-    let record = BackupRecord::new(
-        BackupId::from_parts(&vm.name, at(1), 1),
-        &vm,
-        None,
-        BackupStatus::Pending,
-        at(1),
-    );
+    let record = new_record(&vm, 1, None, BackupStatus::Pending);
     f.catalog.create_backup(&record).unwrap();
 
     let err = f

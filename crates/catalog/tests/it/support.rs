@@ -56,6 +56,17 @@ pub(crate) fn register(catalog: &Catalog, vm: &str) -> Vm {
         .unwrap()
 }
 
+/// A backup record of `vm` at `at(secs)` (id suffix `secs`) in `status`, not stored.
+pub(crate) fn new_record(
+    vm: &Vm,
+    secs: i64,
+    parent: Option<&BackupRecord>,
+    status: BackupStatus,
+) -> BackupRecord {
+    let id = BackupId::from_parts(&vm.name, at(secs), u32::try_from(secs).unwrap());
+    BackupRecord::new(id, vm, parent, status, at(secs))
+}
+
 /// Creates a running full backup of `vm` at `at(secs)`.
 pub(crate) fn start_full(catalog: &Catalog, vm: &Vm, secs: i64) -> BackupRecord {
     let id = BackupId::from_parts(&vm.name, at(secs), 0xf0);

@@ -9,6 +9,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use sendense_hub::daemon::{self, ClientCerts, HubConfig, RunningHub};
 use sendense_nbd::{Client, ClientOptions, ZeroFlags};
+use sendense_types::{
+    Backup, BackupId, BackupStatus, BackupType, Chain, CompleteBackupRequest, CompleteDisk,
+    RestoreExports, Vm,
+};
 use serde_json::{Value, json};
 
 use crate::support::{fill_random, qemu_img_ok};
@@ -139,7 +143,13 @@ impl Hub {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 
-    pub(crate) async fn start_backup(&self, vm: &str, kind: &str) -> Value {
+    /// Starts a backup; the answer as the API's [`Backup`].
+    pub(crate) async fn start_backup(&self, vm: &str, kind: &str) -> Backup {
+        typed(self.start_backup_json(vm, kind).await)
+    }
+
+    /// Starts a backup; the answer as JSON, to check the field names of DESIGN.md.
+    pub(crate) async fn start_backup_json(&self, vm: &str, kind: &str) -> Value {
         let (status, body) = self
             .post(
                 "/api/v1/backups",
@@ -150,25 +160,31 @@ impl Hub {
         body
     }
 
-    pub(crate) async fn complete(&self, backup: &Value, change: &str) -> Value {
-        let disks: Vec<Value> = backup["disks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(
-                |d| json!({"disk_key": d["disk_key"], "change_id": change, "bytes_transferred": 0}),
-            )
-            .collect();
-        let id = backup["backup_id"].as_str().unwrap();
+    /// Completes `backup` with change id `change` on every disk; the completed [`Backup`].
+    pub(crate) async fn complete(&self, backup: &Backup, change: &str) -> Backup {
+        let id = &backup.backup_id;
         let (status, body) = self
             .post(
                 &format!("/api/v1/backups/{id}/complete"),
-                json!({"disks": disks}),
+                serde_json::to_value(completion(backup, change)).unwrap(),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body["status"], "completed");
-        body
+        let done: Backup = typed(body);
+        assert_eq!(done.status, BackupStatus::Completed);
+        done
+    }
+
+    /// `GET path` answered 200, as `T`.
+    pub(crate) async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        typed(body)
+    }
+
+    /// `GET /api/v1/backups/{id}`.
+    pub(crate) async fn backup(&self, id: &BackupId) -> Backup {
+        self.get_as(&format!("/api/v1/backups/{id}")).await
     }
 
     pub(crate) async fn nbd(&self, export: &str) -> Client {
@@ -235,20 +251,49 @@ impl Disk {
     }
 }
 
+/// `qemu-img compare` says the qcow2 `image` (with its backing chain) reads like the raw file.
+fn assert_qcow2_matches_raw(image: &Path, raw: &Path) {
+    qemu_img_ok(&["compare", "-f", "raw", "-F", "qcow2", s(raw), s(image)]);
+}
+
 pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-pub(crate) fn export_of(backup: &Value, i: usize) -> String {
-    backup["disks"][i]["export_name"]
-        .as_str()
+/// A JSON answer as the API type `T`.
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+/// A completion of every disk of `backup` with change id `change`.
+pub(crate) fn completion(backup: &Backup, change: &str) -> CompleteBackupRequest {
+    CompleteBackupRequest::new(
+        backup
+            .disks
+            .iter()
+            .map(|d| CompleteDisk {
+                disk_key: d.disk_key,
+                change_id: Some(change.parse().unwrap()),
+                bytes_transferred: 0,
+            })
+            .collect(),
+    )
+    .unwrap()
+}
+
+/// The write export of disk `i` of a running backup.
+pub(crate) fn export_of(backup: &Backup, i: usize) -> String {
+    backup.disks[i]
+        .export_name
+        .as_ref()
         .unwrap()
+        .as_str()
         .to_owned()
 }
 
-pub(crate) fn file_of(hub: &Hub, backup: &Value, i: usize) -> PathBuf {
-    hub.repo()
-        .join(backup["disks"][i]["file"].as_str().unwrap())
+/// The repository file of disk `i` of `backup`.
+pub(crate) fn file_of(hub: &Hub, backup: &Backup, i: usize) -> PathBuf {
+    hub.repo().join(backup.disks[i].file.as_ref().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,11 +308,12 @@ async fn full_then_incremental_then_restore_matches_source_at_each_point() {
 
     // Full backup: scattered data through our NBD client over TLS.
     let full = hub.start_backup("vm1", "full").await;
-    assert_eq!(full["backup_type"], "full");
+    assert_eq!(full.backup_type, BackupType::Full);
     for (i, d) in disks.iter().enumerate() {
         assert!(
-            full["disks"][i]["nbd_uri"]
-                .as_str()
+            full.disks[i]
+                .nbd_uri
+                .as_deref()
                 .unwrap()
                 .starts_with("nbds://localhost:")
         );
@@ -286,46 +332,32 @@ async fn full_then_incremental_then_restore_matches_source_at_each_point() {
     for (i, state) in full_state.iter().enumerate() {
         let img = file_of(&hub, &full, i);
         qemu_img_ok(&["check", s(&img)]);
-        qemu_img_ok(&["compare", "-f", "raw", "-F", "qcow2", s(state), s(&img)]);
+        assert_qcow2_matches_raw(&img, state);
     }
 
     // Incremental: change a little, zero a range that held data.
-    let inc = hub.start_backup("vm1", "auto").await;
+    // Once on the wire: the field names and values of DESIGN.md's backup answer.
+    let inc = hub.start_backup_json("vm1", "auto").await;
     assert_eq!(inc["backup_type"], "incremental");
-    assert_eq!(inc["parent_backup_id"], full["backup_id"]);
+    assert_eq!(inc["parent_backup_id"], full.backup_id.as_str());
     assert_eq!(inc["disks"][0]["parent_change_id"], "52 aa/1");
+    let inc: Backup = typed(inc);
     let c = hub.nbd(&export_of(&inc, 0)).await;
     disks[0].write(&c, 2 * MIB, 128 << 10, 99).await;
     disks[0].zero(&c, 0, 1 << 20).await;
     c.flush().await.unwrap();
     c.disconnect().await.unwrap();
-    let (_, progress) = hub
-        .get(&format!(
-            "/api/v1/backups/{}",
-            inc["backup_id"].as_str().unwrap()
-        ))
-        .await;
-    assert_eq!(
-        progress["disks"][0]["bytes_written"],
-        (128 << 10) + (1 << 20)
-    );
+    let progress = hub.backup(&inc.backup_id).await;
+    assert_eq!(progress.disks[0].bytes_written, (128 << 10) + (1 << 20));
     let inc = hub.complete(&inc, "52 aa/2").await;
     let inc_file = file_of(&hub, &inc, 0);
     qemu_img_ok(&["check", s(&inc_file)]);
-    qemu_img_ok(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        s(&disks[0].path),
-        s(&inc_file),
-    ]);
+    assert_qcow2_matches_raw(&inc_file, &disks[0].path);
     let info: Value =
         serde_json::from_str(&qemu_img_ok(&["info", "--output=json", s(&inc_file)])).unwrap();
     assert_eq!(
         info["backing-filename"],
-        format!("{}.qcow2", full["backup_id"].as_str().unwrap())
+        format!("{}.qcow2", full.backup_id)
     );
     let size_on_disk = std::fs::metadata(&inc_file).unwrap().len();
     assert!(
@@ -334,24 +366,19 @@ async fn full_then_incremental_then_restore_matches_source_at_each_point() {
     );
 
     // Chain listing.
-    let (status, chain) = hub.get("/api/v1/backups/chain/vm1").await;
-    assert_eq!(status, StatusCode::OK);
-    let ids: Vec<&Value> = chain["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| &b["backup_id"])
-        .collect();
-    assert_eq!(ids, vec![&full["backup_id"], &inc["backup_id"]]);
+    let chain: Chain = hub.get_as("/api/v1/backups/chain/vm1").await;
+    let ids: Vec<&BackupId> = chain.backups.iter().map(|b| &b.backup_id).collect();
+    assert_eq!(ids, vec![&full.backup_id, &inc.backup_id]);
 
     // Restore the full point through a read-only export with qemu-img over TLS.
-    let id = full["backup_id"].as_str().unwrap();
+    let id = &full.backup_id;
     let (status, exports) = hub
         .post(&format!("/api/v1/backups/{id}/exports"), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{exports}");
+    let exports: RestoreExports = typed(exports);
     let port = hub.running.as_ref().unwrap().nbd_addr.port();
-    let name = exports["disks"][0]["export_name"].as_str().unwrap();
+    let name = exports.disks[0].export_name.as_str();
     let restored = work.path().join("restored.raw");
     let object = format!(
         "tls-creds-x509,id=tls0,dir={},endpoint=client",
@@ -394,7 +421,7 @@ async fn nbdcopy_into_write_export_over_tls_completes_clean() {
     let b = hub.start_backup("vm2", "full").await;
     let uri = format!(
         "{}?tls-certificates={}",
-        b["disks"][0]["nbd_uri"].as_str().unwrap(),
+        b.disks[0].nbd_uri.as_deref().unwrap(),
         s(&hub.data.path().join(CLIENT_DIR))
     );
     let out = std::process::Command::new("nbdcopy")
@@ -409,7 +436,7 @@ async fn nbdcopy_into_write_export_over_tls_completes_clean() {
     let done = hub.complete(&b, "x/1").await;
     let img = file_of(&hub, &done, 0);
     qemu_img_ok(&["check", s(&img)]);
-    qemu_img_ok(&["compare", "-f", "raw", "-F", "qcow2", s(&src), s(&img)]);
+    assert_qcow2_matches_raw(&img, &src);
     hub.stop().await;
 }
 
@@ -428,7 +455,7 @@ async fn failed_backup_leaves_chain_and_earlier_files_untouched() {
     let inc = hub.start_backup("vm3", "incremental").await;
     let c = hub.nbd(&export_of(&inc, 0)).await;
     c.write(0, &[9u8; 65536], false).await.unwrap();
-    let id = inc["backup_id"].as_str().unwrap();
+    let id = &inc.backup_id;
     let (status, failed) = hub
         .post(
             &format!("/api/v1/backups/{id}/fail"),
@@ -436,8 +463,9 @@ async fn failed_backup_leaves_chain_and_earlier_files_untouched() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{failed}");
-    assert_eq!(failed["status"], "failed");
-    assert_eq!(failed["failure_reason"], "source vanished");
+    let failed: Backup = typed(failed);
+    assert_eq!(failed.status, BackupStatus::Failed);
+    assert_eq!(failed.failure_reason.as_deref(), Some("source vanished"));
     assert!(
         c.write(0, &[1u8; 512], false).await.is_err(),
         "export must be closed"
@@ -450,11 +478,11 @@ async fn failed_backup_leaves_chain_and_earlier_files_untouched() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 1, "partial files left: {names:?}");
-    let (_, chain) = hub.get("/api/v1/backups/chain/vm3").await;
-    assert_eq!(chain["backups"].as_array().unwrap().len(), 1);
+    let chain: Chain = hub.get_as("/api/v1/backups/chain/vm3").await;
+    assert_eq!(chain.backups.len(), 1);
     // The next incremental builds on the full again.
     let next = hub.start_backup("vm3", "incremental").await;
-    assert_eq!(next["parent_backup_id"], full["backup_id"]);
+    assert_eq!(next.parent_backup_id, Some(full.backup_id));
     hub.stop().await;
 }
 
@@ -555,7 +583,7 @@ async fn error_statuses_are_json_with_the_right_codes() {
         .await;
     assert_eq!(st, StatusCode::CONFLICT);
     // 400: completion naming an unknown disk, or missing one; nothing changes.
-    let id = b["backup_id"].as_str().unwrap();
+    let id = &b.backup_id;
     let (st, _) = hub
         .post(
             &format!("/api/v1/backups/{id}/complete"),
@@ -573,7 +601,7 @@ async fn error_statuses_are_json_with_the_right_codes() {
     let full = hub.complete(&b, "c/1").await;
     let inc = hub.start_backup("vm4", "incremental").await;
     hub.complete(&inc, "c/2").await;
-    let fid = full["backup_id"].as_str().unwrap();
+    let fid = &full.backup_id;
     let (st, body) = hub
         .call(
             reqwest::Method::DELETE,
@@ -586,11 +614,11 @@ async fn error_statuses_are_json_with_the_right_codes() {
         body["message"]
             .as_str()
             .unwrap()
-            .contains(inc["backup_id"].as_str().unwrap()),
+            .contains(inc.backup_id.as_str()),
         "{body}"
     );
     // Deleting the leaf works and removes its file.
-    let iid = inc["backup_id"].as_str().unwrap();
+    let iid = &inc.backup_id;
     let (st, _) = hub
         .call(
             reqwest::Method::DELETE,
@@ -617,73 +645,86 @@ async fn write_past_disk_end_is_refused_and_backup_still_completes() {
     c.write(0, &[2u8; 4096], false).await.unwrap();
     c.disconnect().await.unwrap();
     let done = hub.complete(&b, "p/1").await;
-    qemu_img_ok(&["check", s(&file_of(&hub, &done, 0))]);
+    let image = file_of(&hub, &done, 0);
+    qemu_img_ok(&["check", s(&image)]);
+    // The refused write left nothing behind; the accepted one is there.
+    let work = tempfile::tempdir().unwrap();
+    let expected = work.path().join("expected.raw");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..4096].fill(2);
+    std::fs::write(&expected, &bytes).unwrap();
+    assert_qcow2_matches_raw(&image, &expected);
     hub.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_vms_back_up_at_once() {
+async fn three_vms_back_up_at_once_and_each_image_matches_its_source() {
     let hub = Arc::new(Hub::start().await);
+    let work = Arc::new(tempfile::tempdir().unwrap());
     for vm in ["va", "vb", "vc"] {
         hub.register(vm, &[8 * MIB, 4 * MIB]).await;
     }
     let mut tasks = Vec::new();
     for (n, vm) in ["va", "vb", "vc"].into_iter().enumerate() {
         let hub = Arc::clone(&hub);
+        let work = Arc::clone(&work);
         tasks.push(tokio::spawn(async move {
             let b = hub.start_backup(vm, "full").await;
-            for i in 0..2 {
+            let mut sources = Vec::new();
+            for (i, size) in [8 * MIB, 4 * MIB].into_iter().enumerate() {
+                let disk = Disk::new(work.path(), &format!("{vm}-{i}.raw"), size);
                 let c = hub.nbd(&export_of(&b, i)).await;
-                let mut buf = vec![0u8; 2 << 20];
-                fill_random(&mut buf, n as u64 * 10 + i as u64);
-                c.write(MIB, &buf, false).await.unwrap();
+                disk.write(&c, MIB, 2 << 20, n as u64 * 10 + i as u64).await;
                 c.disconnect().await.unwrap();
+                sources.push(disk.path);
             }
-            hub.complete(&b, "m/1").await
+            (hub.complete(&b, "m/1").await, sources)
         }));
     }
     for t in tasks {
-        let done = t.await.unwrap();
-        for i in 0..2 {
-            qemu_img_ok(&["check", s(&file_of(&hub, &done, i))]);
+        let (done, sources) = t.await.unwrap();
+        for (i, source) in sources.iter().enumerate() {
+            let image = file_of(&hub, &done, i);
+            qemu_img_ok(&["check", s(&image)]);
+            // Each VM's data landed in its own images, whole: three writers at once mixed nothing.
+            assert_qcow2_matches_raw(&image, source);
         }
     }
     let hub = Arc::try_unwrap(hub).ok().unwrap();
     hub.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn vanished_client_backup_is_failed_after_idle_timeout_and_restart_recovers() {
     let data = tempfile::tempdir().unwrap();
     let hub = Hub::start_in(data, Duration::from_millis(400)).await;
     hub.register("vm6", &[MIB]).await;
     let b = hub.start_backup("vm6", "full").await;
-    let id = b["backup_id"].as_str().unwrap().to_owned();
+    let id = b.backup_id.clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut poll = tokio::time::interval(Duration::from_millis(100));
     loop {
         poll.tick().await;
-        let (_, now) = hub.get(&format!("/api/v1/backups/{id}")).await;
-        if now["status"] == "failed" {
+        let now = hub.backup(&id).await;
+        if now.status == BackupStatus::Failed {
             assert!(
-                now["failure_reason"]
-                    .as_str()
+                now.failure_reason
+                    .as_deref()
                     .unwrap()
                     .contains("no NBD connection"),
-                "{now}"
+                "{now:?}"
             );
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "idle backup never failed: {now}"
+            "idle backup never failed: {now:?}"
         );
     }
     let data = hub.stop().await;
     // A restart over the same data folder keeps the catalog and token.
     let hub = Hub::start_in(data, Duration::from_secs(600)).await;
-    let (st, vms) = hub.get("/api/v1/vms").await;
-    assert_eq!(st, StatusCode::OK);
-    assert_eq!(vms[0]["name"], "vm6");
+    let vms: Vec<Vm> = hub.get_as("/api/v1/vms").await;
+    assert_eq!(vms[0].name.as_str(), "vm6");
     hub.stop().await;
 }

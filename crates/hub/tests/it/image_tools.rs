@@ -26,6 +26,21 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// `qemu-img create` of the qcow2 overlay `top` over the qcow2 `backing` (a name relative to
+/// `top`'s folder).
+fn qemu_overlay(top: &Path, backing: &str) {
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        backing,
+        "-F",
+        "qcow2",
+        p(top),
+    ]);
+}
+
 #[test]
 fn create_standalone_passes_qemu_check_with_requested_geometry() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,16 +141,7 @@ fn convert_qemu_made_chain_to_raw_matches_qemu_img_convert() {
         p(&base),
     ]);
     let top = dir.path().join("top.qcow2");
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        p(&top),
-    ]);
+    qemu_overlay(&top, "base.qcow2");
     let io = std::process::Command::new("qemu-io")
         .args([
             "-f",
@@ -220,16 +226,7 @@ fn info_of_chain_lists_every_layer_top_first() {
         "64M",
     ]);
     let top = dir.path().join("top.qcow2");
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        p(&top),
-    ]);
+    qemu_overlay(&top, "base.qcow2");
     let layers = image_tools::info(&top).unwrap();
     assert_eq!(layers.len(), 2);
     assert_eq!(layers[0].backing_file.as_deref(), Some("base.qcow2"));
@@ -252,34 +249,37 @@ fn set_header_refcount(path: &Path, value: u16) {
     file.write_all_at(&value.to_be_bytes(), block).unwrap();
 }
 
-#[test]
-fn check_of_clean_image_exits_zero() {
+/// A fresh 64 MiB image whose header's refcount is set to `refcount` (left alone when `None`),
+/// checked by `qemu-img check` and by ours: qemu's exit code and our summary.
+fn checked(refcount: Option<u16>) -> (Option<i32>, image_tools::CheckSummary) {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("a.qcow2");
     qemu_img_ok(&["create", "-f", "qcow2", p(&img), "64M"]);
-    let summary = image_tools::check(&img).unwrap();
+    if let Some(value) = refcount {
+        set_header_refcount(&img, value);
+    }
+    let qemu = qemu_img(&["check", p(&img)]).status.code();
+    (qemu, image_tools::check(&img).unwrap())
+}
+
+#[test]
+fn check_of_clean_image_exits_zero() {
+    let (qemu, summary) = checked(None);
+    assert_eq!(qemu, Some(0));
     assert_eq!(summary.exit_code(), 0, "{summary:?}");
 }
 
 #[test]
 fn check_of_leaked_cluster_exits_three_like_qemu() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("a.qcow2");
-    qemu_img_ok(&["create", "-f", "qcow2", p(&img), "64M"]);
-    set_header_refcount(&img, 2);
-    assert_eq!(qemu_img(&["check", p(&img)]).status.code(), Some(3));
-    let summary = image_tools::check(&img).unwrap();
+    let (qemu, summary) = checked(Some(2));
+    assert_eq!(qemu, Some(3));
     assert_eq!(summary.exit_code(), 3, "{summary:?}");
 }
 
 #[test]
 fn check_of_referenced_cluster_without_refcount_exits_two_like_qemu() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("a.qcow2");
-    qemu_img_ok(&["create", "-f", "qcow2", p(&img), "64M"]);
-    set_header_refcount(&img, 0);
-    assert_eq!(qemu_img(&["check", p(&img)]).status.code(), Some(2));
-    let summary = image_tools::check(&img).unwrap();
+    let (qemu, summary) = checked(Some(0));
+    assert_eq!(qemu, Some(2));
     assert_eq!(summary.exit_code(), 2, "{summary:?}");
 }
 

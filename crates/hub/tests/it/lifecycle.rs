@@ -12,23 +12,18 @@ use reqwest::{Method, StatusCode};
 use sendense_catalog::Catalog;
 use sendense_hub::engine::MAX_CHAIN_LENGTH;
 use sendense_types::{
-    Backup, BackupStatus, BackupType, Chain, CompleteBackupRequest, CompleteDisk, RepositoryInfo,
-    RestoreExports,
+    ApiError, Backup, BackupStatus, BackupType, Chain, RepositoryInfo, RestoreExports,
 };
 use serde_json::{Value, json};
 
-use crate::hub_api::{Hub, MIB, export_of, file_of, s};
+use crate::hub_api::{Hub, MIB, completion, export_of, file_of, s, typed};
 use crate::support::{fill_random, qemu_img_ok};
 
 /// How long a condition may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).unwrap()
-}
-
-fn id_of(b: &Value) -> String {
-    b["backup_id"].as_str().unwrap().to_owned()
+fn id_of(b: &Backup) -> String {
+    b.backup_id.to_string()
 }
 
 async fn try_start(hub: &Hub, body: Value) -> (StatusCode, Value) {
@@ -36,9 +31,7 @@ async fn try_start(hub: &Hub, body: Value) -> (StatusCode, Value) {
 }
 
 async fn status(hub: &Hub, id: &str) -> Backup {
-    let (st, body) = hub.get(&format!("/api/v1/backups/{id}")).await;
-    assert_eq!(st, StatusCode::OK, "{body}");
-    typed(body)
+    hub.get_as(&format!("/api/v1/backups/{id}")).await
 }
 
 /// Polls the backup until `want` holds, failing the test after [`DEADLINE`].
@@ -73,23 +66,7 @@ fn repository_files(repo: &Path) -> Vec<String> {
     out
 }
 
-fn completion(backup: &Value, change: &str) -> CompleteBackupRequest {
-    CompleteBackupRequest::new(
-        backup["disks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| CompleteDisk {
-                disk_key: typed(d["disk_key"].clone()),
-                change_id: Some(change.parse().unwrap()),
-                bytes_transferred: 0,
-            })
-            .collect(),
-    )
-    .unwrap()
-}
-
-async fn complete_call(hub: &Hub, backup: &Value, change: &str) -> (StatusCode, Value) {
+async fn complete_call(hub: &Hub, backup: &Backup, change: &str) -> (StatusCode, Value) {
     let id = id_of(backup);
     hub.post(
         &format!("/api/v1/backups/{id}/complete"),
@@ -125,26 +102,23 @@ async fn chain_of_40_auto_points_all_complete_and_restore_reads_back() {
             )
             .await;
             assert_eq!(st, StatusCode::CONFLICT, "{body}");
-            assert!(
-                body["message"].as_str().unwrap().contains("chain"),
-                "{body}"
-            );
+            let refused: ApiError = typed(body);
+            assert!(refused.message.contains("chain"), "{refused:?}");
         }
         let b = hub.start_backup("daily", "auto").await;
-        let started: Backup = typed(b.clone());
         let offset = (point * 8192) % (MIB - 8192);
         let mut block = vec![0u8; 8192];
         fill_random(&mut block, 1000 + point);
         source[offset as usize..offset as usize + 8192].copy_from_slice(&block);
         let c = hub.nbd(&export_of(&b, 0)).await;
-        if started.backup_type == BackupType::Full {
+        if b.backup_type == BackupType::Full {
             c.write(0, &source, false).await.unwrap();
         } else {
             c.write(offset, &block, false).await.unwrap();
         }
         c.flush().await.unwrap();
         c.disconnect().await.unwrap();
-        let done: Backup = typed(hub.complete(&b, &format!("d/{point}")).await);
+        let done = hub.complete(&b, &format!("d/{point}")).await;
         types.push((done.backup_type, done.full_reason.clone()));
         ids.push(done.backup_id.to_string());
         states.push(source.clone());
@@ -198,7 +172,7 @@ async fn missing_parent_file_auto_starts_full_and_incremental_is_refused() {
         json!({"vm_name": "lost", "backup_type": "incremental"}),
     )
     .await;
-    let auto: Backup = typed(hub.start_backup("lost", "auto").await);
+    let auto = hub.start_backup("lost", "auto").await;
 
     assert_eq!(st, StatusCode::CONFLICT, "{refused}");
     assert_eq!(auto.backup_type, BackupType::Full);
@@ -248,7 +222,8 @@ async fn incremental_with_other_base_is_refused_and_right_base_accepted() {
         ),
         "{body} {started}"
     );
-    assert_eq!(started["parent_backup_id"], second["backup_id"]);
+    let started: Backup = typed(started);
+    assert_eq!(started.parent_backup_id, Some(second.backup_id));
     hub.stop().await;
 }
 
@@ -262,12 +237,11 @@ async fn disk_new_in_incremental_is_a_standalone_full_of_that_disk() {
     let full = hub.complete(&full, "g/1").await;
     hub.register("grow", &[MIB, MIB]).await;
 
-    let inc: Backup = typed(hub.start_backup("grow", "incremental").await);
-    let inc_v = serde_json::to_value(&inc).unwrap();
-    let c = hub.nbd(&export_of(&inc_v, 1)).await;
+    let inc = hub.start_backup("grow", "incremental").await;
+    let c = hub.nbd(&export_of(&inc, 1)).await;
     c.write(0, &[5u8; 65536], false).await.unwrap();
     c.disconnect().await.unwrap();
-    let done = hub.complete(&inc_v, "g/2").await;
+    let done = hub.complete(&inc, "g/2").await;
 
     assert_eq!(inc.backup_type, BackupType::Incremental);
     assert_eq!(
@@ -324,7 +298,8 @@ async fn complete_racing_fail_one_wins_other_gets_409() {
         } else {
             &done
         };
-        assert_eq!(loser["error"], "conflict");
+        let loser: ApiError = typed(loser.clone());
+        assert_eq!(loser.error, "conflict");
         assert!(
             !repository_files(&hub.repo())
                 .iter()
@@ -349,7 +324,7 @@ async fn complete_dropped_by_its_caller_still_completes() {
     let c = hub.nbd(&export_of(&b, 0)).await;
     c.write(0, &[3u8; 65536], false).await.unwrap();
     let engine = std::sync::Arc::clone(&hub.running.as_ref().unwrap().engine);
-    let id = id_of(&b).parse().unwrap();
+    let id = b.backup_id.clone();
     let req = completion(&b, "x/1");
 
     // The caller gives up at once: the future is dropped after its first poll, while the
@@ -380,8 +355,8 @@ async fn fail_during_start_leaves_backup_failed_and_nothing_open() {
     };
     let deadline = Instant::now() + DEADLINE;
     let id = loop {
-        let (_, list) = hub.get("/api/v1/backups?vm_name=wide").await;
-        if let Some(b) = list.as_array().unwrap().first() {
+        let list: Vec<Backup> = hub.get_as("/api/v1/backups?vm_name=wide").await;
+        if let Some(b) = list.first() {
             break id_of(b);
         }
         assert!(Instant::now() < deadline, "the backup never appeared");
@@ -406,14 +381,14 @@ async fn fail_during_start_leaves_backup_failed_and_nothing_open() {
         repository_files(&hub.repo())
     );
     let again = hub.start_backup("wide", "full").await;
-    assert_eq!(again["status"], "running");
+    assert_eq!(again.status, BackupStatus::Running);
     std::sync::Arc::try_unwrap(hub).ok().unwrap().stop().await;
 }
 
 /// Issue #11 item 4: a client that wrote and then vanished (every connection closed) has its
 /// backup failed after the disconnect grace, long before the idle timeout, and the VM can be
 /// backed up again at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn vanished_client_backup_is_failed_after_disconnect_grace() {
     let data = tempfile::tempdir().unwrap();
     let hub = Hub::start_with(data, Duration::from_secs(600), Duration::from_millis(300)).await;
@@ -430,13 +405,13 @@ async fn vanished_client_backup_is_failed_after_disconnect_grace() {
         "{failed:?}"
     );
     let again = hub.start_backup("gone", "full").await;
-    assert_eq!(again["status"], "running");
+    assert_eq!(again.status, BackupStatus::Running);
     hub.stop().await;
 }
 
 /// Issue #11 item 4: an open but silent connection does not keep a backup alive past the
 /// idle timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn silent_open_connection_backup_is_failed_after_idle_timeout() {
     let data = tempfile::tempdir().unwrap();
     let hub = Hub::start_with(data, Duration::from_millis(500), Duration::from_secs(600)).await;
@@ -472,13 +447,13 @@ async fn restart_reconciles_repository_with_catalog() {
     let part = repo.join("kept/disk-2000/.backup-kept-20260101T000000-abcdef.qcow2.part");
     std::fs::write(&part, b"half").unwrap();
     std::fs::write(repo.join("stray.bin"), b"who am I").unwrap();
-    std::fs::remove_file(repo.join(lost["disks"][0]["file"].as_str().unwrap())).unwrap();
+    std::fs::remove_file(repo.join(lost.disks[0].file.as_ref().unwrap())).unwrap();
 
     let hub = Hub::start_in(data, Duration::from_secs(600)).await;
     let (st, body) = hub.get("/api/v1/repository").await;
     let info: RepositoryInfo = typed(body);
     let lost_now = status(&hub, &id_of(&lost)).await;
-    let auto: Backup = typed(hub.start_backup("lost", "auto").await);
+    let auto = hub.start_backup("lost", "auto").await;
 
     assert_eq!(st, StatusCode::OK);
     assert!(!part.exists(), "orphaned .part file kept");
@@ -515,9 +490,7 @@ async fn delete_interrupted_after_catalog_commit_leaves_no_orphan() {
     // The catalog half of `delete_backup`, as a crash would leave it.
     {
         let catalog = Catalog::open_in(data.path()).unwrap();
-        catalog
-            .delete_backup(&id_of(&full).parse().unwrap())
-            .unwrap();
+        catalog.delete_backup(&full.backup_id).unwrap();
     }
     assert!(file.exists());
 
@@ -553,7 +526,7 @@ async fn delete_head_full_brings_previous_chain_back() {
         .await;
     let (_, chain) = hub.get("/api/v1/backups/chain/twice").await;
     let chain: Chain = typed(chain);
-    let next: Backup = typed(hub.start_backup("twice", "auto").await);
+    let next = hub.start_backup("twice", "auto").await;
 
     assert_eq!(st, StatusCode::OK);
     let ids: Vec<String> = chain
@@ -586,10 +559,7 @@ async fn stop_with_connected_client_ends_in_bounded_time() {
 
     assert!(started.elapsed() < Duration::from_secs(30));
     let catalog = Catalog::open_in(data.path()).unwrap();
-    let record = catalog
-        .backup(&id_of(&b).parse().unwrap())
-        .unwrap()
-        .unwrap();
+    let record = catalog.backup(&b.backup_id).unwrap().unwrap();
     assert_eq!(record.status, BackupStatus::Failed);
     drop(c);
 }

@@ -3,16 +3,36 @@
 use std::collections::BTreeMap;
 
 use sendense_types::{ChangeId, DiskKey};
-use sendense_vsphere::{DiskMode, PrepareOptions, PreviousDisk, VsphereBackup, VsphereError};
+use sendense_vsphere::{
+    DiskMode, PrepareOptions, PreviousDisk, Session, VsphereBackup, VsphereError,
+};
 use sendense_vsphere_sim::DiskSpec;
 
-use crate::support::{MIB, assert_extents_match_file, env, env_with, ext, previous_of, session};
+use crate::support::{
+    MIB, assert_extents_match_file, env, env_with, ext, full_done, full_done_with, previous_of,
+    session,
+};
 
 fn full_reason(mode: &DiskMode) -> Option<String> {
     match mode {
         DiskMode::Full { reason } => reason.clone(),
         _ => None,
     }
+}
+
+/// Prepares the next backup of `vm1` on `prev` and finishes it (snapshot removed): why disk
+/// number `index` is a full, `None` when it is an incremental.
+async fn next_full_reason(
+    s: &Session,
+    prev: &BTreeMap<DiskKey, PreviousDisk>,
+    index: usize,
+) -> Option<String> {
+    let p = VsphereBackup::prepare(s, "vm1", prev, &PrepareOptions::default())
+        .await
+        .unwrap();
+    let reason = full_reason(&p.disks[index].mode);
+    p.finish().await.unwrap();
+    reason
 }
 
 #[tokio::test]
@@ -72,11 +92,7 @@ async fn full_then_changes_then_incremental_then_cbt_reset_gives_automatic_full(
     let s = session(&e.sim).await;
     let opts = PrepareOptions::default();
     // Full.
-    let full = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &opts)
-        .await
-        .unwrap();
-    let prev = previous_of(&full.disks);
-    full.finish().await.unwrap();
+    let prev = full_done(&s).await;
     // Change blocks (two on disk 2000, one spanning a page boundary on 2001).
     e.sim.write_disk(&e.vm, 2000, 8192, &[9u8; 4096]).unwrap();
     e.sim
@@ -141,11 +157,7 @@ async fn incremental_with_unknown_change_id_same_epoch_falls_back_to_full() {
     let e = env().await;
     let s = session(&e.sim).await;
     let opts = PrepareOptions::default();
-    let full = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &opts)
-        .await
-        .unwrap();
-    let mut prev = previous_of(&full.disks);
-    full.finish().await.unwrap();
+    let mut prev = full_done(&s).await;
     let d0 = prev.get_mut(&DiskKey(2000)).unwrap();
     let epoch = d0.change_id.as_ref().unwrap().uuid_part().to_owned();
     d0.change_id = Some(ChangeId::try_from(format!("{epoch}/999")).unwrap());
@@ -168,18 +180,9 @@ async fn incremental_with_unknown_change_id_same_epoch_falls_back_to_full() {
 async fn incremental_after_resize_falls_back_to_full() {
     let e = env().await;
     let s = session(&e.sim).await;
-    let opts = PrepareOptions::default();
-    let full = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &opts)
-        .await
-        .unwrap();
-    let prev = previous_of(&full.disks);
-    full.finish().await.unwrap();
+    let prev = full_done(&s).await;
     e.sim.resize_disk(&e.vm, 2001, 4 * MIB).unwrap();
-    let p = VsphereBackup::prepare(&s, "vm1", &prev, &opts)
-        .await
-        .unwrap();
-    let reason = full_reason(&p.disks[1].mode);
-    p.finish().await.unwrap();
+    let reason = next_full_reason(&s, &prev, 1).await;
     assert!(
         reason
             .as_deref()
@@ -192,18 +195,9 @@ async fn incremental_after_resize_falls_back_to_full() {
 async fn incremental_with_other_disk_uuid_falls_back_to_full() {
     let e = env().await;
     let s = session(&e.sim).await;
-    let opts = PrepareOptions::default();
-    let full = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &opts)
-        .await
-        .unwrap();
-    let mut prev = previous_of(&full.disks);
-    full.finish().await.unwrap();
+    let mut prev = full_done(&s).await;
     prev.get_mut(&DiskKey(2000)).unwrap().uuid = Some("6000c29-other".to_owned());
-    let p = VsphereBackup::prepare(&s, "vm1", &prev, &opts)
-        .await
-        .unwrap();
-    let reason = full_reason(&p.disks[0].mode);
-    p.finish().await.unwrap();
+    let reason = next_full_reason(&s, &prev, 0).await;
     assert!(
         reason
             .as_deref()
@@ -400,11 +394,7 @@ async fn promote_to_full_turns_incrementals_into_fulls() {
     e.sim.write_disk(&e.vm, 2000, 0, &[1u8; 4096]).unwrap();
     let s = session(&e.sim).await;
     let opts = PrepareOptions::default();
-    let full = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &opts)
-        .await
-        .unwrap();
-    let prev = previous_of(&full.disks);
-    full.finish().await.unwrap();
+    let prev = full_done(&s).await;
     let mut p = VsphereBackup::prepare(&s, "vm1", &prev, &opts)
         .await
         .unwrap();
@@ -599,10 +589,7 @@ async fn prepare_with_quiesce_asks_vcenter_for_a_quiesced_snapshot() {
         ..PrepareOptions::default()
     };
 
-    let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &options)
-        .await
-        .unwrap();
-    p.finish().await.unwrap();
+    full_done_with(&s, &options).await;
 
     let stats = e.sim.stats();
     assert_eq!(
@@ -616,10 +603,7 @@ async fn prepare_without_quiesce_asks_for_a_plain_snapshot() {
     let e = env().await;
     let s = session(&e.sim).await;
 
-    let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &PrepareOptions::default())
-        .await
-        .unwrap();
-    p.finish().await.unwrap();
+    full_done(&s).await;
 
     let stats = e.sim.stats();
     assert_eq!(
@@ -657,10 +641,7 @@ async fn prepare_plain_snapshot_without_tools_succeeds() {
     e.sim.set_tools_missing(true);
     let s = session(&e.sim).await;
 
-    let p = VsphereBackup::prepare(&s, "vm1", &BTreeMap::new(), &PrepareOptions::default())
-        .await
-        .unwrap();
-    p.finish().await.unwrap();
+    full_done(&s).await;
 
     assert!(e.sim.snapshot_names(&e.vm).is_empty());
 }

@@ -10,6 +10,15 @@ use sendense_vsphere_sim::SIM_USER;
 
 use crate::support::{MIB, env, options, session};
 
+/// The file `name` in vm1's folder on datastore `ds1` of `dc1`, read through `s`.
+fn vm1_file(s: &Session, name: &str) -> DatastoreFile {
+    DatastoreFile::new(
+        s.clone(),
+        "dc1",
+        &DatastorePath::parse(&format!("[ds1] vm1/{name}")).unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn connect_valid_credentials_logs_in() {
     let e = env().await;
@@ -106,10 +115,12 @@ async fn session_expired_call_relogs_in_and_succeeds() {
 async fn session_expiring_every_few_calls_still_completes_work() {
     let e = env().await;
     let s = session(&e.sim).await;
-    e.sim.expire_sessions_after(Some(3));
     let vm = s.find_vm("vm1").await.unwrap();
+    let before = s.vm_info(&vm).await.unwrap();
+    e.sim.expire_sessions_after(Some(3));
     for _ in 0..5 {
-        s.vm_info(&vm).await.unwrap();
+        // The work done across renewed sessions is the same work: the same answer each time.
+        assert_eq!(s.vm_info(&vm).await.unwrap(), before);
     }
     assert!(e.sim.stats().logins >= 3);
 }
@@ -148,7 +159,8 @@ async fn non_soap_response_is_clear_error() {
     );
 }
 
-#[tokio::test]
+// The timeout runs on the paused clock: no real wait.
+#[tokio::test(start_paused = true)]
 async fn hung_vcenter_times_out() {
     let e = env().await;
     let mut o = options(&e.sim);
@@ -223,7 +235,8 @@ async fn task_running_for_several_polls_is_waited_for() {
     assert!(e.sim.snapshot_names(&e.vm).is_empty());
 }
 
-#[tokio::test]
+// The timeout runs on the paused clock: no real wait.
+#[tokio::test(start_paused = true)]
 async fn task_exceeding_timeout_is_task_timeout() {
     let e = env().await;
     e.sim.set_task_polls(1_000_000);
@@ -243,11 +256,7 @@ async fn datastore_read_busy_storm_is_retried() {
         .collect();
     e.sim.write_disk(&e.vm, 2000, 4096, &data).unwrap();
     let s = session(&e.sim).await;
-    let file = DatastoreFile::new(
-        s.clone(),
-        "dc1",
-        &DatastorePath::parse("[ds1] vm1/vm1-flat.vmdk").unwrap(),
-    );
+    let file = vm1_file(&s, "vm1-flat.vmdk");
     e.sim.set_busy_storm(3);
     let mut buf = vec![0u8; 8192];
     file.read_at(4096, &mut buf).await.unwrap();
@@ -258,11 +267,7 @@ async fn datastore_read_busy_storm_is_retried() {
 async fn datastore_read_endless_busy_fails_after_bounded_attempts() {
     let e = env().await;
     let s = session(&e.sim).await;
-    let file = DatastoreFile::new(
-        s.clone(),
-        "dc1",
-        &DatastorePath::parse("[ds1] vm1/vm1-flat.vmdk").unwrap(),
-    );
+    let file = vm1_file(&s, "vm1-flat.vmdk");
     e.sim.set_busy_storm(1000);
     let mut buf = vec![0u8; 512];
     let err = file.read_at(0, &mut buf).await.unwrap_err();
@@ -278,11 +283,7 @@ async fn datastore_read_large_buffer_uses_bounded_parallel_pages() {
     let mut o = options(&e.sim);
     o.max_read_bytes = 64 * 1024;
     let s = Session::connect(o).await.unwrap();
-    let file = DatastoreFile::new(
-        s.clone(),
-        "dc1",
-        &DatastorePath::parse("[ds1] vm1/vm1_1-flat.vmdk").unwrap(),
-    );
+    let file = vm1_file(&s, "vm1_1-flat.vmdk");
     let mut buf = vec![1u8; usize::try_from(3 * MIB).unwrap()];
     file.read_at(0, &mut buf).await.unwrap();
     let st = e.sim.stats();
@@ -300,11 +301,7 @@ async fn datastore_read_large_buffer_uses_bounded_parallel_pages() {
 async fn datastore_read_missing_file_is_http_status() {
     let e = env().await;
     let s = session(&e.sim).await;
-    let file = DatastoreFile::new(
-        s.clone(),
-        "dc1",
-        &DatastorePath::parse("[ds1] vm1/nope-flat.vmdk").unwrap(),
-    );
+    let file = vm1_file(&s, "nope-flat.vmdk");
     let mut buf = vec![0u8; 512];
     let err = file.read_at(0, &mut buf).await.unwrap_err();
     assert!(
@@ -317,15 +314,19 @@ async fn datastore_read_missing_file_is_http_status() {
 async fn datastore_read_after_session_expiry_relogs_in() {
     let e = env().await;
     let s = session(&e.sim).await;
-    let file = DatastoreFile::new(
-        s.clone(),
-        "dc1",
-        &DatastorePath::parse("[ds1] vm1/vm1-flat.vmdk").unwrap(),
-    );
+    let file = vm1_file(&s, "vm1-flat.vmdk");
+    let data: Vec<u8> = (0..512u32)
+        .map(|i| u8::try_from(i % 249).unwrap())
+        .collect();
+    e.sim.write_disk(&e.vm, 2000, 0, &data).unwrap();
     e.sim.expire_sessions();
     let mut buf = vec![0u8; 512];
     file.read_at(0, &mut buf).await.unwrap();
     assert_eq!(e.sim.stats().logins, 2);
+    assert_eq!(
+        buf, data,
+        "the read after the new login returns the disk's bytes"
+    );
 }
 
 fn change_info(start: u64, length: u64, areas: &[(u64, u64)]) -> Vec<u8> {
@@ -342,8 +343,9 @@ fn change_info(start: u64, length: u64, areas: &[(u64, u64)]) -> Vec<u8> {
     .into_bytes()
 }
 
-#[tokio::test]
-async fn changed_areas_beyond_capacity_are_rejected() {
+/// `changed_areas` of disk 2000 (2 MiB) of a fresh snapshot, vCenter answering `answer` (a raw
+/// `QueryChangedDiskAreas` body) once: the error it must end in; the snapshot is removed.
+async fn changed_areas_refusing(answer: Vec<u8>) -> VsphereError {
     let e = env().await;
     let s = session(&e.sim).await;
     let vm = s.find_vm("vm1").await.unwrap();
@@ -351,12 +353,17 @@ async fn changed_areas_beyond_capacity_are_rejected() {
         .create_snapshot(&vm, "sendense-t", "", false)
         .await
         .unwrap();
-    e.sim
-        .answer_next_raw(change_info(0, 2 * MIB, &[(2 * MIB - 512, 4096)]));
+    e.sim.answer_next_raw(answer);
     let err = changed_areas(&s, &vm, &snap, 2000, 2 * MIB, ALL_ALLOCATED)
         .await
         .unwrap_err();
     s.remove_snapshot(&snap).await.unwrap();
+    err
+}
+
+#[tokio::test]
+async fn changed_areas_beyond_capacity_are_rejected() {
+    let err = changed_areas_refusing(change_info(0, 2 * MIB, &[(2 * MIB - 512, 4096)])).await;
     assert!(
         matches!(err, VsphereError::InvalidChangedArea { .. }),
         "{err:?}"
@@ -365,18 +372,7 @@ async fn changed_areas_beyond_capacity_are_rejected() {
 
 #[tokio::test]
 async fn changed_areas_page_that_does_not_advance_is_rejected() {
-    let e = env().await;
-    let s = session(&e.sim).await;
-    let vm = s.find_vm("vm1").await.unwrap();
-    let snap = s
-        .create_snapshot(&vm, "sendense-t", "", false)
-        .await
-        .unwrap();
-    e.sim.answer_next_raw(change_info(0, 0, &[]));
-    let err = changed_areas(&s, &vm, &snap, 2000, 2 * MIB, ALL_ALLOCATED)
-        .await
-        .unwrap_err();
-    s.remove_snapshot(&snap).await.unwrap();
+    let err = changed_areas_refusing(change_info(0, 0, &[])).await;
     assert!(
         matches!(err, VsphereError::ChangedAreasStalled { .. }),
         "{err:?}"
@@ -385,19 +381,7 @@ async fn changed_areas_page_that_does_not_advance_is_rejected() {
 
 #[tokio::test]
 async fn changed_areas_overlapping_is_rejected() {
-    let e = env().await;
-    let s = session(&e.sim).await;
-    let vm = s.find_vm("vm1").await.unwrap();
-    let snap = s
-        .create_snapshot(&vm, "sendense-t", "", false)
-        .await
-        .unwrap();
-    e.sim
-        .answer_next_raw(change_info(0, 2 * MIB, &[(0, 4096), (512, 512)]));
-    let err = changed_areas(&s, &vm, &snap, 2000, 2 * MIB, ALL_ALLOCATED)
-        .await
-        .unwrap_err();
-    s.remove_snapshot(&snap).await.unwrap();
+    let err = changed_areas_refusing(change_info(0, 2 * MIB, &[(0, 4096), (512, 512)])).await;
     assert!(
         matches!(err, VsphereError::InvalidChangedArea { .. }),
         "{err:?}"

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use sendense_transfer::Extent;
 use sendense_types::DiskKey;
-use sendense_vsphere::{ConnectOptions, PreparedDisk, PreviousDisk, Session, TlsMode};
+use sendense_vsphere::{
+    ConnectOptions, PrepareOptions, PreparedDisk, PreviousDisk, Session, TlsMode, VsphereBackup,
+};
 use sendense_vsphere_sim::{DiskSpec, SIM_PASSWORD, SIM_USER, Simulator, VmSpec};
 use tempfile::TempDir;
 
@@ -74,6 +76,25 @@ pub(crate) async fn assert_extents_match_file(sim: &Simulator, vm: &str, disk: &
 }
 
 /// Previous-backup records from a prepared backup (what the hub stores on `complete`).
+/// A full backup of `vm1` prepared with default options and finished (snapshot removed):
+/// what the next backup gets as its previous disks.
+pub(crate) async fn full_done(s: &Session) -> BTreeMap<DiskKey, PreviousDisk> {
+    full_done_with(s, &PrepareOptions::default()).await
+}
+
+/// [`full_done`] with `options`.
+pub(crate) async fn full_done_with(
+    s: &Session,
+    options: &PrepareOptions,
+) -> BTreeMap<DiskKey, PreviousDisk> {
+    let full = VsphereBackup::prepare(s, "vm1", &BTreeMap::new(), options)
+        .await
+        .unwrap();
+    let prev = previous_of(&full.disks);
+    full.finish().await.unwrap();
+    prev
+}
+
 pub(crate) fn previous_of(disks: &[PreparedDisk]) -> BTreeMap<DiskKey, PreviousDisk> {
     disks
         .iter()
