@@ -48,8 +48,8 @@ use redb::{
 };
 use sendense_types::api::MAX_REASON_LEN;
 use sendense_types::{
-    BackupId, BackupQuery, BackupStatus, BackupType, CredentialName, DiskKey, RegisterVmRequest,
-    Timestamp, VcenterTrust, Vm, VmName,
+    BackupId, BackupQuery, BackupStatus, BackupType, CredentialName, RegisterVmRequest, Timestamp,
+    VcenterTrust, Vm, VmName,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -288,18 +288,6 @@ impl Catalog {
         })
     }
 
-    /// Moves a `Pending` backup to `Running`, answering the updated record.
-    ///
-    /// # Errors
-    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] unless pending.
-    pub fn mark_running(&self, id: &BackupId) -> Result<BackupRecord> {
-        self.update_backup(Durability::Immediate, id, |_, stored| {
-            expect_status(&stored.record, &[BackupStatus::Pending], "pending")?;
-            stored.record.status = BackupStatus::Running;
-            Ok(())
-        })
-    }
-
     /// One backup.
     ///
     /// # Errors
@@ -334,35 +322,6 @@ impl Catalog {
             }
             Ok(out)
         })
-    }
-
-    /// Sets the bytes written so far into one disk of a pending or running backup. Not fsynced:
-    /// a crash may lose it.
-    ///
-    /// # Errors
-    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] unless pending or running;
-    /// [`CatalogError::UnknownDisk`].
-    pub fn set_disk_progress(
-        &self,
-        id: &BackupId,
-        disk_key: DiskKey,
-        bytes_written: u64,
-    ) -> Result<()> {
-        self.update_backup(Durability::None, id, |_, stored| {
-            expect_active(&stored.record)?;
-            let disk = stored
-                .record
-                .disks
-                .iter_mut()
-                .find(|d| d.disk_key == disk_key)
-                .ok_or_else(|| CatalogError::UnknownDisk {
-                    backup_id: id.clone(),
-                    disk_key,
-                })?;
-            disk.bytes_written = bytes_written;
-            Ok(())
-        })
-        .map(drop)
     }
 
     /// Completes a running backup and advances the VM's chain to it, in one transaction: the
@@ -571,24 +530,6 @@ impl Catalog {
                 Some(head) => walk_chain(&t.backups, &head),
                 None => Ok(Vec::new()),
             }
-        })
-    }
-
-    /// The chain of a completed backup as of that backup (its restore point), oldest first:
-    /// the full, its incrementals, ending with `id`.
-    ///
-    /// # Errors
-    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] unless completed;
-    /// [`CatalogError::BrokenChain`].
-    pub fn chain_to(&self, id: &BackupId) -> Result<Vec<BackupRecord>> {
-        self.read(|t| {
-            let record = load_backup(&t.backups, id)?
-                .ok_or_else(|| CatalogError::BackupNotFound {
-                    backup_id: id.clone(),
-                })?
-                .record;
-            expect_status(&record, &[BackupStatus::Completed], "completed")?;
-            walk_chain(&t.backups, id)
         })
     }
 
@@ -1048,7 +989,7 @@ mod fail_point {
 
 #[cfg(test)]
 mod tests {
-    use sendense_types::{DiskSpec, RegisterVmRequest};
+    use sendense_types::{DiskKey, DiskSpec, RegisterVmRequest};
 
     use super::*;
 

@@ -147,9 +147,3 @@ impl DiskSource for VmDiskSource {
         })
     }
 }
-
-/// Convenience: an `Arc<dyn DiskSource>` of a [`VmDiskSource`].
-#[must_use]
-pub fn into_dyn(source: VmDiskSource) -> Arc<dyn DiskSource> {
-    Arc::new(source)
-}

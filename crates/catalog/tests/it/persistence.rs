@@ -1,7 +1,7 @@
 //! Reopening the catalog file.
 
 use sendense_catalog::{Catalog, ErrorKind};
-use sendense_types::{BackupQuery, DiskKey, VcenterTrust};
+use sendense_types::{BackupQuery, VcenterTrust};
 
 use crate::support::{Fixture, at, complete, ids, register, start_full, start_incremental};
 
@@ -59,33 +59,6 @@ fn reopen_keeps_creation_order_after_more_backups() {
         ids(&catalog.backups(&BackupQuery::default()).unwrap()),
         [first.backup_id, second.backup_id]
     );
-}
-
-#[test]
-fn reopen_keeps_progress_after_durable_commit() {
-    let f = Fixture::new();
-    let vm = register(&f.catalog, "web01");
-    let running = start_full(&f.catalog, &vm, 1);
-    f.catalog
-        .set_disk_progress(&running.backup_id, DiskKey(2000), 777)
-        .unwrap();
-    f.catalog
-        .put_credential(
-            &"vc1".parse().unwrap(),
-            "h",
-            "u",
-            vec![9],
-            &VcenterTrust::Insecure,
-            at(1),
-        )
-        .unwrap();
-    let path = f.path();
-    drop(f.catalog);
-
-    let catalog = Catalog::open(&path).unwrap();
-
-    let stored = catalog.backup(&running.backup_id).unwrap().unwrap();
-    assert_eq!(stored.disk(DiskKey(2000)).unwrap().bytes_written, 777);
 }
 
 #[test]
