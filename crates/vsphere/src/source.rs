@@ -6,7 +6,6 @@
 //! active), the whole disk is treated as allocated.
 
 use std::io;
-use std::sync::Arc;
 
 use sendense_transfer::{BoxFuture, DiskSource, Extent, TransferError};
 use tracing::warn;
