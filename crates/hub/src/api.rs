@@ -22,7 +22,7 @@ use sendense_types::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::credentials::{Credentials, SessionError};
+use crate::credentials::Credentials;
 use crate::engine::Engine;
 use crate::error::{ErrorKind, HubError};
 
@@ -108,6 +108,10 @@ impl From<HubError> for ApiFailure {
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, error_codes::NOT_FOUND),
             ErrorKind::Conflict => (StatusCode::CONFLICT, error_codes::CONFLICT),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, error_codes::UNAVAILABLE),
+            ErrorKind::Upstream => {
+                tracing::warn!(error = %message, "vCenter session for a client refused");
+                (StatusCode::BAD_GATEWAY, error_codes::BAD_GATEWAY)
+            }
             _ => {
                 tracing::error!(error = %message, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, error_codes::INTERNAL)
@@ -338,25 +342,6 @@ async fn credential_session(
     let name: CredentialName = parse("credential name", &name)?;
     let session = Arc::clone(&s.credentials).open_session(name).await?;
     Ok(Json(session))
-}
-
-impl From<SessionError> for ApiFailure {
-    fn from(e: SessionError) -> Self {
-        match e {
-            SessionError::Store(e) => e.into(),
-            SessionError::Trust { .. } => Self::bad_request(sendense_io::error_chain(&e)),
-            SessionError::NoTrustChoice { .. } => Self::new(
-                StatusCode::CONFLICT,
-                error_codes::CONFLICT,
-                sendense_io::error_chain(&e),
-            ),
-            other => {
-                let message = sendense_io::error_chain(&other);
-                tracing::warn!(error = %message, "vCenter session for a client refused");
-                Self::new(StatusCode::BAD_GATEWAY, error_codes::BAD_GATEWAY, message)
-            }
-        }
-    }
 }
 
 async fn openapi() -> impl IntoResponse {

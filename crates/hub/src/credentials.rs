@@ -15,7 +15,7 @@
 //! when the credential is created and stored with it: no session request can
 //! change it, so a caller holding only the API token cannot make the hub send
 //! a stored password to a vCenter impostor. A credential stored before the
-//! choice was kept has none and is refused ([`SessionError::NoTrustChoice`])
+//! choice was kept has none and is refused ([`HubError::NoTrustChoice`])
 //! until it is created again.
 
 use std::path::Path;
@@ -42,79 +42,6 @@ pub struct Credentials {
     key: LessSafeKey,
 }
 
-/// Why [`Credentials::open`] could not open the store.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OpenError {
-    /// The key file is gone while the catalog holds credentials sealed with it: a new key
-    /// would silently make them unusable.
-    #[error(
-        "{path} is missing, but the catalog holds {sealed} vCenter credential(s) sealed with it; \
-         restore the file (32 bytes, mode 0600) from your copy of the data folder and start \
-         again: a new key cannot open them"
-    )]
-    KeyMissing {
-        /// The key file.
-        path: std::path::PathBuf,
-        /// How many sealed credentials the catalog holds.
-        sealed: usize,
-    },
-    /// The key file or the catalog failed.
-    #[error(transparent)]
-    Store(#[from] HubError),
-}
-
-/// Why [`Credentials::open_session`] answered no session. No variant carries the password.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SessionError {
-    /// The store failed, or no credential has that name (its [`HubError::kind`] says which).
-    #[error(transparent)]
-    Store(#[from] HubError),
-    /// The credential was stored before its trust choice was kept with it.
-    #[error(
-        "Credential {name} has no stored trust choice for vCenter's certificate (it predates \
-         it): create it again with POST /api/v1/credentials giving ca_pem or insecure: true"
-    )]
-    NoTrustChoice {
-        /// The credential.
-        name: CredentialName,
-    },
-    /// The credential's stored `ca_pem` is unusable.
-    #[error("Cannot use the stored ca_pem for vCenter of credential {name}")]
-    Trust {
-        /// The credential.
-        name: CredentialName,
-        /// The cause.
-        #[source]
-        source: VsphereError,
-    },
-    /// vCenter refused the credential's user name and password.
-    #[error("vCenter {host} refused the login of credential {name} (user {username})")]
-    LoginRefused {
-        /// The credential.
-        name: CredentialName,
-        /// Its vCenter.
-        host: String,
-        /// Its user name.
-        username: String,
-        /// vCenter's fault.
-        #[source]
-        source: VsphereError,
-    },
-    /// vCenter could not be reached, its certificate did not verify, or it failed.
-    #[error("Cannot log in to vCenter {host} with credential {name}")]
-    Vcenter {
-        /// The credential.
-        name: CredentialName,
-        /// Its vCenter.
-        host: String,
-        /// The cause.
-        #[source]
-        source: VsphereError,
-    },
-}
-
 /// What a login needs, read from the store (the password only in memory, never logged).
 struct LoginDetails {
     host: String,
@@ -136,23 +63,23 @@ impl Credentials {
     /// holds no credential).
     ///
     /// # Errors
-    /// [`OpenError::KeyMissing`] when the key file is gone but sealed credentials exist;
-    /// [`OpenError::Store`] when the key file cannot be read or written, or is not 32 bytes.
-    pub fn open(catalog: Arc<Catalog>, data_dir: &Path) -> Result<Self, OpenError> {
+    /// [`HubError::KeyMissing`] when the key file is gone but sealed credentials exist;
+    /// [`HubError::Io`] / [`HubError::Crypto`] when the key file cannot be read or written, or is not 32 bytes.
+    pub fn open(catalog: Arc<Catalog>, data_dir: &Path) -> Result<Self, HubError> {
         let path = data_dir.join(KEY_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let sealed = catalog.credentials().map_err(HubError::from)?.len();
                 if sealed > 0 {
-                    return Err(OpenError::KeyMissing { path, sealed });
+                    return Err(HubError::KeyMissing { path, sealed });
                 }
                 let fresh: [u8; 32] = rand::random();
                 write_file(&path, &fresh, 0o600)
                     .map_err(|e| HubError::io(&path, std::io::Error::other(e)))?;
                 fresh.to_vec()
             }
-            Err(e) => return Err(HubError::io(&path, e).into()),
+            Err(e) => return Err(HubError::io(&path, e)),
         };
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &bytes).map_err(|_| {
             HubError::io(
@@ -219,58 +146,56 @@ impl Credentials {
     /// vCenter's certificate is checked as the credential's stored trust choice says.
     ///
     /// # Errors
-    /// [`SessionError::Store`] (unknown credential: its kind is `NotFound`),
-    /// [`SessionError::NoTrustChoice`], [`SessionError::Trust`],
-    /// [`SessionError::LoginRefused`], [`SessionError::Vcenter`].
+    /// a store error (unknown credential: its kind is `NotFound`),
+    /// [`HubError::NoTrustChoice`], [`HubError::Trust`],
+    /// [`HubError::LoginRefused`], [`HubError::Vcenter`].
     pub async fn open_session(
         self: Arc<Self>,
         name: CredentialName,
-    ) -> Result<VcenterSession, SessionError> {
+    ) -> Result<VcenterSession, HubError> {
         let store = Arc::clone(&self);
         let key = name.clone();
         let details = tokio::task::spawn_blocking(move || store.login_details(&key))
             .await
             .map_err(|e| HubError::io(KEY_FILE, std::io::Error::other(e)))??;
         let tls = tls_mode(details.trust.as_ref())
-            .ok_or_else(|| SessionError::NoTrustChoice { name: name.clone() })?;
+            .ok_or_else(|| HubError::NoTrustChoice { name: name.clone() })?;
         let mut options =
             ConnectOptions::new(&details.host, &details.username, &details.password, tls);
         options.request_timeout = LOGIN_TIMEOUT;
         let session = Session::connect(options).await.map_err(|source| {
             let host = details.host.clone();
             match source.kind() {
-                VsphereKind::Authentication => SessionError::LoginRefused {
+                VsphereKind::Authentication => HubError::LoginRefused {
                     name: name.clone(),
                     host,
                     username: details.username.clone(),
-                    source,
+                    source: Box::new(source),
                 },
                 _ if matches!(
                     source,
                     VsphereError::CaFile { .. } | VsphereError::Tls { .. }
                 ) =>
                 {
-                    SessionError::Trust {
+                    HubError::Trust {
                         name: name.clone(),
-                        source,
+                        source: Box::new(source),
                     }
                 }
-                _ => SessionError::Vcenter {
+                _ => HubError::Vcenter {
                     name: name.clone(),
                     host,
-                    source,
+                    source: Box::new(source),
                 },
             }
         })?;
-        let session_cookie = session
-            .session_cookie()
-            .ok_or_else(|| SessionError::Vcenter {
-                name: name.clone(),
-                host: details.host.clone(),
-                source: VsphereError::UnexpectedResponse {
-                    what: "Login answered no session cookie",
-                },
-            })?;
+        let session_cookie = session.session_cookie().ok_or_else(|| HubError::Vcenter {
+            name: name.clone(),
+            host: details.host.clone(),
+            source: Box::new(VsphereError::UnexpectedResponse {
+                what: "Login answered no session cookie",
+            }),
+        })?;
         tracing::info!(credential = %name, host = %details.host, "vCenter session opened for a client");
         Ok(VcenterSession {
             host: details.host,
@@ -389,7 +314,7 @@ mod tests {
         let err = Credentials::open(catalog, dir.path()).unwrap_err();
 
         assert!(
-            matches!(err, OpenError::KeyMissing { sealed: 1, .. })
+            matches!(err, HubError::KeyMissing { sealed: 1, .. })
                 && err.to_string().contains(KEY_FILE)
                 && !dir.path().join(KEY_FILE).exists(),
             "{err}"
@@ -419,7 +344,7 @@ mod tests {
 
     #[test]
     fn no_trust_choice_error_names_how_to_recreate() {
-        let err = SessionError::NoTrustChoice {
+        let err = HubError::NoTrustChoice {
             name: "old".parse().unwrap(),
         };
 
@@ -522,7 +447,7 @@ mod tests {
                 .unwrap_err();
 
             assert!(
-                matches!(&err, SessionError::Store(e) if e.kind() == crate::error::ErrorKind::NotFound)
+                err.kind() == crate::error::ErrorKind::NotFound
                     && sendense_io::error_chain(&err).contains("nope"),
                 "{err:?}"
             );
@@ -539,7 +464,7 @@ mod tests {
 
             let text = sendense_io::error_chain(&err);
             assert!(
-                matches!(err, SessionError::LoginRefused { .. })
+                matches!(err, HubError::LoginRefused { .. })
                     && text.contains("vc1")
                     && !text.contains("wrong-Pa55word"),
                 "{text}"
@@ -558,7 +483,7 @@ mod tests {
                 .unwrap_err();
 
             assert!(
-                matches!(err, SessionError::Vcenter { .. }) && w.sim.stats().logins == 0,
+                matches!(err, HubError::Vcenter { .. }) && w.sim.stats().logins == 0,
                 "{err:?}"
             );
         }

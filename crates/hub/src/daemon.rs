@@ -28,7 +28,7 @@ pub use sendense_nbd::tls::ClientCerts;
 use sendense_nbd::{ExportRegistry, Server, ServerOptions};
 
 use crate::api::{ApiState, router};
-use crate::credentials::{Credentials, OpenError};
+use crate::credentials::Credentials;
 use crate::engine::{Engine, REPOSITORY_DIR, Reconciliation, Watchdog};
 use crate::error::HubError;
 
@@ -89,9 +89,6 @@ pub enum DaemonError {
     /// The catalog or the engine failed.
     #[error("Backup engine")]
     Engine(#[from] HubError),
-    /// The credential store cannot be opened (its key is missing or unreadable).
-    #[error("Cannot open the vCenter credential store")]
-    Credentials(#[from] OpenError),
     /// A listen address could not be bound.
     #[error("Cannot listen on {addr}: is another hub running there? (--api / --nbd choose others)")]
     Bind {

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use sendense_catalog::CatalogError;
-use sendense_types::{BackupId, BackupStatus, DiskKey, VmName};
+use sendense_types::{BackupId, BackupStatus, CredentialName, DiskKey, VmName};
+use sendense_vsphere::VsphereError;
 
 /// Everything the backup engine can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +193,61 @@ pub enum HubError {
     /// A blocking worker panicked (a bug).
     #[error("Internal worker failure")]
     Worker,
+    /// The key file is gone while the catalog holds credentials sealed with it: a new key
+    /// would silently make them unusable.
+    #[error(
+        "{path} is missing, but the catalog holds {sealed} vCenter credential(s) sealed with it; \
+         restore the file (32 bytes, mode 0600) from your copy of the data folder and start \
+         again: a new key cannot open them"
+    )]
+    KeyMissing {
+        /// The key file.
+        path: PathBuf,
+        /// How many sealed credentials the catalog holds.
+        sealed: usize,
+    },
+    /// The credential was stored before its trust choice was kept with it.
+    #[error(
+        "Credential {name} has no stored trust choice for vCenter's certificate (it predates \
+         it): create it again with POST /api/v1/credentials giving ca_pem or insecure: true"
+    )]
+    NoTrustChoice {
+        /// The credential.
+        name: CredentialName,
+    },
+    /// The credential's stored `ca_pem` is unusable.
+    #[error("Cannot use the stored ca_pem for vCenter of credential {name}")]
+    Trust {
+        /// The credential.
+        name: CredentialName,
+        /// The cause.
+        #[source]
+        source: Box<VsphereError>,
+    },
+    /// vCenter refused the credential's user name and password.
+    #[error("vCenter {host} refused the login of credential {name} (user {username})")]
+    LoginRefused {
+        /// The credential.
+        name: CredentialName,
+        /// Its vCenter.
+        host: String,
+        /// Its user name.
+        username: String,
+        /// vCenter's fault.
+        #[source]
+        source: Box<VsphereError>,
+    },
+    /// vCenter could not be reached, its certificate did not verify, or it failed.
+    #[error("Cannot log in to vCenter {host} with credential {name}")]
+    Vcenter {
+        /// The credential.
+        name: CredentialName,
+        /// Its vCenter.
+        host: String,
+        /// The cause.
+        #[source]
+        source: Box<VsphereError>,
+    },
 }
 
 /// How a caller should read a [`HubError`]: the HTTP status class.
@@ -206,6 +262,8 @@ pub enum ErrorKind {
     Conflict,
     /// 503: the hub is shutting down.
     Unavailable,
+    /// 502: a system the hub talks to on the caller's behalf (vCenter) refused or failed.
+    Upstream,
     /// 500: the hub failed.
     Internal,
 }
@@ -236,6 +294,9 @@ impl HubError {
             | Self::StartCancelled { .. }
             | Self::DrainTimeout { .. } => ErrorKind::Conflict,
             Self::ShuttingDown => ErrorKind::Unavailable,
+            Self::NoTrustChoice { .. } => ErrorKind::Conflict,
+            Self::Trust { .. } => ErrorKind::BadRequest,
+            Self::LoginRefused { .. } | Self::Vcenter { .. } => ErrorKind::Upstream,
             Self::UnknownDisk { .. } | Self::MissingDisk { .. } | Self::DuplicateDisk { .. } => {
                 ErrorKind::BadRequest
             }
