@@ -51,19 +51,24 @@ pub trait Export: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// Backend failure.
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExportError>;
-    /// Writes `data` at `offset`. `fua` marks a Force Unit Access request: the
-    /// server calls [`Export::flush`] after such a request anyway, so an export
-    /// may use the flag only to do better (e.g. write-through).
+    /// Writes `data` at `offset`.
+    ///
+    /// `fua` marks a Force Unit Access request. The server owns FUA: after a FUA
+    /// WRITE, TRIM or WRITE_ZEROES succeeds it calls [`Export::flush`] exactly once
+    /// before it replies. An export therefore must not flush for `fua` itself (that
+    /// would flush twice); the flag is a hint only.
     ///
     /// # Errors
     /// Backend failure.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError>;
-    /// Makes `len` bytes at `offset` read as zeroes.
+    /// Makes `len` bytes at `offset` read as zeroes. For `flags.fua` the server
+    /// flushes afterwards (see [`Export::write`]).
     ///
     /// # Errors
     /// Backend failure; `not_supported` when `flags.fast_zero` and zeroing would be slow.
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<(), ExportError>;
-    /// Hint that `len` bytes at `offset` are unused (contents become unspecified).
+    /// Hint that `len` bytes at `offset` are unused (contents become unspecified). For
+    /// `fua` the server flushes afterwards (see [`Export::write`]).
     ///
     /// # Errors
     /// Backend failure.
@@ -744,7 +749,7 @@ impl Export for FileExport {
         Ok(())
     }
 
-    // `fua` is left to the server's following `flush` (one `sync_data`, not two).
+    // `fua` is the server's: it calls `flush` once after the write (one `sync_data`).
     fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), ExportError> {
         self.check_write(offset, data.len() as u64)?;
         self.file.write_all_at(data, offset)?;

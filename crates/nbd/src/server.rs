@@ -793,8 +793,9 @@ impl Ctx {
         let e = &self.export;
         let fua = req.flags & cflag::FUA != 0;
         let len = u64::from(req.length);
-        // FUA: the export gets the flag, and the server flushes as well, so
-        // durability never depends on an export honouring the hint.
+        // FUA is the server's (the `Export::write` contract): one flush after the
+        // request succeeded, so durability never depends on an export honouring the
+        // flag, and no export flushes a second time for it.
         let durable = |r: Result<(), ExportError>| if fua { r.and_then(|()| e.flush()) } else { r };
         let done = |r: Result<(), ExportError>| match r {
             Ok(()) => vec![simple(0, req.cookie)],

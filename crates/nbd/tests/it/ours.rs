@@ -481,3 +481,97 @@ async fn registry_tracks_connections_and_activity() {
     }
     srv.stop().await;
 }
+
+/// A memory export that counts `flush` calls and the FUA flags it was given.
+#[derive(Debug)]
+struct CountingExport {
+    inner: MemoryExport,
+    flushes: std::sync::atomic::AtomicUsize,
+    fua_seen: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingExport {
+    fn flushes(&self) -> usize {
+        self.flushes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn saw(&self, fua: bool) {
+        if fua {
+            self.fua_seen
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl sendense_nbd::Export for CountingExport {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn read(&self, o: u64, b: &mut [u8]) -> Result<(), sendense_nbd::ExportError> {
+        self.inner.read(o, b)
+    }
+    fn write(&self, o: u64, d: &[u8], fua: bool) -> Result<(), sendense_nbd::ExportError> {
+        self.saw(fua);
+        self.inner.write(o, d, fua)
+    }
+    fn write_zeroes(&self, o: u64, l: u64, f: ZeroFlags) -> Result<(), sendense_nbd::ExportError> {
+        self.saw(f.fua);
+        self.inner.write_zeroes(o, l, f)
+    }
+    fn trim(&self, o: u64, l: u64, fua: bool) -> Result<(), sendense_nbd::ExportError> {
+        self.saw(fua);
+        self.inner.trim(o, l, fua)
+    }
+    fn flush(&self) -> Result<(), sendense_nbd::ExportError> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn block_status(
+        &self,
+        o: u64,
+        l: u64,
+    ) -> Result<Vec<sendense_nbd::BlockExtent>, sendense_nbd::ExportError> {
+        self.inner.block_status(o, l)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fua_write_trim_write_zeroes_flush_once_each() {
+    let export = Arc::new(CountingExport {
+        inner: MemoryExport::new(4 << 20),
+        flushes: 0.into(),
+        fua_seen: 0.into(),
+    });
+    let r = Arc::new(ExportRegistry::new());
+    r.add("count", export.clone()).unwrap();
+    let srv = TestServer::start(r, None).await;
+    let c = srv.client("count").await;
+
+    c.write(0, &[1; 4096], false).await.unwrap();
+    c.trim(1 << 20, 4096, false).await.unwrap();
+    c.write_zeroes(2 << 20, 4096, ZeroFlags::default())
+        .await
+        .unwrap();
+    assert_eq!(export.flushes(), 0, "no FUA, no flush");
+
+    c.write(0, &[2; 4096], true).await.unwrap();
+    assert_eq!(export.flushes(), 1, "FUA WRITE");
+    c.trim(1 << 20, 4096, true).await.unwrap();
+    assert_eq!(export.flushes(), 2, "FUA TRIM");
+    let fua = ZeroFlags {
+        fua: true,
+        ..ZeroFlags::default()
+    };
+    c.write_zeroes(2 << 20, 4096, fua).await.unwrap();
+    assert_eq!(export.flushes(), 3, "FUA WRITE_ZEROES");
+    // The export did see the flag each time: the single flush is the server's.
+    assert_eq!(export.fua_seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    c.flush().await.unwrap();
+    assert_eq!(export.flushes(), 4, "FLUSH");
+    c.disconnect().await.unwrap();
+    srv.stop().await;
+}
