@@ -150,15 +150,6 @@ impl ExportError {
         }
     }
 
-    /// Out of space (`ENOSPC`).
-    #[must_use]
-    pub const fn no_space() -> Self {
-        Self {
-            errno: Errno::NoSpc,
-            source: None,
-        }
-    }
-
     /// Write to a read-only export (`EPERM`).
     #[must_use]
     pub const fn read_only() -> Self {
@@ -182,15 +173,6 @@ impl ExportError {
     pub const fn io_failed() -> Self {
         Self {
             errno: Errno::Io,
-            source: None,
-        }
-    }
-
-    /// Shutting down (`ESHUTDOWN`).
-    #[must_use]
-    pub const fn shutdown() -> Self {
-        Self {
-            errno: Errno::Shutdown,
             source: None,
         }
     }
@@ -260,14 +242,6 @@ pub enum Removal {
         /// Connections open when the deadline passed.
         connections: usize,
     },
-}
-
-impl Removal {
-    /// Whether an export of that name existed (and is now removed).
-    #[must_use]
-    pub const fn existed(self) -> bool {
-        !matches!(self, Self::NotFound)
-    }
 }
 
 impl ExportRegistry {
@@ -459,7 +433,6 @@ const SHARD: u64 = 1024 * 1024;
 pub struct MemoryExport {
     size: u64,
     read_only: bool,
-    detect_zeroes: bool,
     shards: Vec<RwLock<Option<Box<[u8]>>>>,
 }
 
@@ -475,7 +448,6 @@ impl MemoryExport {
         Self {
             size,
             read_only: false,
-            detect_zeroes: false,
             shards,
         }
     }
@@ -495,13 +467,6 @@ impl MemoryExport {
     #[must_use]
     pub const fn read_only(mut self) -> Self {
         self.read_only = true;
-        self
-    }
-
-    /// Reports allocated shards that hold only zeroes with `NBD_STATE_ZERO`.
-    #[must_use]
-    pub const fn detect_zeroes(mut self) -> Self {
-        self.detect_zeroes = true;
         self
     }
 
@@ -616,18 +581,12 @@ impl Export for MemoryExport {
     fn block_status(&self, offset: u64, len: u64) -> Result<Vec<BlockExtent>, ExportError> {
         self.check(offset, len)?;
         let mut out: Vec<BlockExtent> = Vec::new();
-        Self::for_each_shard(offset, len, |idx, at, range| {
-            let shard = self.shards[idx]
+        Self::for_each_shard(offset, len, |idx, _, range| {
+            let hole = self.shards[idx]
                 .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            let (hole, zero) = match shard.as_ref() {
-                None => (true, true),
-                Some(s) => (
-                    false,
-                    self.detect_zeroes && is_zero(&s[at..at + range.len()]),
-                ),
-            };
-            push_extent(&mut out, range.len() as u64, hole, zero);
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_none();
+            push_extent(&mut out, range.len() as u64, hole, hole);
             Ok(())
         })?;
         Ok(out)

@@ -143,12 +143,6 @@ impl ServerSession {
         codec::encode_greeting(wire::FLAG_FIXED_NEWSTYLE | wire::FLAG_NO_ZEROES)
     }
 
-    /// Whether TLS is active on this connection.
-    #[must_use]
-    pub const fn tls_active(&self) -> bool {
-        self.tls_active
-    }
-
     /// The driver finished the TLS handshake: negotiation restarts from scratch.
     pub fn tls_started(&mut self) {
         self.tls_active = true;
@@ -493,8 +487,7 @@ fn push_send(actions: &mut Vec<SessionAction>, bytes: Vec<u8>) {
 }
 
 /// Block size constraints we advertise for an export.
-#[must_use]
-pub fn block_sizes(export: &dyn Export) -> BlockSizes {
+fn block_sizes(export: &dyn Export) -> BlockSizes {
     let preferred = export
         .preferred_block_size()
         .clamp(512, wire::MAX_REQUEST_PAYLOAD)

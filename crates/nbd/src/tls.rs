@@ -83,22 +83,6 @@ pub fn server_config_from_dir_with(
     server_config_with(&dir.join(SERVER_CERT), &dir.join(SERVER_KEY), &ca, clients)
 }
 
-/// Server configuration from a certificate chain and key; `client_ca`
-/// enables client-certificate verification against that CA bundle.
-///
-/// # Errors
-/// Unreadable or invalid PEM files, or a key not matching the certificate.
-pub fn server_config(
-    cert_chain: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-) -> Result<Arc<ServerConfig>, NbdError> {
-    match client_ca {
-        Some(ca) => server_config_with(cert_chain, key, ca, ClientCerts::Required),
-        None => server_config_with(cert_chain, key, Path::new(""), ClientCerts::None),
-    }
-}
-
 /// Server configuration from a certificate chain and key; client
 /// certificates are verified against the CA bundle `client_ca` as `clients`
 /// says (`client_ca` is not read with [`ClientCerts::None`]).
