@@ -103,6 +103,10 @@ pub struct BlockExtent {
 }
 
 /// An export operation's failure, carrying the NBD error to report.
+///
+/// This is not a second error type of the crate but the value an [`Export`] hands
+/// the server: the NBD error number (`errno`) the client is sent, and the cause for
+/// the logs. Failures of the crate itself are [`crate::NbdError`].
 #[derive(Debug, thiserror::Error)]
 #[error("Export operation failed with {errno}")]
 pub struct ExportError {

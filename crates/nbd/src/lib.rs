@@ -7,9 +7,9 @@
 //! configurations and the X.509 material they load). None of these needs
 //! tokio.
 //!
-//! The `tokio` feature (opt-in) adds the drivers: [`server`] and [`client`],
-//! the export registry ([`ExportRegistry`]) that connects a server to its
-//! owner, and TLS streams through `tokio-rustls`.
+//! The `tokio` feature (opt-in) adds the drivers: `server` and `client`, the
+//! export registry (`ExportRegistry`) that connects a server to its owner, and
+//! TLS streams through `tokio-rustls`.
 
 #![forbid(unsafe_code)]
 
