@@ -1,15 +1,12 @@
 //! `sendense-client`: the appliance client (backup a VM's disks into the hub, restore them).
 //!
-//! Thin by design: parse arguments, install logging, build the runtime, call the client crate
-//! with the vSphere crate's provider for `backup --vcenter` (the client crate cannot depend on
-//! the vSphere crate, which depends on it).
+//! Thin by design: parse arguments, install logging, build the runtime, call the client crate.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use sendense_client::cli::{Cli, error_report, execute_with, init_tracing};
-use sendense_vsphere::flow::VcenterProvider;
+use sendense_client::cli::{Cli, error_report, execute, init_tracing};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,7 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute_with(cli.command, Some(&VcenterProvider))) {
+    match runtime.block_on(execute(cli.command)) {
         Ok(out) => {
             println!("{out}");
             ExitCode::SUCCESS

@@ -10,8 +10,8 @@ mod signals;
 
 use std::time::Duration;
 
-use sendense_vsphere::simulator::{SIM_PASSWORD, SIM_USER, Simulator};
 use sendense_vsphere::{ConnectOptions, TlsMode};
+use sendense_vsphere_sim::{SIM_PASSWORD, SIM_USER, Simulator};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -41,7 +41,7 @@ use std::time::Instant;
 
 use sendense_client::hub::{HubClient, HubOptions};
 use sendense_types::{BackupId, CredentialRequest, VcenterTrust};
-use sendense_vsphere::simulator::{DiskSpec, VmSpec};
+use sendense_vsphere_sim::{DiskSpec, VmSpec};
 use serde_json::Value;
 use tempfile::TempDir;
 

@@ -38,14 +38,16 @@ use sendense_types::{
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::cbt::load_changed_extents;
+use sendense_transfer::TransferError;
+
 use crate::error::ClientError;
 use crate::hub::{HubClient, HubOptions};
-use crate::nbd::{NbdConnector, NbdUri};
 use crate::progress::{NoProgress, Progress};
-use crate::source::{DiskSource, Extent, open_local};
-use crate::transfer::{
+use sendense_transfer::engine::{
     DiskPlan, DiskStats, DiskTransfer, TargetConnector, TransferOptions, transfer_all,
 };
+use sendense_transfer::nbd::{NbdConnector, NbdUri};
+use sendense_transfer::source::{DiskSource, Extent, open_local};
 
 /// One disk given on the command line: `KEY=PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +103,7 @@ impl BackupOptions {
 /// # Errors
 /// See [`run_until`].
 pub async fn run(options: BackupOptions) -> Result<BackupSummary, ClientError> {
-    run_until(options, crate::progress::interrupted()).await
+    run_until(options, sendense_io::signal::stopped()).await
 }
 
 /// Runs a backup until done or until `shutdown` resolves (then the backup is failed on the hub
@@ -258,7 +260,7 @@ async fn prepare(disks: &[DiskInput]) -> Result<Vec<Prepared>, ClientError> {
         }
         let source = open_local(&input.path)
             .await
-            .map_err(|e| ClientError::source_failed(input.key.get(), e))?;
+            .map_err(|e| TransferError::source_failed(input.key.get(), e))?;
         let changed = match &input.changed_areas {
             Some(path) => Some(load_changed_extents(path, input.key.get(), source.size()).await?),
             None => None,

@@ -23,7 +23,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use crate::error::{CbtError, ClientError};
-use crate::source::Extent;
+use sendense_transfer::Extent;
+use sendense_transfer::plan::merge_extents;
 
 /// Most areas one changed-areas document may list.
 pub const MAX_CHANGED_AREAS: usize = 10_000_000;
@@ -147,25 +148,6 @@ impl DiskChangeInfo {
         }
         Ok(merge_extents(extents))
     }
-}
-
-/// Sorts extents and merges overlapping and adjacent ones. Empty extents are dropped. Extents
-/// must not overflow `u64` (validated ones never do).
-#[must_use]
-pub fn merge_extents(mut extents: Vec<Extent>) -> Vec<Extent> {
-    extents.retain(|e| e.length > 0);
-    extents.sort_unstable_by_key(|e| e.offset);
-    let mut merged: Vec<Extent> = Vec::with_capacity(extents.len());
-    for e in extents {
-        match merged.last_mut() {
-            Some(last) if e.offset <= last.end() => {
-                let end = last.end().max(e.end());
-                last.length = end - last.offset;
-            }
-            _ => merged.push(e),
-        }
-    }
-    merged
 }
 
 /// The serde error message prefix marking "too many areas".

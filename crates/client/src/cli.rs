@@ -1,17 +1,9 @@
 //! Command-line interface of `sendense-client`: argument types and dispatch.
 //!
-//! The binary parses [`Cli`], installs logging, builds the runtime and awaits [`execute_with`],
+//! The binary parses [`Cli`], installs logging, builds the runtime and awaits [`execute`],
 //! which returns the text to print on stdout; every command's work is a library call
-//! ([`crate::backup::run`], [`crate::restore::run`]) that tests drive directly.
-//!
-//! # Remote sources (`--vcenter`)
-//!
-//! `sendense-vsphere` depends on this crate (for [`crate::DiskSource`], the transfer engine
-//! and the hub client), so this crate cannot call it. The vCenter flags are therefore parsed
-//! here, with the rest of `backup` (one `--help`, one set of hub flags, one summary format), and
-//! the work is done by a [`RemoteBackup`] provider that the binary injects into
-//! [`execute_with`] (`sendense_vsphere::flow::VcenterProvider`). A build without a provider
-//! refuses `--vcenter` with a clear error.
+//! ([`crate::backup::run`], [`crate::vcenter::run`], [`crate::restore::run`]) that tests drive
+//! directly.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -20,15 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sendense_types::{BackupId, BackupSummary, BackupType, ChangeId, DiskKey, VmName};
+use sendense_types::{BackupId, BackupType, ChangeId, DiskKey, VmName};
 
 use crate::backup::{self, BackupOptions, DiskInput, mb_per_s, parse_key_values};
 use crate::error::ClientError;
 use crate::hub::HubOptions;
 use crate::progress::{BarAwareStderr, LogProgress, Progress, TerminalProgress};
 use crate::restore::{self, RestoreFormat, RestoreOptions};
-use crate::source::BoxFuture;
-use crate::transfer::TransferOptions;
+use sendense_transfer::engine::TransferOptions;
 
 /// Sendense appliance client: back up a VM's disks into a Sendense hub, and restore them.
 #[derive(Debug, Parser)]
@@ -205,15 +196,15 @@ pub struct VcenterArgs {
     pub quiesce: bool,
 }
 
-/// What a [`RemoteBackup`] provider is asked to do: `backup --vcenter ...`.
+/// What `backup --vcenter ...` is asked to do.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct RemoteBackupRequest {
+pub struct VcenterRequest {
     /// The hub.
     pub hub: HubOptions,
-    /// `--vm`: the VM's inventory path or name at the source.
+    /// `--vm`: the VM's inventory path or name in vCenter.
     pub vm: String,
-    /// The source's flags.
+    /// The vCenter flags.
     pub vcenter: VcenterArgs,
     /// `--type`.
     pub backup_type: BackupType,
@@ -221,16 +212,6 @@ pub struct RemoteBackupRequest {
     pub transfer: TransferOptions,
     /// Where progress goes.
     pub progress: Arc<dyn Progress>,
-}
-
-/// Backs up a VM whose disks live behind a remote API (vCenter); injected by the binary, since
-/// the crate that implements it depends on this one.
-pub trait RemoteBackup: Send + Sync + fmt::Debug {
-    /// Runs the backup (Ctrl-C included) and answers its summary.
-    fn backup(
-        &self,
-        request: RemoteBackupRequest,
-    ) -> BoxFuture<'_, Result<BackupSummary, ClientError>>;
 }
 
 /// `--type` values.
@@ -279,25 +260,13 @@ pub enum FormatArg {
     Qcow2,
 }
 
-/// Runs a command without a remote-source provider (`--vcenter` is refused); answers what to
-/// print on stdout.
+/// Runs a command; answers what to print on stdout.
 ///
 /// # Errors
 /// The command's error.
 pub async fn execute(command: Command) -> Result<String, ClientError> {
-    execute_with(command, None).await
-}
-
-/// Runs a command; `remote` serves `backup --vcenter`. Answers what to print on stdout.
-///
-/// # Errors
-/// The command's error.
-pub async fn execute_with(
-    command: Command,
-    remote: Option<&dyn RemoteBackup>,
-) -> Result<String, ClientError> {
     match command {
-        Command::Backup(args) => run_backup(args, remote).await,
+        Command::Backup(args) => run_backup(args).await,
         Command::Restore(args) => run_restore(args).await,
     }
 }
@@ -424,10 +393,7 @@ pub fn base_backup(
     }
 }
 
-async fn run_backup(
-    args: BackupArgs,
-    remote: Option<&dyn RemoteBackup>,
-) -> Result<String, ClientError> {
+async fn run_backup(args: BackupArgs) -> Result<String, ClientError> {
     let backup_type = match args.backup_type {
         TypeArg::Full => BackupType::Full,
         TypeArg::Incremental => BackupType::Incremental,
@@ -435,12 +401,6 @@ async fn run_backup(
     };
     let transfer = TransferOptions::with_connections(usize::from(args.connections));
     let result = if args.vcenter.vcenter.is_some() || args.vcenter.vcenter_credential.is_some() {
-        let remote = remote.ok_or_else(|| {
-            invalid(
-                "--vcenter",
-                "this sendense-client was built without vCenter support",
-            )
-        })?;
         if args.vcenter.vcenter_ca.is_none() && !args.vcenter.insecure {
             return Err(invalid(
                 "--vcenter",
@@ -448,7 +408,7 @@ async fn run_backup(
             ));
         }
         let (progress, bars) = progress(args.json);
-        let request = RemoteBackupRequest {
+        let request = VcenterRequest {
             hub: hub_options(&args.hub),
             vm: args.vm.clone(),
             vcenter: args.vcenter.clone(),
@@ -456,7 +416,7 @@ async fn run_backup(
             transfer,
             progress,
         };
-        let result = remote.backup(request).await;
+        let result = crate::vcenter::backup(&request).await;
         if let Some(bars) = bars {
             bars.clear();
         }

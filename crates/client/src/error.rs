@@ -1,5 +1,5 @@
-//! The errors of this crate: [`SourceError`] for disk sources (the [`crate::DiskSource`] trait,
-//! implemented here and by the vSphere crate) and [`ClientError`] for everything else.
+//! The errors of this crate: [`ClientError`], wrapping the transfer engine's and vCenter's
+//! errors, and [`CbtError`] for a changed-areas file.
 //!
 //! Variants carry typed fields and wrap causes with `#[source]`; messages name the fix where
 //! there is one (a hub that is down, a wrong CA, a rejected token).
@@ -7,61 +7,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use sendense_transfer::TransferError;
 use thiserror::Error;
-
-/// A disk source failed.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum SourceError {
-    /// Opening a local disk file failed.
-    #[error("Cannot open disk {path}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// A read (or an allocation query) failed with an I/O error.
-    ///
-    /// Sources backed by something other than a file (vSphere HTTPS reads) wrap their own error
-    /// with [`io::Error::other`].
-    #[error("Read of {len} bytes at offset {offset} failed")]
-    Io {
-        /// Byte offset of the read.
-        offset: u64,
-        /// Length of the read.
-        len: u64,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// A read asked for bytes past the end of the disk.
-    #[error("Read of {len} bytes at offset {offset} passes the disk end ({size} bytes)")]
-    OutOfRange {
-        /// Byte offset of the read.
-        offset: u64,
-        /// Length of the read.
-        len: u64,
-        /// Size of the disk.
-        size: u64,
-    },
-    /// The file ended before the disk did (it shrank while being read).
-    #[error("Short read at offset {offset}: the file ended early")]
-    ShortRead {
-        /// Byte offset where the data ran out.
-        offset: u64,
-    },
-    /// The VMDK reader failed.
-    #[error("VMDK error")]
-    Vmdk(#[from] sendense_vmdk::VmdkError),
-    /// The NBD export used as a source (restore) failed.
-    #[error("NBD read failed")]
-    Nbd(#[source] Box<ClientError>),
-    /// A blocking-pool task ended abnormally (the runtime is shutting down).
-    #[error("Read task was cancelled")]
-    Cancelled,
-}
 
 /// Changed-area (CBT) input was invalid.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -120,15 +67,12 @@ pub enum CbtError {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// A disk source failed.
-    #[error("Disk {disk_key}: source failed")]
-    Source {
-        /// The disk.
-        disk_key: u32,
-        /// The cause.
-        #[source]
-        source: SourceError,
-    },
+    /// Reading a source, writing a target or the transfer engine failed.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    /// vCenter failed (login, snapshot, CBT, datastore reads).
+    #[error(transparent)]
+    Vsphere(#[from] sendense_vsphere::VsphereError),
     /// Changed areas were invalid.
     #[error("Disk {disk_key}: invalid changed areas")]
     Cbt {
@@ -217,60 +161,6 @@ pub enum ClientError {
         /// What was wrong.
         detail: String,
     },
-    /// An NBD connection or request failed.
-    #[error("NBD {operation} failed on {target}")]
-    Nbd {
-        /// What was attempted (`"connect"`, `"write"`, `"flush"`, ...).
-        operation: &'static str,
-        /// The export's URI or name.
-        target: String,
-        /// The cause.
-        #[source]
-        source: sendense_nbd::NbdError,
-    },
-    /// The hub's NBD port refused this client's TLS certificate (none presented, or one its CA
-    /// did not issue). Final: not retried.
-    #[error(
-        "The hub refused the NBD connection to {target}: it accepts only client certificates \
-         its CA issued. Issue a folder on the hub with `sendense-hub cert issue NAME --data-dir \
-         DATA --out DIR`, copy it here and pass --tls-dir DIR"
-    )]
-    NbdCertificateRefused {
-        /// The export's URI.
-        target: String,
-        /// The TLS failure.
-        #[source]
-        source: sendense_nbd::NbdError,
-    },
-    /// The hub answered a write with `ENOSPC`: its repository's file system is full. Final:
-    /// not retried.
-    #[error(
-        "The hub's repository is full: NBD {operation} to {target} failed with ENOSPC. Free \
-         space on the hub's file system under DATA/repository (or delete backups nothing \
-         depends on), then run the backup again"
-    )]
-    HubFull {
-        /// What was attempted (`"write"`, `"write_zeroes"`, `"flush"`).
-        operation: &'static str,
-        /// The export's URI.
-        target: String,
-    },
-    /// An `nbd_uri` from the hub is not `nbds://HOST:PORT/NAME`.
-    #[error("Invalid NBD URI {uri:?}: {reason}")]
-    BadNbdUri {
-        /// The URI.
-        uri: String,
-        /// What is wrong.
-        reason: &'static str,
-    },
-    /// The hub's answer does not list a disk we are sending, or lists one we do not have.
-    #[error("Disk {disk_key}: {reason}")]
-    DiskMismatch {
-        /// The disk.
-        disk_key: u32,
-        /// What does not match.
-        reason: &'static str,
-    },
     /// A command-line or option value is invalid.
     #[error("Invalid {what}: {reason}")]
     InvalidArgument {
@@ -279,55 +169,130 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    /// Writing the restored image failed.
-    #[error("Writing restored image {path} failed")]
-    RestoreWrite {
-        /// The target file.
-        path: PathBuf,
-        /// The cause.
+    /// The hub refused to start the backup because another backup of the VM is running (409):
+    /// one run per VM. Nothing was done in vCenter (no snapshot created or removed).
+    #[error(
+        "Another backup of VM {vm} is running at the hub (one run per VM): nothing was done in vCenter; retry once it has ended"
+    )]
+    VmBusy {
+        /// The VM's name at the hub.
+        vm: String,
+        /// The hub's 409 answer.
         #[source]
-        source: io::Error,
+        source: Box<Self>,
+    },
+
+    /// A backup whose incremental CBT refused was restarted as a full, but the hub refused the
+    /// full (another run took the VM in between): the snapshot has been removed.
+    #[error("Restarting VM {vm}'s backup as a full ({reason}) was refused by the hub")]
+    RestartRefused {
+        /// The VM's name at the hub.
+        vm: String,
+        /// Why the incremental had to become a full.
+        reason: String,
+        /// The hub's answer.
+        #[source]
+        source: Box<Self>,
+    },
+
+    /// The VM's vCenter name cannot be its name at the hub.
+    #[error("VM {name:?} cannot be stored at the hub: {reason}")]
+    HubVmName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// `--type incremental` was asked, but a full is needed.
+    #[error("An incremental backup is not possible ({reason}); use --type auto or full")]
+    IncrementalImpossible {
+        /// Why a full is needed.
+        reason: String,
+    },
+
+    /// The hub's parent change id of a disk is not the base CBT answered for.
+    #[error("Disk {disk_key}: the hub's parent change id {hub:?} is not the CBT base {base}")]
+    BaseMismatch {
+        /// The disk.
+        disk_key: u32,
+        /// The base the changed areas are relative to.
+        base: String,
+        /// What the hub answered.
+        hub: Option<String>,
+    },
+
+    /// A required command-line flag is missing.
+    #[error("Missing {flag}")]
+    MissingArgument {
+        /// The flag.
+        flag: &'static str,
+    },
+
+    /// `--vcenter-credential` is not a valid credential name.
+    #[error("Invalid credential name {name:?}: {reason}")]
+    InvalidCredentialName {
+        /// The name given.
+        name: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+
+    /// The hub could not hand out a vCenter session for a stored credential
+    /// (`--vcenter-credential`): unknown credential, vCenter refused the login, hub unreachable.
+    #[error("The hub could not open a vCenter session with credential {credential}")]
+    CredentialSession {
+        /// The credential's name.
+        credential: String,
+        /// The hub call's error (the hub's status and message).
+        #[source]
+        source: Box<Self>,
+    },
+
+    /// The backup completed but our snapshot could not be removed.
+    #[error(
+        "Backup {backup_id} completed, but the snapshot could not be removed: remove it in vCenter"
+    )]
+    SnapshotLeft {
+        /// The completed backup.
+        backup_id: String,
+        /// The removal's error.
+        #[source]
+        source: Box<Self>,
+    },
+
+    /// The hub's answer about a disk does not fit the disk (no NBD URI, a size that differs).
+    #[error("Disk {disk_key}: {reason}")]
+    DiskMismatch {
+        /// The disk.
+        disk_key: u32,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The hub's state does not fit the run (a backup the hub does not list after starting it).
+    #[error("Unexpected hub state: {what}")]
+    HubState {
+        /// What was expected.
+        what: &'static str,
     },
     /// The user interrupted the run (Ctrl-C, SIGTERM or SIGHUP).
     #[error("Interrupted (Ctrl-C, SIGTERM or SIGHUP)")]
     Interrupted,
-    /// A remote source (vCenter, through a [`crate::cli::RemoteBackup`] provider) failed.
-    ///
-    /// The provider's crate depends on this one, so its error type cannot be named here: this
-    /// is the one type-erased boundary of the client.
-    #[error("{system} backup failed")]
-    Remote {
-        /// The remote system (`"vCenter"`).
-        system: &'static str,
-        /// The provider's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
-    },
 }
 
 impl ClientError {
-    /// Wraps a source error for a disk.
-    #[must_use]
-    pub fn source_failed(disk_key: u32, source: SourceError) -> Self {
-        Self::Source { disk_key, source }
-    }
-
-    /// Whether sending the same request again (on a fresh connection) cannot succeed: a full
-    /// repository, or the server's verdict on the request itself (`EPERM`, `EINVAL`,
-    /// `EOVERFLOW`, `ENOTSUP`). I/O errors and broken connections are worth one retry.
+    /// Whether retrying cannot help (see [`TransferError::is_final`]).
     #[must_use]
     pub fn is_final(&self) -> bool {
-        use sendense_nbd::wire::Errno;
-        match self {
-            Self::HubFull { .. } | Self::NbdCertificateRefused { .. } => true,
-            Self::Nbd {
-                source: sendense_nbd::NbdError::Request { errno },
-                ..
-            } => matches!(
-                errno,
-                Errno::Perm | Errno::Inval | Errno::NoSpc | Errno::Overflow | Errno::NotSup
-            ),
-            _ => false,
-        }
+        matches!(self, Self::Transfer(t) if t.is_final())
+    }
+
+    /// Whether a stop signal (SIGINT, SIGTERM, SIGHUP) ended the run.
+    #[must_use]
+    pub fn is_interrupted(&self) -> bool {
+        matches!(
+            self,
+            Self::Interrupted | Self::Transfer(TransferError::Interrupted)
+        )
     }
 }

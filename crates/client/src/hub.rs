@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use tracing::debug;
 
 use crate::error::ClientError;
-use crate::nbd::NbdTls;
+use sendense_transfer::nbd::NbdTls;
 
 /// Longest error body kept in an error message.
 const MAX_ERROR_BODY: usize = 512;

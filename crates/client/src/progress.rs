@@ -1,10 +1,8 @@
-//! Progress of a transfer: bytes done and total per disk.
-//!
-//! The engine reports through the [`Progress`] trait; what is shown is the caller's choice:
-//! [`TerminalProgress`] draws indicatif bars (one per disk and a total: bytes, rate, ETA) when
-//! stderr is a terminal, [`LogProgress`] writes a `tracing` line per disk at most every few
-//! seconds otherwise, [`NoProgress`] does nothing. Implementations must be cheap: the engine
-//! calls [`Progress::advanced`] once per request.
+//! Progress of a transfer shown to a person: [`TerminalProgress`] draws indicatif bars (one
+//! per disk and a total: bytes, rate, ETA) when stderr is a terminal, [`LogProgress`] writes a
+//! `tracing` line per disk at most every few seconds otherwise. Both implement the transfer
+//! engine's [`Progress`] trait; they must be cheap: the engine calls
+//! [`Progress::advanced`] once per request.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,74 +11,8 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+pub use sendense_transfer::progress::{DiskProgress, NoProgress, Progress, ProgressCounters};
 use tracing::info;
-
-/// Receives progress from the transfer engine.
-pub trait Progress: Send + Sync + fmt::Debug {
-    /// A disk starts; `total_bytes` is what the plan will go through.
-    fn started(&self, disk_key: u32, total_bytes: u64);
-    /// `bytes` more of the disk's plan are done (sent, zeroed or skipped).
-    fn advanced(&self, disk_key: u32, bytes: u64);
-    /// The disk is done (flushed).
-    fn finished(&self, disk_key: u32);
-}
-
-/// Shows nothing.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn started(&self, _: u32, _: u64) {}
-    fn advanced(&self, _: u32, _: u64) {}
-    fn finished(&self, _: u32) {}
-}
-
-/// Bytes done and total of one disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DiskProgress {
-    /// Bytes done.
-    pub done: u64,
-    /// Bytes planned.
-    pub total: u64,
-    /// Whether the disk finished.
-    pub finished: bool,
-}
-
-/// Remembers progress per disk; [`Self::snapshot`] reads it (tests, callers that draw their own).
-#[derive(Debug, Default)]
-pub struct ProgressCounters {
-    disks: Mutex<BTreeMap<u32, DiskProgress>>,
-}
-
-impl ProgressCounters {
-    /// Per disk, ordered by key.
-    #[must_use]
-    pub fn snapshot(&self) -> BTreeMap<u32, DiskProgress> {
-        self.disks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn update(&self, disk_key: u32, f: impl FnOnce(&mut DiskProgress)) {
-        let mut disks = self.disks.lock().unwrap_or_else(PoisonError::into_inner);
-        f(disks.entry(disk_key).or_default());
-    }
-}
-
-impl Progress for ProgressCounters {
-    fn started(&self, disk_key: u32, total_bytes: u64) {
-        self.update(disk_key, |d| d.total = total_bytes);
-    }
-
-    fn advanced(&self, disk_key: u32, bytes: u64) {
-        self.update(disk_key, |d| d.done = d.done.saturating_add(bytes));
-    }
-
-    fn finished(&self, disk_key: u32) {
-        self.update(disk_key, |d| d.finished = true);
-    }
-}
 
 /// Writes one `info` line per disk at most every `interval`, and one when it finishes.
 #[derive(Debug)]
@@ -277,73 +209,9 @@ impl Progress for TerminalProgress {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C), SIGTERM or SIGHUP: all three stop a backup or restore the same
-/// way (the backup failed at the hub, a vCenter snapshot removed, a partial restore removed).
-/// The handlers are installed when this is called, not when the future is first polled, so a
-/// signal that arrives while the caller is still talking to the hub is not lost (and does not
-/// kill the process before the backup can be failed on the hub).
-pub fn interrupted() -> impl Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{Signal, SignalKind, signal};
-    let listen = |kind: SignalKind, name: &str| {
-        signal(kind)
-            .inspect_err(
-                |e| tracing::warn!(signal = name, error = %e, "cannot listen for a signal"),
-            )
-            .ok()
-    };
-    let mut int = listen(SignalKind::interrupt(), "SIGINT");
-    let mut term = listen(SignalKind::terminate(), "SIGTERM");
-    let mut hup = listen(SignalKind::hangup(), "SIGHUP");
-    async fn recv(s: Option<&mut Signal>) {
-        match s {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    }
-    async move {
-        let name = tokio::select! {
-            () = recv(int.as_mut()) => "SIGINT",
-            () = recv(term.as_mut()) => "SIGTERM",
-            () = recv(hup.as_mut()) => "SIGHUP",
-        };
-        tracing::warn!(signal = name, "interrupted: stopping");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn progress_counters_accumulate_per_disk() {
-        let p = ProgressCounters::default();
-        p.started(2000, 100);
-        p.started(2001, 50);
-
-        p.advanced(2000, 30);
-        p.advanced(2000, 20);
-        p.finished(2001);
-
-        let snap = p.snapshot();
-        assert_eq!(
-            snap[&2000],
-            DiskProgress {
-                done: 50,
-                total: 100,
-                finished: false
-            }
-        );
-        assert_eq!(
-            snap[&2001],
-            DiskProgress {
-                done: 0,
-                total: 50,
-                finished: true
-            }
-        );
-    }
 
     #[test]
     fn terminal_progress_hidden_target_accepts_updates() {

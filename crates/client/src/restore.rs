@@ -22,14 +22,16 @@ use sendense_qcow2::{AlignedBuf, CreateOptions, FileStorage, Image, Storage};
 use sendense_types::{BackupId, DiskKey};
 use tracing::{Instrument, info, info_span, warn};
 
+use sendense_transfer::TransferError;
+
 use crate::error::ClientError;
 use crate::hub::{HubClient, HubOptions};
-use crate::nbd::{NbdConnector, NbdSource, NbdUri};
 use crate::progress::{NoProgress, Progress};
-use crate::source::{BoxFuture, DiskSource};
-use crate::transfer::{
+use sendense_transfer::engine::{
     BlockTarget, DiskPlan, DiskTransfer, TargetConnector, TransferOptions, transfer_disk,
 };
+use sendense_transfer::nbd::{NbdConnector, NbdSource, NbdUri};
+use sendense_transfer::source::{BoxFuture, DiskSource};
 
 /// Format of the restored image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,7 +101,7 @@ pub struct RestoreSummary {
 /// # Errors
 /// See [`run_until`].
 pub async fn run(options: RestoreOptions) -> Result<RestoreSummary, ClientError> {
-    run_until(options, crate::progress::interrupted()).await
+    run_until(options, sendense_io::signal::stopped()).await
 }
 
 /// Restores one disk until done or until `shutdown` resolves.
@@ -122,10 +124,11 @@ async fn run_inner(
 ) -> Result<RestoreSummary, ClientError> {
     let started = Instant::now();
     if options.to.exists() {
-        return Err(ClientError::RestoreWrite {
+        return Err(TransferError::Write {
             path: options.to.clone(),
             source: io::Error::new(io::ErrorKind::AlreadyExists, "the target file exists"),
-        });
+        }
+        .into());
     }
     let hub = HubClient::new(&options.hub)?;
     let exports = hub.open_restore_exports(&options.backup_id).await?;
@@ -182,7 +185,7 @@ async fn restore_disk(
             drop(job);
             drop(target);
             let _ = std::fs::remove_file(&partial);
-            return Err(e);
+            return Err(e.into());
         }
     };
     drop(job);
@@ -205,18 +208,18 @@ fn partial_path(to: &Path) -> PathBuf {
 
 /// Closes the local image and renames it into place.
 async fn finish(target: Arc<LocalTarget>, partial: &Path, to: &Path) -> Result<(), ClientError> {
-    let target = Arc::try_unwrap(target).map_err(|_| ClientError::RestoreWrite {
+    let target = Arc::try_unwrap(target).map_err(|_| TransferError::Write {
         path: to.to_owned(),
         source: io::Error::other("the image is still in use"),
     })?;
-    let image = Arc::try_unwrap(target.image).map_err(|_| ClientError::RestoreWrite {
+    let image = Arc::try_unwrap(target.image).map_err(|_| TransferError::Write {
         path: to.to_owned(),
         source: io::Error::other("the image is still in use"),
     })?;
     let partial = partial.to_owned();
     let to = to.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let err = |source| ClientError::RestoreWrite {
+    let finished = tokio::task::spawn_blocking(move || {
+        let err = |source| TransferError::Write {
             path: to.clone(),
             source,
         };
@@ -232,7 +235,8 @@ async fn finish(target: Arc<LocalTarget>, partial: &Path, to: &Path) -> Result<(
         }
     })
     .await
-    .map_err(|_| ClientError::Interrupted)?
+    .map_err(|_| ClientError::Interrupted)?;
+    Ok(finished?)
 }
 
 /// The restored image being written.
@@ -274,15 +278,15 @@ impl LocalTarget {
     /// Creates a new image of `size` bytes at `path` (which must not exist).
     ///
     /// # Errors
-    /// [`ClientError::RestoreWrite`].
+    /// [`TransferError::Write`].
     async fn create(
         path: &Path,
         format: RestoreFormat,
         size: u64,
-    ) -> Result<Arc<Self>, ClientError> {
+    ) -> Result<Arc<Self>, TransferError> {
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || {
-            let err = |source| ClientError::RestoreWrite {
+            let err = |source| TransferError::Write {
                 path: path.clone(),
                 source,
             };
@@ -309,7 +313,7 @@ impl LocalTarget {
             }))
         })
         .await
-        .map_err(|_| ClientError::Interrupted)?
+        .map_err(|_| TransferError::Interrupted)?
     }
 
     fn zero_blocking(&self, offset: u64, length: u64) -> io::Result<()> {
@@ -322,8 +326,8 @@ impl LocalTarget {
         }
     }
 
-    fn err(&self, source: io::Error) -> ClientError {
-        ClientError::RestoreWrite {
+    fn err(&self, source: io::Error) -> TransferError {
+        TransferError::Write {
             path: self.path.clone(),
             source,
         }
@@ -335,14 +339,18 @@ impl LocalTarget {
 struct LocalConnector(Arc<LocalTarget>);
 
 impl TargetConnector for LocalConnector {
-    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn BlockTarget>, ClientError>> {
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn BlockTarget>, TransferError>> {
         let target: Arc<dyn BlockTarget> = Arc::clone(&self.0) as Arc<dyn BlockTarget>;
         Box::pin(async move { Ok(target) })
     }
 }
 
 impl BlockTarget for LocalTarget {
-    fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> BoxFuture<'a, Result<(), ClientError>> {
+    fn write<'a>(
+        &'a self,
+        offset: u64,
+        data: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), TransferError>> {
         Box::pin(async move {
             let mut buf = self
                 .buffers
@@ -357,7 +365,7 @@ impl BlockTarget for LocalTarget {
                 image.write_blocking(offset, &buf).map(|()| buf)
             })
             .await
-            .map_err(|_| ClientError::Interrupted)?
+            .map_err(|_| TransferError::Interrupted)?
             .map_err(|e| self.err(e))?;
             let mut free = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
             if free.len() < KEEP_BUFFERS {
@@ -367,11 +375,11 @@ impl BlockTarget for LocalTarget {
         })
     }
 
-    fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), ClientError>> {
+    fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), TransferError>> {
         Box::pin(async move { self.zero_blocking(offset, length).map_err(|e| self.err(e)) })
     }
 
-    fn flush(&self) -> BoxFuture<'_, Result<(), ClientError>> {
+    fn flush(&self) -> BoxFuture<'_, Result<(), TransferError>> {
         Box::pin(async move {
             match self.image.as_ref() {
                 LocalImage::Raw(_) => Ok(()),
@@ -382,7 +390,7 @@ impl BlockTarget for LocalTarget {
         })
     }
 
-    fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), ClientError>> {
+    fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), TransferError>> {
         Box::pin(async { Ok(()) })
     }
 }

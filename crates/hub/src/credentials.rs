@@ -444,7 +444,7 @@ mod tests {
 
     mod sessions {
         use super::*;
-        use sendense_vsphere::simulator::{SIM_PASSWORD, SIM_USER, Simulator};
+        use sendense_vsphere_sim::{SIM_PASSWORD, SIM_USER, Simulator};
 
         struct World {
             _dir: tempfile::TempDir,

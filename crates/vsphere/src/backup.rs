@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sendense_client::{DiskSource, Extent};
+use sendense_transfer::{DiskSource, Extent};
 use sendense_types::{ChangeId, DiskKey};
 use tracing::{error, info, warn};
 

@@ -7,7 +7,7 @@
 //! Every answer is checked: it must start where asked, advance, and list sorted areas inside
 //! the disk; adjacent areas are merged.
 
-use sendense_client::Extent;
+use sendense_transfer::Extent;
 use tracing::debug;
 
 use crate::error::VsphereError;

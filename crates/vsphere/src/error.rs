@@ -82,6 +82,15 @@ impl std::fmt::Display for SoapFault {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VsphereError {
+    /// A [`crate::SessionIssuer`] (the hub, for a stored credential) could not hand out a
+    /// vCenter session: unknown credential, vCenter refused the login, issuer unreachable.
+    #[error("{issuer} could not issue a vCenter session: {reason}")]
+    SessionIssue {
+        /// The issuer, as it describes itself.
+        issuer: String,
+        /// Why, in words (the issuer's error and its causes).
+        reason: String,
+    },
     /// vCenter answered with a SOAP fault.
     #[error("vCenter fault during {call}: {fault}")]
     Fault {
@@ -290,67 +299,6 @@ pub enum VsphereError {
         #[source]
         source: reqwest::Error,
     },
-    /// The hub, the NBD transfer or a disk source failed during a vCenter backup.
-    #[error("Backup through the hub failed")]
-    Client {
-        /// The client's error.
-        #[source]
-        source: Box<sendense_client::ClientError>,
-    },
-    /// The hub refused to start the backup because another backup of the VM is running (409):
-    /// one run per VM. Nothing was done in vCenter (no snapshot created or removed).
-    #[error(
-        "Another backup of VM {vm} is running at the hub (one run per VM): nothing was done in vCenter; retry once it has ended"
-    )]
-    VmBusy {
-        /// The VM's name at the hub.
-        vm: String,
-        /// The hub's 409 answer.
-        #[source]
-        source: Box<sendense_client::ClientError>,
-    },
-    /// A backup whose incremental CBT refused was restarted as a full, but the hub refused the
-    /// full (another run took the VM in between): the snapshot has been removed.
-    #[error("Restarting VM {vm}'s backup as a full ({reason}) was refused by the hub")]
-    RestartRefused {
-        /// The VM's name at the hub.
-        vm: String,
-        /// Why the incremental had to become a full.
-        reason: String,
-        /// The hub's answer.
-        #[source]
-        source: Box<sendense_client::ClientError>,
-    },
-    /// The VM's vCenter name cannot be its name at the hub.
-    #[error("VM {name:?} cannot be stored at the hub: {reason}")]
-    HubVmName {
-        /// The name.
-        name: String,
-        /// Why.
-        reason: String,
-    },
-    /// `--type incremental` was asked, but a full is needed.
-    #[error("An incremental backup is not possible ({reason}); use --type auto or full")]
-    IncrementalImpossible {
-        /// Why a full is needed.
-        reason: String,
-    },
-    /// The hub's parent change id of a disk is not the base CBT answered for.
-    #[error("Disk {disk_key}: the hub's parent change id {hub:?} is not the CBT base {base}")]
-    BaseMismatch {
-        /// The disk.
-        disk_key: u32,
-        /// The base the changed areas are relative to.
-        base: String,
-        /// What the hub answered.
-        hub: Option<String>,
-    },
-    /// A required command-line flag is missing.
-    #[error("Missing {flag}")]
-    MissingArgument {
-        /// The flag.
-        flag: &'static str,
-    },
     /// vCenter could not create a quiesced snapshot (typically: VMware Tools missing or not
     /// running in the guest). Nothing was created.
     #[error(
@@ -360,38 +308,6 @@ pub enum VsphereError {
     QuiesceFailed {
         /// vCenter's fault.
         fault: SoapFault,
-    },
-    /// `--vcenter-credential` is not a valid credential name.
-    #[error("Invalid credential name {name:?}: {reason}")]
-    InvalidCredentialName {
-        /// The name given.
-        name: String,
-        /// Why it is invalid.
-        reason: String,
-    },
-    /// The hub could not hand out a vCenter session for a stored credential
-    /// (`--vcenter-credential`): unknown credential, vCenter refused the login, hub unreachable.
-    #[error("The hub could not open a vCenter session with credential {credential}")]
-    CredentialSession {
-        /// The credential's name.
-        credential: String,
-        /// The hub call's error (the hub's status and message).
-        #[source]
-        source: Box<sendense_client::ClientError>,
-    },
-    /// The user interrupted the run (Ctrl-C, SIGTERM or SIGHUP).
-    #[error("Interrupted (Ctrl-C, SIGTERM or SIGHUP)")]
-    Interrupted,
-    /// The backup completed but our snapshot could not be removed.
-    #[error(
-        "Backup {backup_id} completed, but the snapshot could not be removed: remove it in vCenter"
-    )]
-    SnapshotLeft {
-        /// The completed backup.
-        backup_id: String,
-        /// The removal's error.
-        #[source]
-        source: Box<Self>,
     },
 }
 
@@ -423,7 +339,7 @@ impl VsphereError {
             Self::Fault { fault, .. } if fault.kind == FaultKind::InvalidLogin => {
                 ErrorKind::Authentication
             }
-            Self::CredentialSession { .. } => ErrorKind::Authentication,
+            Self::SessionIssue { .. } => ErrorKind::Authentication,
             Self::Fault { .. } | Self::TaskFailed { .. } | Self::QuiesceFailed { .. } => {
                 ErrorKind::Fault
             }
@@ -439,11 +355,7 @@ impl VsphereError {
             | Self::CaFile { .. }
             | Self::PasswordFile { .. }
             | Self::InvalidAddress { .. }
-            | Self::ClientBuild { .. }
-            | Self::MissingArgument { .. }
-            | Self::HubVmName { .. }
-            | Self::InvalidCredentialName { .. }
-            | Self::IncrementalImpossible { .. } => ErrorKind::Configuration,
+            | Self::ClientBuild { .. } => ErrorKind::Configuration,
             _ => ErrorKind::Protocol,
         }
     }

@@ -1,16 +1,13 @@
 //! vSphere client for Sendense: back up VMware VMs with Changed Block Tracking, no VDDK.
 //!
 //! - [`Session`]: a logged-in vCenter SOAP session (rustls, re-login on expiry).
-//! - [`credential`]: sessions issued by the hub for a stored credential (`--vcenter-credential`).
 //! - [`soap`]: hand-written vim25 envelopes and bounded response parsing.
 //! - [`cbt::changed_areas`]: the paged `QueryChangedDiskAreas` loop.
 //! - [`DatastoreFile`]: `/folder` Range reads with bounded concurrency and 503 back-off.
-//! - [`VmDiskSource`]: a [`sendense_client::DiskSource`] of a disk at a snapshot.
+//! - [`VmDiskSource`]: a [`sendense_transfer::DiskSource`] of a disk at a snapshot.
 //! - [`VsphereBackup::prepare`]: the VMware CBT rules (snapshot, change ids, automatic fulls)
 //!   and [`Prepared::finish`], which always removes our snapshot.
-//! - [`flow`]: `sendense-client backup --vcenter`: prepare, hub chain, transfer, complete or
-//!   fail, snapshot always removed ([`flow::run_until`], [`flow::VcenterProvider`]).
-//! - `simulator` (feature `simulator`): an in-process vCenter for tests.
+//! - [`xml`]: the bounded XML reader of vCenter answers (also used by `sendense-vsphere-sim`).
 //!
 //! A backup run, as the client binary drives it:
 //!
@@ -38,16 +35,12 @@
 
 pub mod backup;
 pub mod cbt;
-pub mod credential;
 pub mod datastore;
 pub mod error;
-pub mod flow;
 pub mod session;
-#[cfg(feature = "simulator")]
-pub mod simulator;
 pub mod soap;
 pub mod source;
-mod xml;
+pub mod xml;
 
 pub use backup::{
     DiskMode, PrepareOptions, Prepared, PreparedDisk, PreviousDisk, SNAPSHOT_PREFIX,

@@ -8,7 +8,7 @@
 use std::io;
 use std::sync::Arc;
 
-use sendense_client::{BoxFuture, DiskSource, Extent, SourceError};
+use sendense_transfer::{BoxFuture, DiskSource, Extent, TransferError};
 use tracing::warn;
 
 use crate::cbt::{ALL_ALLOCATED, changed_areas};
@@ -75,7 +75,7 @@ impl VmDiskSource {
         self.file.read_at(offset, buf).await
     }
 
-    async fn compute_allocated(&self) -> Result<Vec<Extent>, SourceError> {
+    async fn compute_allocated(&self) -> Result<Vec<Extent>, TransferError> {
         let whole = || {
             if self.capacity == 0 {
                 Vec::new()
@@ -101,7 +101,7 @@ impl VmDiskSource {
                 warn!(disk = c.key, error = %e, "allocated areas unavailable; reading the whole disk");
                 Ok(whole())
             }
-            Err(e) => Err(SourceError::Io {
+            Err(e) => Err(TransferError::Io {
                 offset: 0,
                 len: self.capacity,
                 source: io::Error::other(e),
@@ -119,17 +119,17 @@ impl DiskSource for VmDiskSource {
         &'a self,
         offset: u64,
         buf: &'a mut [u8],
-    ) -> BoxFuture<'a, Result<(), SourceError>> {
+    ) -> BoxFuture<'a, Result<(), TransferError>> {
         Box::pin(async move {
             let len = buf.len() as u64;
             match self.read_at(offset, buf).await {
                 Ok(()) => Ok(()),
-                Err(VsphereError::ReadOutOfRange { .. }) => Err(SourceError::OutOfRange {
+                Err(VsphereError::ReadOutOfRange { .. }) => Err(TransferError::OutOfRange {
                     offset,
                     len,
                     size: self.capacity,
                 }),
-                Err(e) => Err(SourceError::Io {
+                Err(e) => Err(TransferError::Io {
                     offset,
                     len,
                     source: io::Error::other(e),
@@ -138,7 +138,7 @@ impl DiskSource for VmDiskSource {
         })
     }
 
-    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, SourceError>> {
+    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, TransferError>> {
         Box::pin(async move {
             self.allocated
                 .get_or_try_init(|| self.compute_allocated())

@@ -19,38 +19,37 @@ pub const MAX_ELEMENTS: usize = 400_000;
 
 /// One XML element: local name, attributes, children and concatenated text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Element {
+pub struct Element {
     /// Local name (prefix removed).
-    pub(crate) name: String,
+    pub name: String,
     /// Unprefixed `type` attribute (a managed object reference's type).
-    pub(crate) mo_type: Option<String>,
+    pub mo_type: Option<String>,
     /// `xsi:type` attribute with its prefix removed.
-    pub(crate) xsi_type: Option<String>,
+    pub xsi_type: Option<String>,
     /// Child elements in document order.
-    pub(crate) children: Vec<Self>,
+    pub children: Vec<Self>,
     /// Text content (unescaped), trimmed of surrounding whitespace at the end of parsing.
-    pub(crate) text: String,
+    pub text: String,
 }
 
 impl Element {
     /// First child with this local name.
-    pub(crate) fn child(&self, name: &str) -> Option<&Self> {
+    pub fn child(&self, name: &str) -> Option<&Self> {
         self.children.iter().find(|c| c.name == name)
     }
 
     /// All children with this local name.
-    pub(crate) fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Self> {
+    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Self> {
         self.children.iter().filter(move |c| c.name == name)
     }
 
     /// Text of the first child with this name.
-    pub(crate) fn child_text(&self, name: &str) -> Option<&str> {
+    pub fn child_text(&self, name: &str) -> Option<&str> {
         self.child(name).map(|c| c.text.as_str())
     }
 
     /// Descend through a path of child names.
-    #[cfg(any(test, feature = "simulator"))]
-    pub(crate) fn path(&self, names: &[&str]) -> Option<&Self> {
+    pub fn path(&self, names: &[&str]) -> Option<&Self> {
         let mut cur = self;
         for n in names {
             cur = cur.child(n)?;
@@ -101,7 +100,7 @@ fn start_element(e: &BytesStart<'_>) -> Result<Element, VsphereError> {
 /// # Errors
 /// [`VsphereError::XmlLimit`] when a bound is exceeded, [`VsphereError::Xml`] when the input
 /// is not well-formed, [`VsphereError::UnexpectedResponse`] when there is no root element.
-pub(crate) fn parse(input: &[u8]) -> Result<Element, VsphereError> {
+pub fn parse(input: &[u8]) -> Result<Element, VsphereError> {
     if input.len() > MAX_RESPONSE_BYTES {
         return Err(VsphereError::XmlLimit {
             limit: "response size",
@@ -194,7 +193,7 @@ pub(crate) fn parse(input: &[u8]) -> Result<Element, VsphereError> {
 }
 
 /// Escape text for use in element content or attribute values.
-pub(crate) fn escape(s: &str) -> String {
+pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

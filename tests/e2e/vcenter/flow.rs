@@ -12,15 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sendense_client::ClientError;
-use sendense_client::cli::{Cli, execute_with};
+use sendense_client::cli::{Cli, execute};
 use sendense_client::hub::{HubClient, HubOptions};
 use sendense_client::progress::Progress;
-use sendense_client::transfer::TransferOptions;
+use sendense_client::vcenter::{VcenterBackupOptions, run_until};
 use sendense_hub::daemon::{self, ClientCerts, HubConfig, RunningHub};
+use sendense_transfer::TransferError;
+use sendense_transfer::engine::TransferOptions;
 use sendense_types::{Backup, BackupStatus, BackupSummary, BackupType, VmName};
 use sendense_vsphere::VsphereError;
-use sendense_vsphere::flow::{VcenterBackupOptions, VcenterProvider, run_until};
-use sendense_vsphere::simulator::{DiskSpec, Simulator, VmSpec};
+use sendense_vsphere_sim::{DiskSpec, Simulator, VmSpec};
 use tempfile::TempDir;
 
 use super::{MIB, options};
@@ -86,7 +87,7 @@ impl World {
         o
     }
 
-    async fn backup(&self, backup_type: BackupType) -> Result<BackupSummary, VsphereError> {
+    async fn backup(&self, backup_type: BackupType) -> Result<BackupSummary, ClientError> {
         run_until(self.backup_options(backup_type), std::future::pending()).await
     }
 
@@ -296,7 +297,10 @@ async fn vcenter_backup_datastore_failure_mid_transfer_fails_backup_and_removes_
         .unwrap_err();
 
     w.sim.set_busy_storm(0);
-    assert!(matches!(err, VsphereError::Client { .. }), "{err:?}");
+    assert!(
+        matches!(err, ClientError::Transfer(TransferError::Source { .. })),
+        "{err:?}"
+    );
     let backups = w.all_backups().await;
     assert_eq!(backups.len(), 1);
     assert_eq!(backups[0].status, BackupStatus::Failed);
@@ -322,7 +326,7 @@ async fn vcenter_backup_interrupted_mid_transfer_fails_backup_and_removes_snapsh
 
     let err = run_until(options, shutdown).await.unwrap_err();
 
-    assert!(matches!(err, VsphereError::Interrupted), "{err:?}");
+    assert!(matches!(err, ClientError::Interrupted), "{err:?}");
     let backups = w.all_backups().await;
     assert_eq!(backups.len(), 1);
     assert_eq!(backups[0].status, BackupStatus::Failed);
@@ -336,7 +340,7 @@ async fn vcenter_backup_incremental_without_chain_is_refused_before_the_hub() {
     let err = w.backup(BackupType::Incremental).await.unwrap_err();
 
     assert!(
-        matches!(err, VsphereError::IncrementalImpossible { .. }),
+        matches!(err, ClientError::IncrementalImpossible { .. }),
         "{err:?}"
     );
     let backups = w.all_backups().await;
@@ -354,11 +358,7 @@ async fn cli_backup_vcenter_json_runs_full_through_provider() {
     let ca = dir.path().join("vc-ca.pem");
     std::fs::write(&ca, w.sim.ca_pem()).unwrap();
     let pw = dir.path().join("pw");
-    std::fs::write(
-        &pw,
-        format!("{}\n", sendense_vsphere::simulator::SIM_PASSWORD),
-    )
-    .unwrap();
+    std::fs::write(&pw, format!("{}\n", sendense_vsphere_sim::SIM_PASSWORD)).unwrap();
     let hub = w.hub_options();
     let args: Vec<String> = vec![
         "sendense-client".into(),
@@ -366,7 +366,7 @@ async fn cli_backup_vcenter_json_runs_full_through_provider() {
         "--vcenter".into(),
         w.sim.address(),
         "--vcenter-user".into(),
-        sendense_vsphere::simulator::SIM_USER.into(),
+        sendense_vsphere_sim::SIM_USER.into(),
         "--vcenter-password-file".into(),
         pw.display().to_string(),
         "--vcenter-ca".into(),
@@ -385,9 +385,7 @@ async fn cli_backup_vcenter_json_runs_full_through_provider() {
     ];
     let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
 
-    let out = execute_with(cli.command, Some(&VcenterProvider))
-        .await
-        .unwrap();
+    let out = execute(cli.command).await.unwrap();
 
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -409,7 +407,7 @@ async fn cli_backup_vcenter_json_runs_full_through_provider() {
 }
 
 #[tokio::test]
-async fn cli_backup_vcenter_without_provider_is_refused() {
+async fn cli_backup_vcenter_with_a_missing_password_file_is_refused_before_any_login() {
     let cli = <Cli as clap::Parser>::try_parse_from([
         "sendense-client",
         "backup",
@@ -418,7 +416,7 @@ async fn cli_backup_vcenter_without_provider_is_refused() {
         "--vcenter-user",
         "u",
         "--vcenter-password-file",
-        "pw",
+        "/nonexistent/sendense-test/vcenter-password",
         "--insecure",
         "--vm",
         "vm1",
@@ -431,16 +429,10 @@ async fn cli_backup_vcenter_without_provider_is_refused() {
     ])
     .unwrap();
 
-    let err = execute_with(cli.command, None).await.unwrap_err();
+    let err = execute(cli.command).await.unwrap_err();
 
     assert!(
-        matches!(
-            err,
-            ClientError::InvalidArgument {
-                what: "--vcenter",
-                ..
-            }
-        ),
+        matches!(err, ClientError::Vsphere(VsphereError::PasswordFile { .. })),
         "{err:?}"
     );
 }
@@ -455,7 +447,7 @@ fn cli_backup_vcenter_with_disk_is_refused() {
         "--vcenter-user",
         "u",
         "--vcenter-password-file",
-        "pw",
+        "/nonexistent/sendense-test/vcenter-password",
         "--insecure",
         "--vm",
         "vm1",
@@ -561,7 +553,7 @@ async fn vcenter_two_runs_of_one_vm_at_once_second_refused_first_snapshot_surviv
         .expect("run A ends")
         .unwrap()
         .unwrap();
-    assert!(matches!(err, VsphereError::VmBusy { .. }), "{err:?}");
+    assert!(matches!(err, ClientError::VmBusy { .. }), "{err:?}");
     let text = format!("{err}: {:?}", std::error::Error::source(&err));
     assert!(
         text.contains("Another backup of VM vm1 is running") && text.contains("409"),

@@ -7,10 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sendense_client::nbd::{NbdConnector, NbdSource, NbdTls, NbdUri};
-use sendense_client::progress::NoProgress;
-use sendense_client::transfer::{DiskPlan, DiskTransfer, TransferOptions, transfer_disk};
-use sendense_client::{ClientError, DiskSource, Extent, MemorySource, RawFileSource};
+use sendense_transfer::engine::{DiskPlan, DiskTransfer, TransferOptions, transfer_disk};
+use sendense_transfer::nbd::{NbdConnector, NbdSource, NbdTls, NbdUri};
+use sendense_transfer::progress::NoProgress;
+use sendense_transfer::{DiskSource, Extent, MemorySource, RawFileSource, TransferError};
 
 use crate::common::{Op, TestNbd, make_certs, pattern, qemu_img};
 
@@ -138,7 +138,7 @@ async fn engine_wrong_ca_fails_to_connect() {
     assert!(
         matches!(
             err,
-            ClientError::Nbd {
+            TransferError::Nbd {
                 operation: "connect",
                 ..
             }

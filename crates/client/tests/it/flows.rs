@@ -9,7 +9,8 @@ use sendense_client::ClientError;
 use sendense_client::backup::{self, BackupOptions, DiskInput};
 use sendense_client::hub::HubOptions;
 use sendense_client::restore::{self, RestoreFormat, RestoreOptions};
-use sendense_client::transfer::TransferOptions;
+use sendense_transfer::TransferError;
+use sendense_transfer::engine::TransferOptions;
 use sendense_types::{BackupStatus, BackupType, DiskKey, VmName};
 
 use crate::common::{Certs, Op, TestNbd, make_certs, pattern, qemu_img};
@@ -305,7 +306,10 @@ async fn backup_nbd_failure_fails_the_backup_with_the_reason() {
         .await
         .unwrap_err();
 
-    assert!(matches!(err, ClientError::Nbd { .. }), "{err:?}");
+    assert!(
+        matches!(err, ClientError::Transfer(TransferError::Nbd { .. })),
+        "{err:?}"
+    );
     let st = w.hub.state.lock().unwrap();
     let reason = st.failed.clone().unwrap();
     assert!(reason.contains("NBD connect failed"), "{reason}");
@@ -404,7 +408,10 @@ async fn restore_existing_target_is_refused() {
 
     let err = restore::run(ro).await.unwrap_err();
 
-    assert!(matches!(err, ClientError::RestoreWrite { .. }), "{err:?}");
+    assert!(
+        matches!(err, ClientError::Transfer(TransferError::Write { .. })),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use sendense_types::{ChangeId, DiskKey};
-use sendense_vsphere::simulator::DiskSpec;
 use sendense_vsphere::{DiskMode, PrepareOptions, PreviousDisk, VsphereBackup, VsphereError};
+use sendense_vsphere_sim::DiskSpec;
 
 use crate::support::{MIB, assert_extents_match_file, env, env_with, ext, previous_of, session};
 

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use sendense_vsphere::simulator::SIM_USER;
 use sendense_vsphere::{
     ALL_ALLOCATED, ConnectOptions, DatastoreFile, DatastorePath, ErrorKind, FaultKind, Session,
     TlsMode, VsphereError, changed_areas,
 };
+use sendense_vsphere_sim::SIM_USER;
 
 use crate::support::{MIB, env, options, session};
 
@@ -407,7 +407,7 @@ async fn changed_areas_overlapping_is_rejected() {
 #[test]
 fn simulator_on_own_runtime_serves_a_blocking_caller() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sendense_vsphere::simulator::Simulator::start_blocking(dir.path()).unwrap();
+    let sim = sendense_vsphere_sim::Simulator::start_blocking(dir.path()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -440,7 +440,7 @@ impl sendense_vsphere::SessionIssuer for CountingIssuer {
 }
 
 fn issued_options(
-    sim: &sendense_vsphere::simulator::Simulator,
+    sim: &sendense_vsphere_sim::Simulator,
 ) -> (ConnectOptions, std::sync::Arc<CountingIssuer>) {
     let issuer = std::sync::Arc::new(CountingIssuer {
         options: options(sim),

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sendense_client::Extent;
+use sendense_transfer::Extent;
 use sendense_types::DiskKey;
-use sendense_vsphere::simulator::{DiskSpec, SIM_PASSWORD, SIM_USER, Simulator, VmSpec};
 use sendense_vsphere::{ConnectOptions, PreparedDisk, PreviousDisk, Session, TlsMode};
+use sendense_vsphere_sim::{DiskSpec, SIM_PASSWORD, SIM_USER, Simulator, VmSpec};
 use tempfile::TempDir;
 
 /// A simulator with one VM, and the VM's id.

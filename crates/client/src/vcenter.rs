@@ -1,13 +1,8 @@
 //! `sendense-client backup --vcenter ...`: one VM's disks from vCenter into the hub.
 //!
-//! # Where this lives, and why
-//!
-//! This crate depends on `sendense-client` (disk sources, transfer engine, hub client), so the
-//! client crate cannot call it. The client's CLI parses the vCenter flags with the rest of
-//! `backup` and hands them to a [`sendense_client::cli::RemoteBackup`] provider;
-//! [`VcenterProvider`] is that provider, and the `sendense-client` binary injects it with
-//! `execute_with(command, Some(&VcenterProvider))`. The binary stays free of logic, `--help`
-//! shows every flag, and no dependency cycle appears.
+//! The vCenter side (sessions, snapshots, CBT, datastore reads) is `sendense-vsphere`; this
+//! module drives it together with the hub and the transfer engine, exactly as
+//! [`crate::backup`] does for local disks.
 //!
 //! # Sequence ([`run_until`])
 //!
@@ -16,13 +11,13 @@
 //! 2. Read the hub's chain of the VM (404 or empty: a first full). The last completed backup
 //!    gives each disk's previous change id and capacity.
 //! 3. Decide full or incremental from the VM's devices as they are now
-//!    ([`crate::backup::full_reason_before_snapshot`]: CBT off, a disk's key, UUID or capacity
+//!    ([`sendense_vsphere::backup::full_reason_before_snapshot`]: CBT off, a disk's key, UUID or capacity
 //!    changed, a CBT epoch changed, no previous backup, or `--type full`), with a log line saying
 //!    why. `--type incremental` when a full is needed is refused (nothing is started at the hub).
 //!    The hub is asked for `full` or `incremental` explicitly, never `auto`.
 //! 4. **One run per VM**: register the VM's disks and start the backup at the hub *before*
 //!    touching any snapshot. The hub's start is its per-VM lock: a second run of the VM gets
-//!    409 and stops with [`VsphereError::VmBusy`], having done nothing in vCenter.
+//!    409 and stops with [`ClientError::VmBusy`], having done nothing in vCenter.
 //! 5. [`VsphereBackup::prepare`]: remove leftover snapshots of ours except those a running
 //!    backup owns (their moref recorded at the hub), create one snapshot named
 //!    `sendense-<backup id>`, read change ids from it, compute extents per disk. Then record the
@@ -49,15 +44,11 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sendense_client::ClientError;
-use sendense_client::cli::{RemoteBackup, RemoteBackupRequest};
-use sendense_client::hub::{HubClient, HubOptions};
-use sendense_client::nbd::{NbdConnector, NbdUri};
-use sendense_client::progress::{NoProgress, Progress};
-use sendense_client::source::BoxFuture;
-use sendense_client::transfer::{
+use sendense_transfer::engine::{
     DiskPlan, DiskStats, DiskTransfer, TargetConnector, TransferOptions, transfer_all,
 };
+use sendense_transfer::nbd::{NbdConnector, NbdUri};
+use sendense_transfer::progress::{NoProgress, Progress};
 use sendense_types::api::{MAX_CHAIN_LENGTH, SnapshotRequest};
 use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, BackupSummary, BackupType, Chain,
@@ -66,14 +57,16 @@ use sendense_types::{
 };
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::backup::{
-    DiskMode, PrepareOptions, Prepared, PreviousDisk, SNAPSHOT_PREFIX, VsphereBackup,
-    check_vm_disks, full_reason_before_snapshot,
+use sendense_vsphere::backup::{check_vm_disks, full_reason_before_snapshot};
+use sendense_vsphere::{
+    ConnectOptions, DiskMode, Login, MoRef, PrepareOptions, Prepared, PreviousDisk,
+    SNAPSHOT_PREFIX, Session, TlsMode, VsphereBackup, VsphereError, read_password_file,
 };
+
+use crate::cli::VcenterRequest;
 use crate::credential::HubSessionIssuer;
-use crate::error::VsphereError;
-use crate::session::{ConnectOptions, Login, Session, TlsMode, read_password_file};
-use crate::soap::MoRef;
+use crate::error::ClientError;
+use crate::hub::{HubClient, HubOptions};
 
 /// Everything a vCenter backup needs.
 #[derive(Debug, Clone)]
@@ -115,32 +108,22 @@ impl VcenterBackupOptions {
     }
 }
 
-/// The [`RemoteBackup`] provider of `sendense-client backup --vcenter`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct VcenterProvider;
-
-impl RemoteBackup for VcenterProvider {
-    fn backup(
-        &self,
-        request: RemoteBackupRequest,
-    ) -> BoxFuture<'_, Result<BackupSummary, ClientError>> {
-        Box::pin(async move {
-            let options = options_from_request(&request).map_err(into_client_error)?;
-            run(options).await.map_err(into_client_error)
-        })
-    }
+/// `sendense-client backup --vcenter ...`: the command line's request, run.
+///
+/// # Errors
+/// See [`options_from_request`] and [`run`].
+pub async fn backup(request: &VcenterRequest) -> Result<BackupSummary, ClientError> {
+    run(options_from_request(request)?).await
 }
 
 /// Turns the command line's request into options (reads the password file).
 ///
 /// # Errors
-/// [`VsphereError::PasswordFile`]; [`VsphereError::MissingArgument`] when a vCenter flag is
-/// absent; [`VsphereError::InvalidCredentialName`].
-pub fn options_from_request(
-    request: &RemoteBackupRequest,
-) -> Result<VcenterBackupOptions, VsphereError> {
+/// [`VsphereError::PasswordFile`]; [`ClientError::MissingArgument`] when a vCenter flag is
+/// absent; [`ClientError::InvalidCredentialName`].
+pub fn options_from_request(request: &VcenterRequest) -> Result<VcenterBackupOptions, ClientError> {
     let v = &request.vcenter;
-    let missing = |flag: &'static str| VsphereError::MissingArgument { flag };
+    let missing = |flag: &'static str| ClientError::MissingArgument { flag };
     let tls = match (&v.vcenter_ca, v.insecure) {
         (Some(ca), _) => TlsMode::CaFile(ca.clone()),
         (None, true) => TlsMode::Insecure,
@@ -149,7 +132,7 @@ pub fn options_from_request(
     let (connect, credential) = match &v.vcenter_credential {
         Some(name) => {
             let name = CredentialName::try_from(name.as_str()).map_err(|e| {
-                VsphereError::InvalidCredentialName {
+                ClientError::InvalidCredentialName {
                     name: name.clone(),
                     reason: e.to_string(),
                 }
@@ -184,26 +167,26 @@ pub fn options_from_request(
 }
 
 /// Runs a vCenter backup; Ctrl-C (SIGINT), SIGTERM or SIGHUP removes the snapshot, fails the
-/// backup on the hub and returns [`VsphereError::Interrupted`].
+/// backup on the hub and returns [`ClientError::Interrupted`].
 ///
 /// # Errors
 /// See [`run_until`].
-pub async fn run(options: VcenterBackupOptions) -> Result<BackupSummary, VsphereError> {
+pub async fn run(options: VcenterBackupOptions) -> Result<BackupSummary, ClientError> {
     // The signal handlers are installed now, not at first poll: a signal during login or the
     // snapshot is not lost (and does not kill the process with the snapshot left).
-    run_until(options, sendense_client::progress::interrupted()).await
+    run_until(options, sendense_io::signal::stopped()).await
 }
 
 /// Runs a vCenter backup until done or until `shutdown` resolves (see the module docs).
 ///
 /// # Errors
-/// vCenter errors, hub errors, transfer errors, [`VsphereError::IncrementalImpossible`],
-/// [`VsphereError::Interrupted`]. Whatever the error, the snapshot has been removed (or the
+/// vCenter errors, hub errors, transfer errors, [`ClientError::IncrementalImpossible`],
+/// [`ClientError::Interrupted`]. Whatever the error, the snapshot has been removed (or the
 /// removal's failure logged) and a started backup failed at the hub before this returns.
 pub async fn run_until(
     options: VcenterBackupOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<BackupSummary, VsphereError> {
+) -> Result<BackupSummary, ClientError> {
     let span = info_span!("vcenter_backup", vm = %options.vm);
     run_inner(options, shutdown).instrument(span).await
 }
@@ -211,10 +194,10 @@ pub async fn run_until(
 async fn run_inner(
     options: VcenterBackupOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<BackupSummary, VsphereError> {
+) -> Result<BackupSummary, ClientError> {
     let started = Instant::now();
     let mut shutdown = pin!(shutdown);
-    let hub = HubClient::new(&options.hub).map_err(client)?;
+    let hub = HubClient::new(&options.hub)?;
     let connect = match &options.credential {
         None => options.connect.clone(),
         Some(name) => {
@@ -245,10 +228,10 @@ async fn with_session(
     session: &Session,
     shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
     started: Instant,
-) -> Result<BackupSummary, VsphereError> {
+) -> Result<BackupSummary, ClientError> {
     let vm_ref = session.find_vm(&options.vm).await?;
     let vm_info = session.vm_info(&vm_ref).await?;
-    let vm_name = VmName::try_from(vm_info.name.as_str()).map_err(|e| VsphereError::HubVmName {
+    let vm_name = VmName::try_from(vm_info.name.as_str()).map_err(|e| ClientError::HubVmName {
         name: vm_info.name.clone(),
         reason: e.to_string(),
     })?;
@@ -265,7 +248,7 @@ async fn with_session(
             BackupType::Full
         }
         (BackupType::Incremental, Some(reason)) => {
-            return Err(VsphereError::IncrementalImpossible { reason });
+            return Err(ClientError::IncrementalImpossible { reason });
         }
         (_, Some(reason)) => {
             info!(vm = %vm_name, %reason, "full backup on a new chain");
@@ -284,33 +267,24 @@ async fn with_session(
     let mut current = Some(backup);
     let (work, removed) = locked(options, hub, session, &previous, &mut current, shutdown).await;
     let result = match (work, current) {
-        (Ok(stats), Some(backup)) => {
-            hub.backup(&backup.backup_id)
-                .await
-                .map_err(client)
-                .map(|final_state| {
-                    sendense_client::backup::summary(
-                        &final_state,
-                        &stats,
-                        started.elapsed().as_secs_f64(),
-                    )
-                })
-        }
-        (Ok(_), None) => Err(VsphereError::UnexpectedResponse {
+        (Ok(stats), Some(backup)) => hub.backup(&backup.backup_id).await.map(|final_state| {
+            crate::backup::summary(&final_state, &stats, started.elapsed().as_secs_f64())
+        }),
+        (Ok(_), None) => Err(ClientError::HubState {
             what: "no backup at the hub after the transfer",
         }),
         (Err(e), current) => {
             // The snapshot is gone (or its removal failed) before the hub lets the VM go.
             if let Some(backup) = current {
-                let reason = sendense_client::backup::error_text(&e);
-                sendense_client::backup::fail_at_hub(hub, &backup.backup_id, &reason).await;
+                let reason = crate::backup::error_text(&e);
+                crate::backup::fail_at_hub(hub, &backup.backup_id, &reason).await;
             }
             Err(e)
         }
     };
     match (result, removed) {
         (Ok(summary), Ok(())) => Ok(summary),
-        (Ok(summary), Err(source)) => Err(VsphereError::SnapshotLeft {
+        (Ok(summary), Err(source)) => Err(ClientError::SnapshotLeft {
             backup_id: summary.backup_id.to_string(),
             source: Box::new(source),
         }),
@@ -326,8 +300,8 @@ async fn with_session(
 async fn register(
     hub: &HubClient,
     vm_name: &VmName,
-    info: &crate::session::VmInfo,
-) -> Result<(), VsphereError> {
+    info: &sendense_vsphere::VmInfo,
+) -> Result<(), ClientError> {
     let mut specs = Vec::with_capacity(info.disks.len());
     for d in &info.disks {
         let key = u32::try_from(d.key).map_err(|_| VsphereError::InvalidNumber {
@@ -340,7 +314,7 @@ async fn register(
         });
     }
     let register =
-        RegisterVmRequest::new(vm_name.clone(), specs).map_err(|e| VsphereError::HubVmName {
+        RegisterVmRequest::new(vm_name.clone(), specs).map_err(|e| ClientError::HubVmName {
             name: vm_name.to_string(),
             reason: e.to_string(),
         })?;
@@ -348,22 +322,22 @@ async fn register(
         Ok(_) => Ok(()),
         // The hub refuses to change the disks of a VM whose backup is running.
         Err(e @ ClientError::HubStatus { status: 409, .. }) if running_elsewhere(&e) => {
-            Err(VsphereError::VmBusy {
+            Err(ClientError::VmBusy {
                 vm: vm_name.to_string(),
                 source: Box::new(e),
             })
         }
-        Err(e) => Err(client(e)),
+        Err(e) => Err(e),
     }
 }
 
 /// Starts a backup at the hub; a 409 (another backup of the VM is running) is
-/// [`VsphereError::VmBusy`].
+/// [`ClientError::VmBusy`].
 async fn start(
     hub: &HubClient,
     vm_name: &VmName,
     backup_type: BackupType,
-) -> Result<Backup, VsphereError> {
+) -> Result<Backup, ClientError> {
     let request = StartBackupRequest {
         vm_name: vm_name.clone(),
         backup_type,
@@ -372,12 +346,12 @@ async fn start(
     match hub.start_backup(&request).await {
         Ok(backup) => Ok(backup),
         Err(e @ ClientError::HubStatus { status: 409, .. }) if running_elsewhere(&e) => {
-            Err(VsphereError::VmBusy {
+            Err(ClientError::VmBusy {
                 vm: vm_name.to_string(),
                 source: Box::new(e),
             })
         }
-        Err(e) => Err(client(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -392,19 +366,19 @@ async fn owned_snapshots(
     hub: &HubClient,
     vm_name: &VmName,
     ours: &BackupId,
-) -> Result<Vec<String>, VsphereError> {
+) -> Result<Vec<String>, ClientError> {
     let query = BackupQuery {
         vm_name: Some(vm_name.clone()),
         status: Some(BackupStatus::Running),
     };
-    let running = hub.backups(&query).await.map_err(client)?;
+    let running = hub.backups(&query).await?;
     let mut owned = Vec::new();
     for b in running.iter().filter(|b| &b.backup_id != ours) {
         match hub.backup_snapshot(&b.backup_id).await {
             Ok(s) => owned.extend(s.snapshot_moref),
             // It ended in between: its snapshot, if left, is a leftover.
             Err(ClientError::HubStatus { status: 404, .. }) => {}
-            Err(e) => return Err(client(e)),
+            Err(e) => return Err(e),
         }
     }
     Ok(owned)
@@ -415,15 +389,12 @@ async fn record_snapshot(
     hub: &HubClient,
     backup: &Backup,
     snapshot: &MoRef,
-) -> Result<(), VsphereError> {
-    let request = SnapshotRequest::new(snapshot.value.clone()).map_err(|_| {
-        VsphereError::UnexpectedResponse {
+) -> Result<(), ClientError> {
+    let request =
+        SnapshotRequest::new(snapshot.value.clone()).map_err(|_| ClientError::HubState {
             what: "a snapshot id the hub cannot record",
-        }
-    })?;
-    hub.record_snapshot(&backup.backup_id, &request)
-        .await
-        .map_err(client)?;
+        })?;
+    hub.record_snapshot(&backup.backup_id, &request).await?;
     info!(backup_id = %backup.backup_id, snapshot = %snapshot.value, "snapshot recorded with the backup");
     Ok(())
 }
@@ -439,13 +410,10 @@ async fn locked(
     previous: &BTreeMap<DiskKey, PreviousDisk>,
     current: &mut Option<Backup>,
     mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
-) -> (
-    Result<Vec<DiskStats>, VsphereError>,
-    Result<(), VsphereError>,
-) {
+) -> (Result<Vec<DiskStats>, ClientError>, Result<(), ClientError>) {
     let Some(backup) = current.as_ref() else {
         return (
-            Err(VsphereError::UnexpectedResponse {
+            Err(ClientError::HubState {
                 what: "no backup started",
             }),
             Ok(()),
@@ -484,11 +452,11 @@ async fn locked(
     let mut prepared = match prepared {
         Ok(p) => p,
         // `prepare` removed its snapshot itself.
-        Err(e) => return (Err(e), Ok(())),
+        Err(e) => return (Err(e.into()), Ok(())),
     };
     let cleanup = prepared.cleanup_handle();
     let result = if interrupted {
-        Err(VsphereError::Interrupted)
+        Err(ClientError::Interrupted)
     } else {
         with_snapshot(options, hub, &mut prepared, current, shutdown).await
     };
@@ -500,7 +468,7 @@ async fn locked(
             cleanup.remove().await
         }
     };
-    (result, removed)
+    (result, removed.map_err(ClientError::from))
 }
 
 async fn with_snapshot(
@@ -509,9 +477,9 @@ async fn with_snapshot(
     prepared: &mut Prepared,
     current: &mut Option<Backup>,
     shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
-) -> Result<Vec<DiskStats>, VsphereError> {
+) -> Result<Vec<DiskStats>, ClientError> {
     let Some(backup) = current.as_ref() else {
-        return Err(VsphereError::UnexpectedResponse {
+        return Err(ClientError::HubState {
             what: "no backup started",
         });
     };
@@ -519,14 +487,14 @@ async fn with_snapshot(
     match (backup.backup_type, prepared.full_reason()) {
         (BackupType::Incremental, Some(reason)) => {
             if options.backup_type == BackupType::Incremental {
-                return Err(VsphereError::IncrementalImpossible { reason });
+                return Err(ClientError::IncrementalImpossible { reason });
             }
             // CBT said no only once the snapshot existed: the incremental the hub started is
             // failed, saying why, and a full started in its place on the same snapshot.
             warn!(%reason, "the incremental is not possible: failing it at the hub and starting a full on a new chain");
             let vm_name = backup.vm_name.clone();
             if let Some(old) = current.take() {
-                sendense_client::backup::fail_at_hub(
+                crate::backup::fail_at_hub(
                     hub,
                     &old.backup_id,
                     &format!("restarted as a full backup on a new chain: {reason}"),
@@ -534,10 +502,10 @@ async fn with_snapshot(
                 .await;
             }
             let full = start(hub, &vm_name, BackupType::Full).await.map_err(|e| {
-                VsphereError::RestartRefused {
+                ClientError::RestartRefused {
                     vm: vm_name.to_string(),
                     reason: reason.clone(),
-                    source: Box::new(into_client_error(e)),
+                    source: Box::new(e),
                 }
             })?;
             info!(backup_id = %full.backup_id, %reason, "full backup started instead");
@@ -558,14 +526,14 @@ async fn with_snapshot(
         _ => {}
     }
     let Some(backup) = current.as_ref() else {
-        return Err(VsphereError::UnexpectedResponse {
+        return Err(ClientError::HubState {
             what: "no backup started",
         });
     };
     let work = transfer_and_complete(hub, options, prepared, backup);
     tokio::select! {
         r = work => r,
-        () = shutdown => Err(VsphereError::Interrupted),
+        () = shutdown => Err(ClientError::Interrupted),
     }
 }
 
@@ -574,14 +542,14 @@ async fn with_snapshot(
 async fn previous_disks(
     hub: &HubClient,
     vm: &VmName,
-) -> Result<(BTreeMap<DiskKey, PreviousDisk>, Option<String>), VsphereError> {
+) -> Result<(BTreeMap<DiskKey, PreviousDisk>, Option<String>), ClientError> {
     let chain = match hub.chain(vm).await {
         Ok(chain) => chain,
         Err(ClientError::HubStatus { status: 404, .. }) => {
             info!(vm = %vm, "the hub has no backup of this VM: first full");
             return Ok((BTreeMap::new(), None));
         }
-        Err(e) => return Err(client(e)),
+        Err(e) => return Err(e),
     };
     Ok((previous_from_chain(&chain), chain_full_reason(&chain)))
 }
@@ -641,12 +609,10 @@ async fn transfer_and_complete(
     options: &VcenterBackupOptions,
     prepared: &Prepared,
     backup: &Backup,
-) -> Result<Vec<DiskStats>, VsphereError> {
-    let mismatch = |key: DiskKey, reason: &'static str| {
-        client(ClientError::DiskMismatch {
-            disk_key: key.get(),
-            reason,
-        })
+) -> Result<Vec<DiskStats>, ClientError> {
+    let mismatch = |key: DiskKey, reason: &'static str| ClientError::DiskMismatch {
+        disk_key: key.get(),
+        reason,
     };
     if let Some(extra) = backup
         .disks
@@ -674,7 +640,7 @@ async fn transfer_and_complete(
         let plan = match (&d.mode, backup.backup_type) {
             (DiskMode::Incremental { base }, BackupType::Incremental) => {
                 if at_hub.parent_change_id.as_ref() != Some(base) {
-                    return Err(VsphereError::BaseMismatch {
+                    return Err(ClientError::BaseMismatch {
                         disk_key: d.key.get(),
                         base: base.to_string(),
                         hub: at_hub.parent_change_id.as_ref().map(ToString::to_string),
@@ -704,10 +670,9 @@ async fn transfer_and_complete(
             .nbd_uri
             .as_deref()
             .ok_or_else(|| mismatch(d.key, "the hub answered no nbd_uri for this disk"))?;
-        let uri = NbdUri::parse(uri).map_err(client)?;
+        let uri = NbdUri::parse(uri)?;
         let tls = uri.tls.then(|| hub.nbd_tls());
-        let target: Arc<dyn TargetConnector> =
-            Arc::new(NbdConnector::new(uri, tls).map_err(client)?);
+        let target: Arc<dyn TargetConnector> = Arc::new(NbdConnector::new(uri, tls)?);
         jobs.push(DiskTransfer {
             disk_key: d.key.get(),
             source: Arc::clone(&d.source),
@@ -716,9 +681,7 @@ async fn transfer_and_complete(
         });
     }
 
-    let stats = transfer_all(&jobs, options.transfer, options.progress.as_ref())
-        .await
-        .map_err(client)?;
+    let stats = transfer_all(&jobs, options.transfer, options.progress.as_ref()).await?;
 
     let mut disks = Vec::with_capacity(prepared.disks.len());
     for (d, s) in prepared.disks.iter().zip(&stats) {
@@ -728,33 +691,13 @@ async fn transfer_and_complete(
             bytes_transferred: s.bytes_sent,
         });
     }
-    let request = CompleteBackupRequest::new(disks).map_err(|e| VsphereError::HubVmName {
+    let request = CompleteBackupRequest::new(disks).map_err(|e| ClientError::HubVmName {
         name: backup.vm_name.to_string(),
         reason: e.to_string(),
     })?;
-    hub.complete_backup(&backup.backup_id, &request)
-        .await
-        .map_err(client)?;
+    hub.complete_backup(&backup.backup_id, &request).await?;
     info!(backup_id = %backup.backup_id, "backup completed");
     Ok(stats)
-}
-
-fn client(source: ClientError) -> VsphereError {
-    VsphereError::Client {
-        source: Box::new(source),
-    }
-}
-
-/// Maps a flow error to the client's error type at the provider boundary.
-fn into_client_error(e: VsphereError) -> ClientError {
-    match e {
-        VsphereError::Interrupted => ClientError::Interrupted,
-        VsphereError::Client { source } => *source,
-        other => ClientError::Remote {
-            system: "vCenter",
-            source: Box::new(other),
-        },
-    }
 }
 
 #[cfg(test)]
@@ -857,12 +800,5 @@ mod tests {
             reason.contains("000001-000001") && reason.contains("missing"),
             "{reason}"
         );
-    }
-
-    #[test]
-    fn into_client_error_interrupted_stays_interrupted() {
-        let e = into_client_error(VsphereError::Interrupted);
-
-        assert!(matches!(e, ClientError::Interrupted), "{e:?}");
     }
 }

@@ -12,7 +12,7 @@
 //! thread and back ([`DiskSource::read_owned`]), so a local-file read costs no extra copy.
 //!
 //! A request that fails is retried once on a fresh connection, which then replaces the broken
-//! one, unless the failure is final ([`ClientError::is_final`]: a full repository, or a request
+//! one, unless the failure is final ([`TransferError::is_final`]: a full repository, or a request
 //! the server refuses as such); a second failure fails the disk, and the first failing disk fails the transfer (the
 //! other workers and disks are dropped). At the end every connection is flushed (FLUSH) and
 //! closed; the caller asks the hub to complete the backup only after that.
@@ -32,29 +32,30 @@ use std::time::Instant;
 
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::error::ClientError;
-use crate::join::try_join_all;
+use crate::error::TransferError;
 use crate::plan::{self, Segment, ZeroPolicy};
 use crate::progress::Progress;
 use crate::source::{BoxFuture, DiskSource, Extent};
+use sendense_io::join::try_join_all;
 
 /// One connection to a write target (an NBD export). Methods take `&self` and may be called
 /// concurrently (pipelined).
 pub trait BlockTarget: Send + Sync + fmt::Debug {
     /// Writes `data` at `offset`.
-    fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> BoxFuture<'a, Result<(), ClientError>>;
+    fn write<'a>(&'a self, offset: u64, data: &'a [u8])
+    -> BoxFuture<'a, Result<(), TransferError>>;
     /// Makes `length` bytes at `offset` read as zeros.
-    fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), ClientError>>;
+    fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), TransferError>>;
     /// Makes every completed write durable.
-    fn flush(&self) -> BoxFuture<'_, Result<(), ClientError>>;
+    fn flush(&self) -> BoxFuture<'_, Result<(), TransferError>>;
     /// Closes the connection politely (after in-flight requests).
-    fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), ClientError>>;
+    fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), TransferError>>;
 }
 
 /// Opens connections to one write target.
 pub trait TargetConnector: Send + Sync + fmt::Debug {
     /// A new connection.
-    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn BlockTarget>, ClientError>>;
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn BlockTarget>, TransferError>>;
 }
 
 /// What to send of a disk.
@@ -157,13 +158,13 @@ pub async fn transfer_all(
     disks: &[DiskTransfer],
     options: TransferOptions,
     progress: &dyn Progress,
-) -> Result<Vec<DiskStats>, ClientError> {
+) -> Result<Vec<DiskStats>, TransferError> {
     check_options(options)?;
     let pool = BufferPool::new(options.total_buffers);
     let pool = &pool;
-    let futures: Vec<BoxFuture<'_, Result<DiskStats, ClientError>>> = disks
+    let futures: Vec<BoxFuture<'_, Result<DiskStats, TransferError>>> = disks
         .iter()
-        .map(|d| -> BoxFuture<'_, Result<DiskStats, ClientError>> {
+        .map(|d| -> BoxFuture<'_, Result<DiskStats, TransferError>> {
             Box::pin(transfer_disk_in(d, options, progress, pool))
         })
         .collect();
@@ -188,12 +189,12 @@ impl BufferPool {
     }
 
     /// Waits for a buffer.
-    async fn take(&self) -> Result<PooledBuffer<'_>, ClientError> {
+    async fn take(&self) -> Result<PooledBuffer<'_>, TransferError> {
         let permit = self
             .permits
             .acquire()
             .await
-            .map_err(|_| ClientError::Interrupted)?;
+            .map_err(|_| TransferError::Interrupted)?;
         let buf = self
             .free
             .lock()
@@ -253,14 +254,14 @@ struct DiskRun<'a> {
 /// Transfers one disk: plan, read, send, retry once on a fresh connection, flush, close.
 ///
 /// # Errors
-/// [`ClientError::Source`] when the source fails; the target's error when a request fails
-/// twice, a connection cannot be opened, or the flush fails; [`ClientError::InvalidArgument`]
+/// [`TransferError::Source`] when the source fails; the target's error when a request fails
+/// twice, a connection cannot be opened, or the flush fails; [`TransferError::InvalidArgument`]
 /// for options out of range.
 pub async fn transfer_disk(
     disk: &DiskTransfer,
     options: TransferOptions,
     progress: &dyn Progress,
-) -> Result<DiskStats, ClientError> {
+) -> Result<DiskStats, TransferError> {
     check_options(options)?;
     let pool = BufferPool::new(options.total_buffers);
     transfer_disk_in(disk, options, progress, &pool).await
@@ -271,7 +272,7 @@ async fn transfer_disk_in(
     options: TransferOptions,
     progress: &dyn Progress,
     pool: &BufferPool,
-) -> Result<DiskStats, ClientError> {
+) -> Result<DiskStats, TransferError> {
     let span = info_span!("disk", disk_key = disk.disk_key);
     transfer_disk_inner(disk, options, progress, pool)
         .instrument(span)
@@ -283,7 +284,7 @@ async fn transfer_disk_inner(
     options: TransferOptions,
     progress: &dyn Progress,
     pool: &BufferPool,
-) -> Result<DiskStats, ClientError> {
+) -> Result<DiskStats, TransferError> {
     check_options(options)?;
     let started = Instant::now();
     let size = disk.source.size();
@@ -300,7 +301,7 @@ async fn transfer_disk_inner(
         .iter()
         .find(|e| e.checked_end().is_none_or(|end| end > size))
     {
-        return Err(ClientError::InvalidArgument {
+        return Err(TransferError::InvalidArgument {
             what: "extent",
             reason: format!(
                 "extent at {} of {} bytes passes the disk end ({size} bytes)",
@@ -339,8 +340,8 @@ async fn transfer_disk_inner(
         zero_skipped: AtomicU64::new(0),
         retries: AtomicU64::new(0),
     };
-    let workers: Vec<BoxFuture<'_, Result<(), ClientError>>> = (0..options.in_flight)
-        .map(|i| -> BoxFuture<'_, Result<(), ClientError>> { Box::pin(run.worker(i)) })
+    let workers: Vec<BoxFuture<'_, Result<(), TransferError>>> = (0..options.in_flight)
+        .map(|i| -> BoxFuture<'_, Result<(), TransferError>> { Box::pin(run.worker(i)) })
         .collect();
     try_join_all(workers).await?;
 
@@ -375,9 +376,9 @@ async fn transfer_disk_inner(
     Ok(stats)
 }
 
-fn check_options(options: TransferOptions) -> Result<(), ClientError> {
+fn check_options(options: TransferOptions) -> Result<(), TransferError> {
     let bad = |reason: &str| {
-        Err(ClientError::InvalidArgument {
+        Err(TransferError::InvalidArgument {
             what: "transfer options",
             reason: reason.to_owned(),
         })
@@ -400,11 +401,11 @@ fn check_options(options: TransferOptions) -> Result<(), ClientError> {
     Ok(())
 }
 
-async fn allocated(disk: &DiskTransfer) -> Result<Vec<Extent>, ClientError> {
+async fn allocated(disk: &DiskTransfer) -> Result<Vec<Extent>, TransferError> {
     disk.source
         .allocated_extents()
         .await
-        .map_err(|e| ClientError::source_failed(disk.disk_key, e))
+        .map_err(|e| TransferError::source_failed(disk.disk_key, e))
 }
 
 impl DiskRun<'_> {
@@ -426,7 +427,7 @@ impl DiskRun<'_> {
         Arc::clone(&conns[slot % conns.len()])
     }
 
-    async fn worker(&self, index: usize) -> Result<(), ClientError> {
+    async fn worker(&self, index: usize) -> Result<(), TransferError> {
         let capacity = usize::try_from(self.request_size).unwrap_or(usize::MAX);
         while let Some(work) = self.next_work() {
             let extent = match work {
@@ -434,7 +435,7 @@ impl DiskRun<'_> {
                     let len = usize::try_from(extent.length)
                         .ok()
                         .filter(|&l| l <= capacity)
-                        .ok_or_else(|| ClientError::InvalidArgument {
+                        .ok_or_else(|| TransferError::InvalidArgument {
                             what: "request",
                             reason: format!("request of {} bytes is too large", extent.length),
                         })?;
@@ -445,11 +446,11 @@ impl DiskRun<'_> {
                         .source
                         .read_owned(extent.offset, empty, len)
                         .await
-                        .map_err(|e| ClientError::source_failed(self.disk.disk_key, e))?;
+                        .map_err(|e| TransferError::source_failed(self.disk.disk_key, e))?;
                     let buf = pooled.buf.get(..len).ok_or_else(|| {
-                        ClientError::source_failed(
+                        TransferError::source_failed(
                             self.disk.disk_key,
-                            crate::error::SourceError::ShortRead {
+                            TransferError::ShortRead {
                                 offset: extent.offset,
                             },
                         )
@@ -477,7 +478,7 @@ impl DiskRun<'_> {
         slot: usize,
         buf: &[u8],
         segments: &[Segment],
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), TransferError> {
         let conn = self.connection(slot);
         let Err(first) = self.send(conn.as_ref(), buf, segments).await else {
             return Ok(());
@@ -506,7 +507,7 @@ impl DiskRun<'_> {
         conn: &dyn BlockTarget,
         buf: &[u8],
         segments: &[Segment],
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), TransferError> {
         let (mut sent, mut zeroed, mut skipped) = (0u64, 0u64, 0u64);
         for seg in segments {
             match *seg {
@@ -580,7 +581,7 @@ mod tests {
             self.data.lock().unwrap().clone()
         }
 
-        async fn op(&self, op: Op, payload: &[u8]) -> Result<(), ClientError> {
+        async fn op(&self, op: Op, payload: &[u8]) -> Result<(), TransferError> {
             // Data writes are what buffers bound; zeroes and flushes hold none.
             let counted = matches!(op, Op::Write(..));
             if counted {
@@ -596,13 +597,13 @@ mod tests {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
             if fail && self.failures_are_full.load(Ordering::SeqCst) {
-                return Err(ClientError::HubFull {
+                return Err(TransferError::HubFull {
                     operation: "write",
                     target: "fake".into(),
                 });
             }
             if fail {
-                return Err(ClientError::Nbd {
+                return Err(TransferError::Nbd {
                     operation: "write",
                     target: "fake".into(),
                     source: NbdError::Closed,
@@ -635,19 +636,23 @@ mod tests {
             &'a self,
             offset: u64,
             data: &'a [u8],
-        ) -> BoxFuture<'a, Result<(), ClientError>> {
+        ) -> BoxFuture<'a, Result<(), TransferError>> {
             Box::pin(self.0.op(Op::Write(offset, data.len() as u64), data))
         }
 
-        fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), ClientError>> {
+        fn write_zeroes(
+            &self,
+            offset: u64,
+            length: u64,
+        ) -> BoxFuture<'_, Result<(), TransferError>> {
             Box::pin(self.0.op(Op::Zero(offset, length), &[]))
         }
 
-        fn flush(&self) -> BoxFuture<'_, Result<(), ClientError>> {
+        fn flush(&self) -> BoxFuture<'_, Result<(), TransferError>> {
             Box::pin(self.0.op(Op::Flush, &[]))
         }
 
-        fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), ClientError>> {
+        fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), TransferError>> {
             Box::pin(async { Ok(()) })
         }
     }
@@ -656,7 +661,7 @@ mod tests {
     struct FakeConnector(Arc<Recorder>);
 
     impl TargetConnector for FakeConnector {
-        fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn BlockTarget>, ClientError>> {
+        fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn BlockTarget>, TransferError>> {
             self.0.connects.fetch_add(1, Ordering::SeqCst);
             let conn: Arc<dyn BlockTarget> = Arc::new(FakeConn(Arc::clone(&self.0)));
             Box::pin(async move { Ok(conn) })
@@ -827,7 +832,7 @@ mod tests {
             .await
             .unwrap_err();
 
-        assert!(matches!(err, ClientError::HubFull { .. }), "{err:?}");
+        assert!(matches!(err, TransferError::HubFull { .. }), "{err:?}");
         assert!(err.is_final());
         assert!(err.to_string().contains("DATA/repository"), "{err}");
         assert_eq!(
@@ -841,7 +846,7 @@ mod tests {
     #[test]
     fn is_final_only_for_refusals_and_a_full_repository() {
         use sendense_nbd::wire::Errno;
-        let nbd = |source| ClientError::Nbd {
+        let nbd = |source| TransferError::Nbd {
             operation: "write",
             target: "t".into(),
             source,
@@ -865,7 +870,7 @@ mod tests {
             .await
             .unwrap_err();
 
-        assert!(matches!(err, ClientError::Nbd { .. }), "{err:?}");
+        assert!(matches!(err, TransferError::Nbd { .. }), "{err:?}");
         assert!(!rec.ops().contains(&Op::Flush), "no flush after a failure");
     }
 
@@ -942,7 +947,7 @@ mod tests {
         .unwrap_err();
 
         assert!(
-            matches!(err, ClientError::InvalidArgument { .. }),
+            matches!(err, TransferError::InvalidArgument { .. }),
             "{err:?}"
         );
     }
@@ -960,7 +965,7 @@ mod tests {
         .unwrap_err();
 
         assert!(
-            matches!(err, ClientError::InvalidArgument { .. }),
+            matches!(err, TransferError::InvalidArgument { .. }),
             "{err:?}"
         );
     }

@@ -20,49 +20,22 @@ use std::sync::Arc;
 use rustix::fs::SeekFrom;
 use sendense_vmdk::VmdkImage;
 
-use crate::error::SourceError;
+use crate::error::TransferError;
 
-/// A boxed, sendable future: what the object-safe async traits of this crate return.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A run of bytes of a disk: `[offset, offset + length)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Extent {
-    /// First byte.
-    pub offset: u64,
-    /// Number of bytes.
-    pub length: u64,
-}
-
-impl Extent {
-    /// A new extent.
-    #[must_use]
-    pub const fn new(offset: u64, length: u64) -> Self {
-        Self { offset, length }
-    }
-
-    /// One past the last byte, or `None` when that overflows `u64`.
-    #[must_use]
-    pub const fn checked_end(&self) -> Option<u64> {
-        self.offset.checked_add(self.length)
-    }
-
-    /// One past the last byte, saturating (for extents already validated).
-    #[must_use]
-    pub const fn end(&self) -> u64 {
-        self.offset.saturating_add(self.length)
-    }
-}
+pub use sendense_io::{BoxFuture, Extent};
 
 /// Where a disk's bytes come from.
 pub trait DiskSource: Send + Sync + fmt::Debug {
     /// Size of the disk in bytes.
     fn size(&self) -> u64;
     /// Fills `buf` from `offset` (all of it, or an error).
-    fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8])
-    -> BoxFuture<'a, Result<(), SourceError>>;
+    fn read<'a>(
+        &'a self,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> BoxFuture<'a, Result<(), TransferError>>;
     /// Runs that may hold non-zero data, sorted, non-overlapping; a full backup reads only these.
-    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, SourceError>>;
+    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, TransferError>>;
     /// Like [`Self::read`] of `len` bytes, into an owned buffer that is resized to `len` and
     /// handed back: a source that reads on another thread (local files, on tokio's blocking
     /// pool) fills it there without a scratch copy. The default reads through [`Self::read`].
@@ -71,7 +44,7 @@ pub trait DiskSource: Send + Sync + fmt::Debug {
         offset: u64,
         mut buf: Vec<u8>,
         len: usize,
-    ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+    ) -> BoxFuture<'_, Result<Vec<u8>, TransferError>> {
         Box::pin(async move {
             buf.resize(len, 0);
             self.read(offset, &mut buf[..len]).await?;
@@ -84,18 +57,18 @@ pub trait DiskSource: Send + Sync + fmt::Debug {
 /// or a text descriptor starting with `# Disk DescriptorFile`) or else raw.
 ///
 /// # Errors
-/// [`SourceError::Open`] when the file cannot be opened or read; [`SourceError::Vmdk`] when it
+/// [`TransferError::Open`] when the file cannot be opened or read; [`TransferError::Vmdk`] when it
 /// looks like a VMDK but does not open as one.
-pub async fn open_local(path: &Path) -> Result<Arc<dyn DiskSource>, SourceError> {
+pub async fn open_local(path: &Path) -> Result<Arc<dyn DiskSource>, TransferError> {
     let owned = path.to_owned();
     tokio::task::spawn_blocking(move || open_local_blocking(&owned))
         .await
-        .map_err(|_| SourceError::Cancelled)?
+        .map_err(|_| TransferError::Cancelled)?
 }
 
 /// The blocking body of [`open_local`].
-fn open_local_blocking(path: &Path) -> Result<Arc<dyn DiskSource>, SourceError> {
-    let open_err = |source| SourceError::Open {
+fn open_local_blocking(path: &Path) -> Result<Arc<dyn DiskSource>, TransferError> {
+    let open_err = |source| TransferError::Open {
         path: path.to_owned(),
         source,
     };
@@ -113,11 +86,11 @@ fn open_local_blocking(path: &Path) -> Result<Arc<dyn DiskSource>, SourceError> 
 }
 
 /// Checks that `[offset, offset + len)` lies within `size`.
-fn check_range(offset: u64, len: usize, size: u64) -> Result<(), SourceError> {
+fn check_range(offset: u64, len: usize, size: u64) -> Result<(), TransferError> {
     let len = len as u64;
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(SourceError::OutOfRange { offset, len, size }),
+        _ => Err(TransferError::OutOfRange { offset, len, size }),
     }
 }
 
@@ -128,17 +101,17 @@ const BLOCKING_READ_CHUNK: usize = 1 << 20;
 /// Positional reads of a local file or image, run on tokio's blocking pool.
 trait BlockingRead: Send + Sync + 'static {
     /// Fills `buf` from `offset` (all of it, or an error).
-    fn fill_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError>;
+    fn fill_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransferError>;
 }
 
 impl BlockingRead for File {
-    fn fill_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
+    fn fill_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransferError> {
         read_exact_at(self, buf, offset)
     }
 }
 
 impl BlockingRead for VmdkImage {
-    fn fill_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
+    fn fill_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransferError> {
         Ok(self.read_at(buf, offset)?)
     }
 }
@@ -149,7 +122,7 @@ fn read_via<'a, R: BlockingRead>(
     size: u64,
     offset: u64,
     buf: &'a mut [u8],
-) -> BoxFuture<'a, Result<(), SourceError>> {
+) -> BoxFuture<'a, Result<(), TransferError>> {
     let reader = Arc::clone(reader);
     Box::pin(async move {
         check_range(offset, buf.len(), size)?;
@@ -164,7 +137,7 @@ fn read_owned_via<R: BlockingRead>(
     offset: u64,
     buf: Vec<u8>,
     len: usize,
-) -> BoxFuture<'static, Result<Vec<u8>, SourceError>> {
+) -> BoxFuture<'static, Result<Vec<u8>, TransferError>> {
     let reader = Arc::clone(reader);
     Box::pin(async move {
         check_range(offset, len, size)?;
@@ -179,23 +152,23 @@ async fn read_owned_blocking<F>(
     len: usize,
     offset: u64,
     f: F,
-) -> Result<Vec<u8>, SourceError>
+) -> Result<Vec<u8>, TransferError>
 where
-    F: FnOnce(&mut [u8], u64) -> Result<(), SourceError> + Send + 'static,
+    F: FnOnce(&mut [u8], u64) -> Result<(), TransferError> + Send + 'static,
 {
     tokio::task::spawn_blocking(move || {
         buf.resize(len, 0);
         f(&mut buf[..len], offset).map(|()| buf)
     })
     .await
-    .map_err(|_| SourceError::Cancelled)?
+    .map_err(|_| TransferError::Cancelled)?
 }
 
 /// Fills `buf` from disk offset `offset` by running `f(scratch, offset)` on tokio's blocking
 /// pool, piece by piece of at most [`BLOCKING_READ_CHUNK`] bytes, copying each piece into `buf`.
-async fn read_blocking<F>(buf: &mut [u8], offset: u64, f: F) -> Result<(), SourceError>
+async fn read_blocking<F>(buf: &mut [u8], offset: u64, f: F) -> Result<(), TransferError>
 where
-    F: Fn(&mut [u8], u64) -> Result<(), SourceError> + Send + Sync + 'static,
+    F: Fn(&mut [u8], u64) -> Result<(), TransferError> + Send + Sync + 'static,
 {
     let f = Arc::new(f);
     let mut scratch = Vec::new();
@@ -209,7 +182,7 @@ where
             f(&mut owned[..len], pos).map(|()| owned)
         })
         .await
-        .map_err(|_| SourceError::Cancelled)??;
+        .map_err(|_| TransferError::Cancelled)??;
         piece.copy_from_slice(&scratch[..len]);
         pos += len as u64;
     }
@@ -236,17 +209,17 @@ impl RawFileSource {
     /// Opens a raw file read-only.
     ///
     /// # Errors
-    /// [`SourceError::Open`] when the file cannot be opened or its size read.
-    pub fn open(path: &Path) -> Result<Self, SourceError> {
-        let file = File::open(path).map_err(|source| SourceError::Open {
+    /// [`TransferError::Open`] when the file cannot be opened or its size read.
+    pub fn open(path: &Path) -> Result<Self, TransferError> {
+        let file = File::open(path).map_err(|source| TransferError::Open {
             path: path.to_owned(),
             source,
         })?;
         Self::from_file(path, file)
     }
 
-    fn from_file(path: &Path, file: File) -> Result<Self, SourceError> {
-        let open_err = |source| SourceError::Open {
+    fn from_file(path: &Path, file: File) -> Result<Self, TransferError> {
+        let open_err = |source| TransferError::Open {
             path: path.to_owned(),
             source,
         };
@@ -266,43 +239,16 @@ impl RawFileSource {
         &self.path
     }
 
-    /// Data runs of the file with `SEEK_DATA`/`SEEK_HOLE`, on a fresh descriptor (seeking moves
-    /// the file offset). Falls back to one run covering the file where the filesystem cannot say.
-    fn data_runs_blocking(path: &Path, size: u64) -> Result<Vec<Extent>, SourceError> {
-        let io_err = |offset, source| SourceError::Io {
-            offset,
-            len: size.saturating_sub(offset),
+    /// Data runs of the file with `SEEK_DATA`/`SEEK_HOLE` ([`sendense_io::sparse::data_runs`]),
+    /// on a fresh descriptor (seeking moves the file offset).
+    fn data_runs_blocking(path: &Path, size: u64) -> Result<Vec<Extent>, TransferError> {
+        let io_err = |source| TransferError::Io {
+            offset: 0,
+            len: size,
             source,
         };
-        let file = File::open(path).map_err(|e| io_err(0, e))?;
-        let mut runs = Vec::new();
-        let mut pos = 0u64;
-        while pos < size {
-            let data = match rustix::fs::seek(&file, SeekFrom::Data(pos)) {
-                Ok(d) => d,
-                Err(rustix::io::Errno::NXIO) => break,
-                Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) if pos == 0 => {
-                    return Ok(vec![Extent::new(0, size)]);
-                }
-                Err(e) => return Err(io_err(pos, e.into())),
-            };
-            if data >= size {
-                break;
-            }
-            let hole = match rustix::fs::seek(&file, SeekFrom::Hole(data)) {
-                Ok(h) => h.min(size),
-                Err(rustix::io::Errno::NXIO) => size,
-                Err(e) => return Err(io_err(data, e.into())),
-            };
-            if hole <= data {
-                // A filesystem answering nonsense: give up on sparseness, read everything left.
-                runs.push(Extent::new(data, size - data));
-                break;
-            }
-            runs.push(Extent::new(data, hole - data));
-            pos = hole;
-        }
-        Ok(runs)
+        let file = File::open(path).map_err(io_err)?;
+        sendense_io::sparse::data_runs(&file, 0, size).map_err(io_err)
     }
 }
 
@@ -315,7 +261,7 @@ impl DiskSource for RawFileSource {
         &'a self,
         offset: u64,
         buf: &'a mut [u8],
-    ) -> BoxFuture<'a, Result<(), SourceError>> {
+    ) -> BoxFuture<'a, Result<(), TransferError>> {
         read_via(&self.file, self.size, offset, buf)
     }
 
@@ -324,32 +270,32 @@ impl DiskSource for RawFileSource {
         offset: u64,
         buf: Vec<u8>,
         len: usize,
-    ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+    ) -> BoxFuture<'_, Result<Vec<u8>, TransferError>> {
         read_owned_via(&self.file, self.size, offset, buf, len)
     }
 
-    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, SourceError>> {
+    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, TransferError>> {
         Box::pin(async move {
             let path = self.path.clone();
             let size = self.size;
             tokio::task::spawn_blocking(move || Self::data_runs_blocking(&path, size))
                 .await
-                .map_err(|_| SourceError::Cancelled)?
+                .map_err(|_| TransferError::Cancelled)?
         })
     }
 }
 
-/// `pread` until `buf` is full; a file that ends early is [`SourceError::ShortRead`].
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
+/// `pread` until `buf` is full; a file that ends early is [`TransferError::ShortRead`].
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), TransferError> {
     let mut done = 0usize;
     while done < buf.len() {
         let pos = offset + done as u64;
         match file.read_at(&mut buf[done..], pos) {
-            Ok(0) => return Err(SourceError::ShortRead { offset: pos }),
+            Ok(0) => return Err(TransferError::ShortRead { offset: pos }),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(source) => {
-                return Err(SourceError::Io {
+                return Err(TransferError::Io {
                     offset: pos,
                     len: (buf.len() - done) as u64,
                     source,
@@ -371,8 +317,8 @@ impl VmdkSource {
     /// [`open_local`].
     ///
     /// # Errors
-    /// [`SourceError::Vmdk`] naming what is wrong with the image.
-    pub fn open_blocking(path: &Path) -> Result<Self, SourceError> {
+    /// [`TransferError::Vmdk`] naming what is wrong with the image.
+    pub fn open_blocking(path: &Path) -> Result<Self, TransferError> {
         Ok(Self {
             image: Arc::new(VmdkImage::open(path)?),
         })
@@ -396,7 +342,7 @@ impl DiskSource for VmdkSource {
         &'a self,
         offset: u64,
         buf: &'a mut [u8],
-    ) -> BoxFuture<'a, Result<(), SourceError>> {
+    ) -> BoxFuture<'a, Result<(), TransferError>> {
         read_via(&self.image, self.image.size(), offset, buf)
     }
 
@@ -405,16 +351,16 @@ impl DiskSource for VmdkSource {
         offset: u64,
         buf: Vec<u8>,
         len: usize,
-    ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+    ) -> BoxFuture<'_, Result<Vec<u8>, TransferError>> {
         read_owned_via(&self.image, self.image.size(), offset, buf, len)
     }
 
-    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, SourceError>> {
+    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, TransferError>> {
         Box::pin(async move {
             let image = Arc::clone(&self.image);
             let runs = tokio::task::spawn_blocking(move || image.allocated_extents())
                 .await
-                .map_err(|_| SourceError::Cancelled)??;
+                .map_err(|_| TransferError::Cancelled)??;
             Ok(runs
                 .into_iter()
                 .map(|(offset, length)| Extent::new(offset, length))
@@ -458,10 +404,10 @@ impl DiskSource for MemorySource {
         &'a self,
         offset: u64,
         buf: &'a mut [u8],
-    ) -> BoxFuture<'a, Result<(), SourceError>> {
+    ) -> BoxFuture<'a, Result<(), TransferError>> {
         Box::pin(async move {
             check_range(offset, buf.len(), self.size())?;
-            let start = usize::try_from(offset).map_err(|_| SourceError::OutOfRange {
+            let start = usize::try_from(offset).map_err(|_| TransferError::OutOfRange {
                 offset,
                 len: buf.len() as u64,
                 size: self.size(),
@@ -471,7 +417,7 @@ impl DiskSource for MemorySource {
         })
     }
 
-    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, SourceError>> {
+    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, TransferError>> {
         Box::pin(async move {
             Ok(self.allocated.clone().unwrap_or_else(|| {
                 if self.data.is_empty() {
@@ -569,7 +515,7 @@ mod tests {
 
         let err = src.read((4 << 20) - 512, &mut buf).await.unwrap_err();
 
-        assert!(matches!(err, SourceError::OutOfRange { .. }), "{err:?}");
+        assert!(matches!(err, TransferError::OutOfRange { .. }), "{err:?}");
     }
 
     #[tokio::test]
@@ -639,7 +585,7 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(
-                matches!(err, SourceError::OutOfRange { .. }),
+                matches!(err, TransferError::OutOfRange { .. }),
                 "{src:?}: {err}"
             );
         }
@@ -702,7 +648,7 @@ mod tests {
 
         let err = open_local(&path).await.unwrap_err();
 
-        assert!(matches!(err, SourceError::Vmdk(_)), "{err:?}");
+        assert!(matches!(err, TransferError::Vmdk(_)), "{err:?}");
     }
 
     #[tokio::test]

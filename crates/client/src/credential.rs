@@ -11,13 +11,13 @@
 
 use std::sync::Mutex;
 
-use sendense_client::hub::HubClient;
 use sendense_types::CredentialName;
 use sendense_types::api::VcenterSession;
+use sendense_vsphere::{IssueFuture, SessionIssuer, VsphereError};
 use tracing::info;
 
-use crate::error::VsphereError;
-use crate::session::{IssueFuture, SessionIssuer};
+use crate::error::ClientError;
+use crate::hub::HubClient;
 
 /// Issues vCenter sessions of one stored credential through the hub.
 pub struct HubSessionIssuer {
@@ -51,9 +51,9 @@ impl HubSessionIssuer {
     /// answers the credential's vCenter host (`HOST[:PORT]`).
     ///
     /// # Errors
-    /// [`VsphereError::CredentialSession`]: unknown credential (404), vCenter refused or
+    /// [`ClientError::CredentialSession`]: unknown credential (404), vCenter refused or
     /// failed (502), the hub unreachable or refusing the token.
-    pub async fn open(&self) -> Result<String, VsphereError> {
+    pub async fn open(&self) -> Result<String, ClientError> {
         let session = self.fetch().await?;
         if let Ok(mut first) = self.first.lock() {
             *first = Some(session.session_cookie);
@@ -61,12 +61,12 @@ impl HubSessionIssuer {
         Ok(session.host)
     }
 
-    async fn fetch(&self) -> Result<VcenterSession, VsphereError> {
+    async fn fetch(&self) -> Result<VcenterSession, ClientError> {
         let session = self
             .hub
             .credential_session(&self.name)
             .await
-            .map_err(|source| VsphereError::CredentialSession {
+            .map_err(|source| ClientError::CredentialSession {
                 credential: self.name.to_string(),
                 source: Box::new(source),
             })?;
@@ -81,7 +81,12 @@ impl SessionIssuer for HubSessionIssuer {
             let first = self.first.lock().ok().and_then(|mut f| f.take());
             match first {
                 Some(cookie) => Ok(cookie),
-                None => self.fetch().await.map(|s| s.session_cookie),
+                None => self.fetch().await.map(|s| s.session_cookie).map_err(|e| {
+                    VsphereError::SessionIssue {
+                        issuer: self.describe(),
+                        reason: sendense_io::error_chain(&e),
+                    }
+                }),
             }
         })
     }

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sendense_nbd::{Client, ClientOptions, NbdError, ZeroFlags};
 
-use crate::error::{ClientError, SourceError};
+use crate::engine::{BlockTarget, TargetConnector};
+use crate::error::TransferError;
 use crate::source::{BoxFuture, DiskSource, Extent};
-use crate::transfer::{BlockTarget, TargetConnector};
 
 /// Default NBD port.
 pub const DEFAULT_PORT: u16 = 10809;
@@ -39,9 +39,9 @@ impl NbdUri {
     /// part is refused.
     ///
     /// # Errors
-    /// [`ClientError::BadNbdUri`] naming what is wrong.
-    pub fn parse(uri: &str) -> Result<Self, ClientError> {
-        let bad = |reason| ClientError::BadNbdUri {
+    /// [`TransferError::BadNbdUri`] naming what is wrong.
+    pub fn parse(uri: &str) -> Result<Self, TransferError> {
+        let bad = |reason| TransferError::BadNbdUri {
             uri: uri.to_owned(),
             reason,
         };
@@ -129,10 +129,10 @@ impl NbdConnector {
     /// A connector for `uri`; `tls` is required for `nbds://` and refused for `nbd://`.
     ///
     /// # Errors
-    /// [`ClientError::BadNbdUri`] when TLS and the scheme disagree.
-    pub fn new(uri: NbdUri, tls: Option<NbdTls>) -> Result<Self, ClientError> {
+    /// [`TransferError::BadNbdUri`] when TLS and the scheme disagree.
+    pub fn new(uri: NbdUri, tls: Option<NbdTls>) -> Result<Self, TransferError> {
         if uri.tls != tls.is_some() {
-            return Err(ClientError::BadNbdUri {
+            return Err(TransferError::BadNbdUri {
                 uri: uri.to_string(),
                 reason: if uri.tls {
                     "needs TLS, but no CA was given"
@@ -158,21 +158,21 @@ impl NbdConnector {
     /// One connection.
     ///
     /// # Errors
-    /// [`ClientError::Nbd`] when connecting or negotiating fails.
-    pub async fn connect_client(&self) -> Result<Client, ClientError> {
+    /// [`TransferError::Nbd`] when connecting or negotiating fails.
+    pub async fn connect_client(&self) -> Result<Client, TransferError> {
         Client::connect(self.uri.address(), self.options.clone())
             .await
             .map_err(|source| self.err("connect", source))
     }
 
-    fn err(&self, operation: &'static str, source: NbdError) -> ClientError {
+    fn err(&self, operation: &'static str, source: NbdError) -> TransferError {
         if certificate_refused(&source) {
-            return ClientError::NbdCertificateRefused {
+            return TransferError::NbdCertificateRefused {
                 target: self.uri.to_string(),
                 source,
             };
         }
-        ClientError::Nbd {
+        TransferError::Nbd {
             operation,
             target: self.uri.to_string(),
             source,
@@ -203,7 +203,7 @@ fn certificate_refused(e: &NbdError) -> bool {
 }
 
 impl TargetConnector for NbdConnector {
-    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn BlockTarget>, ClientError>> {
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn BlockTarget>, TransferError>> {
         Box::pin(async move {
             let client = self.connect_client().await?;
             let target: Arc<dyn BlockTarget> = Arc::new(NbdTarget {
@@ -223,17 +223,17 @@ pub struct NbdTarget {
 }
 
 impl NbdTarget {
-    fn err(&self, operation: &'static str, source: NbdError) -> ClientError {
+    fn err(&self, operation: &'static str, source: NbdError) -> TransferError {
         if let NbdError::Request {
             errno: sendense_nbd::wire::Errno::NoSpc,
         } = source
         {
-            return ClientError::HubFull {
+            return TransferError::HubFull {
                 operation,
                 target: self.uri.clone(),
             };
         }
-        ClientError::Nbd {
+        TransferError::Nbd {
             operation,
             target: self.uri.clone(),
             source,
@@ -242,7 +242,11 @@ impl NbdTarget {
 }
 
 impl BlockTarget for NbdTarget {
-    fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> BoxFuture<'a, Result<(), ClientError>> {
+    fn write<'a>(
+        &'a self,
+        offset: u64,
+        data: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), TransferError>> {
         Box::pin(async move {
             let max = usize::try_from(self.client.max_payload())
                 .unwrap_or(usize::MAX)
@@ -259,7 +263,7 @@ impl BlockTarget for NbdTarget {
         })
     }
 
-    fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), ClientError>> {
+    fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), TransferError>> {
         Box::pin(async move {
             let flags = ZeroFlags {
                 may_trim: true,
@@ -280,11 +284,11 @@ impl BlockTarget for NbdTarget {
         })
     }
 
-    fn flush(&self) -> BoxFuture<'_, Result<(), ClientError>> {
+    fn flush(&self) -> BoxFuture<'_, Result<(), TransferError>> {
         Box::pin(async move { self.client.flush().await.map_err(|e| self.err("flush", e)) })
     }
 
-    fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), ClientError>> {
+    fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), TransferError>> {
         Box::pin(async move {
             match Arc::try_unwrap(self) {
                 Ok(target) => {
@@ -293,7 +297,7 @@ impl BlockTarget for NbdTarget {
                         .client
                         .disconnect()
                         .await
-                        .map_err(|source| ClientError::Nbd {
+                        .map_err(|source| TransferError::Nbd {
                             operation: "disconnect",
                             target: uri,
                             source,
@@ -320,11 +324,11 @@ impl NbdSource {
     /// Opens `connections` (at least 1) connections.
     ///
     /// # Errors
-    /// [`ClientError::Nbd`] when a connection fails.
+    /// [`TransferError::Nbd`] when a connection fails.
     pub async fn connect(
         connector: &NbdConnector,
         connections: usize,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Self, TransferError> {
         let mut clients = Vec::with_capacity(connections.max(1));
         for _ in 0..connections.max(1) {
             clients.push(connector.connect_client().await?);
@@ -343,21 +347,21 @@ impl NbdSource {
         &self.clients[i]
     }
 
-    fn err(&self, operation: &'static str, source: NbdError) -> SourceError {
-        SourceError::Nbd(Box::new(ClientError::Nbd {
+    fn err(&self, operation: &'static str, source: NbdError) -> TransferError {
+        TransferError::Nbd {
             operation,
             target: self.uri.clone(),
             source,
-        }))
+        }
     }
 
     /// Disconnects every connection.
     ///
     /// # Errors
-    /// [`ClientError::Nbd`] when a disconnect fails.
-    pub async fn close(self) -> Result<(), ClientError> {
+    /// [`TransferError::Nbd`] when a disconnect fails.
+    pub async fn close(self) -> Result<(), TransferError> {
         for c in self.clients {
-            c.disconnect().await.map_err(|source| ClientError::Nbd {
+            c.disconnect().await.map_err(|source| TransferError::Nbd {
                 operation: "disconnect",
                 target: self.uri.clone(),
                 source,
@@ -376,11 +380,11 @@ impl DiskSource for NbdSource {
         &'a self,
         offset: u64,
         buf: &'a mut [u8],
-    ) -> BoxFuture<'a, Result<(), SourceError>> {
+    ) -> BoxFuture<'a, Result<(), TransferError>> {
         Box::pin(async move {
             let len = buf.len() as u64;
             if offset.checked_add(len).is_none_or(|end| end > self.size) {
-                return Err(SourceError::OutOfRange {
+                return Err(TransferError::OutOfRange {
                     offset,
                     len,
                     size: self.size,
@@ -395,7 +399,7 @@ impl DiskSource for NbdSource {
                 let n = u32::try_from(piece.len()).unwrap_or(u32::MAX);
                 let data = client.read(pos, n).await.map_err(|e| self.err("read", e))?;
                 if data.len() != piece.len() {
-                    return Err(SourceError::ShortRead { offset: pos });
+                    return Err(TransferError::ShortRead { offset: pos });
                 }
                 piece.copy_from_slice(&data);
                 pos += piece.len() as u64;
@@ -409,7 +413,7 @@ impl DiskSource for NbdSource {
         offset: u64,
         mut buf: Vec<u8>,
         len: usize,
-    ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+    ) -> BoxFuture<'_, Result<Vec<u8>, TransferError>> {
         Box::pin(async move {
             let client = self.client();
             // One request fills the caller's buffer without a copy; longer reads go piecewise.
@@ -417,7 +421,7 @@ impl DiskSource for NbdSource {
                 Ok(n) if n <= client.max_payload() => {
                     let end = offset.checked_add(len as u64);
                     if end.is_none_or(|end| end > self.size) {
-                        return Err(SourceError::OutOfRange {
+                        return Err(TransferError::OutOfRange {
                             offset,
                             len: len as u64,
                             size: self.size,
@@ -437,7 +441,7 @@ impl DiskSource for NbdSource {
         })
     }
 
-    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, SourceError>> {
+    fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, TransferError>> {
         Box::pin(async move {
             let client = self.client();
             if client.info().base_allocation.is_none() {
@@ -563,7 +567,7 @@ mod tests {
     fn nbd_uri_with_query_is_refused() {
         let err = NbdUri::parse("nbds://h:1/x?tls-certificates=/tmp").unwrap_err();
 
-        assert!(matches!(err, ClientError::BadNbdUri { .. }), "{err:?}");
+        assert!(matches!(err, TransferError::BadNbdUri { .. }), "{err:?}");
     }
 
     #[test]

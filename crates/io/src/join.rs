@@ -5,11 +5,14 @@
 use std::future::poll_fn;
 use std::task::Poll;
 
-use crate::source::BoxFuture;
+use crate::BoxFuture;
 
 /// Waits for every future; the first error wins and the others are dropped (cancelled).
 /// Results come back in input order.
-pub(crate) async fn try_join_all<'a, T, E>(
+///
+/// # Errors
+/// The first error any future returns.
+pub async fn try_join_all<'a, T, E>(
     futures: Vec<BoxFuture<'a, Result<T, E>>>,
 ) -> Result<Vec<T>, E> {
     let mut pending: Vec<Option<BoxFuture<'a, Result<T, E>>>> =
@@ -64,5 +67,18 @@ mod tests {
         ];
 
         assert_eq!(try_join_all(futs).await, Err("boom"));
+    }
+
+    #[tokio::test]
+    async fn try_join_all_runs_futures_concurrently() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let futs: Vec<BoxFuture<'_, Result<u32, ()>>> = vec![
+            Box::pin(async move { rx.await.map_err(|_| ()) }),
+            Box::pin(async move {
+                tx.send(7).map_err(|_| ())?;
+                Ok(1)
+            }),
+        ];
+        assert_eq!(try_join_all(futs).await, Ok(vec![7, 1]));
     }
 }

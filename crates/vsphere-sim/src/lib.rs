@@ -1,4 +1,4 @@
-//! An in-process vCenter simulator for tests (feature `simulator`).
+//! An in-process vCenter simulator for tests, quickstart and the benchmark harness.
 //!
 //! It serves HTTPS on `127.0.0.1:0` with an rcgen self-signed certificate
 //! ([`Simulator::ca_pem`]) and answers the vim25 SOAP calls this crate makes with real-looking
@@ -34,7 +34,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::xml::{self, Element, escape};
+use sendense_vsphere::xml::{self, Element, escape};
 
 /// User name the simulator accepts.
 pub const SIM_USER: &str = "administrator@vsphere.local";
@@ -62,7 +62,7 @@ impl DiskSpec {
     pub fn flat(capacity: u64) -> Self {
         Self {
             capacity,
-            backing: crate::soap::FLAT_BACKING.to_owned(),
+            backing: sendense_vsphere::soap::FLAT_BACKING.to_owned(),
         }
     }
 }
