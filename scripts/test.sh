@@ -42,6 +42,9 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "sendense-nbd without its tokio feature (wire, codec, session, exports, TLS material)"
+cargo clippy -p sendense-nbd --no-default-features --locked -- -D warnings
+
 step "cargo test"
 cargo test --workspace --locked --no-fail-fast
 

@@ -161,7 +161,7 @@ fn served_writable_image_is_locked_against_qemu() {
 fn chain_served_over_tls_reads_like_qemu_and_maps_allocation() {
     let dir = tempfile::tempdir().unwrap();
     let tls = dir.path().join("tls");
-    sendense_hub::tls::ensure_certificates(&tls, &[]).unwrap();
+    sendense_nbd::tls::ensure_certificates(&tls, &[]).unwrap();
     let base_raw = dir.path().join("base.raw");
     fs::File::create(&base_raw)
         .unwrap()
@@ -226,7 +226,7 @@ fn chain_served_over_tls_reads_like_qemu_and_maps_allocation() {
 fn tls_server_refuses_plain_clients() {
     let dir = tempfile::tempdir().unwrap();
     let tls = dir.path().join("tls");
-    sendense_hub::tls::ensure_certificates(&tls, &[]).unwrap();
+    sendense_nbd::tls::ensure_certificates(&tls, &[]).unwrap();
     let img = dir.path().join("a.qcow2");
     new_image(&img, "16M");
     let served = Served::start(&["--tls-dir", s(&tls), s(&img)]);

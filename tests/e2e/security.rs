@@ -89,7 +89,7 @@ fn ca_only(data: &Path, work: &Path) -> PathBuf {
 /// A folder trusting the hub's CA but holding a client certificate another hub's CA issued.
 fn foreign(data: &Path, work: &Path) -> PathBuf {
     let other_tls = work.join("other-hub-tls");
-    sendense_hub::tls::ensure_certificates(&other_tls, &[]).unwrap();
+    sendense_nbd::tls::ensure_certificates(&other_tls, &[]).unwrap();
     let dir = work.join("foreign");
     sendense_hub::tls::issue_client_folder(&other_tls, "intruder", &dir).unwrap();
     fs::copy(data.join("tls/ca-cert.pem"), dir.join("ca-cert.pem")).unwrap();

@@ -261,7 +261,7 @@ impl Ctx<'_> {
 
     fn serve(&mut self) {
         let certs = self.dir.join("certs");
-        let certs_ready = sendense_hub::tls::ensure_certificates(&certs, &[])
+        let certs_ready = sendense_nbd::tls::ensure_certificates(&certs, &[])
             .map(|_| ())
             .map_err(|e| anyhow::anyhow!(e).context("cannot make TLS certificates"));
         for tls in [false, true] {
@@ -528,7 +528,7 @@ impl Ctx<'_> {
         let mut hub = Proc::spawn("hub-serve", cmd, &self.logs, false)?;
         hub.wait_listening(api)?;
         // The hub's NBD port requires a client certificate from its CA (its default).
-        sendense_hub::tls::issue_client_folder(
+        sendense_nbd::tls::issue_client_folder(
             &data_dir.join("tls"),
             "bench-client",
             &data_dir.join(CLIENT_TLS_DIR),

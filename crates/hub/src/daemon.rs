@@ -194,7 +194,9 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         .clone()
         .unwrap_or_else(|| config.nbd_listen.ip().to_string());
     let tls_dir = data.join(TLS_DIR);
-    if crate::tls::ensure_certificates(&tls_dir, std::slice::from_ref(&host))? {
+    if sendense_nbd::tls::ensure_certificates(&tls_dir, std::slice::from_ref(&host))
+        .map_err(crate::tls::TlsSetupError::Material)?
+    {
         tracing::info!(dir = %tls_dir.display(), "created the hub's CA and certificate");
     }
     let token = crate::token::load_or_create(&data)?;

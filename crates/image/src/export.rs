@@ -82,35 +82,28 @@ impl Export for Qcow2Export {
         self.image.read_at(buf, offset).map_err(nbd_error)
     }
 
-    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
+    // FUA (here and below) is the server's: it calls `flush` once after the request
+    // (the `Export::write` contract), so flushing here too would flush twice.
+    fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), ExportError> {
         self.writable()?;
         self.image.write_at(data, offset).map_err(nbd_error)?;
         self.bytes_written
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        if fua {
-            self.image.flush().map_err(nbd_error)?;
-        }
         Ok(())
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<(), ExportError> {
+    fn write_zeroes(&self, offset: u64, len: u64, _flags: ZeroFlags) -> Result<(), ExportError> {
         // Zeroing in our engine is a metadata operation (zero flags, or
         // nothing at all in a standalone image), so FAST_ZERO always holds.
         self.writable()?;
         self.image.write_zeroes(offset, len).map_err(nbd_error)?;
         self.bytes_written.fetch_add(len, Ordering::Relaxed);
-        if flags.fua {
-            self.image.flush().map_err(nbd_error)?;
-        }
         Ok(())
     }
 
-    fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), ExportError> {
+    fn trim(&self, offset: u64, len: u64, _fua: bool) -> Result<(), ExportError> {
         self.writable()?;
         self.image.discard(offset, len).map_err(nbd_error)?;
-        if fua {
-            self.image.flush().map_err(nbd_error)?;
-        }
         Ok(())
     }
 

@@ -516,12 +516,6 @@ impl ClientPool {
         best
     }
 
-    /// All connections.
-    #[must_use]
-    pub fn clients(&self) -> &[Client] {
-        &self.clients
-    }
-
     /// Flushes every connection (one suffices with `CAN_MULTI_CONN`; this is safe without).
     ///
     /// # Errors

@@ -421,21 +421,6 @@ pub fn encode_export_name_reply(size: u64, flags: u16, no_zeroes: bool, out: &mu
     }
 }
 
-/// Decodes the reply to `NBD_OPT_EXPORT_NAME`.
-///
-/// # Errors
-/// Never for complete input; framing only.
-pub fn decode_export_name_reply(
-    buf: &[u8],
-    no_zeroes: bool,
-) -> Result<Option<((u64, u16), usize)>> {
-    let need = if no_zeroes { 10 } else { 134 };
-    if buf.len() < need {
-        return Ok(None);
-    }
-    Ok(Some(((be_u64(buf, 0), be_u16(buf, 8)), need)))
-}
-
 // ---------------------------------------------------------------- transmission
 
 /// Encodes a request header (the WRITE payload is sent separately).
@@ -521,7 +506,7 @@ pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
 ///
 /// # Panics
 /// If an error message exceeds `u16::MAX` bytes.
-pub fn encode_chunk_payload(p: &ChunkPayload, out: &mut Vec<u8>) {
+fn encode_chunk_payload(p: &ChunkPayload, out: &mut Vec<u8>) {
     match p {
         ChunkPayload::None => {}
         ChunkPayload::OffsetData { offset, data } => {

@@ -99,7 +99,34 @@ pub enum NbdError {
     /// TLS certificate verifier configuration failed.
     #[error("TLS verifier configuration error")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
-    /// A certificate could not be issued or signed.
+    /// A TLS file (certificate, key) could not be read or written.
+    #[error("Cannot access TLS file {path}")]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TLS folder holds only some of its files: we refuse to guess which to trust.
+    #[error(
+        "TLS folder {dir} is incomplete ({missing} is missing); restore it or remove the folder to start afresh"
+    )]
+    IncompleteTlsFolder {
+        /// The folder.
+        dir: std::path::PathBuf,
+        /// The first missing file.
+        missing: &'static str,
+    },
+    /// Issuing a client certificate needs a CA, and the folder has none.
+    #[error("No CA in {dir} ({file} is missing)")]
+    NoCa {
+        /// The folder searched.
+        dir: std::path::PathBuf,
+        /// The missing file.
+        file: &'static str,
+    },
+    /// A certificate could not be generated, issued or signed.
     #[error("Certificate error while {what}")]
     Certificate {
         /// What was being done.

@@ -1,30 +1,25 @@
-//! Exports: the `Export` trait the server serves, the `ExportRegistry`
-//! shared between the server and its owner, and two implementations
-//! (`MemoryExport`, `FileExport`).
+//! Exports: the `Export` trait the server serves and two implementations
+//! (`MemoryExport`, `FileExport`); with the `tokio` feature, the
+//! `ExportRegistry` shared between the server and its owner.
 //!
 //! Export methods are synchronous (backends do positional I/O); the server
 //! calls them on tokio's blocking pool. Implementations must be safe to call
 //! concurrently from many threads: requests of one connection, and of many
 //! connections to the same export, run in parallel.
-//!
-//! Registry invariant: a name is either present and serving, or absent.
-//! `remove` takes the name out at once (no new connection can attach), tells
-//! attached connections to close after their in-flight requests, and its
-//! future completes when the last one has detached.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{PoisonError, RwLock};
 
-use tokio::sync::watch;
-
-use crate::error::NbdError;
 use crate::sys;
 use crate::wire::Errno;
+
+#[cfg(feature = "tokio")]
+mod registry;
+#[cfg(feature = "tokio")]
+pub use registry::{ConnectionGuard, DEFAULT_DRAIN_TIMEOUT, ExportRegistry, Removal};
 
 /// A block device served over NBD.
 pub trait Export: Send + Sync + std::fmt::Debug + 'static {
@@ -51,19 +46,24 @@ pub trait Export: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// Backend failure.
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExportError>;
-    /// Writes `data` at `offset`. `fua` marks a Force Unit Access request: the
-    /// server calls [`Export::flush`] after such a request anyway, so an export
-    /// may use the flag only to do better (e.g. write-through).
+    /// Writes `data` at `offset`.
+    ///
+    /// `fua` marks a Force Unit Access request. The server owns FUA: after a FUA
+    /// WRITE, TRIM or WRITE_ZEROES succeeds it calls [`Export::flush`] exactly once
+    /// before it replies. An export therefore must not flush for `fua` itself (that
+    /// would flush twice); the flag is a hint only.
     ///
     /// # Errors
     /// Backend failure.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError>;
-    /// Makes `len` bytes at `offset` read as zeroes.
+    /// Makes `len` bytes at `offset` read as zeroes. For `flags.fua` the server
+    /// flushes afterwards (see [`Export::write`]).
     ///
     /// # Errors
     /// Backend failure; `not_supported` when `flags.fast_zero` and zeroing would be slow.
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<(), ExportError>;
-    /// Hint that `len` bytes at `offset` are unused (contents become unspecified).
+    /// Hint that `len` bytes at `offset` are unused (contents become unspecified). For
+    /// `fua` the server flushes afterwards (see [`Export::write`]).
     ///
     /// # Errors
     /// Backend failure.
@@ -103,6 +103,10 @@ pub struct BlockExtent {
 }
 
 /// An export operation's failure, carrying the NBD error to report.
+///
+/// This is not a second error type of the crate but the value an [`Export`] hands
+/// the server: the NBD error number (`errno`) the client is sent, and the cause for
+/// the logs. Failures of the crate itself are [`crate::NbdError`].
 #[derive(Debug, thiserror::Error)]
 #[error("Export operation failed with {errno}")]
 pub struct ExportError {
@@ -145,15 +149,6 @@ impl ExportError {
         }
     }
 
-    /// Out of space (`ENOSPC`).
-    #[must_use]
-    pub const fn no_space() -> Self {
-        Self {
-            errno: Errno::NoSpc,
-            source: None,
-        }
-    }
-
     /// Write to a read-only export (`EPERM`).
     #[must_use]
     pub const fn read_only() -> Self {
@@ -181,15 +176,6 @@ impl ExportError {
         }
     }
 
-    /// Shutting down (`ESHUTDOWN`).
-    #[must_use]
-    pub const fn shutdown() -> Self {
-        Self {
-            errno: Errno::Shutdown,
-            source: None,
-        }
-    }
-
     /// The NBD error value to report.
     #[must_use]
     pub const fn errno(&self) -> Errno {
@@ -203,248 +189,6 @@ impl From<io::Error> for ExportError {
     }
 }
 
-// ---------------------------------------------------------------- registry
-
-/// How long [`ExportRegistry::remove`] waits for an export's connections by default
-/// before it cuts them.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Named exports, shared (in an `Arc`) by the server and its owner.
-#[derive(Debug)]
-pub struct ExportRegistry {
-    exports: Mutex<BTreeMap<String, Arc<ExportEntry>>>,
-    drain_timeout: Duration,
-}
-
-impl Default for ExportRegistry {
-    fn default() -> Self {
-        Self {
-            exports: Mutex::default(),
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-        }
-    }
-}
-
-/// A registered export with its connection bookkeeping.
-#[derive(Debug)]
-pub(crate) struct ExportEntry {
-    pub(crate) export: Arc<dyn Export>,
-    closing: watch::Sender<bool>,
-    cut: watch::Sender<bool>,
-    connections: watch::Sender<usize>,
-    last_activity: Mutex<Instant>,
-}
-
-/// Held by a connection in transmission; detaches on drop.
-#[derive(Debug)]
-pub(crate) struct ConnectionGuard {
-    entry: Arc<ExportEntry>,
-}
-
-/// How [`ExportRegistry::remove`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Removal {
-    /// No export had that name.
-    NotFound,
-    /// Every connection finished its in-flight requests and closed within the deadline.
-    Drained,
-    /// The deadline passed with `connections` still open: they were cut (their
-    /// sockets closed, unwritten replies dropped, in-flight export calls finished).
-    Cut {
-        /// Connections open when the deadline passed.
-        connections: usize,
-    },
-}
-
-impl Removal {
-    /// Whether an export of that name existed (and is now removed).
-    #[must_use]
-    pub const fn existed(self) -> bool {
-        !matches!(self, Self::NotFound)
-    }
-}
-
-impl ExportRegistry {
-    /// An empty registry; [`Self::remove`] waits [`DEFAULT_DRAIN_TIMEOUT`].
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The same registry with another drain deadline for [`Self::remove`].
-    #[must_use]
-    pub const fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
-        self.drain_timeout = drain_timeout;
-        self
-    }
-
-    /// Adds an export.
-    ///
-    /// # Errors
-    /// [`NbdError::DuplicateExport`] if the name exists; [`NbdError::InvalidArgument`]
-    /// if the name is longer than 4096 bytes.
-    pub fn add(&self, name: impl Into<String>, export: Arc<dyn Export>) -> Result<(), NbdError> {
-        let name = name.into();
-        if name.len() > crate::wire::MAX_NAME_LEN {
-            return Err(NbdError::InvalidArgument {
-                what: "export name longer than 4096 bytes",
-            });
-        }
-        let mut map = self.lock();
-        if map.contains_key(&name) {
-            return Err(NbdError::DuplicateExport { name });
-        }
-        let entry = ExportEntry {
-            export,
-            closing: watch::Sender::new(false),
-            cut: watch::Sender::new(false),
-            connections: watch::Sender::new(0),
-            last_activity: Mutex::new(Instant::now()),
-        };
-        map.insert(name, Arc::new(entry));
-        Ok(())
-    }
-
-    /// Removes an export. New connections are refused at once; connections
-    /// in transmission finish their in-flight requests, answer later ones
-    /// with `ESHUTDOWN` and close. Connections still open after the registry's
-    /// drain deadline ([`Self::with_drain_timeout`]) are cut: their sockets
-    /// close and their unwritten replies are dropped; the export is released
-    /// once their in-flight export calls return (waited for up to one more
-    /// deadline). The future tells which happened.
-    ///
-    /// The deadline and the cut run on a task of their own when called inside
-    /// a tokio runtime, so they happen even if the returned future is dropped.
-    pub fn remove(&self, name: &str) -> impl Future<Output = Removal> + Send + 'static {
-        let entry = self.lock().remove(name);
-        if let Some(e) = &entry {
-            e.closing.send_replace(true);
-        }
-        let drain = Box::pin(drain(entry, self.drain_timeout));
-        let spawned = match tokio::runtime::Handle::try_current() {
-            Ok(h) => Ok(h.spawn(drain)),
-            Err(_) => Err(drain),
-        };
-        async move {
-            match spawned {
-                Ok(task) => match task.await {
-                    Ok(r) => r,
-                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    // The runtime is shutting down: nothing is served any more.
-                    Err(_) => Removal::Drained,
-                },
-                Err(drain) => drain.await,
-            }
-        }
-    }
-
-    /// Current export names, sorted.
-    #[must_use]
-    pub fn names(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
-    }
-
-    /// The export registered under `name`.
-    #[must_use]
-    pub fn get(&self, name: &str) -> Option<Arc<dyn Export>> {
-        self.lock().get(name).map(|e| Arc::clone(&e.export))
-    }
-
-    /// Connections currently in transmission with this export.
-    #[must_use]
-    pub fn connection_count(&self, name: &str) -> Option<usize> {
-        self.lock().get(name).map(|e| *e.connections.borrow())
-    }
-
-    /// When a connection last attached, sent a request or detached.
-    #[must_use]
-    pub fn last_activity(&self, name: &str) -> Option<Instant> {
-        self.lock().get(name).map(|e| {
-            *e.last_activity
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-        })
-    }
-
-    pub(crate) fn lookup(&self, name: &str) -> Option<Arc<ExportEntry>> {
-        self.lock().get(name).cloned()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<ExportEntry>>> {
-        self.exports.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Waits for `entry`'s connections to end, up to `timeout`; then cuts them.
-async fn drain(entry: Option<Arc<ExportEntry>>, timeout: Duration) -> Removal {
-    let Some(entry) = entry else {
-        return Removal::NotFound;
-    };
-    let mut rx = entry.connections.subscribe();
-    // The sender lives in `entry`, so `wait_for` only ends when the count is zero.
-    if tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0))
-        .await
-        .is_ok()
-    {
-        return Removal::Drained;
-    }
-    let connections = *rx.borrow();
-    tracing::warn!(
-        connections,
-        "export connections still open after the drain deadline: cutting them"
-    );
-    entry.cut.send_replace(true);
-    let _ = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
-    Removal::Cut { connections }
-}
-
-impl ExportEntry {
-    /// Attaches a connection, or `None` if the export is being removed.
-    pub(crate) fn attach(self: &Arc<Self>) -> Option<ConnectionGuard> {
-        self.connections.send_modify(|n| *n += 1);
-        let guard = ConnectionGuard {
-            entry: Arc::clone(self),
-        };
-        if *self.closing.borrow() {
-            return None;
-        }
-        self.touch();
-        Some(guard)
-    }
-
-    pub(crate) fn touch(&self) {
-        *self
-            .last_activity
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
-    }
-
-    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
-        self.closing.subscribe()
-    }
-
-    /// Set when a removal's deadline passed: the connection must end now.
-    pub(crate) fn cut(&self) -> watch::Receiver<bool> {
-        self.cut.subscribe()
-    }
-}
-
-impl ConnectionGuard {
-    pub(crate) fn entry(&self) -> &Arc<ExportEntry> {
-        &self.entry
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.entry.touch();
-        self.entry
-            .connections
-            .send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
 // ---------------------------------------------------------------- memory
 
 const SHARD: u64 = 1024 * 1024;
@@ -454,7 +198,6 @@ const SHARD: u64 = 1024 * 1024;
 pub struct MemoryExport {
     size: u64,
     read_only: bool,
-    detect_zeroes: bool,
     shards: Vec<RwLock<Option<Box<[u8]>>>>,
 }
 
@@ -470,7 +213,6 @@ impl MemoryExport {
         Self {
             size,
             read_only: false,
-            detect_zeroes: false,
             shards,
         }
     }
@@ -490,13 +232,6 @@ impl MemoryExport {
     #[must_use]
     pub const fn read_only(mut self) -> Self {
         self.read_only = true;
-        self
-    }
-
-    /// Reports allocated shards that hold only zeroes with `NBD_STATE_ZERO`.
-    #[must_use]
-    pub const fn detect_zeroes(mut self) -> Self {
-        self.detect_zeroes = true;
         self
     }
 
@@ -611,18 +346,12 @@ impl Export for MemoryExport {
     fn block_status(&self, offset: u64, len: u64) -> Result<Vec<BlockExtent>, ExportError> {
         self.check(offset, len)?;
         let mut out: Vec<BlockExtent> = Vec::new();
-        Self::for_each_shard(offset, len, |idx, at, range| {
-            let shard = self.shards[idx]
+        Self::for_each_shard(offset, len, |idx, _, range| {
+            let hole = self.shards[idx]
                 .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            let (hole, zero) = match shard.as_ref() {
-                None => (true, true),
-                Some(s) => (
-                    false,
-                    self.detect_zeroes && is_zero(&s[at..at + range.len()]),
-                ),
-            };
-            push_extent(&mut out, range.len() as u64, hole, zero);
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_none();
+            push_extent(&mut out, range.len() as u64, hole, hole);
             Ok(())
         })?;
         Ok(out)
@@ -641,7 +370,8 @@ fn push_extent(out: &mut Vec<BlockExtent>, length: u64, hole: bool, zero: bool) 
     out.push(BlockExtent { length, hole, zero });
 }
 
-/// Whether `buf` holds only zero bytes.
+/// Whether `buf` holds only zero bytes (the server's READ splitting uses it).
+#[cfg(any(feature = "tokio", test))]
 #[must_use]
 pub(crate) fn is_zero(buf: &[u8]) -> bool {
     let mut chunks = buf.chunks_exact(16);
@@ -744,7 +474,7 @@ impl Export for FileExport {
         Ok(())
     }
 
-    // `fua` is left to the server's following `flush` (one `sync_data`, not two).
+    // `fua` is the server's: it calls `flush` once after the write (one `sync_data`).
     fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), ExportError> {
         self.check_write(offset, data.len() as u64)?;
         self.file.write_all_at(data, offset)?;
@@ -904,15 +634,5 @@ mod tests {
     fn export_error_storage_full_maps_enospc() {
         let e = ExportError::io(io::Error::from(io::ErrorKind::StorageFull));
         assert_eq!(e.errno(), Errno::NoSpc);
-    }
-
-    #[test]
-    fn registry_duplicate_add_rejected() {
-        let r = ExportRegistry::new();
-        r.add("a", Arc::new(MemoryExport::new(1))).unwrap();
-        assert!(matches!(
-            r.add("a", Arc::new(MemoryExport::new(1))),
-            Err(NbdError::DuplicateExport { .. })
-        ));
     }
 }

@@ -2,27 +2,35 @@
 //!
 //! Layers, bottom up: [`wire`] (constants and message structs), [`codec`]
 //! (pure encode/decode with length limits), [`session`] (the server
-//! handshake as a state machine: bytes in, actions out), then the tokio
-//! drivers [`server`] and [`client`], with [`tls`] building rustls
-//! configurations and [`export`] holding the `Export` trait, the registry
-//! and the memory/file exports.
+//! handshake as a state machine: bytes in, actions out), [`export`] (the
+//! `Export` trait and the memory/file exports) and [`tls`] (rustls
+//! configurations and the X.509 material they load). None of these needs
+//! tokio.
+//!
+//! The `tokio` feature (opt-in) adds the drivers: `server` and `client`, the
+//! export registry (`ExportRegistry`) that connects a server to its owner, and
+//! TLS streams through `tokio-rustls`.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "tokio")]
 pub mod client;
 pub mod codec;
 pub mod error;
 pub mod export;
+#[cfg(feature = "tokio")]
 pub mod server;
 pub mod session;
 mod sys;
 pub mod tls;
 pub mod wire;
 
+#[cfg(feature = "tokio")]
 pub use client::{Client, ClientOptions, ClientPool, ExportInfo};
 pub use error::NbdError;
-pub use export::{
-    BlockExtent, Export, ExportError, ExportRegistry, FileExport, MemoryExport, Removal, ZeroFlags,
-};
+pub use export::{BlockExtent, Export, ExportError, FileExport, MemoryExport, ZeroFlags};
+#[cfg(feature = "tokio")]
+pub use export::{ExportRegistry, Removal};
+#[cfg(feature = "tokio")]
 pub use server::{Server, ServerOptions};
-pub use session::{ServerSession, SessionAction, TlsPolicy};
+pub use session::{Exports, ServerSession, SessionAction, TlsPolicy};

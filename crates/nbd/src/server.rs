@@ -64,7 +64,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::codec;
 use crate::error::NbdError;
-use crate::export::{Export, ExportError, ExportRegistry, ZeroFlags, is_zero};
+use crate::export::{ConnectionGuard, Export, ExportError, ExportRegistry, ZeroFlags, is_zero};
 
 use crate::session::{Negotiated, ServerSession, SessionAction, TlsPolicy};
 use crate::wire::{self, ChunkPayload, Errno, Request, cflag, chunk, cmd, state};
@@ -422,7 +422,7 @@ struct Out {
 /// How the handshake ended.
 enum Handshake {
     /// Serve this export on this stream.
-    Serve(Box<dyn Stream>, Box<Negotiated>),
+    Serve(Box<dyn Stream>, Box<Negotiated<ConnectionGuard>>),
     /// The peer left, aborted, or the server is stopping.
     Done,
 }
@@ -461,7 +461,7 @@ impl Conn {
         };
         // A connection waiting for its permit already holds the export: it gives
         // up at once when the export is being removed.
-        let mut closing = n.guard.entry().closing();
+        let mut closing = n.attachment.entry().closing();
         let admit = self.shared.admission.admit(self.peer.ip());
         let admitted = tokio::select! {
             r = timeout(self.opts().admission_timeout, admit) => r.map_err(|_| "too many connections"),
@@ -553,10 +553,14 @@ impl Conn {
     /// Serves requests until the peer leaves, the export or server stops (graceful),
     /// or a cut; in every case waits for export calls already running before the
     /// export is released.
-    async fn transmission(&self, io: Box<dyn Stream>, mut n: Negotiated) -> Result<(), NbdError> {
+    async fn transmission(
+        &self,
+        io: Box<dyn Stream>,
+        mut n: Negotiated<ConnectionGuard>,
+    ) -> Result<(), NbdError> {
         let max_requests = self.opts().max_in_flight_requests.clamp(1, 1 << 16);
         let requests = Arc::new(Semaphore::new(max_requests));
-        let mut export_cut = n.guard.entry().cut();
+        let mut export_cut = n.attachment.entry().cut();
         let mut server_cut = self.shared.cut.subscribe();
         let leftover = std::mem::take(&mut n.leftover);
         let result = tokio::select! {
@@ -576,7 +580,7 @@ impl Conn {
     async fn requests(
         &self,
         io: Box<dyn Stream>,
-        n: &Negotiated,
+        n: &Negotiated<ConnectionGuard>,
         leftover: Vec<u8>,
         requests: Arc<Semaphore>,
     ) -> Result<(), NbdError> {
@@ -595,7 +599,7 @@ impl Conn {
             structured: n.structured_replies,
             base_allocation: n.base_allocation,
         });
-        let entry = n.guard.entry();
+        let entry = n.attachment.entry();
         let mut stop = self.shared.stop.subscribe();
         let mut closing = entry.closing();
         let result = loop {
@@ -793,8 +797,9 @@ impl Ctx {
         let e = &self.export;
         let fua = req.flags & cflag::FUA != 0;
         let len = u64::from(req.length);
-        // FUA: the export gets the flag, and the server flushes as well, so
-        // durability never depends on an export honouring the hint.
+        // FUA is the server's (the `Export::write` contract): one flush after the
+        // request succeeded, so durability never depends on an export honouring the
+        // flag, and no export flushes a second time for it.
         let durable = |r: Result<(), ExportError>| if fua { r.and_then(|()| e.flush()) } else { r };
         let done = |r: Result<(), ExportError>| match r {
             Ok(()) => vec![simple(0, req.cookie)],

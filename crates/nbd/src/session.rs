@@ -2,8 +2,11 @@
 //!
 //! Bytes from the client go in through [`ServerSession::receive`]; what the
 //! driver must do comes out as [`SessionAction`]s: send bytes, start TLS,
-//! close, or enter transmission with a negotiated export. No sockets here,
-//! so the same machine runs under tokio, in unit tests and under the fuzzer.
+//! close, or enter transmission with a negotiated export. No sockets here
+//! and no tokio, so the same machine runs under the tokio driver, in unit
+//! tests and under the fuzzer. Exports are found through the [`Exports`]
+//! trait: the server's `ExportRegistry` (feature `tokio`), or a plain
+//! `BTreeMap` of names to exports.
 //!
 //! TLS policy (proto.md "TLS support"): with [`TlsPolicy::Required`] (FORCEDTLS)
 //! every option other than `STARTTLS` and `ABORT` gets `NBD_REP_ERR_TLS_REQD`
@@ -15,15 +18,47 @@
 //! `NBD_REP_ERR_POLICY` unless the owner allows listing
 //! ([`ServerSession::with_listing`]), as proto.md allows a server to do.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::codec;
 use crate::error::NbdError;
-use crate::export::{ConnectionGuard, Export, ExportRegistry};
+use crate::export::Export;
 use crate::wire::{
     self, BlockSizes, ClientOption, InfoItem, MetaContextRequest, OptionRequest, ReplyPayload,
     info, opt, rep, tflag,
 };
+
+/// Where a session finds exports by name.
+pub trait Exports {
+    /// What a connection holds while it uses an export (the registry counts its
+    /// connections with it); dropping it detaches the connection.
+    type Attachment: Send + 'static;
+    /// Export names, sorted (for `NBD_OPT_LIST`, when listing is allowed).
+    fn names(&self) -> Vec<String>;
+    /// The export called `name`, if there is one.
+    fn export(&self, name: &str) -> Option<Arc<dyn Export>>;
+    /// Attaches a connection to the export called `name`: `None` when there is no
+    /// such export or it is being removed.
+    fn attach(&self, name: &str) -> Option<(Arc<dyn Export>, Self::Attachment)>;
+}
+
+/// A fixed set of exports: nothing to count, nothing is ever removed.
+impl Exports for BTreeMap<String, Arc<dyn Export>> {
+    type Attachment = ();
+
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
+
+    fn export(&self, name: &str) -> Option<Arc<dyn Export>> {
+        self.get(name).cloned()
+    }
+
+    fn attach(&self, name: &str) -> Option<(Arc<dyn Export>, ())> {
+        self.get(name).map(|e| (Arc::clone(e), ()))
+    }
+}
 
 /// Whether TLS is required before anything is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,10 +70,11 @@ pub enum TlsPolicy {
     Required,
 }
 
-/// What the driver must do next.
+/// What the driver must do next; `A` is the [`Exports::Attachment`] handed over
+/// with the negotiated export.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum SessionAction {
+pub enum SessionAction<A> {
     /// Write these bytes to the client.
     Send(Vec<u8>),
     /// Perform the TLS server handshake now, then call [`ServerSession::tls_started`].
@@ -49,12 +85,12 @@ pub enum SessionAction {
     /// final reply (the `ACK` of `GO`, the `EXPORT_NAME` answer) is not sent yet: the
     /// driver sends [`Negotiated::reply`] when it admits the connection, or
     /// [`Negotiated::refusal`] and closes when it does not.
-    Transmission(Box<Negotiated>),
+    Transmission(Box<Negotiated<A>>),
 }
 
 /// The outcome of a successful handshake.
 #[derive(Debug)]
-pub struct Negotiated {
+pub struct Negotiated<A> {
     /// Export name.
     pub name: String,
     /// The export.
@@ -67,12 +103,14 @@ pub struct Negotiated {
     pub base_allocation: bool,
     /// Bytes received after the final option (the first requests, if pipelined).
     pub leftover: Vec<u8>,
-    pub(crate) guard: ConnectionGuard,
+    /// The connection's hold on the export ([`Exports::attach`]): keep it for as long
+    /// as the connection serves the export.
+    pub attachment: A,
     reply: Vec<u8>,
     refusal: Vec<u8>,
 }
 
-impl Negotiated {
+impl<A> Negotiated<A> {
     /// The bytes that end the handshake (the `ACK` of `GO`, or the `EXPORT_NAME`
     /// answer); the driver sends them when it admits the connection.
     #[must_use]
@@ -98,10 +136,10 @@ enum State {
     Finished,
 }
 
-/// The server side of one connection's handshake.
+/// The server side of one connection's handshake, serving the exports of `E`.
 #[derive(Debug)]
-pub struct ServerSession {
-    registry: Arc<ExportRegistry>,
+pub struct ServerSession<E: Exports> {
+    registry: Arc<E>,
     policy: TlsPolicy,
     state: State,
     buf: Vec<u8>,
@@ -112,10 +150,10 @@ pub struct ServerSession {
     list_exports: bool,
 }
 
-impl ServerSession {
+impl<E: Exports> ServerSession<E> {
     /// A new session serving exports of `registry`; `NBD_OPT_LIST` is refused.
     #[must_use]
-    pub const fn new(registry: Arc<ExportRegistry>, policy: TlsPolicy) -> Self {
+    pub const fn new(registry: Arc<E>, policy: TlsPolicy) -> Self {
         Self {
             registry,
             policy,
@@ -143,12 +181,6 @@ impl ServerSession {
         codec::encode_greeting(wire::FLAG_FIXED_NEWSTYLE | wire::FLAG_NO_ZEROES)
     }
 
-    /// Whether TLS is active on this connection.
-    #[must_use]
-    pub const fn tls_active(&self) -> bool {
-        self.tls_active
-    }
-
     /// The driver finished the TLS handshake: negotiation restarts from scratch.
     pub fn tls_started(&mut self) {
         self.tls_active = true;
@@ -165,7 +197,7 @@ impl ServerSession {
     /// # Errors
     /// A protocol violation that ends the connection (bad magic, oversized
     /// option, unknown client flags, data while waiting for TLS).
-    pub fn receive(&mut self, data: &[u8]) -> Result<Vec<SessionAction>, NbdError> {
+    pub fn receive(&mut self, data: &[u8]) -> Result<Vec<SessionAction<E::Attachment>>, NbdError> {
         let mut actions = Vec::new();
         if self.state == State::Finished {
             return Err(NbdError::protocol("data after the handshake ended"));
@@ -208,7 +240,11 @@ impl ServerSession {
     }
 
     /// Handles one option; returns true when the option loop must stop.
-    fn handle_option(&mut self, req: &OptionRequest, actions: &mut Vec<SessionAction>) -> bool {
+    fn handle_option(
+        &mut self,
+        req: &OptionRequest,
+        actions: &mut Vec<SessionAction<E::Attachment>>,
+    ) -> bool {
         let option = req.option;
         let parsed = codec::parse_client_option(req);
         if self.policy == TlsPolicy::Required && !self.tls_active {
@@ -256,11 +292,10 @@ impl ServerSession {
                 self.reply(actions, option, &ReplyPayload::Ack);
             }
             ClientOption::ExportName(name) => {
-                let Some(guard) = self.registry.lookup(&name).and_then(|e| e.attach()) else {
+                let Some((export, attachment)) = self.registry.attach(&name) else {
                     self.finish(actions, SessionAction::Close);
                     return true;
                 };
-                let export = Arc::clone(&guard.entry().export);
                 let flags = self.transmission_flags(export.as_ref());
                 let mut reply = Vec::new();
                 codec::encode_export_name_reply(export.size(), flags, self.no_zeroes, &mut reply);
@@ -268,7 +303,7 @@ impl ServerSession {
                     reply,
                     refusal: Vec::new(),
                 };
-                self.enter_transmission(actions, name, export, flags, guard, end);
+                self.enter_transmission(actions, name, export, flags, attachment, end);
                 return true;
             }
             ClientOption::Info(r) | ClientOption::Go(r) => {
@@ -289,7 +324,7 @@ impl ServerSession {
         &mut self,
         option: u32,
         parsed: Option<&ClientOption>,
-        actions: &mut Vec<SessionAction>,
+        actions: &mut Vec<SessionAction<E::Attachment>>,
     ) -> bool {
         match parsed {
             Some(ClientOption::StartTls) => {
@@ -318,13 +353,12 @@ impl ServerSession {
         &mut self,
         option: u32,
         r: &wire::InfoRequest,
-        actions: &mut Vec<SessionAction>,
+        actions: &mut Vec<SessionAction<E::Attachment>>,
     ) -> bool {
-        let Some(entry) = self.registry.lookup(&r.name) else {
+        let Some(export) = self.registry.export(&r.name) else {
             self.error(actions, option, rep::ERR_UNKNOWN, "no such export");
             return false;
         };
-        let export = Arc::clone(&entry.export);
         let flags = self.transmission_flags(export.as_ref());
         let size = export.size();
         self.reply(
@@ -351,7 +385,8 @@ impl ServerSession {
             self.reply(actions, option, &ReplyPayload::Ack);
             return false;
         }
-        let Some(guard) = entry.attach() else {
+        // The export may be removed between the look-up and here: then it is gone.
+        let Some((export, attachment)) = self.registry.attach(&r.name) else {
             self.error(actions, option, rep::ERR_UNKNOWN, "export is being removed");
             return false;
         };
@@ -367,7 +402,7 @@ impl ServerSession {
                 },
             ),
         };
-        self.enter_transmission(actions, r.name.clone(), export, flags, guard, end);
+        self.enter_transmission(actions, r.name.clone(), export, flags, attachment, end);
         true
     }
 
@@ -376,7 +411,7 @@ impl ServerSession {
         option: u32,
         r: &MetaContextRequest,
         set: bool,
-        actions: &mut Vec<SessionAction>,
+        actions: &mut Vec<SessionAction<E::Attachment>>,
     ) {
         if !self.structured {
             self.error(
@@ -387,7 +422,7 @@ impl ServerSession {
             );
             return;
         }
-        if self.registry.lookup(&r.name).is_none() {
+        if self.registry.export(&r.name).is_none() {
             self.error(actions, option, rep::ERR_UNKNOWN, "no such export");
             return;
         }
@@ -412,11 +447,11 @@ impl ServerSession {
 
     fn enter_transmission(
         &mut self,
-        actions: &mut Vec<SessionAction>,
+        actions: &mut Vec<SessionAction<E::Attachment>>,
         name: String,
         export: Arc<dyn Export>,
         flags: u16,
-        guard: ConnectionGuard,
+        attachment: E::Attachment,
         end: Ending,
     ) {
         let base_allocation =
@@ -429,7 +464,7 @@ impl ServerSession {
             structured_replies: self.structured,
             base_allocation,
             leftover,
-            guard,
+            attachment,
             reply: end.reply,
             refusal: end.refusal,
         };
@@ -452,16 +487,31 @@ impl ServerSession {
         f
     }
 
-    fn finish(&mut self, actions: &mut Vec<SessionAction>, action: SessionAction) {
+    fn finish(
+        &mut self,
+        actions: &mut Vec<SessionAction<E::Attachment>>,
+        action: SessionAction<E::Attachment>,
+    ) {
         self.state = State::Finished;
         actions.push(action);
     }
 
-    fn reply(&self, actions: &mut Vec<SessionAction>, option: u32, payload: &ReplyPayload) {
+    fn reply(
+        &self,
+        actions: &mut Vec<SessionAction<E::Attachment>>,
+        option: u32,
+        payload: &ReplyPayload,
+    ) {
         push_send(actions, encode(option, payload));
     }
 
-    fn error(&self, actions: &mut Vec<SessionAction>, option: u32, code: u32, message: &str) {
+    fn error(
+        &self,
+        actions: &mut Vec<SessionAction<E::Attachment>>,
+        option: u32,
+        code: u32,
+        message: &str,
+    ) {
         let p = ReplyPayload::Error {
             code,
             message: message.to_owned(),
@@ -484,7 +534,7 @@ fn encode(option: u32, payload: &ReplyPayload) -> Vec<u8> {
 }
 
 /// Appends bytes to the last `Send` action, or starts a new one.
-fn push_send(actions: &mut Vec<SessionAction>, bytes: Vec<u8>) {
+fn push_send<A>(actions: &mut Vec<SessionAction<A>>, bytes: Vec<u8>) {
     if let Some(SessionAction::Send(prev)) = actions.last_mut() {
         prev.extend_from_slice(&bytes);
     } else {
@@ -493,8 +543,7 @@ fn push_send(actions: &mut Vec<SessionAction>, bytes: Vec<u8>) {
 }
 
 /// Block size constraints we advertise for an export.
-#[must_use]
-pub fn block_sizes(export: &dyn Export) -> BlockSizes {
+fn block_sizes(export: &dyn Export) -> BlockSizes {
     let preferred = export
         .preferred_block_size()
         .clamp(512, wire::MAX_REQUEST_PAYLOAD)
@@ -514,10 +563,12 @@ mod tests {
     use crate::export::MemoryExport;
     use crate::wire::{InfoRequest, OptionReply};
 
-    fn registry() -> Arc<ExportRegistry> {
-        let r = Arc::new(ExportRegistry::new());
-        r.add("disk", Arc::new(MemoryExport::new(1 << 20))).unwrap();
-        r
+    type Registry = BTreeMap<String, Arc<dyn Export>>;
+
+    fn registry() -> Arc<Registry> {
+        let mut r = Registry::new();
+        r.insert("disk".into(), Arc::new(MemoryExport::new(1 << 20)));
+        Arc::new(r)
     }
 
     fn option_bytes(o: &ClientOption) -> Vec<u8> {
@@ -526,7 +577,7 @@ mod tests {
         out
     }
 
-    fn started(policy: TlsPolicy) -> ServerSession {
+    fn started(policy: TlsPolicy) -> ServerSession<Registry> {
         let mut s = ServerSession::new(registry(), policy);
         let a = s.receive(&(wire::FLAG_C_FIXED_NEWSTYLE | wire::FLAG_C_NO_ZEROES).to_be_bytes());
         assert!(a.unwrap().is_empty());
@@ -534,7 +585,7 @@ mod tests {
     }
 
     /// Decodes every option reply in the actions' `Send` bytes.
-    fn replies(actions: &[SessionAction]) -> Vec<OptionReply> {
+    fn replies(actions: &[SessionAction<()>]) -> Vec<OptionReply> {
         let mut bytes = Vec::new();
         for a in actions {
             if let SessionAction::Send(b) = a {
@@ -744,10 +795,9 @@ mod tests {
 
     #[test]
     fn session_info_block_size_uses_export_preference() {
-        let r = Arc::new(ExportRegistry::new());
-        r.add("q", Arc::new(Clustered(MemoryExport::new(1 << 20))))
-            .unwrap();
-        let mut s = ServerSession::new(r, TlsPolicy::Off);
+        let mut r = Registry::new();
+        r.insert("q".into(), Arc::new(Clustered(MemoryExport::new(1 << 20))));
+        let mut s = ServerSession::new(Arc::new(r), TlsPolicy::Off);
         let mut bytes = wire::FLAG_C_FIXED_NEWSTYLE.to_be_bytes().to_vec();
         let info = ClientOption::Info(InfoRequest {
             name: "q".into(),

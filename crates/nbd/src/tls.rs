@@ -1,4 +1,4 @@
-//! rustls configuration helpers.
+//! TLS material: rustls configurations, and the X.509 certificates they load.
 //!
 //! Certificates are read from PEM files named as QEMU names them in its
 //! x509 credentials folder (`ca-cert.pem`, `server-cert.pem`,
@@ -7,17 +7,29 @@
 //! AES-256-GCM, AES-128-GCM, then the rest, and the server enforces its own
 //! order (AES-GCM is hardware accelerated on the machines we target).
 //!
-//! It also issues client certificates from a CA (its certificate and key in
-//! PEM): [`issue_client_cert`] makes a new key pair, [`sign_client_csr`] signs
-//! a peer's certificate signing request. Both give the certificate the
+//! It also makes that material. [`ensure_certificates`] creates a private CA
+//! and a server certificate signed by it in a folder of that layout (the CA
+//! key `ca-key.pem` beside them), and reuses them later. Client certificates
+//! come from such a CA: [`issue_client_cert`] makes a new key pair,
+//! [`sign_client_csr`] signs a peer's certificate signing request, and
+//! [`issue_client_folder`] writes QEMU's client layout (`ca-cert.pem`,
+//! `client-cert.pem`, `client-key.pem`). Client certificates get the
 //! `clientAuth` extended key usage and nothing else, whatever a request asks.
+//!
+//! Every file is written 0600 (folders made 0700) through a fresh temporary
+//! file (a random name, created exclusively: a file a crash left behind is
+//! never reused) that is fsynced and renamed into place; then the folder is
+//! fsynced, so the rename survives a power loss ([`write_atomic`]).
 
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -29,6 +41,8 @@ use crate::error::NbdError;
 
 /// CA certificate file name in a QEMU x509 folder.
 pub const CA_CERT: &str = "ca-cert.pem";
+/// CA private key file name (beside the CA certificate; only the CA's owner has it).
+pub const CA_KEY: &str = "ca-key.pem";
 /// Server certificate file name.
 pub const SERVER_CERT: &str = "server-cert.pem";
 /// Server key file name.
@@ -37,6 +51,11 @@ pub const SERVER_KEY: &str = "server-key.pem";
 pub const CLIENT_CERT: &str = "client-cert.pem";
 /// Client key file name.
 pub const CLIENT_KEY: &str = "client-key.pem";
+
+/// Mode of every file this module writes: owner read and write only.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of every folder this module makes: owner only.
+pub const DIR_MODE: u32 = 0o700;
 
 /// Longest name [`issue_client_cert`] and [`sign_client_csr`] put into a
 /// certificate's common name (X.509's upper bound for it).
@@ -81,22 +100,6 @@ pub fn server_config_from_dir_with(
 ) -> Result<Arc<ServerConfig>, NbdError> {
     let ca = dir.join(CA_CERT);
     server_config_with(&dir.join(SERVER_CERT), &dir.join(SERVER_KEY), &ca, clients)
-}
-
-/// Server configuration from a certificate chain and key; `client_ca`
-/// enables client-certificate verification against that CA bundle.
-///
-/// # Errors
-/// Unreadable or invalid PEM files, or a key not matching the certificate.
-pub fn server_config(
-    cert_chain: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-) -> Result<Arc<ServerConfig>, NbdError> {
-    match client_ca {
-        Some(ca) => server_config_with(cert_chain, key, ca, ClientCerts::Required),
-        None => server_config_with(cert_chain, key, Path::new(""), ClientCerts::None),
-    }
 }
 
 /// Server configuration from a certificate chain and key; client
@@ -236,6 +239,220 @@ pub fn sign_client_csr(
     Ok(cert.pem())
 }
 
+/// Makes sure `dir` holds a CA and a server certificate valid for `hosts`
+/// (plus `localhost` and `127.0.0.1`; wildcard addresses are skipped), in
+/// QEMU's server layout with the CA key beside it; creates them when the
+/// folder has none. Returns true when it created them.
+///
+/// # Errors
+/// [`NbdError::IncompleteTlsFolder`] when only some of the files exist (we
+/// refuse to guess which to trust); [`NbdError::TlsFile`] when a file cannot
+/// be written; [`NbdError::Certificate`] when generation fails.
+pub fn ensure_certificates(dir: &Path, hosts: &[String]) -> Result<bool, NbdError> {
+    let files = [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY];
+    let present: Vec<bool> = files.iter().map(|f| dir.join(f).exists()).collect();
+    if present.iter().all(|p| *p) {
+        return Ok(false);
+    }
+    if let Some(i) = present
+        .iter()
+        .position(|p| !*p)
+        .filter(|_| present.iter().any(|p| *p))
+    {
+        return Err(NbdError::IncompleteTlsFolder {
+            dir: dir.to_path_buf(),
+            missing: files[i],
+        });
+    }
+    create_private_dir(dir).map_err(file_err(dir))?;
+
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
+    for h in hosts {
+        if !h.is_empty() && !names.contains(h) && h != "0.0.0.0" && h != "::" {
+            names.push(h.clone());
+        }
+    }
+    let (ca_pem, ca_key_pem, cert_pem, key_pem) =
+        generate(&names).map_err(cert_err("generating the CA and server certificate"))?;
+    write_private(&dir.join(CA_KEY), ca_key_pem.as_bytes())?;
+    write_private(&dir.join(SERVER_KEY), key_pem.as_bytes())?;
+    write_private(&dir.join(SERVER_CERT), cert_pem.as_bytes())?;
+    // The CA certificate last: its presence marks a complete folder.
+    write_private(&dir.join(CA_CERT), ca_pem.as_bytes())?;
+    Ok(true)
+}
+
+/// Issues a client certificate for `name` with the CA in `ca_dir`
+/// (`ca-cert.pem`, `ca-key.pem`, as [`ensure_certificates`] makes them) and
+/// writes QEMU's client layout to `out`: `ca-cert.pem`, `client-cert.pem`,
+/// `client-key.pem` (each 0600, the folder 0700, made if missing).
+/// `nbdinfo`/`nbdcopy` (`tls-certificates=OUT`), `qemu-img`
+/// (`tls-creds-x509,dir=OUT,endpoint=client`) and [`client_config_from_dir`]
+/// take that folder as it is.
+///
+/// # Errors
+/// [`NbdError::NoCa`] when `ca_dir` has no CA; [`NbdError::InvalidArgument`]
+/// for a bad name and [`NbdError::Certificate`] for bad CA material (see
+/// [`issue_client_cert`]); [`NbdError::TlsFile`] when a file cannot be read or
+/// written.
+pub fn issue_client_folder(ca_dir: &Path, name: &str, out: &Path) -> Result<(), NbdError> {
+    let read = |file: &'static str| {
+        let path = ca_dir.join(file);
+        fs::read_to_string(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                NbdError::NoCa {
+                    dir: ca_dir.to_path_buf(),
+                    file,
+                }
+            } else {
+                NbdError::TlsFile { path, source }
+            }
+        })
+    };
+    let ca_pem = read(CA_CERT)?;
+    let ca_key = read(CA_KEY)?;
+    let issued = issue_client_cert(&ca_pem, &ca_key, name)?;
+    create_private_dir(out).map_err(file_err(out))?;
+    write_private(&out.join(CA_CERT), ca_pem.as_bytes())?;
+    write_private(&out.join(CLIENT_KEY), issued.key_pem.as_bytes())?;
+    write_private(&out.join(CLIENT_CERT), issued.cert_pem.as_bytes())?;
+    Ok(())
+}
+
+/// Makes `dir` (and missing parents) with mode 0700; an existing `dir` is
+/// set to 0700.
+///
+/// # Errors
+/// The folder cannot be made or its mode set.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+}
+
+/// Writes `bytes` to `path` with `mode`, atomically: a new temporary file
+/// beside it (random name, created exclusively with `mode`, so a file a
+/// crash left behind is never reused with its old contents or mode) is
+/// written, fsynced and renamed over `path`, then the folder is fsynced.
+/// Temporary files of `path` a crash left behind are removed first.
+///
+/// # Errors
+/// The failing I/O call's error; the temporary file is removed.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            },
+            n.to_string_lossy().into_owned(),
+        ),
+        _ => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a file path",
+            ));
+        }
+    };
+    let prefix = format!(".{name}.");
+    remove_stale_temps(dir, &prefix)?;
+    // Older hubs wrote through `NAME.tmp` (extension replaced): a crash could leave one.
+    if let Err(e) = fs::remove_file(path.with_extension("tmp"))
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(e);
+    }
+    let suffix: u64 = rand::random();
+    let tmp = dir.join(format!("{prefix}{suffix:016x}.tmp"));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // create_new applied `mode` through the umask; make it exact.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// Removes `DIR/<prefix>*.tmp`: temporary files of one target a crash left.
+fn remove_stale_temps(dir: &Path, prefix: &str) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if file.starts_with(prefix) && file.ends_with(".tmp") {
+            tracing::warn!(file = %entry.path().display(), "removing a temporary file a crash left");
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// [`write_atomic`] with [`FILE_MODE`], the error naming the file.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NbdError> {
+    write_atomic(path, bytes, FILE_MODE).map_err(file_err(path))
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> NbdError + '_ {
+    move |source| NbdError::TlsFile {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// (CA cert, CA key, server cert, server key), all PEM; the server certificate
+/// names `names` (the first is its common name).
+fn generate(names: &[String]) -> Result<(String, String, String, String), rcgen::Error> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::CommonName, "Sendense hub CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = Issuer::new(ca, ca_key);
+
+    let mut server = CertificateParams::new(names.to_vec())?;
+    server.distinguished_name = DistinguishedName::new();
+    if let Some(first) = names.first() {
+        server
+            .distinguished_name
+            .push(DnType::CommonName, first.clone());
+    }
+    server.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate()?;
+    let cert = server.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), ca_key_pem, cert.pem(), key.serialize_pem()))
+}
+
 fn issuer(ca_cert_pem: &str, ca_key_pem: &str) -> Result<Issuer<'static, KeyPair>, NbdError> {
     let key = KeyPair::from_pem(ca_key_pem).map_err(cert_err("parsing the CA key"))?;
     Issuer::from_ca_cert_pem(ca_cert_pem, key).map_err(cert_err("parsing the CA certificate"))
@@ -332,7 +549,7 @@ mod tests {
     /// A CA (cert PEM, key PEM) and a server certificate folder signed by it.
     fn ca_folder(dir: &Path) -> (String, String) {
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.distinguished_name.push(DnType::CommonName, "test CA");
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -345,9 +562,9 @@ mod tests {
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_key = KeyPair::generate().unwrap();
         let server_cert = server.signed_by(&server_key, &issuer).unwrap();
-        std::fs::write(dir.join(CA_CERT), ca_cert.pem()).unwrap();
-        std::fs::write(dir.join(SERVER_CERT), server_cert.pem()).unwrap();
-        std::fs::write(dir.join(SERVER_KEY), server_key.serialize_pem()).unwrap();
+        fs::write(dir.join(CA_CERT), ca_cert.pem()).unwrap();
+        fs::write(dir.join(SERVER_CERT), server_cert.pem()).unwrap();
+        fs::write(dir.join(SERVER_KEY), server_key.serialize_pem()).unwrap();
         (ca_cert.pem(), ca_key.serialize_pem())
     }
 
@@ -386,11 +603,11 @@ mod tests {
     }
 
     fn client_folder(dir: &Path, ca_pem: &str, issued: Option<&IssuedCert>) {
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join(CA_CERT), ca_pem).unwrap();
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join(CA_CERT), ca_pem).unwrap();
         if let Some(i) = issued {
-            std::fs::write(dir.join(CLIENT_CERT), &i.cert_pem).unwrap();
-            std::fs::write(dir.join(CLIENT_KEY), &i.key_pem).unwrap();
+            fs::write(dir.join(CLIENT_CERT), &i.cert_pem).unwrap();
+            fs::write(dir.join(CLIENT_KEY), &i.key_pem).unwrap();
         }
     }
 
@@ -463,7 +680,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ca, ca_key) = ca_folder(dir.path());
         let mut wants_ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        wants_ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        wants_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let agent_key = KeyPair::generate().unwrap();
         let csr = wants_ca
             .serialize_request(&agent_key)
@@ -518,5 +735,123 @@ mod tests {
             server_config_from_dir(dir.path(), false),
             Err(NbdError::Pem { .. })
         ));
+    }
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn write_atomic_with_stale_temp_left_by_a_crash_does_not_reuse_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("api.token");
+        let stale = dir.path().join(".api.token.00000000deadbeef.tmp");
+        fs::write(&stale, b"old secret of a crashed write, world-readable").unwrap();
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).unwrap();
+        let legacy = dir.path().join("api.tmp");
+        fs::write(&legacy, b"old secret of an older hub's crashed write").unwrap();
+
+        write_atomic(&target, b"new", 0o600).unwrap();
+
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            (fs::read(&target).unwrap(), mode(&target), names.len()),
+            (b"new".to_vec(), 0o600, 1),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn write_atomic_mode_is_exact_whatever_the_umask_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f");
+        fs::write(&target, b"old").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o666)).unwrap();
+
+        write_atomic(&target, b"new", 0o600).unwrap();
+
+        assert_eq!(mode(&target), 0o600);
+    }
+
+    #[test]
+    fn issue_client_folder_writes_qemu_client_layout_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        ensure_certificates(&tls, &[]).unwrap();
+        let out = dir.path().join("client");
+
+        issue_client_folder(&tls, "backup-1", &out).unwrap();
+
+        let modes: Vec<u32> = [CA_CERT, CLIENT_CERT, CLIENT_KEY]
+            .iter()
+            .map(|f| mode(&out.join(f)))
+            .collect();
+        assert_eq!(
+            (modes, mode(&out), fs::read(out.join(CA_CERT)).unwrap()),
+            (vec![0o600; 3], 0o700, fs::read(tls.join(CA_CERT)).unwrap())
+        );
+    }
+
+    #[test]
+    fn issue_client_folder_certificate_is_accepted_by_the_folders_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        ensure_certificates(&tls, &[]).unwrap();
+        let out = dir.path().join("client");
+        issue_client_folder(&tls, "backup-1", &out).unwrap();
+        let server = server_config_from_dir_with(&tls, ClientCerts::Required).unwrap();
+
+        let result = handshake(server, client_config_from_dir(&out).unwrap());
+
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[test]
+    fn issue_client_folder_without_ca_names_the_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let err = issue_client_folder(dir.path(), "x", &dir.path().join("out")).unwrap_err();
+
+        assert!(matches!(err, NbdError::NoCa { file: CA_CERT, .. }), "{err}");
+    }
+
+    #[test]
+    fn ensure_certificates_on_empty_dir_creates_all_files_keys_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        assert!(ensure_certificates(&tls, &["hub.example".into()]).unwrap());
+        for f in [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY] {
+            assert!(tls.join(f).exists(), "{f}");
+        }
+        assert_eq!((mode(&tls.join(SERVER_KEY)), mode(&tls)), (0o600, 0o700));
+    }
+
+    #[test]
+    fn ensure_certificates_second_time_reuses_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_certificates(dir.path(), &[]).unwrap());
+        let before = fs::read(dir.path().join(SERVER_CERT)).unwrap();
+        assert!(!ensure_certificates(dir.path(), &[]).unwrap());
+        assert_eq!(fs::read(dir.path().join(SERVER_CERT)).unwrap(), before);
+    }
+
+    #[test]
+    fn ensure_certificates_with_partial_folder_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_certificates(dir.path(), &[]).unwrap();
+        fs::remove_file(dir.path().join(SERVER_KEY)).unwrap();
+        let err = ensure_certificates(dir.path(), &[]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NbdError::IncompleteTlsFolder {
+                    missing: SERVER_KEY,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

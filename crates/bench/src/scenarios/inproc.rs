@@ -43,7 +43,7 @@ impl Ctx<'_> {
     /// `memory`: `nbdcopy --flush` into our memory export vs into `nbdkit memory`, plain and TLS.
     pub(super) fn memory(&mut self) {
         let certs = self.dir.join("certs");
-        let certs_ready = sendense_hub::tls::ensure_certificates(&certs, &[])
+        let certs_ready = sendense_nbd::tls::ensure_certificates(&certs, &[])
             .map(|_| ())
             .map_err(|e| anyhow!(e).context("cannot make TLS certificates"));
         for tls in [false, true] {
@@ -83,7 +83,7 @@ impl Ctx<'_> {
         let load = loadavg()[0];
         self.say("nbd-tls-cost: our client into our memory export, TLS then plain");
         let certs = self.dir.join("certs");
-        let (tls, plain) = match sendense_hub::tls::ensure_certificates(&certs, &[]) {
+        let (tls, plain) = match sendense_nbd::tls::ensure_certificates(&certs, &[]) {
             Ok(_) => (
                 outcome(self.client_into_memory_export(Some(&certs))),
                 outcome(self.client_into_memory_export(None)),

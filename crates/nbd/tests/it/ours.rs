@@ -41,8 +41,35 @@ async fn client_plain_write_read_zero_flush_block_status_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_structured_read_with_holes_reassembled() {
     let srv = TestServer::start(memory_registry(), None).await;
-    let c = srv.client("mem").await;
     // 0..1 MiB hole, 1..2 MiB data, 2..4 MiB hole: split into hole and data chunks.
+    // What the server sends, chunk by chunk:
+    let chunks = raw_structured_read(&srv, "mem", 0, 4 << 20).await;
+    let kinds: Vec<(&str, u64, usize, bool)> = chunks
+        .iter()
+        .map(|c| {
+            let done = c.flags & wire::chunk::FLAG_DONE != 0;
+            match &c.payload {
+                wire::ChunkPayload::OffsetHole { offset, size } => {
+                    ("hole", *offset, *size as usize, done)
+                }
+                wire::ChunkPayload::OffsetData { offset, data } => {
+                    assert!(data.iter().all(|b| *b == 0xab));
+                    ("data", *offset, data.len(), done)
+                }
+                other => panic!("unexpected chunk {other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("hole", 0, 1 << 20, false),
+            ("data", 1 << 20, 1 << 20, false),
+            ("hole", 2 << 20, 2 << 20, true),
+        ]
+    );
+    // And our client puts them together.
+    let c = srv.client("mem").await;
     let back = c.read(0, 4 << 20).await.unwrap();
     assert!(back[..1 << 20].iter().all(|b| *b == 0));
     assert!(back[1 << 20..2 << 20].iter().all(|b| *b == 0xab));
@@ -480,4 +507,167 @@ async fn registry_tracks_connections_and_activity() {
         tokio::task::yield_now().await;
     }
     srv.stop().await;
+}
+
+/// A memory export that counts `flush` calls and the FUA flags it was given.
+#[derive(Debug)]
+struct CountingExport {
+    inner: MemoryExport,
+    flushes: std::sync::atomic::AtomicUsize,
+    fua_seen: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingExport {
+    fn flushes(&self) -> usize {
+        self.flushes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn saw(&self, fua: bool) {
+        if fua {
+            self.fua_seen
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl sendense_nbd::Export for CountingExport {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn read(&self, o: u64, b: &mut [u8]) -> Result<(), sendense_nbd::ExportError> {
+        self.inner.read(o, b)
+    }
+    fn write(&self, o: u64, d: &[u8], fua: bool) -> Result<(), sendense_nbd::ExportError> {
+        self.saw(fua);
+        self.inner.write(o, d, fua)
+    }
+    fn write_zeroes(&self, o: u64, l: u64, f: ZeroFlags) -> Result<(), sendense_nbd::ExportError> {
+        self.saw(f.fua);
+        self.inner.write_zeroes(o, l, f)
+    }
+    fn trim(&self, o: u64, l: u64, fua: bool) -> Result<(), sendense_nbd::ExportError> {
+        self.saw(fua);
+        self.inner.trim(o, l, fua)
+    }
+    fn flush(&self) -> Result<(), sendense_nbd::ExportError> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn block_status(
+        &self,
+        o: u64,
+        l: u64,
+    ) -> Result<Vec<sendense_nbd::BlockExtent>, sendense_nbd::ExportError> {
+        self.inner.block_status(o, l)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fua_write_trim_write_zeroes_flush_once_each() {
+    let export = Arc::new(CountingExport {
+        inner: MemoryExport::new(4 << 20),
+        flushes: 0.into(),
+        fua_seen: 0.into(),
+    });
+    let r = Arc::new(ExportRegistry::new());
+    r.add("count", export.clone()).unwrap();
+    let srv = TestServer::start(r, None).await;
+    let c = srv.client("count").await;
+
+    c.write(0, &[1; 4096], false).await.unwrap();
+    c.trim(1 << 20, 4096, false).await.unwrap();
+    c.write_zeroes(2 << 20, 4096, ZeroFlags::default())
+        .await
+        .unwrap();
+    assert_eq!(export.flushes(), 0, "no FUA, no flush");
+
+    c.write(0, &[2; 4096], true).await.unwrap();
+    assert_eq!(export.flushes(), 1, "FUA WRITE");
+    c.trim(1 << 20, 4096, true).await.unwrap();
+    assert_eq!(export.flushes(), 2, "FUA TRIM");
+    let fua = ZeroFlags {
+        fua: true,
+        ..ZeroFlags::default()
+    };
+    c.write_zeroes(2 << 20, 4096, fua).await.unwrap();
+    assert_eq!(export.flushes(), 3, "FUA WRITE_ZEROES");
+    // The export did see the flag each time: the single flush is the server's.
+    assert_eq!(export.fua_seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    c.flush().await.unwrap();
+    assert_eq!(export.flushes(), 4, "FLUSH");
+    c.disconnect().await.unwrap();
+    srv.stop().await;
+}
+
+/// Negotiates structured replies and `GO` on a raw connection, sends one READ and returns
+/// the reply chunks exactly as the server sent them (up to the one flagged DONE).
+async fn raw_structured_read(
+    srv: &TestServer,
+    name: &str,
+    offset: u64,
+    length: u32,
+) -> Vec<wire::ReplyChunk> {
+    let mut raw = TcpStream::connect(srv.addr).await.unwrap();
+    let mut greeting = [0u8; wire::GREETING_LEN];
+    raw.read_exact(&mut greeting).await.unwrap();
+    let mut msg = (wire::FLAG_C_FIXED_NEWSTYLE | wire::FLAG_C_NO_ZEROES)
+        .to_be_bytes()
+        .to_vec();
+    for o in [
+        wire::ClientOption::StructuredReply,
+        wire::ClientOption::Go(wire::InfoRequest {
+            name: name.into(),
+            requests: Vec::new(),
+        }),
+    ] {
+        codec::encode_option_request(&codec::encode_client_option(&o), &mut msg);
+    }
+    raw.write_all(&msg).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    // Option replies until the ACK of GO.
+    'options: loop {
+        while let Some((reply, used)) = codec::decode_option_reply(&buf).unwrap() {
+            buf.drain(..used);
+            assert!(reply.reply_type & wire::rep::ERR_BIT == 0, "{reply:?}");
+            if reply.option == wire::opt::GO && reply.reply_type == wire::rep::ACK {
+                break 'options;
+            }
+        }
+        let n = raw.read(&mut chunk).await.unwrap();
+        assert_ne!(n, 0, "server closed during the handshake");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let req = wire::Request {
+        flags: 0,
+        command: wire::cmd::READ,
+        cookie: 9,
+        offset,
+        length,
+    };
+    let mut msg = Vec::new();
+    codec::encode_request(&req, &mut msg);
+    raw.write_all(&msg).await.unwrap();
+    let mut chunks = Vec::new();
+    loop {
+        while let Some((reply, used)) = codec::decode_reply(&buf).unwrap() {
+            buf.drain(..used);
+            let wire::Reply::Chunk(c) = reply else {
+                panic!("simple reply after structured replies were negotiated");
+            };
+            assert_eq!(c.cookie, 9);
+            let done = c.flags & wire::chunk::FLAG_DONE != 0;
+            chunks.push(c);
+            if done {
+                return chunks;
+            }
+        }
+        let n = raw.read(&mut chunk).await.unwrap();
+        assert_ne!(n, 0, "server closed before the last chunk");
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
