@@ -3,24 +3,35 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Writes `bytes` to `path` atomically with permission bits `mode` (e.g. `0o600` for secrets):
-/// a reader sees the old file or the new one, never a part, and the new one survives a crash
-/// once this returns.
+/// Writes `bytes` to `path` atomically with exactly the permission bits `mode` (e.g. `0o600`
+/// for secrets, whatever the umask): a reader sees the old file or the new one, never a part,
+/// and the new one survives a crash once this returns.
+///
+/// The data goes to a fresh `.NAME.<random>.tmp` beside `path` (created, never reused, so a
+/// temporary left by a crash with other permissions cannot carry them over), is fsynced and
+/// renamed over `path`, then the folder is fsynced. Temporaries of `path` that a crash left
+/// are removed first.
 ///
 /// # Errors
 /// The failing I/O call's error; the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let tmp = temp_name(path)?;
+    let (dir, name) = split(path)?;
+    let prefix = format!(".{name}.");
+    remove_stale_temps(dir, &prefix)?;
+    let tmp = dir.join(format!("{prefix}{:016x}.tmp", unique()));
     let written = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)?;
+        // create_new applied `mode` through the umask; make it exact.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()
     })();
@@ -64,22 +75,93 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// `.<name>.tmp` beside `path`: hidden, and never mistaken for the real file.
-fn temp_name(path: &Path) -> io::Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut tmp = std::ffi::OsString::from(".");
-    tmp.push(name);
-    tmp.push(".tmp");
-    Ok(path.with_file_name(tmp))
+/// The folder and the file name of `path`.
+fn split(path: &Path) -> io::Result<(&Path, String)> {
+    match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => Ok((
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            },
+            n.to_string_lossy().into_owned(),
+        )),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path has no file name",
+        )),
+    }
+}
+
+/// Removes `DIR/<prefix>*.tmp`: temporary files of one target a crash left.
+fn remove_stale_temps(dir: &Path, prefix: &str) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if file.starts_with(prefix) && file.ends_with(".tmp") {
+            tracing::warn!(file = %entry.path().display(), "removing a temporary file a crash left");
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// A value no other temporary of this process, or of another process now, uses.
+fn unique() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (u64::from(std::process::id()) << 32 | u64::from(nanos))
+        .wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn write_atomic_with_stale_temp_left_by_a_crash_does_not_reuse_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("api.token");
+        let stale = dir.path().join(".api.token.00000000deadbeef.tmp");
+        fs::write(&stale, b"old secret of a crashed write, world-readable").unwrap();
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).unwrap();
+
+        write_atomic(&target, b"new", 0o600).unwrap();
+
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            (fs::read(&target).unwrap(), mode(&target), names.len()),
+            (b"new".to_vec(), 0o600, 1),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn write_atomic_mode_is_exact_whatever_the_umask_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f");
+        fs::write(&target, b"old").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o666)).unwrap();
+
+        write_atomic(&target, b"new", 0o640).unwrap();
+
+        assert_eq!(mode(&target), 0o640);
+    }
 
     #[test]
     fn write_atomic_replaces_the_file_with_the_mode_and_leaves_no_temporary() {

@@ -22,8 +22,7 @@
 //! fsynced, so the rename survives a power loss ([`write_atomic`]).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -332,77 +331,19 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
 }
 
-/// Writes `bytes` to `path` with `mode`, atomically: a new temporary file
-/// beside it (random name, created exclusively with `mode`, so a file a
-/// crash left behind is never reused with its old contents or mode) is
-/// written, fsynced and renamed over `path`, then the folder is fsynced.
-/// Temporary files of `path` a crash left behind are removed first.
+/// [`sendense_io::write_atomic`] (exact `mode`, never a reused temporary, folder fsynced),
+/// after removing the `NAME.tmp` an older hub's crashed write could have left.
 ///
 /// # Errors
 /// The failing I/O call's error; the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let (dir, name) = match (path.parent(), path.file_name()) {
-        (Some(d), Some(n)) => (
-            if d.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                d
-            },
-            n.to_string_lossy().into_owned(),
-        ),
-        _ => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a file path",
-            ));
-        }
-    };
-    let prefix = format!(".{name}.");
-    remove_stale_temps(dir, &prefix)?;
     // Older hubs wrote through `NAME.tmp` (extension replaced): a crash could leave one.
     if let Err(e) = fs::remove_file(path.with_extension("tmp"))
         && e.kind() != std::io::ErrorKind::NotFound
     {
         return Err(e);
     }
-    let suffix: u64 = rand::random();
-    let tmp = dir.join(format!("{prefix}{suffix:016x}.tmp"));
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // create_new applied `mode` through the umask; make it exact.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fs::File::open(dir).and_then(|d| d.sync_all())
-}
-
-/// Removes `DIR/<prefix>*.tmp`: temporary files of one target a crash left.
-fn remove_stale_temps(dir: &Path, prefix: &str) -> std::io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let file = entry.file_name();
-        let file = file.to_string_lossy();
-        if file.starts_with(prefix) && file.ends_with(".tmp") {
-            tracing::warn!(file = %entry.path().display(), "removing a temporary file a crash left");
-            fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
+    sendense_io::write_atomic(path, bytes, mode)
 }
 
 /// [`write_atomic`] with [`FILE_MODE`], the error naming the file.
@@ -761,18 +702,6 @@ mod tests {
             (b"new".to_vec(), 0o600, 1),
             "{names:?}"
         );
-    }
-
-    #[test]
-    fn write_atomic_mode_is_exact_whatever_the_umask_allows() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("f");
-        fs::write(&target, b"old").unwrap();
-        fs::set_permissions(&target, fs::Permissions::from_mode(0o666)).unwrap();
-
-        write_atomic(&target, b"new", 0o600).unwrap();
-
-        assert_eq!(mode(&target), 0o600);
     }
 
     #[test]
