@@ -9,11 +9,13 @@
 
 use std::path::Path;
 
+use crate::compressed::compressed_clusters;
 use crate::error::Qcow2Error;
-use crate::image::{Image, OpenOptions, compressed_clusters};
+use crate::image::Image;
 use crate::meta::{
     L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO, get_refcount,
 };
+use crate::options::OpenOptions;
 
 /// Most messages kept in a report; the counts stay exact.
 const MAX_MESSAGES: usize = 1000;

@@ -10,9 +10,12 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 
+use crate::chain::Backing;
 use crate::error::Qcow2Error;
-use crate::image::{Backing, ExtentState, Image, OpenOptions};
+use crate::image::Image;
 use crate::lock::{self, LockMode};
+use crate::options::OpenOptions;
+use crate::status::ExtentState;
 
 /// Bytes copied per step.
 const COMMIT_CHUNK: u64 = 4 << 20;

@@ -23,8 +23,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::core::Core;
 use crate::error::Qcow2Error;
-use crate::image::Core;
 
 /// L1 entry bits 9..55: offset of the L2 table.
 pub(crate) const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;

@@ -1,0 +1,109 @@
+//! Opening one image layer: header, writability checks, L1 table and refcount table.
+//! (Whole chains are opened in `chain`.)
+
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+
+use crate::core::{Core, Geo};
+use crate::error::Qcow2Error;
+use crate::image::Image;
+use crate::meta::{Meta, Refcounts};
+use crate::options::OpenOptions;
+use crate::parse::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
+use crate::raw::{OFF_AUTOCLEAR, RAW_HEADER_LEN};
+use crate::storage::{Storage, read_or_zero};
+
+impl Image {
+    /// Opens an image held in `storage` (no path, no locks, no backing files): for tests and
+    /// fuzzing.
+    ///
+    /// # Errors
+    /// As [`Image::open`]; an image naming a backing file is refused.
+    pub fn open_storage(storage: Box<dyn Storage>, opts: &OpenOptions) -> Result<Self, Qcow2Error> {
+        let img = Self::from_storage(storage, Path::new("<memory>"), opts.writable)?;
+        if let Some(name) = &img.header.backing_file {
+            return Err(Qcow2Error::BackingWithoutPath { name: name.clone() });
+        }
+        Ok(img)
+    }
+
+    pub(crate) fn from_storage(
+        storage: Box<dyn Storage>,
+        path: &Path,
+        writable: bool,
+    ) -> Result<Self, Qcow2Error> {
+        let io = |op| move |e| Qcow2Error::io(op, path, e);
+        let file_len = storage.file_len().map_err(io("stat"))?;
+        let mut prefix = vec![0u8; (RAW_HEADER_LEN as u64).min(file_len) as usize];
+        read_or_zero(storage.as_ref(), &mut prefix, 0).map_err(io("read header"))?;
+        let first = Header::first_cluster_len(&prefix, file_len)?;
+        let mut buf = vec![0u8; first as usize];
+        read_or_zero(storage.as_ref(), &mut buf, 0).map_err(io("read header"))?;
+        let header = Header::parse(&buf, file_len)?;
+        if writable {
+            let refuse = |reason| Qcow2Error::NotWritable {
+                path: path.to_path_buf(),
+                reason,
+            };
+            if header.version != 3 {
+                return Err(refuse("version 2 images are opened read-only"));
+            }
+            if header.incompatible & INCOMPAT_DIRTY != 0 {
+                return Err(refuse(
+                    "dirty bit set (lazy refcounts); run qemu-img check -r all",
+                ));
+            }
+            if header.incompatible & INCOMPAT_CORRUPT != 0 {
+                return Err(refuse("corrupt bit set"));
+            }
+            if header.nb_snapshots != 0 {
+                return Err(refuse("internal snapshots"));
+            }
+        }
+        let geo = Geo::new(&header);
+        let core = Core {
+            storage,
+            path: path.to_path_buf(),
+            geo,
+        };
+        let mut l1_bytes = vec![0u8; header.l1_size as usize * 8];
+        core.read_exact(&mut l1_bytes, header.l1_table_offset, "read L1 table")?;
+        let l1: Vec<u64> = l1_bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        let rc = if writable {
+            let cs = geo.cluster_size;
+            let clusters = u64::from(header.refcount_table_clusters);
+            let mut t = vec![0u8; (clusters * cs) as usize];
+            core.read_exact(&mut t, header.refcount_table_offset, "read refcount table")?;
+            let table = t
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .map(|e| e & !0x1ff)
+                .collect();
+            if header.autoclear != 0 {
+                core.write(&[0u8; 8], OFF_AUTOCLEAR, "clear autoclear features")?;
+                core.sync("sync header")?;
+            }
+            Some(Refcounts::new(
+                table,
+                header.refcount_table_offset,
+                clusters,
+                cs,
+            ))
+        } else {
+            None
+        };
+        let meta = Meta::new(&core, l1, header.l1_table_offset, rc, file_len);
+        Ok(Self {
+            core,
+            header,
+            writable,
+            backing: None,
+            meta: Mutex::new(meta),
+            cv: Condvar::new(),
+            lock_file: None,
+        })
+    }
+}
