@@ -5,8 +5,12 @@
 
 use std::path::PathBuf;
 
+use zerocopy::{FromZeros, IntoBytes};
+
 use crate::error::Qcow2Error;
+use crate::offset::HostOffset;
 use crate::parse::Header;
+use crate::raw::RawHeader;
 use crate::storage::{Storage, read_data_or_zero, read_or_zero};
 
 /// Geometry derived from the header.
@@ -61,31 +65,49 @@ impl Core {
     pub(crate) fn read_exact(
         &self,
         buf: &mut [u8],
-        off: u64,
+        off: HostOffset,
         op: &'static str,
     ) -> Result<(), Qcow2Error> {
-        read_or_zero(self.storage.as_ref(), buf, off).map_err(|e| Qcow2Error::io(op, &self.path, e))
+        read_or_zero(self.storage.as_ref(), buf, off.get())
+            .map_err(|e| Qcow2Error::io(op, &self.path, e))
     }
-    pub(crate) fn write(&self, buf: &[u8], off: u64, op: &'static str) -> Result<(), Qcow2Error> {
+    pub(crate) fn write(
+        &self,
+        buf: &[u8],
+        off: HostOffset,
+        op: &'static str,
+    ) -> Result<(), Qcow2Error> {
         self.storage
-            .write_at(buf, off)
+            .write_at(buf, off.get())
             .map_err(|e| Qcow2Error::io(op, &self.path, e))
     }
     /// Reads guest data (may bypass the page cache, see [`crate::storage`]).
-    pub(crate) fn read_data(&self, buf: &mut [u8], off: u64) -> Result<(), Qcow2Error> {
-        read_data_or_zero(self.storage.as_ref(), buf, off)
+    pub(crate) fn read_data(&self, buf: &mut [u8], off: HostOffset) -> Result<(), Qcow2Error> {
+        read_data_or_zero(self.storage.as_ref(), buf, off.get())
             .map_err(|e| Qcow2Error::io("read data", &self.path, e))
     }
     /// Writes guest data (may bypass the page cache, see [`crate::storage`]).
     pub(crate) fn write_data(
         &self,
         buf: &[u8],
-        off: u64,
+        off: HostOffset,
         op: &'static str,
     ) -> Result<(), Qcow2Error> {
         self.storage
-            .write_data_at(buf, off)
+            .write_data_at(buf, off.get())
             .map_err(|e| Qcow2Error::io(op, &self.path, e))
+    }
+    /// Rewrites the fixed header through [`RawHeader`]: reads it, lets `change` set fields,
+    /// and writes it back (only writable version 3 images, whose header is at least 104
+    /// bytes long in a first cluster of at least 512, get here; bytes read are bytes written).
+    pub(crate) fn update_header(
+        &self,
+        change: impl FnOnce(&mut RawHeader),
+    ) -> Result<(), Qcow2Error> {
+        let mut raw = RawHeader::new_zeroed();
+        self.read_exact(raw.as_mut_bytes(), HostOffset(0), "read header")?;
+        change(&mut raw);
+        self.write(raw.as_bytes(), HostOffset(0), "write header")
     }
     pub(crate) fn sync(&self, op: &'static str) -> Result<(), Qcow2Error> {
         self.storage

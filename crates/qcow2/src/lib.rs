@@ -39,6 +39,7 @@ mod info;
 mod l2_entry;
 mod lock;
 pub mod meta;
+mod offset;
 mod open;
 mod options;
 pub mod parse;

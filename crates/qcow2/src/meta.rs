@@ -24,6 +24,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::core::Core;
+use crate::offset::HostOffset;
 
 mod alloc;
 mod l2_cache;
@@ -31,17 +32,6 @@ mod refcount;
 
 use crate::error::Qcow2Error;
 pub(crate) use refcount::{Refcounts, get_refcount};
-
-/// L1 entry bits 9..55: offset of the L2 table.
-pub(crate) const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-/// L2 entry bits 9..55: host cluster offset of a standard cluster.
-pub(crate) const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-/// Bit 63 of L1/L2 entries: refcount is exactly one.
-pub(crate) const OFLAG_COPIED: u64 = 1 << 63;
-/// Bit 62 of L2 entries: compressed cluster.
-pub(crate) const OFLAG_COMPRESSED: u64 = 1 << 62;
-/// Bit 0 of standard L2 entries (v3): reads as zeros.
-pub(crate) const OFLAG_ZERO: u64 = 1;
 
 /// Bounds on the number of cached tables (L2 tables and refcount blocks) (eviction scans are linear).
 const MIN_CACHED: u64 = 8;
@@ -58,9 +48,10 @@ struct Cached<T> {
 #[derive(Debug)]
 pub(crate) struct Meta {
     pub(crate) l1: Vec<u64>,
-    l1_offset: u64,
+    l1_offset: HostOffset,
     l1_dirty: bool,
-    l2: HashMap<u64, Cached<Vec<u64>>>,
+    /// Cached L2 tables by their offset in the file.
+    l2: HashMap<HostOffset, Cached<Vec<u64>>>,
     l2_cap: usize,
     tick: u64,
     pub(crate) rc: Option<Refcounts>,
@@ -94,7 +85,7 @@ impl Meta {
     pub(crate) fn new(
         core: &Core,
         l1: Vec<u64>,
-        l1_offset: u64,
+        l1_offset: HostOffset,
         rc: Option<Refcounts>,
         file_len: u64,
     ) -> Self {

@@ -8,10 +8,13 @@ use crate::core::{Core, Geo};
 use crate::error::Qcow2Error;
 use crate::image::Image;
 use crate::meta::{Meta, Refcounts};
+use crate::offset::HostOffset;
 use crate::options::OpenOptions;
 use crate::parse::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
-use crate::raw::{OFF_AUTOCLEAR, RAW_HEADER_LEN};
+use crate::raw::RAW_HEADER_LEN;
 use crate::storage::{Storage, read_or_zero};
+
+use zerocopy::byteorder::big_endian::U64;
 
 impl Image {
     /// Opens an image held in `storage` (no path, no locks, no backing files): for tests and
@@ -67,7 +70,11 @@ impl Image {
             geo,
         };
         let mut l1_bytes = vec![0u8; header.l1_size as usize * 8];
-        core.read_exact(&mut l1_bytes, header.l1_table_offset, "read L1 table")?;
+        core.read_exact(
+            &mut l1_bytes,
+            HostOffset(header.l1_table_offset),
+            "read L1 table",
+        )?;
         let l1: Vec<u64> = l1_bytes
             .chunks_exact(8)
             .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -76,26 +83,33 @@ impl Image {
             let cs = geo.cluster_size;
             let clusters = u64::from(header.refcount_table_clusters);
             let mut t = vec![0u8; (clusters * cs) as usize];
-            core.read_exact(&mut t, header.refcount_table_offset, "read refcount table")?;
+            core.read_exact(
+                &mut t,
+                HostOffset(header.refcount_table_offset),
+                "read refcount table",
+            )?;
             let table = t
                 .chunks_exact(8)
                 .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .map(|e| e & !0x1ff)
                 .collect();
             if header.autoclear != 0 {
-                core.write(&[0u8; 8], OFF_AUTOCLEAR, "clear autoclear features")?;
+                // "Auto-clear features: bitmask of auto-clear features. An implementation
+                // may only write to an image with unknown auto-clear features if it clears
+                // the respective bits from this field first."
+                core.update_header(|h| h.autoclear_features = U64::ZERO)?;
                 core.sync("sync header")?;
             }
             Some(Refcounts::new(
                 table,
-                header.refcount_table_offset,
+                HostOffset(header.refcount_table_offset),
                 clusters,
                 cs,
             ))
         } else {
             None
         };
-        let meta = Meta::new(&core, l1, header.l1_table_offset, rc, file_len);
+        let meta = Meta::new(&core, l1, HostOffset(header.l1_table_offset), rc, file_len);
         Ok(Self {
             core,
             header,

@@ -22,11 +22,6 @@ pub const EXT_CRYPTO: u32 = 0x0537_be77;
 /// Header extension type: external data file name.
 pub const EXT_DATA_FILE: u32 = 0x4441_5441;
 
-/// Byte offset of `refcount_table_offset` in the header.
-pub const OFF_REFCOUNT_TABLE_OFFSET: u64 = 48;
-/// Byte offset of `autoclear_features` in the header.
-pub const OFF_AUTOCLEAR: u64 = 88;
-
 /// The fixed part of a version 2 header (72 bytes).
 pub const V2_HEADER_LEN: usize = 72;
 /// The fixed part of a version 3 header without the compression type (104 bytes).

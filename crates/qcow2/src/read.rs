@@ -3,21 +3,22 @@
 
 use crate::error::Qcow2Error;
 use crate::image::Image;
-use crate::l2_entry::Granule;
+use crate::l2_entry::{Granule, L2Entry};
 use crate::meta::Meta;
+use crate::offset::{GuestOffset, HostOffset};
 
 /// Source of the bytes of one piece of a read.
 #[derive(Debug)]
 enum ReadSrc {
-    Host(u64),
+    Host(HostOffset),
     Zero,
     Backing,
-    Compressed { entry: u64, within: u64 },
+    Compressed { entry: L2Entry, within: u64 },
 }
 
 #[derive(Debug)]
 pub(crate) struct ReadSeg {
-    guest: u64,
+    guest: GuestOffset,
     len: u64,
     src: ReadSrc,
 }
@@ -37,9 +38,9 @@ impl Image {
             let mut m = self.lock_meta();
             (self.read_plan(&mut m, offset, len)?, m.file_len)
         };
-        let mut cached: Option<(u64, Vec<u8>)> = None;
+        let mut cached: Option<(L2Entry, Vec<u8>)> = None;
         for s in segs {
-            let start = (s.guest - offset) as usize;
+            let start = (s.guest.get() - offset) as usize;
             let out = &mut buf[start..start + s.len as usize];
             match s.src {
                 ReadSrc::Host(h) => self.core.read_data(out, h)?,
@@ -75,12 +76,12 @@ impl Image {
             let cend = (cbase + cs).min(end);
             if m.l2_missing(&self.core, gc) {
                 let l2_end = ((gc / geo.l2_entries + 1) * geo.l2_entries * cs).min(end);
-                push_seg(&mut segs, pos, l2_end - pos, ReadSrc::Backing);
+                push_seg(&mut segs, GuestOffset(pos), l2_end - pos, ReadSrc::Backing);
                 pos = l2_end;
                 continue;
             }
-            let (e, bm) = m.entry(&self.core, gc)?;
-            let gs = self.granules(e, bm, m.file_len)?;
+            let e = m.entry(&self.core, gc)?;
+            let gs = e.granules(&self.core.geo, m.file_len)?;
             while pos < cend {
                 let within = pos - cbase;
                 let g = within / geo.granule;
@@ -92,30 +93,34 @@ impl Image {
                     Granule::Data(h) => ReadSrc::Host(h + (within - g * geo.granule)),
                     Granule::Compressed => ReadSrc::Compressed { entry: e, within },
                 };
-                push_seg(&mut segs, pos, n, src);
+                push_seg(&mut segs, GuestOffset(pos), n, src);
                 pos = gend;
             }
         }
         Ok(segs)
     }
 
-    pub(crate) fn read_backing(&self, out: &mut [u8], guest: u64) -> Result<(), Qcow2Error> {
+    pub(crate) fn read_backing(
+        &self,
+        out: &mut [u8],
+        guest: GuestOffset,
+    ) -> Result<(), Qcow2Error> {
         match &self.backing {
             None => {
                 out.fill(0);
                 Ok(())
             }
-            Some(b) => b.read_at(out, guest),
+            Some(b) => b.read_at(out, guest.get()),
         }
     }
 }
 
-fn push_seg(segs: &mut Vec<ReadSeg>, guest: u64, len: u64, src: ReadSrc) {
+fn push_seg(segs: &mut Vec<ReadSeg>, guest: GuestOffset, len: u64, src: ReadSrc) {
     if let Some(last) = segs.last_mut()
         && last.guest + last.len == guest
     {
         let merge = match (&last.src, &src) {
-            (ReadSrc::Host(a), ReadSrc::Host(b)) => a + last.len == *b,
+            (ReadSrc::Host(a), ReadSrc::Host(b)) => *a + last.len == *b,
             (ReadSrc::Zero, ReadSrc::Zero) | (ReadSrc::Backing, ReadSrc::Backing) => true,
             _ => false,
         };

@@ -49,8 +49,8 @@ impl Image {
                 pos = l2_end;
                 continue;
             }
-            let (e, bm) = m.entry(&self.core, gc)?;
-            let gs = self.granules(e, bm, m.file_len)?;
+            let e = m.entry(&self.core, gc)?;
+            let gs = e.granules(&self.core.geo, m.file_len)?;
             let cend = (cbase + cs).min(end);
             while pos < cend {
                 let g = (pos - cbase) / geo.granule;

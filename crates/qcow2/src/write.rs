@@ -2,11 +2,11 @@
 //! granules) under the metadata lock, write the data without it, then publish the new L2
 //! entries (see [`crate::image`] for the concurrency design).
 
-use crate::compressed::compressed_clusters;
 use crate::error::Qcow2Error;
 use crate::image::Image;
-use crate::l2_entry::Granule;
-use crate::meta::{L2E_OFFSET_MASK, Meta, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
+use crate::l2_entry::{Granule, L2Entry};
+use crate::meta::Meta;
+use crate::offset::{GuestOffset, HostOffset};
 
 /// One cluster's part of a write.
 #[derive(Debug)]
@@ -17,23 +17,28 @@ pub(crate) struct ClusterPlan {
     b: u64,
     /// Offset in the caller's buffer of byte `a`.
     buf_off: usize,
-    host: u64,
+    /// The host cluster written: the existing one in place, else the newly allocated one.
+    host: HostOffset,
     in_place: bool,
     /// Granule range to write.
     g_lo: u64,
     g_hi: u64,
     /// State of every granule before the write.
     prior: Vec<Granule>,
-    old_entry: u64,
-    new_entry: Option<(u64, u64)>,
+    old_entry: L2Entry,
+    /// Subcluster bitmap of the entry to publish (0 without extended L2) pointing at
+    /// `host`; `None` when the entry stays as it is.
+    new_bitmap: Option<u64>,
+    /// Host clusters (first index, count) the old entry held, freed once the new one is
+    /// published.
     free_old: Option<(u64, u64)>,
     needs_alloc: bool,
 }
 
 /// A data write: host offset and either a range of the caller's buffer or owned bytes.
 enum Piece {
-    User(u64, usize, usize),
-    Owned(u64, Vec<u8>),
+    User(HostOffset, usize, usize),
+    Owned(HostOffset, Vec<u8>),
 }
 
 impl Image {
@@ -69,7 +74,7 @@ impl Image {
             Ok(()) => self.publish(&mut m, &plan),
             Err(e) => {
                 for p in plan.iter().filter(|p| p.needs_alloc) {
-                    m.free_later(p.host / cs, 1);
+                    m.free_later(p.host.get() / cs, 1);
                 }
                 Err(e)
             }
@@ -95,53 +100,52 @@ impl Image {
             let cbase = gc * cs;
             let a = pos - cbase;
             let b = (end - cbase).min(cs);
-            let (e, bm) = m.entry(&self.core, gc)?;
-            let prior = self.granules(e, bm, m.file_len)?;
-            let host_existing = e & L2E_OFFSET_MASK;
-            let compressed = e & OFLAG_COMPRESSED != 0;
-            let in_place = !compressed && host_existing != 0 && e & OFLAG_COPIED != 0;
+            let e = m.entry(&self.core, gc)?;
+            let prior = e.granules(&self.core.geo, m.file_len)?;
+            let host_existing = e.host_offset();
+            let in_place = host_existing.is_some() && e.is_copied();
             let (g_lo, g_hi, free_old) = if in_place {
                 (a / sg, b.div_ceil(sg), None)
-            } else if compressed {
-                (0, geo.granules, Some(compressed_clusters(&geo, e)))
-            } else if host_existing != 0 {
-                (0, geo.granules, Some((host_existing / cs, 1)))
+            } else if e.is_compressed() {
+                (0, geo.granules, Some(e.compressed_clusters(&geo)))
+            } else if let Some(h) = host_existing {
+                (0, geo.granules, Some((h.get() / cs, 1)))
             } else if geo.extended {
                 (a / sg, b.div_ceil(sg), None)
             } else {
                 (0, 1, None)
             };
             let fill_mask = ((1u64 << g_hi) - 1) & !((1u64 << g_lo) - 1);
-            let new_entry = if geo.extended {
+            let new_bitmap = if geo.extended {
                 let (alloc, zero) = if in_place {
-                    (bm & 0xffff_ffff, bm >> 32)
+                    (e.alloc_bits(), e.zero_bits())
                 } else {
-                    (0, bm >> 32)
+                    (0, e.zero_bits())
                 };
                 let nb = ((alloc | fill_mask) & 0xffff_ffff)
                     | (((zero & !fill_mask) & 0xffff_ffff) << 32);
-                (!in_place || nb != bm).then_some((0, nb))
+                (!in_place || nb != e.bitmap()).then_some(nb)
             } else {
-                (!in_place || e & OFLAG_ZERO != 0).then_some((0, 0))
+                (!in_place || e.has_zero_flag()).then_some(0)
             };
             plans.push(ClusterPlan {
                 gc,
                 a,
                 b,
                 buf_off: (pos - offset) as usize,
-                host: if in_place { host_existing } else { 0 },
+                host: host_existing.filter(|_| in_place).unwrap_or(HostOffset(0)),
                 in_place,
                 g_lo,
                 g_hi,
                 prior,
                 old_entry: e,
-                new_entry,
+                new_bitmap,
                 free_old,
                 needs_alloc: !in_place,
             });
             pos = cbase + b;
         }
-        for p in plans.iter().filter(|p| p.new_entry.is_some()) {
+        for p in plans.iter().filter(|p| p.new_bitmap.is_some()) {
             m.ensure_l2(&self.core, p.gc)?;
         }
         let n = plans.iter().filter(|p| p.needs_alloc).count() as u64;
@@ -149,12 +153,7 @@ impl Image {
             let mut host = m.alloc(&self.core, n)?;
             for p in plans.iter_mut().filter(|p| p.needs_alloc) {
                 p.host = host;
-                host += cs;
-            }
-        }
-        for p in &mut plans {
-            if let Some((_, nb)) = p.new_entry {
-                p.new_entry = Some((p.host | OFLAG_COPIED, nb));
+                host = host + cs;
             }
         }
         Ok(plans)
@@ -194,7 +193,8 @@ impl Image {
                 match prior {
                     Granule::Zero => {}
                     Granule::Unalloc => {
-                        self.read_backing(&mut data, p.gc * geo.cluster_size + glo)?;
+                        let guest = GuestOffset(p.gc * geo.cluster_size + glo);
+                        self.read_backing(&mut data, guest)?;
                     }
                     Granule::Data(h) => {
                         self.core
@@ -230,8 +230,8 @@ impl Image {
 
     pub(crate) fn publish(&self, m: &mut Meta, plans: &[ClusterPlan]) -> Result<(), Qcow2Error> {
         for p in plans {
-            if let Some((e, bm)) = p.new_entry {
-                m.set_entry(&self.core, p.gc, e, bm)?;
+            if let Some(bitmap) = p.new_bitmap {
+                m.set_entry(&self.core, p.gc, L2Entry::data(p.host, bitmap))?;
             }
             if let Some((first, count)) = p.free_old {
                 m.free_later(first, count);

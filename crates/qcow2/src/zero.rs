@@ -1,11 +1,9 @@
 //! Zeroing and discard: zero flags (or unallocation) for whole clusters, zeros written for
 //! partial ones.
 
-use crate::compressed::compressed_clusters;
 use crate::error::Qcow2Error;
 use crate::image::Image;
-use crate::l2_entry::Granule;
-use crate::meta::{L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_ZERO};
+use crate::l2_entry::{Granule, L2Entry};
 
 /// Clusters zeroed/discarded per metadata batch.
 const ZERO_BATCH: u64 = 4096;
@@ -75,8 +73,8 @@ impl Image {
         let gc = offset / geo.cluster_size;
         let already_zero = {
             let mut m = self.lock_meta();
-            let (e, bm) = m.entry(&self.core, gc)?;
-            let gs = self.granules(e, bm, m.file_len)?;
+            let e = m.entry(&self.core, gc)?;
+            let gs = e.granules(&self.core.geo, m.file_len)?;
             let within = offset % geo.cluster_size;
             let g_lo = within / geo.granule;
             let g_hi = (within + len).div_ceil(geo.granule);
@@ -105,24 +103,22 @@ impl Image {
                     if standalone && m.l2_missing(&self.core, gc) {
                         continue;
                     }
-                    let (e, bm) = m.entry(&self.core, gc)?;
-                    let target = if standalone && (discard || (e == 0 && bm == 0)) {
-                        (0, 0)
-                    } else if geo.extended {
-                        (0, 0xffff_ffffu64 << 32)
+                    let e = m.entry(&self.core, gc)?;
+                    let target = if standalone && (discard || e == L2Entry::UNALLOCATED) {
+                        L2Entry::UNALLOCATED
                     } else {
-                        (OFLAG_ZERO, 0)
+                        L2Entry::zeroed(geo.extended)
                     };
-                    if (e, bm) == target {
+                    if e == target {
                         continue;
                     }
                     m.ensure_l2(&self.core, gc)?;
-                    m.set_entry(&self.core, gc, target.0, target.1)?;
-                    if e & OFLAG_COMPRESSED != 0 {
-                        let (first, count) = compressed_clusters(&geo, e);
+                    m.set_entry(&self.core, gc, target)?;
+                    if e.is_compressed() {
+                        let (first, count) = e.compressed_clusters(&geo);
                         m.free_later(first, count);
-                    } else if e & L2E_OFFSET_MASK != 0 {
-                        m.free_later((e & L2E_OFFSET_MASK) / cs, 1);
+                    } else if let Some(h) = e.host_offset() {
+                        m.free_later(h.get() / cs, 1);
                     }
                 }
                 Ok(())

@@ -4,6 +4,7 @@
 use super::Meta;
 use crate::core::Core;
 use crate::error::Qcow2Error;
+use crate::offset::HostOffset;
 
 /// How far ahead of the allocation end a writable file is preallocated (see
 /// [`Meta::alloc`]).
@@ -11,7 +12,7 @@ const PREALLOC_STEP: u64 = 64 << 20;
 
 impl Meta {
     /// Allocates `n` contiguous clusters at the end of the file with refcount 1.
-    pub(crate) fn alloc(&mut self, core: &Core, n: u64) -> Result<u64, Qcow2Error> {
+    pub(crate) fn alloc(&mut self, core: &Core, n: u64) -> Result<HostOffset, Qcow2Error> {
         let cs = core.geo.cluster_size;
         let off = self.eof;
         let end = n
@@ -27,7 +28,7 @@ impl Meta {
         for i in 0..n {
             self.rc_add(core, off / cs + i, 1)?;
         }
-        Ok(off)
+        Ok(HostOffset(off))
     }
 
     /// Keeps the file [`PREALLOC_STEP`] ahead of `end` when the storage preallocates (files

@@ -4,7 +4,8 @@
 use super::{Cached, MAX_CACHED, MIN_CACHED, Meta, be_words, words_be};
 use crate::core::Core;
 use crate::error::Qcow2Error;
-use crate::meta::{L1E_OFFSET_MASK, OFLAG_COPIED};
+use crate::l2_entry::{L1E_COPIED, L1E_OFFSET_MASK, L2Entry};
+use crate::offset::HostOffset;
 
 /// Memory budget for cached L2 tables of a writable layer (64 GiB of guest data mapped at
 /// 64 KiB clusters).
@@ -24,11 +25,12 @@ pub(super) fn capacity(writable: bool, cluster_size: u64) -> usize {
 }
 
 impl Meta {
+    /// The L2 table of guest cluster `gc` and the index of its entry's first word.
     pub(super) fn l2_location(
         &self,
         core: &Core,
         gc: u64,
-    ) -> Result<Option<(u64, usize)>, Qcow2Error> {
+    ) -> Result<Option<(HostOffset, usize)>, Qcow2Error> {
         let l1_idx = gc / core.geo.l2_entries;
         let Some(&l1e) = usize::try_from(l1_idx).ok().and_then(|i| self.l1.get(i)) else {
             return Ok(None);
@@ -53,13 +55,13 @@ impl Meta {
             });
         }
         let idx = (gc % core.geo.l2_entries) as usize * core.geo.entry_words;
-        Ok(Some((off, idx)))
+        Ok(Some((HostOffset(off), idx)))
     }
 
     pub(super) fn load_l2(
         &mut self,
         core: &Core,
-        off: u64,
+        off: HostOffset,
     ) -> Result<&mut Cached<Vec<u64>>, Qcow2Error> {
         self.tick += 1;
         let tick = self.tick;
@@ -80,7 +82,7 @@ impl Meta {
         }
         let t = self.l2.get_mut(&off).ok_or(Qcow2Error::Corrupt {
             what: "L2 cache lost a table",
-            offset: off,
+            offset: off.get(),
         })?;
         t.used = tick;
         Ok(t)
@@ -101,9 +103,9 @@ impl Meta {
     pub(super) fn write_back_l2(&mut self, core: &Core) -> Result<(), Qcow2Error> {
         core.sync("sync data before L2")?;
         self.write_refcounts(core)?;
-        for (&off, t) in &mut self.l2 {
+        for (off, t) in &mut self.l2 {
             if t.dirty {
-                core.write(&words_be(&t.data), off, "write L2 table")?;
+                core.write(&words_be(&t.data), *off, "write L2 table")?;
                 t.dirty = false;
                 self.need_sync = true;
             }
@@ -111,16 +113,16 @@ impl Meta {
         Ok(())
     }
 
-    /// The L2 entry (and extended-L2 bitmap, 0 otherwise) of guest cluster `gc`.
-    pub(crate) fn entry(&mut self, core: &Core, gc: u64) -> Result<(u64, u64), Qcow2Error> {
+    /// The L2 entry of guest cluster `gc` (unallocated when it has no L2 table).
+    pub(crate) fn entry(&mut self, core: &Core, gc: u64) -> Result<L2Entry, Qcow2Error> {
         let Some((off, idx)) = self.l2_location(core, gc)? else {
-            return Ok((0, 0));
+            return Ok(L2Entry::UNALLOCATED);
         };
         let ext = core.geo.extended;
         let t = self.load_l2(core, off)?;
         let e = t.data[idx];
         let bm = if ext { t.data[idx + 1] } else { 0 };
-        Ok((e, bm))
+        Ok(L2Entry::from_words(e, bm))
     }
 
     /// Whether the L1 entry covering `gc` is empty (the whole L2 range is unallocated).
@@ -146,7 +148,7 @@ impl Meta {
             });
         };
         if l1e & L1E_OFFSET_MASK != 0 {
-            if l1e & OFLAG_COPIED == 0 {
+            if l1e & L1E_COPIED == 0 {
                 return Err(Qcow2Error::Corrupt {
                     what: "shared L2 table (L1 entry without COPIED)",
                     offset: l1e & L1E_OFFSET_MASK,
@@ -168,7 +170,7 @@ impl Meta {
                 used: self.tick,
             },
         );
-        self.l1[l1_idx] = off | OFLAG_COPIED;
+        self.l1[l1_idx] = off.get() | L1E_COPIED;
         self.l1_dirty = true;
         Ok(())
     }
@@ -178,8 +180,7 @@ impl Meta {
         &mut self,
         core: &Core,
         gc: u64,
-        e: u64,
-        bm: u64,
+        entry: L2Entry,
     ) -> Result<(), Qcow2Error> {
         let Some((off, idx)) = self.l2_location(core, gc)? else {
             return Err(Qcow2Error::Corrupt {
@@ -189,9 +190,9 @@ impl Meta {
         };
         let ext = core.geo.extended;
         let t = self.load_l2(core, off)?;
-        t.data[idx] = e;
+        t.data[idx] = entry.descriptor();
         if ext {
-            t.data[idx + 1] = bm;
+            t.data[idx + 1] = entry.bitmap();
         }
         t.dirty = true;
         Ok(())

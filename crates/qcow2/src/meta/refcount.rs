@@ -4,9 +4,12 @@
 
 use std::collections::HashMap;
 
+use zerocopy::byteorder::big_endian::{U32, U64};
+
 use super::{Cached, MAX_CACHED, MIN_CACHED, Meta, words_be};
 use crate::core::Core;
 use crate::error::Qcow2Error;
+use crate::offset::HostOffset;
 
 /// Memory budget for cached refcount blocks per image layer.
 const REFBLOCK_CACHE_BYTES: u64 = 8 << 20;
@@ -15,7 +18,7 @@ const REFBLOCK_CACHE_BYTES: u64 = 8 << 20;
 #[derive(Debug)]
 pub(crate) struct Refcounts {
     table: Vec<u64>,
-    table_offset: u64,
+    table_offset: HostOffset,
     table_clusters: u64,
     table_dirty: bool,
     header_dirty: bool,
@@ -24,7 +27,12 @@ pub(crate) struct Refcounts {
 }
 
 impl Refcounts {
-    pub(crate) fn new(table: Vec<u64>, table_offset: u64, table_clusters: u64, cs: u64) -> Self {
+    pub(crate) fn new(
+        table: Vec<u64>,
+        table_offset: HostOffset,
+        table_clusters: u64,
+        cs: u64,
+    ) -> Self {
         let cap = (REFBLOCK_CACHE_BYTES / cs).clamp(MIN_CACHED, MAX_CACHED) as usize;
         Self {
             table,
@@ -103,7 +111,7 @@ impl Meta {
                 && let Some(b) = rc.blocks.remove(&victim)
                 && b.dirty
             {
-                let off = rc.table[victim as usize];
+                let off = HostOffset(rc.table[victim as usize]);
                 core.write(&b.data, off, "write refcount block")?;
                 self.need_sync = true;
             }
@@ -119,7 +127,7 @@ impl Meta {
                 });
             }
             let mut buf = vec![0u8; core.geo.cluster_size as usize];
-            core.read_exact(&mut buf, off, "read refcount block")?;
+            core.read_exact(&mut buf, HostOffset(off), "read refcount block")?;
             rc.blocks.insert(
                 bi,
                 Cached {
@@ -166,7 +174,8 @@ impl Meta {
                 && let Some(b) = rc.blocks.remove(&v)
                 && b.dirty
             {
-                core.write(&b.data, rc.table[v as usize], "write refcount block")?;
+                let off = HostOffset(rc.table[v as usize]);
+                core.write(&b.data, off, "write refcount block")?;
                 self.need_sync = true;
             }
         }
@@ -215,9 +224,9 @@ impl Meta {
             what: "refcount update on read-only image",
             offset: 0,
         })?;
-        let old = (rc.table_offset / cs, rc.table_clusters);
+        let old = (rc.table_offset.get() / cs, rc.table_clusters);
         rc.table.resize(entries as usize, 0);
-        rc.table_offset = off;
+        rc.table_offset = HostOffset(off);
         rc.table_clusters = clusters;
         rc.table_dirty = true;
         rc.header_dirty = true;
@@ -237,7 +246,8 @@ impl Meta {
         let mut wrote = false;
         for (&bi, b) in &mut rc.blocks {
             if b.dirty {
-                core.write(&b.data, rc.table[bi as usize], "write refcount block")?;
+                let off = HostOffset(rc.table[bi as usize]);
+                core.write(&b.data, off, "write refcount block")?;
                 b.dirty = false;
                 wrote = true;
             }
@@ -254,10 +264,14 @@ impl Meta {
             self.need_sync = false;
         }
         if rc.header_dirty {
-            let mut h = [0u8; 12];
-            h[..8].copy_from_slice(&rc.table_offset.to_be_bytes());
-            h[8..].copy_from_slice(&(rc.table_clusters as u32).to_be_bytes());
-            core.write(&h, crate::raw::OFF_REFCOUNT_TABLE_OFFSET, "write header")?;
+            let clusters = u32::try_from(rc.table_clusters).map_err(|_| Qcow2Error::TooLarge {
+                what: "refcount table",
+            })?;
+            let offset = rc.table_offset.get();
+            core.update_header(|h| {
+                h.refcount_table_offset = U64::new(offset);
+                h.refcount_table_clusters = U32::new(clusters);
+            })?;
             core.sync("sync header")?;
             rc.header_dirty = false;
         }
