@@ -1,6 +1,7 @@
 //! Golden tests: images we write pass `qemu-img check` and `compare`; images qemu writes read
 //! byte-identical to `qemu-img convert -O raw`.
 
+use sendense_qcow2::raw::{RawHeader, U64};
 use sendense_qcow2::{BackingSpec, CreateOptions, Image, OpenOptions};
 use tempfile::TempDir;
 
@@ -365,6 +366,43 @@ fn created_image_512b_with_refcount_table_growth_passes_qemu_check() {
     std::fs::write(&raw, &expected).unwrap();
     assert_qemu_check_clean(&path);
     assert_qemu_compare(&path, &raw);
+}
+
+#[test]
+fn refcount_table_growth_rewrites_only_its_two_header_fields() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("g.qcow2");
+    let img = Image::create(&path, &CreateOptions::new(16 * MIB).cluster_size(512)).unwrap();
+    let before = RawHeader::read_from_image(&std::fs::read(&path).unwrap());
+    img.write_at(&pattern(4, (12 * MIB) as usize), 0).unwrap();
+    drop(img);
+    let after = RawHeader::read_from_image(&std::fs::read(&path).unwrap());
+    assert_ne!(
+        after.refcount_table_offset, before.refcount_table_offset,
+        "the workload must move the refcount table"
+    );
+    let mut expected = before;
+    expected.refcount_table_offset = after.refcount_table_offset;
+    expected.refcount_table_clusters = after.refcount_table_clusters;
+    assert_eq!(after, expected);
+    assert_qemu_check_clean(&path);
+}
+
+#[test]
+fn writable_open_clears_autoclear_bits_and_nothing_else() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("a.qcow2");
+    drop(Image::create(&path, &CreateOptions::new(2 * MIB)).unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    RawHeader::patch_image(&mut bytes, |h| h.autoclear_features = U64::new(1 << 5));
+    std::fs::write(&path, &bytes).unwrap();
+    let before = RawHeader::read_from_image(&bytes);
+    drop(Image::open(&path, &OpenOptions::writable()).unwrap());
+    let after = RawHeader::read_from_image(&std::fs::read(&path).unwrap());
+    let mut expected = before;
+    expected.autoclear_features = U64::new(0);
+    assert_eq!(after, expected);
+    assert_qemu_check_clean(&path);
 }
 
 fn chain_ops_golden(cluster_size: u32, extended_l2: bool) {
