@@ -305,6 +305,124 @@ fn commit_into_qcow2_backing_matches_top() {
         "committed base differs from the top image"
     );
     assert_qemu_check_clean(&base);
+    let top_raw = d.join("top.raw");
+    std::fs::write(&top_raw, &via_top).unwrap();
+    assert_qemu_compare(&base, &top_raw);
+    assert_qemu_compare(&top, &top_raw);
+}
+
+/// Retention's "merge a layer into its base": commit the middle of a three-point chain into
+/// the oldest. The middle and the newest point read exactly as before (qemu-img compare
+/// against their contents taken before), the base now reads as the middle, and the base
+/// passes qemu-img check. Layers differ in cluster size and extended L2, and the middle
+/// holds a compressed cluster, zeroed clusters and discarded clusters written by qemu.
+#[test]
+fn commit_middle_into_base_keeps_every_remaining_point() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let size = 4 * MIB;
+    let base = d.join("base.qcow2");
+    let mid = d.join("mid.qcow2");
+    let top = d.join("top.qcow2");
+    let img = Image::create(&base, &CreateOptions::new(size)).unwrap();
+    img.write_at(&pattern(21, size as usize), 0).unwrap();
+    drop(img);
+    let img = Image::create(
+        &mid,
+        &CreateOptions::new(size)
+            .cluster_size(16384)
+            .extended_l2(true)
+            .backing(BackingSpec::qcow2("base.qcow2")),
+    )
+    .unwrap();
+    img.write_at(&pattern(22, 100_000), 5_000).unwrap();
+    img.write_zeroes(MIB + 512, 40_000).unwrap();
+    img.discard(2 * MIB, 3 * 16384).unwrap();
+    drop(img);
+    let out = crate::util::run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -c -P 0x44 3145728 16384",
+            "-c",
+            "write -z 3211264 65536",
+            mid.to_str().unwrap(),
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !said.contains("error") && out.stderr.is_empty(),
+        "qemu-io failed: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let map = qemu_img_ok(&["map", "--output=json", mid.to_str().unwrap()]);
+    assert!(
+        map.contains(r#""compressed": true"#),
+        "the middle layer must hold a compressed cluster: {map}"
+    );
+    let img = Image::create(
+        &top,
+        &CreateOptions::new(size)
+            .cluster_size(4096)
+            .backing(BackingSpec::qcow2("mid.qcow2")),
+    )
+    .unwrap();
+    img.write_at(&pattern(23, 30_000), 90_000).unwrap();
+    img.write_zeroes(3 * MIB + 8192, 8192).unwrap();
+    drop(img);
+    let mid_raw = d.join("mid.raw");
+    std::fs::write(&mid_raw, qemu_to_raw(&mid, d)).unwrap();
+    let top_raw = d.join("top.raw");
+    std::fs::write(&top_raw, qemu_to_raw(&top, d)).unwrap();
+
+    let img = Image::open(&top, &OpenOptions::read_only()).unwrap();
+    let middle = img.backing().and_then(|b| b.as_image()).unwrap();
+    middle.commit().unwrap();
+    let mut via_top = vec![0u8; size as usize];
+    img.read_at(&mut via_top, 0).unwrap();
+    drop(img);
+
+    assert!(via_top == std::fs::read(&top_raw).unwrap());
+    assert_qemu_compare(&top, &top_raw);
+    assert_qemu_compare(&mid, &mid_raw);
+    assert_qemu_compare(&base, &mid_raw);
+    assert_qemu_check_clean(&base);
+    assert_qemu_check_clean(&mid);
+}
+
+/// A commit into a backing file another user reads (and so does not let anybody write)
+/// fails with a lock conflict; the image and the backing file read as before, and the chain
+/// keeps its own read lock on the backing file.
+#[test]
+fn commit_into_backing_another_reader_holds_fails_locked() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let base = d.join("base.qcow2");
+    let top = d.join("top.qcow2");
+    let img = Image::create(&base, &CreateOptions::new(MIB)).unwrap();
+    img.write_at(&pattern(30, MIB as usize), 0).unwrap();
+    drop(img);
+    let img = Image::create(
+        &top,
+        &CreateOptions::new(MIB).backing(BackingSpec::qcow2("base.qcow2")),
+    )
+    .unwrap();
+    img.write_at(&pattern(31, 70_000), 0).unwrap();
+    let mut before = vec![0u8; MIB as usize];
+    img.read_at(&mut before, 0).unwrap();
+    let reader = Image::open(&base, &OpenOptions::read_only()).unwrap();
+    let err = img.commit().unwrap_err();
+    assert_eq!(err.kind(), sendense_qcow2::ErrorKind::Locked, "{err}");
+    let mut after = vec![0u8; MIB as usize];
+    img.read_at(&mut after, 0).unwrap();
+    assert!(after == before);
+    let mut base_now = vec![0u8; MIB as usize];
+    reader.read_at(&mut base_now, 0).unwrap();
+    assert!(base_now == pattern(30, MIB as usize));
+    drop(reader);
+    // The chain still holds the base for reading: nobody may open it writable.
+    let e = Image::open(&base, &OpenOptions::writable()).unwrap_err();
+    assert_eq!(e.kind(), sendense_qcow2::ErrorKind::Locked, "{e}");
 }
 
 #[test]
