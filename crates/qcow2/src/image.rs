@@ -74,12 +74,6 @@ impl Image {
         self.core.geo.cluster_size
     }
 
-    /// Whether the image is open for writing.
-    #[must_use]
-    pub fn is_writable(&self) -> bool {
-        self.writable
-    }
-
     /// The backing file, if any.
     #[must_use]
     pub fn backing(&self) -> Option<&Backing> {

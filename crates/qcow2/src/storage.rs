@@ -342,14 +342,6 @@ impl MemStorage {
         }
     }
 
-    /// A copy of the current contents.
-    #[must_use]
-    pub fn to_vec(&self) -> Vec<u8> {
-        self.data
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
 }
 
 impl Storage for MemStorage {
