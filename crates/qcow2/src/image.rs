@@ -5,7 +5,8 @@
 //! creating in `create`, reads in `read`, writes in `write`, zeroing and discard in `zero`,
 //! block status in `status`, [`crate::ImageInfo`] in `info`, L2 entries in `l2_entry`,
 //! compressed clusters in `compressed`, the file and geometry in `core`, metadata caches in
-//! [`crate::meta`].
+//! [`crate::meta`], merging a layer into its base in `commit`, merging the backing layer
+//! into this image in `absorb`, consistency checks in `check`.
 //!
 //! # Concurrency
 //! All I/O methods take `&self`; [`Image`] is `Send + Sync`. One mutex guards the layer's

@@ -1,4 +1,6 @@
-//! QCOW2 v2/v3 image engine: create, open, read, write, backing chains, check, commit.
+//! QCOW2 v2/v3 image engine: create, open, read, write, backing chains, check, and the two
+//! merges retention needs ([`Image::commit`]: a layer into its base; [`Image::absorb_backing`]:
+//! a middle layer into its child).
 //!
 //! Synchronous and runtime-free: positional I/O (`pread`/`pwrite`) on the image file, all
 //! I/O methods on `&self`, [`Image`] is `Send + Sync` and safe to drive from many threads.
@@ -26,6 +28,7 @@
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("sendense-qcow2 requires a 64-bit target");
 
+mod absorb;
 pub mod backing;
 mod chain;
 mod check;

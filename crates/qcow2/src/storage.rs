@@ -341,7 +341,6 @@ impl MemStorage {
             data: Mutex::new(bytes),
         }
     }
-
 }
 
 impl Storage for MemStorage {
