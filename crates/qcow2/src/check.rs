@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::error::Qcow2Error;
 use crate::image::Image;
 use crate::l2_entry::{L1E_COPIED, L1E_OFFSET_MASK, L2Entry};
-use crate::meta::get_refcount;
+use crate::meta::{be_words, get_refcount};
 use crate::offset::HostOffset;
 use crate::options::OpenOptions;
 
@@ -176,7 +176,7 @@ impl Image {
             HostOffset(h.refcount_table_offset),
             "read refcount table",
         )?;
-        let reftable: Vec<u64> = words(&rt);
+        let reftable: Vec<u64> = be_words(&rt);
         for &e in &reftable {
             let off = e & !0x1ff;
             if off != 0 {
@@ -189,7 +189,7 @@ impl Image {
         let mut l2_checks = Vec::new();
         let mut table = vec![0u8; cs as usize];
         let mut scanned = std::collections::HashSet::new();
-        for (i, l1e) in words(&l1).into_iter().enumerate() {
+        for (i, l1e) in be_words(&l1).into_iter().enumerate() {
             let l2_off = l1e & L1E_OFFSET_MASK;
             if l2_off == 0 {
                 continue;
@@ -202,7 +202,7 @@ impl Image {
                 continue;
             }
             core.read_exact(&mut table, HostOffset(l2_off), "read L2 table")?;
-            let w = words(&table);
+            let w = be_words(&table);
             for (j, e) in w.iter().step_by(geo.entry_words).enumerate() {
                 // Only the descriptor matters here; the subcluster bitmap names no clusters.
                 let e = L2Entry::from_words(*e, 0);
@@ -273,10 +273,4 @@ impl Image {
         }
         Ok(r)
     }
-}
-
-fn words(buf: &[u8]) -> Vec<u64> {
-    buf.chunks_exact(8)
-        .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect()
 }

@@ -71,12 +71,14 @@ pub(crate) struct Meta {
     need_sync: bool,
 }
 
-fn be_words(buf: &[u8]) -> Vec<u64> {
+/// Decodes a table of big-endian 64-bit entries (L1, L2, refcount table).
+pub(crate) fn be_words(buf: &[u8]) -> Vec<u64> {
     buf.chunks_exact(8)
         .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
         .collect()
 }
 
+/// Encodes a table of 64-bit entries big-endian.
 fn words_be(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_be_bytes()).collect()
 }

@@ -7,7 +7,7 @@ use std::sync::{Condvar, Mutex};
 use crate::core::{Core, Geo};
 use crate::error::Qcow2Error;
 use crate::image::Image;
-use crate::meta::{Meta, Refcounts};
+use crate::meta::{Meta, Refcounts, be_words};
 use crate::offset::HostOffset;
 use crate::options::OpenOptions;
 use crate::parse::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
@@ -75,10 +75,7 @@ impl Image {
             HostOffset(header.l1_table_offset),
             "read L1 table",
         )?;
-        let l1: Vec<u64> = l1_bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
+        let l1 = be_words(&l1_bytes);
         let rc = if writable {
             let cs = geo.cluster_size;
             let clusters = u64::from(header.refcount_table_clusters);
@@ -88,11 +85,7 @@ impl Image {
                 HostOffset(header.refcount_table_offset),
                 "read refcount table",
             )?;
-            let table = t
-                .chunks_exact(8)
-                .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .map(|e| e & !0x1ff)
-                .collect();
+            let table = be_words(&t).into_iter().map(|e| e & !0x1ff).collect();
             if header.autoclear != 0 {
                 // "Auto-clear features: bitmask of auto-clear features. An implementation
                 // may only write to an image with unknown auto-clear features if it clears
