@@ -341,6 +341,15 @@ impl MemStorage {
             data: Mutex::new(bytes),
         }
     }
+
+    /// A copy of the current contents.
+    #[must_use]
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Storage for MemStorage {
