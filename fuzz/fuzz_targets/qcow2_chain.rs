@@ -15,6 +15,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use sendense_qcow2::raw::{RawHeader, U32, U64};
 use sendense_qcow2::{
     Backing, BackingPolicy, BackingSpec, CreateOptions, Image, MemFolder, MemStorage, OpenOptions,
 };
@@ -58,11 +59,13 @@ fuzz_target!(|data: &[u8]| {
             file[at] = p[3];
         }
         if !name.is_empty() && name.len() <= 512 {
-            // Header: backing_file_offset at 8 (u64), backing_file_size at 16 (u32).
+            // The name at 2048, the header's backing_file_offset and _size pointing at it.
             let at = 2048;
             top[at..at + name.len()].copy_from_slice(name);
-            top[8..16].copy_from_slice(&(at as u64).to_be_bytes());
-            top[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+            RawHeader::patch_image(&mut top, |h| {
+                h.backing_file_offset = U64::new(at as u64);
+                h.backing_file_size = U32::new(name.len() as u32);
+            });
             folder.insert(&String::from_utf8_lossy(name), base.clone());
         }
         folder.insert("base.qcow2", base);

@@ -10,10 +10,11 @@
 use std::path::Path;
 
 use crate::error::Qcow2Error;
-use crate::image::{Image, OpenOptions, compressed_clusters};
-use crate::meta::{
-    L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO, get_refcount,
-};
+use crate::image::Image;
+use crate::l2_entry::{L1E_COPIED, L1E_OFFSET_MASK, L2Entry};
+use crate::meta::{be_words, get_refcount};
+use crate::offset::HostOffset;
+use crate::options::OpenOptions;
 
 /// Most messages kept in a report; the counts stay exact.
 const MAX_MESSAGES: usize = 1000;
@@ -153,7 +154,7 @@ impl Image {
         };
         // The on-disk header: the refcount table may have moved since open.
         let mut first = vec![0u8; cs.min(file_len) as usize];
-        core.read_exact(&mut first, 0, "read header")?;
+        core.read_exact(&mut first, HostOffset(0), "read header")?;
         let h = &crate::parse::Header::parse(&first, file_len)?;
         cnt.add(&mut r, 0, cs, "header", true);
         let l1_bytes = u64::from(h.l1_size) * 8;
@@ -170,8 +171,12 @@ impl Image {
         );
 
         let mut rt = vec![0u8; rt_bytes as usize];
-        core.read_exact(&mut rt, h.refcount_table_offset, "read refcount table")?;
-        let reftable: Vec<u64> = words(&rt);
+        core.read_exact(
+            &mut rt,
+            HostOffset(h.refcount_table_offset),
+            "read refcount table",
+        )?;
+        let reftable: Vec<u64> = be_words(&rt);
         for &e in &reftable {
             let off = e & !0x1ff;
             if off != 0 {
@@ -180,41 +185,42 @@ impl Image {
         }
 
         let mut l1 = vec![0u8; l1_bytes as usize];
-        core.read_exact(&mut l1, h.l1_table_offset, "read L1 table")?;
+        core.read_exact(&mut l1, HostOffset(h.l1_table_offset), "read L1 table")?;
         let mut l2_checks = Vec::new();
         let mut table = vec![0u8; cs as usize];
         let mut scanned = std::collections::HashSet::new();
-        for (i, l1e) in words(&l1).into_iter().enumerate() {
+        for (i, l1e) in be_words(&l1).into_iter().enumerate() {
             let l2_off = l1e & L1E_OFFSET_MASK;
             if l2_off == 0 {
                 continue;
             }
             cnt.add(&mut r, l2_off, cs, "L2 table", true);
-            l2_checks.push((l2_off, l1e & OFLAG_COPIED != 0, format!("L1 entry {i}")));
+            l2_checks.push((l2_off, l1e & L1E_COPIED != 0, format!("L1 entry {i}")));
             // A table referenced twice is already an overlap error; scanning it again would
             // let a small hostile file cost (L1 entries × cluster size) of reads.
             if !l2_off.is_multiple_of(cs) || l2_off >= file_len || !scanned.insert(l2_off) {
                 continue;
             }
-            core.read_exact(&mut table, l2_off, "read L2 table")?;
-            let w = words(&table);
+            core.read_exact(&mut table, HostOffset(l2_off), "read L2 table")?;
+            let w = be_words(&table);
             for (j, e) in w.iter().step_by(geo.entry_words).enumerate() {
-                let e = *e;
-                if e & OFLAG_COMPRESSED != 0 {
-                    let (first, count) = compressed_clusters(&geo, e);
+                // Only the descriptor matters here; the subcluster bitmap names no clusters.
+                let e = L2Entry::from_words(*e, 0);
+                if e.is_compressed() {
+                    let (first, count) = e.compressed_clusters(&geo);
                     r.allocated_clusters += 1;
                     cnt.add(&mut r, first * cs, count * cs, "compressed data", false);
                     continue;
                 }
-                let host = e & L2E_OFFSET_MASK;
-                if host == 0 {
+                let Some(host) = e.host_offset() else {
                     continue;
-                }
-                if geo.extended || e & OFLAG_ZERO == 0 {
+                };
+                let host = host.get();
+                if geo.extended || !e.has_zero_flag() {
                     r.allocated_clusters += 1;
                 }
                 cnt.add(&mut r, host, cs, "data cluster", false);
-                l2_checks.push((host, e & OFLAG_COPIED != 0, format!("L2 entry {i}/{j}")));
+                l2_checks.push((host, e.is_copied(), format!("L2 entry {i}/{j}")));
             }
         }
 
@@ -232,7 +238,7 @@ impl Image {
                 return Ok(0);
             }
             if loaded != bi {
-                core.read_exact(&mut block, off, "read refcount block")?;
+                core.read_exact(&mut block, HostOffset(off), "read refcount block")?;
                 loaded = bi;
             }
             let _ = r;
@@ -267,10 +273,4 @@ impl Image {
         }
         Ok(r)
     }
-}
-
-fn words(buf: &[u8]) -> Vec<u64> {
-    buf.chunks_exact(8)
-        .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect()
 }

@@ -1,25 +1,38 @@
-//! Commit: merge an overlay's clusters into its backing file.
+//! Commit: merge an image's clusters into its backing file — retention's "merge a layer into
+//! its base" (the base then reads as the layer; the layer and every overlay above it read as
+//! before).
 //!
 //! The backing file stays open read-only inside the chain; for the commit its read-only lock
 //! bytes are relaxed on that descriptor, the file is opened writable through a second
 //! descriptor (which takes QEMU's writer locks and so fails if anybody else uses it), the
-//! overlay's allocated ranges are copied and its zeroed ranges zeroed, the writable handle
-//! is flushed and closed, and the read-only lock is re-taken. The overlay itself is left as
+//! image's allocated ranges are copied and its zeroed ranges zeroed, the writable handle
+//! is flushed and closed, and the read-only lock is re-taken. The image itself is left as
 //! it is: it still reads the same, since everything it holds now also lives below it.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
 
+use crate::chain::Backing;
 use crate::error::Qcow2Error;
-use crate::image::{Backing, ExtentState, Image, OpenOptions};
+use crate::image::Image;
 use crate::lock::{self, LockMode};
+use crate::options::OpenOptions;
+use crate::status::ExtentState;
 
 /// Bytes copied per step.
 const COMMIT_CHUNK: u64 = 4 << 20;
 
 impl Image {
-    /// Merges this overlay's allocated and zeroed clusters into its backing file (QCOW2 or
-    /// raw), which is opened writable for the duration.
+    /// Merges this image's allocated and zeroed clusters into its backing file (QCOW2 or
+    /// raw), which is opened writable for the duration. Afterwards the backing file reads
+    /// exactly as this image, and this image (and any overlay above it) reads as before.
+    /// Works on any layer of a chain: `top.backing().and_then(Backing::as_image)` commits
+    /// a middle layer into its base.
+    ///
+    /// Data is copied through the guest view (compressed clusters land uncompressed); the
+    /// backing file is flushed before this returns. On error the backing file may hold part
+    /// of this image's clusters (this image still reads as before); it is not usable as the
+    /// point it was.
     ///
     /// # Errors
     /// [`Qcow2Error::NoBacking`]; a backing file smaller than this image; lock conflicts;

@@ -1,4 +1,6 @@
-//! QCOW2 v2/v3 image engine: create, open, read, write, backing chains, check, commit.
+//! QCOW2 v2/v3 image engine: create, open, read, write, backing chains, check, and the two
+//! merges retention needs ([`Image::commit`]: a layer into its base; [`Image::absorb_backing`]:
+//! a middle layer into its child).
 //!
 //! Synchronous and runtime-free: positional I/O (`pread`/`pwrite`) on the image file, all
 //! I/O methods on `&self`, [`Image`] is `Send + Sync` and safe to drive from many threads.
@@ -26,28 +28,43 @@
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("sendense-qcow2 requires a 64-bit target");
 
+mod absorb;
 pub mod backing;
+mod chain;
 mod check;
 mod commit;
+mod compressed;
+mod core;
+mod create;
 pub mod error;
 pub mod image;
+mod info;
+mod l2_entry;
 mod lock;
 pub mod meta;
+mod offset;
+mod open;
+mod options;
 pub mod parse;
 pub mod raw;
+mod read;
+mod status;
 pub mod storage;
 mod sys;
+mod write;
+mod zero;
 
 pub use backing::{BackingPaths, BackingPolicy, MemFolder};
+pub use chain::{Backing, RawBacking};
 pub use check::{CheckReport, check_path, check_path_with};
 pub use error::{ErrorKind, Qcow2Error};
-pub use image::{
-    Backing, BackingInfo, BackingSpec, CreateOptions, Extent, ExtentState, Image, ImageInfo,
-    OpenOptions, RawBacking,
-};
+pub use image::Image;
+pub use info::{BackingInfo, ImageInfo};
+pub use options::{BackingSpec, CreateOptions, OpenOptions};
 /// Chain depth limits: [`DEFAULT_CHAIN_DEPTH`] is what [`OpenOptions::read_only`],
 /// [`OpenOptions::writable`] and [`Image::create`] open (a chain writer starts a new full
 /// before reaching it); [`MAX_CHAIN_DEPTH`] caps any [`OpenOptions::max_chain_depth`].
-pub use image::{DEFAULT_CHAIN_DEPTH, MAX_CHAIN_DEPTH};
+pub use options::{DEFAULT_CHAIN_DEPTH, MAX_CHAIN_DEPTH};
 pub use parse::{BackingFormat, CompressionType};
+pub use status::{Extent, ExtentState};
 pub use storage::{AlignedBuf, DIRECT_ALIGN, FileStorage, MemStorage, Storage};

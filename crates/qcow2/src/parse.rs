@@ -680,7 +680,7 @@ mod tests {
     fn header_parse_small_header_length_is_refused() {
         let h = sample(16, 1 << 20, None, false);
         let mut bytes = h.encode().unwrap();
-        bytes[100..104].copy_from_slice(&96u32.to_be_bytes());
+        RawHeader::patch_image(&mut bytes, |h| h.header_length = U32::new(96));
         let err = Header::parse(&bytes, 1 << 20).unwrap_err();
         assert!(matches!(
             err,
@@ -695,7 +695,7 @@ mod tests {
     fn header_parse_unknown_incompatible_bit_names_bit() {
         let h = sample(16, 1 << 20, None, false);
         let mut bytes = h.encode().unwrap();
-        bytes[72..80].copy_from_slice(&(1u64 << 9).to_be_bytes());
+        RawHeader::patch_image(&mut bytes, |h| h.incompatible_features = U64::new(1 << 9));
         let err = Header::parse(&bytes, 1 << 20).unwrap_err();
         assert!(err.to_string().contains("bit 9"), "{err}");
     }
@@ -704,7 +704,7 @@ mod tests {
     fn header_parse_encryption_is_refused() {
         let h = sample(16, 1 << 20, None, false);
         let mut bytes = h.encode().unwrap();
-        bytes[32..36].copy_from_slice(&2u32.to_be_bytes());
+        RawHeader::patch_image(&mut bytes, |h| h.crypt_method = U32::new(2));
         let err = Header::parse(&bytes, 1 << 20).unwrap_err();
         assert!(err.to_string().contains("encryption"), "{err}");
     }
@@ -727,7 +727,7 @@ mod tests {
     fn header_parse_refcount_order_seven_is_refused() {
         let h = sample(16, 1 << 20, None, false);
         let mut bytes = h.encode().unwrap();
-        bytes[96..100].copy_from_slice(&7u32.to_be_bytes());
+        RawHeader::patch_image(&mut bytes, |h| h.refcount_order = U32::new(7));
         let err = Header::parse(&bytes, 1 << 20).unwrap_err();
         assert!(matches!(
             err,

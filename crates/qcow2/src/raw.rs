@@ -1,10 +1,11 @@
 //! On-disk layout of the QCOW2 header, as `#[repr(C)]` big-endian zerocopy structs.
 //!
 //! Mirrors `docs/interop/qcow2.rst` ("Header"). Only layout lives here; validation is in
-//! [`crate::parse`].
+//! [`crate::parse`]. Every write of header fields, in the engine and in tests that build
+//! hostile images, goes through [`RawHeader`], never through byte offsets.
 
-use zerocopy::byteorder::big_endian::{U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+pub use zerocopy::byteorder::big_endian::{U32, U64};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// `QFI\xfb`.
 pub const QCOW2_MAGIC: u32 = 0x5146_49fb;
@@ -21,11 +22,6 @@ pub const EXT_BITMAPS: u32 = 0x2385_2875;
 pub const EXT_CRYPTO: u32 = 0x0537_be77;
 /// Header extension type: external data file name.
 pub const EXT_DATA_FILE: u32 = 0x4441_5441;
-
-/// Byte offset of `refcount_table_offset` in the header.
-pub const OFF_REFCOUNT_TABLE_OFFSET: u64 = 48;
-/// Byte offset of `autoclear_features` in the header.
-pub const OFF_AUTOCLEAR: u64 = 88;
 
 /// The fixed part of a version 2 header (72 bytes).
 pub const V2_HEADER_LEN: usize = 72;
@@ -87,6 +83,30 @@ pub const RAW_HEADER_LEN: usize = 112;
 
 const _: () = assert!(size_of::<RawHeader>() == RAW_HEADER_LEN);
 
+impl RawHeader {
+    /// The fixed header at the start of `image`; bytes beyond the end of `image` read as 0.
+    #[must_use]
+    pub fn read_from_image(image: &[u8]) -> Self {
+        let mut h = Self::new_zeroed();
+        let n = image.len().min(RAW_HEADER_LEN);
+        h.as_mut_bytes()[..n].copy_from_slice(&image[..n]);
+        h
+    }
+
+    /// Writes this header over the start of `image` (as much of it as `image` holds).
+    pub fn write_to_image(&self, image: &mut [u8]) {
+        let n = image.len().min(RAW_HEADER_LEN);
+        image[..n].copy_from_slice(&self.as_bytes()[..n]);
+    }
+
+    /// Reads the header of `image`, lets `change` set fields, and writes it back.
+    pub fn patch_image(image: &mut [u8], change: impl FnOnce(&mut Self)) {
+        let mut h = Self::read_from_image(image);
+        change(&mut h);
+        h.write_to_image(image);
+    }
+}
+
 /// One header extension's type and length.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
@@ -118,7 +138,6 @@ const _: () = assert!(size_of::<RawFeatureName>() == 48);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zerocopy::FromZeros;
 
     #[test]
     fn raw_header_field_offsets_match_spec() {
@@ -128,5 +147,17 @@ mod tests {
         let bytes = h.as_bytes();
         assert_eq!(bytes[48], 0x01);
         assert_eq!(bytes[88], 0x11);
+    }
+
+    #[test]
+    fn patch_image_changes_only_the_named_field() {
+        let mut image = vec![0xa5u8; 200];
+        let before = image.clone();
+        RawHeader::patch_image(&mut image, |h| h.l1_size = U32::new(7));
+        assert_eq!(RawHeader::read_from_image(&image).l1_size.get(), 7);
+        let changed: Vec<usize> = (0..image.len())
+            .filter(|&i| image[i] != before[i])
+            .collect();
+        assert_eq!(changed, vec![36, 37, 38, 39]);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use sendense_qcow2::raw::{RawHeader, U32, U64};
 use sendense_qcow2::{CreateOptions, ErrorKind, Image, OpenOptions, Qcow2Error};
 use tempfile::TempDir;
 
@@ -34,10 +35,7 @@ fn patched(dir: &Path, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
     p
 }
 
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
-}
-
+/// Writes an L1/L2 table entry (not a header field: those go through [`RawHeader`]).
 fn put_u64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_be_bytes());
 }
@@ -53,13 +51,15 @@ fn read_all(p: &Path) -> Result<(), Qcow2Error> {
 }
 
 fn l1_entry_offset(bytes: &[u8]) -> usize {
-    u64::from_be_bytes(bytes[40..48].try_into().unwrap()) as usize
+    RawHeader::read_from_image(bytes).l1_table_offset.get() as usize
 }
 
 #[test]
 fn hostile_l1_table_beyond_eof_is_refused() {
     let dir = TempDir::new().unwrap();
-    let p = patched(dir.path(), "h.qcow2", |b| put_u64(b, 40, 1 << 40));
+    let p = patched(dir.path(), "h.qcow2", |b| {
+        RawHeader::patch_image(b, |h| h.l1_table_offset = U64::new(1 << 40));
+    });
     let e = open_err(&p);
     assert!(e.to_string().contains("l1_table_offset"), "{e}");
 }
@@ -67,7 +67,9 @@ fn hostile_l1_table_beyond_eof_is_refused() {
 #[test]
 fn hostile_absurd_l1_size_is_refused() {
     let dir = TempDir::new().unwrap();
-    let p = patched(dir.path(), "h.qcow2", |b| put_u32(b, 36, u32::MAX));
+    let p = patched(dir.path(), "h.qcow2", |b| {
+        RawHeader::patch_image(b, |h| h.l1_size = U32::new(u32::MAX));
+    });
     let e = open_err(&p);
     assert!(e.to_string().contains("l1_size"), "{e}");
 }
@@ -77,7 +79,7 @@ fn hostile_cluster_bits_out_of_range_is_refused() {
     let dir = TempDir::new().unwrap();
     for bits in [0u32, 8, 22, 63] {
         let p = patched(dir.path(), &format!("h{bits}.qcow2"), |b| {
-            put_u32(b, 20, bits);
+            RawHeader::patch_image(b, |h| h.cluster_bits = U32::new(bits));
         });
         let e = open_err(&p);
         assert!(e.to_string().contains("cluster_bits"), "{e}");
@@ -87,21 +89,27 @@ fn hostile_cluster_bits_out_of_range_is_refused() {
 #[test]
 fn hostile_refcount_order_out_of_range_is_refused() {
     let dir = TempDir::new().unwrap();
-    let p = patched(dir.path(), "h.qcow2", |b| put_u32(b, 96, 7));
+    let p = patched(dir.path(), "h.qcow2", |b| {
+        RawHeader::patch_image(b, |h| h.refcount_order = U32::new(7));
+    });
     assert!(open_err(&p).to_string().contains("refcount_order"));
 }
 
 #[test]
 fn hostile_refcount_table_beyond_eof_is_refused() {
     let dir = TempDir::new().unwrap();
-    let p = patched(dir.path(), "h.qcow2", |b| put_u64(b, 48, 1 << 40));
+    let p = patched(dir.path(), "h.qcow2", |b| {
+        RawHeader::patch_image(b, |h| h.refcount_table_offset = U64::new(1 << 40));
+    });
     assert!(open_err(&p).to_string().contains("refcount_table_offset"));
 }
 
 #[test]
 fn hostile_header_length_too_small_is_refused() {
     let dir = TempDir::new().unwrap();
-    let p = patched(dir.path(), "h.qcow2", |b| put_u32(b, 100, 72));
+    let p = patched(dir.path(), "h.qcow2", |b| {
+        RawHeader::patch_image(b, |h| h.header_length = U32::new(72));
+    });
     assert!(open_err(&p).to_string().contains("header_length"));
 }
 
@@ -224,7 +232,9 @@ fn hostile_refcount_too_high_is_a_leak_in_check() {
 #[test]
 fn hostile_unknown_incompatible_feature_is_refused_by_name() {
     let dir = TempDir::new().unwrap();
-    let p = patched(dir.path(), "h.qcow2", |b| put_u64(b, 72, 1 << 20));
+    let p = patched(dir.path(), "h.qcow2", |b| {
+        RawHeader::patch_image(b, |h| h.incompatible_features = U64::new(1 << 20));
+    });
     let e = open_err(&p);
     assert!(matches!(e, Qcow2Error::UnsupportedFeature { .. }), "{e}");
     assert!(e.to_string().contains("bit 20"), "{e}");
@@ -233,14 +243,18 @@ fn hostile_unknown_incompatible_feature_is_refused_by_name() {
 #[test]
 fn hostile_external_data_file_is_refused() {
     let dir = TempDir::new().unwrap();
-    let p = patched(dir.path(), "h.qcow2", |b| put_u64(b, 72, 1 << 2));
+    let p = patched(dir.path(), "h.qcow2", |b| {
+        RawHeader::patch_image(b, |h| h.incompatible_features = U64::new(1 << 2));
+    });
     assert!(open_err(&p).to_string().contains("external data file"));
 }
 
 #[test]
 fn hostile_encryption_is_refused() {
     let dir = TempDir::new().unwrap();
-    let p = patched(dir.path(), "h.qcow2", |b| put_u32(b, 32, 1));
+    let p = patched(dir.path(), "h.qcow2", |b| {
+        RawHeader::patch_image(b, |h| h.crypt_method = U32::new(1));
+    });
     assert!(open_err(&p).to_string().contains("encryption"));
 }
 
@@ -263,7 +277,9 @@ fn qemu_zstd_image_is_refused() {
 #[test]
 fn hostile_dirty_image_opens_read_only_without_writing() {
     let dir = TempDir::new().unwrap();
-    let p = patched(dir.path(), "h.qcow2", |b| put_u64(b, 72, 1));
+    let p = patched(dir.path(), "h.qcow2", |b| {
+        RawHeader::patch_image(b, |h| h.incompatible_features = U64::new(1));
+    });
     let before = std::fs::read(&p).unwrap();
     read_all(&p).unwrap();
     let e = Image::open(&p, &OpenOptions::writable()).unwrap_err();

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use sendense_qcow2::raw::{RawHeader, U32, U64};
 use sendense_qcow2::{
     BackingPolicy, BackingSpec, CreateOptions, ErrorKind, Image, MemFolder, MemStorage,
     OpenOptions, Qcow2Error,
@@ -352,12 +353,15 @@ fn mem_pair(name: &str) -> (Vec<u8>, Vec<u8>) {
     (std::fs::read(&base_path).unwrap(), top)
 }
 
-/// Rewrites the backing file name of the QCOW2 image in `bytes` (header fields at 8 and 16).
+/// Rewrites the backing file name of the QCOW2 image in `bytes`: the name at 0x400, the
+/// header's `backing_file_offset` and `backing_file_size` pointing at it.
 fn set_backing_name(bytes: &mut [u8], name: &str) {
     let off = 0x400;
     bytes[off..off + name.len()].copy_from_slice(name.as_bytes());
-    bytes[8..16].copy_from_slice(&(off as u64).to_be_bytes());
-    bytes[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+    RawHeader::patch_image(bytes, |h| {
+        h.backing_file_offset = U64::new(off as u64);
+        h.backing_file_size = U32::new(name.len() as u32);
+    });
 }
 
 fn patch_backing_name(path: &Path, name: &str) {
