@@ -212,9 +212,14 @@ mod tests {
         assert_eq!(b.as_ptr() as usize % PAGE_SIZE, 0);
         assert!(b.iter().all(|&x| x == 0));
         assert_eq!(b.capacity(), 3 * PAGE_SIZE);
+        b[9_999] = 7;
         b.resize(100);
         assert_eq!(b.len(), 100);
         assert_eq!(b.capacity(), 3 * PAGE_SIZE);
+        b.resize(20_000);
+        assert_eq!(b.len(), 20_000);
+        assert_eq!(b[9_999], 7, "growing keeps what the allocation held");
+        assert_eq!(b.as_ptr() as usize % PAGE_SIZE, 0);
     }
 
     #[test]
@@ -226,6 +231,7 @@ mod tests {
         assert!(!is_direct_aligned(&b[..100], 0));
         assert!(!is_direct_aligned(&b[PAGE_SIZE..PAGE_SIZE], 0));
         assert!(!is_direct_aligned(&b[1..=PAGE_SIZE], 0));
+        assert!(!is_direct_aligned(&b[..=PAGE_SIZE], 0));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{PoisonError, RwLock};
 
-use crate::sys;
 use crate::wire::Errno;
+use sendense_io::sparse as sys;
 
 #[cfg(feature = "tokio")]
 mod registry;
@@ -370,19 +370,6 @@ fn push_extent(out: &mut Vec<BlockExtent>, length: u64, hole: bool, zero: bool) 
     out.push(BlockExtent { length, hole, zero });
 }
 
-/// Whether `buf` holds only zero bytes (the server's READ splitting uses it).
-#[cfg(any(feature = "tokio", test))]
-#[must_use]
-pub(crate) fn is_zero(buf: &[u8]) -> bool {
-    let mut chunks = buf.chunks_exact(16);
-    let words = chunks.by_ref().all(|c| {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(c);
-        u128::from_ne_bytes(a) == 0
-    });
-    words && chunks.remainder().iter().all(|b| *b == 0)
-}
-
 // ---------------------------------------------------------------- file
 
 /// Most extents one `block_status` call of a `FileExport` reports.
@@ -627,7 +614,7 @@ mod tests {
         e.write_zeroes(4096, 8192, ZeroFlags::default()).unwrap();
         let mut b = vec![1u8; 8192];
         e.read(4096, &mut b).unwrap();
-        assert!(is_zero(&b));
+        assert!(sendense_io::is_zero(&b));
     }
 
     #[test]

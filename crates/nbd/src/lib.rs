@@ -21,7 +21,6 @@ pub mod export;
 #[cfg(feature = "tokio")]
 pub mod server;
 pub mod session;
-mod sys;
 pub mod tls;
 pub mod wire;
 

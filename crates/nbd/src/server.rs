@@ -64,14 +64,20 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::codec;
 use crate::error::NbdError;
-use crate::export::{ConnectionGuard, Export, ExportError, ExportRegistry, ZeroFlags, is_zero};
+use crate::export::{ConnectionGuard, Export, ExportError, ExportRegistry, ZeroFlags};
+use sendense_io::is_zero;
 
 use crate::session::{Negotiated, ServerSession, SessionAction, TlsPolicy};
 use crate::wire::{self, ChunkPayload, Errno, Request, cflag, chunk, cmd, state};
 
-mod payload;
-pub use payload::PAYLOAD_ALIGN;
-use payload::{Payload, PayloadPool};
+use sendense_io::{BufPool, PooledBuf};
+
+/// Alignment of READ and WRITE payload buffers: the page size, so an export can hand them to
+/// `O_DIRECT` reads and writes.
+pub const PAYLOAD_ALIGN: usize = sendense_io::PAGE_SIZE;
+
+/// Free payload buffers a connection keeps for reuse; more are dropped when they come back.
+const KEEP_FREE_PAYLOADS: usize = 8;
 
 /// Server limits, deadlines and TLS. The defaults suit a hub: see each field.
 #[derive(Debug, Clone)]
@@ -592,7 +598,7 @@ impl Conn {
         let (tx, rx) = mpsc::channel::<Out>(requests.available_permits());
         let writer = AbortOnDrop(tokio::spawn(writer_task(wr, rx, opts.reply_timeout)));
         let bytes = Arc::new(Semaphore::new(max_bytes as usize));
-        let payloads = PayloadPool::default();
+        let payloads = BufPool::new(KEEP_FREE_PAYLOADS);
         let ctx = Arc::new(Ctx {
             export: Arc::clone(&n.export),
             payloads: payloads.clone(),
@@ -650,10 +656,10 @@ impl Conn {
                 _bytes: own,
                 _budget: budget,
             };
-            let mut payload = Payload::empty();
+            let mut payload = PooledBuf::empty();
             if req.command == cmd::WRITE {
                 payload = payloads.take(req.length as usize);
-                match timeout(opts.payload_timeout, rd.read_exact(payload.bytes_mut())).await {
+                match timeout(opts.payload_timeout, rd.read_exact(&mut payload[..])).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => break Err(e.into()),
                     Err(_) => {
@@ -772,7 +778,7 @@ async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, msg: Out) -> std::io::Resul
 /// What the request workers of one connection share.
 struct Ctx {
     export: Arc<dyn Export>,
-    payloads: PayloadPool,
+    payloads: BufPool,
     structured: bool,
     base_allocation: bool,
 }
@@ -780,9 +786,9 @@ struct Ctx {
 impl Ctx {
     /// [`Self::handle`] with the payload's buffer given back to its pool as soon as the
     /// request is done; a panicking export answers `EIO`.
-    fn answer(&self, req: &Request, payload: Payload) -> Vec<Bytes> {
+    fn answer(&self, req: &Request, payload: PooledBuf) -> Vec<Bytes> {
         let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.handle(req, payload.bytes())
+            self.handle(req, &payload[..])
         }))
         .unwrap_or_else(|_| self.error_reply(req, Errno::Io));
         drop(payload);
@@ -860,13 +866,13 @@ impl Ctx {
 
     fn read(&self, req: &Request) -> Vec<Bytes> {
         let mut buf = self.payloads.take(req.length as usize);
-        if let Err(e) = self.export.read(req.offset, buf.bytes_mut()) {
+        if let Err(e) = self.export.read(req.offset, &mut buf[..]) {
             return self.error_reply(req, e.errno());
         }
         if !self.structured {
             return vec![simple(0, req.cookie), Bytes::from_owner(buf)];
         }
-        if buf.bytes().is_empty() {
+        if buf.is_empty() {
             return vec![chunk_bytes(
                 chunk::FLAG_DONE,
                 req.cookie,

@@ -66,5 +66,6 @@ pub use options::{BackingSpec, CreateOptions, OpenOptions};
 /// before reaching it); [`MAX_CHAIN_DEPTH`] caps any [`OpenOptions::max_chain_depth`].
 pub use options::{DEFAULT_CHAIN_DEPTH, MAX_CHAIN_DEPTH};
 pub use parse::{BackingFormat, CompressionType};
+pub use sendense_io::{AlignedBuf, is_direct_aligned};
 pub use status::{Extent, ExtentState};
-pub use storage::{AlignedBuf, DIRECT_ALIGN, FileStorage, MemStorage, Storage};
+pub use storage::{DIRECT_ALIGN, FileStorage, MemStorage, Storage};

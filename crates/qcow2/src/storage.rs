@@ -13,19 +13,17 @@
 //! drops cached pages of a range before a direct write to it, so buffered reads stay coherent,
 //! and `fsync` on either descriptor makes both kinds of write durable.
 
+use sendense_io::is_direct_aligned;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
-
 /// Alignment (memory address, file offset and length) a write needs to bypass the page cache.
-pub const DIRECT_ALIGN: usize = 4096;
+pub const DIRECT_ALIGN: usize = sendense_io::PAGE_SIZE;
 
 /// Positional I/O on an image file.
 pub trait Storage: Send + Sync + fmt::Debug {
@@ -95,76 +93,6 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn read_data_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.read_at(buf, offset)
     }
-}
-
-/// One 4 KiB page, aligned to [`DIRECT_ALIGN`].
-#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-#[repr(C, align(4096))]
-struct Page([u8; DIRECT_ALIGN]);
-
-/// A byte buffer whose start is aligned to [`DIRECT_ALIGN`], so that writes from it can use
-/// direct I/O. Dereferences to `[u8]` of its current length.
-#[derive(Clone, Default)]
-pub struct AlignedBuf {
-    pages: Vec<Page>,
-    len: usize,
-}
-
-impl fmt::Debug for AlignedBuf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AlignedBuf")
-            .field("len", &self.len)
-            .finish()
-    }
-}
-
-impl AlignedBuf {
-    /// `len` zero bytes.
-    #[must_use]
-    pub fn zeroed(len: usize) -> Self {
-        let mut b = Self::default();
-        b.resize(len);
-        b
-    }
-
-    /// Sets the length to `len`. Growing exposes zeros or bytes left from an earlier, longer
-    /// use of this buffer (callers overwrite them); the allocation is kept when shrinking.
-    pub fn resize(&mut self, len: usize) {
-        let pages = len.div_ceil(DIRECT_ALIGN);
-        if pages > self.pages.len() {
-            self.pages.resize(pages, Page::new_zeroed());
-        }
-        self.len = len;
-    }
-
-    /// Bytes the buffer holds without reallocating.
-    #[must_use]
-    pub fn capacity(&self) -> usize {
-        self.pages.len() * DIRECT_ALIGN
-    }
-}
-
-impl Deref for AlignedBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.pages.as_bytes()[..self.len]
-    }
-}
-
-impl DerefMut for AlignedBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.pages.as_mut_bytes()[..self.len]
-    }
-}
-
-/// Whether I/O of `buf` at `offset` meets the direct-I/O alignment.
-#[must_use]
-pub fn is_direct_aligned(buf: &[u8], offset: u64) -> bool {
-    let a = DIRECT_ALIGN as u64;
-    (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
-        && buf.len().is_multiple_of(DIRECT_ALIGN)
-        && !buf.is_empty()
-        && offset.is_multiple_of(a)
 }
 
 /// An image file: positional I/O through the page cache, plus an optional second descriptor
@@ -323,7 +251,11 @@ impl Storage for File {
         Self::sync_all(self)
     }
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        crate::sys::punch_hole(self, offset, len)
+        // A file system that cannot punch holes keeps the space: freed clusters stay allocated.
+        match sendense_io::sparse::punch_hole(self, offset, len) {
+            Err(e) if sendense_io::sparse::unsupported(&e) => Ok(()),
+            r => r,
+        }
     }
 }
 
@@ -400,34 +332,9 @@ impl Storage for MemStorage {
 
 #[cfg(test)]
 mod tests {
+    use sendense_io::AlignedBuf;
+
     use super::*;
-
-    #[test]
-    fn aligned_buf_is_aligned_and_resizes() {
-        let mut b = AlignedBuf::zeroed(10_000);
-        assert_eq!(b.len(), 10_000);
-        assert!(b.iter().all(|&x| x == 0));
-        assert_eq!(b.as_ptr() as usize % DIRECT_ALIGN, 0);
-        b[9_999] = 7;
-        b.resize(100);
-        assert_eq!(b.len(), 100);
-        assert_eq!(b.capacity(), 3 * DIRECT_ALIGN);
-        b.resize(20_000);
-        assert_eq!(b.len(), 20_000);
-        assert_eq!(b[9_999], 7);
-        assert_eq!(b.as_ptr() as usize % DIRECT_ALIGN, 0);
-    }
-
-    #[test]
-    fn direct_alignment_needs_pointer_offset_and_length() {
-        let b = AlignedBuf::zeroed(2 * DIRECT_ALIGN);
-        assert!(is_direct_aligned(&b, 0));
-        assert!(is_direct_aligned(&b, 65_536));
-        assert!(!is_direct_aligned(&b, 512));
-        assert!(!is_direct_aligned(&b[..DIRECT_ALIGN + 1], 0));
-        assert!(!is_direct_aligned(&b[1..=DIRECT_ALIGN], 0));
-        assert!(!is_direct_aligned(&b[..0], 0));
-    }
 
     #[test]
     fn file_storage_direct_and_buffered_writes_read_back() {

@@ -1,9 +1,8 @@
-//! Thin wrappers over the libc calls this crate needs: open file description (OFD) locks
-//! and hole punching.
+//! Thin wrappers over the libc calls this crate needs: open file description (OFD) locks.
 //!
-//! JUSTIFICATION: `fcntl(F_OFD_SETLK / F_OFD_GETLK)` and `fallocate(PUNCH_HOLE)` have no safe
-//! wrappers in std; QEMU's locking protocol needs exactly these calls on single bytes, and
-//! freed clusters give their space back with a punched hole.
+//! JUSTIFICATION: `fcntl(F_OFD_SETLK / F_OFD_GETLK)` on single bytes has no safe wrapper in
+//! std or rustix (rustix's `fcntl_lock` locks whole files); QEMU's locking protocol needs
+//! exactly these calls. Hole punching goes through `sendense-io` (rustix, no `unsafe`).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -65,34 +64,6 @@ pub(crate) fn ofd_conflicts(fd: &impl AsRawFd, start: u64) -> io::Result<bool> {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
-        }
-    }
-}
-
-/// Deallocates `[offset, offset + len)` keeping the file size; unsupported file systems are
-/// ignored (the space simply stays allocated).
-pub(crate) fn punch_hole(fd: &impl AsRawFd, offset: u64, len: u64) -> io::Result<()> {
-    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset"))?;
-    let len = libc::off_t::try_from(len).map_err(|_| io::Error::other("length"))?;
-    loop {
-        // SAFETY: plain syscall on a borrowed, open fd with integer arguments; no memory is
-        // passed.
-        let r = unsafe {
-            libc::fallocate(
-                fd.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off,
-                len,
-            )
-        };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => {}
-            Some(libc::EOPNOTSUPP | libc::ENOSYS) => return Ok(()),
-            _ => return Err(e),
         }
     }
 }
