@@ -52,7 +52,7 @@ pub enum QuickstartError {
     },
     /// The hub did not start.
     #[error("Cannot start the hub")]
-    Hub(#[from] daemon::DaemonError),
+    Hub(#[from] sendense_hub::error::HubError),
     /// The client failed.
     #[error("Client")]
     Client(#[from] sendense_client::ClientError),
@@ -142,7 +142,7 @@ async fn run_in(root: &Path, size: u64) -> Result<String, QuickstartError> {
         &client_dir,
     ) {
         hub.stop().await;
-        return Err(QuickstartError::Hub(e.into()));
+        return Err(QuickstartError::Hub(e));
     }
     let outcome = drive(root, &vm_dir, &restore_dir, size, hub.api_addr.port()).await;
     hub.stop().await;

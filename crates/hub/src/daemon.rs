@@ -67,39 +67,6 @@ pub struct HubConfig {
     pub nbd_client_certs: ClientCerts,
 }
 
-/// Errors starting the daemon.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DaemonError {
-    /// The data folder could not be prepared.
-    #[error("Cannot prepare data folder {path}")]
-    DataDir {
-        /// The folder.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// TLS material or token could not be made or read.
-    #[error("Cannot prepare TLS material or API token")]
-    Setup(#[from] crate::tls::TlsSetupError),
-    /// The TLS folder could not be loaded.
-    #[error("Cannot load the hub's TLS material")]
-    Tls(#[source] sendense_nbd::NbdError),
-    /// The catalog or the engine failed.
-    #[error("Backup engine")]
-    Engine(#[from] HubError),
-    /// A listen address could not be bound.
-    #[error("Cannot listen on {addr}: is another hub running there? (--api / --nbd choose others)")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// A started hub: its addresses, and the handle that stops it.
 #[derive(Debug)]
 pub struct RunningHub {
@@ -141,10 +108,10 @@ impl Listeners {
     /// Binds `config.api_listen` and `config.nbd_listen`.
     ///
     /// # Errors
-    /// [`DaemonError::Bind`] naming the address in use.
-    pub fn bind(config: &HubConfig) -> Result<Self, DaemonError> {
+    /// [`HubError::Bind`] naming the address in use.
+    pub fn bind(config: &HubConfig) -> Result<Self, HubError> {
         let bind = |addr| {
-            std::net::TcpListener::bind(addr).map_err(|source| DaemonError::Bind { addr, source })
+            std::net::TcpListener::bind(addr).map_err(|source| HubError::Bind { addr, source })
         };
         Ok(Self {
             nbd: bind(config.nbd_listen)?,
@@ -162,7 +129,7 @@ pub async fn run(
     listeners: Listeners,
     config: HubConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError> {
+) -> Result<(), HubError> {
     start_on(listeners, config).await?.run_until(shutdown).await;
     Ok(())
 }
@@ -170,8 +137,8 @@ pub async fn run(
 /// Starts the hub on the addresses of `config`: binds them, then as [`start_on`].
 ///
 /// # Errors
-/// See [`start_on`]; [`DaemonError::Bind`] when an address is taken.
-pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
+/// See [`start_on`]; [`HubError::Bind`] when an address is taken.
+pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let listeners = Listeners::bind(&config)?;
     start_on(listeners, config).await
 }
@@ -181,7 +148,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, DaemonError> {
 ///
 /// # Errors
 /// The data folder, TLS material, catalog or listeners cannot be used.
-pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<RunningHub, DaemonError> {
+pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<RunningHub, HubError> {
     let data = config.data_dir.clone();
     let repository = data.join(REPOSITORY_DIR);
     // Everything the hub creates from now on is its user's alone (files 0600, folders 0700),
@@ -195,22 +162,22 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         .unwrap_or_else(|| config.nbd_listen.ip().to_string());
     let tls_dir = data.join(TLS_DIR);
     if sendense_nbd::tls::ensure_certificates(&tls_dir, std::slice::from_ref(&host))
-        .map_err(crate::tls::TlsSetupError::Material)?
+        .map_err(HubError::TlsMaterial)?
     {
         tracing::info!(dir = %tls_dir.display(), "created the hub's CA and certificate");
     }
     let token = crate::token::load_or_create(&data)?;
-    let api_tls =
-        sendense_nbd::tls::server_config_from_dir(&tls_dir, false).map_err(DaemonError::Tls)?;
+    let api_tls = sendense_nbd::tls::server_config_from_dir(&tls_dir, false)
+        .map_err(HubError::TlsMaterial)?;
     let nbd_tls = sendense_nbd::tls::server_config_from_dir_with(&tls_dir, config.nbd_client_certs)
-        .map_err(DaemonError::Tls)?;
+        .map_err(HubError::TlsMaterial)?;
 
     let catalog = Arc::new(Catalog::open_in(&data).map_err(HubError::from)?);
     let credentials = Arc::new(Credentials::open(Arc::clone(&catalog), &data)?);
     let registry = Arc::new(ExportRegistry::new());
 
     let Listeners { api, nbd } = listeners;
-    let bind_err = |addr| move |source| DaemonError::Bind { addr, source };
+    let bind_err = |addr| move |source| HubError::Bind { addr, source };
     let nbd_addr = nbd.local_addr().map_err(bind_err(config.nbd_listen))?;
     let api_addr = api.local_addr().map_err(bind_err(config.api_listen))?;
     nbd.set_nonblocking(true)
@@ -250,7 +217,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(api_tls));
     let api_handle = axum_server::Handle::new();
     let api_server = axum_server::from_tcp_rustls(api_listener, rustls_config)
-        .map_err(|source| DaemonError::Bind {
+        .map_err(|source| HubError::Bind {
             addr: config.api_listen,
             source,
         })?

@@ -193,6 +193,28 @@ pub enum HubError {
     /// A blocking worker panicked (a bug).
     #[error("Internal worker failure")]
     Worker,
+    /// The hub's TLS material could not be made, read or issued.
+    #[error("Cannot prepare the hub's TLS material")]
+    TlsMaterial(#[source] sendense_nbd::NbdError),
+    /// `cert issue` needs the hub's CA, which is not there.
+    #[error(
+        "No CA in {dir} ({file} is missing): start the hub once with this --data-dir to create it"
+    )]
+    NoCa {
+        /// The hub's TLS folder.
+        dir: PathBuf,
+        /// The missing file.
+        file: &'static str,
+    },
+    /// A listen address could not be bound.
+    #[error("Cannot listen on {addr}: is another hub running there? (--api / --nbd choose others)")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The key file is gone while the catalog holds credentials sealed with it: a new key
     /// would silently make them unusable.
     #[error(

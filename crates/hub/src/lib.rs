@@ -15,3 +15,4 @@ pub mod tls;
 pub mod token;
 
 pub use daemon::{HubConfig, Listeners, RunningHub, run, start};
+pub use error::HubError;

@@ -15,39 +15,12 @@
 //! [`sendense_nbd::tls::write_atomic`] (random exclusive temporary, fsync,
 //! rename, folder fsync).
 
+use crate::error::HubError;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use sendense_nbd::tls::{CLIENT_CERT, DIR_MODE, FILE_MODE};
-
-/// Errors creating or reading the hub's files (TLS folder, token, data folder).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TlsSetupError {
-    /// A file could not be read or written.
-    #[error("Cannot write TLS file {path}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The TLS material could not be made, read or issued.
-    #[error("Cannot prepare the hub's TLS material")]
-    Material(#[from] sendense_nbd::NbdError),
-    /// `cert issue` needs the hub's CA, which is not there.
-    #[error(
-        "No CA in {dir} ({file} is missing): start the hub once with this --data-dir to create it"
-    )]
-    NoCa {
-        /// The hub's TLS folder.
-        dir: PathBuf,
-        /// The missing file.
-        file: &'static str,
-    },
-}
 
 /// Issues a client certificate for `name` with the CA in the hub's TLS folder
 /// `tls_dir` (`DATA/tls`) and writes QEMU's client layout to `out` (see
@@ -55,13 +28,13 @@ pub enum TlsSetupError {
 /// does.
 ///
 /// # Errors
-/// [`TlsSetupError::NoCa`] when the hub has no CA yet (it makes one on its
-/// first start); [`TlsSetupError::Material`] for a bad name, bad CA material or
+/// [`HubError::NoCa`] when the hub has no CA yet (it makes one on its
+/// first start); [`HubError::TlsMaterial`] for a bad name, bad CA material or
 /// a file that cannot be read or written.
-pub fn issue_client_folder(tls_dir: &Path, name: &str, out: &Path) -> Result<(), TlsSetupError> {
+pub fn issue_client_folder(tls_dir: &Path, name: &str, out: &Path) -> Result<(), HubError> {
     sendense_nbd::tls::issue_client_folder(tls_dir, name, out).map_err(|e| match e {
-        sendense_nbd::NbdError::NoCa { dir, file } => TlsSetupError::NoCa { dir, file },
-        e => TlsSetupError::Material(e),
+        sendense_nbd::NbdError::NoCa { dir, file } => HubError::NoCa { dir, file },
+        e => HubError::TlsMaterial(e),
     })
 }
 
@@ -70,8 +43,8 @@ pub fn issue_client_folder(tls_dir: &Path, name: &str, out: &Path) -> Result<(),
 ///
 /// # Errors
 /// The folder cannot be made or its mode set.
-pub fn create_private_dir(dir: &Path) -> Result<(), TlsSetupError> {
-    sendense_nbd::tls::create_private_dir(dir).map_err(|source| TlsSetupError::Io {
+pub fn create_private_dir(dir: &Path) -> Result<(), HubError> {
+    sendense_nbd::tls::create_private_dir(dir).map_err(|source| HubError::Io {
         path: dir.to_path_buf(),
         source,
     })
@@ -83,10 +56,10 @@ pub fn create_private_dir(dir: &Path) -> Result<(), TlsSetupError> {
 ///
 /// # Errors
 /// A folder cannot be listed or a mode cannot be set.
-pub fn restrict_tree(root: &Path) -> Result<(), TlsSetupError> {
+pub fn restrict_tree(root: &Path) -> Result<(), HubError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| TlsSetupError::Io { path, source }
+        move |source| HubError::Io { path, source }
     };
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
@@ -113,9 +86,9 @@ pub fn restrict_tree(root: &Path) -> Result<(), TlsSetupError> {
 /// [`sendense_nbd::tls::write_atomic`]).
 ///
 /// # Errors
-/// [`TlsSetupError::Io`] naming `path`.
-pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsSetupError> {
-    sendense_nbd::tls::write_atomic(path, bytes, mode).map_err(|source| TlsSetupError::Io {
+/// [`HubError::Io`] naming `path`.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), HubError> {
+    sendense_nbd::tls::write_atomic(path, bytes, mode).map_err(|source| HubError::Io {
         path: path.to_path_buf(),
         source,
     })
@@ -138,7 +111,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                TlsSetupError::NoCa {
+                HubError::NoCa {
                     file: sendense_nbd::tls::CA_CERT,
                     ..
                 }

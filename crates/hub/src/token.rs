@@ -4,7 +4,8 @@
 use std::fs;
 use std::path::Path;
 
-use crate::tls::{TlsSetupError, write_file};
+use crate::error::HubError;
+use crate::tls::write_file;
 
 /// Token file name inside the data folder.
 pub const TOKEN_FILE: &str = "api.token";
@@ -13,13 +14,13 @@ pub const TOKEN_FILE: &str = "api.token";
 ///
 /// # Errors
 /// The file cannot be read or written, or holds no token.
-pub fn load_or_create(data_dir: &Path) -> Result<String, TlsSetupError> {
+pub fn load_or_create(data_dir: &Path) -> Result<String, HubError> {
     let path = data_dir.join(TOKEN_FILE);
     match fs::read_to_string(&path) {
         Ok(text) => {
             let token = text.trim().to_owned();
             if token.len() < 32 {
-                return Err(TlsSetupError::Io {
+                return Err(HubError::Io {
                     path,
                     source: std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
@@ -36,7 +37,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, TlsSetupError> {
             write_file(&path, format!("{token}\n").as_bytes(), 0o600)?;
             Ok(token)
         }
-        Err(source) => Err(TlsSetupError::Io { path, source }),
+        Err(source) => Err(HubError::Io { path, source }),
     }
 }
 
