@@ -83,18 +83,6 @@ impl Payload {
     }
 }
 
-impl From<&[u8]> for Payload {
-    /// A payload of its own page-aligned copy of `data`.
-    fn from(data: &[u8]) -> Self {
-        let mut buf = AlignedBuf::zeroed(data.len());
-        buf.copy_from_slice(data);
-        Self {
-            range: 0..data.len(),
-            buf: Arc::new(buf),
-        }
-    }
-}
-
 impl Deref for Payload {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
