@@ -7,18 +7,18 @@
 //! `<to>.partial` and renamed onto `<to>` only when complete. The exports are closed at the end,
 //! also when something failed.
 //!
-//! Writes run on tokio's blocking pool from page-aligned copies of the data
-//! ([`sendense_qcow2::AlignedBuf`]), so that both formats write with `O_DIRECT` where the file
-//! system allows it: a buffered write of fresh data costs more CPU than the copy and the
-//! network together (see `sendense_qcow2::storage`).
+//! Writes, zeroing and flushes run on tokio's blocking pool. A write takes the engine's
+//! page-aligned request buffer as it is ([`Payload`], no copy), so that both formats write
+//! with `O_DIRECT` where the file system allows it: a buffered write of fresh data costs more
+//! CPU than the network (see `sendense_qcow2::storage`).
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
-use sendense_qcow2::{AlignedBuf, CreateOptions, FileStorage, Image, Storage};
+use sendense_qcow2::{CreateOptions, FileStorage, Image, Storage};
 use sendense_types::{BackupId, DiskKey};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -28,7 +28,7 @@ use crate::error::ClientError;
 use crate::hub::{HubClient, HubOptions};
 use crate::progress::{NoProgress, Progress};
 use sendense_transfer::engine::{
-    BlockTarget, DiskPlan, DiskTransfer, TargetConnector, TransferOptions, transfer_disk,
+    BlockTarget, DiskPlan, DiskTransfer, Payload, TargetConnector, TransferOptions, transfer_disk,
 };
 use sendense_transfer::nbd::{NbdConnector, NbdSource, NbdUri};
 use sendense_transfer::source::{BoxFuture, DiskSource};
@@ -256,14 +256,10 @@ impl LocalImage {
     }
 }
 
-/// Aligned copy buffers kept for reuse by a [`LocalTarget`].
-const KEEP_BUFFERS: usize = 16;
-
 /// A local image as a write target (one shared "connection").
 struct LocalTarget {
     image: Arc<LocalImage>,
     path: PathBuf,
-    buffers: Mutex<Vec<AlignedBuf>>,
 }
 
 impl fmt::Debug for LocalTarget {
@@ -309,21 +305,22 @@ impl LocalTarget {
             Ok(Arc::new(Self {
                 image: Arc::new(image),
                 path,
-                buffers: Mutex::new(Vec::new()),
             }))
         })
         .await
         .map_err(|_| TransferError::Interrupted)?
     }
 
-    fn zero_blocking(&self, offset: u64, length: u64) -> io::Result<()> {
-        match self.image.as_ref() {
-            // A new sparse file reads zeros already; punching is not needed.
-            LocalImage::Raw(_) => Ok(()),
-            LocalImage::Qcow2(image) => image
-                .write_zeroes(offset, length)
-                .map_err(|e| io::Error::other(e.to_string())),
-        }
+    /// Runs `f` on the image on tokio's blocking pool.
+    async fn blocking<F>(&self, f: F) -> Result<(), TransferError>
+    where
+        F: FnOnce(&LocalImage) -> io::Result<()> + Send + 'static,
+    {
+        let image = Arc::clone(&self.image);
+        tokio::task::spawn_blocking(move || f(&image))
+            .await
+            .map_err(|_| TransferError::Interrupted)?
+            .map_err(|e| self.err(e))
     }
 
     fn err(&self, source: io::Error) -> TransferError {
@@ -346,46 +343,42 @@ impl TargetConnector for LocalConnector {
 }
 
 impl BlockTarget for LocalTarget {
-    fn write<'a>(
-        &'a self,
-        offset: u64,
-        data: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), TransferError>> {
-        Box::pin(async move {
-            let mut buf = self
-                .buffers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop()
-                .unwrap_or_default();
-            buf.resize(data.len());
-            buf.copy_from_slice(data);
-            let image = Arc::clone(&self.image);
-            let buf = tokio::task::spawn_blocking(move || {
-                image.write_blocking(offset, &buf).map(|()| buf)
-            })
-            .await
-            .map_err(|_| TransferError::Interrupted)?
-            .map_err(|e| self.err(e))?;
-            let mut free = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
-            if free.len() < KEEP_BUFFERS {
-                free.push(buf);
-            }
-            Ok(())
-        })
+    fn write(&self, offset: u64, data: Payload) -> BoxFuture<'_, Result<(), TransferError>> {
+        Box::pin(self.blocking(move |image| image.write_blocking(offset, &data)))
     }
 
     fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), TransferError>> {
-        Box::pin(async move { self.zero_blocking(offset, length).map_err(|e| self.err(e)) })
+        Box::pin(async move {
+            match self.image.as_ref() {
+                // A new sparse file reads zeros already; punching is not needed.
+                LocalImage::Raw(_) => Ok(()),
+                LocalImage::Qcow2(_) => {
+                    self.blocking(move |image| match image {
+                        LocalImage::Raw(_) => Ok(()),
+                        LocalImage::Qcow2(image) => image
+                            .write_zeroes(offset, length)
+                            .map_err(|e| io::Error::other(e.to_string())),
+                    })
+                    .await
+                }
+            }
+        })
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), TransferError>> {
         Box::pin(async move {
             match self.image.as_ref() {
+                // The raw file is synced once, when it is renamed into place.
                 LocalImage::Raw(_) => Ok(()),
-                LocalImage::Qcow2(image) => image
-                    .flush()
-                    .map_err(|e| self.err(io::Error::other(e.to_string()))),
+                LocalImage::Qcow2(_) => {
+                    self.blocking(|image| match image {
+                        LocalImage::Raw(_) => Ok(()),
+                        LocalImage::Qcow2(image) => {
+                            image.flush().map_err(|e| io::Error::other(e.to_string()))
+                        }
+                    })
+                    .await
+                }
             }
         })
     }

@@ -120,6 +120,17 @@ impl BufPool {
     /// from the pool when one is free. It comes back to the pool when dropped.
     #[must_use]
     pub fn take(&self, len: usize) -> PooledBuf {
+        PooledBuf {
+            buf: self.get(len),
+            pool: Some(self.clone()),
+        }
+    }
+
+    /// A buffer of `len` bytes to own outright (contents unspecified), reused from the pool
+    /// when one is free; [`Self::put`] gives it back. For callers that move the buffer through
+    /// APIs taking an [`AlignedBuf`] by value.
+    #[must_use]
+    pub fn get(&self, len: usize) -> AlignedBuf {
         let mut buf = self
             .free
             .lock()
@@ -127,9 +138,14 @@ impl BufPool {
             .pop()
             .unwrap_or_default();
         buf.resize(len);
-        PooledBuf {
-            buf,
-            pool: Some(self.clone()),
+        buf
+    }
+
+    /// Gives `buf` back for reuse (dropped when the pool already keeps enough).
+    pub fn put(&self, buf: AlignedBuf) {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        if free.len() < self.keep {
+            free.push(buf);
         }
     }
 
@@ -193,10 +209,7 @@ impl AsRef<[u8]> for PooledBuf {
 impl Drop for PooledBuf {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.take() {
-            let mut free = pool.free.lock().unwrap_or_else(PoisonError::into_inner);
-            if free.len() < pool.keep {
-                free.push(std::mem::take(&mut self.buf));
-            }
+            pool.put(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -258,5 +271,10 @@ mod tests {
         drop(held);
         assert_eq!(pool.free_count(), 8);
         assert!(PooledBuf::empty().is_empty());
+        let owned: Vec<AlignedBuf> = (0..3).map(|_| pool.get(100)).collect();
+        assert_eq!(pool.free_count(), 5, "get takes from the free list");
+        owned.into_iter().for_each(|b| pool.put(b));
+        pool.put(AlignedBuf::zeroed(1));
+        assert_eq!(pool.free_count(), 8, "put keeps at most `keep`");
     }
 }

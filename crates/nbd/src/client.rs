@@ -12,7 +12,9 @@
 //! written can leave a partial request on the wire; the connection is then
 //! unusable. Dropping it after the write only discards the reply.
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::ops::DerefMut;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -36,6 +38,34 @@ type Result<T> = std::result::Result<T, NbdError>;
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The buffer of a read in flight: any owned byte buffer (a `Vec<u8>`, a page-aligned buffer),
+/// filled in place by the reader task and handed back to the caller.
+trait ReadSink: Send {
+    fn len(&self) -> usize;
+    fn bytes(&mut self) -> &mut [u8];
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
+impl<B: DerefMut<Target = [u8]> + Send + 'static> ReadSink for B {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
+
+impl std::fmt::Debug for dyn ReadSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadSink")
+    }
+}
 
 /// Connection options.
 #[derive(Debug, Clone)]
@@ -114,7 +144,7 @@ struct Waiter {
 enum Kind {
     Read {
         offset: u64,
-        buf: Vec<u8>,
+        buf: Box<dyn ReadSink>,
         /// Bytes the reply's chunks have filled so far (chunks never overlap).
         covered: usize,
     },
@@ -128,7 +158,7 @@ enum Kind {
 #[derive(Debug)]
 enum Outcome {
     Done,
-    Data(Vec<u8>),
+    Data(Box<dyn ReadSink>),
     Extents(Vec<BlockExtent>),
 }
 
@@ -247,13 +277,35 @@ impl Client {
     pub async fn read_into(&self, offset: u64, mut buf: Vec<u8>, len: u32) -> Result<Vec<u8>> {
         self.check_payload(len)?;
         buf.resize(len as usize, 0);
+        self.read_into_buf(offset, buf).await
+    }
+
+    /// Reads `buf.len()` bytes at `offset` into `buf`, any owned byte buffer (e.g. a
+    /// page-aligned one for `O_DIRECT` writes later), and hands it back; its earlier contents
+    /// do not matter.
+    ///
+    /// # Errors
+    /// Server error, closed connection, length above the maximum payload, a reply that does
+    /// not cover the whole request.
+    pub async fn read_into_buf<B>(&self, offset: u64, buf: B) -> Result<B>
+    where
+        B: DerefMut<Target = [u8]> + Send + 'static,
+    {
+        let len = u32::try_from(buf.len()).map_err(|_| NbdError::InvalidArgument {
+            what: "read larger than 4 GiB",
+        })?;
+        self.check_payload(len)?;
         let kind = Kind::Read {
             offset,
-            buf,
+            buf: Box::new(buf),
             covered: 0,
         };
         match self.submit(cmd::READ, 0, offset, len, None, kind).await? {
-            Outcome::Data(d) => Ok(d),
+            Outcome::Data(d) => d
+                .into_any()
+                .downcast::<B>()
+                .map(|b| *b)
+                .map_err(|_| NbdError::protocol("read answered another buffer")),
             _ => Err(NbdError::protocol("read finished without data")),
         }
     }
@@ -712,7 +764,7 @@ async fn read_replies(
         };
         match header {
             ReplyHeader::Simple { error, cookie } => {
-                let Some(mut w) = inner.lock().waiters.remove(&cookie) else {
+                let Some(w) = inner.lock().waiters.remove(&cookie) else {
                     return Err(NbdError::protocol("reply for unknown cookie"));
                 };
                 if error != 0 {
@@ -721,10 +773,10 @@ async fn read_replies(
                     }));
                     continue;
                 }
-                let outcome = match &mut w.kind {
-                    Kind::Read { buf, .. } => {
-                        rd.read_exact(buf).await?;
-                        Outcome::Data(std::mem::take(buf))
+                let outcome = match w.kind {
+                    Kind::Read { mut buf, .. } => {
+                        rd.read_exact(buf.bytes()).await?;
+                        Outcome::Data(buf)
                     }
                     Kind::BlockStatus { .. } => {
                         return Err(NbdError::protocol("simple reply to block status"));
@@ -803,7 +855,7 @@ async fn read_data_chunk(
     let Some(start) = start else {
         return Err(NbdError::protocol("OFFSET_DATA chunk outside the request"));
     };
-    rd.read_exact(&mut buf[start..start + n]).await?;
+    rd.read_exact(&mut buf.bytes()[start..start + n]).await?;
     *covered += n;
     Ok(())
 }
@@ -827,7 +879,7 @@ fn apply_chunk(w: &mut Waiter, payload: ChunkPayload) -> Result<()> {
             let Some(start) = start else {
                 return Err(NbdError::protocol("OFFSET_HOLE chunk outside the request"));
             };
-            buf[start..start + size as usize].fill(0);
+            buf.bytes()[start..start + size as usize].fill(0);
             *covered += size as usize;
         }
         ChunkPayload::BlockStatus {

@@ -8,8 +8,16 @@
 //! several workers on one connection). Reading in some workers overlaps writing in others.
 //! Memory is bounded whatever the disk sizes and their number: request buffers come from one
 //! [`BufferPool`] shared by every disk of a transfer, so at most `total_buffers` buffers of
-//! `request_size` exist at once, e.g. 12 × 4 MiB. A buffer moves to the source's reading
-//! thread and back ([`DiskSource::read_owned`]), so a local-file read costs no extra copy.
+//! `request_size` exist at once, e.g. 12 × 4 MiB. The buffers are page-aligned
+//! ([`AlignedBuf`]) and travel by ownership: a buffer moves to the source's reading thread (or
+//! the NBD reader) and back ([`DiskSource::read_owned`]), then, shared as [`Payload`]s, to the
+//! target, which may hand it to a writing thread; a local `O_DIRECT` write (restore) thus
+//! costs no extra copy either.
+//!
+//! Zero runs are found at the block size the target advertises ([`BlockTarget::block_size`],
+//! `NBD_INFO_BLOCK_SIZE` of the hub), or [`plan::ZERO_GRANULARITY`] when it advertises none.
+//! The data and zero segments of one request go out pipelined on its connection, all at
+//! once, and the request is done when every reply is in.
 //!
 //! A request that fails is retried once on a fresh connection, which then replaces the broken
 //! one, unless the failure is final ([`TransferError::is_final`]: a full repository, or a request
@@ -26,10 +34,12 @@
 //! reads of local files run on tokio's blocking pool.
 
 use std::fmt;
+use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use sendense_io::{AlignedBuf, BufPool};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::TransferError;
@@ -41,15 +51,43 @@ use sendense_io::join::try_join_all;
 /// One connection to a write target (an NBD export). Methods take `&self` and may be called
 /// concurrently (pipelined).
 pub trait BlockTarget: Send + Sync + fmt::Debug {
-    /// Writes `data` at `offset`.
-    fn write<'a>(&'a self, offset: u64, data: &'a [u8])
-    -> BoxFuture<'a, Result<(), TransferError>>;
+    /// Writes `data` at `offset`. The target may keep `data` (e.g. move it to a writing
+    /// thread) until the write is done; it shares the engine's request buffer, no copy.
+    fn write(&self, offset: u64, data: Payload) -> BoxFuture<'_, Result<(), TransferError>>;
     /// Makes `length` bytes at `offset` read as zeros.
     fn write_zeroes(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<(), TransferError>>;
     /// Makes every completed write durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), TransferError>>;
     /// Closes the connection politely (after in-flight requests).
     fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), TransferError>>;
+    /// The block size the target prefers for writes, if it advertised one (an NBD server's
+    /// `NBD_INFO_BLOCK_SIZE`): zero runs are detected at this granularity.
+    fn block_size(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Bytes `range` of a shared request buffer: what a [`BlockTarget`] writes. Cloning shares
+/// the buffer; the engine takes the buffer back once every write of its request is done.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    buf: Arc<AlignedBuf>,
+    range: Range<usize>,
+}
+
+impl Payload {
+    /// Bytes `range` of `buf`; `None` when `range` is not inside it.
+    #[must_use]
+    pub fn new(buf: Arc<AlignedBuf>, range: Range<usize>) -> Option<Self> {
+        (range.start <= range.end && range.end <= buf.len()).then_some(Self { buf, range })
+    }
+}
+
+impl Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
 }
 
 /// Opens connections to one write target.
@@ -160,7 +198,7 @@ pub async fn transfer_all(
     progress: &dyn Progress,
 ) -> Result<Vec<DiskStats>, TransferError> {
     check_options(options)?;
-    let pool = BufferPool::new(options.total_buffers);
+    let pool = BufferPool::new(options.total_buffers, options.request_size);
     let pool = &pool;
     let futures: Vec<BoxFuture<'_, Result<DiskStats, TransferError>>> = disks
         .iter()
@@ -171,20 +209,26 @@ pub async fn transfer_all(
     try_join_all(futures).await
 }
 
-/// Request buffers shared by the disks of a transfer: at most `count` exist at once.
+/// Request buffers shared by the disks of a transfer: at most `count` exist at once, each
+/// page-aligned and sized for the largest request, so that a read fills it in place and a
+/// direct (`O_DIRECT`) write can take it as it is.
 #[derive(Debug)]
 pub struct BufferPool {
     permits: tokio::sync::Semaphore,
-    free: Mutex<Vec<Vec<u8>>>,
+    free: BufPool,
+    buffer_size: usize,
 }
 
 impl BufferPool {
-    /// A pool of at most `count` (at least 1) buffers, allocated on first use.
+    /// A pool of at most `count` (at least 1) buffers of `buffer_size` bytes, allocated on
+    /// first use.
     #[must_use]
-    pub fn new(count: usize) -> Self {
+    pub fn new(count: usize, buffer_size: u64) -> Self {
+        let count = count.max(1);
         Self {
-            permits: tokio::sync::Semaphore::new(count.max(1)),
-            free: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(count),
+            free: BufPool::new(count),
+            buffer_size: usize::try_from(buffer_size).unwrap_or(usize::MAX),
         }
     }
 
@@ -195,35 +239,29 @@ impl BufferPool {
             .acquire()
             .await
             .map_err(|_| TransferError::Interrupted)?;
-        let buf = self
-            .free
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .unwrap_or_default();
+        let buf = self.free.get(self.buffer_size);
         Ok(PooledBuffer {
             pool: self,
-            buf,
+            buf: Some(buf),
             _permit: permit,
         })
     }
 }
 
-/// A buffer of a [`BufferPool`], given back when dropped.
+/// A buffer of a [`BufferPool`], given back when dropped. While a request uses it the buffer
+/// is out (`None`); a buffer a cancelled write still holds is not given back, and the pool
+/// allocates a fresh one later.
 struct PooledBuffer<'a> {
     pool: &'a BufferPool,
-    buf: Vec<u8>,
+    buf: Option<AlignedBuf>,
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
 impl Drop for PooledBuffer<'_> {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
-        self.pool
-            .free
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(buf);
+        if let Some(buf) = self.buf.take() {
+            self.pool.free.put(buf);
+        }
     }
 }
 
@@ -245,6 +283,7 @@ struct DiskRun<'a> {
     progress: &'a dyn Progress,
     pool: &'a BufferPool,
     request_size: u64,
+    granularity: u64,
     sent: AtomicU64,
     zeroed: AtomicU64,
     zero_skipped: AtomicU64,
@@ -263,7 +302,7 @@ pub async fn transfer_disk(
     progress: &dyn Progress,
 ) -> Result<DiskStats, TransferError> {
     check_options(options)?;
-    let pool = BufferPool::new(options.total_buffers);
+    let pool = BufferPool::new(options.total_buffers, options.request_size);
     transfer_disk_in(disk, options, progress, &pool).await
 }
 
@@ -324,6 +363,8 @@ async fn transfer_disk_inner(
         connections.push(disk.target.connect().await?);
     }
     let request_size = options.request_size;
+    let granularity = plan::zero_granularity(connections.first().and_then(|c| c.block_size()));
+    debug!(granularity, "zero detection granularity");
     let work = plan::requests(&extents, request_size, plan::ALIGN)
         .map(Work::Read)
         .chain(holes.iter().copied().map(Work::Zero));
@@ -335,6 +376,7 @@ async fn transfer_disk_inner(
         progress,
         pool,
         request_size,
+        granularity,
         sent: AtomicU64::new(0),
         zeroed: AtomicU64::new(0),
         zero_skipped: AtomicU64::new(0),
@@ -440,23 +482,27 @@ impl DiskRun<'_> {
                             reason: format!("request of {} bytes is too large", extent.length),
                         })?;
                     let mut pooled = self.pool.take().await?;
-                    let empty = std::mem::take(&mut pooled.buf);
-                    pooled.buf = self
+                    let empty = pooled.buf.take().unwrap_or_default();
+                    let buf = self
                         .disk
                         .source
                         .read_owned(extent.offset, empty, len)
                         .await
                         .map_err(|e| TransferError::source_failed(self.disk.disk_key, e))?;
-                    let buf = pooled.buf.get(..len).ok_or_else(|| {
-                        TransferError::source_failed(
+                    if buf.len() != len {
+                        return Err(TransferError::source_failed(
                             self.disk.disk_key,
                             TransferError::ShortRead {
                                 offset: extent.offset,
                             },
-                        )
-                    })?;
-                    let segments = plan::segments(buf, extent.offset, plan::ZERO_GRANULARITY);
-                    self.send_with_retry(index, buf, &segments).await?;
+                        ));
+                    }
+                    let segments = plan::segments(&buf, extent.offset, self.granularity);
+                    let buf = Arc::new(buf);
+                    self.send_with_retry(index, &buf, &segments).await?;
+                    // Every write is done: the buffer is ours again, unless a target kept a
+                    // share (then the pool makes a new one).
+                    pooled.buf = Arc::into_inner(buf);
                     extent
                 }
                 Work::Zero(extent) => {
@@ -464,7 +510,8 @@ impl DiskRun<'_> {
                         offset: extent.offset,
                         length: extent.length,
                     }];
-                    self.send_with_retry(index, &[], &segments).await?;
+                    let none = Arc::new(AlignedBuf::default());
+                    self.send_with_retry(index, &none, &segments).await?;
                     extent
                 }
             };
@@ -476,7 +523,7 @@ impl DiskRun<'_> {
     async fn send_with_retry(
         &self,
         slot: usize,
-        buf: &[u8],
+        buf: &Arc<AlignedBuf>,
         segments: &[Segment],
     ) -> Result<(), TransferError> {
         let conn = self.connection(slot);
@@ -501,29 +548,39 @@ impl DiskRun<'_> {
         self.send(fresh.as_ref(), buf, segments).await
     }
 
-    /// Sends one request's segments; counts bytes only when all succeeded.
+    /// Sends one request's segments, pipelined: every WRITE and WRITE_ZEROES is issued at
+    /// once on `conn`, then all replies are awaited. Counts bytes only when all succeeded.
     async fn send(
         &self,
         conn: &dyn BlockTarget,
-        buf: &[u8],
+        buf: &Arc<AlignedBuf>,
         segments: &[Segment],
     ) -> Result<(), TransferError> {
         let (mut sent, mut zeroed, mut skipped) = (0u64, 0u64, 0u64);
+        let mut calls: Vec<BoxFuture<'_, Result<(), TransferError>>> =
+            Vec::with_capacity(segments.len());
         for seg in segments {
             match *seg {
                 Segment::Data { offset, start, end } => {
-                    conn.write(offset, &buf[start..end]).await?;
+                    let payload = Payload::new(Arc::clone(buf), start..end).ok_or_else(|| {
+                        TransferError::InvalidArgument {
+                            what: "segment",
+                            reason: format!("{start}..{end} is outside the request buffer"),
+                        }
+                    })?;
+                    calls.push(conn.write(offset, payload));
                     sent += (end - start) as u64;
                 }
                 Segment::Zero { offset, length } => match self.policy {
                     ZeroPolicy::Skip => skipped += length,
                     ZeroPolicy::WriteZeroes => {
-                        conn.write_zeroes(offset, length).await?;
+                        calls.push(conn.write_zeroes(offset, length));
                         zeroed += length;
                     }
                 },
             }
         }
+        try_join_all(calls).await?;
         self.sent.fetch_add(sent, Ordering::Relaxed);
         self.zeroed.fetch_add(zeroed, Ordering::Relaxed);
         self.zero_skipped.fetch_add(skipped, Ordering::Relaxed);
@@ -555,6 +612,10 @@ mod tests {
         ops: Mutex<Vec<Op>>,
         in_flight: AtomicUsize,
         max_in_flight: AtomicUsize,
+        calls: AtomicUsize,
+        max_calls: AtomicUsize,
+        block_size: Mutex<Option<u64>>,
+        unaligned_writes: AtomicUsize,
         failures_left: AtomicUsize,
         failures_are_full: AtomicBool,
         connects: AtomicUsize,
@@ -567,6 +628,10 @@ mod tests {
                 ops: Mutex::new(Vec::new()),
                 in_flight: AtomicUsize::new(0),
                 max_in_flight: AtomicUsize::new(0),
+                calls: AtomicUsize::new(0),
+                max_calls: AtomicUsize::new(0),
+                block_size: Mutex::new(None),
+                unaligned_writes: AtomicUsize::new(0),
                 failures_left: AtomicUsize::new(0),
                 failures_are_full: AtomicBool::new(false),
                 connects: AtomicUsize::new(0),
@@ -588,7 +653,11 @@ mod tests {
                 let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             }
+            // Every call, whatever its kind: how many are in flight at once.
+            let now = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_calls.fetch_max(now, Ordering::SeqCst);
             tokio::task::yield_now().await;
+            self.calls.fetch_sub(1, Ordering::SeqCst);
             if counted {
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
@@ -632,12 +701,13 @@ mod tests {
     struct FakeConn(Arc<Recorder>);
 
     impl BlockTarget for FakeConn {
-        fn write<'a>(
-            &'a self,
-            offset: u64,
-            data: &'a [u8],
-        ) -> BoxFuture<'a, Result<(), TransferError>> {
-            Box::pin(self.0.op(Op::Write(offset, data.len() as u64), data))
+        fn write(&self, offset: u64, data: Payload) -> BoxFuture<'_, Result<(), TransferError>> {
+            Box::pin(async move {
+                if !sendense_io::is_direct_aligned(&data, offset) {
+                    self.0.unaligned_writes.fetch_add(1, Ordering::SeqCst);
+                }
+                self.0.op(Op::Write(offset, data.len() as u64), &data).await
+            })
         }
 
         fn write_zeroes(
@@ -654,6 +724,10 @@ mod tests {
 
         fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), TransferError>> {
             Box::pin(async { Ok(()) })
+        }
+
+        fn block_size(&self) -> Option<u64> {
+            *self.0.block_size.lock().unwrap()
         }
     }
 
@@ -968,5 +1042,116 @@ mod tests {
             matches!(err, TransferError::InvalidArgument { .. }),
             "{err:?}"
         );
+    }
+
+    /// 1 MiB of 64 KiB blocks alternating data and zeros.
+    fn striped() -> Vec<u8> {
+        let mut d = vec![0u8; MIB];
+        for block in d.chunks_mut(64 << 10).step_by(2) {
+            block.fill(9);
+        }
+        d
+    }
+
+    #[tokio::test]
+    async fn transfer_segments_of_one_request_go_out_pipelined() {
+        let rec = Recorder::new(vec![0xAAu8; MIB]);
+        let changed = vec![Extent::new(0, MIB as u64)];
+        let job = job(
+            MemorySource::new(striped()),
+            &rec,
+            DiskPlan::Changed(changed),
+        );
+
+        // One connection, one request in flight: only pipelining puts two calls in flight.
+        let stats = transfer_disk(&job, opts(1, 1), &NoProgress).await.unwrap();
+
+        assert_eq!(rec.data(), striped());
+        let ops = rec.ops();
+        assert_eq!(ops.iter().filter(|o| matches!(o, Op::Write(..))).count(), 8);
+        assert_eq!(ops.iter().filter(|o| matches!(o, Op::Zero(..))).count(), 8);
+        assert_eq!(stats.bytes_sent, MIB as u64 / 2);
+        assert_eq!(stats.bytes_zeroed, MIB as u64 / 2);
+        let max = rec.max_calls.load(Ordering::SeqCst);
+        assert_eq!(
+            max, 16,
+            "all 16 segments of the request in flight at once, saw {max}"
+        );
+    }
+
+    #[tokio::test]
+    async fn transfer_zero_scan_uses_the_targets_block_size() {
+        // MiB 0: data except one zero 4 KiB block at 8 KiB.
+        let mut want = vec![3u8; MIB];
+        want[8 << 10..12 << 10].fill(0);
+        let rec = Recorder::new(vec![0xAAu8; MIB]);
+        *rec.block_size.lock().unwrap() = Some(4096);
+        let changed = vec![Extent::new(0, MIB as u64)];
+        let job = job(
+            MemorySource::new(want.clone()),
+            &rec,
+            DiskPlan::Changed(changed),
+        );
+
+        let stats = transfer_disk(&job, opts(1, 1), &NoProgress).await.unwrap();
+
+        assert_eq!(rec.data(), want);
+        let mut ops = rec.ops();
+        ops.sort_by_key(|o| match *o {
+            Op::Write(off, _) | Op::Zero(off, _) => off,
+            Op::Flush => u64::MAX,
+        });
+        assert_eq!(
+            ops,
+            [
+                Op::Write(0, 8 << 10),
+                Op::Zero(8 << 10, 4 << 10),
+                Op::Write(12 << 10, MIB as u64 - (12 << 10)),
+                Op::Flush,
+            ]
+        );
+        assert_eq!(stats.bytes_zeroed, 4 << 10);
+    }
+
+    #[tokio::test]
+    async fn transfer_zero_scan_without_advertised_block_size_uses_64_kib() {
+        let mut want = vec![3u8; MIB];
+        want[8 << 10..12 << 10].fill(0);
+        let rec = Recorder::new(vec![0xAAu8; MIB]);
+        let changed = vec![Extent::new(0, MIB as u64)];
+        let job = job(
+            MemorySource::new(want.clone()),
+            &rec,
+            DiskPlan::Changed(changed),
+        );
+
+        let stats = transfer_disk(&job, opts(1, 1), &NoProgress).await.unwrap();
+
+        assert_eq!(rec.data(), want);
+        assert_eq!(stats.bytes_zeroed, 0, "a 4 KiB zero run is below 64 KiB");
+        assert_eq!(stats.bytes_sent, MIB as u64);
+    }
+
+    #[test]
+    fn payload_outside_its_buffer_is_refused() {
+        let buf = Arc::new(AlignedBuf::zeroed(4096));
+
+        assert!(Payload::new(Arc::clone(&buf), 0..4097).is_none());
+        assert_eq!(Payload::new(buf, 4000..4096).unwrap().len(), 96);
+    }
+
+    #[tokio::test]
+    async fn transfer_writes_share_page_aligned_request_buffers() {
+        // Aligned extents, 64 KiB data runs: every write can go out with O_DIRECT as it is.
+        let rec = Recorder::new(vec![0u8; 8 * MIB]);
+        let src = MemorySource::new(disk()).with_allocated(vec![Extent::new(0, 4 << 20)]);
+
+        transfer_disk(&job(src, &rec, DiskPlan::Full), opts(2, 4), &NoProgress)
+            .await
+            .unwrap();
+
+        assert_eq!(rec.data(), disk());
+        assert!(rec.ops().iter().any(|o| matches!(o, Op::Write(..))));
+        assert_eq!(rec.unaligned_writes.load(Ordering::SeqCst), 0);
     }
 }

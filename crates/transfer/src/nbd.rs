@@ -10,9 +10,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use sendense_io::AlignedBuf;
 use sendense_nbd::{Client, ClientOptions, NbdError, ZeroFlags};
 
-use crate::engine::{BlockTarget, TargetConnector};
+use crate::engine::{BlockTarget, Payload, TargetConnector};
 use crate::error::TransferError;
 use crate::source::{BoxFuture, DiskSource, Extent};
 
@@ -242,11 +243,7 @@ impl NbdTarget {
 }
 
 impl BlockTarget for NbdTarget {
-    fn write<'a>(
-        &'a self,
-        offset: u64,
-        data: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), TransferError>> {
+    fn write(&self, offset: u64, data: Payload) -> BoxFuture<'_, Result<(), TransferError>> {
         Box::pin(async move {
             let max = usize::try_from(self.client.max_payload())
                 .unwrap_or(usize::MAX)
@@ -286,6 +283,13 @@ impl BlockTarget for NbdTarget {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), TransferError>> {
         Box::pin(async move { self.client.flush().await.map_err(|e| self.err("flush", e)) })
+    }
+
+    fn block_size(&self) -> Option<u64> {
+        self.client
+            .info()
+            .block_sizes
+            .map(|b| u64::from(b.preferred.max(b.minimum)))
     }
 
     fn close(self: Arc<Self>) -> BoxFuture<'static, Result<(), TransferError>> {
@@ -411,9 +415,9 @@ impl DiskSource for NbdSource {
     fn read_owned(
         &self,
         offset: u64,
-        mut buf: Vec<u8>,
+        mut buf: AlignedBuf,
         len: usize,
-    ) -> BoxFuture<'_, Result<Vec<u8>, TransferError>> {
+    ) -> BoxFuture<'_, Result<AlignedBuf, TransferError>> {
         Box::pin(async move {
             let client = self.client();
             // One request fills the caller's buffer without a copy; longer reads go piecewise.
@@ -427,13 +431,14 @@ impl DiskSource for NbdSource {
                             size: self.size,
                         });
                     }
+                    buf.resize(len);
                     client
-                        .read_into(offset, buf, n)
+                        .read_into_buf(offset, buf)
                         .await
                         .map_err(|e| self.err("read", e))
                 }
                 _ => {
-                    buf.resize(len, 0);
+                    buf.resize(len);
                     self.read(offset, &mut buf).await?;
                     Ok(buf)
                 }

@@ -6,8 +6,9 @@
 //! hub's clusters. Requests never leave their extent: bytes outside the extents are never read
 //! or sent (in an incremental they are unchanged and must keep the parent's data).
 //!
-//! A read buffer is then cut into [`Segment`]s at [`ZERO_GRANULARITY`] boundaries (absolute
-//! offsets, the hub's default cluster size): runs holding data, and runs of zeros. What happens
+//! A read buffer is then cut into [`Segment`]s at the target's block size boundaries
+//! ([`zero_granularity`]; absolute offsets; [`ZERO_GRANULARITY`], the hub's default cluster
+//! size, when the target advertises none): runs holding data, and runs of zeros. What happens
 //! to a zero run depends on the backup ([`ZeroPolicy`]): a full skips it (a new image reads
 //! zeros there anyway); an incremental sends `WRITE_ZEROES`, because the overlay must mask the
 //! parent's old data.
@@ -22,6 +23,17 @@ pub const MAX_REQUEST: u64 = 4 << 20;
 pub const ALIGN: u64 = 1 << 20;
 /// Zero detection granularity, in bytes (the hub's default cluster size).
 pub const ZERO_GRANULARITY: u64 = 64 << 10;
+/// Finest zero detection granularity, whatever the target advertises.
+pub const MIN_ZERO_GRANULARITY: u64 = 4 << 10;
+
+/// Zero detection granularity for a target that prefers blocks of `block_size` bytes (its
+/// `NBD_INFO_BLOCK_SIZE`): that size, kept within [`MIN_ZERO_GRANULARITY`] and [`ALIGN`];
+/// [`ZERO_GRANULARITY`] when it advertises none.
+#[must_use]
+pub fn zero_granularity(block_size: Option<u64>) -> u64 {
+    block_size.map_or(ZERO_GRANULARITY, |b| b.clamp(MIN_ZERO_GRANULARITY, ALIGN))
+}
+
 /// Largest single `WRITE_ZEROES` request for a hole (NBD lengths are 32-bit).
 pub const MAX_ZERO_REQUEST: u64 = 1 << 30;
 
@@ -301,5 +313,14 @@ mod tests {
             }
             prop_assert!(rebuilt == data);
         }
+    }
+
+    #[test]
+    fn zero_granularity_follows_the_advertised_block_size_within_bounds() {
+        assert_eq!(zero_granularity(None), ZERO_GRANULARITY);
+        assert_eq!(zero_granularity(Some(4096)), 4096);
+        assert_eq!(zero_granularity(Some(256 << 10)), 256 << 10);
+        assert_eq!(zero_granularity(Some(1)), MIN_ZERO_GRANULARITY);
+        assert_eq!(zero_granularity(Some(32 << 20)), ALIGN);
     }
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::fs::SeekFrom;
+use sendense_io::AlignedBuf;
 use sendense_vmdk::VmdkImage;
 
 use crate::error::TransferError;
@@ -36,17 +37,18 @@ pub trait DiskSource: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<(), TransferError>>;
     /// Runs that may hold non-zero data, sorted, non-overlapping; a full backup reads only these.
     fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, TransferError>>;
-    /// Like [`Self::read`] of `len` bytes, into an owned buffer that is resized to `len` and
-    /// handed back: a source that reads on another thread (local files, on tokio's blocking
-    /// pool) fills it there without a scratch copy. The default reads through [`Self::read`].
+    /// Like [`Self::read`] of `len` bytes, into an owned page-aligned buffer that is resized
+    /// to `len` and handed back: a source that reads on another thread (local files, on
+    /// tokio's blocking pool; an NBD connection's reader) fills it there without a scratch
+    /// copy. The default reads through [`Self::read`].
     fn read_owned(
         &self,
         offset: u64,
-        mut buf: Vec<u8>,
+        mut buf: AlignedBuf,
         len: usize,
-    ) -> BoxFuture<'_, Result<Vec<u8>, TransferError>> {
+    ) -> BoxFuture<'_, Result<AlignedBuf, TransferError>> {
         Box::pin(async move {
-            buf.resize(len, 0);
+            buf.resize(len);
             self.read(offset, &mut buf[..len]).await?;
             Ok(buf)
         })
@@ -135,9 +137,9 @@ fn read_owned_via<R: BlockingRead>(
     reader: &Arc<R>,
     size: u64,
     offset: u64,
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     len: usize,
-) -> BoxFuture<'static, Result<Vec<u8>, TransferError>> {
+) -> BoxFuture<'static, Result<AlignedBuf, TransferError>> {
     let reader = Arc::clone(reader);
     Box::pin(async move {
         check_range(offset, len, size)?;
@@ -148,16 +150,16 @@ fn read_owned_via<R: BlockingRead>(
 /// Runs `f(buf, offset)` on tokio's blocking pool on the owned `buf` resized to `len`, and
 /// hands the buffer back.
 async fn read_owned_blocking<F>(
-    mut buf: Vec<u8>,
+    mut buf: AlignedBuf,
     len: usize,
     offset: u64,
     f: F,
-) -> Result<Vec<u8>, TransferError>
+) -> Result<AlignedBuf, TransferError>
 where
     F: FnOnce(&mut [u8], u64) -> Result<(), TransferError> + Send + 'static,
 {
     tokio::task::spawn_blocking(move || {
-        buf.resize(len, 0);
+        buf.resize(len);
         f(&mut buf[..len], offset).map(|()| buf)
     })
     .await
@@ -268,9 +270,9 @@ impl DiskSource for RawFileSource {
     fn read_owned(
         &self,
         offset: u64,
-        buf: Vec<u8>,
+        buf: AlignedBuf,
         len: usize,
-    ) -> BoxFuture<'_, Result<Vec<u8>, TransferError>> {
+    ) -> BoxFuture<'_, Result<AlignedBuf, TransferError>> {
         read_owned_via(&self.file, self.size, offset, buf, len)
     }
 
@@ -349,9 +351,9 @@ impl DiskSource for VmdkSource {
     fn read_owned(
         &self,
         offset: u64,
-        buf: Vec<u8>,
+        buf: AlignedBuf,
         len: usize,
-    ) -> BoxFuture<'_, Result<Vec<u8>, TransferError>> {
+    ) -> BoxFuture<'_, Result<AlignedBuf, TransferError>> {
         read_owned_via(&self.image, self.image.size(), offset, buf, len)
     }
 
@@ -556,7 +558,7 @@ mod tests {
     /// Reads the whole source in 1 MiB pieces through `read_owned`, reusing one buffer.
     async fn read_all_owned(src: &dyn DiskSource) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut buf = Vec::new();
+        let mut buf = AlignedBuf::default();
         let mut pos = 0;
         while pos < src.size() {
             let len = (src.size() - pos).min(1 << 20) as usize;
@@ -581,7 +583,7 @@ mod tests {
         for src in sources {
             assert!(read_all_owned(src.as_ref()).await == want, "{src:?}");
             let err = src
-                .read_owned(src.size() - 10, Vec::new(), 20)
+                .read_owned(src.size() - 10, AlignedBuf::default(), 20)
                 .await
                 .unwrap_err();
             assert!(

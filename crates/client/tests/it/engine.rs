@@ -76,6 +76,50 @@ async fn engine_full_over_tls_sends_data_and_skips_zeros() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_zero_scan_uses_the_servers_advertised_block_size() {
+    // sendense-nbd advertises the export's preferred block size (4 KiB for this memory
+    // export) in NBD_INFO_BLOCK_SIZE: a 4 KiB zero run inside data is then not sent, where a
+    // fixed 64 KiB granularity would send it as data.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let nbd = TestNbd::start(Some(Arc::clone(&certs.server))).await;
+    let export = nbd.add("exp-bs", &vec![0u8; 2 * MIB]);
+    let uri = NbdUri::parse(&nbd.uri(true, "exp-bs")).unwrap();
+    let connector = NbdConnector::new(uri, Some(tls(&certs.ca()))).unwrap();
+    let mut want = vec![0u8; 2 * MIB];
+    want[..MIB].copy_from_slice(&pattern(MIB, 3));
+    want[8 << 10..12 << 10].fill(0);
+    let source = MemorySource::new(want.clone()).with_allocated(vec![Extent::new(0, 1 << 20)]);
+
+    let stats = transfer_disk(
+        &job(Arc::new(source), connector, DiskPlan::Full),
+        options(),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+
+    assert!(export.contents() == want, "the export holds the disk");
+    let mut writes: Vec<Op> = export
+        .ops()
+        .into_iter()
+        .filter(|op| matches!(op, Op::Write(..)))
+        .collect();
+    writes.sort_by_key(|op| match *op {
+        Op::Write(offset, _) | Op::Zero(offset, _) => offset,
+        Op::Flush => u64::MAX,
+    });
+    assert_eq!(
+        writes,
+        [
+            Op::Write(0, 8 << 10),
+            Op::Write(12 << 10, (1 << 20) - (12 << 10))
+        ]
+    );
+    assert_eq!(stats.bytes_zero_skipped, 4 << 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_incremental_over_tls_zero_runs_become_write_zeroes() {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path());

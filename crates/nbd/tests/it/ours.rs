@@ -109,6 +109,36 @@ async fn client_read_into_dirty_buffer_overwrites_every_byte() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_read_into_buf_fills_the_callers_own_buffer_in_place() {
+    let srv = TestServer::start(memory_registry(), None).await;
+    for structured in [true, false] {
+        let opts = ClientOptions {
+            structured_replies: structured,
+            block_status: structured,
+            ..srv.options("mem")
+        };
+        let c = Client::connect(srv.addr, opts).await.unwrap();
+        // Not a Vec: any owned byte buffer, dirty, 1 MiB of hole then 1 MiB of data.
+        let dirty: Box<[u8]> = vec![0x5au8; 2 << 20].into_boxed_slice();
+        let at = dirty.as_ptr();
+
+        let back = c.read_into_buf(0, dirty).await.unwrap();
+
+        assert_eq!(back.as_ptr(), at, "the same allocation comes back, no copy");
+        assert!(
+            back[..1 << 20].iter().all(|b| *b == 0),
+            "structured: {structured}"
+        );
+        assert!(
+            back[1 << 20..].iter().all(|b| *b == 0xab),
+            "structured: {structured}"
+        );
+        c.disconnect().await.unwrap();
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_simple_replies_read_write_round_trip() {
     let srv = TestServer::start(memory_registry(), None).await;
     let opts = ClientOptions {
