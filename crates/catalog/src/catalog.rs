@@ -36,8 +36,8 @@
 //!   it, until the hub has removed them ([`Catalog::finish_deletion`]): a crash in between
 //!   leaves a journal entry the next start finishes, never an unknown file.
 //!
-//! Commits are durable (fsync) except [`Catalog::set_disk_progress`], which is not worth an
-//! fsync: a crash may lose progress counters, never a status or a chain link.
+//! Every commit is durable (fsync): a crash never loses a status or a chain link. Live
+//! progress is not kept here; the hub reads it from the NBD exports while a backup runs.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! (checking vCenter's certificate as the credential's trust choice, stored at its creation,
 //! says: this client cannot change it) and answer the `vmware_soap_session` cookie value and
 //! the host. [`HubSessionIssuer`] is the [`SessionIssuer`] of such sessions: the
-//! [`Session`](crate::Session) uses it for its first login and again whenever vCenter
+//! [`Session`](sendense_vsphere::Session) uses it for its first login and again whenever vCenter
 //! answers `NotAuthenticated` (an expired session during a long transfer), exactly as it
 //! re-logs in with a password otherwise.
 

@@ -5,7 +5,7 @@
 //!
 //! # Direct I/O for data
 //! [`FileStorage`] writes data clusters with `O_DIRECT` when the caller's buffer, the offset
-//! and the length are all multiples of [`DIRECT_ALIGN`] (give it an [`AlignedBuf`]); anything
+//! and the length are all multiples of [`DIRECT_ALIGN`] (give it a [`sendense_io::AlignedBuf`]); anything
 //! else, and all metadata, goes through the page cache. On this project's machines a buffered
 //! write of fresh data costs the kernel a page-cache copy that runs at under 1 GB/s, while the
 //! same data written with `O_DIRECT` goes at the disk's speed (2 GiB: 8.4 s buffered + fsync,

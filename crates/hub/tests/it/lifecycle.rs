@@ -563,3 +563,67 @@ async fn stop_with_connected_client_ends_in_bounded_time() {
     assert_eq!(record.status, BackupStatus::Failed);
     drop(c);
 }
+
+/// `sendense_hub::run` on sockets the caller bound (as a service manager hands them over):
+/// it serves the API on them, and returns once `shutdown` resolves, closing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_on_listeners_bound_by_the_caller_until_shutdown() {
+    let data = tempfile::tempdir().unwrap();
+    let listeners = sendense_hub::Listeners {
+        api: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        nbd: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    };
+    let api_port = listeners.api.local_addr().unwrap().port();
+    let config = sendense_hub::HubConfig {
+        data_dir: data.path().to_path_buf(),
+        // Not bound by `run`: the listeners above are used as they are.
+        api_listen: "127.0.0.1:9".parse().unwrap(),
+        nbd_listen: "127.0.0.1:9".parse().unwrap(),
+        public_host: Some("localhost".into()),
+        idle_timeout: Duration::from_secs(600),
+        disconnect_grace: Duration::from_secs(600),
+        nbd_client_certs: sendense_hub::daemon::ClientCerts::Required,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let hub = tokio::spawn(sendense_hub::run(listeners, config, async {
+        let _ = stopped.await;
+    }));
+
+    // The first start writes the CA and the token, then serves on the given port.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (http, token) = loop {
+        let ca = data.path().join("tls/ca-cert.pem");
+        let token = data.path().join("api.token");
+        if ca.exists() && token.exists() {
+            let tls = sendense_nbd::tls::client_config(&ca, None).unwrap();
+            let http = reqwest::Client::builder()
+                .use_preconfigured_tls((*tls).clone())
+                .build()
+                .unwrap();
+            let token = std::fs::read_to_string(token).unwrap().trim().to_owned();
+            break (http, token);
+        }
+        assert!(Instant::now() < deadline, "the hub wrote no CA and token");
+        tokio::task::yield_now().await;
+    };
+    let url = format!("https://localhost:{api_port}/api/v1/vms");
+    let status = loop {
+        match http.get(&url).bearer_auth(&token).send().await {
+            Ok(resp) => break resp.status(),
+            Err(e) => assert!(Instant::now() < deadline, "API not up: {e}"),
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(status, StatusCode::OK);
+
+    stop.send(()).unwrap();
+    let ended = tokio::time::timeout(sendense_hub::daemon::SHUTDOWN_LIMIT, hub)
+        .await
+        .expect("run returns within the shutdown limit")
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", api_port)).is_err(),
+        "the API socket is closed once run returns"
+    );
+}
