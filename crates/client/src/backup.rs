@@ -660,9 +660,9 @@ mod tests {
     fn fail_reason_includes_causes() {
         let err = ClientError::Cbt {
             disk_key: 2000,
-            source: crate::error::CbtError::Json {
+            source: Box::new(ClientError::ChangedAreasJson {
                 message: "eof".into(),
-            },
+            }),
         };
 
         assert_eq!(

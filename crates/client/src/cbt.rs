@@ -22,7 +22,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
-use crate::error::{CbtError, ClientError};
+use crate::error::ClientError;
 use sendense_transfer::Extent;
 use sendense_transfer::plan::merge_extents;
 
@@ -58,17 +58,17 @@ pub struct DiskChangeInfo {
 /// Parses a `DiskChangeInfo` document, refusing more than [`MAX_CHANGED_AREAS`] areas.
 ///
 /// # Errors
-/// [`CbtError::Json`] when it does not parse; [`CbtError::TooManyAreas`].
-pub fn parse_change_info(json: &[u8]) -> Result<DiskChangeInfo, CbtError> {
+/// [`ClientError::ChangedAreasJson`] when it does not parse; [`ClientError::TooManyChangedAreas`].
+pub fn parse_change_info(json: &[u8]) -> Result<DiskChangeInfo, ClientError> {
     serde_json::from_slice(json).map_err(|e| {
         let message = e.to_string();
         if message.starts_with(TOO_MANY_MARK) {
-            CbtError::TooManyAreas {
+            ClientError::TooManyChangedAreas {
                 count: MAX_CHANGED_AREAS + 1,
                 limit: MAX_CHANGED_AREAS,
             }
         } else {
-            CbtError::Json { message }
+            ClientError::ChangedAreasJson { message }
         }
     })
 }
@@ -76,8 +76,8 @@ pub fn parse_change_info(json: &[u8]) -> Result<DiskChangeInfo, CbtError> {
 /// Parses, validates against `capacity` and merges: the extents an incremental backup sends.
 ///
 /// # Errors
-/// [`CbtError`] naming the first problem (see the module documentation).
-pub fn changed_extents(json: &[u8], capacity: u64) -> Result<Vec<Extent>, CbtError> {
+/// A `ChangedArea*` [`ClientError`] naming the first problem (see the module documentation).
+pub fn changed_extents(json: &[u8], capacity: u64) -> Result<Vec<Extent>, ClientError> {
     parse_change_info(json)?.extents(capacity)
 }
 
@@ -100,14 +100,17 @@ pub async fn load_changed_extents(
     if size > MAX_CHANGE_INFO_BYTES {
         return Err(ClientError::Cbt {
             disk_key,
-            source: CbtError::TooLarge {
+            source: Box::new(ClientError::ChangedAreasTooLarge {
                 size,
                 limit: MAX_CHANGE_INFO_BYTES,
-            },
+            }),
         });
     }
     let bytes = tokio::fs::read(path).await.map_err(file_err)?;
-    changed_extents(&bytes, capacity).map_err(|source| ClientError::Cbt { disk_key, source })
+    changed_extents(&bytes, capacity).map_err(|source| ClientError::Cbt {
+        disk_key,
+        source: Box::new(source),
+    })
 }
 
 impl DiskChangeInfo {
@@ -115,10 +118,10 @@ impl DiskChangeInfo {
     /// adjacent areas.
     ///
     /// # Errors
-    /// [`CbtError::BadRange`] when the answer is unaligned or does not cover exactly
-    /// `[0, capacity)`; [`CbtError::BadArea`] naming the first bad area.
-    pub fn extents(&self, capacity: u64) -> Result<Vec<Extent>, CbtError> {
-        let bad_range = CbtError::BadRange {
+    /// [`ClientError::ChangedAreasRange`] when the answer is unaligned or does not cover exactly
+    /// `[0, capacity)`; [`ClientError::ChangedArea`] naming the first bad area.
+    pub fn extents(&self, capacity: u64) -> Result<Vec<Extent>, ClientError> {
+        let bad_range = ClientError::ChangedAreasRange {
             start_offset: self.start_offset,
             length: self.length,
             capacity,
@@ -128,7 +131,7 @@ impl DiskChangeInfo {
         }
         let mut extents = Vec::with_capacity(self.changed_area.len());
         for (index, area) in self.changed_area.iter().enumerate() {
-            let bad = |reason| CbtError::BadArea {
+            let bad = |reason| ClientError::ChangedArea {
                 index,
                 start: area.start,
                 length: area.length,
@@ -250,14 +253,17 @@ mod tests {
 
         let err = changed_extents(json.as_bytes(), CAP).unwrap_err();
 
-        assert_eq!(
-            err,
-            CbtError::BadArea {
-                index: 1,
-                start: CAP - 512,
-                length: 1024,
-                reason: "passes the disk end"
-            }
+        assert!(
+            matches!(
+                err,
+                ClientError::ChangedArea {
+                    index: 1,
+                    start,
+                    length: 1024,
+                    reason: "passes the disk end"
+                } if start == CAP - 512
+            ),
+            "{err:?}"
         );
         assert!(err.to_string().contains("#1"), "{err}");
     }
@@ -271,7 +277,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                CbtError::BadArea {
+                ClientError::ChangedArea {
                     reason: "is not 512-byte aligned" | "passes the disk end",
                     ..
                 }
@@ -289,7 +295,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                CbtError::BadArea {
+                ClientError::ChangedArea {
                     index: 0,
                     reason: "is not 512-byte aligned",
                     ..
@@ -308,7 +314,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                CbtError::BadArea {
+                ClientError::ChangedArea {
                     reason: "is empty",
                     ..
                 }
@@ -324,7 +330,7 @@ mod tests {
         let err = changed_extents(json.as_bytes(), CAP).unwrap_err();
 
         assert!(
-            matches!(err, CbtError::BadRange { length: 4096, .. }),
+            matches!(err, ClientError::ChangedAreasRange { length: 4096, .. }),
             "{err:?}"
         );
     }
@@ -333,7 +339,10 @@ mod tests {
     fn changed_extents_not_json_is_json_error() {
         let err = changed_extents(b"{\"startOffset\":", CAP).unwrap_err();
 
-        assert!(matches!(err, CbtError::Json { .. }), "{err:?}");
+        assert!(
+            matches!(err, ClientError::ChangedAreasJson { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -343,7 +352,10 @@ mod tests {
 
         let err = changed_extents(json.as_bytes(), CAP).unwrap_err();
 
-        assert!(matches!(err, CbtError::Json { .. }), "{err:?}");
+        assert!(
+            matches!(err, ClientError::ChangedAreasJson { .. }),
+            "{err:?}"
+        );
     }
 
     #[derive(Debug, Deserialize)]

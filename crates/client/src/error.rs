@@ -1,5 +1,5 @@
-//! The errors of this crate: [`ClientError`], wrapping the transfer engine's and vCenter's
-//! errors, and [`CbtError`] for a changed-areas file.
+//! [`ClientError`], the one error of this crate: the client's own failures, wrapping the
+//! transfer engine's and vCenter's errors.
 //!
 //! Variants carry typed fields and wrap causes with `#[source]`; messages name the fix where
 //! there is one (a hub that is down, a wrong CA, a rejected token).
@@ -9,59 +9,6 @@ use std::path::PathBuf;
 
 use sendense_transfer::TransferError;
 use thiserror::Error;
-
-/// Changed-area (CBT) input was invalid.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum CbtError {
-    /// The JSON did not parse as VMware's `DiskChangeInfo`.
-    #[error("Changed areas are not DiskChangeInfo JSON: {message}")]
-    Json {
-        /// What serde said.
-        message: String,
-    },
-    /// The file is larger than [`crate::cbt::MAX_CHANGE_INFO_BYTES`].
-    #[error("Changed-areas file is {size} bytes, more than the limit of {limit}")]
-    TooLarge {
-        /// Its size.
-        size: u64,
-        /// The limit.
-        limit: u64,
-    },
-    /// More areas than [`crate::cbt::MAX_CHANGED_AREAS`].
-    #[error("Changed areas list {count} areas, more than the limit of {limit}")]
-    TooManyAreas {
-        /// How many were listed (at least).
-        count: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// `startOffset`/`length` of the answer are not 512-aligned or pass the disk end.
-    #[error(
-        "Changed-area answer covers [{start_offset}, +{length}), which is not 512-byte aligned \
-         or passes the disk end ({capacity} bytes)"
-    )]
-    BadRange {
-        /// `startOffset`.
-        start_offset: u64,
-        /// `length`.
-        length: u64,
-        /// The disk's capacity.
-        capacity: u64,
-    },
-    /// One area is empty, unaligned, outside the answer's range, or past the disk end.
-    #[error("Changed area #{index} (start {start}, length {length}) {reason}")]
-    BadArea {
-        /// Index of the area in `changedArea`.
-        index: usize,
-        /// Its `start`.
-        start: u64,
-        /// Its `length`.
-        length: u64,
-        /// What is wrong.
-        reason: &'static str,
-    },
-}
 
 /// An operation of the client failed.
 #[derive(Debug, Error)]
@@ -78,10 +25,58 @@ pub enum ClientError {
     Cbt {
         /// The disk.
         disk_key: u32,
-        /// The cause.
+        /// The cause: one of the `ChangedArea*` variants.
         #[source]
-        source: CbtError,
+        source: Box<Self>,
     },
+    /// The JSON did not parse as VMware's `DiskChangeInfo`.
+    #[error("Changed areas are not DiskChangeInfo JSON: {message}")]
+    ChangedAreasJson {
+        /// What serde said.
+        message: String,
+    },
+    /// The file is larger than [`crate::cbt::MAX_CHANGE_INFO_BYTES`].
+    #[error("Changed-areas file is {size} bytes, more than the limit of {limit}")]
+    ChangedAreasTooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// More areas than [`crate::cbt::MAX_CHANGED_AREAS`].
+    #[error("Changed areas list {count} areas, more than the limit of {limit}")]
+    TooManyChangedAreas {
+        /// How many were listed (at least).
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// `startOffset`/`length` of the answer are not 512-aligned or pass the disk end.
+    #[error(
+        "Changed-area answer covers [{start_offset}, +{length}), which is not 512-byte aligned \
+         or passes the disk end ({capacity} bytes)"
+    )]
+    ChangedAreasRange {
+        /// `startOffset`.
+        start_offset: u64,
+        /// `length`.
+        length: u64,
+        /// The disk's capacity.
+        capacity: u64,
+    },
+    /// One area is empty, unaligned, outside the answer's range, or past the disk end.
+    #[error("Changed area #{index} (start {start}, length {length}) {reason}")]
+    ChangedArea {
+        /// Index of the area in `changedArea`.
+        index: usize,
+        /// Its `start`.
+        start: u64,
+        /// Its `length`.
+        length: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
     /// A local file (CA, token, changed areas, restore target) could not be used.
     #[error("Cannot use {what} {path}")]
     File {

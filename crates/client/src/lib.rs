@@ -10,7 +10,7 @@
 //! - [`progress`]: progress shown to a person (indicatif bars, log lines).
 //! - [`hub`]: the hub's REST API over HTTPS with its CA and a bearer token.
 //! - [`credential`]: vCenter sessions issued by the hub for a stored credential.
-//! - [`error`]: [`ClientError`], [`CbtError`].
+//! - [`error`]: [`ClientError`], the crate's one error.
 //!
 //! Disk sources, planning and the transfer engine are `sendense-transfer`; the vCenter API is
 //! `sendense-vsphere`.
@@ -26,4 +26,4 @@ pub mod progress;
 pub mod restore;
 pub mod vcenter;
 
-pub use error::{CbtError, ClientError};
+pub use error::ClientError;
