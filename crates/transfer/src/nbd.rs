@@ -386,14 +386,7 @@ impl DiskSource for NbdSource {
         buf: &'a mut [u8],
     ) -> BoxFuture<'a, Result<(), TransferError>> {
         Box::pin(async move {
-            let len = buf.len() as u64;
-            if offset.checked_add(len).is_none_or(|end| end > self.size) {
-                return Err(TransferError::OutOfRange {
-                    offset,
-                    len,
-                    size: self.size,
-                });
-            }
+            crate::source::check_range(offset, buf.len(), self.size)?;
             let client = self.client();
             let max = usize::try_from(client.max_payload())
                 .unwrap_or(usize::MAX)
@@ -423,14 +416,7 @@ impl DiskSource for NbdSource {
             // One request fills the caller's buffer without a copy; longer reads go piecewise.
             match u32::try_from(len) {
                 Ok(n) if n <= client.max_payload() => {
-                    let end = offset.checked_add(len as u64);
-                    if end.is_none_or(|end| end > self.size) {
-                        return Err(TransferError::OutOfRange {
-                            offset,
-                            len: len as u64,
-                            size: self.size,
-                        });
-                    }
+                    crate::source::check_range(offset, len, self.size)?;
                     buf.resize(len);
                     client
                         .read_into_buf(offset, buf)

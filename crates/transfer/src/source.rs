@@ -88,7 +88,7 @@ fn open_local_blocking(path: &Path) -> Result<Arc<dyn DiskSource>, TransferError
 }
 
 /// Checks that `[offset, offset + len)` lies within `size`.
-fn check_range(offset: u64, len: usize, size: u64) -> Result<(), TransferError> {
+pub(crate) fn check_range(offset: u64, len: usize, size: u64) -> Result<(), TransferError> {
     let len = len as u64;
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
