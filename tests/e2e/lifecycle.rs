@@ -199,3 +199,43 @@ fn client_sigstop_mid_write_fail_answers_and_sigterm_ends_hub_within_30_s() {
     assert!(exit.success(), "hub exited {exit}");
     drop(client);
 }
+
+/// What a supervisor or a script may rely on: once `sendense-hub serve`'s API port accepts
+/// connections, the CA to trust and the API token are in the data folder (they are made before
+/// the ports are bound; the benchmark harness waits exactly like this).
+#[test]
+fn serve_writes_the_ca_and_token_before_its_ports_accept_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (api, nbd) = (free(), free());
+    let child = crate::support::hub()
+        .args(["serve", "--data-dir", s(&data)])
+        .args(["--api", &api.to_string(), "--nbd", &nbd.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut hub = Proc(child);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(api).is_err() {
+        assert!(Instant::now() < deadline, "the API port never accepted");
+        std::thread::yield_now();
+    }
+    let (ca, token) = (data.join("tls/ca-cert.pem"), data.join("api.token"));
+
+    assert!(
+        ca.exists() && token.exists(),
+        "port open, but CA {} / token {}",
+        ca.exists(),
+        token.exists()
+    );
+    hub.kill();
+}

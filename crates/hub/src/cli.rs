@@ -166,7 +166,9 @@ pub async fn run(command: Command) -> ExitCode {
                 },
             };
             let stop = sendense_io::signal::stopped();
-            match Listeners::bind(&config) {
+            // The data folder is prepared before the ports are bound: once they accept
+            // connections, the CA and the token are there to read.
+            match daemon::prepare(&config).and_then(|_| Listeners::bind(&config)) {
                 Ok(listeners) => daemon::run(listeners, config, stop)
                     .await
                     .map(|()| ExitCode::SUCCESS)

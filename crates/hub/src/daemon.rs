@@ -134,13 +134,46 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts the hub on the addresses of `config`: binds them, then as [`start_on`].
+/// Starts the hub on the addresses of `config`: prepares the data folder ([`prepare`]) before
+/// it binds them, so that once the ports accept connections the CA and the token are there to
+/// read; then as [`start_on`].
 ///
 /// # Errors
 /// See [`start_on`]; [`HubError::Bind`] when an address is taken.
 pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
+    prepare(&config)?;
     let listeners = Listeners::bind(&config)?;
     start_on(listeners, config).await
+}
+
+/// Prepares the data folder (idempotent): umask 077, the repository folder, DATA's modes
+/// (0600 files, 0700 folders), the CA and server certificate on first start, the API token.
+/// Answers the token.
+///
+/// # Errors
+/// [`HubError::Io`] for the folder or the token, [`HubError::TlsMaterial`].
+pub fn prepare(config: &HubConfig) -> Result<String, HubError> {
+    let data = &config.data_dir;
+    // Everything the hub creates from now on is its user's alone (files 0600, folders 0700),
+    // whoever else can reach the machine; what an older hub left is set so below.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    crate::tls::create_private_dir(&data.join(REPOSITORY_DIR))?;
+    crate::tls::restrict_tree(data)?;
+    let tls_dir = data.join(TLS_DIR);
+    if sendense_nbd::tls::ensure_certificates(&tls_dir, &[public_host(config)])
+        .map_err(HubError::TlsMaterial)?
+    {
+        tracing::info!(dir = %tls_dir.display(), "created the hub's CA and certificate");
+    }
+    crate::token::load_or_create(data)
+}
+
+/// The host name clients use: `--public-host`, else the NBD listen address's IP.
+fn public_host(config: &HubConfig) -> String {
+    config
+        .public_host
+        .clone()
+        .unwrap_or_else(|| config.nbd_listen.ip().to_string())
 }
 
 /// Starts the hub on `listeners`: prepares the data folder, recovers, and serves in background
@@ -150,23 +183,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
 /// The data folder, TLS material, catalog or listeners cannot be used.
 pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<RunningHub, HubError> {
     let data = config.data_dir.clone();
-    let repository = data.join(REPOSITORY_DIR);
-    // Everything the hub creates from now on is its user's alone (files 0600, folders 0700),
-    // whoever else can reach the machine; what an older hub left is set so below.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    crate::tls::create_private_dir(&repository)?;
-    crate::tls::restrict_tree(&data)?;
-    let host = config
-        .public_host
-        .clone()
-        .unwrap_or_else(|| config.nbd_listen.ip().to_string());
+    let host = public_host(&config);
     let tls_dir = data.join(TLS_DIR);
-    if sendense_nbd::tls::ensure_certificates(&tls_dir, std::slice::from_ref(&host))
-        .map_err(HubError::TlsMaterial)?
-    {
-        tracing::info!(dir = %tls_dir.display(), "created the hub's CA and certificate");
-    }
-    let token = crate::token::load_or_create(&data)?;
+    let token = prepare(&config)?;
     let api_tls = sendense_nbd::tls::server_config_from_dir(&tls_dir, false)
         .map_err(HubError::TlsMaterial)?;
     let nbd_tls = sendense_nbd::tls::server_config_from_dir_with(&tls_dir, config.nbd_client_certs)
@@ -191,7 +210,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     let nbd_base = format!("nbds://{}:{}", uri_host(&host), nbd_addr.port());
     let engine = Arc::new(Engine::new(
         catalog,
-        repository,
+        data.join(REPOSITORY_DIR),
         Arc::clone(&registry),
         nbd_base,
     ));
