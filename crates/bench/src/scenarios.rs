@@ -497,7 +497,7 @@ impl Ctx<'_> {
             "restore",
             "client restore (full+incr, raw)",
             ours,
-            "nbdcopy --flush <- qemu-nbd --cache=none",
+            "nbdcopy --flush <- qemu-nbd --read-only --cache=none",
             peer,
         );
         row.note = format!(
