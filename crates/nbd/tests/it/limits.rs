@@ -202,13 +202,13 @@ async fn raw_read(raw: &mut (impl AsyncRead + AsyncWriteExt + Unpin), len: u32) 
     data
 }
 
-/// Waits on the paused clock until `cond` holds, letting virtual time pass in 10 ms steps
+/// Waits on the paused clock until `cond` holds, advancing virtual time in 10 ms steps
 /// (no real wait), up to `SOON` of it.
 async fn wait_until_virtual(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + SOON;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::advance(Duration::from_millis(10)).await;
     }
 }
 
