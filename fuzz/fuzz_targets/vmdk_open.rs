@@ -53,9 +53,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = img.read_at(&mut buf[..1], size);
     if let Ok(runs) = img.allocated_extents() {
-        for (off, len) in runs.into_iter().take(4) {
-            let n = usize::try_from(len.min(65536)).unwrap_or(0);
-            let _ = img.read_at(&mut buf[..n], off);
+        for run in runs.into_iter().take(4) {
+            let n = usize::try_from(run.length.min(65536)).unwrap_or(0);
+            let _ = img.read_at(&mut buf[..n], run.offset);
         }
     }
 });

@@ -24,7 +24,8 @@ use sendense_qcow2::{
     AlignedBuf, BackingPolicy, BackingSpec, CreateOptions, FileStorage, Image, Storage,
 };
 
-use sendense_io::is_zero;
+use sendense_io::extent::merge;
+use sendense_io::{Extent, is_zero};
 
 use super::input::Input;
 use super::{ImageError, open_backing, progress_bar};
@@ -104,8 +105,9 @@ pub fn convert(
     let mut regions = source.data_extents()?;
     if let Some((_, b)) = &backing {
         let mut theirs = b.data_extents()?;
-        theirs.retain(|r| r.0 < size);
-        regions = union(&regions, &theirs);
+        theirs.retain(|r| r.offset < size);
+        regions.append(&mut theirs);
+        regions = merge(regions);
     }
     let chunks = chunk_regions(&regions, grid, size);
 
@@ -124,7 +126,7 @@ pub fn convert(
         totals: Mutex::new((0, 0, 0)),
         bar: progress_bar(
             opts.progress,
-            chunks.iter().map(|c| c.1).sum(),
+            chunks.iter().map(|c| c.length).sum(),
             "converting",
         ),
     };
@@ -240,7 +242,7 @@ struct Work<'a> {
     backing: Option<&'a Input>,
     sink: &'a Sink,
     temp: &'a Path,
-    chunks: &'a [(u64, u64)],
+    chunks: &'a [Extent],
     grid: u64,
     next: AtomicUsize,
     failed: AtomicBool,
@@ -260,7 +262,11 @@ impl Work<'_> {
         };
         while !self.failed.load(Ordering::Relaxed) {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
-            let Some(&(offset, len)) = self.chunks.get(i) else {
+            let Some(&Extent {
+                offset,
+                length: len,
+            }) = self.chunks.get(i)
+            else {
                 break;
             };
             match self.chunk(offset, &mut buf[..usize_of(len)], &mut theirs) {
@@ -369,47 +375,27 @@ fn read_clipped(input: &Input, buf: &mut [u8], offset: u64) -> Result<(), ImageE
     Ok(())
 }
 
-/// Union of two sorted, non-overlapping run lists.
-fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().collect();
-    all.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
-    for (o, l) in all {
-        match out.last_mut() {
-            Some(last) if o <= last.0 + last.1 => {
-                let end = (last.0 + last.1).max(o + l);
-                last.1 = end - last.0;
-            }
-            _ => out.push((o, l)),
-        }
-    }
-    out
-}
-
 /// Widens runs to `grid` boundaries, merges them, and cuts them at every
 /// multiple of [`CHUNK`], clipped to `size`.
-fn chunk_regions(regions: &[(u64, u64)], grid: u64, size: u64) -> Vec<(u64, u64)> {
-    let mut aligned: Vec<(u64, u64)> = Vec::new();
-    for &(o, l) in regions {
-        let start = o / grid * grid;
-        let end = (o + l).div_ceil(grid).saturating_mul(grid).min(size);
-        if end > start {
-            match aligned.last_mut() {
-                Some(last) if start <= last.0 + last.1 => {
-                    last.1 = end.max(last.0 + last.1) - last.0;
-                }
-                _ => aligned.push((start, end - start)),
-            }
-        }
-    }
+fn chunk_regions(regions: &[Extent], grid: u64, size: u64) -> Vec<Extent> {
+    let aligned = merge(
+        regions
+            .iter()
+            .map(|r| {
+                let start = r.offset / grid * grid;
+                let end = r.end().div_ceil(grid).saturating_mul(grid).min(size);
+                Extent::new(start, end.saturating_sub(start))
+            })
+            .collect(),
+    );
     let mut chunks = Vec::new();
-    for (o, l) in aligned {
-        let mut at = o;
-        let end = o + l;
+    for r in aligned {
+        let mut at = r.offset;
+        let end = r.end();
         while at < end {
             let next = ((at / CHUNK) + 1) * CHUNK;
             let stop = next.min(end);
-            chunks.push((at, stop - at));
+            chunks.push(Extent::new(at, stop - at));
             at = stop;
         }
     }
@@ -434,26 +420,34 @@ fn usize_of(n: u64) -> usize {
 mod tests {
     use super::*;
 
+    const fn e(offset: u64, length: u64) -> Extent {
+        Extent::new(offset, length)
+    }
+
     #[test]
     fn chunk_regions_with_unaligned_runs_align_merge_and_split() {
-        let chunks = chunk_regions(&[(100, 10), (70_000, 10), (5 << 20, 1)], 65536, 8 << 20);
-        assert_eq!(chunks, vec![(0, 131_072), (5 << 20, 65536)]);
+        let chunks = chunk_regions(&[e(100, 10), e(70_000, 10), e(5 << 20, 1)], 65536, 8 << 20);
+        assert_eq!(chunks, vec![e(0, 131_072), e(5 << 20, 65536)]);
     }
 
     #[test]
     fn chunk_regions_with_long_run_splits_at_chunk_grid() {
-        let chunks = chunk_regions(&[(1 << 20, 8 << 20)], 65536, 16 << 20);
+        let chunks = chunk_regions(&[e(1 << 20, 8 << 20)], 65536, 16 << 20);
         assert_eq!(
             chunks,
-            vec![(1 << 20, 3 << 20), (4 << 20, 4 << 20), (8 << 20, 1 << 20)]
+            vec![
+                e(1 << 20, 3 << 20),
+                e(4 << 20, 4 << 20),
+                e(8 << 20, 1 << 20)
+            ]
         );
     }
 
     #[test]
-    fn union_with_overlaps_merges() {
+    fn union_of_own_and_backing_runs_with_overlaps_merges() {
         assert_eq!(
-            union(&[(0, 10), (50, 10)], &[(5, 10), (100, 1)]),
-            vec![(0, 15), (50, 10), (100, 1)]
+            merge(vec![e(0, 10), e(50, 10), e(5, 10), e(100, 1)]),
+            vec![e(0, 15), e(50, 10), e(100, 1)]
         );
     }
 

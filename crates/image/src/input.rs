@@ -5,6 +5,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use sendense_io::Extent;
+use sendense_io::extent::merge;
 use sendense_qcow2::{BackingPolicy, ExtentState, Image, OpenOptions};
 
 use super::ImageError;
@@ -95,17 +97,19 @@ impl Input {
     ///
     /// # Errors
     /// An I/O error, or a corrupt QCOW2 image.
-    pub fn data_extents(&self) -> Result<Vec<(u64, u64)>, ImageError> {
+    pub fn data_extents(&self) -> Result<Vec<Extent>, ImageError> {
         match self {
             Self::Qcow2(image) => {
                 let extents = image
                     .chain_status(0, image.virtual_size())
                     .map_err(|e| ImageError::qcow2(image.path(), e))?;
-                let mut runs: Vec<(u64, u64)> = Vec::new();
-                for e in extents.iter().filter(|e| e.state == ExtentState::Data) {
-                    push_run(&mut runs, e.offset, e.length);
-                }
-                Ok(runs)
+                Ok(merge(
+                    extents
+                        .iter()
+                        .filter(|e| e.state == ExtentState::Data)
+                        .map(|e| Extent::new(e.offset, e.length))
+                        .collect(),
+                ))
             }
             Self::Raw(raw) => raw.data_extents(),
         }
@@ -133,21 +137,9 @@ impl RawFile {
 
     /// Data runs from `SEEK_DATA`/`SEEK_HOLE` ([`sendense_io::sparse::data_runs`]); a file
     /// system without them reports the whole file as data, which is correct, only slower.
-    fn data_extents(&self) -> Result<Vec<(u64, u64)>, ImageError> {
-        let runs = sendense_io::sparse::data_runs(&self.file, 0, self.size)
-            .map_err(|e| ImageError::io(&self.path, e))?;
-        Ok(runs.iter().map(|r| (r.offset, r.length)).collect())
-    }
-}
-
-/// Appends a run, merging it with the previous one when they touch.
-pub(super) fn push_run(runs: &mut Vec<(u64, u64)>, offset: u64, length: u64) {
-    if length == 0 {
-        return;
-    }
-    match runs.last_mut() {
-        Some(last) if last.0 + last.1 == offset => last.1 += length,
-        _ => runs.push((offset, length)),
+    fn data_extents(&self) -> Result<Vec<Extent>, ImageError> {
+        sendense_io::sparse::data_runs(&self.file, 0, self.size)
+            .map_err(|e| ImageError::io(&self.path, e))
     }
 }
 
@@ -170,13 +162,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn push_run_with_touching_runs_merges_them() {
-        let mut runs = Vec::new();
-        push_run(&mut runs, 0, 10);
-        push_run(&mut runs, 10, 5);
-        push_run(&mut runs, 20, 5);
-        push_run(&mut runs, 30, 0);
-        assert_eq!(runs, vec![(0, 15), (20, 5)]);
+    fn merge_with_touching_runs_merges_them() {
+        let e = Extent::new;
+        let runs = merge(vec![e(0, 10), e(10, 5), e(20, 5), e(30, 0)]);
+        assert_eq!(runs, vec![e(0, 15), e(20, 5)]);
     }
 
     #[test]
@@ -189,10 +178,10 @@ mod tests {
         drop(file);
         let input = Input::open(&path).unwrap();
         let runs = input.data_extents().unwrap();
-        let covered: u64 = runs.iter().map(|r| r.1).sum();
+        let covered: u64 = runs.iter().map(|r| r.length).sum();
         assert!(
             runs.iter()
-                .any(|&(o, l)| o <= 32 << 20 && o + l >= (32 << 20) + 4096)
+                .any(|r| r.offset <= 32 << 20 && r.end() >= (32 << 20) + 4096)
         );
         assert!(
             covered < 64 << 20,

@@ -29,9 +29,45 @@ impl Extent {
     }
 }
 
+/// Sorts extents and merges overlapping and touching ones into the fewest covering the same
+/// bytes. Empty extents are dropped. Extents must not overflow `u64` (validated ones never do).
+#[must_use]
+pub fn merge(mut extents: Vec<Extent>) -> Vec<Extent> {
+    extents.retain(|e| e.length > 0);
+    extents.sort_unstable_by_key(|e| e.offset);
+    let mut merged: Vec<Extent> = Vec::with_capacity(extents.len());
+    for e in extents {
+        match merged.last_mut() {
+            Some(last) if e.offset <= last.end() => {
+                let end = last.end().max(e.end());
+                last.length = end - last.offset;
+            }
+            _ => merged.push(e),
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_sorts_joins_touching_and_overlapping_and_drops_empty() {
+        let e = Extent::new;
+        assert_eq!(
+            merge(vec![
+                e(50, 10),
+                e(0, 10),
+                e(5, 10),
+                e(100, 1),
+                e(15, 0),
+                e(60, 5)
+            ]),
+            vec![e(0, 15), e(50, 15), e(100, 1)]
+        );
+        assert!(merge(Vec::new()).is_empty());
+    }
 
     #[test]
     fn end_saturates_and_checked_end_reports_overflow() {

@@ -17,7 +17,7 @@
 pub mod atomic;
 pub mod buf;
 pub mod chain;
-mod extent;
+pub mod extent;
 #[cfg(feature = "tokio")]
 pub mod join;
 #[cfg(feature = "tokio")]

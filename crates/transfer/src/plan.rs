@@ -154,24 +154,7 @@ pub fn segments(buf: &[u8], offset: u64, granularity: u64) -> Vec<Segment> {
     out
 }
 
-/// Sorts extents and merges overlapping and adjacent ones. Empty extents are dropped. Extents
-/// must not overflow `u64` (validated ones never do).
-#[must_use]
-pub fn merge_extents(mut extents: Vec<Extent>) -> Vec<Extent> {
-    extents.retain(|e| e.length > 0);
-    extents.sort_unstable_by_key(|e| e.offset);
-    let mut merged: Vec<Extent> = Vec::with_capacity(extents.len());
-    for e in extents {
-        match merged.last_mut() {
-            Some(last) if e.offset <= last.end() => {
-                let end = last.end().max(e.end());
-                last.length = end - last.offset;
-            }
-            _ => merged.push(e),
-        }
-    }
-    merged
-}
+pub use sendense_io::extent::merge as merge_extents;
 
 #[cfg(test)]
 mod tests {

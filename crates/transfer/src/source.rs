@@ -363,10 +363,7 @@ impl DiskSource for VmdkSource {
             let runs = tokio::task::spawn_blocking(move || image.allocated_extents())
                 .await
                 .map_err(|_| TransferError::Cancelled)??;
-            Ok(runs
-                .into_iter()
-                .map(|(offset, length)| Extent::new(offset, length))
-                .collect())
+            Ok(runs)
         })
     }
 }

@@ -251,7 +251,7 @@ impl VmdkImage {
     ///
     /// # Errors
     /// Metadata errors when a grain table is damaged; [`VmdkError::Io`].
-    pub fn allocated_extents(&self) -> Result<Vec<(u64, u64)>, VmdkError> {
+    pub fn allocated_extents(&self) -> Result<Vec<sendense_io::Extent>, VmdkError> {
         let mut runs = Runs::default();
         for m in &self.extents {
             match &m.reader {
@@ -259,8 +259,8 @@ impl VmdkImage {
                 ExtentReader::Flat { storage, start } => {
                     match storage.data_runs(*start, start + m.len) {
                         Some(data) => {
-                            for (off, len) in data {
-                                runs.push(m.start + (off - start), len);
+                            for run in data {
+                                runs.push(m.start + (run.offset - start), run.length);
                             }
                         }
                         None => runs.push(m.start, m.len),
@@ -526,7 +526,10 @@ mod tests {
         assert_eq!(img.create_type(), "streamOptimized");
         assert_eq!(img.size(), 64 * 512);
         assert!(buf[..4096].iter().all(|&b| b == 0) && buf[4096..].iter().all(|&b| b == 9));
-        assert_eq!(img.allocated_extents().unwrap(), vec![(3 * 4096, 4096)]);
+        assert_eq!(
+            img.allocated_extents().unwrap(),
+            vec![sendense_io::Extent::new(3 * 4096, 4096)]
+        );
     }
 
     #[test]

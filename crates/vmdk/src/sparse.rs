@@ -643,6 +643,9 @@ pub(crate) mod tests {
         let mut runs = Runs::default();
         ext.allocated(&mut runs, 0, ext.capacity_bytes()).unwrap();
         runs.into_vec()
+            .iter()
+            .map(|r| (r.offset, r.length))
+            .collect()
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! structured errors by the callers, which check bounds before reading.
 
 use std::fmt::Debug;
+
+use sendense_io::Extent;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -23,7 +25,7 @@ pub(crate) trait Storage: Send + Sync + Debug {
     fn path(&self) -> &Path;
     /// Runs `(offset, len)` inside `[start, end)` that may hold data;
     /// `None` when unknown (then the whole range counts as data).
-    fn data_runs(&self, _start: u64, _end: u64) -> Option<Vec<(u64, u64)>> {
+    fn data_runs(&self, _start: u64, _end: u64) -> Option<Vec<Extent>> {
         None
     }
 
@@ -79,13 +81,12 @@ impl Storage for FileStorage {
         &self.path
     }
 
-    fn data_runs(&self, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
-        let runs = sendense_io::sparse::data_runs(&self.file, start, end.min(self.len))
+    fn data_runs(&self, start: u64, end: u64) -> Option<Vec<Extent>> {
+        sendense_io::sparse::data_runs(&self.file, start, end.min(self.len))
             .inspect_err(|e| {
                 tracing::debug!(path = %self.path.display(), error = %e, "SEEK_DATA failed");
             })
-            .ok()?;
-        Some(runs.iter().map(|r| (r.offset, r.length)).collect())
+            .ok()
     }
 }
 

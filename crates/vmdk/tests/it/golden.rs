@@ -97,13 +97,13 @@ fn check_large(subformat: &str, max_allocated: u64) {
         img.descriptor().extents.len() >= min_extents,
         "{subformat}: extent count"
     );
-    let total: u64 = runs.iter().map(|r| r.1).sum();
+    let total: u64 = runs.iter().map(|r| r.length).sum();
     assert!(
         total <= max_allocated,
         "{subformat}: {total} bytes allocated"
     );
-    for &(off, len) in &runs {
-        compare_range(&img, &truth, off, len);
+    for r in &runs {
+        compare_range(&img, &truth, r.offset, r.length);
     }
     for (off, len) in raw_data_runs(&truth) {
         let data = read_file(&truth, off, usize::try_from(len).unwrap());

@@ -90,11 +90,11 @@ fn mixed_flat_sparse_zero_extents_concatenate_in_order() {
         assert!(got == expected[off..off + 3000], "boundary read at {off}");
     }
     // Flat A first, then S1's data grains; the ZERO extent is never listed.
-    assert_eq!(runs[0].0, 0);
+    assert_eq!(runs[0].offset, 0);
     let zero = ((100 + 2051) * 512) as u64..((100 + 2051 + 300) * 512) as u64;
     assert!(
         runs.iter()
-            .all(|&(o, l)| o + l <= zero.start || o >= zero.end)
+            .all(|r| r.end() <= zero.start || r.offset >= zero.end)
     );
 }
 

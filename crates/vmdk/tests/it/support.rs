@@ -108,6 +108,6 @@ pub(crate) fn read_file(path: &Path, offset: u64, len: usize) -> Vec<u8> {
 }
 
 /// Whether `[off, off + len)` lies inside one of `runs`.
-pub(crate) fn covered(runs: &[(u64, u64)], off: u64, len: u64) -> bool {
-    runs.iter().any(|&(s, l)| s <= off && off + len <= s + l)
+pub(crate) fn covered(runs: &[sendense_io::Extent], off: u64, len: u64) -> bool {
+    runs.iter().any(|r| r.offset <= off && off + len <= r.end())
 }
