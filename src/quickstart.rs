@@ -345,13 +345,13 @@ fn copy_sparse(from: &Path, to: &Path) -> Result<(), QuickstartError> {
     let out = File::create(to).map_err(io(to))?;
     out.set_len(input.size()).map_err(io(to))?;
     let mut buf = vec![0u8; MIB_USIZE];
-    for (offset, len) in input.data_extents().map_err(|e| QuickstartError::Io {
+    for run in input.data_extents().map_err(|e| QuickstartError::Io {
         path: from.to_path_buf(),
         source: std::io::Error::other(sendense_io::error_chain(&e)),
     })? {
-        let mut at = offset;
-        while at < offset + len {
-            let n = chunk(offset + len - at);
+        let mut at = run.offset;
+        while at < run.end() {
+            let n = chunk(run.end() - at);
             input
                 .read_at(&mut buf[..n], at)
                 .map_err(|e| QuickstartError::Io {
