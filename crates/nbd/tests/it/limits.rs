@@ -259,10 +259,10 @@ async fn silent_peer_dropped_after_handshake_deadline() {
 async fn trickling_peer_dropped_at_total_handshake_deadline() {
     // Default deadline: 30 s for the whole handshake. One byte every 29 s keeps
     // every single read within 30 s, but not the handshake.
-    let srv = Running::start(memory_registry(), ServerOptions::default()).await;
+    let server = Server::new(memory_registry(), ServerOptions::default());
     let start = Instant::now();
-    let peer = TcpStream::connect(srv.addr).await.unwrap();
-    let (mut rd, mut wr) = peer.into_split();
+    let (peer, served) = serve_duplex(&server, 1 << 16);
+    let (mut rd, mut wr) = tokio::io::split(peer);
     let reader = tokio::spawn(async move {
         let mut buf = [0u8; 256];
         loop {
@@ -275,12 +275,15 @@ async fn trickling_peer_dropped_at_total_handshake_deadline() {
     // Client flags and the start of an option header: never a complete message.
     let mut bytes = (wire::FLAG_C_FIXED_NEWSTYLE).to_be_bytes().to_vec();
     bytes.extend_from_slice(&wire::IHAVEOPT.to_be_bytes());
-    for b in bytes {
-        if reader.is_finished() {
-            break;
+    'trickle: for b in bytes {
+        // 29 s of virtual time in 1 s steps (the paused clock: no real wait), so the
+        // server's deadline fires within a second of when it is due.
+        for _ in 0..29 {
+            if reader.is_finished() {
+                break 'trickle;
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
         }
-        // Virtual time (start_paused): advances the paused clock, no real wait.
-        tokio::time::sleep(Duration::from_secs(29)).await;
         if wr.write_all(&[b]).await.is_err() {
             break;
         }
@@ -291,7 +294,8 @@ async fn trickling_peer_dropped_at_total_handshake_deadline() {
         after >= Duration::from_secs(30) && after < Duration::from_secs(35),
         "closed after {after:?}"
     );
-    srv.stop().await;
+    let ended = served.await.unwrap();
+    assert!(matches!(ended, Err(NbdError::TimedOut { .. })), "{ended:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
