@@ -48,8 +48,8 @@ use redb::{
 };
 use sendense_types::api::MAX_REASON_LEN;
 use sendense_types::{
-    BackupId, BackupQuery, BackupStatus, BackupType, CredentialName, RegisterVmRequest, Timestamp,
-    VcenterTrust, Vm, VmName,
+    BackupId, BackupQuery, BackupStatus, BackupType, CredentialName, CredentialRequest,
+    RegisterVmRequest, Timestamp, Vm, VmName,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -570,29 +570,29 @@ impl Catalog {
         })
     }
 
-    /// Stores (or replaces) a credential; the password arrives already sealed by the hub.
-    /// Answers the record (`created_at` kept from the first store).
+    /// Stores (or replaces) the credential `req` describes; its password arrives already
+    /// sealed by the hub (`req`'s plaintext password is not stored). Answers the record
+    /// (`created_at` kept from the first store).
     ///
     /// # Errors
     /// Storage or corruption errors.
     pub fn put_credential(
         &self,
-        name: &CredentialName,
-        host: &str,
-        username: &str,
+        req: &CredentialRequest,
         sealed_password: Vec<u8>,
-        trust: &VcenterTrust,
         now: Timestamp,
     ) -> Result<CredentialRecord> {
+        let name = req.name();
         self.write(Durability::Immediate, |t| {
             let existing: Option<CredentialRecord> =
                 get_json(&t.credentials, "credentials", name.as_str())?;
             let record = CredentialRecord {
                 name: name.clone(),
-                host: host.to_owned(),
-                username: username.to_owned(),
+                host: req.host().to_owned(),
+                username: req.username().to_owned(),
                 sealed_password,
-                trust: Some(trust.clone()),
+                trust: Some(req.trust().clone()),
+                agent: req.agent().cloned(),
                 created_at: existing.map_or(now, |e| e.created_at),
                 updated_at: now,
             };

@@ -7,8 +7,8 @@
 use std::fmt;
 
 use sendense_types::{
-    Backup, BackupDisk, BackupId, BackupStatus, BackupType, ChangeId, Credential, CredentialName,
-    DiskKey, Timestamp, VcenterTrust, Vm, VmName, image_path,
+    AgentName, Backup, BackupDisk, BackupId, BackupStatus, BackupType, ChangeId, Credential,
+    CredentialName, DiskKey, Timestamp, VcenterTrust, Vm, VmName, image_path,
 };
 use serde::{Deserialize, Serialize};
 
@@ -184,6 +184,10 @@ pub struct CredentialRecord {
     /// module documentation).
     #[serde(default)]
     pub trust: Option<VcenterTrust>,
+    /// The agent that reaches this vCenter and alone receives its password (`None` for a
+    /// credential stored without one; an optional field, so no schema change).
+    #[serde(default)]
+    pub agent: Option<AgentName>,
     /// When it was first stored.
     pub created_at: Timestamp,
     /// When it was last replaced.
@@ -205,6 +209,7 @@ impl CredentialRecord {
             },
             insecure: self.trust == Some(VcenterTrust::Insecure),
             needs_trust_choice: self.trust.is_none(),
+            agent: self.agent.clone(),
         }
     }
 }
@@ -336,6 +341,7 @@ mod tests {
                 username: "u".into(),
                 sealed_password: sealed,
                 trust,
+                agent: None,
                 created_at: t,
                 updated_at: t,
             };

@@ -102,14 +102,7 @@ impl Credentials {
     /// Sealing or the catalog fails.
     pub fn put(&self, req: &CredentialRequest) -> Result<Credential, HubError> {
         let sealed = self.seal(req.name(), req.password().as_bytes())?;
-        let record = self.catalog.put_credential(
-            req.name(),
-            req.host(),
-            req.username(),
-            sealed,
-            req.trust(),
-            Timestamp::now(),
-        )?;
+        let record = self.catalog.put_credential(req, sealed, Timestamp::now())?;
         tracing::info!(name = %req.name(), host = req.host(), "credential stored");
         Ok(record.to_api())
     }

@@ -16,7 +16,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TypesError;
-use crate::names::{BackupId, ChangeId, CredentialName, DiskKey, ExportName, VmName};
+use crate::names::{AgentName, BackupId, ChangeId, CredentialName, DiskKey, ExportName, VmName};
 use crate::timestamp::Timestamp;
 
 /// Largest disk capacity accepted: 64 TiB, VMware's limit for a virtual disk.
@@ -486,7 +486,7 @@ impl VcenterTrust {
     }
 }
 
-/// `POST /api/v1/credentials`: `{name, host, username, password, ca_pem or insecure}`.
+/// `POST /api/v1/credentials`: `{name, host, username, password, ca_pem or insecure, agent}`.
 ///
 /// Its `Debug` never shows the password; it is not `Serialize`-d back in any response.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -497,6 +497,7 @@ pub struct CredentialRequest {
     username: String,
     password: String,
     trust: VcenterTrust,
+    agent: Option<AgentName>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -510,6 +511,8 @@ struct CredentialWire {
     ca_pem: Option<String>,
     #[serde(default)]
     insecure: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent: Option<AgentName>,
 }
 
 impl TryFrom<CredentialWire> for CredentialRequest {
@@ -517,7 +520,10 @@ impl TryFrom<CredentialWire> for CredentialRequest {
 
     fn try_from(wire: CredentialWire) -> Result<Self, Self::Error> {
         let trust = VcenterTrust::from_fields(wire.ca_pem, wire.insecure)?;
-        Self::new(wire.name, wire.host, wire.username, wire.password, trust)
+        Ok(
+            Self::new(wire.name, wire.host, wire.username, wire.password, trust)?
+                .with_agent(wire.agent),
+        )
     }
 }
 
@@ -534,6 +540,7 @@ impl From<CredentialRequest> for CredentialWire {
             password: req.password,
             ca_pem,
             insecure,
+            agent: req.agent,
         }
     }
 }
@@ -546,6 +553,7 @@ impl fmt::Debug for CredentialRequest {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("trust", &self.trust)
+            .field("agent", &self.agent)
             .finish()
     }
 }
@@ -587,7 +595,22 @@ impl CredentialRequest {
             username,
             password,
             trust,
+            agent: None,
         })
+    }
+
+    /// The same request naming the agent that reaches this vCenter (DESIGN.md "Agents and
+    /// jobs"): the hub hands the password to that agent only.
+    #[must_use]
+    pub fn with_agent(mut self, agent: Option<AgentName>) -> Self {
+        self.agent = agent;
+        self
+    }
+
+    /// The agent that reaches this vCenter, if one is named.
+    #[must_use]
+    pub fn agent(&self) -> Option<&AgentName> {
+        self.agent.as_ref()
     }
 
     /// How the hub checks vCenter's certificate for this credential.
@@ -622,7 +645,7 @@ impl CredentialRequest {
 }
 
 /// Checks a free-text field: not empty, at most `max` bytes, no control characters.
-fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), TypesError> {
+pub(crate) fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), TypesError> {
     let reason = if value.is_empty() {
         "must not be empty"
     } else if value.len() > max {
@@ -657,7 +680,7 @@ pub struct BackupQuery {
 }
 
 /// Deserializes an optional string field through `FromStr`, an empty string being `None`.
-fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+pub(crate) fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: FromStr,
@@ -809,6 +832,9 @@ pub struct Credential {
     /// use it until it is created again with `ca_pem` or `insecure`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_trust_choice: bool,
+    /// The agent that reaches this vCenter and alone receives its password.
+    #[serde(default)]
+    pub agent: Option<AgentName>,
 }
 
 /// Longest CA bundle accepted in a credential's `ca_pem`, in bytes.

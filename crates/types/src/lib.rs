@@ -8,12 +8,14 @@
 //! - [`names`]: [`VmName`], [`CredentialName`], [`DiskKey`], [`BackupId`], [`ChangeId`],
 //!   [`ExportName`], all validated on construction and deserialization.
 //! - [`timestamp`]: [`Timestamp`], RFC 3339 UTC with one-second resolution.
+//! - [`jobs`]: agents, jobs and policies (the hub drives, agents connect out).
 //! - [`api`]: requests (validated while deserialized, unknown fields refused), responses and the
 //!   client's `--json` summary.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod error;
+pub mod jobs;
 pub mod names;
 pub mod timestamp;
 
@@ -24,5 +26,15 @@ pub use api::{
     StartBackupRequest, VcenterTrust, Vm, VmUsage, error_codes,
 };
 pub use error::TypesError;
-pub use names::{BackupId, ChangeId, CredentialName, DiskKey, ExportName, VmName, image_path};
+pub use jobs::{
+    Agent, AgentCredential, AgentEnrollment, AgentJob, AgentList, AgentState, BackupNowRequest,
+    CreateAgentRequest, EnrollRequest, EnrollResponse, FinishJobRequest, HeartbeatProgress,
+    HeartbeatRequest, HeartbeatResponse, Inventory, InventoryVm, Job, JobAccepted, JobKind,
+    JobList, JobProgress, JobQuery, JobStatus, NextJobQuery, Policy, PolicyList, PolicyRequest,
+    PolicyRun, Retention, RetryPolicy,
+};
+pub use names::{
+    AgentName, BackupId, ChangeId, CredentialName, DiskKey, ExportName, JobId, PolicyName, VmName,
+    image_path,
+};
 pub use timestamp::{CivilTime, Timestamp};

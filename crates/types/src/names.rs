@@ -1,4 +1,4 @@
-//! Validated names and identifiers: VM and credential names, disk keys, backup ids, VMware
+//! Validated names and identifiers: VM, credential, agent and policy names, job ids, disk keys, backup ids, VMware
 //! change ids and NBD export names.
 //!
 //! Every string newtype here is checked when it is built (`FromStr`, `TryFrom<String>`, serde),
@@ -27,6 +27,10 @@ const BACKUP_ID_HEX_DIGITS: usize = 6;
 const COMPACT_TIME_LEN: usize = 15;
 /// Prefix of every backup id.
 const BACKUP_ID_PREFIX: &str = "backup-";
+/// Prefix of every job id.
+const JOB_ID_PREFIX: &str = "job-";
+/// Number of hex digits of a job id.
+const JOB_ID_HEX_DIGITS: usize = 16;
 
 /// Implements the common string-newtype plumbing: `as_str`, `Display`, `AsRef<str>`,
 /// `TryFrom<String>`, `TryFrom<&str>`, `From<T> for String` (serde uses the last two pairs).
@@ -141,6 +145,68 @@ impl CredentialName {
 }
 
 string_newtype!(CredentialName);
+
+/// An appliance agent's name; same rules as [`VmName`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AgentName(String);
+
+impl AgentName {
+    fn validate(value: &str) -> Result<(), TypesError> {
+        check_safe_name(value).map_err(|reason| TypesError::InvalidName {
+            value: echo(value),
+            reason,
+        })
+    }
+}
+
+string_newtype!(AgentName);
+
+/// A backup policy's name; same rules as [`VmName`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PolicyName(String);
+
+impl PolicyName {
+    fn validate(value: &str) -> Result<(), TypesError> {
+        check_safe_name(value).map_err(|reason| TypesError::InvalidName {
+            value: echo(value),
+            reason,
+        })
+    }
+}
+
+string_newtype!(PolicyName);
+
+/// A job id: `job-` and 16 lowercase hex digits (64 random bits), e.g. `job-3fa9c2d41b07e588`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+impl JobId {
+    /// A fresh random id.
+    #[must_use]
+    pub fn random() -> Self {
+        Self(format!("{JOB_ID_PREFIX}{:016x}", rand::random::<u64>()))
+    }
+
+    fn validate(value: &str) -> Result<(), TypesError> {
+        let ok = value.strip_prefix(JOB_ID_PREFIX).is_some_and(|hex| {
+            hex.len() == JOB_ID_HEX_DIGITS
+                && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(TypesError::InvalidField {
+                field: "job_id",
+                reason: "must be job- and 16 lowercase hex digits",
+            })
+        }
+    }
+}
+
+string_newtype!(JobId);
 
 /// A VMware virtual disk device key.
 ///

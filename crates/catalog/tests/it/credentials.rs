@@ -3,7 +3,7 @@
 use sendense_catalog::CatalogError;
 use sendense_types::{CredentialName, VcenterTrust};
 
-use crate::support::{Fixture, at};
+use crate::support::{Fixture, at, credential_request};
 
 fn cred(name: &str) -> CredentialName {
     name.parse().unwrap()
@@ -16,11 +16,8 @@ fn put_credential_then_credential_answers_it() {
     let stored = f
         .catalog
         .put_credential(
-            &cred("vc1"),
-            "vc.example",
-            "backup",
+            &credential_request("vc1", "vc.example", "backup", VcenterTrust::Insecure),
             vec![1, 2, 3],
-            &VcenterTrust::Insecure,
             at(1),
         )
         .unwrap();
@@ -33,11 +30,8 @@ fn put_credential_replace_keeps_created_at() {
     let f = Fixture::new();
     f.catalog
         .put_credential(
-            &cred("vc1"),
-            "old",
-            "u",
+            &credential_request("vc1", "old", "u", VcenterTrust::Insecure),
             vec![1],
-            &VcenterTrust::Insecure,
             at(1),
         )
         .unwrap();
@@ -45,11 +39,8 @@ fn put_credential_replace_keeps_created_at() {
     let replaced = f
         .catalog
         .put_credential(
-            &cred("vc1"),
-            "new",
-            "u",
+            &credential_request("vc1", "new", "u", VcenterTrust::Insecure),
             vec![2],
-            &VcenterTrust::Insecure,
             at(5),
         )
         .unwrap();
@@ -70,21 +61,15 @@ fn credentials_listed_by_name() {
     let f = Fixture::new();
     f.catalog
         .put_credential(
-            &cred("b"),
-            "h",
-            "u",
+            &credential_request("b", "h", "u", VcenterTrust::Insecure),
             vec![1],
-            &VcenterTrust::Insecure,
             at(1),
         )
         .unwrap();
     f.catalog
         .put_credential(
-            &cred("a"),
-            "h",
-            "u",
+            &credential_request("a", "h", "u", VcenterTrust::Insecure),
             vec![1],
-            &VcenterTrust::Insecure,
             at(1),
         )
         .unwrap();
@@ -113,11 +98,8 @@ fn credential_debug_and_api_hide_sealed_password() {
     let stored = f
         .catalog
         .put_credential(
-            &cred("vc1"),
-            "h",
-            "u",
+            &credential_request("vc1", "h", "u", VcenterTrust::Insecure),
             vec![0xde, 0xad],
-            &VcenterTrust::Insecure,
             at(1),
         )
         .unwrap();
@@ -138,11 +120,8 @@ fn delete_credential_removes_it() {
     let f = Fixture::new();
     f.catalog
         .put_credential(
-            &cred("vc1"),
-            "h",
-            "u",
+            &credential_request("vc1", "h", "u", VcenterTrust::Insecure),
             vec![1],
-            &VcenterTrust::Insecure,
             at(1),
         )
         .unwrap();

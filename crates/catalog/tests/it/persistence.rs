@@ -3,7 +3,9 @@
 use sendense_catalog::{Catalog, ErrorKind};
 use sendense_types::{BackupQuery, VcenterTrust};
 
-use crate::support::{Fixture, at, complete, ids, register, start_full, start_incremental};
+use crate::support::{
+    Fixture, at, complete, credential_request, ids, register, start_full, start_incremental,
+};
 
 #[test]
 fn reopen_keeps_vms_backups_chain_and_credentials() {
@@ -13,11 +15,8 @@ fn reopen_keeps_vms_backups_chain_and_credentials() {
     let running = start_incremental(&f.catalog, &vm, 3);
     f.catalog
         .put_credential(
-            &"vc1".parse().unwrap(),
-            "h",
-            "u",
+            &credential_request("vc1", "h", "u", VcenterTrust::Insecure),
             vec![9],
-            &VcenterTrust::Insecure,
             at(1),
         )
         .unwrap();

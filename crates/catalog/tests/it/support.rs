@@ -113,3 +113,20 @@ pub(crate) fn complete(catalog: &Catalog, record: &BackupRecord, secs: i64) -> B
 pub(crate) fn ids(records: &[BackupRecord]) -> Vec<BackupId> {
     records.iter().map(|r| r.backup_id.clone()).collect()
 }
+
+/// A credential request for `name` at `host` as `user`, with a fixed password.
+pub(crate) fn credential_request(
+    name: &str,
+    host: &str,
+    user: &str,
+    trust: sendense_types::VcenterTrust,
+) -> sendense_types::CredentialRequest {
+    sendense_types::CredentialRequest::new(
+        name.parse().unwrap(),
+        host.into(),
+        user.into(),
+        "pw".into(),
+        trust,
+    )
+    .unwrap()
+}

@@ -123,6 +123,7 @@ fn credential_serializes_without_password() {
         ca_pem: None,
         insecure: true,
         needs_trust_choice: false,
+        agent: Some("appliance1".parse().unwrap()),
     };
 
     assert_eq!(
@@ -132,7 +133,8 @@ fn credential_serializes_without_password() {
             "host": "vcenter.example",
             "username": "backup@vsphere.local",
             "created_at": "2026-11-24T00:00:00Z",
-            "insecure": true
+            "insecure": true,
+            "agent": "appliance1"
         })
     );
 }
