@@ -11,6 +11,8 @@ pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod openapi;
+pub mod policies;
+pub mod scheduler;
 pub mod tls;
 pub mod token;
 
