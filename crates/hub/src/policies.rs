@@ -11,10 +11,50 @@
 //!
 //! Cost: exact paths and names are looked up in an index; each glob scans the inventory once,
 //! O(pattern x name) per VM at worst.
+//!
+//! [`answer`] turns a stored policy into the API's answer with its `next_run`.
 
 use std::collections::HashMap;
 
-use sendense_types::jobs::InventoryVm;
+use jiff::tz::TimeZone;
+use sendense_calendar::{CalendarError, CalendarEvent};
+use sendense_types::Timestamp;
+use sendense_types::jobs::{InventoryVm, Policy, PolicyRequest};
+
+use crate::scheduler;
+
+/// The answer of `GET /api/v1/policies/{name}`: the stored request, when it was created and
+/// last ran, and its next run in the hub's zone `tz` (the first schedule time after the last
+/// run, or after its creation if it never ran; `null` when disabled or never again).
+///
+/// # Errors
+/// [`CalendarError`] if the stored schedule does not parse (it was checked when stored).
+pub fn answer(
+    request: &PolicyRequest,
+    created_at: Timestamp,
+    last_run: Option<Timestamp>,
+    tz: &TimeZone,
+) -> Result<Policy, CalendarError> {
+    let schedule = CalendarEvent::parse(request.schedule())?;
+    let since = scheduler::zoned(last_run.unwrap_or(created_at), tz);
+    let next_run =
+        scheduler::next_run(&schedule, &since, request.enabled()).map(|z| scheduler::timestamp(&z));
+    Ok(Policy {
+        name: request.name().clone(),
+        schedule: request.schedule().to_owned(),
+        credential: request.credential().clone(),
+        vms: request.vms().to_vec(),
+        max_parallel: request.max_parallel(),
+        retry: request.retry(),
+        retention: request.retention(),
+        max_chain_length: request.max_chain_length(),
+        verify_after_backup: request.verify_after_backup(),
+        enabled: request.enabled(),
+        next_run,
+        last_run,
+        created_at,
+    })
+}
 
 /// The VMs a policy's patterns name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -222,6 +262,57 @@ mod tests {
 
     fn patterns(p: &[&str]) -> Vec<String> {
         p.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn request(schedule: &str, enabled: bool) -> PolicyRequest {
+        serde_json::from_value(serde_json::json!({
+            "name": "nightly", "schedule": schedule, "credential": "vc1",
+            "vms": ["dc1/vm/web01", "db*"], "max_parallel": 2,
+            "retry": {"count": 2, "delay_seconds": 600},
+            "retention": {"keep_last": 3, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6},
+            "max_chain_length": 30, "verify_after_backup": true, "enabled": enabled
+        }))
+        .expect("DESIGN.md's example policy")
+    }
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_unix_seconds(secs).expect("valid")
+    }
+
+    #[test]
+    fn answer_of_a_new_policy_runs_next_at_the_first_slot_after_creation() {
+        // Created Monday 2026-01-05 12:00 UTC; the hub's zone is UTC+1.
+        let created = ts(1_767_614_400);
+        let tz = TimeZone::fixed(jiff::tz::offset(1));
+
+        let p = answer(&request("mon..fri 22:00", true), created, None, &tz).expect("parses");
+
+        // Monday 22:00 at UTC+1 is 21:00 UTC.
+        assert_eq!(
+            (p.next_run, p.last_run, p.created_at, p.max_parallel),
+            (Some(ts(1_767_614_400 + 9 * 3600)), None, created, 2)
+        );
+    }
+
+    #[test]
+    fn answer_counts_from_the_last_run_and_shows_no_next_run_when_disabled() {
+        let created = ts(1_767_614_400);
+        let last = ts(1_767_614_400 + 9 * 3600 + 30);
+        let tz = TimeZone::UTC;
+
+        let enabled = answer(&request("mon..fri 22:00", true), created, Some(last), &tz);
+        let disabled = answer(&request("mon..fri 22:00", false), created, Some(last), &tz);
+
+        assert_eq!(
+            (
+                enabled.map(|p| p.next_run),
+                disabled.map(|p| (p.next_run, p.last_run))
+            ),
+            (
+                Ok(Some(ts(1_767_614_400 + 10 * 3600))),
+                Ok((None, Some(last)))
+            )
+        );
     }
 
     #[test]
