@@ -18,8 +18,8 @@ use std::collections::HashMap;
 
 use jiff::tz::TimeZone;
 use sendense_calendar::{CalendarError, CalendarEvent};
-use sendense_types::Timestamp;
 use sendense_types::jobs::{InventoryVm, Policy, PolicyRequest};
+use sendense_types::{Timestamp, VmName};
 
 use crate::scheduler;
 
@@ -63,6 +63,51 @@ pub struct Resolution {
     pub vms: Vec<InventoryVm>,
     /// The patterns that matched no VM, in the policy's order.
     pub unmatched: Vec<String>,
+}
+
+/// The VMs one run of a policy backs up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunPlan {
+    /// The VMs, each once, in the order of the first pattern naming them.
+    pub vms: Vec<VmName>,
+    /// Patterns that matched no VM (a warning for the caller, not a failure).
+    pub unmatched: Vec<String>,
+    /// Inventory names the hub cannot take as VM names (logged and left out).
+    pub invalid: Vec<String>,
+}
+
+/// Plans a run of a policy with `patterns` over its credential's `inventory`. Without an
+/// inventory yet (the agent never reported one), patterns naming one VM exactly (no `/`, `*`
+/// or `?`) are taken as VM names, and the job queue finds their agent; the rest are unmatched.
+#[must_use]
+pub fn plan_run(patterns: &[String], inventory: Option<&[InventoryVm]>) -> RunPlan {
+    let mut plan = RunPlan::default();
+    let names: Vec<String> = match inventory {
+        Some(inventory) => {
+            let resolution = resolve_vms(patterns, inventory);
+            plan.unmatched = resolution.unmatched;
+            resolution.vms.into_iter().map(|vm| vm.name).collect()
+        }
+        None => {
+            let (exact, rest): (Vec<&String>, Vec<&String>) =
+                patterns.iter().partition(|p| !p.contains(['/', '*', '?']));
+            plan.unmatched = rest.into_iter().cloned().collect();
+            let mut names: Vec<String> = Vec::new();
+            for name in exact {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+            names
+        }
+    };
+    for name in names {
+        match VmName::try_from(name.as_str()) {
+            Ok(vm) => plan.vms.push(vm),
+            Err(_) => plan.invalid.push(name),
+        }
+    }
+    plan
 }
 
 /// Resolves `patterns` (a policy's `vms`) against `inventory`.
@@ -313,6 +358,50 @@ mod tests {
                 Ok((None, Some(last)))
             )
         );
+    }
+
+    #[test]
+    fn plan_over_an_inventory_takes_the_resolved_names() {
+        let plan = plan_run(&patterns(&["db*", "nothing*"]), Some(&inventory()));
+
+        assert_eq!(
+            plan,
+            RunPlan {
+                vms: vec![vm_name("db1"), vm_name("db2")],
+                unmatched: patterns(&["nothing*"]),
+                invalid: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn plan_without_an_inventory_takes_exact_names_only() {
+        let plan = plan_run(&patterns(&["web01", "db*", "dc1/vm/x", "web01"]), None);
+
+        assert_eq!(
+            plan,
+            RunPlan {
+                vms: vec![vm_name("web01")],
+                unmatched: patterns(&["db*", "dc1/vm/x"]),
+                invalid: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn plan_leaves_out_inventory_names_that_are_not_vm_names() {
+        let inv = vec![vm("ok1", "dc/vm/ok1"), vm("web 01", "dc/vm/web 01")];
+
+        let plan = plan_run(&patterns(&["dc/vm/*"]), Some(&inv));
+
+        assert_eq!(
+            (plan.vms, plan.invalid),
+            (vec![vm_name("ok1")], vec!["web 01".to_owned()])
+        );
+    }
+
+    fn vm_name(name: &str) -> VmName {
+        VmName::try_from(name).expect("a valid VM name")
     }
 
     #[test]
