@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use sendense_hub::cli::LogArgs;
 use sendense_image::ByteSize;
 
+use crate::ctl::{self, CtlArgs};
 use crate::quickstart::{self, QuickstartOptions};
 
 /// Sendense hub: the backup repository daemon and its image tools.
@@ -44,6 +45,9 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Operate a running hub over its REST API (agents, jobs, backups now, policies,
+    /// credentials, VMs, metrics) with its API token; --json prints the hub's answers.
+    Ctl(CtlArgs),
     /// The hub's own commands.
     #[command(flatten)]
     Hub(sendense_hub::cli::Command),
@@ -55,7 +59,7 @@ impl Cli {
     #[must_use]
     pub fn default_log_filter(&self) -> &'static str {
         match &self.command {
-            Command::Quickstart { .. } => "warn",
+            Command::Quickstart { .. } | Command::Ctl(_) => "warn",
             Command::Hub(command) => command.default_log_filter(),
         }
     }
@@ -86,6 +90,16 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Ctl(args) => match ctl::run(args).await {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sendense-hub ctl: {}", sendense_io::error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
         Command::Hub(command) => sendense_hub::cli::run(command).await,
     }
 }
