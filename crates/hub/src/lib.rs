@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod openapi;
 pub mod tls;
 pub mod token;
