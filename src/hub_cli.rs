@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sendense_hub::cli::LogArgs;
+use sendense_hub::cli::{LogArgs, LogFormat};
 use sendense_image::ByteSize;
 
 use crate::quickstart::{self, QuickstartOptions};
@@ -50,6 +50,28 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Reads `serve --config FILE` into the command line (flags win over the file). Call it
+    /// before logging starts: the file may choose the log format.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not TOML, or holds an unknown key or a bad value.
+    pub fn load_config(&mut self) -> Result<(), sendense_hub::HubError> {
+        match &mut self.command {
+            Command::Quickstart { .. } => Ok(()),
+            Command::Hub(command) => command.load_config(),
+        }
+    }
+
+    /// The log format: `--log-format`, else the one `serve`'s config file sets, else text.
+    #[must_use]
+    pub fn log_format(&self) -> LogFormat {
+        let chosen = match &self.command {
+            Command::Quickstart { .. } => None,
+            Command::Hub(command) => command.log_format(),
+        };
+        self.log.log_format.or(chosen).unwrap_or(LogFormat::Text)
+    }
+
     /// Log filter when `RUST_LOG` is not set: `warn` for the quickstart, whose result is its
     /// table; the hub's commands choose their own.
     #[must_use]

@@ -215,6 +215,51 @@ pub enum HubError {
         #[source]
         source: std::io::Error,
     },
+    /// The `serve --config` file cannot be read.
+    #[error("Cannot read the config file {path}")]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `serve --config` file is not TOML.
+    #[error("Config file {path}, line {line}, column {column}: not valid TOML: {reason}")]
+    ConfigSyntax {
+        /// The file.
+        path: PathBuf,
+        /// Where (from 1).
+        line: usize,
+        /// Where in the line (from 1, in characters).
+        column: usize,
+        /// The TOML parser's complaint.
+        reason: String,
+    },
+    /// The `serve --config` file has a key `serve` does not know.
+    #[error(
+        "Config file {path}: unknown key {key:?} (the keys are the names of the serve flags, \
+         with _ for -, such as data_dir)"
+    )]
+    ConfigUnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// A value of the `serve --config` file is of the wrong type or does not parse.
+    #[error("Config file {path}: bad value for key {key}: {reason}")]
+    ConfigValue {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// `serve` was given no data folder.
+    #[error("No data folder: give --data-dir DIR, or data_dir in the --config file")]
+    NoDataDir,
     /// The key file is gone while the catalog holds credentials sealed with it: a new key
     /// would silently make them unusable.
     #[error(
