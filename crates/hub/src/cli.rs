@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::daemon::{self, HubConfig, Listeners};
 use crate::error::HubError;
+use crate::notify::{WebhookConfig, WebhookSecret};
 
 /// `serve --api` when neither the flag nor the file sets it.
 pub const DEFAULT_API: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
@@ -129,6 +130,21 @@ pub struct ServeOptions {
     /// [default: required].
     #[arg(long, value_enum, value_name = "MODE")]
     pub nbd_client_certs: Option<NbdClientCerts>,
+    /// POST a signed JSON notification to this URL when a job fails (and, with
+    /// --webhook-on-success, when one completes); needs --webhook-secret-file.
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// File holding the webhook's secret: notifications carry
+    /// `X-Sendense-Signature: sha256=<hex HMAC-SHA256 of the body>` keyed with it.
+    #[arg(long, value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Also notify completed jobs [default: false; the flag alone means true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub webhook_on_success: Option<bool>,
+    /// CA certificates (PEM) to trust for an https webhook [default: the
+    /// system's bundle, /etc/ssl/certs/ca-certificates.crt].
+    #[arg(long, value_name = "FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
     /// Log line format: a key of the config file only (on the command line it
     /// is the global --log-format, which wins).
     #[arg(skip)]
@@ -215,16 +231,24 @@ impl ServeOptions {
             idle_timeout: self.idle_timeout.or(fallback.idle_timeout),
             disconnect_grace: self.disconnect_grace.or(fallback.disconnect_grace),
             nbd_client_certs: self.nbd_client_certs.or(fallback.nbd_client_certs),
+            webhook_url: self.webhook_url.or(fallback.webhook_url),
+            webhook_secret_file: self.webhook_secret_file.or(fallback.webhook_secret_file),
+            webhook_on_success: self.webhook_on_success.or(fallback.webhook_on_success),
+            webhook_ca_file: self.webhook_ca_file.or(fallback.webhook_ca_file),
             log_format: self.log_format.or(fallback.log_format),
         }
     }
 
-    /// The daemon's configuration: these settings, defaults for the rest.
+    /// The daemon's configuration: these settings, defaults for the rest; reads the
+    /// webhook's secret file.
     ///
     /// # Errors
-    /// [`HubError::NoDataDir`] when no data folder is set.
+    /// [`HubError::NoDataDir`] when no data folder is set; for the webhook
+    /// [`HubError::WebhookIncomplete`], [`HubError::WebhookUrl`], and the secret file's errors
+    /// ([`WebhookSecret::from_file`]).
     pub fn into_config(self) -> Result<HubConfig, HubError> {
         let seconds = |s: Option<u64>, default| Duration::from_secs(s.unwrap_or(default).max(1));
+        let webhook = self.webhook()?;
         Ok(HubConfig {
             data_dir: self.data_dir.ok_or(HubError::NoDataDir)?,
             api_listen: self.api.unwrap_or(DEFAULT_API),
@@ -236,7 +260,30 @@ impl ServeOptions {
                 NbdClientCerts::Required => ClientCerts::Required,
                 NbdClientCerts::Optional => ClientCerts::Optional,
             },
+            webhook,
         })
+    }
+
+    /// The webhook, when `webhook_url` is set (with `webhook_secret_file`, which it needs).
+    fn webhook(&self) -> Result<Option<WebhookConfig>, HubError> {
+        let incomplete = |given, needed| HubError::WebhookIncomplete { given, needed };
+        let (url, secret) = match (&self.webhook_url, &self.webhook_secret_file) {
+            (Some(url), Some(secret)) => (url, secret),
+            (Some(_), None) => return Err(incomplete("webhook_url", "webhook_secret_file")),
+            (None, Some(_)) => return Err(incomplete("webhook_secret_file", "webhook_url")),
+            (None, None) if self.webhook_on_success.is_some() => {
+                return Err(incomplete("webhook_on_success", "webhook_url"));
+            }
+            (None, None) if self.webhook_ca_file.is_some() => {
+                return Err(incomplete("webhook_ca_file", "webhook_url"));
+            }
+            (None, None) => return Ok(None),
+        };
+        let secret = WebhookSecret::from_file(secret)?;
+        let mut webhook =
+            WebhookConfig::new(url, secret, self.webhook_on_success.unwrap_or(false))?;
+        webhook.ca_file.clone_from(&self.webhook_ca_file);
+        Ok(Some(webhook))
     }
 }
 
@@ -607,6 +654,99 @@ mod tests {
         assert_eq!(config.disconnect_grace, Duration::from_secs(20));
         assert_eq!(config.nbd_client_certs, ClientCerts::Required);
         assert_eq!(format, None);
+    }
+
+    #[test]
+    fn serve_webhook_from_the_file_with_on_success_overridden_by_a_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "k3y\n").unwrap();
+        let toml = format!(
+            "data_dir = \"/d\"\nwebhook_url = \"https://hooks.example.org/sendense\"\n\
+             webhook_secret_file = {:?}\nwebhook_on_success = true\n\
+             webhook_ca_file = \"/etc/sendense/hooks-ca.pem\"\n",
+            secret.to_str().unwrap()
+        );
+        let from_file = serve(dir.path(), &toml, &["--config", "{config}"]);
+        let overridden = serve(
+            dir.path(),
+            &toml,
+            &["--config", "{config}", "--webhook-on-success=false"],
+        );
+
+        let (from_file, _) = config(from_file).unwrap();
+        let (overridden, _) = config(overridden).unwrap();
+
+        let webhook = from_file.webhook.unwrap();
+        assert_eq!(webhook.url.as_str(), "https://hooks.example.org/sendense");
+        assert!(webhook.on_success);
+        assert_eq!(
+            webhook.ca_file,
+            Some(PathBuf::from("/etc/sendense/hooks-ca.pem"))
+        );
+        assert_eq!(
+            webhook.secret.sign(b"x"),
+            WebhookSecret::new(b"k3y", &secret).unwrap().sign(b"x")
+        );
+        assert!(!overridden.webhook.unwrap().on_success);
+    }
+
+    #[test]
+    fn serve_webhook_on_success_flag_alone_means_true() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "k").unwrap();
+        let command = Hub::try_parse_from([
+            "sendense-hub",
+            "serve",
+            "--data-dir",
+            "/d",
+            "--webhook-url",
+            "http://127.0.0.1:9/hook",
+            "--webhook-secret-file",
+            secret.to_str().unwrap(),
+            "--webhook-on-success",
+        ])
+        .unwrap()
+        .command;
+
+        let (config, _) = config(command).unwrap();
+
+        assert!(config.webhook.unwrap().on_success);
+    }
+
+    #[test]
+    fn serve_webhook_url_without_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let command = serve(
+            dir.path(),
+            "data_dir = \"/d\"\nwebhook_url = \"http://127.0.0.1:9/\"\n",
+            &["--config", "{config}"],
+        );
+
+        let err = config(command).unwrap_err();
+
+        assert!(
+            matches!(
+                err,
+                HubError::WebhookIncomplete {
+                    given: "webhook_url",
+                    needed: "webhook_secret_file"
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn serve_without_webhook_settings_has_no_webhook() {
+        let command = Hub::try_parse_from(["sendense-hub", "serve", "--data-dir", "/d"])
+            .unwrap()
+            .command;
+
+        let (config, _) = config(command).unwrap();
+
+        assert!(config.webhook.is_none());
     }
 
     #[test]

@@ -260,6 +260,56 @@ pub enum HubError {
     /// `serve` was given no data folder.
     #[error("No data folder: give --data-dir DIR, or data_dir in the --config file")]
     NoDataDir,
+    /// The webhook URL is unusable (the message leaves the URL out: it may carry a token).
+    #[error("The webhook URL is unusable: {reason}")]
+    WebhookUrl {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A webhook setting was given without the others it needs.
+    #[error("{given} needs {needed}")]
+    WebhookIncomplete {
+        /// The setting given.
+        given: &'static str,
+        /// The setting missing.
+        needed: &'static str,
+    },
+    /// The webhook secret file cannot be read.
+    #[error("Cannot read the webhook secret file {path}")]
+    WebhookSecretFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The webhook secret file is empty.
+    #[error("The webhook secret file {path} is empty")]
+    WebhookSecretEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An `https` webhook without a CA file, and no system CA bundle found.
+    #[error(
+        "No system CA bundle found for the https webhook: install ca-certificates or give \
+         --webhook-ca-file"
+    )]
+    WebhookNoCa,
+    /// The webhook's CA file is unusable.
+    #[error("Webhook CA file {path}: {reason}")]
+    WebhookCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The webhook's HTTP client cannot be built.
+    #[error("Cannot set up the webhook's HTTP client")]
+    WebhookClient {
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
     /// The key file is gone while the catalog holds credentials sealed with it: a new key
     /// would silently make them unusable.
     #[error(

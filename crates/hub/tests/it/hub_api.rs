@@ -55,6 +55,7 @@ impl Hub {
             idle_timeout: idle,
             disconnect_grace,
             nbd_client_certs: ClientCerts::Required,
+            webhook: None,
         };
         let running = daemon::start(config).await.unwrap();
         let api_tls =
