@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sendense_hub::cli::LogArgs;
+use sendense_hub::cli::{LogArgs, LogFormat};
 use sendense_image::ByteSize;
 
 use crate::ctl::{self, CtlArgs};
@@ -25,6 +25,7 @@ pub struct Cli {
 
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process: boxing buys nothing
 pub enum Command {
     /// Run the whole product once on this machine, with nothing configured.
     ///
@@ -54,6 +55,28 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Reads `serve --config FILE` into the command line (flags win over the file). Call it
+    /// before logging starts: the file may choose the log format.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not TOML, or holds an unknown key or a bad value.
+    pub fn load_config(&mut self) -> Result<(), sendense_hub::HubError> {
+        match &mut self.command {
+            Command::Quickstart { .. } => Ok(()),
+            Command::Hub(command) => command.load_config(),
+        }
+    }
+
+    /// The log format: `--log-format`, else the one `serve`'s config file sets, else text.
+    #[must_use]
+    pub fn log_format(&self) -> LogFormat {
+        let chosen = match &self.command {
+            Command::Quickstart { .. } => None,
+            Command::Hub(command) => command.log_format(),
+        };
+        self.log.log_format.or(chosen).unwrap_or(LogFormat::Text)
+    }
+
     /// Log filter when `RUST_LOG` is not set: `warn` for the quickstart, whose result is its
     /// table; the hub's commands choose their own.
     #[must_use]

@@ -70,6 +70,7 @@ pub fn router(state: ApiState) -> Router {
             post(credential_session),
         )
         .route("/api/v1/repository", get(repository))
+        .route("/api/v1/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -276,6 +277,15 @@ async fn fail_backup(
 
 async fn repository(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(blocking(move || s.engine.repository()).await?))
+}
+
+/// Prometheus text: what [`Engine::metrics`] gathers, rendered.
+async fn metrics(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    let snapshot = blocking(move || s.engine.metrics()).await?;
+    Ok((
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        snapshot.render(),
+    ))
 }
 
 async fn record_snapshot(

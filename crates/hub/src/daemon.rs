@@ -31,6 +31,7 @@ use crate::api::{ApiState, router};
 use crate::credentials::Credentials;
 use crate::engine::{Engine, REPOSITORY_DIR, Reconciliation, Watchdog};
 use crate::error::HubError;
+use crate::notify::{Notifier, WebhookConfig};
 
 /// Folder of the TLS material inside the data folder.
 pub const TLS_DIR: &str = "tls";
@@ -43,6 +44,8 @@ const API_DRAIN: Duration = Duration::from_secs(8);
 const ENGINE_DRAIN: Duration = Duration::from_secs(10);
 /// How long the NBD server may take to end its connections.
 const NBD_DRAIN: Duration = Duration::from_secs(5);
+/// How long queued webhook notifications may take to go out (alongside [`NBD_DRAIN`]).
+const WEBHOOK_DRAIN: Duration = Duration::from_secs(4);
 
 /// How the daemon is set up.
 #[derive(Debug, Clone)]
@@ -65,6 +68,8 @@ pub struct HubConfig {
     /// Which client certificates the NBD port accepts: [`ClientCerts::Required`] (only
     /// certificates the hub's CA issued) or [`ClientCerts::Optional`].
     pub nbd_client_certs: ClientCerts,
+    /// Where job notifications go; `None`: nowhere.
+    pub webhook: Option<WebhookConfig>,
 }
 
 /// A started hub: its addresses, and the handle that stops it.
@@ -76,6 +81,8 @@ pub struct RunningHub {
     pub nbd_addr: SocketAddr,
     /// The engine, for in-process callers.
     pub engine: Arc<Engine>,
+    /// Queues job notifications for the webhook ([`Notifier::disabled`] without one).
+    pub notifier: Notifier,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -191,6 +198,15 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     let nbd_tls = sendense_nbd::tls::server_config_from_dir_with(&tls_dir, config.nbd_client_certs)
         .map_err(HubError::TlsMaterial)?;
 
+    let (notifier, notifier_task) = match config.webhook.clone() {
+        Some(webhook) => {
+            let host = webhook.url.host_str().unwrap_or_default().to_owned();
+            let (notifier, task) = Notifier::start(webhook)?;
+            tracing::info!(host, "job notifications go to a webhook");
+            (notifier, Some(task))
+        }
+        None => (Notifier::disabled(), None),
+    };
     let catalog = Arc::new(Catalog::open_in(&data).map_err(HubError::from)?);
     let credentials = Arc::new(Credentials::open(Arc::clone(&catalog), &data)?);
     let registry = Arc::new(ExportRegistry::new());
@@ -294,7 +310,13 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         let engine_down = tokio::spawn(async move { shutdown_engine.shutdown().await });
         bounded("backup engine", ENGINE_DRAIN, engine_down).await;
         let _ = nbd_stop_tx.send(());
-        bounded("NBD server", NBD_DRAIN, nbd_task).await;
+        // Notifications the engine's shutdown queued go out while the NBD server ends.
+        let webhook = async {
+            if let Some(task) = notifier_task {
+                bounded("webhook", WEBHOOK_DRAIN, task.stop()).await;
+            }
+        };
+        tokio::join!(bounded("NBD server", NBD_DRAIN, nbd_task), webhook);
         tracing::info!("hub stopped");
     });
     tracing::info!(
@@ -308,6 +330,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         api_addr,
         nbd_addr,
         engine,
+        notifier,
         stop: stop_tx,
         task,
     })

@@ -180,6 +180,8 @@ pub const DOCUMENT: &str = r##"{
           "502": { "description": "vCenter refused the login or could not be reached", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ApiError" } } } } } } },
     "/api/v1/repository": { "get": { "summary": "Capacity, used and free space, per-VM usage, and files the catalog does not know",
         "responses": { "200": { "description": "The repository", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RepositoryInfo" } } } } } } },
+    "/api/v1/metrics": { "get": { "summary": "Prometheus text (format 0.0.4): jobs and backups by status, bytes written, repository space, chain length and last success per VM",
+        "responses": { "200": { "description": "The metrics", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
     "/api/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
   }
 }"##;
@@ -205,6 +207,7 @@ mod tests {
             "/api/v1/credentials",
             "/api/v1/credentials/{name}/session",
             "/api/v1/repository",
+            "/api/v1/metrics",
             "/api/v1/openapi.json",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");

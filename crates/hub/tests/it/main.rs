@@ -9,3 +9,5 @@ mod image_tools;
 mod lifecycle;
 #[cfg(test)]
 mod support;
+#[cfg(test)]
+mod webhook;
