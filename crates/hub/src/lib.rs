@@ -13,6 +13,8 @@ pub mod error;
 pub mod metrics;
 pub mod notify;
 pub mod openapi;
+pub mod policies;
+pub mod scheduler;
 pub mod tls;
 pub mod token;
 
