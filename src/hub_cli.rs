@@ -62,7 +62,7 @@ impl Cli {
     /// The file cannot be read, is not TOML, or holds an unknown key or a bad value.
     pub fn load_config(&mut self) -> Result<(), sendense_hub::HubError> {
         match &mut self.command {
-            Command::Quickstart { .. } => Ok(()),
+            Command::Quickstart { .. } | Command::Ctl(_) => Ok(()),
             Command::Hub(command) => command.load_config(),
         }
     }
@@ -71,7 +71,7 @@ impl Cli {
     #[must_use]
     pub fn log_format(&self) -> LogFormat {
         let chosen = match &self.command {
-            Command::Quickstart { .. } => None,
+            Command::Quickstart { .. } | Command::Ctl(_) => None,
             Command::Hub(command) => command.log_format(),
         };
         self.log.log_format.or(chosen).unwrap_or(LogFormat::Text)
