@@ -323,9 +323,12 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     });
 
     let shutdown_engine = Arc::clone(&engine);
+    let shutdown_jobs = Arc::clone(&jobs);
     let task = tokio::spawn(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
         tracing::info!("shutting down");
+        // Long polls answer at once instead of holding the API's drain.
+        shutdown_jobs.close();
         api_handle.graceful_shutdown(Some(API_DRAIN));
         bounded("API server", API_DRAIN + Duration::from_secs(1), api_task).await;
         bounded("watchdog", Duration::from_secs(1), watchdog).await;

@@ -42,7 +42,7 @@ use sendense_types::{
     HeartbeatRequest, HeartbeatResponse, Inventory, Job, JobAccepted, JobId, JobKind, JobList,
     JobProgress, JobQuery, JobStatus, NextJobQuery, PolicyName, Timestamp, VmName,
 };
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::agents::Caller;
 use crate::credentials::Credentials;
@@ -82,6 +82,7 @@ pub struct Jobs {
     credentials: Arc<Credentials>,
     wakers: Mutex<HashMap<AgentName, Arc<Notify>>>,
     finished: broadcast::Sender<Job>,
+    closing: watch::Sender<bool>,
 }
 
 impl Jobs {
@@ -95,7 +96,14 @@ impl Jobs {
             credentials,
             wakers: Mutex::new(HashMap::new()),
             finished: broadcast::channel(FINISHED_BACKLOG).0,
+            closing: watch::channel(false).0,
         }
+    }
+
+    /// Ends every long poll now (each answers "no job") and every later one at once: the hub
+    /// calls it when it shuts down, so no poll holds the API's drain.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Every job that ends from now on (`completed`, `failed` or `cancelled`), as it ended. A
@@ -211,7 +219,8 @@ impl Jobs {
 
     /// The long poll `GET /api/v1/agents/{name}/jobs/next?wait=S`: hands `agent` its oldest due
     /// queued job (now `running` with a fresh lease), with its credential's password; else
-    /// waits up to `wait` seconds for one to be queued and answers `None`. Records that the
+    /// waits up to `wait` seconds (or until [`Jobs::close`]) for one to be queued and answers
+    /// `None`. Records that the
     /// agent was seen, with the version and slots it reports.
     ///
     /// # Errors
@@ -249,6 +258,7 @@ impl Jobs {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
         let waker = self.waker(agent);
+        let mut closing = self.closing.subscribe();
         loop {
             let notified = waker.notified();
             tokio::pin!(notified);
@@ -278,7 +288,7 @@ impl Jobs {
                 }
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || *closing.borrow() {
                 return Ok(None);
             }
             let until_due = claim.next_due.map(|due| {
@@ -292,6 +302,7 @@ impl Jobs {
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep(nap) => {}
+                _ = closing.wait_for(|closed| *closed) => {}
             }
         }
     }

@@ -130,6 +130,46 @@ async fn running_job(hub: &Hub, agent: &TestAgent, vm: &str) -> String {
     id
 }
 
+/// A long poll of `agent` running in its own task: its status and body (`null` for 204).
+fn spawn_poll(
+    hub: &Hub,
+    agent: &TestAgent,
+    wait: u32,
+) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let (http, token) = (hub.http.clone(), agent.token.clone());
+    let url = format!(
+        "{}/api/v1/agents/{}/jobs/next?wait={wait}",
+        hub.base, agent.name
+    );
+    tokio::spawn(async move {
+        let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        (status, body)
+    })
+}
+
+/// Waits (deadline 20 s) until the hub has seen agent `name`, which had never polled before.
+async fn wait_until_seen(hub: &Hub, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, agent) = hub.get(&format!("/api/v1/agents/{name}")).await;
+        if agent["last_seen"].is_string() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}'s poll never arrived"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 fn seconds_from_now(secs: i64) -> Timestamp {
     Timestamp::now().saturating_add_seconds(secs)
 }
@@ -636,31 +676,9 @@ async fn long_poll_answers_204_after_wait_and_wakes_when_job_queued() {
     let (status, body) = put_credential(&hub, "vc2", Some("a2")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let started = std::time::Instant::now();
-    let waiting = {
-        let (http, base, token) = (hub.http.clone(), hub.base.clone(), a2.token.clone());
-        tokio::spawn(async move {
-            let resp = http
-                .get(format!("{base}/api/v1/agents/a2/jobs/next?wait=60"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap();
-            (resp.status(), resp.json::<Value>().await.unwrap())
-        })
-    };
+    let waiting = spawn_poll(&hub, &a2, 60);
     // The poll has begun once the hub has seen a2 (it never polled before).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, agent) = hub.get("/api/v1/agents/a2").await;
-        if agent["last_seen"].is_string() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a2's poll never arrived"
-        );
-        tokio::task::yield_now().await;
-    }
+    wait_until_seen(&hub, "a2").await;
 
     let id = queue_backup(&hub, "db01", json!({"credential": "vc2"})).await;
 
@@ -872,4 +890,68 @@ async fn job_routes_bad_input_answer_clear_4xx_and_change_nothing() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(job(&hub, &id).await.status, JobStatus::Running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_answers_204_when_hub_stops() {
+    let (hub, a1) = hub_with_agent().await;
+    let waiting = spawn_poll(&hub, &a1, 60);
+    wait_until_seen(&hub, "a1").await;
+
+    let stopped = std::time::Instant::now();
+    hub.stop().await;
+
+    let (status, body) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+    // The API's drain (8 s) was not needed to end the poll.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        stopped.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_running_job_its_agent_abandons_has_backup_failed_when_lease_lapses() {
+    let (hub, a1) = hub_with_agent().await;
+    let id = running_job(&hub, &a1, "web01").await;
+    hub.register("web01", &[1 << 20]).await;
+    let (_, body) = as_agent(
+        &hub,
+        &a1,
+        "/api/v1/backups",
+        json!({"vm_name": "web01", "backup_type": "full"}),
+    )
+    .await;
+    let backup: Backup = typed(body);
+    as_agent(
+        &hub,
+        &a1,
+        &format!("/api/v1/jobs/{id}/heartbeat"),
+        json!({"backup_id": backup.backup_id}),
+    )
+    .await;
+    let (status, _) = hub
+        .post(&format!("/api/v1/jobs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let jobs = std::sync::Arc::clone(&hub.running.as_ref().unwrap().jobs);
+
+    let in_grace = jobs.reap(seconds_from_now(60)).await.unwrap();
+    let running_in_grace = hub.backup(&backup.backup_id).await.status;
+    let lapsed = jobs.reap(seconds_from_now(120)).await.unwrap();
+
+    assert_eq!(
+        (in_grace, running_in_grace, lapsed),
+        (0, BackupStatus::Running, 1)
+    );
+    let failed = hub.backup(&backup.backup_id).await;
+    assert_eq!(
+        (failed.status, failed.failure_reason.as_deref()),
+        (BackupStatus::Failed, Some("cancelled"))
+    );
+    assert_eq!(job(&hub, &id).await.status, JobStatus::Cancelled);
 }
