@@ -27,10 +27,12 @@ use sendense_catalog::Catalog;
 pub use sendense_nbd::tls::ClientCerts;
 use sendense_nbd::{ExportRegistry, Server, ServerOptions};
 
+use crate::agents::Agents;
 use crate::api::{ApiState, router};
 use crate::credentials::Credentials;
 use crate::engine::{Engine, REPOSITORY_DIR, Reconciliation, Watchdog};
 use crate::error::HubError;
+use crate::jobs::{Jobs, REAP_PERIOD};
 use crate::notify::{Notifier, WebhookConfig};
 
 /// Folder of the TLS material inside the data folder.
@@ -83,6 +85,10 @@ pub struct RunningHub {
     pub engine: Arc<Engine>,
     /// Queues job notifications for the webhook ([`Notifier::disabled`] without one).
     pub notifier: Notifier,
+    /// The job queue, for in-process callers (the scheduler, tests driving the reaper).
+    pub jobs: Arc<Jobs>,
+    /// The agents, for in-process callers.
+    pub agents: Arc<Agents>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -225,7 +231,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
 
     let nbd_base = format!("nbds://{}:{}", uri_host(&host), nbd_addr.port());
     let engine = Arc::new(Engine::new(
-        catalog,
+        Arc::clone(&catalog),
         data.join(REPOSITORY_DIR),
         Arc::clone(&registry),
         nbd_base,
@@ -242,10 +248,25 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         );
     }
 
+    let agents = Arc::new(Agents::new(Arc::clone(&catalog), tls_dir));
+    let jobs = Arc::new(Jobs::new(
+        Arc::clone(&catalog),
+        Arc::clone(&engine),
+        Arc::clone(&credentials),
+    ));
+    // Agents that keep heartbeating across the restart keep their jobs; the reaper fails the
+    // others once this lease lapses.
+    let renewed = jobs.renew_leases(sendense_types::Timestamp::now())?;
+    if renewed > 0 {
+        tracing::info!(jobs = renewed, "running jobs given a fresh lease");
+    }
+
     let state = ApiState {
         engine: Arc::clone(&engine),
         credentials,
         token: token.into(),
+        agents: Arc::clone(&agents),
+        jobs: Arc::clone(&jobs),
     };
     let mut api_tls = (*api_tls).clone();
     api_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -300,13 +321,34 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         }
     });
 
+    let reaper_jobs = Arc::clone(&jobs);
+    let mut reaper_stop = stop_rx.clone();
+    let reaper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REAP_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = reaper_jobs.reap(sendense_types::Timestamp::now()).await {
+                        tracing::error!(error = %sendense_io::error_chain(&e), "lease reaper failed");
+                    }
+                }
+                _ = reaper_stop.changed() => break,
+            }
+        }
+    });
+
     let shutdown_engine = Arc::clone(&engine);
+    let shutdown_jobs = Arc::clone(&jobs);
     let task = tokio::spawn(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
         tracing::info!("shutting down");
+        // Long polls answer at once instead of holding the API's drain.
+        shutdown_jobs.close();
         api_handle.graceful_shutdown(Some(API_DRAIN));
         bounded("API server", API_DRAIN + Duration::from_secs(1), api_task).await;
         bounded("watchdog", Duration::from_secs(1), watchdog).await;
+        bounded("lease reaper", Duration::from_secs(1), reaper).await;
         let engine_down = tokio::spawn(async move { shutdown_engine.shutdown().await });
         bounded("backup engine", ENGINE_DRAIN, engine_down).await;
         let _ = nbd_stop_tx.send(());
@@ -331,6 +373,8 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         nbd_addr,
         engine,
         notifier,
+        jobs,
+        agents,
         stop: stop_tx,
         task,
     })

@@ -6,6 +6,8 @@ mod hub_api;
 #[cfg(test)]
 mod image_tools;
 #[cfg(test)]
+mod jobs;
+#[cfg(test)]
 mod lifecycle;
 #[cfg(test)]
 mod support;
