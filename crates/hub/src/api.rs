@@ -370,9 +370,9 @@ async fn repository(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(blocking(move || s.engine.repository()).await?))
 }
 
-/// Prometheus text: what [`Engine::metrics`] gathers, rendered.
+/// Prometheus text: what [`crate::metrics::gather`] collects, rendered.
 async fn metrics(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
-    let snapshot = blocking(move || s.engine.metrics()).await?;
+    let snapshot = blocking(move || crate::metrics::gather(&s.engine, &s.jobs, &s.agents)).await?;
     Ok((
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         snapshot.render(),

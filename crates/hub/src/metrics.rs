@@ -7,13 +7,16 @@
 //! family is a gauge: each value is read from the catalog and the repository at scrape time,
 //! none is a counter kept by this process.
 //!
-//! [`Engine::metrics`] fills what the engine knows today (backups, chains, repository space);
-//! jobs and agents are filled by their owners.
+//! [`Engine::metrics`] fills what the engine knows (backups, chains, repository space);
+//! [`gather`] adds jobs and agents.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use sendense_types::{BackupQuery, BackupStatus};
+use sendense_types::{AgentState, BackupQuery, BackupStatus, JobQuery};
+
+use crate::agents::Agents;
+use crate::jobs::Jobs;
 
 use crate::engine::Engine;
 use crate::error::HubError;
@@ -44,6 +47,29 @@ pub struct MetricsSnapshot {
     pub last_success_timestamp: BTreeMap<String, i64>,
     /// Agents seen within their online window; `None` leaves the family out.
     pub agents_online: Option<u64>,
+}
+
+/// Everything the hub knows at one instant: [`Engine::metrics`], plus jobs by kind and status
+/// and the agents online.
+///
+/// # Errors
+/// Catalog or repository errors.
+pub fn gather(engine: &Engine, jobs: &Jobs, agents: &Agents) -> Result<MetricsSnapshot, HubError> {
+    let mut snapshot = engine.metrics()?;
+    for job in jobs.list(&JobQuery::default())?.jobs {
+        *snapshot
+            .jobs_by_status
+            .entry((job.kind.as_str().to_owned(), job.status.as_str().to_owned()))
+            .or_default() += 1;
+    }
+    let online = agents
+        .list()?
+        .agents
+        .iter()
+        .filter(|a| a.state == AgentState::Online)
+        .count();
+    snapshot.agents_online = Some(u64::try_from(online).unwrap_or(u64::MAX));
+    Ok(snapshot)
 }
 
 impl MetricsSnapshot {

@@ -955,3 +955,29 @@ async fn cancelled_running_job_its_agent_abandons_has_backup_failed_when_lease_l
     );
     assert_eq!(job(&hub, &id).await.status, JobStatus::Cancelled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_jobs_by_kind_and_status_and_agents_online() {
+    let (hub, agent) = hub_with_agent().await;
+    running_job(&hub, &agent, "vm-run").await;
+    queue_backup(&hub, "vm-wait", json!({"credential": "vc1"})).await;
+
+    let resp = hub
+        .http
+        .get(format!("{}/api/v1/metrics", hub.base))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    for line in [
+        "sendense_jobs{kind=\"backup\",status=\"running\"} 1",
+        "sendense_jobs{kind=\"backup\",status=\"queued\"} 1",
+        "sendense_agents_online 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+    hub.stop().await;
+}
