@@ -338,6 +338,10 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         }
     });
 
+    let finished = jobs.subscribe_finished();
+    let job_notifier = notifier.clone();
+    let notifications = tokio::spawn(notify_finished_jobs(finished, job_notifier));
+
     let shutdown_engine = Arc::clone(&engine);
     let shutdown_jobs = Arc::clone(&jobs);
     let task = tokio::spawn(async move {
@@ -349,6 +353,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         bounded("API server", API_DRAIN + Duration::from_secs(1), api_task).await;
         bounded("watchdog", Duration::from_secs(1), watchdog).await;
         bounded("lease reaper", Duration::from_secs(1), reaper).await;
+        notifications.abort();
         let engine_down = tokio::spawn(async move { shutdown_engine.shutdown().await });
         bounded("backup engine", ENGINE_DRAIN, engine_down).await;
         let _ = nbd_stop_tx.send(());
@@ -401,5 +406,33 @@ fn uri_host(host: &str) -> String {
         format!("[{host}]")
     } else {
         host.to_owned()
+    }
+}
+
+/// Sends every failed job (and completed one, when the webhook asks for successes) to the
+/// webhook, until the job queue is gone. Cancelled jobs are a person's choice: not notified.
+async fn notify_finished_jobs(
+    mut finished: tokio::sync::broadcast::Receiver<sendense_types::Job>,
+    notifier: Notifier,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match finished.recv().await {
+            Ok(job) => {
+                let event = match job.status {
+                    sendense_types::JobStatus::Failed => crate::notify::Event::JobFailed,
+                    sendense_types::JobStatus::Completed => crate::notify::Event::JobCompleted,
+                    _ => continue,
+                };
+                notifier.notify(event, &job);
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "webhook: finished jobs arrived faster than they were queued; some not notified"
+                );
+            }
+            Err(RecvError::Closed) => break,
+        }
     }
 }

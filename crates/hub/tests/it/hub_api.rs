@@ -47,6 +47,22 @@ impl Hub {
         idle: Duration,
         disconnect_grace: Duration,
     ) -> Self {
+        Self::start_configured(data, idle, disconnect_grace, None).await
+    }
+
+    /// A hub notifying `webhook`.
+    pub(crate) async fn start_with_webhook(webhook: sendense_hub::notify::WebhookConfig) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let idle = Duration::from_secs(600);
+        Self::start_configured(data, idle, idle, Some(webhook)).await
+    }
+
+    async fn start_configured(
+        data: tempfile::TempDir,
+        idle: Duration,
+        disconnect_grace: Duration,
+        webhook: Option<sendense_hub::notify::WebhookConfig>,
+    ) -> Self {
         let config = HubConfig {
             data_dir: data.path().to_path_buf(),
             api_listen: "127.0.0.1:0".parse().unwrap(),
@@ -55,7 +71,7 @@ impl Hub {
             idle_timeout: idle,
             disconnect_grace,
             nbd_client_certs: ClientCerts::Required,
-            webhook: None,
+            webhook,
         };
         let running = daemon::start(config).await.unwrap();
         let api_tls =

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 /// A receiver on 127.0.0.1:0 answering 200 and passing each `(headers, body)` on.
-async fn receiver() -> (String, mpsc::UnboundedReceiver<(HeaderMap, Bytes)>) {
+pub(crate) async fn receiver() -> (String, mpsc::UnboundedReceiver<(HeaderMap, Bytes)>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let app = axum::Router::new().route(
         "/hook",
