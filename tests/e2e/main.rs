@@ -9,6 +9,8 @@
 #[cfg(test)]
 mod backup_flow;
 #[cfg(test)]
+mod ctl;
+#[cfg(test)]
 mod disk_full;
 #[cfg(test)]
 mod image_cli;
@@ -20,6 +22,8 @@ mod lifecycle;
 mod quickstart;
 #[cfg(test)]
 mod security;
+#[cfg(test)]
+mod service;
 #[cfg(test)]
 mod support;
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! [`Catalog`]: the typed API over the redb database `DATA/catalog.redb`.
 //!
-//! Tables (frozen for [`SCHEMA_VERSION`] 2; `meta` stays `&str -> u64` in every version, so any
-//! build can read the version and refuse what it does not know; version 1 lacked `deletions`
-//! and is upgraded in place by adding it):
+//! Tables (frozen for [`SCHEMA_VERSION`] 3; `meta` stays `&str -> u64` in every version, so any
+//! build can read the version and refuse what it does not know; version 1 lacked `deletions`,
+//! version 2 the agent and job tables of [`crate::jobs`] (and `meta`'s `"next_job_seq"`); both
+//! are upgraded in place by adding what they lack, empty):
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -59,7 +60,7 @@ use crate::error::CatalogError;
 use crate::record::{BackupRecord, CredentialRecord, DiskCompletion};
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 /// The oldest schema version this build upgrades in place.
 const OLDEST_UPGRADABLE: u64 = 1;
 /// The catalog's file name inside the hub's data folder.
@@ -68,7 +69,7 @@ pub const FILE_NAME: &str = "catalog.redb";
 const SCHEMA_KEY: &str = "schema_version";
 const NEXT_SEQ_KEY: &str = "next_seq";
 
-const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 const VMS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("vms");
 const BACKUPS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("backups");
 const VM_BACKUPS: TableDefinition<'static, (&str, u64), &str> = TableDefinition::new("vm_backups");
@@ -84,7 +85,7 @@ type Result<T, E = CatalogError> = std::result::Result<T, E>;
 /// locks the file, so a second `open` of the same file fails while this one lives.
 #[derive(Debug)]
 pub struct Catalog {
-    db: Database,
+    pub(crate) db: Database,
 }
 
 /// A backup as stored, with its creation sequence number (the order key).
@@ -128,6 +129,7 @@ impl Catalog {
             }
         }
         WriteTables::open(&txn)?;
+        crate::jobs::create_tables(&txn)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -833,13 +835,17 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Our records are structs with string keys and no non-finite floats: JSON encoding of them
     // cannot fail.
     serde_json::to_vec(value).expect("catalog records always encode as JSON")
 }
 
-fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|source| CatalogError::Corrupt {
         table,
         key: key.to_owned(),
@@ -855,7 +861,7 @@ fn parse_id(table: &'static str, key: &str, value: &str) -> Result<BackupId> {
     })
 }
 
-fn get_json<T: DeserializeOwned>(
+pub(crate) fn get_json<T: DeserializeOwned>(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     name: &'static str,
     key: &str,
@@ -1105,8 +1111,8 @@ mod tests {
             matches!(
                 err,
                 CatalogError::SchemaVersion {
-                    found: 3,
-                    supported: 2
+                    found: 4,
+                    supported: 3
                 }
             ),
             "{err}"
@@ -1129,6 +1135,65 @@ mod tests {
         let catalog = Catalog::open(&path).unwrap();
 
         assert_eq!(catalog.deletions().unwrap(), vec![]);
+    }
+
+    #[test]
+    fn open_version_2_file_upgrades_with_empty_job_tables() {
+        use redb::TableHandle;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        drop(Catalog::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert(SCHEMA_KEY, 2).unwrap();
+            let names = [
+                "agents",
+                "agent_tokens",
+                "jobs",
+                "job_order",
+                "vm_jobs",
+                "job_queue",
+                "job_leases",
+                "active_backup_jobs",
+                "inventories",
+            ];
+            let handles: Vec<_> = txn
+                .list_tables()
+                .unwrap()
+                .filter(|h| names.contains(&h.name()))
+                .collect();
+            assert_eq!(handles.len(), names.len());
+            for handle in handles {
+                txn.delete_table(handle).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+
+        let catalog = Catalog::open(&path).unwrap();
+
+        assert_eq!(
+            (
+                catalog.agents().unwrap().len(),
+                catalog
+                    .jobs(&sendense_types::JobQuery::default())
+                    .unwrap()
+                    .len(),
+                catalog.leased_jobs().unwrap().len(),
+                catalog.inventories().unwrap().len(),
+            ),
+            (0, 0, 0, 0)
+        );
+        let db_version = catalog
+            .db
+            .begin_read()
+            .unwrap()
+            .open_table(META)
+            .unwrap()
+            .get(SCHEMA_KEY)
+            .unwrap()
+            .map(|v| v.value());
+        assert_eq!(db_version, Some(3));
     }
 
     #[test]

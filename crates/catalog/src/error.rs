@@ -1,7 +1,9 @@
 //! The catalog's one error type and its stable [`ErrorKind`], which the hub maps to an HTTP
 //! status in one place (`NotFound` 404, `Conflict` 409, `Invalid` 400, `Storage` 500).
 
-use sendense_types::{BackupId, BackupStatus, CredentialName, DiskKey, VmName};
+use sendense_types::{
+    AgentName, BackupId, BackupStatus, CredentialName, DiskKey, JobId, Timestamp, VmName,
+};
 use thiserror::Error;
 
 /// What kind of failure a [`CatalogError`] is; stable for callers to branch on.
@@ -17,6 +19,8 @@ pub enum ErrorKind {
     Invalid,
     /// The database failed, is corrupt, or has an unsupported schema version.
     Storage,
+    /// A secret presented (an enrollment token) does not match or has expired.
+    Unauthorized,
 }
 
 /// A catalog operation failed. Nothing was changed when an operation returns an error: every
@@ -182,6 +186,76 @@ pub enum CatalogError {
         /// The disk.
         disk_key: DiskKey,
     },
+    /// No such agent.
+    #[error("Unknown agent {agent}: create it first (POST /api/v1/agents)")]
+    AgentNotFound {
+        /// The agent asked for.
+        agent: AgentName,
+    },
+    /// An agent of that name has enrolled already.
+    #[error("Agent {agent} exists and has enrolled")]
+    AgentExists {
+        /// The agent.
+        agent: AgentName,
+    },
+    /// The enrollment token is wrong, or names an agent that does not exist.
+    #[error(
+        "Enrollment token refused for agent {agent}: use the token POST /api/v1/agents answered for it"
+    )]
+    EnrollmentRefused {
+        /// The agent named.
+        agent: AgentName,
+    },
+    /// The enrollment token has expired.
+    #[error(
+        "The enrollment token of agent {agent} expired at {expired_at}: create the agent again for a new one"
+    )]
+    EnrollmentExpired {
+        /// The agent.
+        agent: AgentName,
+        /// When the token expired.
+        expired_at: Timestamp,
+    },
+    /// The enrollment token was used already.
+    #[error("Agent {agent} has enrolled already: an enrollment token is good for one enrollment")]
+    AlreadyEnrolled {
+        /// The agent.
+        agent: AgentName,
+    },
+    /// No such job.
+    #[error("Unknown job {job_id}")]
+    JobNotFound {
+        /// The job asked for.
+        job_id: JobId,
+    },
+    /// A job with this id exists already.
+    #[error("Job {job_id} already exists")]
+    JobExists {
+        /// The id.
+        job_id: JobId,
+    },
+    /// The VM already has a queued or running backup job.
+    #[error("VM {vm} already has backup job {job_id} queued or running")]
+    JobInProgress {
+        /// The VM.
+        vm: VmName,
+        /// The job queued or running.
+        job_id: JobId,
+    },
+    /// A job record is inconsistent.
+    #[error("Invalid job record {job_id}: {reason}")]
+    InvalidJob {
+        /// The job.
+        job_id: JobId,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// An index of jobs names a job that is not stored.
+    #[error("Catalog job index names missing job {job_id:?}")]
+    DanglingJobIndex {
+        /// The id in the index.
+        job_id: String,
+    },
     /// A new backup record is inconsistent.
     #[error("Invalid backup record {backup_id}: {reason}")]
     InvalidRecord {
@@ -202,11 +276,21 @@ impl CatalogError {
             | Self::CorruptId { .. }
             | Self::DanglingIndex { .. }
             | Self::BrokenChain { .. }
+            | Self::DanglingJobIndex { .. }
             | Self::SchemaVersion { .. } => ErrorKind::Storage,
             Self::VmNotFound { .. }
             | Self::BackupNotFound { .. }
-            | Self::CredentialNotFound { .. } => ErrorKind::NotFound,
-            Self::BackupExists { .. }
+            | Self::CredentialNotFound { .. }
+            | Self::AgentNotFound { .. }
+            | Self::JobNotFound { .. } => ErrorKind::NotFound,
+            Self::EnrollmentRefused { .. } | Self::EnrollmentExpired { .. } => {
+                ErrorKind::Unauthorized
+            }
+            Self::AgentExists { .. }
+            | Self::AlreadyEnrolled { .. }
+            | Self::JobExists { .. }
+            | Self::JobInProgress { .. }
+            | Self::BackupExists { .. }
             | Self::BackupInProgress { .. }
             | Self::NoCompletedParent { .. }
             | Self::ParentNotLatest { .. }
@@ -217,6 +301,7 @@ impl CatalogError {
             | Self::MissingDisk { .. }
             | Self::DuplicateDisk { .. }
             | Self::VmDiskMismatch { .. }
+            | Self::InvalidJob { .. }
             | Self::InvalidRecord { .. } => ErrorKind::Invalid,
         }
     }

@@ -1,15 +1,17 @@
 //! The REST API (axum): typed input, one engine call, mapped result.
 //!
 //! Handlers never touch the catalog or the repository; they parse, call the
-//! [`Engine`], and answer JSON. Every error is `{error, message}` with the
-//! status [`HubError::kind`] gives. Every call but `health` needs the bearer
-//! token.
+//! [`Engine`] (or the [`Jobs`], [`Agents`], [`Credentials`]), and answer JSON. Every error is
+//! `{error, message}` with the status [`HubError::kind`] gives. Every call but `health` and
+//! `agents/enroll` needs a bearer token: the admin token (`DATA/api.token`) may call
+//! everything; an enrolled agent's token only the routes of [`AGENT_ROUTES`] (its own jobs and
+//! the backup flow), everything else answers 403 `forbidden` to it.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Extension, FromRequest, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,14 +19,36 @@ use axum::{Json, Router};
 use sendense_types::api::error_codes;
 use sendense_types::api::{SessionRequest, SnapshotRequest};
 use sendense_types::{
-    ApiError, BackupId, BackupQuery, CompleteBackupRequest, CredentialName, CredentialRequest,
-    FailBackupRequest, Health, RegisterVmRequest, StartBackupRequest, VmName,
+    AgentName, ApiError, BackupId, BackupNowRequest, BackupQuery, CompleteBackupRequest,
+    CreateAgentRequest, CredentialName, CredentialRequest, EnrollRequest, FailBackupRequest,
+    FinishJobRequest, Health, HeartbeatRequest, JobId, JobQuery, NextJobQuery, RegisterVmRequest,
+    StartBackupRequest, Timestamp, VmName,
 };
 use serde::de::DeserializeOwned;
 
+use crate::agents::{Agents, Caller};
 use crate::credentials::Credentials;
 use crate::engine::Engine;
 use crate::error::{ErrorKind, HubError};
+use crate::jobs::Jobs;
+
+/// The routes (method, path) an agent's token may call besides `health`: its own job poll,
+/// heartbeat and finish of jobs assigned to it (the handlers check the agent), and what its
+/// backup flow needs.
+pub const AGENT_ROUTES: &[(Method, &str)] = &[
+    (Method::GET, "/api/v1/agents/{name}/jobs/next"),
+    (Method::POST, "/api/v1/jobs/{id}/heartbeat"),
+    (Method::POST, "/api/v1/jobs/{id}/finish"),
+    (Method::POST, "/api/v1/vms"),
+    (Method::POST, "/api/v1/backups"),
+    (Method::GET, "/api/v1/backups"),
+    (Method::GET, "/api/v1/backups/{id}"),
+    (Method::GET, "/api/v1/backups/chain/{vm_name}"),
+    (Method::POST, "/api/v1/backups/{id}/complete"),
+    (Method::POST, "/api/v1/backups/{id}/fail"),
+    (Method::POST, "/api/v1/backups/{id}/snapshot"),
+    (Method::GET, "/api/v1/backups/{id}/snapshot"),
+];
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
@@ -38,6 +62,10 @@ pub struct ApiState {
     pub credentials: Arc<Credentials>,
     /// The bearer token.
     pub token: Arc<str>,
+    /// The agents.
+    pub agents: Arc<Agents>,
+    /// The job queue.
+    pub jobs: Arc<Jobs>,
 }
 
 /// The API's routes.
@@ -70,10 +98,26 @@ pub fn router(state: ApiState) -> Router {
             post(credential_session),
         )
         .route("/api/v1/repository", get(repository))
+        .route("/api/v1/metrics", get(metrics))
+        .route("/api/v1/agents", post(create_agent).get(list_agents))
+        .route("/api/v1/agents/{name}", get(get_agent))
+        .route("/api/v1/agents/{name}/jobs/next", get(next_job))
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/api/v1/jobs/{id}/heartbeat", post(heartbeat))
+        .route("/api/v1/jobs/{id}/finish", post(finish_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/vms/{name}/backup", post(backup_now))
+        .route("/api/v1/credentials/{name}/inventory", get(inventory))
+        .route(
+            "/api/v1/credentials/{name}/inventory/refresh",
+            post(refresh_inventory),
+        )
         .route("/api/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/api/v1/health", get(health))
+        .route("/api/v1/agents/enroll", post(enroll_agent))
         .merge(authed)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -107,6 +151,8 @@ impl From<HubError> for ApiFailure {
             ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, error_codes::BAD_REQUEST),
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, error_codes::NOT_FOUND),
             ErrorKind::Conflict => (StatusCode::CONFLICT, error_codes::CONFLICT),
+            ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, error_codes::UNAUTHORIZED),
+            ErrorKind::Forbidden => (StatusCode::FORBIDDEN, error_codes::FORBIDDEN),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, error_codes::UNAVAILABLE),
             ErrorKind::Upstream => {
                 tracing::warn!(error = %message, "vCenter session for a client refused");
@@ -165,26 +211,72 @@ async fn blocking<T: Send + 'static>(
         .map_err(Into::into)
 }
 
-async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+async fn require_token(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if crate::token::matches(&state.token, t.trim()) => next.run(req).await,
-        Some(_) => ApiFailure::new(
-            StatusCode::UNAUTHORIZED,
-            error_codes::UNAUTHORIZED,
-            "Token rejected: use the token in the hub's DATA/api.token",
-        )
-        .into_response(),
-        None => ApiFailure::new(
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    let Some(given) = given else {
+        return ApiFailure::new(
             StatusCode::UNAUTHORIZED,
             error_codes::UNAUTHORIZED,
             "Missing 'Authorization: Bearer <token>' header (the token is in the hub's DATA/api.token)",
         )
-        .into_response(),
+        .into_response();
+    };
+    let caller = if crate::token::matches(&state.token, &given) {
+        Caller::Admin
+    } else {
+        let agents = Arc::clone(&state.agents);
+        match blocking(move || agents.authenticate(&given)).await {
+            Ok(Some(agent)) => Caller::Agent(agent),
+            Ok(None) => {
+                return ApiFailure::new(
+                    StatusCode::UNAUTHORIZED,
+                    error_codes::UNAUTHORIZED,
+                    "Token rejected: use the token in the hub's DATA/api.token (or an enrolled agent's token)",
+                )
+                .into_response();
+            }
+            Err(failure) => return failure.into_response(),
+        }
+    };
+    if let Caller::Agent(agent) = &caller {
+        let path = req.uri().path();
+        let allowed = AGENT_ROUTES
+            .iter()
+            .any(|(m, route)| m == req.method() && route_matches(route, path));
+        if !allowed {
+            return ApiFailure::new(
+                StatusCode::FORBIDDEN,
+                error_codes::FORBIDDEN,
+                format!(
+                    "Agent {agent}'s token may call only the agent routes (its jobs and the backup flow); {} {} needs the admin token (DATA/api.token)",
+                    req.method(),
+                    path
+                ),
+            )
+            .into_response();
+        }
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// Whether `path` is an instance of the route pattern `route` (`{param}` stands for one
+/// non-empty segment).
+fn route_matches(route: &str, path: &str) -> bool {
+    let mut pattern = route.split('/');
+    let mut given = path.split('/');
+    loop {
+        match (pattern.next(), given.next()) {
+            (None, None) => return true,
+            (Some(p), Some(g)) if p.starts_with('{') && p.ends_with('}') && !g.is_empty() => {}
+            (Some(p), Some(g)) if p == g => {}
+            _ => return false,
+        }
     }
 }
 
@@ -278,6 +370,15 @@ async fn repository(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(blocking(move || s.engine.repository()).await?))
 }
 
+/// Prometheus text: what [`crate::metrics::gather`] collects, rendered.
+async fn metrics(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    let snapshot = blocking(move || crate::metrics::gather(&s.engine, &s.jobs, &s.agents)).await?;
+    Ok((
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        snapshot.render(),
+    ))
+}
+
 async fn record_snapshot(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -344,9 +445,150 @@ async fn credential_session(
     Ok(Json(session))
 }
 
+async fn create_agent(
+    State(s): State<ApiState>,
+    Body(req): Body<CreateAgentRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let enrollment = blocking(move || s.agents.create(&req)).await?;
+    Ok((StatusCode::CREATED, Json(enrollment)))
+}
+
+async fn enroll_agent(
+    State(s): State<ApiState>,
+    Body(req): Body<EnrollRequest>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(blocking(move || s.agents.enroll(&req)).await?))
+}
+
+async fn list_agents(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(blocking(move || s.agents.list()).await?))
+}
+
+async fn get_agent(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let name: AgentName = parse("agent name", &name)?;
+    Ok(Json(blocking(move || s.agents.agent(&name)).await?))
+}
+
+/// The long poll: 200 with a job, or 204 after `wait` seconds without one.
+async fn next_job(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    query: Result<Query<NextJobQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let name: AgentName = parse("agent name", &name)?;
+    let Query(query) = query_or_400(query)?;
+    Ok(match s.jobs.next_job(&caller, &name, query).await? {
+        Some(job) => Json(job).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+async fn list_jobs(
+    State(s): State<ApiState>,
+    query: Result<Query<JobQuery>, QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Query(query) = query_or_400(query)?;
+    Ok(Json(blocking(move || s.jobs.list(&query)).await?))
+}
+
+async fn get_job(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: JobId = parse("job id", &id)?;
+    Ok(Json(blocking(move || s.jobs.job(&id)).await?))
+}
+
+async fn heartbeat(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(req): Body<HeartbeatRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let id: JobId = parse("job id", &id)?;
+    Ok(Json(
+        blocking(move || s.jobs.heartbeat(&caller, &id, &req, Timestamp::now())).await?,
+    ))
+}
+
+async fn finish_job(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(req): Body<FinishJobRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let id: JobId = parse("job id", &id)?;
+    Ok(Json(s.jobs.finish(caller, id, req).await?))
+}
+
+async fn cancel_job(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: JobId = parse("job id", &id)?;
+    Ok(Json(blocking(move || s.jobs.cancel(&id)).await?))
+}
+
+async fn backup_now(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    Body(req): Body<BackupNowRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let vm: VmName = parse("VM name", &name)?;
+    let accepted = blocking(move || s.jobs.backup_now(vm, req)).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+async fn inventory(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let name: CredentialName = parse("credential name", &name)?;
+    Ok(Json(blocking(move || s.jobs.inventory(&name)).await?))
+}
+
+async fn refresh_inventory(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let name: CredentialName = parse("credential name", &name)?;
+    let accepted = blocking(move || s.jobs.refresh_inventory(name)).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+fn query_or_400<T>(query: Result<Query<T>, QueryRejection>) -> ApiResult<Query<T>> {
+    query.map_err(|e| ApiFailure::bad_request(format!("Invalid query: {}", e.body_text())))
+}
+
 async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
         crate::openapi::DOCUMENT,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_matches_params_one_segment_each() {
+        assert_eq!(
+            [
+                route_matches(
+                    "/api/v1/jobs/{id}/heartbeat",
+                    "/api/v1/jobs/job-1/heartbeat"
+                ),
+                route_matches("/api/v1/jobs/{id}/heartbeat", "/api/v1/jobs/job-1/cancel"),
+                route_matches("/api/v1/backups/{id}", "/api/v1/backups/a/exports"),
+                route_matches("/api/v1/backups/{id}", "/api/v1/backups/"),
+                route_matches("/api/v1/vms", "/api/v1/vms"),
+            ],
+            [true, false, false, false, true]
+        );
+    }
 }

@@ -24,7 +24,10 @@ use std::sync::Arc;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use sendense_catalog::Catalog;
 use sendense_types::api::VcenterSession;
-use sendense_types::{Credential, CredentialName, CredentialRequest, Timestamp, VcenterTrust};
+use sendense_types::{
+    AgentCredential, AgentName, Credential, CredentialName, CredentialRequest, Timestamp,
+    VcenterTrust,
+};
 use sendense_vsphere::{ConnectOptions, ErrorKind as VsphereKind, Session, TlsMode, VsphereError};
 
 use crate::error::HubError;
@@ -99,8 +102,16 @@ impl Credentials {
     /// Seals and stores a credential; answers it without its password.
     ///
     /// # Errors
-    /// Sealing or the catalog fails.
+    /// [`HubError::UnknownAgent`] when it names an agent the hub does not know (nothing is
+    /// stored); sealing or the catalog fails.
     pub fn put(&self, req: &CredentialRequest) -> Result<Credential, HubError> {
+        if let Some(agent) = req.agent()
+            && self.catalog.agent(agent)?.is_none()
+        {
+            return Err(HubError::UnknownAgent {
+                agent: agent.clone(),
+            });
+        }
         let sealed = self.seal(req.name(), req.password().as_bytes())?;
         let record = self.catalog.put_credential(req, sealed, Timestamp::now())?;
         tracing::info!(name = %req.name(), host = req.host(), "credential stored");
@@ -132,6 +143,45 @@ impl Credentials {
         })?;
         let plain = self.open_sealed(name, &record.sealed_password)?;
         String::from_utf8(plain).map_err(|_| HubError::Crypto)
+    }
+
+    /// The credential with its password, for `agent` only: the one agent the credential names
+    /// (DESIGN.md "Agents and jobs"), over its authenticated channel.
+    ///
+    /// # Errors
+    /// Unknown credential (404); [`HubError::CredentialNotForAgent`] when it names another
+    /// agent or none; [`HubError::NoTrustChoice`]; the record does not open under this key.
+    pub fn for_agent(
+        &self,
+        name: &CredentialName,
+        agent: &AgentName,
+    ) -> Result<AgentCredential, HubError> {
+        let record = self.catalog.credential(name)?.ok_or_else(|| {
+            HubError::Catalog(sendense_catalog::CatalogError::CredentialNotFound {
+                name: name.clone(),
+            })
+        })?;
+        if record.agent.as_ref() != Some(agent) {
+            return Err(HubError::CredentialNotForAgent {
+                name: name.clone(),
+                agent: agent.clone(),
+            });
+        }
+        let (ca_pem, insecure) = match &record.trust {
+            Some(VcenterTrust::CaPem(pem)) => (Some(pem.clone()), false),
+            Some(VcenterTrust::Insecure) => (None, true),
+            None => return Err(HubError::NoTrustChoice { name: name.clone() }),
+        };
+        let plain = self.open_sealed(name, &record.sealed_password)?;
+        let password = String::from_utf8(plain).map_err(|_| HubError::Crypto)?;
+        Ok(AgentCredential {
+            name: name.clone(),
+            host: record.host,
+            username: record.username,
+            password,
+            ca_pem,
+            insecure,
+        })
     }
 
     /// Logs in to the credential's vCenter with its sealed password and answers the session

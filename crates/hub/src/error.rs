@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use sendense_catalog::CatalogError;
-use sendense_types::{BackupId, BackupStatus, CredentialName, DiskKey, VmName};
+use sendense_types::{
+    AgentName, BackupId, BackupStatus, CredentialName, DiskKey, JobId, JobStatus, VmName,
+};
 use sendense_vsphere::VsphereError;
 
 /// Everything the backup engine can refuse or fail at.
@@ -215,6 +217,101 @@ pub enum HubError {
         #[source]
         source: std::io::Error,
     },
+    /// The `serve --config` file cannot be read.
+    #[error("Cannot read the config file {path}")]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `serve --config` file is not TOML.
+    #[error("Config file {path}, line {line}, column {column}: not valid TOML: {reason}")]
+    ConfigSyntax {
+        /// The file.
+        path: PathBuf,
+        /// Where (from 1).
+        line: usize,
+        /// Where in the line (from 1, in characters).
+        column: usize,
+        /// The TOML parser's complaint.
+        reason: String,
+    },
+    /// The `serve --config` file has a key `serve` does not know.
+    #[error(
+        "Config file {path}: unknown key {key:?} (the keys are the names of the serve flags, \
+         with _ for -, such as data_dir)"
+    )]
+    ConfigUnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// A value of the `serve --config` file is of the wrong type or does not parse.
+    #[error("Config file {path}: bad value for key {key}: {reason}")]
+    ConfigValue {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// `serve` was given no data folder.
+    #[error("No data folder: give --data-dir DIR, or data_dir in the --config file")]
+    NoDataDir,
+    /// The webhook URL is unusable (the message leaves the URL out: it may carry a token).
+    #[error("The webhook URL is unusable: {reason}")]
+    WebhookUrl {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A webhook setting was given without the others it needs.
+    #[error("{given} needs {needed}")]
+    WebhookIncomplete {
+        /// The setting given.
+        given: &'static str,
+        /// The setting missing.
+        needed: &'static str,
+    },
+    /// The webhook secret file cannot be read.
+    #[error("Cannot read the webhook secret file {path}")]
+    WebhookSecretFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The webhook secret file is empty.
+    #[error("The webhook secret file {path} is empty")]
+    WebhookSecretEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An `https` webhook without a CA file, and no system CA bundle found.
+    #[error(
+        "No system CA bundle found for the https webhook: install ca-certificates or give \
+         --webhook-ca-file"
+    )]
+    WebhookNoCa,
+    /// The webhook's CA file is unusable.
+    #[error("Webhook CA file {path}: {reason}")]
+    WebhookCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The webhook's HTTP client cannot be built.
+    #[error("Cannot set up the webhook's HTTP client")]
+    WebhookClient {
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
     /// The key file is gone while the catalog holds credentials sealed with it: a new key
     /// would silently make them unusable.
     #[error(
@@ -270,6 +367,91 @@ pub enum HubError {
         #[source]
         source: Box<VsphereError>,
     },
+    /// A job was asked about by an agent it is not assigned to.
+    #[error("Job {job_id} is not assigned to agent {agent}; nothing was changed")]
+    NotYourJob {
+        /// The job.
+        job_id: JobId,
+        /// The agent that asked.
+        agent: AgentName,
+    },
+    /// An agent asked for another agent's work.
+    #[error("Agent {caller} may ask only for its own jobs, not for agent {agent}'s")]
+    OtherAgent {
+        /// The agent named in the route.
+        agent: AgentName,
+        /// The agent whose token was used.
+        caller: AgentName,
+    },
+    /// A credential's password was to go to an agent the credential does not name.
+    #[error(
+        "Credential {name} is not assigned to agent {agent}: its password goes only to its own agent"
+    )]
+    CredentialNotForAgent {
+        /// The credential.
+        name: CredentialName,
+        /// The agent that would have received it.
+        agent: AgentName,
+    },
+    /// A request names an agent the hub does not know.
+    #[error("Unknown agent {agent}: create it first (POST /api/v1/agents)")]
+    UnknownAgent {
+        /// The agent named.
+        agent: AgentName,
+    },
+    /// A credential names no agent, so no agent can run its jobs.
+    #[error(
+        "Credential {name} names no agent: store it again with \"agent\" (POST /api/v1/credentials) so an agent can reach its vCenter"
+    )]
+    CredentialHasNoAgent {
+        /// The credential.
+        name: CredentialName,
+    },
+    /// A credential names an agent that does not exist (any more).
+    #[error(
+        "Credential {name} names agent {agent}, which is unknown: create the agent (POST /api/v1/agents)"
+    )]
+    CredentialAgentUnknown {
+        /// The credential.
+        name: CredentialName,
+        /// The agent it names.
+        agent: AgentName,
+    },
+    /// A backup of a VM was asked for without a credential, and the hub knows none for it.
+    #[error(
+        "No credential known for VM {vm}: name one (\"credential\"), or refresh the inventory of its vCenter's credential"
+    )]
+    NoCredentialForVm {
+        /// The VM.
+        vm: VmName,
+    },
+    /// The job is not in the state the call needs.
+    #[error("Job {job_id} is {status}; this needs it {expected}")]
+    JobWrongStatus {
+        /// The job.
+        job_id: JobId,
+        /// Its state.
+        status: JobStatus,
+        /// What the call needs.
+        expected: &'static str,
+    },
+    /// The agent has not enrolled yet.
+    #[error("Agent {agent} has not enrolled yet (sendense-client agent enroll)")]
+    AgentNotEnrolled {
+        /// The agent.
+        agent: AgentName,
+    },
+    /// A request field or query value is out of range.
+    #[error("Invalid {field}: {reason}")]
+    InvalidInput {
+        /// The field.
+        field: &'static str,
+        /// What it must be.
+        reason: &'static str,
+    },
+    /// An enrollment's certificate signing request could not be signed.
+    #[error("Cannot sign the certificate signing request (csr_pem)")]
+    Csr(#[source] sendense_nbd::NbdError),
 }
 
 /// How a caller should read a [`HubError`]: the HTTP status class.
@@ -282,6 +464,10 @@ pub enum ErrorKind {
     NotFound,
     /// 409: the request conflicts with the current state.
     Conflict,
+    /// 401: a secret presented (an enrollment token) is wrong or expired.
+    Unauthorized,
+    /// 403: the caller may not do this (an agent acting on another agent's job).
+    Forbidden,
     /// 503: the hub is shutting down.
     Unavailable,
     /// 502: a system the hub talks to on the caller's behalf (vCenter) refused or failed.
@@ -299,6 +485,7 @@ impl HubError {
                 C::NotFound => ErrorKind::NotFound,
                 C::Conflict => ErrorKind::Conflict,
                 C::Invalid => ErrorKind::BadRequest,
+                C::Unauthorized => ErrorKind::Unauthorized,
                 _ => ErrorKind::Internal,
             },
             Self::VmNotFound { .. } | Self::BackupNotFound { .. } | Self::NoExports { .. } => {
@@ -316,6 +503,17 @@ impl HubError {
             | Self::StartCancelled { .. }
             | Self::DrainTimeout { .. } => ErrorKind::Conflict,
             Self::ShuttingDown => ErrorKind::Unavailable,
+            Self::NotYourJob { .. }
+            | Self::OtherAgent { .. }
+            | Self::CredentialNotForAgent { .. } => ErrorKind::Forbidden,
+            Self::UnknownAgent { .. }
+            | Self::NoCredentialForVm { .. }
+            | Self::InvalidInput { .. }
+            | Self::Csr(_) => ErrorKind::BadRequest,
+            Self::CredentialHasNoAgent { .. }
+            | Self::CredentialAgentUnknown { .. }
+            | Self::JobWrongStatus { .. }
+            | Self::AgentNotEnrolled { .. } => ErrorKind::Conflict,
             Self::NoTrustChoice { .. } => ErrorKind::Conflict,
             Self::Trust { .. } => ErrorKind::BadRequest,
             Self::LoginRefused { .. } | Self::Vcenter { .. } => ErrorKind::Upstream,

@@ -3,6 +3,7 @@
 //! carries them.
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod api;
 #[allow(clippy::print_stdout)] // the CLI prints its results
 pub mod cli;
@@ -10,6 +11,9 @@ pub mod credentials;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod jobs;
+pub mod metrics;
+pub mod notify;
 pub mod openapi;
 pub mod policies;
 pub mod scheduler;

@@ -8,13 +8,13 @@ pub const DOCUMENT: &str = r##"{
   "info": {
     "title": "Sendense hub API",
     "version": "1",
-    "description": "Register VMs, run full and incremental backups into QCOW2 over NBD, list chains, open restore exports. Every call but /api/v1/health needs 'Authorization: Bearer <token>' (DATA/api.token). Errors are {error, message}."
+    "description": "Register VMs, run full and incremental backups into QCOW2 over NBD, list chains, open restore exports. Every call but /api/v1/health and /api/v1/agents/enroll needs 'Authorization: Bearer <token>': the admin token (DATA/api.token) may call all; an agent's token only its job poll, heartbeat and finish of its jobs, and the backup flow (others answer 403 forbidden). Errors are {error, message}."
   },
   "components": {
     "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
     "schemas": {
       "ApiError": { "type": "object", "required": ["error", "message"], "properties": {
-        "error": { "type": "string", "enum": ["bad_request", "unauthorized", "not_found", "conflict", "internal", "bad_gateway", "unavailable"] },
+        "error": { "type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "not_found", "conflict", "internal", "bad_gateway", "unavailable"] },
         "message": { "type": "string" } } },
       "DiskSpec": { "type": "object", "required": ["key", "capacity_bytes"], "properties": {
         "key": { "type": "integer", "minimum": 0, "description": "VMware device key: 2000, 2001, ..." },
@@ -84,13 +84,78 @@ pub const DOCUMENT: &str = r##"{
         "name": { "type": "string" }, "host": { "type": "string" }, "username": { "type": "string" },
         "password": { "type": "string", "writeOnly": true },
         "ca_pem": { "type": "string", "maxLength": 262144, "description": "PEM CA certificate(s) of vCenter" },
-        "insecure": { "type": "boolean", "default": false, "description": "Accept any vCenter certificate" } } },
+        "insecure": { "type": "boolean", "default": false, "description": "Accept any vCenter certificate" },
+        "agent": { "type": "string", "description": "The agent that reaches this vCenter: it alone receives the password. Must be a known agent (400 otherwise)" } } },
       "Credential": { "type": "object", "properties": {
         "name": { "type": "string" }, "host": { "type": "string" }, "username": { "type": "string" },
         "created_at": { "type": "string", "format": "date-time" },
         "ca_pem": { "type": "string", "description": "The stored CA certificate(s) of vCenter" },
         "insecure": { "type": "boolean", "description": "Any vCenter certificate is accepted" },
-        "needs_trust_choice": { "type": "boolean", "description": "Stored before the trust choice was kept: create it again to use it" } } },
+        "needs_trust_choice": { "type": "boolean", "description": "Stored before the trust choice was kept: create it again to use it" },
+        "agent": { "type": ["string", "null"], "description": "The agent that reaches this vCenter" } } },
+      "CreateAgentRequest": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": { "name": { "type": "string" } } },
+      "AgentEnrollment": { "type": "object", "properties": {
+        "name": { "type": "string" },
+        "enrollment_token": { "type": "string", "description": "One use, until expires_at (24 h): a secret for the appliance" },
+        "expires_at": { "type": "string", "format": "date-time" } } },
+      "EnrollRequest": { "type": "object", "additionalProperties": false, "required": ["name", "enrollment_token", "csr_pem"], "properties": {
+        "name": { "type": "string" }, "enrollment_token": { "type": "string", "maxLength": 256 },
+        "csr_pem": { "type": "string", "maxLength": 16384, "description": "PKCS#10 CSR (PEM) for the agent's NBD client certificate" } } },
+      "EnrollResponse": { "type": "object", "properties": {
+        "agent_token": { "type": "string", "description": "The agent's bearer token (a secret)" },
+        "client_cert_pem": { "type": "string" }, "ca_cert_pem": { "type": "string" } } },
+      "Agent": { "type": "object", "properties": {
+        "name": { "type": "string" },
+        "state": { "type": "string", "enum": ["pending", "online", "offline"], "description": "online when seen within 60 s" },
+        "version": { "type": ["string", "null"] }, "slots": { "type": ["integer", "null"] },
+        "running_jobs": { "type": "array", "items": { "type": "string" } },
+        "last_seen": { "type": ["string", "null"], "format": "date-time" },
+        "created_at": { "type": "string", "format": "date-time" },
+        "enrolled_at": { "type": ["string", "null"], "format": "date-time" } } },
+      "AgentList": { "type": "object", "properties": { "agents": { "type": "array", "items": { "$ref": "#/components/schemas/Agent" } } } },
+      "JobProgress": { "type": "object", "properties": {
+        "bytes_done": { "type": "integer" }, "bytes_total": { "type": "integer" },
+        "mb_per_s": { "type": "number", "description": "Average since the job started, 10^6 bytes per second" },
+        "eta_seconds": { "type": ["integer", "null"] } } },
+      "Job": { "type": "object", "properties": {
+        "job_id": { "type": "string" },
+        "kind": { "type": "string", "enum": ["backup", "restore", "prune", "verify", "copy", "inventory"] },
+        "vm_name": { "type": ["string", "null"] },
+        "status": { "type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled"] },
+        "backup_id": { "type": ["string", "null"] }, "agent": { "type": ["string", "null"] },
+        "progress": { "$ref": "#/components/schemas/JobProgress" },
+        "error": { "type": ["string", "null"] },
+        "queued_at": { "type": "string", "format": "date-time" },
+        "started_at": { "type": ["string", "null"], "format": "date-time" },
+        "finished_at": { "type": ["string", "null"], "format": "date-time" },
+        "backup_type": { "type": ["string", "null"] }, "credential": { "type": ["string", "null"] },
+        "policy": { "type": ["string", "null"] }, "attempt": { "type": "integer" } } },
+      "JobList": { "type": "object", "properties": { "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } } } },
+      "JobAccepted": { "type": "object", "properties": { "job_id": { "type": "string" } } },
+      "BackupNowRequest": { "type": "object", "additionalProperties": false, "properties": {
+        "backup_type": { "type": "string", "enum": ["full", "incremental", "auto"], "default": "auto" },
+        "credential": { "type": "string", "description": "Optional when the VM is in a credential's inventory or a previous job of it named one" } } },
+      "AgentJob": { "type": "object", "properties": {
+        "job_id": { "type": "string" }, "kind": { "type": "string" },
+        "vm": { "type": ["string", "null"], "description": "The VM's inventory path, or its name" },
+        "backup_type": { "type": ["string", "null"] },
+        "credential": { "type": ["object", "null"], "description": "{name, host, username, password, ca_pem, insecure}: only to the credential's own agent" },
+        "attempt": { "type": "integer" }, "lease_seconds": { "type": "integer" } } },
+      "HeartbeatRequest": { "type": "object", "additionalProperties": false, "properties": {
+        "progress": { "type": "object", "properties": { "bytes_done": { "type": "integer" }, "bytes_total": { "type": "integer" } } },
+        "backup_id": { "type": ["string", "null"] } } },
+      "HeartbeatResponse": { "type": "object", "properties": {
+        "status": { "type": "string", "description": "cancelled: stop, remove the snapshot, fail the backup" },
+        "lease_seconds": { "type": "integer" } } },
+      "FinishJobRequest": { "type": "object", "additionalProperties": false, "required": ["status"], "properties": {
+        "status": { "type": "string", "enum": ["completed", "failed"] },
+        "error": { "type": ["string", "null"] }, "backup_id": { "type": "string" },
+        "inventory": { "type": "array", "items": { "$ref": "#/components/schemas/InventoryVm" } } } },
+      "InventoryVm": { "type": "object", "properties": { "name": { "type": "string" }, "path": { "type": "string" } } },
+      "Inventory": { "type": "object", "properties": {
+        "credential": { "type": "string" }, "agent": { "type": ["string", "null"] },
+        "refreshed_at": { "type": ["string", "null"], "format": "date-time" },
+        "vms": { "type": "array", "items": { "$ref": "#/components/schemas/InventoryVm" } } } },
       "SessionRequest": { "type": "object", "additionalProperties": false,
         "description": "Empty: the hub checks vCenter's certificate as the credential's stored trust choice says; ca_pem or insecure here are refused with 400",
         "properties": { } },
@@ -180,6 +245,34 @@ pub const DOCUMENT: &str = r##"{
           "502": { "description": "vCenter refused the login or could not be reached", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ApiError" } } } } } } },
     "/api/v1/repository": { "get": { "summary": "Capacity, used and free space, per-VM usage, and files the catalog does not know",
         "responses": { "200": { "description": "The repository", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RepositoryInfo" } } } } } } },
+    "/api/v1/metrics": { "get": { "summary": "Prometheus text (format 0.0.4): jobs and backups by status, bytes written, repository space, chain length and last success per VM",
+        "responses": { "200": { "description": "The metrics", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
+    "/api/v1/agents": { "post": { "summary": "Admin: create an agent; answers its one-time enrollment token (24 h)", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CreateAgentRequest" } } } },
+        "responses": { "201": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/AgentEnrollment" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } },
+      "get": { "summary": "Admin: every agent and its state",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/AgentList" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/agents/enroll": { "post": { "summary": "No bearer: enroll with the one-time token and a CSR; answers the agent's token, its client certificate and the CA", "security": [], "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/EnrollRequest" } } } },
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/EnrollResponse" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/agents/{name}": { "get": { "summary": "Admin: one agent (online when seen within 60 s, running jobs)",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Agent" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/agents/{name}/jobs/next": { "get": { "summary": "That agent: long poll (?wait=0..60&slots=&version=); 200 with a job now running under a 90 s lease, or 204 after wait seconds",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/AgentJob" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/jobs": { "get": { "summary": "Admin: jobs newest first (?vm_name=&status=&kind=)",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobList" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/jobs/{id}": { "get": { "summary": "Admin: one job with its progress",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/jobs/{id}/heartbeat": { "post": { "summary": "The job's agent: renews the lease, reports progress; status cancelled tells it to stop", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/HeartbeatRequest" } } } },
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/HeartbeatResponse" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/jobs/{id}/finish": { "post": { "summary": "The job's agent: completed or failed (an inventory job sends its VMs)", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/FinishJobRequest" } } } },
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/jobs/{id}/cancel": { "post": { "summary": "Admin: cancel; a running job's agent stops at its next heartbeat",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/vms/{name}/backup": { "post": { "summary": "Admin: queue a backup job for the agent of the VM's vCenter credential; 409 naming the queued or running one", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BackupNowRequest" } } } },
+        "responses": { "202": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobAccepted" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/credentials/{name}/inventory": { "get": { "summary": "Admin: the VMs the credential's agent last reported",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Inventory" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/credentials/{name}/inventory/refresh": { "post": { "summary": "Admin: queue an inventory job for the credential's agent",
+        "responses": { "202": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobAccepted" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
   }
 }"##;
@@ -205,7 +298,20 @@ mod tests {
             "/api/v1/credentials",
             "/api/v1/credentials/{name}/session",
             "/api/v1/repository",
+            "/api/v1/metrics",
             "/api/v1/openapi.json",
+            "/api/v1/agents",
+            "/api/v1/agents/enroll",
+            "/api/v1/agents/{name}",
+            "/api/v1/agents/{name}/jobs/next",
+            "/api/v1/jobs",
+            "/api/v1/jobs/{id}",
+            "/api/v1/jobs/{id}/heartbeat",
+            "/api/v1/jobs/{id}/finish",
+            "/api/v1/jobs/{id}/cancel",
+            "/api/v1/vms/{name}/backup",
+            "/api/v1/credentials/{name}/inventory",
+            "/api/v1/credentials/{name}/inventory/refresh",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

@@ -44,6 +44,9 @@ pub mod error_codes {
     pub const BAD_REQUEST: &str = "bad_request";
     /// Missing or wrong bearer token (HTTP 401).
     pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The token is valid but may not call this route, e.g. an agent's token on an admin route
+    /// (HTTP 403).
+    pub const FORBIDDEN: &str = "forbidden";
     /// Unknown VM, backup, credential or route (HTTP 404).
     pub const NOT_FOUND: &str = "not_found";
     /// The request contradicts the current state, e.g. a second running backup (HTTP 409).

@@ -6,6 +6,10 @@ mod hub_api;
 #[cfg(test)]
 mod image_tools;
 #[cfg(test)]
+mod jobs;
+#[cfg(test)]
 mod lifecycle;
 #[cfg(test)]
 mod support;
+#[cfg(test)]
+mod webhook;
