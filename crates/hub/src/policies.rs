@@ -13,15 +13,31 @@
 //! O(pattern x name) per VM at worst.
 //!
 //! [`answer`] turns a stored policy into the API's answer with its `next_run`.
+//!
+//! [`Policies`] is the hub's side: the policy API over the catalog, runs that queue backup jobs
+//! through [`Jobs`], the scheduler's tick ([`Policies::tick_at`]) and retries of failed jobs
+//! ([`Policies::job_ended`]). A run resolves the policy's patterns over its credential's
+//! inventory and keeps the VMs it cannot queue yet (`max_parallel` of its jobs queued or running
+//! at once) in the policy's record, so they survive a restart; each tick and each ended job
+//! releases more. A VM that already has a queued or running backup job is skipped (its job
+//! covers it). A failed job is queued again `retry.delay_seconds` after it failed, up to
+//! `retry.count` times, as attempt 2, 3, ...; a VM whose chain holds `max_chain_length` points
+//! gets a full.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use jiff::Zoned;
 use jiff::tz::TimeZone;
 use sendense_calendar::{CalendarError, CalendarEvent};
-use sendense_types::jobs::{InventoryVm, Policy, PolicyRequest};
-use sendense_types::{Timestamp, VmName};
+use sendense_catalog::{Catalog, CatalogError, PolicyRecord};
+use sendense_types::api::BackupType;
+use sendense_types::jobs::{InventoryVm, Policy, PolicyList, PolicyRequest, PolicyRun};
+use sendense_types::{Job, JobId, JobKind, JobQuery, JobStatus, PolicyName, Timestamp, VmName};
 
-use crate::scheduler;
+use crate::error::HubError;
+use crate::jobs::{Jobs, QueueBackup};
+use crate::scheduler::{self, Clock, Decision};
 
 /// The answer of `GET /api/v1/policies/{name}`: the stored request, when it was created and
 /// last ran, and its next run in the hub's zone `tz` (the first schedule time after the last
@@ -63,6 +79,375 @@ pub struct Resolution {
     pub vms: Vec<InventoryVm>,
     /// The patterns that matched no VM, in the policy's order.
     pub unmatched: Vec<String>,
+}
+
+/// The hub's policies (see the module documentation). Share one per hub (`Arc`).
+#[derive(Debug)]
+pub struct Policies {
+    catalog: Arc<Catalog>,
+    jobs: Arc<Jobs>,
+    clock: Arc<dyn Clock>,
+    /// Serializes runs, releases and retries, so two of them never queue the same place.
+    runs: Mutex<()>,
+}
+
+/// What one scheduler tick did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Policies whose schedule was due: a run started.
+    pub started: Vec<PolicyName>,
+    /// Jobs queued (new runs and VMs released from earlier runs).
+    pub queued: Vec<JobId>,
+}
+
+impl Policies {
+    /// The policies in `catalog`, queuing through `jobs`, reading the time (and the hub's
+    /// zone, in which schedules are read) from `clock`.
+    #[must_use]
+    pub fn new(catalog: Arc<Catalog>, jobs: Arc<Jobs>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            catalog,
+            jobs,
+            clock,
+            runs: Mutex::new(()),
+        }
+    }
+
+    /// The clock the scheduler reads.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// `POST /api/v1/policies`: stores a new policy.
+    ///
+    /// # Errors
+    /// [`HubError::InvalidSchedule`] (400, naming the bad part); an unknown credential (400);
+    /// a policy of that name exists (409); catalog errors.
+    pub fn create(&self, request: &PolicyRequest) -> Result<Policy, HubError> {
+        self.check(request)?;
+        let record = self.catalog.create_policy(request, self.now())?;
+        tracing::info!(policy = %record.name(), schedule = record.request.schedule(), "policy created");
+        self.answer(&record)
+    }
+
+    /// `PUT /api/v1/policies/{name}`: replaces a policy's settings (keeping when it was
+    /// created and last ran).
+    ///
+    /// # Errors
+    /// As [`Policies::create`]; [`HubError::PolicyNameMismatch`] (400) when the body names
+    /// another policy; unknown policy (404).
+    pub fn replace(&self, name: &PolicyName, request: &PolicyRequest) -> Result<Policy, HubError> {
+        if request.name() != name {
+            return Err(HubError::PolicyNameMismatch {
+                path: name.clone(),
+                body: request.name().clone(),
+            });
+        }
+        self.check(request)?;
+        let record = self.catalog.replace_policy(request, self.now())?;
+        tracing::info!(policy = %name, "policy replaced");
+        self.answer(&record)
+    }
+
+    /// `GET /api/v1/policies/{name}`.
+    ///
+    /// # Errors
+    /// Unknown policy (404); catalog errors.
+    pub fn get(&self, name: &PolicyName) -> Result<Policy, HubError> {
+        self.answer(&self.require(name)?)
+    }
+
+    /// `GET /api/v1/policies`: every policy, by name.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn list(&self) -> Result<PolicyList, HubError> {
+        let policies = self
+            .catalog
+            .policies()?
+            .iter()
+            .map(|r| self.answer(r))
+            .collect::<Result<_, _>>()?;
+        Ok(PolicyList { policies })
+    }
+
+    /// `DELETE /api/v1/policies/{name}`: removes the policy; jobs it queued stay.
+    ///
+    /// # Errors
+    /// Unknown policy (404); catalog errors.
+    pub fn delete(&self, name: &PolicyName) -> Result<Policy, HubError> {
+        let _runs = self.lock();
+        let record = self.catalog.delete_policy(name)?;
+        tracing::info!(policy = %name, "policy deleted");
+        self.answer(&record)
+    }
+
+    /// `POST /api/v1/policies/{name}/run`: runs the policy now, whatever its schedule and
+    /// whether it is enabled; the run counts as its last run.
+    ///
+    /// # Errors
+    /// Unknown policy (404); catalog errors.
+    pub fn run_now(&self, name: &PolicyName) -> Result<PolicyRun, HubError> {
+        let _runs = self.lock();
+        let record = self.require(name)?;
+        self.start_run(&record, self.now())
+    }
+
+    /// The scheduler's tick at `now` (the hub ticks every minute with its clock's time; tests
+    /// pass theirs): starts a run of every enabled policy whose schedule came due since its
+    /// last run (once, however many slots passed), then releases waiting VMs of every policy.
+    ///
+    /// # Errors
+    /// Catalog errors (a policy that cannot run is logged and skipped).
+    pub fn tick_at(&self, now: &Zoned) -> Result<TickReport, HubError> {
+        let _runs = self.lock();
+        let at = scheduler::timestamp(now);
+        let mut report = TickReport::default();
+        for record in self.catalog.policies()? {
+            if !record.request.enabled() {
+                continue;
+            }
+            let schedule = match CalendarEvent::parse(record.request.schedule()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(policy = %record.name(), error = %e, "stored schedule does not parse: policy skipped");
+                    continue;
+                }
+            };
+            let since = scheduler::zoned(
+                record.last_run.unwrap_or(record.created_at),
+                now.time_zone(),
+            );
+            if let Decision::Run { due, missed, .. } = scheduler::decide(&schedule, &since, now) {
+                tracing::info!(policy = %record.name(), due = %due, missed, "policy run due");
+                let run = self.start_run(&record, at)?;
+                report.started.push(record.name().clone());
+                report.queued.extend(run.job_ids);
+            }
+        }
+        for record in self.catalog.policies()? {
+            if !record.pending.is_empty() {
+                report.queued.extend(self.release(record.name())?);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Called with every job that ended: a failed backup job of a policy is queued again
+    /// after the policy's retry delay, within its retry count (the new job's id is answered);
+    /// any ended job of a policy frees a place, so waiting VMs of that policy are released.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn job_ended(&self, job: &Job) -> Result<Option<JobId>, HubError> {
+        let Some(policy) = &job.policy else {
+            return Ok(None);
+        };
+        let _runs = self.lock();
+        let Some(record) = self.catalog.policy(policy)? else {
+            return Ok(None);
+        };
+        let mut retried = None;
+        if job.kind == JobKind::Backup
+            && job.status == JobStatus::Failed
+            && let Some(vm) = &job.vm_name
+        {
+            let failed_at = job.finished_at.unwrap_or_else(|| self.now());
+            if let Some(at) = scheduler::retry_at(record.request.retry(), job.attempt, failed_at) {
+                let queued = self.jobs.queue_backup(QueueBackup {
+                    vm: vm.clone(),
+                    backup_type: job.backup_type.unwrap_or(BackupType::Auto),
+                    credential: job.credential.clone(),
+                    policy: Some(policy.clone()),
+                    attempt: job.attempt.saturating_add(1),
+                    not_before: Some(at),
+                });
+                match queued {
+                    Ok(id) => {
+                        tracing::info!(policy = %policy, vm = %vm, job_id = %id, attempt = job.attempt.saturating_add(1), not_before = %at, "failed job retried");
+                        retried = Some(id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(policy = %policy, vm = %vm, error = %sendense_io::error_chain(&e), "cannot retry the failed job");
+                    }
+                }
+            }
+        }
+        self.release(policy)?;
+        Ok(retried)
+    }
+
+    /// Checks what the types cannot: the schedule's grammar and the credential's existence.
+    fn check(&self, request: &PolicyRequest) -> Result<(), HubError> {
+        CalendarEvent::parse(request.schedule()).map_err(|source| HubError::InvalidSchedule {
+            schedule: request.schedule().to_owned(),
+            source,
+        })?;
+        if self.catalog.credential(request.credential())?.is_none() {
+            return Err(HubError::PolicyCredentialUnknown {
+                name: request.credential().clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts a run of `record` at `now`: plans its VMs, appends them to its waiting ones,
+    /// records the run, and releases what may start.
+    fn start_run(&self, record: &PolicyRecord, now: Timestamp) -> Result<PolicyRun, HubError> {
+        let name = record.name().clone();
+        let inventory = self
+            .catalog
+            .inventory(record.request.credential())?
+            .filter(|inv| inv.refreshed_at.is_some());
+        let plan = plan_run(
+            record.request.vms(),
+            inventory.as_ref().map(|inv| inv.vms.as_slice()),
+        );
+        if !plan.unmatched.is_empty() {
+            tracing::warn!(policy = %name, unmatched = ?plan.unmatched, "patterns matched no VM");
+        }
+        if !plan.invalid.is_empty() {
+            tracing::warn!(policy = %name, names = ?plan.invalid, "inventory names that are not valid VM names left out");
+        }
+        let vms = plan.vms;
+        self.catalog.update_policy(&name, |r| {
+            for vm in &vms {
+                if !r.pending.contains(vm) {
+                    r.pending.push(vm.clone());
+                }
+            }
+            r.last_run = Some(now);
+            Ok(())
+        })?;
+        let (job_ids, skipped) = self.release_with_skips(&name)?;
+        tracing::info!(policy = %name, queued = job_ids.len(), skipped = skipped.len(), "policy run started");
+        Ok(PolicyRun {
+            job_ids,
+            unmatched: plan.unmatched,
+            skipped,
+        })
+    }
+
+    fn release(&self, name: &PolicyName) -> Result<Vec<JobId>, HubError> {
+        self.release_with_skips(name).map(|(ids, _)| ids)
+    }
+
+    /// Queues waiting VMs of the policy while fewer than `max_parallel` of its jobs are queued
+    /// or running. A VM with a backup job already queued or running is skipped (answered).
+    fn release_with_skips(&self, name: &PolicyName) -> Result<(Vec<JobId>, Vec<VmName>), HubError> {
+        let Some(record) = self.catalog.policy(name)? else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let active = self.active_jobs(name)?;
+        let mut queue = scheduler::RunQueue::new(record.pending.iter().cloned());
+        let mut free = usize::try_from(record.request.max_parallel())
+            .unwrap_or(usize::MAX)
+            .saturating_sub(active);
+        let (mut queued, mut skipped) = (Vec::new(), Vec::new());
+        while free > 0 {
+            let Some(vm) = queue.release(0, 1, 1).pop() else {
+                break;
+            };
+            match self.jobs.queue_backup(QueueBackup {
+                backup_type: self.backup_type(&vm, record.request.max_chain_length())?,
+                vm: vm.clone(),
+                credential: Some(record.request.credential().clone()),
+                policy: Some(name.clone()),
+                attempt: 1,
+                not_before: None,
+            }) {
+                Ok(id) => {
+                    queued.push(id);
+                    free -= 1;
+                }
+                Err(HubError::Catalog(CatalogError::JobInProgress { job_id, .. })) => {
+                    tracing::info!(policy = %name, vm = %vm, %job_id, "VM has a backup job already: skipped");
+                    skipped.push(vm);
+                }
+                Err(e) => {
+                    tracing::warn!(policy = %name, vm = %vm, error = %sendense_io::error_chain(&e), "cannot queue the VM's backup: skipped");
+                    skipped.push(vm);
+                }
+            }
+        }
+        let released: Vec<VmName> = record
+            .pending
+            .iter()
+            .take(record.pending.len() - queue.len())
+            .cloned()
+            .collect();
+        if !released.is_empty() {
+            self.catalog.update_policy(name, |r| {
+                r.pending.retain(|vm| !released.contains(vm));
+                Ok(())
+            })?;
+        }
+        Ok((queued, skipped))
+    }
+
+    /// Jobs of the policy queued or running now.
+    fn active_jobs(&self, name: &PolicyName) -> Result<usize, HubError> {
+        let mut count = 0;
+        for status in [JobStatus::Queued, JobStatus::Running] {
+            count += self
+                .catalog
+                .jobs(&JobQuery {
+                    status: Some(status),
+                    ..JobQuery::default()
+                })?
+                .iter()
+                .filter(|j| j.policy.as_ref() == Some(name))
+                .count();
+        }
+        Ok(count)
+    }
+
+    /// `full` once the VM's chain holds `max_chain_length` points, else `auto`.
+    fn backup_type(
+        &self,
+        vm: &VmName,
+        max_chain_length: Option<u32>,
+    ) -> Result<BackupType, HubError> {
+        let Some(max) = max_chain_length else {
+            return Ok(BackupType::Auto);
+        };
+        let len = match self.catalog.chain(vm) {
+            Ok(chain) => chain.len(),
+            // Not registered yet: its first backup is a full anyway.
+            Err(CatalogError::VmNotFound { .. }) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(if len >= usize::try_from(max).unwrap_or(usize::MAX) {
+            BackupType::Full
+        } else {
+            BackupType::Auto
+        })
+    }
+
+    fn require(&self, name: &PolicyName) -> Result<PolicyRecord, HubError> {
+        self.catalog
+            .policy(name)?
+            .ok_or_else(|| HubError::Catalog(CatalogError::PolicyNotFound { name: name.clone() }))
+    }
+
+    fn answer(&self, record: &PolicyRecord) -> Result<Policy, HubError> {
+        let tz = self.clock.now().time_zone().clone();
+        answer(&record.request, record.created_at, record.last_run, &tz).map_err(|source| {
+            HubError::InvalidSchedule {
+                schedule: record.request.schedule().to_owned(),
+                source,
+            }
+        })
+    }
+
+    fn now(&self) -> Timestamp {
+        scheduler::timestamp(&self.clock.now())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.runs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The VMs one run of a policy backs up.
