@@ -401,7 +401,8 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
 }
 
 /// The policy scheduler: one tick at start (runs missed while the hub was down run now, once),
-/// then one every [`scheduler::TICK`]; and retries and releases as jobs end. Stops with `stop`.
+/// then one a second past every minute ([`scheduler::until_next_minute`], [`scheduler::TICK`]);
+/// and retries and releases as jobs end. Stops with `stop`.
 fn spawn_scheduler(
     policies: Arc<Policies>,
     jobs: &Jobs,
@@ -447,7 +448,9 @@ fn spawn_scheduler(
                 }
             }
         };
-        let ticks = scheduler::run_ticks(scheduler::TICK, stop, || tick(Arc::clone(&policies)));
+        let first = scheduler::until_next_minute(&policies.clock().now());
+        let ticks =
+            scheduler::run_ticks(first, scheduler::TICK, stop, || tick(Arc::clone(&policies)));
         tokio::join!(on_ended, ticks);
     })
 }

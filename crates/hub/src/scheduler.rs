@@ -30,6 +30,16 @@ use sendense_types::jobs::RetryPolicy;
 /// The scheduler's period: PBS checks its schedules once a minute too.
 pub const TICK: Duration = Duration::from_secs(60);
 
+/// How long from `now` until one second past the next minute: the hub ticks then, so a
+/// schedule's minute is seen within about a second (calendar events fire at whole minutes
+/// unless they name seconds).
+#[must_use]
+pub fn until_next_minute(now: &Zoned) -> Duration {
+    let into_minute = Duration::from_secs(u64::from(now.second().unsigned_abs()))
+        + Duration::from_nanos(u64::from(now.subsec_nanosecond().unsigned_abs()));
+    (TICK + Duration::from_secs(1)).saturating_sub(into_minute)
+}
+
 /// Where the scheduler reads the time.
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current instant in the hub's time zone.
@@ -200,10 +210,11 @@ impl<T> RunQueue<T> {
     }
 }
 
-/// Calls `tick` once every `period` ([`TICK`] in the hub; the first call after one period) until `stop`
+/// Calls `tick` after `first`, then once every `period` ([`TICK`] in the hub), until `stop`
 /// turns true or its sender is dropped. A tick that overruns delays the next one; ticks are
 /// never bunched to catch up (the decisions catch up by themselves).
 pub async fn run_ticks<F, Fut>(
+    first: Duration,
     period: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
     mut tick: F,
@@ -211,7 +222,7 @@ pub async fn run_ticks<F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let start = tokio::time::Instant::now() + period;
+    let start = tokio::time::Instant::now() + first;
     let mut interval = tokio::time::interval_at(start, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -411,6 +422,23 @@ mod tests {
     }
 
     #[test]
+    fn until_next_minute_ends_one_second_past_the_minute() {
+        assert_eq!(
+            [
+                utc("2026-01-01T10:00:00"),
+                utc("2026-01-01T10:00:30.5"),
+                utc("2026-01-01T10:00:59"),
+            ]
+            .map(|z| until_next_minute(&z)),
+            [
+                Duration::from_secs(61),
+                Duration::from_millis(30_500),
+                Duration::from_secs(2)
+            ]
+        );
+    }
+
+    #[test]
     fn manual_clock_advances_only_when_told() {
         let clock = ManualClock::new(utc("2026-01-01T00:00:00"));
         let before = clock.now();
@@ -443,7 +471,7 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let ticks = Arc::new(AtomicU32::new(0));
         let counter = Arc::clone(&ticks);
-        let task = tokio::spawn(run_ticks(TICK, stop_rx, move || {
+        let task = tokio::spawn(run_ticks(TICK, TICK, stop_rx, move || {
             counter.fetch_add(1, Ordering::SeqCst);
             async {}
         }));
@@ -467,7 +495,7 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (tick_clock, tick_since, tick_runs) =
             (clock.clone(), Arc::clone(&since), Arc::clone(&runs));
-        let task = tokio::spawn(run_ticks(TICK, stop_rx, move || {
+        let task = tokio::spawn(run_ticks(TICK, TICK, stop_rx, move || {
             tick_clock.advance(TICK);
             let now = tick_clock.now();
             let mut since = tick_since.lock().expect("not poisoned");
