@@ -130,6 +130,7 @@ impl Catalog {
         }
         WriteTables::open(&txn)?;
         crate::jobs::create_tables(&txn)?;
+        crate::policies::create_tables(&txn)?;
         txn.commit()?;
         Ok(Self { db })
     }

@@ -2,7 +2,8 @@
 //! status in one place (`NotFound` 404, `Conflict` 409, `Invalid` 400, `Storage` 500).
 
 use sendense_types::{
-    AgentName, BackupId, BackupStatus, CredentialName, DiskKey, JobId, Timestamp, VmName,
+    AgentName, BackupId, BackupStatus, CredentialName, DiskKey, JobId, PolicyName, Timestamp,
+    VmName,
 };
 use thiserror::Error;
 
@@ -256,6 +257,18 @@ pub enum CatalogError {
         /// The id in the index.
         job_id: String,
     },
+    /// No such policy.
+    #[error("Unknown policy {name}")]
+    PolicyNotFound {
+        /// The policy asked for.
+        name: PolicyName,
+    },
+    /// A policy of that name exists already.
+    #[error("Policy {name} exists already: replace it with PUT /api/v1/policies/{name}")]
+    PolicyExists {
+        /// The policy.
+        name: PolicyName,
+    },
     /// A new backup record is inconsistent.
     #[error("Invalid backup record {backup_id}: {reason}")]
     InvalidRecord {
@@ -282,7 +295,8 @@ impl CatalogError {
             | Self::BackupNotFound { .. }
             | Self::CredentialNotFound { .. }
             | Self::AgentNotFound { .. }
-            | Self::JobNotFound { .. } => ErrorKind::NotFound,
+            | Self::JobNotFound { .. }
+            | Self::PolicyNotFound { .. } => ErrorKind::NotFound,
             Self::EnrollmentRefused { .. } | Self::EnrollmentExpired { .. } => {
                 ErrorKind::Unauthorized
             }
@@ -290,6 +304,7 @@ impl CatalogError {
             | Self::AlreadyEnrolled { .. }
             | Self::JobExists { .. }
             | Self::JobInProgress { .. }
+            | Self::PolicyExists { .. }
             | Self::BackupExists { .. }
             | Self::BackupInProgress { .. }
             | Self::NoCompletedParent { .. }

@@ -1,6 +1,6 @@
 //! The Sendense hub's embedded catalog on redb: VMs and their disks, backups and their per-disk
 //! images and change ids, backup chains, sealed vCenter credentials, and the agents, jobs and
-//! inventories of [`jobs`].
+//! inventories of [`jobs`], and the policies of [`policies`].
 //!
 //! redb stays behind [`Catalog`]'s typed methods (STYLE.md §6); the file carries a schema version
 //! and a build refuses a version it does not know. Every mutation is a single write transaction,
@@ -51,9 +51,11 @@
 pub mod catalog;
 pub mod error;
 pub mod jobs;
+pub mod policies;
 pub mod record;
 
 pub use catalog::{Catalog, FILE_NAME, SCHEMA_VERSION};
 pub use error::{CatalogError, ErrorKind};
 pub use jobs::{AgentRecord, Claim, Enrollment, JobRecord};
+pub use policies::PolicyRecord;
 pub use record::{BackupRecord, CredentialRecord, DiskCompletion, DiskRecord};

@@ -18,11 +18,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use sendense_types::api::error_codes;
 use sendense_types::api::{SessionRequest, SnapshotRequest};
+use sendense_types::jobs::PolicyRequest;
 use sendense_types::{
     AgentName, ApiError, BackupId, BackupNowRequest, BackupQuery, CompleteBackupRequest,
     CreateAgentRequest, CredentialName, CredentialRequest, EnrollRequest, FailBackupRequest,
-    FinishJobRequest, Health, HeartbeatRequest, JobId, JobQuery, NextJobQuery, RegisterVmRequest,
-    StartBackupRequest, Timestamp, VmName,
+    FinishJobRequest, Health, HeartbeatRequest, JobId, JobQuery, NextJobQuery, PolicyName,
+    RegisterVmRequest, StartBackupRequest, Timestamp, VmName,
 };
 use serde::de::DeserializeOwned;
 
@@ -31,6 +32,7 @@ use crate::credentials::Credentials;
 use crate::engine::Engine;
 use crate::error::{ErrorKind, HubError};
 use crate::jobs::Jobs;
+use crate::policies::Policies;
 
 /// The routes (method, path) an agent's token may call besides `health`: its own job poll,
 /// heartbeat and finish of jobs assigned to it (the handlers check the agent), and what its
@@ -66,6 +68,8 @@ pub struct ApiState {
     pub agents: Arc<Agents>,
     /// The job queue.
     pub jobs: Arc<Jobs>,
+    /// The policies and their scheduler.
+    pub policies: Arc<Policies>,
 }
 
 /// The API's routes.
@@ -113,6 +117,12 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/credentials/{name}/inventory/refresh",
             post(refresh_inventory),
         )
+        .route("/api/v1/policies", post(create_policy).get(list_policies))
+        .route(
+            "/api/v1/policies/{name}",
+            get(get_policy).put(replace_policy).delete(delete_policy),
+        )
+        .route("/api/v1/policies/{name}/run", post(run_policy))
         .route("/api/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -531,6 +541,54 @@ async fn cancel_job(
 ) -> ApiResult<impl IntoResponse> {
     let id: JobId = parse("job id", &id)?;
     Ok(Json(blocking(move || s.jobs.cancel(&id)).await?))
+}
+
+async fn create_policy(
+    State(s): State<ApiState>,
+    Body(req): Body<PolicyRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let policy = blocking(move || s.policies.create(&req)).await?;
+    Ok((StatusCode::CREATED, Json(policy)))
+}
+
+async fn list_policies(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(blocking(move || s.policies.list()).await?))
+}
+
+async fn get_policy(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let name: PolicyName = parse("policy name", &name)?;
+    Ok(Json(blocking(move || s.policies.get(&name)).await?))
+}
+
+async fn replace_policy(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    Body(req): Body<PolicyRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let name: PolicyName = parse("policy name", &name)?;
+    Ok(Json(
+        blocking(move || s.policies.replace(&name, &req)).await?,
+    ))
+}
+
+async fn delete_policy(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let name: PolicyName = parse("policy name", &name)?;
+    Ok(Json(blocking(move || s.policies.delete(&name)).await?))
+}
+
+async fn run_policy(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let name: PolicyName = parse("policy name", &name)?;
+    let run = blocking(move || s.policies.run_now(&name)).await?;
+    Ok((StatusCode::ACCEPTED, Json(run)))
 }
 
 async fn backup_now(

@@ -34,6 +34,8 @@ use crate::engine::{Engine, REPOSITORY_DIR, Reconciliation, Watchdog};
 use crate::error::HubError;
 use crate::jobs::{Jobs, REAP_PERIOD};
 use crate::notify::{Notifier, WebhookConfig};
+use crate::policies::Policies;
+use crate::scheduler::{self, SystemClock};
 
 /// Folder of the TLS material inside the data folder.
 pub const TLS_DIR: &str = "tls";
@@ -89,6 +91,9 @@ pub struct RunningHub {
     pub jobs: Arc<Jobs>,
     /// The agents, for in-process callers.
     pub agents: Arc<Agents>,
+    /// The policies and their scheduler, for in-process callers (tests tick it with their
+    /// own time: [`Policies::tick_at`]).
+    pub policies: Arc<Policies>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -261,12 +266,19 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         tracing::info!(jobs = renewed, "running jobs given a fresh lease");
     }
 
+    let policies = Arc::new(Policies::new(
+        Arc::clone(&catalog),
+        Arc::clone(&jobs),
+        Arc::new(SystemClock),
+    ));
+
     let state = ApiState {
         engine: Arc::clone(&engine),
         credentials,
         token: token.into(),
         agents: Arc::clone(&agents),
         jobs: Arc::clone(&jobs),
+        policies: Arc::clone(&policies),
     };
     let mut api_tls = (*api_tls).clone();
     api_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -341,6 +353,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     let finished = jobs.subscribe_finished();
     let job_notifier = notifier.clone();
     let notifications = tokio::spawn(notify_finished_jobs(finished, job_notifier));
+    let scheduler = spawn_scheduler(Arc::clone(&policies), &jobs, stop_rx.clone());
 
     let shutdown_engine = Arc::clone(&engine);
     let shutdown_jobs = Arc::clone(&jobs);
@@ -354,6 +367,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         bounded("watchdog", Duration::from_secs(1), watchdog).await;
         bounded("lease reaper", Duration::from_secs(1), reaper).await;
         notifications.abort();
+        bounded("policy scheduler", Duration::from_secs(1), scheduler).await;
         let engine_down = tokio::spawn(async move { shutdown_engine.shutdown().await });
         bounded("backup engine", ENGINE_DRAIN, engine_down).await;
         let _ = nbd_stop_tx.send(());
@@ -380,8 +394,61 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         notifier,
         jobs,
         agents,
+        policies,
         stop: stop_tx,
         task,
+    })
+}
+
+/// The policy scheduler: one tick at start (runs missed while the hub was down run now, once),
+/// then one every [`scheduler::TICK`]; and retries and releases as jobs end. Stops with `stop`.
+fn spawn_scheduler(
+    policies: Arc<Policies>,
+    jobs: &Jobs,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut ended = jobs.subscribe_finished();
+    tokio::spawn(async move {
+        let tick = |policies: Arc<Policies>| async move {
+            let now = policies.clock().now();
+            match tokio::task::spawn_blocking(move || policies.tick_at(&now)).await {
+                Ok(Ok(report)) if !report.started.is_empty() || !report.queued.is_empty() => {
+                    tracing::info!(started = ?report.started, queued = report.queued.len(), "scheduler tick");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %sendense_io::error_chain(&e), "scheduler tick failed");
+                }
+                Err(e) => tracing::error!(error = %e, "scheduler tick panicked"),
+            }
+        };
+        tick(Arc::clone(&policies)).await;
+        let on_ended = {
+            let policies = Arc::clone(&policies);
+            let mut stop = stop.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        job = ended.recv() => match job {
+                            Ok(job) => {
+                                let policies = Arc::clone(&policies);
+                                let done = tokio::task::spawn_blocking(move || policies.job_ended(&job)).await;
+                                if let Ok(Err(e)) = done {
+                                    tracing::error!(error = %sendense_io::error_chain(&e), "policy retry failed");
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                                tracing::warn!(missed, "policy scheduler missed ended jobs");
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                        changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },
+                    }
+                }
+            }
+        };
+        let ticks = scheduler::run_ticks(scheduler::TICK, stop, || tick(Arc::clone(&policies)));
+        tokio::join!(on_ended, ticks);
     })
 }
 

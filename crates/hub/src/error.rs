@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use sendense_catalog::CatalogError;
 use sendense_types::{
-    AgentName, BackupId, BackupStatus, CredentialName, DiskKey, JobId, JobStatus, VmName,
+    AgentName, BackupId, BackupStatus, CredentialName, DiskKey, JobId, JobStatus, PolicyName,
+    VmName,
 };
 use sendense_vsphere::VsphereError;
 
@@ -449,6 +450,29 @@ pub enum HubError {
         /// What it must be.
         reason: &'static str,
     },
+    /// A policy's schedule is not a calendar event (the source names the bad part).
+    #[error("Invalid schedule {schedule:?}")]
+    InvalidSchedule {
+        /// The schedule as given.
+        schedule: String,
+        /// What is wrong, and where.
+        #[source]
+        source: sendense_calendar::CalendarError,
+    },
+    /// `PUT /api/v1/policies/{name}` with a body naming another policy.
+    #[error("The path names policy {path} but the body {body}: a policy keeps its name")]
+    PolicyNameMismatch {
+        /// The name in the path.
+        path: PolicyName,
+        /// The name in the body.
+        body: PolicyName,
+    },
+    /// A policy names a credential the hub does not have.
+    #[error("Unknown credential {name}: store it first (POST /api/v1/credentials)")]
+    PolicyCredentialUnknown {
+        /// The credential named.
+        name: CredentialName,
+    },
     /// An enrollment's certificate signing request could not be signed.
     #[error("Cannot sign the certificate signing request (csr_pem)")]
     Csr(#[source] sendense_nbd::NbdError),
@@ -509,6 +533,9 @@ impl HubError {
             Self::UnknownAgent { .. }
             | Self::NoCredentialForVm { .. }
             | Self::InvalidInput { .. }
+            | Self::InvalidSchedule { .. }
+            | Self::PolicyNameMismatch { .. }
+            | Self::PolicyCredentialUnknown { .. }
             | Self::Csr(_) => ErrorKind::BadRequest,
             Self::CredentialHasNoAgent { .. }
             | Self::CredentialAgentUnknown { .. }

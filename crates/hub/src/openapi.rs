@@ -130,6 +130,26 @@ pub const DOCUMENT: &str = r##"{
         "finished_at": { "type": ["string", "null"], "format": "date-time" },
         "backup_type": { "type": ["string", "null"] }, "credential": { "type": ["string", "null"] },
         "policy": { "type": ["string", "null"] }, "attempt": { "type": "integer" } } },
+      "PolicyRequest": { "type": "object", "additionalProperties": false, "required": ["name", "schedule", "credential", "vms"], "properties": {
+        "name": { "type": "string" },
+        "schedule": { "type": "string", "maxLength": 256, "description": "PBS calendar event, e.g. 'mon..fri 22:00', '*:0/15', 'daily'" },
+        "credential": { "type": "string" },
+        "vms": { "type": "array", "items": { "type": "string" }, "description": "Inventory paths (dc1/vm/web01, dc1/vm/*, dc1/**) or name globs (db*)" },
+        "max_parallel": { "type": "integer", "minimum": 1, "maximum": 64, "default": 1 },
+        "retry": { "type": "object", "properties": { "count": { "type": "integer", "maximum": 10 }, "delay_seconds": { "type": "integer", "maximum": 86400, "default": 600 } } },
+        "retention": { "type": "object", "properties": { "keep_last": { "type": "integer" }, "keep_hourly": { "type": "integer" }, "keep_daily": { "type": "integer" }, "keep_weekly": { "type": "integer" }, "keep_monthly": { "type": "integer" }, "keep_yearly": { "type": "integer" } } },
+        "max_chain_length": { "type": ["integer", "null"], "minimum": 1 },
+        "verify_after_backup": { "type": "boolean", "default": false },
+        "enabled": { "type": "boolean", "default": true } } },
+      "Policy": { "allOf": [ { "$ref": "#/components/schemas/PolicyRequest" }, { "type": "object", "properties": {
+        "next_run": { "type": ["string", "null"], "format": "date-time", "description": "null when disabled or never again; a past time means due at the next tick" },
+        "last_run": { "type": ["string", "null"], "format": "date-time" },
+        "created_at": { "type": "string", "format": "date-time" } } } ] },
+      "PolicyList": { "type": "object", "properties": { "policies": { "type": "array", "items": { "$ref": "#/components/schemas/Policy" } } } },
+      "PolicyRun": { "type": "object", "properties": {
+        "job_ids": { "type": "array", "items": { "type": "string" } },
+        "unmatched": { "type": "array", "items": { "type": "string" } },
+        "skipped": { "type": "array", "items": { "type": "string" } } } },
       "JobList": { "type": "object", "properties": { "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } } } },
       "JobAccepted": { "type": "object", "properties": { "job_id": { "type": "string" } } },
       "BackupNowRequest": { "type": "object", "additionalProperties": false, "properties": {
@@ -273,6 +293,18 @@ pub const DOCUMENT: &str = r##"{
         "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Inventory" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/credentials/{name}/inventory/refresh": { "post": { "summary": "Admin: queue an inventory job for the credential's agent",
         "responses": { "202": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobAccepted" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/policies": { "post": { "summary": "Admin: create a policy; the schedule is a Proxmox Backup Server calendar event in the hub's time zone (400 names the bad part)", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PolicyRequest" } } } },
+        "responses": { "201": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Policy" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } },
+      "get": { "summary": "Admin: every policy with next_run and last_run",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PolicyList" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/policies/{name}": { "get": { "summary": "Admin: one policy with next_run and last_run",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Policy" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } },
+      "put": { "summary": "Admin: replace a policy's settings (keeps created_at and last_run)", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PolicyRequest" } } } },
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Policy" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } },
+      "delete": { "summary": "Admin: delete a policy (its jobs stay); answers it",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Policy" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/policies/{name}/run": { "post": { "summary": "Admin: run now: queue backup jobs of its VMs (max_parallel at once); patterns matching no VM come back in unmatched, VMs with a job already in skipped",
+        "responses": { "202": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PolicyRun" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
   }
 }"##;
@@ -312,6 +344,9 @@ mod tests {
             "/api/v1/vms/{name}/backup",
             "/api/v1/credentials/{name}/inventory",
             "/api/v1/credentials/{name}/inventory/refresh",
+            "/api/v1/policies",
+            "/api/v1/policies/{name}",
+            "/api/v1/policies/{name}/run",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

@@ -11,10 +11,66 @@
 //!
 //! Cost: exact paths and names are looked up in an index; each glob scans the inventory once,
 //! O(pattern x name) per VM at worst.
+//!
+//! [`answer`] turns a stored policy into the API's answer with its `next_run`.
+//!
+//! [`Policies`] is the hub's side: the policy API over the catalog, runs that queue backup jobs
+//! through [`Jobs`], the scheduler's tick ([`Policies::tick_at`]) and retries of failed jobs
+//! ([`Policies::job_ended`]). A run resolves the policy's patterns over its credential's
+//! inventory and keeps the VMs it cannot queue yet (`max_parallel` of its jobs queued or running
+//! at once) in the policy's record, so they survive a restart; each tick and each ended job
+//! releases more. A VM that already has a queued or running backup job is skipped (its job
+//! covers it). A failed job is queued again `retry.delay_seconds` after it failed, up to
+//! `retry.count` times, as attempt 2, 3, ...; a VM whose chain holds `max_chain_length` points
+//! gets a full.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use sendense_types::jobs::InventoryVm;
+use jiff::Zoned;
+use jiff::tz::TimeZone;
+use sendense_calendar::{CalendarError, CalendarEvent};
+use sendense_catalog::{Catalog, CatalogError, PolicyRecord};
+use sendense_types::api::BackupType;
+use sendense_types::jobs::{InventoryVm, Policy, PolicyList, PolicyRequest, PolicyRun};
+use sendense_types::{Job, JobId, JobKind, JobQuery, JobStatus, PolicyName, Timestamp, VmName};
+
+use crate::error::HubError;
+use crate::jobs::{Jobs, QueueBackup};
+use crate::scheduler::{self, Clock, Decision};
+
+/// The answer of `GET /api/v1/policies/{name}`: the stored request, when it was created and
+/// last ran, and its next run in the hub's zone `tz` (the first schedule time after the last
+/// run, or after its creation if it never ran; `null` when disabled or never again).
+///
+/// # Errors
+/// [`CalendarError`] if the stored schedule does not parse (it was checked when stored).
+pub fn answer(
+    request: &PolicyRequest,
+    created_at: Timestamp,
+    last_run: Option<Timestamp>,
+    tz: &TimeZone,
+) -> Result<Policy, CalendarError> {
+    let schedule = CalendarEvent::parse(request.schedule())?;
+    let since = scheduler::zoned(last_run.unwrap_or(created_at), tz);
+    let next_run =
+        scheduler::next_run(&schedule, &since, request.enabled()).map(|z| scheduler::timestamp(&z));
+    Ok(Policy {
+        name: request.name().clone(),
+        schedule: request.schedule().to_owned(),
+        credential: request.credential().clone(),
+        vms: request.vms().to_vec(),
+        max_parallel: request.max_parallel(),
+        retry: request.retry(),
+        retention: request.retention(),
+        max_chain_length: request.max_chain_length(),
+        verify_after_backup: request.verify_after_backup(),
+        enabled: request.enabled(),
+        next_run,
+        last_run,
+        created_at,
+    })
+}
 
 /// The VMs a policy's patterns name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,6 +79,420 @@ pub struct Resolution {
     pub vms: Vec<InventoryVm>,
     /// The patterns that matched no VM, in the policy's order.
     pub unmatched: Vec<String>,
+}
+
+/// The hub's policies (see the module documentation). Share one per hub (`Arc`).
+#[derive(Debug)]
+pub struct Policies {
+    catalog: Arc<Catalog>,
+    jobs: Arc<Jobs>,
+    clock: Arc<dyn Clock>,
+    /// Serializes runs, releases and retries, so two of them never queue the same place.
+    runs: Mutex<()>,
+}
+
+/// What one scheduler tick did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Policies whose schedule was due: a run started.
+    pub started: Vec<PolicyName>,
+    /// Jobs queued (new runs and VMs released from earlier runs).
+    pub queued: Vec<JobId>,
+}
+
+impl Policies {
+    /// The policies in `catalog`, queuing through `jobs`, reading the time (and the hub's
+    /// zone, in which schedules are read) from `clock`.
+    #[must_use]
+    pub fn new(catalog: Arc<Catalog>, jobs: Arc<Jobs>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            catalog,
+            jobs,
+            clock,
+            runs: Mutex::new(()),
+        }
+    }
+
+    /// The clock the scheduler reads.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// `POST /api/v1/policies`: stores a new policy.
+    ///
+    /// # Errors
+    /// [`HubError::InvalidSchedule`] (400, naming the bad part); an unknown credential (400);
+    /// a policy of that name exists (409); catalog errors.
+    pub fn create(&self, request: &PolicyRequest) -> Result<Policy, HubError> {
+        self.check(request)?;
+        let record = self.catalog.create_policy(request, self.now())?;
+        tracing::info!(policy = %record.name(), schedule = record.request.schedule(), "policy created");
+        self.answer(&record)
+    }
+
+    /// `PUT /api/v1/policies/{name}`: replaces a policy's settings (keeping when it was
+    /// created and last ran).
+    ///
+    /// # Errors
+    /// As [`Policies::create`]; [`HubError::PolicyNameMismatch`] (400) when the body names
+    /// another policy; unknown policy (404).
+    pub fn replace(&self, name: &PolicyName, request: &PolicyRequest) -> Result<Policy, HubError> {
+        if request.name() != name {
+            return Err(HubError::PolicyNameMismatch {
+                path: name.clone(),
+                body: request.name().clone(),
+            });
+        }
+        self.check(request)?;
+        let record = self.catalog.replace_policy(request, self.now())?;
+        tracing::info!(policy = %name, "policy replaced");
+        self.answer(&record)
+    }
+
+    /// `GET /api/v1/policies/{name}`.
+    ///
+    /// # Errors
+    /// Unknown policy (404); catalog errors.
+    pub fn get(&self, name: &PolicyName) -> Result<Policy, HubError> {
+        self.answer(&self.require(name)?)
+    }
+
+    /// `GET /api/v1/policies`: every policy, by name.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn list(&self) -> Result<PolicyList, HubError> {
+        let policies = self
+            .catalog
+            .policies()?
+            .iter()
+            .map(|r| self.answer(r))
+            .collect::<Result<_, _>>()?;
+        Ok(PolicyList { policies })
+    }
+
+    /// `DELETE /api/v1/policies/{name}`: removes the policy; jobs it queued stay.
+    ///
+    /// # Errors
+    /// Unknown policy (404); catalog errors.
+    pub fn delete(&self, name: &PolicyName) -> Result<Policy, HubError> {
+        let _runs = self.lock();
+        let record = self.catalog.delete_policy(name)?;
+        tracing::info!(policy = %name, "policy deleted");
+        self.answer(&record)
+    }
+
+    /// `POST /api/v1/policies/{name}/run`: runs the policy now, whatever its schedule and
+    /// whether it is enabled; the run counts as its last run.
+    ///
+    /// # Errors
+    /// Unknown policy (404); catalog errors.
+    pub fn run_now(&self, name: &PolicyName) -> Result<PolicyRun, HubError> {
+        let _runs = self.lock();
+        let record = self.require(name)?;
+        self.start_run(&record, self.now())
+    }
+
+    /// The scheduler's tick at `now` (the hub ticks every minute with its clock's time; tests
+    /// pass theirs): starts a run of every enabled policy whose schedule came due since its
+    /// last run (once, however many slots passed), then releases waiting VMs of every policy.
+    ///
+    /// # Errors
+    /// Catalog errors (a policy that cannot run is logged and skipped).
+    pub fn tick_at(&self, now: &Zoned) -> Result<TickReport, HubError> {
+        let _runs = self.lock();
+        let at = scheduler::timestamp(now);
+        let mut report = TickReport::default();
+        for record in self.catalog.policies()? {
+            if !record.request.enabled() {
+                continue;
+            }
+            let schedule = match CalendarEvent::parse(record.request.schedule()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(policy = %record.name(), error = %e, "stored schedule does not parse: policy skipped");
+                    continue;
+                }
+            };
+            let since = scheduler::zoned(
+                record.last_run.unwrap_or(record.created_at),
+                now.time_zone(),
+            );
+            if let Decision::Run { due, missed, .. } = scheduler::decide(&schedule, &since, now) {
+                tracing::info!(policy = %record.name(), due = %due, missed, "policy run due");
+                let run = self.start_run(&record, at)?;
+                report.started.push(record.name().clone());
+                report.queued.extend(run.job_ids);
+            }
+        }
+        for record in self.catalog.policies()? {
+            if !record.pending.is_empty() {
+                report.queued.extend(self.release(record.name())?);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Called with every job that ended: a failed backup job of a policy is queued again
+    /// after the policy's retry delay, within its retry count (the new job's id is answered);
+    /// any ended job of a policy frees a place, so waiting VMs of that policy are released.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn job_ended(&self, job: &Job) -> Result<Option<JobId>, HubError> {
+        let Some(policy) = &job.policy else {
+            return Ok(None);
+        };
+        let _runs = self.lock();
+        let Some(record) = self.catalog.policy(policy)? else {
+            return Ok(None);
+        };
+        let mut retried = None;
+        if job.kind == JobKind::Backup
+            && job.status == JobStatus::Failed
+            && let Some(vm) = &job.vm_name
+        {
+            let failed_at = job.finished_at.unwrap_or_else(|| self.now());
+            if let Some(at) = scheduler::retry_at(record.request.retry(), job.attempt, failed_at) {
+                let queued = self.jobs.queue_backup(QueueBackup {
+                    vm: vm.clone(),
+                    backup_type: job.backup_type.unwrap_or(BackupType::Auto),
+                    credential: job.credential.clone(),
+                    policy: Some(policy.clone()),
+                    attempt: job.attempt.saturating_add(1),
+                    not_before: Some(at),
+                });
+                match queued {
+                    Ok(id) => {
+                        tracing::info!(policy = %policy, vm = %vm, job_id = %id, attempt = job.attempt.saturating_add(1), not_before = %at, "failed job retried");
+                        retried = Some(id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(policy = %policy, vm = %vm, error = %sendense_io::error_chain(&e), "cannot retry the failed job");
+                    }
+                }
+            }
+        }
+        self.release(policy)?;
+        Ok(retried)
+    }
+
+    /// Checks what the types cannot: the schedule's grammar and the credential's existence.
+    fn check(&self, request: &PolicyRequest) -> Result<(), HubError> {
+        CalendarEvent::parse(request.schedule()).map_err(|source| HubError::InvalidSchedule {
+            schedule: request.schedule().to_owned(),
+            source,
+        })?;
+        if self.catalog.credential(request.credential())?.is_none() {
+            return Err(HubError::PolicyCredentialUnknown {
+                name: request.credential().clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts a run of `record` at `now`: plans its VMs, appends them to its waiting ones,
+    /// records the run, and releases what may start.
+    fn start_run(&self, record: &PolicyRecord, now: Timestamp) -> Result<PolicyRun, HubError> {
+        let name = record.name().clone();
+        let inventory = self
+            .catalog
+            .inventory(record.request.credential())?
+            .filter(|inv| inv.refreshed_at.is_some());
+        let plan = plan_run(
+            record.request.vms(),
+            inventory.as_ref().map(|inv| inv.vms.as_slice()),
+        );
+        if !plan.unmatched.is_empty() {
+            tracing::warn!(policy = %name, unmatched = ?plan.unmatched, "patterns matched no VM");
+        }
+        if !plan.invalid.is_empty() {
+            tracing::warn!(policy = %name, names = ?plan.invalid, "inventory names that are not valid VM names left out");
+        }
+        let vms = plan.vms;
+        self.catalog.update_policy(&name, |r| {
+            for vm in &vms {
+                if !r.pending.contains(vm) {
+                    r.pending.push(vm.clone());
+                }
+            }
+            r.last_run = Some(now);
+            Ok(())
+        })?;
+        let (job_ids, skipped) = self.release_with_skips(&name)?;
+        tracing::info!(policy = %name, queued = job_ids.len(), skipped = skipped.len(), "policy run started");
+        Ok(PolicyRun {
+            job_ids,
+            unmatched: plan.unmatched,
+            skipped,
+        })
+    }
+
+    fn release(&self, name: &PolicyName) -> Result<Vec<JobId>, HubError> {
+        self.release_with_skips(name).map(|(ids, _)| ids)
+    }
+
+    /// Queues waiting VMs of the policy while fewer than `max_parallel` of its jobs are queued
+    /// or running. A VM with a backup job already queued or running is skipped (answered).
+    fn release_with_skips(&self, name: &PolicyName) -> Result<(Vec<JobId>, Vec<VmName>), HubError> {
+        let Some(record) = self.catalog.policy(name)? else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let active = self.active_jobs(name)?;
+        let mut queue = scheduler::RunQueue::new(record.pending.iter().cloned());
+        let mut free = usize::try_from(record.request.max_parallel())
+            .unwrap_or(usize::MAX)
+            .saturating_sub(active);
+        let (mut queued, mut skipped) = (Vec::new(), Vec::new());
+        while free > 0 {
+            let Some(vm) = queue.release(0, 1, 1).pop() else {
+                break;
+            };
+            match self.jobs.queue_backup(QueueBackup {
+                backup_type: self.backup_type(&vm, record.request.max_chain_length())?,
+                vm: vm.clone(),
+                credential: Some(record.request.credential().clone()),
+                policy: Some(name.clone()),
+                attempt: 1,
+                not_before: None,
+            }) {
+                Ok(id) => {
+                    queued.push(id);
+                    free -= 1;
+                }
+                Err(HubError::Catalog(CatalogError::JobInProgress { job_id, .. })) => {
+                    tracing::info!(policy = %name, vm = %vm, %job_id, "VM has a backup job already: skipped");
+                    skipped.push(vm);
+                }
+                Err(e) => {
+                    tracing::warn!(policy = %name, vm = %vm, error = %sendense_io::error_chain(&e), "cannot queue the VM's backup: skipped");
+                    skipped.push(vm);
+                }
+            }
+        }
+        let released: Vec<VmName> = record
+            .pending
+            .iter()
+            .take(record.pending.len() - queue.len())
+            .cloned()
+            .collect();
+        if !released.is_empty() {
+            self.catalog.update_policy(name, |r| {
+                r.pending.retain(|vm| !released.contains(vm));
+                Ok(())
+            })?;
+        }
+        Ok((queued, skipped))
+    }
+
+    /// Jobs of the policy queued or running now.
+    fn active_jobs(&self, name: &PolicyName) -> Result<usize, HubError> {
+        let mut count = 0;
+        for status in [JobStatus::Queued, JobStatus::Running] {
+            count += self
+                .catalog
+                .jobs(&JobQuery {
+                    status: Some(status),
+                    ..JobQuery::default()
+                })?
+                .iter()
+                .filter(|j| j.policy.as_ref() == Some(name))
+                .count();
+        }
+        Ok(count)
+    }
+
+    /// `full` once the VM's chain holds `max_chain_length` points, else `auto`.
+    fn backup_type(
+        &self,
+        vm: &VmName,
+        max_chain_length: Option<u32>,
+    ) -> Result<BackupType, HubError> {
+        let Some(max) = max_chain_length else {
+            return Ok(BackupType::Auto);
+        };
+        let len = match self.catalog.chain(vm) {
+            Ok(chain) => chain.len(),
+            // Not registered yet: its first backup is a full anyway.
+            Err(CatalogError::VmNotFound { .. }) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(if len >= usize::try_from(max).unwrap_or(usize::MAX) {
+            BackupType::Full
+        } else {
+            BackupType::Auto
+        })
+    }
+
+    fn require(&self, name: &PolicyName) -> Result<PolicyRecord, HubError> {
+        self.catalog
+            .policy(name)?
+            .ok_or_else(|| HubError::Catalog(CatalogError::PolicyNotFound { name: name.clone() }))
+    }
+
+    fn answer(&self, record: &PolicyRecord) -> Result<Policy, HubError> {
+        let tz = self.clock.now().time_zone().clone();
+        answer(&record.request, record.created_at, record.last_run, &tz).map_err(|source| {
+            HubError::InvalidSchedule {
+                schedule: record.request.schedule().to_owned(),
+                source,
+            }
+        })
+    }
+
+    fn now(&self) -> Timestamp {
+        scheduler::timestamp(&self.clock.now())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.runs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The VMs one run of a policy backs up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunPlan {
+    /// The VMs, each once, in the order of the first pattern naming them.
+    pub vms: Vec<VmName>,
+    /// Patterns that matched no VM (a warning for the caller, not a failure).
+    pub unmatched: Vec<String>,
+    /// Inventory names the hub cannot take as VM names (logged and left out).
+    pub invalid: Vec<String>,
+}
+
+/// Plans a run of a policy with `patterns` over its credential's `inventory`. Without an
+/// inventory yet (the agent never reported one), patterns naming one VM exactly (no `/`, `*`
+/// or `?`) are taken as VM names, and the job queue finds their agent; the rest are unmatched.
+#[must_use]
+pub fn plan_run(patterns: &[String], inventory: Option<&[InventoryVm]>) -> RunPlan {
+    let mut plan = RunPlan::default();
+    let names: Vec<String> = match inventory {
+        Some(inventory) => {
+            let resolution = resolve_vms(patterns, inventory);
+            plan.unmatched = resolution.unmatched;
+            resolution.vms.into_iter().map(|vm| vm.name).collect()
+        }
+        None => {
+            let (exact, rest): (Vec<&String>, Vec<&String>) =
+                patterns.iter().partition(|p| !p.contains(['/', '*', '?']));
+            plan.unmatched = rest.into_iter().cloned().collect();
+            let mut names: Vec<String> = Vec::new();
+            for name in exact {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+            names
+        }
+    };
+    for name in names {
+        match VmName::try_from(name.as_str()) {
+            Ok(vm) => plan.vms.push(vm),
+            Err(_) => plan.invalid.push(name),
+        }
+    }
+    plan
 }
 
 /// Resolves `patterns` (a policy's `vms`) against `inventory`.
@@ -222,6 +692,101 @@ mod tests {
 
     fn patterns(p: &[&str]) -> Vec<String> {
         p.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn request(schedule: &str, enabled: bool) -> PolicyRequest {
+        serde_json::from_value(serde_json::json!({
+            "name": "nightly", "schedule": schedule, "credential": "vc1",
+            "vms": ["dc1/vm/web01", "db*"], "max_parallel": 2,
+            "retry": {"count": 2, "delay_seconds": 600},
+            "retention": {"keep_last": 3, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6},
+            "max_chain_length": 30, "verify_after_backup": true, "enabled": enabled
+        }))
+        .expect("DESIGN.md's example policy")
+    }
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_unix_seconds(secs).expect("valid")
+    }
+
+    #[test]
+    fn answer_of_a_new_policy_runs_next_at_the_first_slot_after_creation() {
+        // Created Monday 2026-01-05 12:00 UTC; the hub's zone is UTC+1.
+        let created = ts(1_767_614_400);
+        let tz = TimeZone::fixed(jiff::tz::offset(1));
+
+        let p = answer(&request("mon..fri 22:00", true), created, None, &tz).expect("parses");
+
+        // Monday 22:00 at UTC+1 is 21:00 UTC.
+        assert_eq!(
+            (p.next_run, p.last_run, p.created_at, p.max_parallel),
+            (Some(ts(1_767_614_400 + 9 * 3600)), None, created, 2)
+        );
+    }
+
+    #[test]
+    fn answer_counts_from_the_last_run_and_shows_no_next_run_when_disabled() {
+        let created = ts(1_767_614_400);
+        let last = ts(1_767_614_400 + 9 * 3600 + 30);
+        let tz = TimeZone::UTC;
+
+        let enabled = answer(&request("mon..fri 22:00", true), created, Some(last), &tz);
+        let disabled = answer(&request("mon..fri 22:00", false), created, Some(last), &tz);
+
+        assert_eq!(
+            (
+                enabled.map(|p| p.next_run),
+                disabled.map(|p| (p.next_run, p.last_run))
+            ),
+            (
+                Ok(Some(ts(1_767_614_400 + 10 * 3600))),
+                Ok((None, Some(last)))
+            )
+        );
+    }
+
+    #[test]
+    fn plan_over_an_inventory_takes_the_resolved_names() {
+        let plan = plan_run(&patterns(&["db*", "nothing*"]), Some(&inventory()));
+
+        assert_eq!(
+            plan,
+            RunPlan {
+                vms: vec![vm_name("db1"), vm_name("db2")],
+                unmatched: patterns(&["nothing*"]),
+                invalid: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn plan_without_an_inventory_takes_exact_names_only() {
+        let plan = plan_run(&patterns(&["web01", "db*", "dc1/vm/x", "web01"]), None);
+
+        assert_eq!(
+            plan,
+            RunPlan {
+                vms: vec![vm_name("web01")],
+                unmatched: patterns(&["db*", "dc1/vm/x"]),
+                invalid: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn plan_leaves_out_inventory_names_that_are_not_vm_names() {
+        let inv = vec![vm("ok1", "dc/vm/ok1"), vm("web 01", "dc/vm/web 01")];
+
+        let plan = plan_run(&patterns(&["dc/vm/*"]), Some(&inv));
+
+        assert_eq!(
+            (plan.vms, plan.invalid),
+            (vec![vm_name("ok1")], vec!["web 01".to_owned()])
+        );
+    }
+
+    fn vm_name(name: &str) -> VmName {
+        VmName::try_from(name).expect("a valid VM name")
     }
 
     #[test]

@@ -14,6 +14,8 @@ mod model;
 #[cfg(test)]
 mod persistence;
 #[cfg(test)]
+mod policies;
+#[cfg(test)]
 mod support;
 #[cfg(test)]
 mod vms;

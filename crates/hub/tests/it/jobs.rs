@@ -13,7 +13,7 @@ use sendense_hub::notify::{SIGNATURE_HEADER, WebhookConfig, WebhookSecret};
 use crate::hub_api::{Hub, typed};
 
 /// An enrolled agent as the test holds it.
-struct TestAgent {
+pub(crate) struct TestAgent {
     name: String,
     token: String,
     cert_pem: String,
@@ -89,7 +89,7 @@ async fn put_credential(hub: &Hub, name: &str, agent: Option<&str>) -> (StatusCo
     hub.post("/api/v1/credentials", body).await
 }
 
-async fn poll(hub: &Hub, agent: &TestAgent, wait: u32) -> (StatusCode, Value) {
+pub(crate) async fn poll(hub: &Hub, agent: &TestAgent, wait: u32) -> (StatusCode, Value) {
     call_as(
         hub,
         Some(&agent.token),
@@ -110,12 +110,17 @@ async fn job(hub: &Hub, id: &str) -> Job {
     hub.get_as(&format!("/api/v1/jobs/{id}")).await
 }
 
-async fn as_agent(hub: &Hub, agent: &TestAgent, path: &str, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn as_agent(
+    hub: &Hub,
+    agent: &TestAgent,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     call_as(hub, Some(&agent.token), Method::POST, path, Some(body)).await
 }
 
 /// A hub with agent `a1` enrolled and credential `vc1` assigned to it.
-async fn hub_with_agent() -> (Hub, TestAgent) {
+pub(crate) async fn hub_with_agent() -> (Hub, TestAgent) {
     let hub = Hub::start().await;
     let a1 = enroll(&hub, "a1").await;
     let (status, body) = put_credential(&hub, "vc1", Some("a1")).await;
