@@ -743,7 +743,16 @@ async fn inventory_refresh_finished_with_vms_is_served_and_names_the_vm_path() {
         (Some("a1"), 2)
     );
     assert!(inventory["refreshed_at"].is_string(), "{inventory}");
-    queue_backup(&hub, "web01", json!({})).await;
+    // The body may be left out: every field is optional.
+    let (status, accepted) = call_as(
+        &hub,
+        Some(&hub.token),
+        Method::POST,
+        "/api/v1/vms/web01/backup",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     let (_, backup_job) = poll(&hub, &a1, 0).await;
     assert_eq!(backup_job["vm"], json!("dc1/vm/web01"));
 }
