@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sendense_hub::cli::LogArgs;
+use sendense_hub::cli::{LogArgs, LogFormat};
 use sendense_image::ByteSize;
 
+use crate::ctl::{self, CtlArgs};
 use crate::quickstart::{self, QuickstartOptions};
 
 /// Sendense hub: the backup repository daemon and its image tools.
@@ -24,6 +25,7 @@ pub struct Cli {
 
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process: boxing buys nothing
 pub enum Command {
     /// Run the whole product once on this machine, with nothing configured.
     ///
@@ -44,18 +46,43 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Operate a running hub over its REST API (agents, jobs, backups now, policies,
+    /// credentials, VMs, metrics) with its API token; --json prints the hub's answers.
+    Ctl(CtlArgs),
     /// The hub's own commands.
     #[command(flatten)]
     Hub(sendense_hub::cli::Command),
 }
 
 impl Cli {
+    /// Reads `serve --config FILE` into the command line (flags win over the file). Call it
+    /// before logging starts: the file may choose the log format.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not TOML, or holds an unknown key or a bad value.
+    pub fn load_config(&mut self) -> Result<(), sendense_hub::HubError> {
+        match &mut self.command {
+            Command::Quickstart { .. } | Command::Ctl(_) => Ok(()),
+            Command::Hub(command) => command.load_config(),
+        }
+    }
+
+    /// The log format: `--log-format`, else the one `serve`'s config file sets, else text.
+    #[must_use]
+    pub fn log_format(&self) -> LogFormat {
+        let chosen = match &self.command {
+            Command::Quickstart { .. } | Command::Ctl(_) => None,
+            Command::Hub(command) => command.log_format(),
+        };
+        self.log.log_format.or(chosen).unwrap_or(LogFormat::Text)
+    }
+
     /// Log filter when `RUST_LOG` is not set: `warn` for the quickstart, whose result is its
     /// table; the hub's commands choose their own.
     #[must_use]
     pub fn default_log_filter(&self) -> &'static str {
         match &self.command {
-            Command::Quickstart { .. } => "warn",
+            Command::Quickstart { .. } | Command::Ctl(_) => "warn",
             Command::Hub(command) => command.default_log_filter(),
         }
     }
@@ -86,6 +113,16 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Ctl(args) => match ctl::run(args).await {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sendense-hub ctl: {}", sendense_io::error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
         Command::Hub(command) => sendense_hub::cli::run(command).await,
     }
 }

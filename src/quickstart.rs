@@ -132,6 +132,7 @@ async fn run_in(root: &Path, size: u64) -> Result<String, QuickstartError> {
         idle_timeout: Duration::from_secs(600),
         disconnect_grace: Duration::from_secs(20),
         nbd_client_certs: daemon::ClientCerts::Required,
+        webhook: None,
     })
     .await?;
     step("issuing the client's certificate (sendense-hub cert issue quickstart-client)");

@@ -6,8 +6,13 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = sendense::hub_cli::Cli::parse();
-    sendense_hub::cli::init_tracing(&cli.log, cli.default_log_filter());
+    let mut cli = sendense::hub_cli::Cli::parse();
+    // Before logging starts: `serve --config FILE` may choose the log format.
+    if let Err(e) = cli.load_config() {
+        eprintln!("sendense-hub: {}", sendense_io::error_chain(&e));
+        return std::process::ExitCode::FAILURE;
+    }
+    sendense_hub::cli::init_tracing(cli.log_format(), cli.default_log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

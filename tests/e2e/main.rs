@@ -21,6 +21,8 @@ mod quickstart;
 #[cfg(test)]
 mod security;
 #[cfg(test)]
+mod service;
+#[cfg(test)]
 mod support;
 #[cfg(test)]
 mod vcenter;

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode, Url};
+pub use reqwest::Method;
+use reqwest::{StatusCode, Url};
 use sendense_types::api::{BackupSnapshot, SessionRequest, SnapshotRequest, VcenterSession};
 use sendense_types::{
     ApiError, Backup, BackupId, BackupQuery, Chain, CompleteBackupRequest, Credential,
@@ -298,6 +299,27 @@ impl HubClient {
         self.send(Method::DELETE, &path, None::<&()>)
             .await
             .map(drop)
+    }
+
+    /// Any API call, for tools that speak the API generically (`sendense-hub ctl`): `method`
+    /// on `path` (`/api/v1/...`, with its query) with an optional JSON body. Answers the 2xx
+    /// body: JSON as a value, `null` when empty, any other text as a JSON string.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let bytes = self.send(method, path, body).await?;
+        if bytes.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        }))
     }
 
     async fn call<T: DeserializeOwned>(

@@ -98,6 +98,7 @@ pub fn router(state: ApiState) -> Router {
             post(credential_session),
         )
         .route("/api/v1/repository", get(repository))
+        .route("/api/v1/metrics", get(metrics))
         .route("/api/v1/agents", post(create_agent).get(list_agents))
         .route("/api/v1/agents/{name}", get(get_agent))
         .route("/api/v1/agents/{name}/jobs/next", get(next_job))
@@ -390,6 +391,15 @@ async fn fail_backup(
 
 async fn repository(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(blocking(move || s.engine.repository()).await?))
+}
+
+/// Prometheus text: what [`crate::metrics::gather`] collects, rendered.
+async fn metrics(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    let snapshot = blocking(move || crate::metrics::gather(&s.engine, &s.jobs, &s.agents)).await?;
+    Ok((
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        snapshot.render(),
+    ))
 }
 
 async fn record_snapshot(

@@ -33,6 +33,7 @@ use crate::credentials::Credentials;
 use crate::engine::{Engine, REPOSITORY_DIR, Reconciliation, Watchdog};
 use crate::error::HubError;
 use crate::jobs::{Jobs, REAP_PERIOD};
+use crate::notify::{Notifier, WebhookConfig};
 
 /// Folder of the TLS material inside the data folder.
 pub const TLS_DIR: &str = "tls";
@@ -45,6 +46,8 @@ const API_DRAIN: Duration = Duration::from_secs(8);
 const ENGINE_DRAIN: Duration = Duration::from_secs(10);
 /// How long the NBD server may take to end its connections.
 const NBD_DRAIN: Duration = Duration::from_secs(5);
+/// How long queued webhook notifications may take to go out (alongside [`NBD_DRAIN`]).
+const WEBHOOK_DRAIN: Duration = Duration::from_secs(4);
 
 /// How the daemon is set up.
 #[derive(Debug, Clone)]
@@ -67,6 +70,8 @@ pub struct HubConfig {
     /// Which client certificates the NBD port accepts: [`ClientCerts::Required`] (only
     /// certificates the hub's CA issued) or [`ClientCerts::Optional`].
     pub nbd_client_certs: ClientCerts,
+    /// Where job notifications go; `None`: nowhere.
+    pub webhook: Option<WebhookConfig>,
 }
 
 /// A started hub: its addresses, and the handle that stops it.
@@ -78,6 +83,8 @@ pub struct RunningHub {
     pub nbd_addr: SocketAddr,
     /// The engine, for in-process callers.
     pub engine: Arc<Engine>,
+    /// Queues job notifications for the webhook ([`Notifier::disabled`] without one).
+    pub notifier: Notifier,
     /// The job queue, for in-process callers (the scheduler, tests driving the reaper).
     pub jobs: Arc<Jobs>,
     /// The agents, for in-process callers.
@@ -197,6 +204,15 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     let nbd_tls = sendense_nbd::tls::server_config_from_dir_with(&tls_dir, config.nbd_client_certs)
         .map_err(HubError::TlsMaterial)?;
 
+    let (notifier, notifier_task) = match config.webhook.clone() {
+        Some(webhook) => {
+            let host = webhook.url.host_str().unwrap_or_default().to_owned();
+            let (notifier, task) = Notifier::start(webhook)?;
+            tracing::info!(host, "job notifications go to a webhook");
+            (notifier, Some(task))
+        }
+        None => (Notifier::disabled(), None),
+    };
     let catalog = Arc::new(Catalog::open_in(&data).map_err(HubError::from)?);
     let credentials = Arc::new(Credentials::open(Arc::clone(&catalog), &data)?);
     let registry = Arc::new(ExportRegistry::new());
@@ -322,6 +338,10 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         }
     });
 
+    let finished = jobs.subscribe_finished();
+    let job_notifier = notifier.clone();
+    let notifications = tokio::spawn(notify_finished_jobs(finished, job_notifier));
+
     let shutdown_engine = Arc::clone(&engine);
     let shutdown_jobs = Arc::clone(&jobs);
     let task = tokio::spawn(async move {
@@ -333,10 +353,17 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         bounded("API server", API_DRAIN + Duration::from_secs(1), api_task).await;
         bounded("watchdog", Duration::from_secs(1), watchdog).await;
         bounded("lease reaper", Duration::from_secs(1), reaper).await;
+        notifications.abort();
         let engine_down = tokio::spawn(async move { shutdown_engine.shutdown().await });
         bounded("backup engine", ENGINE_DRAIN, engine_down).await;
         let _ = nbd_stop_tx.send(());
-        bounded("NBD server", NBD_DRAIN, nbd_task).await;
+        // Notifications the engine's shutdown queued go out while the NBD server ends.
+        let webhook = async {
+            if let Some(task) = notifier_task {
+                bounded("webhook", WEBHOOK_DRAIN, task.stop()).await;
+            }
+        };
+        tokio::join!(bounded("NBD server", NBD_DRAIN, nbd_task), webhook);
         tracing::info!("hub stopped");
     });
     tracing::info!(
@@ -350,6 +377,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         api_addr,
         nbd_addr,
         engine,
+        notifier,
         jobs,
         agents,
         stop: stop_tx,
@@ -378,5 +406,33 @@ fn uri_host(host: &str) -> String {
         format!("[{host}]")
     } else {
         host.to_owned()
+    }
+}
+
+/// Sends every failed job (and completed one, when the webhook asks for successes) to the
+/// webhook, until the job queue is gone. Cancelled jobs are a person's choice: not notified.
+async fn notify_finished_jobs(
+    mut finished: tokio::sync::broadcast::Receiver<sendense_types::Job>,
+    notifier: Notifier,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match finished.recv().await {
+            Ok(job) => {
+                let event = match job.status {
+                    sendense_types::JobStatus::Failed => crate::notify::Event::JobFailed,
+                    sendense_types::JobStatus::Completed => crate::notify::Event::JobCompleted,
+                    _ => continue,
+                };
+                notifier.notify(event, &job);
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "webhook: finished jobs arrived faster than they were queued; some not notified"
+                );
+            }
+            Err(RecvError::Closed) => break,
+        }
     }
 }

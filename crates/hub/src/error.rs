@@ -217,6 +217,101 @@ pub enum HubError {
         #[source]
         source: std::io::Error,
     },
+    /// The `serve --config` file cannot be read.
+    #[error("Cannot read the config file {path}")]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `serve --config` file is not TOML.
+    #[error("Config file {path}, line {line}, column {column}: not valid TOML: {reason}")]
+    ConfigSyntax {
+        /// The file.
+        path: PathBuf,
+        /// Where (from 1).
+        line: usize,
+        /// Where in the line (from 1, in characters).
+        column: usize,
+        /// The TOML parser's complaint.
+        reason: String,
+    },
+    /// The `serve --config` file has a key `serve` does not know.
+    #[error(
+        "Config file {path}: unknown key {key:?} (the keys are the names of the serve flags, \
+         with _ for -, such as data_dir)"
+    )]
+    ConfigUnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// A value of the `serve --config` file is of the wrong type or does not parse.
+    #[error("Config file {path}: bad value for key {key}: {reason}")]
+    ConfigValue {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// `serve` was given no data folder.
+    #[error("No data folder: give --data-dir DIR, or data_dir in the --config file")]
+    NoDataDir,
+    /// The webhook URL is unusable (the message leaves the URL out: it may carry a token).
+    #[error("The webhook URL is unusable: {reason}")]
+    WebhookUrl {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A webhook setting was given without the others it needs.
+    #[error("{given} needs {needed}")]
+    WebhookIncomplete {
+        /// The setting given.
+        given: &'static str,
+        /// The setting missing.
+        needed: &'static str,
+    },
+    /// The webhook secret file cannot be read.
+    #[error("Cannot read the webhook secret file {path}")]
+    WebhookSecretFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The webhook secret file is empty.
+    #[error("The webhook secret file {path} is empty")]
+    WebhookSecretEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An `https` webhook without a CA file, and no system CA bundle found.
+    #[error(
+        "No system CA bundle found for the https webhook: install ca-certificates or give \
+         --webhook-ca-file"
+    )]
+    WebhookNoCa,
+    /// The webhook's CA file is unusable.
+    #[error("Webhook CA file {path}: {reason}")]
+    WebhookCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The webhook's HTTP client cannot be built.
+    #[error("Cannot set up the webhook's HTTP client")]
+    WebhookClient {
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
     /// The key file is gone while the catalog holds credentials sealed with it: a new key
     /// would silently make them unusable.
     #[error(

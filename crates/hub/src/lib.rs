@@ -12,7 +12,11 @@ pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
+pub mod notify;
 pub mod openapi;
+pub mod policies;
+pub mod scheduler;
 pub mod tls;
 pub mod token;
 

@@ -55,6 +55,7 @@ impl World {
             idle_timeout: Duration::from_secs(600),
             disconnect_grace: Duration::from_secs(20),
             nbd_client_certs: ClientCerts::Required,
+            webhook: None,
         })
         .await
         .unwrap();

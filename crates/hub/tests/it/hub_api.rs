@@ -47,6 +47,22 @@ impl Hub {
         idle: Duration,
         disconnect_grace: Duration,
     ) -> Self {
+        Self::start_configured(data, idle, disconnect_grace, None).await
+    }
+
+    /// A hub notifying `webhook`.
+    pub(crate) async fn start_with_webhook(webhook: sendense_hub::notify::WebhookConfig) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let idle = Duration::from_secs(600);
+        Self::start_configured(data, idle, idle, Some(webhook)).await
+    }
+
+    async fn start_configured(
+        data: tempfile::TempDir,
+        idle: Duration,
+        disconnect_grace: Duration,
+        webhook: Option<sendense_hub::notify::WebhookConfig>,
+    ) -> Self {
         let config = HubConfig {
             data_dir: data.path().to_path_buf(),
             api_listen: "127.0.0.1:0".parse().unwrap(),
@@ -55,6 +71,7 @@ impl Hub {
             idle_timeout: idle,
             disconnect_grace,
             nbd_client_certs: ClientCerts::Required,
+            webhook,
         };
         let running = daemon::start(config).await.unwrap();
         let api_tls =
@@ -726,5 +743,69 @@ async fn vanished_client_backup_is_failed_after_idle_timeout_and_restart_recover
     let hub = Hub::start_in(data, Duration::from_secs(600)).await;
     let vms: Vec<Vm> = hub.get_as("/api/v1/vms").await;
     assert_eq!(vms[0].name.as_str(), "vm6");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_prometheus_text_of_backups_chains_and_space() {
+    let hub = Hub::start().await;
+    hub.register("vm-m", &[4 * MIB]).await;
+    let full = hub.start_backup("vm-m", "full").await;
+    let c = hub.nbd(&export_of(&full, 0)).await;
+    c.write(0, &[7u8; 65536], false).await.unwrap();
+    c.disconnect().await.unwrap();
+    hub.complete(&full, "m/1").await;
+    let inc = hub.start_backup("vm-m", "incremental").await;
+    let inc = hub.complete(&inc, "m/2").await;
+    hub.register("vm-n", &[MIB]).await;
+    let failed = hub.start_backup("vm-n", "full").await;
+    let (status, body) = hub
+        .post(
+            &format!("/api/v1/backups/{}/fail", failed.backup_id),
+            json!({"reason": "test"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let url = format!("{}/api/v1/metrics", hub.base);
+
+    let unauthorized = hub.http.get(&url).send().await.unwrap();
+    let resp = hub
+        .http
+        .get(&url)
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let content_type = resp.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = resp.text().await.unwrap();
+    let completed_at = inc.completed_at.unwrap().unix_seconds();
+    for line in [
+        "# TYPE sendense_chain_length gauge".to_owned(),
+        "sendense_chain_length{vm=\"vm-m\"} 2".to_owned(),
+        "sendense_chain_length{vm=\"vm-n\"} 0".to_owned(),
+        "sendense_backups{status=\"completed\"} 2".to_owned(),
+        "sendense_backups{status=\"failed\"} 1".to_owned(),
+        format!("sendense_last_success_timestamp_seconds{{vm=\"vm-m\"}} {completed_at}"),
+        "sendense_backup_written_bytes 65536".to_owned(),
+        "# TYPE sendense_jobs gauge".to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+    assert!(!text.contains("vm=\"vm-n\"} 1"), "{text}");
+    let capacity = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sendense_repository_capacity_bytes "))
+        .unwrap();
+    assert!(capacity.parse::<u64>().unwrap() > 0, "{text}");
     hub.stop().await;
 }

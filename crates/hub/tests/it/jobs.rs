@@ -8,6 +8,8 @@ use reqwest::{Method, StatusCode};
 use sendense_types::{Backup, BackupStatus, Job, JobStatus, Timestamp};
 use serde_json::{Value, json};
 
+use sendense_hub::notify::{SIGNATURE_HEADER, WebhookConfig, WebhookSecret};
+
 use crate::hub_api::{Hub, typed};
 
 /// An enrolled agent as the test holds it.
@@ -997,4 +999,85 @@ async fn queue_backup_for_scheduler_holds_job_until_not_before() {
         ),
         (JobStatus::Queued, Some("nightly".to_owned()), 2)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_jobs_by_kind_and_status_and_agents_online() {
+    let (hub, agent) = hub_with_agent().await;
+    running_job(&hub, &agent, "vm-run").await;
+    queue_backup(&hub, "vm-wait", json!({"credential": "vc1"})).await;
+
+    let resp = hub
+        .http
+        .get(format!("{}/api/v1/metrics", hub.base))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    for line in [
+        "sendense_jobs{kind=\"backup\",status=\"running\"} 1",
+        "sendense_jobs{kind=\"backup\",status=\"queued\"} 1",
+        "sendense_agents_online 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_job_notifies_the_webhook_with_the_job_signed() {
+    let (url, mut rx) = crate::webhook::receiver().await;
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = WebhookSecret::new(b"hook-secret", secret_dir.path()).unwrap();
+    let hub =
+        Hub::start_with_webhook(WebhookConfig::new(&url, secret.clone(), false).unwrap()).await;
+    let a1 = enroll(&hub, "a1").await;
+    let (status, body) = put_credential(&hub, "vc1", Some("a1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let ok = running_job(&hub, &a1, "vm-ok").await;
+    let bad = running_job(&hub, &a1, "vm-bad").await;
+
+    let (s1, _) = as_agent(
+        &hub,
+        &a1,
+        &format!("/api/v1/jobs/{ok}/finish"),
+        json!({"status": "completed"}),
+    )
+    .await;
+    let (s2, _) = as_agent(
+        &hub,
+        &a1,
+        &format!("/api/v1/jobs/{bad}/finish"),
+        json!({"status": "failed", "error": "snapshot refused"}),
+    )
+    .await;
+    let (headers, body) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no notification within 10 s")
+        .unwrap();
+
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(
+        headers[SIGNATURE_HEADER].to_str().unwrap(),
+        secret.sign(&body)
+    );
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (
+            &body["event"],
+            &body["job"]["job_id"],
+            &body["job"]["error"]
+        ),
+        (
+            &json!("job_failed"),
+            &json!(bad),
+            &json!("snapshot refused")
+        ),
+        "only the failure is sent (on_success is off): {body}"
+    );
+    hub.stop().await;
+    assert!(rx.try_recv().is_err(), "the completed job was not notified");
 }

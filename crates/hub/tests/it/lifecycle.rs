@@ -583,6 +583,7 @@ async fn run_serves_on_listeners_bound_by_the_caller_until_shutdown() {
         idle_timeout: Duration::from_secs(600),
         disconnect_grace: Duration::from_secs(600),
         nbd_client_certs: sendense_hub::daemon::ClientCerts::Required,
+        webhook: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let hub = tokio::spawn(sendense_hub::run(listeners, config, async {

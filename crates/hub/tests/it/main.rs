@@ -11,3 +11,5 @@ mod jobs;
 mod lifecycle;
 #[cfg(test)]
 mod support;
+#[cfg(test)]
+mod webhook;
