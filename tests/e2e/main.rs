@@ -9,6 +9,8 @@
 #[cfg(test)]
 mod backup_flow;
 #[cfg(test)]
+mod ctl;
+#[cfg(test)]
 mod disk_full;
 #[cfg(test)]
 mod image_cli;

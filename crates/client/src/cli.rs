@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sendense_types::{BackupId, BackupType, ChangeId, DiskKey, VmName};
+use sendense_types::{AgentName, BackupId, BackupType, ChangeId, DiskKey, VmName};
+
+use crate::agent::{self, AgentOptions, EnrollOptions, VcenterRunner};
 
 use crate::backup::{self, BackupOptions, DiskInput, mb_per_s, parse_key_values};
 use crate::error::ClientError;
@@ -21,7 +23,8 @@ use crate::progress::{BarAwareStderr, LogProgress, Progress, TerminalProgress};
 use crate::restore::{self, RestoreFormat, RestoreOptions};
 use sendense_transfer::engine::TransferOptions;
 
-/// Sendense appliance client: back up a VM's disks into a Sendense hub, and restore them.
+/// Sendense appliance client: back up a VM's disks into a Sendense hub, restore them, or run as
+/// an agent the hub drives (`agent enroll`, `agent run`).
 #[derive(Debug, Parser)]
 #[command(name = "sendense-client", version)]
 pub struct Cli {
@@ -51,6 +54,65 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore one disk of a backup from the hub into a local sparse raw or QCOW2 file.
     Restore(RestoreArgs),
+    /// Run as an agent the hub drives: `agent enroll` once, then `agent run` (as a service).
+    /// The agent opens no port: it connects out to the hub, asks for work, runs it, reports.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+/// `sendense-client agent ...`.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Enroll this appliance as agent NAME with a one-time enrollment token (an admin makes it
+    /// with POST /api/v1/agents {"name": NAME}; good for one use within 24 h). A key pair is
+    /// made here and never leaves the appliance: the hub signs a certificate request for it.
+    /// Writes the state folder (0700): ca-cert.pem, client-cert.pem, client-key.pem (0600),
+    /// agent.token (0600) and agent.json (hub URL and name).
+    Enroll(EnrollArgs),
+    /// Run the agent: long-poll the hub for jobs while a slot is free, run up to --slots jobs at
+    /// once (backups with the same code as `backup --vcenter`, with the vCenter credential the
+    /// hub hands over; inventories), keep their leases with heartbeats reporting progress, and
+    /// report each outcome (kept and retried while the hub is down). SIGTERM or Ctrl-C: no new
+    /// jobs, running ones stopped cleanly (snapshots removed, backups failed at the hub) and
+    /// reported failed ("agent stopped"); exits 0.
+    Run(AgentRunArgs),
+}
+
+/// `sendense-client agent enroll`.
+#[derive(Debug, Clone, Args)]
+pub struct EnrollArgs {
+    /// The hub's REST API as https://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub hub: String,
+    /// The hub's CA certificate (its DATA/tls/ca-cert.pem), trusted for the enrollment.
+    #[arg(long, value_name = "FILE")]
+    pub ca: PathBuf,
+    /// The agent's name, as the admin created it (1-64 characters of A-Z a-z 0-9 . _ -).
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// File holding the one-time enrollment token (keep it 0600; it is useless once used).
+    #[arg(long, value_name = "FILE")]
+    pub enrollment_token_file: PathBuf,
+    /// The agent's state folder (made 0700), e.g. /var/lib/sendense-agent.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Enroll again over a state folder that already holds an enrolled agent.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `sendense-client agent run`.
+#[derive(Debug, Clone, Args)]
+pub struct AgentRunArgs {
+    /// The state folder `agent enroll` wrote.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Jobs run at once (1-64); the agent asks for work only while one is free.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub slots: u32,
+    /// NBD connections per disk of a backup.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub connections: u16,
 }
 
 /// How to reach the hub.
@@ -268,7 +330,48 @@ pub async fn execute(command: Command) -> Result<String, ClientError> {
     match command {
         Command::Backup(args) => run_backup(args).await,
         Command::Restore(args) => run_restore(args).await,
+        Command::Agent(AgentCommand::Enroll(args)) => run_enroll(args).await,
+        Command::Agent(AgentCommand::Run(args)) => {
+            run_agent(args, sendense_io::signal::stopped()).await
+        }
     }
+}
+
+async fn run_enroll(args: EnrollArgs) -> Result<String, ClientError> {
+    let name = AgentName::try_from(args.name.as_str()).map_err(|e| invalid("--name", e))?;
+    let options = EnrollOptions {
+        hub: args.hub,
+        ca_file: args.ca,
+        name,
+        enrollment_token_file: args.enrollment_token_file,
+        state_dir: args.state_dir.clone(),
+        force: args.force,
+    };
+    let config = agent::enroll(&options).await?;
+    Ok(format!(
+        "enrolled agent {} with hub {}; state in {}; now run: sendense-client agent run --state-dir {}",
+        config.name,
+        config.hub,
+        args.state_dir.display(),
+        args.state_dir.display()
+    ))
+}
+
+/// `agent run` until `shutdown` resolves.
+///
+/// # Errors
+/// See [`agent::run`].
+pub async fn run_agent(
+    args: AgentRunArgs,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<String, ClientError> {
+    let mut options = AgentOptions::new(&args.state_dir);
+    options.slots = args.slots;
+    options.runner = Arc::new(VcenterRunner {
+        transfer: TransferOptions::with_connections(usize::from(args.connections)),
+    });
+    agent::run(options, shutdown).await?;
+    Ok("agent stopped".to_owned())
 }
 
 /// Installs the `tracing` subscriber on stderr (`RUST_LOG` filter, default `info`). Called once

@@ -270,6 +270,57 @@ pub enum ClientError {
         /// What was expected.
         what: &'static str,
     },
+    /// `agent enroll` over a state folder that already holds an enrolled agent.
+    #[error(
+        "State folder {dir} already holds an enrolled agent; add --force to enroll again over it"
+    )]
+    AlreadyEnrolled {
+        /// The state folder.
+        dir: PathBuf,
+    },
+    /// The hub refused the enrollment token (wrong, already used or expired).
+    #[error(
+        "The hub refused the enrollment token for agent {name} ({detail}); a token is good for \
+         one enrollment within 24 h: an admin must create a new one with POST /api/v1/agents \
+         {{\"name\": \"{name}\"}}"
+    )]
+    EnrollmentRefused {
+        /// The agent's name.
+        name: String,
+        /// The hub's status and message.
+        detail: String,
+    },
+    /// The hub refused the agent's token (the agent was deleted or enrolled again elsewhere).
+    #[error(
+        "Hub at {url} rejected the agent token in {dir}: enroll this agent again (sendense-client \
+         agent enroll --force) with a new enrollment token"
+    )]
+    AgentTokenRejected {
+        /// The hub's base URL.
+        url: String,
+        /// The agent's state folder.
+        dir: PathBuf,
+    },
+    /// Making the agent's key pair or certificate request failed.
+    #[error("Certificate error {what}: {detail}")]
+    Certificate {
+        /// What was being done.
+        what: &'static str,
+        /// What rcgen said.
+        detail: String,
+    },
+    /// A job the hub handed out lacks what running it needs.
+    #[error("The job lacks {what}")]
+    JobIncomplete {
+        /// What is missing.
+        what: &'static str,
+    },
+    /// The hub handed out a job of a kind agents do not run.
+    #[error("This agent does not run {kind} jobs")]
+    UnsupportedJob {
+        /// The job's kind.
+        kind: sendense_types::JobKind,
+    },
     /// The user interrupted the run (Ctrl-C, SIGTERM or SIGHUP).
     #[error("Interrupted (Ctrl-C, SIGTERM or SIGHUP)")]
     Interrupted,

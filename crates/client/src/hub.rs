@@ -17,9 +17,13 @@ use std::time::Duration;
 pub use reqwest::Method;
 use reqwest::{StatusCode, Url};
 use sendense_types::api::{BackupSnapshot, SessionRequest, SnapshotRequest, VcenterSession};
+use sendense_types::jobs::{
+    AgentJob, EnrollRequest, EnrollResponse, FinishJobRequest, HeartbeatRequest, HeartbeatResponse,
+    NextJobQuery,
+};
 use sendense_types::{
-    ApiError, Backup, BackupId, BackupQuery, Chain, CompleteBackupRequest, Credential,
-    CredentialName, CredentialRequest, FailBackupRequest, Health, RegisterVmRequest,
+    AgentName, ApiError, Backup, BackupId, BackupQuery, Chain, CompleteBackupRequest, Credential,
+    CredentialName, CredentialRequest, FailBackupRequest, Health, JobId, RegisterVmRequest,
     RestoreExports, StartBackupRequest, Vm, VmName,
 };
 use serde::Serialize;
@@ -31,6 +35,12 @@ use sendense_transfer::nbd::NbdTls;
 
 /// Longest error body kept in an error message.
 const MAX_ERROR_BODY: usize = 512;
+
+/// How much longer than its `wait` a long poll may take before it counts as failed.
+pub const LONG_POLL_MARGIN: Duration = Duration::from_secs(30);
+
+/// Limit of a heartbeat or finish call.
+const SHORT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the hub is and how to trust it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,17 +100,40 @@ impl HubClient {
     /// [`ClientError::File`], [`ClientError::NoCaCertificate`], [`ClientError::EmptyToken`]
     /// for unusable files.
     pub fn new(options: &HubOptions) -> Result<Self, ClientError> {
-        let base = parse_hub_url(&options.url)?;
+        let token = read_token(&options.token_file)?;
+        Self::build(
+            &options.url,
+            &options.ca_file,
+            options.tls_dir.as_deref(),
+            token,
+        )
+    }
+
+    /// A client without a bearer token, for the one call that needs none
+    /// (`POST /api/v1/agents/enroll`): trusts only the CA in `ca_file`.
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn anonymous(url: &str, ca_file: &Path) -> Result<Self, ClientError> {
+        Self::build(url, ca_file, None, String::new())
+    }
+
+    fn build(
+        url: &str,
+        ca_file: &Path,
+        tls_dir: Option<&Path>,
+        token: String,
+    ) -> Result<Self, ClientError> {
+        let base = parse_hub_url(url)?;
         let host = base
             .host_str()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
-            .ok_or_else(|| bad_url(&options.url, "has no host"))?;
-        let tls = tls_config(&options.ca_file)?;
-        let nbd_tls = match &options.tls_dir {
+            .ok_or_else(|| bad_url(url, "has no host"))?;
+        let tls = tls_config(ca_file)?;
+        let nbd_tls = match tls_dir {
             Some(dir) => client_cert_config(dir)?,
             None => Arc::clone(&tls),
         };
-        let token = read_token(&options.token_file)?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
             .connect_timeout(Duration::from_secs(10))
@@ -301,6 +334,96 @@ impl HubClient {
             .map(drop)
     }
 
+    /// `POST /api/v1/agents/enroll` (no bearer token): the one-time enrollment token and the
+    /// agent's CSR for its agent token and NBD client certificate.
+    ///
+    /// # Errors
+    /// See the module documentation (the hub answers 401, 403 or 404 for a wrong, used or
+    /// expired token).
+    pub async fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
+        self.call(Method::POST, "/api/v1/agents/enroll", Some(request))
+            .await
+    }
+
+    /// `GET /api/v1/agents/{name}/jobs/next?wait=&slots=&version=`: long-polls for a job;
+    /// `None` when the hub answered 204 (no work within `wait` seconds). The request may last
+    /// `wait` seconds plus [`LONG_POLL_MARGIN`].
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn next_job(
+        &self,
+        agent: &AgentName,
+        query: &NextJobQuery,
+    ) -> Result<Option<AgentJob>, ClientError> {
+        let mut path = format!("/api/v1/agents/{agent}/jobs/next");
+        let mut pairs = Vec::new();
+        if let Some(wait) = query.wait {
+            pairs.push(format!("wait={wait}"));
+        }
+        if let Some(slots) = query.slots {
+            pairs.push(format!("slots={slots}"));
+        }
+        if let Some(version) = &query.version {
+            pairs.push(format!("version={}", query_escape(version)));
+        }
+        if !pairs.is_empty() {
+            path.push('?');
+            path.push_str(&pairs.join("&"));
+        }
+        let timeout = Duration::from_secs(u64::from(query.wait.unwrap_or(0))) + LONG_POLL_MARGIN;
+        let (status, bytes) = self
+            .send_with(Method::GET, &path, None::<&()>, Some(timeout))
+            .await?;
+        if status == StatusCode::NO_CONTENT || bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::HubResponse {
+                method: "GET",
+                path,
+                detail: e.to_string(),
+            })
+    }
+
+    /// `POST /api/v1/jobs/{id}/heartbeat`: keeps the job's lease, reports progress; the answer
+    /// says whether the job still runs (`cancelled`: stop it).
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn heartbeat(
+        &self,
+        job: &JobId,
+        request: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        let path = format!("/api/v1/jobs/{job}/heartbeat");
+        let (_, bytes) = self
+            .send_with(Method::POST, &path, Some(request), Some(SHORT_CALL_TIMEOUT))
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::HubResponse {
+            method: "POST",
+            path,
+            detail: e.to_string(),
+        })
+    }
+
+    /// `POST /api/v1/jobs/{id}/finish`: the job's outcome. The answer's body is not
+    /// interpreted.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn finish_job(
+        &self,
+        job: &JobId,
+        request: &FinishJobRequest,
+    ) -> Result<(), ClientError> {
+        let path = format!("/api/v1/jobs/{job}/finish");
+        self.send_with(Method::POST, &path, Some(request), Some(SHORT_CALL_TIMEOUT))
+            .await
+            .map(drop)
+    }
+
     /// Any API call, for tools that speak the API generically (`sendense-hub ctl`): `method`
     /// on `path` (`/api/v1/...`, with its query) with an optional JSON body. Answers the 2xx
     /// body: JSON as a value, `null` when empty, any other text as a JSON string.
@@ -344,6 +467,20 @@ impl HubClient {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<Vec<u8>, ClientError> {
+        self.send_with(method, path, body, None)
+            .await
+            .map(|(_, bytes)| bytes)
+    }
+
+    /// [`Self::send`] answering the 2xx status too, with an optional limit for the whole
+    /// exchange (instead of the client's default).
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let method_name = method_name(&method);
         let url = self.base.join(path).map_err(|e| ClientError::HubRequest {
             method: method_name,
@@ -353,8 +490,13 @@ impl HubClient {
         let mut request = self
             .http
             .request(method, url)
-            .bearer_auth(&self.token)
             .header(reqwest::header::ACCEPT, "application/json");
+        if !self.token.is_empty() {
+            request = request.bearer_auth(&self.token);
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -369,7 +511,7 @@ impl HubClient {
             .await
             .map_err(|e| self.transport_error(method_name, path, &e))?;
         if status.is_success() {
-            return Ok(bytes.to_vec());
+            return Ok((status, bytes.to_vec()));
         }
         if status == StatusCode::UNAUTHORIZED {
             return Err(ClientError::TokenRejected {
@@ -423,6 +565,19 @@ impl HubClient {
             detail: sendense_io::error_chain(err),
         }
     }
+}
+
+/// Percent-encodes a query value (anything but unreserved characters).
+fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn method_name(method: &Method) -> &'static str {
@@ -508,7 +663,7 @@ pub fn client_cert_config(dir: &Path) -> Result<Arc<rustls::ClientConfig>, Clien
 }
 
 /// Reads the API token: the file's content without surrounding whitespace.
-fn read_token(path: &Path) -> Result<String, ClientError> {
+pub(crate) fn read_token(path: &Path) -> Result<String, ClientError> {
     let text = std::fs::read_to_string(path).map_err(|source| ClientError::File {
         what: "token file",
         path: path.to_owned(),

@@ -4,6 +4,8 @@
 //! - [`backup`]: `sendense-client backup` of local disks as a library call ([`backup::run`]).
 //! - [`vcenter`]: `sendense-client backup --vcenter` ([`vcenter::run`]): vCenter snapshot, CBT,
 //!   the hub's chain, the transfer, the snapshot always removed.
+//! - [`agent`]: `sendense-client agent enroll` / `agent run`: the hub drives the appliance
+//!   ([`agent::enroll`], [`agent::run`]).
 //! - [`restore`]: `sendense-client restore` as a library call ([`restore::run`]).
 //! - [`cli`]: the `sendense-client` command line (parsing and dispatch).
 //! - [`cbt`]: VMware `DiskChangeInfo` changed areas from a file, validated and merged.
@@ -16,6 +18,7 @@
 //! `sendense-vsphere`.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod backup;
 pub mod cbt;
 pub mod cli;

@@ -51,6 +51,7 @@ use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, BackupSummary, BackupType, Chain, CredentialName,
     DiskKey, DiskSpec, RegisterVmRequest, StartBackupRequest, VmName,
 };
+use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use sendense_vsphere::backup::{check_vm_disks, full_reason_before_snapshot};
@@ -86,6 +87,9 @@ pub struct VcenterBackupOptions {
     pub transfer: TransferOptions,
     /// Where progress goes.
     pub progress: Arc<dyn Progress>,
+    /// Told the id of the backup at the hub as soon as it is started (and again when an
+    /// incremental is restarted as a full): an agent reports it in its heartbeats.
+    pub started: Option<Arc<watch::Sender<Option<BackupId>>>>,
 }
 
 impl VcenterBackupOptions {
@@ -101,6 +105,13 @@ impl VcenterBackupOptions {
             quiesce: false,
             transfer: TransferOptions::default(),
             progress: Arc::new(NoProgress),
+            started: None,
+        }
+    }
+
+    fn tell_started(&self, backup_id: &BackupId) {
+        if let Some(started) = &self.started {
+            started.send_replace(Some(backup_id.clone()));
         }
     }
 }
@@ -260,6 +271,7 @@ async fn with_session(
     // One run per VM: nothing in vCenter is touched before the hub's start succeeded.
     let backup = start(hub, &vm_name, backup_type).await?;
     info!(backup_id = %backup.backup_id, backup_type = %backup.backup_type, "backup started");
+    options.tell_started(&backup.backup_id);
 
     let mut current = Some(backup);
     let (work, removed) = locked(options, hub, session, &previous, &mut current, shutdown).await;
@@ -506,6 +518,7 @@ async fn with_snapshot(
                 }
             })?;
             info!(backup_id = %full.backup_id, %reason, "full backup started instead");
+            options.tell_started(&full.backup_id);
             let full = current.insert(full);
             record_snapshot(hub, full, &prepared.snapshot).await?;
             prepared.promote_to_full(&reason).await?;

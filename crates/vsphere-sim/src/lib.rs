@@ -1103,11 +1103,11 @@ fn retrieve_properties(st: &mut State, m: &Element) -> Resp {
     match kind.as_str() {
         "ContainerView" => {
             for v in &st.vms {
-                objects.push_str(&object(
-                    "VirtualMachine",
-                    &v.id,
-                    &[prop_str("name", &v.name)],
-                ));
+                let mut props = vec![prop_str("name", &v.name)];
+                if paths.contains(&"parent") {
+                    props.push(prop_mo("parent", "Folder", "group-v1"));
+                }
+                objects.push_str(&object("VirtualMachine", &v.id, &props));
             }
         }
         "VirtualMachine" => {

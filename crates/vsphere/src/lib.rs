@@ -50,7 +50,7 @@ pub use cbt::{ALL_ALLOCATED, ChangedAreas, changed_areas};
 pub use datastore::{DatastoreFile, DatastorePath, RangeAnswer, RangeBody, judge_range_answer};
 pub use error::{ErrorKind, FaultKind, SoapFault, VsphereError};
 pub use session::{
-    ConnectOptions, IssueFuture, Login, Session, SessionIssuer, TlsMode, VmInfo,
+    ConnectOptions, IssueFuture, Login, Session, SessionIssuer, TlsMode, VmEntry, VmInfo,
     parse_login_answer, read_password_file,
 };
 pub use soap::{MoRef, VirtualDisk};

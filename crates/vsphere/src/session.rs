@@ -13,6 +13,7 @@
 //! Every HTTP exchange has a timeout, and every response body is read with a size bound
 //! ([`crate::xml::MAX_RESPONSE_BYTES`]) before parsing.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -212,6 +213,17 @@ pub struct VmInfo {
     pub disks: Vec<VirtualDisk>,
     /// Its snapshots, flattened.
     pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// A VM as [`Session::list_vms`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmEntry {
+    /// The VM.
+    pub vm: MoRef,
+    /// Its name.
+    pub name: String,
+    /// Its inventory path, e.g. `dc1/vm/web01`.
+    pub path: String,
 }
 
 /// A logged-in vCenter session. Cheap to clone; clones share the session.
@@ -459,22 +471,32 @@ impl Session {
     }
 
     async fn vms_named(&self, view: &MoRef, name: &str) -> Result<Vec<MoRef>, VsphereError> {
+        let objects = self.view_objects(view, &["name"]).await?;
+        Ok(objects
+            .into_iter()
+            .filter(|o| o.prop("name").is_some_and(|v| v.text == name))
+            .map(|o| o.obj)
+            .collect())
+    }
+
+    /// Every VM of the container view `view`, with the properties `paths`, across all pages.
+    async fn view_objects(
+        &self,
+        view: &MoRef,
+        paths: &[&str],
+    ) -> Result<Vec<soap::ObjectContent>, VsphereError> {
         let pc = &self.inner.content.property_collector;
         let mut resp = self
             .call(
                 "RetrievePropertiesEx",
-                &soap::retrieve_view_properties(pc, view, "VirtualMachine", &["name"]),
+                &soap::retrieve_view_properties(pc, view, "VirtualMachine", paths),
             )
             .await?;
         let mut out = Vec::new();
         // Bounded: vCenter pages of 100+ objects; 10 000 pages is far beyond any inventory.
         for _ in 0..10_000 {
             let (objects, token) = soap::object_contents(&resp)?;
-            for o in objects {
-                if o.prop("name").is_some_and(|v| v.text == name) {
-                    out.push(o.obj);
-                }
-            }
+            out.extend(objects);
             let Some(token) = token else {
                 return Ok(out);
             };
@@ -488,6 +510,108 @@ impl Session {
         Err(VsphereError::UnexpectedResponse {
             what: "RetrievePropertiesEx paging did not end",
         })
+    }
+
+    /// Every VM this session sees: its name and inventory path (`dc1/vm/folder/web01`, the
+    /// form [`Self::find_vm`] takes), ordered by path. A container view of the root folder
+    /// lists the VMs with their `name` and `parent`; each folder above them is read once.
+    ///
+    /// # Errors
+    /// HTTP and SOAP errors; [`VsphereError::UnexpectedResponse`] for a folder chain deeper
+    /// than 64 levels.
+    pub async fn list_vms(&self) -> Result<Vec<VmEntry>, VsphereError> {
+        let c = &self.inner.content;
+        let resp = self
+            .call(
+                "CreateContainerView",
+                &soap::create_container_view(&c.view_manager, &c.root_folder, "VirtualMachine"),
+            )
+            .await?;
+        let view = soap::returnval_moref(&resp)?.ok_or(VsphereError::UnexpectedResponse {
+            what: "CreateContainerView returned no view",
+        })?;
+        let objects = self.view_objects(&view, &["name", "parent"]).await;
+        if let Err(e) = self.call("DestroyView", &soap::destroy_view(&view)).await {
+            debug!(error = %e, "DestroyView failed");
+        }
+        // Folder (or datacenter) value -> its inventory path ("" for the root folder).
+        let mut folders: BTreeMap<String, String> = BTreeMap::new();
+        let mut out = Vec::new();
+        for o in objects? {
+            let name = o.prop("name").map(|v| v.text.clone()).unwrap_or_default();
+            let parent = o.prop("parent").map(soap::moref).transpose()?;
+            let path = match parent {
+                Some(parent) => {
+                    let folder = self.folder_path(&parent, &mut folders).await?;
+                    if folder.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{folder}/{name}")
+                    }
+                }
+                None => name.clone(),
+            };
+            out.push(VmEntry {
+                vm: o.obj,
+                name,
+                path,
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// The inventory path of a folder or datacenter (the root folder, which has no parent, is
+    /// not part of paths), remembered in `known`.
+    async fn folder_path(
+        &self,
+        folder: &MoRef,
+        known: &mut BTreeMap<String, String>,
+    ) -> Result<String, VsphereError> {
+        // Walk up until a known folder or the root, then fill the cache on the way down.
+        let mut chain: Vec<(String, String)> = Vec::new();
+        let mut cur = folder.clone();
+        let base = loop {
+            if let Some(path) = known.get(&cur.value) {
+                break path.clone();
+            }
+            if chain.len() >= 64 {
+                return Err(VsphereError::UnexpectedResponse {
+                    what: "folder chain deeper than 64 levels",
+                });
+            }
+            let props = self.properties(&cur, &["name", "parent"]).await?;
+            let name = props
+                .iter()
+                .find(|(n, _)| n == "name")
+                .map(|(_, v)| v.text.clone())
+                .unwrap_or_default();
+            let parent = props
+                .iter()
+                .find(|(n, _)| n == "parent")
+                .map(|(_, v)| soap::moref(v))
+                .transpose()?;
+            match parent {
+                Some(p) => {
+                    chain.push((cur.value.clone(), name));
+                    cur = p;
+                }
+                None => {
+                    known.insert(cur.value.clone(), String::new());
+                    break String::new();
+                }
+            }
+        };
+        let mut path = base;
+        for (value, name) in chain.into_iter().rev() {
+            path = if path.is_empty() {
+                name
+            } else {
+                format!("{path}/{name}")
+            };
+            known.insert(value, path.clone());
+        }
+        Ok(path)
     }
 
     /// Name, CBT state, disks and snapshots of a VM.

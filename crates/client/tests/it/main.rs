@@ -3,6 +3,8 @@
 //! library calls against a fake hub (HTTPS REST + the in-process NBD server).
 
 #[cfg(test)]
+mod agent;
+#[cfg(test)]
 mod common;
 #[cfg(test)]
 mod engine;

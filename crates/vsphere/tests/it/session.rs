@@ -66,6 +66,28 @@ async fn find_vm_by_name_and_path_agree() {
 }
 
 #[tokio::test]
+async fn list_vms_names_every_vm_with_its_inventory_path() {
+    let e = env().await;
+    e.sim
+        .add_vm(&sendense_vsphere_sim::VmSpec {
+            name: "alpha".to_owned(),
+            cbt_enabled: false,
+            disks: vec![sendense_vsphere_sim::DiskSpec::flat(MIB)],
+        })
+        .unwrap();
+    let s = session(&e.sim).await;
+
+    let vms = s.list_vms().await.unwrap();
+
+    let listed: Vec<(&str, &str)> = vms
+        .iter()
+        .map(|v| (v.name.as_str(), v.path.as_str()))
+        .collect();
+    assert_eq!(listed, [("alpha", "dc1/vm/alpha"), ("vm1", "dc1/vm/vm1")]);
+    assert_eq!(s.find_vm(&vms[1].path).await.unwrap(), vms[1].vm);
+}
+
+#[tokio::test]
 async fn find_vm_missing_is_not_found() {
     let e = env().await;
     let s = session(&e.sim).await;

@@ -1,0 +1,65 @@
+//! `sendense-hub ctl`: the operators' command line against a real hub process.
+
+use crate::support::{Serve, hub, ok, s};
+
+/// Runs `sendense-hub ctl --hub API --data-dir DATA ARGS...`.
+fn ctl(serve: &Serve, args: &[&str]) -> std::process::Output {
+    hub()
+        .args(["ctl", "--hub", &serve.api, "--data-dir", s(&serve.data)])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn ctl_creates_agent_lists_it_and_reads_jobs_and_metrics() {
+    let data = tempfile::tempdir().unwrap();
+    let serve = Serve::start(data.path(), &[], "info");
+
+    let added = ok(&ctl(&serve, &["agent", "add", "appliance-1"]));
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&serve, &["--json", "agent", "list"]))).unwrap();
+    let jobs = ok(&ctl(&serve, &["job", "list", "--status", "running"]));
+    let metrics = ok(&ctl(&serve, &["metrics"]));
+    let missing = ctl(&serve, &["job", "show", "job-0000000000000000"]);
+
+    assert!(
+        added.contains("sendense-client agent enroll") && added.contains("--name appliance-1"),
+        "{added}"
+    );
+    assert_eq!(listed["agents"][0]["name"], "appliance-1");
+    assert_eq!(listed["agents"][0]["state"], "pending");
+    assert!(jobs.contains("(none)"), "{jobs}");
+    assert!(metrics.contains("# TYPE sendense_jobs gauge"), "{metrics}");
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("404") || err.contains("not found") || err.contains("Unknown"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ctl_policy_with_bad_schedule_is_refused_naming_the_bad_part() {
+    let data = tempfile::tempdir().unwrap();
+    let serve = Serve::start(data.path(), &[], "info");
+
+    let out = ctl(
+        &serve,
+        &[
+            "policy",
+            "add",
+            "nightly",
+            "--schedule",
+            "mon..fry 22:00",
+            "--credential",
+            "vc1",
+            "--vm",
+            "web01",
+        ],
+    );
+
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fry"), "{err}");
+}
