@@ -29,12 +29,16 @@ pub struct Cli {
 pub enum Command {
     /// Run the whole product once on this machine, with nothing configured.
     ///
-    /// Starts a hub on loopback ports, makes a demo VM with two sparse disks
-    /// (one raw, one VMDK), backs it up fully through the real client over
-    /// TLS, changes ~2% of the blocks (some zeroed), backs up incrementally,
-    /// restores both points of both disks, verifies them (qemu-img compare
-    /// when installed, our own comparison otherwise) and prints a table.
-    /// Exit status 0 only when everything verified.
+    /// In this process, on loopback ports: a hub, the vCenter simulator with
+    /// two VMs (web01: 1 disk, db01: 2 disks; sparse, non-uniform data), an
+    /// agent enrolled with a one-time token (two slots, no listening port), a
+    /// vCenter credential only that agent receives, an inventory job, and a
+    /// policy run now: full backups of both VMs through the agent over NBD+TLS.
+    /// Then ~2% of every disk changes (some blocks zeroed), the policy runs
+    /// again (incrementals of what CBT reports), and every disk of both points
+    /// is restored and verified (qemu-img compare when installed, our own
+    /// comparison otherwise). Prints a table. Exit status 0 only when
+    /// everything verified.
     Quickstart {
         /// Working folder (kept); default: a temporary folder, removed at the end.
         #[arg(long, value_name = "DIR")]

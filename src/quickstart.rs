@@ -1,15 +1,17 @@
 //! `sendense-hub quickstart`: the whole product in one command, on a machine
 //! with nothing configured.
 //!
-//! It starts a hub (in this process, on loopback ports), makes a demo VM
-//! with two sparse disks holding non-uniform data (disk 2000 raw, disk 2001
-//! a monolithicFlat VMDK), runs a full backup through the real client over
-//! TLS, changes about 2% of the disk (some of it zeroed), runs an
-//! incremental from a VMware-style changed-areas file, restores both points
-//! of both disks, verifies every restored disk against the source as it was
-//! at that point (`qemu-img compare` when qemu-img is installed, our own
-//! byte comparison otherwise), and prints a table. The exit status is 0
-//! only when everything verified.
+//! The product as it is used, all in this process on loopback ports: a hub; the vCenter
+//! simulator with two VMs (web01 with one disk, db01 with two, sparse, non-uniform data, CBT
+//! on); an agent created at the hub and enrolled with its one-time token (its key stays local,
+//! the hub signs its CSR), running with two slots and no listening socket; a vCenter credential
+//! only that agent receives; an inventory job; a policy (`mon..fri 22:00`, VMs `web01` and
+//! `db*`) run now: two full backups through the agent, which takes a snapshot, reads the disks
+//! and sends them over NBD+TLS. Then about 2% of every disk changes (some blocks zeroed), the
+//! policy runs again (incrementals of what CBT reports), and every disk of both points of both
+//! VMs is restored and verified against the disk as it was at that point (`qemu-img compare`
+//! when installed, our own byte comparison otherwise). The exit status is 0 only when
+//! everything verified.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -17,10 +19,12 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sendense_client::backup::{self, BackupOptions, DiskInput};
-use sendense_client::hub::HubOptions;
+use sendense_client::agent::{self, AgentOptions, EnrollOptions};
+use sendense_client::hub::{HubClient, HubOptions, Method};
 use sendense_client::restore::{self, RestoreFormat, RestoreOptions};
-use sendense_types::{BackupId, BackupSummary, BackupType, DiskKey, VmName};
+use sendense_types::{Backup, BackupId, DiskKey, Job, JobStatus, VmName};
+use sendense_vsphere_sim::{DiskSpec as SimDisk, SIM_PASSWORD, SIM_USER, Simulator, VmSpec};
+use serde_json::json;
 
 use sendense_hub::daemon::{self, HubConfig};
 use sendense_image::Input;
@@ -56,6 +60,9 @@ pub enum QuickstartError {
     /// The client failed.
     #[error("Client")]
     Client(#[from] sendense_client::ClientError),
+    /// The agent's task ended abnormally.
+    #[error("The agent stopped abnormally: {0}")]
+    Agent(String),
     /// The disk size is unusable.
     #[error("Disk size must be a multiple of 1 MiB between 64 MiB and 1 TiB")]
     BadSize,
@@ -117,11 +124,22 @@ pub async fn run(opts: QuickstartOptions) -> Result<String, QuickstartError> {
     result
 }
 
+/// The agent the quickstart enrolls.
+const AGENT: &str = "quickstart-agent";
+/// The vCenter credential it stores at the hub.
+const CREDENTIAL: &str = "vc1";
+/// The policy it creates.
+const POLICY: &str = "nightly";
+/// The demo VMs in the simulated vCenter: name and number of disks.
+const VMS: [(&str, usize); 2] = [("web01", 1), ("db01", 2)];
+/// How long one round of jobs may take before the quickstart gives up.
+const JOBS_LIMIT: Duration = Duration::from_secs(1800);
+/// How often the quickstart looks at its jobs.
+const POLL: Duration = Duration::from_millis(200);
+
 async fn run_in(root: &Path, size: u64) -> Result<String, QuickstartError> {
-    let vm_dir = root.join("vm");
-    let restore_dir = root.join("restore");
-    for d in [&vm_dir, &restore_dir] {
-        fs::create_dir_all(d).map_err(io(d))?;
+    for d in ["restore", "states", "vcenter"].map(|d| root.join(d)) {
+        fs::create_dir_all(&d).map_err(io(&d))?;
     }
     step("starting a hub (TLS on loopback ports, NBD client certificates required)");
     let hub = daemon::start(HubConfig {
@@ -135,118 +153,325 @@ async fn run_in(root: &Path, size: u64) -> Result<String, QuickstartError> {
         webhook: None,
     })
     .await?;
-    step("issuing the client's certificate (sendense-hub cert issue quickstart-client)");
-    let client_dir = root.join("client-tls");
-    if let Err(e) = sendense_hub::tls::issue_client_folder(
-        &root.join("hub").join(daemon::TLS_DIR),
-        "quickstart-client",
-        &client_dir,
-    ) {
-        hub.stop().await;
-        return Err(QuickstartError::Hub(e));
-    }
-    let outcome = drive(root, &vm_dir, &restore_dir, size, hub.api_addr.port()).await;
+    let outcome = with_hub(root, size, hub.api_addr.port()).await;
     hub.stop().await;
     outcome
 }
 
+async fn with_hub(root: &Path, size: u64, api_port: u16) -> Result<String, QuickstartError> {
+    step("issuing the restore tool's certificate (sendense-hub cert issue quickstart-restore)");
+    let client_dir = root.join("client-tls");
+    sendense_hub::tls::issue_client_folder(
+        &root.join("hub").join(daemon::TLS_DIR),
+        "quickstart-restore",
+        &client_dir,
+    )?;
+    step("starting the vCenter simulator in this process: web01 (1 disk), db01 (2 disks)");
+    let vcenter = root.join("vcenter");
+    let sim = Simulator::start(&vcenter).await.map_err(io(&vcenter))?;
+    let mut disks = Vec::new();
+    for (seed, (name, count)) in (1_u64..).zip(VMS) {
+        let spec = VmSpec {
+            name: name.to_owned(),
+            cbt_enabled: true,
+            disks: vec![SimDisk::flat(size); count],
+        };
+        let id = sim.add_vm(&spec).map_err(io(&vcenter))?;
+        for key in (2000..).take(count) {
+            fill_disk(
+                &sim,
+                &id,
+                key,
+                size,
+                seed * 10 + u64::from(key.unsigned_abs()),
+            )?;
+            disks.push(VmDisk {
+                vm: name.parse().map_err(|_| QuickstartError::BadSize)?,
+                id: id.clone(),
+                key,
+            });
+        }
+    }
+    let url = format!("https://localhost:{api_port}");
+    let admin = HubOptions::with_tls_dir(&url, &client_dir, &root.join("hub/api.token"));
+    let hub = HubClient::new(&admin)?;
+    let agent_dir = root.join("agent");
+    enroll_agent(root, &hub, &url, &agent_dir).await?;
+    step("storing vCenter credential vc1 at the hub; only quickstart-agent will receive it");
+    let ca = String::from_utf8_lossy(&sim.ca_pem()).into_owned();
+    hub.request(
+        Method::POST,
+        "/api/v1/credentials",
+        Some(&json!({
+            "name": CREDENTIAL, "host": sim.address(), "username": SIM_USER,
+            "password": SIM_PASSWORD, "ca_pem": ca, "agent": AGENT,
+        })),
+    )
+    .await?;
+    step(
+        "starting the agent (sendense-client agent run --slots 2): it connects out, opens no port",
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut options = AgentOptions::new(&agent_dir);
+    options.slots = 2;
+    let agent = tokio::spawn(agent::run(options, async move {
+        let _ = stopped.await;
+    }));
+    let outcome = drive(root, &sim, &hub, &admin, &disks, size).await;
+    let _ = stop.send(());
+    match agent.await {
+        Ok(Ok(())) => outcome,
+        Ok(Err(e)) => outcome.and(Err(e.into())),
+        Err(e) => outcome.and(Err(QuickstartError::Agent(e.to_string()))),
+    }
+}
+
+/// One disk of a demo VM.
+struct VmDisk {
+    vm: VmName,
+    /// The VM's managed object id in the simulator.
+    id: String,
+    key: i32,
+}
+
+impl VmDisk {
+    fn key(&self) -> DiskKey {
+        DiskKey(self.key.unsigned_abs())
+    }
+}
+
+/// `POST /api/v1/agents`, then `sendense-client agent enroll` with the one-time token.
+async fn enroll_agent(
+    root: &Path,
+    hub: &HubClient,
+    url: &str,
+    agent_dir: &Path,
+) -> Result<(), QuickstartError> {
+    step(
+        "creating agent quickstart-agent (POST /api/v1/agents) and enrolling it with its one-time token",
+    );
+    let created = hub
+        .request(
+            Method::POST,
+            "/api/v1/agents",
+            Some(&json!({ "name": AGENT })),
+        )
+        .await?;
+    let token_file = root.join("enrollment.token");
+    let token = created["enrollment_token"].as_str().unwrap_or_default();
+    sendense_io::atomic::write_atomic(&token_file, token.as_bytes(), 0o600)
+        .map_err(io(&token_file))?;
+    agent::enroll(&EnrollOptions {
+        hub: url.to_owned(),
+        ca_file: root.join("hub/tls/ca-cert.pem"),
+        name: AGENT.parse().map_err(|_| QuickstartError::BadSize)?,
+        enrollment_token_file: token_file,
+        state_dir: agent_dir.to_owned(),
+        force: false,
+    })
+    .await?;
+    Ok(())
+}
+
 async fn drive(
     root: &Path,
-    vm_dir: &Path,
-    restore_dir: &Path,
+    sim: &Simulator,
+    hub: &HubClient,
+    admin: &HubOptions,
+    disks: &[VmDisk],
     size: u64,
-    api_port: u16,
 ) -> Result<String, QuickstartError> {
-    let hub_opts = HubOptions::with_tls_dir(
-        &format!("https://localhost:{api_port}"),
-        &root.join("client-tls"),
-        &root.join("hub/api.token"),
-    );
-    let vm: VmName = "demo-vm".parse().map_err(|_| QuickstartError::BadSize)?;
-    step("making a demo VM: disk 2000 (raw) and disk 2001 (VMDK), sparse, non-uniform data");
-    let raw = vm_dir.join("demo-disk0.raw");
-    make_disk(&raw, size, 1)?;
-    let flat = vm_dir.join("demo-disk1-flat.vmdk");
-    make_disk(&flat, size, 2)?;
-    let vmdk = vm_dir.join("demo-disk1.vmdk");
-    write_descriptor(&vmdk, "demo-disk1-flat.vmdk", size)?;
-    let sources = [(DiskKey(2000), raw.clone()), (DiskKey(2001), flat.clone())];
-
-    step("full backup through sendense-client (NBD over TLS)");
-    let inputs = vec![
-        DiskInput {
-            key: DiskKey(2000),
-            path: raw.clone(),
-            changed_areas: None,
-            change_id: None,
-        },
-        DiskInput {
-            key: DiskKey(2001),
-            path: vmdk.clone(),
-            changed_areas: None,
-            change_id: None,
-        },
-    ];
-    let mut full_opts = BackupOptions::new(hub_opts.clone(), vm.clone(), inputs.clone());
-    full_opts.backup_type = BackupType::Full;
-    let full = backup::run(full_opts).await?;
-    let saved: Vec<PathBuf> = sources
-        .iter()
-        .map(|(k, p)| {
-            let to = vm_dir.join(format!("state-full-{}.raw", k.get()));
-            copy_sparse(p, &to).map(|()| to)
-        })
-        .collect::<Result<_, _>>()?;
-
-    step("changing ~2% of each disk (some blocks zeroed) and writing changed-areas files");
-    let mut inc_inputs = Vec::new();
-    for (i, (key, path)) in sources.iter().enumerate() {
-        let areas = change_disk(path, size, 100 + i as u64)?;
-        let cbt = vm_dir.join(format!("changed-{}.json", key.get()));
-        write_change_info(&cbt, size, &areas)?;
-        let mut input = inputs[i].clone();
-        input.changed_areas = Some(cbt);
-        inc_inputs.push(input);
+    step("inventory job: the agent lists the VMs it sees in vCenter");
+    let refresh = hub
+        .request(
+            Method::POST,
+            &format!("/api/v1/credentials/{CREDENTIAL}/inventory/refresh"),
+            Some(&json!({})),
+        )
+        .await?;
+    wait_jobs(hub, &job_ids(&json!({ "job_ids": [refresh["job_id"]] }))).await?;
+    step("policy nightly: mon..fri 22:00, VMs web01 and db*, keep-last 7; running it now");
+    hub.request(
+        Method::POST,
+        "/api/v1/policies",
+        Some(&json!({
+            "name": POLICY, "schedule": "mon..fri 22:00", "credential": CREDENTIAL,
+            "vms": ["web01", "db*"], "max_parallel": 2, "retention": {"keep_last": 7},
+        })),
+    )
+    .await?;
+    let full = run_policy(hub).await?;
+    let states = root.join("states");
+    let mut saved = Vec::new();
+    for d in disks {
+        let from = sim
+            .disk_file(&d.id, d.key)
+            .ok_or_else(|| QuickstartError::Mismatch {
+                what: format!("the simulator lost disk {} of {}", d.key, d.vm),
+            })?;
+        let to = states.join(format!("{}-{}-full.raw", d.vm, d.key));
+        copy_sparse(&from, &to)?;
+        saved.push((from, to));
     }
-    step("incremental backup of the changed areas only");
-    let mut inc_opts = BackupOptions::new(hub_opts.clone(), vm.clone(), inc_inputs);
-    inc_opts.backup_type = BackupType::Incremental;
-    let inc = backup::run(inc_opts).await?;
-
-    step("restoring both points of both disks and verifying them");
+    step("changing ~2% of every disk in vCenter (some blocks zeroed); CBT records it");
+    for (i, d) in (100_u64..).zip(disks) {
+        change_disk(sim, &d.id, d.key, size, i)?;
+    }
+    step("running the policy again: incrementals carry only the changed blocks");
+    let incremental = run_policy(hub).await?;
+    step("restoring every disk of both points of both VMs and verifying them");
+    let restore_dir = root.join("restore");
     let mut verified = Vec::new();
-    for (point, states) in [
-        (&full.backup_id, saved.clone()),
-        (
-            &inc.backup_id,
-            sources.iter().map(|s| s.1.clone()).collect(),
-        ),
-    ] {
-        for ((key, _), state) in sources.iter().zip(&states) {
-            let to = restore_dir.join(format!("{point}-{}.raw", key.get()));
-            let mut r = RestoreOptions::new(hub_opts.clone(), point.clone(), *key, to.clone());
+    for (jobs, full_point) in [(&full, true), (&incremental, false)] {
+        for (d, (current, at_full)) in disks.iter().zip(&saved) {
+            let job = jobs
+                .iter()
+                .find(|j| j.vm_name.as_ref() == Some(&d.vm))
+                .ok_or_else(|| QuickstartError::Mismatch {
+                    what: format!("no job backed up {}", d.vm),
+                })?;
+            let point = job
+                .backup_id
+                .clone()
+                .ok_or_else(|| QuickstartError::Mismatch {
+                    what: format!("job {} of {} names no backup", job.job_id, d.vm),
+                })?;
+            let to = restore_dir.join(format!("{point}-{}.raw", d.key));
+            let mut r = RestoreOptions::new(admin.clone(), point.clone(), d.key(), to.clone());
             r.format = RestoreFormat::Raw;
             restore::run(r).await?;
-            let how = verify(state, &to)?;
-            verified.push(format!("{point} disk {}: identical ({how})", key.get()));
+            let expected = if full_point { at_full } else { current };
+            let how = verify(expected, &to)?;
+            verified.push(format!("{point} disk {}: identical ({how})", d.key));
+        }
+    }
+    let mut rows = Vec::new();
+    for job in full.iter().chain(&incremental) {
+        if let Some(id) = &job.backup_id {
+            let value = hub
+                .request(Method::GET, &format!("/api/v1/backups/{id}"), None)
+                .await?;
+            let backup: Backup =
+                serde_json::from_value(value).map_err(|e| QuickstartError::Mismatch {
+                    what: format!("backup {id} answer: {e}"),
+                })?;
+            rows.push((job.clone(), backup));
         }
     }
     let repo = root.join("hub/repository");
-    Ok(report(&[&full, &inc], &repo, &vm, &verified))
+    Ok(report(&rows, &repo, &verified))
+}
+
+/// `POST /api/v1/policies/nightly/run`, then waits for every job it queued.
+async fn run_policy(hub: &HubClient) -> Result<Vec<Job>, QuickstartError> {
+    let run = hub
+        .request(
+            Method::POST,
+            &format!("/api/v1/policies/{POLICY}/run"),
+            Some(&json!({})),
+        )
+        .await?;
+    let ids = job_ids(&run);
+    if ids.len() != VMS.len() {
+        return Err(QuickstartError::Mismatch {
+            what: format!(
+                "the policy queued {} jobs, not {}: {run}",
+                ids.len(),
+                VMS.len()
+            ),
+        });
+    }
+    wait_jobs(hub, &ids).await
+}
+
+fn job_ids(answer: &serde_json::Value) -> Vec<String> {
+    answer["job_ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `GET /api/v1/jobs/{id}` until every job ended; each must have completed.
+async fn wait_jobs(hub: &HubClient, ids: &[String]) -> Result<Vec<Job>, QuickstartError> {
+    let deadline = tokio::time::Instant::now() + JOBS_LIMIT;
+    let mut last_line = String::new();
+    loop {
+        let mut jobs = Vec::new();
+        for id in ids {
+            let value = hub
+                .request(Method::GET, &format!("/api/v1/jobs/{id}"), None)
+                .await?;
+            let job: Job =
+                serde_json::from_value(value).map_err(|e| QuickstartError::Mismatch {
+                    what: format!("job {id} answer: {e}"),
+                })?;
+            jobs.push(job);
+        }
+        if let Some(failed) = jobs
+            .iter()
+            .find(|j| matches!(j.status, JobStatus::Failed | JobStatus::Cancelled))
+        {
+            return Err(QuickstartError::Mismatch {
+                what: format!(
+                    "job {} ({}) {}: {}",
+                    failed.job_id,
+                    failed.kind,
+                    failed.status,
+                    failed.error.as_deref().unwrap_or("no reason given")
+                ),
+            });
+        }
+        if jobs.iter().all(|j| j.status == JobStatus::Completed) {
+            return Ok(jobs);
+        }
+        let line: Vec<String> = jobs
+            .iter()
+            .map(|j| {
+                format!(
+                    "{} {} {}",
+                    j.vm_name.as_ref().map_or("inventory", VmName::as_str),
+                    j.status,
+                    sendense_image::human(j.progress.bytes_done)
+                )
+            })
+            .collect();
+        let line = line.join(", ");
+        if line != last_line {
+            step(&format!("  jobs: {line}"));
+            last_line = line;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(QuickstartError::Mismatch {
+                what: format!(
+                    "jobs still not done after {} s: {last_line}",
+                    JOBS_LIMIT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 fn step(what: &str) {
     eprintln!("quickstart: {what}");
 }
 
-/// A sparse disk with realistic, non-uniform content: runs of random data,
-/// runs of repeating text-like data, zero blocks inside data, and holes.
-fn make_disk(path: &Path, size: u64, seed: u64) -> Result<(), QuickstartError> {
-    let file = File::create(path).map_err(io(path))?;
-    file.set_len(size).map_err(io(path))?;
+/// Fills a simulated disk with realistic, non-uniform content: runs of random data, runs of
+/// repeating text-like data, zero blocks inside data, and holes (about 12% of the 1 MiB slots
+/// hold data).
+fn fill_disk(
+    sim: &Simulator,
+    vm: &str,
+    key: i32,
+    size: u64,
+    seed: u64,
+) -> Result<(), QuickstartError> {
     let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut buf = vec![0u8; MIB_USIZE];
-    // About 12% of the 1 MiB slots hold data.
     for slot in 0..size / MIB {
         let r = next(&mut rng);
         if !r.is_multiple_of(8) {
@@ -265,7 +490,8 @@ fn make_disk(path: &Path, size: u64, seed: u64) -> Result<(), QuickstartError> {
                 buf[..(256 << 10)].fill(0);
             }
         }
-        file.write_all_at(&buf, slot * MIB).map_err(io(path))?;
+        sim.write_disk(vm, key, slot * MIB, &buf)
+            .map_err(io(Path::new(vm)))?;
     }
     Ok(())
 }
@@ -284,24 +510,15 @@ fn fill(buf: &mut [u8], rng: &mut u64) {
     }
 }
 
-/// A monolithicFlat descriptor over `flat`.
-fn write_descriptor(path: &Path, flat: &str, size: u64) -> Result<(), QuickstartError> {
-    let sectors = size / 512;
-    let text = format!(
-        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n\
-         # Extent description\nRW {sectors} FLAT \"{flat}\" 0\n\n# The Disk Data Base\n#DDB\n\n\
-         ddb.virtualHWVersion = \"4\"\nddb.adapterType = \"lsilogic\"\n"
-    );
-    fs::write(path, text).map_err(io(path))
-}
-
-/// Changes ~2% of the disk in 64 KiB blocks: most get new data, every
-/// fourth is zeroed. Answers the changed areas (offset, length), sorted.
-fn change_disk(path: &Path, size: u64, seed: u64) -> Result<Vec<(u64, u64)>, QuickstartError> {
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io(path))?;
+/// Changes ~2% of a simulated disk in 64 KiB blocks: most get new data, every fourth is
+/// zeroed. Answers how many blocks changed.
+fn change_disk(
+    sim: &Simulator,
+    vm: &str,
+    key: i32,
+    size: u64,
+    seed: u64,
+) -> Result<u64, QuickstartError> {
     let blocks = size / BLOCK;
     let count = (blocks / 50).max(1);
     let mut rng = seed | 1;
@@ -310,31 +527,16 @@ fn change_disk(path: &Path, size: u64, seed: u64) -> Result<Vec<(u64, u64)>, Qui
         chosen.insert(next(&mut rng) % blocks);
     }
     let mut buf = vec![0u8; BLOCK_USIZE];
-    let mut areas: Vec<(u64, u64)> = Vec::new();
     for (i, b) in chosen.into_iter().enumerate() {
         if i % 4 == 3 {
             buf.fill(0);
         } else {
             fill(&mut buf, &mut rng);
         }
-        file.write_all_at(&buf, b * BLOCK).map_err(io(path))?;
-        match areas.last_mut() {
-            Some(last) if last.0 + last.1 == b * BLOCK => last.1 += BLOCK,
-            _ => areas.push((b * BLOCK, BLOCK)),
-        }
+        sim.write_disk(vm, key, b * BLOCK, &buf)
+            .map_err(io(Path::new(vm)))?;
     }
-    file.sync_all().map_err(io(path))?;
-    Ok(areas)
-}
-
-/// VMware's `DiskChangeInfo` JSON covering the whole disk.
-fn write_change_info(path: &Path, size: u64, areas: &[(u64, u64)]) -> Result<(), QuickstartError> {
-    let changed: Vec<serde_json::Value> = areas
-        .iter()
-        .map(|(s, l)| serde_json::json!({"start": s, "length": l}))
-        .collect();
-    let doc = serde_json::json!({"startOffset": 0, "length": size, "changedArea": changed});
-    fs::write(path, doc.to_string()).map_err(io(path))
+    Ok(count)
 }
 
 /// Copies a sparse file, writing only its data runs.
@@ -416,6 +618,7 @@ fn verify(expected: &Path, restored: &Path) -> Result<&'static str, QuickstartEr
     Ok("byte comparison")
 }
 
+/// Bytes a backup's images occupy in the repository.
 fn on_disk(repo: &Path, vm: &VmName, id: &BackupId) -> u64 {
     let Ok(folders) = fs::read_dir(repo.join(vm.as_str())) else {
         return 0;
@@ -427,37 +630,38 @@ fn on_disk(repo: &Path, vm: &VmName, id: &BackupId) -> u64 {
         .sum()
 }
 
-fn report(backups: &[&BackupSummary], repo: &Path, vm: &VmName, verified: &[String]) -> String {
+fn report(rows: &[(Job, Backup)], repo: &Path, verified: &[String]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<46} {:<12} {:>12} {:>12} {:>9} {:>8}",
-        "backup", "type", "sent", "on disk", "MB/s", "seconds"
+        "\n{:<8} {:<45} {:<12} {:>11} {:>11} {:>8} {:>8}",
+        "VM", "backup", "type", "sent", "on disk", "MB/s", "seconds"
     );
-    for b in backups {
-        #[allow(clippy::cast_precision_loss)] // display only
-        let rate = if b.seconds > 0.0 {
-            b.bytes_sent as f64 / 1e6 / b.seconds
-        } else {
-            0.0
+    for (job, backup) in rows {
+        let seconds = match (job.started_at, job.finished_at) {
+            (Some(a), Some(b)) => b.unix_seconds().saturating_sub(a.unix_seconds()),
+            _ => 0,
         };
         let _ = writeln!(
             out,
-            "{:<46} {:<12} {:>12} {:>12} {:>9.1} {:>8.2}",
-            b.backup_id.as_str(),
-            b.backup_type.as_str(),
-            sendense_image::human(b.bytes_sent),
-            sendense_image::human(on_disk(repo, vm, &b.backup_id)),
-            rate,
-            b.seconds
+            "{:<8} {:<45} {:<12} {:>11} {:>11} {:>8.1} {:>8}",
+            backup.vm_name.as_str(),
+            backup.backup_id.as_str(),
+            backup.backup_type.as_str(),
+            sendense_image::human(job.progress.bytes_done),
+            sendense_image::human(on_disk(repo, &backup.vm_name, &backup.backup_id)),
+            job.progress.mb_per_s,
+            seconds
         );
     }
-    let chain: Vec<&str> = backups.iter().map(|b| b.backup_id.as_str()).collect();
-    let _ = writeln!(out, "\nchain of {vm}: {}", chain.join(" <- "));
+    let _ = writeln!(out);
     for v in verified {
         let _ = writeln!(out, "verified {v}");
     }
-    let _ = writeln!(out, "\nquickstart: everything verified");
+    let _ = writeln!(
+        out,
+        "\nquickstart: policy {POLICY} backed up both VMs twice through agent {AGENT}; everything verified"
+    );
     out
 }
 
@@ -466,14 +670,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn change_disk_touches_about_two_percent_in_sorted_areas() {
+    fn change_disk_touches_two_percent_of_blocks_one_in_four_zeroed() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("d.raw");
-        make_disk(&p, 64 * MIB, 1).unwrap();
-        let areas = change_disk(&p, 64 * MIB, 7).unwrap();
-        let total: u64 = areas.iter().map(|a| a.1).sum();
-        assert_eq!(total, (64 * MIB / BLOCK / 50) * BLOCK);
-        assert!(areas.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0));
+        let sim = Simulator::start_blocking(dir.path()).unwrap();
+        let spec = VmSpec {
+            name: "t".into(),
+            cbt_enabled: true,
+            disks: vec![SimDisk::flat(64 * MIB)],
+        };
+        let vm = sim.add_vm(&spec).unwrap();
+
+        let changed = change_disk(&sim, &vm, 2000, 64 * MIB, 7).unwrap();
+
+        let data = fs::read(sim.disk_file(&vm, 2000).unwrap()).unwrap();
+        let nonzero = data.chunks(BLOCK_USIZE).filter(|b| !is_zero(b)).count();
+        assert_eq!((changed, nonzero), (64 * MIB / BLOCK / 50, 15));
     }
 
     #[test]

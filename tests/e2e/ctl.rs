@@ -63,3 +63,75 @@ fn ctl_policy_with_bad_schedule_is_refused_naming_the_bad_part() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("fry"), "{err}");
 }
+
+#[test]
+fn ctl_policy_add_edit_show_and_list_round_trip() {
+    let data = tempfile::tempdir().unwrap();
+    let serve = Serve::start(data.path(), &[], "info");
+    let password = data.path().join("vc1.password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    ok(&ctl(
+        &serve,
+        &[
+            "credential",
+            "add",
+            "vc1",
+            "--host",
+            "vcenter.example",
+            "--username",
+            "u",
+            "--password-file",
+            s(&password),
+            "--insecure",
+        ],
+    ));
+
+    ok(&ctl(
+        &serve,
+        &[
+            "policy",
+            "add",
+            "nightly",
+            "--schedule",
+            "mon..fri 22:00",
+            "--credential",
+            "vc1",
+            "--vm",
+            "web01",
+            "--vm",
+            "db*",
+            "--retry-count",
+            "2",
+            "--keep-last",
+            "3",
+        ],
+    ));
+    ok(&ctl(
+        &serve,
+        &[
+            "policy",
+            "edit",
+            "nightly",
+            "--schedule",
+            "*:0/30",
+            "--keep-daily",
+            "7",
+        ],
+    ));
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&serve, &["--json", "policy", "show", "nightly"]))).unwrap();
+    let listed = ok(&ctl(&serve, &["policy", "list"]));
+
+    assert_eq!(shown["schedule"], "*:0/30");
+    assert_eq!(shown["vms"], serde_json::json!(["web01", "db*"]));
+    assert_eq!(shown["retry"]["count"], 2);
+    assert_eq!(
+        shown["retention"],
+        serde_json::json!({"keep_last": 3, "keep_daily": 7})
+    );
+    assert!(shown["next_run"].is_string(), "{shown}");
+    assert!(
+        listed.contains("nightly") && listed.contains("*:0/30"),
+        "{listed}"
+    );
+}

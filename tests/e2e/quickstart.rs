@@ -17,10 +17,11 @@ fn quickstart_small_disks_verifies_everything_and_exits_zero() {
     assert!(stdout.contains("everything verified"), "{stdout}");
     assert_eq!(
         stdout.matches("identical (qemu-img compare)").count(),
-        4,
+        6,
         "{stdout}"
     );
-    assert!(stdout.contains("incremental"), "{stdout}");
+    assert_eq!(stdout.matches(" full ").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches(" incremental ").count(), 2, "{stdout}");
 }
 
 #[test]
@@ -40,7 +41,7 @@ fn quickstart_without_qemu_img_verifies_with_its_own_comparison() {
     );
     assert_eq!(
         stdout.matches("identical (byte comparison)").count(),
-        4,
+        6,
         "{stdout}"
     );
     assert!(

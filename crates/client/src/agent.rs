@@ -681,6 +681,17 @@ impl Agent {
                 FinishJobRequest::failed(&reason, backup_id)
             }
         };
+        if finish.status() == JobStatus::Completed {
+            // The last progress, so the finished job shows every byte it moved (a short job
+            // ends before its first heartbeat). Best effort: the outcome matters more.
+            let last = HeartbeatRequest {
+                progress: progress.snapshot(),
+                backup_id: finish.backup_id().cloned(),
+            };
+            if let Err(e) = self.hub.heartbeat(&job_id, &last).await {
+                debug!(error = %e, "the last progress report failed");
+            }
+        }
         self.finish(&job_id, &finish).await;
     }
 

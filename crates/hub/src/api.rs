@@ -194,6 +194,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// A JSON body that may be left out (no bytes: `T::default()`), for calls whose every field is
+/// optional; a body given must be valid JSON of `T` (400 otherwise).
+#[derive(Debug)]
+pub struct OptionalBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalBody<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                ApiFailure::bad_request(format!("Cannot read the body: {}", e.body_text()))
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(T::default()));
+        }
+        Json::<T>::from_bytes(&bytes)
+            .map(|Json(v)| Self(v))
+            .map_err(|e| json_rejection(&e))
+    }
+}
+
 fn json_rejection(r: &JsonRejection) -> ApiFailure {
     match r {
         JsonRejection::MissingJsonContentType(_) => {
@@ -517,7 +540,7 @@ async fn heartbeat(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Body(req): Body<HeartbeatRequest>,
+    OptionalBody(req): OptionalBody<HeartbeatRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let id: JobId = parse("job id", &id)?;
     Ok(Json(
@@ -594,7 +617,7 @@ async fn run_policy(
 async fn backup_now(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-    Body(req): Body<BackupNowRequest>,
+    OptionalBody(req): OptionalBody<BackupNowRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let vm: VmName = parse("VM name", &name)?;
     let accepted = blocking(move || s.jobs.backup_now(vm, req)).await?;

@@ -87,7 +87,8 @@ pub enum NbdClientCerts {
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
     /// TOML file of settings, keys named as the flags with `_` for `-` (see
-    /// above); the flags given here win over it.
+    /// above; relative paths in it are relative to its folder); the flags
+    /// given here win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The settings given as flags.
@@ -165,7 +166,8 @@ impl ServeArgs {
 }
 
 impl ServeOptions {
-    /// Reads a `--config` file: TOML, top-level keys only, each one a setting.
+    /// Reads a `--config` file: TOML, top-level keys only, each one a setting. Relative paths
+    /// in it are relative to the file's folder.
     ///
     /// # Errors
     /// [`HubError::ConfigRead`], [`HubError::ConfigSyntax`], [`HubError::ConfigUnknownKey`]
@@ -205,6 +207,21 @@ impl ServeOptions {
                         reason: first_line(e.message()),
                     })?;
             options = options.or(setting);
+        }
+        // A relative path in the file is relative to the file's folder, not to wherever the
+        // hub was started from (`/` under systemd).
+        let base = path.parent().unwrap_or(Path::new(""));
+        for file in [
+            &mut options.data_dir,
+            &mut options.webhook_secret_file,
+            &mut options.webhook_ca_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
         }
         Ok(options)
     }
@@ -747,6 +764,23 @@ mod tests {
         let (config, _) = config(command).unwrap();
 
         assert!(config.webhook.is_none());
+    }
+
+    #[test]
+    fn serve_config_relative_paths_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hook.secret"), "k").unwrap();
+        let command = serve(
+            dir.path(),
+            "data_dir = \"data\"\nwebhook_url = \"http://127.0.0.1:9/\"\n\
+             webhook_secret_file = \"hook.secret\"\n",
+            &["--config", "{config}"],
+        );
+
+        let (config, _) = config(command).unwrap();
+
+        assert_eq!(config.data_dir, dir.path().join("data"));
+        assert!(config.webhook.is_some());
     }
 
     #[test]

@@ -750,7 +750,16 @@ async fn inventory_refresh_finished_with_vms_is_served_and_names_the_vm_path() {
         (Some("a1"), 2)
     );
     assert!(inventory["refreshed_at"].is_string(), "{inventory}");
-    queue_backup(&hub, "web01", json!({})).await;
+    // The body may be left out: every field is optional.
+    let (status, accepted) = call_as(
+        &hub,
+        Some(&hub.token),
+        Method::POST,
+        "/api/v1/vms/web01/backup",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     let (_, backup_job) = poll(&hub, &a1, 0).await;
     assert_eq!(backup_job["vm"], json!("dc1/vm/web01"));
 }
@@ -961,6 +970,40 @@ async fn cancelled_running_job_its_agent_abandons_has_backup_failed_when_lease_l
         (BackupStatus::Failed, Some("cancelled"))
     );
     assert_eq!(job(&hub, &id).await.status, JobStatus::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_backup_for_scheduler_holds_job_until_not_before() {
+    let (hub, a1) = hub_with_agent().await;
+    let jobs = std::sync::Arc::clone(&hub.running.as_ref().unwrap().jobs);
+    let retry = |vm: &str, not_before: i64| sendense_hub::jobs::QueueBackup {
+        vm: vm.parse().unwrap(),
+        backup_type: sendense_types::BackupType::Auto,
+        credential: Some("vc1".parse().unwrap()),
+        policy: Some("nightly".parse().unwrap()),
+        attempt: 2,
+        not_before: Some(seconds_from_now(not_before)),
+    };
+
+    let later = jobs.queue_backup(retry("web01", 3600)).unwrap();
+    let (held, _) = poll(&hub, &a1, 0).await;
+    let due = jobs.queue_backup(retry("db01", -1)).unwrap();
+    let (status, handed) = poll(&hub, &a1, 0).await;
+
+    assert_eq!((held, status), (StatusCode::NO_CONTENT, StatusCode::OK));
+    assert_eq!(
+        (handed["job_id"].as_str(), handed["attempt"].as_u64()),
+        (Some(due.as_str()), Some(2))
+    );
+    let waiting = job(&hub, later.as_str()).await;
+    assert_eq!(
+        (
+            waiting.status,
+            waiting.policy.map(|p| p.as_str().to_owned()),
+            waiting.attempt
+        ),
+        (JobStatus::Queued, Some("nightly".to_owned()), 2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
