@@ -307,6 +307,20 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// A context for running a job outside [`run`] (tests, tools), with fresh progress
+    /// counters and no backup yet; the sender asks the job to stop.
+    #[must_use]
+    pub fn new(hub: HubOptions) -> (Self, watch::Sender<Option<StopReason>>) {
+        let (stop_tx, stop) = watch::channel(None);
+        let context = Self {
+            hub,
+            progress: Arc::new(JobProgress::default()),
+            backup_id: Arc::new(watch::channel(None).0),
+            stop,
+        };
+        (context, stop_tx)
+    }
+
     /// Resolves once the job must stop (see [`StopReason`]).
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut stop = self.stop.clone();
