@@ -217,99 +217,155 @@ fn exit_code(agent: Proc) -> Option<i32> {
     }
 }
 
+use sendense_vsphere_sim::Simulator;
+
+use crate::support::Serve;
+
+/// The simulator with `vm1` (CBT on, 4 MiB and 2 MiB disks holding data), a real hub, an agent
+/// `appliance-1` created by the admin and enrolled with the binary, a credential `vc1` naming
+/// it; the agent runs (JSON logs) with 2 slots.
+struct RealWorld {
+    sim: Simulator,
+    vm: String,
+    hub: Serve,
+    agent: Option<Proc>,
+    log: std::sync::mpsc::Receiver<serde_json::Value>,
+    _dir: tempfile::TempDir,
+}
+
+impl RealWorld {
+    fn start() -> Self {
+        use sendense_types::{CredentialRequest, VcenterTrust};
+        use sendense_vsphere_sim::{DiskSpec, SIM_PASSWORD, SIM_USER, VmSpec};
+
+        const MIB: u64 = 1024 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let sim_dir = dir.path().join("sim");
+        std::fs::create_dir(&sim_dir).unwrap();
+        let sim = Simulator::start_blocking(&sim_dir).unwrap();
+        let vm = sim
+            .add_vm(&VmSpec {
+                name: "vm1".to_owned(),
+                cbt_enabled: true,
+                disks: vec![DiskSpec::flat(4 * MIB), DiskSpec::flat(2 * MIB)],
+            })
+            .unwrap();
+        sim.write_disk(&vm, 2000, 0, &[0x11; 300 * 1024]).unwrap();
+        sim.write_disk(&vm, 2001, 512 * 1024, &[0x22; 64 * 1024])
+            .unwrap();
+        let data = dir.path().join("data");
+        let hub = Serve::start(&data, &[], "info");
+        let created = hub.rest(|h| async move {
+            h.request(
+                reqwest::Method::POST,
+                "/api/v1/agents",
+                Some(&serde_json::json!({"name": "appliance-1"})),
+            )
+            .await
+            .unwrap()
+        });
+        let token_file = dir.path().join("enroll.token");
+        std::fs::write(&token_file, created["enrollment_token"].as_str().unwrap()).unwrap();
+        let credential = CredentialRequest::new(
+            "vc1".parse().unwrap(),
+            sim.address(),
+            SIM_USER.to_owned(),
+            SIM_PASSWORD.to_owned(),
+            VcenterTrust::ca_pem(String::from_utf8(sim.ca_pem()).unwrap()).unwrap(),
+        )
+        .unwrap()
+        .with_agent(Some("appliance-1".parse().unwrap()));
+        hub.rest(|h| async move { h.put_credential(&credential).await.unwrap() });
+        let state = dir.path().join("agent");
+        ok(&client()
+            .args(["agent", "enroll", "--hub", &hub.api])
+            .args(["--ca", s(&data.join("tls/ca-cert.pem"))])
+            .args(["--name", "appliance-1"])
+            .args(["--enrollment-token-file", s(&token_file)])
+            .args(["--state-dir", s(&state)])
+            .output()
+            .unwrap());
+        let mut child = client()
+            .args(["--log-format", "json", "agent", "run"])
+            .args(["--state-dir", s(&state), "--slots", "2"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = crate::support::log_lines(child.stderr.take().unwrap());
+        Self {
+            sim,
+            vm,
+            hub,
+            agent: Some(Proc(child)),
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// `POST /api/v1/vms/vm1/backup` (full, credential vc1): the job's id.
+    fn queue_backup(&self) -> String {
+        let accepted = self.hub.rest(|h| async move {
+            h.request(
+                reqwest::Method::POST,
+                "/api/v1/vms/vm1/backup",
+                Some(&serde_json::json!({"backup_type": "full", "credential": "vc1"})),
+            )
+            .await
+            .unwrap()
+        });
+        accepted["job_id"].as_str().unwrap().to_owned()
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str) -> serde_json::Value {
+        let path = path.to_owned();
+        self.hub
+            .rest(|h| async move { h.request(method, &path, None).await.unwrap() })
+    }
+
+    /// Holds the simulator's datastore reads and waits (bounded) until the agent's transfer
+    /// waits on one: the job is mid-transfer, its snapshot exists.
+    fn hold_mid_transfer(&self) {
+        self.sim.hold_reads(true);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async { tokio::time::timeout(DEADLINE, self.sim.read_held()).await })
+            .expect("the agent reads the snapshot");
+    }
+
+    /// SIGTERM to the agent; its exit code.
+    fn stop_agent(&mut self) -> Option<i32> {
+        let agent = self.agent.take().expect("the agent runs");
+        agent.signal("TERM");
+        exit_code(agent)
+    }
+
+    /// The backups of vm1 at the hub, by status.
+    fn backup_statuses(&self) -> Vec<String> {
+        let backups = self.call(reqwest::Method::GET, "/api/v1/backups?vm_name=vm1");
+        backups
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["status"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
 #[test]
 fn agent_runs_backup_queued_at_the_hub_job_completed_images_match() {
-    use sendense_types::{CredentialRequest, VcenterTrust};
-    use sendense_vsphere_sim::{DiskSpec, SIM_PASSWORD, SIM_USER, Simulator, VmSpec};
+    use crate::support::{assert_same, wait_message};
 
-    use crate::support::{Serve, assert_same, log_lines, wait_message};
+    let mut w = RealWorld::start();
 
-    const MIB: u64 = 1024 * 1024;
-    let dir = tempfile::tempdir().unwrap();
-    let sim_dir = dir.path().join("sim");
-    std::fs::create_dir(&sim_dir).unwrap();
-    let sim = Simulator::start_blocking(&sim_dir).unwrap();
-    let vm = sim
-        .add_vm(&VmSpec {
-            name: "vm1".to_owned(),
-            cbt_enabled: true,
-            disks: vec![DiskSpec::flat(4 * MIB), DiskSpec::flat(2 * MIB)],
-        })
-        .unwrap();
-    sim.write_disk(&vm, 2000, 0, &[0x11; 300 * 1024]).unwrap();
-    sim.write_disk(&vm, 2001, 512 * 1024, &[0x22; 64 * 1024])
-        .unwrap();
-    let data = dir.path().join("data");
-    let hub = Serve::start(&data, &[], "info");
-    let created = hub.rest(|h| async move {
-        h.request(
-            reqwest::Method::POST,
-            "/api/v1/agents",
-            Some(&serde_json::json!({"name": "appliance-1"})),
-        )
-        .await
-        .unwrap()
-    });
-    let token_file = dir.path().join("enroll.token");
-    std::fs::write(&token_file, created["enrollment_token"].as_str().unwrap()).unwrap();
-    let credential = CredentialRequest::new(
-        "vc1".parse().unwrap(),
-        sim.address(),
-        SIM_USER.to_owned(),
-        SIM_PASSWORD.to_owned(),
-        VcenterTrust::ca_pem(String::from_utf8(sim.ca_pem()).unwrap()).unwrap(),
-    )
-    .unwrap()
-    .with_agent(Some("appliance-1".parse().unwrap()));
-    hub.rest(|h| async move { h.put_credential(&credential).await.unwrap() });
-    let state = dir.path().join("agent");
-    ok(&client()
-        .args(["agent", "enroll", "--hub", &hub.api])
-        .args(["--ca", s(&data.join("tls/ca-cert.pem"))])
-        .args([
-            "--name",
-            "appliance-1",
-            "--enrollment-token-file",
-            s(&token_file),
-        ])
-        .args(["--state-dir", s(&state)])
-        .output()
-        .unwrap());
-    let mut child = client()
-        .args([
-            "--log-format",
-            "json",
-            "agent",
-            "run",
-            "--state-dir",
-            s(&state),
-        ])
-        .args(["--slots", "2"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = log_lines(child.stderr.take().unwrap());
-    let agent = Proc(child);
-
-    let accepted = hub.rest(|h| async move {
-        h.request(
-            reqwest::Method::POST,
-            "/api/v1/vms/vm1/backup",
-            Some(&serde_json::json!({"backup_type": "full", "credential": "vc1"})),
-        )
-        .await
-        .unwrap()
-    });
-    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
-    let reported = wait_message(&log, "outcome reported to the hub");
-    let path = format!("/api/v1/jobs/{job_id}");
-    let job =
-        hub.rest(|h| async move { h.request(reqwest::Method::GET, &path, None).await.unwrap() });
-    agent.signal("TERM");
-    let code = exit_code(agent);
+    let job_id = w.queue_backup();
+    let reported = wait_message(&w.log, "outcome reported to the hub");
+    let job = w.call(reqwest::Method::GET, &format!("/api/v1/jobs/{job_id}"));
+    let code = w.stop_agent();
 
     assert_eq!(reported["span"]["job_id"], job_id.as_str(), "{reported}");
     assert_eq!(job["status"], "completed", "{job}");
@@ -317,12 +373,60 @@ fn agent_runs_backup_queued_at_the_hub_job_completed_images_match() {
     let backup_id = job["backup_id"].as_str().unwrap();
     for key in [2000, 2001] {
         assert_same(
-            &hub.image("vm1", key, backup_id),
+            &w.hub.image("vm1", key, backup_id),
             "qcow2",
-            &sim.disk_file(&vm, i32::try_from(key).unwrap()).unwrap(),
+            &w.sim.disk_file(&w.vm, i32::try_from(key).unwrap()).unwrap(),
             "raw",
         );
     }
-    assert!(sim.snapshot_names(&vm).is_empty());
+    assert!(w.sim.snapshot_names(&w.vm).is_empty());
     assert_eq!(code, Some(0));
+}
+
+#[test]
+fn agent_sigterm_mid_transfer_fails_job_and_backup_leaves_no_snapshot_exits_0() {
+    let mut w = RealWorld::start();
+    let job_id = w.queue_backup();
+    w.hold_mid_transfer();
+
+    let code = w.stop_agent();
+
+    w.sim.hold_reads(false);
+    let job = w.call(reqwest::Method::GET, &format!("/api/v1/jobs/{job_id}"));
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        (&job["status"], &job["error"]),
+        (
+            &serde_json::json!("failed"),
+            &serde_json::json!("agent stopped")
+        ),
+        "{job}"
+    );
+    assert_eq!(w.backup_statuses(), ["failed"]);
+    assert!(w.sim.snapshot_names(&w.vm).is_empty());
+}
+
+#[test]
+fn agent_job_cancelled_at_the_hub_mid_transfer_stops_cleanly() {
+    use crate::support::wait_message;
+
+    let mut w = RealWorld::start();
+    let job_id = w.queue_backup();
+    w.hold_mid_transfer();
+
+    w.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/jobs/{job_id}/cancel"),
+    );
+    // The next heartbeat (at most 20 s away) learns it.
+    wait_message(&w.log, "job stopped: cancelled at the hub");
+    let reported = wait_message(&w.log, "outcome reported to the hub");
+
+    w.sim.hold_reads(false);
+    let job = w.call(reqwest::Method::GET, &format!("/api/v1/jobs/{job_id}"));
+    assert_eq!(reported["span"]["job_id"], job_id.as_str(), "{reported}");
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(w.backup_statuses(), ["failed"]);
+    assert!(w.sim.snapshot_names(&w.vm).is_empty());
+    assert_eq!(w.stop_agent(), Some(0));
 }
