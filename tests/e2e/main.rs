@@ -7,6 +7,8 @@
 #![allow(clippy::cast_possible_truncation)]
 
 #[cfg(test)]
+mod agent;
+#[cfg(test)]
 mod backup_flow;
 #[cfg(test)]
 mod ctl;

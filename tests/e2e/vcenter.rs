@@ -1,10 +1,12 @@
 //! vCenter backups end to end, against the in-process vCenter simulator of
 //! `sendense-vsphere` (feature `simulator`).
 //!
+//! - [`agent_job`]: the agent's job runner (the same flow, with a job's credential).
 //! - [`flow`]: the client's vCenter flow (`sendense_client::vcenter::run_until`) with an in-process hub.
 //! - this module: the real `sendense-hub serve` and `sendense-client backup --vcenter ...`
 //!   binaries, with a password file and with `--vcenter-credential`.
 
+mod agent_job;
 mod flow;
 mod signals;
 

@@ -73,8 +73,9 @@ pub const PUBLIC_MODE: u32 = 0o644;
 pub const DEFAULT_WAIT_SECONDS: u32 = 30;
 /// Interval between heartbeats of a running job.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
-/// How long running jobs get to stop cleanly after a stop signal.
-pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long running jobs get to stop cleanly after a stop signal (inside the 120 s systemd
+/// gives the agent's unit before it kills it).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(90);
 /// The error a job stopped by the agent's own shutdown is reported failed with.
 pub const AGENT_STOPPED: &str = "agent stopped";
 /// The error a job cancelled at the hub is reported failed with (the hub keeps it `cancelled`).
@@ -262,7 +263,7 @@ pub struct AgentOptions {
 }
 
 impl AgentOptions {
-    /// The defaults: 1 slot, 30 s long polls, heartbeats every 20 s, backoff 1 s to 30 s, 120 s
+    /// The defaults: 1 slot, 30 s long polls, heartbeats every 20 s, backoff 1 s to 30 s, 90 s
     /// to stop, jobs run by [`VcenterRunner`].
     #[must_use]
     pub fn new(state_dir: &Path) -> Self {
@@ -307,6 +308,20 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// A context for running a job outside [`run`] (tests, tools), with fresh progress
+    /// counters and no backup yet; the sender asks the job to stop.
+    #[must_use]
+    pub fn new(hub: HubOptions) -> (Self, watch::Sender<Option<StopReason>>) {
+        let (stop_tx, stop) = watch::channel(None);
+        let context = Self {
+            hub,
+            progress: Arc::new(JobProgress::default()),
+            backup_id: Arc::new(watch::channel(None).0),
+            stop,
+        };
+        (context, stop_tx)
+    }
+
     /// Resolves once the job must stop (see [`StopReason`]).
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut stop = self.stop.clone();

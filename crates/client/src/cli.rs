@@ -663,6 +663,56 @@ mod tests {
     }
 
     #[test]
+    fn cli_agent_arguments_parse_and_zero_slots_is_refused() {
+        let run = Cli::try_parse_from([
+            "sendense-client",
+            "agent",
+            "run",
+            "--state-dir",
+            "/var/lib/sendense-agent",
+            "--slots",
+            "3",
+        ])
+        .unwrap();
+        let enroll = Cli::try_parse_from([
+            "sendense-client",
+            "agent",
+            "enroll",
+            "--hub",
+            "https://h:8443",
+            "--ca",
+            "ca.pem",
+            "--name",
+            "appliance-1",
+            "--enrollment-token-file",
+            "t",
+            "--state-dir",
+            "s",
+        ])
+        .unwrap();
+        let zero = Cli::try_parse_from([
+            "sendense-client",
+            "agent",
+            "run",
+            "--state-dir",
+            "s",
+            "--slots",
+            "0",
+        ])
+        .unwrap_err();
+
+        let Command::Agent(AgentCommand::Run(run)) = run.command else {
+            panic!("not agent run")
+        };
+        let Command::Agent(AgentCommand::Enroll(enroll)) = enroll.command else {
+            panic!("not agent enroll")
+        };
+        assert_eq!((run.slots, run.connections), (3, 4));
+        assert_eq!((enroll.name.as_str(), enroll.force), ("appliance-1", false));
+        assert_eq!(zero.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
     fn cli_zero_connections_is_refused() {
         let err = Cli::try_parse_from([
             "sendense-client",
