@@ -430,3 +430,200 @@ fn agent_job_cancelled_at_the_hub_mid_transfer_stops_cleanly() {
     assert!(w.sim.snapshot_names(&w.vm).is_empty());
     assert_eq!(w.stop_agent(), Some(0));
 }
+
+impl RealWorld {
+    /// Adds VM `name` to the simulator (CBT on, one 2 MiB disk holding `fill` bytes): its id.
+    fn add_vm(&self, name: &str, fill: u8) -> String {
+        let id = self
+            .sim
+            .add_vm(&sendense_vsphere_sim::VmSpec {
+                name: name.to_owned(),
+                cbt_enabled: true,
+                disks: vec![sendense_vsphere_sim::DiskSpec::flat(2 * 1024 * 1024)],
+            })
+            .unwrap();
+        self.sim
+            .write_disk(&id, 2000, 4096, &[fill; 128 * 1024])
+            .unwrap();
+        id
+    }
+
+    /// `POST /api/v1/vms/{vm}/backup` (full, credential vc1): the job's id.
+    fn queue_backup_of(&self, vm: &str) -> String {
+        let path = format!("/api/v1/vms/{vm}/backup");
+        let accepted = self.hub.rest(|h| async move {
+            h.request(
+                reqwest::Method::POST,
+                &path,
+                Some(&serde_json::json!({"backup_type": "full", "credential": "vc1"})),
+            )
+            .await
+            .unwrap()
+        });
+        accepted["job_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits (bounded by `limit`) until `want` holds for the jobs `ids`; their answers.
+    fn wait_jobs(
+        &self,
+        ids: &[String],
+        limit: Duration,
+        want: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let jobs: Vec<serde_json::Value> = ids
+                .iter()
+                .map(|id| self.call(reqwest::Method::GET, &format!("/api/v1/jobs/{id}")))
+                .collect();
+            if want(&jobs) {
+                return jobs;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "jobs not as wanted within {limit:?}: {jobs:?}"
+            );
+            std::thread::yield_now();
+            let _ = self.log.recv_timeout(Duration::from_millis(200));
+        }
+    }
+}
+
+fn statuses(jobs: &[serde_json::Value]) -> Vec<&str> {
+    let mut s: Vec<&str> = jobs
+        .iter()
+        .map(|j| j["status"].as_str().unwrap_or(""))
+        .collect();
+    s.sort_unstable();
+    s
+}
+
+#[test]
+fn agent_with_two_slots_runs_two_of_three_backups_third_waits_all_complete_and_match() {
+    use crate::support::assert_same;
+
+    let mut w = RealWorld::start();
+    let vm2 = w.add_vm("vm2", 0x33);
+    let vm3 = w.add_vm("vm3", 0x44);
+    w.sim.hold_reads(true);
+
+    let ids: Vec<String> = ["vm1", "vm2", "vm3"]
+        .iter()
+        .map(|vm| w.queue_backup_of(vm))
+        .collect();
+    let mid = w.wait_jobs(&ids, DEADLINE, |jobs| {
+        statuses(jobs) == ["queued", "running", "running"]
+    });
+    w.sim.hold_reads(false);
+    let done = w.wait_jobs(&ids, DEADLINE, |jobs| {
+        statuses(jobs)
+            .iter()
+            .all(|s| *s != "queued" && *s != "running")
+    });
+    let code = w.stop_agent();
+
+    assert_eq!(statuses(&mid), ["queued", "running", "running"]);
+    assert_eq!(
+        statuses(&done),
+        ["completed", "completed", "completed"],
+        "{done:?}"
+    );
+    for (job, (vm, id)) in done
+        .iter()
+        .zip([("vm1", w.vm.clone()), ("vm2", vm2), ("vm3", vm3)])
+    {
+        assert_eq!(job["vm_name"], vm);
+        let backup_id = job["backup_id"].as_str().unwrap();
+        assert_same(
+            &w.hub.image(vm, 2000, backup_id),
+            "qcow2",
+            &w.sim.disk_file(&id, 2000).unwrap(),
+            "raw",
+        );
+        assert!(w.sim.snapshot_names(&id).is_empty());
+    }
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn agent_killed_mid_job_job_failed_by_lease_retried_by_policy_completes_after_restart() {
+    use crate::support::assert_same;
+
+    // The lease (90 s) lapses and the reaper (every 10 s) fails the job within 2 minutes.
+    const LEASE_LIMIT: Duration = Duration::from_secs(130);
+    let mut w = RealWorld::start();
+    let policy = serde_json::json!({
+        "name": "p1", "schedule": "yearly", "credential": "vc1", "vms": ["vm1"],
+        "retry": {"count": 1, "delay_seconds": 0}
+    });
+    w.hub.rest(|h| async move {
+        h.request(reqwest::Method::POST, "/api/v1/policies", Some(&policy))
+            .await
+            .unwrap()
+    });
+    let run = w.call(reqwest::Method::POST, "/api/v1/policies/p1/run");
+    let first = run["job_ids"][0].as_str().unwrap().to_owned();
+    w.hold_mid_transfer();
+
+    w.agent.take().expect("the agent runs").signal("KILL");
+    let failed = w.wait_jobs(std::slice::from_ref(&first), LEASE_LIMIT, |jobs| {
+        jobs[0]["status"] == "failed"
+    });
+    w.sim.hold_reads(false);
+    let jobs = w.call(reqwest::Method::GET, "/api/v1/jobs?vm_name=vm1&kind=backup");
+    let retry = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] != first.as_str())
+        .expect("the policy queued a retry")["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    w.restart_agent();
+    let done = w.wait_jobs(std::slice::from_ref(&retry), DEADLINE, |jobs| {
+        jobs[0]["status"] != "queued" && jobs[0]["status"] != "running"
+    });
+    let code = w.stop_agent();
+
+    let error = failed[0]["error"].as_str().unwrap_or("");
+    assert!(error.contains("agent lost"), "{error}");
+    assert_eq!(
+        (&done[0]["status"], &done[0]["attempt"]),
+        (&serde_json::json!("completed"), &serde_json::json!(2)),
+        "{done:?}"
+    );
+    let backup_id = done[0]["backup_id"].as_str().unwrap();
+    assert_same(
+        &w.hub.image("vm1", 2000, backup_id),
+        "qcow2",
+        &w.sim.disk_file(&w.vm, 2000).unwrap(),
+        "raw",
+    );
+    let mut backups = w.backup_statuses();
+    backups.sort();
+    assert_eq!(backups, ["completed", "failed"]);
+    assert!(
+        w.sim.snapshot_names(&w.vm).is_empty(),
+        "the retry removed the killed run's snapshot"
+    );
+    assert_eq!(code, Some(0));
+}
+
+impl RealWorld {
+    /// Starts `agent run` again on the same state folder (after the first was killed).
+    fn restart_agent(&mut self) {
+        let state = self._dir.path().join("agent");
+        let mut child = client()
+            .args(["--log-format", "json", "agent", "run"])
+            .args(["--state-dir", s(&state), "--slots", "2"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.log = crate::support::log_lines(child.stderr.take().unwrap());
+        self.agent = Some(Proc(child));
+    }
+}
