@@ -151,6 +151,7 @@ async fn run_in(root: &Path, size: u64) -> Result<String, QuickstartError> {
         disconnect_grace: Duration::from_secs(20),
         nbd_client_certs: daemon::ClientCerts::Required,
         webhook: None,
+        max_running_jobs: None,
     })
     .await?;
     let outcome = with_hub(root, size, hub.api_addr.port()).await;

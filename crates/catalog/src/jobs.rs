@@ -28,8 +28,8 @@
 //! time independent of where they differ.
 
 use redb::{
-    Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
-    TableDefinition, WriteTransaction,
+    Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
 };
 use sendense_types::api::BackupType;
 use sendense_types::{
@@ -461,7 +461,9 @@ impl Catalog {
     }
 
     /// Hands out the agent's oldest queued job due at `now`: in one transaction it becomes
-    /// `running`, started at `now`, with its lease ending at `lease_until`.
+    /// `running`, started at `now`, with its lease ending at `lease_until`. With `max_held`,
+    /// nothing is handed out while that many jobs (of any agent) hold a lease: the hub-wide cap
+    /// on jobs running at once, checked in the same transaction.
     ///
     /// # Errors
     /// Storage or corruption errors.
@@ -470,9 +472,19 @@ impl Catalog {
         agent: &AgentName,
         now: Timestamp,
         lease_until: Timestamp,
+        max_held: Option<u32>,
     ) -> Result<Claim> {
         self.write_jobs(|t| {
             let mut next_due: Option<Timestamp> = None;
+            if let Some(max) = max_held
+                && t.leases.len()? >= u64::from(max)
+            {
+                // The hub-wide cap: as many jobs as it allows are held already.
+                return Ok(Claim {
+                    job: None,
+                    next_due: None,
+                });
+            }
             let mut found = None;
             for entry in t
                 .queue
@@ -877,15 +889,44 @@ mod tests {
         catalog.create_job(later).unwrap();
         let due = catalog.create_job(backup_job("vm2")).unwrap();
 
-        let claim = catalog.claim_job(&agent_name(), at(10), at(100)).unwrap();
+        let claim = catalog
+            .claim_job(&agent_name(), at(10), at(100), None)
+            .unwrap();
 
         let job = claim.job.unwrap();
         assert_eq!(
             (job.job_id, job.status, job.lease_until, claim.next_due),
             (due.job_id, JobStatus::Running, Some(at(100)), Some(at(50)))
         );
-        let again = catalog.claim_job(&agent_name(), at(10), at(100)).unwrap();
+        let again = catalog
+            .claim_job(&agent_name(), at(10), at(100), None)
+            .unwrap();
         assert_eq!((again.job, again.next_due), (None, Some(at(50))));
+    }
+
+    #[test]
+    fn claim_job_holds_back_while_the_hub_wide_cap_is_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog_with_agent(dir.path());
+        catalog.create_job(backup_job("vm1")).unwrap();
+        catalog.create_job(backup_job("vm2")).unwrap();
+        let first = catalog
+            .claim_job(&agent_name(), at(2), at(90), Some(1))
+            .unwrap();
+
+        let capped = catalog
+            .claim_job(&agent_name(), at(2), at(90), Some(1))
+            .unwrap();
+        let uncapped = catalog
+            .claim_job(&agent_name(), at(2), at(90), Some(2))
+            .unwrap();
+
+        assert!(first.job.is_some());
+        assert!(capped.job.is_none());
+        assert_eq!(
+            uncapped.job.map(|j| j.vm_name.map(String::from)),
+            Some(Some("vm2".to_owned()))
+        );
     }
 
     #[test]
@@ -894,7 +935,7 @@ mod tests {
         let catalog = catalog_with_agent(dir.path());
         catalog.create_job(backup_job("vm1")).unwrap();
         let job = catalog
-            .claim_job(&agent_name(), at(2), at(90))
+            .claim_job(&agent_name(), at(2), at(90), None)
             .unwrap()
             .job
             .unwrap();
@@ -1001,7 +1042,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let catalog = catalog_with_agent(dir.path());
         catalog.create_job(backup_job("vm1")).unwrap();
-        catalog.claim_job(&agent_name(), at(2), at(90)).unwrap();
+        catalog
+            .claim_job(&agent_name(), at(2), at(90), None)
+            .unwrap();
 
         let renewed = catalog.renew_all_leases(at(500)).unwrap();
 

@@ -146,6 +146,11 @@ pub struct ServeOptions {
     /// system's bundle, /etc/ssl/certs/ca-certificates.crt].
     #[arg(long, value_name = "FILE")]
     pub webhook_ca_file: Option<PathBuf>,
+    /// Most jobs running at once across all agents: a job waits queued while
+    /// this many run (each agent's --slots and each policy's max_parallel
+    /// limit them too) [default: no hub-wide limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_running_jobs: Option<u32>,
     /// Log line format: a key of the config file only (on the command line it
     /// is the global --log-format, which wins).
     #[arg(skip)]
@@ -252,6 +257,7 @@ impl ServeOptions {
             webhook_secret_file: self.webhook_secret_file.or(fallback.webhook_secret_file),
             webhook_on_success: self.webhook_on_success.or(fallback.webhook_on_success),
             webhook_ca_file: self.webhook_ca_file.or(fallback.webhook_ca_file),
+            max_running_jobs: self.max_running_jobs.or(fallback.max_running_jobs),
             log_format: self.log_format.or(fallback.log_format),
         }
     }
@@ -278,6 +284,7 @@ impl ServeOptions {
                 NbdClientCerts::Optional => ClientCerts::Optional,
             },
             webhook,
+            max_running_jobs: self.max_running_jobs,
         })
     }
 

@@ -74,6 +74,8 @@ pub struct HubConfig {
     pub nbd_client_certs: ClientCerts,
     /// Where job notifications go; `None`: nowhere.
     pub webhook: Option<WebhookConfig>,
+    /// Most jobs running at once across all agents; `None`: only agents' slots limit them.
+    pub max_running_jobs: Option<u32>,
 }
 
 /// A started hub: its addresses, and the handle that stops it.
@@ -254,11 +256,14 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     }
 
     let agents = Arc::new(Agents::new(Arc::clone(&catalog), tls_dir));
-    let jobs = Arc::new(Jobs::new(
-        Arc::clone(&catalog),
-        Arc::clone(&engine),
-        Arc::clone(&credentials),
-    ));
+    let jobs = Arc::new(
+        Jobs::new(
+            Arc::clone(&catalog),
+            Arc::clone(&engine),
+            Arc::clone(&credentials),
+        )
+        .with_max_running(config.max_running_jobs),
+    );
     // Agents that keep heartbeating across the restart keep their jobs; the reaper fails the
     // others once this lease lapses.
     let renewed = jobs.renew_leases(sendense_types::Timestamp::now())?;

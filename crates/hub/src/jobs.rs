@@ -83,6 +83,7 @@ pub struct Jobs {
     wakers: Mutex<HashMap<AgentName, Arc<Notify>>>,
     finished: broadcast::Sender<Job>,
     closing: watch::Sender<bool>,
+    max_running: Option<u32>,
 }
 
 impl Jobs {
@@ -97,7 +98,16 @@ impl Jobs {
             wakers: Mutex::new(HashMap::new()),
             finished: broadcast::channel(FINISHED_BACKLOG).0,
             closing: watch::channel(false).0,
+            max_running: None,
         }
+    }
+
+    /// The same queue handing out no job while `max` jobs hold a lease hub-wide (`None`: only
+    /// each agent's slots limit how many run).
+    #[must_use]
+    pub fn with_max_running(mut self, max: Option<u32>) -> Self {
+        self.max_running = max;
+        self
     }
 
     /// Ends every long poll now (each answers "no job") and every later one at once: the hub
@@ -271,7 +281,9 @@ impl Jobs {
                     move |jobs| {
                         jobs.catalog
                             .touch_agent(&agent, now, version.as_deref(), slots)?;
-                        Ok(jobs.catalog.claim_job(&agent, now, lease_end(now))?)
+                        Ok(jobs
+                            .catalog
+                            .claim_job(&agent, now, lease_end(now), jobs.max_running)?)
                     }
                 })
                 .await?;
@@ -401,6 +413,7 @@ impl Jobs {
             }
             let _ = self.finished.send(after.to_api());
         }
+        self.wake_all();
         Ok(after.to_api())
     }
 
@@ -467,6 +480,9 @@ impl Jobs {
             if *was == JobStatus::Running {
                 let _ = self.finished.send(record.to_api());
             }
+        }
+        if !lapsed.is_empty() {
+            self.wake_all();
         }
         Ok(lapsed.len())
     }
@@ -595,6 +611,16 @@ impl Jobs {
         self.catalog
             .job(id)?
             .ok_or_else(|| HubError::Catalog(CatalogError::JobNotFound { job_id: id.clone() }))
+    }
+
+    /// With a hub-wide cap, a job's end frees a place any agent may take: wake every long poll.
+    fn wake_all(&self) {
+        if self.max_running.is_some() {
+            let wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+            for waker in wakers.values() {
+                waker.notify_waiters();
+            }
+        }
     }
 
     fn waker(&self, agent: &AgentName) -> Arc<Notify> {

@@ -53,6 +53,7 @@ impl World {
             disconnect_grace: Duration::from_secs(20),
             nbd_client_certs: ClientCerts::Required,
             webhook: None,
+            max_running_jobs: None,
         })
         .await
         .unwrap();

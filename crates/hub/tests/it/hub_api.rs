@@ -47,14 +47,21 @@ impl Hub {
         idle: Duration,
         disconnect_grace: Duration,
     ) -> Self {
-        Self::start_configured(data, idle, disconnect_grace, None).await
+        Self::start_configured(data, idle, disconnect_grace, None, None).await
+    }
+
+    /// A hub running at most `max` jobs at once across its agents.
+    pub(crate) async fn start_with_max_running(max: u32) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let idle = Duration::from_secs(600);
+        Self::start_configured(data, idle, idle, None, Some(max)).await
     }
 
     /// A hub notifying `webhook`.
     pub(crate) async fn start_with_webhook(webhook: sendense_hub::notify::WebhookConfig) -> Self {
         let data = tempfile::tempdir().unwrap();
         let idle = Duration::from_secs(600);
-        Self::start_configured(data, idle, idle, Some(webhook)).await
+        Self::start_configured(data, idle, idle, Some(webhook), None).await
     }
 
     async fn start_configured(
@@ -62,6 +69,7 @@ impl Hub {
         idle: Duration,
         disconnect_grace: Duration,
         webhook: Option<sendense_hub::notify::WebhookConfig>,
+        max_running_jobs: Option<u32>,
     ) -> Self {
         let config = HubConfig {
             data_dir: data.path().to_path_buf(),
@@ -72,6 +80,7 @@ impl Hub {
             disconnect_grace,
             nbd_client_certs: ClientCerts::Required,
             webhook,
+            max_running_jobs,
         };
         let running = daemon::start(config).await.unwrap();
         let api_tls =

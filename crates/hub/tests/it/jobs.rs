@@ -1086,3 +1086,42 @@ async fn failed_job_notifies_the_webhook_with_the_job_signed() {
     hub.stop().await;
     assert!(rx.try_recv().is_err(), "the completed job was not notified");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_wide_cap_holds_jobs_back_until_a_running_one_ends() {
+    let hub = Hub::start_with_max_running(1).await;
+    let a1 = enroll(&hub, "a1").await;
+    let a2 = enroll(&hub, "a2").await;
+    for (credential, agent) in [("vc1", "a1"), ("vc2", "a2")] {
+        let (status, body) = put_credential(&hub, credential, Some(agent)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let first = running_job(&hub, &a1, "vm-1").await;
+    let second = queue_backup(&hub, "vm-2", json!({"credential": "vc2"})).await;
+
+    let (capped, _) = poll(&hub, &a2, 0).await;
+    let waiting = spawn_poll(&hub, &a2, 30);
+    let (finished, _) = as_agent(
+        &hub,
+        &a1,
+        &format!("/api/v1/jobs/{first}/finish"),
+        json!({"status": "completed"}),
+    )
+    .await;
+    let (status, handed) = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the long poll gets the job once the running one ends")
+        .unwrap();
+
+    assert_eq!(
+        capped,
+        StatusCode::NO_CONTENT,
+        "the cap holds the second job back"
+    );
+    assert_eq!(finished, StatusCode::OK);
+    assert_eq!(
+        (status, &handed["job_id"]),
+        (StatusCode::OK, &json!(second))
+    );
+    hub.stop().await;
+}

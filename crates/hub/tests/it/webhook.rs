@@ -43,6 +43,7 @@ async fn running_hub_notifies_its_webhook_and_drains_the_queue_when_stopping() {
         disconnect_grace: Duration::from_secs(600),
         nbd_client_certs: ClientCerts::Required,
         webhook: Some(WebhookConfig::new(&url, secret.clone(), true).unwrap()),
+        max_running_jobs: None,
     })
     .await
     .unwrap();
