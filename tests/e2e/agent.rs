@@ -285,21 +285,12 @@ impl RealWorld {
             .args(["--state-dir", s(&state)])
             .output()
             .unwrap());
-        let mut child = client()
-            .args(["--log-format", "json", "agent", "run"])
-            .args(["--state-dir", s(&state), "--slots", "2"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = crate::support::log_lines(child.stderr.take().unwrap());
+        let (agent, log) = spawn_agent(&state);
         Self {
             sim,
             vm,
             hub,
-            agent: Some(Proc(child)),
+            agent: Some(agent),
             log,
             _dir: dir,
         }
@@ -613,17 +604,24 @@ fn agent_killed_mid_job_job_failed_by_lease_retried_by_policy_completes_after_re
 impl RealWorld {
     /// Starts `agent run` again on the same state folder (after the first was killed).
     fn restart_agent(&mut self) {
-        let state = self._dir.path().join("agent");
-        let mut child = client()
-            .args(["--log-format", "json", "agent", "run"])
-            .args(["--state-dir", s(&state), "--slots", "2"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        self.log = crate::support::log_lines(child.stderr.take().unwrap());
-        self.agent = Some(Proc(child));
+        let (agent, log) = spawn_agent(&self._dir.path().join("agent"));
+        self.agent = Some(agent);
+        self.log = log;
     }
+}
+
+/// `sendense-client agent run` on the enrolled `state` folder with 2 slots (JSON logs): the
+/// process and its parsed log lines.
+fn spawn_agent(state: &Path) -> (Proc, std::sync::mpsc::Receiver<serde_json::Value>) {
+    let mut child = client()
+        .args(["--log-format", "json", "agent", "run"])
+        .args(["--state-dir", s(state), "--slots", "2"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = crate::support::log_lines(child.stderr.take().unwrap());
+    (Proc(child), log)
 }
