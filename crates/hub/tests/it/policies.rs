@@ -55,15 +55,23 @@ async fn policy_jobs(hub: &Hub, policy: &str) -> Vec<Job> {
         .collect()
 }
 
-/// Polls the job list until `done` holds (the scheduler reacts to ended jobs in its own task).
+/// Reads the job list until `done` holds, within 20 s. The scheduler reacts to ended jobs in
+/// its own task, so the list is read again at each job's end and, since the scheduler's
+/// reaction comes just after that end, at least every 50 ms.
 async fn wait_for_jobs(hub: &Hub, policy: &str, done: impl Fn(&[Job]) -> bool) -> Vec<Job> {
+    let mut ended = hub
+        .running
+        .as_ref()
+        .expect("the hub runs")
+        .jobs
+        .subscribe_finished();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let jobs = policy_jobs(hub, policy).await;
         if done(&jobs) || tokio::time::Instant::now() > deadline {
             return jobs;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(50), ended.recv()).await;
     }
 }
 
