@@ -316,10 +316,10 @@ impl RealWorld {
             .rest(|h| async move { h.request(method, &path, None).await.unwrap() })
     }
 
-    /// Holds the simulator's datastore reads and waits (bounded) until the agent's transfer
-    /// waits on one: the job is mid-transfer, its snapshot exists.
+    /// Waits (bounded) until the agent's transfer waits on a held datastore read: the job is
+    /// mid-transfer, its snapshot exists. Reads must be held ([`Simulator::hold_reads`])
+    /// before the job is queued, or a fast agent may read every block first.
     fn hold_mid_transfer(&self) {
-        self.sim.hold_reads(true);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -377,6 +377,7 @@ fn agent_runs_backup_queued_at_the_hub_job_completed_images_match() {
 #[test]
 fn agent_sigterm_mid_transfer_fails_job_and_backup_leaves_no_snapshot_exits_0() {
     let mut w = RealWorld::start();
+    w.sim.hold_reads(true);
     let job_id = w.queue_backup();
     w.hold_mid_transfer();
 
@@ -402,6 +403,7 @@ fn agent_job_cancelled_at_the_hub_mid_transfer_stops_cleanly() {
     use crate::support::wait_message;
 
     let mut w = RealWorld::start();
+    w.sim.hold_reads(true);
     let job_id = w.queue_backup();
     w.hold_mid_transfer();
 
@@ -552,6 +554,7 @@ fn agent_killed_mid_job_job_failed_by_lease_retried_by_policy_completes_after_re
             .await
             .unwrap()
     });
+    w.sim.hold_reads(true);
     let run = w.call(reqwest::Method::POST, "/api/v1/policies/p1/run");
     let first = run["job_ids"][0].as_str().unwrap().to_owned();
     w.hold_mid_transfer();
