@@ -8,7 +8,7 @@ use std::fmt;
 
 use sendense_types::{
     AgentName, Backup, BackupDisk, BackupId, BackupStatus, BackupType, ChangeId, Credential,
-    CredentialName, DiskKey, Timestamp, VcenterTrust, Vm, VmName, image_path,
+    CredentialName, DiskKey, Timestamp, VcenterTrust, Verification, Vm, VmName, image_path,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,10 @@ pub struct DiskRecord {
     pub change_id: Option<ChangeId>,
     /// Bytes written into the image so far.
     pub bytes_written: u64,
+    /// Whether the digests of the bytes read at the source were stored beside the image
+    /// ([`sendense_types::digest_path`]); set on completion.
+    #[serde(default)]
+    pub digests: bool,
 }
 
 /// A backup as stored: everything the API's [`Backup`] needs except the live export names,
@@ -59,6 +63,12 @@ pub struct BackupRecord {
     /// of a new incremental.
     #[serde(default)]
     pub files_missing: bool,
+    /// Never removed by a prune while set.
+    #[serde(default)]
+    pub protected: bool,
+    /// The latest verification of this point.
+    #[serde(default)]
+    pub verification: Verification,
     /// Its disks, ordered by key.
     pub disks: Vec<DiskRecord>,
 }
@@ -89,6 +99,7 @@ impl BackupRecord {
                     .and_then(|d| d.change_id.clone()),
                 change_id: None,
                 bytes_written: 0,
+                digests: false,
             })
             .collect();
         Self {
@@ -106,6 +117,8 @@ impl BackupRecord {
             failure_reason: None,
             full_reason: None,
             files_missing: false,
+            protected: false,
+            verification: Verification::default(),
             disks,
             backup_id,
         }
@@ -132,6 +145,8 @@ impl BackupRecord {
             failure_reason: self.failure_reason.clone(),
             full_reason: self.full_reason.clone(),
             files_missing: self.files_missing,
+            protected: self.protected,
+            verification: self.verification.clone(),
             disks: self
                 .disks
                 .iter()
@@ -262,6 +277,7 @@ mod tests {
                 file,
                 parent_change_id: parent,
                 change_id: change,
+                digests: bytes % 2 == 0,
                 bytes_written: bytes,
             })
     }
@@ -311,6 +327,8 @@ mod tests {
                         full_reason: ends.2.clone(),
                         failure_reason: ends.2,
                         files_missing: incremental,
+                        protected: !incremental,
+                        verification: Verification::default(),
                         disks,
                         vm_name,
                     }

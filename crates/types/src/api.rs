@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TypesError;
 use crate::names::{AgentName, BackupId, ChangeId, CredentialName, DiskKey, ExportName, VmName};
+use crate::retention::Verification;
 use crate::timestamp::Timestamp;
 
 /// Largest disk capacity accepted: 64 TiB, VMware's limit for a virtual disk.
@@ -756,6 +757,12 @@ pub struct Backup {
     /// never the parent of a new incremental.
     #[serde(default)]
     pub files_missing: bool,
+    /// Never removed by a prune while set (`PUT /api/v1/backups/{id}`).
+    #[serde(default)]
+    pub protected: bool,
+    /// The latest verification of this point.
+    #[serde(default)]
+    pub verification: Verification,
     /// Its disks, ordered by key.
     pub disks: Vec<BackupDisk>,
 }

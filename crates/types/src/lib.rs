@@ -11,12 +11,14 @@
 //! - [`jobs`]: agents, jobs and policies (the hub drives, agents connect out).
 //! - [`api`]: requests (validated while deserialized, unknown fields refused), responses and the
 //!   client's `--json` summary.
+//! - [`retention`]: protected points, prune, verification state.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod error;
 pub mod jobs;
 pub mod names;
+pub mod retention;
 pub mod timestamp;
 
 pub use api::{
@@ -35,6 +37,9 @@ pub use jobs::{
 };
 pub use names::{
     AgentName, BackupId, ChangeId, CredentialName, DiskKey, ExportName, JobId, PolicyName, VmName,
-    image_path,
+    digest_path, image_path,
+};
+pub use retention::{
+    BadRange, PruneAnswer, PruneRequest, UpdateBackupRequest, Verification, VerificationState,
 };
 pub use timestamp::{CivilTime, Timestamp};

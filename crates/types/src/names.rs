@@ -406,6 +406,13 @@ pub fn image_path(vm: &VmName, disk_key: DiskKey, backup_id: &BackupId) -> Strin
     format!("{vm}/disk-{disk_key}/{backup_id}.qcow2")
 }
 
+/// The path of a disk's digests relative to `DATA/repository`, beside its image:
+/// `<vm>/disk-<key>/<backup_id>.digests`.
+#[must_use]
+pub fn digest_path(vm: &VmName, disk_key: DiskKey, backup_id: &BackupId) -> String {
+    format!("{vm}/disk-{disk_key}/{backup_id}.digests")
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -209,6 +209,8 @@ fn route(
                 failure_reason: None,
                 full_reason: None,
                 files_missing: false,
+                protected: false,
+                verification: sendense_types::Verification::default(),
                 disks,
             };
             st.backup = Some(backup.clone());

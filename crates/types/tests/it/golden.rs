@@ -18,6 +18,8 @@ fn backup() -> Backup {
         failure_reason: None,
         full_reason: None,
         files_missing: false,
+        protected: false,
+        verification: sendense_types::Verification::default(),
         disks: vec![BackupDisk {
             disk_key: DiskKey(2000),
             capacity_bytes: 1 << 30,
@@ -43,6 +45,8 @@ fn backup_json() -> Value {
         "failure_reason": null,
         "full_reason": null,
         "files_missing": false,
+        "protected": false,
+        "verification": {"state": "unverified", "at": null, "bad_ranges": []},
         "disks": [{
             "disk_key": 2000,
             "capacity_bytes": 1_073_741_824_u64,

@@ -102,6 +102,8 @@ fn backup() -> impl Strategy<Value = Backup> {
                 failure_reason: reason.clone(),
                 full_reason: reason,
                 files_missing: st == BackupStatus::Completed,
+                protected: st == BackupStatus::Failed,
+                verification: sendense_types::Verification::default(),
                 disks,
             },
         )
