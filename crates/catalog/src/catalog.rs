@@ -50,7 +50,7 @@ use redb::{
 use sendense_types::api::MAX_REASON_LEN;
 use sendense_types::{
     BackupId, BackupQuery, BackupStatus, BackupType, CredentialName, CredentialRequest,
-    RegisterVmRequest, Timestamp, Vm, VmName,
+    RegisterVmRequest, Timestamp, Verification, Vm, VmName,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -516,6 +516,31 @@ impl Catalog {
             expect_status(&stored.record, &[BackupStatus::Completed], "completed")?;
             stored.record.files_missing = true;
             Ok(())
+        })
+    }
+
+    /// Records verification outcomes, all in one transaction: each named completed backup gets
+    /// its `verification` replaced. Answers the updated records.
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] unless completed.
+    pub fn set_verifications(
+        &self,
+        outcomes: &[(BackupId, Verification)],
+    ) -> Result<Vec<BackupRecord>> {
+        self.write(Durability::Immediate, |t| {
+            let mut out = Vec::with_capacity(outcomes.len());
+            for (id, verification) in outcomes {
+                let mut stored =
+                    load_backup(&t.backups, id)?.ok_or_else(|| CatalogError::BackupNotFound {
+                        backup_id: id.clone(),
+                    })?;
+                expect_status(&stored.record, &[BackupStatus::Completed], "completed")?;
+                stored.record.verification = verification.clone();
+                t.backups.insert(id.as_str(), encode(&stored).as_slice())?;
+                out.push(stored.record);
+            }
+            Ok(out)
         })
     }
 

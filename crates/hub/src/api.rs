@@ -164,6 +164,13 @@ impl From<HubError> for ApiFailure {
             ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, error_codes::UNAUTHORIZED),
             ErrorKind::Forbidden => (StatusCode::FORBIDDEN, error_codes::FORBIDDEN),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, error_codes::UNAVAILABLE),
+            ErrorKind::InsufficientStorage => {
+                tracing::warn!(error = %message, "refused: repository space");
+                (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    error_codes::INSUFFICIENT_STORAGE,
+                )
+            }
             ErrorKind::Upstream => {
                 tracing::warn!(error = %message, "vCenter session for a client refused");
                 (StatusCode::BAD_GATEWAY, error_codes::BAD_GATEWAY)

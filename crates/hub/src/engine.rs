@@ -49,12 +49,13 @@ use sendense_types::api::BackupSnapshot;
 use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, BackupType, Chain, CompleteBackupRequest, DiskKey,
     ExportName, RegisterVmRequest, RepositoryInfo, RestoreDisk, RestoreExports, StartBackupRequest,
-    Timestamp, Vm, VmName, VmUsage,
+    Timestamp, VerificationState, Vm, VmName, VmUsage,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::HubError;
+use crate::verify::Verifier;
 use sendense_image::export::Qcow2Export;
 
 /// Folder of the repository inside the data folder.
@@ -374,6 +375,12 @@ impl Engine {
             });
         }
         for record in chain {
+            if record.verification.state == VerificationState::Failed {
+                return Some(HubError::ChainFailedVerification {
+                    vm: vm.name.clone(),
+                    backup_id: record.backup_id.clone(),
+                });
+            }
             for d in &record.disks {
                 if !vm.disks.iter().any(|spec| spec.key == d.disk_key) {
                     continue;
@@ -1062,6 +1069,12 @@ impl Engine {
             known.extend(files);
         }
         Ok(known)
+    }
+
+    /// A verifier of this engine's repository ([`Verifier::verify`]).
+    #[must_use]
+    pub fn verifier(&self) -> Verifier {
+        Verifier::new(Arc::clone(&self.catalog), self.repository.clone())
     }
 
     // ------------------------------------------------------------ lifecycle

@@ -187,6 +187,65 @@ pub enum HubError {
         /// How long the hub waited.
         seconds: u64,
     },
+    /// A layer a point reads has no digests: it cannot be verified.
+    #[error(
+        "Backup {backup_id} has no digests for disk {disk_key} (its client did not send them): it cannot be verified; a new full made by this version's client can"
+    )]
+    NoDigests {
+        /// The backup whose layer has none.
+        backup_id: BackupId,
+        /// The disk.
+        disk_key: DiskKey,
+    },
+    /// A digests file of the repository is damaged.
+    #[error("Digests file {path} is damaged")]
+    Digests {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: sendense_digest::DigestError,
+    },
+    /// A point's digests describe a disk of another size than its image.
+    #[error("Image {path} holds {image} bytes but its digests describe {digests}")]
+    DigestSize {
+        /// The image.
+        path: PathBuf,
+        /// The size the digests describe.
+        digests: u64,
+        /// The image's size.
+        image: u64,
+    },
+    /// An image's chain names a file the hub did not write (not `<backup_id>.qcow2`, or raw).
+    #[error("{path} is not a restore point image of this repository")]
+    NotOurChain {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A point of the VM's chain failed verification: an incremental would build on bad data.
+    #[error(
+        "VM {vm}: backup {backup_id} of its chain failed verification: take a full (or use auto)"
+    )]
+    ChainFailedVerification {
+        /// The VM.
+        vm: VmName,
+        /// The failed point.
+        backup_id: BackupId,
+    },
+    /// The repository's file system cannot hold what a backup is estimated to need.
+    #[error(
+        "VM {vm}: the repository has {free} bytes free but this backup is estimated to need {needed} (plus {reserve} kept free): free space (prune old points: POST /api/v1/vms/{{name}}/prune) or grow the file system"
+    )]
+    SpaceShort {
+        /// The VM.
+        vm: VmName,
+        /// Bytes estimated.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+        /// Bytes the hub keeps free.
+        reserve: u64,
+    },
     /// The hub is shutting down and starts nothing new.
     #[error("The hub is shutting down")]
     ShuttingDown,
@@ -496,6 +555,8 @@ pub enum ErrorKind {
     Unavailable,
     /// 502: a system the hub talks to on the caller's behalf (vCenter) refused or failed.
     Upstream,
+    /// 507: the repository's file system cannot hold what the request needs.
+    InsufficientStorage,
     /// 500: the hub failed.
     Internal,
 }
@@ -525,7 +586,10 @@ impl HubError {
             | Self::BaseMismatch { .. }
             | Self::Busy { .. }
             | Self::StartCancelled { .. }
-            | Self::DrainTimeout { .. } => ErrorKind::Conflict,
+            | Self::DrainTimeout { .. }
+            | Self::NoDigests { .. }
+            | Self::ChainFailedVerification { .. } => ErrorKind::Conflict,
+            Self::SpaceShort { .. } => ErrorKind::InsufficientStorage,
             Self::ShuttingDown => ErrorKind::Unavailable,
             Self::NotYourJob { .. }
             | Self::OtherAgent { .. }

@@ -19,6 +19,7 @@ pub mod policies;
 pub mod scheduler;
 pub mod tls;
 pub mod token;
+pub mod verify;
 
 pub use daemon::{HubConfig, Listeners, RunningHub, run, start};
 pub use error::HubError;

@@ -58,6 +58,8 @@ pub mod error_codes {
     pub const BAD_GATEWAY: &str = "bad_gateway";
     /// The hub is shutting down (HTTP 503).
     pub const UNAVAILABLE: &str = "unavailable";
+    /// The repository's file system cannot hold what the request needs (HTTP 507).
+    pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
 }
 
 /// The kind of backup asked for. The hub resolves `auto` into `full` or `incremental`; a stored
