@@ -15,3 +15,5 @@ mod policies;
 mod support;
 #[cfg(test)]
 mod webhook;
+#[cfg(test)]
+mod verify;
