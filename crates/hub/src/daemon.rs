@@ -51,6 +51,8 @@ const NBD_DRAIN: Duration = Duration::from_secs(5);
 /// How long queued webhook notifications may take to go out (alongside [`NBD_DRAIN`]).
 const WEBHOOK_DRAIN: Duration = Duration::from_secs(4);
 
+pub use crate::engine::{DEFAULT_FREE_SPACE_WARNING_PERCENT, RepositoryConfig};
+
 /// How the daemon is set up.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -76,6 +78,8 @@ pub struct HubConfig {
     pub webhook: Option<WebhookConfig>,
     /// Most jobs running at once across all agents; `None`: only agents' slots limit them.
     pub max_running_jobs: Option<u32>,
+    /// Repository space and re-verification.
+    pub repository: RepositoryConfig,
 }
 
 /// A started hub: its addresses, and the handle that stops it.
@@ -237,12 +241,15 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     let api_listener = api;
 
     let nbd_base = format!("nbds://{}:{}", uri_host(&host), nbd_addr.port());
-    let engine = Arc::new(Engine::new(
-        Arc::clone(&catalog),
-        data.join(REPOSITORY_DIR),
-        Arc::clone(&registry),
-        nbd_base,
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            Arc::clone(&catalog),
+            data.join(REPOSITORY_DIR),
+            Arc::clone(&registry),
+            nbd_base,
+        )
+        .with_repository_config(config.repository),
+    );
     let report = engine.reconcile()?;
     if report != Reconciliation::default() {
         tracing::warn!(

@@ -159,6 +159,29 @@ enum Claim {
     NotLive,
 }
 
+/// Repository health settings (DESIGN.md "Verification").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepositoryConfig {
+    /// Warn (log, `GET /api/v1/repository`'s `low_space_warning`) when the repository's file
+    /// system has less than this percentage of its capacity free.
+    pub free_space_warning_percent: u8,
+    /// Re-verify completed points whose last verification (or completion, if never verified)
+    /// is older than this many days; `None`: never on a schedule.
+    pub reverify_days: Option<u32>,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        Self {
+            free_space_warning_percent: DEFAULT_FREE_SPACE_WARNING_PERCENT,
+            reverify_days: None,
+        }
+    }
+}
+
+/// Default of [`RepositoryConfig::free_space_warning_percent`].
+pub const DEFAULT_FREE_SPACE_WARNING_PERCENT: u8 = 10;
+
 /// The backup engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -167,6 +190,7 @@ pub struct Engine {
     registry: Arc<ExportRegistry>,
     nbd_base: String,
     live: Mutex<Live>,
+    space: RepositoryConfig,
 }
 
 impl Engine {
@@ -184,7 +208,21 @@ impl Engine {
             registry,
             nbd_base,
             live: Mutex::new(Live::default()),
+            space: RepositoryConfig::default(),
         }
+    }
+
+    /// This engine with repository settings other than the defaults.
+    #[must_use]
+    pub fn with_repository_config(mut self, config: RepositoryConfig) -> Self {
+        self.space = config;
+        self
+    }
+
+    /// The repository settings.
+    #[must_use]
+    pub fn repository_config(&self) -> RepositoryConfig {
+        self.space
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -240,6 +278,7 @@ impl Engine {
         }
         let vm = self.vm(&req.vm_name)?;
         let (parent, full_reason) = self.choose_parent(&vm, req)?;
+        self.check_space(&vm, parent.is_some())?;
         let now = Timestamp::now();
         let mut record = BackupRecord::new(
             BackupId::new(&vm.name, now),
@@ -301,6 +340,85 @@ impl Engine {
                 );
                 self.fail_in_catalog(&id, &reason);
                 Err(e)
+            }
+        }
+    }
+
+    /// Refuses a backup the repository's file system cannot hold: the estimate is, per disk,
+    /// the largest of the VM's last three images of the same kind (full or incremental), or
+    /// for a first one the disk's capacity (a full) or a tenth of it (an incremental).
+    fn check_space(&self, vm: &Vm, incremental: bool) -> Result<(), HubError> {
+        let needed = self.estimate(vm, incremental)?;
+        let free = self.free_bytes()?;
+        if needed > free {
+            return Err(HubError::SpaceShort {
+                vm: vm.name.clone(),
+                needed,
+                free,
+                reserve: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes a new backup of `vm` is estimated to need (see [`Engine::check_space`]).
+    fn estimate(&self, vm: &Vm, incremental: bool) -> Result<u64, HubError> {
+        let query = BackupQuery {
+            vm_name: Some(vm.name.clone()),
+            status: Some(BackupStatus::Completed),
+        };
+        let kind = if incremental {
+            BackupType::Incremental
+        } else {
+            BackupType::Full
+        };
+        let mut records = self.catalog.backups(&query)?;
+        records.retain(|r| r.backup_type == kind && !r.files_missing);
+        records.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+        let mut needed = 0u64;
+        for spec in &vm.disks {
+            let seen = records
+                .iter()
+                .take(3)
+                .filter_map(|r| r.disk(spec.key))
+                .filter_map(|d| std::fs::metadata(self.repository.join(&d.file)).ok())
+                .map(|m| m.blocks().saturating_mul(512))
+                .max();
+            let first = if incremental {
+                spec.capacity_bytes / 10
+            } else {
+                spec.capacity_bytes
+            };
+            needed = needed.saturating_add(seen.unwrap_or(first));
+        }
+        Ok(needed)
+    }
+
+    /// Bytes available to the hub on the repository's file system.
+    fn free_bytes(&self) -> Result<u64, HubError> {
+        let fs = rustix::fs::statvfs(&self.repository)
+            .map_err(|e| HubError::io(&self.repository, e.into()))?;
+        Ok(fs.f_bavail.saturating_mul(fs.f_frsize))
+    }
+
+    /// The warning to give when free space is below the configured share of the capacity.
+    fn low_space_warning(&self, capacity: u64, free: u64) -> Option<String> {
+        let threshold = capacity / 100 * u64::from(self.space.free_space_warning_percent);
+        (free < threshold).then(|| {
+            format!(
+                "the repository's file system has {free} of {capacity} bytes free, below the {}% warning threshold: prune old points (POST /api/v1/vms/{{name}}/prune) or grow it",
+                self.space.free_space_warning_percent
+            )
+        })
+    }
+
+    /// Logs a warning when free space is below the threshold.
+    fn warn_if_low_on_space(&self) {
+        if let Ok(fs) = rustix::fs::statvfs(&self.repository) {
+            let capacity = fs.f_blocks.saturating_mul(fs.f_frsize);
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            if let Some(warning) = self.low_space_warning(capacity, free) {
+                tracing::warn!(free_bytes = free, capacity_bytes = capacity, "{warning}");
             }
         }
     }
@@ -544,6 +662,7 @@ impl Engine {
         let answer = match result {
             Ok(done) => {
                 tracing::info!(backup_id = %id, "backup completed");
+                self.warn_if_low_on_space();
                 Ok(done.to_api())
             }
             Err((e, leftovers)) => {
@@ -1049,10 +1168,13 @@ impl Engine {
                 usage.backups = usage.backups.saturating_add(1);
             }
         }
+        let capacity_bytes = fs.f_blocks.saturating_mul(fs.f_frsize);
+        let free_bytes = fs.f_bavail.saturating_mul(fs.f_frsize);
         Ok(RepositoryInfo {
-            capacity_bytes: fs.f_blocks.saturating_mul(fs.f_frsize),
+            low_space_warning: self.low_space_warning(capacity_bytes, free_bytes),
+            capacity_bytes,
             used_bytes,
-            free_bytes: fs.f_bavail.saturating_mul(fs.f_frsize),
+            free_bytes,
             vms: per_vm.into_values().collect(),
             unknown_files,
         })

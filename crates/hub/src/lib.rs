@@ -21,5 +21,5 @@ pub mod tls;
 pub mod token;
 pub mod verify;
 
-pub use daemon::{HubConfig, Listeners, RunningHub, run, start};
+pub use daemon::{HubConfig, Listeners, RepositoryConfig, RunningHub, run, start};
 pub use error::HubError;

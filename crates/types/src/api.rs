@@ -803,6 +803,9 @@ pub struct RepositoryInfo {
     /// Files under the repository that the catalog does not know, relative to it. The hub
     /// never deletes them: an operator decides.
     pub unknown_files: Vec<String>,
+    /// Set when free space is below the hub's warning threshold: what to do, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_space_warning: Option<String>,
 }
 
 /// One disk of [`RestoreExports`].

@@ -14,6 +14,6 @@ mod policies;
 #[cfg(test)]
 mod support;
 #[cfg(test)]
-mod webhook;
-#[cfg(test)]
 mod verify;
+#[cfg(test)]
+mod webhook;

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use reqwest::StatusCode;
 use sendense_digest::{BLOCK_SIZE, LayerDigests};
-use sendense_nbd::ZeroFlags;
 use sendense_hub::HubError;
+use sendense_nbd::ZeroFlags;
 use sendense_types::{
     ApiError, Backup, BackupType, BadRange, DiskKey, VerificationState, digest_path,
 };
@@ -50,9 +50,13 @@ async fn point(hub: &Hub, vm: &str, kind: &str, writes: &[Write], seq: u64) -> B
                 layer.record(first * BLOCK_SIZE, &bytes).unwrap();
             }
             Write::Zero { first, blocks } => {
-                c.write_zeroes(first * BLOCK_SIZE, (blocks * BLOCK_SIZE) as u32, ZeroFlags::default())
-                    .await
-                    .unwrap();
+                c.write_zeroes(
+                    first * BLOCK_SIZE,
+                    (blocks * BLOCK_SIZE) as u32,
+                    ZeroFlags::default(),
+                )
+                .await
+                .unwrap();
                 layer
                     .record_zero(first * BLOCK_SIZE, blocks * BLOCK_SIZE)
                     .unwrap();
@@ -173,7 +177,11 @@ async fn flipped_byte_in_a_middle_layer_fails_exactly_the_points_that_read_it() 
     // Flip one byte inside p2's own cluster of block 11.
     let file = hub.repo().join(p2.disks[0].file.as_ref().unwrap());
     let at = host_offset(&file, 11 * BLOCK_SIZE + 100);
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&file).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .unwrap();
     let mut byte = [0u8];
     f.read_exact_at(&mut byte, at).unwrap();
     f.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
@@ -215,7 +223,10 @@ async fn flipped_byte_in_a_middle_layer_fails_exactly_the_points_that_read_it() 
         .await;
     assert_eq!(st, StatusCode::CONFLICT, "{body}");
     let refused: ApiError = typed(body);
-    assert!(refused.message.contains("failed verification"), "{refused:?}");
+    assert!(
+        refused.message.contains("failed verification"),
+        "{refused:?}"
+    );
     let next = hub.start_backup("vv", "auto").await;
     assert_eq!(next.backup_type, BackupType::Full);
     assert!(
@@ -252,10 +263,7 @@ async fn a_short_last_block_and_zeroed_blocks_verify_and_a_point_without_digests
     layer.record(0, &bytes).unwrap();
     let rel = digest_path(&full.vm_name, DiskKey(2000), &full.backup_id);
     std::fs::write(hub.repo().join(rel), layer.encode()).unwrap();
-    assert_eq!(
-        verify(&hub, &full).unwrap().state,
-        VerificationState::Ok
-    );
+    assert_eq!(verify(&hub, &full).unwrap().state, VerificationState::Ok);
     // A damaged digests file is an error, not a verdict on the data.
     let rel = digest_path(&full.vm_name, DiskKey(2000), &full.backup_id);
     let mut damaged = layer.encode();
@@ -263,4 +271,36 @@ async fn a_short_last_block_and_zeroed_blocks_verify_and_a_point_without_digests
     std::fs::write(hub.repo().join(rel), damaged).unwrap();
     let err = verify(&hub, &full).unwrap_err();
     assert!(matches!(err, HubError::Digests { .. }), "{err}");
+}
+
+/// Repository health: a backup the file system cannot hold is refused up front with 507 and
+/// words naming the fix, and nothing is created; `GET /api/v1/repository` says how much is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_the_file_system_cannot_hold_is_refused_before_anything_is_made() {
+    let hub = Hub::start().await;
+    // 16 TiB, thin: its first full is estimated at its capacity.
+    hub.register("huge", &[1 << 44]).await;
+    let (st, body) = hub
+        .post(
+            "/api/v1/backups",
+            json!({"vm_name": "huge", "backup_type": "full"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    let refused: ApiError = typed(body);
+    assert_eq!(refused.error, "insufficient_storage");
+    assert!(refused.message.contains("prune"), "{refused:?}");
+    let (st, body) = hub.get("/api/v1/backups?vm_name=huge").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body.as_array().map(Vec::len), Some(0), "{body}");
+    assert!(!hub.repo().join("huge").exists());
+
+    let info: sendense_types::RepositoryInfo = hub.get_as("/api/v1/repository").await;
+    assert!(info.free_bytes > 0 && info.free_bytes <= info.capacity_bytes);
+    // The default threshold is 10%: the warning is there exactly when free space is below it.
+    assert_eq!(
+        info.low_space_warning.is_some(),
+        info.free_bytes < info.capacity_bytes / 100 * 10,
+        "{info:?}"
+    );
 }
