@@ -197,25 +197,9 @@ pub enum HubError {
         /// The disk.
         disk_key: DiskKey,
     },
-    /// A digests file of the repository is damaged.
-    #[error("Digests file {path} is damaged")]
-    Digests {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        #[source]
-        source: sendense_digest::DigestError,
-    },
-    /// A point's digests describe a disk of another size than its image.
-    #[error("Image {path} holds {image} bytes but its digests describe {digests}")]
-    DigestSize {
-        /// The image.
-        path: PathBuf,
-        /// The size the digests describe.
-        digests: u64,
-        /// The image's size.
-        image: u64,
-    },
+    /// Verification could not read a point's chain or digests.
+    #[error("Verification could not run")]
+    Verify(#[source] sendense_image::ImageError),
     /// An image's chain names a file the hub did not write (not `<backup_id>.qcow2`, or raw).
     #[error("{path} is not a restore point image of this repository")]
     NotOurChain {

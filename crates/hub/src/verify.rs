@@ -1,10 +1,10 @@
 //! Verification (DESIGN.md "Verification"): a restore point read back, block by block, against
 //! the digests of the bytes read at the source ([`sendense_digest`]).
 //!
-//! Each disk of the point is opened read-only through its chain (QEMU's read locks: backups
-//! that build on it keep running; a merge that must write one of its files waits), read in
-//! [`CHUNK`] pieces by a reader thread while this thread hashes the previous piece, and every
-//! [`BLOCK_SIZE`] block compared with what the chain's digest layers say it must read as.
+//! Each disk of the point is read through its chain by [`sendense_image::verify`] (read-only,
+//! QEMU's read locks: backups that build on it keep running; a merge that must write one of
+//! its files waits) and every [`BLOCK_SIZE`] block compared with what the chain's digest
+//! layers say it must read as.
 //!
 //! A block that reads wrong is owned by the layer that holds it: the newest layer whose digests
 //! record it (or, for a block no layer recorded, the newest image that allocates it). Every
@@ -17,23 +17,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc;
 
 use sendense_catalog::{BackupRecord, Catalog};
-use sendense_digest::{BLOCK_SIZE, BlockDigest, LayerDigests, PointDigests, max_encoded_len};
-use sendense_qcow2::{Backing, BackingPolicy, ExtentState, Image, MAX_CHAIN_DEPTH, OpenOptions};
+use sendense_digest::{BLOCK_SIZE, LayerDigests};
+use sendense_image::ImageError;
+use sendense_image::verify::{ChainVerification, digests_path, load_digests, verify_chain};
+use sendense_qcow2::BackingPolicy;
 use sendense_types::{
     BackupId, BackupQuery, BackupStatus, BadRange, DiskKey, Timestamp, Verification,
     VerificationState, VmName,
 };
 
 use crate::error::HubError;
-
-/// Bytes read (and hashed) per step: 64 blocks.
-pub const CHUNK: usize = 4 << 20;
-/// [`BLOCK_SIZE`] as a buffer length.
-const BLOCK: usize = 64 << 10;
-const _: () = assert!(BLOCK as u64 == BLOCK_SIZE && CHUNK.is_multiple_of(BLOCK));
 
 /// What a verification found on the disks of one point.
 type Hits = BTreeMap<BackupId, (BTreeSet<(DiskKey, u64)>, Option<BackupId>)>;
@@ -107,8 +102,7 @@ impl Verifier {
                     file: disk.file.clone(),
                 });
             }
-            let chain = DiskChain::open(&path, disk.disk_key)?;
-            let found = chain.verify(&mut |n| {
+            let (chain, found) = DiskChain::verify(&path, disk.disk_key, &mut |n| {
                 done = done.saturating_add(n);
                 progress(done, total);
             })?;
@@ -230,7 +224,8 @@ impl Verifier {
             // Without digests it cannot be told: assume it reads the bad block.
             return Ok(false);
         }
-        Ok(load_digests(&path, d.capacity_bytes)?.get(block).is_some())
+        let layer = load_digests(&path, d.capacity_bytes).map_err(HubError::Verify)?;
+        Ok(layer.get(block).is_some())
     }
 
     /// parent -> child among the VM's completed points.
@@ -248,63 +243,47 @@ impl Verifier {
     }
 }
 
-/// One disk of a point: its image chain (top first in `images`, owners oldest first) and the
-/// digests of every layer.
+/// One disk of a point, verified: its chain's owners (oldest first) and what was found.
 #[derive(Debug)]
 struct DiskChain {
-    disk_key: DiskKey,
-    image: Arc<Image>,
     /// The backup each layer belongs to, oldest (the full) first.
     owners: Vec<BackupId>,
-    /// The digests of each layer, in the same order.
-    layers: Vec<LayerDigests>,
+    report: ChainVerification,
 }
 
 impl DiskChain {
-    fn open(path: &Path, disk_key: DiskKey) -> Result<Self, HubError> {
-        let opts = OpenOptions::read_only()
-            .max_chain_depth(MAX_CHAIN_DEPTH)
-            .backing(BackingPolicy::repository());
-        let image = Image::open(path, &opts).map_err(|e| HubError::image(path, e))?;
-        let mut files = Vec::new();
-        let mut level = Some(&image);
-        while let Some(img) = level {
-            files.push((img.path().to_path_buf(), img.virtual_size()));
-            level = match img.backing() {
-                None => None,
-                Some(Backing::Qcow2(b)) => Some(b),
-                Some(raw @ Backing::Raw(_)) => {
-                    return Err(HubError::NotOurChain {
-                        path: raw.path().to_path_buf(),
-                    });
-                }
-            };
-        }
-        files.reverse();
-        let mut owners = Vec::with_capacity(files.len());
-        let mut layers = Vec::with_capacity(files.len());
-        for (f, size) in &files {
-            let owner = f
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<BackupId>().ok())
-                .ok_or_else(|| HubError::NotOurChain { path: f.clone() })?;
-            let digests = digests_path(f);
-            if !digests.is_file() {
-                return Err(HubError::NoDigests {
-                    backup_id: owner,
-                    disk_key,
-                });
-            }
-            layers.push(load_digests(&digests, *size)?);
-            owners.push(owner);
-        }
-        Ok(Self {
-            disk_key,
-            image: Arc::new(image),
-            owners,
-            layers,
-        })
+    /// Verifies the chain of `path`; the bad blocks with the backups owning them.
+    fn verify(
+        path: &Path,
+        disk_key: DiskKey,
+        read: &mut dyn FnMut(u64),
+    ) -> Result<(Self, Vec<BadBlock>), HubError> {
+        let report =
+            verify_chain(path, BackingPolicy::repository(), read).map_err(|e| match e {
+                ImageError::NoDigests { image } => match owner_of(&image) {
+                    Ok(backup_id) => HubError::NoDigests {
+                        backup_id,
+                        disk_key,
+                    },
+                    Err(e) => e,
+                },
+                other => HubError::Verify(other),
+            })?;
+        let owners = report
+            .layers
+            .iter()
+            .map(|f| owner_of(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bad = report
+            .bad
+            .iter()
+            .map(|b| BadBlock {
+                disk_key,
+                block: b.block,
+                owner: owners[b.layer].clone(),
+            })
+            .collect();
+        Ok((Self { owners, report }, bad))
     }
 
     /// The digests of `id`'s layer, if it is one of this chain's.
@@ -312,123 +291,18 @@ impl DiskChain {
         self.owners
             .iter()
             .position(|o| o == id)
-            .map(|i| &self.layers[i])
-    }
-
-    /// Reads the whole disk and answers the blocks that read differently from their digests.
-    /// `read(n)` is told after each chunk.
-    fn verify(&self, read: &mut dyn FnMut(u64)) -> Result<Vec<BadBlock>, HubError> {
-        let point = PointDigests::new(&self.layers);
-        let size = self.image.virtual_size();
-        if point.disk_size() != size {
-            return Err(HubError::DigestSize {
-                path: self.image.path().to_path_buf(),
-                digests: point.disk_size(),
-                image: size,
-            });
-        }
-        let mut bad = Vec::new();
-        let (full_tx, full_rx) = mpsc::sync_channel::<Result<(u64, Vec<u8>), HubError>>(2);
-        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
-        for _ in 0..3 {
-            let _ = empty_tx.send(Vec::with_capacity(CHUNK));
-        }
-        let image = Arc::clone(&self.image);
-        std::thread::scope(|scope| -> Result<(), HubError> {
-            scope.spawn(move || {
-                let mut pos = 0u64;
-                while pos < size {
-                    let Ok(mut buf) = empty_rx.recv() else {
-                        return;
-                    };
-                    let len = usize::try_from(size - pos).map_or(CHUNK, |rest| rest.min(CHUNK));
-                    buf.resize(len, 0);
-                    let r = image
-                        .read_at(&mut buf, pos)
-                        .map(|()| (pos, buf))
-                        .map_err(|e| HubError::image(image.path(), e));
-                    let failed = r.is_err();
-                    if full_tx.send(r).is_err() || failed {
-                        return;
-                    }
-                    pos += len as u64;
-                }
-            });
-            let mut pos = 0u64;
-            while pos < size {
-                let (offset, buf) = full_rx.recv().map_err(|_| HubError::Worker)??;
-                for (i, block) in buf.chunks(BLOCK).enumerate() {
-                    let index = offset / BLOCK_SIZE + i as u64;
-                    let (expected, owner) = point.expected(index);
-                    if BlockDigest::of(block) != expected {
-                        let owner = match owner {
-                            Some(o) => o,
-                            None => self.allocating_layer(index)?,
-                        };
-                        bad.push(BadBlock {
-                            disk_key: self.disk_key,
-                            block: index,
-                            owner: self.owners[owner].clone(),
-                        });
-                    }
-                }
-                pos = offset + buf.len() as u64;
-                read(buf.len() as u64);
-                let _ = empty_tx.send(buf);
-            }
-            Ok(())
-        })?;
-        Ok(bad)
-    }
-
-    /// The index of the newest layer whose image allocates `block` (0, the full, when none
-    /// does): the owner of bytes no digest layer recorded.
-    fn allocating_layer(&self, block: u64) -> Result<usize, HubError> {
-        let mut level = Some(self.image.as_ref());
-        let mut index = self.owners.len();
-        let offset = block * BLOCK_SIZE;
-        let len = BLOCK_SIZE.min(self.image.virtual_size() - offset);
-        while let Some(img) = level {
-            index = index.saturating_sub(1);
-            if offset < img.virtual_size() {
-                let len = len.min(img.virtual_size() - offset);
-                let status = img
-                    .block_status(offset, len)
-                    .map_err(|e| HubError::image(img.path(), e))?;
-                if status.iter().any(|e| e.state != ExtentState::Unallocated) {
-                    return Ok(index);
-                }
-            }
-            level = img.backing().and_then(Backing::as_image);
-        }
-        Ok(0)
+            .map(|i| &self.report.digests[i])
     }
 }
 
-/// The digests file beside an image.
-fn digests_path(image: &Path) -> PathBuf {
-    image.with_extension("digests")
-}
-
-/// Reads and decodes a digests file of a `capacity`-byte disk, refusing one larger than any
-/// such file can be.
-fn load_digests(path: &Path, capacity: u64) -> Result<LayerDigests, HubError> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| HubError::io(path, e))?
-        .len();
-    if len > max_encoded_len(capacity) {
-        return Err(HubError::Digests {
-            path: path.to_path_buf(),
-            source: sendense_digest::DigestError::Malformed {
-                reason: "larger than any digests file of this disk",
-            },
-        });
-    }
-    let bytes = std::fs::read(path).map_err(|e| HubError::io(path, e))?;
-    LayerDigests::decode(&bytes).map_err(|source| HubError::Digests {
-        path: path.to_path_buf(),
-        source,
-    })
+/// The backup a repository image belongs to: its file name is `<backup_id>.qcow2`.
+fn owner_of(file: &Path) -> Result<BackupId, HubError> {
+    file.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse::<BackupId>().ok())
+        .ok_or_else(|| HubError::NotOurChain {
+            path: file.to_path_buf(),
+        })
 }
 
 /// Joins bad blocks into byte ranges per disk (at most [`MAX_BAD_RANGES`]; answers how many

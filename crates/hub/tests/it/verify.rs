@@ -270,7 +270,13 @@ async fn a_short_last_block_and_zeroed_blocks_verify_and_a_point_without_digests
     damaged[40] ^= 1;
     std::fs::write(hub.repo().join(rel), damaged).unwrap();
     let err = verify(&hub, &full).unwrap_err();
-    assert!(matches!(err, HubError::Digests { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            HubError::Verify(sendense_image::ImageError::Digests { .. })
+        ),
+        "{err}"
+    );
 }
 
 /// Repository health: a backup the file system cannot hold is refused up front with 507 and
