@@ -57,5 +57,5 @@ pub mod record;
 pub use catalog::{Catalog, FILE_NAME, SCHEMA_VERSION};
 pub use error::{CatalogError, ErrorKind};
 pub use jobs::{AgentRecord, Claim, Enrollment, JobRecord};
-pub use policies::PolicyRecord;
+pub use policies::{CompletedBackup, PolicyRecord};
 pub use record::{BackupRecord, CredentialRecord, DiskCompletion, DiskRecord};
