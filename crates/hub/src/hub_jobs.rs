@@ -171,7 +171,7 @@ impl HubJobs {
     }
 
     /// The prune plan of `vm` under `retention`: every completed point (all its chains) with
-    /// its mark, newest first.
+    /// its mark, newest first (points taken in the same second: the later created first).
     ///
     /// # Errors
     /// Unknown VM (404); catalog errors.
@@ -181,6 +181,7 @@ impl HubJobs {
         retention: &Retention,
     ) -> Result<Vec<Decision<BackupId>>, HubError> {
         self.engine.vm(vm)?;
+        // The catalog answers creation order: points of the same second are ordered by it.
         let points = self
             .catalog
             .backups(&BackupQuery {
@@ -188,13 +189,21 @@ impl HubJobs {
                 status: Some(BackupStatus::Completed),
             })?
             .into_iter()
-            .map(|r| Point {
+            .enumerate()
+            .map(|(created, r)| Point {
                 time: jiff_time(r.created_at),
                 protected: r.protected,
-                id: r.backup_id,
+                id: (created, r.backup_id),
             })
             .collect();
-        Ok(sendense_prune::prune(points, retention, &self.time_zone()))
+        Ok(sendense_prune::prune(points, retention, &self.time_zone())
+            .into_iter()
+            .map(|d| Decision {
+                id: d.id.1,
+                time: d.time,
+                mark: d.mark,
+            })
+            .collect())
     }
 
     /// `POST /api/v1/vms/{name}/prune`: what `retention` keeps and removes of the VM's

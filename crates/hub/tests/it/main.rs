@@ -12,6 +12,8 @@ mod lifecycle;
 #[cfg(test)]
 mod policies;
 #[cfg(test)]
+mod prune;
+#[cfg(test)]
 mod support;
 #[cfg(test)]
 mod webhook;
