@@ -33,6 +33,7 @@ use crate::credentials::Credentials;
 use crate::engine::{Engine, REPOSITORY_DIR, Reconciliation, Watchdog};
 use crate::error::HubError;
 use crate::jobs::{Jobs, REAP_PERIOD};
+use crate::maintenance::{Maintenance, ResumeReport};
 use crate::notify::{Notifier, WebhookConfig};
 use crate::policies::Policies;
 use crate::scheduler::{self, SystemClock};
@@ -96,6 +97,9 @@ pub struct RunningHub {
     /// The policies and their scheduler, for in-process callers (tests tick it with their
     /// own time: [`Policies::tick_at`]).
     pub policies: Arc<Policies>,
+    /// Removal of restore points with chain merges, for in-process callers (the prune job
+    /// runner).
+    pub maintenance: Arc<Maintenance>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -243,6 +247,23 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         Arc::clone(&registry),
         nbd_base,
     ));
+    // Merge steps a crash interrupted are finished first (before the API serves, and before
+    // reconciliation looks at the files they leave): no point is ever half-merged when the API
+    // answers.
+    let maintenance = Arc::new(Maintenance::new(
+        Arc::clone(&catalog),
+        data.join(REPOSITORY_DIR),
+        Arc::clone(&engine),
+    ));
+    let resumed = maintenance.resume()?;
+    if resumed != ResumeReport::default() {
+        tracing::warn!(
+            rolled_forward = resumed.rolled_forward.len(),
+            abandoned = resumed.abandoned.len(),
+            failed = resumed.failed.len(),
+            "finished merge steps a crash interrupted"
+        );
+    }
     let report = engine.reconcile()?;
     if report != Reconciliation::default() {
         tracing::warn!(
@@ -400,6 +421,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         jobs,
         agents,
         policies,
+        maintenance,
         stop: stop_tx,
         task,
     })

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod jobs;
+pub mod maintenance;
 pub mod metrics;
 pub mod notify;
 pub mod openapi;
