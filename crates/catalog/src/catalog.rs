@@ -423,7 +423,7 @@ impl Catalog {
     /// # Errors
     /// [`CatalogError::HasDependents`] listing the backups that depend on it;
     /// [`CatalogError::WrongStatus`] if it is pending or running (fail it first);
-    /// [`CatalogError::BackupNotFound`].
+    /// [`CatalogError::Protected`]; [`CatalogError::BackupNotFound`].
     pub fn delete_backup(&self, id: &BackupId) -> Result<BackupRecord> {
         self.write(Durability::Immediate, |t| {
             let stored =
@@ -436,6 +436,11 @@ impl Catalog {
                     backup_id: id.clone(),
                     status: record.status,
                     expected: "completed or failed",
+                });
+            }
+            if record.protected {
+                return Err(CatalogError::Protected {
+                    backup_id: id.clone(),
                 });
             }
             let mut dependents = Vec::new();
@@ -474,6 +479,23 @@ impl Catalog {
             }
             debug!(backup_id = %id, "backup deleted");
             Ok(record)
+        })
+    }
+
+    /// Sets or clears a backup's `protected` flag (a protected point is never deleted nor
+    /// pruned); answers the record. Only a completed backup can be protected; any backup can be
+    /// unprotected.
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] when protecting a
+    /// backup that is not completed.
+    pub fn set_protected(&self, id: &BackupId, protected: bool) -> Result<BackupRecord> {
+        self.update_backup(Durability::Immediate, id, |_, stored| {
+            if protected {
+                expect_status(&stored.record, &[BackupStatus::Completed], "completed")?;
+            }
+            stored.record.protected = protected;
+            Ok(())
         })
     }
 

@@ -669,6 +669,9 @@ fn new_job(kind: JobKind, agent: AgentName, credential: CredentialName) -> JobRe
         queued_at: Timestamp::now(),
         started_at: None,
         finished_at: None,
+        retention: None,
+        remove: Vec::new(),
+        result: None,
     }
 }
 
