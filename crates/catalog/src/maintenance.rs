@@ -141,6 +141,34 @@ impl Catalog {
             .collect()
     }
 
+    /// Sets whether a completed point's disk has a digests file beside its image
+    /// ([`sendense_types::digest_path`]); answers the record.
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupNotFound`]; [`CatalogError::UnknownDisk`]; storage errors.
+    pub fn set_disk_digests(
+        &self,
+        id: &BackupId,
+        disk_key: DiskKey,
+        present: bool,
+    ) -> Result<BackupRecord> {
+        self.write_merges(|t, _| {
+            let mut stored = require(&t.backups, id)?;
+            let disk = stored
+                .record
+                .disks
+                .iter_mut()
+                .find(|d| d.disk_key == disk_key)
+                .ok_or_else(|| CatalogError::UnknownDisk {
+                    backup_id: id.clone(),
+                    disk_key,
+                })?;
+            disk.digests = present;
+            t.backups.insert(id.as_str(), encode(&stored).as_slice())?;
+            Ok(stored.record)
+        })
+    }
+
     /// Drops a journalled step (one that never touched a file). Unknown ids are fine.
     ///
     /// # Errors

@@ -395,7 +395,14 @@ impl Maintenance {
                 backup_ids: protected,
             });
         }
-        records.sort_by_key(|r| r.created_at);
+        // Oldest first, in the catalog's creation order.
+        let order: HashMap<BackupId, usize> = self
+            .vm_backups(vm)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (r.backup_id, i))
+            .collect();
+        records.sort_by_key(|r| order.get(&r.backup_id).copied().unwrap_or(usize::MAX));
         let names: Vec<&str> = records.iter().map(|r| r.backup_id.as_str()).collect();
         let _guard = self.locks.write(
             vm,
