@@ -32,8 +32,9 @@ use crate::api::{ApiState, router};
 use crate::credentials::Credentials;
 use crate::engine::{Engine, REPOSITORY_DIR, Reconciliation, Watchdog};
 use crate::error::HubError;
-use crate::hub_jobs::{DeleteRemover, HubJobs};
+use crate::hub_jobs::HubJobs;
 use crate::jobs::{Jobs, REAP_PERIOD};
+use crate::maintenance::{Maintenance, ResumeReport};
 use crate::notify::{Notifier, WebhookConfig};
 use crate::policies::Policies;
 use crate::scheduler::{self, SystemClock};
@@ -99,6 +100,9 @@ pub struct RunningHub {
     pub policies: Arc<Policies>,
     /// The jobs the hub runs itself (`prune`, `verify`), for in-process callers.
     pub hub_jobs: Arc<HubJobs>,
+    /// Removal of restore points with chain merges, for in-process callers (the prune job
+    /// runner).
+    pub maintenance: Arc<Maintenance>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -246,6 +250,23 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         Arc::clone(&registry),
         nbd_base,
     ));
+    // Merge steps a crash interrupted are finished first (before the API serves, and before
+    // reconciliation looks at the files they leave): no point is ever half-merged when the API
+    // answers.
+    let maintenance = Arc::new(Maintenance::new(
+        Arc::clone(&catalog),
+        data.join(REPOSITORY_DIR),
+        Arc::clone(&engine),
+    ));
+    let resumed = maintenance.resume()?;
+    if resumed != ResumeReport::default() {
+        tracing::warn!(
+            rolled_forward = resumed.rolled_forward.len(),
+            abandoned = resumed.abandoned.len(),
+            failed = resumed.failed.len(),
+            "finished merge steps a crash interrupted"
+        );
+    }
     let report = engine.reconcile()?;
     if report != Reconciliation::default() {
         tracing::warn!(
@@ -278,7 +299,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         Arc::clone(&catalog),
         Arc::clone(&engine),
         Arc::clone(&jobs),
-        Arc::new(DeleteRemover::new(Arc::clone(&engine))),
+        Arc::clone(&maintenance) as Arc<dyn crate::hub_jobs::PointRemover>,
         Arc::new(crate::verify::Verifier::new(Arc::clone(&catalog))),
         Arc::new(SystemClock),
     ));
@@ -424,6 +445,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         agents,
         policies,
         hub_jobs,
+        maintenance,
         stop: stop_tx,
         task,
     })

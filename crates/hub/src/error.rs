@@ -115,6 +115,23 @@ pub enum HubError {
         /// The backup.
         backup_id: BackupId,
     },
+    /// A VM's chains are held by a removal of restore points (or, for a removal, by what it
+    /// waited for in vain).
+    #[error("VM {vm}'s backup chain is busy: {holder}; try again when it ends")]
+    ChainBusy {
+        /// The VM.
+        vm: VmName,
+        /// What holds the chain.
+        holder: String,
+    },
+    /// Protected points cannot be removed.
+    #[error(
+        "Protected restore points cannot be removed: {backup_ids:?} (unprotect them first: PUT /api/v1/backups/{{id}} {{\"protected\": false}})"
+    )]
+    Protected {
+        /// The protected points asked for.
+        backup_ids: Vec<BackupId>,
+    },
     /// No restore exports of this backup are open.
     #[error("Backup {backup_id} has no open restore exports")]
     NoExports {
@@ -531,6 +548,8 @@ impl HubError {
             | Self::WrongStatus { .. }
             | Self::NotLive { .. }
             | Self::ExportsOpen { .. }
+            | Self::ChainBusy { .. }
+            | Self::Protected { .. }
             | Self::ChainTooLong { .. }
             | Self::FilesMissing { .. }
             | Self::DiskChanged { .. }

@@ -43,6 +43,7 @@ use tokio::sync::{Notify, watch};
 use crate::engine::Engine;
 use crate::error::HubError;
 use crate::jobs::Jobs;
+use crate::maintenance::Maintenance;
 use crate::scheduler::Clock;
 use crate::verify::Verifier;
 
@@ -55,8 +56,7 @@ const POLL: Duration = Duration::from_secs(2);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Removes restore points of a VM, keeping what every remaining point restores (merging
-/// layers as needed). The hub's [`crate::maintenance`]-style implementations; tests may give
-/// their own.
+/// layers as needed): the hub's [`Maintenance`]; tests may give their own.
 pub trait PointRemover: Send + Sync + fmt::Debug {
     /// Removes `ids` (points of `vm`, newest first) on the calling (blocking) thread,
     /// reporting bytes done and total through `progress`; answers what it did, in words.
@@ -71,36 +71,18 @@ pub trait PointRemover: Send + Sync + fmt::Debug {
     ) -> Result<String, HubError>;
 }
 
-/// A [`PointRemover`] without merges: it deletes the points in the order given through
-/// [`Engine::delete_backup`], which removes only a point no other point depends on (the newest
-/// points of a chain, newest first, or a whole chain). A point others read through is refused
-/// (409 naming them).
-#[derive(Debug)]
-pub struct DeleteRemover {
-    engine: Arc<Engine>,
-}
-
-impl DeleteRemover {
-    /// Deletes through `engine`.
-    #[must_use]
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
-    }
-}
-
-impl PointRemover for DeleteRemover {
+impl PointRemover for Maintenance {
     fn remove_points(
         &self,
-        _vm: &VmName,
+        vm: &VmName,
         ids: &[BackupId],
         progress: &dyn Fn(u64, u64),
     ) -> Result<String, HubError> {
-        let total = u64::try_from(ids.len()).unwrap_or(u64::MAX);
-        for (done, id) in (1u64..).zip(ids) {
-            self.engine.delete_backup(id)?;
-            progress(done, total);
-        }
-        Ok(format!("deleted {} points", ids.len()))
+        let report = Maintenance::remove_points(self, vm, ids, progress)?;
+        Ok(format!(
+            "{} merge steps, {} bytes moved",
+            report.merges, report.bytes_moved
+        ))
     }
 }
 
@@ -468,12 +450,24 @@ impl HubJobs {
                 _ => gone.push(id.clone()),
             }
         }
-        let done = if todo.is_empty() {
-            "nothing left to remove".to_owned()
-        } else {
-            let progress = self.progress_writer(job);
-            self.remover.remove_points(&vm, &todo, &progress)?
-        };
+        let progress = self.progress_writer(job);
+        let mut done = "nothing left to remove".to_owned();
+        while !todo.is_empty() {
+            match self.remover.remove_points(&vm, &todo, &progress) {
+                Ok(report) => {
+                    done = report;
+                    break;
+                }
+                // Protected between the check above and the removal: skip them too.
+                Err(HubError::Protected { backup_ids })
+                    if backup_ids.iter().all(|id| todo.contains(id)) && !backup_ids.is_empty() =>
+                {
+                    todo.retain(|id| !backup_ids.contains(id));
+                    protected.extend(backup_ids);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let mut result = format!(
             "removed {} of {} points ({done})",
             todo.len(),

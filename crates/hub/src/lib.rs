@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod hub_jobs;
 pub mod jobs;
+pub mod maintenance;
 pub mod metrics;
 pub mod notify;
 pub mod openapi;

@@ -10,6 +10,8 @@ mod jobs;
 #[cfg(test)]
 mod lifecycle;
 #[cfg(test)]
+mod maintenance;
+#[cfg(test)]
 mod policies;
 #[cfg(test)]
 mod prune;
