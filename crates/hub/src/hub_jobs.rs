@@ -414,6 +414,11 @@ impl HubJobs {
         let ended = self.catalog.update_job(&job.job_id, |r| {
             r.status = outcome.status;
             r.finished_at = Some(now);
+            if outcome.status == JobStatus::Completed {
+                // A throttled last report may be missing: a completed job did all its work.
+                r.progress.bytes_done = r.progress.bytes_done.max(r.progress.bytes_total);
+                r.progress.eta_seconds = Some(0);
+            }
             r.result.clone_from(&outcome.result);
             r.error.clone_from(&outcome.error);
             Ok::<_, CatalogError>(())

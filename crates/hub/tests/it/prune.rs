@@ -426,3 +426,76 @@ async fn policy_prunes_after_its_run_and_queues_verification() {
         vec![(Some(made.backup_id.clone()), Some("nightly".to_owned()))]
     );
 }
+
+/// A chain of 8 points with known contents (each writes its own blocks, some over earlier
+/// ones); point 3 protected; keep_last 2 removes the oldest and middle points (commits into
+/// the full, absorbs into children) by a prune job. Every remaining point `qemu-img compare`s
+/// equal to the disk as it was when it was taken, and checks clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_job_merges_and_every_remaining_point_reads_as_taken() {
+    const SIZE: u64 = 4 * MIB;
+    let hub = Hub::start().await;
+    let work = tempfile::tempdir().unwrap();
+    hub.register("web01", &[SIZE]).await;
+    let mut disk = vec![0u8; usize::try_from(SIZE).unwrap()];
+    let mut points: Vec<(Backup, std::path::PathBuf)> = Vec::new();
+    for n in 0..8u64 {
+        let kind = if n == 0 { "full" } else { "incremental" };
+        let b = hub.start_backup("web01", kind).await;
+        let c = hub.nbd(&crate::hub_api::export_of(&b, 0)).await;
+        for (k, offset) in [(0, (n * 256) << 10), (1, ((n % 3) * 512 + 64) << 10)] {
+            let mut buf = vec![0u8; 64 << 10];
+            crate::support::fill_random(&mut buf, n * 10 + k);
+            let at = usize::try_from(offset).unwrap();
+            disk[at..at + buf.len()].copy_from_slice(&buf);
+            c.write(offset, &buf, false).await.unwrap();
+        }
+        c.flush().await.unwrap();
+        c.disconnect().await.unwrap();
+        let state = work.path().join(format!("p{n}.raw"));
+        std::fs::write(&state, &disk).unwrap();
+        let done = hub.complete(&b, &format!("52 aa/{n}")).await;
+        points.push((done, state));
+    }
+    let (status, _) = put_protected(&hub, &points[3].0.backup_id, json!(true)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = prune(&hub, "web01", json!({"retention": {"keep_last": 2}})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let answer: PruneAnswer = typed(body);
+    let job = wait_ended(&hub, answer.job_id.unwrap().as_str()).await;
+
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
+    assert_eq!(
+        answer.keep,
+        vec![
+            points[7].0.backup_id.clone(),
+            points[6].0.backup_id.clone(),
+            points[3].0.backup_id.clone()
+        ]
+    );
+    assert!(
+        job.progress.bytes_total > 0 && job.progress.bytes_done == job.progress.bytes_total,
+        "{:?}",
+        job.progress
+    );
+    for (i, (point, state)) in points.iter().enumerate() {
+        let kept = [3, 6, 7].contains(&i);
+        let status = status_of(&hub, &point.backup_id).await;
+        assert_eq!(status == StatusCode::OK, kept, "point {i}: {status}");
+        if kept {
+            let now = hub.backup(&point.backup_id).await;
+            let file = crate::hub_api::file_of(&hub, &now, 0);
+            crate::support::qemu_img_ok(&["check", crate::hub_api::s(&file)]);
+            crate::support::qemu_img_ok(&[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "qcow2",
+                crate::hub_api::s(state),
+                crate::hub_api::s(&file),
+            ]);
+        }
+    }
+}
