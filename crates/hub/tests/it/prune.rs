@@ -499,3 +499,71 @@ async fn prune_job_merges_and_every_remaining_point_reads_as_taken() {
         }
     }
 }
+
+/// A hub stopped while a prune job ran finds it `running` at the next start and queues it
+/// again as its next attempt; it then runs to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_job_interrupted_by_a_restart_is_queued_again_and_runs() {
+    let hub = Hub::start().await;
+    hub.register("web01", &[MIB]).await;
+    let old = full(&hub, "web01").await;
+    let new = full(&hub, "web01").await;
+    let data = hub.stop().await;
+    let job_id = {
+        let catalog = sendense_catalog::Catalog::open_in(data.path()).unwrap();
+        let queued = catalog
+            .create_job(sendense_catalog::JobRecord {
+                job_id: sendense_types::JobId::random(),
+                seq: 0,
+                kind: JobKind::Prune,
+                vm_name: Some("web01".parse().unwrap()),
+                vm_path: None,
+                status: JobStatus::Queued,
+                agent: None,
+                credential: None,
+                backup_type: None,
+                policy: None,
+                attempt: 1,
+                not_before: None,
+                lease_until: None,
+                progress: sendense_types::JobProgress::default(),
+                backup_id: None,
+                error: None,
+                queued_at: sendense_types::Timestamp::now(),
+                started_at: None,
+                finished_at: None,
+                retention: Some(sendense_types::Retention {
+                    keep_last: Some(1),
+                    ..sendense_types::Retention::default()
+                }),
+                remove: vec![old.backup_id.clone()],
+                result: None,
+            })
+            .unwrap();
+        catalog
+            .update_job(&queued.job_id, |r| {
+                r.status = JobStatus::Running;
+                r.started_at = Some(sendense_types::Timestamp::now());
+                Ok::<_, sendense_catalog::CatalogError>(())
+            })
+            .unwrap();
+        queued.job_id
+    };
+
+    let hub = Hub::start_in(data, Duration::from_secs(600)).await;
+    let job = wait_ended(&hub, job_id.as_str()).await;
+
+    assert_eq!(
+        (job.status, job.attempt),
+        (JobStatus::Completed, 2),
+        "{:?}",
+        job.error
+    );
+    assert_eq!(
+        [
+            status_of(&hub, &old.backup_id).await,
+            status_of(&hub, &new.backup_id).await
+        ],
+        [StatusCode::NOT_FOUND, StatusCode::OK]
+    );
+}
