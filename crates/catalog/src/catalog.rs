@@ -71,7 +71,7 @@ const NEXT_SEQ_KEY: &str = "next_seq";
 
 pub(crate) const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 const VMS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("vms");
-const BACKUPS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("backups");
+pub(crate) const BACKUPS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("backups");
 const VM_BACKUPS: TableDefinition<'static, (&str, u64), &str> = TableDefinition::new("vm_backups");
 const BACKUP_ORDER: TableDefinition<'static, u64, &str> = TableDefinition::new("backup_order");
 const ACTIVE: TableDefinition<'static, &str, &str> = TableDefinition::new("active");
@@ -90,9 +90,9 @@ pub struct Catalog {
 
 /// A backup as stored, with its creation sequence number (the order key).
 #[derive(Serialize, Deserialize)]
-struct StoredBackup {
-    seq: u64,
-    record: BackupRecord,
+pub(crate) struct StoredBackup {
+    pub(crate) seq: u64,
+    pub(crate) record: BackupRecord,
 }
 
 impl Catalog {
@@ -131,6 +131,7 @@ impl Catalog {
         WriteTables::open(&txn)?;
         crate::jobs::create_tables(&txn)?;
         crate::policies::create_tables(&txn)?;
+        crate::maintenance::create_tables(&txn)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -422,7 +423,7 @@ impl Catalog {
     /// # Errors
     /// [`CatalogError::HasDependents`] listing the backups that depend on it;
     /// [`CatalogError::WrongStatus`] if it is pending or running (fail it first);
-    /// [`CatalogError::BackupNotFound`].
+    /// [`CatalogError::Protected`]; [`CatalogError::BackupNotFound`].
     pub fn delete_backup(&self, id: &BackupId) -> Result<BackupRecord> {
         self.write(Durability::Immediate, |t| {
             let stored =
@@ -435,6 +436,11 @@ impl Catalog {
                     backup_id: id.clone(),
                     status: record.status,
                     expected: "completed or failed",
+                });
+            }
+            if record.protected {
+                return Err(CatalogError::Protected {
+                    backup_id: id.clone(),
                 });
             }
             let mut dependents = Vec::new();
@@ -473,6 +479,23 @@ impl Catalog {
             }
             debug!(backup_id = %id, "backup deleted");
             Ok(record)
+        })
+    }
+
+    /// Sets or clears a backup's `protected` flag (a protected point is never deleted nor
+    /// pruned); answers the record. Only a completed backup can be protected; any backup can be
+    /// unprotected.
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] when protecting a
+    /// backup that is not completed.
+    pub fn set_protected(&self, id: &BackupId, protected: bool) -> Result<BackupRecord> {
+        self.update_backup(Durability::Immediate, id, |_, stored| {
+            if protected {
+                expect_status(&stored.record, &[BackupStatus::Completed], "completed")?;
+            }
+            stored.record.protected = protected;
+            Ok(())
         })
     }
 
@@ -668,7 +691,7 @@ impl Catalog {
     }
 
     /// Runs `f` in one write transaction, committing only if it succeeds.
-    fn write<T>(
+    pub(crate) fn write<T>(
         &self,
         durability: Durability,
         f: impl FnOnce(&mut WriteTables<'_>) -> Result<T>,
@@ -703,7 +726,7 @@ impl Catalog {
     }
 
     /// Runs `f` on a consistent read snapshot.
-    fn read<T>(&self, f: impl FnOnce(&ReadTables) -> Result<T>) -> Result<T> {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&ReadTables) -> Result<T>) -> Result<T> {
         let txn = self.db.begin_read()?;
         let tables = ReadTables::open(&txn)?;
         f(&tables)
@@ -711,20 +734,20 @@ impl Catalog {
 }
 
 /// Every table, opened in one write transaction.
-struct WriteTables<'txn> {
-    meta: Table<'txn, &'static str, u64>,
-    vms: Table<'txn, &'static str, &'static [u8]>,
-    backups: Table<'txn, &'static str, &'static [u8]>,
-    vm_backups: Table<'txn, (&'static str, u64), &'static str>,
-    order: Table<'txn, u64, &'static str>,
-    active: Table<'txn, &'static str, &'static str>,
-    heads: Table<'txn, &'static str, &'static str>,
-    credentials: Table<'txn, &'static str, &'static [u8]>,
-    deletions: Table<'txn, &'static str, &'static [u8]>,
+pub(crate) struct WriteTables<'txn> {
+    pub(crate) meta: Table<'txn, &'static str, u64>,
+    pub(crate) vms: Table<'txn, &'static str, &'static [u8]>,
+    pub(crate) backups: Table<'txn, &'static str, &'static [u8]>,
+    pub(crate) vm_backups: Table<'txn, (&'static str, u64), &'static str>,
+    pub(crate) order: Table<'txn, u64, &'static str>,
+    pub(crate) active: Table<'txn, &'static str, &'static str>,
+    pub(crate) heads: Table<'txn, &'static str, &'static str>,
+    pub(crate) credentials: Table<'txn, &'static str, &'static [u8]>,
+    pub(crate) deletions: Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> WriteTables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self> {
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self> {
         Ok(Self {
             meta: txn.open_table(META)?,
             vms: txn.open_table(VMS)?,
@@ -740,15 +763,15 @@ impl<'txn> WriteTables<'txn> {
 }
 
 /// The tables readers use, opened in one read transaction.
-struct ReadTables {
-    vms: ReadOnlyTable<&'static str, &'static [u8]>,
-    backups: ReadOnlyTable<&'static str, &'static [u8]>,
-    vm_backups: ReadOnlyTable<(&'static str, u64), &'static str>,
-    order: ReadOnlyTable<u64, &'static str>,
-    active: ReadOnlyTable<&'static str, &'static str>,
-    heads: ReadOnlyTable<&'static str, &'static str>,
-    credentials: ReadOnlyTable<&'static str, &'static [u8]>,
-    deletions: ReadOnlyTable<&'static str, &'static [u8]>,
+pub(crate) struct ReadTables {
+    pub(crate) vms: ReadOnlyTable<&'static str, &'static [u8]>,
+    pub(crate) backups: ReadOnlyTable<&'static str, &'static [u8]>,
+    pub(crate) vm_backups: ReadOnlyTable<(&'static str, u64), &'static str>,
+    pub(crate) order: ReadOnlyTable<u64, &'static str>,
+    pub(crate) active: ReadOnlyTable<&'static str, &'static str>,
+    pub(crate) heads: ReadOnlyTable<&'static str, &'static str>,
+    pub(crate) credentials: ReadOnlyTable<&'static str, &'static [u8]>,
+    pub(crate) deletions: ReadOnlyTable<&'static str, &'static [u8]>,
 }
 
 impl ReadTables {
@@ -898,7 +921,7 @@ pub(crate) fn get_json<T: DeserializeOwned>(
     }
 }
 
-fn get_id(
+pub(crate) fn get_id(
     table: &impl ReadableTable<&'static str, &'static str>,
     name: &'static str,
     key: &str,
@@ -909,7 +932,7 @@ fn get_id(
     }
 }
 
-fn load_backup(
+pub(crate) fn load_backup(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     id: &BackupId,
 ) -> Result<Option<StoredBackup>> {
@@ -917,7 +940,7 @@ fn load_backup(
 }
 
 /// Loads a backup the index `index` points to; a dangling index entry is corruption.
-fn require_backup(
+pub(crate) fn require_backup(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     index: &'static str,
     id: &BackupId,
@@ -931,7 +954,7 @@ fn require_backup(
 }
 
 /// A VM's backup ids in creation order.
-fn vm_backup_ids(
+pub(crate) fn vm_backup_ids(
     table: &impl ReadableTable<(&'static str, u64), &'static str>,
     vm: &VmName,
 ) -> Result<Vec<BackupId>> {

@@ -149,6 +149,12 @@ pub enum CatalogError {
         /// The backups whose parent it is.
         dependents: Vec<BackupId>,
     },
+    /// The backup is protected (`PUT /api/v1/backups/{id}` `{protected: false}` first).
+    #[error("Backup {backup_id} is protected: unprotect it before removing it")]
+    Protected {
+        /// The protected backup.
+        backup_id: BackupId,
+    },
     /// The VM's disks cannot change while one of its backups is in progress.
     #[error("VM {vm} cannot change its disks while backup {backup_id} is in progress")]
     VmBusy {
@@ -311,6 +317,7 @@ impl CatalogError {
             | Self::ParentNotLatest { .. }
             | Self::WrongStatus { .. }
             | Self::HasDependents { .. }
+            | Self::Protected { .. }
             | Self::VmBusy { .. } => ErrorKind::Conflict,
             Self::UnknownDisk { .. }
             | Self::MissingDisk { .. }

@@ -14,11 +14,13 @@
 //! | `job_queue` | (agent name, job seq) | job id: the agent's `queued` jobs, oldest first |
 //! | `job_leases` | job id | lease end (Unix seconds): jobs an agent holds |
 //! | `active_backup_jobs` | VM name | id of its one `queued` or `running` backup job |
+//! | `hub_job_queue` | job seq | job id: `queued` jobs the hub runs itself (no agent: `prune`, `verify`), oldest first |
 //! | `inventories` | credential name | JSON [`Inventory`] |
 //!
 //! The index tables are derived from the job records: every write of a job goes through one
 //! function that removes the old record's index entries and adds the new one's, in the same
-//! write transaction as the record. So a VM has at most one queued or running backup job (the
+//! write transaction as the record (`hub_job_queue` was added later: a file written before
+//! holds no job without an agent, so creating it empty at open is the whole upgrade). So a VM has at most one queued or running backup job (the
 //! insert into `active_backup_jobs` refuses a second, naming the first), a job is in its
 //! agent's queue exactly while it is `queued`, and it holds a lease exactly while its record
 //! has `lease_until`.
@@ -34,7 +36,7 @@ use redb::{
 use sendense_types::api::BackupType;
 use sendense_types::{
     AgentName, BackupId, CredentialName, Inventory, JobId, JobKind, JobProgress, JobQuery,
-    JobStatus, PolicyName, Timestamp, VmName,
+    JobStatus, PolicyName, Retention, Timestamp, VmName,
 };
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +53,7 @@ const JOB_LEASES: TableDefinition<'static, &str, i64> = TableDefinition::new("jo
 const ACTIVE_BACKUP_JOBS: TableDefinition<'static, &str, &str> =
     TableDefinition::new("active_backup_jobs");
 const INVENTORIES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("inventories");
+const HUB_JOB_QUEUE: TableDefinition<'static, u64, &str> = TableDefinition::new("hub_job_queue");
 
 const NEXT_JOB_SEQ_KEY: &str = "next_job_seq";
 
@@ -149,6 +152,15 @@ pub struct JobRecord {
     pub started_at: Option<Timestamp>,
     /// When it ended.
     pub finished_at: Option<Timestamp>,
+    /// A prune job: the retention it applies.
+    #[serde(default)]
+    pub retention: Option<Retention>,
+    /// A prune job: the points it removes, newest first.
+    #[serde(default)]
+    pub remove: Vec<BackupId>,
+    /// What a job the hub ran itself did, in words.
+    #[serde(default)]
+    pub result: Option<String>,
 }
 
 impl JobRecord {
@@ -171,6 +183,7 @@ impl JobRecord {
             credential: self.credential.clone(),
             policy: self.policy.clone(),
             attempt: self.attempt,
+            result: self.result.clone(),
         }
     }
 }
@@ -582,6 +595,23 @@ impl Catalog {
         Ok(after)
     }
 
+    /// The `queued` jobs the hub runs itself (no agent), oldest first.
+    ///
+    /// # Errors
+    /// Storage or corruption errors.
+    pub fn queued_hub_jobs(&self) -> Result<Vec<JobRecord>> {
+        let txn = self.db.begin_read()?;
+        let queue = txn.open_table(HUB_JOB_QUEUE)?;
+        let jobs = txn.open_table(JOBS)?;
+        queue
+            .iter()?
+            .map(|entry| {
+                let (_, id) = entry?;
+                require_job(&jobs, id.value())
+            })
+            .collect()
+    }
+
     /// Every job an agent holds a lease on (running, or cancelled while running and not yet
     /// finished by its agent), in no particular order.
     ///
@@ -733,6 +763,7 @@ struct WriteJobTables<'txn> {
     leases: Table<'txn, &'static str, i64>,
     active: Table<'txn, &'static str, &'static str>,
     inventories: Table<'txn, &'static str, &'static [u8]>,
+    hub_queue: Table<'txn, u64, &'static str>,
 }
 
 impl<'txn> WriteJobTables<'txn> {
@@ -748,6 +779,7 @@ impl<'txn> WriteJobTables<'txn> {
             leases: txn.open_table(JOB_LEASES)?,
             active: txn.open_table(ACTIVE_BACKUP_JOBS)?,
             inventories: txn.open_table(INVENTORIES)?,
+            hub_queue: txn.open_table(HUB_JOB_QUEUE)?,
         })
     }
 
@@ -760,6 +792,9 @@ impl<'txn> WriteJobTables<'txn> {
             }
             if b.lease_until.is_some() {
                 self.leases.remove(id)?;
+            }
+            if hub_queued(b) {
+                self.hub_queue.remove(b.seq)?;
             }
             if let Some(vm) = active_backup_vm(b) {
                 let ours = self
@@ -777,6 +812,9 @@ impl<'txn> WriteJobTables<'txn> {
         if let Some(lease) = after.lease_until {
             self.leases.insert(id, lease.unix_seconds())?;
         }
+        if hub_queued(after) {
+            self.hub_queue.insert(after.seq, id)?;
+        }
         if let Some(vm) = active_backup_vm(after) {
             if let Some(other) = self.active.get(vm.as_str())?.map(|v| v.value().to_owned()) {
                 return Err(CatalogError::JobInProgress {
@@ -789,6 +827,11 @@ impl<'txn> WriteJobTables<'txn> {
         self.jobs.insert(id, encode(after).as_slice())?;
         Ok(())
     }
+}
+
+/// Whether the job waits in the hub's own queue (queued, no agent).
+fn hub_queued(record: &JobRecord) -> bool {
+    record.status == JobStatus::Queued && record.agent.is_none()
 }
 
 /// The VM whose one active backup job this is, if it is one.
@@ -862,6 +905,9 @@ mod tests {
             queued_at: at(1),
             started_at: None,
             finished_at: None,
+            retention: None,
+            remove: Vec::new(),
+            result: None,
         }
     }
 
@@ -1051,6 +1097,45 @@ mod tests {
         assert_eq!(
             (renewed, catalog.leased_jobs().unwrap()[0].lease_until,),
             (1, Some(at(500)))
+        );
+    }
+
+    #[test]
+    fn queued_hub_jobs_only_agentless_queued_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog_with_agent(dir.path());
+        catalog.create_job(backup_job("vm1")).unwrap();
+        let hub_job = |vm: &str| JobRecord {
+            kind: JobKind::Prune,
+            agent: None,
+            credential: None,
+            backup_type: None,
+            remove: vec!["backup-vm9-20240101T000000-000001".parse().unwrap()],
+            ..backup_job(vm)
+        };
+        let first = catalog.create_job(hub_job("vm2")).unwrap();
+        let second = catalog.create_job(hub_job("vm3")).unwrap();
+
+        let before = catalog.queued_hub_jobs().unwrap();
+        catalog
+            .update_job(&first.job_id, |r| {
+                r.status = JobStatus::Running;
+                Ok::<_, CatalogError>(())
+            })
+            .unwrap();
+        let after = catalog.queued_hub_jobs().unwrap();
+
+        assert_eq!(
+            (
+                before.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>(),
+                after.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>(),
+                before[0].remove.len(),
+            ),
+            (
+                vec![first.job_id, second.job_id.clone()],
+                vec![second.job_id],
+                1
+            )
         );
     }
 }

@@ -51,11 +51,13 @@
 pub mod catalog;
 pub mod error;
 pub mod jobs;
+pub mod maintenance;
 pub mod policies;
 pub mod record;
 
 pub use catalog::{Catalog, FILE_NAME, SCHEMA_VERSION};
 pub use error::{CatalogError, ErrorKind};
 pub use jobs::{AgentRecord, Claim, Enrollment, JobRecord};
-pub use policies::PolicyRecord;
+pub use maintenance::{MergeDisk, MergeKind, MergePhase, MergeStep};
+pub use policies::{CompletedBackup, PolicyRecord};
 pub use record::{BackupRecord, CredentialRecord, DiskCompletion, DiskRecord};

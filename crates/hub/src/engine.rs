@@ -55,6 +55,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::HubError;
+use crate::maintenance::ChainLocks;
 use crate::verify::Verifier;
 use sendense_image::export::Qcow2Export;
 
@@ -191,6 +192,7 @@ pub struct Engine {
     nbd_base: String,
     live: Mutex<Live>,
     space: RepositoryConfig,
+    chain_locks: Arc<ChainLocks>,
 }
 
 impl Engine {
@@ -209,6 +211,7 @@ impl Engine {
             nbd_base,
             live: Mutex::new(Live::default()),
             space: RepositoryConfig::default(),
+            chain_locks: Arc::new(ChainLocks::default()),
         }
     }
 
@@ -223,6 +226,19 @@ impl Engine {
     #[must_use]
     pub fn repository_config(&self) -> RepositoryConfig {
         self.space
+    }
+
+    /// The per-VM chain locks: a backup start, a restore open and a deletion take their VM's
+    /// shared, a removal of points ([`crate::maintenance::Maintenance`]) exclusively.
+    #[must_use]
+    pub fn chain_locks(&self) -> &Arc<ChainLocks> {
+        &self.chain_locks
+    }
+
+    /// The backups whose restore exports are open.
+    #[must_use]
+    pub fn restores_open(&self) -> Vec<BackupId> {
+        self.live().restores.keys().cloned().collect()
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -276,6 +292,9 @@ impl Engine {
         if self.live().closing {
             return Err(HubError::ShuttingDown);
         }
+        // A removal of points of this VM refuses the start (409 naming it) rather than hold
+        // it for a merge of unknown length; the guard keeps one from starting meanwhile.
+        let _chain = self.chain_locks.try_read(&req.vm_name)?;
         let vm = self.vm(&req.vm_name)?;
         let (parent, full_reason) = self.choose_parent(&vm, req)?;
         self.check_space(&vm, parent.is_some())?;
@@ -974,6 +993,7 @@ impl Engine {
     /// Unknown backup (404); dependants, a running backup or open restore
     /// exports (409).
     pub fn delete_backup(&self, id: &BackupId) -> Result<Backup, HubError> {
+        let _chain = self.chain_locks.try_read(&id.vm_name())?;
         {
             let mut live = self.live();
             if live.restores.contains_key(id) {
@@ -1041,6 +1061,7 @@ impl Engine {
                     .unwrap_or_default(),
             });
         }
+        let _chain = self.chain_locks.try_read(&record.vm_name)?;
         if let Some(open) = self.live().restores.get(id) {
             return Ok(self.restore_answer(open));
         }

@@ -115,6 +115,23 @@ pub enum HubError {
         /// The backup.
         backup_id: BackupId,
     },
+    /// A VM's chains are held by a removal of restore points (or, for a removal, by what it
+    /// waited for in vain).
+    #[error("VM {vm}'s backup chain is busy: {holder}; try again when it ends")]
+    ChainBusy {
+        /// The VM.
+        vm: VmName,
+        /// What holds the chain.
+        holder: String,
+    },
+    /// Protected points cannot be removed.
+    #[error(
+        "Protected restore points cannot be removed: {backup_ids:?} (unprotect them first: PUT /api/v1/backups/{{id}} {{\"protected\": false}})"
+    )]
+    Protected {
+        /// The protected points asked for.
+        backup_ids: Vec<BackupId>,
+    },
     /// No restore exports of this backup are open.
     #[error("Backup {backup_id} has no open restore exports")]
     NoExports {
@@ -519,6 +536,12 @@ pub enum HubError {
     /// An enrollment's certificate signing request could not be signed.
     #[error("Cannot sign the certificate signing request (csr_pem)")]
     Csr(#[source] sendense_nbd::NbdError),
+    /// A `prune` or `verify` job the hub runs itself cannot be cancelled once it runs.
+    #[error("Job {job_id} is running inside the hub and runs to its end: it cannot be cancelled")]
+    HubJobRunning {
+        /// The job.
+        job_id: JobId,
+    },
 }
 
 /// How a caller should read a [`HubError`]: the HTTP status class.
@@ -564,6 +587,8 @@ impl HubError {
             | Self::WrongStatus { .. }
             | Self::NotLive { .. }
             | Self::ExportsOpen { .. }
+            | Self::ChainBusy { .. }
+            | Self::Protected { .. }
             | Self::ChainTooLong { .. }
             | Self::FilesMissing { .. }
             | Self::DiskChanged { .. }
@@ -575,6 +600,7 @@ impl HubError {
             | Self::ChainFailedVerification { .. } => ErrorKind::Conflict,
             Self::SpaceShort { .. } => ErrorKind::InsufficientStorage,
             Self::ShuttingDown => ErrorKind::Unavailable,
+            Self::HubJobRunning { .. } => ErrorKind::Conflict,
             Self::NotYourJob { .. }
             | Self::OtherAgent { .. }
             | Self::CredentialNotForAgent { .. } => ErrorKind::Forbidden,

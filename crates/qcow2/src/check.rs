@@ -130,6 +130,15 @@ impl Image {
     /// # Errors
     /// I/O errors, and internal snapshots (not supported by this check).
     pub fn check(&self) -> Result<CheckReport, Qcow2Error> {
+        self.check_leaks(&mut |_, _| {})
+    }
+
+    /// [`Image::check`], calling `leaked(cluster, excess)` for every leaked cluster (refcount
+    /// above its references by `excess`).
+    pub(crate) fn check_leaks(
+        &self,
+        leaked: &mut dyn FnMut(u64, u64),
+    ) -> Result<CheckReport, Qcow2Error> {
         self.flush()?;
         if self.header.nb_snapshots != 0 {
             return Err(Qcow2Error::UnsupportedFeature {
@@ -255,6 +264,7 @@ impl Image {
                 r.error(&format!("cluster {c} refcount={rc} reference={refs}"));
             } else if rc > refs {
                 r.leak(&format!("cluster {c} refcount={rc} reference={refs}"));
+                leaked(c, rc - refs);
             }
             if c < nclusters {
                 rcs.push(rc);

@@ -48,6 +48,7 @@ mod options;
 pub mod parse;
 pub mod raw;
 mod read;
+mod repair;
 mod status;
 pub mod storage;
 mod sys;

@@ -402,6 +402,10 @@ pub struct Job {
     /// Which attempt this is (1 for the first run; retries count up).
     #[serde(default)]
     pub attempt: u32,
+    /// What a job the hub ran itself (`prune`, `verify`) did, in words: for a prune, the points
+    /// removed and those skipped because they became protected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
 }
 
 /// `{jobs: [...]}`, newest first.

@@ -290,3 +290,44 @@ fn mark_files_missing_running_backup_refused() {
 
     assert_eq!(err.kind(), ErrorKind::Conflict);
 }
+
+#[test]
+fn delete_backup_protected_refused_until_unprotected() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let full = complete(&f.catalog, &start_full(&f.catalog, &vm, 1), 2);
+    let protected = f.catalog.set_protected(&full.backup_id, true).unwrap();
+
+    let err = f.catalog.delete_backup(&full.backup_id).unwrap_err();
+    f.catalog.set_protected(&full.backup_id, false).unwrap();
+    let deleted = f.catalog.delete_backup(&full.backup_id);
+
+    assert!(protected.protected);
+    assert!(
+        matches!(&err, CatalogError::Protected { backup_id } if *backup_id == full.backup_id)
+            && err.kind() == ErrorKind::Conflict,
+        "{err}"
+    );
+    assert!(deleted.is_ok(), "{deleted:?}");
+}
+
+#[test]
+fn set_protected_running_backup_refused() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let running = start_full(&f.catalog, &vm, 1);
+
+    let err = f
+        .catalog
+        .set_protected(&running.backup_id, true)
+        .unwrap_err();
+
+    assert!(matches!(err, CatalogError::WrongStatus { .. }), "{err}");
+    assert!(
+        !f.catalog
+            .backup(&running.backup_id)
+            .unwrap()
+            .unwrap()
+            .protected
+    );
+}

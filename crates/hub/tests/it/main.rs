@@ -10,7 +10,11 @@ mod jobs;
 #[cfg(test)]
 mod lifecycle;
 #[cfg(test)]
+mod maintenance;
+#[cfg(test)]
 mod policies;
+#[cfg(test)]
+mod prune;
 #[cfg(test)]
 mod support;
 #[cfg(test)]
