@@ -116,6 +116,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/vms/{name}/backup", post(backup_now))
         .route("/api/v1/vms/{name}/prune", post(prune_vm))
+        .route("/api/v1/backups/{id}/verify", post(verify_backup))
         .route("/api/v1/credentials/{name}/inventory", get(inventory))
         .route(
             "/api/v1/credentials/{name}/inventory/refresh",
@@ -419,6 +420,16 @@ async fn prune_vm(
         StatusCode::OK
     };
     Ok((status, Json(answer)))
+}
+
+/// `POST /api/v1/backups/{id}/verify`: 202 `{job_id}` of the queued `verify` job.
+async fn verify_backup(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    let accepted = blocking(move || s.hub_jobs.queue_verify(&id)).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 async fn complete_backup(

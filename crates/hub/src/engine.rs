@@ -1217,7 +1217,11 @@ impl Engine {
     /// A verifier of this engine's repository ([`Verifier::verify`]).
     #[must_use]
     pub fn verifier(&self) -> Verifier {
-        Verifier::new(Arc::clone(&self.catalog), self.repository.clone())
+        Verifier::new(
+            Arc::clone(&self.catalog),
+            self.repository.clone(),
+            Arc::clone(&self.chain_locks),
+        )
     }
 
     // ------------------------------------------------------------ lifecycle

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sendense_catalog::{BackupRecord, Catalog};
 use sendense_digest::{BLOCK_SIZE, LayerDigests};
@@ -29,6 +30,10 @@ use sendense_types::{
 };
 
 use crate::error::HubError;
+use crate::maintenance::ChainLocks;
+
+/// How long a verification waits for a removal of points of the same VM to end.
+const LOCK_WAIT: Duration = Duration::from_secs(3600);
 
 /// What a verification found on the disks of one point.
 type Hits = BTreeMap<BackupId, (BTreeSet<(DiskKey, u64)>, Option<BackupId>)>;
@@ -40,6 +45,7 @@ const MAX_BAD_RANGES: usize = 1024;
 pub struct Verifier {
     catalog: Arc<Catalog>,
     repository: PathBuf,
+    locks: Arc<ChainLocks>,
 }
 
 /// A block that read wrong: its disk, index, and the backup whose layer holds it.
@@ -51,12 +57,15 @@ struct BadBlock {
 }
 
 impl Verifier {
-    /// A verifier of the points `catalog` knows, whose files live under `repository`.
+    /// A verifier of the points `catalog` knows, whose files live under `repository`; it
+    /// holds the VM's chain lock shared (`locks`) while it reads, so no removal of points
+    /// changes the files under it.
     #[must_use]
-    pub fn new(catalog: Arc<Catalog>, repository: PathBuf) -> Self {
+    pub fn new(catalog: Arc<Catalog>, repository: PathBuf, locks: Arc<ChainLocks>) -> Self {
         Self {
             catalog,
             repository,
+            locks,
         }
     }
 
@@ -90,6 +99,7 @@ impl Verifier {
                 expected: "completed",
             });
         }
+        let _chain = self.locks.read(&record.vm_name, LOCK_WAIT)?;
         let total: u64 = record.disks.iter().map(|d| d.capacity_bytes).sum();
         let mut done = 0u64;
         let mut bad = Vec::new();

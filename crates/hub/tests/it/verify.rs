@@ -310,3 +310,116 @@ async fn a_backup_the_file_system_cannot_hold_is_refused_before_anything_is_made
         "{info:?}"
     );
 }
+
+/// Polls `GET /api/v1/jobs/{id}` until the job ended, failing the test after 30 s.
+async fn ended_job(hub: &Hub, id: &str) -> sendense_types::Job {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(20));
+    loop {
+        poll.tick().await;
+        let job: sendense_types::Job = hub.get_as(&format!("/api/v1/jobs/{id}")).await;
+        if matches!(
+            job.status,
+            sendense_types::JobStatus::Completed
+                | sendense_types::JobStatus::Failed
+                | sendense_types::JobStatus::Cancelled
+        ) {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job never ended: {job:?}"
+        );
+    }
+}
+
+/// `POST /api/v1/backups/{id}/verify` queues a verify job the hub runs: it completes for a
+/// sound point; after a byte flips it fails, names the bad bytes, and the webhook hears of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_route_runs_a_job_and_a_failed_verification_fires_the_webhook() {
+    use sendense_hub::notify::{WebhookConfig, WebhookSecret};
+
+    let (url, mut rx) = crate::webhook::receiver().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = WebhookSecret::new(b"verify-secret", secrets.path()).unwrap();
+    let hub = Hub::start_with_webhook(WebhookConfig::new(&url, secret, false).unwrap()).await;
+    hub.register("vw", &[SIZE]).await;
+    let full = point(
+        &hub,
+        "vw",
+        "full",
+        &[Write::Data {
+            first: 0,
+            blocks: BLOCKS,
+            seed: 21,
+        }],
+        0,
+    )
+    .await;
+    let (st, body) = hub
+        .post(
+            &format!("/api/v1/backups/{}/verify", full.backup_id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let job = ended_job(&hub, body["job_id"].as_str().unwrap()).await;
+    assert_eq!(job.status, sendense_types::JobStatus::Completed, "{job:?}");
+    assert_eq!(job.kind, sendense_types::JobKind::Verify);
+    let v = hub.backup(&full.backup_id).await.verification;
+    assert_eq!(v.state, VerificationState::Ok);
+    assert!(v.at.is_some());
+
+    let file = hub.repo().join(full.disks[0].file.as_ref().unwrap());
+    let at = host_offset(&file, 3 * BLOCK_SIZE + 9);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[!byte[0]], at).unwrap();
+    drop(f);
+    let (st, body) = hub
+        .post(
+            &format!("/api/v1/backups/{}/verify", full.backup_id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let job = ended_job(&hub, body["job_id"].as_str().unwrap()).await;
+    assert_eq!(job.status, sendense_types::JobStatus::Failed, "{job:?}");
+    assert!(
+        job.error
+            .as_deref()
+            .is_some_and(|e| e.contains("read differently")),
+        "{job:?}"
+    );
+    let v = hub.backup(&full.backup_id).await.verification;
+    assert_eq!(v.state, VerificationState::Failed);
+    assert_eq!(
+        v.bad_ranges,
+        vec![BadRange {
+            disk_key: DiskKey(2000),
+            offset: 3 * BLOCK_SIZE,
+            length: BLOCK_SIZE
+        }]
+    );
+    let (_, hook) = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no webhook notification within 10 s")
+        .unwrap();
+    let hook: serde_json::Value = serde_json::from_slice(&hook).unwrap();
+    assert_eq!(hook["event"], "job_failed", "{hook}");
+    assert_eq!(hook["job"]["kind"], "verify", "{hook}");
+
+    // Unknown and not-completed points are refused.
+    let (st, _) = hub
+        .post(
+            "/api/v1/backups/backup-vw-20200101T000000-abcdef/verify",
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
