@@ -37,6 +37,7 @@ use crate::jobs::{Jobs, REAP_PERIOD};
 use crate::maintenance::{Maintenance, ResumeReport};
 use crate::notify::{Notifier, WebhookConfig};
 use crate::policies::Policies;
+use crate::reverify;
 use crate::scheduler::{self, SystemClock};
 
 /// Folder of the TLS material inside the data folder.
@@ -54,6 +55,9 @@ const NBD_DRAIN: Duration = Duration::from_secs(5);
 const WEBHOOK_DRAIN: Duration = Duration::from_secs(4);
 
 pub use crate::engine::{DEFAULT_FREE_SPACE_WARNING_PERCENT, RepositoryConfig};
+
+/// When the first look for points due for re-verification happens after start.
+const REVERIFY_FIRST: Duration = Duration::from_secs(60);
 
 /// How the daemon is set up.
 #[derive(Debug, Clone)]
@@ -407,6 +411,29 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     let job_notifier = notifier.clone();
     let notifications = tokio::spawn(notify_finished_jobs(finished, job_notifier));
     let scheduler = spawn_scheduler(Arc::clone(&policies), &jobs, stop_rx.clone());
+    let reverify = config.repository.reverify_days.map(|days| {
+        let catalog = Arc::clone(&catalog);
+        let hub_jobs = Arc::clone(&hub_jobs);
+        tokio::spawn(scheduler::run_ticks(
+            REVERIFY_FIRST,
+            reverify::REVERIFY_PERIOD,
+            stop_rx.clone(),
+            move || {
+                let catalog = Arc::clone(&catalog);
+                let hub_jobs = Arc::clone(&hub_jobs);
+                async move {
+                    let now = sendense_types::Timestamp::now();
+                    let done = tokio::task::spawn_blocking(move || {
+                        reverify::tick(&catalog, &hub_jobs, now, days)
+                    })
+                    .await;
+                    if let Ok(Err(e)) = done {
+                        tracing::error!(error = %sendense_io::error_chain(&e), "re-verification look failed");
+                    }
+                }
+            },
+        ))
+    });
 
     let shutdown_engine = Arc::clone(&engine);
     let shutdown_jobs = Arc::clone(&jobs);
@@ -421,6 +448,9 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         bounded("lease reaper", Duration::from_secs(1), reaper).await;
         notifications.abort();
         bounded("policy scheduler", Duration::from_secs(1), scheduler).await;
+        if let Some(task) = reverify {
+            bounded("re-verification", Duration::from_secs(1), task).await;
+        }
         // A running prune or verify ends on its own (a merge is never left half way); the
         // journal finishes or undoes one a hard stop interrupts.
         bounded("hub job runner", ENGINE_DRAIN, hub_job_runner).await;

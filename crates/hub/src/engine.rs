@@ -1214,6 +1214,12 @@ impl Engine {
         Ok(known)
     }
 
+    /// The catalog, for in-process callers.
+    #[must_use]
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
     /// A verifier of this engine's repository ([`Verifier::verify`]).
     #[must_use]
     pub fn verifier(&self) -> Verifier {

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notify;
 pub mod openapi;
 pub mod policies;
+pub mod reverify;
 pub mod scheduler;
 pub mod tls;
 pub mod token;

@@ -423,3 +423,52 @@ async fn verify_route_runs_a_job_and_a_failed_verification_fires_the_webhook() {
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
+
+/// `--reverify-days`: a point is due once its last verification (or its completion) is that
+/// old, gets one verify job, and is not due again while the job is pending or once verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_are_re_verified_once_their_last_verification_is_n_days_old() {
+    use sendense_hub::reverify;
+    use sendense_types::Timestamp;
+
+    let hub = Hub::start().await;
+    hub.register("rv", &[SIZE]).await;
+    let full = point(
+        &hub,
+        "rv",
+        "full",
+        &[Write::Data {
+            first: 0,
+            blocks: 2,
+            seed: 31,
+        }],
+        0,
+    )
+    .await;
+    let running = hub.running.as_ref().unwrap();
+    let catalog = running.engine.catalog();
+    let now = Timestamp::now();
+    let day = 86_400;
+    assert!(reverify::due(catalog, now, 1).unwrap().is_empty());
+    let later = now.saturating_add_seconds(2 * day);
+    assert_eq!(
+        reverify::due(catalog, later, 1).unwrap(),
+        vec![full.backup_id.clone()]
+    );
+    let queued = reverify::tick(catalog, &running.hub_jobs, later, 1).unwrap();
+    assert_eq!(queued.len(), 1);
+    // Pending: not queued twice.
+    assert!(reverify::due(catalog, later, 1).unwrap().is_empty());
+    let job = ended_job(&hub, queued[0].as_str()).await;
+    assert_eq!(job.status, sendense_types::JobStatus::Completed, "{job:?}");
+    let at = hub.backup(&full.backup_id).await.verification.at.unwrap();
+    assert!(
+        reverify::due(catalog, at.saturating_add_seconds(day / 2), 1)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        reverify::due(catalog, at.saturating_add_seconds(day), 1).unwrap(),
+        vec![full.backup_id]
+    );
+}
