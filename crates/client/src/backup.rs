@@ -342,6 +342,7 @@ pub(crate) async fn transfer_and_complete(
             source: d.source,
             target,
             plan: d.plan,
+            digests: true,
         });
         complete.push((d.key, d.change_id));
     }
