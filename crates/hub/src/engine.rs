@@ -16,6 +16,9 @@
 //!   one write transaction and nowhere else.
 //! - `fail_backup` closes the exports, removes the partial files, and marks
 //!   the backup failed; the chain is untouched.
+//! - `store_digests` keeps each disk's digests (of the bytes read at the
+//!   source) beside its image until `complete` renames them into place
+//!   ([`digests`]).
 //! - `watchdog_tick` fails backups whose client is gone: every connection
 //!   closed for the disconnect grace, connections silent for the idle
 //!   timeout, or no connection at all within the idle timeout.
@@ -55,7 +58,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::HubError;
+use digests::DigestSlot;
 use sendense_image::export::Qcow2Export;
+
+mod digests;
 
 /// Folder of the repository inside the data folder.
 pub const REPOSITORY_DIR: &str = "repository";
@@ -100,6 +106,8 @@ struct WriteDisk {
     export: Arc<Qcow2Export>,
     temp: PathBuf,
     target: PathBuf,
+    /// Its digests, uploaded before `complete`.
+    digests: DigestSlot,
 }
 
 /// Where a backup this process holds is in its life.
@@ -458,12 +466,14 @@ impl Engine {
             remove_quietly(&temp);
             return Err(e.into());
         }
+        let digests = DigestSlot::new(self.repository.join(record.digest_file(key)));
         Ok(WriteDisk {
             key,
             export_name,
             export,
             temp,
             target,
+            digests,
         })
     }
 
@@ -473,6 +483,7 @@ impl Engine {
             drop(self.registry.remove(d.export_name.as_str()));
             drop(d.export);
             remove_quietly(&d.temp);
+            remove_quietly(&d.digests.temp);
         }
     }
 
@@ -505,7 +516,7 @@ impl Engine {
     ) -> Result<Backup, HubError> {
         let record = self.record(&id)?;
         validate_completion(&record, &req)?;
-        let (disks, done) = match self.claim(&id, None) {
+        let (mut disks, done) = match self.claim(&id, None) {
             Claim::Owner(disks, done) => (disks, done),
             Claim::Wait(rx) => return Err(self.lost_race(&id, rx).await),
             Claim::Starting => {
@@ -516,6 +527,9 @@ impl Engine {
             }
             Claim::NotLive => return Err(self.not_live(&record)),
         };
+        for d in &mut disks {
+            d.digests.close().await;
+        }
         let drained = self.close_exports(&disks, COMPLETE_DRAIN).await;
         let result = if drained {
             let engine = Arc::clone(&self);
@@ -524,7 +538,10 @@ impl Engine {
                 .await
                 .unwrap_or_else(|_| Err((HubError::Worker, Vec::new())))
         } else {
-            let files = disks.iter().map(|d| d.temp.clone()).collect();
+            let files = disks
+                .iter()
+                .flat_map(|d| [d.temp.clone(), d.digests.temp.clone()])
+                .collect();
             drop(disks);
             Err((
                 HubError::DrainTimeout {
@@ -563,7 +580,14 @@ impl Engine {
     ) -> Result<BackupRecord, (HubError, Vec<PathBuf>)> {
         let all_files: Vec<PathBuf> = disks
             .iter()
-            .flat_map(|d| [d.temp.clone(), d.target.clone()])
+            .flat_map(|d| {
+                [
+                    d.temp.clone(),
+                    d.target.clone(),
+                    d.digests.temp.clone(),
+                    d.digests.target.clone(),
+                ]
+            })
             .collect();
         let fail = |e: HubError| (e, all_files.clone());
         let mut completions = Vec::with_capacity(disks.len());
@@ -585,6 +609,11 @@ impl Engine {
                 }));
             }
             std::fs::rename(&d.temp, &d.target).map_err(|e| fail(HubError::io(&d.target, e)))?;
+            let digests = d.digests.stored();
+            if digests {
+                std::fs::rename(&d.digests.temp, &d.digests.target)
+                    .map_err(|e| fail(HubError::io(&d.digests.target, e)))?;
+            }
             if let Some(folder) = d.target.parent() {
                 folders.insert(folder.to_path_buf());
             }
@@ -597,6 +626,7 @@ impl Engine {
                 disk_key: d.key,
                 change_id,
                 bytes_written: d.export.bytes_written(),
+                digests,
             });
         }
         for folder in &folders {
@@ -632,11 +662,15 @@ impl Engine {
     async fn fail_owned(self: Arc<Self>, id: BackupId, reason: String) -> Result<Backup, HubError> {
         let record = self.record(&id)?;
         match self.claim(&id, Some(&reason)) {
-            Claim::Owner(disks, done) => {
+            Claim::Owner(mut disks, done) => {
+                for d in &mut disks {
+                    d.digests.close().await;
+                }
                 self.close_exports(&disks, FAIL_DRAIN).await;
                 for d in disks {
                     drop(d.export);
                     remove_quietly(&d.temp);
+                    remove_quietly(&d.digests.temp);
                 }
                 let answer = self
                     .catalog
@@ -860,8 +894,7 @@ impl Engine {
         let deleted = self.catalog.delete_backup(id);
         self.live().deleting.remove(id);
         let record = deleted?;
-        let files: Vec<String> = record.disks.iter().map(|d| d.file.clone()).collect();
-        self.remove_deleted_files(id, &files);
+        self.remove_deleted_files(id, &record.files());
         tracing::info!(backup_id = %id, "backup deleted");
         Ok(record.to_api())
     }
@@ -1033,9 +1066,9 @@ impl Engine {
                 backups: 0,
             });
             let bytes = r
-                .disks
+                .files()
                 .iter()
-                .filter_map(|d| sizes.get(d.file.as_str()))
+                .filter_map(|f| sizes.get(f.as_str()))
                 .fold(0u64, |a, b| a.saturating_add(*b));
             usage.used_bytes = usage.used_bytes.saturating_add(bytes);
             if r.status == BackupStatus::Completed && !r.files_missing {
@@ -1054,10 +1087,14 @@ impl Engine {
     /// Every file the catalog knows, relative to the repository: each
     /// backup's images and the files of unfinished deletions.
     fn known_files(&self, records: &[BackupRecord]) -> Result<HashSet<String>, HubError> {
-        let mut known: HashSet<String> = records
-            .iter()
-            .flat_map(|r| r.disks.iter().map(|d| d.file.clone()))
-            .collect();
+        let mut known: HashSet<String> = records.iter().flat_map(BackupRecord::files).collect();
+        // A running backup's digests arrive before it completes.
+        known.extend(
+            records
+                .iter()
+                .filter(|r| r.status.is_active())
+                .flat_map(|r| r.disks.iter().map(|d| r.digest_file(d.disk_key))),
+        );
         for (_, files) in self.catalog.deletions()? {
             known.extend(files);
         }
@@ -1078,9 +1115,13 @@ impl Engine {
         let mut report = Reconciliation::default();
         for record in self.catalog.running_backups()? {
             for d in &record.disks {
-                let path = self.repository.join(&d.file);
-                remove_quietly(&temp_path(&path));
-                remove_quietly(&path);
+                for path in [
+                    self.repository.join(&d.file),
+                    self.repository.join(record.digest_file(d.disk_key)),
+                ] {
+                    remove_quietly(&temp_path(&path));
+                    remove_quietly(&path);
+                }
             }
             self.catalog.fail_backup(
                 &record.backup_id,
