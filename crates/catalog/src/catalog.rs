@@ -363,6 +363,7 @@ impl Catalog {
                     })?;
                 disk.change_id.clone_from(&done.change_id);
                 disk.bytes_written = done.bytes_written;
+                disk.digests = done.digests;
             }
             if let Some(missing) = record.disks.iter().find(|d| !seen.contains(&d.disk_key)) {
                 return Err(CatalogError::MissingDisk {
@@ -462,7 +463,7 @@ impl Catalog {
             t.backups.remove(id.as_str())?;
             t.vm_backups.remove((vm, stored.seq))?;
             t.order.remove(stored.seq)?;
-            let files: Vec<&str> = record.disks.iter().map(|d| d.file.as_str()).collect();
+            let files = record.files();
             t.deletions.insert(id.as_str(), encode(&files).as_slice())?;
             if get_id(&t.heads, "heads", vm)?.as_ref() == Some(id) {
                 let mut latest = None;
@@ -1077,6 +1078,7 @@ mod tests {
             disk_key: DiskKey(2000),
             change_id: None,
             bytes_written: 1,
+            digests: false,
         }];
         fail_point::arm(fail_point::COMPLETE_BEFORE_HEAD);
 
@@ -1102,6 +1104,7 @@ mod tests {
             disk_key: DiskKey(2000),
             change_id: None,
             bytes_written: 1,
+            digests: false,
         }];
         fail_point::arm(fail_point::COMPLETE_BEFORE_HEAD);
         let _ = catalog.complete_backup(&id, &done, at(2));

@@ -16,6 +16,9 @@
 //!   one write transaction and nowhere else.
 //! - `fail_backup` closes the exports, removes the partial files, and marks
 //!   the backup failed; the chain is untouched.
+//! - `store_digests` keeps each disk's digests (of the bytes read at the
+//!   source) beside its image until `complete` renames them into place
+//!   ([`digests`]).
 //! - `watchdog_tick` fails backups whose client is gone: every connection
 //!   closed for the disconnect grace, connections silent for the idle
 //!   timeout, or no connection at all within the idle timeout.
@@ -57,7 +60,10 @@ use tokio::time::Instant;
 use crate::error::HubError;
 use crate::maintenance::ChainLocks;
 use crate::verify::Verifier;
+use digests::DigestSlot;
 use sendense_image::export::Qcow2Export;
+
+mod digests;
 
 /// Folder of the repository inside the data folder.
 pub const REPOSITORY_DIR: &str = "repository";
@@ -102,6 +108,8 @@ struct WriteDisk {
     export: Arc<Qcow2Export>,
     temp: PathBuf,
     target: PathBuf,
+    /// Its digests, uploaded before `complete`.
+    digests: DigestSlot,
 }
 
 /// Where a backup this process holds is in its life.
@@ -602,12 +610,14 @@ impl Engine {
             remove_quietly(&temp);
             return Err(e.into());
         }
+        let digests = DigestSlot::new(self.repository.join(record.digest_file(key)));
         Ok(WriteDisk {
             key,
             export_name,
             export,
             temp,
             target,
+            digests,
         })
     }
 
@@ -617,6 +627,7 @@ impl Engine {
             drop(self.registry.remove(d.export_name.as_str()));
             drop(d.export);
             remove_quietly(&d.temp);
+            remove_quietly(&d.digests.temp);
         }
     }
 
@@ -649,7 +660,7 @@ impl Engine {
     ) -> Result<Backup, HubError> {
         let record = self.record(&id)?;
         validate_completion(&record, &req)?;
-        let (disks, done) = match self.claim(&id, None) {
+        let (mut disks, done) = match self.claim(&id, None) {
             Claim::Owner(disks, done) => (disks, done),
             Claim::Wait(rx) => return Err(self.lost_race(&id, rx).await),
             Claim::Starting => {
@@ -660,6 +671,9 @@ impl Engine {
             }
             Claim::NotLive => return Err(self.not_live(&record)),
         };
+        for d in &mut disks {
+            d.digests.close().await;
+        }
         let drained = self.close_exports(&disks, COMPLETE_DRAIN).await;
         let result = if drained {
             let engine = Arc::clone(&self);
@@ -668,7 +682,10 @@ impl Engine {
                 .await
                 .unwrap_or_else(|_| Err((HubError::Worker, Vec::new())))
         } else {
-            let files = disks.iter().map(|d| d.temp.clone()).collect();
+            let files = disks
+                .iter()
+                .flat_map(|d| [d.temp.clone(), d.digests.temp.clone()])
+                .collect();
             drop(disks);
             Err((
                 HubError::DrainTimeout {
@@ -708,7 +725,14 @@ impl Engine {
     ) -> Result<BackupRecord, (HubError, Vec<PathBuf>)> {
         let all_files: Vec<PathBuf> = disks
             .iter()
-            .flat_map(|d| [d.temp.clone(), d.target.clone()])
+            .flat_map(|d| {
+                [
+                    d.temp.clone(),
+                    d.target.clone(),
+                    d.digests.temp.clone(),
+                    d.digests.target.clone(),
+                ]
+            })
             .collect();
         let fail = |e: HubError| (e, all_files.clone());
         let mut completions = Vec::with_capacity(disks.len());
@@ -730,6 +754,11 @@ impl Engine {
                 }));
             }
             std::fs::rename(&d.temp, &d.target).map_err(|e| fail(HubError::io(&d.target, e)))?;
+            let digests = d.digests.stored();
+            if digests {
+                std::fs::rename(&d.digests.temp, &d.digests.target)
+                    .map_err(|e| fail(HubError::io(&d.digests.target, e)))?;
+            }
             if let Some(folder) = d.target.parent() {
                 folders.insert(folder.to_path_buf());
             }
@@ -742,6 +771,7 @@ impl Engine {
                 disk_key: d.key,
                 change_id,
                 bytes_written: d.export.bytes_written(),
+                digests,
             });
         }
         for folder in &folders {
@@ -777,11 +807,15 @@ impl Engine {
     async fn fail_owned(self: Arc<Self>, id: BackupId, reason: String) -> Result<Backup, HubError> {
         let record = self.record(&id)?;
         match self.claim(&id, Some(&reason)) {
-            Claim::Owner(disks, done) => {
+            Claim::Owner(mut disks, done) => {
+                for d in &mut disks {
+                    d.digests.close().await;
+                }
                 self.close_exports(&disks, FAIL_DRAIN).await;
                 for d in disks {
                     drop(d.export);
                     remove_quietly(&d.temp);
+                    remove_quietly(&d.digests.temp);
                 }
                 let answer = self
                     .catalog
@@ -1006,8 +1040,7 @@ impl Engine {
         let deleted = self.catalog.delete_backup(id);
         self.live().deleting.remove(id);
         let record = deleted?;
-        let files: Vec<String> = record.disks.iter().map(|d| d.file.clone()).collect();
-        self.remove_deleted_files(id, &files);
+        self.remove_deleted_files(id, &record.files());
         tracing::info!(backup_id = %id, "backup deleted");
         Ok(record.to_api())
     }
@@ -1180,9 +1213,9 @@ impl Engine {
                 backups: 0,
             });
             let bytes = r
-                .disks
+                .files()
                 .iter()
-                .filter_map(|d| sizes.get(d.file.as_str()))
+                .filter_map(|f| sizes.get(f.as_str()))
                 .fold(0u64, |a, b| a.saturating_add(*b));
             usage.used_bytes = usage.used_bytes.saturating_add(bytes);
             if r.status == BackupStatus::Completed && !r.files_missing {
@@ -1204,10 +1237,14 @@ impl Engine {
     /// Every file the catalog knows, relative to the repository: each
     /// backup's images and the files of unfinished deletions.
     fn known_files(&self, records: &[BackupRecord]) -> Result<HashSet<String>, HubError> {
-        let mut known: HashSet<String> = records
-            .iter()
-            .flat_map(|r| r.disks.iter().map(|d| d.file.clone()))
-            .collect();
+        let mut known: HashSet<String> = records.iter().flat_map(BackupRecord::files).collect();
+        // A running backup's digests arrive before it completes.
+        known.extend(
+            records
+                .iter()
+                .filter(|r| r.status.is_active())
+                .flat_map(|r| r.disks.iter().map(|d| r.digest_file(d.disk_key))),
+        );
         for (_, files) in self.catalog.deletions()? {
             known.extend(files);
         }
@@ -1244,9 +1281,13 @@ impl Engine {
         let mut report = Reconciliation::default();
         for record in self.catalog.running_backups()? {
             for d in &record.disks {
-                let path = self.repository.join(&d.file);
-                remove_quietly(&temp_path(&path));
-                remove_quietly(&path);
+                for path in [
+                    self.repository.join(&d.file),
+                    self.repository.join(record.digest_file(d.disk_key)),
+                ] {
+                    remove_quietly(&temp_path(&path));
+                    remove_quietly(&path);
+                }
             }
             self.catalog.fail_backup(
                 &record.backup_id,

@@ -542,6 +542,43 @@ pub enum HubError {
         /// The job.
         job_id: JobId,
     },
+    /// An uploaded digest file does not decode (the source says why).
+    #[error("Digests of disk {disk_key} of backup {backup_id} refused")]
+    DigestsMalformed {
+        /// The backup.
+        backup_id: BackupId,
+        /// The disk.
+        disk_key: DiskKey,
+        /// What the decoder refused.
+        #[source]
+        source: sendense_digest::DigestError,
+    },
+    /// An uploaded digest file describes a disk of another size.
+    #[error(
+        "Digests of disk {disk_key} of backup {backup_id} refused: they describe a {found}-byte disk, the disk has {capacity} bytes"
+    )]
+    DigestsWrongSize {
+        /// The backup.
+        backup_id: BackupId,
+        /// The disk.
+        disk_key: DiskKey,
+        /// The size the file describes.
+        found: u64,
+        /// The disk's capacity.
+        capacity: u64,
+    },
+    /// An uploaded digest file is larger than any of a disk of its capacity can be.
+    #[error(
+        "Digests of disk {disk_key} of backup {backup_id} refused: the body passes {limit} bytes, the largest digest file of this disk"
+    )]
+    DigestsTooLarge {
+        /// The backup.
+        backup_id: BackupId,
+        /// The disk.
+        disk_key: DiskKey,
+        /// The largest body accepted.
+        limit: u64,
+    },
 }
 
 /// How a caller should read a [`HubError`]: the HTTP status class.
@@ -621,6 +658,9 @@ impl HubError {
             Self::UnknownDisk { .. } | Self::MissingDisk { .. } | Self::DuplicateDisk { .. } => {
                 ErrorKind::BadRequest
             }
+            Self::DigestsMalformed { .. }
+            | Self::DigestsWrongSize { .. }
+            | Self::DigestsTooLarge { .. } => ErrorKind::BadRequest,
             _ => ErrorKind::Internal,
         }
     }
