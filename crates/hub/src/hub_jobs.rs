@@ -78,7 +78,7 @@ impl PointRemover for Maintenance {
         ids: &[BackupId],
         progress: &dyn Fn(u64, u64),
     ) -> Result<String, HubError> {
-        let report = Maintenance::remove_points(self, vm, ids, progress)?;
+        let report = Self::remove_points(self, vm, ids, progress)?;
         Ok(format!(
             "{} merge steps, {} bytes moved",
             report.merges, report.bytes_moved
