@@ -615,3 +615,228 @@ fn join(ids: &[BackupId]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use sendense_catalog::{BackupRecord, DiskCompletion};
+    use sendense_nbd::ExportRegistry;
+    use sendense_prune::Mark;
+    use sendense_types::{RegisterVmRequest, Vm};
+
+    use super::*;
+    use crate::credentials::Credentials;
+    use crate::scheduler::ManualClock;
+
+    /// A remover that reports half its work, says it started, and waits to be let go.
+    #[derive(Debug)]
+    struct Gate {
+        entered: tokio::sync::mpsc::UnboundedSender<VmName>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl PointRemover for Gate {
+        fn remove_points(
+            &self,
+            vm: &VmName,
+            ids: &[BackupId],
+            progress: &dyn Fn(u64, u64),
+        ) -> Result<String, HubError> {
+            progress(1, 2);
+            let _ = self.entered.send(vm.clone());
+            let _ = self
+                .release
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .recv();
+            progress(2, 2);
+            Ok(format!("gated {}", ids.len()))
+        }
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        catalog: Arc<Catalog>,
+        jobs: Arc<Jobs>,
+        hub_jobs: Arc<HubJobs>,
+        entered: tokio::sync::mpsc::UnboundedReceiver<VmName>,
+        release: mpsc::Sender<()>,
+    }
+
+    /// Hub jobs over a fresh catalog, in the zone UTC-5, removing through a [`Gate`].
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(Catalog::open_in(dir.path()).unwrap());
+        let engine = Arc::new(Engine::new(
+            Arc::clone(&catalog),
+            dir.path().join("repository"),
+            Arc::new(ExportRegistry::new()),
+            "nbds://localhost:1".into(),
+        ));
+        let credentials = Arc::new(Credentials::open(Arc::clone(&catalog), dir.path()).unwrap());
+        let jobs = Arc::new(Jobs::new(
+            Arc::clone(&catalog),
+            Arc::clone(&engine),
+            credentials,
+        ));
+        let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = mpsc::channel();
+        let zone = TimeZone::fixed(jiff::tz::offset(-5));
+        let now = jiff::Timestamp::from_second(1_800_000_000)
+            .unwrap()
+            .to_zoned(zone);
+        let hub_jobs = Arc::new(HubJobs::new(
+            Arc::clone(&catalog),
+            engine,
+            Arc::clone(&jobs),
+            Arc::new(Gate {
+                entered: entered_tx,
+                release: Mutex::new(release_rx),
+            }),
+            Arc::new(Verifier::new(Arc::clone(&catalog))),
+            Arc::new(ManualClock::new(now)),
+        ));
+        Setup {
+            _dir: dir,
+            catalog,
+            jobs,
+            hub_jobs,
+            entered,
+            release,
+        }
+    }
+
+    fn vm(catalog: &Catalog, name: &str) -> Vm {
+        let req: RegisterVmRequest =
+            serde_json::from_value(serde_json::json!({"name": name, "disks": [{"key": 2000, "capacity_bytes": 1_048_576}]}))
+                .unwrap();
+        catalog.upsert_vm(&req, Timestamp::EPOCH).unwrap()
+    }
+
+    /// A completed full of `vm` taken at `at` (an RFC 3339 time).
+    fn point(catalog: &Catalog, vm: &Vm, at: &str) -> BackupId {
+        let at: Timestamp = at.parse().unwrap();
+        let id = BackupId::from_parts(&vm.name, at, 7);
+        let record = BackupRecord::new(id.clone(), vm, None, BackupStatus::Running, at);
+        catalog.create_backup(&record).unwrap();
+        catalog
+            .complete_backup(
+                &id,
+                &[DiskCompletion {
+                    disk_key: record.disks[0].disk_key,
+                    change_id: Some("52 aa/1".parse().unwrap()),
+                    bytes_written: 0,
+                }],
+                at,
+            )
+            .unwrap();
+        id
+    }
+
+    #[test]
+    fn plan_reads_days_in_the_hub_zone() {
+        let s = setup();
+        let web = vm(&s.catalog, "web01");
+        // 03:00 UTC is 22:00 of the day before at UTC-5.
+        let a = point(&s.catalog, &web, "2026-03-01T20:00:00Z");
+        let b = point(&s.catalog, &web, "2026-03-02T03:00:00Z");
+        let c = point(&s.catalog, &web, "2026-03-02T20:00:00Z");
+        let retention = Retention {
+            keep_daily: Some(5),
+            ..Retention::default()
+        };
+
+        let plan = s.hub_jobs.plan(&web.name, &retention).unwrap();
+
+        assert_eq!(
+            plan.into_iter().map(|d| (d.id, d.mark)).collect::<Vec<_>>(),
+            vec![
+                (c, Mark::Keep(sendense_prune::Rule::Daily)),
+                (b, Mark::Keep(sendense_prune::Rule::Daily)),
+                (a, Mark::Remove)
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runner_one_job_per_vm_running_job_not_cancellable_progress_recorded() {
+        let mut s = setup();
+        let web = vm(&s.catalog, "web01");
+        let db = vm(&s.catalog, "db01");
+        for v in [&web, &db] {
+            point(&s.catalog, v, "2026-03-01T20:00:00Z");
+            point(&s.catalog, v, "2026-03-02T20:00:00Z");
+        }
+        let last = Retention {
+            keep_last: Some(1),
+            ..Retention::default()
+        };
+        let prune = |vm: &VmName| {
+            s.hub_jobs
+                .prune(
+                    vm,
+                    &PruneRequest {
+                        retention: last,
+                        dry_run: false,
+                    },
+                )
+                .unwrap()
+                .job_id
+                .unwrap()
+        };
+        let web_first = prune(&web.name);
+        let web_second = prune(&web.name);
+        let db_job = prune(&db.name);
+        let mut ended = s.jobs.subscribe_finished();
+        let (stop, stop_rx) = watch::channel(false);
+        let runner = tokio::spawn(Arc::clone(&s.hub_jobs).run(stop_rx));
+
+        let started = [
+            s.entered.recv().await.unwrap(),
+            s.entered.recv().await.unwrap(),
+        ];
+        let running = s.catalog.job(&web_first).unwrap().unwrap();
+        let waiting = s.catalog.job(&web_second).unwrap().unwrap();
+        let refused = s.jobs.cancel(&web_first).unwrap_err();
+        let cancelled = s.jobs.cancel(&web_second).unwrap();
+        s.release.send(()).unwrap();
+        s.release.send(()).unwrap();
+        let mut finished = Vec::new();
+        while finished.len() < 3 {
+            let job = ended.recv().await.unwrap();
+            finished.push((job.job_id, job.status));
+        }
+        stop.send_replace(true);
+        runner.await.unwrap();
+
+        assert!(started.contains(&web.name) && started.contains(&db.name));
+        assert_eq!(
+            (
+                running.status,
+                running.progress.bytes_done,
+                running.progress.bytes_total
+            ),
+            (JobStatus::Running, 1, 2)
+        );
+        assert_eq!(waiting.status, JobStatus::Queued);
+        assert!(
+            matches!(refused, HubError::HubJobRunning { .. }),
+            "{refused}"
+        );
+        assert_eq!(cancelled.status, JobStatus::Cancelled);
+        finished.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let mut expect = vec![
+            (web_first.clone(), JobStatus::Completed),
+            (web_second, JobStatus::Cancelled),
+            (db_job, JobStatus::Completed),
+        ];
+        expect.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        assert_eq!(finished, expect);
+        let done = s.catalog.job(&web_first).unwrap().unwrap();
+        assert_eq!(
+            (done.result.as_deref(), done.progress.bytes_done),
+            (Some("removed 1 of 1 points (gated 1)"), 2)
+        );
+    }
+}

@@ -567,3 +567,42 @@ async fn prune_job_interrupted_by_a_restart_is_queued_again_and_runs() {
         [StatusCode::NOT_FOUND, StatusCode::OK]
     );
 }
+
+/// The end of a prune job the hub ran itself goes to the webhook like an agent job's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_job_end_is_notified_to_the_webhook() {
+    let (url, mut rx) = crate::webhook::receiver().await;
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret =
+        sendense_hub::notify::WebhookSecret::new(b"hub-secret", secret_dir.path()).unwrap();
+    let hub = Hub::start_with_webhook(
+        sendense_hub::notify::WebhookConfig::new(&url, secret, true).unwrap(),
+    )
+    .await;
+    hub.register("web01", &[MIB]).await;
+    full(&hub, "web01").await;
+    full(&hub, "web01").await;
+
+    let (status, body) = prune(&hub, "web01", json!({"retention": {"keep_last": 1}})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    let notified = loop {
+        let (_, body) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("no notification within 20 s")
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        if body["job"]["job_id"] == json!(job_id) {
+            break body;
+        }
+    };
+
+    assert_eq!(
+        (
+            notified["event"].clone(),
+            notified["job"]["kind"].clone(),
+            notified["job"]["status"].clone()
+        ),
+        (json!("job_completed"), json!("prune"), json!("completed"))
+    );
+}
