@@ -59,5 +59,5 @@ pub use catalog::{Catalog, FILE_NAME, SCHEMA_VERSION};
 pub use error::{CatalogError, ErrorKind};
 pub use jobs::{AgentRecord, Claim, Enrollment, JobRecord};
 pub use maintenance::{MergeDisk, MergeKind, MergePhase, MergeStep};
-pub use policies::PolicyRecord;
+pub use policies::{CompletedBackup, PolicyRecord};
 pub use record::{BackupRecord, CredentialRecord, DiskCompletion, DiskRecord};

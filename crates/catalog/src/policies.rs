@@ -9,12 +9,13 @@
 //! | `policies` | policy name | JSON [`PolicyRecord`] |
 //!
 //! A record keeps the request as the API took it, when the policy was created, when it last
-//! ran, and the VMs of its current run that wait for a free place (`max_parallel`), so a run
-//! survives a hub restart.
+//! ran, the VMs of its current run that wait for a free place (`max_parallel`), and the
+//! backups its jobs completed since the run's maintenance (prune, verify) was last queued, so
+//! a run survives a hub restart.
 
 use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use sendense_types::jobs::PolicyRequest;
-use sendense_types::{PolicyName, Timestamp, VmName};
+use sendense_types::{BackupId, PolicyName, Timestamp, VmName};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, decode, encode, get_json};
@@ -39,6 +40,19 @@ pub struct PolicyRecord {
     /// VMs of the current run not yet queued: they wait for a free place of the policy.
     #[serde(default)]
     pub pending: Vec<VmName>,
+    /// Backups the policy's jobs completed whose prune and verification are not queued yet
+    /// (they are, once the run's last backup job has ended).
+    #[serde(default)]
+    pub completed: Vec<CompletedBackup>,
+}
+
+/// A backup a policy's job completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletedBackup {
+    /// The VM backed up.
+    pub vm_name: VmName,
+    /// The point the job made, when it reported one.
+    pub backup_id: Option<BackupId>,
 }
 
 impl PolicyRecord {
@@ -66,6 +80,7 @@ impl Catalog {
                 updated_at: now,
                 last_run: None,
                 pending: Vec::new(),
+                completed: Vec::new(),
             };
             t.insert(name.as_str(), encode(&record).as_slice())?;
             Ok(record)

@@ -23,7 +23,7 @@ use sendense_types::{
     AgentName, ApiError, BackupId, BackupNowRequest, BackupQuery, CompleteBackupRequest,
     CreateAgentRequest, CredentialName, CredentialRequest, EnrollRequest, FailBackupRequest,
     FinishJobRequest, Health, HeartbeatRequest, JobId, JobQuery, NextJobQuery, PolicyName,
-    RegisterVmRequest, StartBackupRequest, Timestamp, VmName,
+    PruneRequest, RegisterVmRequest, StartBackupRequest, Timestamp, UpdateBackupRequest, VmName,
 };
 use serde::de::DeserializeOwned;
 
@@ -31,6 +31,7 @@ use crate::agents::{Agents, Caller};
 use crate::credentials::Credentials;
 use crate::engine::Engine;
 use crate::error::{ErrorKind, HubError};
+use crate::hub_jobs::HubJobs;
 use crate::jobs::Jobs;
 use crate::policies::Policies;
 
@@ -70,6 +71,8 @@ pub struct ApiState {
     pub jobs: Arc<Jobs>,
     /// The policies and their scheduler.
     pub policies: Arc<Policies>,
+    /// The jobs the hub runs itself (prune, verify) and protection of points.
+    pub hub_jobs: Arc<HubJobs>,
 }
 
 /// The API's routes.
@@ -81,7 +84,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/backups/chain/{vm_name}", get(chain))
         .route(
             "/api/v1/backups/{id}",
-            get(get_backup).delete(delete_backup),
+            get(get_backup).delete(delete_backup).put(update_backup),
         )
         .route("/api/v1/backups/{id}/complete", post(complete_backup))
         .route("/api/v1/backups/{id}/fail", post(fail_backup))
@@ -112,6 +115,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/jobs/{id}/finish", post(finish_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/vms/{name}/backup", post(backup_now))
+        .route("/api/v1/vms/{name}/prune", post(prune_vm))
         .route("/api/v1/credentials/{name}/inventory", get(inventory))
         .route(
             "/api/v1/credentials/{name}/inventory/refresh",
@@ -379,6 +383,35 @@ async fn delete_backup(
 ) -> ApiResult<impl IntoResponse> {
     let id: BackupId = parse("backup id", &id)?;
     Ok(Json(blocking(move || s.engine.delete_backup(&id)).await?))
+}
+
+/// `PUT /api/v1/backups/{id}` `{protected}`: answers the backup.
+async fn update_backup(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateBackupRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    Ok(Json(
+        blocking(move || s.hub_jobs.update_backup(&id, req)).await?,
+    ))
+}
+
+/// `POST /api/v1/vms/{name}/prune` `{retention, dry_run}`: 200 with what would be kept and
+/// removed (dry run, or nothing to remove), 202 when a prune job was queued (`job_id`).
+async fn prune_vm(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    Body(req): Body<PruneRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let vm: VmName = parse("VM name", &name)?;
+    let answer = blocking(move || s.hub_jobs.prune(&vm, &req)).await?;
+    let status = if answer.job_id.is_some() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(answer)))
 }
 
 async fn complete_backup(

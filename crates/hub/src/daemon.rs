@@ -32,6 +32,7 @@ use crate::api::{ApiState, router};
 use crate::credentials::Credentials;
 use crate::engine::{Engine, REPOSITORY_DIR, Reconciliation, Watchdog};
 use crate::error::HubError;
+use crate::hub_jobs::HubJobs;
 use crate::jobs::{Jobs, REAP_PERIOD};
 use crate::maintenance::{Maintenance, ResumeReport};
 use crate::notify::{Notifier, WebhookConfig};
@@ -100,6 +101,8 @@ pub struct RunningHub {
     /// Removal of restore points with chain merges, for in-process callers (the prune job
     /// runner).
     pub maintenance: Arc<Maintenance>,
+    /// The jobs the hub runs itself (`prune`, `verify`), for in-process callers.
+    pub hub_jobs: Arc<HubJobs>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -292,11 +295,26 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         tracing::info!(jobs = renewed, "running jobs given a fresh lease");
     }
 
-    let policies = Arc::new(Policies::new(
+    let hub_jobs = Arc::new(HubJobs::new(
         Arc::clone(&catalog),
+        Arc::clone(&engine),
         Arc::clone(&jobs),
+        Arc::clone(&maintenance) as Arc<dyn crate::hub_jobs::PointRemover>,
+        Arc::new(crate::verify::Verifier::new(Arc::clone(&catalog))),
         Arc::new(SystemClock),
     ));
+    let requeued = hub_jobs.recover()?;
+    if !requeued.is_empty() {
+        tracing::warn!(jobs = ?requeued, "hub jobs a restart interrupted are queued again");
+    }
+    let policies = Arc::new(
+        Policies::new(
+            Arc::clone(&catalog),
+            Arc::clone(&jobs),
+            Arc::new(SystemClock),
+        )
+        .with_hub_jobs(Arc::clone(&hub_jobs)),
+    );
 
     let state = ApiState {
         engine: Arc::clone(&engine),
@@ -305,6 +323,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         agents: Arc::clone(&agents),
         jobs: Arc::clone(&jobs),
         policies: Arc::clone(&policies),
+        hub_jobs: Arc::clone(&hub_jobs),
     };
     let mut api_tls = (*api_tls).clone();
     api_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -376,6 +395,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         }
     });
 
+    let hub_job_runner = tokio::spawn(Arc::clone(&hub_jobs).run(stop_rx.clone()));
     let finished = jobs.subscribe_finished();
     let job_notifier = notifier.clone();
     let notifications = tokio::spawn(notify_finished_jobs(finished, job_notifier));
@@ -394,6 +414,9 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         bounded("lease reaper", Duration::from_secs(1), reaper).await;
         notifications.abort();
         bounded("policy scheduler", Duration::from_secs(1), scheduler).await;
+        // A running prune or verify ends on its own (a merge is never left half way); the
+        // journal finishes or undoes one a hard stop interrupts.
+        bounded("hub job runner", ENGINE_DRAIN, hub_job_runner).await;
         let engine_down = tokio::spawn(async move { shutdown_engine.shutdown().await });
         bounded("backup engine", ENGINE_DRAIN, engine_down).await;
         let _ = nbd_stop_tx.send(());
@@ -422,6 +445,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         agents,
         policies,
         maintenance,
+        hub_jobs,
         stop: stop_tx,
         task,
     })

@@ -493,6 +493,18 @@ pub enum HubError {
     /// An enrollment's certificate signing request could not be signed.
     #[error("Cannot sign the certificate signing request (csr_pem)")]
     Csr(#[source] sendense_nbd::NbdError),
+    /// This build cannot verify restore points yet.
+    #[error("Verification of backup {backup_id} is not available in this build yet")]
+    VerificationUnavailable {
+        /// The point asked for.
+        backup_id: BackupId,
+    },
+    /// A `prune` or `verify` job the hub runs itself cannot be cancelled once it runs.
+    #[error("Job {job_id} is running inside the hub and runs to its end: it cannot be cancelled")]
+    HubJobRunning {
+        /// The job.
+        job_id: JobId,
+    },
 }
 
 /// How a caller should read a [`HubError`]: the HTTP status class.
@@ -545,7 +557,8 @@ impl HubError {
             | Self::Busy { .. }
             | Self::StartCancelled { .. }
             | Self::DrainTimeout { .. } => ErrorKind::Conflict,
-            Self::ShuttingDown => ErrorKind::Unavailable,
+            Self::ShuttingDown | Self::VerificationUnavailable { .. } => ErrorKind::Unavailable,
+            Self::HubJobRunning { .. } => ErrorKind::Conflict,
             Self::NotYourJob { .. }
             | Self::OtherAgent { .. }
             | Self::CredentialNotForAgent { .. } => ErrorKind::Forbidden,

@@ -421,12 +421,18 @@ impl Jobs {
     /// marked `cancelled` and its agent stops at its next heartbeat (see the module docs).
     ///
     /// # Errors
-    /// Unknown job (404); a job that has ended (409); catalog errors.
+    /// Unknown job (404); a job that has ended, or a `prune`/`verify` job running inside the
+    /// hub (409); catalog errors.
     pub fn cancel(&self, id: &JobId) -> Result<Job, HubError> {
         let now = Timestamp::now();
         let record = self.catalog.update_job(id, |r| {
             if !r.status.is_active() {
                 return Err(wrong_status(r, "queued or running"));
+            }
+            if r.status == JobStatus::Running && r.agent.is_none() {
+                return Err(HubError::HubJobRunning {
+                    job_id: r.job_id.clone(),
+                });
             }
             r.status = JobStatus::Cancelled;
             r.finished_at = Some(now);
@@ -437,6 +443,12 @@ impl Jobs {
         let job = record.to_api();
         let _ = self.finished.send(job.clone());
         Ok(job)
+    }
+
+    /// Tells the subscribers of [`Jobs::subscribe_finished`] that a job the hub ran itself
+    /// ([`crate::hub_jobs`]) ended.
+    pub(crate) fn announce_finished(&self, job: Job) {
+        let _ = self.finished.send(job);
     }
 
     /// Fails every running job whose lease lapsed before `now` ("agent lost"), releases the
@@ -731,7 +743,11 @@ fn check_next_query(query: &NextJobQuery) -> Result<u32, HubError> {
 }
 
 /// Progress with the average rate since `started` and the time left at that rate.
-fn progress(started: Timestamp, now: Timestamp, reported: HeartbeatProgress) -> JobProgress {
+pub(crate) fn progress(
+    started: Timestamp,
+    now: Timestamp,
+    reported: HeartbeatProgress,
+) -> JobProgress {
     let elapsed = u64::try_from(now.unix_seconds().saturating_sub(started.unix_seconds()))
         .unwrap_or(0)
         .max(1);

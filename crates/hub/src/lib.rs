@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod hub_jobs;
 pub mod jobs;
 pub mod maintenance;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod policies;
 pub mod scheduler;
 pub mod tls;
 pub mod token;
+pub mod verify;
 
 pub use daemon::{HubConfig, Listeners, RunningHub, run, start};
 pub use error::HubError;

@@ -731,6 +731,23 @@ impl Maintenance {
     }
 }
 
+impl crate::hub_jobs::PointRemover for Maintenance {
+    fn remove_points(
+        &self,
+        vm: &VmName,
+        ids: &[BackupId],
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<String, HubError> {
+        let report = Self::remove_points(self, vm, ids, progress)?;
+        Ok(format!(
+            "removed {} points with {} merges ({} bytes moved)",
+            report.removed.len(),
+            report.merges,
+            report.bytes_moved
+        ))
+    }
+}
+
 /// The files of one disk of a step.
 struct DiskFiles {
     removed: PathBuf,

@@ -51,6 +51,7 @@ pub const DOCUMENT: &str = r##"{
         "failure_reason": { "type": ["string", "null"] },
         "full_reason": { "type": ["string", "null"], "description": "Why the hub made this a full although auto was asked for" },
         "files_missing": { "type": "boolean", "description": "A completed backup whose image files are gone: never a parent, not restorable" },
+        "protected": { "type": "boolean", "description": "Never pruned nor deleted while set (PUT /api/v1/backups/{id})" },
         "disks": { "type": "array", "items": { "$ref": "#/components/schemas/BackupDisk" } } } },
       "RepositoryInfo": { "type": "object", "properties": {
         "capacity_bytes": { "type": "integer", "description": "Size of the file system holding the repository" },
@@ -129,7 +130,8 @@ pub const DOCUMENT: &str = r##"{
         "started_at": { "type": ["string", "null"], "format": "date-time" },
         "finished_at": { "type": ["string", "null"], "format": "date-time" },
         "backup_type": { "type": ["string", "null"] }, "credential": { "type": ["string", "null"] },
-        "policy": { "type": ["string", "null"] }, "attempt": { "type": "integer" } } },
+        "policy": { "type": ["string", "null"] }, "attempt": { "type": "integer" },
+        "result": { "type": ["string", "null"], "description": "What a prune or verify job (run inside the hub) did: points removed, points skipped because protected since" } } },
       "PolicyRequest": { "type": "object", "additionalProperties": false, "required": ["name", "schedule", "credential", "vms"], "properties": {
         "name": { "type": "string" },
         "schedule": { "type": "string", "maxLength": 256, "description": "PBS calendar event, e.g. 'mon..fri 22:00', '*:0/15', 'daily'" },
@@ -152,6 +154,18 @@ pub const DOCUMENT: &str = r##"{
         "skipped": { "type": "array", "items": { "type": "string" } } } },
       "JobList": { "type": "object", "properties": { "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } } } },
       "JobAccepted": { "type": "object", "properties": { "job_id": { "type": "string" } } },
+      "Retention": { "type": "object", "additionalProperties": false, "description": "Proxmox Backup Server's prune options, run in this order, periods in the hub's time zone (weeks are ISO weeks); no option above 0 keeps everything", "properties": {
+        "keep_last": { "type": "integer", "minimum": 0 }, "keep_hourly": { "type": "integer", "minimum": 0 }, "keep_daily": { "type": "integer", "minimum": 0 },
+        "keep_weekly": { "type": "integer", "minimum": 0 }, "keep_monthly": { "type": "integer", "minimum": 0 }, "keep_yearly": { "type": "integer", "minimum": 0 } } },
+      "UpdateBackupRequest": { "type": "object", "additionalProperties": false, "required": ["protected"], "properties": {
+        "protected": { "type": "boolean", "description": "A protected point is never pruned nor deleted (409)" } } },
+      "PruneRequest": { "type": "object", "additionalProperties": false, "required": ["retention"], "properties": {
+        "retention": { "$ref": "#/components/schemas/Retention" },
+        "dry_run": { "type": "boolean", "default": false } } },
+      "PruneAnswer": { "type": "object", "properties": {
+        "keep": { "type": "array", "items": { "type": "string" }, "description": "Points kept (protected ones among them), newest first" },
+        "remove": { "type": "array", "items": { "type": "string" }, "description": "Points removed, or that would be for a dry run, newest first" },
+        "job_id": { "type": ["string", "null"], "description": "The queued prune job; null for a dry run or when nothing is removed" } } },
       "BackupNowRequest": { "type": "object", "additionalProperties": false, "properties": {
         "backup_type": { "type": "string", "enum": ["full", "incremental", "auto"], "default": "auto" },
         "credential": { "type": "string", "description": "Optional when the VM is in a credential's inventory or a previous job of it named one" } } },
@@ -217,9 +231,13 @@ pub const DOCUMENT: &str = r##"{
       "get": { "summary": "One backup with per-disk progress",
         "responses": { "200": { "description": "The backup", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Backup" } } } },
           "404": { "$ref": "#/components/responses/Error" } } },
-      "delete": { "summary": "Delete a backup nothing depends on",
+      "delete": { "summary": "Delete a backup nothing depends on (a protected one: 409)",
         "responses": { "200": { "description": "The deleted backup", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Backup" } } } },
-          "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+          "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } },
+      "put": { "summary": "Admin: protect a completed point from prunes and deletion, or lift that",
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/UpdateBackupRequest" } } } },
+        "responses": { "200": { "description": "The backup", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Backup" } } } },
+          "400": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/backups/{id}/complete": { "post": { "summary": "Flush, fsync, check, rename into place, mark completed, advance the chain",
       "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
       "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CompleteBackupRequest" } } } },
@@ -289,6 +307,12 @@ pub const DOCUMENT: &str = r##"{
         "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/vms/{name}/backup": { "post": { "summary": "Admin: queue a backup job for the agent of the VM's vCenter credential; 409 naming the queued or running one", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BackupNowRequest" } } } },
         "responses": { "202": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobAccepted" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/vms/{name}/prune": { "post": { "summary": "Admin: what the retention keeps and removes of the VM's completed points (all chains, newest first) and, unless dry_run or nothing is removed, a queued prune job removing them (run inside the hub: merges keep every remaining point restoring what it did)",
+        "parameters": [ { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } } ],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PruneRequest" } } } },
+        "responses": { "200": { "description": "Dry run, or nothing to remove", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PruneAnswer" } } } },
+          "202": { "description": "A prune job was queued (job_id)", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PruneAnswer" } } } },
+          "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/credentials/{name}/inventory": { "get": { "summary": "Admin: the VMs the credential's agent last reported",
         "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Inventory" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/credentials/{name}/inventory/refresh": { "post": { "summary": "Admin: queue an inventory job for the credential's agent",
@@ -342,6 +366,7 @@ mod tests {
             "/api/v1/jobs/{id}/finish",
             "/api/v1/jobs/{id}/cancel",
             "/api/v1/vms/{name}/backup",
+            "/api/v1/vms/{name}/prune",
             "/api/v1/credentials/{name}/inventory",
             "/api/v1/credentials/{name}/inventory/refresh",
             "/api/v1/policies",
@@ -350,5 +375,6 @@ mod tests {
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
+        assert!(doc["paths"]["/api/v1/backups/{id}"]["put"].is_object());
     }
 }

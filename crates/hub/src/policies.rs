@@ -22,7 +22,9 @@
 //! releases more. A VM that already has a queued or running backup job is skipped (its job
 //! covers it). A failed job is queued again `retry.delay_seconds` after it failed, up to
 //! `retry.count` times, as attempt 2, 3, ...; a VM whose chain holds `max_chain_length` points
-//! gets a full.
+//! gets a full. When a run is over (no VM waiting, none of its backup jobs queued or running),
+//! the backups it completed get their maintenance through [`HubJobs`]: a `verify` job each
+//! (`verify_after_backup`), then a `prune` job of each VM with the policy's `retention`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,12 +32,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use jiff::Zoned;
 use jiff::tz::TimeZone;
 use sendense_calendar::{CalendarError, CalendarEvent};
-use sendense_catalog::{Catalog, CatalogError, PolicyRecord};
+use sendense_catalog::{Catalog, CatalogError, CompletedBackup, PolicyRecord};
 use sendense_types::api::BackupType;
 use sendense_types::jobs::{InventoryVm, Policy, PolicyList, PolicyRequest, PolicyRun};
 use sendense_types::{Job, JobId, JobKind, JobQuery, JobStatus, PolicyName, Timestamp, VmName};
 
 use crate::error::HubError;
+use crate::hub_jobs::HubJobs;
 use crate::jobs::{Jobs, QueueBackup};
 use crate::scheduler::{self, Clock, Decision};
 
@@ -87,6 +90,8 @@ pub struct Policies {
     catalog: Arc<Catalog>,
     jobs: Arc<Jobs>,
     clock: Arc<dyn Clock>,
+    /// Where the prune and verify jobs after a run go (`None`: no maintenance after runs).
+    hub_jobs: Option<Arc<HubJobs>>,
     /// Serializes runs, releases and retries, so two of them never queue the same place.
     runs: Mutex<()>,
 }
@@ -109,8 +114,18 @@ impl Policies {
             catalog,
             jobs,
             clock,
+            hub_jobs: None,
             runs: Mutex::new(()),
         }
+    }
+
+    /// The same policies queuing, after each run, a prune (the policy's `retention`) of every
+    /// VM the run backed up and, with `verify_after_backup`, a verification of each new point,
+    /// through `hub_jobs`.
+    #[must_use]
+    pub fn with_hub_jobs(mut self, hub_jobs: Arc<HubJobs>) -> Self {
+        self.hub_jobs = Some(hub_jobs);
+        self
     }
 
     /// The clock the scheduler reads.
@@ -274,8 +289,71 @@ impl Policies {
                 }
             }
         }
+        if self.hub_jobs.is_some()
+            && job.kind == JobKind::Backup
+            && job.status == JobStatus::Completed
+            && let Some(vm) = &job.vm_name
+        {
+            let done = CompletedBackup {
+                vm_name: vm.clone(),
+                backup_id: job.backup_id.clone(),
+            };
+            self.catalog.update_policy(policy, |r| {
+                r.completed.push(done);
+                Ok(())
+            })?;
+        }
         self.release(policy)?;
+        self.maintain_after_run(policy)?;
         Ok(retried)
+    }
+
+    /// Once a run is over (no VM waiting, no backup job of the policy queued or running),
+    /// queues the maintenance of what it backed up: a verification of each new point
+    /// (`verify_after_backup`), then a prune of each VM with the policy's retention (when it
+    /// keeps something: an empty retention never prunes). Each is queued once: the backups are
+    /// taken from the policy's record in the same transaction that checks them.
+    fn maintain_after_run(&self, name: &PolicyName) -> Result<(), HubError> {
+        let Some(hub_jobs) = &self.hub_jobs else {
+            return Ok(());
+        };
+        let Some(record) = self.catalog.policy(name)? else {
+            return Ok(());
+        };
+        if record.completed.is_empty() || !record.pending.is_empty() || self.active_jobs(name)? > 0
+        {
+            return Ok(());
+        }
+        let done = self
+            .catalog
+            .update_policy(name, |r| Ok(std::mem::take(&mut r.completed)))?;
+        if record.request.verify_after_backup() {
+            for backup_id in done.iter().filter_map(|d| d.backup_id.as_ref()) {
+                if let Err(e) = hub_jobs.queue_verify_for(backup_id, Some(name.clone())) {
+                    tracing::warn!(policy = %name, %backup_id, error = %sendense_io::error_chain(&e), "cannot queue the verification of a new point");
+                }
+            }
+        }
+        let retention = record.request.retention();
+        if sendense_prune::keeps_something(&retention) {
+            let mut vms: Vec<&VmName> = Vec::new();
+            for d in &done {
+                if !vms.contains(&&d.vm_name) {
+                    vms.push(&d.vm_name);
+                }
+            }
+            for vm in vms {
+                match hub_jobs.prune_for_policy(vm, &retention, name) {
+                    Ok(answer) => {
+                        tracing::info!(policy = %name, %vm, remove = answer.remove.len(), job_id = ?answer.job_id, "prune after the policy's run");
+                    }
+                    Err(e) => {
+                        tracing::warn!(policy = %name, %vm, error = %sendense_io::error_chain(&e), "cannot prune after the policy's run");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks what the types cannot: the schedule's grammar and the credential's existence.
@@ -386,7 +464,8 @@ impl Policies {
         Ok((queued, skipped))
     }
 
-    /// Jobs of the policy queued or running now.
+    /// Backup jobs of the policy queued or running now (its prune and verify jobs, which the
+    /// hub runs itself, take no place).
     fn active_jobs(&self, name: &PolicyName) -> Result<usize, HubError> {
         let mut count = 0;
         for status in [JobStatus::Queued, JobStatus::Running] {
@@ -394,6 +473,7 @@ impl Policies {
                 .catalog
                 .jobs(&JobQuery {
                     status: Some(status),
+                    kind: Some(JobKind::Backup),
                     ..JobQuery::default()
                 })?
                 .iter()

@@ -1,0 +1,609 @@
+//! Jobs the hub runs itself: `prune` and `verify` (DESIGN.md "Retention and chain
+//! maintenance", "Verification"), beside the agent jobs of [`crate::jobs`]; and the calls that
+//! queue them: protecting points, `POST /api/v1/vms/{name}/prune`, verification requests.
+//!
+//! **Queue.** A hub job is a job record without an agent, `queued` in the catalog's
+//! `hub_job_queue` index. [`HubJobs::run`] (one task, spawned by the daemon, ended by its
+//! stop signal) takes them oldest first, at most [`HUB_JOB_SLOTS`] at once and one at a time
+//! per VM; a prune waits while its VM has a queued or running backup job. Taking a job marks
+//! it `running` in one catalog transaction (a job cancelled meanwhile is not taken). Each runs
+//! on a blocking thread, reporting bytes done and total into the same [`JobProgress`] agent
+//! jobs carry (written at most once a second); it ends `completed` or `failed`, with its
+//! `result` in words, and is announced on [`Jobs::subscribe_finished`] like an agent job (so
+//! the webhook fires and policies see it).
+//!
+//! **Cancel.** A queued hub job is cancelled at once ([`Jobs::cancel`]); a running one is not
+//! (409): a merge that has begun is finished, not abandoned half way.
+//!
+//! **Restart.** A hub stopped or killed while a hub job ran finds it `running` at the next
+//! start; [`HubJobs::recover`] puts it back in the queue as its next attempt. Both kinds are
+//! safe to run again: the merge journal has finished or undone the interrupted merge at start,
+//! a prune skips the points already gone, and a verification simply reads again.
+//!
+//! **Prune.** The plan is [`sendense_prune::prune`] over every completed point of the VM (all
+//! its chains) with their `protected` flags, in the hub's time zone. A prune job holds the
+//! list of points to remove as planned; when it runs, points protected since, or gone, are
+//! skipped and its result says so.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use jiff::tz::TimeZone;
+use sendense_catalog::{Catalog, CatalogError, JobRecord};
+use sendense_prune::{Decision, Point};
+use sendense_types::{
+    Backup, BackupId, BackupQuery, BackupStatus, HeartbeatProgress, JobAccepted, JobId, JobKind,
+    JobProgress, JobQuery, JobStatus, PolicyName, PruneAnswer, PruneRequest, Retention, Timestamp,
+    UpdateBackupRequest, VerificationState, VmName,
+};
+use tokio::sync::{Notify, watch};
+
+use crate::engine::Engine;
+use crate::error::HubError;
+use crate::jobs::Jobs;
+use crate::scheduler::Clock;
+use crate::verify::Verifier;
+
+/// Most hub jobs running at once.
+pub const HUB_JOB_SLOTS: usize = 2;
+/// How often the runner looks at its queue when nothing wakes it (a VM's backup job ending
+/// lets its waiting prune start).
+const POLL: Duration = Duration::from_secs(2);
+/// Progress is written to the catalog at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Removes restore points of a VM, keeping what every remaining point restores (merging
+/// layers as needed). The hub's [`crate::maintenance`]-style implementations; tests may give
+/// their own.
+pub trait PointRemover: Send + Sync + fmt::Debug {
+    /// Removes `ids` (points of `vm`, newest first) on the calling (blocking) thread,
+    /// reporting bytes done and total through `progress`; answers what it did, in words.
+    ///
+    /// # Errors
+    /// Whatever stops the removal; points removed before it stay removed.
+    fn remove_points(
+        &self,
+        vm: &VmName,
+        ids: &[BackupId],
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<String, HubError>;
+}
+
+/// A [`PointRemover`] without merges: it deletes the points in the order given through
+/// [`Engine::delete_backup`], which removes only a point no other point depends on (the newest
+/// points of a chain, newest first, or a whole chain). A point others read through is refused
+/// (409 naming them).
+#[derive(Debug)]
+pub struct DeleteRemover {
+    engine: Arc<Engine>,
+}
+
+impl DeleteRemover {
+    /// Deletes through `engine`.
+    #[must_use]
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+impl PointRemover for DeleteRemover {
+    fn remove_points(
+        &self,
+        _vm: &VmName,
+        ids: &[BackupId],
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<String, HubError> {
+        let total = u64::try_from(ids.len()).unwrap_or(u64::MAX);
+        for (done, id) in (1u64..).zip(ids) {
+            self.engine.delete_backup(id)?;
+            progress(done, total);
+        }
+        Ok(format!("deleted {} points", ids.len()))
+    }
+}
+
+/// The hub's own job queue and its runner (see the module documentation). Share one per hub.
+#[derive(Debug)]
+pub struct HubJobs {
+    catalog: Arc<Catalog>,
+    engine: Arc<Engine>,
+    jobs: Arc<Jobs>,
+    remover: Arc<dyn PointRemover>,
+    verifier: Arc<Verifier>,
+    clock: Arc<dyn Clock>,
+    wake: Notify,
+    busy: Mutex<Busy>,
+}
+
+/// What runs now.
+#[derive(Debug, Default)]
+struct Busy {
+    vms: HashSet<VmName>,
+    running: usize,
+}
+
+/// How a hub job ended.
+struct Outcome {
+    status: JobStatus,
+    result: Option<String>,
+    error: Option<String>,
+}
+
+impl HubJobs {
+    /// The queue over `catalog`: prunes remove points through `remover`, verifications go to
+    /// `verifier`, ends are announced through `jobs`, periods are read in `clock`'s zone.
+    #[must_use]
+    pub fn new(
+        catalog: Arc<Catalog>,
+        engine: Arc<Engine>,
+        jobs: Arc<Jobs>,
+        remover: Arc<dyn PointRemover>,
+        verifier: Arc<Verifier>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            catalog,
+            engine,
+            jobs,
+            remover,
+            verifier,
+            clock,
+            wake: Notify::new(),
+            busy: Mutex::new(Busy::default()),
+        }
+    }
+
+    /// `PUT /api/v1/backups/{id}` `{protected}`: protects a completed point from every prune
+    /// and from deletion, or lifts that; answers the backup.
+    ///
+    /// # Errors
+    /// Unknown backup (404); protecting a point that is not completed (409); catalog errors.
+    pub fn update_backup(
+        &self,
+        id: &BackupId,
+        req: UpdateBackupRequest,
+    ) -> Result<Backup, HubError> {
+        self.catalog.set_protected(id, req.protected)?;
+        tracing::info!(backup_id = %id, protected = req.protected, "backup protection set");
+        self.engine.backup(id)
+    }
+
+    /// The prune plan of `vm` under `retention`: every completed point (all its chains) with
+    /// its mark, newest first.
+    ///
+    /// # Errors
+    /// Unknown VM (404); catalog errors.
+    pub fn plan(
+        &self,
+        vm: &VmName,
+        retention: &Retention,
+    ) -> Result<Vec<Decision<BackupId>>, HubError> {
+        self.engine.vm(vm)?;
+        let points = self
+            .catalog
+            .backups(&BackupQuery {
+                vm_name: Some(vm.clone()),
+                status: Some(BackupStatus::Completed),
+            })?
+            .into_iter()
+            .map(|r| Point {
+                time: jiff_time(r.created_at),
+                protected: r.protected,
+                id: r.backup_id,
+            })
+            .collect();
+        Ok(sendense_prune::prune(points, retention, &self.time_zone()))
+    }
+
+    /// `POST /api/v1/vms/{name}/prune`: what `retention` keeps and removes of the VM's
+    /// completed points (newest first) and, unless `dry_run` or nothing is removed, the
+    /// queued `prune` job removing them.
+    ///
+    /// # Errors
+    /// As [`HubJobs::plan`].
+    pub fn prune(&self, vm: &VmName, req: &PruneRequest) -> Result<PruneAnswer, HubError> {
+        self.prune_for(vm, &req.retention, req.dry_run, None)
+    }
+
+    /// As [`HubJobs::prune`] (not a dry run), for a policy's run: the job carries the
+    /// policy's name.
+    ///
+    /// # Errors
+    /// As [`HubJobs::plan`].
+    pub fn prune_for_policy(
+        &self,
+        vm: &VmName,
+        retention: &Retention,
+        policy: &PolicyName,
+    ) -> Result<PruneAnswer, HubError> {
+        self.prune_for(vm, retention, false, Some(policy.clone()))
+    }
+
+    fn prune_for(
+        &self,
+        vm: &VmName,
+        retention: &Retention,
+        dry_run: bool,
+        policy: Option<PolicyName>,
+    ) -> Result<PruneAnswer, HubError> {
+        let plan = self.plan(vm, retention)?;
+        let (kept, removed): (Vec<_>, Vec<_>) = plan.into_iter().partition(|d| d.mark.is_kept());
+        let keep: Vec<BackupId> = kept.into_iter().map(|d| d.id).collect();
+        let remove: Vec<BackupId> = removed.into_iter().map(|d| d.id).collect();
+        let job_id = if dry_run || remove.is_empty() {
+            None
+        } else {
+            let record = self.catalog.create_job(JobRecord {
+                retention: Some(*retention),
+                remove: remove.clone(),
+                policy,
+                ..hub_job(JobKind::Prune, vm.clone())
+            })?;
+            tracing::info!(job_id = %record.job_id, %vm, remove = remove.len(), keep = keep.len(), "prune job queued");
+            self.wake.notify_one();
+            Some(record.job_id)
+        };
+        Ok(PruneAnswer {
+            keep,
+            remove,
+            job_id,
+        })
+    }
+
+    /// `POST /api/v1/backups/{id}/verify`: queues a `verify` job of a completed point.
+    ///
+    /// # Errors
+    /// Unknown backup (404); a point that is not completed (409); catalog errors.
+    pub fn queue_verify(&self, backup_id: &BackupId) -> Result<JobAccepted, HubError> {
+        self.queue_verify_for(backup_id, None)
+    }
+
+    /// As [`HubJobs::queue_verify`], the job carrying the policy that asked for it.
+    ///
+    /// # Errors
+    /// As [`HubJobs::queue_verify`].
+    pub fn queue_verify_for(
+        &self,
+        backup_id: &BackupId,
+        policy: Option<PolicyName>,
+    ) -> Result<JobAccepted, HubError> {
+        let record = self
+            .catalog
+            .backup(backup_id)?
+            .ok_or_else(|| HubError::BackupNotFound {
+                backup_id: backup_id.clone(),
+            })?;
+        if record.status != BackupStatus::Completed {
+            return Err(HubError::WrongStatus {
+                backup_id: backup_id.clone(),
+                status: record.status,
+                expected: "completed",
+            });
+        }
+        let job = self.catalog.create_job(JobRecord {
+            backup_id: Some(backup_id.clone()),
+            policy,
+            ..hub_job(JobKind::Verify, record.vm_name)
+        })?;
+        tracing::info!(job_id = %job.job_id, %backup_id, "verify job queued");
+        self.wake.notify_one();
+        Ok(JobAccepted { job_id: job.job_id })
+    }
+
+    /// At hub start, before [`HubJobs::run`]: hub jobs a stop or crash left `running` are
+    /// queued again as their next attempt (see the module documentation); answers their ids.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn recover(&self) -> Result<Vec<JobId>, HubError> {
+        let running = self.catalog.jobs(&JobQuery {
+            status: Some(JobStatus::Running),
+            ..JobQuery::default()
+        })?;
+        let mut requeued = Vec::new();
+        for job in running.into_iter().filter(|j| j.agent.is_none()) {
+            let record = self.catalog.update_job(&job.job_id, |r| {
+                r.status = JobStatus::Queued;
+                r.started_at = None;
+                r.progress = JobProgress::default();
+                r.attempt = r.attempt.saturating_add(1);
+                Ok::<_, CatalogError>(())
+            })?;
+            tracing::warn!(job_id = %record.job_id, kind = %record.kind, attempt = record.attempt, "hub job interrupted by a restart: queued again");
+            requeued.push(record.job_id);
+        }
+        Ok(requeued)
+    }
+
+    /// The runner: takes queued hub jobs and runs them (see the module documentation) until
+    /// `stop` turns true; then takes no more and waits for the running ones to end.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let me = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || me.take_ready()).await {
+                Ok(Ok(ready)) => {
+                    for job in ready {
+                        let me = Arc::clone(&self);
+                        tasks.spawn_blocking(move || me.execute(&job));
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %sendense_io::error_chain(&e), "cannot read the hub's job queue");
+                }
+                Err(e) => tracing::error!(error = %e, "hub job queue reader panicked"),
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                Some(_) = tasks.join_next() => {}
+                () = tokio::time::sleep(POLL) => {}
+                changed = stop.changed() => if changed.is_err() { break },
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Marks `running` the queued jobs that may start now, answering them.
+    fn take_ready(&self) -> Result<Vec<JobRecord>, HubError> {
+        let mut taken = Vec::new();
+        for job in self.catalog.queued_hub_jobs()? {
+            let vm = job.vm_name.clone();
+            {
+                let busy = self.lock();
+                if busy.running >= HUB_JOB_SLOTS {
+                    break;
+                }
+                if vm.as_ref().is_some_and(|vm| busy.vms.contains(vm)) {
+                    continue;
+                }
+            }
+            if job.kind == JobKind::Prune
+                && let Some(vm) = &vm
+                && self.catalog.active_backup_job(vm)?.is_some()
+            {
+                continue;
+            }
+            let now = Timestamp::now();
+            let claimed = self.catalog.update_job(&job.job_id, |r| {
+                if r.status != JobStatus::Queued {
+                    return Err(HubError::JobWrongStatus {
+                        job_id: r.job_id.clone(),
+                        status: r.status,
+                        expected: "queued",
+                    });
+                }
+                r.status = JobStatus::Running;
+                r.started_at = Some(now);
+                r.progress = JobProgress::default();
+                Ok(())
+            });
+            match claimed {
+                Ok(record) => {
+                    let mut busy = self.lock();
+                    busy.running += 1;
+                    if let Some(vm) = &vm {
+                        busy.vms.insert(vm.clone());
+                    }
+                    tracing::info!(job_id = %record.job_id, kind = %record.kind, vm = ?record.vm_name, "hub job started");
+                    taken.push(record);
+                }
+                Err(e) => {
+                    tracing::info!(job_id = %job.job_id, error = %sendense_io::error_chain(&e), "hub job not taken");
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Runs one taken job to its end (blocking) and records and announces that end.
+    fn execute(&self, job: &JobRecord) {
+        let outcome = match job.kind {
+            JobKind::Prune => self.run_prune(job),
+            JobKind::Verify => self.run_verify(job),
+            other => Err(HubError::InvalidInput {
+                field: "kind",
+                reason: if other == JobKind::Backup {
+                    "a backup job needs an agent"
+                } else {
+                    "only prune and verify jobs run inside the hub"
+                },
+            }),
+        };
+        let outcome = outcome.unwrap_or_else(|e| Outcome {
+            status: JobStatus::Failed,
+            result: None,
+            error: Some(sendense_io::error_chain(&e)),
+        });
+        let now = Timestamp::now();
+        let ended = self.catalog.update_job(&job.job_id, |r| {
+            r.status = outcome.status;
+            r.finished_at = Some(now);
+            r.result.clone_from(&outcome.result);
+            r.error.clone_from(&outcome.error);
+            Ok::<_, CatalogError>(())
+        });
+        {
+            let mut busy = self.lock();
+            busy.running = busy.running.saturating_sub(1);
+            if let Some(vm) = &job.vm_name {
+                busy.vms.remove(vm);
+            }
+        }
+        match ended {
+            Ok(record) => {
+                tracing::info!(job_id = %record.job_id, status = %record.status, result = ?record.result, error = ?record.error, "hub job finished");
+                self.jobs.announce_finished(record.to_api());
+            }
+            Err(e) => {
+                tracing::error!(job_id = %job.job_id, error = %sendense_io::error_chain(&e), "cannot record the end of a hub job");
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn run_prune(&self, job: &JobRecord) -> Result<Outcome, HubError> {
+        let vm = job.vm_name.clone().ok_or(HubError::InvalidInput {
+            field: "vm_name",
+            reason: "a prune job names its VM",
+        })?;
+        let (mut todo, mut protected, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        for id in &job.remove {
+            match self.catalog.backup(id)? {
+                Some(r) if r.protected => protected.push(id.clone()),
+                Some(r) if r.status == BackupStatus::Completed => todo.push(id.clone()),
+                _ => gone.push(id.clone()),
+            }
+        }
+        let done = if todo.is_empty() {
+            "nothing left to remove".to_owned()
+        } else {
+            let progress = self.progress_writer(job);
+            self.remover.remove_points(&vm, &todo, &progress)?
+        };
+        let mut result = format!(
+            "removed {} of {} points ({done})",
+            todo.len(),
+            job.remove.len()
+        );
+        if !protected.is_empty() {
+            result.push_str(&format!(
+                "; skipped, protected since the prune was planned: {}",
+                join(&protected)
+            ));
+        }
+        if !gone.is_empty() {
+            result.push_str(&format!("; skipped, already gone: {}", join(&gone)));
+        }
+        Ok(Outcome {
+            status: JobStatus::Completed,
+            result: Some(result),
+            error: None,
+        })
+    }
+
+    fn run_verify(&self, job: &JobRecord) -> Result<Outcome, HubError> {
+        let id = job.backup_id.clone().ok_or(HubError::InvalidInput {
+            field: "backup_id",
+            reason: "a verify job names its backup",
+        })?;
+        let progress = self.progress_writer(job);
+        let verification = self.verifier.verify(&id, &progress)?;
+        Ok(match verification.state {
+            VerificationState::Ok => Outcome {
+                status: JobStatus::Completed,
+                result: Some(format!("backup {id} verified: ok")),
+                error: None,
+            },
+            VerificationState::Failed => Outcome {
+                status: JobStatus::Failed,
+                result: Some(format!(
+                    "backup {id} failed verification: {} bad ranges",
+                    verification.bad_ranges.len()
+                )),
+                error: Some(verification.message.unwrap_or_else(|| {
+                    format!(
+                        "backup {id} failed verification: {} bad ranges",
+                        verification.bad_ranges.len()
+                    )
+                })),
+            },
+            VerificationState::Unverified => Outcome {
+                status: JobStatus::Failed,
+                result: None,
+                error: Some(
+                    verification
+                        .message
+                        .unwrap_or_else(|| format!("backup {id} could not be verified")),
+                ),
+            },
+        })
+    }
+
+    /// A progress callback writing the job's progress (with rate and time left) at most every
+    /// [`PROGRESS_EVERY`], and always the final report.
+    fn progress_writer(&self, job: &JobRecord) -> impl Fn(u64, u64) + '_ {
+        let id = job.job_id.clone();
+        let started = job.started_at.unwrap_or_else(Timestamp::now);
+        let last: Mutex<Option<Instant>> = Mutex::new(None);
+        move |done, total| {
+            {
+                let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+                let due = last.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+                if !due && done < total {
+                    return;
+                }
+                *last = Some(Instant::now());
+            }
+            let now = Timestamp::now();
+            let written = self.catalog.update_job(&id, |r| {
+                if r.status == JobStatus::Running {
+                    r.progress = crate::jobs::progress(
+                        started,
+                        now,
+                        HeartbeatProgress {
+                            bytes_done: done,
+                            bytes_total: total,
+                        },
+                    );
+                }
+                Ok::<_, CatalogError>(())
+            });
+            if let Err(e) = written {
+                tracing::warn!(job_id = %id, error = %sendense_io::error_chain(&e), "cannot record a hub job's progress");
+            }
+        }
+    }
+
+    fn time_zone(&self) -> TimeZone {
+        self.clock.now().time_zone().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Busy> {
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A queued job of the hub's own queue, for `vm`, queued now.
+fn hub_job(kind: JobKind, vm: VmName) -> JobRecord {
+    JobRecord {
+        job_id: JobId::random(),
+        seq: 0,
+        kind,
+        vm_name: Some(vm),
+        vm_path: None,
+        status: JobStatus::Queued,
+        agent: None,
+        credential: None,
+        backup_type: None,
+        policy: None,
+        attempt: 1,
+        not_before: None,
+        lease_until: None,
+        progress: JobProgress::default(),
+        backup_id: None,
+        error: None,
+        queued_at: Timestamp::now(),
+        started_at: None,
+        finished_at: None,
+        retention: None,
+        remove: Vec::new(),
+        result: None,
+    }
+}
+
+/// Every `sendense_types::Timestamp` (1970..=9999) is a valid jiff timestamp.
+fn jiff_time(ts: Timestamp) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(ts.unix_seconds()).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+fn join(ids: &[BackupId]) -> String {
+    ids.iter()
+        .map(BackupId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
