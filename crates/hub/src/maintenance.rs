@@ -583,6 +583,7 @@ impl Maintenance {
         let step = self.plan(&record, &child)?;
         let moved = self.estimate(&record, &all);
         self.catalog.begin_merge(&step)?;
+        tracing::info!(removed = %id, into = %child.backup_id, kind = ?step.kind, "merge step started");
         self.catalog
             .set_merge_phase(&step.removed, MergePhase::Merging)?;
         self.run_step(&step, false)?;
