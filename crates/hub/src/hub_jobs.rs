@@ -43,7 +43,6 @@ use tokio::sync::{Notify, watch};
 use crate::engine::Engine;
 use crate::error::HubError;
 use crate::jobs::Jobs;
-use crate::maintenance::Maintenance;
 use crate::scheduler::Clock;
 use crate::verify::Verifier;
 
@@ -69,21 +68,6 @@ pub trait PointRemover: Send + Sync + fmt::Debug {
         ids: &[BackupId],
         progress: &dyn Fn(u64, u64),
     ) -> Result<String, HubError>;
-}
-
-impl PointRemover for Maintenance {
-    fn remove_points(
-        &self,
-        vm: &VmName,
-        ids: &[BackupId],
-        progress: &dyn Fn(u64, u64),
-    ) -> Result<String, HubError> {
-        let report = Self::remove_points(self, vm, ids, progress)?;
-        Ok(format!(
-            "{} merge steps, {} bytes moved",
-            report.merges, report.bytes_moved
-        ))
-    }
 }
 
 /// The hub's own job queue and its runner (see the module documentation). Share one per hub.
@@ -686,6 +670,7 @@ mod tests {
         let now = jiff::Timestamp::from_second(1_800_000_000)
             .unwrap()
             .to_zoned(zone);
+        let verifier = Arc::new(engine.verifier());
         let hub_jobs = Arc::new(HubJobs::new(
             Arc::clone(&catalog),
             engine,
@@ -694,7 +679,7 @@ mod tests {
                 entered: entered_tx,
                 release: Mutex::new(release_rx),
             }),
-            Arc::new(Verifier::new(Arc::clone(&catalog))),
+            verifier,
             Arc::new(ManualClock::new(now)),
         ));
         Setup {
@@ -727,6 +712,7 @@ mod tests {
                     disk_key: record.disks[0].disk_key,
                     change_id: Some("52 aa/1".parse().unwrap()),
                     bytes_written: 0,
+                    digests: false,
                 }],
                 at,
             )
