@@ -447,36 +447,47 @@ async fn complete_backup(
 }
 
 /// The body is bounded by the largest digest file of the disk's capacity
-/// ([`sendense_digest::max_encoded_len`]), not by the API's usual limit.
+/// ([`sendense_digest::max_encoded_len`]), not by the API's usual limit. A body over it is
+/// answered at once, unread, with `Connection: close` (the client must not reuse a
+/// connection whose request body was left unread).
 async fn put_digests(
     State(s): State<ApiState>,
     Path((id, key)): Path<(String, String)>,
     body: axum::body::Body,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     use http_body_util::BodyExt;
     let id: BackupId = parse("backup id", &id)?;
     let key: sendense_types::DiskKey = parse("disk key", &key)?;
     let engine = Arc::clone(&s.engine);
     let asked = id.clone();
     let limit = blocking(move || engine.digests_limit(&asked, key)).await?;
-    let too_large = || HubError::DigestsTooLarge {
-        backup_id: id.clone(),
-        disk_key: key,
-        limit,
+    let collected =
+        http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect()
+            .await;
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            let mut resp = ApiFailure::from(HubError::DigestsTooLarge {
+                backup_id: id,
+                disk_key: key,
+                limit,
+            })
+            .into_response();
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return Ok(resp);
+        }
+        Err(e) => {
+            return Err(ApiFailure::bad_request(format!(
+                "Cannot read the body: {e}"
+            )));
+        }
     };
-    let bytes = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiFailure::from(too_large())
-            } else {
-                ApiFailure::bad_request(format!("Cannot read the body: {e}"))
-            }
-        })?
-        .to_bytes();
     s.engine.store_digests(&id, key, bytes).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn fail_backup(
