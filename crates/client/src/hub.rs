@@ -219,7 +219,7 @@ impl HubClient {
     }
 
     /// `PUT /api/v1/backups/{id}/disks/{key}/digests`: the encoded digests
-    /// ([`sendense_digest::LayerDigests::encode`]) of one disk of a running backup, taken from
+    /// (`sendense_digest::LayerDigests::encode`) of one disk of a running backup, taken from
     /// the bytes read at the source; the hub keeps them beside the image once the backup
     /// completes.
     ///

@@ -18,7 +18,7 @@
 //!   the backup failed; the chain is untouched.
 //! - `store_digests` keeps each disk's digests (of the bytes read at the
 //!   source) beside its image until `complete` renames them into place
-//!   ([`digests`]).
+//!   (`engine/digests.rs`).
 //! - `watchdog_tick` fails backups whose client is gone: every connection
 //!   closed for the disconnect grace, connections silent for the idle
 //!   timeout, or no connection at all within the idle timeout.

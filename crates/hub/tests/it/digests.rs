@@ -16,13 +16,24 @@ use crate::hub_api::{Hub, MIB, export_of, file_of, typed};
 /// `PUT` the digests of disk `key` of backup `id`; the status and the JSON answer (`Null`
 /// when empty).
 async fn put_digests(hub: &Hub, id: &str, key: u32, body: Vec<u8>) -> (StatusCode, Value) {
+    put_digests_as(hub, &hub.token, id, key, body).await
+}
+
+/// [`put_digests`] with bearer `token`.
+async fn put_digests_as(
+    hub: &Hub,
+    token: &str,
+    id: &str,
+    key: u32,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     let resp = hub
         .http
         .put(format!(
             "{}/api/v1/backups/{id}/disks/{key}/digests",
             hub.base
         ))
-        .bearer_auth(&hub.token)
+        .bearer_auth(token)
         .header("content-type", "application/octet-stream")
         .body(body)
         .send()
@@ -134,7 +145,10 @@ async fn digests_refused_when_malformed_mis_sized_too_large_unknown_or_not_runni
     let (st_bad, bad) = put_digests(&hub, &id, 2000, b"not digests at all, no".to_vec()).await;
     let (st_damaged, damaged) = put_digests(&hub, &id, 2000, damaged).await;
     let (st_size, size) = put_digests(&hub, &id, 2000, layer(8 * MIB, &[1]).encode()).await;
-    let (st_large, large) = put_digests(&hub, &id, 2000, vec![0u8; 1 << 20]).await;
+    // Just past the bound (a body the client finishes sending before the answer).
+    let limit = sendense_digest::max_encoded_len(4 * MIB);
+    let too_large = vec![0u8; usize::try_from(limit).unwrap() + 4096];
+    let (st_large, large) = put_digests(&hub, &id, 2000, too_large).await;
     let (st_disk, disk) = put_digests(&hub, &id, 2001, layer(4 * MIB, &[1]).encode()).await;
     let unknown = "backup-dg2-20260101T000000-abcdef";
     let (st_unknown, _) = put_digests(&hub, unknown, 2000, layer(4 * MIB, &[1]).encode()).await;
@@ -156,7 +170,6 @@ async fn digests_refused_when_malformed_mis_sized_too_large_unknown_or_not_runni
         "{size}"
     );
     assert_eq!(st_large, StatusCode::BAD_REQUEST);
-    let limit = sendense_digest::max_encoded_len(4 * MIB);
     assert!(message(&large).contains(&limit.to_string()), "{large}");
     assert_eq!(st_disk, StatusCode::BAD_REQUEST, "{disk}");
     assert_eq!(st_unknown, StatusCode::NOT_FOUND);
@@ -213,5 +226,52 @@ async fn restart_removes_leftover_digests_part_files_and_knows_stored_digests() 
     assert!(target.exists());
     assert!(!leftover.exists(), "orphaned .digests.part kept");
     assert!(info.unknown_files.is_empty(), "{info:?}");
+    hub.stop().await;
+}
+
+/// Enrolls agent `name` through the API; answers its bearer token.
+async fn agent_token(hub: &Hub, name: &str) -> String {
+    let (status, created) = hub.post("/api/v1/agents", json!({"name": name})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let resp = hub
+        .http
+        .post(format!("{}/api/v1/agents/enroll", hub.base))
+        .json(
+            &json!({"name": name, "enrollment_token": created["enrollment_token"], "csr_pem": csr}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    body["agent_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_upload_with_an_agents_token_is_allowed() {
+    let hub = Hub::start().await;
+    hub.register("dg5", &[MIB]).await;
+    let b = hub.start_backup("dg5", "full").await;
+    let token = agent_token(&hub, "a1").await;
+
+    let (st, body) = put_digests_as(
+        &hub,
+        &token,
+        b.backup_id.as_str(),
+        2000,
+        layer(MIB, &[4]).encode(),
+    )
+    .await;
+    let done = hub.complete(&b, "u/1").await;
+
+    assert_eq!(st, StatusCode::NO_CONTENT, "{body}");
+    assert!(digest_files(&hub, &done, 0).0.exists());
     hub.stop().await;
 }
