@@ -102,9 +102,39 @@ pub enum CtlCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Verify a restore point: the hub reads it back through its chain and compares every
+    /// 64 KiB block with the digests of the bytes its client read at the source.
+    ///
+    /// Queues a verify job (run inside the hub, at disk speed, beside backups). A failed point
+    /// is marked with its bad ranges, so is every later point that reads them, the VM's next
+    /// backup becomes a full and the webhook fires. With --wait, waits for the job and prints
+    /// the point's verification; the exit status is then 0 when it is ok, 2 when not.
+    Verify {
+        /// The backup id of the point.
+        id: String,
+        /// Wait for the verify job to end and print the outcome.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The repository: capacity, used and free space, usage per VM, files the catalog does not
+    /// know, and a warning when free space is low.
+    Repository,
     /// The hub's metrics in Prometheus text format.
     Metrics,
 }
+
+/// What `ctl` prints, and whether the command's outcome was a failure (a verification that
+/// failed) although every call succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtlOutput {
+    /// The text (or JSON) to print.
+    pub text: String,
+    /// Exit non-zero.
+    pub failed: bool,
+}
+
+/// How often `ctl verify --wait` looks at its job.
+const VERIFY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `ctl agent ...`.
 #[derive(Debug, Clone, Subcommand)]
@@ -399,7 +429,7 @@ impl BackupTypeArg {
 /// # Errors
 /// The hub refused or could not be reached (the error says which and why), or a local file
 /// (CA, token, password, CA for a credential) could not be read.
-pub async fn run(args: CtlArgs) -> Result<String, ClientError> {
+pub async fn run(args: CtlArgs) -> Result<CtlOutput, ClientError> {
     let hub = HubClient::new(&hub_options(&args))?;
     let call = plan(&args.command)?;
     let mut answer = Value::Null;
@@ -408,14 +438,44 @@ pub async fn run(args: CtlArgs) -> Result<String, ClientError> {
             .request(step.method, &step.path, step.body.as_ref())
             .await?;
     }
-    Ok(if args.json {
+    let mut failed = false;
+    if let CtlCommand::Verify { id, wait: true } = &args.command {
+        answer = wait_for_verification(&hub, id, &answer).await?;
+        failed = answer["verification"]["state"] != "ok";
+    }
+    let text = if args.json {
         format!(
             "{}\n",
             serde_json::to_string_pretty(&answer).unwrap_or_default()
         )
     } else {
         render(&args.command, &answer, &args)
-    })
+    };
+    Ok(CtlOutput { text, failed })
+}
+
+/// Polls the verify job `queued` names until it ends; answers `{job, verification}`.
+async fn wait_for_verification(
+    hub: &HubClient,
+    id: &str,
+    queued: &Value,
+) -> Result<Value, ClientError> {
+    let job_path = format!("/api/v1/jobs/{}", segment(&text(&queued["job_id"])));
+    let job = loop {
+        let job = hub.request(Method::GET, &job_path, None).await?;
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            break job;
+        }
+        tokio::time::sleep(VERIFY_POLL).await;
+    };
+    let backup = hub
+        .request(
+            Method::GET,
+            &format!("/api/v1/backups/{}", segment(id)),
+            None,
+        )
+        .await?;
+    Ok(json!({ "job": job, "verification": backup["verification"] }))
 }
 
 /// The hub options `args` describe.
@@ -562,6 +622,11 @@ fn plan(command: &CtlCommand) -> Result<Plan, ClientError> {
             "/api/v1/backups/chain/{}",
             segment(name)
         ))),
+        CtlCommand::Verify { id, .. } => one(Step::post(
+            format!("/api/v1/backups/{}/verify", segment(id)),
+            json!({}),
+        )),
+        CtlCommand::Repository => one(Step::get("/api/v1/repository".into())),
         CtlCommand::Metrics => one(Step::get("/api/v1/metrics".into())),
     }
 }
@@ -868,10 +933,93 @@ fn render(command: &CtlCommand, answer: &Value, args: &CtlArgs) -> String {
             &answer["backups"],
             &["backup_id", "backup_type", "status", "created_at"],
         ),
+        CtlCommand::Verify { id, wait: false } => {
+            let job = text(&answer["job_id"]);
+            let _ = writeln!(
+                out,
+                "Verification of {id} queued as job {job} (ctl job show {job}; ctl verify {id} --wait waits for it)"
+            );
+        }
+        CtlCommand::Verify { id, wait: true } => render_verification(&mut out, id, answer),
+        CtlCommand::Repository => render_repository(&mut out, answer),
         CtlCommand::Metrics => out.push_str(answer.as_str().unwrap_or_default()),
         _ => fields(&mut out, answer),
     }
     out
+}
+
+/// `ctl verify --wait`: the point's verification, or why the job could not verify it.
+fn render_verification(out: &mut String, id: &str, answer: &Value) {
+    let v = &answer["verification"];
+    match v["state"].as_str() {
+        Some("ok") => {
+            let _ = writeln!(out, "{id}: ok (verified at {})", text(&v["at"]));
+        }
+        Some("failed") => {
+            let _ = writeln!(
+                out,
+                "{id}: FAILED at {}: {}",
+                text(&v["at"]),
+                text(&v["message"])
+            );
+            if v["failed_through"].is_string() {
+                let _ = writeln!(
+                    out,
+                    "  the bad bytes belong to {}, which this point reads through",
+                    text(&v["failed_through"])
+                );
+            }
+            for r in v["bad_ranges"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  disk {} offset {} length {}",
+                    text(&r["disk_key"]),
+                    text(&r["offset"]),
+                    text(&r["length"])
+                );
+            }
+            let _ = writeln!(
+                out,
+                "The VM's next backup will be a full; restore from a point that verifies."
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "{id}: not verified: job {} {}: {}",
+                text(&answer["job"]["job_id"]),
+                text(&answer["job"]["status"]),
+                text(&answer["job"]["error"])
+            );
+        }
+    }
+}
+
+/// `ctl repository`: space, then usage per VM and unknown files.
+fn render_repository(out: &mut String, answer: &Value) {
+    let gib = |v: &Value| {
+        v.as_u64().map_or_else(
+            || "-".to_owned(),
+            |b| format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30)),
+        )
+    };
+    let _ = writeln!(
+        out,
+        "capacity {}, used by the repository {}, free {}",
+        gib(&answer["capacity_bytes"]),
+        gib(&answer["used_bytes"]),
+        gib(&answer["free_bytes"])
+    );
+    if answer["low_space_warning"].is_string() {
+        let _ = writeln!(out, "WARNING: {}", text(&answer["low_space_warning"]));
+    }
+    table(out, &answer["vms"], &["vm_name", "used_bytes", "backups"]);
+    if let Some(unknown) = answer["unknown_files"].as_array().filter(|a| !a.is_empty()) {
+        let _ = writeln!(out, "files the catalog does not know ({}):", unknown.len());
+        for f in unknown {
+            let _ = writeln!(out, "  {}", text(f));
+        }
+    }
 }
 
 /// A JSON value as one line of text (`-` for null).

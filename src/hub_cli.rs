@@ -118,9 +118,13 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Ctl(args) => match ctl::run(args).await {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
+            Ok(output) => {
+                print!("{}", output.text);
+                if output.failed {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(e) => {
                 eprintln!("sendense-hub ctl: {}", sendense_io::error_chain(&e));

@@ -226,3 +226,72 @@ fn ctl_prune_dry_run_protect_and_prune_job() {
     assert!(unprotected.contains("is not protected"), "{unprotected}");
     assert_eq!(gone, 404);
 }
+
+/// `ctl verify ID --wait` and `ctl repository` against a point the real client made (with its
+/// source digests): ok and exit 0; after a byte of the image flips, FAILED with the bad range
+/// and exit 2.
+#[test]
+fn ctl_verify_waits_for_the_outcome_and_repository_shows_space() {
+    let data = tempfile::tempdir().unwrap();
+    let serve = Serve::start(data.path(), &[], "info");
+    let raw = data.path().join("web01.raw");
+    crate::support::write_random(&raw, 0, 2 << 20, 41);
+    let out = crate::support::client()
+        .args(["backup", "--hub", &serve.api, "--tls-dir"])
+        .arg(serve.tls_dir())
+        .arg("--token-file")
+        .arg(serve.token())
+        .args(["--vm", "web01", "--type", "full", "--json"])
+        .arg("--disk")
+        .arg(format!("2000={}", s(&raw)))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let id = summary["backup_id"].as_str().unwrap().to_owned();
+
+    let verified = ok(&ctl(&serve, &["verify", &id, "--wait"]));
+    assert!(verified.contains(&format!("{id}: ok")), "{verified}");
+    let repository = ok(&ctl(&serve, &["repository"]));
+    assert!(
+        repository.contains("capacity") && repository.contains("web01"),
+        "{repository}"
+    );
+
+    let image = serve.image("web01", 2000, &id);
+    let map = ok(&crate::support::qemu_img(&[
+        "map",
+        "-U",
+        "--output=json",
+        s(&image),
+    ]));
+    let map: Vec<serde_json::Value> = serde_json::from_str(&map).unwrap();
+    let host = map
+        .iter()
+        .find(|e| e["data"] == true)
+        .and_then(|e| e["offset"].as_u64())
+        .unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&image)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, host + 5).unwrap();
+        f.write_all_at(&[!b[0]], host + 5).unwrap();
+    }
+    let failed = ctl(&serve, &["verify", &id, "--wait"]);
+    let text = String::from_utf8_lossy(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("FAILED") && text.contains("disk 2000 offset"),
+        "{text}"
+    );
+    let json = ctl(&serve, &["--json", "verify", &id, "--wait"]);
+    assert_eq!(json.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["verification"]["state"], "failed", "{v}");
+    assert_eq!(v["job"]["status"], "failed", "{v}");
+}
