@@ -21,6 +21,8 @@ mod image_serve;
 #[cfg(test)]
 mod lifecycle;
 #[cfg(test)]
+mod merge_crash;
+#[cfg(test)]
 mod quickstart;
 #[cfg(test)]
 mod security;

@@ -98,11 +98,11 @@ pub struct RunningHub {
     /// The policies and their scheduler, for in-process callers (tests tick it with their
     /// own time: [`Policies::tick_at`]).
     pub policies: Arc<Policies>,
-    /// The jobs the hub runs itself (`prune`, `verify`), for in-process callers.
-    pub hub_jobs: Arc<HubJobs>,
     /// Removal of restore points with chain merges, for in-process callers (the prune job
     /// runner).
     pub maintenance: Arc<Maintenance>,
+    /// The jobs the hub runs itself (`prune`, `verify`), for in-process callers.
+    pub hub_jobs: Arc<HubJobs>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -444,8 +444,8 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         jobs,
         agents,
         policies,
-        hub_jobs,
         maintenance,
+        hub_jobs,
         stop: stop_tx,
         task,
     })

@@ -43,7 +43,6 @@ use tokio::sync::{Notify, watch};
 use crate::engine::Engine;
 use crate::error::HubError;
 use crate::jobs::Jobs;
-use crate::maintenance::Maintenance;
 use crate::scheduler::Clock;
 use crate::verify::Verifier;
 
@@ -56,7 +55,7 @@ const POLL: Duration = Duration::from_secs(2);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Removes restore points of a VM, keeping what every remaining point restores (merging
-/// layers as needed): the hub's [`Maintenance`]; tests may give their own.
+/// layers as needed): the hub's [`crate::maintenance::Maintenance`]; tests may give their own.
 pub trait PointRemover: Send + Sync + fmt::Debug {
     /// Removes `ids` (points of `vm`, newest first) on the calling (blocking) thread,
     /// reporting bytes done and total through `progress`; answers what it did, in words.
@@ -69,21 +68,6 @@ pub trait PointRemover: Send + Sync + fmt::Debug {
         ids: &[BackupId],
         progress: &dyn Fn(u64, u64),
     ) -> Result<String, HubError>;
-}
-
-impl PointRemover for Maintenance {
-    fn remove_points(
-        &self,
-        vm: &VmName,
-        ids: &[BackupId],
-        progress: &dyn Fn(u64, u64),
-    ) -> Result<String, HubError> {
-        let report = Self::remove_points(self, vm, ids, progress)?;
-        Ok(format!(
-            "{} merge steps, {} bytes moved",
-            report.merges, report.bytes_moved
-        ))
-    }
 }
 
 /// The hub's own job queue and its runner (see the module documentation). Share one per hub.

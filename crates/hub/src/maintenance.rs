@@ -583,6 +583,7 @@ impl Maintenance {
         let step = self.plan(&record, &child)?;
         let moved = self.estimate(&record, &all);
         self.catalog.begin_merge(&step)?;
+        tracing::info!(removed = %id, into = %child.backup_id, kind = ?step.kind, "merge step started");
         self.catalog
             .set_merge_phase(&step.removed, MergePhase::Merging)?;
         self.run_step(&step, false)?;
@@ -728,6 +729,23 @@ impl Maintenance {
         if all_gone && let Err(e) = self.catalog.finish_deletion(id) {
             tracing::warn!(backup_id = %id, error = %sendense_io::error_chain(&e), "cannot clear deletion journal entry");
         }
+    }
+}
+
+impl crate::hub_jobs::PointRemover for Maintenance {
+    fn remove_points(
+        &self,
+        vm: &VmName,
+        ids: &[BackupId],
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<String, HubError> {
+        let report = Self::remove_points(self, vm, ids, progress)?;
+        Ok(format!(
+            "removed {} points with {} merges ({} bytes moved)",
+            report.removed.len(),
+            report.merges,
+            report.bytes_moved
+        ))
     }
 }
 
