@@ -670,6 +670,7 @@ mod tests {
         let now = jiff::Timestamp::from_second(1_800_000_000)
             .unwrap()
             .to_zoned(zone);
+        let verifier = Arc::new(engine.verifier());
         let hub_jobs = Arc::new(HubJobs::new(
             Arc::clone(&catalog),
             engine,
@@ -678,7 +679,7 @@ mod tests {
                 entered: entered_tx,
                 release: Mutex::new(release_rx),
             }),
-            Arc::new(Verifier::new(Arc::clone(&catalog))),
+            verifier,
             Arc::new(ManualClock::new(now)),
         ));
         Setup {
@@ -711,6 +712,7 @@ mod tests {
                     disk_key: record.disks[0].disk_key,
                     change_id: Some("52 aa/1".parse().unwrap()),
                     bytes_written: 0,
+                    digests: false,
                 }],
                 at,
             )

@@ -2,6 +2,8 @@
 //! `qemu-img`, which must be installed (`scripts/test.sh` installs it).
 
 #[cfg(test)]
+mod digests;
+#[cfg(test)]
 mod hub_api;
 #[cfg(test)]
 mod image_tools;
@@ -17,5 +19,7 @@ mod policies;
 mod prune;
 #[cfg(test)]
 mod support;
+#[cfg(test)]
+mod verify;
 #[cfg(test)]
 mod webhook;
