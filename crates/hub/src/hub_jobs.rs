@@ -55,7 +55,7 @@ const POLL: Duration = Duration::from_secs(2);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Removes restore points of a VM, keeping what every remaining point restores (merging
-/// layers as needed): the hub's [`Maintenance`]; tests may give their own.
+/// layers as needed): the hub's [`crate::maintenance::Maintenance`]; tests may give their own.
 pub trait PointRemover: Send + Sync + fmt::Debug {
     /// Removes `ids` (points of `vm`, newest first) on the calling (blocking) thread,
     /// reporting bytes done and total through `progress`; answers what it did, in words.
