@@ -48,10 +48,21 @@ pub enum CtlCommand {
     /// Jobs: list, show, cancel.
     #[command(subcommand)]
     Job(JobCommand),
-    /// Back a VM up now: queue a backup job for the agent of its vCenter credential.
+    /// Back a VM up now: queue a backup job for the agent of its vCenter credential
+    /// (`ctl backup VM`); or protect a restore point from prunes and deletion
+    /// (`ctl backup protect ID`, `ctl backup unprotect ID`).
+    #[command(
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true,
+        subcommand_value_name = "protect|unprotect"
+    )]
     Backup {
+        /// Protect or unprotect a point instead of backing up.
+        #[command(subcommand)]
+        point: Option<PointCommand>,
         /// The VM's name (its name in vCenter).
-        vm: String,
+        #[arg(required = true)]
+        vm: Option<String>,
         /// Backup type.
         #[arg(long = "type", value_enum, default_value_t = BackupTypeArg::Auto)]
         backup_type: BackupTypeArg,
@@ -69,6 +80,28 @@ pub enum CtlCommand {
     /// VMs the hub knows.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Prune a VM's restore points with Proxmox Backup Server's retention options.
+    ///
+    /// The options run in this order: --keep-last, --keep-hourly, --keep-daily, --keep-weekly
+    /// (ISO weeks, Monday to Sunday), --keep-monthly, --keep-yearly, with periods in the hub's
+    /// time zone. Each keeps the newest point of each of its N most recent periods that no
+    /// earlier option covers already (--keep-last: the N newest points); every other point is
+    /// removed. Protected points (`ctl backup protect ID`) are always kept and count for
+    /// nothing; with no option above 0 nothing is removed. All chains of the VM count.
+    ///
+    /// Prints what is kept and removed, newest first; unless --dry-run, the hub queues a prune
+    /// job that removes them, merging layers so that every remaining point restores exactly
+    /// what it did (follow it with `ctl job show JOB`).
+    Prune {
+        /// The VM's name.
+        vm: String,
+        /// The retention to apply.
+        #[command(flatten)]
+        retention: RetentionArgs,
+        /// Only show what would be kept and removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The hub's metrics in Prometheus text format.
     Metrics,
 }
@@ -89,6 +122,64 @@ pub enum AgentCommand {
         /// The agent's name.
         name: String,
     },
+}
+
+/// `ctl backup protect|unprotect ID`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PointCommand {
+    /// Protect a completed restore point: no prune removes it and it cannot be deleted.
+    Protect {
+        /// The backup id.
+        id: String,
+    },
+    /// Lift a point's protection.
+    Unprotect {
+        /// The backup id.
+        id: String,
+    },
+}
+
+/// The retention options of `ctl prune` (Proxmox Backup Server's names).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RetentionArgs {
+    /// Keep the newest N points.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest point of each of the last N hours.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest point of each of the last N days.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest point of each of the last N ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest point of each of the last N months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest point of each of the last N years.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+}
+
+impl RetentionArgs {
+    /// The API's `retention` object: the options given.
+    fn body(&self) -> Value {
+        let mut body = json!({});
+        for (key, value) in [
+            ("keep_last", self.keep_last),
+            ("keep_hourly", self.keep_hourly),
+            ("keep_daily", self.keep_daily),
+            ("keep_weekly", self.keep_weekly),
+            ("keep_monthly", self.keep_monthly),
+            ("keep_yearly", self.keep_yearly),
+        ] {
+            if let Some(n) = value {
+                body[key] = json!(n);
+            }
+        }
+        body
+    }
 }
 
 /// `ctl job ...`.
@@ -428,10 +519,33 @@ fn plan(command: &CtlCommand) -> Result<Plan, ClientError> {
             json!({}),
         )),
         CtlCommand::Backup {
+            point: Some(point), ..
+        } => {
+            let (id, protected) = match point {
+                PointCommand::Protect { id } => (id, true),
+                PointCommand::Unprotect { id } => (id, false),
+            };
+            one(Step {
+                method: Method::PUT,
+                path: format!("/api/v1/backups/{}", segment(id)),
+                body: Some(json!({ "protected": protected })),
+            })
+        }
+        CtlCommand::Prune {
+            vm,
+            retention,
+            dry_run,
+        } => one(Step::post(
+            format!("/api/v1/vms/{}/prune", segment(vm)),
+            json!({ "retention": retention.body(), "dry_run": dry_run }),
+        )),
+        CtlCommand::Backup {
+            point: None,
             vm,
             backup_type,
             credential,
         } => {
+            let vm = vm.as_deref().unwrap_or_default();
             let mut body = json!({ "backup_type": backup_type.as_str() });
             if let Some(credential) = credential {
                 body["credential"] = json!(credential);
@@ -681,8 +795,43 @@ fn render(command: &CtlCommand, answer: &Value, args: &CtlArgs) -> String {
                 text(&p["eta_seconds"]),
             );
         }
+        CtlCommand::Backup { point: Some(_), .. } => {
+            let state = if answer["protected"] == json!(true) {
+                "protected"
+            } else {
+                "not protected"
+            };
+            let _ = writeln!(out, "Backup {} is {state}", text(&answer["backup_id"]));
+        }
         CtlCommand::Backup { vm, .. } => {
-            let _ = writeln!(out, "Backup of {vm} queued as {}", text(&answer["job_id"]));
+            let _ = writeln!(
+                out,
+                "Backup of {} queued as {}",
+                vm.as_deref().unwrap_or_default(),
+                text(&answer["job_id"])
+            );
+        }
+        CtlCommand::Prune { vm, dry_run, .. } => {
+            let ids = |key: &str| -> Vec<String> {
+                answer[key]
+                    .as_array()
+                    .map(|a| a.iter().map(text).collect())
+                    .unwrap_or_default()
+            };
+            for (title, list) in [("keep", ids("keep")), ("remove", ids("remove"))] {
+                let _ = writeln!(out, "{title} ({}):", list.len());
+                for id in &list {
+                    let _ = writeln!(out, "  {id}");
+                }
+            }
+            let _ = match (&answer["job_id"], dry_run) {
+                (Value::String(job), _) => writeln!(
+                    out,
+                    "Prune of {vm} queued as job {job} (ctl job show {job})"
+                ),
+                (_, true) => writeln!(out, "Dry run: nothing removed"),
+                _ => writeln!(out, "Nothing to remove"),
+            };
         }
         CtlCommand::Policy(PolicyCommand::List) => table(
             &mut out,
@@ -822,6 +971,51 @@ mod tests {
                 "/api/v1/vms/web%2001/backup".into(),
                 json!({"backup_type": "full", "credential": "vc1"})
             )]
+        );
+    }
+
+    #[test]
+    fn prune_posts_the_options_given_and_dry_run() {
+        let s = steps(&[
+            "prune",
+            "web01",
+            "--keep-last",
+            "3",
+            "--keep-weekly",
+            "4",
+            "--dry-run",
+        ]);
+
+        assert_eq!(
+            s,
+            vec![Step::post(
+                "/api/v1/vms/web01/prune".into(),
+                json!({"retention": {"keep_last": 3, "keep_weekly": 4}, "dry_run": true})
+            )]
+        );
+    }
+
+    #[test]
+    fn backup_protect_and_unprotect_put_the_flag_and_backup_vm_still_queues() {
+        let protect = steps(&["backup", "protect", "backup-web01-20240101T000000-abcdef"]);
+        let unprotect = steps(&["backup", "unprotect", "backup-web01-20240101T000000-abcdef"]);
+        let backup = steps(&["backup", "web01"]);
+
+        assert_eq!(
+            (
+                protect[0].method.clone(),
+                protect[0].path.as_str(),
+                protect[0].body.clone(),
+                unprotect[0].body.clone(),
+                backup[0].path.as_str()
+            ),
+            (
+                Method::PUT,
+                "/api/v1/backups/backup-web01-20240101T000000-abcdef",
+                Some(json!({"protected": true})),
+                Some(json!({"protected": false})),
+                "/api/v1/vms/web01/backup"
+            )
         );
     }
 

@@ -152,6 +152,7 @@ async fn run_in(root: &Path, size: u64) -> Result<String, QuickstartError> {
         nbd_client_certs: daemon::ClientCerts::Required,
         webhook: None,
         max_running_jobs: None,
+        repository: sendense_hub::RepositoryConfig::default(),
     })
     .await?;
     let outcome = with_hub(root, size, hub.api_addr.port()).await;

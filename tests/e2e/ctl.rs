@@ -135,3 +135,94 @@ fn ctl_policy_add_edit_show_and_list_round_trip() {
         "{listed}"
     );
 }
+
+/// A completed full of `vm` made through the REST API (nothing written: an empty disk);
+/// answers its id.
+fn completed_full(serve: &Serve, vm: &str) -> String {
+    let (status, body) = serve.raw(
+        reqwest::Method::POST,
+        "/api/v1/backups",
+        Some(serde_json::json!({"vm_name": vm, "backup_type": "full"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let backup: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = backup["backup_id"].as_str().unwrap().to_owned();
+    let (status, body) = serve.raw(
+        reqwest::Method::POST,
+        &format!("/api/v1/backups/{id}/complete"),
+        Some(serde_json::json!({"disks": [
+            {"disk_key": 2000, "change_id": "52 aa/1", "bytes_transferred": 0}
+        ]})),
+    );
+    assert_eq!(status, 200, "{body}");
+    id
+}
+
+#[test]
+fn ctl_prune_dry_run_protect_and_prune_job() {
+    let data = tempfile::tempdir().unwrap();
+    let serve = Serve::start(data.path(), &[], "info");
+    let (status, body) = serve.raw(
+        reqwest::Method::POST,
+        "/api/v1/vms",
+        Some(serde_json::json!({"name": "web01", "disks": [{"key": 2000, "capacity_bytes": 1048576}]})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let oldest = completed_full(&serve, "web01");
+    let middle = completed_full(&serve, "web01");
+    let newest = completed_full(&serve, "web01");
+
+    let dry = ok(&ctl(
+        &serve,
+        &["prune", "web01", "--keep-last", "1", "--dry-run"],
+    ));
+    let protected = ok(&ctl(&serve, &["backup", "protect", &middle]));
+    let refused = ctl(
+        &serve,
+        &["backup", "protect", "backup-web01-20240101T000000-abcdef"],
+    );
+    let pruned: serde_json::Value = serde_json::from_str(&ok(&ctl(
+        &serve,
+        &["--json", "prune", "web01", "--keep-last", "1"],
+    )))
+    .unwrap();
+    let job_id = pruned["job_id"].as_str().unwrap().to_owned();
+    // The hub logs the end of every job it runs itself.
+    crate::support::wait_message(&serve.log, "hub job finished");
+    let job: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&serve, &["--json", "job", "show", &job_id]))).unwrap();
+    let unprotected = ok(&ctl(&serve, &["backup", "unprotect", &middle]));
+    let (gone, _) = serve.raw(
+        reqwest::Method::GET,
+        &format!("/api/v1/backups/{oldest}"),
+        None,
+    );
+
+    assert!(
+        dry.contains("keep (1):")
+            && dry.contains(&newest)
+            && dry.contains("remove (2):")
+            && dry.contains("Dry run: nothing removed"),
+        "{dry}"
+    );
+    assert!(
+        protected.contains(&format!("Backup {middle} is protected")),
+        "{protected}"
+    );
+    assert!(!refused.status.success());
+    assert_eq!(
+        (
+            pruned["keep"].clone(),
+            pruned["remove"].clone(),
+            job["status"].clone()
+        ),
+        (
+            serde_json::json!([newest, middle]),
+            serde_json::json!([oldest]),
+            serde_json::json!("completed")
+        ),
+        "{job}"
+    );
+    assert!(unprotected.contains("is not protected"), "{unprotected}");
+    assert_eq!(gone, 404);
+}

@@ -2,7 +2,8 @@
 //! small tmpfs, a filler file leaves less room than the next backup needs.
 //! The client must exit non-zero naming the problem, the hub must fail that
 //! backup, remove its partial image and keep the earlier backup intact, and
-//! the same backup must succeed once space is freed.
+//! the same backup must succeed once space is freed. A first full the file system cannot
+//! hold is refused before anything is made (507).
 
 use std::fs;
 use std::io::Write;
@@ -204,17 +205,35 @@ fn repository_filesystem_full_fails_backup_cleanly_and_next_backup_works() {
     let hub = Hub::start(&dir.path().join("data/hub"), 2);
     let small = dir.path().join("small.raw");
     random_raw(&small, 16 * MIB, 1);
-    // Fits next to `small` on the tmpfs, but not in what the filler leaves.
+    // Fits next to `small` on the tmpfs, but not in what the filler leaves. Its first full
+    // holds 1 MiB, so the hub estimates its next full from that image and lets it start: the
+    // repository then fills up in the middle of the transfer.
     let big = dir.path().join("big.raw");
-    random_raw(&big, 24 * MIB, 2);
+    fs::File::create(&big).unwrap().set_len(24 * MIB).unwrap();
+    write_random(&big, 0, MIB as usize, 3);
     let first = summary(&hub.backup_full("small", &small));
     let first_image = hub.image("small", 2000, &id_of(&first));
+    let small_big = summary(&hub.backup_full("big", &big));
+    random_raw(&big, 24 * MIB, 2);
     let fill = dir.path().join("data/filler");
     filler(&fill, tmpfs.available().saturating_sub(LEFT_FREE));
     assert!(
         tmpfs.available() <= LEFT_FREE + MIB,
         "filler left too much room"
     );
+
+    // A first full is estimated at its disk's capacity: refused before anything is made.
+    let out = hub.backup_full("new", &big);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "backup of 24 MiB into 4 MiB started");
+    assert!(
+        stderr.contains("507")
+            && stderr.contains("insufficient_storage")
+            && stderr.contains("prune"),
+        "client error does not say the repository lacks space up front:\n{stderr}"
+    );
+    assert!(hub.chain("new").is_empty());
+    assert!(!hub.data.join("repository/new").exists());
 
     let out = hub.backup_full("big", &big);
 
@@ -247,6 +266,10 @@ fn repository_filesystem_full_fails_backup_cleanly_and_next_backup_works() {
     );
     // The partial image's space is given back (no deleted file kept open).
     tmpfs.wait_available(LEFT_FREE - MIB);
+    assert_eq!(
+        hub.chain("big"),
+        vec![(id_of(&small_big), "completed".to_owned())]
+    );
     fs::remove_file(&fill).unwrap();
     let again = summary(&hub.backup_full("big", &big));
     assert_eq!(again["status"], "completed");

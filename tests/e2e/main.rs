@@ -13,6 +13,8 @@ mod backup_flow;
 #[cfg(test)]
 mod ctl;
 #[cfg(test)]
+mod digests;
+#[cfg(test)]
 mod disk_full;
 #[cfg(test)]
 mod image_cli;

@@ -143,6 +143,7 @@ impl Offline {
                 disk_key: DISK,
                 change_id: Some(format!("52 3c 7e/{}", self.next_day).parse().unwrap()),
                 bytes_written: 0,
+                digests: true,
             }];
             catalog
                 .complete_backup(&id, &done, Timestamp::now())

@@ -50,7 +50,7 @@ use redb::{
 use sendense_types::api::MAX_REASON_LEN;
 use sendense_types::{
     BackupId, BackupQuery, BackupStatus, BackupType, CredentialName, CredentialRequest,
-    RegisterVmRequest, Timestamp, Vm, VmName,
+    RegisterVmRequest, Timestamp, Verification, Vm, VmName,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -363,6 +363,7 @@ impl Catalog {
                     })?;
                 disk.change_id.clone_from(&done.change_id);
                 disk.bytes_written = done.bytes_written;
+                disk.digests = done.digests;
             }
             if let Some(missing) = record.disks.iter().find(|d| !seen.contains(&d.disk_key)) {
                 return Err(CatalogError::MissingDisk {
@@ -462,7 +463,7 @@ impl Catalog {
             t.backups.remove(id.as_str())?;
             t.vm_backups.remove((vm, stored.seq))?;
             t.order.remove(stored.seq)?;
-            let files: Vec<&str> = record.disks.iter().map(|d| d.file.as_str()).collect();
+            let files = record.files();
             t.deletions.insert(id.as_str(), encode(&files).as_slice())?;
             if get_id(&t.heads, "heads", vm)?.as_ref() == Some(id) {
                 let mut latest = None;
@@ -539,6 +540,31 @@ impl Catalog {
             expect_status(&stored.record, &[BackupStatus::Completed], "completed")?;
             stored.record.files_missing = true;
             Ok(())
+        })
+    }
+
+    /// Records verification outcomes, all in one transaction: each named completed backup gets
+    /// its `verification` replaced. Answers the updated records.
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] unless completed.
+    pub fn set_verifications(
+        &self,
+        outcomes: &[(BackupId, Verification)],
+    ) -> Result<Vec<BackupRecord>> {
+        self.write(Durability::Immediate, |t| {
+            let mut out = Vec::with_capacity(outcomes.len());
+            for (id, verification) in outcomes {
+                let mut stored =
+                    load_backup(&t.backups, id)?.ok_or_else(|| CatalogError::BackupNotFound {
+                        backup_id: id.clone(),
+                    })?;
+                expect_status(&stored.record, &[BackupStatus::Completed], "completed")?;
+                stored.record.verification = verification.clone();
+                t.backups.insert(id.as_str(), encode(&stored).as_slice())?;
+                out.push(stored.record);
+            }
+            Ok(out)
         })
     }
 
@@ -1052,6 +1078,7 @@ mod tests {
             disk_key: DiskKey(2000),
             change_id: None,
             bytes_written: 1,
+            digests: false,
         }];
         fail_point::arm(fail_point::COMPLETE_BEFORE_HEAD);
 
@@ -1077,6 +1104,7 @@ mod tests {
             disk_key: DiskKey(2000),
             change_id: None,
             bytes_written: 1,
+            digests: false,
         }];
         fail_point::arm(fail_point::COMPLETE_BEFORE_HEAD);
         let _ = catalog.complete_backup(&id, &done, at(2));

@@ -40,6 +40,7 @@
 //!     disk_key: DiskKey(2000),
 //!     change_id: Some("52 3c 7e/12".parse()?),
 //!     bytes_written: 4096,
+//!     digests: false,
 //! }];
 //! catalog.complete_backup(&record.backup_id, &done, Timestamp::now())?;
 //! assert_eq!(catalog.chain(&vm.name)?.len(), 1);

@@ -8,7 +8,8 @@ use std::fmt;
 
 use sendense_types::{
     AgentName, Backup, BackupDisk, BackupId, BackupStatus, BackupType, ChangeId, Credential,
-    CredentialName, DiskKey, Timestamp, VcenterTrust, Verification, Vm, VmName, image_path,
+    CredentialName, DiskKey, Timestamp, VcenterTrust, Verification, Vm, VmName, digest_path,
+    image_path,
 };
 use serde::{Deserialize, Serialize};
 
@@ -130,6 +131,27 @@ impl BackupRecord {
         self.disks.iter().find(|d| d.disk_key == disk_key)
     }
 
+    /// The digests file of disk `disk_key`, relative to `DATA/repository` ([`digest_path`]):
+    /// where it is (or will be) stored, whether or not it was.
+    #[must_use]
+    pub fn digest_file(&self, disk_key: DiskKey) -> String {
+        digest_path(&self.vm_name, disk_key, &self.backup_id)
+    }
+
+    /// Every file of this backup in the repository, relative to it: each disk's image, and its
+    /// digests where they were stored ([`DiskRecord::digests`]).
+    #[must_use]
+    pub fn files(&self) -> Vec<String> {
+        let mut files = Vec::with_capacity(self.disks.len() * 2);
+        for d in &self.disks {
+            files.push(d.file.clone());
+            if d.digests {
+                files.push(self.digest_file(d.disk_key));
+            }
+        }
+        files
+    }
+
     /// The API form, without export names or NBD URIs (the hub fills those in for a running
     /// backup).
     #[must_use]
@@ -180,6 +202,9 @@ pub struct DiskCompletion {
     pub change_id: Option<ChangeId>,
     /// Bytes written into the image.
     pub bytes_written: u64,
+    /// Whether the disk's digests were stored beside its image
+    /// ([`sendense_types::digest_path`]): sets [`DiskRecord::digests`].
+    pub digests: bool,
 }
 
 /// A stored vCenter credential. The password is kept only sealed (encrypted by the hub); the

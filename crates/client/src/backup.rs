@@ -298,13 +298,16 @@ pub(crate) struct SendDisk {
     pub(crate) change_id: Option<ChangeId>,
 }
 
-/// Sends every disk of a started backup to its export at the hub, all at once, then completes
-/// the backup with each disk's change id. The one end of every backup flow (local disks and
-/// vCenter).
+/// Sends every disk of a started backup to its export at the hub, all at once, uploads each
+/// disk's digests (of the bytes read at the source, recorded by the transfer), then completes
+/// the backup with each disk's change id. The one end of every backup flow (local disks,
+/// vCenter, agent jobs). A hub older than the digests route (404) gets a warning and the
+/// backup completes without digests.
 ///
 /// # Errors
 /// [`ClientError::DiskMismatch`] when the hub's backup lists a disk not in `disks` or has no
-/// NBD URI for one; the transfer's error; the hub's answer to `complete`.
+/// NBD URI for one; the transfer's error; the hub's answer to a digests upload (but 404) or to
+/// `complete`.
 pub(crate) async fn transfer_and_complete(
     hub: &HubClient,
     backup: &Backup,
@@ -342,11 +345,13 @@ pub(crate) async fn transfer_and_complete(
             source: d.source,
             target,
             plan: d.plan,
+            digests: true,
         });
         complete.push((d.key, d.change_id));
     }
 
-    let stats = transfer_all(&jobs, transfer, progress).await?;
+    let mut stats = transfer_all(&jobs, transfer, progress).await?;
+    upload_digests(hub, &backup.backup_id, &mut stats).await?;
 
     let disks = complete
         .into_iter()
@@ -364,6 +369,42 @@ pub(crate) async fn transfer_and_complete(
     hub.complete_backup(&backup.backup_id, &request).await?;
     info!(backup_id = %backup.backup_id, "backup completed");
     Ok(stats)
+}
+
+/// Uploads each disk's digests (taken out of `stats`, freeing them) before `complete`. A 404
+/// (a hub without the route) is warned about once and the rest skipped.
+async fn upload_digests(
+    hub: &HubClient,
+    backup_id: &BackupId,
+    stats: &mut [DiskStats],
+) -> Result<(), ClientError> {
+    for s in stats.iter_mut() {
+        let Some(digests) = s.digests.take() else {
+            continue;
+        };
+        let disk_key = DiskKey(s.disk_key);
+        let encoded = digests.encode();
+        let bytes = encoded.len();
+        drop(digests);
+        match hub.put_digests(backup_id, disk_key, encoded).await {
+            Ok(()) => {
+                info!(disk_key = disk_key.get(), bytes, "digests uploaded");
+            }
+            Err(e) if e.is_missing_route() => {
+                warn!(
+                    %backup_id,
+                    error = %sendense_io::error_chain(&e),
+                    "the hub does not take digests (an older hub?): this backup completes without them and cannot be verified end to end"
+                );
+                for rest in stats.iter_mut() {
+                    rest.digests = None;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The hub's record of disk `key` in `backup`.

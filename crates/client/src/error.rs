@@ -333,6 +333,13 @@ impl ClientError {
         matches!(self, Self::Transfer(t) if t.is_final())
     }
 
+    /// Whether the hub answered 404: the thing named does not exist, or (a hub older than a
+    /// route) the route does not.
+    #[must_use]
+    pub fn is_missing_route(&self) -> bool {
+        matches!(self, Self::HubStatus { status: 404, .. })
+    }
+
     /// Whether a stop signal (SIGINT, SIGTERM, SIGHUP) ended the run.
     #[must_use]
     pub fn is_interrupted(&self) -> bool {

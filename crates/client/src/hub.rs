@@ -23,8 +23,8 @@ use sendense_types::jobs::{
 };
 use sendense_types::{
     AgentName, ApiError, Backup, BackupId, BackupQuery, Chain, CompleteBackupRequest, Credential,
-    CredentialName, CredentialRequest, FailBackupRequest, Health, JobId, RegisterVmRequest,
-    RestoreExports, StartBackupRequest, Vm, VmName,
+    CredentialName, CredentialRequest, DiskKey, FailBackupRequest, Health, JobId,
+    RegisterVmRequest, RestoreExports, StartBackupRequest, Vm, VmName,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -216,6 +216,28 @@ impl HubClient {
         self.send(Method::POST, &path, Some(request))
             .await
             .map(drop)
+    }
+
+    /// `PUT /api/v1/backups/{id}/disks/{key}/digests`: the encoded digests
+    /// ([`sendense_digest::LayerDigests::encode`]) of one disk of a running backup, taken from
+    /// the bytes read at the source; the hub keeps them beside the image once the backup
+    /// completes.
+    ///
+    /// # Errors
+    /// See the module documentation; a hub older than the route answers 404 `not_found`
+    /// ([`ClientError::is_missing_route`]).
+    pub async fn put_digests(
+        &self,
+        id: &BackupId,
+        disk_key: DiskKey,
+        encoded: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let path = format!("/api/v1/backups/{id}/disks/{disk_key}/digests");
+        let request = self
+            .request_builder(Method::PUT, &path)?
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(encoded);
+        self.exchange("PUT", &path, request).await.map(drop)
     }
 
     /// `POST /api/v1/backups/{id}/fail`.
@@ -482,8 +504,24 @@ impl HubClient {
         timeout: Option<Duration>,
     ) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let method_name = method_name(&method);
+        let mut request = self.request_builder(method, path)?;
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.exchange(method_name, path, request).await
+    }
+
+    /// A request to `path` with the bearer token, accepting JSON answers.
+    fn request_builder(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
         let url = self.base.join(path).map_err(|e| ClientError::HubRequest {
-            method: method_name,
+            method: method_name(&method),
             path: path.to_owned(),
             detail: e.to_string(),
         })?;
@@ -494,12 +532,16 @@ impl HubClient {
         if !self.token.is_empty() {
             request = request.bearer_auth(&self.token);
         }
-        if let Some(timeout) = timeout {
-            request = request.timeout(timeout);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        Ok(request)
+    }
+
+    /// Sends `request`; answers the status and body of a 2xx, or the error it stands for.
+    async fn exchange(
+        &self,
+        method_name: &'static str,
+        path: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
         debug!(method = method_name, path, "hub request");
         let response = request
             .send()

@@ -178,6 +178,7 @@ async fn restore_disk(
         source: Arc::clone(&source) as Arc<dyn DiskSource>,
         target: Arc::new(LocalConnector(Arc::clone(&target))) as Arc<dyn TargetConnector>,
         plan: DiskPlan::Full,
+        digests: false,
     };
     let stats = match transfer_disk(&job, options.transfer, options.progress.as_ref()).await {
         Ok(stats) => stats,

@@ -51,6 +51,7 @@ pub const AGENT_ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/api/v1/backups/{id}/fail"),
     (Method::POST, "/api/v1/backups/{id}/snapshot"),
     (Method::GET, "/api/v1/backups/{id}/snapshot"),
+    (Method::PUT, "/api/v1/backups/{id}/disks/{key}/digests"),
 ];
 
 /// Largest request body accepted.
@@ -89,6 +90,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/backups/{id}/complete", post(complete_backup))
         .route("/api/v1/backups/{id}/fail", post(fail_backup))
         .route(
+            "/api/v1/backups/{id}/disks/{key}/digests",
+            axum::routing::put(put_digests).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
             "/api/v1/backups/{id}/snapshot",
             post(record_snapshot).get(backup_snapshot),
         )
@@ -116,6 +121,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/vms/{name}/backup", post(backup_now))
         .route("/api/v1/vms/{name}/prune", post(prune_vm))
+        .route("/api/v1/backups/{id}/verify", post(verify_backup))
         .route("/api/v1/credentials/{name}/inventory", get(inventory))
         .route(
             "/api/v1/credentials/{name}/inventory/refresh",
@@ -168,6 +174,13 @@ impl From<HubError> for ApiFailure {
             ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, error_codes::UNAUTHORIZED),
             ErrorKind::Forbidden => (StatusCode::FORBIDDEN, error_codes::FORBIDDEN),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, error_codes::UNAVAILABLE),
+            ErrorKind::InsufficientStorage => {
+                tracing::warn!(error = %message, "refused: repository space");
+                (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    error_codes::INSUFFICIENT_STORAGE,
+                )
+            }
             ErrorKind::Upstream => {
                 tracing::warn!(error = %message, "vCenter session for a client refused");
                 (StatusCode::BAD_GATEWAY, error_codes::BAD_GATEWAY)
@@ -414,6 +427,16 @@ async fn prune_vm(
     Ok((status, Json(answer)))
 }
 
+/// `POST /api/v1/backups/{id}/verify`: 202 `{job_id}` of the queued `verify` job.
+async fn verify_backup(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    let accepted = blocking(move || s.hub_jobs.queue_verify(&id)).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
 async fn complete_backup(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -421,6 +444,39 @@ async fn complete_backup(
 ) -> ApiResult<impl IntoResponse> {
     let id: BackupId = parse("backup id", &id)?;
     Ok(Json(s.engine.complete_backup(&id, &req).await?))
+}
+
+/// The body is bounded by the largest digest file of the disk's capacity
+/// ([`sendense_digest::max_encoded_len`]), not by the API's usual limit.
+async fn put_digests(
+    State(s): State<ApiState>,
+    Path((id, key)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> ApiResult<StatusCode> {
+    use http_body_util::BodyExt;
+    let id: BackupId = parse("backup id", &id)?;
+    let key: sendense_types::DiskKey = parse("disk key", &key)?;
+    let engine = Arc::clone(&s.engine);
+    let asked = id.clone();
+    let limit = blocking(move || engine.digests_limit(&asked, key)).await?;
+    let too_large = || HubError::DigestsTooLarge {
+        backup_id: id.clone(),
+        disk_key: key,
+        limit,
+    };
+    let bytes = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiFailure::from(too_large())
+            } else {
+                ApiFailure::bad_request(format!("Cannot read the body: {e}"))
+            }
+        })?
+        .to_bytes();
+    s.engine.store_digests(&id, key, bytes).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn fail_backup(

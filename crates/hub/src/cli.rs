@@ -14,7 +14,9 @@ use sendense_image::cli::ImageCommand;
 use sendense_nbd::tls::ClientCerts;
 use serde::Deserialize;
 
-use crate::daemon::{self, HubConfig, Listeners};
+use crate::daemon::{
+    self, DEFAULT_FREE_SPACE_WARNING_PERCENT, HubConfig, Listeners, RepositoryConfig,
+};
 use crate::error::HubError;
 use crate::notify::{WebhookConfig, WebhookSecret};
 
@@ -151,6 +153,15 @@ pub struct ServeOptions {
     /// limit them too) [default: no hub-wide limit].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_running_jobs: Option<u32>,
+    /// Warn when the repository's file system has less than this percentage of
+    /// its capacity free (in the log and in GET /api/v1/repository) [default: 10].
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..100))]
+    pub free_space_warning_percent: Option<u8>,
+    /// Re-verify every completed restore point whose last verification (or,
+    /// never verified, its completion) is older than this many days: the hub
+    /// queues verify jobs for them on its own [default: never].
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub reverify_days: Option<u32>,
     /// Log line format: a key of the config file only (on the command line it
     /// is the global --log-format, which wins).
     #[arg(skip)]
@@ -258,6 +269,10 @@ impl ServeOptions {
             webhook_on_success: self.webhook_on_success.or(fallback.webhook_on_success),
             webhook_ca_file: self.webhook_ca_file.or(fallback.webhook_ca_file),
             max_running_jobs: self.max_running_jobs.or(fallback.max_running_jobs),
+            free_space_warning_percent: self
+                .free_space_warning_percent
+                .or(fallback.free_space_warning_percent),
+            reverify_days: self.reverify_days.or(fallback.reverify_days),
             log_format: self.log_format.or(fallback.log_format),
         }
     }
@@ -285,6 +300,12 @@ impl ServeOptions {
             },
             webhook,
             max_running_jobs: self.max_running_jobs,
+            repository: RepositoryConfig {
+                free_space_warning_percent: self
+                    .free_space_warning_percent
+                    .unwrap_or(DEFAULT_FREE_SPACE_WARNING_PERCENT),
+                reverify_days: self.reverify_days,
+            },
         })
     }
 

@@ -37,6 +37,7 @@ use crate::jobs::{Jobs, REAP_PERIOD};
 use crate::maintenance::{Maintenance, ResumeReport};
 use crate::notify::{Notifier, WebhookConfig};
 use crate::policies::Policies;
+use crate::reverify;
 use crate::scheduler::{self, SystemClock};
 
 /// Folder of the TLS material inside the data folder.
@@ -52,6 +53,11 @@ const ENGINE_DRAIN: Duration = Duration::from_secs(10);
 const NBD_DRAIN: Duration = Duration::from_secs(5);
 /// How long queued webhook notifications may take to go out (alongside [`NBD_DRAIN`]).
 const WEBHOOK_DRAIN: Duration = Duration::from_secs(4);
+
+pub use crate::engine::{DEFAULT_FREE_SPACE_WARNING_PERCENT, RepositoryConfig};
+
+/// When the first look for points due for re-verification happens after start.
+const REVERIFY_FIRST: Duration = Duration::from_secs(60);
 
 /// How the daemon is set up.
 #[derive(Debug, Clone)]
@@ -78,6 +84,8 @@ pub struct HubConfig {
     pub webhook: Option<WebhookConfig>,
     /// Most jobs running at once across all agents; `None`: only agents' slots limit them.
     pub max_running_jobs: Option<u32>,
+    /// Repository space and re-verification.
+    pub repository: RepositoryConfig,
 }
 
 /// A started hub: its addresses, and the handle that stops it.
@@ -98,11 +106,11 @@ pub struct RunningHub {
     /// The policies and their scheduler, for in-process callers (tests tick it with their
     /// own time: [`Policies::tick_at`]).
     pub policies: Arc<Policies>,
+    /// The jobs the hub runs itself (`prune`, `verify`), for in-process callers.
+    pub hub_jobs: Arc<HubJobs>,
     /// Removal of restore points with chain merges, for in-process callers (the prune job
     /// runner).
     pub maintenance: Arc<Maintenance>,
-    /// The jobs the hub runs itself (`prune`, `verify`), for in-process callers.
-    pub hub_jobs: Arc<HubJobs>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -244,12 +252,15 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     let api_listener = api;
 
     let nbd_base = format!("nbds://{}:{}", uri_host(&host), nbd_addr.port());
-    let engine = Arc::new(Engine::new(
-        Arc::clone(&catalog),
-        data.join(REPOSITORY_DIR),
-        Arc::clone(&registry),
-        nbd_base,
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            Arc::clone(&catalog),
+            data.join(REPOSITORY_DIR),
+            Arc::clone(&registry),
+            nbd_base,
+        )
+        .with_repository_config(config.repository),
+    );
     // Merge steps a crash interrupted are finished first (before the API serves, and before
     // reconciliation looks at the files they leave): no point is ever half-merged when the API
     // answers.
@@ -300,7 +311,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         Arc::clone(&engine),
         Arc::clone(&jobs),
         Arc::clone(&maintenance) as Arc<dyn crate::hub_jobs::PointRemover>,
-        Arc::new(crate::verify::Verifier::new(Arc::clone(&catalog))),
+        Arc::new(engine.verifier()),
         Arc::new(SystemClock),
     ));
     let requeued = hub_jobs.recover()?;
@@ -400,6 +411,29 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     let job_notifier = notifier.clone();
     let notifications = tokio::spawn(notify_finished_jobs(finished, job_notifier));
     let scheduler = spawn_scheduler(Arc::clone(&policies), &jobs, stop_rx.clone());
+    let reverify = config.repository.reverify_days.map(|days| {
+        let catalog = Arc::clone(&catalog);
+        let hub_jobs = Arc::clone(&hub_jobs);
+        tokio::spawn(scheduler::run_ticks(
+            REVERIFY_FIRST,
+            reverify::REVERIFY_PERIOD,
+            stop_rx.clone(),
+            move || {
+                let catalog = Arc::clone(&catalog);
+                let hub_jobs = Arc::clone(&hub_jobs);
+                async move {
+                    let now = sendense_types::Timestamp::now();
+                    let done = tokio::task::spawn_blocking(move || {
+                        reverify::tick(&catalog, &hub_jobs, now, days)
+                    })
+                    .await;
+                    if let Ok(Err(e)) = done {
+                        tracing::error!(error = %sendense_io::error_chain(&e), "re-verification look failed");
+                    }
+                }
+            },
+        ))
+    });
 
     let shutdown_engine = Arc::clone(&engine);
     let shutdown_jobs = Arc::clone(&jobs);
@@ -414,6 +448,9 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         bounded("lease reaper", Duration::from_secs(1), reaper).await;
         notifications.abort();
         bounded("policy scheduler", Duration::from_secs(1), scheduler).await;
+        if let Some(task) = reverify {
+            bounded("re-verification", Duration::from_secs(1), task).await;
+        }
         // A running prune or verify ends on its own (a merge is never left half way); the
         // journal finishes or undoes one a hard stop interrupts.
         bounded("hub job runner", ENGINE_DRAIN, hub_job_runner).await;
@@ -444,8 +481,8 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         jobs,
         agents,
         policies,
-        maintenance,
         hub_jobs,
+        maintenance,
         stop: stop_tx,
         task,
     })

@@ -16,6 +16,9 @@
 //!   one write transaction and nowhere else.
 //! - `fail_backup` closes the exports, removes the partial files, and marks
 //!   the backup failed; the chain is untouched.
+//! - `store_digests` keeps each disk's digests (of the bytes read at the
+//!   source) beside its image until `complete` renames them into place
+//!   ([`digests`]).
 //! - `watchdog_tick` fails backups whose client is gone: every connection
 //!   closed for the disconnect grace, connections silent for the idle
 //!   timeout, or no connection at all within the idle timeout.
@@ -49,14 +52,18 @@ use sendense_types::api::BackupSnapshot;
 use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, BackupType, Chain, CompleteBackupRequest, DiskKey,
     ExportName, RegisterVmRequest, RepositoryInfo, RestoreDisk, RestoreExports, StartBackupRequest,
-    Timestamp, Vm, VmName, VmUsage,
+    Timestamp, VerificationState, Vm, VmName, VmUsage,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::HubError;
 use crate::maintenance::ChainLocks;
+use crate::verify::Verifier;
+use digests::DigestSlot;
 use sendense_image::export::Qcow2Export;
+
+mod digests;
 
 /// Folder of the repository inside the data folder.
 pub const REPOSITORY_DIR: &str = "repository";
@@ -101,6 +108,8 @@ struct WriteDisk {
     export: Arc<Qcow2Export>,
     temp: PathBuf,
     target: PathBuf,
+    /// Its digests, uploaded before `complete`.
+    digests: DigestSlot,
 }
 
 /// Where a backup this process holds is in its life.
@@ -159,6 +168,29 @@ enum Claim {
     NotLive,
 }
 
+/// Repository health settings (DESIGN.md "Verification").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepositoryConfig {
+    /// Warn (log, `GET /api/v1/repository`'s `low_space_warning`) when the repository's file
+    /// system has less than this percentage of its capacity free.
+    pub free_space_warning_percent: u8,
+    /// Re-verify completed points whose last verification (or completion, if never verified)
+    /// is older than this many days; `None`: never on a schedule.
+    pub reverify_days: Option<u32>,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        Self {
+            free_space_warning_percent: DEFAULT_FREE_SPACE_WARNING_PERCENT,
+            reverify_days: None,
+        }
+    }
+}
+
+/// Default of [`RepositoryConfig::free_space_warning_percent`].
+pub const DEFAULT_FREE_SPACE_WARNING_PERCENT: u8 = 10;
+
 /// The backup engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -167,6 +199,7 @@ pub struct Engine {
     registry: Arc<ExportRegistry>,
     nbd_base: String,
     live: Mutex<Live>,
+    space: RepositoryConfig,
     chain_locks: Arc<ChainLocks>,
 }
 
@@ -185,8 +218,22 @@ impl Engine {
             registry,
             nbd_base,
             live: Mutex::new(Live::default()),
+            space: RepositoryConfig::default(),
             chain_locks: Arc::new(ChainLocks::default()),
         }
+    }
+
+    /// This engine with repository settings other than the defaults.
+    #[must_use]
+    pub fn with_repository_config(mut self, config: RepositoryConfig) -> Self {
+        self.space = config;
+        self
+    }
+
+    /// The repository settings.
+    #[must_use]
+    pub fn repository_config(&self) -> RepositoryConfig {
+        self.space
     }
 
     /// The per-VM chain locks: a backup start, a restore open and a deletion take their VM's
@@ -258,6 +305,7 @@ impl Engine {
         let _chain = self.chain_locks.try_read(&req.vm_name)?;
         let vm = self.vm(&req.vm_name)?;
         let (parent, full_reason) = self.choose_parent(&vm, req)?;
+        self.check_space(&vm, parent.is_some())?;
         let now = Timestamp::now();
         let mut record = BackupRecord::new(
             BackupId::new(&vm.name, now),
@@ -319,6 +367,85 @@ impl Engine {
                 );
                 self.fail_in_catalog(&id, &reason);
                 Err(e)
+            }
+        }
+    }
+
+    /// Refuses a backup the repository's file system cannot hold: the estimate is, per disk,
+    /// the largest of the VM's last three images of the same kind (full or incremental), or
+    /// for a first one the disk's capacity (a full) or a tenth of it (an incremental).
+    fn check_space(&self, vm: &Vm, incremental: bool) -> Result<(), HubError> {
+        let needed = self.estimate(vm, incremental)?;
+        let free = self.free_bytes()?;
+        if needed > free {
+            return Err(HubError::SpaceShort {
+                vm: vm.name.clone(),
+                needed,
+                free,
+                reserve: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes a new backup of `vm` is estimated to need (see [`Engine::check_space`]).
+    fn estimate(&self, vm: &Vm, incremental: bool) -> Result<u64, HubError> {
+        let query = BackupQuery {
+            vm_name: Some(vm.name.clone()),
+            status: Some(BackupStatus::Completed),
+        };
+        let kind = if incremental {
+            BackupType::Incremental
+        } else {
+            BackupType::Full
+        };
+        let mut records = self.catalog.backups(&query)?;
+        records.retain(|r| r.backup_type == kind && !r.files_missing);
+        records.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+        let mut needed = 0u64;
+        for spec in &vm.disks {
+            let seen = records
+                .iter()
+                .take(3)
+                .filter_map(|r| r.disk(spec.key))
+                .filter_map(|d| std::fs::metadata(self.repository.join(&d.file)).ok())
+                .map(|m| m.blocks().saturating_mul(512))
+                .max();
+            let first = if incremental {
+                spec.capacity_bytes / 10
+            } else {
+                spec.capacity_bytes
+            };
+            needed = needed.saturating_add(seen.unwrap_or(first));
+        }
+        Ok(needed)
+    }
+
+    /// Bytes available to the hub on the repository's file system.
+    fn free_bytes(&self) -> Result<u64, HubError> {
+        let fs = rustix::fs::statvfs(&self.repository)
+            .map_err(|e| HubError::io(&self.repository, e.into()))?;
+        Ok(fs.f_bavail.saturating_mul(fs.f_frsize))
+    }
+
+    /// The warning to give when free space is below the configured share of the capacity.
+    fn low_space_warning(&self, capacity: u64, free: u64) -> Option<String> {
+        let threshold = capacity / 100 * u64::from(self.space.free_space_warning_percent);
+        (free < threshold).then(|| {
+            format!(
+                "the repository's file system has {free} of {capacity} bytes free, below the {}% warning threshold: prune old points (POST /api/v1/vms/{{name}}/prune) or grow it",
+                self.space.free_space_warning_percent
+            )
+        })
+    }
+
+    /// Logs a warning when free space is below the threshold.
+    fn warn_if_low_on_space(&self) {
+        if let Ok(fs) = rustix::fs::statvfs(&self.repository) {
+            let capacity = fs.f_blocks.saturating_mul(fs.f_frsize);
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            if let Some(warning) = self.low_space_warning(capacity, free) {
+                tracing::warn!(free_bytes = free, capacity_bytes = capacity, "{warning}");
             }
         }
     }
@@ -393,6 +520,12 @@ impl Engine {
             });
         }
         for record in chain {
+            if record.verification.state == VerificationState::Failed {
+                return Some(HubError::ChainFailedVerification {
+                    vm: vm.name.clone(),
+                    backup_id: record.backup_id.clone(),
+                });
+            }
             for d in &record.disks {
                 if !vm.disks.iter().any(|spec| spec.key == d.disk_key) {
                     continue;
@@ -477,12 +610,14 @@ impl Engine {
             remove_quietly(&temp);
             return Err(e.into());
         }
+        let digests = DigestSlot::new(self.repository.join(record.digest_file(key)));
         Ok(WriteDisk {
             key,
             export_name,
             export,
             temp,
             target,
+            digests,
         })
     }
 
@@ -492,6 +627,7 @@ impl Engine {
             drop(self.registry.remove(d.export_name.as_str()));
             drop(d.export);
             remove_quietly(&d.temp);
+            remove_quietly(&d.digests.temp);
         }
     }
 
@@ -524,7 +660,7 @@ impl Engine {
     ) -> Result<Backup, HubError> {
         let record = self.record(&id)?;
         validate_completion(&record, &req)?;
-        let (disks, done) = match self.claim(&id, None) {
+        let (mut disks, done) = match self.claim(&id, None) {
             Claim::Owner(disks, done) => (disks, done),
             Claim::Wait(rx) => return Err(self.lost_race(&id, rx).await),
             Claim::Starting => {
@@ -535,6 +671,9 @@ impl Engine {
             }
             Claim::NotLive => return Err(self.not_live(&record)),
         };
+        for d in &mut disks {
+            d.digests.close().await;
+        }
         let drained = self.close_exports(&disks, COMPLETE_DRAIN).await;
         let result = if drained {
             let engine = Arc::clone(&self);
@@ -543,7 +682,10 @@ impl Engine {
                 .await
                 .unwrap_or_else(|_| Err((HubError::Worker, Vec::new())))
         } else {
-            let files = disks.iter().map(|d| d.temp.clone()).collect();
+            let files = disks
+                .iter()
+                .flat_map(|d| [d.temp.clone(), d.digests.temp.clone()])
+                .collect();
             drop(disks);
             Err((
                 HubError::DrainTimeout {
@@ -556,6 +698,7 @@ impl Engine {
         let answer = match result {
             Ok(done) => {
                 tracing::info!(backup_id = %id, "backup completed");
+                self.warn_if_low_on_space();
                 Ok(done.to_api())
             }
             Err((e, leftovers)) => {
@@ -582,7 +725,14 @@ impl Engine {
     ) -> Result<BackupRecord, (HubError, Vec<PathBuf>)> {
         let all_files: Vec<PathBuf> = disks
             .iter()
-            .flat_map(|d| [d.temp.clone(), d.target.clone()])
+            .flat_map(|d| {
+                [
+                    d.temp.clone(),
+                    d.target.clone(),
+                    d.digests.temp.clone(),
+                    d.digests.target.clone(),
+                ]
+            })
             .collect();
         let fail = |e: HubError| (e, all_files.clone());
         let mut completions = Vec::with_capacity(disks.len());
@@ -604,6 +754,11 @@ impl Engine {
                 }));
             }
             std::fs::rename(&d.temp, &d.target).map_err(|e| fail(HubError::io(&d.target, e)))?;
+            let digests = d.digests.stored();
+            if digests {
+                std::fs::rename(&d.digests.temp, &d.digests.target)
+                    .map_err(|e| fail(HubError::io(&d.digests.target, e)))?;
+            }
             if let Some(folder) = d.target.parent() {
                 folders.insert(folder.to_path_buf());
             }
@@ -616,6 +771,7 @@ impl Engine {
                 disk_key: d.key,
                 change_id,
                 bytes_written: d.export.bytes_written(),
+                digests,
             });
         }
         for folder in &folders {
@@ -651,11 +807,15 @@ impl Engine {
     async fn fail_owned(self: Arc<Self>, id: BackupId, reason: String) -> Result<Backup, HubError> {
         let record = self.record(&id)?;
         match self.claim(&id, Some(&reason)) {
-            Claim::Owner(disks, done) => {
+            Claim::Owner(mut disks, done) => {
+                for d in &mut disks {
+                    d.digests.close().await;
+                }
                 self.close_exports(&disks, FAIL_DRAIN).await;
                 for d in disks {
                     drop(d.export);
                     remove_quietly(&d.temp);
+                    remove_quietly(&d.digests.temp);
                 }
                 let answer = self
                     .catalog
@@ -880,8 +1040,7 @@ impl Engine {
         let deleted = self.catalog.delete_backup(id);
         self.live().deleting.remove(id);
         let record = deleted?;
-        let files: Vec<String> = record.disks.iter().map(|d| d.file.clone()).collect();
-        self.remove_deleted_files(id, &files);
+        self.remove_deleted_files(id, &record.files());
         tracing::info!(backup_id = %id, "backup deleted");
         Ok(record.to_api())
     }
@@ -1063,19 +1222,22 @@ impl Engine {
                 backups: 0,
             });
             let bytes = r
-                .disks
+                .files()
                 .iter()
-                .filter_map(|d| sizes.get(d.file.as_str()))
+                .filter_map(|f| sizes.get(f.as_str()))
                 .fold(0u64, |a, b| a.saturating_add(*b));
             usage.used_bytes = usage.used_bytes.saturating_add(bytes);
             if r.status == BackupStatus::Completed && !r.files_missing {
                 usage.backups = usage.backups.saturating_add(1);
             }
         }
+        let capacity_bytes = fs.f_blocks.saturating_mul(fs.f_frsize);
+        let free_bytes = fs.f_bavail.saturating_mul(fs.f_frsize);
         Ok(RepositoryInfo {
-            capacity_bytes: fs.f_blocks.saturating_mul(fs.f_frsize),
+            low_space_warning: self.low_space_warning(capacity_bytes, free_bytes),
+            capacity_bytes,
             used_bytes,
-            free_bytes: fs.f_bavail.saturating_mul(fs.f_frsize),
+            free_bytes,
             vms: per_vm.into_values().collect(),
             unknown_files,
         })
@@ -1084,14 +1246,34 @@ impl Engine {
     /// Every file the catalog knows, relative to the repository: each
     /// backup's images and the files of unfinished deletions.
     fn known_files(&self, records: &[BackupRecord]) -> Result<HashSet<String>, HubError> {
-        let mut known: HashSet<String> = records
-            .iter()
-            .flat_map(|r| r.disks.iter().map(|d| d.file.clone()))
-            .collect();
+        let mut known: HashSet<String> = records.iter().flat_map(BackupRecord::files).collect();
+        // A running backup's digests arrive before it completes.
+        known.extend(
+            records
+                .iter()
+                .filter(|r| r.status.is_active())
+                .flat_map(|r| r.disks.iter().map(|d| r.digest_file(d.disk_key))),
+        );
         for (_, files) in self.catalog.deletions()? {
             known.extend(files);
         }
         Ok(known)
+    }
+
+    /// The catalog, for in-process callers.
+    #[must_use]
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// A verifier of this engine's repository ([`Verifier::verify`]).
+    #[must_use]
+    pub fn verifier(&self) -> Verifier {
+        Verifier::new(
+            Arc::clone(&self.catalog),
+            self.repository.clone(),
+            Arc::clone(&self.chain_locks),
+        )
     }
 
     // ------------------------------------------------------------ lifecycle
@@ -1108,9 +1290,13 @@ impl Engine {
         let mut report = Reconciliation::default();
         for record in self.catalog.running_backups()? {
             for d in &record.disks {
-                let path = self.repository.join(&d.file);
-                remove_quietly(&temp_path(&path));
-                remove_quietly(&path);
+                for path in [
+                    self.repository.join(&d.file),
+                    self.repository.join(record.digest_file(d.disk_key)),
+                ] {
+                    remove_quietly(&temp_path(&path));
+                    remove_quietly(&path);
+                }
             }
             self.catalog.fail_backup(
                 &record.backup_id,

@@ -204,6 +204,49 @@ pub enum HubError {
         /// How long the hub waited.
         seconds: u64,
     },
+    /// A layer a point reads has no digests: it cannot be verified.
+    #[error(
+        "Backup {backup_id} has no digests for disk {disk_key} (its client did not send them): it cannot be verified; a new full made by this version's client can"
+    )]
+    NoDigests {
+        /// The backup whose layer has none.
+        backup_id: BackupId,
+        /// The disk.
+        disk_key: DiskKey,
+    },
+    /// Verification could not read a point's chain or digests.
+    #[error("Verification could not run")]
+    Verify(#[source] sendense_image::ImageError),
+    /// An image's chain names a file the hub did not write (not `<backup_id>.qcow2`, or raw).
+    #[error("{path} is not a restore point image of this repository")]
+    NotOurChain {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A point of the VM's chain failed verification: an incremental would build on bad data.
+    #[error(
+        "VM {vm}: backup {backup_id} of its chain failed verification: take a full (or use auto)"
+    )]
+    ChainFailedVerification {
+        /// The VM.
+        vm: VmName,
+        /// The failed point.
+        backup_id: BackupId,
+    },
+    /// The repository's file system cannot hold what a backup is estimated to need.
+    #[error(
+        "VM {vm}: the repository has {free} bytes free but this backup is estimated to need {needed} (plus {reserve} kept free): free space (prune old points: POST /api/v1/vms/{{name}}/prune) or grow the file system"
+    )]
+    SpaceShort {
+        /// The VM.
+        vm: VmName,
+        /// Bytes estimated.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+        /// Bytes the hub keeps free.
+        reserve: u64,
+    },
     /// The hub is shutting down and starts nothing new.
     #[error("The hub is shutting down")]
     ShuttingDown,
@@ -493,17 +536,48 @@ pub enum HubError {
     /// An enrollment's certificate signing request could not be signed.
     #[error("Cannot sign the certificate signing request (csr_pem)")]
     Csr(#[source] sendense_nbd::NbdError),
-    /// This build cannot verify restore points yet.
-    #[error("Verification of backup {backup_id} is not available in this build yet")]
-    VerificationUnavailable {
-        /// The point asked for.
-        backup_id: BackupId,
-    },
     /// A `prune` or `verify` job the hub runs itself cannot be cancelled once it runs.
     #[error("Job {job_id} is running inside the hub and runs to its end: it cannot be cancelled")]
     HubJobRunning {
         /// The job.
         job_id: JobId,
+    },
+    /// An uploaded digest file does not decode (the source says why).
+    #[error("Digests of disk {disk_key} of backup {backup_id} refused")]
+    DigestsMalformed {
+        /// The backup.
+        backup_id: BackupId,
+        /// The disk.
+        disk_key: DiskKey,
+        /// What the decoder refused.
+        #[source]
+        source: sendense_digest::DigestError,
+    },
+    /// An uploaded digest file describes a disk of another size.
+    #[error(
+        "Digests of disk {disk_key} of backup {backup_id} refused: they describe a {found}-byte disk, the disk has {capacity} bytes"
+    )]
+    DigestsWrongSize {
+        /// The backup.
+        backup_id: BackupId,
+        /// The disk.
+        disk_key: DiskKey,
+        /// The size the file describes.
+        found: u64,
+        /// The disk's capacity.
+        capacity: u64,
+    },
+    /// An uploaded digest file is larger than any of a disk of its capacity can be.
+    #[error(
+        "Digests of disk {disk_key} of backup {backup_id} refused: the body passes {limit} bytes, the largest digest file of this disk"
+    )]
+    DigestsTooLarge {
+        /// The backup.
+        backup_id: BackupId,
+        /// The disk.
+        disk_key: DiskKey,
+        /// The largest body accepted.
+        limit: u64,
     },
 }
 
@@ -525,6 +599,8 @@ pub enum ErrorKind {
     Unavailable,
     /// 502: a system the hub talks to on the caller's behalf (vCenter) refused or failed.
     Upstream,
+    /// 507: the repository's file system cannot hold what the request needs.
+    InsufficientStorage,
     /// 500: the hub failed.
     Internal,
 }
@@ -556,8 +632,11 @@ impl HubError {
             | Self::BaseMismatch { .. }
             | Self::Busy { .. }
             | Self::StartCancelled { .. }
-            | Self::DrainTimeout { .. } => ErrorKind::Conflict,
-            Self::ShuttingDown | Self::VerificationUnavailable { .. } => ErrorKind::Unavailable,
+            | Self::DrainTimeout { .. }
+            | Self::NoDigests { .. }
+            | Self::ChainFailedVerification { .. } => ErrorKind::Conflict,
+            Self::SpaceShort { .. } => ErrorKind::InsufficientStorage,
+            Self::ShuttingDown => ErrorKind::Unavailable,
             Self::HubJobRunning { .. } => ErrorKind::Conflict,
             Self::NotYourJob { .. }
             | Self::OtherAgent { .. }
@@ -579,6 +658,9 @@ impl HubError {
             Self::UnknownDisk { .. } | Self::MissingDisk { .. } | Self::DuplicateDisk { .. } => {
                 ErrorKind::BadRequest
             }
+            Self::DigestsMalformed { .. }
+            | Self::DigestsWrongSize { .. }
+            | Self::DigestsTooLarge { .. } => ErrorKind::BadRequest,
             _ => ErrorKind::Internal,
         }
     }

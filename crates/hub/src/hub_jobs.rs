@@ -55,8 +55,7 @@ const POLL: Duration = Duration::from_secs(2);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Removes restore points of a VM, keeping what every remaining point restores (merging
-/// layers as needed). The hub's [`crate::maintenance`]-style implementations; tests may give
-/// their own.
+/// layers as needed): the hub's [`Maintenance`]; tests may give their own.
 pub trait PointRemover: Send + Sync + fmt::Debug {
     /// Removes `ids` (points of `vm`, newest first) on the calling (blocking) thread,
     /// reporting bytes done and total through `progress`; answers what it did, in words.
@@ -69,39 +68,6 @@ pub trait PointRemover: Send + Sync + fmt::Debug {
         ids: &[BackupId],
         progress: &dyn Fn(u64, u64),
     ) -> Result<String, HubError>;
-}
-
-/// A [`PointRemover`] without merges: it deletes the points in the order given through
-/// [`Engine::delete_backup`], which removes only a point no other point depends on (the newest
-/// points of a chain, newest first, or a whole chain). A point others read through is refused
-/// (409 naming them).
-#[derive(Debug)]
-pub struct DeleteRemover {
-    engine: Arc<Engine>,
-}
-
-impl DeleteRemover {
-    /// Deletes through `engine`.
-    #[must_use]
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
-    }
-}
-
-impl PointRemover for DeleteRemover {
-    fn remove_points(
-        &self,
-        _vm: &VmName,
-        ids: &[BackupId],
-        progress: &dyn Fn(u64, u64),
-    ) -> Result<String, HubError> {
-        let total = u64::try_from(ids.len()).unwrap_or(u64::MAX);
-        for (done, id) in (1u64..).zip(ids) {
-            self.engine.delete_backup(id)?;
-            progress(done, total);
-        }
-        Ok(format!("deleted {} points", ids.len()))
-    }
 }
 
 /// The hub's own job queue and its runner (see the module documentation). Share one per hub.
@@ -171,7 +137,7 @@ impl HubJobs {
     }
 
     /// The prune plan of `vm` under `retention`: every completed point (all its chains) with
-    /// its mark, newest first.
+    /// its mark, newest first (points taken in the same second: the later created first).
     ///
     /// # Errors
     /// Unknown VM (404); catalog errors.
@@ -181,6 +147,7 @@ impl HubJobs {
         retention: &Retention,
     ) -> Result<Vec<Decision<BackupId>>, HubError> {
         self.engine.vm(vm)?;
+        // The catalog answers creation order: points of the same second are ordered by it.
         let points = self
             .catalog
             .backups(&BackupQuery {
@@ -188,13 +155,21 @@ impl HubJobs {
                 status: Some(BackupStatus::Completed),
             })?
             .into_iter()
-            .map(|r| Point {
+            .enumerate()
+            .map(|(created, r)| Point {
                 time: jiff_time(r.created_at),
                 protected: r.protected,
-                id: r.backup_id,
+                id: (created, r.backup_id),
             })
             .collect();
-        Ok(sendense_prune::prune(points, retention, &self.time_zone()))
+        Ok(sendense_prune::prune(points, retention, &self.time_zone())
+            .into_iter()
+            .map(|d| Decision {
+                id: d.id.1,
+                time: d.time,
+                mark: d.mark,
+            })
+            .collect())
     }
 
     /// `POST /api/v1/vms/{name}/prune`: what `retention` keeps and removes of the VM's
@@ -423,6 +398,11 @@ impl HubJobs {
         let ended = self.catalog.update_job(&job.job_id, |r| {
             r.status = outcome.status;
             r.finished_at = Some(now);
+            if outcome.status == JobStatus::Completed {
+                // A throttled last report may be missing: a completed job did all its work.
+                r.progress.bytes_done = r.progress.bytes_done.max(r.progress.bytes_total);
+                r.progress.eta_seconds = Some(0);
+            }
             r.result.clone_from(&outcome.result);
             r.error.clone_from(&outcome.error);
             Ok::<_, CatalogError>(())
@@ -459,12 +439,24 @@ impl HubJobs {
                 _ => gone.push(id.clone()),
             }
         }
-        let done = if todo.is_empty() {
-            "nothing left to remove".to_owned()
-        } else {
-            let progress = self.progress_writer(job);
-            self.remover.remove_points(&vm, &todo, &progress)?
-        };
+        let progress = self.progress_writer(job);
+        let mut done = "nothing left to remove".to_owned();
+        while !todo.is_empty() {
+            match self.remover.remove_points(&vm, &todo, &progress) {
+                Ok(report) => {
+                    done = report;
+                    break;
+                }
+                // Protected between the check above and the removal: skip them too.
+                Err(HubError::Protected { backup_ids })
+                    if backup_ids.iter().all(|id| todo.contains(id)) && !backup_ids.is_empty() =>
+                {
+                    todo.retain(|id| !backup_ids.contains(id));
+                    protected.extend(backup_ids);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let mut result = format!(
             "removed {} of {} points ({done})",
             todo.len(),
@@ -606,4 +598,231 @@ fn join(ids: &[BackupId]) -> String {
         .map(BackupId::as_str)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use sendense_catalog::{BackupRecord, DiskCompletion};
+    use sendense_nbd::ExportRegistry;
+    use sendense_prune::Mark;
+    use sendense_types::{RegisterVmRequest, Vm};
+
+    use super::*;
+    use crate::credentials::Credentials;
+    use crate::scheduler::ManualClock;
+
+    /// A remover that reports half its work, says it started, and waits to be let go.
+    #[derive(Debug)]
+    struct Gate {
+        entered: tokio::sync::mpsc::UnboundedSender<VmName>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl PointRemover for Gate {
+        fn remove_points(
+            &self,
+            vm: &VmName,
+            ids: &[BackupId],
+            progress: &dyn Fn(u64, u64),
+        ) -> Result<String, HubError> {
+            progress(1, 2);
+            let _ = self.entered.send(vm.clone());
+            let _ = self
+                .release
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .recv();
+            progress(2, 2);
+            Ok(format!("gated {}", ids.len()))
+        }
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        catalog: Arc<Catalog>,
+        jobs: Arc<Jobs>,
+        hub_jobs: Arc<HubJobs>,
+        entered: tokio::sync::mpsc::UnboundedReceiver<VmName>,
+        release: mpsc::Sender<()>,
+    }
+
+    /// Hub jobs over a fresh catalog, in the zone UTC-5, removing through a [`Gate`].
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(Catalog::open_in(dir.path()).unwrap());
+        let engine = Arc::new(Engine::new(
+            Arc::clone(&catalog),
+            dir.path().join("repository"),
+            Arc::new(ExportRegistry::new()),
+            "nbds://localhost:1".into(),
+        ));
+        let credentials = Arc::new(Credentials::open(Arc::clone(&catalog), dir.path()).unwrap());
+        let jobs = Arc::new(Jobs::new(
+            Arc::clone(&catalog),
+            Arc::clone(&engine),
+            credentials,
+        ));
+        let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = mpsc::channel();
+        let zone = TimeZone::fixed(jiff::tz::offset(-5));
+        let now = jiff::Timestamp::from_second(1_800_000_000)
+            .unwrap()
+            .to_zoned(zone);
+        let verifier = Arc::new(engine.verifier());
+        let hub_jobs = Arc::new(HubJobs::new(
+            Arc::clone(&catalog),
+            engine,
+            Arc::clone(&jobs),
+            Arc::new(Gate {
+                entered: entered_tx,
+                release: Mutex::new(release_rx),
+            }),
+            verifier,
+            Arc::new(ManualClock::new(now)),
+        ));
+        Setup {
+            _dir: dir,
+            catalog,
+            jobs,
+            hub_jobs,
+            entered,
+            release,
+        }
+    }
+
+    fn vm(catalog: &Catalog, name: &str) -> Vm {
+        let req: RegisterVmRequest =
+            serde_json::from_value(serde_json::json!({"name": name, "disks": [{"key": 2000, "capacity_bytes": 1_048_576}]}))
+                .unwrap();
+        catalog.upsert_vm(&req, Timestamp::EPOCH).unwrap()
+    }
+
+    /// A completed full of `vm` taken at `at` (an RFC 3339 time).
+    fn point(catalog: &Catalog, vm: &Vm, at: &str) -> BackupId {
+        let at: Timestamp = at.parse().unwrap();
+        let id = BackupId::from_parts(&vm.name, at, 7);
+        let record = BackupRecord::new(id.clone(), vm, None, BackupStatus::Running, at);
+        catalog.create_backup(&record).unwrap();
+        catalog
+            .complete_backup(
+                &id,
+                &[DiskCompletion {
+                    disk_key: record.disks[0].disk_key,
+                    change_id: Some("52 aa/1".parse().unwrap()),
+                    bytes_written: 0,
+                    digests: false,
+                }],
+                at,
+            )
+            .unwrap();
+        id
+    }
+
+    #[test]
+    fn plan_reads_days_in_the_hub_zone() {
+        let s = setup();
+        let web = vm(&s.catalog, "web01");
+        // 03:00 UTC is 22:00 of the day before at UTC-5.
+        let a = point(&s.catalog, &web, "2026-03-01T20:00:00Z");
+        let b = point(&s.catalog, &web, "2026-03-02T03:00:00Z");
+        let c = point(&s.catalog, &web, "2026-03-02T20:00:00Z");
+        let retention = Retention {
+            keep_daily: Some(5),
+            ..Retention::default()
+        };
+
+        let plan = s.hub_jobs.plan(&web.name, &retention).unwrap();
+
+        assert_eq!(
+            plan.into_iter().map(|d| (d.id, d.mark)).collect::<Vec<_>>(),
+            vec![
+                (c, Mark::Keep(sendense_prune::Rule::Daily)),
+                (b, Mark::Keep(sendense_prune::Rule::Daily)),
+                (a, Mark::Remove)
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runner_one_job_per_vm_running_job_not_cancellable_progress_recorded() {
+        let mut s = setup();
+        let web = vm(&s.catalog, "web01");
+        let db = vm(&s.catalog, "db01");
+        for v in [&web, &db] {
+            point(&s.catalog, v, "2026-03-01T20:00:00Z");
+            point(&s.catalog, v, "2026-03-02T20:00:00Z");
+        }
+        let last = Retention {
+            keep_last: Some(1),
+            ..Retention::default()
+        };
+        let prune = |vm: &VmName| {
+            s.hub_jobs
+                .prune(
+                    vm,
+                    &PruneRequest {
+                        retention: last,
+                        dry_run: false,
+                    },
+                )
+                .unwrap()
+                .job_id
+                .unwrap()
+        };
+        let web_first = prune(&web.name);
+        let web_second = prune(&web.name);
+        let db_job = prune(&db.name);
+        let mut ended = s.jobs.subscribe_finished();
+        let (stop, stop_rx) = watch::channel(false);
+        let runner = tokio::spawn(Arc::clone(&s.hub_jobs).run(stop_rx));
+
+        let started = [
+            s.entered.recv().await.unwrap(),
+            s.entered.recv().await.unwrap(),
+        ];
+        let running = s.catalog.job(&web_first).unwrap().unwrap();
+        let waiting = s.catalog.job(&web_second).unwrap().unwrap();
+        let refused = s.jobs.cancel(&web_first).unwrap_err();
+        let cancelled = s.jobs.cancel(&web_second).unwrap();
+        s.release.send(()).unwrap();
+        s.release.send(()).unwrap();
+        let mut finished = Vec::new();
+        while finished.len() < 3 {
+            let job = ended.recv().await.unwrap();
+            finished.push((job.job_id, job.status));
+        }
+        stop.send_replace(true);
+        runner.await.unwrap();
+
+        assert!(started.contains(&web.name) && started.contains(&db.name));
+        assert_eq!(
+            (
+                running.status,
+                running.progress.bytes_done,
+                running.progress.bytes_total
+            ),
+            (JobStatus::Running, 1, 2)
+        );
+        assert_eq!(waiting.status, JobStatus::Queued);
+        assert!(
+            matches!(refused, HubError::HubJobRunning { .. }),
+            "{refused}"
+        );
+        assert_eq!(cancelled.status, JobStatus::Cancelled);
+        finished.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let mut expect = vec![
+            (web_first.clone(), JobStatus::Completed),
+            (web_second, JobStatus::Cancelled),
+            (db_job, JobStatus::Completed),
+        ];
+        expect.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        assert_eq!(finished, expect);
+        let done = s.catalog.job(&web_first).unwrap().unwrap();
+        assert_eq!(
+            (done.result.as_deref(), done.progress.bytes_done),
+            (Some("removed 1 of 1 points (gated 1)"), 2)
+        );
+    }
 }

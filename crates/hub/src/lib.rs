@@ -18,10 +18,11 @@ pub mod metrics;
 pub mod notify;
 pub mod openapi;
 pub mod policies;
+pub mod reverify;
 pub mod scheduler;
 pub mod tls;
 pub mod token;
 pub mod verify;
 
-pub use daemon::{HubConfig, Listeners, RunningHub, run, start};
+pub use daemon::{HubConfig, Listeners, RepositoryConfig, RunningHub, run, start};
 pub use error::HubError;

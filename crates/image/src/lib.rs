@@ -7,6 +7,7 @@
 //!
 //! - [`export::Qcow2Export`]: an open QCOW2 image (with its chain) as an NBD export.
 //! - [`serve`]: `image serve`, our `qemu-nbd`.
+//! - [`verify`]: `image verify`, a chain read back against its layers' source digests.
 //! - [`cli`]: the `image` subcommands' arguments and dispatch.
 //!
 //! This crate knows nothing about backups: it works on image files.
@@ -19,6 +20,7 @@ mod input;
 mod report;
 pub mod serve;
 mod size;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -84,6 +86,39 @@ pub enum ImageError {
     /// `image serve`: the NBD server failed.
     #[error("NBD server failed")]
     Nbd(#[from] sendense_nbd::NbdError),
+    /// A layer of the chain has no digests file beside it.
+    #[error(
+        "{image} has no digests beside it (its client did not send them): it cannot be verified"
+    )]
+    NoDigests {
+        /// The layer's image.
+        image: PathBuf,
+    },
+    /// A digests file is damaged.
+    #[error("Digests file {path} is damaged")]
+    Digests {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: sendense_digest::DigestError,
+    },
+    /// The digests describe a disk of another size than the image.
+    #[error("Image {path} holds {image} bytes but its digests describe {digests}")]
+    DigestSize {
+        /// The image.
+        path: PathBuf,
+        /// The size the digests describe.
+        digests: u64,
+        /// The image's size.
+        image: u64,
+    },
+    /// A chain to verify has a raw layer (Sendense writes QCOW2 layers only).
+    #[error("{path} is a raw backing file: only QCOW2 layers carry digests")]
+    RawLayer {
+        /// The raw file.
+        path: PathBuf,
+    },
     /// `image serve`: the final flush failed; recent writes may not be durable.
     #[error("Final flush of {path} failed")]
     Flush {

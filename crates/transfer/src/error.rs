@@ -134,6 +134,16 @@ pub enum TransferError {
         /// Why.
         reason: String,
     },
+    /// Recording the digests of a disk's bytes failed (a request not on block boundaries: a
+    /// bug of the planning, never of the data).
+    #[error("Disk {disk_key}: recording digests failed")]
+    Digest {
+        /// The disk.
+        disk_key: u32,
+        /// What the digest map refused.
+        #[source]
+        source: sendense_digest::DigestError,
+    },
     /// SIGINT, SIGTERM or SIGHUP stopped the transfer.
     #[error("Interrupted (Ctrl-C, SIGTERM or SIGHUP)")]
     Interrupted,

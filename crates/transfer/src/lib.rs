@@ -6,7 +6,9 @@
 //! - [`plan`]: requests of at most 4 MiB on 1 MiB boundaries, holes, zero segments, the zero
 //!   policy.
 //! - [`engine`]: N connections per disk, bounded requests in flight from one aligned buffer
-//!   pool, retry on a fresh connection, flush; every disk at once ([`engine::transfer_all`]).
+//!   pool, retry on a fresh connection, flush; every disk at once ([`engine::transfer_all`]);
+//!   for backups, the per-block digests of the bytes read at the source
+//!   ([`engine::DiskStats::digests`]).
 //! - [`nbd`]: NBD URIs, the NBD write target ([`nbd::NbdConnector`]) and an NBD export as a
 //!   source ([`nbd::NbdSource`]).
 //! - [`progress`]: the [`Progress`] trait the engine reports through.

@@ -12,6 +12,14 @@
 //! to a zero run depends on the backup ([`ZeroPolicy`]): a full skips it (a new image reads
 //! zeros there anyway); an incremental sends `WRITE_ZEROES`, because the overlay must mask the
 //! parent's old data.
+//!
+//! When the engine records digests ([`crate::engine::DiskTransfer::digests`]), every block it
+//! records must have been read whole at the source: [`widen_to_blocks`] first widens the
+//! extents outward to [`sendense_digest::BLOCK_SIZE`] boundaries (clamped to the disk end).
+//! The requests then start and end on block boundaries (or the disk end), and the hub's
+//! clusters (64 KiB) are written whole, sparing it copy-on-write reads of partial clusters. An
+//! incremental re-sends a few unchanged bytes around each changed area, which equal the
+//! parent's.
 
 use sendense_io::is_zero;
 
@@ -156,6 +164,25 @@ pub fn segments(buf: &[u8], offset: u64, granularity: u64) -> Vec<Segment> {
 
 pub use sendense_io::extent::merge as merge_extents;
 
+/// `extents` (each inside `[0, size)`) widened outward to multiples of `block` (clamped to
+/// `size`), sorted and merged: every block an extent touches is covered whole. `block` must be
+/// non-zero.
+#[must_use]
+pub fn widen_to_blocks(extents: &[Extent], size: u64, block: u64) -> Vec<Extent> {
+    let block = block.max(1);
+    merge_extents(
+        extents
+            .iter()
+            .filter(|e| e.length > 0)
+            .map(|e| {
+                let start = (e.offset - e.offset % block).min(size);
+                let end = e.end().div_ceil(block).saturating_mul(block).min(size);
+                Extent::new(start, end.saturating_sub(start))
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +322,63 @@ mod tests {
                 }
             }
             prop_assert!(rebuilt == data);
+        }
+    }
+
+    #[test]
+    fn widen_to_blocks_covers_touched_blocks_clamped_and_merged() {
+        const B: u64 = 64 << 10;
+        let extents = [
+            Extent::new(512, 4096),
+            Extent::new(B + 10, 1),
+            Extent::new(5 * B, B),
+            Extent::new(9 * B + 1, 3 * B),
+        ];
+
+        let got = widen_to_blocks(&extents, 10 * B + 512, B);
+
+        assert_eq!(
+            got,
+            vec![
+                Extent::new(0, 2 * B),
+                Extent::new(5 * B, B),
+                Extent::new(9 * B, B + 512)
+            ]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn widen_to_blocks_is_aligned_and_covers(
+            raw in prop::collection::vec((0u64..(1 << 22), 1u64..(1 << 18)), 0..12),
+            size in (1u64 << 22)..(1u64 << 23),
+        ) {
+            const B: u64 = 64 << 10;
+            let extents: Vec<Extent> = raw
+                .iter()
+                .map(|&(o, l)| Extent::new(o, l.min(size - o)))
+                .collect();
+
+            let got = widen_to_blocks(&extents, size, B);
+
+            for w in got.windows(2) {
+                prop_assert!(w[0].end() < w[1].offset, "sorted, apart");
+            }
+            for g in &got {
+                prop_assert!(g.length > 0);
+                prop_assert_eq!(g.offset % B, 0);
+                prop_assert!(g.end() % B == 0 || g.end() == size);
+                prop_assert!(g.end() <= size);
+            }
+            for e in extents.iter().filter(|e| e.length > 0) {
+                prop_assert!(got.iter().any(|g| g.offset <= e.offset && e.end() <= g.end()));
+            }
+            // Nothing beyond the touched blocks.
+            let touched: u64 = (0..size.div_ceil(B))
+                .filter(|b| extents.iter().any(|e| e.length > 0 && e.offset < (b + 1) * B && e.end() > b * B))
+                .map(|b| ((b + 1) * B).min(size) - b * B)
+                .sum();
+            prop_assert_eq!(got.iter().map(|g| g.length).sum::<u64>(), touched);
         }
     }
 

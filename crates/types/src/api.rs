@@ -58,6 +58,8 @@ pub mod error_codes {
     pub const BAD_GATEWAY: &str = "bad_gateway";
     /// The hub is shutting down (HTTP 503).
     pub const UNAVAILABLE: &str = "unavailable";
+    /// The repository's file system cannot hold what the request needs (HTTP 507).
+    pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
 }
 
 /// The kind of backup asked for. The hub resolves `auto` into `full` or `incremental`; a stored
@@ -801,6 +803,9 @@ pub struct RepositoryInfo {
     /// Files under the repository that the catalog does not know, relative to it. The hub
     /// never deletes them: an operator decides.
     pub unknown_files: Vec<String>,
+    /// Set when free space is below the hub's warning threshold: what to do, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_space_warning: Option<String>,
 }
 
 /// One disk of [`RestoreExports`].

@@ -54,6 +54,7 @@ impl World {
             nbd_client_certs: ClientCerts::Required,
             webhook: None,
             max_running_jobs: None,
+            repository: sendense_hub::RepositoryConfig::default(),
         })
         .await
         .unwrap();

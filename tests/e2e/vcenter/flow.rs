@@ -24,6 +24,7 @@ use sendense_vsphere_sim::{DiskSpec, Simulator, VmSpec};
 use tempfile::TempDir;
 
 use super::{MIB, options};
+use crate::digests::{assert_point_matches, layer_in, read_point};
 use crate::support::assert_same;
 
 /// A simulator with VM `vm1` (CBT on, disks of 4 MiB and 2 MiB) and a running hub.
@@ -57,6 +58,7 @@ impl World {
             nbd_client_certs: ClientCerts::Required,
             webhook: None,
             max_running_jobs: None,
+            repository: sendense_hub::RepositoryConfig::default(),
         })
         .await
         .unwrap();
@@ -290,6 +292,55 @@ async fn vcenter_backup_full_incremental_then_cbt_reset_makes_new_full_chain() {
         ),
         (3, 3, 0)
     );
+}
+
+/// The digests stored with each point of a vCenter chain, composed, match the simulator's disk
+/// (the source) and every point as qemu-img reads it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcenter_backup_full_and_incremental_store_digests_matching_source_and_points() {
+    let w = World::start().await;
+    w.write(2000, 100, 1, 300_000);
+    w.write(2001, 512 * 1024, 3, 200_000);
+    let full = w.backup(BackupType::Auto).await.unwrap();
+    let full_source: Vec<Vec<u8>> = [2000, 2001]
+        .iter()
+        .map(|&k| std::fs::read(w.disk_file(k)).unwrap())
+        .collect();
+    w.write(2000, MIB + 1000, 4, 5000);
+    w.sim
+        .write_disk(&w.vm, 2001, 512 * 1024, &vec![0u8; 65536])
+        .unwrap();
+
+    let inc = w.backup(BackupType::Auto).await.unwrap();
+
+    assert_eq!(
+        (full.backup_type, inc.backup_type),
+        (BackupType::Full, BackupType::Incremental)
+    );
+    let data = w.data.path();
+    let scratch = data.join("point.raw");
+    for (i, key) in [2000u32, 2001].into_iter().enumerate() {
+        let layers = [
+            layer_in(data, "vm1", key, full.backup_id.as_str()),
+            layer_in(data, "vm1", key, inc.backup_id.as_str()),
+        ];
+        let image = |id: &str| data.join(format!("repository/vm1/disk-{key}/{id}.qcow2"));
+        assert_point_matches(&layers[..1], &full_source[i]);
+        assert_point_matches(
+            &layers[..1],
+            &read_point(&image(full.backup_id.as_str()), &scratch),
+        );
+        let source = std::fs::read(w.disk_file(i32::try_from(key).unwrap())).unwrap();
+        assert_point_matches(&layers, &source);
+        assert_point_matches(
+            &layers,
+            &read_point(&image(inc.backup_id.as_str()), &scratch),
+        );
+        assert!(
+            layers[1].blocks() < layers[0].blocks(),
+            "the incremental's layer holds its changes only"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -308,6 +308,7 @@ fn complete_backup_unknown_disk_invalid() {
         disk_key: DiskKey(2002),
         change_id: None,
         bytes_written: 0,
+        digests: false,
     });
 
     let err = f

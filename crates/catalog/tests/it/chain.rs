@@ -3,7 +3,9 @@
 use sendense_catalog::{CatalogError, ErrorKind};
 use sendense_types::{BackupStatus, BackupType};
 
-use crate::support::{Fixture, complete, ids, name, register, start_full, start_incremental};
+use crate::support::{
+    Fixture, complete, completion, ids, name, register, start_full, start_incremental,
+};
 
 #[test]
 fn chain_full_then_incrementals_oldest_first() {
@@ -329,5 +331,61 @@ fn set_protected_running_backup_refused() {
             .unwrap()
             .unwrap()
             .protected
+    );
+}
+
+#[test]
+fn complete_backup_with_digests_marks_the_disks_that_have_them() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let record = start_full(&f.catalog, &vm, 1);
+    let mut done = completion(&record, 2);
+    done[0].digests = true;
+
+    let completed = f
+        .catalog
+        .complete_backup(&record.backup_id, &done, crate::support::at(2))
+        .unwrap();
+
+    let marked: Vec<(sendense_types::DiskKey, bool)> = completed
+        .disks
+        .iter()
+        .map(|d| (d.disk_key, d.digests))
+        .collect();
+    assert_eq!(
+        marked,
+        vec![(done[0].disk_key, true), (done[1].disk_key, false)]
+    );
+    assert_eq!(
+        f.catalog.backup(&record.backup_id).unwrap(),
+        Some(completed)
+    );
+}
+
+#[test]
+fn delete_backup_with_digests_journals_their_files_beside_the_images() {
+    let f = Fixture::new();
+    let vm = register(&f.catalog, "web01");
+    let record = start_full(&f.catalog, &vm, 1);
+    let mut done = completion(&record, 2);
+    done[1].digests = true;
+    let full = f
+        .catalog
+        .complete_backup(&record.backup_id, &done, crate::support::at(2))
+        .unwrap();
+
+    f.catalog.delete_backup(&full.backup_id).unwrap();
+
+    let digests = sendense_types::digest_path(&vm.name, done[1].disk_key, &full.backup_id);
+    assert_eq!(
+        f.catalog.deletions().unwrap(),
+        vec![(
+            full.backup_id.clone(),
+            vec![
+                full.disks[0].file.clone(),
+                full.disks[1].file.clone(),
+                digests
+            ]
+        )]
     );
 }

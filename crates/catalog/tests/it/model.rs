@@ -123,6 +123,7 @@ fn apply(
                             disk_key: d.key,
                             change_id: Some(crate::support::change_id(d.key, secs)),
                             bytes_written: 1,
+                            digests: false,
                         })
                         .collect::<Vec<_>>();
                     let expected = if deleted {

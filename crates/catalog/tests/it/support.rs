@@ -98,6 +98,7 @@ pub(crate) fn completion(record: &BackupRecord, secs: i64) -> Vec<DiskCompletion
             disk_key: d.disk_key,
             change_id: Some(change_id(d.disk_key, secs)),
             bytes_written: 4096,
+            digests: false,
         })
         .collect()
 }

@@ -46,6 +46,7 @@ fn job(source: Arc<dyn DiskSource>, connector: NbdConnector, plan: DiskPlan) -> 
         source,
         target: Arc::new(connector),
         plan,
+        digests: false,
     }
 }
 

@@ -36,6 +36,12 @@ pub(crate) struct HubState {
     pub(crate) parent_backup_id: Option<BackupId>,
     /// Every start request received.
     pub(crate) starts: Vec<StartBackupRequest>,
+    /// The digest files uploaded, per disk (the last one of each).
+    pub(crate) digests: BTreeMap<u32, Vec<u8>>,
+    /// How many digest files had arrived when `complete` came.
+    pub(crate) digests_at_complete: Option<usize>,
+    /// Answer digest uploads with this status and an error (404: a hub older than the route).
+    pub(crate) refuse_digests: Option<u16>,
 }
 
 pub(crate) struct FakeHub {
@@ -216,9 +222,21 @@ fn route(
             st.backup = Some(backup.clone());
             (201, serde_json::to_string(&backup).unwrap())
         }
+        ("PUT", p) if p.contains("/disks/") && p.ends_with("/digests") => {
+            if let Some(status) = st.refuse_digests {
+                return (
+                    status,
+                    r#"{"error":"refused","message":"digests refused by the test"}"#.to_owned(),
+                );
+            }
+            let key: u32 = p.rsplit('/').nth(1).unwrap().parse().unwrap();
+            st.digests.insert(key, body.to_vec());
+            (204, String::new())
+        }
         ("POST", p) if p.ends_with("/complete") => {
             let req: CompleteBackupRequest = serde_json::from_slice(body).unwrap();
             st.completed = Some(req);
+            st.digests_at_complete = Some(st.digests.len());
             if let Some(b) = st.backup.as_mut() {
                 b.status = BackupStatus::Completed;
             }

@@ -9,6 +9,7 @@ use sendense_client::ClientError;
 use sendense_client::backup::{self, BackupOptions, DiskInput};
 use sendense_client::hub::HubOptions;
 use sendense_client::restore::{self, RestoreFormat, RestoreOptions};
+use sendense_digest::{BLOCK_SIZE, BlockDigest, LayerDigests, PointDigests};
 use sendense_transfer::TransferError;
 use sendense_transfer::engine::TransferOptions;
 use sendense_types::{BackupStatus, BackupType, DiskKey, VmName};
@@ -437,4 +438,143 @@ async fn restore_interrupted_closes_exports_and_leaves_no_file() {
     assert!(!w.path("r.raw").exists());
     assert!(!w.path("r.raw.partial").exists());
     assert!(w.hub.state.lock().unwrap().restore_closed);
+}
+
+/// Every block of the point whose chain is `layers` (oldest first) reads as `content` says.
+fn assert_point_digests(layers: &[LayerDigests], content: &[u8]) {
+    let point = PointDigests::new(layers);
+    assert_eq!(point.disk_size(), content.len() as u64);
+    for b in 0..point.block_count() {
+        let start = usize::try_from(b * BLOCK_SIZE).unwrap();
+        let end = start + usize::try_from(point.block_len(b)).unwrap();
+        assert_eq!(
+            point.expected(b).0,
+            BlockDigest::of(&content[start..end]),
+            "block {b}"
+        );
+    }
+}
+
+fn decoded(bytes: &[u8]) -> LayerDigests {
+    LayerDigests::decode(bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_full_uploads_each_disks_digests_before_complete() {
+    let w = World::new().await;
+    let a = raw_file(
+        &w.path("a.raw"),
+        8 << 20,
+        &[(100, pattern(MIB, 1)), (5 << 20, pattern(4096, 2))],
+    );
+    let b = raw_file(&w.path("b.raw"), 3 << 20, &[(MIB as u64, pattern(77, 3))]);
+    let options = w.backup_options(vec![
+        disk_input(2000, &w.path("a.raw")),
+        disk_input(2001, &w.path("b.raw")),
+    ]);
+
+    let summary = backup::run_until(options, std::future::pending())
+        .await
+        .unwrap();
+
+    assert_eq!(summary.status, BackupStatus::Completed);
+    let st = w.hub.state.lock().unwrap();
+    assert_eq!(st.digests_at_complete, Some(2), "both before complete");
+    let da = decoded(&st.digests[&2000]);
+    let db = decoded(&st.digests[&2001]);
+    assert_point_digests(std::slice::from_ref(&da), &a);
+    assert_point_digests(std::slice::from_ref(&db), &b);
+    // The data blocks were read and recorded (not left to "unrecorded reads as zeros").
+    assert!(matches!(da.get(0), Some(BlockDigest::Data(_))));
+    assert!(matches!(da.get(16), Some(BlockDigest::Data(_))));
+    assert!(matches!(da.get(80), Some(BlockDigest::Data(_))));
+    assert!(matches!(db.get(16), Some(BlockDigest::Data(_))));
+    assert!(st.exports[&2000].contents() == a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_incremental_digests_compose_over_the_parents_into_the_new_state() {
+    let w = World::new().await;
+    let old = pattern(8 * MIB, 7);
+    let new = raw_file(
+        &w.path("a.raw"),
+        8 << 20,
+        &[
+            (0, old[..4 * MIB].to_vec()),
+            (4 << 20, pattern(MIB, 9)),
+            (6 << 20, old[6 * MIB..].to_vec()),
+        ],
+    );
+    // MiB 4 rewritten, MiB 5 zeroed; the changed areas start or end inside blocks.
+    std::fs::write(
+        w.path("cbt.json"),
+        r#"{"startOffset":0,"length":8388608,"changedArea":[{"start":4194816,"length":1048064},{"start":5242880,"length":1044480}]}"#,
+    )
+    .unwrap();
+    {
+        let mut st = w.hub.state.lock().unwrap();
+        st.initial.insert(2000, old.clone());
+        st.auto_as = Some(BackupType::Incremental);
+        st.parents.insert(2000, "file-1/1".try_into().unwrap());
+    }
+    let mut disk = disk_input(2000, &w.path("a.raw"));
+    disk.changed_areas = Some(w.path("cbt.json"));
+    let options = w.backup_options(vec![disk]);
+    let mut base = LayerDigests::new(8 << 20);
+    base.record(0, &old).unwrap();
+
+    let summary = backup::run_until(options, std::future::pending())
+        .await
+        .unwrap();
+
+    assert_eq!(summary.backup_type, BackupType::Incremental);
+    let st = w.hub.state.lock().unwrap();
+    let layer = decoded(&st.digests[&2000]);
+    assert_eq!(layer.blocks(), 32, "MiB 4 and 5, widened to whole blocks");
+    assert!(layer.get(63).is_none() && layer.get(96).is_none());
+    assert_eq!(layer.get(80), Some(BlockDigest::Zero));
+    assert_point_digests(&[base, layer], &new);
+    assert!(st.exports[&2000].contents() == new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_to_a_hub_without_the_digests_route_completes_without_them() {
+    let w = World::new().await;
+    raw_file(&w.path("a.raw"), 4 << 20, &[(0, pattern(MIB, 1))]);
+    raw_file(&w.path("b.raw"), 4 << 20, &[(0, pattern(MIB, 2))]);
+    w.hub.state.lock().unwrap().refuse_digests = Some(404);
+    let options = w.backup_options(vec![
+        disk_input(2000, &w.path("a.raw")),
+        disk_input(2001, &w.path("b.raw")),
+    ]);
+
+    let summary = backup::run_until(options, std::future::pending())
+        .await
+        .unwrap();
+
+    assert_eq!(summary.status, BackupStatus::Completed);
+    let st = w.hub.state.lock().unwrap();
+    assert!(st.completed.is_some() && st.failed.is_none());
+    assert!(st.digests.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_whose_digests_the_hub_refuses_fails_with_the_hubs_words() {
+    let w = World::new().await;
+    raw_file(&w.path("a.raw"), 4 << 20, &[(0, pattern(MIB, 1))]);
+    w.hub.state.lock().unwrap().refuse_digests = Some(400);
+    let options = w.backup_options(vec![disk_input(2000, &w.path("a.raw"))]);
+
+    let err = backup::run_until(options, std::future::pending())
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(err, ClientError::HubStatus { status: 400, .. }),
+        "{err:?}"
+    );
+    let st = w.hub.state.lock().unwrap();
+    assert!(st.completed.is_none());
+    let reason = st.failed.clone().unwrap();
+    assert!(reason.contains("digests refused by the test"), "{reason}");
 }

@@ -81,6 +81,7 @@ impl Hub {
             nbd_client_certs: ClientCerts::Required,
             webhook,
             max_running_jobs,
+            repository: sendense_hub::RepositoryConfig::default(),
         };
         let running = daemon::start(config).await.unwrap();
         let api_tls =

@@ -15,13 +15,13 @@ use crate::hub_api::{Hub, typed};
 /// An enrolled agent as the test holds it.
 pub(crate) struct TestAgent {
     name: String,
-    token: String,
+    pub(crate) token: String,
     cert_pem: String,
     key_pem: String,
 }
 
 /// A request with `token` (none: no Authorization header).
-async fn call_as(
+pub(crate) async fn call_as(
     hub: &Hub,
     token: Option<&str>,
     method: Method,

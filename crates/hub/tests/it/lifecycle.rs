@@ -585,6 +585,7 @@ async fn run_serves_on_listeners_bound_by_the_caller_until_shutdown() {
         nbd_client_certs: sendense_hub::daemon::ClientCerts::Required,
         webhook: None,
         max_running_jobs: None,
+        repository: sendense_hub::RepositoryConfig::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let hub = tokio::spawn(sendense_hub::run(listeners, config, async {

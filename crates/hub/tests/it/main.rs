@@ -2,6 +2,8 @@
 //! `qemu-img`, which must be installed (`scripts/test.sh` installs it).
 
 #[cfg(test)]
+mod digests;
+#[cfg(test)]
 mod hub_api;
 #[cfg(test)]
 mod image_tools;
@@ -14,6 +16,10 @@ mod maintenance;
 #[cfg(test)]
 mod policies;
 #[cfg(test)]
+mod prune;
+#[cfg(test)]
 mod support;
+#[cfg(test)]
+mod verify;
 #[cfg(test)]
 mod webhook;

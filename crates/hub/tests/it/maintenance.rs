@@ -148,6 +148,7 @@ impl Repo {
                     .unwrap(),
             ),
             bytes_written: 0,
+            digests: true,
         }];
         self.catalog
             .complete_backup(&id, &done, Timestamp::now())

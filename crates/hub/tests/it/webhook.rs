@@ -44,6 +44,7 @@ async fn running_hub_notifies_its_webhook_and_drains_the_queue_when_stopping() {
         nbd_client_certs: ClientCerts::Required,
         webhook: Some(WebhookConfig::new(&url, secret.clone(), true).unwrap()),
         max_running_jobs: None,
+        repository: sendense_hub::RepositoryConfig::default(),
     })
     .await
     .unwrap();
