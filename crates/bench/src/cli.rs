@@ -50,6 +50,12 @@ use crate::{Options, Scenario};
 ///                `nbdcopy --flush` from `qemu-nbd --read-only --cache=none` serving the same
 ///                chain; both results are compared with the source.
 ///
+///   merge        removes the full of that chain through the hub's own maintenance code (run in
+///                the harness on the stopped hub's data: the journalled step, the incremental's
+///                layer committed into the full's file, the rename over the incremental's file,
+///                the catalog) vs `qemu-img commit -d` of copies of the same two files followed
+///                by `sync -f`; a second row sets the merge against the full backup's time.
+///
 ///   sparse       full backup by `sendense-client backup` of a sparse raw disk of
 ///                --sparse-virtual bytes (default 64G; set_len, then the SIZE bytes of test data
 ///                written in 64 runs spread evenly across it) vs of the dense SIZE-byte disk

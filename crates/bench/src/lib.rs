@@ -51,6 +51,9 @@ pub enum Scenario {
     Incremental,
     /// `sendense-client restore` of the chain vs `nbdcopy` from `qemu-nbd` serving the chain.
     Restore,
+    /// Removal of the full of the chain the backups made (the incremental's layer merged into
+    /// it) vs `qemu-img commit` of the same layer, and vs the full backup's time.
+    Merge,
     /// Full backup of a large sparse disk holding the test data vs of a dense disk holding the
     /// same data: sparseness must cost nothing.
     Sparse,
@@ -58,7 +61,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Qcow2,
         Self::Serve,
         Self::Memory,
@@ -66,6 +69,7 @@ impl Scenario {
         Self::Ingest,
         Self::Incremental,
         Self::Restore,
+        Self::Merge,
         Self::Sparse,
     ];
 
@@ -80,6 +84,7 @@ impl Scenario {
             Self::Ingest => "ingest",
             Self::Incremental => "incremental",
             Self::Restore => "restore",
+            Self::Merge => "merge",
             Self::Sparse => "sparse",
         }
     }

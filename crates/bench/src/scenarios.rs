@@ -15,6 +15,7 @@ use crate::report::{Machine, Measure, Outcome, Report, Row};
 use crate::{Options, Scenario};
 
 mod inproc;
+mod merge;
 mod sparse;
 
 const VM: &str = "benchvm";
@@ -68,7 +69,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     if wanted.iter().any(|s| {
         matches!(
             s,
-            Scenario::Ingest | Scenario::Incremental | Scenario::Restore
+            Scenario::Ingest | Scenario::Incremental | Scenario::Restore | Scenario::Merge
         )
     }) {
         ctx.backups(&wanted);
@@ -380,7 +381,10 @@ impl Ctx<'_> {
                 .filter(|s| {
                     matches!(
                         s,
-                        Scenario::Ingest | Scenario::Incremental | Scenario::Restore
+                        Scenario::Ingest
+                            | Scenario::Incremental
+                            | Scenario::Restore
+                            | Scenario::Merge
                     )
                 })
                 .filter(|s| !done.iter().any(|d| d == s.name()))
@@ -431,10 +435,12 @@ impl Ctx<'_> {
             );
             self.push(row, load);
         }
-        if !wanted
-            .iter()
-            .any(|s| matches!(s, Scenario::Incremental | Scenario::Restore))
-        {
+        if !wanted.iter().any(|s| {
+            matches!(
+                s,
+                Scenario::Incremental | Scenario::Restore | Scenario::Merge
+            )
+        }) {
             hub.stop()?;
             return Ok(());
         }
@@ -469,6 +475,9 @@ impl Ctx<'_> {
         }
         if !wanted.contains(&Scenario::Restore) {
             hub.stop()?;
+            if wanted.contains(&Scenario::Merge) {
+                self.merge(&data_dir, &full, &incr.id);
+            }
             return Ok(());
         }
 
@@ -509,6 +518,9 @@ impl Ctx<'_> {
             }
         );
         self.push(row, load);
+        if wanted.contains(&Scenario::Merge) {
+            self.merge(&data_dir, &full, &incr.id);
+        }
         Ok(())
     }
 

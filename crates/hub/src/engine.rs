@@ -1095,6 +1095,15 @@ impl Engine {
             });
         }
         let _chain = self.chain_locks.try_read(&record.vm_name)?;
+        // A point whose removal a failure interrupted (its merge step stays journalled until
+        // the next removal of its VM or the next start finishes it) may no longer read as it
+        // did: never serve it.
+        if self.catalog.merges()?.iter().any(|s| &s.removed == id) {
+            return Err(HubError::ChainBusy {
+                vm: id.vm_name(),
+                holder: format!("restore point {id} is being removed (an unfinished merge step)"),
+            });
+        }
         if let Some(open) = self.live().restores.get(id) {
             return Ok(self.restore_answer(open));
         }

@@ -561,12 +561,11 @@ impl Maintenance {
 
     /// Removes one point; answers the bytes moved.
     fn remove_one(&self, id: &BackupId, report: &mut RemoveReport) -> Result<u64, HubError> {
-        let record = self
-            .catalog
-            .backup(id)?
-            .ok_or_else(|| HubError::BackupNotFound {
-                backup_id: id.clone(),
-            })?;
+        let Some(record) = self.catalog.backup(id)? else {
+            // An interrupted step finished before this removal began removed it already.
+            tracing::info!(backup_id = %id, "restore point already removed");
+            return Ok(0);
+        };
         let all = self.vm_backups(&record.vm_name)?;
         let Some(child) = child_of(&all, id).cloned() else {
             // Nothing reads through it: delete it (the head moves back to its parent).

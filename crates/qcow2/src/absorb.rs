@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use crate::chain::Backing;
+use crate::copy::{BATCH, Pieces};
 use crate::error::Qcow2Error;
 use crate::image::Image;
 use crate::offset::HostOffset;
@@ -87,10 +88,13 @@ impl Image {
         Ok(header)
     }
 
-    /// Copies into this image every range `middle` allocates where this image has nothing.
+    /// Copies into this image every range `middle` allocates where this image has nothing:
+    /// zeroed ranges as found, data gathered and copied by [`Pieces::copy`], a batch at a time.
     fn copy_from_backing(&self, middle: &Self) -> Result<(), Qcow2Error> {
         let size = self.virtual_size();
-        let mut buf = Vec::new();
+        let read = |buf: &mut [u8], off: u64| middle.read_at(buf, off);
+        let write = |buf: &[u8], off: u64| self.write_at(buf, off);
+        let mut pieces = Pieces::default();
         let mut pos = 0;
         while pos < size {
             let len = ABSORB_CHUNK.min(size - pos);
@@ -102,17 +106,16 @@ impl Image {
                     match ext.state {
                         ExtentState::Unallocated => {}
                         ExtentState::Zero => self.write_zeroes(ext.offset, ext.length)?,
-                        ExtentState::Data => {
-                            buf.resize(ext.length as usize, 0);
-                            middle.read_at(&mut buf, ext.offset)?;
-                            self.write_at(&buf, ext.offset)?;
-                        }
+                        ExtentState::Data => pieces.push(ext.offset, ext.length),
                     }
                 }
             }
+            if pieces.bytes() >= BATCH {
+                pieces.copy(&read, &write)?;
+            }
             pos += len;
         }
-        Ok(())
+        pieces.copy(&read, &write)
     }
 }
 

@@ -13,13 +13,14 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 
 use crate::chain::Backing;
+use crate::copy::{BATCH, Pieces, WriteFn};
 use crate::error::Qcow2Error;
 use crate::image::Image;
 use crate::lock::{self, LockMode};
 use crate::options::OpenOptions;
 use crate::status::ExtentState;
 
-/// Bytes copied per step.
+/// Guest bytes whose block status is read per step.
 const COMMIT_CHUNK: u64 = 4 << 20;
 
 impl Image {
@@ -57,10 +58,10 @@ impl Image {
                 let target = Self::open(&path, &OpenOptions::writable());
                 match target {
                     Ok(t) => {
-                        let r = self.copy_into(
-                            |buf, off| t.write_at(buf, off),
-                            |off, len| t.write_zeroes(off, len),
-                        );
+                        let r = self
+                            .copy_into(&|buf, off| t.write_at(buf, off), &mut |off, len| {
+                                t.write_zeroes(off, len)
+                            });
                         let r = r.and_then(|()| t.flush());
                         drop(t);
                         r
@@ -81,7 +82,7 @@ impl Image {
                                 f.write_all_at(buf, off)
                                     .map_err(|e| Qcow2Error::io("write backing", &path, e))
                             };
-                            self.copy_into(write, |off, len| {
+                            self.copy_into(&write, &mut |off, len| {
                                 let zeros = vec![0u8; len as usize];
                                 f.write_all_at(&zeros, off)
                                     .map_err(|e| Qcow2Error::io("write backing", &path, e))
@@ -105,29 +106,31 @@ impl Image {
         result
     }
 
+    /// Walks this layer's block status: zeroed ranges go to `zero` as found, allocated ones
+    /// are gathered and copied through `write` by [`Pieces::copy`], a batch at a time.
     fn copy_into(
         &self,
-        mut write: impl FnMut(&[u8], u64) -> Result<(), Qcow2Error>,
-        mut zero: impl FnMut(u64, u64) -> Result<(), Qcow2Error>,
+        write: &WriteFn<'_>,
+        zero: &mut dyn FnMut(u64, u64) -> Result<(), Qcow2Error>,
     ) -> Result<(), Qcow2Error> {
         let size = self.virtual_size();
+        let read = |buf: &mut [u8], off: u64| self.read_at(buf, off);
+        let mut pieces = Pieces::default();
         let mut pos = 0;
-        let mut buf = Vec::new();
         while pos < size {
             let len = COMMIT_CHUNK.min(size - pos);
             for ext in self.block_status(pos, len)? {
                 match ext.state {
                     ExtentState::Unallocated => {}
                     ExtentState::Zero => zero(ext.offset, ext.length)?,
-                    ExtentState::Data => {
-                        buf.resize(ext.length as usize, 0);
-                        self.read_at(&mut buf, ext.offset)?;
-                        write(&buf, ext.offset)?;
-                    }
+                    ExtentState::Data => pieces.push(ext.offset, ext.length),
                 }
+            }
+            if pieces.bytes() >= BATCH {
+                pieces.copy(&read, write)?;
             }
             pos += len;
         }
-        Ok(())
+        pieces.copy(&read, write)
     }
 }

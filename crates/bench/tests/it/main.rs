@@ -79,6 +79,8 @@ mod smoke {
                 "ingest",
                 "incremental",
                 "restore",
+                "merge",
+                "merge",
                 "sparse"
             ],
             "{}",
@@ -90,7 +92,7 @@ mod smoke {
             report.render()
         );
         assert!(report.rows.iter().all(|r| r.ratio.is_some()));
-        assert_eq!(Scenario::ALL.len(), 8);
+        assert_eq!(Scenario::ALL.len(), 9);
     }
 
     #[test]

@@ -580,6 +580,11 @@ fn resume_rolls_interrupted_steps_forward_and_forgets_untouched_ones() {
     absorb.kind = MergeKind::Absorb;
     repo.catalog.begin_merge(&absorb).unwrap();
 
+    // Until the step is finished, the point being removed is never served.
+    let err = repo.engine.open_restore(&ids[0]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("being removed"), "{err}");
+
     let report = repo.maintenance.resume().unwrap();
     assert_eq!(report.rolled_forward, vec![ids[0].clone()]);
     assert_eq!(report.abandoned, vec![ids[4].clone()]);

@@ -125,6 +125,32 @@ impl Meta {
         Ok(L2Entry::from_words(e, bm))
     }
 
+    /// How many clusters from `gc` on (at most `limit`, never past the end of `gc`'s L2 table)
+    /// have an all-zero L2 entry: unallocated, no zero flag. Read straight from the cached
+    /// table, so a walk over a sparse layer costs a word compare per cluster, not an entry
+    /// decode. 0 when `gc` has no L2 table (see [`Self::l2_missing`]).
+    pub(crate) fn unallocated_run(
+        &mut self,
+        core: &Core,
+        gc: u64,
+        limit: u64,
+    ) -> Result<u64, Qcow2Error> {
+        let Some((off, idx)) = self.l2_location(core, gc)? else {
+            return Ok(0);
+        };
+        let words = core.geo.entry_words;
+        let max = limit.min(core.geo.l2_entries - gc % core.geo.l2_entries);
+        let t = self.load_l2(core, off)?;
+        let mut n = 0;
+        for entry in t.data[idx..].chunks(words).take(max as usize) {
+            if entry.iter().any(|w| *w != 0) {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Whether the L1 entry covering `gc` is empty (the whole L2 range is unallocated).
     pub(crate) fn l2_missing(&self, core: &Core, gc: u64) -> bool {
         let l1_idx = gc / core.geo.l2_entries;
