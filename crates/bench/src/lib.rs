@@ -54,6 +54,9 @@ pub enum Scenario {
     /// Removal of the full of the chain the backups made (the incremental's layer merged into
     /// it) vs `qemu-img commit` of the same layer, and vs the full backup's time.
     Merge,
+    /// The newest point read back against its source digests (`image verify`) vs `qemu-img
+    /// compare` of that point with the source disk.
+    Verify,
     /// Full backup of a large sparse disk holding the test data vs of a dense disk holding the
     /// same data: sparseness must cost nothing.
     Sparse,
@@ -61,7 +64,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Qcow2,
         Self::Serve,
         Self::Memory,
@@ -70,6 +73,7 @@ impl Scenario {
         Self::Incremental,
         Self::Restore,
         Self::Merge,
+        Self::Verify,
         Self::Sparse,
     ];
 
@@ -85,6 +89,7 @@ impl Scenario {
             Self::Incremental => "incremental",
             Self::Restore => "restore",
             Self::Merge => "merge",
+            Self::Verify => "verify",
             Self::Sparse => "sparse",
         }
     }

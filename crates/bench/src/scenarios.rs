@@ -17,6 +17,7 @@ use crate::{Options, Scenario};
 mod inproc;
 mod merge;
 mod sparse;
+mod verify;
 
 const VM: &str = "benchvm";
 const DISK_KEY: u32 = 2000;
@@ -69,7 +70,11 @@ pub fn run(opts: &Options) -> Result<Report> {
     if wanted.iter().any(|s| {
         matches!(
             s,
-            Scenario::Ingest | Scenario::Incremental | Scenario::Restore | Scenario::Merge
+            Scenario::Ingest
+                | Scenario::Incremental
+                | Scenario::Restore
+                | Scenario::Merge
+                | Scenario::Verify
         )
     }) {
         ctx.backups(&wanted);
@@ -385,6 +390,7 @@ impl Ctx<'_> {
                             | Scenario::Incremental
                             | Scenario::Restore
                             | Scenario::Merge
+                            | Scenario::Verify
                     )
                 })
                 .filter(|s| !done.iter().any(|d| d == s.name()))
@@ -438,7 +444,7 @@ impl Ctx<'_> {
         if !wanted.iter().any(|s| {
             matches!(
                 s,
-                Scenario::Incremental | Scenario::Restore | Scenario::Merge
+                Scenario::Incremental | Scenario::Restore | Scenario::Merge | Scenario::Verify
             )
         }) {
             hub.stop()?;
@@ -477,6 +483,9 @@ impl Ctx<'_> {
             hub.stop()?;
             if wanted.contains(&Scenario::Merge) {
                 self.merge(&data_dir, &full, &incr.id);
+            }
+            if wanted.contains(&Scenario::Verify) {
+                self.verify(&data_dir, &incr.id);
             }
             return Ok(());
         }
@@ -520,6 +529,9 @@ impl Ctx<'_> {
         self.push(row, load);
         if wanted.contains(&Scenario::Merge) {
             self.merge(&data_dir, &full, &incr.id);
+        }
+        if wanted.contains(&Scenario::Verify) {
+            self.verify(&data_dir, &incr.id);
         }
         Ok(())
     }
