@@ -22,7 +22,7 @@ use std::time::Duration;
 use sendense_client::agent::{self, AgentOptions, EnrollOptions};
 use sendense_client::hub::{HubClient, HubOptions, Method};
 use sendense_client::restore::{self, RestoreFormat, RestoreOptions};
-use sendense_types::{Backup, BackupId, DiskKey, Job, JobStatus, VmName};
+use sendense_types::{Backup, BackupId, DiskKey, Job, JobStatus, VerificationState, VmName};
 use sendense_vsphere_sim::{DiskSpec as SimDisk, SIM_PASSWORD, SIM_USER, Simulator, VmSpec};
 use serde_json::json;
 
@@ -292,13 +292,16 @@ async fn drive(
         )
         .await?;
     wait_jobs(hub, &job_ids(&json!({ "job_ids": [refresh["job_id"]] }))).await?;
-    step("policy nightly: mon..fri 22:00, VMs web01 and db*, keep-last 7; running it now");
+    step(
+        "policy nightly: mon..fri 22:00, VMs web01 and db*, keep-last 7, verify after backup; running it now",
+    );
     hub.request(
         Method::POST,
         "/api/v1/policies",
         Some(&json!({
             "name": POLICY, "schedule": "mon..fri 22:00", "credential": CREDENTIAL,
             "vms": ["web01", "db*"], "max_parallel": 2, "retention": {"keep_last": 7},
+            "verify_after_backup": true,
         })),
     )
     .await?;
@@ -347,6 +350,8 @@ async fn drive(
             verified.push(format!("{point} disk {}: identical ({how})", d.key));
         }
     }
+    step("waiting for the policy's verify jobs: each point read back against its source digests");
+    wait_verifications(hub, full.len() + incremental.len()).await?;
     let mut rows = Vec::new();
     for job in full.iter().chain(&incremental) {
         if let Some(id) = &job.backup_id {
@@ -357,11 +362,45 @@ async fn drive(
                 serde_json::from_value(value).map_err(|e| QuickstartError::Mismatch {
                     what: format!("backup {id} answer: {e}"),
                 })?;
+            if backup.verification.state != VerificationState::Ok {
+                return Err(QuickstartError::Mismatch {
+                    what: format!("backup {id} did not verify: {:?}", backup.verification),
+                });
+            }
             rows.push((job.clone(), backup));
         }
     }
     let repo = root.join("hub/repository");
     Ok(report(&rows, &repo, &verified))
+}
+
+/// Waits until the hub has queued `count` verify jobs (the policy queues them once each run's
+/// backups end) and every one of them completed.
+async fn wait_verifications(hub: &HubClient, count: usize) -> Result<(), QuickstartError> {
+    let deadline = tokio::time::Instant::now() + JOBS_LIMIT;
+    loop {
+        let list = hub
+            .request(Method::GET, "/api/v1/jobs?kind=verify", None)
+            .await?;
+        let ids: Vec<String> = list["jobs"]
+            .as_array()
+            .map(|jobs| {
+                jobs.iter()
+                    .filter_map(|j| j["job_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.len() >= count {
+            wait_jobs(hub, &ids).await?;
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(QuickstartError::Mismatch {
+                what: format!("the policy queued {} verify jobs, not {count}", ids.len()),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `POST /api/v1/policies/nightly/run`, then waits for every job it queued.
@@ -636,7 +675,7 @@ fn report(rows: &[(Job, Backup)], repo: &Path, verified: &[String]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<8} {:<45} {:<12} {:>11} {:>11} {:>8} {:>8}",
+        "\n{:<8} {:<45} {:<12} {:>11} {:>11} {:>8} {:>8}  verified",
         "VM", "backup", "type", "sent", "on disk", "MB/s", "seconds"
     );
     for (job, backup) in rows {
@@ -646,14 +685,15 @@ fn report(rows: &[(Job, Backup)], repo: &Path, verified: &[String]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<8} {:<45} {:<12} {:>11} {:>11} {:>8.1} {:>8}",
+            "{:<8} {:<45} {:<12} {:>11} {:>11} {:>8.1} {:>8}  {}",
             backup.vm_name.as_str(),
             backup.backup_id.as_str(),
             backup.backup_type.as_str(),
             sendense_image::human(job.progress.bytes_done),
             sendense_image::human(on_disk(repo, &backup.vm_name, &backup.backup_id)),
             job.progress.mb_per_s,
-            seconds
+            seconds,
+            backup.verification.state.as_str()
         );
     }
     let _ = writeln!(out);

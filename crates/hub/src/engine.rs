@@ -433,7 +433,9 @@ impl Engine {
         let threshold = capacity / 100 * u64::from(self.space.free_space_warning_percent);
         (free < threshold).then(|| {
             format!(
-                "the repository's file system has {free} of {capacity} bytes free, below the {}% warning threshold: prune old points (POST /api/v1/vms/{{name}}/prune) or grow it",
+                "the repository's file system has {} of {} free, below the {}% warning threshold: prune old points (POST /api/v1/vms/{{name}}/prune) or grow it",
+                sendense_image::human(free),
+                sendense_image::human(capacity),
                 self.space.free_space_warning_percent
             )
         })

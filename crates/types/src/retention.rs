@@ -52,6 +52,18 @@ pub enum VerificationState {
     Failed,
 }
 
+impl VerificationState {
+    /// The lowercase name used in JSON.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unverified => "unverified",
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// A range of a disk whose bytes differ from what was read at the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BadRange {
