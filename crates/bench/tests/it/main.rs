@@ -81,6 +81,7 @@ mod smoke {
                 "restore",
                 "merge",
                 "merge",
+                "verify",
                 "sparse"
             ],
             "{}",
@@ -92,7 +93,7 @@ mod smoke {
             report.render()
         );
         assert!(report.rows.iter().all(|r| r.ratio.is_some()));
-        assert_eq!(Scenario::ALL.len(), 9);
+        assert_eq!(Scenario::ALL.len(), 10);
     }
 
     #[test]
