@@ -79,7 +79,7 @@ impl Verifier {
     /// [`HubError::BackupNotFound`]; [`HubError::WrongStatus`] unless completed;
     /// [`HubError::FilesMissing`]; [`HubError::NoDigests`] when a layer the point reads has no
     /// digests (it was written by a client that does not send them); a damaged digests file or
-    /// an image that cannot be read ([`HubError::Digests`], [`HubError::Image`]). A point whose
+    /// an image that cannot be read ([`HubError::Verify`]). A point whose
     /// bytes differ is not an error: it answers `state: failed`.
     pub fn verify(
         &self,
