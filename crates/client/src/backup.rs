@@ -218,9 +218,12 @@ pub async fn finish_started<E: std::error::Error>(
     client: impl Fn(ClientError) -> E,
     started: Instant,
 ) -> Result<BackupSummary, E> {
+    // A shutdown already asked for wins: `work` may be able to finish within one poll (a fast
+    // hub on loopback), and an unbiased select would then pick it half the time.
     let result = tokio::select! {
-        r = work => r,
+        biased;
         () = shutdown => Err(interrupted),
+        r = work => r,
     };
     match result {
         Ok(stats) => {

@@ -132,9 +132,11 @@ async fn run_inner(
     }
     let hub = HubClient::new(&options.hub)?;
     let exports = hub.open_restore_exports(&options.backup_id).await?;
+    // A shutdown already asked for wins (see `backup::finish_started`).
     let result = tokio::select! {
-        r = restore_disk(&hub, &options, &exports) => r,
+        biased;
         () = shutdown => Err(ClientError::Interrupted),
+        r = restore_disk(&hub, &options, &exports) => r,
     };
     if result.is_err() {
         let _ = std::fs::remove_file(partial_path(&options.to));
