@@ -164,6 +164,36 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A new job of `kind`, queued now, with a fresh id and nothing else set (the catalog
+    /// assigns `seq` when it stores it).
+    #[must_use]
+    pub fn queued(kind: JobKind) -> Self {
+        Self {
+            job_id: JobId::random(),
+            seq: 0,
+            kind,
+            vm_name: None,
+            vm_path: None,
+            status: JobStatus::Queued,
+            agent: None,
+            credential: None,
+            backup_type: None,
+            policy: None,
+            attempt: 1,
+            not_before: None,
+            lease_until: None,
+            progress: JobProgress::default(),
+            backup_id: None,
+            error: None,
+            queued_at: Timestamp::now(),
+            started_at: None,
+            finished_at: None,
+            retention: None,
+            remove: Vec::new(),
+            result: None,
+        }
+    }
+
     /// The API form.
     #[must_use]
     pub fn to_api(&self) -> sendense_types::Job {

@@ -563,28 +563,8 @@ impl HubJobs {
 /// A queued job of the hub's own queue, for `vm`, queued now.
 fn hub_job(kind: JobKind, vm: VmName) -> JobRecord {
     JobRecord {
-        job_id: JobId::random(),
-        seq: 0,
-        kind,
         vm_name: Some(vm),
-        vm_path: None,
-        status: JobStatus::Queued,
-        agent: None,
-        credential: None,
-        backup_type: None,
-        policy: None,
-        attempt: 1,
-        not_before: None,
-        lease_until: None,
-        progress: JobProgress::default(),
-        backup_id: None,
-        error: None,
-        queued_at: Timestamp::now(),
-        started_at: None,
-        finished_at: None,
-        retention: None,
-        remove: Vec::new(),
-        result: None,
+        ..JobRecord::queued(kind)
     }
 }
 

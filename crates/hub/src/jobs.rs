@@ -662,28 +662,9 @@ impl Jobs {
 /// A queued job of `kind` for `agent` with `credential`, queued now.
 fn new_job(kind: JobKind, agent: AgentName, credential: CredentialName) -> JobRecord {
     JobRecord {
-        job_id: JobId::random(),
-        seq: 0,
-        kind,
-        vm_name: None,
-        vm_path: None,
-        status: JobStatus::Queued,
         agent: Some(agent),
         credential: Some(credential),
-        backup_type: None,
-        policy: None,
-        attempt: 1,
-        not_before: None,
-        lease_until: None,
-        progress: JobProgress::default(),
-        backup_id: None,
-        error: None,
-        queued_at: Timestamp::now(),
-        started_at: None,
-        finished_at: None,
-        retention: None,
-        remove: Vec::new(),
-        result: None,
+        ..JobRecord::queued(kind)
     }
 }
 

@@ -86,6 +86,21 @@ fn host_offset(file: &Path, guest: u64) -> u64 {
     panic!("{} holds no data cluster at {guest}", file.display());
 }
 
+/// Inverts the byte of `file`'s own data cluster that holds guest offset `guest` (found with
+/// `qemu-img map`), as a bad disk would.
+fn flip_byte(file: &Path, guest: u64) {
+    let at = host_offset(file, guest);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[!byte[0]], at).unwrap();
+    f.sync_all().unwrap();
+}
+
 fn verify(hub: &Hub, b: &Backup) -> Result<sendense_types::Verification, HubError> {
     let engine = &hub.running.as_ref().unwrap().engine;
     engine.verifier().verify(&b.backup_id, &|_, _| {})
@@ -175,18 +190,10 @@ async fn flipped_byte_in_a_middle_layer_fails_exactly_the_points_that_read_it() 
     }
 
     // Flip one byte inside p2's own cluster of block 11.
-    let file = hub.repo().join(p2.disks[0].file.as_ref().unwrap());
-    let at = host_offset(&file, 11 * BLOCK_SIZE + 100);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&file)
-        .unwrap();
-    let mut byte = [0u8];
-    f.read_exact_at(&mut byte, at).unwrap();
-    f.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    flip_byte(
+        &hub.repo().join(p2.disks[0].file.as_ref().unwrap()),
+        11 * BLOCK_SIZE + 100,
+    );
 
     // p3 reads block 11 through p2: it fails, and so does p2; p4 rewrote block 11.
     let v3 = verify(&hub, &p3).unwrap();
@@ -370,17 +377,10 @@ async fn verify_route_runs_a_job_and_a_failed_verification_fires_the_webhook() {
     assert_eq!(v.state, VerificationState::Ok);
     assert!(v.at.is_some());
 
-    let file = hub.repo().join(full.disks[0].file.as_ref().unwrap());
-    let at = host_offset(&file, 3 * BLOCK_SIZE + 9);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&file)
-        .unwrap();
-    let mut byte = [0u8];
-    f.read_exact_at(&mut byte, at).unwrap();
-    f.write_all_at(&[!byte[0]], at).unwrap();
-    drop(f);
+    flip_byte(
+        &hub.repo().join(full.disks[0].file.as_ref().unwrap()),
+        3 * BLOCK_SIZE + 9,
+    );
     let (st, body) = hub
         .post(
             &format!("/api/v1/backups/{}/verify", full.backup_id),
