@@ -171,7 +171,8 @@ pub struct Entry {
     pub link_target: Option<String>,
 }
 
-/// A read-only file system.
+/// A read-only file system. Not `Send` (ext4-view shares its state through `Rc`): open it,
+/// use it and drop it on one thread (the hub does so on a blocking thread per request).
 pub trait FileSystem {
     /// Which file system.
     fn kind(&self) -> FsKind;
@@ -216,7 +217,7 @@ pub fn partitions(disk: &std::sync::Arc<dyn BlockRead>) -> Result<PartitionTable
 pub fn open(
     disk: &std::sync::Arc<dyn BlockRead>,
     index: Option<u32>,
-) -> Result<Box<dyn FileSystem + Send>, FsError> {
+) -> Result<Box<dyn FileSystem>, FsError> {
     let _ = (disk, index);
     Err(FsError::unsupported("file systems are not read yet"))
 }
