@@ -21,15 +21,16 @@ use sendense_types::api::{SessionRequest, SnapshotRequest};
 use sendense_types::jobs::PolicyRequest;
 use sendense_types::{
     AgentName, ApiError, BackupId, BackupNowRequest, BackupQuery, CompleteBackupRequest,
-    CreateAgentRequest, CredentialName, CredentialRequest, EnrollRequest, FailBackupRequest,
-    FinishJobRequest, Health, HeartbeatRequest, JobId, JobQuery, NextJobQuery, PolicyName,
-    PruneRequest, RegisterVmRequest, StartBackupRequest, Timestamp, UpdateBackupRequest, VmName,
+    CreateAgentRequest, CredentialName, CredentialRequest, DiskKey, EnrollRequest,
+    FailBackupRequest, FilesQuery, FinishJobRequest, Health, HeartbeatRequest, JobId, JobQuery,
+    NextJobQuery, PolicyName, PruneRequest, RegisterVmRequest, StartBackupRequest, Timestamp,
+    UpdateBackupRequest, VmName,
 };
 use serde::de::DeserializeOwned;
 
 use crate::agents::{Agents, Caller};
 use crate::credentials::Credentials;
-use crate::engine::Engine;
+use crate::engine::{ContentShape, Engine};
 use crate::error::{ErrorKind, HubError};
 use crate::hub_jobs::HubJobs;
 use crate::jobs::Jobs;
@@ -92,6 +93,15 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/backups/{id}/disks/{key}/digests",
             axum::routing::put(put_digests).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/v1/backups/{id}/disks/{key}/partitions",
+            get(disk_partitions),
+        )
+        .route("/api/v1/backups/{id}/disks/{key}/files", get(list_files))
+        .route(
+            "/api/v1/backups/{id}/disks/{key}/files/content",
+            get(file_content),
         )
         .route(
             "/api/v1/backups/{id}/snapshot",
@@ -181,6 +191,13 @@ impl From<HubError> for ApiFailure {
                     error_codes::INSUFFICIENT_STORAGE,
                 )
             }
+            ErrorKind::Unprocessable => {
+                (StatusCode::UNPROCESSABLE_ENTITY, error_codes::UNPROCESSABLE)
+            }
+            ErrorKind::RangeNotSatisfiable => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                error_codes::RANGE_NOT_SATISFIABLE,
+            ),
             ErrorKind::Upstream => {
                 tracing::warn!(error = %message, "vCenter session for a client refused");
                 (StatusCode::BAD_GATEWAY, error_codes::BAD_GATEWAY)
@@ -457,7 +474,7 @@ async fn put_digests(
 ) -> ApiResult<Response> {
     use http_body_util::BodyExt;
     let id: BackupId = parse("backup id", &id)?;
-    let key: sendense_types::DiskKey = parse("disk key", &key)?;
+    let key: DiskKey = parse("disk key", &key)?;
     let engine = Arc::clone(&s.engine);
     let asked = id.clone();
     let limit = blocking(move || engine.digests_limit(&asked, key)).await?;
@@ -542,6 +559,110 @@ async fn open_exports(
 ) -> ApiResult<impl IntoResponse> {
     let id: BackupId = parse("backup id", &id)?;
     Ok(Json(blocking(move || s.engine.open_restore(&id)).await?))
+}
+
+async fn disk_partitions(
+    State(s): State<ApiState>,
+    Path((id, key)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    let key: DiskKey = parse("disk key", &key)?;
+    Ok(Json(blocking(move || s.engine.partitions(&id, key)).await?))
+}
+
+async fn list_files(
+    State(s): State<ApiState>,
+    Path((id, key)): Path<(String, String)>,
+    query: Result<Query<FilesQuery>, QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    let key: DiskKey = parse("disk key", &key)?;
+    let Query(query) = query_or_400(query)?;
+    Ok(Json(
+        blocking(move || s.engine.list_files(&id, key, &query)).await?,
+    ))
+}
+
+/// A file (with `Range` support) or a folder as a tar stream.
+async fn file_content(
+    State(s): State<ApiState>,
+    Path((id, key)): Path<(String, String)>,
+    query: Result<Query<FilesQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    let id: BackupId = parse("backup id", &id)?;
+    let key: DiskKey = parse("disk key", &key)?;
+    let Query(query) = query_or_400(query)?;
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let content = match s.engine.file_content(&id, key, &query, range).await {
+        Ok(content) => content,
+        Err(HubError::RangeNotSatisfiable { size }) => {
+            let failure = ApiFailure::from(HubError::RangeNotSatisfiable { size });
+            let mut response = failure.into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&format!("bytes */{size}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(response);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (status, content_type) = match content.shape {
+        ContentShape::Partial { .. } => (StatusCode::PARTIAL_CONTENT, "application/octet-stream"),
+        ContentShape::Whole { .. } => (StatusCode::OK, "application/octet-stream"),
+        ContentShape::Tar => (StatusCode::OK, "application/x-tar"),
+    };
+    let mut response = Response::new(axum::body::Body::new(content.body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    let mut put = |name, value: String| {
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    match content.shape {
+        ContentShape::Whole { size } => {
+            put(header::CONTENT_LENGTH, size.to_string());
+            put(header::ACCEPT_RANGES, "bytes".to_owned());
+        }
+        ContentShape::Partial { start, end, size } => {
+            put(header::CONTENT_LENGTH, (end - start + 1).to_string());
+            put(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
+            put(header::ACCEPT_RANGES, "bytes".to_owned());
+        }
+        ContentShape::Tar => {}
+    }
+    put(
+        header::CONTENT_DISPOSITION,
+        content_disposition(&content.name),
+    );
+    Ok(response)
+}
+
+/// `attachment` with the name in RFC 6266 form: an ASCII fallback and the UTF-8 name.
+fn content_disposition(name: &str) -> String {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' && c != '%' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
 async fn close_exports(

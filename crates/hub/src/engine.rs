@@ -64,6 +64,9 @@ use digests::DigestSlot;
 use sendense_image::export::Qcow2Export;
 
 mod digests;
+mod files;
+
+pub use files::{ContentBody, ContentShape, FileContent, MAX_DOWNLOADS, STALL_LIMIT};
 
 /// Folder of the repository inside the data folder.
 pub const REPOSITORY_DIR: &str = "repository";
@@ -201,6 +204,8 @@ pub struct Engine {
     live: Mutex<Live>,
     space: RepositoryConfig,
     chain_locks: Arc<ChainLocks>,
+    /// Permits of the file downloads streaming now ([`MAX_DOWNLOADS`]).
+    downloads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Engine {
@@ -220,6 +225,7 @@ impl Engine {
             live: Mutex::new(Live::default()),
             space: RepositoryConfig::default(),
             chain_locks: Arc::new(ChainLocks::default()),
+            downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
         }
     }
 
@@ -1078,34 +1084,7 @@ impl Engine {
     /// Unknown backup (404), not completed, files missing or being deleted
     /// (409), or an image fails to open.
     pub fn open_restore(&self, id: &BackupId) -> Result<RestoreExports, HubError> {
-        let record = self.record(id)?;
-        if record.status != BackupStatus::Completed {
-            return Err(HubError::WrongStatus {
-                backup_id: id.clone(),
-                status: record.status,
-                expected: "completed",
-            });
-        }
-        if record.files_missing {
-            return Err(HubError::FilesMissing {
-                backup_id: id.clone(),
-                file: record
-                    .disks
-                    .first()
-                    .map(|d| d.file.clone())
-                    .unwrap_or_default(),
-            });
-        }
-        let _chain = self.chain_locks.try_read(&record.vm_name)?;
-        // A point whose removal a failure interrupted (its merge step stays journalled until
-        // the next removal of its VM or the next start finishes it) may no longer read as it
-        // did: never serve it.
-        if self.catalog.merges()?.iter().any(|s| &s.removed == id) {
-            return Err(HubError::ChainBusy {
-                vm: id.vm_name(),
-                holder: format!("restore point {id} is being removed (an unfinished merge step)"),
-            });
-        }
+        let (record, _chain) = self.servable_point(id)?;
         if let Some(open) = self.live().restores.get(id) {
             return Ok(self.restore_answer(open));
         }

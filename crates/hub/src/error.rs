@@ -214,6 +214,37 @@ pub enum HubError {
         /// The disk.
         disk_key: DiskKey,
     },
+    /// A file-level restore call named a disk the point does not have.
+    #[error("Backup {backup_id} has no disk {disk_key}")]
+    NoSuchDisk {
+        /// The backup.
+        backup_id: BackupId,
+        /// The disk named.
+        disk_key: DiskKey,
+    },
+    /// A restore point's partition table or file system could not be read as asked.
+    #[error("Disk {disk_key} of backup {backup_id}")]
+    Files {
+        /// The backup.
+        backup_id: BackupId,
+        /// The disk.
+        disk_key: DiskKey,
+        /// What the file-system reader said.
+        #[source]
+        source: sendense_fs::FsError,
+    },
+    /// A `Range` header outside the file.
+    #[error("The range asked for is outside the file ({size} bytes)")]
+    RangeNotSatisfiable {
+        /// The file's size.
+        size: u64,
+    },
+    /// Too many downloads of restore-point files run at once.
+    #[error("{limit} file downloads are running: try again when one has ended")]
+    TooManyDownloads {
+        /// The hub-wide limit.
+        limit: usize,
+    },
     /// Verification could not read a point's chain or digests.
     #[error("Verification could not run")]
     Verify(#[source] sendense_image::ImageError),
@@ -601,6 +632,10 @@ pub enum ErrorKind {
     Upstream,
     /// 507: the repository's file system cannot hold what the request needs.
     InsufficientStorage,
+    /// 422: a restore point's partition or file system is damaged or of a kind not read.
+    Unprocessable,
+    /// 416: a `Range` outside the file.
+    RangeNotSatisfiable,
     /// 500: the hub failed.
     Internal,
 }
@@ -661,6 +696,18 @@ impl HubError {
             Self::DigestsMalformed { .. }
             | Self::DigestsWrongSize { .. }
             | Self::DigestsTooLarge { .. } => ErrorKind::BadRequest,
+            Self::NoSuchDisk { .. } => ErrorKind::NotFound,
+            Self::Files { source, .. } => {
+                use sendense_fs::FsErrorKind as F;
+                match source.kind() {
+                    F::NotFound | F::NoSuchPartition => ErrorKind::NotFound,
+                    F::NotADirectory | F::NotAFile | F::BadPath => ErrorKind::BadRequest,
+                    F::Unsupported | F::Corrupt | F::TooLarge => ErrorKind::Unprocessable,
+                    _ => ErrorKind::Internal,
+                }
+            }
+            Self::RangeNotSatisfiable { .. } => ErrorKind::RangeNotSatisfiable,
+            Self::TooManyDownloads { .. } => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         }
     }

@@ -60,6 +60,11 @@ pub mod error_codes {
     pub const UNAVAILABLE: &str = "unavailable";
     /// The repository's file system cannot hold what the request needs (HTTP 507).
     pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
+    /// A restore point's partition or file system cannot be read: damaged, or a kind Sendense
+    /// does not read (HTTP 422).
+    pub const UNPROCESSABLE: &str = "unprocessable";
+    /// A `Range` header outside the file (HTTP 416).
+    pub const RANGE_NOT_SATISFIABLE: &str = "range_not_satisfiable";
 }
 
 /// The kind of backup asked for. The hub resolves `auto` into `full` or `incremental`; a stored
