@@ -18,6 +18,7 @@ use crate::agent::{self, AgentOptions, EnrollOptions, VcenterRunner};
 
 use crate::backup::{self, BackupOptions, DiskInput, mb_per_s, parse_key_values};
 use crate::error::ClientError;
+use crate::files::{self, FilesTarget};
 use crate::hub::HubOptions;
 use crate::progress::{BarAwareStderr, LogProgress, Progress, TerminalProgress};
 use crate::restore::{self, RestoreFormat, RestoreOptions};
@@ -58,6 +59,101 @@ pub enum Command {
     /// The agent opens no port: it connects out to the hub, asks for work, runs it, reports.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Single files and folders from a restore point, read by the hub from its own images (no
+    /// disk restore, no mount): `partitions`, `ls`, `find`, `get`. ext2/3/4, NTFS and FAT in GPT
+    /// or MBR partitions (logical ones too) or on a whole disk.
+    #[command(subcommand)]
+    Files(FilesCommand),
+}
+
+/// `sendense-client files ...`.
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// The disk's partition table and the file system found in each partition (the numbers
+    /// --partition takes).
+    Partitions(FilesPointArgs),
+    /// List one folder: type, mode, size, modification time, name (-> link target).
+    Ls(FilesPathArgs),
+    /// Walk the folders below PATH and print every entry whose name matches --name.
+    Find(FilesFindArgs),
+    /// Download a file (into --to, or the current folder under its own name), or a folder
+    /// (unpacked below --to, or kept as one .tar file with --tar). Never overwrites: a file is
+    /// written as NAME.partial and renamed when complete; --resume continues a cut download.
+    Get(FilesGetArgs),
+}
+
+/// Which restore point and disk.
+#[derive(Debug, Clone, Args)]
+pub struct FilesPointArgs {
+    /// Hub connection.
+    #[command(flatten)]
+    pub hub: HubArgs,
+    /// The backup (restore point), e.g. backup-web01-20261124T235901-3fa9c2.
+    #[arg(long, value_name = "ID")]
+    pub backup: String,
+    /// The disk's VMware key, e.g. 2000.
+    #[arg(long, value_name = "KEY")]
+    pub disk: u32,
+    /// Print the hub's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which restore point, disk, partition and path.
+#[derive(Debug, Clone, Args)]
+pub struct FilesPathArgs {
+    /// Restore point and disk.
+    #[command(flatten)]
+    pub point: FilesPointArgs,
+    /// The partition (see `files partitions`); leave it out for a disk without a partition
+    /// table or with one partition.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+    /// Absolute path inside the file system.
+    #[arg(value_name = "PATH", default_value = "/")]
+    pub path: String,
+}
+
+/// `sendense-client files find`.
+#[derive(Debug, Clone, Args)]
+pub struct FilesFindArgs {
+    /// Where to search.
+    #[command(flatten)]
+    pub at: FilesPathArgs,
+    /// Shell-style name pattern (`*` and `?`), e.g. '*.conf'; all entries when left out.
+    #[arg(long, value_name = "PATTERN")]
+    pub name: Option<String>,
+    /// Only entries of this type.
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub kind: Option<EntryKindArg>,
+}
+
+/// `--type` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EntryKindArg {
+    /// Regular files.
+    File,
+    /// Folders.
+    Directory,
+    /// Symbolic links.
+    Symlink,
+}
+
+/// `sendense-client files get`.
+#[derive(Debug, Clone, Args)]
+pub struct FilesGetArgs {
+    /// What to download.
+    #[command(flatten)]
+    pub at: FilesPathArgs,
+    /// Where to write it (see above).
+    #[arg(long, value_name = "PATH")]
+    pub to: Option<PathBuf>,
+    /// Keep a folder as one .tar file instead of unpacking it.
+    #[arg(long)]
+    pub tar: bool,
+    /// Continue a file download cut off earlier (from its NAME.partial).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// `sendense-client agent ...`.
@@ -330,6 +426,7 @@ pub async fn execute(command: Command) -> Result<String, ClientError> {
     match command {
         Command::Backup(args) => run_backup(args).await,
         Command::Restore(args) => run_restore(args).await,
+        Command::Files(command) => run_files(command).await,
         Command::Agent(AgentCommand::Enroll(args)) => run_enroll(args).await,
         Command::Agent(AgentCommand::Run(args)) => {
             run_agent(args, sendense_io::signal::stopped()).await
@@ -385,6 +482,103 @@ pub fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn files_target(
+    point: &FilesPointArgs,
+    partition: Option<u32>,
+) -> Result<FilesTarget, ClientError> {
+    Ok(FilesTarget {
+        hub: hub_options(&point.hub),
+        backup: BackupId::try_from(point.backup.as_str()).map_err(|e| invalid("--backup", e))?,
+        disk: DiskKey(point.disk),
+        partition,
+    })
+}
+
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+async fn run_files(command: FilesCommand) -> Result<String, ClientError> {
+    match command {
+        FilesCommand::Partitions(point) => {
+            let table = files::partitions(&files_target(&point, None)?).await?;
+            if point.json {
+                return Ok(to_json(&table));
+            }
+            Ok(files::format_partitions(&table))
+        }
+        FilesCommand::Ls(args) => {
+            let target = files_target(&args.point, args.partition)?;
+            let listing = files::list(&target, &args.path).await?;
+            if args.point.json {
+                return Ok(to_json(&listing));
+            }
+            Ok(files::format_listing(&listing.entries))
+        }
+        FilesCommand::Find(args) => {
+            let target = files_target(&args.at.point, args.at.partition)?;
+            let kind = args.kind.map(|k| match k {
+                EntryKindArg::File => "file",
+                EntryKindArg::Directory => "directory",
+                EntryKindArg::Symlink => "symlink",
+            });
+            let found = files::find(&target, &args.at.path, args.name.as_deref(), kind).await?;
+            if args.at.point.json {
+                return Ok(to_json(&found));
+            }
+            Ok(found
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+        FilesCommand::Get(args) => {
+            let target = files_target(&args.at.point, args.at.partition)?;
+            let options = files::GetOptions {
+                path: args.at.path.clone(),
+                to: args.to.clone(),
+                folder_as: if args.tar {
+                    files::FolderAs::Tar
+                } else {
+                    files::FolderAs::Unpacked
+                },
+                resume: args.resume,
+            };
+            let bar =
+                (!args.at.point.json && std::io::stderr().is_terminal()).then(files::download_bar);
+            let show = |done: u64, total: Option<u64>| {
+                if let Some(bar) = &bar {
+                    if let Some(total) = total {
+                        bar.set_length(total);
+                    }
+                    bar.set_position(done);
+                }
+            };
+            let result = files::get(&target, &options, &show).await;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let s = result?;
+            if args.at.point.json {
+                return Ok(to_json(&s));
+            }
+            let rate = mb_per_s(s.bytes, s.seconds);
+            Ok(format!(
+                "{} {} written: {} bytes in {:.1} s ({rate:.1} MB/s){}",
+                s.kind,
+                s.written.display(),
+                s.bytes,
+                s.seconds,
+                if s.resumed_from > 0 {
+                    format!(", resumed after {} bytes", s.resumed_from)
+                } else {
+                    String::new()
+                }
+            ))
+        }
     }
 }
 

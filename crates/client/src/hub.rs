@@ -23,8 +23,8 @@ use sendense_types::jobs::{
 };
 use sendense_types::{
     AgentName, ApiError, Backup, BackupId, BackupQuery, Chain, CompleteBackupRequest, Credential,
-    CredentialName, CredentialRequest, DiskKey, FailBackupRequest, Health, JobId,
-    RegisterVmRequest, RestoreExports, StartBackupRequest, Vm, VmName,
+    CredentialName, CredentialRequest, DiskKey, DiskPartitions, FailBackupRequest, FileListing,
+    FilesQuery, Health, JobId, RegisterVmRequest, RestoreExports, StartBackupRequest, Vm, VmName,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -38,6 +38,10 @@ const MAX_ERROR_BODY: usize = 512;
 
 /// How much longer than its `wait` a long poll may take before it counts as failed.
 pub const LONG_POLL_MARGIN: Duration = Duration::from_secs(30);
+
+/// Limit of a whole download of a restore point's file or folder (the hub cuts a stalled one
+/// itself after 60 s).
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Limit of a heartbeat or finish call.
 const SHORT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -356,6 +360,86 @@ impl HubClient {
             .map(drop)
     }
 
+    /// `GET /api/v1/backups/{id}/disks/{key}/partitions`.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn partitions(
+        &self,
+        id: &BackupId,
+        key: DiskKey,
+    ) -> Result<DiskPartitions, ClientError> {
+        let path = format!("/api/v1/backups/{id}/disks/{key}/partitions");
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `GET /api/v1/backups/{id}/disks/{key}/files?partition=&path=`: one folder.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn list_files(
+        &self,
+        id: &BackupId,
+        key: DiskKey,
+        query: &FilesQuery,
+    ) -> Result<FileListing, ClientError> {
+        let path = files_path(id, key, "files", query);
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `GET /api/v1/backups/{id}/disks/{key}/files/content?partition=&path=`: starts a download
+    /// of a file (from byte `from` when given, with a `Range` header) or of a folder as a tar
+    /// stream; the answer's body is read with [`Download::chunk`].
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn download(
+        &self,
+        id: &BackupId,
+        key: DiskKey,
+        query: &FilesQuery,
+        from: Option<u64>,
+    ) -> Result<Download, ClientError> {
+        let path = files_path(id, key, "files/content", query);
+        let mut request = self
+            .request_builder(Method::GET, &path)?
+            .timeout(DOWNLOAD_TIMEOUT);
+        if let Some(from) = from {
+            request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error("GET", &path, &e))?;
+        if !response.status().is_success() {
+            // The error body is small JSON: read it as every other call does.
+            let status = response.status();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| self.transport_error("GET", &path, &e))?;
+            return Err(self.error_answer("GET", &path, status, &bytes));
+        }
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let is_tar = header(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|t| t.starts_with("application/x-tar"));
+        let length = header(reqwest::header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+        let partial = response.status() == StatusCode::PARTIAL_CONTENT;
+        Ok(Download {
+            response,
+            path,
+            is_tar,
+            length,
+            partial,
+        })
+    }
+
     /// `POST /api/v1/agents/enroll` (no bearer token): the one-time enrollment token and the
     /// agent's CSR for its agent token and NBD client certificate.
     ///
@@ -555,26 +639,37 @@ impl HubClient {
         if status.is_success() {
             return Ok((status, bytes.to_vec()));
         }
+        Err(self.error_answer(method_name, path, status, &bytes))
+    }
+
+    /// The error a non-2xx answer stands for.
+    fn error_answer(
+        &self,
+        method_name: &'static str,
+        path: &str,
+        status: StatusCode,
+        bytes: &[u8],
+    ) -> ClientError {
         if status == StatusCode::UNAUTHORIZED {
-            return Err(ClientError::TokenRejected {
+            return ClientError::TokenRejected {
                 url: self.base_str(),
-            });
+            };
         }
-        let (code, message) = match serde_json::from_slice::<ApiError>(&bytes) {
+        let (code, message) = match serde_json::from_slice::<ApiError>(bytes) {
             Ok(e) => (e.error, e.message),
             Err(_) => {
-                let text = String::from_utf8_lossy(&bytes);
+                let text = String::from_utf8_lossy(bytes);
                 let text: String = text.chars().take(MAX_ERROR_BODY).collect();
                 ("unknown".to_owned(), text)
             }
         };
-        Err(ClientError::HubStatus {
+        ClientError::HubStatus {
             method: method_name,
             path: path.to_owned(),
             status: status.as_u16(),
             code,
             message,
-        })
+        }
     }
 
     fn base_str(&self) -> String {
@@ -607,6 +702,48 @@ impl HubClient {
             detail: sendense_io::error_chain(err),
         }
     }
+}
+
+/// A download started by [`HubClient::download`].
+#[derive(Debug)]
+pub struct Download {
+    response: reqwest::Response,
+    path: String,
+    /// A folder as a tar stream (else a file).
+    pub is_tar: bool,
+    /// Bytes the answer carries, when the hub said (a file's size, or the rest of it).
+    pub length: Option<u64>,
+    /// The hub answered the range asked for (206).
+    pub partial: bool,
+}
+
+impl Download {
+    /// The next bytes; `None` at the end.
+    ///
+    /// # Errors
+    /// The connection failed or the hub cut the stream (a read error on its side).
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
+        self.response
+            .chunk()
+            .await
+            .map_err(|e| ClientError::HubRequest {
+                method: "GET",
+                path: self.path.clone(),
+                detail: format!("download cut off: {}", sendense_io::error_chain(&e)),
+            })
+    }
+}
+
+/// The path (with its query) of a file-level restore route.
+fn files_path(id: &BackupId, key: DiskKey, route: &str, query: &FilesQuery) -> String {
+    let mut path = format!(
+        "/api/v1/backups/{id}/disks/{key}/{route}?path={}",
+        query_escape(query.path.as_deref().unwrap_or("/"))
+    );
+    if let Some(n) = query.partition {
+        path.push_str(&format!("&partition={n}"));
+    }
+    path
 }
 
 /// Percent-encodes a query value (anything but unreserved characters).

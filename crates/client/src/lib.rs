@@ -24,6 +24,7 @@ pub mod cbt;
 pub mod cli;
 pub mod credential;
 pub mod error;
+pub mod files;
 pub mod hub;
 pub mod progress;
 pub mod restore;
