@@ -17,6 +17,8 @@ mod digests;
 #[cfg(test)]
 mod disk_full;
 #[cfg(test)]
+mod files;
+#[cfg(test)]
 mod image_cli;
 #[cfg(test)]
 mod image_serve;
