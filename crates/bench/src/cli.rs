@@ -67,6 +67,16 @@ use crate::{Options, Scenario};
 ///                are checked with `qemu-img compare` against their sources. Issue 5's goal:
 ///                the sparse disk costs about what the dense one does, client RSS <= 128 MiB.
 ///
+///   files        an ext4 file system of --sparse-virtual bytes (`mkfs.ext4 -d`) holding a
+///                folder of 10,000 files and the SIZE bytes of test data as one file, backed up
+///                into its own `sendense-hub serve`, as is the test data as a disk of its own:
+///                `sendense-client files ls` of the folder (process, TLS, hub and JSON
+///                included) vs `debugfs -R 'ls -l'` on the raw source (local reference); and
+///                `sendense-client files get` of the file vs `sendense-client restore` of the
+///                disk of the same bytes, both compared with the test data. Issue 15's goals:
+///                the listing under 1 s in a 64 GiB point, the download at least as fast as the
+///                restore.
+///
 /// Our binaries are looked up beside this executable (or in --bin-dir); the peers on PATH. A
 /// peer that is not installed is reported `missing`, never estimated. Data lives in a fresh
 /// folder under --dir (default /var/tmp), removed at the end unless --keep; every child process
@@ -88,7 +98,8 @@ pub struct Cli {
     /// Percentage of 64 KiB blocks changed for the incremental.
     #[arg(long = "changed", value_name = "PERCENT", default_value_t = 2.0)]
     pub changed_percent: f64,
-    /// Virtual size of the sparse scenario's disk, which holds SIZE bytes of data (K, M, G, T).
+    /// Virtual size of the sparse scenario's disk, which holds SIZE bytes of data, and of the
+    /// files scenario's file system (K, M, G, T).
     #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
     pub sparse_virtual: u64,
     /// Print the report as JSON on stdout instead of the table.

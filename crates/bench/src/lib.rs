@@ -60,11 +60,14 @@ pub enum Scenario {
     /// Full backup of a large sparse disk holding the test data vs of a dense disk holding the
     /// same data: sparseness must cost nothing.
     Sparse,
+    /// File-level restore: listing a folder of 10,000 files in a large ext4 point and
+    /// downloading a file of the test data, vs `debugfs` and vs `restore` of the same bytes.
+    Files,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Qcow2,
         Self::Serve,
         Self::Memory,
@@ -75,6 +78,7 @@ impl Scenario {
         Self::Merge,
         Self::Verify,
         Self::Sparse,
+        Self::Files,
     ];
 
     /// The scenario's command-line name.
@@ -91,6 +95,7 @@ impl Scenario {
             Self::Merge => "merge",
             Self::Verify => "verify",
             Self::Sparse => "sparse",
+            Self::Files => "files",
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::proc::{Proc, free_addr};
 use crate::report::{Machine, Measure, Outcome, Report, Row};
 use crate::{Options, Scenario};
 
+mod files;
 mod inproc;
 mod merge;
 mod sparse;
@@ -81,6 +82,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     if wanted.contains(&Scenario::Sparse) {
         ctx.sparse();
+    }
+    if wanted.contains(&Scenario::Files) {
+        ctx.files();
     }
     let machine = Machine {
         nproc: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),

@@ -82,7 +82,9 @@ mod smoke {
                 "merge",
                 "merge",
                 "verify",
-                "sparse"
+                "sparse",
+                "files",
+                "files"
             ],
             "{}",
             report.render()
@@ -93,7 +95,7 @@ mod smoke {
             report.render()
         );
         assert!(report.rows.iter().all(|r| r.ratio.is_some()));
-        assert_eq!(Scenario::ALL.len(), 10);
+        assert_eq!(Scenario::ALL.len(), 11);
     }
 
     #[test]
