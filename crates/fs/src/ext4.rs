@@ -9,6 +9,13 @@
 //! `ext4_view::File::seek_to` walks the file's blocks from the start, so the last opened file
 //! is kept with its position: sequential reads (a download in chunks) continue where the last
 //! one stopped. Names that are not UTF-8 are listed lossily (U+FFFD).
+//!
+//! Known limit of `ext4-view` 1.0: in a block-mapped file (ext2, ext3) a hole that covers a
+//! whole indirect block (its pointer in the inode is 0) makes it read block 0; such a read
+//! answers [`FsError::Unsupported`] naming the limit (extent-mapped ext4 files, and holes
+//! inside direct or allocated indirect blocks, read as zeros). Its `seek_to` swallows that
+//! error and a later read panics, so on a file system without the `extents` feature (ext2,
+//! ext3: every file block-mapped) a read at an offset reads its way there instead of seeking.
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read, FileType, Metadata};
 
@@ -19,6 +26,8 @@ use crate::{Entry, EntryKind, FileSystem, FsKind, FsPath, limits};
 /// An open ext2/3/4 file system.
 pub(crate) struct Ext4Fs {
     fs: Ext4,
+    /// No `extents` feature: every file is block-mapped (ext2, ext3).
+    block_mapped: bool,
     /// The file the last `read` used, with its path.
     open_file: Option<(FsPath, ext4_view::File)>,
 }
@@ -48,16 +57,20 @@ impl Ext4Read for Reader {
 /// [`FsError::Corrupt`] for a damaged superblock, [`FsError::Unsupported`] for features
 /// `ext4-view` does not read, I/O errors.
 pub(crate) fn open(volume: Volume) -> Result<Ext4Fs, FsError> {
-    check_superblock(&volume)?;
+    let incompat = check_superblock(&volume)?;
     let fs = Ext4::load(Box::new(Reader(volume))).map_err(|e| map_err(e, &FsPath::root()))?;
     Ok(Ext4Fs {
         fs,
+        block_mapped: incompat & INCOMPAT_EXTENTS == 0,
         open_file: None,
     })
 }
 
-/// The superblock's size fields against the partition.
-fn check_superblock(volume: &Volume) -> Result<(), FsError> {
+/// `s_feature_incompat` bit: files may use extents.
+const INCOMPAT_EXTENTS: u32 = 0x40;
+
+/// The superblock's size fields against the partition; answers `s_feature_incompat`.
+fn check_superblock(volume: &Volume) -> Result<u32, FsError> {
     let mut sb = [0u8; 1024];
     volume.read_at(&mut sb, 1024).map_err(FsError::Io)?;
     let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
@@ -86,7 +99,7 @@ fn check_superblock(volume: &Volume) -> Result<(), FsError> {
     if per_group < 256 {
         return Err(corrupt(format!("{per_group} blocks per group")));
     }
-    Ok(())
+    Ok(incompat)
 }
 
 impl FileSystem for Ext4Fs {
@@ -159,7 +172,18 @@ impl FileSystem for Ext4Fs {
                 .fs
                 .open(path_str(path).as_str())
                 .map_err(|e| map_err(e, path))?;
-            file.seek_to(offset).map_err(|e| map_err(e, path))?;
+            if self.block_mapped {
+                let mut scratch = vec![0u8; 65_536];
+                while file.position() < offset {
+                    let want = usize::try_from(offset - file.position())
+                        .map_or(scratch.len(), |w| w.min(scratch.len()));
+                    if read_some(&mut file, &mut scratch[..want], path)? == 0 {
+                        return Ok(0);
+                    }
+                }
+            } else {
+                file.seek_to(offset).map_err(|e| map_err(e, path))?;
+            }
             self.open_file = Some((path.clone(), file));
         }
         let Some((_, file)) = self.open_file.as_mut() else {
@@ -167,11 +191,11 @@ impl FileSystem for Ext4Fs {
         };
         let mut done = 0;
         while done < buf.len() {
-            let n = match file.read_bytes(&mut buf[done..]) {
+            let n = match read_some(file, &mut buf[done..], path) {
                 Ok(n) => n,
                 Err(e) => {
                     self.open_file = None;
-                    return Err(map_err(e, path));
+                    return Err(e);
                 }
             };
             if n == 0 {
@@ -181,6 +205,18 @@ impl FileSystem for Ext4Fs {
         }
         Ok(done)
     }
+}
+
+/// One `read_bytes`, with `ext4-view`'s block-map hole limit named.
+fn read_some(file: &mut ext4_view::File, buf: &mut [u8], path: &FsPath) -> Result<usize, FsError> {
+    file.read_bytes(buf).map_err(|e| match e {
+        Ext4Error::Corrupt(c) if c.to_string().contains("from block 0 ") => {
+            FsError::unsupported(format!(
+                "{path}: a sparse ext2/ext3 file whose hole covers a whole indirect block (ext4-view 1.0 cannot read it)"
+            ))
+        }
+        e => map_err(e, path),
+    })
 }
 
 impl Ext4Fs {

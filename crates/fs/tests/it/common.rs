@@ -141,6 +141,19 @@ pub(crate) fn make_tree(root: &Path, symlinks: bool) {
     }
 }
 
+/// Replaces the tree's sparse file with one whose holes lie in direct blocks (1 KiB blocks:
+/// data in blocks 0 and 10): `ext4-view` reads those as zeros in block-mapped files.
+pub(crate) fn block_mapped_sparse_file(tree: &Path) {
+    let f = fs::File::create(tree.join("sparse.bin")).unwrap();
+    f.set_len(11 * 1024).unwrap();
+    FileExt::write_all_at(&f, b"start", 0).unwrap();
+    FileExt::write_all_at(&f, b"end", 11 * 1024 - 3).unwrap();
+    drop(f);
+    run(Command::new("touch")
+        .args(["-d", "@1700000000"])
+        .arg(tree.join("sparse.bin")));
+}
+
 /// Every regular file and symlink under `root`.
 fn files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

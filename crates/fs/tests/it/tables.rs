@@ -74,6 +74,9 @@ fn mbr_disk_with_logical_partitions_matches_the_trees() {
     common::make_tree(&tree, true);
     let flat = dir.path().join("flat");
     common::make_tree(&flat, false);
+    let tree3 = dir.path().join("tree3");
+    common::make_tree(&tree3, true);
+    common::block_mapped_sparse_file(&tree3);
     let img = dir.path().join("disk.img");
     common::blank(&img, 72 << 20);
     let script = "label: dos\n2048,32768,e\n,,5\n,28672,83\n,,7\n";
@@ -100,7 +103,7 @@ fn mbr_disk_with_logical_partitions_matches_the_trees() {
     common::mkfs_fat(&fat, &flat, 16, p[0].size);
     common::place(&img, p[0].start, &fat);
     let ext = dir.path().join("ext.img");
-    common::mkfs_ext(&ext, &tree, "ext2", p[1].size);
+    common::mkfs_ext(&ext, &tree3, "ext3", p[1].size);
     common::place(&img, p[1].start, &ext);
     let ntfs = dir.path().join("ntfs.img");
     common::mkfs_ntfs(&ntfs, &tree, p[2].size);
@@ -117,7 +120,7 @@ fn mbr_disk_with_logical_partitions_matches_the_trees() {
         kinds,
         [FsKind::Fat, FsKind::Ext4, FsKind::Ntfs].map(Detected::Supported)
     );
-    for (index, src) in [(1, &flat), (5, &tree), (6, &tree)] {
+    for (index, src) in [(1, &flat), (5, &tree3), (6, &tree)] {
         let mut fs = sendense_fs::open(&disk, Some(index)).unwrap();
         assert!(common::compare_tree(&mut *fs, src, &FsPath::root(), ALL) > 40);
     }
