@@ -112,7 +112,7 @@ impl FileSystem for Ext4Fs {
             .fs
             .symlink_metadata(path_str(path).as_str())
             .map_err(|e| map_err(e, path))?;
-        self.entry(path, path.file_name().unwrap_or("/"), &meta)
+        Ok(self.entry(path, path.file_name().unwrap_or("/"), &meta))
     }
 
     fn list(&mut self, path: &FsPath) -> Result<Vec<Entry>, FsError> {
@@ -147,7 +147,7 @@ impl FileSystem for Ext4Fs {
             }
             let meta = item.metadata().map_err(|e| map_err(e, path))?;
             let child = path.join(&name).unwrap_or_else(|_| path.clone());
-            out.push(self.entry(&child, &name, &meta)?);
+            out.push(self.entry(&child, &name, &meta));
         }
         Ok(out)
     }
@@ -220,7 +220,7 @@ fn read_some(file: &mut ext4_view::File, buf: &mut [u8], path: &FsPath) -> Resul
 }
 
 impl Ext4Fs {
-    fn entry(&self, path: &FsPath, name: &str, meta: &Metadata) -> Result<Entry, FsError> {
+    fn entry(&self, path: &FsPath, name: &str, meta: &Metadata) -> Entry {
         let ft = meta.file_type();
         let (kind, type_bits) = if ft.is_regular_file() {
             (EntryKind::File, 0o100_000)
@@ -232,20 +232,11 @@ impl Ext4Fs {
             (EntryKind::Other, other_type_bits(ft))
         };
         let link_target = if kind == EntryKind::Symlink {
-            if meta.len() > limits::MAX_LINK_TARGET as u64 {
-                return Err(FsError::TooLarge {
-                    what: format!("link target of {path} ({} bytes)", meta.len()),
-                });
-            }
-            let target = self
-                .fs
-                .read_link(path_str(path).as_str())
-                .map_err(|e| map_err(e, path))?;
-            Some(String::from_utf8_lossy(target.as_ref()).into_owned())
+            self.link_target(path, meta)
         } else {
             None
         };
-        Ok(Entry {
+        Entry {
             name: name.to_owned(),
             kind,
             size: if kind == EntryKind::Directory {
@@ -256,7 +247,26 @@ impl Ext4Fs {
             mode: Some(type_bits | u32::from(meta.mode())),
             mtime: Some(meta.modified().seconds()),
             link_target,
-        })
+        }
+    }
+}
+
+impl Ext4Fs {
+    /// A symbolic link's target; `None` (and a debug line) when it is longer than
+    /// [`limits::MAX_LINK_TARGET`] or cannot be read (a damaged inode, or a name in its path
+    /// that is not UTF-8): one bad link does not fail a whole listing.
+    fn link_target(&self, path: &FsPath, meta: &Metadata) -> Option<String> {
+        if meta.len() > limits::MAX_LINK_TARGET as u64 {
+            tracing::debug!(%path, len = meta.len(), "symbolic link target too long");
+            return None;
+        }
+        match self.fs.read_link(path_str(path).as_str()) {
+            Ok(target) => Some(String::from_utf8_lossy(target.as_ref()).into_owned()),
+            Err(e) => {
+                tracing::debug!(%path, error = %e, "symbolic link target unreadable");
+                None
+            }
+        }
     }
 }
 
