@@ -22,6 +22,13 @@ command -v nbdkit >/dev/null || need_pkgs+=(nbdkit)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v cc >/dev/null || need_pkgs+=(build-essential)
 command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
+command -v mkntfs >/dev/null || need_pkgs+=(ntfs-3g)
+command -v ntfs-3g >/dev/null || need_pkgs+=(ntfs-3g)
+command -v mkfs.fat >/dev/null || need_pkgs+=(dosfstools)
+command -v mcopy >/dev/null || need_pkgs+=(mtools)
+command -v sgdisk >/dev/null || need_pkgs+=(gdisk)
+command -v sfdisk >/dev/null || need_pkgs+=(fdisk)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   step "installing ${need_pkgs[*]}"
   if [ "$(id -u)" != 0 ]; then
@@ -32,7 +39,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit systemd-analyze; do
+for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit systemd-analyze mkfs.ext4 mkntfs ntfs-3g mkfs.fat mcopy sgdisk sfdisk; do
   command -v "$t" >/dev/null || { echo "error: $t still missing after install" >&2; exit 1; }
 done
 

@@ -10,7 +10,16 @@
 //! bounded ([`limits`]), and a damaged image answers an [`FsError`], never a panic.
 
 mod error;
+mod ext4;
+mod fat;
+mod gpt;
+mod guard;
+mod mbr;
+mod ntfs;
 mod path;
+mod probe;
+mod table;
+mod volume;
 
 pub use error::{FsError, FsErrorKind};
 pub use path::FsPath;
@@ -204,8 +213,24 @@ pub trait FileSystem {
 /// # Errors
 /// [`FsErrorKind::Corrupt`] for a damaged table, I/O errors.
 pub fn partitions(disk: &std::sync::Arc<dyn BlockRead>) -> Result<PartitionTable, FsError> {
-    let _ = disk;
-    Err(FsError::unsupported("partition tables are not read yet"))
+    let (kind, raw) = table::read(disk)?;
+    let mut partitions = Vec::with_capacity(raw.len());
+    for p in raw {
+        let volume =
+            volume::Volume::new(disk.clone(), p.start, p.size).ok_or_else(|| FsError::Corrupt {
+                what: "partition table",
+                detail: format!("partition {} lies outside the disk", p.index),
+            })?;
+        partitions.push(Partition {
+            index: p.index,
+            start: p.start,
+            size: p.size,
+            type_id: p.type_id,
+            name: p.name,
+            detected: probe::detect(&volume)?,
+        });
+    }
+    Ok(PartitionTable { kind, partitions })
 }
 
 /// Opens the file system in partition `index` of `disk` (as [`partitions`] numbers them;
@@ -218,6 +243,50 @@ pub fn open(
     disk: &std::sync::Arc<dyn BlockRead>,
     index: Option<u32>,
 ) -> Result<Box<dyn FileSystem>, FsError> {
-    let _ = (disk, index);
-    Err(FsError::unsupported("file systems are not read yet"))
+    let table = partitions(disk)?;
+    let count = table.partitions.len();
+    let part = match index {
+        Some(i) => table.partitions.iter().find(|p| p.index == i),
+        None if count == 1 => table.partitions.first(),
+        None => None,
+    }
+    .ok_or(FsError::NoSuchPartition {
+        index: index.unwrap_or(0),
+        count,
+    })?;
+    let where_ = if table.kind == TableKind::None {
+        "on the disk".to_owned()
+    } else {
+        format!("in partition {}", part.index)
+    };
+    let kind = match &part.detected {
+        Detected::Supported(kind) => *kind,
+        Detected::Unsupported(name) => {
+            return Err(FsError::unsupported(format!("{name} {where_}")));
+        }
+        Detected::Unknown => {
+            return Err(FsError::unsupported(format!(
+                "no file system recognised {where_}"
+            )));
+        }
+    };
+    let volume = volume::Volume::new(disk.clone(), part.start, part.size).ok_or_else(|| {
+        FsError::Corrupt {
+            what: "partition table",
+            detail: format!("partition {} lies outside the disk", part.index),
+        }
+    })?;
+    let what = match kind {
+        FsKind::Ext4 => "ext4 file system",
+        FsKind::Ntfs => "NTFS file system",
+        FsKind::Fat => "FAT file system",
+    };
+    let fs = guard::contain(what, || -> Result<Box<dyn FileSystem>, FsError> {
+        Ok(match kind {
+            FsKind::Ext4 => Box::new(ext4::open(volume)?),
+            FsKind::Ntfs => Box::new(ntfs::open(volume)?),
+            FsKind::Fat => Box::new(fat::open(volume)?),
+        })
+    })?;
+    Ok(Box::new(guard::Guarded::new(fs, what)))
 }

@@ -1,0 +1,314 @@
+//! ext2, ext3 and ext4 through `ext4-view`, over a [`Volume`].
+//!
+//! Before `ext4-view` sees the image, the superblock's block count and group size are checked
+//! against the partition (a file system larger than its partition, or with fewer than 256
+//! blocks per group, is refused as corrupt): `ext4-view` sizes its group descriptor table from
+//! them. Symbolic link targets longer than [`limits::MAX_LINK_TARGET`] are refused before
+//! they are read.
+//!
+//! `ext4_view::File::seek_to` walks the file's blocks from the start, so the last opened file
+//! is kept with its position: sequential reads (a download in chunks) continue where the last
+//! one stopped. Names that are not UTF-8 are listed lossily (U+FFFD).
+//!
+//! Known limit of `ext4-view` 1.0: in a block-mapped file (ext2, ext3) a hole that covers a
+//! whole indirect block (its pointer in the inode is 0) makes it read block 0; such a read
+//! answers [`FsError::Unsupported`] naming the limit (extent-mapped ext4 files, and holes
+//! inside direct or allocated indirect blocks, read as zeros). Its `seek_to` swallows that
+//! error and a later read panics, so on a file system without the `extents` feature (ext2,
+//! ext3: every file block-mapped) a read at an offset reads its way there instead of seeking.
+
+use ext4_view::{Ext4, Ext4Error, Ext4Read, FileType, Metadata};
+
+use crate::error::FsError;
+use crate::volume::Volume;
+use crate::{Entry, EntryKind, FileSystem, FsKind, FsPath, limits};
+
+/// An open ext2/3/4 file system.
+pub(crate) struct Ext4Fs {
+    fs: Ext4,
+    /// No `extents` feature: every file is block-mapped (ext2, ext3).
+    block_mapped: bool,
+    /// The file the last `read` used, with its path.
+    open_file: Option<(FsPath, ext4_view::File)>,
+}
+
+impl std::fmt::Debug for Ext4Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ext4Fs").finish_non_exhaustive()
+    }
+}
+
+/// `ext4-view`'s reader over a volume.
+struct Reader(Volume);
+
+impl Ext4Read for Reader {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        self.0.read_at(dst, start_byte).map_err(Into::into)
+    }
+}
+
+/// Opens the ext2/3/4 file system in `volume`.
+///
+/// # Errors
+/// [`FsError::Corrupt`] for a damaged superblock, [`FsError::Unsupported`] for features
+/// `ext4-view` does not read, I/O errors.
+pub(crate) fn open(volume: Volume) -> Result<Ext4Fs, FsError> {
+    let incompat = check_superblock(&volume)?;
+    let fs = Ext4::load(Box::new(Reader(volume))).map_err(|e| map_err(e, &FsPath::root()))?;
+    Ok(Ext4Fs {
+        fs,
+        block_mapped: incompat & INCOMPAT_EXTENTS == 0,
+        open_file: None,
+    })
+}
+
+/// `s_feature_incompat` bit: files may use extents.
+const INCOMPAT_EXTENTS: u32 = 0x40;
+
+/// The superblock's size fields against the partition; answers `s_feature_incompat`.
+fn check_superblock(volume: &Volume) -> Result<u32, FsError> {
+    let mut sb = [0u8; 1024];
+    volume.read_at(&mut sb, 1024).map_err(FsError::Io)?;
+    let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
+    let log_block = u32_at(0x18);
+    if log_block > 6 {
+        return Err(corrupt(format!("block size 2^{} bytes", log_block + 10)));
+    }
+    let block_size = 1024u64 << log_block;
+    let incompat = u32_at(0x60);
+    let blocks_hi = if incompat & 0x80 != 0 {
+        u64::from(u32_at(0x150))
+    } else {
+        0
+    };
+    let blocks = (blocks_hi << 32) | u64::from(u32_at(0x04));
+    let fs_bytes = blocks
+        .checked_mul(block_size)
+        .ok_or_else(|| corrupt(format!("{blocks} blocks overflow")))?;
+    if fs_bytes > volume.size() {
+        return Err(corrupt(format!(
+            "file system of {fs_bytes} bytes in a partition of {} bytes",
+            volume.size()
+        )));
+    }
+    let per_group = u32_at(0x20);
+    if per_group < 256 {
+        return Err(corrupt(format!("{per_group} blocks per group")));
+    }
+    Ok(incompat)
+}
+
+impl FileSystem for Ext4Fs {
+    fn kind(&self) -> FsKind {
+        FsKind::Ext4
+    }
+
+    fn stat(&mut self, path: &FsPath) -> Result<Entry, FsError> {
+        let meta = self
+            .fs
+            .symlink_metadata(path_str(path).as_str())
+            .map_err(|e| map_err(e, path))?;
+        Ok(self.entry(path, path.file_name().unwrap_or("/"), &meta))
+    }
+
+    fn list(&mut self, path: &FsPath) -> Result<Vec<Entry>, FsError> {
+        let at = path_str(path);
+        let meta = self
+            .fs
+            .symlink_metadata(at.as_str())
+            .map_err(|e| map_err(e, path))?;
+        if !meta.is_dir() {
+            return Err(FsError::NotADirectory {
+                path: path.to_string(),
+            });
+        }
+        let dir = self
+            .fs
+            .read_dir(at.as_str())
+            .map_err(|e| map_err(e, path))?;
+        let mut out = Vec::new();
+        for item in dir {
+            let item = item.map_err(|e| map_err(e, path))?;
+            let name = String::from_utf8_lossy(item.file_name().as_ref()).into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if out.len() >= limits::MAX_DIR_ENTRIES {
+                return Err(FsError::TooLarge {
+                    what: format!(
+                        "folder {path} has more than {} entries",
+                        limits::MAX_DIR_ENTRIES
+                    ),
+                });
+            }
+            let meta = item.metadata().map_err(|e| map_err(e, path))?;
+            let child = path.join(&name).unwrap_or_else(|_| path.clone());
+            out.push(self.entry(&child, &name, &meta));
+        }
+        Ok(out)
+    }
+
+    fn read(&mut self, path: &FsPath, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        let reuse = matches!(&self.open_file, Some((p, f)) if p == path && f.position() == offset);
+        if !reuse {
+            self.open_file = None;
+            let meta = self
+                .fs
+                .symlink_metadata(path_str(path).as_str())
+                .map_err(|e| map_err(e, path))?;
+            if !meta.file_type().is_regular_file() {
+                return Err(FsError::NotAFile {
+                    path: path.to_string(),
+                });
+            }
+            if offset >= meta.len() {
+                return Ok(0);
+            }
+            let mut file = self
+                .fs
+                .open(path_str(path).as_str())
+                .map_err(|e| map_err(e, path))?;
+            if self.block_mapped {
+                let mut scratch = vec![0u8; 65_536];
+                while file.position() < offset {
+                    let want = usize::try_from(offset - file.position())
+                        .map_or(scratch.len(), |w| w.min(scratch.len()));
+                    if read_some(&mut file, &mut scratch[..want], path)? == 0 {
+                        return Ok(0);
+                    }
+                }
+            } else {
+                file.seek_to(offset).map_err(|e| map_err(e, path))?;
+            }
+            self.open_file = Some((path.clone(), file));
+        }
+        let Some((_, file)) = self.open_file.as_mut() else {
+            return Ok(0);
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            let n = match read_some(file, &mut buf[done..], path) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.open_file = None;
+                    return Err(e);
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+}
+
+/// One `read_bytes`, with `ext4-view`'s block-map hole limit named.
+fn read_some(file: &mut ext4_view::File, buf: &mut [u8], path: &FsPath) -> Result<usize, FsError> {
+    file.read_bytes(buf).map_err(|e| match e {
+        Ext4Error::Corrupt(c) if c.to_string().contains("from block 0 ") => {
+            FsError::unsupported(format!(
+                "{path}: a sparse ext2/ext3 file whose hole covers a whole indirect block (ext4-view 1.0 cannot read it)"
+            ))
+        }
+        e => map_err(e, path),
+    })
+}
+
+impl Ext4Fs {
+    fn entry(&self, path: &FsPath, name: &str, meta: &Metadata) -> Entry {
+        let ft = meta.file_type();
+        let (kind, type_bits) = if ft.is_regular_file() {
+            (EntryKind::File, 0o100_000)
+        } else if ft.is_dir() {
+            (EntryKind::Directory, 0o040_000)
+        } else if ft.is_symlink() {
+            (EntryKind::Symlink, 0o120_000)
+        } else {
+            (EntryKind::Other, other_type_bits(ft))
+        };
+        let link_target = if kind == EntryKind::Symlink {
+            self.link_target(path, meta)
+        } else {
+            None
+        };
+        Entry {
+            name: name.to_owned(),
+            kind,
+            size: if kind == EntryKind::Directory {
+                0
+            } else {
+                meta.len()
+            },
+            mode: Some(type_bits | u32::from(meta.mode())),
+            mtime: Some(meta.modified().seconds()),
+            link_target,
+        }
+    }
+}
+
+impl Ext4Fs {
+    /// A symbolic link's target; `None` (and a debug line) when it is longer than
+    /// [`limits::MAX_LINK_TARGET`] or cannot be read (a damaged inode, or a name in its path
+    /// that is not UTF-8): one bad link does not fail a whole listing.
+    fn link_target(&self, path: &FsPath, meta: &Metadata) -> Option<String> {
+        if meta.len() > limits::MAX_LINK_TARGET as u64 {
+            tracing::debug!(%path, len = meta.len(), "symbolic link target too long");
+            return None;
+        }
+        match self.fs.read_link(path_str(path).as_str()) {
+            Ok(target) => Some(String::from_utf8_lossy(target.as_ref()).into_owned()),
+            Err(e) => {
+                tracing::debug!(%path, error = %e, "symbolic link target unreadable");
+                None
+            }
+        }
+    }
+}
+
+fn other_type_bits(ft: FileType) -> u32 {
+    if ft.is_fifo() {
+        0o010_000
+    } else if ft.is_char_dev() {
+        0o020_000
+    } else if ft.is_block_dev() {
+        0o060_000
+    } else if ft.is_socket() {
+        0o140_000
+    } else {
+        0
+    }
+}
+
+fn path_str(path: &FsPath) -> String {
+    path.to_string()
+}
+
+fn corrupt(detail: String) -> FsError {
+    FsError::Corrupt {
+        what: "ext4 file system",
+        detail,
+    }
+}
+
+/// One `ext4-view` error as ours, for `path`.
+fn map_err(e: Ext4Error, path: &FsPath) -> FsError {
+    let path = path.to_string();
+    match e {
+        Ext4Error::NotFound => FsError::NotFound { path },
+        Ext4Error::NotADirectory => FsError::NotADirectory { path },
+        Ext4Error::IsADirectory | Ext4Error::IsASpecialFile => FsError::NotAFile { path },
+        Ext4Error::Io(e) => match e.downcast::<std::io::Error>() {
+            Ok(io) => FsError::Io(*io),
+            Err(other) => FsError::Io(std::io::Error::other(other)),
+        },
+        Ext4Error::Incompatible(i) => FsError::unsupported(format!("ext4 file system with {i}")),
+        Ext4Error::Encrypted => FsError::unsupported(format!("encrypted file {path}")),
+        Ext4Error::FileTooLarge | Ext4Error::PathTooLong => FsError::TooLarge { what: path },
+        other => corrupt(format!("{other} (at {path})")),
+    }
+}
