@@ -29,7 +29,7 @@ impl Hub {
     }
 
     /// `sendense-client backup` of one raw disk (key 2000); its backup id.
-    fn backup(&self, vm: &str, disk: &Path, kind: &str) -> String {
+    fn backup(&self, vm: &str, disk: &Path, kind: &str, extra: &[&str]) -> String {
         let out = client()
             .args([
                 "backup",
@@ -42,6 +42,7 @@ impl Hub {
             .args(["--type", kind, "--json", "--log-format", "json"])
             .arg("--disk")
             .arg(format!("2000={}", s(disk)))
+            .args(extra)
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -347,7 +348,7 @@ fn gpt_disk_with_ext4_and_fat_reads_back_file_by_file_and_an_incremental_change_
     make_fs("fat", &fat, 20, &fat_tree, dir.path());
     place(&disk, parts[1].0, &fat);
 
-    let full = hub.backup("filesvm", &disk, "full");
+    let full = hub.backup("filesvm", &disk, "full", &[]);
 
     // The partition table as the hub reads it from the point.
     let table: Value = serde_json::from_str(&hub.files(&full, &["partitions", "--json"])).unwrap();
@@ -490,7 +491,7 @@ fn gpt_disk_with_ext4_and_fat_reads_back_file_by_file_and_an_incremental_change_
     .unwrap();
     run("debugfs", &["-w", "-f", s(&cmds), s(&ext4)]);
     place(&disk, parts[0].0, &ext4);
-    let incremental = hub.backup("filesvm", &disk, "incremental");
+    let incremental = hub.backup("filesvm", &disk, "incremental", &["--base-backup", &full]);
     let changed = dir.path().join("changed.bin");
     hub.files(
         &incremental,
@@ -555,7 +556,7 @@ fn mbr_disk_with_logical_partitions_ntfs_ext4_and_fat_reads_back() {
         make_fs(kind, &image, *mib, tree, dir.path());
         place(&disk, *start, &image);
     }
-    let full = hub.backup("mbrvm", &disk, "full");
+    let full = hub.backup("mbrvm", &disk, "full", &[]);
 
     let table: Value = serde_json::from_str(&hub.files(&full, &["partitions", "--json"])).unwrap();
     assert_eq!(table["table"], "mbr", "{table}");
@@ -598,11 +599,11 @@ fn bad_input_gets_clear_4xx_answers_and_the_hub_keeps_serving() {
     // A whole-disk ext4 (no table) and, on another VM, a disk of swap.
     let disk = dir.path().join("disk.raw");
     make_fs("ext4", &disk, 16, &src, dir.path());
-    let id = hub.backup("plainvm", &disk, "full");
+    let id = hub.backup("plainvm", &disk, "full", &[]);
     let swap = dir.path().join("swap.raw");
     new_disk(&swap, 8);
     run("mkswap", &[s(&swap)]);
-    let swap_id = hub.backup("swapvm", &swap, "full");
+    let swap_id = hub.backup("swapvm", &swap, "full", &[]);
 
     let files = |id: &str, query: &str| format!("/api/v1/backups/{id}/disks/2000/files{query}");
     let content =
@@ -681,7 +682,7 @@ fn bad_input_gets_clear_4xx_answers_and_the_hub_keeps_serving() {
     let junk = dir.path().join("junk.raw");
     new_disk(&junk, 4);
     write_random(&junk, 0, 4 * MIB as usize, 99);
-    let junk_id = hub.backup("junkvm", &junk, "full");
+    let junk_id = hub.backup("junkvm", &junk, "full", &[]);
     let (status, body) = get(&files(&junk_id, "?path=/"));
     assert!((400..500).contains(&status), "{status} {body}");
     let (status, body) = get(&files(&id, "?path=/"));
