@@ -243,7 +243,7 @@ fn scan(disk: &std::sync::Arc<dyn BlockRead>) -> Result<Scanned, FsError> {
             match lvm::read_pv(&volume) {
                 Ok(pv) => pvs.push(pv),
                 Err(e) => {
-                    tracing::warn!(partition = p.index, error = %e, "unreadable LVM2 physical volume")
+                    tracing::warn!(partition = p.index, error = %e, "unreadable LVM2 physical volume");
                 }
             }
         }
