@@ -202,9 +202,8 @@ fn lvm2_linear_volumes_in_an_mbr_partition_match_the_trees() {
         mtime: true,
     };
     assert!(common::compare_tree(&mut *fs, &flat, &FsPath::root(), how) > 40);
-    let err = match sendense_fs::open(&disk, Some(1)) {
-        Ok(_) => panic!("opened a physical volume"),
-        Err(e) => e,
+    let Err(err) = sendense_fs::open(&disk, Some(1)) else {
+        panic!("opened a physical volume")
     };
     assert_eq!(err.to_string(), "Unsupported: lvm2 in partition 1");
 }
