@@ -21,9 +21,11 @@ mod path;
 mod probe;
 mod table;
 mod volume;
+mod walk;
 
 pub use error::{FsError, FsErrorKind};
 pub use path::FsPath;
+pub use walk::walk;
 
 /// Limits on what one request may cost, whatever the image says.
 pub mod limits {
