@@ -44,7 +44,7 @@ fn push_children(
         match dir.join(&entry.name) {
             Ok(path) => stack.push((path, entry, depth)),
             Err(_) => {
-                tracing::warn!(folder = %dir, name = ?entry.name, "skipping an entry whose name is not a file name")
+                tracing::warn!(folder = %dir, name = ?entry.name, "skipping a bad file name");
             }
         }
     }
