@@ -29,6 +29,7 @@ command -v mkfs.fat >/dev/null || need_pkgs+=(dosfstools)
 command -v mcopy >/dev/null || need_pkgs+=(mtools)
 command -v sgdisk >/dev/null || need_pkgs+=(gdisk)
 command -v sfdisk >/dev/null || need_pkgs+=(fdisk)
+command -v pvcreate >/dev/null || need_pkgs+=(lvm2)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   step "installing ${need_pkgs[*]}"
   if [ "$(id -u)" != 0 ]; then
@@ -39,7 +40,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit systemd-analyze mkfs.ext4 mkntfs ntfs-3g mkfs.fat mcopy sgdisk sfdisk; do
+for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit systemd-analyze mkfs.ext4 mkntfs ntfs-3g mkfs.fat mcopy sgdisk sfdisk pvcreate losetup; do
   command -v "$t" >/dev/null || { echo "error: $t still missing after install" >&2; exit 1; }
 done
 

@@ -80,11 +80,9 @@ fn check_superblock(volume: &Volume) -> Result<u32, FsError> {
     }
     let block_size = 1024u64 << log_block;
     let incompat = u32_at(0x60);
-    let blocks_hi = if incompat & 0x80 != 0 {
-        u64::from(u32_at(0x150))
-    } else {
-        0
-    };
+    // ext4-view adds the high half whatever the 64bit feature says (fuzzing found it
+    // allocating descriptors for 2^32 × blocks from a stray `s_blocks_count_hi`).
+    let blocks_hi = u64::from(u32_at(0x150));
     let blocks = (blocks_hi << 32) | u64::from(u32_at(0x04));
     let fs_bytes = blocks
         .checked_mul(block_size)
@@ -310,5 +308,44 @@ fn map_err(e: Ext4Error, path: &FsPath) -> FsError {
         Ext4Error::Encrypted => FsError::unsupported(format!("encrypted file {path}")),
         Ext4Error::FileTooLarge | Ext4Error::PathTooLong => FsError::TooLarge { what: path },
         other => corrupt(format!("{other} (at {path})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::BlockRead;
+
+    struct Mem(Vec<u8>);
+
+    impl BlockRead for Mem {
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            let o = usize::try_from(offset).unwrap();
+            buf.copy_from_slice(&self.0[o..o + buf.len()]);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn stray_high_block_count_without_64bit_is_refused_before_ext4_view_sizes_from_it() {
+        let mut img = vec![0u8; 128 * 1024];
+        let sb = &mut img[1024..2048];
+        sb[0x04..0x08].copy_from_slice(&128u32.to_le_bytes());
+        sb[0x14..0x18].copy_from_slice(&1u32.to_le_bytes());
+        sb[0x20..0x24].copy_from_slice(&8192u32.to_le_bytes());
+        sb[0x28..0x2c].copy_from_slice(&16u32.to_le_bytes());
+        sb[0x38..0x3a].copy_from_slice(&0xef53u16.to_le_bytes());
+        sb[0x60..0x64].copy_from_slice(&2u32.to_le_bytes());
+        sb[0x150..0x154].copy_from_slice(&4096u32.to_le_bytes());
+        let disk: Arc<dyn BlockRead> = Arc::new(Mem(img));
+        let volume = Volume::new(disk, 0, 128 * 1024).unwrap();
+        let err = open(volume).unwrap_err();
+        assert_eq!(err.kind(), crate::FsErrorKind::Corrupt);
+        assert!(err.to_string().contains("in a partition of"), "{err}");
     }
 }

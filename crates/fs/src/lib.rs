@@ -14,15 +14,18 @@ mod ext4;
 mod fat;
 mod gpt;
 mod guard;
+mod lvm;
 mod mbr;
 mod ntfs;
 mod path;
 mod probe;
 mod table;
 mod volume;
+mod walk;
 
 pub use error::{FsError, FsErrorKind};
 pub use path::FsPath;
+pub use walk::walk;
 
 /// Limits on what one request may cost, whatever the image says.
 pub mod limits {
@@ -122,19 +125,25 @@ pub struct PartitionTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
     /// Its number as Linux names it: GPT entries and MBR primaries 1..=4, MBR logicals from 5;
-    /// 0 for the whole disk of a [`TableKind::None`] table.
+    /// 0 for the whole disk of a [`TableKind::None`] table. LVM2 logical volumes found on the
+    /// disk's physical volumes follow the partitions, numbered from [`FIRST_LV_INDEX`] in the
+    /// order of their volume group's metadata.
     pub index: u32,
-    /// First byte on the disk.
+    /// First byte on the disk (of a logical volume: of its first segment).
     pub start: u64,
     /// Length in bytes.
     pub size: u64,
-    /// The table's type: a GPT type GUID (lower-case, hyphenated) or an MBR type as `0x83`.
+    /// The table's type: a GPT type GUID (lower-case, hyphenated) or an MBR type as `0x83`;
+    /// `lvm2` for a logical volume.
     pub type_id: String,
-    /// The GPT partition name, when set.
+    /// The GPT partition name, when set; `vg/lv` for a logical volume.
     pub name: Option<String>,
     /// What its first bytes show.
     pub detected: Detected,
 }
+
+/// The index of the first LVM2 logical volume in a [`PartitionTable`].
+pub const FIRST_LV_INDEX: u32 = 1001;
 
 /// What kind of entry a path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,29 +217,73 @@ pub trait FileSystem {
     fn read(&mut self, path: &FsPath, offset: u64, buf: &mut [u8]) -> Result<usize, FsError>;
 }
 
-/// Reads the partition table of `disk` and probes each partition.
+/// Reads the partition table of `disk` and probes each partition; the linear logical volumes
+/// of LVM2 physical volumes on the disk follow as partitions of their own.
 ///
 /// # Errors
 /// [`FsErrorKind::Corrupt`] for a damaged table, I/O errors.
 pub fn partitions(disk: &std::sync::Arc<dyn BlockRead>) -> Result<PartitionTable, FsError> {
+    scan(disk).map(|(table, _)| table)
+}
+
+/// The table, and for each of its partitions its bytes or why they cannot be read.
+type Scanned = (PartitionTable, Vec<Result<volume::Volume, &'static str>>);
+
+fn scan(disk: &std::sync::Arc<dyn BlockRead>) -> Result<Scanned, FsError> {
     let (kind, raw) = table::read(disk)?;
     let mut partitions = Vec::with_capacity(raw.len());
+    let mut volumes = Vec::with_capacity(raw.len());
+    let mut pvs = Vec::new();
     for p in raw {
         let volume =
             volume::Volume::new(disk.clone(), p.start, p.size).ok_or_else(|| FsError::Corrupt {
                 what: "partition table",
                 detail: format!("partition {} lies outside the disk", p.index),
             })?;
+        let detected = probe::detect(&volume)?;
+        if detected == Detected::Unsupported("lvm2") {
+            match lvm::read_pv(&volume) {
+                Ok(pv) => pvs.push(pv),
+                Err(e) => {
+                    tracing::warn!(partition = p.index, error = %e, "unreadable LVM2 physical volume");
+                }
+            }
+        }
         partitions.push(Partition {
             index: p.index,
             start: p.start,
             size: p.size,
             type_id: p.type_id,
             name: p.name,
-            detected: probe::detect(&volume)?,
+            detected,
         });
+        volumes.push(Ok(volume));
     }
-    Ok(PartitionTable { kind, partitions })
+    if !pvs.is_empty() {
+        let lvs = match lvm::logical_volumes(&pvs) {
+            Ok(lvs) => lvs,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable LVM2 metadata");
+                Vec::new()
+            }
+        };
+        for (index, lv) in (FIRST_LV_INDEX..).zip(lvs) {
+            let (start, size, detected) = match &lv.volume {
+                Ok(v) => (v.disk_start(), v.size(), probe::detect(v)?),
+                Err(_) => (0, 0, Detected::Unsupported("lvm2 logical volume")),
+            };
+            partitions.push(Partition {
+                index,
+                start,
+                size,
+                type_id: "lvm2".to_owned(),
+                name: Some(lv.name),
+                detected,
+            });
+            volumes.push(lv.volume);
+        }
+    }
+    Ok((PartitionTable { kind, partitions }, volumes))
 }
 
 /// Opens the file system in partition `index` of `disk` (as [`partitions`] numbers them;
@@ -243,21 +296,30 @@ pub fn open(
     disk: &std::sync::Arc<dyn BlockRead>,
     index: Option<u32>,
 ) -> Result<Box<dyn FileSystem>, FsError> {
-    let table = partitions(disk)?;
+    let (table, volumes) = scan(disk)?;
     let count = table.partitions.len();
-    let part = match index {
-        Some(i) => table.partitions.iter().find(|p| p.index == i),
-        None if count == 1 => table.partitions.first(),
+    let at = match index {
+        Some(i) => table.partitions.iter().position(|p| p.index == i),
+        None if count == 1 => Some(0),
         None => None,
     }
     .ok_or(FsError::NoSuchPartition {
         index: index.unwrap_or(0),
         count,
     })?;
-    let where_ = if table.kind == TableKind::None {
+    let part = &table.partitions[at];
+    let where_ = if table.kind == TableKind::None && part.index == 0 {
         "on the disk".to_owned()
+    } else if let (true, Some(name)) = (part.index >= FIRST_LV_INDEX, &part.name) {
+        format!("in logical volume {name}")
     } else {
         format!("in partition {}", part.index)
+    };
+    let volume = match &volumes[at] {
+        Ok(v) => v.clone(),
+        Err(why) => {
+            return Err(FsError::unsupported(format!("{where_}: {why}")));
+        }
     };
     let kind = match &part.detected {
         Detected::Supported(kind) => *kind,
@@ -270,12 +332,6 @@ pub fn open(
             )));
         }
     };
-    let volume = volume::Volume::new(disk.clone(), part.start, part.size).ok_or_else(|| {
-        FsError::Corrupt {
-            what: "partition table",
-            detail: format!("partition {} lies outside the disk", part.index),
-        }
-    })?;
     let what = match kind {
         FsKind::Ext4 => "ext4 file system",
         FsKind::Ntfs => "NTFS file system",

@@ -13,18 +13,19 @@ use std::sync::Arc;
 
 use crate::BlockRead;
 
-/// A byte range of a disk.
+/// A byte range of a disk, or several laid end to end (an LVM2 logical volume's segments).
 #[derive(Clone)]
 pub(crate) struct Volume {
     disk: Arc<dyn BlockRead>,
-    start: u64,
+    /// `(first byte on the disk, length)` of each piece, in volume order; none empty.
+    pieces: Arc<[(u64, u64)]>,
     size: u64,
 }
 
 impl std::fmt::Debug for Volume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Volume")
-            .field("start", &self.start)
+            .field("pieces", &self.pieces)
             .field("size", &self.size)
             .finish_non_exhaustive()
     }
@@ -34,12 +35,58 @@ impl Volume {
     /// `size` bytes of `disk` from `start`; `None` when the range is not inside the disk.
     pub(crate) fn new(disk: Arc<dyn BlockRead>, start: u64, size: u64) -> Option<Self> {
         let end = start.checked_add(size)?;
-        (end <= disk.size()).then_some(Self { disk, start, size })
+        (end <= disk.size()).then(|| Self {
+            disk,
+            pieces: if size == 0 {
+                Arc::from([])
+            } else {
+                Arc::from([(start, size)])
+            },
+            size,
+        })
+    }
+
+    /// The ranges `(volume, offset, len)` laid end to end, all on the disk of the first;
+    /// `None` when one is outside its volume or there are none.
+    pub(crate) fn concat(parts: &[(Self, u64, u64)]) -> Option<Self> {
+        let disk = parts.first()?.0.disk.clone();
+        let mut pieces = Vec::new();
+        let mut size = 0u64;
+        for (vol, offset, len) in parts {
+            if !Arc::ptr_eq(&vol.disk, &disk) || offset.checked_add(*len)? > vol.size {
+                return None;
+            }
+            let (mut at, mut left) = (*offset, *len);
+            for (start, piece_len) in vol.pieces.iter().copied() {
+                if left == 0 {
+                    break;
+                }
+                if at >= piece_len {
+                    at -= piece_len;
+                    continue;
+                }
+                let n = (piece_len - at).min(left);
+                pieces.push((start + at, n));
+                left -= n;
+                at = 0;
+            }
+            size = size.checked_add(*len)?;
+        }
+        Some(Self {
+            disk,
+            pieces: Arc::from(pieces),
+            size,
+        })
     }
 
     /// Its size in bytes.
     pub(crate) fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The first byte of its first piece on the disk.
+    pub(crate) fn disk_start(&self) -> u64 {
+        self.pieces.first().map_or(0, |p| p.0)
     }
 
     /// Fills `buf` from `offset` inside the volume; reading past its end is an error.
@@ -49,11 +96,24 @@ impl Volume {
         if end > self.size {
             return Err(past_end(offset));
         }
-        let at = self
-            .start
-            .checked_add(offset)
-            .ok_or_else(|| past_end(offset))?;
-        self.disk.read_at(buf, at)
+        let (mut at, mut buf) = (offset, buf);
+        let mut piece_start = 0u64;
+        for (disk_start, piece_len) in self.pieces.iter().copied() {
+            if buf.is_empty() {
+                break;
+            }
+            let piece_end = piece_start + piece_len;
+            if at < piece_end {
+                let within = at - piece_start;
+                let n = usize::try_from(piece_len - within).map_or(buf.len(), |n| n.min(buf.len()));
+                let (now, rest) = buf.split_at_mut(n);
+                self.disk.read_at(now, disk_start + within)?;
+                buf = rest;
+                at += n as u64;
+            }
+            piece_start = piece_end;
+        }
+        Ok(())
     }
 
     /// Reads up to `buf.len()` bytes at `offset`, fewer at the volume's end; answers how many.
@@ -254,6 +314,21 @@ mod tests {
         let mut got = Vec::new();
         c.read_to_end(&mut got).unwrap();
         assert_eq!(got, bytes[66_000..151_000]);
+    }
+
+    #[test]
+    fn concatenated_volume_reads_across_its_pieces() {
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let disk: Arc<dyn BlockRead> = Arc::new(Mem(bytes.clone()));
+        let pv = Volume::new(disk, 1000, 8000).unwrap();
+        let lv = Volume::concat(&[(pv.clone(), 5000, 1000), (pv, 100, 300)]).unwrap();
+        assert_eq!(lv.size(), 1300);
+        let mut buf = vec![0u8; 400];
+        lv.read_at(&mut buf, 900).unwrap();
+        let mut want = bytes[6900..7000].to_vec();
+        want.extend_from_slice(&bytes[1100..1400]);
+        assert_eq!(buf, want);
+        assert!(lv.read_at(&mut buf, 901).is_err());
     }
 
     #[test]

@@ -137,3 +137,33 @@ fn ext4_lists_ten_thousand_files_in_under_a_second() {
     );
     assert!(took.as_secs_f64() < 1.0, "listing took {took:?}");
 }
+
+#[test]
+fn walk_visits_folders_before_their_contents_to_the_deepest_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    common::make_tree(&tree, true);
+    let img = dir.path().join("ext.img");
+    common::mkfs_ext(&img, &tree, "ext4", 16 << 20);
+    let mut fs = sendense_fs::open(&common::disk(&img), None).unwrap();
+    let mut seen = Vec::new();
+    sendense_fs::walk(&mut *fs, &FsPath::parse("/d01").unwrap(), &mut |p, e| {
+        seen.push((p.to_string(), e.kind));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen.len(), DEPTH);
+    assert_eq!(seen[0], ("/d01/d02".to_owned(), EntryKind::Directory));
+    let (last, kind) = seen.last().unwrap();
+    assert!(
+        last.ends_with("/d40/leaf.txt") && *kind == EntryKind::File,
+        "{last}"
+    );
+    let mut all = 0;
+    sendense_fs::walk(&mut *fs, &FsPath::root(), &mut |_, _| {
+        all += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(all, 11 + DEPTH + 1 + 1, "the tree and lost+found");
+}

@@ -14,5 +14,6 @@ mod bad_input;
 mod common;
 mod ext4;
 mod fat;
+mod lvm;
 mod ntfs;
 mod tables;
