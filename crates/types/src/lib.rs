@@ -12,10 +12,12 @@
 //! - [`api`]: requests (validated while deserialized, unknown fields refused), responses and the
 //!   client's `--json` summary.
 //! - [`retention`]: protected points, prune, verification state.
+//! - [`instant`]: instant recovery (writable exports over scratch overlays of a point).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod error;
+pub mod instant;
 pub mod jobs;
 pub mod names;
 pub mod retention;
@@ -28,6 +30,7 @@ pub use api::{
     StartBackupRequest, VcenterTrust, Vm, VmUsage, error_codes,
 };
 pub use error::TypesError;
+pub use instant::{InstantDisk, InstantId, InstantList, InstantRecovery, InstantState};
 pub use jobs::{
     Agent, AgentCredential, AgentEnrollment, AgentJob, AgentList, AgentState, BackupNowRequest,
     CreateAgentRequest, EnrollRequest, EnrollResponse, FinishJobRequest, HeartbeatProgress,
