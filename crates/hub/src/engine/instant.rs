@@ -130,7 +130,7 @@ impl Engine {
         let free = self.free_bytes()?;
         if needed > free {
             return Err(HubError::SpaceShort {
-                vm: record.vm_name.clone(),
+                vm: record.vm_name,
                 needed,
                 free,
                 reserve: 0,
@@ -185,7 +185,7 @@ impl Engine {
             instant_id.clone(),
             OpenInstant {
                 backup_id: id.clone(),
-                vm_name: record.vm_name.clone(),
+                vm_name: record.vm_name,
                 disks,
                 error: None,
             },
