@@ -116,11 +116,35 @@ pub enum CtlCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Instant recovery: run a VM straight from a restore point through writable NBD exports
+    /// over scratch overlays (the point never changes); list, start, discard.
+    #[command(subcommand)]
+    Instant(InstantCommand),
     /// The repository: capacity, used and free space, usage per VM, files the catalog does not
     /// know, and a warning when free space is low.
     Repository,
     /// The hub's metrics in Prometheus text format.
     Metrics,
+}
+
+/// `ctl instant ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum InstantCommand {
+    /// Every instant recovery: id, point, state, when it started.
+    List,
+    /// Start an instant recovery of a completed restore point: prints one writable `nbds://`
+    /// URI per disk (a guest boots from it; it survives a hub restart).
+    Start {
+        /// The backup id of the point.
+        backup_id: String,
+    },
+    /// Discard an instant recovery: close its exports and remove its scratch overlays, with
+    /// everything its guest wrote (copy it out first with `sendense-client restore
+    /// --from-instant ID` to keep it).
+    Discard {
+        /// The instant recovery's id.
+        id: String,
+    },
 }
 
 /// What `ctl` prints, and whether the command's outcome was a failure (a verification that
@@ -626,6 +650,16 @@ fn plan(command: &CtlCommand) -> Result<Plan, ClientError> {
             format!("/api/v1/backups/{}/verify", segment(id)),
             json!({}),
         )),
+        CtlCommand::Instant(InstantCommand::List) => one(Step::get("/api/v1/instant".into())),
+        CtlCommand::Instant(InstantCommand::Start { backup_id }) => one(Step::post(
+            format!("/api/v1/backups/{}/instant", segment(backup_id)),
+            json!({}),
+        )),
+        CtlCommand::Instant(InstantCommand::Discard { id }) => one(Step {
+            method: Method::DELETE,
+            path: format!("/api/v1/instant/{}", segment(id)),
+            body: None,
+        }),
         CtlCommand::Repository => one(Step::get("/api/v1/repository".into())),
         CtlCommand::Metrics => one(Step::get("/api/v1/metrics".into())),
     }
@@ -941,6 +975,30 @@ fn render(command: &CtlCommand, answer: &Value, args: &CtlArgs) -> String {
             );
         }
         CtlCommand::Verify { id, wait: true } => render_verification(&mut out, id, answer),
+        CtlCommand::Instant(InstantCommand::List) => table(
+            &mut out,
+            &answer["instants"],
+            &["instant_id", "backup_id", "state", "created_at"],
+        ),
+        CtlCommand::Instant(InstantCommand::Start { .. }) => {
+            let _ = writeln!(
+                out,
+                "Instant recovery {} of {} started:",
+                text(&answer["instant_id"]),
+                text(&answer["backup_id"])
+            );
+            for disk in answer["disks"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  disk {}: {}",
+                    text(&disk["disk_key"]),
+                    text(&disk["nbd_uri"])
+                );
+            }
+        }
+        CtlCommand::Instant(InstantCommand::Discard { id }) => {
+            let _ = writeln!(out, "Instant recovery {id} discarded");
+        }
         CtlCommand::Repository => render_repository(&mut out, answer),
         CtlCommand::Metrics => out.push_str(answer.as_str().unwrap_or_default()),
         _ => fields(&mut out, answer),
@@ -1164,6 +1222,29 @@ mod tests {
                 Some(json!({"protected": false})),
                 "/api/v1/vms/web01/backup"
             )
+        );
+    }
+
+    #[test]
+    fn instant_list_start_and_discard_call_the_instant_routes() {
+        let list = steps(&["instant", "list"]);
+        let start = steps(&["instant", "start", "backup-web01-20261124T235901-3fa9c2"]);
+        let discard = steps(&["instant", "discard", "instant-3fa9c2d41b07e588"]);
+
+        assert_eq!(
+            [list, start, discard],
+            [
+                vec![Step::get("/api/v1/instant".into())],
+                vec![Step::post(
+                    "/api/v1/backups/backup-web01-20261124T235901-3fa9c2/instant".into(),
+                    json!({})
+                )],
+                vec![Step {
+                    method: Method::DELETE,
+                    path: "/api/v1/instant/instant-3fa9c2d41b07e588".into(),
+                    body: None,
+                }],
+            ]
         );
     }
 

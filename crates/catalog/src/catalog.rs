@@ -132,6 +132,7 @@ impl Catalog {
         crate::jobs::create_tables(&txn)?;
         crate::policies::create_tables(&txn)?;
         crate::maintenance::create_tables(&txn)?;
+        crate::instant::create_tables(&txn)?;
         txn.commit()?;
         Ok(Self { db })
     }

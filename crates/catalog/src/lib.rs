@@ -51,6 +51,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod instant;
 pub mod jobs;
 pub mod maintenance;
 pub mod policies;
@@ -58,6 +59,7 @@ pub mod record;
 
 pub use catalog::{Catalog, FILE_NAME, SCHEMA_VERSION};
 pub use error::{CatalogError, ErrorKind};
+pub use instant::{InstantDiskRecord, InstantRecord};
 pub use jobs::{AgentRecord, Claim, Enrollment, JobRecord};
 pub use maintenance::{MergeDisk, MergeKind, MergePhase, MergeStep};
 pub use policies::{CompletedBackup, PolicyRecord};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sendense_types::{AgentName, BackupId, BackupType, ChangeId, DiskKey, VmName};
+use sendense_types::{AgentName, BackupId, BackupType, ChangeId, DiskKey, InstantId, VmName};
 
 use crate::agent::{self, AgentOptions, EnrollOptions, VcenterRunner};
 
@@ -21,7 +21,7 @@ use crate::error::ClientError;
 use crate::files::{self, FilesTarget};
 use crate::hub::HubOptions;
 use crate::progress::{BarAwareStderr, LogProgress, Progress, TerminalProgress};
-use crate::restore::{self, RestoreFormat, RestoreOptions};
+use crate::restore::{self, RestoreFormat, RestoreFrom, RestoreOptions};
 use sendense_transfer::engine::TransferOptions;
 
 /// Sendense appliance client: back up a VM's disks into a Sendense hub, restore them, or run as
@@ -390,8 +390,13 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub hub: HubArgs,
     /// The backup (restore point), e.g. backup-web01-20261124T235901-3fa9c2.
-    #[arg(long, value_name = "ID")]
-    pub backup: String,
+    #[arg(long, value_name = "ID", required_unless_present = "from_instant")]
+    pub backup: Option<String>,
+    /// Copy out the current state of this instant recovery instead (the point plus what its
+    /// guest wrote: the "move to production" step; stop the guest first), e.g.
+    /// instant-3fa9c2d41b07e588. Its exports stay open.
+    #[arg(long, value_name = "ID", conflicts_with = "backup")]
+    pub from_instant: Option<String>,
     /// The disk's VMware key, e.g. 2000.
     #[arg(long, value_name = "KEY")]
     pub disk: u32,
@@ -760,11 +765,24 @@ fn round2(x: f64) -> serde_json::Value {
 }
 
 async fn run_restore(args: RestoreArgs) -> Result<String, ClientError> {
-    let backup_id = BackupId::try_from(args.backup.as_str()).map_err(|e| invalid("--backup", e))?;
+    let from = match (&args.backup, &args.from_instant) {
+        (_, Some(instant)) => RestoreFrom::Instant(
+            InstantId::try_from(instant.as_str()).map_err(|e| invalid("--from-instant", e))?,
+        ),
+        (Some(backup), None) => RestoreFrom::Backup(
+            BackupId::try_from(backup.as_str()).map_err(|e| invalid("--backup", e))?,
+        ),
+        (None, None) => {
+            return Err(invalid(
+                "--backup",
+                "name a restore point (--backup ID) or an instant recovery (--from-instant ID)",
+            ));
+        }
+    };
     let (progress, bars) = progress(args.json);
-    let mut options = RestoreOptions::new(
+    let mut options = RestoreOptions::reading(
         hub_options(&args.hub),
-        backup_id,
+        from,
         DiskKey(args.disk),
         args.to.clone(),
     );
@@ -783,6 +801,7 @@ async fn run_restore(args: RestoreArgs) -> Result<String, ClientError> {
     if args.json {
         Ok(serde_json::json!({
             "backup_id": s.backup_id,
+            "instant_id": s.instant_id,
             "disk_key": s.disk_key,
             "path": s.path,
             "size": s.size,
@@ -792,10 +811,13 @@ async fn run_restore(args: RestoreArgs) -> Result<String, ClientError> {
         })
         .to_string())
     } else {
+        let of = s.instant_id.as_ref().map_or_else(
+            || s.backup_id.to_string(),
+            |i| format!("instant recovery {i} (of {})", s.backup_id),
+        );
         Ok(format!(
-            "restored disk {} of {} into {}: {} bytes written in {:.1} s ({rate:.1} MB/s)",
+            "restored disk {} of {of} into {}: {} bytes written in {:.1} s ({rate:.1} MB/s)",
             s.disk_key,
-            s.backup_id,
             s.path.display(),
             s.bytes_written,
             s.seconds
@@ -1031,6 +1053,58 @@ mod tests {
         };
         assert_eq!(args.format, FormatArg::Qcow2);
         assert_eq!(args.disk, 2000);
+    }
+
+    fn restore_args(source: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec![
+            "sendense-client",
+            "restore",
+            "--hub",
+            "https://h:8443",
+            "--ca",
+            "ca.pem",
+            "--token-file",
+            "t",
+            "--disk",
+            "2000",
+            "--to",
+            "/tmp/x.raw",
+        ];
+        argv.extend_from_slice(source);
+        Cli::try_parse_from(argv)
+    }
+
+    #[test]
+    fn cli_restore_from_instant_parses() {
+        let cli = restore_args(&["--from-instant", "instant-3fa9c2d41b07e588"]).unwrap();
+
+        let Command::Restore(args) = cli.command else {
+            panic!("not restore")
+        };
+        assert_eq!(
+            (args.backup, args.from_instant.as_deref()),
+            (None, Some("instant-3fa9c2d41b07e588"))
+        );
+    }
+
+    #[test]
+    fn cli_restore_backup_and_from_instant_conflict() {
+        let err = restore_args(&[
+            "--backup",
+            "backup-web01-20261124T235901-3fa9c2",
+            "--from-instant",
+            "instant-3fa9c2d41b07e588",
+        ])
+        .unwrap_err();
+
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn cli_restore_without_backup_or_instant_is_refused() {
+        let err = restore_args(&[]).unwrap_err();
+
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 
     #[tokio::test]

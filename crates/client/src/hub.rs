@@ -24,7 +24,8 @@ use sendense_types::jobs::{
 use sendense_types::{
     AgentName, ApiError, Backup, BackupId, BackupQuery, Chain, CompleteBackupRequest, Credential,
     CredentialName, CredentialRequest, DiskKey, DiskPartitions, FailBackupRequest, FileListing,
-    FilesQuery, Health, JobId, RegisterVmRequest, RestoreExports, StartBackupRequest, Vm, VmName,
+    FilesQuery, Health, InstantId, InstantRecovery, JobId, RegisterVmRequest, RestoreExports,
+    StartBackupRequest, Vm, VmName,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -438,6 +439,24 @@ impl HubClient {
             length,
             partial,
         })
+    }
+
+    /// `POST /api/v1/backups/{id}/instant`: starts an instant recovery of a completed point.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn start_instant(&self, id: &BackupId) -> Result<InstantRecovery, ClientError> {
+        let path = format!("/api/v1/backups/{id}/instant");
+        self.call(Method::POST, &path, None::<&()>).await
+    }
+
+    /// `GET /api/v1/instant/{id}`: one instant recovery, with its writable exports.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn instant(&self, id: &InstantId) -> Result<InstantRecovery, ClientError> {
+        let path = format!("/api/v1/instant/{id}");
+        self.call(Method::GET, &path, None::<&()>).await
     }
 
     /// `POST /api/v1/agents/enroll` (no bearer token): the one-time enrollment token and the

@@ -1,11 +1,16 @@
-//! `sendense-client restore`: one disk of a restore point, from the hub into a local image.
+//! `sendense-client restore`: one disk of a restore point, or of an instant recovery's current
+//! state, from the hub into a local image.
 //!
-//! Opens the backup's read-only exports (`POST /api/v1/backups/{id}/exports`), reads the disk
+//! From a restore point ([`RestoreFrom::Backup`]) it opens the backup's read-only exports
+//! (`POST /api/v1/backups/{id}/exports`) and closes them at the end, also when something
+//! failed. From an instant recovery ([`RestoreFrom::Instant`], `--from-instant`: the "move to
+//! production" step) it reads the instant's writable export of the disk as it stands
+//! (`GET /api/v1/instant/{id}`), the guest's writes included, and leaves it open: stop the
+//! guest first so its disk holds still while it is copied. Either way it reads the disk
 //! with N NBD connections ([`NbdSource`]: block status skips holes and zero extents), and
 //! writes through the same transfer engine as a backup (a full: zero runs are not written)
 //! into a sparse raw file or a QCOW2 image made by `sendense-qcow2`. The image is built under
-//! `<to>.partial` and renamed onto `<to>` only when complete. The exports are closed at the end,
-//! also when something failed.
+//! `<to>.partial` and renamed onto `<to>` only when complete.
 //!
 //! Writes, zeroing and flushes run on tokio's blocking pool. A write takes the engine's
 //! page-aligned request buffer as it is ([`Payload`], no copy), so that both formats write
@@ -19,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sendense_qcow2::{CreateOptions, FileStorage, Image, Storage};
-use sendense_types::{BackupId, DiskKey};
+use sendense_types::{BackupId, DiskKey, InstantId, RestoreDisk, RestoreExports};
 use tracing::{Instrument, info, info_span, warn};
 
 use sendense_transfer::TransferError;
@@ -43,13 +48,32 @@ pub enum RestoreFormat {
     Qcow2,
 }
 
+/// What a restore reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// A restore point, through read-only exports opened for the restore and closed after it.
+    Backup(BackupId),
+    /// An instant recovery's current state (the point plus what its guest wrote), through its
+    /// writable exports, which stay open.
+    Instant(InstantId),
+}
+
+impl fmt::Display for RestoreFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Backup(id) => id.fmt(f),
+            Self::Instant(id) => id.fmt(f),
+        }
+    }
+}
+
 /// Everything `restore` needs.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     /// The hub.
     pub hub: HubOptions,
-    /// The restore point.
-    pub backup_id: BackupId,
+    /// What to read.
+    pub from: RestoreFrom,
     /// The disk to restore.
     pub disk: DiskKey,
     /// The image to write (must not exist).
@@ -63,12 +87,31 @@ pub struct RestoreOptions {
 }
 
 impl RestoreOptions {
-    /// Options with defaults: raw, default transfer options, no progress display.
+    /// Options restoring from the restore point `backup_id`, with defaults: raw, default
+    /// transfer options, no progress display.
     #[must_use]
     pub fn new(hub: HubOptions, backup_id: BackupId, disk: DiskKey, to: PathBuf) -> Self {
+        Self::reading(hub, RestoreFrom::Backup(backup_id), disk, to)
+    }
+
+    /// Options copying the current state of the instant recovery `instant_id` out, with the
+    /// defaults of [`RestoreOptions::new`].
+    #[must_use]
+    pub fn from_instant(
+        hub: HubOptions,
+        instant_id: InstantId,
+        disk: DiskKey,
+        to: PathBuf,
+    ) -> Self {
+        Self::reading(hub, RestoreFrom::Instant(instant_id), disk, to)
+    }
+
+    /// Options reading `from`, with the defaults of [`RestoreOptions::new`].
+    #[must_use]
+    pub fn reading(hub: HubOptions, from: RestoreFrom, disk: DiskKey, to: PathBuf) -> Self {
         Self {
             hub,
-            backup_id,
+            from,
             disk,
             to,
             format: RestoreFormat::Raw,
@@ -81,8 +124,10 @@ impl RestoreOptions {
 /// What a restore did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestoreSummary {
-    /// The restore point.
+    /// The restore point (for an instant recovery, the point it runs from).
     pub backup_id: BackupId,
+    /// The instant recovery copied out, if it was one.
+    pub instant_id: Option<InstantId>,
     /// The disk.
     pub disk_key: DiskKey,
     /// The image written.
@@ -114,7 +159,7 @@ pub async fn run_until(
     options: RestoreOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RestoreSummary, ClientError> {
-    let span = info_span!("restore", backup_id = %options.backup_id, disk_key = options.disk.get());
+    let span = info_span!("restore", from = %options.from, disk_key = options.disk.get());
     run_inner(options, shutdown).instrument(span).await
 }
 
@@ -131,7 +176,24 @@ async fn run_inner(
         .into());
     }
     let hub = HubClient::new(&options.hub)?;
-    let exports = hub.open_restore_exports(&options.backup_id).await?;
+    let (backup_id, instant_id, exports) = match &options.from {
+        RestoreFrom::Backup(id) => (id.clone(), None, hub.open_restore_exports(id).await?),
+        RestoreFrom::Instant(id) => {
+            let instant = hub.instant(id).await?;
+            let exports = RestoreExports {
+                disks: instant
+                    .disks
+                    .into_iter()
+                    .map(|d| RestoreDisk {
+                        disk_key: d.disk_key,
+                        export_name: d.export_name,
+                        nbd_uri: d.nbd_uri,
+                    })
+                    .collect(),
+            };
+            (instant.backup_id, Some(id.clone()), exports)
+        }
+    };
     // A shutdown already asked for wins (see `backup::finish_started`).
     let result = tokio::select! {
         biased;
@@ -141,12 +203,16 @@ async fn run_inner(
     if result.is_err() {
         let _ = std::fs::remove_file(partial_path(&options.to));
     }
-    if let Err(e) = hub.close_restore_exports(&options.backup_id).await {
+    // An instant recovery's exports are its guest's: they stay open.
+    if let RestoreFrom::Backup(id) = &options.from
+        && let Err(e) = hub.close_restore_exports(id).await
+    {
         warn!(error = %e, "closing the restore exports failed");
     }
     let (size, bytes_written) = result?;
     Ok(RestoreSummary {
-        backup_id: options.backup_id,
+        backup_id,
+        instant_id,
         disk_key: options.disk,
         path: options.to,
         size,
@@ -158,7 +224,7 @@ async fn run_inner(
 async fn restore_disk(
     hub: &HubClient,
     options: &RestoreOptions,
-    exports: &sendense_types::RestoreExports,
+    exports: &RestoreExports,
 ) -> Result<(u64, u64), ClientError> {
     let disk = exports
         .disks
@@ -166,7 +232,7 @@ async fn restore_disk(
         .find(|d| d.disk_key == options.disk)
         .ok_or(ClientError::DiskMismatch {
             disk_key: options.disk.get(),
-            reason: "the backup has no such disk",
+            reason: "the backup (or instant recovery) has no such disk",
         })?;
     let uri = NbdUri::parse(&disk.nbd_uri)?;
     let tls = uri.tls.then(|| hub.nbd_tls());

@@ -22,9 +22,9 @@ use sendense_types::jobs::PolicyRequest;
 use sendense_types::{
     AgentName, ApiError, BackupId, BackupNowRequest, BackupQuery, CompleteBackupRequest,
     CreateAgentRequest, CredentialName, CredentialRequest, DiskKey, EnrollRequest,
-    FailBackupRequest, FilesQuery, FinishJobRequest, Health, HeartbeatRequest, JobId, JobQuery,
-    NextJobQuery, PolicyName, PruneRequest, RegisterVmRequest, StartBackupRequest, Timestamp,
-    UpdateBackupRequest, VmName,
+    FailBackupRequest, FilesQuery, FinishJobRequest, Health, HeartbeatRequest, InstantId, JobId,
+    JobQuery, NextJobQuery, PolicyName, PruneRequest, RegisterVmRequest, StartBackupRequest,
+    Timestamp, UpdateBackupRequest, VmName,
 };
 use serde::de::DeserializeOwned;
 
@@ -110,6 +110,12 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/backups/{id}/exports",
             post(open_exports).delete(close_exports),
+        )
+        .route("/api/v1/backups/{id}/instant", post(start_instant))
+        .route("/api/v1/instant", get(list_instants))
+        .route(
+            "/api/v1/instant/{id}",
+            get(get_instant).delete(discard_instant),
         )
         .route(
             "/api/v1/credentials",
@@ -672,6 +678,35 @@ async fn close_exports(
     let id: BackupId = parse("backup id", &id)?;
     s.engine.close_restore(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn start_instant(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    let instant = blocking(move || s.engine.start_instant(&id)).await?;
+    Ok((StatusCode::CREATED, Json(instant)))
+}
+
+async fn list_instants(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(blocking(move || s.engine.instants()).await?))
+}
+
+async fn get_instant(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: InstantId = parse("instant recovery id", &id)?;
+    Ok(Json(blocking(move || s.engine.instant(&id)).await?))
+}
+
+async fn discard_instant(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: InstantId = parse("instant recovery id", &id)?;
+    Ok(Json(s.engine.discard_instant(&id).await?))
 }
 
 async fn put_credential(

@@ -14,7 +14,8 @@
 //! token.
 //!
 //! Shutdown stops the API, fails running backups (chain untouched, partial
-//! images removed), closes restore exports, then stops the NBD server; each
+//! images removed), closes restore exports and instant recovery exports (their overlays
+//! flushed and kept for the next start), then stops the NBD server; each
 //! step has a deadline, so the hub ends within [`SHUTDOWN_LIMIT`] whatever
 //! its peers do.
 
@@ -288,6 +289,13 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
             unknown_files = report.unknown_files.len(),
             "reconciled the repository with the catalog"
         );
+    }
+
+    // Instant recoveries come back under the same export names before the NBD port serves,
+    // so their guests reconnect to the same URIs.
+    let instants = engine.reopen_instants()?;
+    if instants > 0 {
+        tracing::info!(instants, "instant recoveries opened again");
     }
 
     let agents = Arc::new(Agents::new(Arc::clone(&catalog), tls_dir));

@@ -67,6 +67,9 @@ mod digests;
 mod files;
 
 pub use files::{ContentBody, ContentShape, FileContent, MAX_DOWNLOADS, STALL_LIMIT};
+mod instant;
+
+pub use instant::INSTANT_DIR;
 
 /// Folder of the repository inside the data folder.
 pub const REPOSITORY_DIR: &str = "repository";
@@ -138,8 +141,10 @@ struct Live {
     restores: HashMap<BackupId, Vec<(DiskKey, ExportName)>>,
     /// The vCenter snapshot each running backup reads from (`record_snapshot`).
     snapshots: HashMap<BackupId, String>,
-    /// Backups being deleted: no restore exports may open meanwhile.
+    /// Backups being deleted: no restore exports or instant recovery may open meanwhile.
     deleting: HashSet<BackupId>,
+    /// Instant recoveries this process holds (open, or unavailable since the start).
+    instants: HashMap<sendense_types::InstantId, instant::OpenInstant>,
     /// Shutdown has begun: no new backup starts.
     closing: bool,
 }
@@ -206,6 +211,9 @@ pub struct Engine {
     chain_locks: Arc<ChainLocks>,
     /// Permits of the file downloads streaming now ([`MAX_DOWNLOADS`]).
     downloads: Arc<tokio::sync::Semaphore>,
+    /// Serializes the start and discard of instant recoveries (their catalog record, exports
+    /// and folder change together); held only by blocking code.
+    instant_ops: Mutex<()>,
 }
 
 impl Engine {
@@ -226,6 +234,7 @@ impl Engine {
             space: RepositoryConfig::default(),
             chain_locks: Arc::new(ChainLocks::default()),
             downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
+            instant_ops: Mutex::new(()),
         }
     }
 
@@ -1032,8 +1041,8 @@ impl Engine {
     /// nobody knows.
     ///
     /// # Errors
-    /// Unknown backup (404); dependants, a running backup or open restore
-    /// exports (409).
+    /// Unknown backup (404); dependants, a running backup, open restore
+    /// exports or an instant recovery of it (409).
     pub fn delete_backup(&self, id: &BackupId) -> Result<Backup, HubError> {
         let _chain = self.chain_locks.try_read(&id.vm_name())?;
         {
@@ -1044,6 +1053,11 @@ impl Engine {
                 });
             }
             live.deleting.insert(id.clone());
+        }
+        // An instant recovery starting from now on sees `deleting` and gives up.
+        if let Err(e) = self.refuse_instant_held(&id.vm_name(), std::slice::from_ref(id)) {
+            self.live().deleting.remove(id);
+            return Err(e);
         }
         let deleted = self.catalog.delete_backup(id);
         self.live().deleting.remove(id);
@@ -1398,6 +1412,7 @@ impl Engine {
         for id in restores {
             let _ = self.close_restore(&id).await;
         }
+        self.close_instants().await;
     }
 
     /// The API form of a record, with export names and progress while live.

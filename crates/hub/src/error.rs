@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use sendense_catalog::CatalogError;
 use sendense_types::{
-    AgentName, BackupId, BackupStatus, CredentialName, DiskKey, JobId, JobStatus, PolicyName,
-    VmName,
+    AgentName, BackupId, BackupStatus, CredentialName, DiskKey, InstantId, JobId, JobStatus,
+    PolicyName, VmName,
 };
 use sendense_vsphere::VsphereError;
 
@@ -131,6 +131,22 @@ pub enum HubError {
     Protected {
         /// The protected points asked for.
         backup_ids: Vec<BackupId>,
+    },
+    /// No instant recovery has that id.
+    #[error("Unknown instant recovery {instant_id}")]
+    InstantNotFound {
+        /// The id asked for.
+        instant_id: InstantId,
+    },
+    /// Instant recoveries read through these points: they cannot be removed or merged.
+    #[error(
+        "Restore points {backup_ids:?} are read by instant recovery {instant_ids:?}: discard it first (DELETE /api/v1/instant/{{id}})"
+    )]
+    InstantHeld {
+        /// The points asked for that an instant recovery reads.
+        backup_ids: Vec<BackupId>,
+        /// The instant recoveries reading them.
+        instant_ids: Vec<InstantId>,
     },
     /// No restore exports of this backup are open.
     #[error("Backup {backup_id} has no open restore exports")]
@@ -652,13 +668,15 @@ impl HubError {
                 C::Unauthorized => ErrorKind::Unauthorized,
                 _ => ErrorKind::Internal,
             },
-            Self::VmNotFound { .. } | Self::BackupNotFound { .. } | Self::NoExports { .. } => {
-                ErrorKind::NotFound
-            }
+            Self::VmNotFound { .. }
+            | Self::BackupNotFound { .. }
+            | Self::NoExports { .. }
+            | Self::InstantNotFound { .. } => ErrorKind::NotFound,
             Self::NoFullBackup { .. }
             | Self::WrongStatus { .. }
             | Self::NotLive { .. }
             | Self::ExportsOpen { .. }
+            | Self::InstantHeld { .. }
             | Self::ChainBusy { .. }
             | Self::Protected { .. }
             | Self::ChainTooLong { .. }

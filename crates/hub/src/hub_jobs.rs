@@ -34,9 +34,9 @@ use jiff::tz::TimeZone;
 use sendense_catalog::{Catalog, CatalogError, JobRecord};
 use sendense_prune::{Decision, Point};
 use sendense_types::{
-    Backup, BackupId, BackupQuery, BackupStatus, HeartbeatProgress, JobAccepted, JobId, JobKind,
-    JobProgress, JobQuery, JobStatus, PolicyName, PruneAnswer, PruneRequest, Retention, Timestamp,
-    UpdateBackupRequest, VerificationState, VmName,
+    Backup, BackupId, BackupQuery, BackupStatus, HeartbeatProgress, InstantId, JobAccepted, JobId,
+    JobKind, JobProgress, JobQuery, JobStatus, PolicyName, PruneAnswer, PruneRequest, Retention,
+    Timestamp, UpdateBackupRequest, VerificationState, VmName,
 };
 use tokio::sync::{Notify, watch};
 
@@ -432,6 +432,8 @@ impl HubJobs {
             reason: "a prune job names its VM",
         })?;
         let (mut todo, mut protected, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        let mut held: Vec<BackupId> = Vec::new();
+        let mut held_by: Vec<InstantId> = Vec::new();
         for id in &job.remove {
             match self.catalog.backup(id)? {
                 Some(r) if r.protected => protected.push(id.clone()),
@@ -454,6 +456,15 @@ impl HubJobs {
                     todo.retain(|id| !backup_ids.contains(id));
                     protected.extend(backup_ids);
                 }
+                // Read by an instant recovery: skipped, naming it.
+                Err(HubError::InstantHeld {
+                    backup_ids,
+                    instant_ids,
+                }) if backup_ids.iter().all(|id| todo.contains(id)) && !backup_ids.is_empty() => {
+                    todo.retain(|id| !backup_ids.contains(id));
+                    held.extend(backup_ids);
+                    held_by.extend(instant_ids);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -470,6 +481,14 @@ impl HubJobs {
         }
         if !gone.is_empty() {
             result.push_str(&format!("; skipped, already gone: {}", join(&gone)));
+        }
+        if !held.is_empty() {
+            let by: Vec<&str> = held_by.iter().map(InstantId::as_str).collect();
+            result.push_str(&format!(
+                "; skipped, read by instant recovery {}: {}",
+                by.join(", "),
+                join(&held)
+            ));
         }
         Ok(Outcome {
             status: JobStatus::Completed,

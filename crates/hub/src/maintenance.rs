@@ -38,7 +38,9 @@
 //! policy retries at its next run; a client can retry when the removal ends) rather than held
 //! for a merge of unknown length. Before touching files, a removal waits (up to
 //! [`Maintenance::with_wait`], one minute by default) for the VM's running backup and for
-//! restore exports open on any point of the VM to end, and otherwise fails naming them.
+//! restore exports open on any point of the VM to end, and otherwise fails naming them. A point
+//! an instant recovery reads (its point or one below it) is refused at once
+//! ([`HubError::InstantHeld`], naming the instant): an instant recovery may last for days.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -351,6 +353,7 @@ impl Maintenance {
     /// [`HubError::VmNotFound`], [`HubError::BackupNotFound`]; [`HubError::InvalidInput`]
     /// for a point of another VM; [`HubError::WrongStatus`] for a point not completed;
     /// [`HubError::Protected`] naming protected points (nothing is removed);
+    /// [`HubError::InstantHeld`] naming the instant recoveries that read any of the points;
     /// [`HubError::ChainBusy`] when the VM's running backup, restore exports or chain lock
     /// holders do not end within the wait; image and repository errors (the step stays
     /// journalled and is rolled forward by the next removal of the VM or the next start).
@@ -415,6 +418,9 @@ impl Maintenance {
                 self.resume_step(&step)?;
             }
         }
+        // An instant recovery reads its point and every point below it: none of them may be
+        // merged or removed while it exists (it may last for days: refused, not waited for).
+        self.engine.refuse_instant_held(vm, ids)?;
         self.wait_idle(vm)?;
         let all = self.vm_backups(vm)?;
         let total: u64 = records

@@ -8,7 +8,7 @@ pub const DOCUMENT: &str = r##"{
   "info": {
     "title": "Sendense hub API",
     "version": "1",
-    "description": "Register VMs, run full and incremental backups into QCOW2 over NBD, list chains, open restore exports. Every call but /api/v1/health and /api/v1/agents/enroll needs 'Authorization: Bearer <token>': the admin token (DATA/api.token) may call all; an agent's token only its job poll, heartbeat and finish of its jobs, and the backup flow (others answer 403 forbidden). Errors are {error, message}."
+    "description": "Register VMs, run full and incremental backups into QCOW2 over NBD, list chains, open restore exports, run instant recoveries. Every call but /api/v1/health and /api/v1/agents/enroll needs 'Authorization: Bearer <token>': the admin token (DATA/api.token) may call all; an agent's token only its job poll, heartbeat and finish of its jobs, and the backup flow (others answer 403 forbidden). Errors are {error, message}."
   },
   "components": {
     "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
@@ -106,6 +106,21 @@ pub const DOCUMENT: &str = r##"{
       "Chain": { "type": "object", "properties": {
         "vm_name": { "type": "string" },
         "backups": { "type": "array", "items": { "$ref": "#/components/schemas/Backup" } } } },
+      "InstantRecovery": { "type": "object", "required": ["instant_id", "backup_id", "vm_name", "created_at", "state", "disks"], "properties": {
+        "instant_id": { "type": "string", "pattern": "^instant-[0-9a-f]{16}$" },
+        "backup_id": { "type": "string" },
+        "vm_name": { "type": "string" },
+        "created_at": { "type": "string", "format": "date-time" },
+        "state": { "type": "string", "enum": ["open", "unavailable"], "description": "unavailable: the overlays could not be opened again at the hub's start (error says why); discard it" },
+        "error": { "type": "string" },
+        "disks": { "type": "array", "items": { "type": "object", "required": ["disk_key", "export_name", "nbd_uri", "overlay", "backing_file"], "properties": {
+          "disk_key": { "type": "integer" },
+          "export_name": { "type": "string" },
+          "nbd_uri": { "type": "string", "description": "nbds://HOST:PORT/EXPORT_NAME, writable, the same after a hub restart" },
+          "overlay": { "type": "string", "description": "The scratch overlay, relative to the hub's data folder" },
+          "backing_file": { "type": "string", "description": "The point's image it reads through, relative to DATA/repository" } } } } } },
+      "InstantList": { "type": "object", "properties": {
+        "instants": { "type": "array", "items": { "$ref": "#/components/schemas/InstantRecovery" } } } },
       "RestoreExports": { "type": "object", "properties": {
         "disks": { "type": "array", "items": { "type": "object", "properties": {
           "disk_key": { "type": "integer" }, "export_name": { "type": "string" }, "nbd_uri": { "type": "string" } } } } } },
@@ -327,6 +342,23 @@ pub const DOCUMENT: &str = r##"{
         "responses": { "200": { "description": "One export per disk", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RestoreExports" } } } },
           "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } },
       "delete": { "summary": "Close them", "responses": { "204": { "description": "Closed" }, "404": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/backups/{id}/instant": {
+      "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+      "post": { "summary": "Instant recovery: per disk of this completed point a scratch QCOW2 overlay in DATA/instant/<instant_id>/ (backing file: the point's image, named ../../repository/<file>) and one writable NBD export over it; the point never changes. Survives a hub restart under the same export names",
+        "responses": { "201": { "description": "Started", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/InstantRecovery" } } } },
+          "400": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" },
+          "507": { "description": "insufficient_storage: the overlays (a tenth of each disk's capacity) are estimated not to fit", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ApiError" } } } } } } },
+    "/api/v1/instant": {
+      "get": { "summary": "Every instant recovery, oldest first",
+        "responses": { "200": { "description": "The instant recoveries", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/InstantList" } } } } } } },
+    "/api/v1/instant/{id}": {
+      "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^instant-[0-9a-f]{16}$" } } ],
+      "get": { "summary": "One instant recovery",
+        "responses": { "200": { "description": "The instant recovery", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/InstantRecovery" } } } },
+          "400": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" } } },
+      "delete": { "summary": "Discard: close the exports (connections drained up to a deadline, then cut), remove the scratch overlays and everything the guest wrote; answers the discarded instant recovery",
+        "responses": { "200": { "description": "Discarded", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/InstantRecovery" } } } },
+          "400": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/credentials": {
       "post": { "summary": "Store vCenter credentials, encrypted at rest",
         "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CredentialRequest" } } } },
@@ -418,6 +450,9 @@ mod tests {
             "/api/v1/backups/{id}/snapshot",
             "/api/v1/backups/chain/{vm_name}",
             "/api/v1/backups/{id}/exports",
+            "/api/v1/backups/{id}/instant",
+            "/api/v1/instant",
+            "/api/v1/instant/{id}",
             "/api/v1/credentials",
             "/api/v1/credentials/{name}/session",
             "/api/v1/repository",

@@ -138,6 +138,22 @@ impl Image {
         Self::open_layer(path, path, opts.writable, 0, &mut chain)
     }
 
+    /// Opens the image at `path` as [`Image::open`] does, except that its own backing file name
+    /// is the caller's choice and is not checked against `opts.backing`, as [`Image::create`]
+    /// treats it: for images the caller wrote itself (the hub's instant-recovery overlays name
+    /// a restore point's image in the repository by a relative path with `..`). The policy
+    /// governs every name below that backing file, relative to the backing file's folder; the
+    /// caller checks that the backing file is the one it meant ([`Backing::path`]).
+    ///
+    /// # Errors
+    /// As [`Image::open`].
+    pub fn open_trusting_backing(path: &Path, opts: &OpenOptions) -> Result<Self, Qcow2Error> {
+        let limit = opts.max_chain_depth.min(MAX_CHAIN_DEPTH);
+        let mut chain = FileChain::new(path, limit, opts.backing);
+        chain.trust_first = true;
+        Self::open_layer(path, path, opts.writable, 0, &mut chain)
+    }
+
     /// Opens an image held in `storage` with its backing chain taken from `folder` by the
     /// names the images store, under `opts.backing`: for tests and fuzzing. Backing files
     /// are read-only copies; [`Image::commit`] is not available on such a chain.

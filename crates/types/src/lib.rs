@@ -13,11 +13,13 @@
 //!   client's `--json` summary.
 //! - [`retention`]: protected points, prune, verification state.
 //! - [`files`]: file-level restore (partitions, listings).
+//! - [`instant`]: instant recovery (writable exports over scratch overlays of a point).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod error;
 pub mod files;
+pub mod instant;
 pub mod jobs;
 pub mod names;
 pub mod retention;
@@ -31,6 +33,7 @@ pub use api::{
 };
 pub use error::TypesError;
 pub use files::{DiskPartitions, FileEntry, FileListing, FilesQuery, PartitionInfo};
+pub use instant::{InstantDisk, InstantId, InstantList, InstantRecovery, InstantState};
 pub use jobs::{
     Agent, AgentCredential, AgentEnrollment, AgentJob, AgentList, AgentState, BackupNowRequest,
     CreateAgentRequest, EnrollRequest, EnrollResponse, FinishJobRequest, HeartbeatProgress,

@@ -8,6 +8,8 @@ mod hub_api;
 #[cfg(test)]
 mod image_tools;
 #[cfg(test)]
+mod instant;
+#[cfg(test)]
 mod jobs;
 #[cfg(test)]
 mod lifecycle;
