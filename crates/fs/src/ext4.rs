@@ -66,7 +66,7 @@ impl Reader {
     }
 
     /// Copies `dst` from the window when it holds all of it.
-    fn from_window(&self, start: u64, dst: &mut [u8]) -> bool {
+    fn copy_window(&self, start: u64, dst: &mut [u8]) -> bool {
         let Some(from) = start
             .checked_sub(self.window_start)
             .and_then(|o| usize::try_from(o).ok())
@@ -91,7 +91,7 @@ impl Ext4Read for Reader {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
         let sequential = start_byte == self.last_end;
         self.last_end = start_byte.saturating_add(dst.len() as u64);
-        if self.from_window(start_byte, dst) {
+        if self.copy_window(start_byte, dst) {
             return Ok(());
         }
         let left = self.volume.size().saturating_sub(start_byte);
@@ -105,7 +105,7 @@ impl Ext4Read for Reader {
             return Err(e.into());
         }
         self.window_start = start_byte;
-        let copied = self.from_window(start_byte, dst);
+        let copied = self.copy_window(start_byte, dst);
         debug_assert!(copied, "the window was just filled from this offset");
         Ok(())
     }
@@ -409,7 +409,7 @@ mod tests {
     #[test]
     fn sequential_block_reads_are_served_from_one_read_ahead_window_and_others_go_through() {
         let size = 3 * READ_AHEAD + 12_288;
-        let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let bytes: Vec<u8> = (0..size).map(|i| u8::try_from(i % 251).unwrap()).collect();
         let disk = Arc::new(Counting(
             bytes.clone(),
             std::sync::atomic::AtomicUsize::new(0),
