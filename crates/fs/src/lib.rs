@@ -3,11 +3,15 @@
 //!
 //! A disk is anything that reads at an offset ([`BlockRead`]); the hub hands in a restore
 //! point's QCOW2 chain. [`partitions`] reads its partition table (GPT, or MBR with logical
-//! partitions) and names the file system found in each; [`open`] opens one of them (or the
-//! whole disk when it has no table) behind the one [`FileSystem`] trait.
+//! partitions; LVM2 linear logical volumes on its physical volumes follow from
+//! [`FIRST_LV_INDEX`]) and names the file system found in each; [`open`] opens one of them (or
+//! the whole disk when it has no table) behind the one [`FileSystem`] trait: ext2/3/4
+//! (`ext4-view`), NTFS (`ntfs`), FAT12/16/32 (`fatfs`). [`walk`] visits a folder's tree.
 //!
 //! Everything here reads bytes an attacker may have written: every size is checked, memory is
-//! bounded ([`limits`]), and a damaged image answers an [`FsError`], never a panic.
+//! bounded ([`limits`]), and a damaged image answers an [`FsError`], never a panic: the
+//! third-party readers run under one `catch_unwind` (module `guard`) that turns a panic of
+//! theirs into [`FsError::Corrupt`] and refuses further calls on that open file system.
 
 mod error;
 mod ext4;

@@ -331,6 +331,11 @@ fn is_mounted(mnt: &Path) -> bool {
 /// An NTFS image of `size` bytes made by `mkntfs` and filled from `tree` through an
 /// `ntfs-3g` FUSE mount (`cp -a`, sparse files kept sparse). Needs root and /dev/fuse.
 pub(crate) fn mkfs_ntfs(img: &Path, tree: &Path, size: u64) {
+    mkfs_ntfs_then(img, tree, size, |_| {});
+}
+
+/// As [`mkfs_ntfs`], then runs `more` on the mount point before unmounting.
+pub(crate) fn mkfs_ntfs_then(img: &Path, tree: &Path, size: u64, more: impl FnOnce(&Path)) {
     need("mkntfs", "ntfs-3g");
     need("ntfs-3g", "ntfs-3g");
     blank(img, size);
@@ -362,6 +367,7 @@ pub(crate) fn mkfs_ntfs(img: &Path, tree: &Path, size: u64) {
         .args(["-a", "--sparse=always"])
         .arg(src)
         .arg(&mnt));
+    more(&mnt);
     drop(mounted);
     assert!(
         !is_mounted(&mnt),
