@@ -22,6 +22,15 @@ command -v nbdkit >/dev/null || need_pkgs+=(nbdkit)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v cc >/dev/null || need_pkgs+=(build-essential)
 command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+# The instant recovery boot test (tests/e2e/instant.rs): a tiny Linux disk booted by QEMU.
+command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+command -v extlinux >/dev/null || need_pkgs+=(extlinux)
+[ -f /usr/lib/syslinux/mbr/mbr.bin ] || [ -f /usr/lib/SYSLINUX/mbr.bin ] || need_pkgs+=(syslinux-common)
+busybox --list 2>/dev/null | grep -qx insmod || need_pkgs+=(busybox-static)
+command -v cpio >/dev/null || need_pkgs+=(cpio)
+command -v sfdisk >/dev/null || need_pkgs+=(fdisk)
+command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
+ls /boot/vmlinuz-* >/dev/null 2>&1 || need_pkgs+=(linux-image-amd64)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   step "installing ${need_pkgs[*]}"
   if [ "$(id -u)" != 0 ]; then
@@ -32,7 +41,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit systemd-analyze; do
+for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit systemd-analyze qemu-system-x86_64 extlinux busybox cpio sfdisk mkfs.ext4; do
   command -v "$t" >/dev/null || { echo "error: $t still missing after install" >&2; exit 1; }
 done
 
