@@ -9,6 +9,7 @@ mod chain;
 mod concurrency;
 #[cfg(test)]
 mod credentials;
+mod instant;
 #[cfg(test)]
 mod model;
 #[cfg(test)]
