@@ -9,6 +9,7 @@ mod chain;
 mod concurrency;
 #[cfg(test)]
 mod credentials;
+#[cfg(test)]
 mod instant;
 #[cfg(test)]
 mod model;
