@@ -30,6 +30,13 @@ command -v mcopy >/dev/null || need_pkgs+=(mtools)
 command -v sgdisk >/dev/null || need_pkgs+=(gdisk)
 command -v sfdisk >/dev/null || need_pkgs+=(fdisk)
 command -v pvcreate >/dev/null || need_pkgs+=(lvm2)
+# The instant recovery boot test (tests/e2e/instant.rs): a tiny Linux disk booted by QEMU.
+command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+command -v extlinux >/dev/null || need_pkgs+=(extlinux)
+[ -f /usr/lib/syslinux/mbr/mbr.bin ] || [ -f /usr/lib/SYSLINUX/mbr.bin ] || need_pkgs+=(syslinux-common)
+busybox --list 2>/dev/null | grep -qx insmod || need_pkgs+=(busybox-static)
+command -v cpio >/dev/null || need_pkgs+=(cpio)
+ls /boot/vmlinuz-* >/dev/null 2>&1 || need_pkgs+=(linux-image-amd64)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   step "installing ${need_pkgs[*]}"
   if [ "$(id -u)" != 0 ]; then
@@ -40,7 +47,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit systemd-analyze mkfs.ext4 mkntfs ntfs-3g mkfs.fat mcopy sgdisk sfdisk pvcreate losetup; do
+for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit systemd-analyze mkfs.ext4 debugfs mkswap mkntfs ntfs-3g mkfs.fat mcopy sgdisk sfdisk pvcreate losetup qemu-system-x86_64 extlinux busybox cpio; do
   command -v "$t" >/dev/null || { echo "error: $t still missing after install" >&2; exit 1; }
 done
 

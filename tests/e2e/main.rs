@@ -23,6 +23,8 @@ mod image_cli;
 #[cfg(test)]
 mod image_serve;
 #[cfg(test)]
+mod instant;
+#[cfg(test)]
 mod lifecycle;
 #[cfg(test)]
 mod merge_crash;

@@ -10,6 +10,8 @@ mod concurrency;
 #[cfg(test)]
 mod credentials;
 #[cfg(test)]
+mod instant;
+#[cfg(test)]
 mod model;
 #[cfg(test)]
 mod persistence;

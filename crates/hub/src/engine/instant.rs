@@ -163,33 +163,48 @@ impl Engine {
         let registered = sync_dir(&dir)
             .and_then(|()| sync_dir(&root))
             .and_then(|()| self.register_disks(&disks));
-        let committed = registered.and_then(|()| {
-            let live = self.live();
-            if live.deleting.contains(id) || live.closing {
-                return Err(HubError::BackupNotFound {
-                    backup_id: id.clone(),
-                });
-            }
-            drop(live);
-            Ok(self.catalog.create_instant(&instant)?)
-        });
-        if let Err(e) = committed {
-            for d in &disks {
-                drop(self.registry.remove(d.export_name.as_str()));
-            }
+        if let Err(e) = registered {
             drop(disks);
             remove_folder(&dir, &root);
             return Err(e);
         }
-        self.live().instants.insert(
-            instant_id.clone(),
-            OpenInstant {
-                backup_id: id.clone(),
-                vm_name: record.vm_name,
-                disks,
-                error: None,
-            },
-        );
+        // Held from here on: a deletion of the point that begins now sees the instant, and one
+        // that began before is seen here (both under `live`).
+        let refused = {
+            let mut live = self.live();
+            if live.deleting.contains(id) || live.closing {
+                Some(disks)
+            } else {
+                live.instants.insert(
+                    instant_id.clone(),
+                    OpenInstant {
+                        backup_id: id.clone(),
+                        vm_name: record.vm_name,
+                        disks,
+                        error: None,
+                    },
+                );
+                None
+            }
+        };
+        let committed = match refused {
+            Some(disks) => {
+                self.unregister(&disks);
+                Err(HubError::BackupNotFound {
+                    backup_id: id.clone(),
+                })
+            }
+            None => self.catalog.create_instant(&instant).map_err(|e| {
+                if let Some(open) = self.live().instants.remove(&instant_id) {
+                    self.unregister(&open.disks);
+                }
+                HubError::from(e)
+            }),
+        };
+        if let Err(e) = committed {
+            remove_folder(&dir, &root);
+            return Err(e);
+        }
         tracing::info!(instant_id = %instant_id, backup_id = %id, disks = instant.disks.len(), "instant recovery started");
         Ok(self.instant_answer(&instant, InstantState::Open, None))
     }
@@ -254,6 +269,13 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Withdraws each disk's export (without waiting: nobody was told its name yet).
+    fn unregister(&self, disks: &[OpenDisk]) {
+        for d in disks {
+            drop(self.registry.remove(d.export_name.as_str()));
+        }
     }
 
     /// Every instant recovery, oldest first.

@@ -371,3 +371,43 @@ async fn instant_survives_a_hub_restart_with_the_same_export_and_the_guest_write
     assert!(!overlay.exists());
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instant_whose_overlay_is_lost_comes_back_unavailable_still_holds_and_discards() {
+    let hub = Hub::start().await;
+    let (_full, inc) = chain(&hub, "lost").await;
+    let instant = started(&hub, &inc).await;
+    let overlay = overlay_path(&hub, &instant);
+    let data = hub.stop().await;
+    std::fs::remove_file(&overlay).unwrap();
+
+    let hub = Hub::start_in(data, Duration::from_secs(600)).await;
+
+    let one: InstantRecovery = hub
+        .get_as(&format!("/api/v1/instant/{}", instant.instant_id))
+        .await;
+    assert_eq!(one.state, InstantState::Unavailable, "{one:?}");
+    assert!(one.error.is_some(), "{one:?}");
+    let (del_st, del_body) = hub
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/backups/{}", inc.backup_id),
+            None,
+        )
+        .await;
+    assert_eq!(del_st, StatusCode::CONFLICT, "{del_body}");
+    assert_eq!(
+        discard(&hub, instant.instant_id.as_str()).await.0,
+        StatusCode::OK
+    );
+    assert!(!overlay.parent().unwrap().exists());
+    let (del_st, del_body) = hub
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/backups/{}", inc.backup_id),
+            None,
+        )
+        .await;
+    assert_eq!(del_st, StatusCode::OK, "{del_body}");
+    hub.stop().await;
+}
