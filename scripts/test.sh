@@ -46,6 +46,11 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  # The distribution's qemu-system-x86 replaces a newer qemu-utils (a backport) that is not its
+  # version: put the distribution's qemu-utils back (the tests work with QEMU 7.2 and later).
+  if ! command -v qemu-img >/dev/null; then
+    apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+  fi
 fi
 for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit systemd-analyze mkfs.ext4 debugfs mkswap mkntfs ntfs-3g mkfs.fat mcopy sgdisk sfdisk pvcreate losetup qemu-system-x86_64 extlinux busybox cpio; do
   command -v "$t" >/dev/null || { echo "error: $t still missing after install" >&2; exit 1; }
