@@ -55,6 +55,7 @@ mod smoke {
         let mut opts = Options::new(32 << 20);
         opts.bin_dir = Some(bin_dir());
         opts.sparse_virtual = 256 << 20;
+        opts.instant_runtime_secs = 1;
 
         let report = sendense_bench::run(&opts).unwrap();
 
@@ -76,6 +77,9 @@ mod smoke {
                 "memory",
                 "memory",
                 "nbd-tls-cost",
+                "instant",
+                "instant",
+                "instant",
                 "ingest",
                 "incremental",
                 "restore",
@@ -93,7 +97,7 @@ mod smoke {
             report.render()
         );
         assert!(report.rows.iter().all(|r| r.ratio.is_some()));
-        assert_eq!(Scenario::ALL.len(), 10);
+        assert_eq!(Scenario::ALL.len(), 11);
     }
 
     #[test]
