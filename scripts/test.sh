@@ -19,6 +19,7 @@ command -v qemu-nbd >/dev/null || need_pkgs+=(qemu-utils)
 command -v nbdinfo >/dev/null || need_pkgs+=(libnbd-bin)
 command -v nbdcopy >/dev/null || need_pkgs+=(libnbd-bin)
 command -v nbdkit >/dev/null || need_pkgs+=(nbdkit)
+command -v fio >/dev/null || need_pkgs+=(fio)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v cc >/dev/null || need_pkgs+=(build-essential)
 command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
@@ -52,7 +53,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
   fi
 fi
-for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit systemd-analyze mkfs.ext4 debugfs mkswap mkntfs ntfs-3g mkfs.fat mcopy sgdisk sfdisk pvcreate losetup qemu-system-x86_64 extlinux busybox cpio; do
+for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit fio systemd-analyze mkfs.ext4 debugfs mkswap mkntfs ntfs-3g mkfs.fat mcopy sgdisk sfdisk pvcreate losetup qemu-system-x86_64 extlinux busybox cpio; do
   command -v "$t" >/dev/null || { echo "error: $t still missing after install" >&2; exit 1; }
 done
 

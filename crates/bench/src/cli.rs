@@ -37,6 +37,17 @@ use crate::{Options, Scenario};
 ///                ratio (plain s / TLS s) and the CPU seconds show what TLS costs. CPU is the
 ///                harness process (client and server both run in it).
 ///
+///   instant      instant recovery: a scratch QCOW2 overlay (created as the hub creates its
+///                instant overlays) over a restore point of 3 layers written by our engine
+///                (full + 2 incrementals, a third of the 64 KiB clusters in each), served by
+///                sendense-nbd's Server with the hub's options inside the harness (plain TCP,
+///                127.0.0.1) vs `qemu-nbd --cache=none --aio=native -f qcow2` over a `qemu-img
+///                create -b` overlay of the same chain. `fio --ioengine=nbd --bs=4k
+///                --iodepth=32 --direct=1 --time_based --runtime=--instant-runtime` with
+///                --rw=randread, randwrite and randrw; one row each, ratio = our IOPS / peer
+///                IOPS (given in the note). Fresh overlays per side and pattern; the chain's
+///                page cache is dropped before each side.
+///
 ///   ingest       full backup of the disk by `sendense-client backup` into a running
 ///                `sendense-hub serve` over TLS, until the backup is `completed` (durable) vs
 ///                `nbdcopy --flush` into `qemu-nbd --shared=10 --cache=none -f qcow2` (plain).
@@ -102,6 +113,9 @@ pub struct Cli {
     /// files scenario's file system (K, M, G, T).
     #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
     pub sparse_virtual: u64,
+    /// Seconds each fio run of the instant scenario lasts.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::DEFAULT_INSTANT_RUNTIME_SECS)]
+    pub instant_runtime: u64,
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -127,6 +141,7 @@ impl Cli {
             scenarios: self.scenarios.clone(),
             changed_percent: self.changed_percent,
             sparse_virtual: self.sparse_virtual,
+            instant_runtime_secs: self.instant_runtime.max(1),
             keep: self.keep,
             verbose: !self.quiet,
         }

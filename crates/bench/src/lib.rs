@@ -30,6 +30,9 @@ pub use scenarios::run;
 /// Default virtual size of the `sparse` scenario's disk: 64 GiB.
 pub const DEFAULT_SPARSE_VIRTUAL: u64 = 64 << 30;
 
+/// Default seconds of each fio run of the `instant` scenario.
+pub const DEFAULT_INSTANT_RUNTIME_SECS: u64 = 10;
+
 /// A benchmark scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +47,9 @@ pub enum Scenario {
     Memory,
     /// Our client pool into our memory export over TLS vs plain: the cost of TLS.
     NbdTlsCost,
+    /// fio random 4 KiB I/O at queue depth 32 into an instant-recovery export (a scratch
+    /// overlay over a 3-layer chain) vs into `qemu-nbd --cache=none --aio=native`.
+    Instant,
     /// Full backup through `sendense-client` into `sendense-hub serve` vs `nbdcopy` into
     /// `qemu-nbd`.
     Ingest,
@@ -72,6 +78,7 @@ impl Scenario {
         Self::Serve,
         Self::Memory,
         Self::NbdTlsCost,
+        Self::Instant,
         Self::Ingest,
         Self::Incremental,
         Self::Restore,
@@ -89,6 +96,7 @@ impl Scenario {
             Self::Serve => "serve",
             Self::Memory => "memory",
             Self::NbdTlsCost => "nbd-tls-cost",
+            Self::Instant => "instant",
             Self::Ingest => "ingest",
             Self::Incremental => "incremental",
             Self::Restore => "restore",
@@ -115,6 +123,8 @@ pub struct Options {
     pub changed_percent: f64,
     /// Virtual size in bytes of the `sparse` scenario's disk (which holds `size` bytes of data).
     pub sparse_virtual: u64,
+    /// Seconds each fio run of the `instant` scenario lasts.
+    pub instant_runtime_secs: u64,
     /// Keep the data folder.
     pub keep: bool,
     /// Print progress lines on stderr.
@@ -122,7 +132,7 @@ pub struct Options {
 }
 
 impl Options {
-    /// Options for `size` bytes, every scenario, 2 % changed, a 64 GiB sparse disk.
+    /// Options for `size` bytes, every scenario, 2 % changed, a 64 GiB sparse disk, 10 s fio runs.
     #[must_use]
     pub fn new(size: u64) -> Self {
         Self {
@@ -132,6 +142,7 @@ impl Options {
             scenarios: Vec::new(),
             changed_percent: 2.0,
             sparse_virtual: DEFAULT_SPARSE_VIRTUAL,
+            instant_runtime_secs: DEFAULT_INSTANT_RUNTIME_SECS,
             keep: false,
             verbose: false,
         }

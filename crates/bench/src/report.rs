@@ -46,7 +46,8 @@ pub struct Row {
     pub peer_name: String,
     /// The peer's measurement.
     pub peer: Outcome,
-    /// Peer seconds divided by our seconds: above 1, ours is faster.
+    /// Peer seconds divided by our seconds (our IOPS divided by the peer's when both sides
+    /// count IOPS): above 1, ours is faster.
     pub ratio: Option<f64>,
     /// 1-minute load average just before the case ran (the machine is shared).
     pub load_1m: f64,
@@ -126,6 +127,9 @@ pub struct Measure {
     pub cpu_seconds: f64,
     /// Peak RSS in bytes of this side's main process (the server where there is one).
     pub peak_rss_bytes: Option<u64>,
+    /// I/O operations per second, for time-based runs (`instant`): their ratio is by IOPS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iops: Option<f64>,
 }
 
 impl Measure {
@@ -144,7 +148,15 @@ impl Measure {
             mb_per_s,
             cpu_seconds,
             peak_rss_bytes,
+            iops: None,
         }
+    }
+
+    /// The same measurement with its operations per second.
+    #[must_use]
+    pub fn with_iops(mut self, iops: f64) -> Self {
+        self.iops = Some(iops);
+        self
     }
 }
 
@@ -170,7 +182,12 @@ impl Row {
     #[must_use]
     pub fn new(scenario: &str, case: &str, ours: Outcome, peer_name: &str, peer: Outcome) -> Self {
         let ratio = match (ours.measure(), peer.measure()) {
-            (Some(o), Some(p)) if o.seconds > 0.0 => Some(p.seconds / o.seconds),
+            (Some(o), Some(p)) => match (o.iops, p.iops) {
+                (Some(oi), Some(pi)) if pi > 0.0 => Some(oi / pi),
+                (Some(_), Some(_)) => None,
+                _ if o.seconds > 0.0 => Some(p.seconds / o.seconds),
+                _ => None,
+            },
             _ => None,
         };
         Self {
@@ -249,7 +266,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "ratio = peer seconds / our seconds (above 1: ours is faster); CPU s = all processes of that side"
+            "ratio = peer seconds / our seconds, or our IOPS / peer IOPS for instant (above 1: ours is faster); CPU s = all processes of that side"
         );
         for r in &self.rows {
             if !r.note.is_empty() {
@@ -304,6 +321,16 @@ mod tests {
         let row = Row::new("qcow2", "x", ours, "y", peer);
 
         assert_eq!(row.ratio, Some(2.0));
+    }
+
+    #[test]
+    fn row_both_counting_iops_ratio_is_ours_over_peer() {
+        let ours = Outcome::Measured(Measure::new(10.0, 4096, 1.0, None).with_iops(3000.0));
+        let peer = Outcome::Measured(Measure::new(10.0, 4096, 1.0, None).with_iops(2000.0));
+
+        let row = Row::new("instant", "x", ours, "y", peer);
+
+        assert_eq!(row.ratio, Some(1.5));
     }
 
     #[test]

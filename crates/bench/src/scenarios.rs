@@ -1,5 +1,5 @@
 //! The scenarios: each runs our side and its peer back to back on the same file and produces
-//! report rows. Order is fixed (qcow2, serve, memory, nbd-tls-cost, ingest, incremental,
+//! report rows. Order is fixed (qcow2, serve, memory, nbd-tls-cost, instant, ingest, incremental,
 //! restore, sparse) because the incremental changes the source disk and the restore reads the
 //! chain the backups made; `sparse` backs up whatever the source disk holds by then, twice.
 
@@ -16,6 +16,7 @@ use crate::{Options, Scenario};
 
 mod files;
 mod inproc;
+mod instant;
 mod merge;
 mod sparse;
 mod verify;
@@ -67,6 +68,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     if wanted.contains(&Scenario::NbdTlsCost) {
         ctx.nbd_tls_cost();
+    }
+    if wanted.contains(&Scenario::Instant) {
+        ctx.instant();
     }
     if wanted.iter().any(|s| {
         matches!(

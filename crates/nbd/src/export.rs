@@ -46,6 +46,15 @@ pub trait Export: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// Backend failure.
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExportError>;
+    /// Reads like [`Export::read`], but only if that needs no waiting on I/O or on locks (the
+    /// bytes are already in memory); `None` when it would wait (`buf` may then hold anything).
+    /// The server tries it on the connection's own task for small READs before handing them
+    /// to the blocking pool, saving the two thread switches of that hop for cached data. The
+    /// default never answers.
+    fn read_now(&self, offset: u64, buf: &mut [u8]) -> Option<Result<(), ExportError>> {
+        let _ = (offset, buf);
+        None
+    }
     /// Writes `data` at `offset`.
     ///
     /// `fua` marks a Force Unit Access request. The server owns FUA: after a FUA

@@ -123,6 +123,33 @@ impl Backing {
     }
 }
 
+impl Backing {
+    /// [`Self::read_at`] if nothing has to wait (see [`Image::read_at_now`]); `false` when it
+    /// would.
+    ///
+    /// # Errors
+    /// I/O errors and corrupt metadata.
+    pub fn read_at_now(&self, buf: &mut [u8], offset: u64) -> Result<bool, Qcow2Error> {
+        let size = self.virtual_size();
+        let n = usize::try_from(size.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let (head, tail) = buf.split_at_mut(n);
+        tail.fill(0);
+        if head.is_empty() {
+            return Ok(true);
+        }
+        match self {
+            Self::Qcow2(i) => i.read_at_now(head, offset),
+            Self::Raw(r) => match r.storage.read_data_now(head, offset) {
+                Ok(Some(got)) => Ok(got == head.len()),
+                Ok(None) => Ok(false),
+                Err(e) => Err(Qcow2Error::io("read backing", &r.path, e)),
+            },
+        }
+    }
+}
+
 impl Image {
     /// Opens the image at `path` and its backing chain (always read-only). Backing files are
     /// opened only as `opts.backing` allows, relative to the folder of `path`.

@@ -11,7 +11,7 @@ use crate::error::Qcow2Error;
 use crate::offset::HostOffset;
 use crate::parse::Header;
 use crate::raw::RawHeader;
-use crate::storage::{Storage, read_data_or_zero, read_or_zero};
+use crate::storage::{CACHED_READ_MAX, Storage, read_data_or_zero, read_or_zero};
 
 /// Geometry derived from the header.
 #[derive(Debug, Clone, Copy)]
@@ -81,10 +81,30 @@ impl Core {
             .write_at(buf, off.get())
             .map_err(|e| Qcow2Error::io(op, &self.path, e))
     }
-    /// Reads guest data (may bypass the page cache, see [`crate::storage`]).
+    /// Reads guest data (may bypass the page cache, see [`crate::storage`]). A small read
+    /// first asks the storage to read ahead the whole cluster around it (read-only layers
+    /// cache it, see [`crate::storage`]).
     pub(crate) fn read_data(&self, buf: &mut [u8], off: HostOffset) -> Result<(), Qcow2Error> {
+        if buf.len() < CACHED_READ_MAX {
+            let cs = self.geo.cluster_size;
+            let start = off.get() / cs * cs;
+            let end = (off.get() + buf.len() as u64).next_multiple_of(cs);
+            self.storage.read_ahead(start, end - start);
+        }
         read_data_or_zero(self.storage.as_ref(), buf, off.get())
             .map_err(|e| Qcow2Error::io("read data", &self.path, e))
+    }
+    /// [`Self::read_data`] if it needs no waiting; `false` when it would wait.
+    pub(crate) fn read_data_now(
+        &self,
+        buf: &mut [u8],
+        off: HostOffset,
+    ) -> Result<bool, Qcow2Error> {
+        match self.storage.read_data_now(buf, off.get()) {
+            Ok(Some(n)) => Ok(n == buf.len()),
+            Ok(None) => Ok(false),
+            Err(e) => Err(Qcow2Error::io("read data", &self.path, e)),
+        }
     }
     /// Writes guest data (may bypass the page cache, see [`crate::storage`]).
     pub(crate) fn write_data(

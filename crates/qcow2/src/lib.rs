@@ -70,4 +70,4 @@ pub use options::{DEFAULT_CHAIN_DEPTH, MAX_CHAIN_DEPTH};
 pub use parse::{BackingFormat, CompressionType};
 pub use sendense_io::{AlignedBuf, is_direct_aligned};
 pub use status::{Extent, ExtentState};
-pub use storage::{DIRECT_ALIGN, FileStorage, MemStorage, Storage};
+pub use storage::{CACHED_READ_MAX, DIRECT_ALIGN, FileStorage, MemStorage, Storage};

@@ -1,5 +1,7 @@
 //! Guest reads: map a range to host runs, zeros, the backing file or compressed clusters
-//! under the metadata lock, then read without it.
+//! under the metadata lock, then read without it. [`Image::read_at_now`] does the same only
+//! when nothing has to wait (cached metadata, an uncontended lock, data in memory), so an
+//! async caller can answer on its own task and hand the rest to a thread.
 
 use crate::error::Qcow2Error;
 use crate::image::Image;
@@ -59,12 +61,77 @@ impl Image {
         Ok(())
     }
 
+    /// Reads like [`Self::read_at`], but only if nothing has to wait: every layer's metadata
+    /// lock is free and the L2 tables involved are cached, and every byte is zero or in memory
+    /// (the page cache of a read-only layer, see [`crate::storage`]). Answers `false` when the
+    /// read would wait (the caller then calls [`Self::read_at`]; `buf` holds anything by then).
+    ///
+    /// # Errors
+    /// As [`Self::read_at`].
+    pub fn read_at_now(&self, buf: &mut [u8], offset: u64) -> Result<bool, Qcow2Error> {
+        let len = buf.len() as u64;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(true);
+        }
+        let segs = {
+            let mut m = match self.meta.try_lock() {
+                Ok(m) => m,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+            };
+            match self.plan(&mut m, offset, len, true)? {
+                Some(segs) => segs,
+                None => return Ok(false),
+            }
+        };
+        for s in segs {
+            let start = (s.guest.get() - offset) as usize;
+            let out = &mut buf[start..start + s.len as usize];
+            let done = match s.src {
+                ReadSrc::Host(h) => self.core.read_data_now(out, h)?,
+                ReadSrc::Zero => {
+                    out.fill(0);
+                    true
+                }
+                ReadSrc::Backing => match &self.backing {
+                    None => {
+                        out.fill(0);
+                        true
+                    }
+                    Some(b) => b.read_at_now(out, s.guest.get())?,
+                },
+                ReadSrc::Compressed { .. } => false,
+            };
+            if !done {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     pub(crate) fn read_plan(
         &self,
         m: &mut Meta,
         offset: u64,
         len: u64,
     ) -> Result<Vec<ReadSeg>, Qcow2Error> {
+        let segs = self.plan(m, offset, len, false)?;
+        segs.ok_or(Qcow2Error::Corrupt {
+            what: "read plan without metadata",
+            offset,
+        })
+    }
+
+    /// The read plan of `[offset, offset + len)`; with `cached_only`, `None` as soon as an L2
+    /// table it needs is not cached.
+    fn plan(
+        &self,
+        m: &mut Meta,
+        offset: u64,
+        len: u64,
+        cached_only: bool,
+    ) -> Result<Option<Vec<ReadSeg>>, Qcow2Error> {
         let geo = self.core.geo;
         let cs = geo.cluster_size;
         let mut segs: Vec<ReadSeg> = Vec::new();
@@ -80,7 +147,14 @@ impl Image {
                 pos = l2_end;
                 continue;
             }
-            let e = m.entry(&self.core, gc)?;
+            let e = if cached_only {
+                match m.entry_cached(&self.core, gc)? {
+                    Some(e) => e,
+                    None => return Ok(None),
+                }
+            } else {
+                m.entry(&self.core, gc)?
+            };
             let gs = e.granules(&self.core.geo, m.file_len)?;
             while pos < cend {
                 let within = pos - cbase;
@@ -97,7 +171,7 @@ impl Image {
                 pos = gend;
             }
         }
-        Ok(segs)
+        Ok(Some(segs))
     }
 
     pub(crate) fn read_backing(

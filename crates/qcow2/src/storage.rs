@@ -12,6 +12,16 @@
 //! 1.3 s direct, measured with `dd`). Both descriptors are the same file: Linux writes back and
 //! drops cached pages of a range before a direct write to it, so buffered reads stay coherent,
 //! and `fsync` on either descriptor makes both kinds of write durable.
+//!
+//! # The page cache for read-only layers
+//! A read-only layer (a backing file, a restore point) never changes while it is open, so its
+//! small reads (under [`CACHED_READ_MAX`]) go through the page cache: whatever any export of the
+//! same point already read is served from memory, and [`Storage::read_data_now`] can answer it
+//! without blocking (`preadv2(RWF_NOWAIT)`), which lets the NBD server answer on its own task
+//! with no thread hop. A miss asks the kernel to read the whole cluster around it
+//! ([`Storage::read_ahead`]: QCOW2 allocates in clusters, and guests read nearby blocks
+//! together), so one I/O serves the next reads of that cluster. Large reads (restores, copies)
+//! keep bypassing the cache: they would only evict it, and run at the disk's speed direct.
 
 use sendense_io::is_direct_aligned;
 use std::fmt;
@@ -93,7 +103,26 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn read_data_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.read_at(buf, offset)
     }
+    /// Reads guest data like [`Self::read_data_at`] only if that needs no waiting (the bytes
+    /// are in memory): `Ok(None)` when it would wait, and the caller reads the blocking way.
+    /// The default never answers.
+    ///
+    /// # Errors
+    /// Operating-system errors.
+    fn read_data_now(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
+        let _ = (buf, offset);
+        Ok(None)
+    }
+    /// Hints that `[offset, offset + len)` will be read soon (the page cache may start reading
+    /// it). The default does nothing.
+    fn read_ahead(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
+
+/// Largest data read of a read-only [`FileStorage`] that goes through the page cache (see the
+/// module docs); larger ones read direct.
+pub const CACHED_READ_MAX: usize = 64 * 1024;
 
 /// An image file: positional I/O through the page cache, plus an optional second descriptor
 /// of the same file opened with `O_DIRECT` for aligned data reads and writes (see the module
@@ -103,12 +132,15 @@ pub struct FileStorage {
     file: File,
     direct: Option<File>,
     direct_failed: AtomicBool,
+    /// Read-only: small data reads go through the page cache.
+    cached_reads: bool,
 }
 
 impl FileStorage {
     /// Buffered I/O, plus direct reads and writes of aligned data through a second descriptor
     /// of `path` opened with `O_DIRECT` (writable only if `writable`). A file system that
-    /// refuses `O_DIRECT` (tmpfs) leaves only the buffered path.
+    /// refuses `O_DIRECT` (tmpfs) leaves only the buffered path. A read-only storage reads
+    /// data under [`CACHED_READ_MAX`] through the page cache (see the module docs).
     #[must_use]
     pub fn with_direct_io(file: File, path: &Path, writable: bool) -> Self {
         let direct = std::fs::OpenOptions::new()
@@ -121,7 +153,13 @@ impl FileStorage {
             file,
             direct,
             direct_failed: AtomicBool::new(false),
+            cached_reads: !writable,
         }
+    }
+
+    /// Whether a data read of `len` bytes goes through the page cache.
+    fn cached(&self, len: usize) -> bool {
+        self.cached_reads && len < CACHED_READ_MAX
     }
 
     /// Whether aligned data I/O currently bypasses the page cache.
@@ -188,6 +226,9 @@ impl Storage for FileStorage {
         Ok(true)
     }
     fn read_data_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if self.cached(buf.len()) {
+            return Storage::read_at(&self.file, buf, offset);
+        }
         if let Some(direct) = self.direct_for(buf, offset) {
             match Storage::read_at(direct, buf, offset) {
                 Ok(n) => return Ok(n),
@@ -196,6 +237,35 @@ impl Storage for FileStorage {
             }
         }
         Storage::read_at(&self.file, buf, offset)
+    }
+    fn read_data_now(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
+        if !self.cached(buf.len()) || buf.is_empty() {
+            return Ok(None);
+        }
+        let len = buf.len();
+        let mut iov = [io::IoSliceMut::new(buf)];
+        match rustix::io::preadv2(
+            &self.file,
+            &mut iov,
+            offset,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            // Short: part of the range is not cached (or the file ends; the blocking read
+            // tells those apart).
+            Ok(n) if n == len => Ok(Some(n)),
+            Ok(_) | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::OPNOTSUPP) => Ok(None),
+            Err(rustix::io::Errno::INTR) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn read_ahead(&self, offset: u64, len: u64) {
+        if self.cached_reads
+            && let Some(len) = std::num::NonZeroU64::new(len)
+        {
+            // A hint: failure costs only the read-ahead.
+            let _ =
+                rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::WillNeed);
+        }
     }
 }
 

@@ -123,7 +123,7 @@ impl Ctx<'_> {
         nbdcopy: &Path,
         tls_dir: Option<&Path>,
     ) -> Result<Measure> {
-        let server = MemoryServer::start(self.opts.size, tls_dir)?;
+        let server = MemoryServer::start_memory(self.opts.size, tls_dir)?;
         reset_peak_rss();
         let cpu0 = self_cpu();
         let mut copy = Command::new(nbdcopy);
@@ -164,7 +164,7 @@ impl Ctx<'_> {
     }
 
     fn client_into_memory_export(&self, tls_dir: Option<&Path>) -> Result<Measure> {
-        let server = MemoryServer::start(self.opts.size, tls_dir)?;
+        let server = MemoryServer::start_memory(self.opts.size, tls_dir)?;
         let options = ClientOptions {
             tls: match tls_dir {
                 Some(dir) => Some((
@@ -198,18 +198,21 @@ impl Ctx<'_> {
     }
 }
 
-/// Our memory export served by `sendense_nbd::Server` on its own runtime, on 127.0.0.1.
-struct MemoryServer {
+/// An export served by `sendense_nbd::Server` on its own runtime, on 127.0.0.1.
+pub(super) struct InprocServer<E> {
     runtime: Runtime,
-    addr: SocketAddr,
-    export: Arc<MemoryExport>,
+    pub(super) addr: SocketAddr,
+    export: Arc<E>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), NbdError>>,
 }
 
+/// Our memory export served in the harness.
+type MemoryServer = InprocServer<MemoryExport>;
+
 impl MemoryServer {
     /// Serves a fresh `size`-byte memory export named "" (TLS required when `tls_dir` is given).
-    fn start(size: u64, tls_dir: Option<&Path>) -> Result<Self> {
+    fn start_memory(size: u64, tls_dir: Option<&Path>) -> Result<Self> {
         let options = ServerOptions {
             tls: match tls_dir {
                 Some(dir) => Some(sendense_nbd::tls::server_config_from_dir(dir, false)?),
@@ -217,9 +220,16 @@ impl MemoryServer {
             },
             ..ServerOptions::default()
         };
-        let export = Arc::new(MemoryExport::new(size));
+        Self::start(Arc::new(MemoryExport::new(size)), options)
+    }
+}
+
+impl<E: Export> InprocServer<E> {
+    /// Serves `export` under the name "" with `options`.
+    pub(super) fn start(export: Arc<E>, options: ServerOptions) -> Result<Self> {
         let registry = Arc::new(ExportRegistry::new());
-        registry.add("", Arc::clone(&export) as Arc<dyn Export>)?;
+        let as_dyn: Arc<dyn Export> = Arc::clone(&export) as Arc<dyn Export>;
+        registry.add("", as_dyn)?;
         let runtime = runtime()?;
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -244,7 +254,7 @@ impl MemoryServer {
     }
 
     /// Stops the server (its connections end) and answers the export.
-    fn stop(self) -> Result<Arc<MemoryExport>> {
+    pub(super) fn stop(self) -> Result<Arc<E>> {
         let Self {
             runtime,
             export,
@@ -357,12 +367,12 @@ pub(super) fn self_cpu() -> Duration {
 }
 
 /// Resets this process's peak RSS (`VmHWM`) to its current RSS (Linux 4.0+; best effort).
-fn reset_peak_rss() {
+pub(super) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// This process's peak RSS (`VmHWM`) in bytes.
-fn self_peak_rss() -> Option<u64> {
+pub(super) fn self_peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -378,7 +388,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
         crate::data::write_random(&raw, 9 << 20, 7).unwrap();
-        let server = MemoryServer::start(9 << 20, None).unwrap();
+        let server = MemoryServer::start_memory(9 << 20, None).unwrap();
         let source = Arc::new(File::open(&raw).unwrap());
 
         runtime()

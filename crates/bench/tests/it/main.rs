@@ -55,6 +55,7 @@ mod smoke {
         let mut opts = Options::new(32 << 20);
         opts.bin_dir = Some(bin_dir());
         opts.sparse_virtual = 256 << 20;
+        opts.instant_runtime_secs = 1;
 
         let report = sendense_bench::run(&opts).unwrap();
 
@@ -76,6 +77,9 @@ mod smoke {
                 "memory",
                 "memory",
                 "nbd-tls-cost",
+                "instant",
+                "instant",
+                "instant",
                 "ingest",
                 "incremental",
                 "restore",

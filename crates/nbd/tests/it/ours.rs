@@ -701,3 +701,89 @@ async fn raw_structured_read(
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// A memory export that answers `read_now` below 1 MiB only, counting which path served.
+#[derive(Debug)]
+struct NowExport {
+    inner: MemoryExport,
+    now_reads: std::sync::atomic::AtomicUsize,
+    blocking_reads: std::sync::atomic::AtomicUsize,
+}
+
+impl sendense_nbd::Export for NowExport {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn is_read_only(&self) -> bool {
+        true
+    }
+    fn read(&self, o: u64, b: &mut [u8]) -> Result<(), sendense_nbd::ExportError> {
+        self.blocking_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read(o, b)
+    }
+    fn read_now(&self, o: u64, b: &mut [u8]) -> Option<Result<(), sendense_nbd::ExportError>> {
+        if o >= 1 << 20 {
+            return None;
+        }
+        self.now_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(self.inner.read(o, b))
+    }
+    fn write(&self, o: u64, d: &[u8], fua: bool) -> Result<(), sendense_nbd::ExportError> {
+        self.inner.write(o, d, fua)
+    }
+    fn write_zeroes(&self, o: u64, l: u64, f: ZeroFlags) -> Result<(), sendense_nbd::ExportError> {
+        self.inner.write_zeroes(o, l, f)
+    }
+    fn trim(&self, o: u64, l: u64, fua: bool) -> Result<(), sendense_nbd::ExportError> {
+        self.inner.trim(o, l, fua)
+    }
+    fn flush(&self) -> Result<(), sendense_nbd::ExportError> {
+        Ok(())
+    }
+    fn block_status(
+        &self,
+        o: u64,
+        l: u64,
+    ) -> Result<Vec<sendense_nbd::BlockExtent>, sendense_nbd::ExportError> {
+        self.inner.block_status(o, l)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_small_read_export_answers_now_served_without_blocking_read() {
+    let data = random_bytes(4 << 20);
+    let export = Arc::new(NowExport {
+        inner: MemoryExport::with_data(&data),
+        now_reads: 0.into(),
+        blocking_reads: 0.into(),
+    });
+    let r = Arc::new(ExportRegistry::new());
+    r.add("now", export.clone()).unwrap();
+    let srv = TestServer::start(r, None).await;
+    let c = srv.client("now").await;
+    let counts = || {
+        (
+            export.now_reads.load(std::sync::atomic::Ordering::SeqCst),
+            export
+                .blocking_reads
+                .load(std::sync::atomic::Ordering::SeqCst),
+        )
+    };
+
+    // Small, and the export answers now: no blocking read.
+    assert_eq!(c.read(8192, 4096).await.unwrap(), &data[8192..12288]);
+    assert_eq!(counts(), (1, 0));
+    // Small, but the export would wait: the blocking read serves it.
+    assert_eq!(
+        c.read(2 << 20, 4096).await.unwrap(),
+        &data[2 << 20..(2 << 20) + 4096]
+    );
+    assert_eq!(counts(), (1, 1));
+    // Large: never tried now.
+    assert_eq!(c.read(0, 1 << 20).await.unwrap(), &data[..1 << 20]);
+    assert_eq!(counts(), (1, 2));
+    c.disconnect().await.unwrap();
+    srv.stop().await;
+}

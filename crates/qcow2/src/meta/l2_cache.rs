@@ -125,6 +125,21 @@ impl Meta {
         Ok(L2Entry::from_words(e, bm))
     }
 
+    /// [`Self::entry`] if it needs no I/O: `None` when `gc`'s L2 table is not cached.
+    pub(crate) fn entry_cached(
+        &mut self,
+        core: &Core,
+        gc: u64,
+    ) -> Result<Option<L2Entry>, Qcow2Error> {
+        let Some((off, _)) = self.l2_location(core, gc)? else {
+            return Ok(Some(L2Entry::UNALLOCATED));
+        };
+        if !self.l2.contains_key(&off) {
+            return Ok(None);
+        }
+        self.entry(core, gc).map(Some)
+    }
+
     /// How many clusters from `gc` on (at most `limit`, never past the end of `gc`'s L2 table)
     /// have an all-zero L2 entry: unallocated, no zero flag. Read straight from the cached
     /// table, so a walk over a sparse layer costs a word compare per cluster, not an entry

@@ -172,3 +172,40 @@ fn discarded_clusters_give_space_back_after_flush() {
     drop(img);
     crate::util::assert_qemu_check_clean(&p);
 }
+
+#[test]
+fn read_at_now_answers_cached_backing_data_and_zeros_but_not_writable_layer_data() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let base = Image::create(&d.join("base.qcow2"), &CreateOptions::new(4 * MIB)).unwrap();
+    let data = pattern(3, MIB as usize);
+    base.write_at(&data, 0).unwrap();
+    drop(base);
+    let top = Image::create(
+        &d.join("top.qcow2"),
+        &CreateOptions::new(4 * MIB).backing(BackingSpec::qcow2("base.qcow2")),
+    )
+    .unwrap();
+    top.write_at(&pattern(4, 65536), 2 * MIB).unwrap();
+    top.write_zeroes(3 * MIB, 65536).unwrap();
+    let mut first = vec![0u8; 4096];
+    top.read_at(&mut first, 8192).unwrap();
+
+    // The backing file is read-only: read once, its bytes are in the page cache.
+    let mut now = vec![1u8; 4096];
+    let backing = top.read_at_now(&mut now, 8192).unwrap();
+    let mut zeros = vec![1u8; 4096];
+    let zero = top.read_at_now(&mut zeros, 3 * MIB).unwrap();
+    // The writable layer's own data is never read "now" (it may bypass the cache).
+    let own = top.read_at_now(&mut vec![0u8; 4096], 2 * MIB).unwrap();
+    // Nor is a read of a cluster or more.
+    let large = top.read_at_now(&mut vec![0u8; 65536], 0).unwrap();
+
+    assert!(backing);
+    assert_eq!(now, first);
+    assert_eq!(now, &data[8192..12288]);
+    assert!(zero);
+    assert!(zeros.iter().all(|b| *b == 0));
+    assert!(!own);
+    assert!(!large);
+}
