@@ -99,7 +99,7 @@ mod smoke {
             report.render()
         );
         assert!(report.rows.iter().all(|r| r.ratio.is_some()));
-        assert_eq!(Scenario::ALL.len(), 11);
+        assert_eq!(Scenario::ALL.len(), 12);
     }
 
     #[test]

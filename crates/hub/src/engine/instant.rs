@@ -42,9 +42,7 @@ use std::sync::Arc;
 
 use sendense_catalog::{InstantDiskRecord, InstantRecord};
 use sendense_nbd::Export;
-use sendense_qcow2::{
-    BackingPolicy, BackingSpec, CreateOptions, Image, MAX_CHAIN_DEPTH, OpenOptions,
-};
+use sendense_qcow2::{BackingPolicy, BackingSpec, Image, MAX_CHAIN_DEPTH, OpenOptions};
 use sendense_types::{
     BackupId, BackupQuery, BackupStatus, DiskKey, ExportName, InstantDisk, InstantId, InstantList,
     InstantRecovery, InstantState, Timestamp, VmName,
@@ -53,7 +51,7 @@ use tokio::time::Instant;
 
 use super::{Engine, FAIL_DRAIN, REPOSITORY_DIR, sync_dir};
 use crate::error::HubError;
-use sendense_image::export::Qcow2Export;
+use sendense_image::export::{Qcow2Export, scratch_overlay_options};
 
 /// Folder of the instant recoveries' scratch overlays inside the data folder (beside
 /// [`REPOSITORY_DIR`]).
@@ -221,9 +219,13 @@ impl Engine {
         for d in &point.disks {
             let name = overlay_name(d.disk_key);
             let path = dir.join(&name);
-            let opts = CreateOptions::new(d.capacity_bytes)
-                .backing(BackingSpec::qcow2(backing_name(&d.file)))
-                .backing_policy(BackingPolicy::repository());
+            // 64 KiB clusters with subclusters: a guest's small write allocates only its
+            // subclusters and copies nothing up from the point (the `instant` benchmark).
+            let opts = scratch_overlay_options(
+                d.capacity_bytes,
+                BackingSpec::qcow2(backing_name(&d.file)),
+            )
+            .backing_policy(BackingPolicy::repository());
             let image = Image::create(&path, &opts).map_err(|e| HubError::image(&path, e))?;
             self.check_backing(&image, &path, &d.file)?;
             let export_name = ExportName::random();
