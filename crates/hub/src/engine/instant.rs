@@ -44,7 +44,7 @@ use sendense_catalog::{InstantDiskRecord, InstantRecord};
 use sendense_nbd::Export;
 use sendense_qcow2::{BackingPolicy, BackingSpec, Image, MAX_CHAIN_DEPTH, OpenOptions};
 use sendense_types::{
-    BackupId, BackupQuery, BackupStatus, DiskKey, ExportName, InstantDisk, InstantId, InstantList,
+    BackupId, BackupQuery, DiskKey, ExportName, InstantDisk, InstantId, InstantList,
     InstantRecovery, InstantState, Timestamp, VmName,
 };
 use tokio::time::Instant;
@@ -95,31 +95,7 @@ impl Engine {
         if self.live().closing {
             return Err(HubError::ShuttingDown);
         }
-        let record = self.record(id)?;
-        if record.status != BackupStatus::Completed {
-            return Err(HubError::WrongStatus {
-                backup_id: id.clone(),
-                status: record.status,
-                expected: "completed",
-            });
-        }
-        if record.files_missing {
-            return Err(HubError::FilesMissing {
-                backup_id: id.clone(),
-                file: record
-                    .disks
-                    .first()
-                    .map(|d| d.file.clone())
-                    .unwrap_or_default(),
-            });
-        }
-        let _chain = self.chain_locks.try_read(&record.vm_name)?;
-        if self.catalog.merges()?.iter().any(|s| &s.removed == id) {
-            return Err(HubError::ChainBusy {
-                vm: id.vm_name(),
-                holder: format!("restore point {id} is being removed (an unfinished merge step)"),
-            });
-        }
+        let (record, _chain) = self.servable_point(id)?;
         let needed = record
             .disks
             .iter()
