@@ -12,6 +12,7 @@
 //! [`MAX_ARRAY_BYTES`] and the used entries at most [`limits::MAX_PARTITIONS`].
 
 use crate::error::FsError;
+use crate::le::{u32_at, u64_at};
 use crate::limits;
 use crate::mbr::SECTOR;
 use crate::table::RawPartition;
@@ -212,16 +213,6 @@ pub(crate) fn guid(b: &[u8; 16]) -> String {
         b[14],
         b[15]
     )
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 fn corrupt(detail: String) -> FsError {

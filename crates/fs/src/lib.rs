@@ -18,6 +18,7 @@ mod ext4;
 mod fat;
 mod gpt;
 mod guard;
+mod le;
 mod lvm;
 mod mbr;
 mod ntfs;

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 
 use crate::error::FsError;
+use crate::le::{u32_at, u64_at};
 use crate::limits;
 use crate::volume::Volume;
 
@@ -476,16 +477,6 @@ fn lvm_crc(data: &[u8]) -> u32 {
         }
     }
     crc
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 fn corrupt(detail: String) -> FsError {
