@@ -1016,6 +1016,7 @@ mod tests {
             credential: Some(credential(None, true)),
             attempt: 1,
             lease_seconds: 90,
+            restore: None,
         };
 
         let options = backup_options(&job, &context, TransferOptions::default()).expect("options");
@@ -1051,6 +1052,7 @@ mod tests {
             credential: Some(credential(None, true)),
             attempt: 1,
             lease_seconds: 90,
+            restore: None,
         };
 
         let err = backup_options(&job, &context, TransferOptions::default()).expect_err("no vm");

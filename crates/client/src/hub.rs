@@ -24,8 +24,8 @@ use sendense_types::jobs::{
 use sendense_types::{
     AgentName, ApiError, Backup, BackupId, BackupQuery, Chain, CompleteBackupRequest, Credential,
     CredentialName, CredentialRequest, DiskKey, DiskPartitions, FailBackupRequest, FileListing,
-    FilesQuery, Health, InstantId, InstantRecovery, JobId, RegisterVmRequest, RestoreExports,
-    StartBackupRequest, Vm, VmName,
+    FilesQuery, Health, InstantId, InstantRecovery, JobAccepted, JobId, RegisterVmRequest,
+    RestoreExports, RestoreRequest, StartBackupRequest, Vm, VmConfig, VmName,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -243,6 +243,31 @@ impl HubClient {
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(encoded);
         self.exchange("PUT", &path, request).await.map(drop)
+    }
+
+    /// `PUT /api/v1/backups/{id}/vm_config`: the VM's configuration captured from the
+    /// backup's snapshot, stored with the backup (a whole-VM restore rebuilds the VM from it).
+    ///
+    /// # Errors
+    /// See the module documentation; a hub older than the route answers 404 `not_found`
+    /// ([`ClientError::is_missing_route`]).
+    pub async fn put_vm_config(&self, id: &BackupId, config: &VmConfig) -> Result<(), ClientError> {
+        let path = format!("/api/v1/backups/{id}/vm_config");
+        self.send(Method::PUT, &path, Some(config)).await.map(drop)
+    }
+
+    /// `POST /api/v1/backups/{id}/restore`: queues a `restore` job (a new VM in vCenter, or the
+    /// point's disks into an existing VM), run by the agent of the vCenter's credential.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn start_vm_restore(
+        &self,
+        id: &BackupId,
+        request: &RestoreRequest,
+    ) -> Result<JobAccepted, ClientError> {
+        let path = format!("/api/v1/backups/{id}/restore");
+        self.call(Method::POST, &path, Some(request)).await
     }
 
     /// `POST /api/v1/backups/{id}/fail`.

@@ -565,6 +565,7 @@ impl Jobs {
             credential,
             attempt: job.attempt,
             lease_seconds: LEASE_SECONDS,
+            restore: None,
         })
     }
 

@@ -515,6 +515,9 @@ pub struct AgentJob {
     pub attempt: u32,
     /// Seconds the lease lasts after each heartbeat.
     pub lease_seconds: u32,
+    /// What to restore and where (`restore` jobs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<Box<crate::vm_config::RestoreJob>>,
 }
 
 /// `POST /api/v1/jobs/{id}/heartbeat` `{progress, backup_id}`: keeps the lease, reports

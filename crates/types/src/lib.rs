@@ -14,6 +14,7 @@
 //! - [`retention`]: protected points, prune, verification state.
 //! - [`files`]: file-level restore (partitions, listings).
 //! - [`instant`]: instant recovery (writable exports over scratch overlays of a point).
+//! - [`vm_config`]: a VM's captured configuration and restores into vCenter.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod jobs;
 pub mod names;
 pub mod retention;
 pub mod timestamp;
+pub mod vm_config;
 
 pub use api::{
     ApiError, Backup, BackupDisk, BackupQuery, BackupStatus, BackupSummary, BackupType, Chain,
@@ -49,3 +51,7 @@ pub use retention::{
     BadRange, PruneAnswer, PruneRequest, UpdateBackupRequest, Verification, VerificationState,
 };
 pub use timestamp::{CivilTime, Timestamp};
+pub use vm_config::{
+    ControllerConfig, ControllerKind, DiskConfig, Firmware, NicAdapter, NicConfig, Provisioning,
+    RestoreJob, RestoreJobDisk, RestoreRequest, RestoreTarget, VM_CONFIG_VERSION, VmConfig,
+};

@@ -92,6 +92,7 @@ impl World {
             }),
             attempt: 1,
             lease_seconds: 90,
+            restore: None,
         }
     }
 

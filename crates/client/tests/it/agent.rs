@@ -149,6 +149,7 @@ impl FakeHub {
             credential: None,
             attempt: 1,
             lease_seconds: 90,
+            restore: None,
         };
         let id = job.job_id.clone();
         self.with(|s| s.queue.push_back(job));
