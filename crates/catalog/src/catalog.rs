@@ -501,6 +501,39 @@ impl Catalog {
         })
     }
 
+    /// Stores (or replaces) the VM configuration captured at backup `id`, answering the
+    /// record. Accepted while the backup is pending or running (the agent captures it from the
+    /// snapshot while the disks move) and once it completed (a capture sent after the data, or
+    /// a retry); a failed backup is refused. The caller checks that the config's disks are the
+    /// backup's (a backup's disks never change once created).
+    ///
+    /// # Errors
+    /// [`CatalogError::BackupNotFound`]; [`CatalogError::WrongStatus`] for a failed backup;
+    /// storage errors.
+    pub fn set_vm_config(
+        &self,
+        id: &BackupId,
+        config: &sendense_types::VmConfig,
+    ) -> Result<BackupRecord> {
+        let value = serde_json::to_value(config).map_err(|_| CatalogError::InvalidRecord {
+            backup_id: id.clone(),
+            reason: "the VM configuration does not encode as JSON",
+        })?;
+        self.update_backup(Durability::Immediate, id, |_, stored| {
+            expect_status(
+                &stored.record,
+                &[
+                    BackupStatus::Pending,
+                    BackupStatus::Running,
+                    BackupStatus::Completed,
+                ],
+                "pending, running or completed",
+            )?;
+            stored.record.vm_config = Some(value);
+            Ok(())
+        })
+    }
+
     /// Deleted backups whose files the hub has not yet confirmed removed, with those files
     /// (relative to the repository), oldest deletion id first.
     ///

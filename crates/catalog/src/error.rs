@@ -249,6 +249,14 @@ pub enum CatalogError {
         /// The job queued or running.
         job_id: JobId,
     },
+    /// A restore to this target VM name is already queued or running.
+    #[error("A restore to VM {target} is already queued or running: job {job_id}")]
+    RestoreInProgress {
+        /// The target VM name of both restores.
+        target: String,
+        /// The job queued or running.
+        job_id: JobId,
+    },
     /// A job record is inconsistent.
     #[error("Invalid job record {job_id}: {reason}")]
     InvalidJob {
@@ -310,6 +318,7 @@ impl CatalogError {
             | Self::AlreadyEnrolled { .. }
             | Self::JobExists { .. }
             | Self::JobInProgress { .. }
+            | Self::RestoreInProgress { .. }
             | Self::PolicyExists { .. }
             | Self::BackupExists { .. }
             | Self::BackupInProgress { .. }

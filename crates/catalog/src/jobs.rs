@@ -15,12 +15,14 @@
 //! | `job_leases` | job id | lease end (Unix seconds): jobs an agent holds |
 //! | `active_backup_jobs` | VM name | id of its one `queued` or `running` backup job |
 //! | `hub_job_queue` | job seq | job id: `queued` jobs the hub runs itself (no agent: `prune`, `verify`), oldest first |
+//! | `active_restores` | target VM name | id of the one `queued` or `running` restore job to that name |
 //! | `inventories` | credential name | JSON [`Inventory`] |
 //!
 //! The index tables are derived from the job records: every write of a job goes through one
 //! function that removes the old record's index entries and adds the new one's, in the same
 //! write transaction as the record (`hub_job_queue` was added later: a file written before
-//! holds no job without an agent, so creating it empty at open is the whole upgrade). So a VM has at most one queued or running backup job (the
+//! holds no job without an agent, so creating it empty at open is the whole upgrade; likewise
+//! `active_restores`, since no file written before holds a restore job). So a VM has at most one queued or running backup job (the
 //! insert into `active_backup_jobs` refuses a second, naming the first), a job is in its
 //! agent's queue exactly while it is `queued`, and it holds a lease exactly while its record
 //! has `lease_until`.
@@ -36,7 +38,7 @@ use redb::{
 use sendense_types::api::BackupType;
 use sendense_types::{
     AgentName, BackupId, CredentialName, Inventory, JobId, JobKind, JobProgress, JobQuery,
-    JobStatus, PolicyName, Retention, Timestamp, VmName,
+    JobStatus, PolicyName, RestoreJob, Retention, Timestamp, VmName,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +56,8 @@ const ACTIVE_BACKUP_JOBS: TableDefinition<'static, &str, &str> =
     TableDefinition::new("active_backup_jobs");
 const INVENTORIES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("inventories");
 const HUB_JOB_QUEUE: TableDefinition<'static, u64, &str> = TableDefinition::new("hub_job_queue");
+const ACTIVE_RESTORES: TableDefinition<'static, &str, &str> =
+    TableDefinition::new("active_restores");
 
 const NEXT_JOB_SEQ_KEY: &str = "next_job_seq";
 
@@ -161,6 +165,10 @@ pub struct JobRecord {
     /// What a job the hub ran itself did, in words.
     #[serde(default)]
     pub result: Option<String>,
+    /// A restore job: what to restore and where (handed to the agent as
+    /// [`sendense_types::AgentJob::restore`]); `backup_id` is its point.
+    #[serde(default)]
+    pub restore: Option<Box<RestoreJob>>,
 }
 
 impl JobRecord {
@@ -191,6 +199,7 @@ impl JobRecord {
             retention: None,
             remove: Vec::new(),
             result: None,
+            restore: None,
         }
     }
 
@@ -482,6 +491,23 @@ impl Catalog {
             .get(vm.as_str())?
             .map(|v| parse_job_id("active_backup_jobs", vm.as_str(), v.value()))
             .transpose()
+    }
+
+    /// Every queued or running restore job, oldest first.
+    ///
+    /// # Errors
+    /// Storage or corruption errors.
+    pub fn active_restore_jobs(&self) -> Result<Vec<JobRecord>> {
+        let txn = self.db.begin_read()?;
+        let active = txn.open_table(ACTIVE_RESTORES)?;
+        let jobs = txn.open_table(JOBS)?;
+        let mut out = Vec::new();
+        for entry in active.iter()? {
+            let (_, id) = entry?;
+            out.push(require_job(&jobs, id.value())?);
+        }
+        out.sort_by_key(|r| r.seq);
+        Ok(out)
     }
 
     /// The credential the VM's newest job that named one used.
@@ -794,6 +820,7 @@ struct WriteJobTables<'txn> {
     active: Table<'txn, &'static str, &'static str>,
     inventories: Table<'txn, &'static str, &'static [u8]>,
     hub_queue: Table<'txn, u64, &'static str>,
+    restores: Table<'txn, &'static str, &'static str>,
 }
 
 impl<'txn> WriteJobTables<'txn> {
@@ -810,6 +837,7 @@ impl<'txn> WriteJobTables<'txn> {
             active: txn.open_table(ACTIVE_BACKUP_JOBS)?,
             inventories: txn.open_table(INVENTORIES)?,
             hub_queue: txn.open_table(HUB_JOB_QUEUE)?,
+            restores: txn.open_table(ACTIVE_RESTORES)?,
         })
     }
 
@@ -835,6 +863,12 @@ impl<'txn> WriteJobTables<'txn> {
                     self.active.remove(vm.as_str())?;
                 }
             }
+            if let Some(target) = active_restore_target(b) {
+                let ours = self.restores.get(target)?.is_some_and(|v| v.value() == id);
+                if ours {
+                    self.restores.remove(target)?;
+                }
+            }
         }
         if let (JobStatus::Queued, Some(agent)) = (after.status, &after.agent) {
             self.queue.insert((agent.as_str(), after.seq), id)?;
@@ -854,6 +888,15 @@ impl<'txn> WriteJobTables<'txn> {
             }
             self.active.insert(vm.as_str(), id)?;
         }
+        if let Some(target) = active_restore_target(after) {
+            if let Some(other) = self.restores.get(target)?.map(|v| v.value().to_owned()) {
+                return Err(CatalogError::RestoreInProgress {
+                    target: target.to_owned(),
+                    job_id: parse_job_id("active_restores", target, &other)?,
+                });
+            }
+            self.restores.insert(target, id)?;
+        }
         self.jobs.insert(id, encode(after).as_slice())?;
         Ok(())
     }
@@ -869,6 +912,14 @@ fn active_backup_vm(record: &JobRecord) -> Option<&VmName> {
     (record.kind == JobKind::Backup && record.status.is_active())
         .then_some(record.vm_name.as_ref())
         .flatten()
+}
+
+/// The target VM name of an active restore job (one active restore per target name).
+fn active_restore_target(record: &JobRecord) -> Option<&str> {
+    (record.kind == JobKind::Restore && record.status.is_active())
+        .then_some(record.restore.as_deref())
+        .flatten()
+        .map(|r| r.request.vm_name.as_str())
 }
 
 struct ReadJobTables {
@@ -938,7 +989,57 @@ mod tests {
             retention: None,
             remove: Vec::new(),
             result: None,
+            restore: None,
         }
+    }
+
+    fn restore_job(target: &str) -> JobRecord {
+        let restore: RestoreJob = serde_json::from_value(serde_json::json!({
+            "backup_id": "backup-vm1-20261125T000000-000001",
+            "vm_config": {
+                "version": 1, "name": "vm1", "guest_id": "otherGuest", "firmware": "bios",
+                "num_cpus": 1, "cores_per_socket": 1, "memory_mb": 512,
+                "controllers": [{"key": 1000, "kind": "lsilogic", "bus_number": 0}],
+                "disks": [{"key": 2000, "capacity_bytes": 1_048_576, "controller_key": 1000,
+                           "unit_number": 0, "provisioning": "thin"}]
+            },
+            "request": {"target": "vcenter", "vm_name": target, "datacenter": "dc1",
+                        "datastore": "ds1"},
+            "disks": [{"disk_key": 2000, "capacity_bytes": 1_048_576}]
+        }))
+        .unwrap();
+        JobRecord {
+            kind: JobKind::Restore,
+            backup_type: None,
+            backup_id: Some(restore.backup_id.clone()),
+            restore: Some(Box::new(restore)),
+            ..backup_job("vm1")
+        }
+    }
+
+    #[test]
+    fn create_job_second_restore_to_same_name_refused_until_first_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog_with_agent(dir.path());
+        let first = catalog.create_job(restore_job("web01-r")).unwrap();
+        catalog.create_job(restore_job("other")).unwrap();
+
+        let err = catalog.create_job(restore_job("web01-r")).unwrap_err();
+        assert!(
+            matches!(&err, CatalogError::RestoreInProgress { target, job_id }
+                if target == "web01-r" && *job_id == first.job_id),
+            "{err}"
+        );
+        assert_eq!(catalog.active_restore_jobs().unwrap().len(), 2);
+        catalog
+            .update_job(&first.job_id, |r| {
+                r.status = JobStatus::Cancelled;
+                Ok::<_, CatalogError>(())
+            })
+            .unwrap();
+
+        catalog.create_job(restore_job("web01-r")).unwrap();
+        assert_eq!(catalog.active_restore_jobs().unwrap().len(), 2);
     }
 
     #[test]

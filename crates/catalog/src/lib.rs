@@ -63,4 +63,4 @@ pub use instant::{InstantDiskRecord, InstantRecord};
 pub use jobs::{AgentRecord, Claim, Enrollment, JobRecord};
 pub use maintenance::{MergeDisk, MergeKind, MergePhase, MergeStep};
 pub use policies::{CompletedBackup, PolicyRecord};
-pub use record::{BackupRecord, CredentialRecord, DiskCompletion, DiskRecord};
+pub use record::{BackupRecord, CredentialRecord, DiskCompletion, DiskRecord, StoredVmConfig};

@@ -8,8 +8,8 @@ use std::fmt;
 
 use sendense_types::{
     AgentName, Backup, BackupDisk, BackupId, BackupStatus, BackupType, ChangeId, Credential,
-    CredentialName, DiskKey, Timestamp, VcenterTrust, Verification, Vm, VmName, digest_path,
-    image_path,
+    CredentialName, DiskKey, Timestamp, VcenterTrust, Verification, Vm, VmConfig, VmName,
+    digest_path, image_path,
 };
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +72,28 @@ pub struct BackupRecord {
     pub verification: Verification,
     /// Its disks, ordered by key.
     pub disks: Vec<DiskRecord>,
+    /// The VM's configuration captured at this backup ([`VmConfig`] as JSON), kept as stored:
+    /// a config of a later version than this build knows still decodes (as JSON) so the record
+    /// stays readable, and [`BackupRecord::vm_config`] tells it apart. Removed with the
+    /// backup; a merge rewrites the surviving record in place, so it keeps its own.
+    #[serde(default)]
+    pub vm_config: Option<serde_json::Value>,
+}
+
+/// What [`BackupRecord::vm_config`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredVmConfig {
+    /// No configuration is stored (a backup taken before capture existed).
+    None,
+    /// A configuration this build reads.
+    Known(Box<VmConfig>),
+    /// A configuration of a version later than this build knows.
+    Newer {
+        /// Its version.
+        version: u64,
+    },
+    /// A stored configuration that does not decode (damaged).
+    Unreadable,
 }
 
 impl BackupRecord {
@@ -121,7 +143,26 @@ impl BackupRecord {
             protected: false,
             verification: Verification::default(),
             disks,
+            vm_config: None,
             backup_id,
+        }
+    }
+
+    /// The stored configuration, decoded and validated.
+    #[must_use]
+    pub fn vm_config(&self) -> StoredVmConfig {
+        let Some(value) = &self.vm_config else {
+            return StoredVmConfig::None;
+        };
+        let version = value.get("version").and_then(serde_json::Value::as_u64);
+        if let Some(version) = version
+            && version > u64::from(sendense_types::VM_CONFIG_VERSION)
+        {
+            return StoredVmConfig::Newer { version };
+        }
+        match VmConfig::deserialize(value) {
+            Ok(config) => StoredVmConfig::Known(Box::new(config)),
+            Err(_) => StoredVmConfig::Unreadable,
         }
     }
 
@@ -183,6 +224,10 @@ impl BackupRecord {
                     bytes_written: d.bytes_written,
                 })
                 .collect(),
+            vm_config: match self.vm_config() {
+                StoredVmConfig::Known(config) => Some(*config),
+                _ => None,
+            },
         }
     }
 }
@@ -355,6 +400,7 @@ mod tests {
                         protected: !incremental,
                         verification: Verification::default(),
                         disks,
+                        vm_config: incremental.then(|| serde_json::json!({"version": 1})),
                         vm_name,
                     }
                 },

@@ -772,6 +772,11 @@ pub struct Backup {
     pub verification: Verification,
     /// Its disks, ordered by key.
     pub disks: Vec<BackupDisk>,
+    /// The VM's configuration captured at this backup (`PUT /api/v1/backups/{id}/vm_config`);
+    /// `null` for a backup taken before capture existed, or whose config is of a later
+    /// version than this build knows.
+    #[serde(default)]
+    pub vm_config: Option<crate::vm_config::VmConfig>,
 }
 
 /// `GET /api/v1/backups/chain/{vm_name}`: the full backup, then its incrementals, oldest first.

@@ -20,4 +20,6 @@ mod policies;
 #[cfg(test)]
 mod support;
 #[cfg(test)]
+mod vm_config;
+#[cfg(test)]
 mod vms;

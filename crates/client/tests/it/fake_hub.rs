@@ -218,6 +218,7 @@ fn route(
                 protected: false,
                 verification: sendense_types::Verification::default(),
                 disks,
+                vm_config: None,
             };
             st.backup = Some(backup.clone());
             (201, serde_json::to_string(&backup).unwrap())

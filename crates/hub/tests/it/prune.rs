@@ -38,7 +38,7 @@ async fn prune(hub: &Hub, vm: &str, body: Value) -> (StatusCode, Value) {
 
 /// Waits (20 s at most) until job `id` has ended, on the hub's finished-job broadcast (the one
 /// the webhook listens to); answers the job as the API lists it.
-async fn wait_ended(hub: &Hub, id: &str) -> Job {
+pub(crate) async fn wait_ended(hub: &Hub, id: &str) -> Job {
     let mut ended = hub
         .running
         .as_ref()
@@ -538,6 +538,7 @@ async fn prune_job_interrupted_by_a_restart_is_queued_again_and_runs() {
                 }),
                 remove: vec![old.backup_id.clone()],
                 result: None,
+                restore: None,
             })
             .unwrap();
         catalog

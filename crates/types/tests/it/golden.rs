@@ -30,6 +30,7 @@ fn backup() -> Backup {
             change_id: None,
             bytes_written: 4096,
         }],
+        vm_config: None,
     }
 }
 
@@ -56,7 +57,8 @@ fn backup_json() -> Value {
             "parent_change_id": "52 3c 7e/12",
             "change_id": null,
             "bytes_written": 4096
-        }]
+        }],
+        "vm_config": null
     })
 }
 

@@ -105,6 +105,7 @@ fn backup() -> impl Strategy<Value = Backup> {
                 protected: st == BackupStatus::Failed,
                 verification: sendense_types::Verification::default(),
                 disks,
+                vm_config: None,
             },
         )
 }
