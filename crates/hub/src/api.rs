@@ -23,8 +23,8 @@ use sendense_types::{
     AgentName, ApiError, BackupId, BackupNowRequest, BackupQuery, CompleteBackupRequest,
     CreateAgentRequest, CredentialName, CredentialRequest, DiskKey, EnrollRequest,
     FailBackupRequest, FilesQuery, FinishJobRequest, Health, HeartbeatRequest, InstantId, JobId,
-    JobQuery, NextJobQuery, PolicyName, PruneRequest, RegisterVmRequest, StartBackupRequest,
-    Timestamp, UpdateBackupRequest, VmName,
+    JobQuery, NextJobQuery, PolicyName, PruneRequest, RegisterVmRequest, RestoreRequest,
+    StartBackupRequest, Timestamp, UpdateBackupRequest, VmConfig, VmName,
 };
 use serde::de::DeserializeOwned;
 
@@ -33,12 +33,14 @@ use crate::credentials::Credentials;
 use crate::engine::{ContentShape, Engine};
 use crate::error::{ErrorKind, HubError};
 use crate::hub_jobs::HubJobs;
-use crate::jobs::Jobs;
+use crate::jobs::{BackupAccess, Jobs};
 use crate::policies::Policies;
 
 /// The routes (method, path) an agent's token may call besides `health`: its own job poll,
-/// heartbeat and finish of jobs assigned to it (the handlers check the agent), and what its
-/// backup flow needs.
+/// heartbeat and finish of jobs assigned to it (the handlers check the agent), what its
+/// backup flow needs, and the restore exports of the point of a restore job it runs. On one
+/// backup (`GET`, `vm_config`, `exports`) the handler checks that a job the agent holds works
+/// on it ([`Jobs::check_backup_access`]), else 403.
 pub const AGENT_ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/api/v1/agents/{name}/jobs/next"),
     (Method::POST, "/api/v1/jobs/{id}/heartbeat"),
@@ -53,6 +55,9 @@ pub const AGENT_ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/api/v1/backups/{id}/snapshot"),
     (Method::GET, "/api/v1/backups/{id}/snapshot"),
     (Method::PUT, "/api/v1/backups/{id}/disks/{key}/digests"),
+    (Method::PUT, "/api/v1/backups/{id}/vm_config"),
+    (Method::POST, "/api/v1/backups/{id}/exports"),
+    (Method::DELETE, "/api/v1/backups/{id}/exports"),
 ];
 
 /// Largest request body accepted.
@@ -112,6 +117,13 @@ pub fn router(state: ApiState) -> Router {
             post(open_exports).delete(close_exports),
         )
         .route("/api/v1/backups/{id}/instant", post(start_instant))
+        .route(
+            "/api/v1/backups/{id}/vm_config",
+            axum::routing::put(put_vm_config).layer(axum::extract::DefaultBodyLimit::max(
+                sendense_types::vm_config::MAX_VM_CONFIG_BYTES,
+            )),
+        )
+        .route("/api/v1/backups/{id}/restore", post(restore_vm))
         .route("/api/v1/instant", get(list_instants))
         .route(
             "/api/v1/instant/{id}",
@@ -407,8 +419,10 @@ async fn list_backups(
 
 async fn get_backup(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
+    check_access(&s, caller, &id, BackupAccess::Read).await?;
     let id: BackupId = parse("backup id", &id)?;
     Ok(Json(blocking(move || s.engine.backup(&id)).await?))
 }
@@ -561,8 +575,10 @@ async fn chain(State(s): State<ApiState>, Path(vm): Path<String>) -> ApiResult<i
 
 async fn open_exports(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
+    check_access(&s, caller, &id, BackupAccess::Exports).await?;
     let id: BackupId = parse("backup id", &id)?;
     Ok(Json(blocking(move || s.engine.open_restore(&id)).await?))
 }
@@ -673,11 +689,58 @@ fn content_disposition(name: &str) -> String {
 
 async fn close_exports(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
+    check_access(&s, caller, &id, BackupAccess::Exports).await?;
     let id: BackupId = parse("backup id", &id)?;
     s.engine.close_restore(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Refuses (403) an agent whose held jobs do not work on backup `id` ([`Jobs::check_backup_access`]);
+/// the admin passes.
+async fn check_access(
+    s: &ApiState,
+    caller: Caller,
+    id: &str,
+    access: BackupAccess,
+) -> ApiResult<()> {
+    if caller == Caller::Admin {
+        return Ok(());
+    }
+    let (jobs, id) = (Arc::clone(&s.jobs), id.to_owned());
+    blocking(move || jobs.check_backup_access(&caller, &id, access)).await
+}
+
+/// `PUT /api/v1/backups/{id}/vm_config`: stores the VM configuration captured at that backup
+/// (at most [`sendense_types::vm_config::MAX_VM_CONFIG_BYTES`], validated); answers the backup.
+async fn put_vm_config(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    // Who may store it is checked before the body is looked at: a stranger learns nothing.
+    check_access(&s, caller, &id, BackupAccess::Write).await?;
+    let id: BackupId = parse("backup id", &id)?;
+    let bytes = body
+        .map_err(|e| ApiFailure::bad_request(format!("Cannot read the body: {}", e.body_text())))?;
+    let Json(config) = Json::<VmConfig>::from_bytes(&bytes).map_err(|e| json_rejection(&e))?;
+    Ok(Json(
+        blocking(move || s.engine.put_vm_config(&id, &config)).await?,
+    ))
+}
+
+/// `POST /api/v1/backups/{id}/restore`: 202 `{job_id}` of the queued `restore` job.
+async fn restore_vm(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Body(req): Body<RestoreRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    let accepted = blocking(move || s.jobs.queue_restore(&id, req)).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 async fn start_instant(

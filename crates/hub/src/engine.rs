@@ -70,6 +70,9 @@ pub use files::{ContentBody, ContentShape, FileContent, MAX_DOWNLOADS, STALL_LIM
 mod instant;
 
 pub use instant::INSTANT_DIR;
+mod vm_restore;
+
+pub use vm_restore::RestorePlan;
 
 /// Folder of the repository inside the data folder.
 pub const REPOSITORY_DIR: &str = "repository";
@@ -1055,7 +1058,10 @@ impl Engine {
             live.deleting.insert(id.clone());
         }
         // An instant recovery starting from now on sees `deleting` and gives up.
-        if let Err(e) = self.refuse_instant_held(&id.vm_name(), std::slice::from_ref(id)) {
+        let held = self
+            .refuse_instant_held(&id.vm_name(), std::slice::from_ref(id))
+            .and_then(|()| self.refuse_restore_held(&id.vm_name(), std::slice::from_ref(id)));
+        if let Err(e) = held {
             self.live().deleting.remove(id);
             return Err(e);
         }

@@ -280,6 +280,100 @@ pub enum HubError {
         /// The failed point.
         backup_id: BackupId,
     },
+    /// A `vm_config` whose disks are not the backup's disks.
+    #[error(
+        "The vm_config does not match backup {backup_id}'s disks: config disks the backup lacks: {}; backup disks the config lacks: {}",
+        list(not_in_backup),
+        list(not_in_config)
+    )]
+    VmConfigDisks {
+        /// The backup.
+        backup_id: BackupId,
+        /// Disks of the config that the backup does not have.
+        not_in_backup: Vec<DiskKey>,
+        /// Disks of the backup that the config does not have.
+        not_in_config: Vec<DiskKey>,
+    },
+    /// A whole-VM restore of a point that has no captured configuration.
+    #[error(
+        "Backup {backup_id} has no captured VM configuration (it was taken before this version captured it): a whole-VM restore needs a backup taken by this version; its disks can still be restored with `sendense-client restore --to FILE`"
+    )]
+    NoVmConfig {
+        /// The point.
+        backup_id: BackupId,
+    },
+    /// A whole-VM restore of a point whose configuration is of a later version.
+    #[error(
+        "Backup {backup_id}'s VM configuration is version {version}, newer than this hub knows ({known}): restore it with the newer hub, or restore its disks with `sendense-client restore --to FILE`"
+    )]
+    VmConfigNewer {
+        /// The point.
+        backup_id: BackupId,
+        /// The stored version.
+        version: u64,
+        /// The newest version this build reads.
+        known: u32,
+    },
+    /// The stored configuration of a point does not decode.
+    #[error(
+        "Backup {backup_id}'s stored VM configuration is damaged: send it again (PUT /api/v1/backups/{{id}}/vm_config)"
+    )]
+    VmConfigUnreadable {
+        /// The point.
+        backup_id: BackupId,
+    },
+    /// A restore of a point that failed verification.
+    #[error(
+        "Restore point {backup_id} failed verification: restore an earlier point, or verify it again (POST /api/v1/backups/{{id}}/verify)"
+    )]
+    PointFailedVerification {
+        /// The point.
+        backup_id: BackupId,
+    },
+    /// A restore names disks the point does not hold.
+    #[error(
+        "Restore point {backup_id} has no disk {} (its disks: {})",
+        list(disk_keys),
+        list(known)
+    )]
+    RestoreDisksUnknown {
+        /// The point.
+        backup_id: BackupId,
+        /// The disks asked for that it lacks.
+        disk_keys: Vec<DiskKey>,
+        /// The disks it holds.
+        known: Vec<DiskKey>,
+    },
+    /// A restore without a credential, and none is known for the point's VM.
+    #[error(
+        "No vCenter credential known for VM {vm}: name the one whose agent should run the restore (\"credential\")"
+    )]
+    NoCredentialForRestore {
+        /// The VM of the point.
+        vm: VmName,
+    },
+    /// Restore jobs read these points: they cannot be removed or merged until the jobs end.
+    #[error(
+        "Restore points {} are read by restore job {}: wait for it to end or cancel it (POST /api/v1/jobs/{{id}}/cancel)",
+        list(backup_ids),
+        list(job_ids)
+    )]
+    RestoreHeld {
+        /// The points asked for that a restore job reads.
+        backup_ids: Vec<BackupId>,
+        /// The restore jobs reading them.
+        job_ids: Vec<JobId>,
+    },
+    /// An agent asked for a backup none of its jobs works on.
+    #[error(
+        "Agent {agent} runs no job on backup {backup_id}: an agent may read a backup its own running backup job writes, and open the exports of the point of a restore job it runs"
+    )]
+    NotYourBackup {
+        /// The backup asked for (as given).
+        backup_id: String,
+        /// The agent asking.
+        agent: AgentName,
+    },
     /// The repository's file system cannot hold what a backup is estimated to need.
     #[error(
         "VM {vm}: the repository has {free} bytes free but this backup is estimated to need {needed} (plus {reserve} kept free): free space (prune old points: POST /api/v1/vms/{{name}}/prune) or grow the file system"
@@ -687,7 +781,16 @@ impl HubError {
             | Self::StartCancelled { .. }
             | Self::DrainTimeout { .. }
             | Self::NoDigests { .. }
-            | Self::ChainFailedVerification { .. } => ErrorKind::Conflict,
+            | Self::ChainFailedVerification { .. }
+            | Self::NoVmConfig { .. }
+            | Self::VmConfigNewer { .. }
+            | Self::VmConfigUnreadable { .. }
+            | Self::PointFailedVerification { .. }
+            | Self::RestoreHeld { .. } => ErrorKind::Conflict,
+            Self::VmConfigDisks { .. }
+            | Self::RestoreDisksUnknown { .. }
+            | Self::NoCredentialForRestore { .. } => ErrorKind::BadRequest,
+            Self::NotYourBackup { .. } => ErrorKind::Forbidden,
             Self::SpaceShort { .. } => ErrorKind::InsufficientStorage,
             Self::ShuttingDown => ErrorKind::Unavailable,
             Self::HubJobRunning { .. } => ErrorKind::Conflict,
@@ -743,4 +846,16 @@ impl HubError {
             source,
         }
     }
+}
+
+/// `a, b, c`, or `none`.
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".to_owned();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

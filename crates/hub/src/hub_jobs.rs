@@ -434,6 +434,8 @@ impl HubJobs {
         let (mut todo, mut protected, mut gone) = (Vec::new(), Vec::new(), Vec::new());
         let mut held: Vec<BackupId> = Vec::new();
         let mut held_by: Vec<InstantId> = Vec::new();
+        let (mut restoring, mut restored_by): (Vec<BackupId>, Vec<JobId>) =
+            (Vec::new(), Vec::new());
         for id in &job.remove {
             match self.catalog.backup(id)? {
                 Some(r) if r.protected => protected.push(id.clone()),
@@ -465,6 +467,15 @@ impl HubJobs {
                     held.extend(backup_ids);
                     held_by.extend(instant_ids);
                 }
+                // Read by a queued or running restore job: skipped, naming it.
+                Err(HubError::RestoreHeld {
+                    backup_ids,
+                    job_ids,
+                }) if backup_ids.iter().all(|id| todo.contains(id)) && !backup_ids.is_empty() => {
+                    todo.retain(|id| !backup_ids.contains(id));
+                    restoring.extend(backup_ids);
+                    restored_by.extend(job_ids);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -488,6 +499,14 @@ impl HubJobs {
                 "; skipped, read by instant recovery {}: {}",
                 by.join(", "),
                 join(&held)
+            ));
+        }
+        if !restoring.is_empty() {
+            let by: Vec<&str> = restored_by.iter().map(JobId::as_str).collect();
+            result.push_str(&format!(
+                "; skipped, read by restore job {}: {}",
+                by.join(", "),
+                join(&restoring)
             ));
         }
         Ok(Outcome {

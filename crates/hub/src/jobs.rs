@@ -38,9 +38,10 @@ use sendense_catalog::{Catalog, CatalogError, JobRecord};
 use sendense_types::api::BackupType;
 use sendense_types::jobs::{LEASE_SECONDS, MAX_SLOTS, MAX_WAIT_SECONDS};
 use sendense_types::{
-    AgentJob, AgentName, BackupNowRequest, CredentialName, FinishJobRequest, HeartbeatProgress,
-    HeartbeatRequest, HeartbeatResponse, Inventory, Job, JobAccepted, JobId, JobKind, JobList,
-    JobProgress, JobQuery, JobStatus, NextJobQuery, PolicyName, Timestamp, VmName,
+    AgentJob, AgentName, BackupId, BackupNowRequest, CredentialName, FinishJobRequest,
+    HeartbeatProgress, HeartbeatRequest, HeartbeatResponse, Inventory, Job, JobAccepted, JobId,
+    JobKind, JobList, JobProgress, JobQuery, JobStatus, NextJobQuery, PolicyName, RestoreRequest,
+    Timestamp, VmName,
 };
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -72,6 +73,19 @@ pub struct QueueBackup {
     pub attempt: u32,
     /// Not handed out before this time (a retry's delay).
     pub not_before: Option<Timestamp>,
+}
+
+/// What an agent asks to do with a backup ([`Jobs::check_backup_access`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupAccess {
+    /// `GET /api/v1/backups/{id}`: a backup of the VM its running backup job backs up, or the
+    /// point of a restore job it runs.
+    Read,
+    /// `PUT /api/v1/backups/{id}/vm_config`: a backup of the VM its running backup job backs
+    /// up.
+    Write,
+    /// `POST`/`DELETE /api/v1/backups/{id}/exports`: the point of a restore job it runs.
+    Exports,
 }
 
 /// The job queue. Share one per hub (`Arc`).
@@ -169,6 +183,89 @@ impl Jobs {
             not_before: None,
         })?;
         Ok(JobAccepted { job_id })
+    }
+
+    /// `POST /api/v1/backups/{id}/restore`: checks the point and the request
+    /// ([`Engine::plan_restore`]), resolves the credential (the request's, else the one the
+    /// point's VM was last backed up with, else the credential whose inventory holds the VM)
+    /// and queues a `restore` job for its agent, holding the point until the job ends.
+    ///
+    /// # Errors
+    /// As [`Engine::plan_restore`]; [`HubError::NoCredentialForRestore`] (400); unknown
+    /// credential (404); [`HubError::CredentialHasNoAgent`],
+    /// [`HubError::CredentialAgentUnknown`] (409); a queued or running restore to the same
+    /// target VM name (409 naming it); catalog errors.
+    pub fn queue_restore(
+        &self,
+        id: &BackupId,
+        request: RestoreRequest,
+    ) -> Result<JobAccepted, HubError> {
+        let vm = id.vm_name();
+        let mut plan = self.engine.plan_restore(id, request)?;
+        let credential = match plan.job.request.credential.clone() {
+            Some(c) => c,
+            None => match self.catalog.last_job_credential(&vm)? {
+                Some(c) => c,
+                None => self
+                    .known_credential(&vm)
+                    .map_err(|_| HubError::NoCredentialForRestore { vm: vm.clone() })?,
+            },
+        };
+        let agent = self.agent_of(&credential)?;
+        plan.job.request.credential = Some(credential.clone());
+        let target = plan.job.request.vm_name.clone();
+        let record = self.catalog.create_job(JobRecord {
+            vm_name: Some(vm),
+            vm_path: Some(target.clone()),
+            backup_id: Some(id.clone()),
+            restore: Some(Box::new(plan.job)),
+            ..new_job(JobKind::Restore, agent, credential)
+        })?;
+        drop(plan.chain);
+        tracing::info!(job_id = %record.job_id, backup_id = %id, target, agent = ?record.agent, "restore job queued");
+        self.wake(&record);
+        Ok(JobAccepted {
+            job_id: record.job_id,
+        })
+    }
+
+    /// Whether `caller` may do `access` on backup `id` (given as the route's text). The admin
+    /// may do everything; an agent only on backups its own held jobs work on (see
+    /// [`BackupAccess`]).
+    ///
+    /// # Errors
+    /// [`HubError::NotYourBackup`] (403); catalog errors.
+    pub fn check_backup_access(
+        &self,
+        caller: &Caller,
+        id: &str,
+        access: BackupAccess,
+    ) -> Result<(), HubError> {
+        let Caller::Agent(agent) = caller else {
+            return Ok(());
+        };
+        let vm = id.parse::<BackupId>().ok().map(|b| b.vm_name());
+        let allowed = self.catalog.leased_jobs()?.iter().any(|j| {
+            if j.agent.as_ref() != Some(agent) || !held(j) {
+                return false;
+            }
+            let on_point = j.backup_id.as_ref().is_some_and(|b| b.as_str() == id);
+            let backup_of_vm =
+                j.kind == JobKind::Backup && (on_point || (vm.is_some() && j.vm_name == vm));
+            match access {
+                BackupAccess::Read => backup_of_vm || (j.kind == JobKind::Restore && on_point),
+                BackupAccess::Write => backup_of_vm,
+                BackupAccess::Exports => j.kind == JobKind::Restore && on_point,
+            }
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(HubError::NotYourBackup {
+                backup_id: id.to_owned(),
+                agent: agent.clone(),
+            })
+        }
     }
 
     /// `POST /api/v1/credentials/{name}/inventory/refresh`: queues an inventory job for the
@@ -565,7 +662,7 @@ impl Jobs {
             credential,
             attempt: job.attempt,
             lease_seconds: LEASE_SECONDS,
-            restore: None,
+            restore: job.restore.clone(),
         })
     }
 

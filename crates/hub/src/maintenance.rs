@@ -421,6 +421,8 @@ impl Maintenance {
         // An instant recovery reads its point and every point below it: none of them may be
         // merged or removed while it exists (it may last for days: refused, not waited for).
         self.engine.refuse_instant_held(vm, ids)?;
+        // A queued or running restore job reads its point the same way, until it ends.
+        self.engine.refuse_restore_held(vm, ids)?;
         self.wait_idle(vm)?;
         let all = self.vm_backups(vm)?;
         let total: u64 = records

@@ -8,7 +8,7 @@ pub const DOCUMENT: &str = r##"{
   "info": {
     "title": "Sendense hub API",
     "version": "1",
-    "description": "Register VMs, run full and incremental backups into QCOW2 over NBD, list chains, open restore exports, run instant recoveries. Every call but /api/v1/health and /api/v1/agents/enroll needs 'Authorization: Bearer <token>': the admin token (DATA/api.token) may call all; an agent's token only its job poll, heartbeat and finish of its jobs, and the backup flow (others answer 403 forbidden). Errors are {error, message}."
+    "description": "Register VMs, run full and incremental backups into QCOW2 over NBD, list chains, open restore exports, run instant recoveries. Every call but /api/v1/health and /api/v1/agents/enroll needs 'Authorization: Bearer <token>': the admin token (DATA/api.token) may call all; an agent's token only its job poll, heartbeat and finish of its jobs, the backup flow (a backup its running backup job writes) and the restore exports of the point of a restore job it runs (others answer 403 forbidden). Errors are {error, message}."
   },
   "components": {
     "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
@@ -53,7 +53,41 @@ pub const DOCUMENT: &str = r##"{
         "files_missing": { "type": "boolean", "description": "A completed backup whose image files are gone: never a parent, not restorable" },
         "protected": { "type": "boolean", "description": "Never pruned nor deleted while set (PUT /api/v1/backups/{id})" },
         "verification": { "$ref": "#/components/schemas/Verification" },
-        "disks": { "type": "array", "items": { "$ref": "#/components/schemas/BackupDisk" } } } },
+        "disks": { "type": "array", "items": { "$ref": "#/components/schemas/BackupDisk" } },
+        "vm_config": { "oneOf": [ { "$ref": "#/components/schemas/VmConfig" }, { "type": "null" } ], "description": "The VM's configuration captured at this backup; null for a backup taken before capture (or of a later config version than this hub knows)" } } },
+      "VmConfig": { "type": "object", "additionalProperties": false, "required": ["version", "name", "guest_id", "firmware", "num_cpus", "cores_per_socket", "memory_mb", "controllers", "disks"],
+        "description": "A VM's hardware as captured from its backup snapshot; validated when received (bounded, printable, unique device keys, every disk on a controller of the config)", "properties": {
+        "version": { "type": "integer", "minimum": 1, "description": "Format version (1); a later one is refused" },
+        "name": { "type": "string" }, "guest_id": { "type": "string", "description": "e.g. ubuntu64Guest" },
+        "hardware_version": { "type": ["string", "null"], "description": "e.g. vmx-19" },
+        "firmware": { "type": "string", "enum": ["bios", "efi"] }, "secure_boot": { "type": "boolean", "default": false },
+        "num_cpus": { "type": "integer", "minimum": 1, "maximum": 4096 }, "cores_per_socket": { "type": "integer", "minimum": 1, "description": "divides num_cpus" },
+        "memory_mb": { "type": "integer", "minimum": 1 }, "annotation": { "type": "string", "default": "", "maxLength": 65536 },
+        "controllers": { "type": "array", "maxItems": 64, "items": { "type": "object", "additionalProperties": false, "required": ["key", "kind", "bus_number"], "properties": {
+          "key": { "type": "integer" }, "kind": { "type": "string", "enum": ["ide", "sata", "nvme", "lsilogic", "lsilogic-sas", "pvscsi", "buslogic"] }, "bus_number": { "type": "integer" } } } },
+        "disks": { "type": "array", "maxItems": 512, "items": { "type": "object", "additionalProperties": false, "required": ["key", "capacity_bytes", "controller_key", "unit_number", "provisioning"], "properties": {
+          "key": { "type": "integer", "description": "The backup's disk key: the config's disks must be exactly the backup's" }, "capacity_bytes": { "type": "integer" },
+          "controller_key": { "type": "integer" }, "unit_number": { "type": "integer" },
+          "provisioning": { "type": "string", "enum": ["thin", "thick-lazy", "thick-eager"] }, "file_name": { "type": ["string", "null"] } } } },
+        "nics": { "type": "array", "maxItems": 64, "items": { "type": "object", "additionalProperties": false, "required": ["key", "adapter_type", "network", "mac_address", "mac_manual"], "properties": {
+          "key": { "type": "integer" }, "adapter_type": { "type": "string", "enum": ["vmxnet3", "vmxnet2", "e1000", "e1000e", "pcnet32"] },
+          "network": { "type": "string" }, "mac_address": { "type": "string", "pattern": "^[0-9a-f]{2}(:[0-9a-f]{2}){5}$" },
+          "mac_manual": { "type": "boolean" }, "start_connected": { "type": "boolean", "default": true } } } } } },
+      "RestoreRequest": { "type": "object", "additionalProperties": false, "required": ["target", "vm_name", "datacenter", "datastore"], "properties": {
+        "target": { "type": "string", "enum": ["vcenter", "existing_vm"], "description": "vcenter: a new VM built from the point's vm_config; existing_vm: the point's disks added as new disks to the VM vm_name (never over its disks)" },
+        "vm_name": { "type": "string", "description": "The new VM's name, or the existing VM's name or inventory path; one queued or running restore per name (409)" },
+        "credential": { "type": ["string", "null"], "description": "The vCenter credential whose agent runs the restore; default: the one the point's VM was last backed up with" },
+        "datacenter": { "type": "string" }, "folder": { "type": ["string", "null"], "description": "VM folder path below the datacenter; default its root VM folder" },
+        "resource_pool": { "type": ["string", "null"] }, "host": { "type": ["string", "null"] },
+        "datastore": { "type": "string" },
+        "network_map": { "type": "object", "additionalProperties": { "type": "string" }, "description": "Captured network -> network to connect to; a network neither mapped nor present is refused by the agent before anything is created" },
+        "power_on": { "type": "boolean", "default": false, "description": "vcenter only" },
+        "keep_macs": { "type": "boolean", "default": false, "description": "Keep the captured MAC addresses (default: vCenter generates new ones)" },
+        "disks": { "type": ["array", "null"], "items": { "type": "integer" }, "description": "Disk keys to restore; default all of the point's" } } },
+      "RestoreJob": { "type": "object", "description": "What the agent is handed with a restore job (AgentJob.restore)", "properties": {
+        "backup_id": { "type": "string" }, "vm_config": { "$ref": "#/components/schemas/VmConfig" },
+        "request": { "$ref": "#/components/schemas/RestoreRequest" },
+        "disks": { "type": "array", "items": { "type": "object", "properties": { "disk_key": { "type": "integer" }, "capacity_bytes": { "type": "integer" } } } } } },
       "Verification": { "type": "object", "description": "The latest verification of the point against the digests of the bytes read at the source", "properties": {
         "state": { "type": "string", "enum": ["unverified", "ok", "failed"] },
         "at": { "type": ["string", "null"], "format": "date-time" },
@@ -219,7 +253,8 @@ pub const DOCUMENT: &str = r##"{
         "vm": { "type": ["string", "null"], "description": "The VM's inventory path, or its name" },
         "backup_type": { "type": ["string", "null"] },
         "credential": { "type": ["object", "null"], "description": "{name, host, username, password, ca_pem, insecure}: only to the credential's own agent" },
-        "attempt": { "type": "integer" }, "lease_seconds": { "type": "integer" } } },
+        "attempt": { "type": "integer" }, "lease_seconds": { "type": "integer" },
+        "restore": { "oneOf": [ { "$ref": "#/components/schemas/RestoreJob" }, { "type": "null" } ], "description": "restore jobs: the point, its vm_config, the request (credential resolved) and the disks to upload" } } },
       "HeartbeatRequest": { "type": "object", "additionalProperties": false, "properties": {
         "progress": { "type": "object", "properties": { "bytes_done": { "type": "integer" }, "bytes_total": { "type": "integer" } } },
         "backup_id": { "type": ["string", "null"] } } },
@@ -342,6 +377,18 @@ pub const DOCUMENT: &str = r##"{
         "responses": { "200": { "description": "One export per disk", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RestoreExports" } } } },
           "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } },
       "delete": { "summary": "Close them", "responses": { "204": { "description": "Closed" }, "404": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/backups/{id}/vm_config": {
+      "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+      "put": { "summary": "Store the VM configuration captured at this backup (replaces one sent before). Accepted while the backup is pending or running and once completed; a failed backup is refused (409). The config's disks must be exactly the backup's (400 naming the others). Body at most 1 MiB. Admin, or an agent whose running backup job backs up this VM",
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/VmConfig" } } } },
+        "responses": { "200": { "description": "The backup, with vm_config", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Backup" } } } },
+          "400": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/backups/{id}/restore": {
+      "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+      "post": { "summary": "Admin: queue a restore job: the agent of the credential creates a new VM from the point's vm_config (or adds its disks to an existing VM) and uploads the disks, reading them from the point's restore exports. Refused before queuing: unknown point 404; not completed, files missing, failed verification, unfinished merge, no vm_config (a backup taken before capture: restore disks with restore --to FILE), a vm_config version newer than the hub knows, a credential without agent, a queued or running restore to the same vm_name 409; disks the point lacks, no credential known 400. The point cannot be deleted, pruned or merged while the job is queued or running (409 naming the job)",
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RestoreRequest" } } } },
+        "responses": { "202": { "description": "Queued", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobAccepted" } } } },
+          "400": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/backups/{id}/instant": {
       "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
       "post": { "summary": "Instant recovery: per disk of this completed point a scratch QCOW2 overlay in DATA/instant/<instant_id>/ (backing file: the point's image, named ../../repository/<file>) and one writable NBD export over it; the point never changes. Survives a hub restart under the same export names",
@@ -451,6 +498,8 @@ mod tests {
             "/api/v1/backups/chain/{vm_name}",
             "/api/v1/backups/{id}/exports",
             "/api/v1/backups/{id}/instant",
+            "/api/v1/backups/{id}/vm_config",
+            "/api/v1/backups/{id}/restore",
             "/api/v1/instant",
             "/api/v1/instant/{id}",
             "/api/v1/credentials",

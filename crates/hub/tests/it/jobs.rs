@@ -14,10 +14,10 @@ use crate::hub_api::{Hub, typed};
 
 /// An enrolled agent as the test holds it.
 pub(crate) struct TestAgent {
-    name: String,
+    pub(crate) name: String,
     pub(crate) token: String,
-    cert_pem: String,
-    key_pem: String,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
 }
 
 /// A request with `token` (none: no Authorization header).
@@ -60,7 +60,7 @@ async fn create_agent(hub: &Hub, name: &str) -> String {
     body["enrollment_token"].as_str().unwrap().to_owned()
 }
 
-async fn enroll(hub: &Hub, name: &str) -> TestAgent {
+pub(crate) async fn enroll(hub: &Hub, name: &str) -> TestAgent {
     let token = create_agent(hub, name).await;
     let (csr, key_pem) = csr_for(name);
     let (status, body) = call_as(
@@ -80,7 +80,11 @@ async fn enroll(hub: &Hub, name: &str) -> TestAgent {
     }
 }
 
-async fn put_credential(hub: &Hub, name: &str, agent: Option<&str>) -> (StatusCode, Value) {
+pub(crate) async fn put_credential(
+    hub: &Hub,
+    name: &str,
+    agent: Option<&str>,
+) -> (StatusCode, Value) {
     let mut body = json!({"name": name, "host": "vc.example:443", "username": "admin",
         "password": format!("pw-of-{name}"), "insecure": true});
     if let Some(a) = agent {
@@ -100,7 +104,7 @@ pub(crate) async fn poll(hub: &Hub, agent: &TestAgent, wait: u32) -> (StatusCode
     .await
 }
 
-async fn queue_backup(hub: &Hub, vm: &str, body: Value) -> String {
+pub(crate) async fn queue_backup(hub: &Hub, vm: &str, body: Value) -> String {
     let (status, answer) = hub.post(&format!("/api/v1/vms/{vm}/backup"), body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     answer["job_id"].as_str().unwrap().to_owned()

@@ -24,4 +24,6 @@ mod support;
 #[cfg(test)]
 mod verify;
 #[cfg(test)]
+mod vm_restore;
+#[cfg(test)]
 mod webhook;

@@ -21,19 +21,19 @@ use serde_json::json;
 use crate::hub_api::{Hub, export_of, typed};
 use crate::support::{fill_random, qemu_img_ok};
 
-const BLOCKS: u64 = 32;
-const SIZE: u64 = BLOCKS * BLOCK_SIZE;
+pub(crate) const BLOCKS: u64 = 32;
+pub(crate) const SIZE: u64 = BLOCKS * BLOCK_SIZE;
 const BS: usize = BLOCK_SIZE as usize;
 
 /// One point's writes: block ranges with data (seeded) or zeros.
-enum Write {
+pub(crate) enum Write {
     Data { first: u64, blocks: u64, seed: u64 },
     Zero { first: u64, blocks: u64 },
 }
 
 /// Takes one backup of `vm` of `kind`, sends `writes` through NBD, completes it, and stores the
 /// digests a client would have recorded beside its image.
-async fn point(hub: &Hub, vm: &str, kind: &str, writes: &[Write], seq: u64) -> Backup {
+pub(crate) async fn point(hub: &Hub, vm: &str, kind: &str, writes: &[Write], seq: u64) -> Backup {
     let b = hub.start_backup(vm, kind).await;
     let c = hub.nbd(&export_of(&b, 0)).await;
     let mut layer = LayerDigests::new(SIZE);
@@ -88,7 +88,7 @@ fn host_offset(file: &Path, guest: u64) -> u64 {
 
 /// Inverts the byte of `file`'s own data cluster that holds guest offset `guest` (found with
 /// `qemu-img map`), as a bad disk would.
-fn flip_byte(file: &Path, guest: u64) {
+pub(crate) fn flip_byte(file: &Path, guest: u64) {
     let at = host_offset(file, guest);
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -101,7 +101,7 @@ fn flip_byte(file: &Path, guest: u64) {
     f.sync_all().unwrap();
 }
 
-fn verify(hub: &Hub, b: &Backup) -> Result<sendense_types::Verification, HubError> {
+pub(crate) fn verify(hub: &Hub, b: &Backup) -> Result<sendense_types::Verification, HubError> {
     let engine = &hub.running.as_ref().unwrap().engine;
     engine.verifier().verify(&b.backup_id, &|_, _| {})
 }
