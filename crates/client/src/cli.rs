@@ -392,17 +392,21 @@ pub struct RestoreArgs {
     /// The backup (restore point), e.g. backup-web01-20261124T235901-3fa9c2.
     #[arg(long, value_name = "ID", required_unless_present = "from_instant")]
     pub backup: Option<String>,
+    /// Whole VM into vCenter instead (`--to-vcenter` and its flags).
+    #[command(flatten)]
+    pub vcenter: crate::vcenter_restore::VcenterRestoreArgs,
     /// Copy out the current state of this instant recovery instead (the point plus what its
     /// guest wrote: the "move to production" step; stop the guest first), e.g.
     /// instant-3fa9c2d41b07e588. Its exports stay open.
     #[arg(long, value_name = "ID", conflicts_with = "backup")]
     pub from_instant: Option<String>,
-    /// The disk's VMware key, e.g. 2000.
-    #[arg(long, value_name = "KEY")]
-    pub disk: u32,
+    /// The disk's VMware key, e.g. 2000 (with --to-vcenter: repeat to restore only these disks;
+    /// default all).
+    #[arg(long, value_name = "KEY", required_unless_present = "to_vcenter")]
+    pub disk: Vec<u32>,
     /// The image to write; must not exist (written as PATH.partial, renamed when complete).
-    #[arg(long, value_name = "PATH")]
-    pub to: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "to_vcenter")]
+    pub to: Option<PathBuf>,
     /// Format of the image written.
     #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
     pub format: FormatArg,
@@ -765,6 +769,18 @@ fn round2(x: f64) -> serde_json::Value {
 }
 
 async fn run_restore(args: RestoreArgs) -> Result<String, ClientError> {
+    if args.vcenter.to_vcenter {
+        return run_vcenter_restore(args).await;
+    }
+    if let Some(flag) = args.vcenter.stray_flag() {
+        return Err(invalid(flag, "applies only with --to-vcenter"));
+    }
+    let (Some(to), [disk]) = (args.to.clone(), args.disk.as_slice()) else {
+        return Err(invalid(
+            "--disk",
+            "restore --to FILE restores one disk: name it once",
+        ));
+    };
     let from = match (&args.backup, &args.from_instant) {
         (_, Some(instant)) => RestoreFrom::Instant(
             InstantId::try_from(instant.as_str()).map_err(|e| invalid("--from-instant", e))?,
@@ -780,12 +796,7 @@ async fn run_restore(args: RestoreArgs) -> Result<String, ClientError> {
         }
     };
     let (progress, bars) = progress(args.json);
-    let mut options = RestoreOptions::reading(
-        hub_options(&args.hub),
-        from,
-        DiskKey(args.disk),
-        args.to.clone(),
-    );
+    let mut options = RestoreOptions::reading(hub_options(&args.hub), from, DiskKey(*disk), to);
     options.format = match args.format {
         FormatArg::Raw => RestoreFormat::Raw,
         FormatArg::Qcow2 => RestoreFormat::Qcow2,
@@ -823,6 +834,32 @@ async fn run_restore(args: RestoreArgs) -> Result<String, ClientError> {
             s.seconds
         ))
     }
+}
+
+async fn run_vcenter_restore(args: RestoreArgs) -> Result<String, ClientError> {
+    let backup = args.backup.as_deref().unwrap_or_default();
+    let backup_id = BackupId::try_from(backup).map_err(|e| invalid("--backup", e))?;
+    let options = crate::vcenter_restore::VcenterRestoreOptions {
+        hub: hub_options(&args.hub),
+        backup_id,
+        request: args.vcenter.request(&args.disk)?,
+        wait: !args.vcenter.no_wait,
+        bar: crate::vcenter_restore::bar_wanted(args.json),
+        poll: crate::vcenter_restore::POLL_PERIOD,
+    };
+    let s = crate::vcenter_restore::run(options).await?;
+    Ok(match (&s.job, args.json) {
+        (_, true) => serde_json::json!({"job_id": s.job_id, "job": s.job}).to_string(),
+        (None, false) => s.job_id.to_string(),
+        (Some(job), false) => format!(
+            "restore job {} completed: {} bytes in {} s",
+            s.job_id,
+            job.progress.bytes_done,
+            job.started_at.zip(job.finished_at).map_or(0, |(a, b)| b
+                .unix_seconds()
+                .saturating_sub(a.unix_seconds()))
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -1052,7 +1089,7 @@ mod tests {
             panic!("not restore")
         };
         assert_eq!(args.format, FormatArg::Qcow2);
-        assert_eq!(args.disk, 2000);
+        assert_eq!(args.disk, [2000]);
     }
 
     fn restore_args(source: &[&str]) -> Result<Cli, clap::Error> {
@@ -1098,6 +1135,211 @@ mod tests {
         .unwrap_err();
 
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    fn vcenter_args(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec![
+            "sendense-client",
+            "restore",
+            "--hub",
+            "https://h:8443",
+            "--ca",
+            "ca.pem",
+            "--token-file",
+            "t",
+            "--to-vcenter",
+            "--backup",
+            "backup-web01-20261124T235901-3fa9c2",
+            "--datacenter",
+            "dc1",
+            "--datastore",
+            "ds2",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+    }
+
+    fn restore_of(cli: Cli) -> RestoreArgs {
+        let Command::Restore(args) = cli.command else {
+            panic!("not restore")
+        };
+        args
+    }
+
+    #[test]
+    fn cli_restore_to_vcenter_builds_the_request() {
+        let args = restore_of(
+            vcenter_args(&[
+                "--vm-name",
+                "web01-r",
+                "--folder",
+                "vm/restored",
+                "--resource-pool",
+                "dc1/host/c1/Resources",
+                "--host",
+                "esx1",
+                "--network-map",
+                "VM Network=Restore Net",
+                "--network-map",
+                "B=C",
+                "--power-on",
+                "--keep-macs",
+                "--disk",
+                "2001",
+                "--credential",
+                "vc1",
+                "--json",
+            ])
+            .unwrap(),
+        );
+
+        let req = args.vcenter.request(&args.disk).unwrap();
+        assert_eq!(
+            (req.target, req.vm_name.as_str()),
+            (sendense_types::RestoreTarget::Vcenter, "web01-r")
+        );
+        assert_eq!(
+            (req.datacenter.as_str(), req.datastore.as_str()),
+            ("dc1", "ds2")
+        );
+        assert_eq!(req.folder.as_deref(), Some("vm/restored"));
+        assert_eq!(req.resource_pool.as_deref(), Some("dc1/host/c1/Resources"));
+        assert_eq!(req.host.as_deref(), Some("esx1"));
+        assert_eq!(req.map_network("VM Network"), "Restore Net");
+        assert_eq!(req.map_network("B"), "C");
+        assert!(req.power_on && req.keep_macs && args.json && !args.vcenter.no_wait);
+        assert_eq!(req.disks, Some(vec![DiskKey(2001)]));
+        assert_eq!(
+            req.credential.map(|c| c.to_string()).as_deref(),
+            Some("vc1")
+        );
+    }
+
+    #[test]
+    fn cli_restore_attach_to_targets_existing_vm_with_all_disks() {
+        let args = restore_of(vcenter_args(&["--attach-to", "dc1/vm/web01", "--no-wait"]).unwrap());
+
+        let req = args.vcenter.request(&args.disk).unwrap();
+        assert_eq!(
+            (
+                req.target,
+                req.vm_name.as_str(),
+                req.disks,
+                args.vcenter.no_wait
+            ),
+            (
+                sendense_types::RestoreTarget::ExistingVm,
+                "dc1/vm/web01",
+                None,
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn cli_restore_to_vcenter_refuses_what_does_not_fit() {
+        let cases: [(&[&str], clap::error::ErrorKind); 4] = [
+            (
+                &["--vm-name", "a", "--to", "/tmp/x"],
+                clap::error::ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["--vm-name", "a", "--attach-to", "b"],
+                clap::error::ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["--attach-to", "b", "--power-on"],
+                clap::error::ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["--vm-name", "a", "--bogus"],
+                clap::error::ErrorKind::UnknownArgument,
+            ),
+        ];
+        for (extra, kind) in cases {
+            let err = vcenter_args(extra).unwrap_err();
+            assert_eq!(err.kind(), kind, "{extra:?}: {err}");
+        }
+        let no_datastore = Cli::try_parse_from([
+            "sendense-client",
+            "restore",
+            "--hub",
+            "https://h:8443",
+            "--ca",
+            "ca.pem",
+            "--token-file",
+            "t",
+            "--to-vcenter",
+            "--backup",
+            "backup-web01-20261124T235901-3fa9c2",
+            "--datacenter",
+            "dc1",
+            "--vm-name",
+            "a",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            no_datastore.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[tokio::test]
+    async fn execute_restore_vcenter_flag_without_to_vcenter_is_refused() {
+        let cli = restore_args(&[
+            "--backup",
+            "backup-web01-20261124T235901-3fa9c2",
+            "--vm-name",
+            "a",
+        ])
+        .unwrap();
+
+        let err = execute(cli.command).await.unwrap_err();
+
+        assert!(err.to_string().contains("--vm-name"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn execute_restore_to_file_with_two_disks_is_refused() {
+        let cli = restore_args(&[
+            "--backup",
+            "backup-web01-20261124T235901-3fa9c2",
+            "--disk",
+            "2001",
+        ])
+        .unwrap();
+
+        let err = execute(cli.command).await.unwrap_err();
+
+        assert!(err.to_string().contains("one disk"), "{err}");
+    }
+
+    #[test]
+    fn cli_restore_help_explains_to_vcenter_with_an_example() {
+        let help = Cli::command()
+            .find_subcommand_mut("restore")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+
+        for flag in [
+            "--to-vcenter",
+            "--vm-name",
+            "--datacenter",
+            "--datastore",
+            "--folder",
+            "--resource-pool",
+            "--host",
+            "--network-map",
+            "--power-on",
+            "--keep-macs",
+            "--credential",
+            "--attach-to",
+            "--no-wait",
+            "Example: sendense-client restore",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from:\n{help}");
+        }
     }
 
     #[test]

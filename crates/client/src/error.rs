@@ -223,6 +223,16 @@ pub enum ClientError {
         /// The flag.
         flag: &'static str,
     },
+    /// A restore job followed to its end did not complete.
+    #[error("Restore job {job_id} {status}: {error}")]
+    RestoreJobEnded {
+        /// The job.
+        job_id: sendense_types::JobId,
+        /// `failed` or `cancelled`.
+        status: sendense_types::JobStatus,
+        /// The job's error.
+        error: String,
+    },
 
     /// `--vcenter-credential` is not a valid credential name.
     #[error("Invalid credential name {name:?}: {reason}")]

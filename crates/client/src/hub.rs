@@ -270,6 +270,15 @@ impl HubClient {
         self.call(Method::POST, &path, Some(request)).await
     }
 
+    /// `GET /api/v1/jobs/{id}`: one job, with its progress.
+    ///
+    /// # Errors
+    /// See the module documentation.
+    pub async fn job(&self, id: &JobId) -> Result<sendense_types::Job, ClientError> {
+        let path = format!("/api/v1/jobs/{id}");
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
     /// `POST /api/v1/backups/{id}/fail`.
     ///
     /// # Errors

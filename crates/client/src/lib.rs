@@ -7,6 +7,8 @@
 //! - [`agent`]: `sendense-client agent enroll` / `agent run`: the hub drives the appliance
 //!   ([`agent::enroll`], [`agent::run`]).
 //! - [`restore`]: `sendense-client restore` as a library call ([`restore::run`]).
+//! - [`vcenter_restore`]: `sendense-client restore --to-vcenter`: a restore job queued at the
+//!   hub and followed ([`vcenter_restore::run`]).
 //! - [`cli`]: the `sendense-client` command line (parsing and dispatch).
 //! - [`cbt`]: VMware `DiskChangeInfo` changed areas from a file, validated and merged.
 //! - [`progress`]: progress shown to a person (indicatif bars, log lines).
@@ -29,5 +31,6 @@ pub mod hub;
 pub mod progress;
 pub mod restore;
 pub mod vcenter;
+pub mod vcenter_restore;
 
 pub use error::ClientError;

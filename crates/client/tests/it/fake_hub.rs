@@ -42,6 +42,10 @@ pub(crate) struct HubState {
     pub(crate) digests_at_complete: Option<usize>,
     /// Answer digest uploads with this status and an error (404: a hub older than the route).
     pub(crate) refuse_digests: Option<u16>,
+    /// Every `POST /api/v1/backups/{id}/restore` body received.
+    pub(crate) restores: Vec<serde_json::Value>,
+    /// What `GET /api/v1/jobs/{id}` answers, one per read (the last one stays).
+    pub(crate) job_script: Vec<serde_json::Value>,
 }
 
 pub(crate) struct FakeHub {
@@ -270,6 +274,18 @@ fn route(
                 200,
                 serde_json::to_string(&RestoreExports { disks }).unwrap(),
             )
+        }
+        ("POST", p) if p.ends_with("/restore") => {
+            st.restores.push(serde_json::from_slice(body).unwrap());
+            (202, r#"{"job_id":"job-00000000000000aa"}"#.to_owned())
+        }
+        ("GET", "/api/v1/jobs/job-00000000000000aa") => {
+            let job = if st.job_script.len() > 1 {
+                st.job_script.remove(0)
+            } else {
+                st.job_script.first().cloned().unwrap_or_default()
+            };
+            (200, job.to_string())
         }
         ("DELETE", p) if p.ends_with("/exports") => {
             st.restore_closed = true;

@@ -578,3 +578,93 @@ async fn backup_whose_digests_the_hub_refuses_fails_with_the_hubs_words() {
     let reason = st.failed.clone().unwrap();
     assert!(reason.contains("digests refused by the test"), "{reason}");
 }
+
+/// A job of the fake hub's script.
+fn job(status: &str, done: u64, error: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "job_id": "job-00000000000000aa", "kind": "restore", "vm_name": "web01",
+        "status": status, "backup_id": "backup-web01-20261124T235901-3fa9c2", "agent": "a1",
+        "progress": {"bytes_done": done, "bytes_total": 4096, "mb_per_s": 1.5, "eta_seconds": null},
+        "error": error, "queued_at": "2026-11-25T00:00:00Z", "started_at": null,
+        "finished_at": null
+    })
+}
+
+fn vcenter_options(world: &World) -> sendense_client::vcenter_restore::VcenterRestoreOptions {
+    sendense_client::vcenter_restore::VcenterRestoreOptions {
+        hub: world.hub_options(),
+        backup_id: "backup-web01-20261124T235901-3fa9c2".parse().unwrap(),
+        request: serde_json::from_value(serde_json::json!({
+            "target": "vcenter", "vm_name": "web01-r", "datacenter": "dc1", "datastore": "ds2",
+            "network_map": {"VM Network": "Restore Net"}, "power_on": true
+        }))
+        .unwrap(),
+        wait: true,
+        bar: false,
+        poll: std::time::Duration::ZERO,
+    }
+}
+
+#[tokio::test]
+async fn vcenter_restore_posts_the_request_and_follows_the_job_to_completion() {
+    let world = World::new().await;
+    world.hub.state.lock().unwrap().job_script = vec![
+        job("queued", 0, None),
+        job("running", 2048, None),
+        job("completed", 4096, None),
+    ];
+
+    let summary = sendense_client::vcenter_restore::run(vcenter_options(&world))
+        .await
+        .unwrap();
+
+    let st = world.hub.state.lock().unwrap();
+    assert_eq!(st.restores.len(), 1);
+    assert_eq!(st.restores[0]["vm_name"], "web01-r");
+    assert_eq!(st.restores[0]["network_map"]["VM Network"], "Restore Net");
+    assert_eq!(summary.job_id.as_str(), "job-00000000000000aa");
+    let done = summary.job.unwrap();
+    assert_eq!(
+        (done.status, done.progress.bytes_done),
+        (sendense_types::JobStatus::Completed, 4096)
+    );
+}
+
+#[tokio::test]
+async fn vcenter_restore_failed_job_is_an_error_with_its_reason() {
+    let world = World::new().await;
+    world.hub.state.lock().unwrap().job_script = vec![
+        job("running", 1024, None),
+        job(
+            "failed",
+            1024,
+            Some("network Backup Net is neither mapped nor in dc1"),
+        ),
+    ];
+
+    let err = sendense_client::vcenter_restore::run(vcenter_options(&world))
+        .await
+        .unwrap_err();
+
+    let text = err.to_string();
+    assert!(
+        text.contains("failed") && text.contains("neither mapped"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn vcenter_restore_no_wait_answers_the_queued_job_without_reading_it() {
+    let world = World::new().await;
+    let mut options = vcenter_options(&world);
+    options.wait = false;
+
+    let summary = sendense_client::vcenter_restore::run(options)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        (summary.job_id.as_str(), summary.job),
+        ("job-00000000000000aa", None)
+    );
+}
