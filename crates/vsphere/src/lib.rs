@@ -7,6 +7,8 @@
 //! - [`VmDiskSource`]: a [`sendense_transfer::DiskSource`] of a disk at a snapshot.
 //! - [`VsphereBackup::prepare`]: the VMware CBT rules (snapshot, change ids, automatic fulls)
 //!   and [`Prepared::finish`], which always removes our snapshot.
+//! - [`config`]: a VM's configuration (`VirtualMachineConfigInfo`) read into
+//!   [`sendense_types::VmConfig`]; [`Prepared::vm_config`] holds the backup snapshot's.
 //! - [`xml`]: the bounded XML reader of vCenter answers (also used by `sendense-vsphere-sim`).
 //!
 //! A backup run, as the client binary drives it:
@@ -35,6 +37,7 @@
 
 pub mod backup;
 pub mod cbt;
+pub mod config;
 pub mod datastore;
 pub mod error;
 pub mod session;

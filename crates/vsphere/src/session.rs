@@ -663,6 +663,35 @@ impl Session {
         }
     }
 
+    /// The configuration of a VM or snapshot (`config`), as a restore rebuilds it (see
+    /// [`crate::config`]); distributed port groups are named by reading their `name`.
+    ///
+    /// # Errors
+    /// [`VsphereError::Config`] for a configuration that is not valid; HTTP and SOAP errors.
+    pub async fn vm_config(&self, obj: &MoRef) -> Result<sendense_types::VmConfig, VsphereError> {
+        let props = self.properties(obj, &["config"]).await?;
+        let config = props
+            .iter()
+            .find(|(n, _)| n == "config")
+            .map(|(_, v)| v)
+            .ok_or(VsphereError::UnexpectedResponse {
+                what: "object without config",
+            })?;
+        let mut names = BTreeMap::new();
+        for key in crate::config::portgroup_keys(config) {
+            let pg = MoRef::new("DistributedVirtualPortgroup", &key);
+            match self.properties(&pg, &["name"]).await {
+                Ok(p) => {
+                    if let Some((_, v)) = p.iter().find(|(n, _)| n == "name") {
+                        names.insert(key, v.text.clone());
+                    }
+                }
+                Err(e) => warn!(portgroup = %key, error = %e, "cannot read a port group's name"),
+            }
+        }
+        crate::config::vm_config(config, &|key| names.get(key).cloned())
+    }
+
     /// The inventory path of the VM's datacenter (the `dcPath` of datastore URLs).
     ///
     /// # Errors
