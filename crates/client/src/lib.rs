@@ -7,6 +7,8 @@
 //! - [`agent`]: `sendense-client agent enroll` / `agent run`: the hub drives the appliance
 //!   ([`agent::enroll`], [`agent::run`]).
 //! - [`restore`]: `sendense-client restore` as a library call ([`restore::run`]).
+//! - [`vm_restore`]: the agent's `restore` job: a point rebuilt as a VM in vCenter, or its
+//!   disks added to an existing VM ([`vm_restore::run_job`]).
 //! - [`cli`]: the `sendense-client` command line (parsing and dispatch).
 //! - [`cbt`]: VMware `DiskChangeInfo` changed areas from a file, validated and merged.
 //! - [`progress`]: progress shown to a person (indicatif bars, log lines).
@@ -29,5 +31,6 @@ pub mod hub;
 pub mod progress;
 pub mod restore;
 pub mod vcenter;
+pub mod vm_restore;
 
 pub use error::ClientError;
