@@ -8,7 +8,9 @@
 
 mod agent_job;
 mod flow;
+mod govmomi;
 mod signals;
+mod vm_restore;
 
 use std::time::Duration;
 

@@ -417,6 +417,7 @@ impl JobRunner for VcenterRunner {
                     })
                 }
                 JobKind::Inventory => inventory(&job, &context).await,
+                JobKind::Restore => crate::vm_restore::run_job(&job, &context, transfer).await,
                 kind => Err(ClientError::UnsupportedJob { kind }),
             }
         })

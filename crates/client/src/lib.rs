@@ -9,6 +9,8 @@
 //! - [`restore`]: `sendense-client restore` as a library call ([`restore::run`]).
 //! - [`vcenter_restore`]: `sendense-client restore --to-vcenter`: a restore job queued at the
 //!   hub and followed ([`vcenter_restore::run`]).
+//! - [`vm_restore`]: the agent's `restore` job: a point rebuilt as a VM in vCenter, or its
+//!   disks added to an existing VM ([`vm_restore::run_job`]).
 //! - [`cli`]: the `sendense-client` command line (parsing and dispatch).
 //! - [`cbt`]: VMware `DiskChangeInfo` changed areas from a file, validated and merged.
 //! - [`progress`]: progress shown to a person (indicatif bars, log lines).
@@ -32,5 +34,6 @@ pub mod progress;
 pub mod restore;
 pub mod vcenter;
 pub mod vcenter_restore;
+pub mod vm_restore;
 
 pub use error::ClientError;

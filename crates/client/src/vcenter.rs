@@ -31,6 +31,9 @@
 //! 7. Transfer every disk at once with the client's engine: a full sends the allocated areas
 //!    (`*`), an incremental the changed areas (zero runs as `WRITE_ZEROES`), after checking each
 //!    disk's parent change id at the hub equals the base CBT answered for.
+//!    Before the transfer, the VM's configuration read from the snapshot
+//!    ([`Prepared::vm_config`]) is stored with the backup (`PUT /api/v1/backups/{id}/vm_config`;
+//!    a hub without the route only earns a warning).
 //! 8. `complete` with each disk's new change id, only after the transfer.
 //! 9. Remove the snapshot, always. On any error or on `shutdown` (Ctrl-C, SIGTERM, SIGHUP)
 //!    after the backup was started, the snapshot is removed, then the hub is told `fail` with
@@ -49,7 +52,7 @@ use sendense_transfer::progress::{NoProgress, Progress};
 use sendense_types::api::{MAX_CHAIN_LENGTH, SnapshotRequest};
 use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, BackupSummary, BackupType, Chain, CredentialName,
-    DiskKey, DiskSpec, RegisterVmRequest, StartBackupRequest, VmName,
+    DiskKey, DiskSpec, RegisterVmRequest, StartBackupRequest, VmConfig, VmName,
 };
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -540,6 +543,9 @@ async fn with_snapshot(
             what: "no backup started",
         });
     };
+    if let Some(config) = &prepared.vm_config {
+        store_vm_config(hub, &backup.backup_id, config).await?;
+    }
     let work = async {
         let disks = plan_vcenter(prepared, backup)?;
         transfer_and_complete(
@@ -554,6 +560,31 @@ async fn with_snapshot(
     tokio::select! {
         r = work => r,
         () = shutdown => Err(ClientError::Interrupted),
+    }
+}
+
+/// Stores the VM's configuration captured from the snapshot with the backup
+/// (`PUT /api/v1/backups/{id}/vm_config`), before the data moves and so before `complete`. A hub
+/// without the route (404) keeps backups working: a warning says whole-VM restores of this
+/// point will not be possible.
+///
+/// # Errors
+/// Any other hub error.
+async fn store_vm_config(
+    hub: &HubClient,
+    backup_id: &BackupId,
+    config: &VmConfig,
+) -> Result<(), ClientError> {
+    match hub.put_vm_config(backup_id, config).await {
+        Ok(()) => {
+            info!(%backup_id, "VM configuration stored with the backup");
+            Ok(())
+        }
+        Err(e) if e.is_missing_route() => {
+            warn!(%backup_id, error = %e, "the hub does not store VM configurations; a whole-VM restore of this backup will not be possible");
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

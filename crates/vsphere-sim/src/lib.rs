@@ -36,6 +36,13 @@ use tokio::task::JoinHandle;
 
 use sendense_vsphere::xml::{self, Element, escape};
 
+mod hardware;
+
+pub use hardware::{
+    ControllerView, DiskView, Hardware, MAX_PUT_BYTES, NicView, SIM_HOST, SIM_NETWORKS,
+    SIM_RESOURCE_POOL, VmView,
+};
+
 /// User name the simulator accepts.
 pub const SIM_USER: &str = "administrator@vsphere.local";
 /// Password the simulator accepts.
@@ -101,6 +108,18 @@ pub struct SimStats {
     pub quiesce_requests: u32,
     /// `CreateSnapshot_Task` calls that asked for no quiescing.
     pub plain_snapshot_requests: u32,
+    /// `CreateVM_Task` calls.
+    pub vms_created: u32,
+    /// `Destroy_Task` calls.
+    pub vms_destroyed: u32,
+    /// `PowerOnVM_Task` calls.
+    pub power_ons: u32,
+    /// `/folder` PUT requests.
+    pub uploads: u32,
+    /// Bytes received by `/folder` PUT requests.
+    pub upload_bytes: u64,
+    /// `DeleteDatastoreFile_Task` calls.
+    pub file_deletes: u32,
 }
 
 /// A running simulator. Dropping it stops the server.
@@ -142,7 +161,7 @@ impl Default for ReadGate {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SimDisk {
     key: i32,
     capacity: u64,
@@ -155,6 +174,14 @@ struct SimDisk {
     seq: u64,
     /// (sequence tag, start, length) of every write.
     writes: Vec<(u64, u64, u64)>,
+    /// Its controller's key.
+    controller_key: i32,
+    /// Its unit on the controller.
+    unit: u32,
+    /// Thin provisioned.
+    thin: bool,
+    /// Thick, eagerly zeroed.
+    eager: bool,
 }
 
 impl SimDisk {
@@ -171,11 +198,16 @@ impl SimDisk {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SimVm {
     id: String,
     name: String,
     cbt_enabled: bool,
+    /// Everything but the disks.
+    hw: Hardware,
+    /// The folder holding it.
+    folder: String,
+    powered_on: bool,
     disks: Vec<SimDisk>,
     /// Snapshot ids, oldest first (a linear chain).
     snapshots: Vec<String>,
@@ -194,12 +226,19 @@ struct SnapDisk {
     epoch: Option<String>,
     /// File the snapshot's disk state is in (a delta if earlier snapshots exist).
     parent: Option<String>,
+    controller_key: i32,
+    unit: u32,
+    thin: bool,
+    eager: bool,
 }
 
 #[derive(Debug)]
 struct SimSnapshot {
     vm: String,
     name: String,
+    /// The VM's hardware when it was taken.
+    hw: Hardware,
+    vm_name: String,
     disks: Vec<SnapDisk>,
 }
 
@@ -228,6 +267,14 @@ struct State {
     fail_task_next: Vec<(String, String, String)>,
     /// Fault quiesced snapshots, as vCenter does for a VM without VMware Tools.
     no_tools: bool,
+    /// Container views and the object types they list.
+    views: HashMap<String, Vec<String>>,
+    /// VM folders below the datacenter's root VM folder: id -> name.
+    folders: Vec<(String, String)>,
+    /// Datastore files that are no VM's (uploaded by `/folder` PUT): path -> local file.
+    files: std::collections::BTreeMap<String, PathBuf>,
+    /// A `/folder` PUT fails (HTTP 500, body no longer read) once it received this many bytes.
+    fail_put_after: Option<u64>,
     stats: SimStats,
     dir: PathBuf,
 }
@@ -348,6 +395,7 @@ impl Simulator {
             };
             let local = st.dir.join(format!("{}-{key}-flat.vmdk", spec.name));
             File::create(&local)?.set_len(d.capacity)?;
+            let (controller_key, unit) = hardware::default_slot(i);
             disks.push(SimDisk {
                 key,
                 capacity: d.capacity,
@@ -358,12 +406,19 @@ impl Simulator {
                 epoch: spec.cbt_enabled.then(new_epoch),
                 seq: 0,
                 writes: Vec::new(),
+                controller_key,
+                unit,
+                thin: i % 2 == 0,
+                eager: i % 2 == 1,
             });
         }
         st.vms.push(SimVm {
             id: id.clone(),
             name: spec.name.clone(),
             cbt_enabled: spec.cbt_enabled,
+            hw: Hardware::default_for(&spec.name),
+            folder: hardware::ROOT_VM_FOLDER.to_owned(),
+            powered_on: false,
             disks,
             snapshots: Vec::new(),
         });
@@ -386,6 +441,8 @@ impl Simulator {
         let local = dir.join(format!("{}-{key}-flat.vmdk", v.name));
         File::create(&local)?.set_len(spec.capacity)?;
         let epoch = v.cbt_enabled.then(new_epoch);
+        let (controller_key, unit) = hardware::free_slot(v, hardware::PVSCSI_KEY)
+            .ok_or_else(|| io::Error::other("no free unit on the SCSI controller"))?;
         v.disks.push(SimDisk {
             key,
             capacity: spec.capacity,
@@ -396,6 +453,10 @@ impl Simulator {
             epoch,
             seq: 0,
             writes: Vec::new(),
+            controller_key,
+            unit,
+            thin: true,
+            eager: false,
         });
         Ok(key)
     }
@@ -716,6 +777,9 @@ async fn handle(
         in_flight.fetch_sub(1, Ordering::SeqCst);
         return Ok(r);
     }
+    if req.method() == hyper::Method::PUT && path.starts_with("/folder/") {
+        return Ok(hardware::folder_put(&state, cookie.as_deref(), req).await);
+    }
     if req.method() != hyper::Method::POST || path != "/sdk" {
         return Ok(response(StatusCode::NOT_FOUND, String::new()));
     }
@@ -886,6 +950,7 @@ const SERVICE_CONTENT: &str = "<returnval>\
 <setting type=\"OptionManager\">VpxSettings</setting>\
 <userDirectory type=\"UserDirectory\">UserDirectory</userDirectory>\
 <sessionManager type=\"SessionManager\">SessionManager</sessionManager>\
+<fileManager type=\"FileManager\">FileManager</fileManager>\
 <searchIndex type=\"SearchIndex\">SearchIndex</searchIndex>\
 <taskManager type=\"TaskManager\">TaskManager</taskManager>\
 </returnval>";
@@ -910,20 +975,24 @@ fn dispatch(st: &mut State, method: &str, m: &Element) -> Resp {
         "Logout" => ok(method, ""),
         "FindByInventoryPath" => {
             let path = text(m, "inventoryPath");
-            let found = st
-                .vms
-                .iter()
-                .find(|v| path == format!("{SIM_DATACENTER}/vm/{}", v.name));
-            match found {
-                Some(v) => ok(method, &mo("returnval", "VirtualMachine", &v.id)),
+            match hardware::find_by_path(st, path) {
+                Some((kind, id)) => ok(method, &mo("returnval", &kind, &id)),
                 None => ok(method, ""),
             }
         }
         "CreateContainerView" => {
             let id = st.id("session[sim]view");
+            let types = m
+                .children_named("type")
+                .map(|t| t.text.clone())
+                .collect::<Vec<_>>();
+            st.views.insert(id.clone(), types);
             ok(method, &mo("returnval", "ContainerView", &id))
         }
-        "DestroyView" => ok(method, ""),
+        "DestroyView" => {
+            st.views.remove(&this);
+            ok(method, "")
+        }
         "RetrievePropertiesEx" => retrieve_properties(st, m),
         "ReconfigVM_Task" => {
             let Some(vm) = st.vm_mut(&this) else {
@@ -936,7 +1005,49 @@ fn dispatch(st: &mut State, method: &str, m: &Element) -> Resp {
                 vm.cbt_enabled = e;
             }
             st.stats.reconfigs += 1;
+            if let Some(spec) = m.child("spec")
+                && spec.child("deviceChange").is_some()
+                && let Err((kind, message)) = hardware::reconfigure(st, &this, spec)
+            {
+                return failed_task(st, method, &kind, &message);
+            }
             new_task(st, method, None)
+        }
+        "CreateVM_Task" => {
+            st.stats.vms_created += 1;
+            match hardware::create_vm(st, &this, m) {
+                Ok(vm) => new_task(st, method, Some(("VirtualMachine".to_owned(), vm))),
+                Err((kind, message)) => failed_task(st, method, &kind, &message),
+            }
+        }
+        "PowerOnVM_Task" => {
+            let Some(vm) = st.vm_mut(&this) else {
+                return not_found(&this);
+            };
+            vm.powered_on = true;
+            st.stats.power_ons += 1;
+            new_task(st, method, None)
+        }
+        "PowerOffVM_Task" => {
+            let Some(vm) = st.vm_mut(&this) else {
+                return not_found(&this);
+            };
+            vm.powered_on = false;
+            new_task(st, method, None)
+        }
+        "Destroy_Task" => {
+            st.stats.vms_destroyed += 1;
+            match hardware::destroy_vm(st, &this) {
+                Ok(()) => new_task(st, method, None),
+                Err((kind, message)) => failed_task(st, method, &kind, &message),
+            }
+        }
+        "DeleteDatastoreFile_Task" => {
+            st.stats.file_deletes += 1;
+            match hardware::delete_file(st, text(m, "name")) {
+                Ok(()) => new_task(st, method, None),
+                Err((kind, message)) => failed_task(st, method, &kind, &message),
+            }
         }
         "CreateSnapshot_Task" => {
             if st.vm_mut(&this).is_none() {
@@ -948,6 +1059,7 @@ fn dispatch(st: &mut State, method: &str, m: &Element) -> Resp {
                 if st.no_tools {
                     return failed_task(
                         st,
+                        method,
                         "ToolsUnavailable",
                         "Cannot create a quiesced snapshot because VMware Tools are not running in the guest.",
                     );
@@ -992,7 +1104,7 @@ fn not_found(id: &str) -> Resp {
 }
 
 /// A task that ends in `kind`'s fault (after the configured polls).
-fn failed_task(st: &mut State, kind: &str, message: &str) -> Resp {
+fn failed_task(st: &mut State, method: &str, kind: &str, message: &str) -> Resp {
     let id = st.id("task");
     let polls_left = st.task_polls;
     st.tasks.insert(
@@ -1003,7 +1115,7 @@ fn failed_task(st: &mut State, kind: &str, message: &str) -> Resp {
             error: Some((kind.to_owned(), message.to_owned())),
         },
     );
-    ok("CreateSnapshot_Task", &mo("returnval", "Task", &id))
+    ok(method, &mo("returnval", "Task", &id))
 }
 
 fn new_task(st: &mut State, method: &str, result: Option<(String, String)>) -> Resp {
@@ -1052,18 +1164,26 @@ fn create_snapshot(st: &mut State, vm_id: &str, name: &str) -> String {
             seq: d.seq,
             epoch: if cbt { d.epoch.clone() } else { None },
             parent,
+            controller_key: d.controller_key,
+            unit: d.unit,
+            thin: d.thin,
+            eager: d.eager,
         });
         if cbt && d.epoch.is_some() {
             d.seq += 1;
         }
     }
     vm.snapshots.push(id.clone());
+    let hw = vm.hw.clone();
+    let vm_name = vm.name.clone();
     let vm = vm.id.clone();
     st.snapshots.insert(
         id.clone(),
         SimSnapshot {
             vm,
             name: name.to_owned(),
+            hw,
+            vm_name,
             disks,
         },
     );
@@ -1102,12 +1222,23 @@ fn retrieve_properties(st: &mut State, m: &Element) -> Resp {
     let mut objects = String::new();
     match kind.as_str() {
         "ContainerView" => {
-            for v in &st.vms {
-                let mut props = vec![prop_str("name", &v.name)];
-                if paths.contains(&"parent") {
-                    props.push(prop_mo("parent", "Folder", "group-v1"));
+            let types = st
+                .views
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| vec!["VirtualMachine".to_owned()]);
+            for t in &types {
+                if t == "VirtualMachine" {
+                    for v in &st.vms {
+                        let mut props = vec![prop_str("name", &v.name)];
+                        if paths.contains(&"parent") {
+                            props.push(prop_mo("parent", "Folder", &v.folder));
+                        }
+                        objects.push_str(&object("VirtualMachine", &v.id, &props));
+                    }
+                } else {
+                    objects.push_str(&hardware::view_objects(t, &paths));
                 }
-                objects.push_str(&object("VirtualMachine", &v.id, &props));
             }
         }
         "VirtualMachine" => {
@@ -1118,7 +1249,7 @@ fn retrieve_properties(st: &mut State, m: &Element) -> Resp {
             for p in &paths {
                 match *p {
                     "name" => props.push(prop_str("name", &vm.name)),
-                    "parent" => props.push(prop_mo("parent", "Folder", "group-v1")),
+                    "parent" => props.push(prop_mo("parent", "Folder", &vm.folder)),
                     "config.changeTrackingEnabled" => props.push(format!(
                         "<propSet><name>config.changeTrackingEnabled</name><val xsi:type=\"xsd:boolean\">{}</val></propSet>",
                         vm.cbt_enabled
@@ -1140,11 +1271,20 @@ fn retrieve_properties(st: &mut State, m: &Element) -> Resp {
                                     seq: d.seq,
                                     epoch: d.epoch.clone(),
                                     parent,
+                                    controller_key: d.controller_key,
+                                    unit: d.unit,
+                                    thin: d.thin,
+                                    eager: d.eager,
                                 }
                             })
                             .collect();
-                        props.push(device_prop(&disks));
+                        props.push(device_prop(&vm.hw, &disks));
                     }
+                    "config" => props.push(hardware::config_prop(&vm.name, &vm.hw, &hardware::vm_snap_disks(vm))),
+                    "runtime.powerState" => props.push(prop_str(
+                        "runtime.powerState",
+                        if vm.powered_on { "poweredOn" } else { "poweredOff" },
+                    )),
                     "snapshot" if !vm.snapshots.is_empty() => {
                         props.push(snapshot_prop(st, vm));
                     }
@@ -1157,26 +1297,58 @@ fn retrieve_properties(st: &mut State, m: &Element) -> Resp {
             let Some(s) = st.snapshots.get(&id) else {
                 return not_found(&id);
             };
-            let props = if paths.contains(&"config.hardware.device") {
-                vec![device_prop(&s.disks)]
-            } else {
-                Vec::new()
-            };
+            let mut props = Vec::new();
+            if paths.contains(&"config.hardware.device") {
+                props.push(device_prop(&s.hw, &s.disks));
+            }
+            if paths.contains(&"config") {
+                props.push(hardware::config_prop(&s.vm_name, &s.hw, &s.disks));
+            }
             objects.push_str(&object("VirtualMachineSnapshot", &id, &props));
         }
         "Folder" | "Datacenter" => {
-            let (name, parent) = match id.as_str() {
-                "group-d1" => ("Datacenters", None),
-                "datacenter-1" => (SIM_DATACENTER, Some(("Folder", "group-d1"))),
-                "group-v1" => ("vm", Some(("Datacenter", "datacenter-1"))),
+            let added = st
+                .folders
+                .iter()
+                .find(|(f, _)| *f == id)
+                .map(|(_, n)| n.clone());
+            let (name, parent) = match (id.as_str(), &added) {
+                ("group-d1", _) => ("Datacenters", None),
+                ("datacenter-1", _) => (SIM_DATACENTER, Some(("Folder", "group-d1"))),
+                ("group-v1", _) => ("vm", Some(("Datacenter", "datacenter-1"))),
+                ("group-h1", _) => ("host", Some(("Datacenter", "datacenter-1"))),
+                (_, Some(n)) => (n.as_str(), Some(("Folder", hardware::ROOT_VM_FOLDER))),
                 _ => return not_found(&id),
             };
-            let mut props = vec![prop_str("name", name)];
-            if let Some((k, v)) = parent {
-                props.push(prop_mo("parent", k, v));
+            let mut props = Vec::new();
+            for p in &paths {
+                match *p {
+                    "name" => props.push(prop_str("name", name)),
+                    "parent" => {
+                        if let Some((k, v)) = parent {
+                            props.push(prop_mo("parent", k, v));
+                        }
+                    }
+                    "vmFolder" if kind == "Datacenter" => {
+                        props.push(prop_mo("vmFolder", "Folder", hardware::ROOT_VM_FOLDER));
+                    }
+                    "hostFolder" if kind == "Datacenter" => {
+                        props.push(prop_mo("hostFolder", "Folder", "group-h1"));
+                    }
+                    _ => {}
+                }
             }
             objects.push_str(&object(&kind, &id, &props));
         }
+        "HostSystem"
+        | "ClusterComputeResource"
+        | "ComputeResource"
+        | "ResourcePool"
+        | "Datastore"
+        | "Network" => match hardware::inventory_props(&kind, &id, &paths) {
+            Some(props) => objects.push_str(&object(&kind, &id, &props)),
+            None => return not_found(&id),
+        },
         "Task" => {
             let Some(t) = st.tasks.get_mut(&id) else {
                 return not_found(&id);
@@ -1236,49 +1408,11 @@ fn prop_mo(name: &str, kind: &str, v: &str) -> String {
     )
 }
 
-fn backing_xml(
-    kind: &str,
-    file: &str,
-    uuid: &str,
-    change_id: Option<&str>,
-    parent: Option<&str>,
-    tag: &str,
-) -> String {
-    let cid = change_id.map_or(String::new(), |c| {
-        format!("<changeId>{}</changeId>", escape(c))
-    });
-    let parent = parent.map_or(String::new(), |p| {
-        backing_xml(kind, p, uuid, None, None, "parent")
-    });
+fn device_prop(hw: &Hardware, disks: &[SnapDisk]) -> String {
     format!(
-        "<{tag} xsi:type=\"{kind}\"><fileName>{}</fileName><datastore type=\"Datastore\">datastore-11</datastore><backingObjectId></backingObjectId><diskMode>persistent</diskMode><split>false</split><writeThrough>false</writeThrough><thinProvisioned>true</thinProvisioned><uuid>{uuid}</uuid><contentId>{}</contentId>{cid}{parent}<digestEnabled>false</digestEnabled><sharing>sharingNone</sharing></{tag}>",
-        escape(file),
-        random_hex(16, "")
+        "<propSet><name>config.hardware.device</name><val xsi:type=\"ArrayOfVirtualDevice\">{}</val></propSet>",
+        hardware::devices_xml(hw, disks, "VirtualDevice")
     )
-}
-
-fn device_prop(disks: &[SnapDisk]) -> String {
-    let mut out = String::from(
-        "<propSet><name>config.hardware.device</name><val xsi:type=\"ArrayOfVirtualDevice\">\
-<VirtualDevice xsi:type=\"VirtualIDEController\"><key>200</key><deviceInfo><label>IDE 0</label><summary>IDE 0</summary></deviceInfo><busNumber>0</busNumber></VirtualDevice>\
-<VirtualDevice xsi:type=\"ParaVirtualSCSIController\"><key>1000</key><deviceInfo><label>SCSI controller 0</label><summary>VMware paravirtual SCSI</summary></deviceInfo><controllerKey>100</controllerKey><unitNumber>3</unitNumber><busNumber>0</busNumber><hotAddRemove>true</hotAddRemove><sharedBus>noSharing</sharedBus><scsiCtlrUnitNumber>7</scsiCtlrUnitNumber></VirtualDevice>",
-    );
-    for (i, d) in disks.iter().enumerate() {
-        let _ = &d.epoch;
-        let _ = d.seq;
-        out.push_str(&format!(
-            "<VirtualDevice xsi:type=\"VirtualDisk\"><key>{}</key><deviceInfo><label>Hard disk {}</label><summary>{} KB</summary></deviceInfo>{}<controllerKey>1000</controllerKey><unitNumber>{i}</unitNumber><capacityInKB>{}</capacityInKB><capacityInBytes>{}</capacityInBytes><shares><shares>1000</shares><level>normal</level></shares><storageIOAllocation><limit>-1</limit></storageIOAllocation><diskObjectId>1-{}</diskObjectId><nativeUnmanagedLinkedClone>false</nativeUnmanagedLinkedClone></VirtualDevice>",
-            d.key,
-            i + 1,
-            d.capacity / 1024,
-            backing_xml(&d.backing, &d.file, &d.uuid, d.change_id.as_deref(), d.parent.as_deref(), "backing"),
-            d.capacity / 1024,
-            d.capacity,
-            d.key
-        ));
-    }
-    out.push_str("</val></propSet>");
-    out
 }
 
 fn snapshot_prop(st: &State, vm: &SimVm) -> String {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sendense_transfer::{DiskSource, Extent};
-use sendense_types::{ChangeId, DiskKey};
+use sendense_types::{ChangeId, DiskKey, VmConfig};
 use tracing::{error, info, warn};
 
 use crate::cbt::{ALL_ALLOCATED, changed_areas};
@@ -114,6 +114,9 @@ pub struct Prepared {
     pub cbt_enabled_now: bool,
     /// The disks, by key order.
     pub disks: Vec<PreparedDisk>,
+    /// The VM's configuration read from our snapshot (what a whole-VM restore rebuilds); `None`
+    /// when it could not be read (logged; the backup goes on without it).
+    pub vm_config: Option<VmConfig>,
     session: Session,
     cleanup: SnapshotCleanup,
 }
@@ -324,6 +327,7 @@ impl VsphereBackup {
         };
         match plan.disks().await {
             Ok(disks) => Ok(Prepared {
+                vm_config: capture_config(session, &snapshot, &info.name).await,
                 vm: vm_ref,
                 vm_name: info.name,
                 snapshot,
@@ -338,6 +342,25 @@ impl VsphereBackup {
                 }
                 Err(e)
             }
+        }
+    }
+}
+
+/// The snapshot's configuration; `None` (with a log line) when it cannot be read.
+async fn capture_config(session: &Session, snapshot: &MoRef, vm: &str) -> Option<VmConfig> {
+    match session.vm_config(snapshot).await {
+        Ok(config) => {
+            info!(
+                vm,
+                disks = config.disks.len(),
+                nics = config.nics.len(),
+                "VM configuration captured"
+            );
+            Some(config)
+        }
+        Err(e) => {
+            warn!(vm, error = %e, "the VM's configuration could not be captured; a whole-VM restore of this backup will not be possible");
+            None
         }
     }
 }

@@ -101,6 +101,20 @@ impl DatastoreFile {
         }
     }
 
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The file, `[ds] folder/file`.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Fill `buf` from `offset`, in pages, several in flight.
     ///
     /// # Errors

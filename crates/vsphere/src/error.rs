@@ -299,6 +299,61 @@ pub enum VsphereError {
         #[source]
         source: reqwest::Error,
     },
+    /// The VM's configuration read from vCenter does not make a valid [`sendense_types::VmConfig`],
+    /// or a restore was handed one it cannot rebuild.
+    #[error("VM configuration: {reason}")]
+    Config {
+        /// What was wrong.
+        reason: String,
+    },
+    /// An inventory object a restore names does not exist.
+    #[error("{what} {name:?} not found in vCenter")]
+    NotFound {
+        /// What was looked for (`datacenter`, `folder`, `datastore`, `host`, `resource pool`).
+        what: &'static str,
+        /// The name or path asked for.
+        name: String,
+    },
+    /// A network of the captured configuration maps to no network of the target datacenter.
+    #[error(
+        "network {network:?} of the backed-up VM would connect to {target:?}, which does not exist in \
+         datacenter {datacenter}; map it in network_map, e.g. {{\"{network}\": \"<existing network>\"}}"
+    )]
+    NetworkNotMapped {
+        /// The captured network.
+        network: String,
+        /// The network it maps to (itself when not in the map).
+        target: String,
+        /// The target datacenter.
+        datacenter: String,
+    },
+    /// A disk to restore does not fit the configuration or its source.
+    #[error("disk {key} cannot be restored: {reason}")]
+    RestoreDisk {
+        /// The disk key.
+        key: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Disks can be added only to a powered-off VM (their files must not be locked while they
+    /// are uploaded).
+    #[error("virtual machine {vm} is powered on; power it off to restore disks into it")]
+    VmPoweredOn {
+        /// The VM.
+        vm: String,
+    },
+    /// Reading the data of a disk being uploaded failed.
+    #[error("reading the data of {path} for its upload failed")]
+    UploadSource {
+        /// The datastore file being written.
+        path: String,
+        /// Cause.
+        #[source]
+        source: Box<sendense_transfer::TransferError>,
+    },
+    /// The restore was cancelled; what it had made was removed.
+    #[error("the restore was cancelled")]
+    Cancelled,
     /// vCenter could not create a quiesced snapshot (typically: VMware Tools missing or not
     /// running in the guest). Nothing was created.
     #[error(
@@ -343,7 +398,13 @@ impl VsphereError {
             Self::Fault { .. } | Self::TaskFailed { .. } | Self::QuiesceFailed { .. } => {
                 ErrorKind::Fault
             }
-            Self::VmNotFound { .. } | Self::AmbiguousVm { .. } => ErrorKind::NotFound,
+            Self::VmNotFound { .. } | Self::AmbiguousVm { .. } | Self::NotFound { .. } => {
+                ErrorKind::NotFound
+            }
+            Self::NetworkNotMapped { .. } | Self::Config { .. } | Self::RestoreDisk { .. } => {
+                ErrorKind::Configuration
+            }
+            Self::VmPoweredOn { .. } => ErrorKind::Unsupported,
             Self::UnsupportedBacking { .. }
             | Self::UnsupportedDiskMode { .. }
             | Self::NoDisks { .. } => ErrorKind::Unsupported,

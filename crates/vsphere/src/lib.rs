@@ -7,6 +7,11 @@
 //! - [`VmDiskSource`]: a [`sendense_transfer::DiskSource`] of a disk at a snapshot.
 //! - [`VsphereBackup::prepare`]: the VMware CBT rules (snapshot, change ids, automatic fulls)
 //!   and [`Prepared::finish`], which always removes our snapshot.
+//! - [`config`]: a VM's configuration (`VirtualMachineConfigInfo`) read into
+//!   [`sendense_types::VmConfig`]; [`Prepared::vm_config`] holds the backup snapshot's.
+//! - [`restore()`]: a whole VM rebuilt in vCenter from its captured configuration, or a
+//!   point's disks added to an existing VM, with cleanup of everything made on failure;
+//!   [`upload`]: disk data written with `/folder` PUT (why not NFC: see there).
 //! - [`xml`]: the bounded XML reader of vCenter answers (also used by `sendense-vsphere-sim`).
 //!
 //! A backup run, as the client binary drives it:
@@ -35,11 +40,14 @@
 
 pub mod backup;
 pub mod cbt;
+pub mod config;
 pub mod datastore;
 pub mod error;
+pub mod restore;
 pub mod session;
 pub mod soap;
 pub mod source;
+pub mod upload;
 pub mod xml;
 
 pub use backup::{
@@ -49,10 +57,12 @@ pub use backup::{
 pub use cbt::{ALL_ALLOCATED, ChangedAreas, changed_areas};
 pub use datastore::{DatastoreFile, DatastorePath, RangeAnswer, RangeBody, judge_range_answer};
 pub use error::{ErrorKind, FaultKind, SoapFault, VsphereError};
+pub use restore::{RestoreDisk, RestoredDisk, RestoredVm, restore};
 pub use session::{
     ConnectOptions, IssueFuture, Login, Session, SessionIssuer, TlsMode, VmEntry, VmInfo,
     parse_login_answer, read_password_file,
 };
 pub use soap::{MoRef, VirtualDisk};
 pub use source::VmDiskSource;
+pub use upload::UploadOptions;
 pub use xml::{MAX_DEPTH, MAX_ELEMENTS, MAX_RESPONSE_BYTES};

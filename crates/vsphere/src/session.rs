@@ -512,6 +512,70 @@ impl Session {
         })
     }
 
+    /// Every object of the types `kinds` below `container`, with the properties `paths`.
+    pub(crate) async fn objects_in(
+        &self,
+        container: &MoRef,
+        kinds: &[&str],
+        paths: &[&str],
+    ) -> Result<Vec<soap::ObjectContent>, VsphereError> {
+        let c = &self.inner.content;
+        let resp = self
+            .call(
+                "CreateContainerView",
+                &soap::create_container_view_of(&c.view_manager, container, kinds),
+            )
+            .await?;
+        let view = soap::returnval_moref(&resp)?.ok_or(VsphereError::UnexpectedResponse {
+            what: "CreateContainerView returned no view",
+        })?;
+        let objects = self
+            .collect_pages(soap::retrieve_view_properties_of(
+                &c.property_collector,
+                &view,
+                kinds,
+                paths,
+            ))
+            .await;
+        if let Err(e) = self.call("DestroyView", &soap::destroy_view(&view)).await {
+            debug!(error = %e, "DestroyView failed");
+        }
+        objects
+    }
+
+    /// Every object of a `RetrievePropertiesEx` request, across all pages.
+    async fn collect_pages(
+        &self,
+        request: String,
+    ) -> Result<Vec<soap::ObjectContent>, VsphereError> {
+        let pc = &self.inner.content.property_collector;
+        let mut resp = self.call("RetrievePropertiesEx", &request).await?;
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            let (objects, token) = soap::object_contents(&resp)?;
+            out.extend(objects);
+            let Some(token) = token else {
+                return Ok(out);
+            };
+            resp = self
+                .call(
+                    "ContinueRetrievePropertiesEx",
+                    &soap::continue_retrieve_properties(pc, &token),
+                )
+                .await?;
+        }
+        Err(VsphereError::UnexpectedResponse {
+            what: "RetrievePropertiesEx paging did not end",
+        })
+    }
+
+    /// The object at an inventory path (`FindByInventoryPath`), of any type.
+    pub(crate) async fn find_by_path(&self, path: &str) -> Result<Option<MoRef>, VsphereError> {
+        let body = soap::find_by_inventory_path(&self.inner.content.search_index, path);
+        let resp = self.call("FindByInventoryPath", &body).await?;
+        soap::returnval_moref(&resp)
+    }
+
     /// Every VM this session sees: its name and inventory path (`dc1/vm/folder/web01`, the
     /// form [`Self::find_vm`] takes), ordered by path. A container view of the root folder
     /// lists the VMs with their `name` and `parent`; each folder above them is read once.
@@ -663,6 +727,35 @@ impl Session {
         }
     }
 
+    /// The configuration of a VM or snapshot (`config`), as a restore rebuilds it (see
+    /// [`crate::config`]); distributed port groups are named by reading their `name`.
+    ///
+    /// # Errors
+    /// [`VsphereError::Config`] for a configuration that is not valid; HTTP and SOAP errors.
+    pub async fn vm_config(&self, obj: &MoRef) -> Result<sendense_types::VmConfig, VsphereError> {
+        let props = self.properties(obj, &["config"]).await?;
+        let config = props
+            .iter()
+            .find(|(n, _)| n == "config")
+            .map(|(_, v)| v)
+            .ok_or(VsphereError::UnexpectedResponse {
+                what: "object without config",
+            })?;
+        let mut names = BTreeMap::new();
+        for key in crate::config::portgroup_keys(config) {
+            let pg = MoRef::new("DistributedVirtualPortgroup", &key);
+            match self.properties(&pg, &["name"]).await {
+                Ok(p) => {
+                    if let Some((_, v)) = p.iter().find(|(n, _)| n == "name") {
+                        names.insert(key, v.text.clone());
+                    }
+                }
+                Err(e) => warn!(portgroup = %key, error = %e, "cannot read a port group's name"),
+            }
+        }
+        crate::config::vm_config(config, &|key| names.get(key).cloned())
+    }
+
     /// The inventory path of the VM's datacenter (the `dcPath` of datastore URLs).
     ///
     /// # Errors
@@ -739,7 +832,7 @@ impl Session {
         }
     }
 
-    async fn run_task(
+    pub(crate) async fn run_task(
         &self,
         call: &'static str,
         body: &str,

@@ -62,6 +62,8 @@ pub struct ServiceContent {
     pub search_index: MoRef,
     /// The session manager (Login/Logout).
     pub session_manager: MoRef,
+    /// The file manager (`DeleteDatastoreFile_Task`), when the server has one.
+    pub file_manager: Option<MoRef>,
 }
 
 /// A virtual disk device.
@@ -244,6 +246,53 @@ pub(crate) fn create_container_view(view_manager: &MoRef, container: &MoRef, kin
             view_manager.to_xml("_this"),
             container.to_xml("container"),
             escape(kind)
+        ),
+    )
+}
+
+/// `CreateContainerView` listing objects of several types.
+pub(crate) fn create_container_view_of(
+    view_manager: &MoRef,
+    container: &MoRef,
+    kinds: &[&str],
+) -> String {
+    let mut types = String::new();
+    for k in kinds {
+        let _ = write!(types, "<type>{}</type>", escape(k));
+    }
+    envelope(
+        "CreateContainerView",
+        &format!(
+            "{}{}{types}<recursive>true</recursive>",
+            view_manager.to_xml("_this"),
+            container.to_xml("container"),
+        ),
+    )
+}
+
+/// `RetrievePropertiesEx` of `paths` on every object of the types `kinds` in a container view.
+pub(crate) fn retrieve_view_properties_of(
+    collector: &MoRef,
+    view: &MoRef,
+    kinds: &[&str],
+    paths: &[&str],
+) -> String {
+    let mut prop_sets = String::new();
+    for k in kinds {
+        let _ = write!(prop_sets, "<propSet><type>{}</type>", escape(k));
+        for p in paths {
+            let _ = write!(prop_sets, "<pathSet>{}</pathSet>", escape(p));
+        }
+        prop_sets.push_str("</propSet>");
+    }
+    envelope(
+        "RetrievePropertiesEx",
+        &format!(
+            "{}<specSet>{prop_sets}<objectSet>{}<skip>true</skip>\
+<selectSet xsi:type=\"TraversalSpec\"><name>traverseView</name><type>ContainerView</type><path>view</path><skip>false</skip></selectSet>\
+</objectSet></specSet><options/>",
+            collector.to_xml("_this"),
+            view.to_xml("obj"),
         ),
     )
 }
@@ -454,6 +503,7 @@ pub(crate) fn service_content(body: &Element) -> Result<ServiceContent, VsphereE
         view_manager: moref(required(rv, "viewManager")?)?,
         search_index: moref(required(rv, "searchIndex")?)?,
         session_manager: moref(required(rv, "sessionManager")?)?,
+        file_manager: rv.child("fileManager").map(moref).transpose()?,
     })
 }
 

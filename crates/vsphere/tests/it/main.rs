@@ -3,6 +3,8 @@
 #[cfg(test)]
 mod backup;
 #[cfg(test)]
+mod restore;
+#[cfg(test)]
 mod session;
 #[cfg(test)]
 mod support;

@@ -1,0 +1,268 @@
+//! Disk uploads over vCenter's `/folder` interface: `PUT` of a whole flat extent.
+//!
+//! # Why `/folder` PUT and not an NFC lease
+//! A restore creates the VM (or the new disks) with vCenter first, so vCenter makes each disk's
+//! descriptor, geometry and provisioning (thin, thick lazy, thick eager) itself; the agent then
+//! writes the disk's bytes into its flat extent (`<disk>-flat.vmdk`) with one HTTP `PUT` whose
+//! `Content-Length` is the whole capacity. That is the interface backups already read through
+//! (same session cookie, same TLS trust, no VDDK), and it needs no stream-optimized VMDK
+//! encoder, no OVF descriptor and no lease keep-alive, which an NFC import (`ImportVApp`,
+//! `HttpNfcLease`) would. The cost: the body carries every byte of the disk, zeros included
+//! (the holes of the point are sent as zeros without being read), where an NFC stream would
+//! skip them; and the flat file must not be locked, so disks go into powered-off VMs only.
+//!
+//! # Streaming
+//! The body is produced as hyper asks for it: the disk is cut into chunks
+//! ([`UploadOptions::chunk_bytes`]), up to [`UploadOptions::read_ahead`] of them are read from
+//! the [`DiskSource`] at once while earlier ones are sent (nothing is spawned: the reads are
+//! futures polled by the body), and chunks that the source's allocation map says are holes are
+//! sent from one shared zero buffer. Memory stays at `chunk_bytes × read_ahead` whatever the
+//! disk's size. Progress is reported per chunk handed to the connection.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
+use sendense_io::AlignedBuf;
+use sendense_transfer::progress::Progress;
+use sendense_transfer::{DiskSource, Extent, TransferError};
+use tracing::{info, warn};
+
+use crate::datastore::DatastoreFile;
+use crate::error::VsphereError;
+use crate::session::http_error;
+
+/// Tuning of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadOptions {
+    /// Bytes read from the source at once (and handed to the connection as one frame).
+    pub chunk_bytes: usize,
+    /// Chunks read ahead of the one being sent.
+    pub read_ahead: usize,
+    /// The slowest rate an upload may average before it times out, in bytes per second (the
+    /// request's time limit is the session's request timeout plus the capacity at this rate).
+    pub min_bytes_per_second: u64,
+}
+
+impl Default for UploadOptions {
+    /// 1 MiB chunks, 16 read ahead (16 MiB in memory), at least 1 MiB/s. Against the
+    /// simulator, 1 MiB chunks uploaded 550 MB/s where 4 MiB ones did 400 MB/s and 16 MiB ones
+    /// 310 MB/s: smaller frames keep the TLS writer and the reads overlapping.
+    fn default() -> Self {
+        Self {
+            chunk_bytes: 1024 * 1024,
+            read_ahead: 16,
+            min_bytes_per_second: 1024 * 1024,
+        }
+    }
+}
+
+type ChunkRead = Pin<Box<dyn Future<Output = Result<Bytes, TransferError>> + Send>>;
+
+enum Slot {
+    Ready(Bytes),
+    Reading(ChunkRead),
+}
+
+struct BodyState {
+    source: Arc<dyn DiskSource>,
+    size: u64,
+    chunk: u64,
+    next: u64,
+    allocated: Vec<Extent>,
+    window: VecDeque<Slot>,
+    read_ahead: usize,
+    zeros: Bytes,
+    sent: u64,
+}
+
+/// The PUT body: the disk, in order, read ahead (see the module docs).
+struct UploadBody {
+    state: Mutex<BodyState>,
+    disk_key: u32,
+    progress: Arc<dyn Progress>,
+    failure: Arc<Mutex<Option<TransferError>>>,
+    sent: Arc<AtomicU64>,
+}
+
+impl BodyState {
+    fn is_hole(&self, offset: u64, len: u64) -> bool {
+        let end = offset.saturating_add(len);
+        !self
+            .allocated
+            .iter()
+            .any(|e| e.offset < end && e.offset.saturating_add(e.length) > offset)
+    }
+
+    fn fill(&mut self) {
+        while self.window.len() < self.read_ahead && self.next < self.size {
+            let offset = self.next;
+            let len = self.chunk.min(self.size - offset);
+            self.next = offset + len;
+            let Ok(ulen) = usize::try_from(len) else {
+                return;
+            };
+            if self.is_hole(offset, len) {
+                self.window.push_back(Slot::Ready(self.zeros.slice(..ulen)));
+            } else {
+                let source = Arc::clone(&self.source);
+                self.window.push_back(Slot::Reading(Box::pin(async move {
+                    let buf = source
+                        .read_owned(offset, AlignedBuf::default(), ulen)
+                        .await?;
+                    Ok(Bytes::from_owner(buf))
+                })));
+            }
+        }
+    }
+}
+
+impl http_body::Body for UploadBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.fill();
+        for slot in &mut st.window {
+            if let Slot::Reading(read) = slot {
+                match read.as_mut().poll(cx) {
+                    Poll::Ready(Ok(bytes)) => *slot = Slot::Ready(bytes),
+                    Poll::Ready(Err(e)) => {
+                        let message = e.to_string();
+                        if let Ok(mut f) = self.failure.lock() {
+                            f.get_or_insert(e);
+                        }
+                        return Poll::Ready(Some(Err(std::io::Error::other(message))));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+        }
+        match st.window.front() {
+            None => Poll::Ready(None),
+            Some(Slot::Ready(_)) => {
+                let Some(Slot::Ready(bytes)) = st.window.pop_front() else {
+                    return Poll::Ready(None);
+                };
+                let len = bytes.len() as u64;
+                st.sent += len;
+                self.sent.fetch_add(len, Ordering::Relaxed);
+                self.progress.advanced(self.disk_key, len);
+                st.fill();
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Some(Slot::Reading(_)) => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.sent >= st.size
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        SizeHint::with_exact(st.size - st.sent.min(st.size))
+    }
+}
+
+impl DatastoreFile {
+    /// Writes the whole of `source` into this file with one `PUT` (see the module docs); the
+    /// bytes sent. `disk_key` names the disk in `progress`. A session that expired before the
+    /// body started is logged in again and the upload redone once.
+    ///
+    /// # Errors
+    /// [`VsphereError::UploadSource`] when reading the source failed; HTTP errors and
+    /// [`VsphereError::HttpStatus`] for an answer other than 200 or 201.
+    pub async fn upload(
+        &self,
+        source: &Arc<dyn DiskSource>,
+        disk_key: u32,
+        options: &UploadOptions,
+        progress: &Arc<dyn Progress>,
+    ) -> Result<u64, VsphereError> {
+        const CALL: &str = "datastore upload";
+        let size = source.size();
+        let allocated = source
+            .allocated_extents()
+            .await
+            .map_err(|e| self.source_error(e))?;
+        let opts = self.session().options();
+        let limit =
+            opts.request_timeout + Duration::from_secs(size / options.min_bytes_per_second.max(1));
+        let chunk = options.chunk_bytes.clamp(4096, 64 * 1024 * 1024);
+        progress.started(disk_key, size);
+        let mut relogged = false;
+        loop {
+            let seen = self.session().generation();
+            let failure = Arc::new(Mutex::new(None));
+            let sent = Arc::new(AtomicU64::new(0));
+            let body = UploadBody {
+                state: Mutex::new(BodyState {
+                    source: Arc::clone(source),
+                    size,
+                    chunk: chunk as u64,
+                    next: 0,
+                    allocated: allocated.clone(),
+                    window: VecDeque::new(),
+                    read_ahead: options.read_ahead.max(1),
+                    zeros: Bytes::from(vec![0u8; chunk]),
+                    sent: 0,
+                }),
+                disk_key,
+                progress: Arc::clone(progress),
+                failure: Arc::clone(&failure),
+                sent: Arc::clone(&sent),
+            };
+            let mut req = self
+                .session()
+                .http()
+                .put(self.url())
+                .timeout(limit)
+                .header(CONTENT_LENGTH, size)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .body(reqwest::Body::wrap(body));
+            if let Some(c) = self.session().cookie() {
+                req = req.header(COOKIE, c);
+            }
+            let answer = req.send().await;
+            let source_failure = failure.lock().ok().and_then(|mut f| f.take());
+            if let Some(e) = source_failure {
+                return Err(self.source_error(e));
+            }
+            let resp = answer.map_err(|e| http_error(e, CALL, limit))?;
+            match resp.status().as_u16() {
+                200 | 201 => {
+                    let bytes = sent.load(Ordering::Relaxed);
+                    progress.finished(disk_key);
+                    info!(file = %self.name(), bytes, "disk uploaded");
+                    return Ok(bytes);
+                }
+                401 if !relogged => {
+                    warn!(file = %self.name(), "vCenter session expired before the upload; logging in again");
+                    relogged = true;
+                    self.session().relogin(seen).await?;
+                }
+                status => return Err(VsphereError::HttpStatus { call: CALL, status }),
+            }
+        }
+    }
+
+    fn source_error(&self, e: TransferError) -> VsphereError {
+        VsphereError::UploadSource {
+            path: self.name().to_owned(),
+            source: Box::new(e),
+        }
+    }
+}
