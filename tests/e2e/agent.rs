@@ -628,3 +628,124 @@ fn spawn_agent(state: &Path) -> (Proc, std::sync::mpsc::Receiver<serde_json::Val
     let log = crate::support::log_lines(child.stderr.take().unwrap());
     (Proc(child), log)
 }
+
+impl RealWorld {
+    /// Queues a full backup of vm1 and waits until the agent reports it: the backup's id.
+    fn backed_up(&self) -> String {
+        let job_id = self.queue_backup();
+        crate::support::wait_message(&self.log, "outcome reported to the hub");
+        let job = self.call(reqwest::Method::GET, &format!("/api/v1/jobs/{job_id}"));
+        assert_eq!(job["status"], "completed", "{job}");
+        job["backup_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `sendense-client restore --to-vcenter` of `backup_id` as `vm_name` into dc1/ds1 on the
+    /// simulator's host, with `extra` flags; it follows the job to its end.
+    fn restore_to_vcenter(
+        &self,
+        backup_id: &str,
+        vm_name: &str,
+        extra: &[&str],
+    ) -> std::process::Output {
+        client()
+            .args(["restore", "--hub", &self.hub.api])
+            .args(["--tls-dir", s(&self.hub.tls_dir())])
+            .args(["--token-file", s(&self.hub.token())])
+            .args(["--to-vcenter", "--backup", backup_id, "--vm-name", vm_name])
+            .args(["--datacenter", "dc1", "--datastore", "ds1"])
+            .args(["--host", sendense_vsphere_sim::SIM_HOST])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+/// The whole path of issue #16 through the product's own surfaces: a backup run by the agent
+/// captures the VM's configuration (the hub answers it as `vm_config`), `sendense-client
+/// restore --to-vcenter` queues the restore at the hub's route and follows it, the agent
+/// process builds the VM in the simulator: same hardware, the network mapped, powered on, its
+/// disks byte for byte the backup's.
+#[test]
+fn restore_to_vcenter_through_the_hub_route_and_the_agent_rebuilds_the_vm() {
+    let mut w = RealWorld::start();
+    let backup_id = w.backed_up();
+
+    let backup = w.call(
+        reqwest::Method::GET,
+        &format!("/api/v1/backups/{backup_id}"),
+    );
+    let config = &backup["vm_config"];
+    assert_eq!(config["version"], 1, "{backup}");
+    assert_eq!(config["disks"].as_array().unwrap().len(), 2, "{config}");
+    assert_eq!(config["nics"].as_array().unwrap().len(), 2, "{config}");
+
+    let out = w.restore_to_vcenter(
+        &backup_id,
+        "vm1-restored",
+        &[
+            "--network-map",
+            "Backup Net=Restore Net",
+            "--power-on",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let original = w.sim.vm_by_name("vm1").unwrap();
+    let restored = w
+        .sim
+        .vm_by_name("vm1-restored")
+        .expect("the VM was created");
+    assert!(restored.powered_on);
+    let (a, b) = (&original.hardware, &restored.hardware);
+    assert_eq!(
+        (&b.guest_id, &b.firmware, b.num_cpus, b.memory_mb),
+        (&a.guest_id, &a.firmware, a.num_cpus, a.memory_mb)
+    );
+    let networks: Vec<&str> = b.nics.iter().map(|n| n.network.as_str()).collect();
+    assert_eq!(networks, ["VM Network", "Restore Net"]);
+    assert_eq!(restored.disks.len(), 2);
+    for (o, r) in original.disks.iter().zip(&restored.disks) {
+        assert_eq!(o.capacity, r.capacity);
+        assert!(
+            std::fs::read(&o.local).unwrap() == std::fs::read(&r.local).unwrap(),
+            "disk {} differs from the backup",
+            o.key
+        );
+    }
+    let jobs = w.call(reqwest::Method::GET, "/api/v1/jobs?kind=restore");
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["status"], "completed", "{jobs}");
+    assert_eq!(job["agent"], "appliance-1", "{jobs}");
+    assert_eq!(w.stop_agent(), Some(0));
+}
+
+/// A network of the captured configuration that the map does not send anywhere that exists is
+/// refused by the agent before anything is made: the CLI fails naming it, the job is failed,
+/// and the simulator holds no new VM and no new file.
+#[test]
+fn restore_to_vcenter_with_an_unmapped_missing_network_creates_nothing() {
+    let mut w = RealWorld::start();
+    let backup_id = w.backed_up();
+    let files_before = w.sim.datastore_files();
+
+    let out = w.restore_to_vcenter(
+        &backup_id,
+        "vm1-nowhere",
+        &["--network-map", "Backup Net=No Such Net"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("No Such Net"), "{stderr}");
+
+    assert!(w.sim.vm_by_name("vm1-nowhere").is_none());
+    assert_eq!(w.sim.datastore_files(), files_before);
+    let jobs = w.call(reqwest::Method::GET, "/api/v1/jobs?kind=restore");
+    assert_eq!(jobs["jobs"][0]["status"], "failed", "{jobs}");
+    assert_eq!(w.stop_agent(), Some(0));
+}
