@@ -29,6 +29,8 @@ mod lifecycle;
 #[cfg(test)]
 mod merge_crash;
 #[cfg(test)]
+mod nbd_source;
+#[cfg(test)]
 mod quickstart;
 #[cfg(test)]
 mod security;

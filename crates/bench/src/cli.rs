@@ -88,6 +88,13 @@ use crate::{Options, Scenario};
 ///                the listing under 1 s in a 64 GiB point, the download at least as fast as the
 ///                restore.
 ///
+///   nbd-source   the test data as a QCOW2 served by `qemu-nbd --read-only --shared=8` (warm
+///                page cache): `sendense-client backup --nbd-source 2000=nbd://ADDR/ --type
+///                full` into `sendense-hub serve` (TLS, durable when completed, then checked
+///                with `qemu-img compare`) vs, right after, `nbdcopy --flush` from the same
+///                export into `qemu-nbd --cache=none` of a new QCOW2. Issue 19's goal: ours at
+///                least 1.5x.
+///
 /// Our binaries are looked up beside this executable (or in --bin-dir); the peers on PATH. A
 /// peer that is not installed is reported `missing`, never estimated. Data lives in a fresh
 /// folder under --dir (default /var/tmp), removed at the end unless --keep; every child process

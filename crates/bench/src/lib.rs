@@ -69,11 +69,14 @@ pub enum Scenario {
     /// File-level restore: listing a folder of 10,000 files in a large ext4 point and
     /// downloading a file of the test data, vs `debugfs` and vs `restore` of the same bytes.
     Files,
+    /// Full backup from a `qemu-nbd` export (`backup --nbd-source`) vs `nbdcopy` from the same
+    /// export into `qemu-nbd` of a new QCOW2.
+    NbdSource,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Qcow2,
         Self::Serve,
         Self::Memory,
@@ -86,6 +89,7 @@ impl Scenario {
         Self::Verify,
         Self::Sparse,
         Self::Files,
+        Self::NbdSource,
     ];
 
     /// The scenario's command-line name.
@@ -104,6 +108,7 @@ impl Scenario {
             Self::Verify => "verify",
             Self::Sparse => "sparse",
             Self::Files => "files",
+            Self::NbdSource => "nbd-source",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The scenarios: each runs our side and its peer back to back on the same file and produces
 //! report rows. Order is fixed (qcow2, serve, memory, nbd-tls-cost, instant, ingest, incremental,
-//! restore, sparse) because the incremental changes the source disk and the restore reads the
+//! restore, sparse, files, nbd-source) because the incremental changes the source disk and the restore reads the
 //! chain the backups made; `sparse` backs up whatever the source disk holds by then, twice.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ mod files;
 mod inproc;
 mod instant;
 mod merge;
+mod nbdsource;
 mod sparse;
 mod verify;
 
@@ -89,6 +90,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     if wanted.contains(&Scenario::Files) {
         ctx.files();
+    }
+    if wanted.contains(&Scenario::NbdSource) {
+        ctx.nbd_source();
     }
     let machine = Machine {
         nproc: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),

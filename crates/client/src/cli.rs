@@ -20,9 +20,11 @@ use crate::backup::{self, BackupOptions, DiskInput, mb_per_s, parse_key_values};
 use crate::error::ClientError;
 use crate::files::{self, FilesTarget};
 use crate::hub::HubOptions;
+use crate::nbdsource::{self, NbdBackupOptions};
 use crate::progress::{BarAwareStderr, LogProgress, Progress, TerminalProgress};
 use crate::restore::{self, RestoreFormat, RestoreFrom, RestoreOptions};
 use sendense_transfer::engine::TransferOptions;
+use sendense_transfer::nbd::NbdTls;
 
 /// Sendense appliance client: back up a VM's disks into a Sendense hub, restore them, or run as
 /// an agent the hub drives (`agent enroll`, `agent run`).
@@ -48,6 +50,8 @@ pub enum LogFormat {
 
 /// Commands.
 #[derive(Debug, Subcommand)]
+// Parsed once per run: the size of `backup`'s arguments costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Back up a VM's disks (local raw or VMDK files with --disk, or every disk of a vCenter VM
     /// with --vcenter) into the hub: register the VM, start a backup, stream every disk over
@@ -253,7 +257,7 @@ pub struct BackupArgs {
     #[arg(
         long = "disk",
         value_name = "KEY=PATH",
-        required_unless_present_any = ["vcenter", "vcenter_credential"]
+        required_unless_present_any = ["vcenter", "vcenter_credential", "nbd_sources"]
     )]
     pub disks: Vec<String>,
     /// Backup type; auto is incremental when the VM has a completed chain, else full. With
@@ -284,6 +288,50 @@ pub struct BackupArgs {
     /// The VM's disks come from vCenter instead of local files (last: its help heading).
     #[command(flatten)]
     pub vcenter: VcenterArgs,
+    /// The VM's disks come from NBD exports (QEMU/KVM, libvirt) instead of local files.
+    #[command(flatten)]
+    pub nbd: NbdSourceArgs,
+}
+
+/// `sendense-client backup --nbd-source ...`: the VM's disks read from NBD exports.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "NBD sources: QEMU/KVM, libvirt (instead of --disk)")]
+pub struct NbdSourceArgs {
+    /// A disk as key and NBD export: 2000=nbd://HOST[:PORT]/EXPORT, nbds://... (TLS),
+    /// nbd+unix:///EXPORT?socket=/PATH. Repeat for each disk; all are sent at once. A full
+    /// reads the allocated extents (base:allocation; what reads as zeroes is skipped); an
+    /// incremental reads each disk's QEMU dirty bitmap named by its change id at the hub (the
+    /// --bitmap of the previous backup), as `qemu-nbd -B NAME` or libvirt's pull-mode backup
+    /// exports it. With --type auto, a bitmap the source does not offer (removed, or another
+    /// name) makes the run a full on a new chain, with a log line saying why. A source larger
+    /// than the disk the hub recorded is refused (unless --type full). Reads use up to
+    /// --connections connections when the server allows several (qemu-nbd -r -e N).
+    #[arg(
+        long = "nbd-source",
+        value_name = "KEY=URI",
+        conflicts_with_all = ["disks", "changed_areas", "change_ids", "base_backup", "vcenter", "vcenter_credential"]
+    )]
+    pub nbd_sources: Vec<String>,
+    /// The dirty bitmap that starts at this backup (the libvirt checkpoint created with it, or
+    /// the bitmap added with `qemu-img bitmap --add --enable` before exporting), recorded as
+    /// every disk's change id: the next incremental reads it. Name one per backup (e.g.
+    /// sendense-20261207T220000, as libvirt names checkpoints), so an old name never stands
+    /// for a newer bitmap. Without it, nothing is recorded and the next backup is a full.
+    #[arg(long, value_name = "NAME", requires = "nbd_sources")]
+    pub bitmap: Option<String>,
+    /// PEM file of the CA that signed the NBD server's certificate (for nbds:// sources); the
+    /// server's name is the URI's host (localhost for nbds+unix://).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "nbd_sources",
+        conflicts_with = "nbd_tls_dir"
+    )]
+    pub nbd_ca: Option<PathBuf>,
+    /// Folder in QEMU's client layout (ca-cert.pem, client-cert.pem, client-key.pem) for
+    /// nbds:// sources that require a client certificate.
+    #[arg(long, value_name = "DIR", requires = "nbd_sources")]
+    pub nbd_tls_dir: Option<PathBuf>,
 }
 
 /// `sendense-client backup --vcenter ...`: the VM's disks read from vCenter.
@@ -693,7 +741,27 @@ async fn run_backup(args: BackupArgs) -> Result<String, ClientError> {
         TypeArg::Auto => BackupType::Auto,
     };
     let transfer = TransferOptions::with_connections(usize::from(args.connections));
-    let result = if args.vcenter.vcenter.is_some() || args.vcenter.vcenter_credential.is_some() {
+    let result = if !args.nbd.nbd_sources.is_empty() {
+        let vm = VmName::try_from(args.vm.as_str()).map_err(|e| invalid("--vm", e))?;
+        let disks = nbdsource::parse_nbd_sources(&args.nbd.nbd_sources)?;
+        let (progress, bars) = progress(args.json);
+        let mut options = NbdBackupOptions::new(hub_options(&args.hub), vm, disks);
+        options.bitmap = args
+            .nbd
+            .bitmap
+            .as_deref()
+            .map(nbdsource::parse_bitmap)
+            .transpose()?;
+        options.backup_type = backup_type;
+        options.tls = nbd_source_tls(&args.nbd)?;
+        options.transfer = transfer;
+        options.progress = progress;
+        let result = nbdsource::run(options).await;
+        if let Some(bars) = bars {
+            bars.clear();
+        }
+        result
+    } else if args.vcenter.vcenter.is_some() || args.vcenter.vcenter_credential.is_some() {
         if args.vcenter.vcenter_ca.is_none() && !args.vcenter.insecure {
             return Err(invalid(
                 "--vcenter",
@@ -762,6 +830,20 @@ async fn run_backup(args: BackupArgs) -> Result<String, ClientError> {
         }
         Ok(text)
     }
+}
+
+/// TLS for `nbds://` sources from `--nbd-ca` or `--nbd-tls-dir` (`None` without either); the
+/// server name is filled in per source from its URI.
+fn nbd_source_tls(args: &NbdSourceArgs) -> Result<Option<NbdTls>, ClientError> {
+    let config = match (&args.nbd_ca, &args.nbd_tls_dir) {
+        (Some(ca), _) => crate::hub::tls_config(ca)?,
+        (None, Some(dir)) => crate::hub::client_cert_config(dir)?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(NbdTls {
+        config,
+        server_name: String::new(),
+    }))
 }
 
 fn round2(x: f64) -> serde_json::Value {

@@ -266,6 +266,18 @@ pub enum ClientError {
         source: Box<Self>,
     },
 
+    /// An NBD source is larger than the disk the hub recorded for its key.
+    #[error(
+        "Disk {disk_key}: the source is {source_bytes} bytes, larger than the {recorded_bytes} bytes the hub recorded for this disk; check the KEY=URI mapping, or run --type full once if the disk really grew"
+    )]
+    SourceLargerThanDisk {
+        /// The disk.
+        disk_key: u32,
+        /// The source's size.
+        source_bytes: u64,
+        /// The capacity the hub recorded.
+        recorded_bytes: u64,
+    },
     /// The hub's answer about a disk does not fit the disk (no NBD URI, a size that differs).
     #[error("Disk {disk_key}: {reason}")]
     DiskMismatch {

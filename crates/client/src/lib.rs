@@ -4,6 +4,8 @@
 //! - [`backup`]: `sendense-client backup` of local disks as a library call ([`backup::run`]).
 //! - [`vcenter`]: `sendense-client backup --vcenter` ([`vcenter::run`]): vCenter snapshot, CBT,
 //!   the hub's chain, the transfer, the snapshot always removed.
+//! - [`nbdsource`]: `sendense-client backup --nbd-source` ([`nbdsource::run`]): disks read from
+//!   NBD exports (QEMU/KVM, libvirt pull-mode backups), incrementals from QEMU dirty bitmaps.
 //! - [`agent`]: `sendense-client agent enroll` / `agent run`: the hub drives the appliance
 //!   ([`agent::enroll`], [`agent::run`]).
 //! - [`restore`]: `sendense-client restore` as a library call ([`restore::run`]).
@@ -30,6 +32,7 @@ pub mod credential;
 pub mod error;
 pub mod files;
 pub mod hub;
+pub mod nbdsource;
 pub mod progress;
 pub mod restore;
 pub mod vcenter;

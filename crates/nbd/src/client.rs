@@ -1,8 +1,16 @@
 //! Tokio NBD client with pipelining.
 //!
-//! [`Client::connect`] negotiates (fixed newstyle, optional `STARTTLS`,
-//! `STRUCTURED_REPLY`, `SET_META_CONTEXT base:allocation`, `GO` with
-//! `NBD_INFO_BLOCK_SIZE`). Its request methods take `&self` and may be called
+//! [`Client::connect`] (TCP), [`Client::connect_unix`] (a Unix socket) and
+//! [`Client::connect_io`] (any stream) negotiate: fixed newstyle, optional `STARTTLS`,
+//! `STRUCTURED_REPLY`, one `SET_META_CONTEXT` with `base:allocation` and any further contexts
+//! asked for in [`ClientOptions::meta_contexts`] (such as QEMU's `qemu:dirty-bitmap:NAME`),
+//! `GO` with `NBD_INFO_BLOCK_SIZE`. The contexts the server granted are
+//! [`Client::meta_contexts`]: a context it did not grant (a dirty bitmap the export does not
+//! offer) is simply absent there, and [`Client::block_status_of`] reads any granted one.
+//!
+//! Block status replies are checked as they arrive: exactly one chunk per context, at most
+//! [`wire::MAX_BLOCK_STATUS_DESCRIPTORS`] descriptors each (the codec's bound), no zero-length
+//! descriptor; anything else ends the connection with a protocol error, never a panic. Its request methods take `&self` and may be called
 //! from many tasks at once: a semaphore bounds the requests in flight, each
 //! request gets a fresh cookie and a waiter, the request is written under a
 //! lock, and one reader task matches replies (in any order) to waiters,
@@ -78,6 +86,9 @@ pub struct ClientOptions {
     pub structured_replies: bool,
     /// Select `base:allocation` (needs structured replies).
     pub block_status: bool,
+    /// Further metadata contexts to select, by exact name (needs structured replies), e.g.
+    /// `qemu:dirty-bitmap:NAME`; the granted ones are [`Client::meta_contexts`].
+    pub meta_contexts: Vec<String>,
     /// Most requests in flight on this connection.
     pub max_in_flight: usize,
 }
@@ -89,6 +100,7 @@ impl Default for ClientOptions {
             export_name: String::new(),
             structured_replies: true,
             block_status: true,
+            meta_contexts: Vec::new(),
             max_in_flight: 64,
         }
     }
@@ -109,11 +121,43 @@ pub struct ExportInfo {
     pub base_allocation: Option<u32>,
 }
 
+/// A metadata context the server granted (`NBD_REP_META_CONTEXT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaContext {
+    /// Its name, as asked for.
+    pub name: String,
+    /// The id the server chose for it.
+    pub id: u32,
+}
+
+/// One block status descriptor of a metadata context: `length` bytes with `flags`, whose
+/// meaning the context defines (`base:allocation`: [`state::HOLE`], [`state::ZERO`];
+/// `qemu:dirty-bitmap:NAME`: bit 0 set = dirty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusExtent {
+    /// Length in bytes (never 0).
+    pub length: u64,
+    /// Status flags.
+    pub flags: u32,
+}
+
+/// Largest reply chunk other than `OFFSET_DATA` accepted: a block status chunk of the most
+/// descriptors the codec takes (errors and holes are far smaller).
+#[allow(clippy::cast_possible_truncation)]
+const MAX_META_CHUNK: u32 = 4 + 8 * wire::MAX_BLOCK_STATUS_DESCRIPTORS as u32;
+
+/// Prefix of QEMU's dirty bitmap contexts: `qemu:dirty-bitmap:NAME`.
+pub const DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
+
+/// Flag of a `qemu:dirty-bitmap:` descriptor: the range changed.
+pub const DIRTY: u32 = 1;
+
 /// One pipelined NBD connection.
 #[derive(Debug)]
 pub struct Client {
     inner: Arc<Inner>,
     info: ExportInfo,
+    contexts: Vec<MetaContext>,
     reader: JoinHandle<()>,
 }
 
@@ -150,7 +194,8 @@ enum Kind {
     },
     BlockStatus {
         context: u32,
-        extents: Vec<BlockExtent>,
+        /// The chunk for `context`, once it arrived (one per context).
+        extents: Option<Vec<StatusExtent>>,
     },
     Other,
 }
@@ -159,7 +204,7 @@ enum Kind {
 enum Outcome {
     Done,
     Data(Box<dyn ReadSink>),
-    Extents(Vec<BlockExtent>),
+    Extents(Vec<StatusExtent>),
 }
 
 impl std::fmt::Debug for dyn Stream {
@@ -174,8 +219,31 @@ impl Client {
     /// # Errors
     /// Connection, TLS or negotiation failure (e.g. unknown export).
     pub async fn connect(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Self> {
-        let mut io = open(addr, options.tls.as_ref()).await?;
-        let info = negotiate(&mut io, &options).await?;
+        let tcp = TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        Self::connect_io(tcp, options).await
+    }
+
+    /// Connects over the Unix socket at `path` and negotiates the export in `options`.
+    ///
+    /// # Errors
+    /// Connection, TLS or negotiation failure (e.g. unknown export).
+    pub async fn connect_unix(path: &std::path::Path, options: ClientOptions) -> Result<Self> {
+        let unix = tokio::net::UnixStream::connect(path).await?;
+        Self::connect_io(unix, options).await
+    }
+
+    /// Negotiates the export in `options` over `io`, a fresh connection to an NBD server (the
+    /// server speaks first).
+    ///
+    /// # Errors
+    /// Connection, TLS or negotiation failure (e.g. unknown export).
+    pub async fn connect_io<S>(io: S, options: ClientOptions) -> Result<Self>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut io = start(Box::new(io), options.tls.as_ref()).await?;
+        let (info, contexts) = negotiate(&mut io, &options).await?;
         let (rd, wr) = tokio::io::split(io);
         let window_size = u32::try_from(options.max_in_flight.clamp(1, 4096)).unwrap_or(64);
         let inner = Arc::new(Inner {
@@ -190,6 +258,7 @@ impl Client {
         Ok(Self {
             inner,
             info,
+            contexts,
             reader,
         })
     }
@@ -202,7 +271,8 @@ impl Client {
         addr: impl ToSocketAddrs,
         tls: Option<(Arc<rustls::ClientConfig>, String)>,
     ) -> Result<Vec<String>> {
-        let mut io = open(addr, tls.as_ref()).await?;
+        let tcp = TcpStream::connect(addr).await?;
+        let mut io = start(Box::new(tcp), tls.as_ref()).await?;
         send_option(&mut io, &ClientOption::List).await?;
         let mut names = Vec::new();
         loop {
@@ -230,6 +300,20 @@ impl Client {
     #[must_use]
     pub const fn info(&self) -> &ExportInfo {
         &self.info
+    }
+
+    /// The metadata contexts the server granted (`base:allocation` among them when asked
+    /// for and granted).
+    #[must_use]
+    pub fn meta_contexts(&self) -> &[MetaContext] {
+        &self.contexts
+    }
+
+    /// The id of the granted context `name`, or `None` when the server did not grant it (for
+    /// `qemu:dirty-bitmap:NAME`: the export offers no such bitmap).
+    #[must_use]
+    pub fn meta_context(&self, name: &str) -> Option<u32> {
+        self.contexts.iter().find(|c| c.name == name).map(|c| c.id)
     }
 
     /// Export size in bytes.
@@ -376,9 +460,39 @@ impl Client {
                 what: "base:allocation not negotiated",
             });
         };
+        let extents = self.block_status_of(context, offset, len).await?;
+        Ok(extents
+            .into_iter()
+            .map(|e| BlockExtent {
+                length: e.length,
+                hole: e.flags & state::HOLE != 0,
+                zero: e.flags & state::ZERO != 0,
+            })
+            .collect())
+    }
+
+    /// Status of `len` bytes at `offset` in the granted context `context` (an id from
+    /// [`Self::meta_contexts`]): consecutive extents from `offset`, each of nonzero length; they
+    /// may cover less than `len` (ask again from where they end), and the last may reach past
+    /// it.
+    ///
+    /// # Errors
+    /// [`NbdError::InvalidArgument`] for a context the server did not grant; server error;
+    /// a reply without this context's chunk, with two, or with a zero-length descriptor.
+    pub async fn block_status_of(
+        &self,
+        context: u32,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<StatusExtent>> {
+        if !self.contexts.iter().any(|c| c.id == context) {
+            return Err(NbdError::InvalidArgument {
+                what: "metadata context not negotiated",
+            });
+        }
         let kind = Kind::BlockStatus {
             context,
-            extents: Vec::new(),
+            extents: None,
         };
         match self
             .submit(cmd::BLOCK_STATUS, 0, offset, len, None, kind)
@@ -596,13 +710,11 @@ impl ClientPool {
 
 // ---------------------------------------------------------------- handshake
 
-async fn open(
-    addr: impl ToSocketAddrs,
+/// The greeting, the client flags and `STARTTLS` (when `tls`) on a fresh connection.
+async fn start(
+    mut io: Box<dyn Stream>,
     tls: Option<&(Arc<rustls::ClientConfig>, String)>,
 ) -> Result<Box<dyn Stream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    let _ = tcp.set_nodelay(true);
-    let mut io: Box<dyn Stream> = Box::new(tcp);
     let mut greeting = [0u8; wire::GREETING_LEN];
     io.read_exact(&mut greeting).await?;
     let Some((hflags, _)) = codec::decode_greeting(&greeting)? else {
@@ -629,31 +741,39 @@ async fn open(
     Ok(io)
 }
 
-async fn negotiate(io: &mut Box<dyn Stream>, options: &ClientOptions) -> Result<ExportInfo> {
+async fn negotiate(
+    io: &mut Box<dyn Stream>,
+    options: &ClientOptions,
+) -> Result<(ExportInfo, Vec<MetaContext>)> {
     let mut structured = false;
     if options.structured_replies {
         send_option(io, &ClientOption::StructuredReply).await?;
         let reply = read_option_reply(io).await?;
         structured = reply.reply_type == rep::ACK;
     }
-    let mut base_allocation = None;
-    if structured && options.block_status {
-        let req = MetaContextRequest {
-            name: options.export_name.clone(),
-            queries: vec![wire::BASE_ALLOCATION.to_owned()],
-        };
-        send_option(io, &ClientOption::SetMetaContext(req)).await?;
-        loop {
-            let reply = read_option_reply(io).await?;
-            match codec::parse_reply_payload(&reply)? {
-                ReplyPayload::MetaContext { id, name } if name == wire::BASE_ALLOCATION => {
-                    base_allocation = Some(id);
-                }
-                ReplyPayload::Ack | ReplyPayload::Error { .. } => break,
-                _ => {}
-            }
+    let mut queries = Vec::new();
+    if options.block_status {
+        queries.push(wire::BASE_ALLOCATION.to_owned());
+    }
+    for q in &options.meta_contexts {
+        if !queries.contains(q) {
+            queries.push(q.clone());
         }
     }
+    if queries.len() > wire::MAX_META_QUERIES {
+        return Err(NbdError::InvalidArgument {
+            what: "too many metadata contexts asked for",
+        });
+    }
+    let contexts = if structured && !queries.is_empty() {
+        set_meta_contexts(io, &options.export_name, queries).await?
+    } else {
+        Vec::new()
+    };
+    let base_allocation = contexts
+        .iter()
+        .find(|c| c.name == wire::BASE_ALLOCATION)
+        .map(|c| c.id);
     let go = InfoRequest {
         name: options.export_name.clone(),
         requests: vec![info::BLOCK_SIZE],
@@ -686,13 +806,51 @@ async fn negotiate(io: &mut Box<dyn Stream>, options: &ClientOptions) -> Result<
     let Some((size, flags)) = export else {
         return Err(NbdError::protocol("GO without NBD_INFO_EXPORT"));
     };
-    Ok(ExportInfo {
+    let info = ExportInfo {
         size,
         flags,
         block_sizes,
         structured_replies: structured,
         base_allocation,
-    })
+    };
+    Ok((info, contexts))
+}
+
+/// `NBD_OPT_SET_META_CONTEXT` with `queries`: the contexts granted, each asked for, once. An
+/// error reply grants none. A server answering more replies than it could grant is refused.
+async fn set_meta_contexts(
+    io: &mut Box<dyn Stream>,
+    export: &str,
+    queries: Vec<String>,
+) -> Result<Vec<MetaContext>> {
+    let asked = queries.len();
+    let req = MetaContextRequest {
+        name: export.to_owned(),
+        queries,
+    };
+    let queries = &req.queries;
+    send_option(io, &ClientOption::SetMetaContext(req.clone())).await?;
+    let mut granted: Vec<MetaContext> = Vec::new();
+    for _ in 0..=asked {
+        let reply = read_option_reply(io).await?;
+        match codec::parse_reply_payload(&reply)? {
+            ReplyPayload::MetaContext { id, name } => {
+                if !queries.contains(&name) {
+                    return Err(NbdError::protocol("server granted a context not asked for"));
+                }
+                if granted.iter().any(|c| c.name == name || c.id == id) {
+                    return Err(NbdError::protocol("server granted a context twice"));
+                }
+                granted.push(MetaContext { name, id });
+            }
+            ReplyPayload::Ack => return Ok(granted),
+            ReplyPayload::Error { .. } => return Ok(Vec::new()),
+            _ => return Err(NbdError::protocol("unexpected reply to SET_META_CONTEXT")),
+        }
+    }
+    Err(NbdError::protocol(
+        "more SET_META_CONTEXT replies than contexts",
+    ))
 }
 
 async fn send_option(io: &mut Box<dyn Stream>, o: &ClientOption) -> Result<()> {
@@ -797,6 +955,13 @@ async fn read_replies(
                 if chunk_type == chunk::OFFSET_DATA {
                     read_data_chunk(rd, &mut w, length).await?;
                 } else {
+                    if length > MAX_META_CHUNK {
+                        return Err(NbdError::TooLarge {
+                            what: "reply chunk without data",
+                            length: u64::from(length),
+                            limit: u64::from(MAX_META_CHUNK),
+                        });
+                    }
                     let mut payload = vec![0u8; length as usize];
                     rd.read_exact(&mut payload).await?;
                     apply_chunk(&mut w, codec::parse_chunk_payload(chunk_type, &payload)?)?;
@@ -810,12 +975,16 @@ async fn read_replies(
                         (None, Kind::Read { .. }) => Err(NbdError::protocol(
                             "structured read reply does not cover the request",
                         )),
-                        (None, Kind::BlockStatus { extents, .. }) if !extents.is_empty() => {
-                            Ok(Outcome::Extents(extents))
-                        }
-                        (None, Kind::BlockStatus { .. }) => {
-                            Err(NbdError::protocol("block status reply without extents"))
-                        }
+                        (
+                            None,
+                            Kind::BlockStatus {
+                                extents: Some(extents),
+                                ..
+                            },
+                        ) => Ok(Outcome::Extents(extents)),
+                        (None, Kind::BlockStatus { extents: None, .. }) => Err(NbdError::protocol(
+                            "block status reply without the context's chunk",
+                        )),
                         (None, Kind::Other) => Ok(Outcome::Done),
                     };
                     let _ = w.tx.send(result);
@@ -886,14 +1055,30 @@ fn apply_chunk(w: &mut Waiter, payload: ChunkPayload) -> Result<()> {
             context_id,
             descriptors,
         } => {
-            if let Kind::BlockStatus { context, extents } = &mut w.kind
-                && *context == context_id
-            {
-                extents.extend(descriptors.into_iter().map(|(len, f)| BlockExtent {
-                    length: u64::from(len),
-                    hole: f & state::HOLE != 0,
-                    zero: f & state::ZERO != 0,
-                }));
+            let Kind::BlockStatus { context, extents } = &mut w.kind else {
+                return Err(NbdError::protocol("block status chunk for another request"));
+            };
+            if *context == context_id {
+                if extents.is_some() {
+                    return Err(NbdError::protocol(
+                        "two block status chunks for one context",
+                    ));
+                }
+                if descriptors.is_empty() {
+                    return Err(NbdError::protocol("block status chunk without descriptors"));
+                }
+                if descriptors.iter().any(|&(len, _)| len == 0) {
+                    return Err(NbdError::protocol("zero-length block status descriptor"));
+                }
+                *extents = Some(
+                    descriptors
+                        .into_iter()
+                        .map(|(len, flags)| StatusExtent {
+                            length: u64::from(len),
+                            flags,
+                        })
+                        .collect(),
+                );
             }
         }
         ChunkPayload::Error { error, .. } | ChunkPayload::ErrorOffset { error, .. } => {

@@ -25,7 +25,7 @@ pub mod tls;
 pub mod wire;
 
 #[cfg(feature = "tokio")]
-pub use client::{Client, ClientOptions, ClientPool, ExportInfo};
+pub use client::{Client, ClientOptions, ClientPool, ExportInfo, MetaContext, StatusExtent};
 pub use error::NbdError;
 pub use export::{BlockExtent, Export, ExportError, FileExport, MemoryExport, ZeroFlags};
 #[cfg(feature = "tokio")]

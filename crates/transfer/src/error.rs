@@ -109,6 +109,14 @@ pub enum TransferError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// An outside NBD export cannot be backed up as asked.
+    #[error("NBD source {uri}: {reason}")]
+    NbdSource {
+        /// The source's URI.
+        uri: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// Source and target of a disk disagree (size).
     #[error("Disk {disk_key}: {reason}")]
     DiskMismatch {

@@ -1,12 +1,16 @@
 //! The NBD side of the client, over `sendense-nbd`: [`NbdConnector`]/[`NbdTarget`] write into
 //! a hub export (backup), [`NbdSource`] reads one (restore), and [`NbdUri`] parses the
-//! `nbds://HOST:PORT/EXPORT_NAME` URIs the hub answers.
+//! `nbds://HOST:PORT/EXPORT_NAME` URIs the hub answers and the URIs of outside NBD sources
+//! (`nbd://HOST[:PORT]/EXPORT`, `nbds://…`, `nbd+unix:///EXPORT?socket=PATH`,
+//! `nbds+unix:///EXPORT?socket=PATH`, as libnbd and QEMU write them; the export name and the
+//! socket path are percent-decoded). A backup *from* such a source is [`crate::nbd_source`].
 //!
 //! TLS: `nbds://` requires a rustls client configuration trusting the hub's CA, and the name
 //! to verify the hub's certificate against (the host of `--hub`, which the hub's certificate
 //! names; the URI's host is only where to connect).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -20,48 +24,61 @@ use crate::source::{BoxFuture, DiskSource, Extent};
 /// Default NBD port.
 pub const DEFAULT_PORT: u16 = 10809;
 /// Largest single WRITE_ZEROES / BLOCK_STATUS length sent (NBD lengths are 32-bit).
-const MAX_LENGTH_REQUEST: u64 = 1 << 30;
+pub(crate) const MAX_LENGTH_REQUEST: u64 = 1 << 30;
+/// Longest URI parsed (an export name is at most 4096 bytes, a socket path far less).
+const MAX_URI_LEN: usize = 16 * 1024;
 
-/// A parsed `nbd://` or `nbds://` URI.
+/// A parsed `nbd://`, `nbds://`, `nbd+unix://` or `nbds+unix://` URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NbdUri {
-    /// Host (name, IPv4, or IPv6 without brackets).
+    /// Host (name, IPv4, or IPv6 without brackets); empty for a Unix socket.
     pub host: String,
-    /// Port.
+    /// Port; 0 for a Unix socket.
     pub port: u16,
-    /// Export name.
+    /// Export name (percent-decoded).
     pub export: String,
     /// `nbds`: TLS required.
     pub tls: bool,
+    /// The Unix socket to connect to (`nbd+unix://`), instead of `host:port`.
+    pub socket: Option<PathBuf>,
 }
 
 impl NbdUri {
-    /// Parses `nbds://HOST:PORT/EXPORT` (or `nbd://`; the port defaults to 10809). A query
-    /// part is refused.
+    /// Parses `nbds://HOST:PORT/EXPORT` (or `nbd://`; the port defaults to 10809; no export
+    /// name is the default export ""; a query part is refused), or `nbd+unix:///EXPORT?socket=PATH` (or `nbds+unix://`: no host, the
+    /// one query key `socket`, an absolute path). Export and socket are percent-decoded.
     ///
     /// # Errors
     /// [`TransferError::BadNbdUri`] naming what is wrong.
     pub fn parse(uri: &str) -> Result<Self, TransferError> {
         let bad = |reason| TransferError::BadNbdUri {
-            uri: uri.to_owned(),
+            uri: uri.chars().take(256).collect(),
             reason,
         };
+        if uri.len() > MAX_URI_LEN {
+            return Err(bad("is longer than 16 KiB"));
+        }
+        if let Some(r) = uri.strip_prefix("nbds+unix://") {
+            return Self::parse_unix(r, true).map_err(bad);
+        }
+        if let Some(r) = uri.strip_prefix("nbd+unix://") {
+            return Self::parse_unix(r, false).map_err(bad);
+        }
         let (tls, rest) = if let Some(r) = uri.strip_prefix("nbds://") {
             (true, r)
         } else if let Some(r) = uri.strip_prefix("nbd://") {
             (false, r)
         } else {
-            return Err(bad("must start with nbds:// or nbd://"));
+            return Err(bad(
+                "must start with nbds://, nbd://, nbd+unix:// or nbds+unix://",
+            ));
         };
         if rest.contains('?') || rest.contains('#') {
             return Err(bad("must not have a query or fragment"));
         }
-        let (authority, export) = rest
-            .split_once('/')
-            .ok_or_else(|| bad("has no export name"))?;
-        if export.is_empty() {
-            return Err(bad("has no export name"));
-        }
+        // No path, or an empty one: the server's default export "" (as libnbd and QEMU read it).
+        let (authority, export) = rest.split_once('/').unwrap_or((rest, ""));
+        let export = percent_decode(export).map_err(bad)?;
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (host, after) = v6
                 .split_once(']')
@@ -80,6 +97,9 @@ impl NbdUri {
         if host.is_empty() {
             return Err(bad("has no host"));
         }
+        if host.contains(['[', ']', '@']) || host.contains(char::is_whitespace) {
+            return Err(bad("has an invalid host"));
+        }
         let port = match port {
             Some(p) => p.parse::<u16>().map_err(|_| bad("has an invalid port"))?,
             None => DEFAULT_PORT,
@@ -87,14 +107,53 @@ impl NbdUri {
         Ok(Self {
             host: host.to_owned(),
             port,
-            export: export.to_owned(),
+            export,
             tls,
+            socket: None,
         })
     }
 
-    /// `host:port` for connecting (brackets around IPv6).
+    /// The part after `nbd+unix://`: `/EXPORT?socket=PATH`.
+    fn parse_unix(rest: &str, tls: bool) -> Result<Self, &'static str> {
+        if rest.contains('#') {
+            return Err("must not have a fragment");
+        }
+        let (path, query) = rest
+            .split_once('?')
+            .ok_or("needs ?socket=PATH (a Unix socket URI)")?;
+        let export = path
+            .strip_prefix('/')
+            .ok_or("must have no host: nbd+unix:///EXPORT?socket=PATH")?;
+        let export = percent_decode(export)?;
+        let mut socket = None;
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some(("socket", value)) if socket.is_none() => {
+                    socket = Some(percent_decode(value)?);
+                }
+                Some(("socket", _)) => return Err("names socket twice"),
+                _ => return Err("has a query key other than socket"),
+            }
+        }
+        let socket = socket.ok_or("needs ?socket=PATH (a Unix socket URI)")?;
+        if !socket.starts_with('/') {
+            return Err("needs an absolute socket path");
+        }
+        Ok(Self {
+            host: String::new(),
+            port: 0,
+            export,
+            tls,
+            socket: Some(PathBuf::from(socket)),
+        })
+    }
+
+    /// `host:port` for connecting (brackets around IPv6); the socket path for a Unix socket.
     #[must_use]
     pub fn address(&self) -> String {
+        if let Some(socket) = &self.socket {
+            return socket.display().to_string();
+        }
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -106,8 +165,52 @@ impl NbdUri {
 impl fmt::Display for NbdUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "nbds" } else { "nbd" };
-        write!(f, "{scheme}://{}/{}", self.address(), self.export)
+        let export = percent_encode(&self.export);
+        match &self.socket {
+            Some(socket) => write!(
+                f,
+                "{scheme}+unix:///{export}?socket={}",
+                percent_encode(&socket.to_string_lossy())
+            ),
+            None => write!(f, "{scheme}://{}/{export}", self.address()),
+        }
     }
+}
+
+/// Decodes `%XX` escapes (RFC 3986); the result must be UTF-8 without NUL.
+fn percent_decode(s: &str) -> Result<String, &'static str> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or("has a cut %-escape")?;
+            let hex = std::str::from_utf8(hex).map_err(|_| "has a bad %-escape")?;
+            let b = u8::from_str_radix(hex, 16).map_err(|_| "has a bad %-escape")?;
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    if out.contains(&0) {
+        return Err("has a NUL byte");
+    }
+    String::from_utf8(out).map_err(|_| "is not UTF-8 once decoded")
+}
+
+/// Escapes every byte but RFC 3986's unreserved characters and `/`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// TLS for NBD connections: the client configuration and the server name to verify.
@@ -161,9 +264,30 @@ impl NbdConnector {
     /// # Errors
     /// [`TransferError::Nbd`] when connecting or negotiating fails.
     pub async fn connect_client(&self) -> Result<Client, TransferError> {
-        Client::connect(self.uri.address(), self.options.clone())
-            .await
-            .map_err(|source| self.err("connect", source))
+        self.connect_with(self.options.clone()).await
+    }
+
+    /// One connection selecting the metadata contexts `contexts` besides `base:allocation`.
+    ///
+    /// # Errors
+    /// [`TransferError::Nbd`] when connecting or negotiating fails.
+    pub async fn connect_with_contexts(
+        &self,
+        contexts: &[String],
+    ) -> Result<Client, TransferError> {
+        let options = ClientOptions {
+            meta_contexts: contexts.to_vec(),
+            ..self.options.clone()
+        };
+        self.connect_with(options).await
+    }
+
+    async fn connect_with(&self, options: ClientOptions) -> Result<Client, TransferError> {
+        let connected = match &self.uri.socket {
+            Some(socket) => Client::connect_unix(socket, options).await,
+            None => Client::connect(self.uri.address(), options).await,
+        };
+        connected.map_err(|source| self.err("connect", source))
     }
 
     fn err(&self, operation: &'static str, source: NbdError) -> TransferError {
@@ -314,17 +438,189 @@ impl BlockTarget for NbdTarget {
     }
 }
 
-/// An NBD export read as a disk (restore): N connections used round-robin, allocation from
-/// `base:allocation` block status (holes and zero extents are not allocated).
+/// An NBD export read as a disk: a hub's restore point (restore), or any outside export
+/// (a backup from QEMU, libvirt, nbdkit: [`NbdSource::open_source`]). N connections used
+/// round-robin; allocation from `base:allocation` block status: what reads as zeroes
+/// (`NBD_STATE_ZERO`) is not read; a hole that does not say it reads as zeroes is read.
+/// [`NbdSource::dirty_extents`] answers a QEMU dirty bitmap's changed extents.
 #[derive(Debug)]
 pub struct NbdSource {
     clients: Vec<Client>,
     next: AtomicUsize,
     size: u64,
     uri: String,
+    bitmap: Option<DirtyBitmap>,
 }
 
+/// A dirty bitmap the source was asked for, and its context id if the export offers it.
+#[derive(Debug, Clone)]
+struct DirtyBitmap {
+    name: String,
+    context: Option<u32>,
+}
+
+/// How to open an outside NBD export as a backup source.
+#[derive(Debug, Clone, Default)]
+pub struct NbdSourceOptions {
+    /// Most connections (at least 1). More than one only when the server advertises
+    /// `NBD_FLAG_CAN_MULTI_CONN` (`qemu-nbd -r -e N`); a server that accepts fewer is used with
+    /// what it accepted.
+    pub connections: usize,
+    /// The QEMU dirty bitmap to select (`qemu:dirty-bitmap:NAME`), for an incremental.
+    pub bitmap: Option<String>,
+}
+
+/// How long an extra connection may take to be greeted: a server with fewer connection slots
+/// than asked for (`qemu-nbd` without `-e`) leaves it unanswered.
+const EXTRA_CONNECTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl NbdSource {
+    /// Opens an outside export as a backup source: one connection selecting `base:allocation`
+    /// and, when asked, `qemu:dirty-bitmap:NAME`; then, when the server allows several
+    /// connections (`CAN_MULTI_CONN`), up to `options.connections` in all. Whether the bitmap
+    /// is offered is [`Self::bitmap_offered`].
+    ///
+    /// # Errors
+    /// [`TransferError::Nbd`] when the first connection fails; [`TransferError::NbdSource`]
+    /// when the export has no `base:allocation` (structured replies refused).
+    pub async fn open_source(
+        connector: &NbdConnector,
+        options: &NbdSourceOptions,
+    ) -> Result<Self, TransferError> {
+        let contexts: Vec<String> = options
+            .bitmap
+            .iter()
+            .map(|b| format!("{}{b}", sendense_nbd::client::DIRTY_BITMAP_PREFIX))
+            .collect();
+        let first = connector.connect_with_contexts(&contexts).await?;
+        let uri = connector.uri.to_string();
+        if first.info().base_allocation.is_none() {
+            return Err(TransferError::NbdSource {
+                uri,
+                reason: "the server offers no base:allocation block status",
+            });
+        }
+        let bitmap = options.bitmap.as_ref().map(|name| DirtyBitmap {
+            name: name.clone(),
+            context: contexts.first().and_then(|c| first.meta_context(c)),
+        });
+        let size = first.size();
+        let multi = first.flags() & sendense_nbd::wire::tflag::CAN_MULTI_CONN != 0;
+        let mut clients = vec![first];
+        if multi {
+            while clients.len() < options.connections {
+                let more = tokio::time::timeout(
+                    EXTRA_CONNECTION_DEADLINE,
+                    connector.connect_with_contexts(&contexts),
+                )
+                .await;
+                match more {
+                    Ok(Ok(c)) if c.size() == size => clients.push(c),
+                    Ok(Ok(_)) => {
+                        return Err(TransferError::NbdSource {
+                            uri,
+                            reason: "the export's size changed between two connections",
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%uri, connections = clients.len(), error = %e, "the NBD source accepted fewer connections than asked for");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%uri, connections = clients.len(), "the NBD source did not greet another connection in time; going on with fewer");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            clients,
+            next: AtomicUsize::new(0),
+            size,
+            uri,
+            bitmap,
+        })
+    }
+
+    /// Connections in use.
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether the export offers the dirty bitmap asked for in [`NbdSourceOptions::bitmap`]
+    /// (`false` when none was asked for).
+    #[must_use]
+    pub fn bitmap_offered(&self) -> bool {
+        self.bitmap.as_ref().is_some_and(|b| b.context.is_some())
+    }
+
+    /// The changed extents of the dirty bitmap (descriptors with bit 0 set), sorted, merged,
+    /// inside the disk.
+    ///
+    /// # Errors
+    /// [`TransferError::NbdSource`] when no bitmap was asked for or the export does not offer
+    /// it; [`TransferError::Nbd`] when block status fails or answers nothing.
+    pub async fn dirty_extents(&self) -> Result<Vec<Extent>, TransferError> {
+        let Some(context) = self.bitmap.as_ref().and_then(|b| b.context) else {
+            return Err(TransferError::NbdSource {
+                uri: self.uri.clone(),
+                reason: "the export does not offer the dirty bitmap asked for",
+            });
+        };
+        self.extents_where(context, |flags| flags & sendense_nbd::client::DIRTY != 0)
+            .await
+    }
+
+    /// The name of the dirty bitmap asked for.
+    #[must_use]
+    pub fn bitmap_name(&self) -> Option<&str> {
+        self.bitmap.as_ref().map(|b| b.name.as_str())
+    }
+
+    /// Walks `context` over the whole disk and answers the extents whose flags satisfy `keep`,
+    /// merged. Descriptors past the disk's end are cut; a reply that makes no progress is an
+    /// error (never a loop).
+    async fn extents_where(
+        &self,
+        context: u32,
+        keep: impl Fn(u32) -> bool,
+    ) -> Result<Vec<Extent>, TransferError> {
+        let client = self.client();
+        let mut out: Vec<Extent> = Vec::new();
+        let mut pos = 0u64;
+        while pos < self.size {
+            let n = u32::try_from((self.size - pos).min(MAX_LENGTH_REQUEST)).unwrap_or(u32::MAX);
+            let extents = client
+                .block_status_of(context, pos, n)
+                .await
+                .map_err(|e| self.err("block_status", e))?;
+            let before = pos;
+            for e in extents {
+                let length = e.length.min(self.size - pos);
+                if length == 0 {
+                    break;
+                }
+                if keep(e.flags) {
+                    match out.last_mut() {
+                        Some(last) if last.end() == pos => last.length += length,
+                        _ => out.push(Extent::new(pos, length)),
+                    }
+                }
+                pos += length;
+            }
+            if pos == before {
+                return Err(self.err(
+                    "block_status",
+                    NbdError::Protocol {
+                        what: "block status answered no extent",
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// Opens `connections` (at least 1) connections.
     ///
     /// # Errors
@@ -343,6 +639,7 @@ impl NbdSource {
             next: AtomicUsize::new(0),
             size,
             uri: connector.uri.to_string(),
+            bitmap: None,
         })
     }
 
@@ -434,43 +731,14 @@ impl DiskSource for NbdSource {
 
     fn allocated_extents(&self) -> BoxFuture<'_, Result<Vec<Extent>, TransferError>> {
         Box::pin(async move {
-            let client = self.client();
-            if client.info().base_allocation.is_none() {
+            let Some(context) = self.client().info().base_allocation else {
                 return Ok(vec![Extent::new(0, self.size)]);
-            }
-            let mut out: Vec<Extent> = Vec::new();
-            let mut pos = 0u64;
-            while pos < self.size {
-                let n =
-                    u32::try_from((self.size - pos).min(MAX_LENGTH_REQUEST)).unwrap_or(u32::MAX);
-                let extents = client
-                    .block_status(pos, n)
-                    .await
-                    .map_err(|e| self.err("block_status", e))?;
-                let before = pos;
-                for e in extents {
-                    let length = e.length.min(self.size - pos);
-                    if length == 0 {
-                        break;
-                    }
-                    if !e.hole && !e.zero {
-                        match out.last_mut() {
-                            Some(last) if last.end() == pos => last.length += length,
-                            _ => out.push(Extent::new(pos, length)),
-                        }
-                    }
-                    pos += length;
-                }
-                if pos == before {
-                    return Err(self.err(
-                        "block_status",
-                        NbdError::Protocol {
-                            what: "block status answered no extent",
-                        },
-                    ));
-                }
-            }
-            Ok(out)
+            };
+            // A hole need not read as zeroes (NBD_STATE_HOLE alone): only ZERO is skipped.
+            self.extents_where(context, |flags| {
+                flags & sendense_nbd::wire::state::ZERO == 0
+            })
+            .await
         })
     }
 }
@@ -479,6 +747,7 @@ impl DiskSource for NbdSource {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::path::Path;
 
     fn alert(description: rustls::AlertDescription) -> NbdError {
         NbdError::Io(std::io::Error::other(rustls::Error::AlertReceived(
@@ -515,7 +784,7 @@ mod tests {
             export in "[A-Za-z0-9._-]{1,40}",
             tls in any::<bool>(),
         ) {
-            let uri = NbdUri { host, port, export, tls };
+            let uri = NbdUri { host, port, export, tls, socket: None };
 
             let parsed = NbdUri::parse(&uri.to_string()).unwrap();
 
@@ -533,7 +802,8 @@ mod tests {
                 host: "hub.example".into(),
                 port: 10809,
                 export: "exp-abc_1".into(),
-                tls: true
+                tls: true,
+                socket: None,
             }
         );
     }
@@ -545,6 +815,16 @@ mod tests {
         assert_eq!(uri.host, "::1");
         assert_eq!(uri.address(), "[::1]:1234");
         assert_eq!(uri.to_string(), "nbd://[::1]:1234/x");
+    }
+
+    #[test]
+    fn nbd_uri_without_export_is_default_export() {
+        for text in ["nbd://127.0.0.1:10810", "nbd://127.0.0.1:10810/"] {
+            let uri = NbdUri::parse(text).unwrap();
+
+            assert_eq!(uri.export, "", "{text}");
+            assert_eq!(uri.port, 10810, "{text}");
+        }
     }
 
     #[test]
@@ -566,6 +846,108 @@ mod tests {
         let err = NbdUri::parse("https://h:1/x").unwrap_err();
 
         assert!(err.to_string().contains("nbds://"), "{err}");
+    }
+
+    #[test]
+    fn nbd_uri_unix_socket_parses() {
+        let uri = NbdUri::parse("nbd+unix:///disk%20a?socket=/run/vm%201.sock").unwrap();
+
+        assert_eq!(uri.export, "disk a");
+        assert_eq!(uri.socket.as_deref(), Some(Path::new("/run/vm 1.sock")));
+        assert!(!uri.tls);
+        assert_eq!(uri.address(), "/run/vm 1.sock");
+    }
+
+    #[test]
+    fn nbd_uri_unix_socket_empty_export_is_default_export() {
+        let uri = NbdUri::parse("nbds+unix:///?socket=/s").unwrap();
+
+        assert_eq!(uri.export, "");
+        assert!(uri.tls);
+    }
+
+    #[test]
+    fn nbd_uri_unix_without_socket_is_refused() {
+        let err = NbdUri::parse("nbd+unix:///disk").unwrap_err();
+
+        assert!(err.to_string().contains("socket=PATH"), "{err}");
+    }
+
+    #[test]
+    fn nbd_uri_unix_with_host_is_refused() {
+        let err = NbdUri::parse("nbd+unix://h/disk?socket=/s").unwrap_err();
+
+        assert!(err.to_string().contains("no host"), "{err}");
+    }
+
+    #[test]
+    fn nbd_uri_unix_relative_socket_is_refused() {
+        let err = NbdUri::parse("nbd+unix:///d?socket=s.sock").unwrap_err();
+
+        assert!(err.to_string().contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn nbd_uri_unix_other_query_key_is_refused() {
+        let err = NbdUri::parse("nbd+unix:///d?socket=/s&tls-certificates=/x").unwrap_err();
+
+        assert!(err.to_string().contains("other than socket"), "{err}");
+    }
+
+    #[test]
+    fn nbd_uri_bad_percent_escape_is_refused() {
+        for uri in ["nbd://h/a%2", "nbd://h/a%zz", "nbd://h/a%00", "nbd://h/%ff"] {
+            let err = NbdUri::parse(uri).unwrap_err();
+
+            assert!(
+                matches!(err, TransferError::BadNbdUri { .. }),
+                "{uri}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nbd_uri_bracket_in_host_is_refused() {
+        let err = NbdUri::parse("nbd://a]:b:1/x").unwrap_err();
+
+        assert!(err.to_string().contains("invalid host"), "{err}");
+    }
+
+    #[test]
+    fn nbd_uri_too_long_is_refused() {
+        let uri = format!("nbd://h/{}", "a".repeat(MAX_URI_LEN));
+
+        let err = NbdUri::parse(&uri).unwrap_err();
+
+        assert!(err.to_string().contains("16 KiB"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn nbd_uri_unix_display_parse_round_trip(
+            export in "[ -~]{0,40}",
+            socket in "/[ -~]{1,60}",
+            tls in any::<bool>(),
+        ) {
+            let uri = NbdUri {
+                host: String::new(),
+                port: 0,
+                export,
+                tls,
+                socket: Some(PathBuf::from(socket)),
+            };
+
+            let parsed = NbdUri::parse(&uri.to_string()).unwrap();
+
+            prop_assert_eq!(parsed, uri);
+        }
+
+        #[test]
+        fn nbd_uri_parse_any_input_no_panic(s in "\\PC{0,80}") {
+            let _ = NbdUri::parse(&s);
+            let _ = NbdUri::parse(&format!("nbd+unix://{s}"));
+            let _ = NbdUri::parse(&format!("nbd://{s}"));
+        }
     }
 
     #[test]

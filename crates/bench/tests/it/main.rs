@@ -88,7 +88,8 @@ mod smoke {
                 "verify",
                 "sparse",
                 "files",
-                "files"
+                "files",
+                "nbd-source"
             ],
             "{}",
             report.render()
@@ -99,7 +100,7 @@ mod smoke {
             report.render()
         );
         assert!(report.rows.iter().all(|r| r.ratio.is_some()));
-        assert_eq!(Scenario::ALL.len(), 12);
+        assert_eq!(Scenario::ALL.len(), 13);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 #[cfg(test)]
 mod common;
 #[cfg(test)]
+mod contexts;
+#[cfg(test)]
 mod limits;
 #[cfg(test)]
 mod ours;
