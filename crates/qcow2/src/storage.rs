@@ -539,7 +539,10 @@ mod tests {
         s.write_data_at(&large, 1 << 20).unwrap();
 
         assert!(s.is_writeback());
-        assert!(in_page_cache(&path, 0, DIRECT_ALIGN), "the small write is cached");
+        assert!(
+            in_page_cache(&path, 0, DIRECT_ALIGN),
+            "the small write is cached"
+        );
         assert!(
             !in_page_cache(&path, 1 << 20, DIRECT_ALIGN),
             "the large write went direct"

@@ -308,8 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn writeback_small_write_into_a_new_cluster_writes_the_cluster_whole_and_reads_its_backing()
-    {
+    fn writeback_small_write_into_a_new_cluster_writes_the_cluster_whole_and_reads_its_backing() {
         let dir = tempfile::tempdir().unwrap();
         let img = overlay(dir.path(), true);
         let before = std::fs::metadata(dir.path().join("overlay.qcow2"))
