@@ -683,14 +683,17 @@ impl PieceJob {
                 data = &data[n..];
                 if used == limit {
                     stage = self.write_stage(storage, stage, used, at).await?;
+                    // Progress per write, not per chunk: a chunk is a TLS record or so, and
+                    // waking the reporting task that often costs more than the bytes.
+                    let _ = tx.send(used as u64);
                     at += used as u64;
                     used = 0;
                 }
             }
-            let _ = tx.send(chunk.len() as u64);
         }
         if used > 0 {
             self.write_stage(storage, stage, used, at).await?;
+            let _ = tx.send(used as u64);
             at += used as u64;
         }
         if at != end {
