@@ -462,6 +462,51 @@ fn gpt_disk_with_ext4_and_fat_reads_back_file_by_file_and_an_incremental_change_
     .unwrap();
     assert_eq!(summary["resumed_from"], 1000);
     assert_eq!(std::fs::read(&resumed).unwrap(), source);
+    // A file larger than one piece downloads in pieces on several streams (5 pieces here).
+    let pieces = dir.path().join("pieces.bin");
+    let piece_args = |to: &Path, more: &[&'static str]| {
+        let mut args = vec![
+            "get".to_owned(),
+            "--partition".to_owned(),
+            "1".to_owned(),
+            "/data/random.bin".to_owned(),
+            "--to".to_owned(),
+            s(to).to_owned(),
+            "--json".to_owned(),
+        ];
+        args.extend(more.iter().map(|a| (*a).to_owned()));
+        args
+    };
+    let args = piece_args(&pieces, &["--piece-size", "64K", "--streams", "3"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let summary: Value = serde_json::from_str(&hub.files(&full, &args)).unwrap();
+    assert_eq!(summary["bytes"], source.len());
+    assert_eq!(std::fs::read(&pieces).unwrap(), source);
+    assert!(!dir.path().join("pieces.bin.partial.pieces").exists());
+    // A download in pieces cut off with pieces 0 and 2 complete (the rest never arrived, or
+    // arrived in part): --resume fetches exactly the pieces its list does not name, with the
+    // list's piece size.
+    let cut = dir.path().join("cut.bin");
+    let mut partial = vec![0xa5u8; source.len()];
+    partial[..65536].copy_from_slice(&source[..65536]);
+    partial[131_072..196_608].copy_from_slice(&source[131_072..196_608]);
+    partial[70_000..80_000].copy_from_slice(&source[70_000..80_000]);
+    std::fs::write(dir.path().join("cut.bin.partial"), &partial).unwrap();
+    std::fs::write(
+        dir.path().join("cut.bin.partial.pieces"),
+        format!(
+            r#"{{"size":{},"piece_bytes":65536,"done":[0,2]}}"#,
+            source.len()
+        ),
+    )
+    .unwrap();
+    let args = piece_args(&cut, &["--resume", "--streams", "2"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let summary: Value = serde_json::from_str(&hub.files(&full, &args)).unwrap();
+    assert_eq!(summary["resumed_from"], 131_072);
+    assert_eq!(summary["bytes"], source.len() - 131_072);
+    assert_eq!(std::fs::read(&cut).unwrap(), source);
+    assert!(!dir.path().join("cut.bin.partial.pieces").exists());
     // Never overwrites.
     let again = hub.files_output(
         &full,

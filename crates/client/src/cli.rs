@@ -155,9 +155,34 @@ pub struct FilesGetArgs {
     /// Keep a folder as one .tar file instead of unpacking it.
     #[arg(long)]
     pub tar: bool,
-    /// Continue a file download cut off earlier (from its NAME.partial).
+    /// Continue a file download cut off earlier (from its NAME.partial; a download in pieces
+    /// fetches only the pieces its NAME.partial.pieces does not list as complete).
     #[arg(long)]
     pub resume: bool,
+    /// A file larger than --piece-size downloads in pieces, this many Range requests at once,
+    /// each on its own connection (1: one stream).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub streams: u16,
+    /// Size of one piece: bytes, or with K, M, G (binary units); a multiple of 4 KiB.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_piece_size)]
+    pub piece_size: u64,
+}
+
+/// Parses `64M`, `512K`, `1G` or plain bytes.
+fn parse_piece_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .filter(|&n| n > 0 && n.is_multiple_of(4096))
+        .ok_or_else(|| format!("{text:?} is not a size that is a multiple of 4 KiB (e.g. 64M)"))
 }
 
 /// `sendense-client agent ...`.
@@ -603,6 +628,10 @@ async fn run_files(command: FilesCommand) -> Result<String, ClientError> {
                     files::FolderAs::Unpacked
                 },
                 resume: args.resume,
+                pieces: files::Pieces {
+                    streams: usize::from(args.streams),
+                    piece_bytes: args.piece_size,
+                },
             };
             let bar =
                 (!args.at.point.json && std::io::stderr().is_terminal()).then(files::download_bar);

@@ -9,13 +9,32 @@
 //!   complete; `resume` continues a `.partial` left by a cut download with a `Range` request)
 //!   or a folder, which the hub streams as tar, unpacked into a local folder (or kept as a
 //!   `.tar` file).
+//!
+//! # Parallel downloads
+//! A file larger than one piece ([`Pieces::piece_bytes`], 64 MiB by default) downloads as
+//! pieces, [`Pieces::streams`] (4) `Range` requests at once, each on its own connection, as
+//! `restore` reads a disk over 4 NBD connections: one TLS stream is bound by one core on each
+//! side. Each piece is written at its offset in `NAME.partial` (staged in page-aligned
+//! buffers of 1 MiB and written with `O_DIRECT` where the file system allows it, as
+//! `restore` writes). Which pieces are complete is kept in a small JSON file beside it,
+//! `NAME.partial.pieces` (`{"size":…,"piece_bytes":…,"done":[0,3,…]}`): a piece is listed
+//! only after its bytes are durable (`fdatasync`), and the list is replaced atomically, so
+//! `resume` fetches exactly the pieces not listed, whatever was cut and however. The
+//! `.pieces` file is written before the first byte of the `.partial` and removed after the
+//! rename; a `.partial` without one comes from a one-stream download and resumes from its
+//! length.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use sendense_io::AlignedBuf;
+use sendense_qcow2::{FileStorage, Storage};
 use sendense_types::{BackupId, DiskKey, DiskPartitions, FileEntry, FileListing, FilesQuery};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::error::ClientError;
 use crate::hub::{HubClient, HubOptions};
@@ -25,6 +44,74 @@ pub const MAX_FIND_DEPTH: usize = 256;
 
 /// Most folders [`find`] lists in one run.
 pub const MAX_FIND_FOLDERS: usize = 100_000;
+
+/// Default of [`Pieces::streams`].
+pub const DEFAULT_STREAMS: usize = 4;
+
+/// Default of [`Pieces::piece_bytes`].
+pub const DEFAULT_PIECE_BYTES: u64 = 64 << 20;
+
+/// Most streams of one download.
+pub const MAX_STREAMS: usize = 16;
+
+/// Bytes a piece's stream gathers before writing them (page-aligned, so `O_DIRECT` can take
+/// them).
+const STAGE_BYTES: usize = 1 << 20;
+
+/// How a large file downloads (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pieces {
+    /// Requests in flight at once (1 to [`MAX_STREAMS`]; 1: one stream, no pieces).
+    pub streams: usize,
+    /// Bytes per piece, a multiple of 4096 (the last piece may be shorter). A file larger
+    /// than one piece downloads in pieces.
+    pub piece_bytes: u64,
+}
+
+impl Default for Pieces {
+    fn default() -> Self {
+        Self {
+            streams: DEFAULT_STREAMS,
+            piece_bytes: DEFAULT_PIECE_BYTES,
+        }
+    }
+}
+
+impl Pieces {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for no stream, too many, or a piece size that is not
+    /// a non-zero multiple of 4096.
+    pub fn check(&self) -> Result<(), ClientError> {
+        if !(1..=MAX_STREAMS).contains(&self.streams) {
+            return Err(ClientError::InvalidArgument {
+                what: "--streams",
+                reason: format!("{} is not 1 to {MAX_STREAMS}", self.streams),
+            });
+        }
+        if self.piece_bytes == 0
+            || !self
+                .piece_bytes
+                .is_multiple_of(sendense_io::PAGE_SIZE as u64)
+        {
+            return Err(ClientError::InvalidArgument {
+                what: "--piece-size",
+                reason: format!(
+                    "{} is not a non-zero multiple of 4096 bytes",
+                    self.piece_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a file of `size` bytes downloads in pieces.
+    #[must_use]
+    pub fn split(&self, size: u64) -> bool {
+        self.streams > 1 && size > self.piece_bytes
+    }
+}
 
 /// Which disk of which restore point, and which partition of it.
 #[derive(Debug, Clone)]
@@ -161,6 +248,8 @@ pub struct GetOptions {
     pub folder_as: FolderAs,
     /// Continue a cut file download from its `.partial` file.
     pub resume: bool,
+    /// How a large file downloads.
+    pub pieces: Pieces,
 }
 
 /// Downloads a file or folder of the restore point.
@@ -173,6 +262,7 @@ pub async fn get(
     options: &GetOptions,
     progress: &dyn Fn(u64, Option<u64>),
 ) -> Result<GetSummary, ClientError> {
+    options.pieces.check()?;
     let hub = HubClient::new(&target.hub)?;
     let started = Instant::now();
     let name = options
@@ -187,6 +277,14 @@ pub async fn get(
     let dest_if_file = name
         .as_deref()
         .map(|n| file_destination(options.to.as_deref(), n));
+    if let (Some(dest), true) = (&dest_if_file, options.resume)
+        && partial_path(dest).exists()
+        && let Some(state) = PieceState::load(&pieces_path(dest))?
+    {
+        let job = PieceJob::new(&hub, target, query.clone(), dest, state);
+        let (bytes, resumed_from) = job.run(options.pieces.streams, progress).await?;
+        return Ok(summary(dest.clone(), "file", bytes, started, resumed_from));
+    }
     let partial_len = match (&dest_if_file, options.resume) {
         (Some(dest), true) => std::fs::metadata(partial_path(dest)).map_or(0, |m| m.len()),
         _ => 0,
@@ -215,6 +313,21 @@ pub async fn get(
         };
     }
     let dest = dest_if_file.unwrap_or_else(|| PathBuf::from("file"));
+    if let (false, Some(size)) = (download.partial, download.total)
+        && options.pieces.split(size)
+    {
+        // The pieces come by ranges of their own: this whole-file answer only told the size.
+        drop(download);
+        let state = PieceState {
+            size,
+            piece_bytes: options.pieces.piece_bytes,
+            done: Vec::new(),
+        };
+        let job = PieceJob::new(&hub, target, query.clone(), &dest, state);
+        job.start()?;
+        let (bytes, _) = job.run(options.pieces.streams, progress).await?;
+        return Ok(summary(dest, "file", bytes, started, 0));
+    }
     let resumed_from = if download.partial { partial_len } else { 0 };
     let bytes = save(&mut download, &dest, resumed_from, progress).await?;
     Ok(summary(dest, "file", bytes, started, resumed_from))
@@ -259,6 +372,399 @@ fn partial_path(dest: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The list of complete pieces of `dest.partial` (see the module docs).
+fn pieces_path(dest: &Path) -> PathBuf {
+    let mut p = dest.as_os_str().to_owned();
+    p.push(".partial.pieces");
+    PathBuf::from(p)
+}
+
+/// What `NAME.partial.pieces` holds: the file's size, the piece size, the pieces complete.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PieceState {
+    size: u64,
+    piece_bytes: u64,
+    done: Vec<u64>,
+}
+
+impl PieceState {
+    /// Reads `path`; `None` when there is none.
+    fn load(path: &Path) -> Result<Option<Self>, ClientError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(file_error(path, e)),
+        };
+        let state: Self = serde_json::from_slice(&bytes).map_err(|e| {
+            file_error(
+                path,
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("not a pieces list: {e}"),
+                ),
+            )
+        })?;
+        if state.piece_bytes == 0
+            || !state
+                .piece_bytes
+                .is_multiple_of(sendense_io::PAGE_SIZE as u64)
+            || state.done.iter().any(|&i| i >= state.count())
+        {
+            return Err(file_error(
+                path,
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a pieces list with a bad piece size or piece number: remove it and the \
+                     .partial file to download again",
+                ),
+            ));
+        }
+        Ok(Some(state))
+    }
+
+    /// Replaces `path` with this state, durably.
+    fn save(&self, path: &Path) -> io::Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
+        sendense_io::write_atomic(path, &bytes, 0o600)
+    }
+
+    fn count(&self) -> u64 {
+        self.size.div_ceil(self.piece_bytes)
+    }
+
+    /// Bytes `start..end` of piece `i`.
+    fn range(&self, i: u64) -> (u64, u64) {
+        let start = i.saturating_mul(self.piece_bytes);
+        (start, start.saturating_add(self.piece_bytes).min(self.size))
+    }
+
+    /// Pieces not yet complete, in order.
+    fn missing(&self) -> VecDeque<u64> {
+        (0..self.count())
+            .filter(|i| !self.done.contains(i))
+            .collect()
+    }
+
+    /// Bytes of the complete pieces.
+    fn done_bytes(&self) -> u64 {
+        self.done
+            .iter()
+            .map(|&i| {
+                let (a, b) = self.range(i);
+                b - a
+            })
+            .sum()
+    }
+}
+
+/// A download in pieces of one file into `dest.partial`.
+#[derive(Clone)]
+struct PieceJob {
+    hub: HubClient,
+    backup: BackupId,
+    disk: DiskKey,
+    query: FilesQuery,
+    dest: PathBuf,
+    partial: PathBuf,
+    state_path: PathBuf,
+    state: Arc<Mutex<PieceState>>,
+}
+
+impl PieceJob {
+    fn new(
+        hub: &HubClient,
+        target: &FilesTarget,
+        query: FilesQuery,
+        dest: &Path,
+        state: PieceState,
+    ) -> Self {
+        Self {
+            hub: hub.clone(),
+            backup: target.backup.clone(),
+            disk: target.disk,
+            query,
+            dest: dest.to_path_buf(),
+            partial: partial_path(dest),
+            state_path: pieces_path(dest),
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PieceState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A fresh download: the pieces list (none done) first, then an empty `.partial` of the
+    /// file's size.
+    fn start(&self) -> Result<(), ClientError> {
+        exists_already(&self.dest)?;
+        self.state()
+            .save(&self.state_path)
+            .map_err(|e| file_error(&self.state_path, e))?;
+        sendense_io::sync_parent(&self.state_path).map_err(|e| file_error(&self.state_path, e))?;
+        let size = self.state().size;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.partial)
+            .map_err(|e| file_error(&self.partial, e))?;
+        file.set_len(size)
+            .map_err(|e| file_error(&self.partial, e))?;
+        Ok(())
+    }
+
+    /// Fetches the missing pieces, `streams` at once, then makes the file durable and renames
+    /// it onto `dest`. Answers the bytes received and the bytes found complete.
+    async fn run(
+        &self,
+        streams: usize,
+        progress: &dyn Fn(u64, Option<u64>),
+    ) -> Result<(u64, u64), ClientError> {
+        exists_already(&self.dest)?;
+        let (missing, size, resumed_from) = {
+            let s = self.state();
+            (s.missing(), s.size, s.done_bytes())
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.partial)
+            .map_err(|e| file_error(&self.partial, e))?;
+        let storage = Arc::new(FileStorage::with_direct_io(file, &self.partial, true));
+        let queue = Arc::new(Mutex::new(missing));
+        let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+        let mut workers = JoinSet::new();
+        for _ in 0..streams {
+            let (job, storage, queue, tx) = (
+                self.clone(),
+                Arc::clone(&storage),
+                Arc::clone(&queue),
+                tx.clone(),
+            );
+            workers.spawn(async move {
+                loop {
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .pop_front();
+                    let Some(i) = next else {
+                        return Ok(());
+                    };
+                    job.piece(&storage, i, &tx).await?;
+                }
+            });
+        }
+        drop(tx);
+        let mut done = resumed_from;
+        progress(done, Some(size));
+        let mut failed = None;
+        loop {
+            tokio::select! {
+                Some(n) = rx.recv() => {
+                    done += n;
+                    progress(done, Some(size));
+                }
+                joined = workers.join_next() => match joined {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => {
+                        failed = Some(e);
+                        workers.abort_all();
+                    }
+                    Some(Err(e)) if e.is_cancelled() => {}
+                    Some(Err(e)) => {
+                        failed = Some(ClientError::HubResponse {
+                            method: "GET",
+                            path: self.dest.display().to_string(),
+                            detail: format!("a download stream failed: {e}"),
+                        });
+                        workers.abort_all();
+                    }
+                },
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let left = self.state().missing();
+        if !left.is_empty() {
+            return Err(ClientError::HubResponse {
+                method: "GET",
+                path: self.dest.display().to_string(),
+                detail: format!("{} pieces were not downloaded", left.len()),
+            });
+        }
+        let (partial, dest, state_path) = (
+            self.partial.clone(),
+            self.dest.clone(),
+            self.state_path.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            storage.sync_all().map_err(|e| file_error(&partial, e))?;
+            drop(storage);
+            sendense_io::rename_durable(&partial, &dest).map_err(|e| file_error(&dest, e))?;
+            match std::fs::remove_file(&state_path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(file_error(&state_path, e)),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| ClientError::HubResponse {
+            method: "GET",
+            path: self.dest.display().to_string(),
+            detail: format!("finishing the download failed: {e}"),
+        })??;
+        Ok((done - resumed_from, resumed_from))
+    }
+
+    /// Downloads piece `i` into `storage`, makes it durable and lists it as complete.
+    async fn piece(
+        &self,
+        storage: &Arc<FileStorage>,
+        i: u64,
+        tx: &mpsc::UnboundedSender<u64>,
+    ) -> Result<(), ClientError> {
+        let (size, (start, end)) = {
+            let s = self.state();
+            (s.size, s.range(i))
+        };
+        let cut = |detail: String| ClientError::HubResponse {
+            method: "GET",
+            path: self.dest.display().to_string(),
+            detail,
+        };
+        let mut download = self
+            .hub
+            .download_range(&self.backup, self.disk, &self.query, start, end - 1)
+            .await?;
+        if !download.partial || download.total != Some(size) || download.length != Some(end - start)
+        {
+            return Err(cut(format!(
+                "asked for bytes {start}-{} of a file of {size} bytes, the hub answered {} \
+                 bytes of a file of {} (a different file? remove {} and download again)",
+                end - 1,
+                download
+                    .length
+                    .map_or_else(|| "?".to_owned(), |l| l.to_string()),
+                download
+                    .total
+                    .map_or_else(|| "?".to_owned(), |t| t.to_string()),
+                self.partial.display(),
+            )));
+        }
+        let mut stage = AlignedBuf::zeroed(STAGE_BYTES);
+        // File offset of `stage[0]` and bytes staged.
+        let mut at = start;
+        let mut used = 0usize;
+        while let Some(chunk) = download.chunk().await? {
+            let mut data = &chunk[..];
+            if (at + used as u64).saturating_add(data.len() as u64) > end {
+                return Err(cut(format!(
+                    "the hub sent more than bytes {start}-{} asked for",
+                    end - 1
+                )));
+            }
+            while !data.is_empty() {
+                // Stage up to the next multiple of STAGE_BYTES (or the piece's end), so that
+                // every write but the last of the file is page-aligned.
+                let limit = usize::try_from(
+                    (at + 1)
+                        .next_multiple_of(STAGE_BYTES as u64)
+                        .min(end)
+                        .saturating_sub(at),
+                )
+                .unwrap_or(STAGE_BYTES)
+                .min(STAGE_BYTES);
+                let n = (limit - used).min(data.len());
+                stage[used..used + n].copy_from_slice(&data[..n]);
+                used += n;
+                data = &data[n..];
+                if used == limit {
+                    stage = self.write_stage(storage, stage, used, at).await?;
+                    // Progress per write, not per chunk: a chunk is a TLS record or so, and
+                    // waking the reporting task that often costs more than the bytes.
+                    let _ = tx.send(used as u64);
+                    at += used as u64;
+                    used = 0;
+                }
+            }
+        }
+        if used > 0 {
+            self.write_stage(storage, stage, used, at).await?;
+            let _ = tx.send(used as u64);
+            at += used as u64;
+        }
+        if at != end {
+            return Err(cut(format!(
+                "the download of bytes {start}-{} was cut off after {} bytes",
+                end - 1,
+                at - start
+            )));
+        }
+        let (storage, state, state_path, partial) = (
+            Arc::clone(storage),
+            Arc::clone(&self.state),
+            self.state_path.clone(),
+            self.partial.clone(),
+        );
+        self.blocking(move || {
+            storage.sync_data().map_err(|e| file_error(&partial, e))?;
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            s.done.push(i);
+            s.done.sort_unstable();
+            s.save(&state_path).map_err(|e| file_error(&state_path, e))
+        })
+        .await
+    }
+
+    /// Writes `stage[..used]` at `at` on the blocking pool; answers the buffer for reuse.
+    async fn write_stage(
+        &self,
+        storage: &Arc<FileStorage>,
+        stage: AlignedBuf,
+        used: usize,
+        at: u64,
+    ) -> Result<AlignedBuf, ClientError> {
+        let (storage, partial) = (Arc::clone(storage), self.partial.clone());
+        self.blocking(move || {
+            storage
+                .write_data_at(&stage[..used], at)
+                .map_err(|e| file_error(&partial, e))?;
+            Ok(stage)
+        })
+        .await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, ClientError> + Send + 'static,
+    ) -> Result<T, ClientError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| ClientError::HubResponse {
+                method: "GET",
+                path: self.dest.display().to_string(),
+                detail: format!("a write of the download failed: {e}"),
+            })?
+    }
+}
+
+/// Refuses to write onto an existing `dest`.
+fn exists_already(dest: &Path) -> Result<(), ClientError> {
+    if dest.exists() {
+        return Err(file_error(
+            dest,
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists already: choose another --to or remove it",
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn file_error(path: &Path, source: io::Error) -> ClientError {
     ClientError::File {
         what: "download target",
@@ -275,16 +781,15 @@ async fn save(
     resumed_from: u64,
     progress: &dyn Fn(u64, Option<u64>),
 ) -> Result<u64, ClientError> {
-    if dest.exists() {
-        return Err(file_error(
-            dest,
-            io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "exists already: choose another --to or remove it",
-            ),
-        ));
-    }
+    exists_already(dest)?;
     let partial = partial_path(dest);
+    // A pieces list left by an earlier download in pieces would describe another `.partial`.
+    match std::fs::remove_file(pieces_path(dest)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(file_error(&pieces_path(dest), e));
+        }
+        _ => {}
+    }
     let mut file = if resumed_from > 0 {
         std::fs::OpenOptions::new().append(true).open(&partial)
     } else {

@@ -435,12 +435,40 @@ impl HubClient {
         query: &FilesQuery,
         from: Option<u64>,
     ) -> Result<Download, ClientError> {
+        self.download_with(id, key, query, from.map(|f| format!("bytes={f}-")))
+            .await
+    }
+
+    /// Bytes `start..=end` of a file of a restore point (`Range: bytes=START-END`): a piece
+    /// of a parallel download. Check [`Download::partial`] and [`Download::total`].
+    ///
+    /// # Errors
+    /// As [`Self::download`].
+    pub async fn download_range(
+        &self,
+        id: &BackupId,
+        key: DiskKey,
+        query: &FilesQuery,
+        start: u64,
+        end: u64,
+    ) -> Result<Download, ClientError> {
+        self.download_with(id, key, query, Some(format!("bytes={start}-{end}")))
+            .await
+    }
+
+    async fn download_with(
+        &self,
+        id: &BackupId,
+        key: DiskKey,
+        query: &FilesQuery,
+        range: Option<String>,
+    ) -> Result<Download, ClientError> {
         let path = files_path(id, key, "files/content", query);
         let mut request = self
             .request_builder(Method::GET, &path)?
             .timeout(DOWNLOAD_TIMEOUT);
-        if let Some(from) = from {
-            request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        if let Some(range) = range {
+            request = request.header(reqwest::header::RANGE, range);
         }
         let response = request
             .send()
@@ -466,12 +494,22 @@ impl HubClient {
             .is_some_and(|t| t.starts_with("application/x-tar"));
         let length = header(reqwest::header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
         let partial = response.status() == StatusCode::PARTIAL_CONTENT;
+        // `Content-Range: bytes START-END/TOTAL` of a 206; `Content-Length` of a whole file.
+        let total = if partial {
+            header(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.rsplit('/').next().and_then(|t| t.parse().ok()))
+        } else if is_tar {
+            None
+        } else {
+            length
+        };
         Ok(Download {
             response,
             path,
             is_tar,
             length,
             partial,
+            total,
         })
     }
 
@@ -768,6 +806,9 @@ pub struct Download {
     pub length: Option<u64>,
     /// The hub answered the range asked for (206).
     pub partial: bool,
+    /// The whole file's size, when the hub said (`Content-Range` of a 206, `Content-Length`
+    /// of a whole file).
+    pub total: Option<u64>,
 }
 
 impl Download {

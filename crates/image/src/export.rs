@@ -15,7 +15,7 @@ use sendense_qcow2::{BackingSpec, CreateOptions, ErrorKind, ExtentState, Image, 
 pub const SCRATCH_CLUSTER_SIZE: u32 = 64 * 1024;
 
 /// How to create the writable scratch overlay of an instant-recovery export over the restore
-/// point `backing`: 64 KiB clusters with extended L2 entries.
+/// point `backing`: 64 KiB clusters with extended L2 entries, opened with writeback.
 ///
 /// Guests write in small pieces (4 KiB pages and file-system blocks) all over a disk whose
 /// data lives in the backing chain. In a plain overlay every first write into a 64 KiB
@@ -23,12 +23,18 @@ pub const SCRATCH_CLUSTER_SIZE: u32 = 64 * 1024;
 /// L2 a cluster holds 32 subclusters of 2 KiB, each allocated on its own, so a 4 KiB write
 /// writes 4 KiB and reads nothing. QEMU reads such overlays since 5.2 (`qemu-img create -o
 /// extended_l2=on`).
+///
+/// Writeback (as QEMU's default `cache=writeback`): a guest's small writes go through the page
+/// cache instead of waiting for the disk's random-write speed; an NBD `FLUSH` (and `FUA`,
+/// which the server turns into a flush) makes data and metadata durable. Reopen such an
+/// overlay with [`sendense_qcow2::OpenOptions::writeback`].
 #[must_use]
 pub fn scratch_overlay_options(virtual_size: u64, backing: BackingSpec) -> CreateOptions {
     CreateOptions::new(virtual_size)
         .cluster_size(SCRATCH_CLUSTER_SIZE)
         .extended_l2(true)
         .backing(backing)
+        .writeback(true)
 }
 
 /// NBD export over a QCOW2 image (and its chain).
@@ -204,6 +210,33 @@ mod tests {
             .map(|e| (e.offset, e.length))
             .collect();
         assert_eq!(data, [(8192, 4096)]);
+    }
+
+    #[test]
+    fn scratch_overlay_writes_back_and_a_flush_makes_every_write_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = instant_export(dir.path());
+        let mut expected = pattern(7, MIB as usize);
+        for (i, offset) in [8192u64, 65536, 4096, 500_000, MIB - 4096]
+            .into_iter()
+            .enumerate()
+        {
+            let data = pattern(100 + i as u8, 4096);
+            export.write(offset, &data, false).unwrap();
+            expected[offset as usize..offset as usize + 4096].copy_from_slice(&data);
+        }
+
+        export.flush().unwrap();
+        drop(export);
+
+        assert!(scratch_overlay_options(MIB, BackingSpec::qcow2("point.qcow2")).writeback);
+        let opts = sendense_qcow2::OpenOptions::read_only().backing(BackingPolicy::repository());
+        let reopened = Image::open(&dir.path().join("scratch.qcow2"), &opts).unwrap();
+        let report = reopened.check().unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        let mut back = vec![0u8; MIB as usize];
+        reopened.read_at(&mut back, 0).unwrap();
+        assert!(back == expected);
     }
 
     #[test]

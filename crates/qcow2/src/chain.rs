@@ -162,6 +162,7 @@ impl Image {
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Self, Qcow2Error> {
         let limit = opts.max_chain_depth.min(MAX_CHAIN_DEPTH);
         let mut chain = FileChain::new(path, limit, opts.backing);
+        chain.writeback = opts.writeback;
         Self::open_layer(path, path, opts.writable, 0, &mut chain)
     }
 
@@ -178,6 +179,7 @@ impl Image {
         let limit = opts.max_chain_depth.min(MAX_CHAIN_DEPTH);
         let mut chain = FileChain::new(path, limit, opts.backing);
         chain.trust_first = true;
+        chain.writeback = opts.writeback;
         Self::open_layer(path, path, opts.writable, 0, &mut chain)
     }
 
@@ -280,7 +282,8 @@ impl Image {
         let lock_file = file
             .try_clone()
             .map_err(|e| Qcow2Error::io("dup", path, e))?;
-        let storage = FileStorage::with_direct_io(file, path, writable);
+        let storage = FileStorage::with_direct_io(file, path, writable)
+            .writeback(writable && depth == 0 && chain.writeback);
         let mut img = Self::from_storage(Box::new(storage), path, writable)?;
         img.lock_file = Some(lock_file);
         if let Some(name) = img.header.backing_file.clone() {
@@ -338,6 +341,8 @@ pub(crate) struct FileChain {
     policy: BackingPolicy,
     /// The top image's own backing file is the caller's choice (`create`), not the policy's.
     pub(crate) trust_first: bool,
+    /// The top image writes small data through the page cache ([`FileStorage::writeback`]).
+    pub(crate) writeback: bool,
     /// Canonical paths of the layers opened so far.
     seen: Vec<PathBuf>,
 }
@@ -350,6 +355,7 @@ impl FileChain {
             limit,
             policy,
             trust_first: false,
+            writeback: false,
             seen: Vec::new(),
         }
     }

@@ -47,6 +47,7 @@ impl Image {
             // The caller named this backing file itself: the policy governs the names read
             // from images below it, relative to its folder.
             chain.trust_first = true;
+            chain.writeback = opts.writeback;
             Self::from_file(file, path, true, 0, &mut chain)
         })();
         if res.is_err() {

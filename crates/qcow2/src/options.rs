@@ -30,6 +30,9 @@ pub struct CreateOptions {
     /// the folder of `backing` (default [`BackingPolicy::below`]). `backing` itself is the
     /// caller's own choice and is opened wherever it is.
     pub backing_policy: BackingPolicy,
+    /// Open the new image with writeback: small data writes go through the page cache and
+    /// a flush makes them durable (see [`crate::storage`]; for scratch overlays).
+    pub writeback: bool,
 }
 
 impl CreateOptions {
@@ -42,7 +45,15 @@ impl CreateOptions {
             backing: None,
             extended_l2: false,
             backing_policy: BackingPolicy::below(),
+            writeback: false,
         }
+    }
+
+    /// Opens the new image with writeback (the `writeback` field).
+    #[must_use]
+    pub fn writeback(mut self, on: bool) -> Self {
+        self.writeback = on;
+        self
     }
 
     /// Sets the cluster size.
@@ -112,6 +123,9 @@ pub struct OpenOptions {
     pub max_chain_depth: usize,
     /// Which backing files the chain may name (see [`crate::backing`]).
     pub backing: BackingPolicy,
+    /// With `writable`: small data writes of the top image go through the page cache and a
+    /// flush makes them durable (see [`crate::storage`]; for scratch overlays).
+    pub writeback: bool,
 }
 
 impl OpenOptions {
@@ -122,6 +136,7 @@ impl OpenOptions {
             writable: false,
             max_chain_depth: DEFAULT_CHAIN_DEPTH,
             backing: BackingPolicy::below(),
+            writeback: false,
         }
     }
 
@@ -132,6 +147,7 @@ impl OpenOptions {
             writable: true,
             max_chain_depth: DEFAULT_CHAIN_DEPTH,
             backing: BackingPolicy::below(),
+            writeback: false,
         }
     }
 
@@ -139,6 +155,13 @@ impl OpenOptions {
     #[must_use]
     pub fn backing(mut self, policy: BackingPolicy) -> Self {
         self.backing = policy;
+        self
+    }
+
+    /// Sets writeback of the top image (the `writeback` field).
+    #[must_use]
+    pub fn writeback(mut self, on: bool) -> Self {
+        self.writeback = on;
         self
     }
 

@@ -22,6 +22,21 @@
 //! ([`Storage::read_ahead`]: QCOW2 allocates in clusters, and guests read nearby blocks
 //! together), so one I/O serves the next reads of that cluster. Large reads (restores, copies)
 //! keep bypassing the cache: they would only evict it, and run at the disk's speed direct.
+//!
+//! # Writeback for scratch overlays
+//! A writable layer opened with writeback ([`FileStorage::writeback`]: the instant-recovery
+//! overlay a guest runs on) writes small data (up to [`CACHED_WRITE_MAX`]) through the page
+//! cache, as QEMU's default `cache=writeback` does, and reads small data through it too (so a
+//! guest reading what it just wrote never waits for that write to reach the disk). Once its
+//! clusters are allocated, a 4 KiB random write with `O_DIRECT` runs at the disk's random-write
+//! limit; buffered, it is a page copy, and the kernel writes the pages back in its own order.
+//! Durability is unchanged: a flush `fdatasync`s the file before any metadata that points at
+//! the data (see [`crate::meta`]), and that covers buffered and direct writes alike. Large
+//! writes (backup ingest, a guest's big sequential writes) stay direct. Such a file is not
+//! preallocated, and the engine writes each newly allocated cluster whole (zeros around the
+//! guest's subclusters, [`Storage::writeback`]): 4 KiB buffered writes scattered over
+//! fallocated (unwritten) space split ext4's extents one by one, and writing the pages back,
+//! and even deleting the file, then took minutes; a dense file is written back in long runs.
 
 use sendense_io::is_direct_aligned;
 use std::fmt;
@@ -113,6 +128,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
         let _ = (buf, offset);
         Ok(None)
     }
+    /// Whether small data writes go through the page cache (see the module docs): the engine
+    /// then writes a newly allocated cluster whole, zeros around the guest's bytes, so the file
+    /// stays dense and the kernel writes it back in large runs. The default is `false`.
+    fn writeback(&self) -> bool {
+        false
+    }
     /// Hints that `[offset, offset + len)` will be read soon (the page cache may start reading
     /// it). The default does nothing.
     fn read_ahead(&self, offset: u64, len: u64) {
@@ -124,6 +145,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
 /// module docs); larger ones read direct.
 pub const CACHED_READ_MAX: usize = 64 * 1024;
 
+/// Largest data write of a writeback [`FileStorage`] that goes through the page cache (see
+/// the module docs); larger ones write direct.
+pub const CACHED_WRITE_MAX: usize = 64 * 1024;
+
 /// An image file: positional I/O through the page cache, plus an optional second descriptor
 /// of the same file opened with `O_DIRECT` for aligned data reads and writes (see the module
 /// docs).
@@ -132,8 +157,10 @@ pub struct FileStorage {
     file: File,
     direct: Option<File>,
     direct_failed: AtomicBool,
-    /// Read-only: small data reads go through the page cache.
+    /// Read-only or writeback: small data reads go through the page cache.
     cached_reads: bool,
+    /// Writeback: small data writes go through the page cache.
+    cached_writes: bool,
 }
 
 impl FileStorage {
@@ -154,7 +181,23 @@ impl FileStorage {
             direct,
             direct_failed: AtomicBool::new(false),
             cached_reads: !writable,
+            cached_writes: false,
         }
+    }
+
+    /// With `on`, data writes and reads up to [`CACHED_WRITE_MAX`] and [`CACHED_READ_MAX`]
+    /// go through the page cache (see the module docs); for writable scratch overlays.
+    #[must_use]
+    pub fn writeback(mut self, on: bool) -> Self {
+        self.cached_writes = on;
+        self.cached_reads |= on;
+        self
+    }
+
+    /// Whether small data writes go through the page cache ([`Self::writeback`]).
+    #[must_use]
+    pub fn is_writeback(&self) -> bool {
+        self.cached_writes
     }
 
     /// Whether a data read of `len` bytes goes through the page cache.
@@ -209,6 +252,9 @@ impl Storage for FileStorage {
         Storage::punch_hole(&self.file, offset, len)
     }
     fn write_data_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.cached_writes && buf.len() <= CACHED_WRITE_MAX {
+            return Storage::write_at(&self.file, buf, offset);
+        }
         if let Some(direct) = self.direct_for(buf, offset) {
             match direct.write_all_at(buf, offset) {
                 Ok(()) => return Ok(()),
@@ -218,8 +264,13 @@ impl Storage for FileStorage {
         }
         Storage::write_at(&self.file, buf, offset)
     }
+    fn writeback(&self) -> bool {
+        self.cached_writes
+    }
     fn preallocate(&self, offset: u64, len: u64) -> io::Result<bool> {
-        if !self.direct_io() || len == 0 {
+        // Writeback: buffered writes gain nothing from allocated space, and small ones into
+        // unwritten extents would split them into a huge extent tree.
+        if !self.direct_io() || self.cached_writes || len == 0 {
             return Ok(false);
         }
         rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), offset, len)?;
@@ -444,6 +495,78 @@ mod tests {
         assert!(out[3 * DIRECT_ALIGN..].iter().all(|&x| x == 9));
         assert_eq!(s.file_len().unwrap(), 5 * DIRECT_ALIGN as u64);
         s.sync_all().unwrap();
+    }
+
+    /// Whether bytes `offset..offset + len` of `path` are in the page cache (a read that must
+    /// not wait answers them all).
+    fn in_page_cache(path: &Path, offset: u64, len: usize) -> bool {
+        let file = File::open(path).unwrap();
+        let mut buf = vec![0u8; len];
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        match rustix::io::preadv2(&file, &mut iov, offset, rustix::io::ReadWriteFlags::NOWAIT) {
+            Ok(n) => n == len,
+            Err(rustix::io::Errno::AGAIN) => false,
+            Err(e) => panic!("preadv2: {e}"),
+        }
+    }
+
+    fn new_storage(path: &Path, writeback: bool) -> FileStorage {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap();
+        let s = FileStorage::with_direct_io(file, path, true).writeback(writeback);
+        assert!(
+            s.direct_io(),
+            "this test needs a file system that takes O_DIRECT (the temporary folder's does not)"
+        );
+        s
+    }
+
+    #[test]
+    fn writeback_storage_writes_small_data_through_the_page_cache_and_large_data_direct() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let s = new_storage(&path, true);
+        let mut small = AlignedBuf::zeroed(DIRECT_ALIGN);
+        small.fill(3);
+        let mut large = AlignedBuf::zeroed(2 * CACHED_WRITE_MAX);
+        large.fill(4);
+
+        s.write_data_at(&small, 0).unwrap();
+        s.write_data_at(&large, 1 << 20).unwrap();
+
+        assert!(s.is_writeback());
+        assert!(
+            in_page_cache(&path, 0, DIRECT_ALIGN),
+            "the small write is cached"
+        );
+        assert!(
+            !in_page_cache(&path, 1 << 20, DIRECT_ALIGN),
+            "the large write went direct"
+        );
+        s.sync_data().unwrap();
+        let mut back = AlignedBuf::zeroed(DIRECT_ALIGN);
+        read_data_or_zero(&s, &mut back, 0).unwrap();
+        assert!(back.iter().all(|&b| b == 3));
+        read_data_or_zero(&s, &mut back, (1 << 20) + CACHED_WRITE_MAX as u64).unwrap();
+        assert!(back.iter().all(|&b| b == 4));
+    }
+
+    #[test]
+    fn writable_storage_without_writeback_writes_small_aligned_data_direct() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let s = new_storage(&path, false);
+        let mut small = AlignedBuf::zeroed(DIRECT_ALIGN);
+        small.fill(3);
+
+        s.write_data_at(&small, 0).unwrap();
+
+        assert!(!s.is_writeback());
+        assert!(!in_page_cache(&path, 0, DIRECT_ALIGN));
     }
 
     #[test]

@@ -35,11 +35,15 @@ pub(crate) struct ClusterPlan {
     needs_alloc: bool,
 }
 
-/// A data write: host offset and either a range of the caller's buffer or owned bytes.
+/// A data write: host offset and either a range of the caller's buffer, owned bytes, or zeros.
 enum Piece {
     User(HostOffset, usize, usize),
     Owned(HostOffset, Vec<u8>),
+    Zero(HostOffset, u64),
 }
+
+/// Zeros written from, in pieces of at most this size.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl Image {
     /// Writes `buf` at guest `offset`, allocating clusters and copying the rest of partially
@@ -167,9 +171,16 @@ impl Image {
     ) -> Result<(), Qcow2Error> {
         let geo = self.core.geo;
         let sg = geo.granule;
+        // A new cluster of a writeback file is written whole (see `crate::storage`): the
+        // granules the write leaves out get zeros (their bitmap bits stay clear, so they still
+        // read from the backing chain).
+        let fill_new = geo.extended && self.core.storage.writeback();
         let mut pieces: Vec<Piece> = Vec::new();
         for p in plans {
             let mut decompressed: Option<Vec<u8>> = None;
+            if fill_new && p.needs_alloc && p.g_lo > 0 {
+                pieces.push(Piece::Zero(p.host, p.g_lo * sg));
+            }
             for g in p.g_lo..p.g_hi {
                 let glo = g * sg;
                 let ghi = glo + sg;
@@ -216,6 +227,10 @@ impl Image {
                 }
                 push_piece(&mut pieces, Piece::Owned(p.host + glo, data));
             }
+            if fill_new && p.needs_alloc && p.g_hi < geo.granules {
+                let from = p.g_hi * sg;
+                pieces.push(Piece::Zero(p.host + from, geo.cluster_size - from));
+            }
         }
         for piece in &pieces {
             match piece {
@@ -223,6 +238,15 @@ impl Image {
                     self.core.write_data(&buf[*s..*s + *n], *h, "write data")?;
                 }
                 Piece::Owned(h, d) => self.core.write_data(d, *h, "write data")?,
+                Piece::Zero(h, len) => {
+                    let mut done = 0;
+                    while done < *len {
+                        let n = (*len - done).min(ZEROS.len() as u64);
+                        self.core
+                            .write_data(&ZEROS[..n as usize], *h + done, "write data")?;
+                        done += n;
+                    }
+                }
             }
         }
         Ok(())
@@ -252,5 +276,84 @@ fn push_piece(pieces: &mut Vec<Piece>, piece: Piece) {
             *n += n2;
         }
         (_, piece) => pieces.push(piece),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{BackingSpec, CreateOptions, ExtentState, Image};
+
+    const CLUSTER: u64 = 64 * 1024;
+
+    /// A 1 MiB base holding 0x11 everywhere and a 64 KiB-cluster extended-L2 overlay over it.
+    fn overlay(dir: &std::path::Path, writeback: bool) -> Image {
+        let base = Image::create(&dir.join("base.qcow2"), &CreateOptions::new(1 << 20)).unwrap();
+        base.write_at(&vec![0x11; 1 << 20], 0).unwrap();
+        drop(base);
+        let opts = CreateOptions::new(1 << 20)
+            .extended_l2(true)
+            .backing(BackingSpec::qcow2("base.qcow2"))
+            .writeback(writeback);
+        Image::create(&dir.join("overlay.qcow2"), &opts).unwrap()
+    }
+
+    /// Bytes of `path` that are data (not holes) in `[start, end)`.
+    fn data_bytes(path: &std::path::Path, start: u64, end: u64) -> u64 {
+        let file = std::fs::File::open(path).unwrap();
+        sendense_io::sparse::data_runs(&file, start, end)
+            .unwrap()
+            .iter()
+            .map(|r| r.length)
+            .sum()
+    }
+
+    #[test]
+    fn writeback_small_write_into_a_new_cluster_writes_the_cluster_whole_and_reads_its_backing() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = overlay(dir.path(), true);
+        let before = std::fs::metadata(dir.path().join("overlay.qcow2"))
+            .unwrap()
+            .len();
+
+        img.write_at(&[0xee; 4096], CLUSTER + 8192).unwrap();
+        img.flush().unwrap();
+
+        // The new L2 table and the new data cluster, both written whole (a dense file).
+        let path = dir.path().join("overlay.qcow2");
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(after, before + 2 * CLUSTER);
+        assert_eq!(data_bytes(&path, before, after), 2 * CLUSTER);
+        // Only the 4 KiB written are the overlay's; the rest still reads from the base.
+        let own: Vec<(u64, u64)> = img
+            .block_status(CLUSTER, CLUSTER)
+            .unwrap()
+            .iter()
+            .filter(|e| e.state == ExtentState::Data)
+            .map(|e| (e.offset, e.length))
+            .collect();
+        assert_eq!(own, [(CLUSTER + 8192, 4096)]);
+        let mut back = vec![0u8; CLUSTER as usize];
+        img.read_at(&mut back, CLUSTER).unwrap();
+        let mut expected = vec![0x11u8; CLUSTER as usize];
+        expected[8192..12288].fill(0xee);
+        assert!(back == expected);
+        assert!(img.check().unwrap().is_clean());
+    }
+
+    #[test]
+    fn small_write_into_a_new_cluster_without_writeback_writes_only_its_subclusters() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = overlay(dir.path(), false);
+        let path = dir.path().join("overlay.qcow2");
+        let before = std::fs::metadata(&path).unwrap().len();
+
+        img.write_at(&[0xee; 4096], CLUSTER + 8192).unwrap();
+        img.flush().unwrap();
+        img.trim_preallocation().unwrap();
+
+        // The new L2 table, and of the new data cluster only the 4 KiB written.
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(after, before + 2 * CLUSTER);
+        assert_eq!(data_bytes(&path, before, after), CLUSTER + 4096);
     }
 }

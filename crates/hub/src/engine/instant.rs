@@ -380,7 +380,9 @@ impl Engine {
     fn reopen(&self, r: &InstantRecord) -> Result<Vec<OpenDisk>, HubError> {
         let data = self.instant_root();
         let data = data.parent().unwrap_or(&data);
+        // Writeback, as the overlay was created (`scratch_overlay_options`).
         let opts = OpenOptions::writable()
+            .writeback(true)
             .max_chain_depth(MAX_CHAIN_DEPTH)
             .backing(BackingPolicy::repository());
         let mut disks = Vec::with_capacity(r.disks.len());
