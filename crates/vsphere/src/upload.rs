@@ -81,6 +81,8 @@ struct BodyState {
     read_ahead: usize,
     zeros: Bytes,
     sent: u64,
+    /// A read failed: the body ends in an error.
+    failed: bool,
 }
 
 /// The PUT body: the disk, in order, read ahead (see the module docs).
@@ -124,6 +126,28 @@ impl BodyState {
     }
 }
 
+impl BodyState {
+    /// Polls every read in flight, keeping those done.
+    fn poll_reads(&mut self, cx: &mut Context<'_>) -> Result<(), TransferError> {
+        for slot in &mut self.window {
+            if let Slot::Reading(read) = slot
+                && let Poll::Ready(r) = read.as_mut().poll(cx)
+            {
+                // A finished read is never polled again, failed or not.
+                *slot = Slot::Ready(Bytes::new());
+                match r {
+                    Ok(bytes) => *slot = Slot::Ready(bytes),
+                    Err(e) => {
+                        self.failed = true;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl http_body::Body for UploadBody {
     type Data = Bytes;
     type Error = std::io::Error;
@@ -133,37 +157,41 @@ impl http_body::Body for UploadBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Start every read the window has room for, then poll them all: a read's request goes
+        // out on its first poll, so new reads are polled at once, not on hyper's next call.
+        if st.failed {
+            return Poll::Ready(Some(Err(std::io::Error::other("reading the disk failed"))));
+        }
         st.fill();
-        for slot in &mut st.window {
-            if let Slot::Reading(read) = slot {
-                match read.as_mut().poll(cx) {
-                    Poll::Ready(Ok(bytes)) => *slot = Slot::Ready(bytes),
-                    Poll::Ready(Err(e)) => {
-                        let message = e.to_string();
-                        if let Ok(mut f) = self.failure.lock() {
-                            f.get_or_insert(e);
-                        }
-                        return Poll::Ready(Some(Err(std::io::Error::other(message))));
-                    }
-                    Poll::Pending => {}
-                }
+        if let Err(e) = st.poll_reads(cx) {
+            let message = e.to_string();
+            if let Ok(mut f) = self.failure.lock() {
+                f.get_or_insert(e);
+            }
+            return Poll::Ready(Some(Err(std::io::Error::other(message))));
+        }
+        if !matches!(st.window.front(), Some(Slot::Ready(_))) {
+            return if st.window.is_empty() {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            };
+        }
+        let Some(Slot::Ready(bytes)) = st.window.pop_front() else {
+            return Poll::Ready(None);
+        };
+        let len = bytes.len() as u64;
+        st.sent += len;
+        self.sent.fetch_add(len, Ordering::Relaxed);
+        self.progress.advanced(self.disk_key, len);
+        st.fill();
+        if let Err(e) = st.poll_reads(cx) {
+            // Reported on the next call; this chunk is good.
+            if let Ok(mut f) = self.failure.lock() {
+                f.get_or_insert(e);
             }
         }
-        match st.window.front() {
-            None => Poll::Ready(None),
-            Some(Slot::Ready(_)) => {
-                let Some(Slot::Ready(bytes)) = st.window.pop_front() else {
-                    return Poll::Ready(None);
-                };
-                let len = bytes.len() as u64;
-                st.sent += len;
-                self.sent.fetch_add(len, Ordering::Relaxed);
-                self.progress.advanced(self.disk_key, len);
-                st.fill();
-                Poll::Ready(Some(Ok(Frame::data(bytes))))
-            }
-            Some(Slot::Reading(_)) => Poll::Pending,
-        }
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -219,6 +247,7 @@ impl DatastoreFile {
                     read_ahead: options.read_ahead.max(1),
                     zeros: Bytes::from(vec![0u8; chunk]),
                     sent: 0,
+                    failed: false,
                 }),
                 disk_key,
                 progress: Arc::clone(progress),
