@@ -322,7 +322,7 @@ pub struct BackupArgs {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "NBD sources: QEMU/KVM, libvirt (instead of --disk)")]
 pub struct NbdSourceArgs {
-    /// A disk as key and NBD export: 2000=nbd://HOST[:PORT]/EXPORT, nbds://... (TLS),
+    /// A disk as key and NBD export: 2000=nbd://HOST:PORT/EXPORT (port optional), nbds://... (TLS),
     /// nbd+unix:///EXPORT?socket=/PATH. Repeat for each disk; all are sent at once. A full
     /// reads the allocated extents (base:allocation; what reads as zeroes is skipped); an
     /// incremental reads each disk's QEMU dirty bitmap named by its change id at the hub (the

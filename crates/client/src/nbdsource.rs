@@ -12,7 +12,7 @@
 //! parent. Giving the same name again (one bitmap never cleared) is also sound: it reads
 //! everything since that bitmap began, a superset.
 //!
-//! # Full or incremental ([`decide`])
+//! # Full or incremental (`decide`)
 //!
 //! `--type full` is a full. Otherwise the hub's chain of the VM is read: no completed backup,
 //! a chain at its limit or with missing files, a disk whose change id at the hub is unset or
