@@ -47,41 +47,6 @@ pub const MAX_RETRY_DELAY_SECONDS: u64 = 86_400;
 /// Most jobs one policy may run at once.
 pub const MAX_PARALLEL: u32 = 64;
 
-/// Implements `as_str`, `Display` and `FromStr` for a lowercase unit enum.
-macro_rules! lowercase_enum {
-    ($ty:ident, $field:literal, $expected:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl $ty {
-            /// The lowercase name used in JSON.
-            #[must_use]
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $name,)+
-                }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $ty {
-            type Err = TypesError;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($name => Ok(Self::$variant),)+
-                    _ => Err(TypesError::InvalidField {
-                        field: $field,
-                        reason: concat!("must be ", $expected),
-                    }),
-                }
-            }
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------------------------
 // Agents
 

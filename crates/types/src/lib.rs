@@ -17,6 +17,42 @@
 //! - [`vm_config`]: a VM's captured configuration and restores into vCenter.
 #![forbid(unsafe_code)]
 
+/// Implements `as_str`, `Display` and `FromStr` for a unit enum named in JSON by fixed
+/// strings (used by `jobs` and `vm_config`; declared before them so both see it).
+macro_rules! lowercase_enum {
+    ($ty:ident, $field:literal, $expected:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The name used in JSON.
+            #[must_use]
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = TypesError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($name => Ok(Self::$variant),)+
+                    _ => Err(TypesError::InvalidField {
+                        field: $field,
+                        reason: concat!("must be ", $expected),
+                    }),
+                }
+            }
+        }
+    };
+}
+
 pub mod api;
 pub mod error;
 pub mod files;

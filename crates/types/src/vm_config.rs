@@ -40,38 +40,10 @@ pub const MAX_CONFIG_TEXT_LEN: usize = 1024;
 /// Largest serialized [`VmConfig`] the hub accepts, in bytes.
 pub const MAX_VM_CONFIG_BYTES: usize = 1024 * 1024;
 
-/// Implements `as_str`, `Display`, `FromStr` and string serde for a unit enum.
+/// [`lowercase_enum`] plus string serde for a unit enum.
 macro_rules! named_enum {
     ($ty:ident, $field:literal, $expected:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl $ty {
-            /// The name used in JSON.
-            #[must_use]
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $name,)+
-                }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $ty {
-            type Err = TypesError;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($name => Ok(Self::$variant),)+
-                    _ => Err(TypesError::InvalidField {
-                        field: $field,
-                        reason: concat!("must be ", $expected),
-                    }),
-                }
-            }
-        }
+        lowercase_enum!($ty, $field, $expected, { $($variant => $name),+ });
 
         impl Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

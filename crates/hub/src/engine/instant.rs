@@ -439,6 +439,19 @@ impl Engine {
             .filter(|(_, o)| &o.vm_name == vm)
             .map(|(i, o)| (o.backup_id.clone(), i.clone()))
             .collect();
+        self.with_ancestors(vm, starts)
+    }
+
+    /// Each `(point, holder)` of `vm`, followed by the point's ancestors held by the same
+    /// holder: what a reader of the point reads through (a loop in the records ends the walk).
+    ///
+    /// # Errors
+    /// The catalog fails.
+    pub(crate) fn with_ancestors<H: Clone>(
+        &self,
+        vm: &VmName,
+        starts: Vec<(BackupId, H)>,
+    ) -> Result<Vec<(BackupId, H)>, HubError> {
         if starts.is_empty() {
             return Ok(Vec::new());
         }
@@ -447,7 +460,7 @@ impl Engine {
             ..BackupQuery::default()
         })?;
         let mut out = Vec::new();
-        for (start, instant) in starts {
+        for (start, holder) in starts {
             let mut next = Some(start);
             let mut seen = HashSet::new();
             while let Some(id) = next.take() {
@@ -458,7 +471,7 @@ impl Engine {
                     .iter()
                     .find(|r| r.backup_id == id)
                     .and_then(|r| r.parent_backup_id.clone());
-                out.push((id, instant.clone()));
+                out.push((id, holder.clone()));
             }
         }
         Ok(out)

@@ -15,11 +15,11 @@
 //!   [`Engine::refuse_restore_held`] answers [`HubError::RestoreHeld`] (409) naming the job,
 //!   as [`Engine::refuse_instant_held`] does for instant recoveries.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use sendense_catalog::{BackupRecord, StoredVmConfig};
 use sendense_types::{
-    Backup, BackupId, BackupQuery, DiskKey, JobId, RestoreJob, RestoreJobDisk, RestoreRequest,
+    Backup, BackupId, DiskKey, JobId, RestoreJob, RestoreJobDisk, RestoreRequest,
     VM_CONFIG_VERSION, VerificationState, VmConfig, VmName,
 };
 
@@ -143,29 +143,7 @@ impl Engine {
                 (&point.vm_name() == vm).then_some((point, j.job_id))
             })
             .collect();
-        if starts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let records = self.catalog.backups(&BackupQuery {
-            vm_name: Some(vm.clone()),
-            ..BackupQuery::default()
-        })?;
-        let mut out = Vec::new();
-        for (start, job) in starts {
-            let mut next = Some(start);
-            let mut seen = HashSet::new();
-            while let Some(id) = next.take() {
-                if !seen.insert(id.clone()) {
-                    break;
-                }
-                next = records
-                    .iter()
-                    .find(|r| r.backup_id == id)
-                    .and_then(|r| r.parent_backup_id.clone());
-                out.push((id, job.clone()));
-            }
-        }
-        Ok(out)
+        self.with_ancestors(vm, starts)
     }
 }
 
