@@ -3,7 +3,7 @@
 //! `nbds://HOST:PORT/EXPORT_NAME` URIs the hub answers and the URIs of outside NBD sources
 //! (`nbd://HOST[:PORT]/EXPORT`, `nbds://…`, `nbd+unix:///EXPORT?socket=PATH`,
 //! `nbds+unix:///EXPORT?socket=PATH`, as libnbd and QEMU write them; the export name and the
-//! socket path are percent-decoded). A backup *from* such a source is [`crate::nbd_source`].
+//! socket path are percent-decoded). A backup *from* such a source reads it through [`NbdSource`].
 //!
 //! TLS: `nbds://` requires a rustls client configuration trusting the hub's CA, and the name
 //! to verify the hub's certificate against (the host of `--hub`, which the hub's certificate
