@@ -46,6 +46,11 @@ use crate::soap::{self, MoRef};
 use crate::upload::UploadOptions;
 use crate::xml::escape;
 
+/// How many times a cleanup request is sent when the HTTP exchange fails.
+const CLEANUP_ATTEMPTS: u32 = 3;
+/// The pause before the second cleanup attempt (doubled before the third).
+const CLEANUP_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One disk to restore: its key in the configuration and where its data comes from.
 #[derive(Debug, Clone)]
 pub struct RestoreDisk {
@@ -450,14 +455,8 @@ impl Job<'_> {
         };
         if let Err(e) = &result {
             warn!(vm = %vm, error = %e, "restore failed: destroying the VM it created");
-            if let Err(ce) = self
-                .session
-                .run_task(
-                    "Destroy_Task",
-                    &soap::envelope("Destroy_Task", &vm.to_xml("_this")),
-                )
-                .await
-            {
+            let body = soap::envelope("Destroy_Task", &vm.to_xml("_this"));
+            if let Err(ce) = self.cleanup_task("Destroy_Task", &body).await {
                 error!(vm = %vm, name = %self.request.vm_name, error = %ce, "destroying the partly restored VM failed: remove it by hand");
             }
         }
@@ -814,8 +813,35 @@ impl Job<'_> {
             return;
         }
         let body = soap::envelope("ReconfigVM_Task", &format!("{}{spec}", vm.to_xml("_this")));
-        if let Err(e) = self.session.run_task("ReconfigVM_Task", &body).await {
+        if let Err(e) = self.cleanup_task("ReconfigVM_Task", &body).await {
             error!(vm = %vm, error = %e, "removing the added disks failed: remove them by hand");
+        }
+    }
+
+    /// Runs a cleanup task, again after a short pause when the HTTP exchange itself failed
+    /// (up to [`CLEANUP_ATTEMPTS`] times): the upload that just failed may have taken a pooled
+    /// connection down with it, and what a failed restore made must not be left behind for
+    /// want of one more request. A fault answered by vCenter is final, except that a retried
+    /// call finding its object gone counts as done.
+    async fn cleanup_task(&self, call: &'static str, body: &str) -> Result<(), VsphereError> {
+        let mut attempt = 1;
+        loop {
+            match self.session.run_task(call, body).await {
+                Ok(_) => return Ok(()),
+                // An earlier attempt went through although its answer was lost.
+                Err(e)
+                    if attempt > 1
+                        && e.fault_kind() == Some(&crate::FaultKind::ManagedObjectNotFound) =>
+                {
+                    return Ok(());
+                }
+                Err(e @ VsphereError::Http { .. }) if attempt < CLEANUP_ATTEMPTS => {
+                    warn!(call, attempt, error = %e, "cleanup request failed: trying again");
+                    tokio::time::sleep(CLEANUP_PAUSE * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 }
