@@ -1255,30 +1255,7 @@ fn retrieve_properties(st: &mut State, m: &Element) -> Resp {
                         vm.cbt_enabled
                     )),
                     "config.hardware.device" => {
-                        let depth = vm.snapshots.len();
-                        let disks: Vec<SnapDisk> = vm
-                            .disks
-                            .iter()
-                            .map(|d| {
-                                let (file, parent) = disk_files(d, depth);
-                                SnapDisk {
-                                    key: d.key,
-                                    capacity: d.capacity,
-                                    backing: d.backing.clone(),
-                                    file,
-                                    uuid: d.uuid.clone(),
-                                    change_id: if vm.cbt_enabled { d.change_id() } else { None },
-                                    seq: d.seq,
-                                    epoch: d.epoch.clone(),
-                                    parent,
-                                    controller_key: d.controller_key,
-                                    unit: d.unit,
-                                    thin: d.thin,
-                                    eager: d.eager,
-                                }
-                            })
-                            .collect();
-                        props.push(device_prop(&vm.hw, &disks));
+                        props.push(device_prop(&vm.hw, &hardware::vm_snap_disks(vm)));
                     }
                     "config" => props.push(hardware::config_prop(&vm.name, &vm.hw, &hardware::vm_snap_disks(vm))),
                     "runtime.powerState" => props.push(prop_str(
