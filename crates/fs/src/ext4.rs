@@ -6,6 +6,10 @@
 //! them. Symbolic link targets longer than [`limits::MAX_LINK_TARGET`] are refused before
 //! they are read.
 //!
+//! Regular files whose data is an extent tree (every file `mkfs.ext4` and the kernel write on
+//! ext4) are read through module `ext4_map`: whole extents straight from the volume into the
+//! caller's buffer. `ext4-view` resolves their paths and reads everything else.
+//!
 //! `ext4_view::File::seek_to` walks the file's blocks from the start, so the last opened file
 //! is kept with its position: sequential reads (a download in chunks) continue where the last
 //! one stopped. Names that are not UTF-8 are listed lossily (U+FFFD).
@@ -20,6 +24,7 @@
 use ext4_view::{Ext4, Ext4Error, Ext4Read, FileType, Metadata};
 
 use crate::error::FsError;
+use crate::ext4_map::{self, Geometry, MappedFile};
 use crate::volume::Volume;
 use crate::{Entry, EntryKind, FileSystem, FsKind, FsPath, limits};
 
@@ -30,6 +35,13 @@ pub(crate) struct Ext4Fs {
     block_mapped: bool,
     /// The file the last `read` used, with its path.
     open_file: Option<(FsPath, ext4_view::File)>,
+    /// The volume, for reads of extent-mapped files ([`ext4_map`]).
+    volume: Volume,
+    /// `None` when the layout is left to `ext4-view` (see [`Geometry::from_superblock`]).
+    geometry: Option<Geometry>,
+    /// The file the last `read` looked up for [`ext4_map`], with its path; `None` inside
+    /// when it reads through `ext4-view`.
+    mapped: Option<(FsPath, Option<MappedFile>)>,
 }
 
 impl std::fmt::Debug for Ext4Fs {
@@ -135,20 +147,25 @@ impl Ext4Read for Reader {
 /// [`FsError::Corrupt`] for a damaged superblock, [`FsError::Unsupported`] for features
 /// `ext4-view` does not read, I/O errors.
 pub(crate) fn open(volume: Volume) -> Result<Ext4Fs, FsError> {
-    let incompat = check_superblock(&volume)?;
-    let fs = Ext4::load(Box::new(Reader::new(volume))).map_err(|e| map_err(e, &FsPath::root()))?;
+    let sb = check_superblock(&volume)?;
+    let incompat = u32::from_le_bytes([sb[0x60], sb[0x61], sb[0x62], sb[0x63]]);
+    let fs = Ext4::load(Box::new(Reader::new(volume.clone())))
+        .map_err(|e| map_err(e, &FsPath::root()))?;
     Ok(Ext4Fs {
         fs,
         block_mapped: incompat & INCOMPAT_EXTENTS == 0,
         open_file: None,
+        geometry: Geometry::from_superblock(&sb),
+        volume,
+        mapped: None,
     })
 }
 
 /// `s_feature_incompat` bit: files may use extents.
 const INCOMPAT_EXTENTS: u32 = 0x40;
 
-/// The superblock's size fields against the partition; answers `s_feature_incompat`.
-fn check_superblock(volume: &Volume) -> Result<u32, FsError> {
+/// The superblock's size fields against the partition; answers the superblock.
+fn check_superblock(volume: &Volume) -> Result<[u8; 1024], FsError> {
     let mut sb = [0u8; 1024];
     volume.read_at(&mut sb, 1024).map_err(FsError::Io)?;
     let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
@@ -157,7 +174,6 @@ fn check_superblock(volume: &Volume) -> Result<u32, FsError> {
         return Err(corrupt(format!("block size 2^{} bytes", log_block + 10)));
     }
     let block_size = 1024u64 << log_block;
-    let incompat = u32_at(0x60);
     // ext4-view adds the high half whatever the 64bit feature says (fuzzing found it
     // allocating descriptors for 2^32 × blocks from a stray `s_blocks_count_hi`).
     let blocks_hi = u64::from(u32_at(0x150));
@@ -175,7 +191,7 @@ fn check_superblock(volume: &Volume) -> Result<u32, FsError> {
     if per_group < 256 {
         return Err(corrupt(format!("{per_group} blocks per group")));
     }
-    Ok(incompat)
+    Ok(sb)
 }
 
 impl FileSystem for Ext4Fs {
@@ -229,6 +245,9 @@ impl FileSystem for Ext4Fs {
     }
 
     fn read(&mut self, path: &FsPath, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        if let Some(n) = self.read_mapped(path, offset, buf)? {
+            return Ok(n);
+        }
         let reuse = matches!(&self.open_file, Some((p, f)) if p == path && f.position() == offset);
         if !reuse {
             self.open_file = None;
@@ -296,6 +315,55 @@ fn read_some(file: &mut ext4_view::File, buf: &mut [u8], path: &FsPath) -> Resul
 }
 
 impl Ext4Fs {
+    /// Reads an extent-mapped regular file through [`ext4_map`]; `None` when `path` is read
+    /// through `ext4-view` instead.
+    fn read_mapped(
+        &mut self,
+        path: &FsPath,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, FsError> {
+        let Some(geo) = self.geometry else {
+            return Ok(None);
+        };
+        if !matches!(&self.mapped, Some((p, _)) if p == path) {
+            self.mapped = None;
+            let meta = self
+                .fs
+                .symlink_metadata(path_str(path).as_str())
+                .map_err(|e| map_err(e, path))?;
+            if !meta.file_type().is_regular_file() {
+                return Err(FsError::NotAFile {
+                    path: path.to_string(),
+                });
+            }
+            let file = self
+                .fs
+                .open(path_str(path).as_str())
+                .map_err(|e| map_err(e, path))?;
+            let mapped = inode_number(&file)
+                .and_then(|n| match ext4_map::read_inode(&self.volume, &geo, n) {
+                    Ok(inode) => Some(inode),
+                    Err(e) => {
+                        tracing::debug!(%path, inode = n, error = %e, "inode unreadable here; read through ext4-view");
+                        None
+                    }
+                })
+                .filter(|inode| {
+                    inode.extent_mapped()
+                        && inode.size == meta.len()
+                        && inode.mode & 0o170_000 == 0o100_000
+                        && inode.mode & 0o7777 == meta.mode()
+                })
+                .map(MappedFile::new);
+            self.mapped = Some((path.clone(), mapped));
+        }
+        match &mut self.mapped {
+            Some((_, Some(file))) => file.read(&self.volume, &geo, offset, buf).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     fn entry(&self, path: &FsPath, name: &str, meta: &Metadata) -> Entry {
         let ft = meta.file_type();
         let (kind, type_bits) = if ft.is_regular_file() {
@@ -344,6 +412,19 @@ impl Ext4Fs {
             }
         }
     }
+}
+
+/// The inode number of an open `ext4-view` file. `ext4-view` 1.0 keeps it private but shows
+/// it in the file's `Debug` form (`File { inode: 12, position: 0, .. }`); `None` when that
+/// form changes, and the file then reads through `ext4-view`. The inode found by that number
+/// must also match the size and mode `ext4-view` answers (see [`Ext4Fs::read_mapped`]).
+fn inode_number(file: &ext4_view::File) -> Option<u32> {
+    let shown = format!("{file:?}");
+    let rest = shown.split_once("inode: ")?.1;
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 fn other_type_bits(ft: FileType) -> u32 {

@@ -15,6 +15,7 @@
 
 mod error;
 mod ext4;
+mod ext4_map;
 mod fat;
 mod gpt;
 mod guard;

@@ -13,6 +13,7 @@
 mod bad_input;
 mod common;
 mod ext4;
+mod ext4_map;
 mod fat;
 mod lvm;
 mod ntfs;
