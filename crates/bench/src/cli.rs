@@ -95,6 +95,15 @@ use crate::{Options, Scenario};
 ///                export into `qemu-nbd --cache=none` of a new QCOW2. Issue 19's goal: ours at
 ///                least 1.5x.
 ///
+///   vm-restore   the vCenter simulator (crates/vsphere-sim) inside the harness with a VM of one
+///                SIZE disk holding the test data, backed up by `sendense-client backup
+///                --vcenter` into `sendense-hub serve`; then the agent's restore job (in the
+///                harness: the point's exports read over NBD with TLS, a new VM created in the
+///                simulator, its disk uploaded with one PUT of the flat extent) vs, right after,
+///                `sendense-client restore --format raw` of the same point to a local file.
+///                Both compared with the test data. Issue 16's goal: the upload at least as
+///                fast (ratio >= 1).
+///
 /// Our binaries are looked up beside this executable (or in --bin-dir); the peers on PATH. A
 /// peer that is not installed is reported `missing`, never estimated. Data lives in a fresh
 /// folder under --dir (default /var/tmp), removed at the end unless --keep; every child process

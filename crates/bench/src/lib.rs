@@ -72,11 +72,15 @@ pub enum Scenario {
     /// Full backup from a `qemu-nbd` export (`backup --nbd-source`) vs `nbdcopy` from the same
     /// export into `qemu-nbd` of a new QCOW2.
     NbdSource,
+    /// A whole VM restored into the in-process vCenter simulator (the agent's restore job:
+    /// its disk uploaded with one `PUT`) vs `sendense-client restore` of the same point to a
+    /// local raw file.
+    VmRestore,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Qcow2,
         Self::Serve,
         Self::Memory,
@@ -90,6 +94,7 @@ impl Scenario {
         Self::Sparse,
         Self::Files,
         Self::NbdSource,
+        Self::VmRestore,
     ];
 
     /// The scenario's command-line name.
@@ -109,6 +114,7 @@ impl Scenario {
             Self::Sparse => "sparse",
             Self::Files => "files",
             Self::NbdSource => "nbd-source",
+            Self::VmRestore => "vm-restore",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The scenarios: each runs our side and its peer back to back on the same file and produces
 //! report rows. Order is fixed (qcow2, serve, memory, nbd-tls-cost, instant, ingest, incremental,
-//! restore, sparse, files, nbd-source) because the incremental changes the source disk and the restore reads the
+//! restore, sparse, files, nbd-source, vm-restore) because the incremental changes the source disk and the restore reads the
 //! chain the backups made; `sparse` backs up whatever the source disk holds by then, twice.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ mod merge;
 mod nbdsource;
 mod sparse;
 mod verify;
+mod vmrestore;
 
 const VM: &str = "benchvm";
 const DISK_KEY: u32 = 2000;
@@ -93,6 +94,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     if wanted.contains(&Scenario::NbdSource) {
         ctx.nbd_source();
+    }
+    if wanted.contains(&Scenario::VmRestore) {
+        ctx.vm_restore();
     }
     let machine = Machine {
         nproc: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),

@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
-use sendense_io::AlignedBuf;
+use sendense_io::BufPool;
 use sendense_transfer::progress::Progress;
 use sendense_transfer::{DiskSource, Extent, TransferError};
 use tracing::{info, warn};
@@ -79,6 +79,9 @@ struct BodyState {
     allocated: Vec<Extent>,
     window: VecDeque<Slot>,
     read_ahead: usize,
+    /// Chunk buffers: one comes back when the connection has sent its chunk, so reads after
+    /// the first window neither allocate nor zero fresh memory.
+    pool: BufPool,
     zeros: Bytes,
     sent: u64,
     /// A read failed: the body ends in an error.
@@ -115,11 +118,11 @@ impl BodyState {
                 self.window.push_back(Slot::Ready(self.zeros.slice(..ulen)));
             } else {
                 let source = Arc::clone(&self.source);
+                let mut loan = self.pool.take(ulen);
                 self.window.push_back(Slot::Reading(Box::pin(async move {
-                    let buf = source
-                        .read_owned(offset, AlignedBuf::default(), ulen)
-                        .await?;
-                    Ok(Bytes::from_owner(buf))
+                    let buf = std::mem::take(&mut *loan);
+                    *loan = source.read_owned(offset, buf, ulen).await?;
+                    Ok(Bytes::from_owner(loan))
                 })));
             }
         }
@@ -245,6 +248,7 @@ impl DatastoreFile {
                     allocated: allocated.clone(),
                     window: VecDeque::new(),
                     read_ahead: options.read_ahead.max(1),
+                    pool: BufPool::new(options.read_ahead.max(1) + 2),
                     zeros: Bytes::from(vec![0u8; chunk]),
                     sent: 0,
                     failed: false,

@@ -89,7 +89,8 @@ mod smoke {
                 "sparse",
                 "files",
                 "files",
-                "nbd-source"
+                "nbd-source",
+                "vm-restore"
             ],
             "{}",
             report.render()
@@ -100,7 +101,7 @@ mod smoke {
             report.render()
         );
         assert!(report.rows.iter().all(|r| r.ratio.is_some()));
-        assert_eq!(Scenario::ALL.len(), 13);
+        assert_eq!(Scenario::ALL.len(), 14);
     }
 
     #[test]
