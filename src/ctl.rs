@@ -70,6 +70,9 @@ pub enum CtlCommand {
         /// knows the VM from an inventory or an earlier job.
         #[arg(long, value_name = "NAME")]
         credential: Option<String>,
+        /// Instead of --credential: the agent whose own NBD sources (KVM guests) hold the VM.
+        #[arg(long, value_name = "NAME", conflicts_with = "credential")]
+        agent: Option<String>,
     },
     /// Backup policies: schedules, VMs, retention.
     #[command(subcommand)]
@@ -300,8 +303,11 @@ pub struct PolicySpec {
     #[arg(long, value_name = "EVENT")]
     pub schedule: String,
     /// The vCenter credential (and so the agent) its jobs use.
-    #[arg(long, value_name = "NAME")]
-    pub credential: String,
+    #[arg(long, value_name = "NAME", required_unless_present = "agent")]
+    pub credential: Option<String>,
+    /// Instead of --credential: the agent whose own NBD sources (KVM guests) the VMs are.
+    #[arg(long, value_name = "NAME", conflicts_with = "credential")]
+    pub agent: Option<String>,
     /// An inventory path (dc1/vm/web01) or a name glob (db*); repeat for more. Resolved at
     /// each run.
     #[arg(long = "vm", value_name = "PATTERN", required = true)]
@@ -319,9 +325,12 @@ pub struct PolicyEdit {
     /// New schedule.
     #[arg(long, value_name = "EVENT")]
     pub schedule: Option<String>,
-    /// New credential.
+    /// New credential (the policy then names no agent).
     #[arg(long, value_name = "NAME")]
     pub credential: Option<String>,
+    /// New agent of NBD sources (the policy then names no credential).
+    #[arg(long, value_name = "NAME", conflicts_with = "credential")]
+    pub agent: Option<String>,
     /// New VM patterns (replace the old list; repeat for more).
     #[arg(long = "vm", value_name = "PATTERN")]
     pub vms: Vec<String>,
@@ -628,11 +637,15 @@ fn plan(command: &CtlCommand) -> Result<Plan, ClientError> {
             vm,
             backup_type,
             credential,
+            agent,
         } => {
             let vm = vm.as_deref().unwrap_or_default();
             let mut body = json!({ "backup_type": backup_type.as_str() });
             if let Some(credential) = credential {
                 body["credential"] = json!(credential);
+            }
+            if let Some(agent) = agent {
+                body["agent"] = json!(agent);
             }
             one(Step::post(
                 format!("/api/v1/vms/{}/backup", segment(vm)),
@@ -672,9 +685,14 @@ fn plan_policy(command: &PolicyCommand) -> Result<Plan, ClientError> {
             let mut body = json!({
                 "name": spec.name,
                 "schedule": spec.schedule,
-                "credential": spec.credential,
                 "vms": spec.vms,
             });
+            if let Some(credential) = &spec.credential {
+                body["credential"] = json!(credential);
+            }
+            if let Some(agent) = &spec.agent {
+                body["agent"] = json!(agent);
+            }
             apply_options(&mut body, &spec.options);
             Step::post("/api/v1/policies".into(), body)
         }
@@ -685,6 +703,11 @@ fn plan_policy(command: &PolicyCommand) -> Result<Plan, ClientError> {
             }
             if let Some(credential) = &edit.credential {
                 changes["credential"] = json!(credential);
+                changes["agent"] = Value::Null;
+            }
+            if let Some(agent) = &edit.agent {
+                changes["agent"] = json!(agent);
+                changes["credential"] = Value::Null;
             }
             if !edit.vms.is_empty() {
                 changes["vms"] = json!(edit.vms);
@@ -1288,6 +1311,32 @@ mod tests {
                 "vms": ["dc1/vm/web01", "db*"], "max_parallel": 2, "retry": {"count": 2},
                 "retention": {"keep_last": 3, "keep_daily": 7}, "verify_after_backup": true
             }))
+        );
+    }
+
+    #[test]
+    fn policy_add_and_backup_of_an_agent_name_it_instead_of_a_credential() {
+        let add = steps(&[
+            "policy",
+            "add",
+            "kvm",
+            "--schedule",
+            "daily",
+            "--agent",
+            "kvm-host1",
+            "--vm",
+            "kvm01",
+        ]);
+        let now = steps(&["backup", "kvm01", "--agent", "kvm-host1"]);
+
+        assert_eq!(
+            (add[0].body.clone(), now[0].body.clone()),
+            (
+                Some(
+                    json!({"name": "kvm", "schedule": "daily", "agent": "kvm-host1", "vms": ["kvm01"]})
+                ),
+                Some(json!({"backup_type": "auto", "agent": "kvm-host1"}))
+            )
         );
     }
 

@@ -9,6 +9,8 @@
 #[cfg(test)]
 mod agent;
 #[cfg(test)]
+mod agent_nbd;
+#[cfg(test)]
 mod backup_flow;
 #[cfg(test)]
 mod ctl;

@@ -238,6 +238,11 @@ pub struct AgentRunArgs {
     /// NBD connections per disk of a backup.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub connections: u16,
+    /// The agent's own NBD sources (KVM guests): a TOML file of `[[vm]]` entries, each with
+    /// `name` and `hook` (README "KVM and other NBD sources"), read again at each job.
+    /// Default: STATE_DIR/nbd-sources.toml when it exists.
+    #[arg(long, value_name = "FILE")]
+    pub nbd_sources: Option<PathBuf>,
 }
 
 /// How to reach the hub.
@@ -546,8 +551,20 @@ pub async fn run_agent(
 ) -> Result<String, ClientError> {
     let mut options = AgentOptions::new(&args.state_dir);
     options.slots = args.slots;
-    options.runner = Arc::new(VcenterRunner {
-        transfer: TransferOptions::with_connections(usize::from(args.connections)),
+    let sources = args
+        .nbd_sources
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join(crate::nbdjob::NBD_SOURCES));
+    // A broken sources file stops the agent at start, not at its first job.
+    let listed = crate::nbdjob::NbdSources::read(&sources)?;
+    if !listed.vm.is_empty() {
+        tracing::info!(file = %sources.display(), vms = listed.vm.len(), "NBD sources listed");
+    }
+    options.runner = Arc::new(crate::nbdjob::AgentRunner {
+        vcenter: VcenterRunner {
+            transfer: TransferOptions::with_connections(usize::from(args.connections)),
+        },
+        sources,
     });
     agent::run(options, shutdown).await?;
     Ok("agent stopped".to_owned())

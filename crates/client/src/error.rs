@@ -346,6 +346,32 @@ pub enum ClientError {
     /// The user interrupted the run (Ctrl-C, SIGTERM or SIGHUP).
     #[error("Interrupted (Ctrl-C, SIGTERM or SIGHUP)")]
     Interrupted,
+    /// The agent's NBD sources file does not parse or holds an invalid entry.
+    #[error("NBD sources file {path}: {reason}")]
+    NbdSourcesInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A backup job names a VM the agent's NBD sources file does not list.
+    #[error("VM {vm} is not among this agent's NBD sources ({path}): add it there")]
+    NbdSourceUnknown {
+        /// The VM named by the job.
+        vm: String,
+        /// The agent's NBD sources file.
+        path: PathBuf,
+    },
+    /// A VM's source hook failed, timed out or printed something that is not its answer.
+    #[error("The {phase} hook of VM {vm} failed: {detail}")]
+    NbdHook {
+        /// The VM.
+        vm: String,
+        /// `begin` or `end`.
+        phase: &'static str,
+        /// How it failed (its exit status and stderr).
+        detail: String,
+    },
 }
 
 impl ClientError {

@@ -8,6 +8,8 @@
 //!   NBD exports (QEMU/KVM, libvirt pull-mode backups), incrementals from QEMU dirty bitmaps.
 //! - [`agent`]: `sendense-client agent enroll` / `agent run`: the hub drives the appliance
 //!   ([`agent::enroll`], [`agent::run`]).
+//! - [`nbdjob`]: the agent's backup jobs of its own NBD sources (KVM guests through a hook),
+//!   run with the flow of [`nbdsource`] ([`nbdjob::AgentRunner`]).
 //! - [`restore`]: `sendense-client restore` as a library call ([`restore::run`]).
 //! - [`vcenter_restore`]: `sendense-client restore --to-vcenter`: a restore job queued at the
 //!   hub and followed ([`vcenter_restore::run`]).
@@ -32,6 +34,7 @@ pub mod credential;
 pub mod error;
 pub mod files;
 pub mod hub;
+pub mod nbdjob;
 pub mod nbdsource;
 pub mod progress;
 pub mod restore;

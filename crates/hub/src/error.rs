@@ -621,7 +621,7 @@ pub enum HubError {
     },
     /// A backup of a VM was asked for without a credential, and the hub knows none for it.
     #[error(
-        "No credential known for VM {vm}: name one (\"credential\"), or refresh the inventory of its vCenter's credential"
+        "No credential known for VM {vm}: name one (\"credential\"), or refresh the inventory of its vCenter's credential; for a VM of an agent's own NBD sources name the agent (\"agent\")"
     )]
     NoCredentialForVm {
         /// The VM.

@@ -1,7 +1,8 @@
 //! Jobs (DESIGN.md "Agents and jobs"): the hub decides what runs; agents connect out, take
 //! jobs by long poll, keep them with heartbeats and report how they ended.
 //!
-//! A job is `queued` for one agent (a backup job: the agent of its vCenter credential), handed
+//! A job is `queued` for one agent (a backup job: the agent of its vCenter credential, or the
+//! agent named for a VM of its own NBD sources, which gets the job without a credential), handed
 //! out by [`Jobs::next_job`] to that agent only (atomically `running`, with a lease of
 //! [`LEASE_SECONDS`]), kept by [`Jobs::heartbeat`] (which renews the lease and records progress)
 //! and ended by [`Jobs::finish`] (`completed` or `failed`). The vCenter password of the job's
@@ -64,9 +65,12 @@ pub struct QueueBackup {
     pub vm: VmName,
     /// `full`, `incremental` or `auto`.
     pub backup_type: BackupType,
-    /// The vCenter credential (and so the agent). `None`: the credential whose inventory
-    /// holds the VM, else the one the VM's newest job used.
+    /// The vCenter credential (and so the agent). `None` with `agent`: a backup of the agent's
+    /// own NBD sources. Both `None`: the credential whose inventory holds the VM, else the
+    /// credential (or, without one, the agent) of the VM's newest job.
     pub credential: Option<CredentialName>,
+    /// The agent whose own NBD sources hold the VM (only without `credential`).
+    pub agent: Option<AgentName>,
     /// The policy queuing it.
     pub policy: Option<PolicyName>,
     /// Which attempt this is (1 for the first run).
@@ -145,16 +149,26 @@ impl Jobs {
     /// [`HubError::CredentialHasNoAgent`], [`HubError::CredentialAgentUnknown`] (409); a
     /// queued or running backup job of the VM (409 naming it); catalog errors.
     pub fn queue_backup(&self, req: QueueBackup) -> Result<JobId, HubError> {
-        let credential = match req.credential {
-            Some(c) => c,
-            None => self.known_credential(&req.vm)?,
+        let (agent, credential) = match (req.credential, req.agent) {
+            (Some(_), Some(_)) => {
+                return Err(HubError::InvalidInput {
+                    field: "agent",
+                    reason: "give credential (a vCenter's VM) or agent (the agent's own NBD sources), not both",
+                });
+            }
+            (Some(c), None) => (self.agent_of(&c)?, Some(c)),
+            (None, Some(a)) => (self.existing_agent(a)?, None),
+            (None, None) => self.known_source(&req.vm)?,
         };
-        let agent = self.agent_of(&credential)?;
-        let vm_path = self
-            .catalog
-            .inventory(&credential)?
-            .and_then(|inv| inv.vms.into_iter().find(|v| v.name == req.vm.as_str()))
-            .map_or_else(|| req.vm.as_str().to_owned(), |v| v.path);
+        let vm_path = match &credential {
+            Some(c) => self
+                .catalog
+                .inventory(c)?
+                .and_then(|inv| inv.vms.into_iter().find(|v| v.name == req.vm.as_str()))
+                .map_or_else(|| req.vm.as_str().to_owned(), |v| v.path),
+            // An NBD-source VM is known to its agent by its name.
+            None => req.vm.as_str().to_owned(),
+        };
         let record = self.catalog.create_job(JobRecord {
             vm_name: Some(req.vm),
             vm_path: Some(vm_path),
@@ -162,7 +176,9 @@ impl Jobs {
             policy: req.policy,
             attempt: req.attempt.max(1),
             not_before: req.not_before,
-            ..new_job(JobKind::Backup, agent, credential)
+            agent: Some(agent),
+            credential,
+            ..JobRecord::queued(JobKind::Backup)
         })?;
         tracing::info!(job_id = %record.job_id, vm = ?record.vm_name, agent = ?record.agent, "backup job queued");
         self.wake(&record);
@@ -178,6 +194,7 @@ impl Jobs {
             vm,
             backup_type: req.backup_type.unwrap_or(BackupType::Auto),
             credential: req.credential,
+            agent: req.agent,
             policy: None,
             attempt: 1,
             not_before: None,
@@ -603,6 +620,38 @@ impl Jobs {
     /// Catalog errors.
     pub fn renew_leases(&self, now: Timestamp) -> Result<usize, HubError> {
         Ok(self.catalog.renew_all_leases(lease_end(now))?)
+    }
+
+    /// The agent (and credential) a backup of `vm` uses when neither is named: the credential
+    /// whose inventory holds the VM, else the VM's newest job's credential, else the agent of its
+    /// newest backup job without one (an NBD-source VM of that agent).
+    fn known_source(&self, vm: &VmName) -> Result<(AgentName, Option<CredentialName>), HubError> {
+        match self.known_credential(vm) {
+            Ok(c) => return Ok((self.agent_of(&c)?, Some(c))),
+            Err(HubError::NoCredentialForVm { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let newest = self
+            .catalog
+            .jobs(&JobQuery {
+                vm_name: Some(vm.clone()),
+                kind: Some(JobKind::Backup),
+                ..JobQuery::default()
+            })?
+            .into_iter()
+            .find_map(|j| j.agent);
+        match newest {
+            Some(agent) => Ok((self.existing_agent(agent)?, None)),
+            None => Err(HubError::NoCredentialForVm { vm: vm.clone() }),
+        }
+    }
+
+    /// `agent`, when the hub knows it.
+    fn existing_agent(&self, agent: AgentName) -> Result<AgentName, HubError> {
+        if self.catalog.agent(&agent)?.is_none() {
+            return Err(HubError::UnknownAgent { agent });
+        }
+        Ok(agent)
     }
 
     /// The credential a backup of `vm` uses when none is named.

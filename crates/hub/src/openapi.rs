@@ -211,10 +211,11 @@ pub const DOCUMENT: &str = r##"{
         "backup_type": { "type": ["string", "null"] }, "credential": { "type": ["string", "null"] },
         "policy": { "type": ["string", "null"] }, "attempt": { "type": "integer" },
         "result": { "type": ["string", "null"], "description": "What a prune or verify job (run inside the hub) did: points removed, points skipped because protected since" } } },
-      "PolicyRequest": { "type": "object", "additionalProperties": false, "required": ["name", "schedule", "credential", "vms"], "properties": {
+      "PolicyRequest": { "type": "object", "additionalProperties": false, "required": ["name", "schedule", "vms"], "description": "Exactly one of credential and agent", "properties": {
         "name": { "type": "string" },
         "schedule": { "type": "string", "maxLength": 256, "description": "PBS calendar event, e.g. 'mon..fri 22:00', '*:0/15', 'daily'" },
-        "credential": { "type": "string" },
+        "credential": { "type": "string", "description": "The vCenter whose VMs are backed up (through the credential's agent)" },
+        "agent": { "type": "string", "description": "Instead of credential: the agent whose own NBD sources (KVM guests through a hook) the VMs are" },
         "vms": { "type": "array", "items": { "type": "string" }, "description": "Inventory paths (dc1/vm/web01, dc1/vm/*, dc1/**) or name globs (db*)" },
         "max_parallel": { "type": "integer", "minimum": 1, "maximum": 64, "default": 1 },
         "retry": { "type": "object", "properties": { "count": { "type": "integer", "maximum": 10 }, "delay_seconds": { "type": "integer", "maximum": 86400, "default": 600 } } },
@@ -247,12 +248,13 @@ pub const DOCUMENT: &str = r##"{
         "job_id": { "type": ["string", "null"], "description": "The queued prune job; null for a dry run or when nothing is removed" } } },
       "BackupNowRequest": { "type": "object", "additionalProperties": false, "properties": {
         "backup_type": { "type": "string", "enum": ["full", "incremental", "auto"], "default": "auto" },
-        "credential": { "type": "string", "description": "Optional when the VM is in a credential's inventory or a previous job of it named one" } } },
+        "credential": { "type": "string", "description": "Optional when the VM is in a credential's inventory or a previous job of it named one" },
+        "agent": { "type": "string", "description": "Instead of credential: the agent whose own NBD sources hold the VM (optional when a previous backup job of the VM ran there)" } } },
       "AgentJob": { "type": "object", "properties": {
         "job_id": { "type": "string" }, "kind": { "type": "string" },
         "vm": { "type": ["string", "null"], "description": "The VM's inventory path, or its name" },
         "backup_type": { "type": ["string", "null"] },
-        "credential": { "type": ["object", "null"], "description": "{name, host, username, password, ca_pem, insecure}: only to the credential's own agent" },
+        "credential": { "type": ["object", "null"], "description": "{name, host, username, password, ca_pem, insecure}: only to the credential's own agent; null for a backup of the agent's own NBD sources" },
         "attempt": { "type": "integer" }, "lease_seconds": { "type": "integer" },
         "restore": { "oneOf": [ { "$ref": "#/components/schemas/RestoreJob" }, { "type": "null" } ], "description": "restore jobs: the point, its vm_config, the request (credential resolved) and the disks to upload" } } },
       "HeartbeatRequest": { "type": "object", "additionalProperties": false, "properties": {
@@ -444,7 +446,7 @@ pub const DOCUMENT: &str = r##"{
         "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/jobs/{id}/cancel": { "post": { "summary": "Admin: cancel; a running job's agent stops at its next heartbeat",
         "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
-    "/api/v1/vms/{name}/backup": { "post": { "summary": "Admin: queue a backup job for the agent of the VM's vCenter credential; 409 naming the queued or running one", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BackupNowRequest" } } } },
+    "/api/v1/vms/{name}/backup": { "post": { "summary": "Admin: queue a backup job for the agent of the VM's vCenter credential (or the agent named, for a VM of its own NBD sources); 409 naming the queued or running one", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BackupNowRequest" } } } },
         "responses": { "202": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobAccepted" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/vms/{name}/prune": { "post": { "summary": "Admin: what the retention keeps and removes of the VM's completed points (all chains, newest first) and, unless dry_run or nothing is removed, a queued prune job removing them (run inside the hub: merges keep every remaining point restoring what it did)",
         "parameters": [ { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } } ],

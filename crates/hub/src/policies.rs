@@ -17,7 +17,8 @@
 //! [`Policies`] is the hub's side: the policy API over the catalog, runs that queue backup jobs
 //! through [`Jobs`], the scheduler's tick ([`Policies::tick_at`]) and retries of failed jobs
 //! ([`Policies::job_ended`]). A run resolves the policy's patterns over its credential's
-//! inventory and keeps the VMs it cannot queue yet (`max_parallel` of its jobs queued or running
+//! inventory (a policy naming an `agent` instead: over that agent's own NBD sources, see
+//! [`plan_agent_run`], its jobs queued for that agent without a credential) and keeps the VMs it cannot queue yet (`max_parallel` of its jobs queued or running
 //! at once) in the policy's record, so they survive a restart; each tick and each ended job
 //! releases more. A VM that already has a queued or running backup job is skipped (its job
 //! covers it). A failed job is queued again `retry.delay_seconds` after it failed, up to
@@ -35,7 +36,9 @@ use sendense_calendar::{CalendarError, CalendarEvent};
 use sendense_catalog::{Catalog, CatalogError, CompletedBackup, PolicyRecord};
 use sendense_types::api::BackupType;
 use sendense_types::jobs::{InventoryVm, Policy, PolicyList, PolicyRequest, PolicyRun};
-use sendense_types::{Job, JobId, JobKind, JobQuery, JobStatus, PolicyName, Timestamp, VmName};
+use sendense_types::{
+    AgentName, Job, JobId, JobKind, JobQuery, JobStatus, PolicyName, Timestamp, VmName,
+};
 
 use crate::error::HubError;
 use crate::hub_jobs::HubJobs;
@@ -61,7 +64,8 @@ pub fn answer(
     Ok(Policy {
         name: request.name().clone(),
         schedule: request.schedule().to_owned(),
-        credential: request.credential().clone(),
+        credential: request.credential().cloned(),
+        agent: request.agent().cloned(),
         vms: request.vms().to_vec(),
         max_parallel: request.max_parallel(),
         retry: request.retry(),
@@ -274,6 +278,12 @@ impl Policies {
                     vm: vm.clone(),
                     backup_type: job.backup_type.unwrap_or(BackupType::Auto),
                     credential: job.credential.clone(),
+                    // A job without a credential read the agent's own NBD sources.
+                    agent: if job.credential.is_none() {
+                        job.agent.clone()
+                    } else {
+                        None
+                    },
                     policy: Some(policy.clone()),
                     attempt: job.attempt.saturating_add(1),
                     not_before: Some(at),
@@ -356,15 +366,25 @@ impl Policies {
         Ok(())
     }
 
-    /// Checks what the types cannot: the schedule's grammar and the credential's existence.
+    /// Checks what the types cannot: the schedule's grammar and the existence of the credential
+    /// or agent.
     fn check(&self, request: &PolicyRequest) -> Result<(), HubError> {
         CalendarEvent::parse(request.schedule()).map_err(|source| HubError::InvalidSchedule {
             schedule: request.schedule().to_owned(),
             source,
         })?;
-        if self.catalog.credential(request.credential())?.is_none() {
+        if let Some(credential) = request.credential()
+            && self.catalog.credential(credential)?.is_none()
+        {
             return Err(HubError::PolicyCredentialUnknown {
-                name: request.credential().clone(),
+                name: credential.clone(),
+            });
+        }
+        if let Some(agent) = request.agent()
+            && self.catalog.agent(agent)?.is_none()
+        {
+            return Err(HubError::UnknownAgent {
+                agent: agent.clone(),
             });
         }
         Ok(())
@@ -374,14 +394,20 @@ impl Policies {
     /// records the run, and releases what may start.
     fn start_run(&self, record: &PolicyRecord, now: Timestamp) -> Result<PolicyRun, HubError> {
         let name = record.name().clone();
-        let inventory = self
-            .catalog
-            .inventory(record.request.credential())?
-            .filter(|inv| inv.refreshed_at.is_some());
-        let plan = plan_run(
-            record.request.vms(),
-            inventory.as_ref().map(|inv| inv.vms.as_slice()),
-        );
+        let plan = match (record.request.credential(), record.request.agent()) {
+            (Some(credential), _) => {
+                let inventory = self
+                    .catalog
+                    .inventory(credential)?
+                    .filter(|inv| inv.refreshed_at.is_some());
+                plan_run(
+                    record.request.vms(),
+                    inventory.as_ref().map(|inv| inv.vms.as_slice()),
+                )
+            }
+            (None, Some(agent)) => plan_agent_run(record.request.vms(), &self.agent_vms(agent)?),
+            (None, None) => plan_run(record.request.vms(), None),
+        };
         if !plan.unmatched.is_empty() {
             tracing::warn!(policy = %name, unmatched = ?plan.unmatched, "patterns matched no VM");
         }
@@ -430,7 +456,8 @@ impl Policies {
             match self.jobs.queue_backup(QueueBackup {
                 backup_type: self.backup_type(&vm, record.request.max_chain_length())?,
                 vm: vm.clone(),
-                credential: Some(record.request.credential().clone()),
+                credential: record.request.credential().cloned(),
+                agent: record.request.agent().cloned(),
                 policy: Some(name.clone()),
                 attempt: 1,
                 not_before: None,
@@ -462,6 +489,26 @@ impl Policies {
             })?;
         }
         Ok((queued, skipped))
+    }
+
+    /// The VMs `agent` backed up from its own NBD sources before (its backup jobs without a
+    /// credential), each once, oldest first: what the globs of an agent's policy match.
+    fn agent_vms(&self, agent: &AgentName) -> Result<Vec<VmName>, HubError> {
+        let mut vms: Vec<VmName> = Vec::new();
+        let jobs = self.catalog.jobs(&JobQuery {
+            kind: Some(JobKind::Backup),
+            ..JobQuery::default()
+        })?;
+        for job in jobs.iter().rev() {
+            if job.credential.is_none()
+                && job.agent.as_ref() == Some(agent)
+                && let Some(vm) = &job.vm_name
+                && !vms.contains(vm)
+            {
+                vms.push(vm.clone());
+            }
+        }
+        Ok(vms)
     }
 
     /// Backup jobs of the policy queued or running now (its prune and verify jobs, which the
@@ -566,6 +613,45 @@ pub fn plan_run(patterns: &[String], inventory: Option<&[InventoryVm]>) -> RunPl
             names
         }
     };
+    for name in names {
+        match VmName::try_from(name.as_str()) {
+            Ok(vm) => plan.vms.push(vm),
+            Err(_) => plan.invalid.push(name),
+        }
+    }
+    plan
+}
+
+/// Plans a run of a policy of an agent's own NBD sources: the agent, not the hub, knows its
+/// sources, so a pattern naming one VM exactly (no `/`, `*` or `?`) is taken as a VM name
+/// whatever the hub saw before; a name glob matches the VMs the agent backed up before
+/// (`known`); a path pattern matches nothing (NBD sources have no inventory paths).
+#[must_use]
+pub fn plan_agent_run(patterns: &[String], known: &[VmName]) -> RunPlan {
+    let mut plan = RunPlan::default();
+    let mut names: Vec<String> = Vec::new();
+    for pattern in patterns {
+        let matched: Vec<String> = if pattern.contains('/') {
+            Vec::new()
+        } else if pattern.contains(['*', '?']) {
+            let glob: Vec<char> = pattern.chars().collect();
+            known
+                .iter()
+                .filter(|vm| wildcard(&glob, &vm.as_str().chars().collect::<Vec<_>>()))
+                .map(|vm| vm.as_str().to_owned())
+                .collect()
+        } else {
+            vec![pattern.clone()]
+        };
+        if matched.is_empty() {
+            plan.unmatched.push(pattern.clone());
+        }
+        for name in matched {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
     for name in names {
         match VmName::try_from(name.as_str()) {
             Ok(vm) => plan.vms.push(vm),
@@ -848,6 +934,25 @@ mod tests {
             RunPlan {
                 vms: vec![vm_name("web01")],
                 unmatched: patterns(&["db*", "dc1/vm/x"]),
+                invalid: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn plan_of_an_agent_takes_exact_names_and_globs_over_known_vms() {
+        let known = vec![vm_name("kvm01"), vm_name("kvm02"), vm_name("web9")];
+
+        let plan = plan_agent_run(
+            &patterns(&["new-vm", "kvm*", "kvm01", "host/vm/x", "zz?"]),
+            &known,
+        );
+
+        assert_eq!(
+            plan,
+            RunPlan {
+                vms: vec![vm_name("new-vm"), vm_name("kvm01"), vm_name("kvm02")],
+                unmatched: patterns(&["host/vm/x", "zz?"]),
                 invalid: vec![],
             }
         );

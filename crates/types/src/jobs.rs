@@ -408,9 +408,11 @@ pub struct JobQuery {
     pub kind: Option<JobKind>,
 }
 
-/// `POST /api/v1/vms/{name}/backup` `{backup_type, credential}`: back this VM up now.
+/// `POST /api/v1/vms/{name}/backup` `{backup_type, credential, agent}`: back this VM up now.
 /// `backup_type` defaults to `auto`; `credential` may be left out when the hub already knows
-/// which credential's inventory holds the VM.
+/// which credential's inventory holds the VM. `agent` instead of `credential` names the agent
+/// whose own NBD sources (README "KVM and other NBD sources") hold the VM; both may be left out
+/// when the VM's last backup job says which.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupNowRequest {
@@ -420,6 +422,9 @@ pub struct BackupNowRequest {
     /// The vCenter credential (and so the agent) to use.
     #[serde(default)]
     pub credential: Option<CredentialName>,
+    /// The agent whose NBD sources hold the VM (not with `credential`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentName>,
 }
 
 /// `202 {job_id}`: a job was queued.
@@ -723,12 +728,15 @@ impl Retention {
 
 /// `POST /api/v1/policies`, `PUT /api/v1/policies/{name}`: DESIGN.md's policy shape. The
 /// schedule's grammar is checked by the hub (it owns the calendar parser); everything else here.
+/// A policy names exactly one of `credential` (the VMs of a vCenter, through the credential's
+/// agent) and `agent` (VMs the agent reads from its own NBD sources, e.g. KVM guests).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "PolicyWire", into = "PolicyWire")]
 pub struct PolicyRequest {
     name: PolicyName,
     schedule: String,
-    credential: CredentialName,
+    credential: Option<CredentialName>,
+    agent: Option<AgentName>,
     vms: Vec<String>,
     max_parallel: u32,
     retry: RetryPolicy,
@@ -743,7 +751,10 @@ pub struct PolicyRequest {
 struct PolicyWire {
     name: PolicyName,
     schedule: String,
-    credential: CredentialName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credential: Option<CredentialName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent: Option<AgentName>,
     vms: Vec<String>,
     #[serde(default = "default_parallel")]
     max_parallel: u32,
@@ -772,6 +783,12 @@ impl TryFrom<PolicyWire> for PolicyRequest {
 
     fn try_from(w: PolicyWire) -> Result<Self, Self::Error> {
         check_text("schedule", &w.schedule, MAX_SCHEDULE_LEN)?;
+        if w.credential.is_some() == w.agent.is_some() {
+            return Err(TypesError::InvalidField {
+                field: "credential",
+                reason: "give either credential (the VMs of a vCenter) or agent (the agent's own NBD sources), not both",
+            });
+        }
         if w.vms.is_empty() || w.vms.len() > MAX_POLICY_VMS {
             return Err(TypesError::InvalidField {
                 field: "vms",
@@ -803,6 +820,7 @@ impl TryFrom<PolicyWire> for PolicyRequest {
             name: w.name,
             schedule: w.schedule.trim().to_owned(),
             credential: w.credential,
+            agent: w.agent,
             vms: w.vms,
             max_parallel: w.max_parallel,
             retry: w.retry,
@@ -820,6 +838,7 @@ impl From<PolicyRequest> for PolicyWire {
             name: p.name,
             schedule: p.schedule,
             credential: p.credential,
+            agent: p.agent,
             vms: p.vms,
             max_parallel: p.max_parallel,
             retry: p.retry,
@@ -842,10 +861,16 @@ impl PolicyRequest {
     pub fn schedule(&self) -> &str {
         &self.schedule
     }
-    /// The vCenter credential (and so the agent) its jobs use.
+    /// The vCenter credential (and so the agent) its jobs use; `None` for a policy of an
+    /// agent's NBD sources ([`PolicyRequest::agent`]).
     #[must_use]
-    pub fn credential(&self) -> &CredentialName {
-        &self.credential
+    pub fn credential(&self) -> Option<&CredentialName> {
+        self.credential.as_ref()
+    }
+    /// The agent whose own NBD sources its VMs are (`None` for a vCenter policy).
+    #[must_use]
+    pub fn agent(&self) -> Option<&AgentName> {
+        self.agent.as_ref()
     }
     /// Inventory paths or name globs, resolved at each run.
     #[must_use]
@@ -891,8 +916,11 @@ pub struct Policy {
     pub name: PolicyName,
     /// The calendar-event schedule.
     pub schedule: String,
-    /// The vCenter credential its jobs use.
-    pub credential: CredentialName,
+    /// The vCenter credential its jobs use (`null` for a policy of an agent's NBD sources).
+    pub credential: Option<CredentialName>,
+    /// The agent whose own NBD sources its VMs are (left out for a vCenter policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentName>,
     /// Inventory paths or name globs.
     pub vms: Vec<String>,
     /// Most of its jobs running at once.
@@ -1019,6 +1047,32 @@ mod tests {
                 serde_json::from_str::<PolicyRequest>(&policy_json(extra)).expect_err("refused");
 
             assert!(err.to_string().contains(field), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn policy_of_an_agent_parses_without_credential() {
+        let body = r#"{"name":"kvm","schedule":"daily","agent":"kvm-host1","vms":["kvm01"]}"#;
+
+        let p: PolicyRequest = serde_json::from_str(body).expect("valid policy");
+        let back = serde_json::to_value(&p).expect("serializes");
+
+        assert_eq!(
+            (p.agent().map(AgentName::as_str), p.credential()),
+            (Some("kvm-host1"), None)
+        );
+        assert!(back.get("credential").is_none(), "{back}");
+    }
+
+    #[test]
+    fn policy_with_both_or_neither_of_credential_and_agent_refused() {
+        for body in [
+            r#"{"name":"p","schedule":"daily","vms":["a"]}"#,
+            r#"{"name":"p","schedule":"daily","credential":"vc1","agent":"a1","vms":["a"]}"#,
+        ] {
+            let err = serde_json::from_str::<PolicyRequest>(body).expect_err("refused");
+
+            assert!(err.to_string().contains("credential"), "{body}: {err}");
         }
     }
 

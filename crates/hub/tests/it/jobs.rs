@@ -984,6 +984,7 @@ async fn queue_backup_for_scheduler_holds_job_until_not_before() {
         vm: vm.parse().unwrap(),
         backup_type: sendense_types::BackupType::Auto,
         credential: Some("vc1".parse().unwrap()),
+        agent: None,
         policy: Some("nightly".parse().unwrap()),
         attempt: 2,
         not_before: Some(seconds_from_now(not_before)),
