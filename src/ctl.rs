@@ -83,6 +83,9 @@ pub enum CtlCommand {
     /// VMs the hub knows.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Web console users: add, list, set a password, delete.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Prune a VM's restore points with Proxmox Backup Server's retention options.
     ///
     /// The options run in this order: --keep-last, --keep-hourly, --keep-daily, --keep-weekly
@@ -128,6 +131,39 @@ pub enum CtlCommand {
     Repository,
     /// The hub's metrics in Prometheus text format.
     Metrics,
+}
+
+/// `ctl user ...`: the web console's users (`https://HOST:PORT/` of the hub's API).
+#[derive(Debug, Clone, Subcommand)]
+pub enum UserCommand {
+    /// Add a console user. The password (8 characters or more) is read from the first line of
+    /// --password-file, or of standard input when that is `-`; it never goes on the command
+    /// line, and the hub keeps only its argon2id hash.
+    Add {
+        /// The user's name.
+        name: String,
+        /// admin (everything), operator (run jobs and restores) or viewer (read only).
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: String,
+        /// File holding the password (`-`: standard input).
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+    },
+    /// Every console user with their role.
+    List,
+    /// Set a user's password (their console sessions end).
+    Passwd {
+        /// The user's name.
+        name: String,
+        /// File holding the new password (`-`: standard input).
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+    },
+    /// Delete a console user (their console sessions end).
+    Del {
+        /// The user's name.
+        name: String,
+    },
 }
 
 /// `ctl instant ...`.
@@ -654,6 +690,7 @@ fn plan(command: &CtlCommand) -> Result<Plan, ClientError> {
         }
         CtlCommand::Policy(command) => plan_policy(command),
         CtlCommand::Credential(command) => plan_credential(command),
+        CtlCommand::User(command) => plan_user(command),
         CtlCommand::Vm(VmCommand::List) => one(Step::get("/api/v1/vms".into())),
         CtlCommand::Vm(VmCommand::Chain { name }) => one(Step::get(format!(
             "/api/v1/backups/chain/{}",
@@ -728,6 +765,51 @@ fn plan_policy(command: &PolicyCommand) -> Result<Plan, ClientError> {
         PolicyCommand::Run { name } => Step::post(format!("{}/run", path(name)), json!({})),
     };
     Ok(Plan::Fixed(vec![step]))
+}
+
+fn plan_user(command: &UserCommand) -> Result<Plan, ClientError> {
+    let path = |name: &str| format!("/api/v1/users/{}", segment(name));
+    let step = match command {
+        UserCommand::Add {
+            name,
+            role,
+            password_file,
+        } => Step::post(
+            "/api/v1/users".into(),
+            json!({ "name": name, "role": role, "password": password(password_file)? }),
+        ),
+        UserCommand::List => Step::get("/api/v1/users".into()),
+        UserCommand::Passwd {
+            name,
+            password_file,
+        } => Step {
+            method: Method::PUT,
+            path: format!("{}/password", path(name)),
+            body: Some(json!({ "password": password(password_file)? })),
+        },
+        UserCommand::Del { name } => Step {
+            method: Method::DELETE,
+            path: path(name),
+            body: None,
+        },
+    };
+    Ok(Plan::Fixed(vec![step]))
+}
+
+/// A password: the first line of `path`, or of standard input for `-`.
+fn password(path: &Path) -> Result<String, ClientError> {
+    if path.as_os_str() == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|source| ClientError::File {
+                what: "password (standard input)",
+                path: path.to_owned(),
+                source,
+            })?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    first_line(path)
 }
 
 fn plan_credential(command: &CredentialCommand) -> Result<Plan, ClientError> {
@@ -984,6 +1066,29 @@ fn render(command: &CtlCommand, answer: &Value, args: &CtlArgs) -> String {
         CtlCommand::Credential(CredentialCommand::Inventory { .. }) => {
             table(&mut out, &answer["vms"], &["name", "path"]);
         }
+        CtlCommand::User(UserCommand::Add { .. }) => {
+            let _ = writeln!(
+                out,
+                "User {} ({}) added: sign in at {}/",
+                text(&answer["name"]),
+                text(&answer["role"]),
+                args.hub.trim_end_matches('/')
+            );
+        }
+        CtlCommand::User(UserCommand::List) => table(
+            &mut out,
+            &answer["users"],
+            &["name", "role", "created_at", "password_changed_at"],
+        ),
+        CtlCommand::User(UserCommand::Passwd { name, .. }) => {
+            let _ = writeln!(
+                out,
+                "New password set for {name}; their console sessions ended."
+            );
+        }
+        CtlCommand::User(UserCommand::Del { name }) => {
+            let _ = writeln!(out, "User {name} deleted.");
+        }
         CtlCommand::Vm(VmCommand::List) => table(&mut out, answer, &["name", "updated_at"]),
         CtlCommand::Vm(VmCommand::Chain { .. }) => table(
             &mut out,
@@ -1188,6 +1293,41 @@ mod tests {
             Plan::Fixed(steps) => steps,
             Plan::EditPolicy { .. } => panic!("expected fixed steps"),
         }
+    }
+
+    #[test]
+    fn user_commands_call_the_user_routes_with_the_password_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret pass\nignored\n").unwrap();
+        let file = file.to_str().unwrap();
+
+        let add = steps(&[
+            "user",
+            "add",
+            "ann",
+            "--role",
+            "viewer",
+            "--password-file",
+            file,
+        ]);
+        let passwd = steps(&["user", "passwd", "ann", "--password-file", file]);
+        let del = steps(&["user", "del", "ann"]);
+
+        assert_eq!(
+            add,
+            [Step::post(
+                "/api/v1/users".into(),
+                json!({"name": "ann", "role": "viewer", "password": "s3cret pass"})
+            )]
+        );
+        assert_eq!(passwd[0].method, Method::PUT);
+        assert_eq!(passwd[0].path, "/api/v1/users/ann/password");
+        assert_eq!(passwd[0].body, Some(json!({"password": "s3cret pass"})));
+        assert_eq!(
+            (del[0].method.clone(), del[0].path.as_str()),
+            (Method::DELETE, "/api/v1/users/ann")
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub enum Command {
         keep: bool,
     },
     /// Operate a running hub over its REST API (agents, jobs, backups now, policies,
-    /// credentials, VMs, metrics) with its API token; --json prints the hub's answers.
+    /// credentials, VMs, console users, metrics) with its API token; --json prints the hub's answers.
     Ctl(CtlArgs),
     /// The hub's own commands.
     #[command(flatten)]

@@ -133,6 +133,7 @@ impl Catalog {
         crate::policies::create_tables(&txn)?;
         crate::maintenance::create_tables(&txn)?;
         crate::instant::create_tables(&txn)?;
+        crate::users::create_tables(&txn)?;
         txn.commit()?;
         Ok(Self { db })
     }

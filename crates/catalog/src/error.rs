@@ -283,6 +283,20 @@ pub enum CatalogError {
         /// The policy.
         name: PolicyName,
     },
+    /// No such console user.
+    #[error("Unknown user {name}")]
+    UserNotFound {
+        /// The user asked for.
+        name: sendense_types::UserName,
+    },
+    /// A console user of that name exists already.
+    #[error(
+        "User {name} exists already: change the password with PUT /api/v1/users/{name}/password"
+    )]
+    UserExists {
+        /// The user.
+        name: sendense_types::UserName,
+    },
     /// A new backup record is inconsistent.
     #[error("Invalid backup record {backup_id}: {reason}")]
     InvalidRecord {
@@ -310,7 +324,8 @@ impl CatalogError {
             | Self::CredentialNotFound { .. }
             | Self::AgentNotFound { .. }
             | Self::JobNotFound { .. }
-            | Self::PolicyNotFound { .. } => ErrorKind::NotFound,
+            | Self::PolicyNotFound { .. }
+            | Self::UserNotFound { .. } => ErrorKind::NotFound,
             Self::EnrollmentRefused { .. } | Self::EnrollmentExpired { .. } => {
                 ErrorKind::Unauthorized
             }
@@ -320,6 +335,7 @@ impl CatalogError {
             | Self::JobInProgress { .. }
             | Self::RestoreInProgress { .. }
             | Self::PolicyExists { .. }
+            | Self::UserExists { .. }
             | Self::BackupExists { .. }
             | Self::BackupInProgress { .. }
             | Self::NoCompletedParent { .. }

@@ -1,6 +1,6 @@
 //! The Sendense hub's embedded catalog on redb: VMs and their disks, backups and their per-disk
 //! images and change ids, backup chains, sealed vCenter credentials, and the agents, jobs and
-//! inventories of [`jobs`], and the policies of [`policies`].
+//! inventories of [`jobs`], the policies of [`policies`], and the console users of [`users`].
 //!
 //! redb stays behind [`Catalog`]'s typed methods (STYLE.md §6); the file carries a schema version
 //! and a build refuses a version it does not know. Every mutation is a single write transaction,
@@ -56,6 +56,7 @@ pub mod jobs;
 pub mod maintenance;
 pub mod policies;
 pub mod record;
+pub mod users;
 
 pub use catalog::{Catalog, FILE_NAME, SCHEMA_VERSION};
 pub use error::{CatalogError, ErrorKind};
@@ -64,3 +65,4 @@ pub use jobs::{AgentRecord, Claim, Enrollment, JobRecord};
 pub use maintenance::{MergeDisk, MergeKind, MergePhase, MergeStep};
 pub use policies::{CompletedBackup, PolicyRecord};
 pub use record::{BackupRecord, CredentialRecord, DiskCompletion, DiskRecord, StoredVmConfig};
+pub use users::UserRecord;

@@ -26,6 +26,7 @@ use sendense_types::{
     JobQuery, NextJobQuery, PolicyName, PruneRequest, RegisterVmRequest, RestoreRequest,
     StartBackupRequest, Timestamp, UpdateBackupRequest, VmConfig, VmName,
 };
+use sendense_types::{CreateUserRequest, SetPasswordRequest, UserName};
 use serde::de::DeserializeOwned;
 
 use crate::agents::{Agents, Caller};
@@ -35,6 +36,7 @@ use crate::error::{ErrorKind, HubError};
 use crate::hub_jobs::HubJobs;
 use crate::jobs::{BackupAccess, Jobs};
 use crate::policies::Policies;
+use crate::users::Users;
 
 /// The routes (method, path) an agent's token may call besides `health`: its own job poll,
 /// heartbeat and finish of jobs assigned to it (the handlers check the agent), what its
@@ -80,6 +82,8 @@ pub struct ApiState {
     pub policies: Arc<Policies>,
     /// The jobs the hub runs itself (prune, verify) and protection of points.
     pub hub_jobs: Arc<HubJobs>,
+    /// The web console's users.
+    pub users: Arc<Users>,
 }
 
 /// The API's routes.
@@ -162,11 +166,19 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/policies/{name}/run", post(run_policy))
         .route("/api/v1/openapi.json", get(openapi))
+        // Web console users (admin token only: agents' tokens never reach these).
+        .route("/api/v1/users", post(create_user).get(list_users))
+        .route("/api/v1/users/{name}", get(get_user).delete(delete_user))
+        .route(
+            "/api/v1/users/{name}/password",
+            axum::routing::put(set_user_password),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/agents/enroll", post(enroll_agent))
         .merge(authed)
+        .merge(crate::console::router(state.clone()))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -628,6 +640,12 @@ async fn file_content(
         }
         Err(e) => return Err(e.into()),
     };
+    Ok(content_response(content))
+}
+
+/// The answer carrying a file (whole or a range) or a folder's tar stream; the web console's
+/// download answers the same.
+pub(crate) fn content_response(content: crate::engine::FileContent) -> Response {
     let (status, content_type) = match content.shape {
         ContentShape::Partial { .. } => (StatusCode::PARTIAL_CONTENT, "application/octet-stream"),
         ContentShape::Whole { .. } => (StatusCode::OK, "application/octet-stream"),
@@ -661,7 +679,7 @@ async fn file_content(
         header::CONTENT_DISPOSITION,
         content_disposition(&content.name),
     );
-    Ok(response)
+    response
 }
 
 /// `attachment` with the name in RFC 6266 form: an ASCII fallback and the UTF-8 name.
@@ -958,6 +976,45 @@ async fn refresh_inventory(
     let name: CredentialName = parse("credential name", &name)?;
     let accepted = blocking(move || s.jobs.refresh_inventory(name)).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+async fn create_user(
+    State(s): State<ApiState>,
+    Body(req): Body<CreateUserRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let user = blocking(move || s.users.create(&req)).await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+async fn list_users(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(blocking(move || s.users.list()).await?))
+}
+
+async fn get_user(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let name: UserName = parse("user name", &name)?;
+    Ok(Json(blocking(move || s.users.user(&name)).await?))
+}
+
+async fn delete_user(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let name: UserName = parse("user name", &name)?;
+    Ok(Json(blocking(move || s.users.delete(&name)).await?))
+}
+
+async fn set_user_password(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    Body(req): Body<SetPasswordRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let name: UserName = parse("user name", &name)?;
+    Ok(Json(
+        blocking(move || s.users.set_password(&name, &req)).await?,
+    ))
 }
 
 fn query_or_400<T>(query: Result<Query<T>, QueryRejection>) -> ApiResult<Query<T>> {

@@ -343,6 +343,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         jobs: Arc::clone(&jobs),
         policies: Arc::clone(&policies),
         hub_jobs: Arc::clone(&hub_jobs),
+        users: Arc::new(crate::users::Users::new(Arc::clone(&catalog))?),
     };
     let mut api_tls = (*api_tls).clone();
     api_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -374,7 +375,10 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         }
     });
     let api_task = tokio::spawn(async move {
-        if let Err(e) = api_server.serve(app.into_make_service()).await {
+        if let Err(e) = api_server
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+        {
             tracing::error!(error = %e, "API server failed");
         }
     });

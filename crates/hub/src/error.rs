@@ -397,6 +397,12 @@ pub enum HubError {
     /// A blocking worker panicked (a bug).
     #[error("Internal worker failure")]
     Worker,
+    /// argon2id could not hash a password, or a stored hash is not a PHC string.
+    #[error("Password hashing failed: {reason}")]
+    PasswordHash {
+        /// What argon2 reported (never the password).
+        reason: String,
+    },
     /// The hub's TLS material could not be made, read or issued.
     #[error("Cannot prepare the hub's TLS material")]
     TlsMaterial(#[source] sendense_nbd::NbdError),

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod api;
 #[allow(clippy::print_stdout)] // the CLI prints its results
 pub mod cli;
+pub mod console;
 pub mod credentials;
 pub mod daemon;
 pub mod engine;
@@ -22,6 +23,7 @@ pub mod reverify;
 pub mod scheduler;
 pub mod tls;
 pub mod token;
+pub mod users;
 pub mod verify;
 
 pub use daemon::{HubConfig, Listeners, RepositoryConfig, RunningHub, run, start};

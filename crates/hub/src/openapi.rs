@@ -227,6 +227,18 @@ pub const DOCUMENT: &str = r##"{
         "next_run": { "type": ["string", "null"], "format": "date-time", "description": "null when disabled or never again; a past time means due at the next tick" },
         "last_run": { "type": ["string", "null"], "format": "date-time" },
         "created_at": { "type": "string", "format": "date-time" } } } ] },
+      "CreateUserRequest": { "type": "object", "additionalProperties": false, "required": ["name", "role", "password"], "properties": {
+        "name": { "type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$" },
+        "role": { "type": "string", "enum": ["admin", "operator", "viewer"], "description": "admin: everything; operator: run jobs and restores; viewer: read" },
+        "password": { "type": "string", "minLength": 8, "maxLength": 1024, "writeOnly": true } } },
+      "SetPasswordRequest": { "type": "object", "additionalProperties": false, "required": ["password"], "properties": {
+        "password": { "type": "string", "minLength": 8, "maxLength": 1024, "writeOnly": true } } },
+      "User": { "type": "object", "properties": {
+        "name": { "type": "string" },
+        "role": { "type": "string", "enum": ["admin", "operator", "viewer"] },
+        "created_at": { "type": "string", "format": "date-time" },
+        "password_changed_at": { "type": "string", "format": "date-time" } } },
+      "UserList": { "type": "object", "properties": { "users": { "type": "array", "items": { "$ref": "#/components/schemas/User" } } } },
       "PolicyList": { "type": "object", "properties": { "policies": { "type": "array", "items": { "$ref": "#/components/schemas/Policy" } } } },
       "PolicyRun": { "type": "object", "properties": {
         "job_ids": { "type": "array", "items": { "type": "string" } },
@@ -473,6 +485,16 @@ pub const DOCUMENT: &str = r##"{
         "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Policy" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/policies/{name}/run": { "post": { "summary": "Admin: run now: queue backup jobs of its VMs (max_parallel at once); patterns matching no VM come back in unmatched, VMs with a job already in skipped",
         "responses": { "202": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PolicyRun" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/users": { "post": { "summary": "Admin: create a web console user; the password (8 to 1024 bytes) is stored only as an argon2id hash and never answered", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CreateUserRequest" } } } },
+        "responses": { "201": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/User" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } },
+      "get": { "summary": "Admin: every console user (name, role, dates; never a password or hash)",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/UserList" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/users/{name}": { "get": { "summary": "Admin: one console user",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/User" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } },
+      "delete": { "summary": "Admin: delete a console user (their console sessions end); answers the user",
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/User" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
+    "/api/v1/users/{name}/password": { "put": { "summary": "Admin: set a console user's password (their console sessions end)", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SetPasswordRequest" } } } },
+        "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/User" } } } }, "400": { "$ref": "#/components/responses/Error" }, "401": { "$ref": "#/components/responses/Error" }, "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" }, "409": { "$ref": "#/components/responses/Error" } } } },
     "/api/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
   }
 }"##;
@@ -526,6 +548,9 @@ mod tests {
             "/api/v1/policies",
             "/api/v1/policies/{name}",
             "/api/v1/policies/{name}/run",
+            "/api/v1/users",
+            "/api/v1/users/{name}",
+            "/api/v1/users/{name}/password",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

@@ -15,6 +15,7 @@
 //! - [`files`]: file-level restore (partitions, listings).
 //! - [`instant`]: instant recovery (writable exports over scratch overlays of a point).
 //! - [`vm_config`]: a VM's captured configuration and restores into vCenter.
+//! - [`users`]: web console users and their roles.
 #![forbid(unsafe_code)]
 
 /// Implements `as_str`, `Display` and `FromStr` for a unit enum named in JSON by fixed
@@ -61,6 +62,7 @@ pub mod jobs;
 pub mod names;
 pub mod retention;
 pub mod timestamp;
+pub mod users;
 pub mod vm_config;
 
 pub use api::{
@@ -80,13 +82,14 @@ pub use jobs::{
     PolicyRun, Retention, RetryPolicy,
 };
 pub use names::{
-    AgentName, BackupId, ChangeId, CredentialName, DiskKey, ExportName, JobId, PolicyName, VmName,
-    digest_path, image_path,
+    AgentName, BackupId, ChangeId, CredentialName, DiskKey, ExportName, JobId, PolicyName,
+    UserName, VmName, digest_path, image_path,
 };
 pub use retention::{
     BadRange, PruneAnswer, PruneRequest, UpdateBackupRequest, Verification, VerificationState,
 };
 pub use timestamp::{CivilTime, Timestamp};
+pub use users::{CreateUserRequest, Role, SetPasswordRequest, User, UserList};
 pub use vm_config::{
     ControllerConfig, ControllerKind, DiskConfig, Firmware, NicAdapter, NicConfig, Provisioning,
     RestoreJob, RestoreJobDisk, RestoreRequest, RestoreTarget, VM_CONFIG_VERSION, VmConfig,

@@ -178,6 +178,22 @@ impl PolicyName {
 
 string_newtype!(PolicyName);
 
+/// A web console user's name; same rules as [`VmName`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserName(String);
+
+impl UserName {
+    fn validate(value: &str) -> Result<(), TypesError> {
+        check_safe_name(value).map_err(|reason| TypesError::InvalidName {
+            value: echo(value),
+            reason,
+        })
+    }
+}
+
+string_newtype!(UserName);
+
 /// A job id: `job-` and 16 lowercase hex digits (64 random bits), e.g. `job-3fa9c2d41b07e588`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -2,6 +2,8 @@
 //! `qemu-img`, which must be installed (`scripts/test.sh` installs it).
 
 #[cfg(test)]
+mod console;
+#[cfg(test)]
 mod digests;
 #[cfg(test)]
 mod hub_api;
