@@ -34,6 +34,7 @@ pub mod files;
 pub mod hub;
 pub mod nbdsource;
 pub mod progress;
+mod range_get;
 pub mod restore;
 pub mod vcenter;
 pub mod vcenter_restore;
