@@ -14,9 +14,10 @@
 //! A file larger than one piece ([`Pieces::piece_bytes`], 64 MiB by default) downloads as
 //! pieces, [`Pieces::streams`] (4) `Range` requests at once, each on its own connection, as
 //! `restore` reads a disk over 4 NBD connections: one TLS stream is bound by one core on each
-//! side. Each piece is written at its offset in `NAME.partial` (staged in page-aligned
-//! buffers of 1 MiB and written with `O_DIRECT` where the file system allows it, as
-//! `restore` writes). Which pieces are complete is kept in a small JSON file beside it,
+//! side. A piece's answer is read straight into page-aligned buffers of 1 MiB (its own
+//! HTTP/1.1 connection, module `range_get`: one copy of each byte out of TLS, not two through
+//! `reqwest`), each written at its offset in `NAME.partial` with `O_DIRECT` where the file
+//! system allows it, as `restore` writes. Which pieces are complete is kept in a small JSON file beside it,
 //! `NAME.partial.pieces` (`{"size":…,"piece_bytes":…,"done":[0,3,…]}`): a piece is listed
 //! only after its bytes are durable (`fdatasync`), and the list is replaced atomically, so
 //! `resume` fetches exactly the pieces not listed, whatever was cut and however. The
@@ -635,66 +636,37 @@ impl PieceJob {
             path: self.dest.display().to_string(),
             detail,
         };
-        let mut download = self
-            .hub
-            .download_range(&self.backup, self.disk, &self.query, start, end - 1)
-            .await?;
-        if !download.partial || download.total != Some(size) || download.length != Some(end - start)
-        {
+        // Its own connection, read straight into the page-aligned stage (see `range_get`).
+        let path = crate::hub::files_path(&self.backup, self.disk, "files/content", &self.query);
+        let (head, mut body) = crate::range_get::get(&self.hub, &path, start, end - 1).await?;
+        if head.status != 206 || head.total != Some(size) || head.length != Some(end - start) {
             return Err(cut(format!(
                 "asked for bytes {start}-{} of a file of {size} bytes, the hub answered {} \
                  bytes of a file of {} (a different file? remove {} and download again)",
                 end - 1,
-                download
-                    .length
+                head.length
                     .map_or_else(|| "?".to_owned(), |l| l.to_string()),
-                download
-                    .total
-                    .map_or_else(|| "?".to_owned(), |t| t.to_string()),
+                head.total.map_or_else(|| "?".to_owned(), |t| t.to_string()),
                 self.partial.display(),
             )));
         }
         let mut stage = AlignedBuf::zeroed(STAGE_BYTES);
-        // File offset of `stage[0]` and bytes staged.
         let mut at = start;
-        let mut used = 0usize;
-        while let Some(chunk) = download.chunk().await? {
-            let mut data = &chunk[..];
-            if (at + used as u64).saturating_add(data.len() as u64) > end {
-                return Err(cut(format!(
-                    "the hub sent more than bytes {start}-{} asked for",
-                    end - 1
-                )));
-            }
-            while !data.is_empty() {
-                // Stage up to the next multiple of STAGE_BYTES (or the piece's end), so that
-                // every write but the last of the file is page-aligned.
-                let limit = usize::try_from(
-                    (at + 1)
-                        .next_multiple_of(STAGE_BYTES as u64)
-                        .min(end)
-                        .saturating_sub(at),
-                )
-                .unwrap_or(STAGE_BYTES)
-                .min(STAGE_BYTES);
-                let n = (limit - used).min(data.len());
-                stage[used..used + n].copy_from_slice(&data[..n]);
-                used += n;
-                data = &data[n..];
-                if used == limit {
-                    stage = self.write_stage(storage, stage, used, at).await?;
-                    // Progress per write, not per chunk: a chunk is a TLS record or so, and
-                    // waking the reporting task that often costs more than the bytes.
-                    let _ = tx.send(used as u64);
-                    at += used as u64;
-                    used = 0;
-                }
-            }
-        }
-        if used > 0 {
-            self.write_stage(storage, stage, used, at).await?;
-            let _ = tx.send(used as u64);
-            at += used as u64;
+        while at < end {
+            // Up to the next multiple of STAGE_BYTES (or the piece's end), so that every write
+            // but the last of the file is page-aligned.
+            let n = usize::try_from(
+                (at + 1)
+                    .next_multiple_of(STAGE_BYTES as u64)
+                    .min(end)
+                    .saturating_sub(at),
+            )
+            .unwrap_or(STAGE_BYTES)
+            .min(STAGE_BYTES);
+            body.read_exact(&mut stage[..n]).await?;
+            stage = self.write_stage(storage, stage, n, at).await?;
+            let _ = tx.send(n as u64);
+            at += n as u64;
         }
         if at != end {
             return Err(cut(format!(

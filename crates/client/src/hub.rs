@@ -86,6 +86,8 @@ pub struct HubClient {
     token: String,
     /// For NBD: trusts the hub's CA and presents the client certificate, if any.
     nbd_tls: Arc<rustls::ClientConfig>,
+    /// For the API: trusts the hub's CA (file pieces over connections of their own).
+    api_tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for HubClient {
@@ -154,7 +156,20 @@ impl HubClient {
             host,
             token,
             nbd_tls,
+            api_tls: tls,
         })
+    }
+
+    /// What a file piece's own connection needs (see `crate::range_get`).
+    pub(crate) fn range_target(&self) -> crate::range_get::Target {
+        let port = self.base.port_or_known_default().unwrap_or(443);
+        crate::range_get::Target {
+            host: self.host.clone(),
+            port,
+            authority: format!("{}:{port}", self.base.host_str().unwrap_or(&self.host)),
+            token: self.token.clone(),
+            tls: Arc::clone(&self.api_tls),
+        }
     }
 
     /// The hub's base URL.
@@ -734,7 +749,7 @@ impl HubClient {
     }
 
     /// The error a non-2xx answer stands for.
-    fn error_answer(
+    pub(crate) fn error_answer(
         &self,
         method_name: &'static str,
         path: &str,
@@ -829,7 +844,7 @@ impl Download {
 }
 
 /// The path (with its query) of a file-level restore route.
-fn files_path(id: &BackupId, key: DiskKey, route: &str, query: &FilesQuery) -> String {
+pub(crate) fn files_path(id: &BackupId, key: DiskKey, route: &str, query: &FilesQuery) -> String {
     let mut path = format!(
         "/api/v1/backups/{id}/disks/{key}/{route}?path={}",
         query_escape(query.path.as_deref().unwrap_or("/"))
