@@ -1184,6 +1184,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn put_writer_writes_frames_of_any_size_across_stages_and_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flat");
+        let len = 2 * PUT_STAGE * PUT_WRITES + 12_345;
+        std::fs::write(&path, vec![0xeeu8; len]).unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+
+        rt.block_on(async {
+            let file = OpenOptions::new().write(true).open(&path).unwrap();
+            let mut w = PutWriter::new(file, &path);
+            // Frames of odd sizes, as hyper hands them out.
+            for piece in data.chunks(16_411) {
+                w.write(piece).await.unwrap();
+            }
+            w.finish().await.unwrap();
+        });
+
+        assert!(std::fs::read(&path).unwrap() == data);
+    }
+
+    #[test]
     fn default_slot_skips_the_scsi_controller_unit() {
         let slots: Vec<_> = (0..10).map(default_slot).collect();
         assert_eq!(
