@@ -147,7 +147,8 @@ impl Jobs {
     /// # Errors
     /// [`HubError::NoCredentialForVm`] (400); unknown credential (404);
     /// [`HubError::CredentialHasNoAgent`], [`HubError::CredentialAgentUnknown`] (409); a
-    /// queued or running backup job of the VM (409 naming it); catalog errors.
+    /// queued or running backup job of the VM (409 naming it); [`HubError::UnknownAgent`] and
+    /// [`HubError::InvalidInput`] (both a credential and an agent) (400); catalog errors.
     pub fn queue_backup(&self, req: QueueBackup) -> Result<JobId, HubError> {
         let (agent, credential) = match (req.credential, req.agent) {
             (Some(_), Some(_)) => {

@@ -337,3 +337,73 @@ async fn minute_schedule_runs_each_minute_and_missed_minutes_run_once() {
         Some(at(661).timestamp().as_second())
     );
 }
+
+/// A policy naming an agent instead of a credential (issue #19: an agent's own NBD sources):
+/// its exact names are queued without an inventory, for that agent, without a credential (the
+/// agent gets none); a failed job is retried for the same agent; an unknown agent is 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_of_an_agent_queues_jobs_without_credential_and_retries_them_there() {
+    let (hub, a1) = hub_with_agent().await;
+    let body = json!({"name": "kvm", "schedule": "yearly", "agent": "a1",
+        "vms": ["kvm01", "kvm*"], "retry": {"count": 1, "delay_seconds": 0}});
+    let (status, created) = hub.post("/api/v1/policies", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (unknown, refused) = hub
+        .post(
+            "/api/v1/policies",
+            json!({"name": "x", "schedule": "daily", "agent": "nobody", "vms": ["a"]}),
+        )
+        .await;
+
+    let (_, run) = hub.post("/api/v1/policies/kvm/run", json!({})).await;
+    let (_, handed) = poll(&hub, &a1, 0).await;
+    let (finish, _) = as_agent(
+        &hub,
+        &a1,
+        &format!("/api/v1/jobs/{}/finish", handed["job_id"].as_str().unwrap()),
+        json!({"status": "failed", "error": "begin hook failed"}),
+    )
+    .await;
+    let jobs = wait_for_jobs(&hub, "kvm", |jobs| jobs.len() == 2).await;
+    let (_, retry) = poll(&hub, &a1, 0).await;
+
+    assert_eq!(
+        (&created["agent"], &created["credential"]),
+        (&json!("a1"), &Value::Null),
+        "{created}"
+    );
+    assert!(
+        unknown == StatusCode::BAD_REQUEST
+            && refused["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("nobody")),
+        "{refused}"
+    );
+    assert_eq!(
+        (run["job_ids"].as_array().map(Vec::len), &run["unmatched"]),
+        (Some(1), &json!(["kvm*"])),
+        "{run}"
+    );
+    assert_eq!(
+        (&handed["vm"], &handed["credential"], finish),
+        (&json!("kvm01"), &Value::Null, StatusCode::OK),
+        "{handed}"
+    );
+    assert_eq!(
+        summary(&jobs),
+        vec![
+            ("kvm01".to_owned(), 1, JobStatus::Failed),
+            ("kvm01".to_owned(), 2, JobStatus::Queued),
+        ]
+    );
+    assert!(
+        jobs.iter()
+            .all(|j| j.credential.is_none() && j.agent.as_ref().is_some_and(|a| a.as_str() == "a1")),
+        "{jobs:?}"
+    );
+    assert_eq!(
+        (&retry["vm"], &retry["credential"], &retry["attempt"]),
+        (&json!("kvm01"), &Value::Null, &json!(2)),
+        "{retry}"
+    );
+}
