@@ -11,6 +11,8 @@ mod agent;
 #[cfg(test)]
 mod backup_flow;
 #[cfg(test)]
+mod console;
+#[cfg(test)]
 mod ctl;
 #[cfg(test)]
 mod digests;
