@@ -41,6 +41,9 @@ ls /boot/vmlinuz-* >/dev/null 2>&1 || need_pkgs+=(linux-image-amd64)
 # The govmomi simulator test (tests/e2e/vcenter/govmomi.rs): Go and Debian's govmomi sources.
 command -v go >/dev/null || need_pkgs+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/vmware/govmomi/simulator ] || need_pkgs+=(golang-github-vmware-govmomi-dev)
+# The web console's browser tests (tests/e2e/console.rs): headless Chromium over WebDriver.
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   step "installing ${need_pkgs[*]}"
   if [ "$(id -u)" != 0 ]; then
@@ -56,7 +59,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
   fi
 fi
-for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit fio systemd-analyze mkfs.ext4 debugfs mkswap mkntfs ntfs-3g mkfs.fat mcopy sgdisk sfdisk pvcreate losetup qemu-system-x86_64 extlinux busybox cpio go; do
+for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit fio systemd-analyze mkfs.ext4 debugfs mkswap mkntfs ntfs-3g mkfs.fat mcopy sgdisk sfdisk pvcreate losetup qemu-system-x86_64 extlinux busybox cpio go chromium chromedriver; do
   command -v "$t" >/dev/null || { echo "error: $t still missing after install" >&2; exit 1; }
 done
 

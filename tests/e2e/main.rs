@@ -13,6 +13,8 @@ mod agent_nbd;
 #[cfg(test)]
 mod backup_flow;
 #[cfg(test)]
+mod console;
+#[cfg(test)]
 mod ctl;
 #[cfg(test)]
 mod digests;
