@@ -507,13 +507,23 @@ impl NbdSource {
         let size = first.size();
         let multi = first.flags() & sendense_nbd::wire::tflag::CAN_MULTI_CONN != 0;
         let mut clients = vec![first];
-        if multi {
-            while clients.len() < options.connections {
-                let more = tokio::time::timeout(
-                    EXTRA_CONNECTION_DEADLINE,
-                    connector.connect_with_contexts(&contexts),
-                )
-                .await;
+        if multi && options.connections > 1 {
+            // The extra connections negotiate at once: each handshake waits on the server's
+            // replies (tens of milliseconds with some servers), one after the other they add up.
+            let extra: Vec<BoxFuture<'_, Result<_, std::convert::Infallible>>> = (1..options
+                .connections)
+                .map(|_| -> BoxFuture<'_, Result<_, std::convert::Infallible>> {
+                    Box::pin(async {
+                        Ok(tokio::time::timeout(
+                            EXTRA_CONNECTION_DEADLINE,
+                            connector.connect_with_contexts(&contexts),
+                        )
+                        .await)
+                    })
+                })
+                .collect();
+            let Ok(results) = sendense_io::join::try_join_all(extra).await;
+            for more in results {
                 match more {
                     Ok(Ok(c)) if c.size() == size => clients.push(c),
                     Ok(Ok(_)) => {
@@ -524,11 +534,9 @@ impl NbdSource {
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(%uri, connections = clients.len(), error = %e, "the NBD source accepted fewer connections than asked for");
-                        break;
                     }
                     Err(_) => {
                         tracing::warn!(%uri, connections = clients.len(), "the NBD source did not greet another connection in time; going on with fewer");
-                        break;
                     }
                 }
             }
@@ -948,6 +956,49 @@ mod tests {
             let _ = NbdUri::parse(&format!("nbd+unix://{s}"));
             let _ = NbdUri::parse(&format!("nbd://{s}"));
         }
+    }
+
+    /// A server on 127.0.0.1 that greets its first connection at once and the next three only
+    /// once all three are connected: connected one after the other, each extra connection would
+    /// wait for a greeting that never comes.
+    #[tokio::test]
+    async fn nbd_source_open_source_negotiates_extra_connections_at_once() {
+        use sendense_nbd::export::{ExportRegistry, MemoryExport};
+        use sendense_nbd::server::{Server, ServerOptions};
+        let registry = Arc::new(ExportRegistry::new());
+        registry
+            .add("d", Arc::new(MemoryExport::new(1 << 20)))
+            .unwrap();
+        let server = Arc::new(Server::new(registry, ServerOptions::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            let (first, peer) = listener.accept().await.unwrap();
+            let s = Arc::clone(&server);
+            tasks.spawn(async move { s.serve_stream(first, peer).await });
+            let mut waiting = Vec::new();
+            for _ in 0..3 {
+                waiting.push(listener.accept().await.unwrap());
+            }
+            for (io, peer) in waiting {
+                let s = Arc::clone(&server);
+                tasks.spawn(async move { s.serve_stream(io, peer).await });
+            }
+            tasks.join_all().await
+        });
+        let uri = NbdUri::parse(&format!("nbd://{addr}/d")).unwrap();
+        let connector = NbdConnector::new(uri, None).unwrap();
+        let options = NbdSourceOptions {
+            connections: 4,
+            bitmap: None,
+        };
+
+        let source = NbdSource::open_source(&connector, &options).await.unwrap();
+
+        assert_eq!(source.connections(), 4);
+        source.close().await.unwrap();
+        serving.await.unwrap();
     }
 
     #[test]
