@@ -688,7 +688,9 @@ mod tests {
 
     #[test]
     fn file_chunks_after_the_first_start_on_chunk_boundaries_in_page_aligned_memory() {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // Multi-threaded: its worker drives the timer the sending thread's `block_on` uses.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
