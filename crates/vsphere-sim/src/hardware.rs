@@ -1189,7 +1189,9 @@ mod tests {
         let path = dir.path().join("flat");
         let len = 2 * PUT_STAGE * PUT_WRITES + 12_345;
         std::fs::write(&path, vec![0xeeu8; len]).unwrap();
-        let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let data: Vec<u8> = (0..len)
+            .map(|i| u8::try_from(i * 31 % 251).unwrap())
+            .collect();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .build()
