@@ -268,7 +268,123 @@ fn cut(path: &str, detail: String) -> ClientError {
 
 #[cfg(test)]
 mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    use sendense_nbd::tls;
+
     use super::*;
+    use crate::hub::HubOptions;
+
+    /// A hub on 127.0.0.1 that answers every connection with `answer` (after reading the
+    /// request head), and a client of it; the hub hands back each request head it read.
+    async fn one_answer_hub(
+        dir: &std::path::Path,
+        answer: Vec<u8>,
+    ) -> (HubClient, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, &ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(tls::CA_CERT), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join(tls::SERVER_CERT), cert.pem()).unwrap();
+        std::fs::write(dir.join(tls::SERVER_KEY), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("token"), "secret").unwrap();
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(tls::server_config_from_dir(dir, false).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let mut io = acceptor.accept(tcp).await.unwrap();
+                let mut head = Vec::new();
+                while find_head_end(&head).is_none() {
+                    let mut b = [0u8; 1024];
+                    let n = io.read(&mut b).await.unwrap();
+                    assert_ne!(n, 0, "the client closed before its request head ended");
+                    head.extend_from_slice(&b[..n]);
+                }
+                let _ = seen_tx.send(String::from_utf8_lossy(&head).into_owned());
+                io.write_all(&answer).await.unwrap();
+                io.shutdown().await.unwrap();
+            }
+        });
+        let hub = HubClient::new(&HubOptions {
+            url: format!("https://127.0.0.1:{port}"),
+            ca_file: dir.join(tls::CA_CERT),
+            token_file: dir.join("token"),
+            tls_dir: None,
+        })
+        .unwrap();
+        (hub, seen)
+    }
+
+    #[tokio::test]
+    async fn get_sends_the_range_and_reads_the_body_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut answer = format!(
+            "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes 5-100004/200000\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(&body);
+        let (hub, mut seen) = one_answer_hub(dir.path(), answer).await;
+
+        let (head, mut reader) = get(&hub, "/api/v1/x?path=%2Fa", 5, 100_004).await.unwrap();
+        let mut got = vec![0u8; body.len()];
+        reader.read_exact(&mut got).await.unwrap();
+        let mut more = [0u8; 1];
+        let past_end = reader.read_exact(&mut more).await;
+
+        assert_eq!(
+            head,
+            Head {
+                status: 206,
+                length: Some(100_000),
+                total: Some(200_000)
+            }
+        );
+        assert!(got == body);
+        assert!(past_end.is_err());
+        let request = seen.recv().await.unwrap();
+        assert!(
+            request.starts_with("GET /api/v1/x?path=%2Fa HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("Range: bytes=5-100004\r\n"), "{request}");
+        assert!(
+            request.contains("Authorization: Bearer secret\r\n"),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn get_of_an_error_answer_is_the_hubs_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = r#"{"error":"not_found","message":"No such file or folder: /a"}"#;
+        let answer = format!(
+            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        let (hub, _seen) = one_answer_hub(dir.path(), answer.into_bytes()).await;
+
+        let err = get(&hub, "/api/v1/x", 0, 9).await.unwrap_err();
+
+        assert!(
+            matches!(&err, ClientError::HubStatus { status: 404, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("No such file"), "{err}");
+    }
 
     #[test]
     fn parse_head_of_a_partial_answer_gives_its_length_and_total() {

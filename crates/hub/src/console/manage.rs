@@ -144,7 +144,7 @@ async fn policy_form(
             label { "vCenter credential"
                 select name="credential" #policy-credential required {
                     @for c in &creds {
-                        option value=(c.name) selected[policy.is_some_and(|p| p.credential == c.name)] { (c.name) " (" (c.host) ")" }
+                        option value=(c.name) selected[policy.is_some_and(|p| p.credential.as_ref() == Some(&c.name))] { (c.name) " (" (c.host) ")" }
                     }
                 }
                 @if creds.is_empty() { small { "No credential yet: add one on the Credentials page first." } }

@@ -507,6 +507,7 @@ pub(super) async fn backup_now(
     let req = BackupNowRequest {
         backup_type: Some(backup_type),
         credential,
+        agent: None,
     };
     let jobs = Arc::clone(&s.api.jobs);
     let accepted = blocking(move || jobs.backup_now(vm, req)).await?;
