@@ -37,7 +37,7 @@ pub mod hub;
 pub mod nbdjob;
 pub mod nbdsource;
 pub mod progress;
-mod range_get;
+pub mod range_get;
 pub mod restore;
 pub mod vcenter;
 pub mod vcenter_restore;

@@ -23,13 +23,13 @@ use crate::error::ClientError;
 use crate::hub::HubClient;
 
 /// Largest answer head read.
-pub(crate) const MAX_HEAD: usize = 16 * 1024;
+pub const MAX_HEAD: usize = 16 * 1024;
 
 /// Largest error body read.
-pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// A connection that delivers nothing for this long is given up.
-pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(60);
+pub const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Where and how to connect: from [`HubClient::range_target`].
 #[derive(Clone)]
@@ -48,13 +48,13 @@ pub(crate) struct Target {
 
 /// The head of an answer: what the piece checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Head {
+pub struct Head {
     /// Status code.
-    pub(crate) status: u16,
+    pub status: u16,
     /// `Content-Length`.
-    pub(crate) length: Option<u64>,
+    pub length: Option<u64>,
     /// The total of `Content-Range: bytes START-END/TOTAL`.
-    pub(crate) total: Option<u64>,
+    pub total: Option<u64>,
 }
 
 /// An answer whose head was read: its body comes by [`Body::read_exact`].
@@ -212,7 +212,7 @@ fn find_head_end(received: &[u8]) -> Option<usize> {
 ///
 /// # Errors
 /// What is wrong with it.
-pub(crate) fn parse_head(head: &[u8]) -> Result<Head, String> {
+pub fn parse_head(head: &[u8]) -> Result<Head, String> {
     let text =
         std::str::from_utf8(head).map_err(|_| "an answer head that is not text".to_owned())?;
     let mut lines = text.split("\r\n");
