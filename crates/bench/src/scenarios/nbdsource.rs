@@ -1,10 +1,11 @@
 //! `nbd-source`: a full backup from a QEMU NBD export (issue #19) against `nbdcopy` of the
 //! same export into `qemu-nbd` of a new QCOW2. Target: ours at least 1.5x the peer.
 //!
-//! The run's test disk is converted to a QCOW2 (`qemu-img convert`), read once so both sides
-//! start from a warm page cache, and served read-only by one `qemu-nbd --shared=8` (which
-//! then advertises multi-conn) for both sides. Ours: `sendense-client backup --nbd-source
-//! 2000=nbd://ADDR/ --type full` into a `sendense-hub serve` of its own (TLS, durable when
+//! The run's test disk is converted to a QCOW2 (`qemu-img convert`, synced to disk), read once
+//! so both sides start from a warm page cache, and served read-only by one
+//! `qemu-nbd --shared=8` (which then advertises multi-conn) for both sides. Ours:
+//! `sendense-client backup --nbd-source 2000=nbd://ADDR/ --type full` into a
+//! `sendense-hub serve` of its own (TLS, durable when
 //! `completed`). Peer, right after: `nbdcopy --flush nbd://ADDR/ nbd://PEER/` where PEER is
 //! `qemu-nbd --cache=none` of a new QCOW2 (plain, durable after the flush). Both sides count
 //! the disk's size; CPU is the copier's and the writing server's; RSS is the writing server's.
@@ -82,11 +83,13 @@ impl Ctx<'_> {
             .arg(&self.raw)
             .arg(source);
         Proc::spawn("qemu-img-convert-source", convert, &self.logs, false)?.wait()?;
-        // Warm the page cache once, so neither side pays for the first read alone.
-        std::io::copy(
-            &mut std::fs::File::open(source).context("reading the source QCOW2")?,
-            &mut std::io::sink(),
-        )?;
+        // Write the converted source back to disk first: otherwise ours, measured first,
+        // competes with the kernel flushing the conversion's dirty pages and the peer doesn't.
+        // Then warm the page cache once, so neither side pays for the first read alone.
+        let mut file = std::fs::File::open(source).context("reading the source QCOW2")?;
+        file.sync_all()
+            .context("writing the source QCOW2 to disk")?;
+        std::io::copy(&mut file, &mut std::io::sink())?;
         let addr = free_addr()?;
         let mut serve = Command::new(qemu_nbd);
         serve
