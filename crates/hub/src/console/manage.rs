@@ -122,7 +122,9 @@ async fn policy_form(
     policy: Option<&Policy>,
 ) -> Result<Markup, PageError> {
     let credentials = Arc::clone(&s.api.credentials);
-    let creds = blocking(move || credentials.list()).await?;
+    let agents = Arc::clone(&s.api.agents);
+    let (creds, agents) =
+        blocking(move || Ok((credentials.list()?, agents.list()?.agents))).await?;
     let action = policy.map_or("/policies".to_owned(), |p| {
         format!("/policies/{}", segment(p.name.as_str()))
     });
@@ -141,13 +143,22 @@ async fn policy_form(
                 input name="schedule" #policy-schedule required value=(schedule)
                     hx-get="/policies/preview" hx-trigger="input changed delay:300ms" hx-target="#next-runs" hx-swap="outerHTML"; }
             (runs)
-            label { "vCenter credential"
-                select name="credential" #policy-credential required {
+            label { "vCenter credential" small { "the VMs of a vCenter, through the credential's agent" }
+                select name="credential" #policy-credential {
                     @for c in &creds {
                         option value=(c.name) selected[policy.is_some_and(|p| p.credential.as_ref() == Some(&c.name))] { (c.name) " (" (c.host) ")" }
                     }
+                    option value="" selected[policy.is_some_and(|p| p.credential.is_none())] { "none: an agent's own NBD sources (below)" }
                 }
                 @if creds.is_empty() { small { "No credential yet: add one on the Credentials page first." } }
+            }
+            label { "Or an agent's NBD sources" small { "KVM and other NBD sources the agent lists in its nbd-sources.toml" }
+                select name="agent" #policy-agent {
+                    option value="" selected[policy.is_none_or(|p| p.agent.is_none())] { "none: a vCenter credential (above)" }
+                    @for a in &agents {
+                        option value=(a.name) selected[policy.is_some_and(|p| p.agent.as_ref() == Some(&a.name))] { (a.name) }
+                    }
+                }
             }
             label { "VMs" small { "one inventory path or name glob per line" }
                 textarea name="vms" #policy-vms required { (policy.map(|p| p.vms.join("\n")).unwrap_or_default()) } }
@@ -242,6 +253,8 @@ pub(super) struct PolicyForm {
     schedule: String,
     #[serde(default)]
     credential: String,
+    #[serde(default)]
+    agent: String,
     vms: String,
     #[serde(default)]
     max_parallel: String,
@@ -304,12 +317,22 @@ impl PolicyForm {
         let mut body = json!({
             "name": name.trim(),
             "schedule": self.schedule.trim(),
-            "credential": self.credential.trim(),
             "vms": vms,
             "retention": retention,
             "verify_after_backup": self.verify_after_backup.is_some(),
             "enabled": self.enabled.is_some(),
         });
+        // Exactly one of them names where the VMs are: the agent when one is chosen.
+        match (self.agent.trim(), self.credential.trim()) {
+            ("", "") => {
+                return Err(PageError::bad_request(
+                    "Choose a vCenter credential or an agent whose NBD sources hold the VMs."
+                        .to_owned(),
+                ));
+            }
+            ("", credential) => body["credential"] = json!(credential),
+            (agent, _) => body["agent"] = json!(agent),
+        }
         let max_parallel = number(&self.max_parallel, "At once")?;
         if !max_parallel.is_null() {
             body["max_parallel"] = max_parallel;
@@ -712,4 +735,43 @@ pub(super) async fn set_password(
     let changed = blocking(move || users.set_password(&name, &req)).await?;
     user.flash(&s, format!("New password set for {}.", changed.name));
     Ok(Redirect::to("/users").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use sendense_types::{AgentName, CredentialName};
+
+    use super::*;
+
+    fn form(fields: &str) -> PolicyForm {
+        serde_urlencoded::from_str(&format!("schedule=daily&vms=web01&{fields}"))
+            .expect("a policy form")
+    }
+
+    #[test]
+    fn policy_form_with_an_agent_makes_an_agent_policy_whatever_the_credential_select_says() {
+        let p = form("credential=vc1&agent=kvm-host1")
+            .request("kvm")
+            .ok()
+            .expect("an agent policy");
+
+        assert_eq!(
+            (p.agent().map(AgentName::as_str), p.credential()),
+            (Some("kvm-host1"), None)
+        );
+    }
+
+    #[test]
+    fn policy_form_without_an_agent_keeps_the_credential_and_with_neither_is_refused() {
+        let p = form("credential=vc1&agent=")
+            .request("nightly")
+            .ok()
+            .expect("a vCenter policy");
+
+        assert_eq!(
+            (p.credential().map(CredentialName::as_str), p.agent()),
+            (Some("vc1"), None)
+        );
+        assert!(form("credential=&agent=").request("nightly").is_err());
+    }
 }
