@@ -352,9 +352,9 @@ impl Sink {
     /// Sends one chunk, waiting up to [`STALL_LIMIT`] for the client to take the ones before.
     fn send(&self, chunk: Bytes) -> io::Result<()> {
         // The timer is made inside the runtime (`block_on` enters it), so any thread may send.
-        let sent = self.handle.block_on(async {
-            tokio::time::timeout(STALL_LIMIT, self.tx.send(Ok(chunk))).await
-        });
+        let sent = self
+            .handle
+            .block_on(async { tokio::time::timeout(STALL_LIMIT, self.tx.send(Ok(chunk))).await });
         match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(io::Error::new(
