@@ -750,10 +750,9 @@ mod tests {
 
     #[test]
     fn policy_form_with_an_agent_makes_an_agent_policy_whatever_the_credential_select_says() {
-        let p = form("credential=vc1&agent=kvm-host1")
-            .request("kvm")
-            .ok()
-            .expect("an agent policy");
+        let Ok(p) = form("credential=vc1&agent=kvm-host1").request("kvm") else {
+            panic!("an agent policy was refused");
+        };
 
         assert_eq!(
             (p.agent().map(AgentName::as_str), p.credential()),
@@ -763,10 +762,9 @@ mod tests {
 
     #[test]
     fn policy_form_without_an_agent_keeps_the_credential_and_with_neither_is_refused() {
-        let p = form("credential=vc1&agent=")
-            .request("nightly")
-            .ok()
-            .expect("a vCenter policy");
+        let Ok(p) = form("credential=vc1&agent=").request("nightly") else {
+            panic!("a vCenter policy was refused");
+        };
 
         assert_eq!(
             (p.credential().map(CredentialName::as_str), p.agent()),
