@@ -2,9 +2,9 @@
 //!
 //! Pages are rendered with `maud` on the server; the only scripts are htmx 2 (vendored in
 //! `assets/`, 0BSD, for live parts: running jobs, a job's progress, the schedule preview) and a
-//! ten-line copy button. Everything is embedded in the binary ([`assets`]); no build step.
+//! ten-line copy button. Everything is embedded in the binary (module `assets`); no build step.
 //!
-//! Who may do what is decided here, on the server, for every request ([`auth`]): a page needs a
+//! Who may do what is decided here, on the server, for every request (module `auth`): a page needs a
 //! session of a console user (HttpOnly Secure SameSite=Strict cookie); every change (`POST`)
 //! also needs the session's CSRF token (form field `csrf` or header `X-CSRF-Token`), else 403;
 //! and the user's role: `viewer` reads, `operator` also runs jobs and restores, `admin` also
