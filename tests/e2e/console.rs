@@ -768,3 +768,457 @@ fn console_dashboard_first_paint_with_500_vms_and_10000_jobs_is_measured() {
         );
     });
 }
+
+/// Posts a form built in the page (as a forger would, with the signed-in user's own CSRF
+/// token) to `action`, and waits for the answer page.
+async fn forge_post(b: &Browser, action: &str) {
+    b.c.execute(
+        "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];
+         const i = document.createElement('input'); i.type = 'hidden'; i.name = 'csrf';
+         i.value = document.querySelector('input[name=csrf]').value; f.append(i);
+         document.body.append(f); f.submit();",
+        vec![json!(action)],
+    )
+    .await
+    .unwrap();
+    b.until(
+        "the answer page",
+        &format!("location.pathname === {action:?} && document.readyState === 'complete'"),
+    )
+    .await;
+}
+
+/// Counts the elements matching `css`.
+async fn count(b: &Browser, css: &str) -> usize {
+    b.c.find_all(Locator::Css(css)).await.unwrap().len()
+}
+
+#[test]
+fn console_session_survives_a_hub_restart_and_sign_out_revokes_it() {
+    let data = tempfile::tempdir().unwrap();
+    let downloads = tempfile::tempdir().unwrap();
+    let serve = hub_with_users(data.path(), &[]);
+    let driver = Driver::start();
+    let rt = runtime();
+    let b = rt.block_on(async {
+        let b = Browser::open(&driver, &serve.api, downloads.path()).await;
+        b.sign_in(ADMIN.0, ADMIN.1).await;
+        assert_eq!(b.path().await, "/");
+        b
+    });
+    // A clean stop, then the same data folder again (on new ports: cookies do not care).
+    serve.proc.signal("TERM");
+    let mut serve = serve;
+    serve.proc.0.wait().unwrap();
+    let serve = Serve::start(data.path(), &[], "info");
+
+    rt.block_on(async {
+        let b = Browser {
+            base: serve.api.clone(),
+            ..b
+        };
+        b.go("/jobs").await;
+        let after_restart = b.path().await;
+        let who = b.text("header .who span").await;
+        b.shot("jobs-after-restart").await;
+        // A change needs the CSRF token kept with the session: it still matches.
+        b.go("/users").await;
+        b.fill("#user-name", "made-after-restart").await;
+        b.fill("#user-password", "a password 123").await;
+        b.click("#add-user").await;
+        let added = b.text(".flash").await;
+        let cookie = b.c.get_named_cookie("sendense_session").await.unwrap();
+        b.click("form[action='/logout'] button").await;
+        b.until("the sign-in page", "location.pathname === '/login'")
+            .await;
+        // The old cookie put back by hand is worth nothing now.
+        b.c.add_cookie(cookie).await.unwrap();
+        b.go("/").await;
+        let after_sign_out = b.path().await;
+
+        assert_eq!(after_restart, "/jobs", "still signed in after the restart");
+        assert_eq!(who, format!("{} (admin)", ADMIN.0));
+        assert_eq!(added, "User made-after-restart (viewer) added.");
+        assert_eq!(after_sign_out, "/login", "sign-out ended the session");
+    });
+    // The catalog holds no cookie value: the session table is keyed by the token's SHA-256.
+    let (_, users) = serve.raw(reqwest::Method::GET, "/api/v1/users", None);
+    assert!(users.contains("made-after-restart"), "{users}");
+}
+
+#[test]
+fn console_admin_changes_roles_and_deletes_while_a_viewer_sees_no_buttons_and_is_refused() {
+    use sendense_types::{CredentialRequest, VcenterTrust};
+
+    let data = tempfile::tempdir().unwrap();
+    let downloads = tempfile::tempdir().unwrap();
+    let serve = hub_with_users(
+        data.path(),
+        &[
+            ("watcher", "viewer", "watcher password"),
+            ("promoted", "viewer", "promoted password"),
+            ("leaver", "operator", "leaver password"),
+        ],
+    );
+    for agent in ["old-agent", "busy-agent"] {
+        let (status, _) = serve.raw(
+            reqwest::Method::POST,
+            "/api/v1/agents",
+            Some(json!({"name": agent})),
+        );
+        assert_eq!(status, 201);
+    }
+    for (name, agent) in [("vc-old", None), ("vc-busy", Some("busy-agent"))] {
+        let credential = CredentialRequest::new(
+            name.parse().unwrap(),
+            "vcenter.invalid".to_owned(),
+            "backup".to_owned(),
+            "vcenter password".to_owned(),
+            VcenterTrust::Insecure,
+        )
+        .unwrap()
+        .with_agent(agent.map(|a| a.parse().unwrap()));
+        serve.rest(|h| async move { h.put_credential(&credential).await.unwrap() });
+    }
+    let driver = Driver::start();
+
+    runtime().block_on(async {
+        let b = Browser::open(&driver, &serve.api, downloads.path()).await;
+        b.sign_in(ADMIN.0, ADMIN.1).await;
+        b.go("/users").await;
+        let role =
+            b.c.find(Locator::Css("form[action='/users/promoted/role'] select"))
+                .await
+                .unwrap();
+        role.select_by_value("operator").await.unwrap();
+        b.click("form[action='/users/promoted/role'] button").await;
+        let promoted = b.text(".flash").await;
+        b.click("form[action='/users/leaver/delete'] button").await;
+        let deleted = b.text(".flash").await;
+        let own_role_forms = count(&b, &format!("form[action='/users/{}/role']", ADMIN.0)).await;
+        b.shot("users-admin").await;
+        b.go("/credentials").await;
+        b.click("form[action='/credentials/vc-old/delete'] button")
+            .await;
+        let credential_deleted = b.text(".flash").await;
+        b.shot("credentials-admin").await;
+        b.go("/agents").await;
+        b.click("form[action='/agents/busy-agent/delete'] button")
+            .await;
+        b.until("the refusal", "document.querySelector('.error')")
+            .await;
+        let agent_refused = b.text(".error").await;
+        b.shot("agent-delete-refused").await;
+        b.go("/agents").await;
+        b.click("form[action='/agents/old-agent/delete'] button")
+            .await;
+        let agent_deleted = b.text(".flash").await;
+        b.shot("agents-admin").await;
+        b.c.set_window_size(390, 844).await.unwrap();
+        for (path, name) in [
+            ("/users", "users-phone"),
+            ("/credentials", "credentials-phone"),
+            ("/agents", "agents-phone"),
+        ] {
+            b.go(path).await;
+            b.shot(name).await;
+        }
+        b.c.set_window_size(1280, 800).await.unwrap();
+        b.click("form[action='/logout'] button").await;
+
+        b.sign_in("watcher", "watcher password").await;
+        b.go("/credentials").await;
+        let viewer_credential_buttons = count(&b, "form[action$='/delete']").await;
+        b.shot("credentials-as-viewer").await;
+        forge_post(&b, "/credentials/vc-busy/delete").await;
+        let credential_refused = b.body().await;
+        b.go("/agents").await;
+        let viewer_agent_buttons = count(&b, "form[action$='/delete']").await;
+        forge_post(&b, "/agents/busy-agent/delete").await;
+        let agent_refused_viewer = b.body().await;
+        b.go("/agents").await;
+        forge_post(&b, "/users/promoted/role").await;
+        let role_refused = b.body().await;
+        let status: Value =
+            b.c.execute_async(
+                "const done = arguments[0];
+                 const csrf = document.querySelector('input[name=csrf]').value;
+                 fetch('/credentials/vc-busy/delete', {method: 'POST',
+                   headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+                   body: 'csrf=' + encodeURIComponent(csrf)}).then(r => done(r.status));",
+                vec![],
+            )
+            .await
+            .unwrap();
+
+        assert_eq!(promoted, "promoted is now operator.");
+        assert_eq!(deleted, "User leaver deleted.");
+        assert_eq!(own_role_forms, 0, "an admin cannot demote themself");
+        assert_eq!(credential_deleted, "Credential vc-old deleted.");
+        assert!(
+            agent_refused.contains("Agent busy-agent is still in use")
+                && agent_refused.contains("credentials vc-busy send their jobs to it"),
+            "{agent_refused}"
+        );
+        assert_eq!(
+            agent_deleted,
+            "Agent old-agent deleted: its token no longer works."
+        );
+        assert_eq!((viewer_credential_buttons, viewer_agent_buttons), (0, 0));
+        assert!(
+            credential_refused.contains("Only admins may delete credentials; your role is viewer."),
+            "{credential_refused}"
+        );
+        assert!(
+            agent_refused_viewer.contains("Only admins may delete agents"),
+            "{agent_refused_viewer}"
+        );
+        assert!(
+            role_refused.contains("Only admins may manage users"),
+            "{role_refused}"
+        );
+        assert_eq!(status, json!(403));
+    });
+    let (_, users) = serve.raw(reqwest::Method::GET, "/api/v1/users", None);
+    let users: Value = serde_json::from_str(&users).unwrap();
+    let roles: Vec<(String, String)> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["name"].as_str().unwrap().to_owned(),
+                u["role"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("promoted".to_owned(), "operator".to_owned()),
+            (ADMIN.0.to_owned(), "admin".to_owned()),
+            ("watcher".to_owned(), "viewer".to_owned()),
+        ]
+    );
+    let (_, credentials) = serve.raw(reqwest::Method::GET, "/api/v1/credentials", None);
+    assert!(
+        !credentials.contains("vc-old") && credentials.contains("vc-busy"),
+        "{credentials}"
+    );
+    let (_, agents) = serve.raw(reqwest::Method::GET, "/api/v1/agents", None);
+    assert!(
+        !agents.contains("old-agent") && agents.contains("busy-agent"),
+        "{agents}"
+    );
+}
+
+/// Waits (bounded) until job `id` has ended; its answer.
+fn wait_job(serve: &Serve, id: &str) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, job) = serve.raw(reqwest::Method::GET, &format!("/api/v1/jobs/{id}"), None);
+        let job: Value = serde_json::from_str(&job).unwrap();
+        if job["status"] != "queued" && job["status"] != "running" {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job not ended in time: {job}");
+        let _ = serve.log.recv_timeout(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn console_restores_a_vm_into_vcenter_runs_and_discards_an_instant_recovery_and_says_why_not() {
+    let world = World::start(&[]);
+    let serve = &world.serve;
+    let downloads = tempfile::tempdir().unwrap();
+    // A point of vm1 taken by the agent (its configuration captured from the snapshot).
+    let (status, queued) = serve.raw(
+        reqwest::Method::POST,
+        "/api/v1/vms/vm1/backup",
+        Some(json!({"backup_type": "full", "credential": "vc1"})),
+    );
+    assert_eq!(status, 202, "{queued}");
+    let queued: Value = serde_json::from_str(&queued).unwrap();
+    let job = wait_job(serve, queued["job_id"].as_str().unwrap());
+    assert_eq!(job["status"], "completed", "{job}");
+    let vm1_point = job["backup_id"].as_str().unwrap().to_owned();
+    // A point taken by a plain `sendense-client backup` of a disk file: no configuration.
+    let disk = world._dir.path().join("plain.raw");
+    std::fs::write(&disk, vec![0x42u8; 1 << 20]).unwrap();
+    let summary = ok(&client()
+        .args([
+            "backup",
+            "--hub",
+            &serve.api,
+            "--tls-dir",
+            s(&serve.tls_dir()),
+        ])
+        .args(["--token-file", s(&serve.token()), "--vm", "plainvm"])
+        .args(["--type", "full", "--json", "--log-format", "json"])
+        .arg("--disk")
+        .arg(format!("2000={}", s(&disk)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap());
+    let plain: Value = serde_json::from_str(&summary).unwrap();
+    let plain_point = plain["backup_id"].as_str().unwrap().to_owned();
+    let driver = Driver::start();
+
+    let (restore_job, failed_job) = runtime().block_on(async {
+        let b = Browser::open(&driver, &serve.api, downloads.path()).await;
+        b.sign_in(ADMIN.0, ADMIN.1).await;
+
+        // No configuration: the form warns, and the hub's refusal comes back in words.
+        b.go(&format!("/restore/{plain_point}")).await;
+        let warning = b.text("#no-vm-config").await;
+        b.fill("#restore-datacenter", "dc1").await;
+        b.fill("#restore-datastore", "ds1").await;
+        b.click("#restore-start").await;
+        b.until("the refusal", "document.querySelector('.error')")
+            .await;
+        let refused = b.text(".error").await;
+        b.shot("restore-refused-no-config").await;
+
+        // Instant recovery: start, see the NBD URI ready to copy, discard.
+        b.go(&format!("/restore/{plain_point}")).await;
+        b.click("#instant-start").await;
+        b.until(
+            "the instant recovery",
+            "document.querySelector('#instants code.uri')",
+        )
+        .await;
+        let started = b.text(".flash").await;
+        let uri = b.text("#instants code.uri").await;
+        let copy_targets =
+            b.c.execute(
+                "return [...document.querySelectorAll('#instants [data-copy]')]
+                   .every(btn => document.getElementById(btn.dataset.copy));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        b.shot("instant-started").await;
+        b.go("/restore").await;
+        let listed = b.text("#instants").await;
+        b.shot("restore-points-with-instant").await;
+        b.click("#instants form[action$='/discard'] button").await;
+        let discarded = b.text(".flash").await;
+        let left = b.text("#instants").await;
+
+        // A whole-VM restore into the simulator, its job followed live.
+        b.go(&format!("/restore/{vm1_point}")).await;
+        b.fill("#restore-name", "vm1-restored").await;
+        b.fill("#restore-datacenter", "dc1").await;
+        b.fill("#restore-datastore", "ds1").await;
+        b.fill("input[name='host']", sendense_vsphere_sim::SIM_HOST)
+            .await;
+        b.fill("input[name='net:Backup Net']", "Restore Net").await;
+        b.shot("restore-form").await;
+        // Submitted from the keyboard: Enter in the last field typed.
+        b.c.find(Locator::Css("input[name='net:Backup Net']"))
+            .await
+            .unwrap()
+            .send_keys("\u{E007}")
+            .await
+            .unwrap();
+        b.until(
+            "the job's page",
+            "location.pathname.startsWith('/jobs/job-')",
+        )
+        .await;
+        let queued_flash = b.text(".flash").await;
+        b.until(
+            "the restore job green",
+            "document.querySelector('#job-live .status-completed')",
+        )
+        .await;
+        b.until(
+            "the hub's log lines of the job",
+            "document.querySelector('#job-log').textContent.includes('job finished')",
+        )
+        .await;
+        let log = b.text("#job-log").await;
+        let restore_job = b.path().await.trim_start_matches("/jobs/").to_owned();
+        b.shot("restore-job-completed").await;
+        b.c.set_window_size(390, 844).await.unwrap();
+        b.shot("restore-job-phone").await;
+        b.go(&format!("/restore/{vm1_point}")).await;
+        b.shot("restore-point-phone").await;
+        b.c.set_window_size(1280, 800).await.unwrap();
+
+        // A network vCenter does not have: the agent refuses before creating anything, and
+        // the job says why.
+        b.fill("#restore-name", "vm1-lab").await;
+        b.fill("#restore-datacenter", "dc1").await;
+        b.fill("#restore-datastore", "ds1").await;
+        b.fill("input[name='host']", sendense_vsphere_sim::SIM_HOST)
+            .await;
+        b.fill("input[name='net:Backup Net']", "Lab Net").await;
+        b.click("#restore-start").await;
+        b.until(
+            "the job's page",
+            "location.pathname.startsWith('/jobs/job-')",
+        )
+        .await;
+        b.until(
+            "the restore job failed",
+            "document.querySelector('#job-live .status-failed')",
+        )
+        .await;
+        let failure = b.text("#job-live .error").await;
+        let failed_job = b.path().await.trim_start_matches("/jobs/").to_owned();
+        b.shot("restore-job-unknown-network").await;
+
+        assert!(
+            warning.contains("no captured VM configuration"),
+            "{warning}"
+        );
+        assert!(
+            refused.starts_with("The restore was not queued.")
+                && refused.contains("has no captured VM configuration"),
+            "{refused}"
+        );
+        assert!(started.starts_with("Instant recovery inst"), "{started}");
+        assert!(uri.starts_with("nbds://"), "{uri}");
+        assert_eq!(copy_targets, json!(true));
+        assert!(
+            listed.contains(&plain_point) && listed.contains(&uri),
+            "{listed}"
+        );
+        assert!(discarded.contains("discarded"), "{discarded}");
+        assert!(left.contains("None is running."), "{left}");
+        assert!(
+            queued_flash.starts_with("Restore job job-"),
+            "{queued_flash}"
+        );
+        assert!(
+            log.contains("restore job queued") && log.contains("job handed out"),
+            "{log}"
+        );
+        assert!(failure.contains("Backup Net"), "{failure}");
+        (restore_job, failed_job)
+    });
+    assert!(world.sim.vm_by_name("vm1-restored").is_some());
+    assert!(world.sim.vm_by_name("vm1-lab").is_none());
+    let (_, instants) = serve.raw(reqwest::Method::GET, "/api/v1/instant", None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&instants).unwrap()["instants"],
+        json!([])
+    );
+    let (_, job) = serve.raw(
+        reqwest::Method::GET,
+        &format!("/api/v1/jobs/{restore_job}"),
+        None,
+    );
+    let job: Value = serde_json::from_str(&job).unwrap();
+    assert_eq!(
+        (job["kind"].as_str(), job["status"].as_str()),
+        (Some("restore"), Some("completed"))
+    );
+    let (_, failed) = serve.raw(
+        reqwest::Method::GET,
+        &format!("/api/v1/jobs/{failed_job}"),
+        None,
+    );
+    assert!(failed.contains("\"failed\""), "{failed}");
+}

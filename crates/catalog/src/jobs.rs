@@ -350,6 +350,27 @@ impl Catalog {
         get_json(&agents, "agents", name.as_str())
     }
 
+    /// Removes an agent and its bearer token (it can no longer ask for work or report);
+    /// answers what it was. The caller checks that nothing still needs it.
+    ///
+    /// # Errors
+    /// [`CatalogError::AgentNotFound`]; storage errors.
+    pub fn delete_agent(&self, name: &AgentName) -> Result<AgentRecord> {
+        self.write_jobs(|t| {
+            let record: AgentRecord =
+                get_json(&t.agents, "agents", name.as_str())?.ok_or_else(|| {
+                    CatalogError::AgentNotFound {
+                        agent: name.clone(),
+                    }
+                })?;
+            t.agents.remove(name.as_str())?;
+            if let Some(token) = &record.agent_token_sha256 {
+                t.agent_tokens.remove(token.as_str())?;
+            }
+            Ok(record)
+        })
+    }
+
     /// Every agent, by name.
     ///
     /// # Errors

@@ -65,4 +65,4 @@ pub use jobs::{AgentRecord, Claim, Enrollment, JobRecord};
 pub use maintenance::{MergeDisk, MergeKind, MergePhase, MergeStep};
 pub use policies::{CompletedBackup, PolicyRecord};
 pub use record::{BackupRecord, CredentialRecord, DiskCompletion, DiskRecord, StoredVmConfig};
-pub use users::UserRecord;
+pub use users::{SessionRecord, UserRecord};

@@ -195,6 +195,48 @@ impl Agents {
         self.agent_at(name, Timestamp::now())
     }
 
+    /// Deletes an agent that no queued or running job and no credential names: its token
+    /// stops working at once (it can no longer ask for work or report). Answers what it was.
+    ///
+    /// # Errors
+    /// [`HubError::InUse`] naming the jobs or credentials; unknown agent (404); catalog errors.
+    pub fn delete(&self, name: &AgentName) -> Result<Agent, HubError> {
+        let agent = self.agent(name)?;
+        let jobs: Vec<String> = self
+            .catalog
+            .jobs(&sendense_types::JobQuery::default())?
+            .iter()
+            .filter(|j| j.status.is_active() && j.agent.as_ref() == Some(name))
+            .map(|j| j.job_id.to_string())
+            .collect();
+        let credentials: Vec<String> = self
+            .catalog
+            .credentials()?
+            .iter()
+            .filter(|c| c.agent.as_ref() == Some(name))
+            .map(|c| c.name.to_string())
+            .collect();
+        if !jobs.is_empty() || !credentials.is_empty() {
+            let mut by = Vec::new();
+            if !jobs.is_empty() {
+                by.push(format!(
+                    "jobs {} are assigned to it (wait for them or cancel them)",
+                    jobs.join(", ")
+                ));
+            }
+            if !credentials.is_empty() {
+                by.push(format!("credentials {} send their jobs to it (store them with another agent or delete them first)", credentials.join(", ")));
+            }
+            return Err(HubError::InUse {
+                what: format!("Agent {name}"),
+                by: by.join("; "),
+            });
+        }
+        self.catalog.delete_agent(name)?;
+        tracing::info!(agent = %name, "agent deleted");
+        Ok(agent)
+    }
+
     /// Running jobs and their agents.
     fn running_jobs(&self) -> Result<Vec<(AgentName, JobId)>, HubError> {
         Ok(self

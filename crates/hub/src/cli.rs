@@ -409,6 +409,8 @@ impl Command {
 /// Installs the tracing subscriber on stderr in `format`; `RUST_LOG` filters, else
 /// `default_filter`.
 pub fn init_tracing(format: LogFormat, default_filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -416,9 +418,14 @@ pub fn init_tracing(format: LogFormat, default_filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    // Every event naming a job is also kept for that job's page in the console.
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(crate::console::JobLogLayer).init(),
+        LogFormat::Json => builder
+            .json()
+            .finish()
+            .with(crate::console::JobLogLayer)
+            .init(),
     }
 }
 

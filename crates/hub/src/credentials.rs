@@ -131,6 +131,51 @@ impl Credentials {
             .collect())
     }
 
+    /// Deletes a stored credential (and its sealed password) that no policy and no queued or
+    /// running job uses.
+    ///
+    /// # Errors
+    /// [`HubError::InUse`] naming the policies or jobs; unknown credential (404); the catalog
+    /// fails.
+    pub fn delete(&self, name: &CredentialName) -> Result<(), HubError> {
+        let policies: Vec<String> = self
+            .catalog
+            .policies()?
+            .iter()
+            .filter(|p| p.request.credential() == Some(name))
+            .map(|p| p.request.name().to_string())
+            .collect();
+        let jobs: Vec<String> = self
+            .catalog
+            .jobs(&sendense_types::JobQuery::default())?
+            .iter()
+            .filter(|j| j.status.is_active() && j.credential.as_ref() == Some(name))
+            .map(|j| j.job_id.to_string())
+            .collect();
+        if !policies.is_empty() || !jobs.is_empty() {
+            let mut by = Vec::new();
+            if !policies.is_empty() {
+                by.push(format!(
+                    "policies {} back up with it (change them first)",
+                    policies.join(", ")
+                ));
+            }
+            if !jobs.is_empty() {
+                by.push(format!(
+                    "jobs {} run with it (wait for them or cancel them)",
+                    jobs.join(", ")
+                ));
+            }
+            return Err(HubError::InUse {
+                what: format!("Credential {name}"),
+                by: by.join("; "),
+            });
+        }
+        self.catalog.delete_credential(name)?;
+        tracing::info!(%name, "credential deleted");
+        Ok(())
+    }
+
     /// The plaintext password of a stored credential, for the hub's own use.
     ///
     /// # Errors

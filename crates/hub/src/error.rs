@@ -607,6 +607,14 @@ pub enum HubError {
         /// The agent named.
         agent: AgentName,
     },
+    /// Something asked to be deleted is still used by something else.
+    #[error("{what} is still in use: {by}")]
+    InUse {
+        /// What was to be deleted, e.g. `Agent appliance-1`.
+        what: String,
+        /// What uses it, in words.
+        by: String,
+    },
     /// A credential names no agent, so no agent can run its jobs.
     #[error(
         "Credential {name} names no agent: store it again with \"agent\" (POST /api/v1/credentials) so an agent can reach its vCenter"
@@ -811,6 +819,7 @@ impl HubError {
             | Self::PolicyCredentialUnknown { .. }
             | Self::Csr(_) => ErrorKind::BadRequest,
             Self::CredentialHasNoAgent { .. }
+            | Self::InUse { .. }
             | Self::CredentialAgentUnknown { .. }
             | Self::JobWrongStatus { .. }
             | Self::AgentNotEnrolled { .. } => ErrorKind::Conflict,

@@ -1,15 +1,14 @@
 //! Console sign-in: sessions, CSRF tokens, login rate limits, and the signed-in user extractor.
 //!
-//! Sessions live in memory, not in the catalog: a session token is a bearer secret, and keeping
-//! it only in the hub's memory means no copy of it is ever at rest on disk, and a session
-//! costs no catalog write per request. The price: a hub restart signs every console user out
-//! (they sign in again; nothing else is lost). The cookie holds 32 random bytes in hex; the
-//! hub keys its table by their SHA-256, so the lookup time tells nothing about valid tokens.
-//! A session ends after an hour without a request, twelve hours after sign-in, at sign-out,
-//! and as soon as its user is deleted or their password changed: every request reads the user
-//! from the catalog and compares the fingerprint of their stored hash with the one taken at
-//! sign-in, so `DELETE /api/v1/users/{name}` and `ctl user passwd` take effect at once,
-//! wherever they were made.
+//! Sessions are kept in the catalog by [`crate::users::Users`] (the catalog holds the SHA-256
+//! of the cookie's token, never the token), so a hub restart signs nobody out. The cookie holds
+//! 32 random bytes in hex. A session ends after an hour without a request, twelve hours after
+//! sign-in, at sign-out, and as soon as its user is deleted or their password changed (the
+//! catalog removes their sessions; every request also reads the user from the catalog and
+//! compares the fingerprint of their stored hash with the one taken at sign-in), so
+//! `DELETE /api/v1/users/{name}` and `ctl user passwd` take effect at once, wherever they
+//! were made. Only the one-time messages shown after a redirect ("Job ... queued.") are kept
+//! in memory.
 //!
 //! Every `POST` needs the session's CSRF token, as the form field `csrf` or the header
 //! `X-CSRF-Token` ([`csrf_guard`]); the sign-in form, made before any session exists, carries
@@ -34,6 +33,7 @@ use serde::Deserialize;
 
 use super::view::{self, PageError};
 use super::{ConsoleState, blocking};
+use crate::users::session_key;
 
 /// The session cookie's name.
 pub(super) const SESSION_COOKIE: &str = "sendense_session";
@@ -41,112 +41,39 @@ pub(super) const SESSION_COOKIE: &str = "sendense_session";
 pub(super) const LOGIN_COOKIE: &str = "sendense_login";
 /// The header htmx sends the CSRF token in.
 pub(super) const CSRF_HEADER: &str = "x-csrf-token";
-/// A session ends after this long without a request.
-pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
-/// A session ends this long after sign-in, whatever happens.
-pub(super) const MAX_AGE: Duration = Duration::from_secs(12 * 60 * 60);
 /// Failed sign-ins are counted over this window.
 pub(super) const LIMIT_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Failed sign-ins for one user name within the window before sign-ins are refused.
 pub(super) const MAX_FAILURES_PER_USER: u32 = 5;
 /// Failed sign-ins from one address within the window before sign-ins are refused.
 pub(super) const MAX_FAILURES_PER_ADDRESS: u32 = 20;
-/// Most sessions held at once (the oldest go first beyond it).
-const MAX_SESSIONS: usize = 10_000;
+/// Most user names (and addresses) whose failures are tracked before finished windows are
+/// dropped.
+const MAX_TRACKED: usize = 10_000;
+/// Most one-time messages held at once (all are dropped beyond it: they are only courtesy).
+const MAX_FLASHES: usize = 10_000;
 
-/// The signed-in users' sessions.
+/// One-time messages for a session's next page (after a redirect), by session key.
 #[derive(Debug, Default)]
-pub(super) struct Sessions {
-    inner: Mutex<HashMap<[u8; 32], Session>>,
+pub(super) struct Flashes {
+    inner: Mutex<HashMap<String, String>>,
 }
 
-#[derive(Debug)]
-struct Session {
-    user: UserName,
-    csrf: String,
-    /// The user's password fingerprint at sign-in: another one now means a new password.
-    fingerprint: [u8; 32],
-    started: Instant,
-    last_seen: Instant,
-    flash: Option<String>,
-}
-
-/// A session as a request sees it.
-#[derive(Debug, Clone)]
-struct SessionView {
-    user: UserName,
-    csrf: String,
-    fingerprint: [u8; 32],
-}
-
-impl Sessions {
-    /// Starts a session for `user`: answers the cookie's token.
-    fn start(&self, user: UserName, fingerprint: [u8; 32]) -> String {
-        let token = random_hex();
-        let now = Instant::now();
-        let session = Session {
-            user,
-            csrf: random_hex(),
-            fingerprint,
-            started: now,
-            last_seen: now,
-            flash: None,
-        };
-        let mut map = self.lock();
-        map.retain(|_, s| s.alive(now));
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.started).map(|(k, _)| *k)
-        {
-            map.remove(&oldest);
-        }
-        map.insert(key(&token), session);
-        token
-    }
-
-    /// The live session of `token`, marked as seen now.
-    fn touch(&self, token: &str) -> Option<SessionView> {
-        let now = Instant::now();
-        let mut map = self.lock();
-        let k = key(token);
-        let session = map.get_mut(&k)?;
-        if !session.alive(now) {
-            map.remove(&k);
-            return None;
-        }
-        session.last_seen = now;
-        Some(SessionView {
-            user: session.user.clone(),
-            csrf: session.csrf.clone(),
-            fingerprint: session.fingerprint,
-        })
-    }
-
-    fn csrf(&self, token: &str) -> Option<String> {
-        let now = Instant::now();
-        self.lock()
-            .get(&key(token))
-            .filter(|s| s.alive(now))
-            .map(|s| s.csrf.clone())
-    }
-
-    fn end(&self, token: &str) {
-        self.lock().remove(&key(token));
-    }
-
-    /// Keeps a message to show on the user's next page (after a redirect).
+impl Flashes {
+    /// Keeps a message to show on the next page of the session of `token`.
     pub(super) fn flash(&self, token: &str, message: String) {
-        if let Some(s) = self.lock().get_mut(&key(token)) {
-            s.flash = Some(message);
+        let mut map = self.lock();
+        if map.len() >= MAX_FLASHES {
+            map.clear();
         }
+        map.insert(session_key(token), message);
     }
 
-    fn take_flash(&self, token: &str) -> Option<String> {
-        self.lock()
-            .get_mut(&key(token))
-            .and_then(|s| s.flash.take())
+    fn take(&self, token: &str) -> Option<String> {
+        self.lock().remove(&session_key(token))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         // A poisoned lock only means another request panicked mid-update of a plain map.
         self.inner
             .lock()
@@ -154,23 +81,12 @@ impl Sessions {
     }
 }
 
-impl Session {
-    fn alive(&self, now: Instant) -> bool {
-        now.duration_since(self.last_seen) < IDLE_TIMEOUT
-            && now.duration_since(self.started) < MAX_AGE
-    }
-}
-
-fn key(token: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-fn random_hex() -> String {
-    let raw: [u8; 32] = rand::random();
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+/// The CSRF token of the live session of `token`, if any.
+async fn session_csrf(state: &ConsoleState, token: String) -> Result<Option<String>, PageError> {
+    let users = std::sync::Arc::clone(&state.api.users);
+    Ok(blocking(move || users.session(&token))
+        .await?
+        .map(|s| s.csrf))
 }
 
 /// Failed sign-ins per user name and per address.
@@ -255,7 +171,7 @@ impl LoginLimiter {
     /// Counts a failed sign-in.
     pub(super) fn failed(&self, user: &str, addr: IpAddr, now: Instant) {
         let mut limits = self.lock();
-        if limits.users.len() > MAX_SESSIONS {
+        if limits.users.len() > MAX_TRACKED {
             limits
                 .users
                 .retain(|_, w| now.duration_since(w.start) < LIMIT_WINDOW);
@@ -349,7 +265,7 @@ impl SignedIn {
 
     /// Keeps `message` for the next page this user sees.
     pub(super) fn flash(&self, state: &ConsoleState, message: impl Into<String>) {
-        state.sessions.flash(&self.token, message.into());
+        state.flashes.flash(&self.token, message.into());
     }
 }
 
@@ -376,25 +292,30 @@ impl FromRequestParts<ConsoleState> for SignedIn {
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(to_login());
         };
-        let Some(session) = state.sessions.touch(&token) else {
-            return Err(to_login());
-        };
         let users = std::sync::Arc::clone(&state.api.users);
-        let name = session.user.clone();
-        let stamp = match blocking(move || users.stamp(&name)).await {
-            Ok(stamp) => stamp,
+        let t = token.clone();
+        let found = blocking(move || {
+            let Some(session) = users.session(&t)? else {
+                return Ok(None);
+            };
+            let stamp = users.stamp(&session.user)?;
+            // Deleted, or a new password since the sign-in: the session ends.
+            match stamp.filter(|s| s.fingerprint == session.fingerprint) {
+                Some(stamp) => Ok(Some((session, stamp.user))),
+                None => {
+                    users.end_session(&t)?;
+                    Ok(None)
+                }
+            }
+        })
+        .await;
+        let (session, user) = match found {
+            Ok(Some(found)) => found,
+            Ok(None) => return Err(to_login()),
             Err(e) => return Err(PageError::from(e).into_response()),
         };
-        // Deleted, or a new password since the sign-in: the session ends.
-        let Some(user) = stamp
-            .filter(|s| s.fingerprint == session.fingerprint)
-            .map(|s| s.user)
-        else {
-            state.sessions.end(&token);
-            return Err(to_login());
-        };
         let flash = if parts.method == Method::GET && !htmx {
-            state.sessions.take_flash(&token)
+            state.flashes.take(&token)
         } else {
             None
         };
@@ -423,7 +344,10 @@ pub(super) async fn csrf_guard(
         cookie(&parts.headers, LOGIN_COOKIE)
     } else {
         match cookie(&parts.headers, SESSION_COOKIE) {
-            Some(token) => state.sessions.csrf(&token),
+            Some(token) => match session_csrf(&state, token).await {
+                Ok(csrf) => csrf,
+                Err(e) => return e.into_response(),
+            },
             // No session: the handler sends the request to the sign-in page.
             None => return next.run(Request::from_parts(parts, body)).await,
         }
@@ -507,7 +431,10 @@ async fn login_answer(
     error: Option<String>,
     name: &str,
 ) -> Response {
-    let token = random_hex();
+    let token = match crate::users::random_token() {
+        Ok(token) => token,
+        Err(e) => return PageError::from(e).into_response(),
+    };
     let users = std::sync::Arc::clone(&state.api.users);
     let none_yet = blocking(move || users.list())
         .await
@@ -555,11 +482,17 @@ pub(super) async fn login(
     }
     let users = std::sync::Arc::clone(&state.api.users);
     let (who, password) = (name.clone(), form.password);
-    match blocking(move || users.authenticate(&who, &password)).await {
-        Ok(Some(stamp)) => {
+    let signed_in = blocking(move || {
+        let Some(stamp) = users.authenticate(&who, &password)? else {
+            return Ok(None);
+        };
+        let token = users.start_session(&stamp)?;
+        Ok(Some((stamp.user, token)))
+    })
+    .await;
+    match signed_in {
+        Ok(Some((user, token))) => {
             state.limiter.succeeded(&name);
-            let user = stamp.user;
-            let token = state.sessions.start(user.name.clone(), stamp.fingerprint);
             tracing::info!(user = %user.name, role = %user.role, %addr, "console sign-in");
             let mut response = Redirect::to("/").into_response();
             let headers = response.headers_mut();
@@ -591,7 +524,11 @@ pub(super) async fn login(
 /// `POST /logout`: ends the session.
 pub(super) async fn logout(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
     if let Some(token) = cookie(&headers, SESSION_COOKIE) {
-        state.sessions.end(&token);
+        state.flashes.take(&token);
+        let users = std::sync::Arc::clone(&state.api.users);
+        if let Err(e) = blocking(move || users.end_session(&token)).await {
+            return PageError::from(e).into_response();
+        }
     }
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().append(
@@ -650,20 +587,6 @@ mod tests {
         limiter.failed("alice", ADDR, t0);
 
         assert_eq!(limiter.check("alice", ADDR, t0), Ok(()));
-    }
-
-    #[test]
-    fn sessions_end_and_unknown_tokens_find_nothing() {
-        let sessions = Sessions::default();
-        let token = sessions.start("alice".parse().unwrap(), [7; 32]);
-
-        let found = sessions.touch(&token).map(|s| s.user.to_string());
-        let forged = sessions.touch(&random_hex());
-        sessions.end(&token);
-
-        assert_eq!(found.as_deref(), Some("alice"));
-        assert!(forged.is_none());
-        assert!(sessions.touch(&token).is_none());
     }
 
     #[test]

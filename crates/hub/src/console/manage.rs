@@ -444,10 +444,12 @@ async fn agents_content(
 ) -> Result<Markup, PageError> {
     let agents = Arc::clone(&s.api.agents);
     let list = blocking(move || agents.list()).await?.agents;
+    let admin = user.role.may_administer();
     Ok(html! {
         @if let Some(enrolled) = enrolled { (enrolled) }
         div.scroll { table {
-            thead { tr { th { "Agent" } th { "State" } th { "Version" } th.num { "Slots" } th.num { "Running" } th { "Last seen" } } }
+            thead { tr { th { "Agent" } th { "State" } th { "Version" } th.num { "Slots" } th.num { "Running" } th { "Last seen" }
+                @if admin { th { span.sr-only { "Actions" } } } } }
             tbody {
                 @for a in &list {
                     tr {
@@ -457,6 +459,12 @@ async fn agents_content(
                         td.num { (a.slots.map(|n| n.to_string()).unwrap_or_default()) }
                         td.num { (a.running_jobs.len()) }
                         td { (time(a.last_seen)) }
+                        @if admin { td {
+                            form.inline method="post" action={ "/agents/" (segment(a.name.as_str())) "/delete" } {
+                                (view::csrf(user))
+                                button.danger type="submit" aria-label={ "Delete agent " (a.name) } { "Delete" }
+                            }
+                        } }
                     }
                 }
             }
@@ -525,9 +533,11 @@ pub(super) async fn credentials(State(s): State<ConsoleState>, user: SignedIn) -
     let credentials = Arc::clone(&s.api.credentials);
     let agents = Arc::clone(&s.api.agents);
     let (list, agents) = blocking(move || Ok((credentials.list()?, agents.list()?.agents))).await?;
+    let admin = user.role.may_administer();
     let content = html! {
         div.scroll { table {
-            thead { tr { th { "Credential" } th { "vCenter" } th { "User" } th { "Agent" } th { "Certificate check" } th { "Stored" } } }
+            thead { tr { th { "Credential" } th { "vCenter" } th { "User" } th { "Agent" } th { "Certificate check" } th { "Stored" }
+                @if admin { th { span.sr-only { "Actions" } } } } }
             tbody {
                 @for c in &list {
                     tr {
@@ -535,6 +545,12 @@ pub(super) async fn credentials(State(s): State<ConsoleState>, user: SignedIn) -
                         td { (c.agent.as_ref().map_or("—", |a| a.as_str())) }
                         td { @if c.insecure { span.badge.no { "none (insecure)" } } @else if c.ca_pem.is_some() { "own CA" } @else { "choice missing" } }
                         td { (time(Some(c.created_at))) }
+                        @if admin { td {
+                            form.inline method="post" action={ "/credentials/" (segment(c.name.as_str())) "/delete" } {
+                                (view::csrf(&user))
+                                button.danger type="submit" aria-label={ "Delete credential " (c.name) } { "Delete" }
+                            }
+                        } }
                     }
                 }
             }
@@ -616,11 +632,20 @@ pub(super) async fn users(State(s): State<ConsoleState>, user: SignedIn) -> Page
     let list = blocking(move || users.list()).await?.users;
     let content = html! {
         div.scroll { table {
-            thead { tr { th { "User" } th { "Role" } th { "Created" } th { "Password set" } th { "New password" } th { "" } } }
+            thead { tr { th { "User" } th { "Role" } th { "Created" } th { "Password set" } th { "New password" } th { span.sr-only { "Delete" } } } }
             tbody {
                 @for u in &list {
-                    tr {
-                        td { (u.name) } td { (u.role) }
+                    tr id={ "user-" (u.name) } {
+                        td { (u.name) }
+                        td { @if u.name == user.name { (u.role) } @else {
+                            form.filters method="post" action={ "/users/" (segment(u.name.as_str())) "/role" } {
+                                (view::csrf(&user))
+                                select name="role" aria-label={ "Role of " (u.name) } {
+                                    @for r in Role::ALL { option value=(r) selected[r == u.role] { (r) } }
+                                }
+                                button.secondary type="submit" { "Change" }
+                            }
+                        } }
                         td { (time(Some(u.created_at))) } td { (time(Some(u.password_changed_at))) }
                         td { form.filters method="post" action={ "/users/" (segment(u.name.as_str())) "/password" } {
                             (view::csrf(&user))
@@ -709,6 +734,81 @@ pub(super) async fn delete_user(
     let gone = blocking(move || users.delete(&name)).await?;
     user.flash(&s, format!("User {} deleted.", gone.name));
     Ok(Redirect::to("/users").into_response())
+}
+
+/// The role form.
+#[derive(Debug, Deserialize)]
+pub(super) struct RoleForm {
+    role: String,
+}
+
+/// `POST /users/{name}/role` (admin; not oneself): changes a user's role; their sessions
+/// keep going with it (every request reads the role anew).
+pub(super) async fn set_role(
+    State(s): State<ConsoleState>,
+    user: SignedIn,
+    Path(name): Path<String>,
+    f: Result<Form<RoleForm>, FormRejection>,
+) -> Page {
+    user.require_admin("manage users")?;
+    let name: UserName = name
+        .parse()
+        .map_err(|e| PageError::bad_request(format!("User name: {e}")))?;
+    let role: Role = form(f)?
+        .role
+        .parse()
+        .map_err(|e| PageError::bad_request(format!("Role: {e}")))?;
+    if name == user.name {
+        return Err(PageError::new(
+            StatusCode::CONFLICT,
+            "You cannot change your own role; ask another admin (so that an admin always remains).",
+        ));
+    }
+    let users = Arc::clone(&s.api.users);
+    let changed = blocking(move || users.set_role(&name, role)).await?;
+    tracing::info!(by = %user.name, user = %changed.name, role = %changed.role, "console user's role changed from the console");
+    user.flash(&s, format!("{} is now {}.", changed.name, changed.role));
+    Ok(Redirect::to("/users").into_response())
+}
+
+/// `POST /credentials/{name}/delete` (admin): deletes a credential no policy or active job
+/// uses.
+pub(super) async fn delete_credential(
+    State(s): State<ConsoleState>,
+    user: SignedIn,
+    Path(name): Path<String>,
+) -> Page {
+    user.require_admin("delete credentials")?;
+    let name: sendense_types::CredentialName = name
+        .parse()
+        .map_err(|e| PageError::bad_request(format!("Credential name: {e}")))?;
+    let credentials = Arc::clone(&s.api.credentials);
+    let target = name.clone();
+    blocking(move || credentials.delete(&target)).await?;
+    tracing::info!(by = %user.name, credential = %name, "credential deleted from the console");
+    user.flash(&s, format!("Credential {name} deleted."));
+    Ok(Redirect::to("/credentials").into_response())
+}
+
+/// `POST /agents/{name}/delete` (admin): deletes an agent no active job or credential
+/// names; its token stops working at once.
+pub(super) async fn delete_agent(
+    State(s): State<ConsoleState>,
+    user: SignedIn,
+    Path(name): Path<String>,
+) -> Page {
+    user.require_admin("delete agents")?;
+    let name: sendense_types::AgentName = name
+        .parse()
+        .map_err(|e| PageError::bad_request(format!("Agent name: {e}")))?;
+    let agents = Arc::clone(&s.api.agents);
+    let gone = blocking(move || agents.delete(&name)).await?;
+    tracing::info!(by = %user.name, agent = %gone.name, "agent deleted from the console");
+    user.flash(
+        &s,
+        format!("Agent {} deleted: its token no longer works.", gone.name),
+    );
+    Ok(Redirect::to("/agents").into_response())
 }
 
 /// The new-password form.

@@ -18,6 +18,7 @@
 mod assets;
 mod auth;
 mod chart;
+mod joblog;
 mod manage;
 mod pages;
 mod restore;
@@ -34,15 +35,17 @@ use axum::routing::{get, post};
 
 use crate::api::ApiState;
 use crate::error::HubError;
-use auth::{LoginLimiter, Sessions};
+use auth::{Flashes, LoginLimiter};
+pub use joblog::{JobLogLayer, JobLogs, LogLine, job_logs};
 
 /// What the console's handlers share: the API's services and the console's sessions.
 #[derive(Debug, Clone)]
 struct ConsoleState {
     /// The services the REST API calls (the console calls the same).
     api: ApiState,
-    /// Signed-in users' sessions (in memory: a hub restart signs everyone out).
-    sessions: Arc<Sessions>,
+    /// One-time messages for the next page of a session (sessions themselves are in the
+    /// catalog, through [`crate::users::Users`]).
+    flashes: Arc<Flashes>,
     /// Failed sign-ins per user name and per address.
     limiter: Arc<LoginLimiter>,
 }
@@ -54,7 +57,7 @@ const MAX_FORM: usize = 256 * 1024;
 pub fn router<S: Clone + Send + Sync + 'static>(api: ApiState) -> Router<S> {
     let state = ConsoleState {
         api,
-        sessions: Arc::new(Sessions::default()),
+        flashes: Arc::new(Flashes::default()),
         limiter: Arc::new(LoginLimiter::default()),
     };
     Router::new()
@@ -87,15 +90,26 @@ pub fn router<S: Clone + Send + Sync + 'static>(api: ApiState) -> Router<S> {
         .route("/restore", get(restore::points))
         .route("/restore/{id}", get(restore::point))
         .route("/restore/{id}/instant", post(restore::start_instant))
+        .route("/restore/{id}/vm", post(restore::restore_vm))
+        .route(
+            "/restore/instant/{id}/discard",
+            post(restore::discard_instant),
+        )
         .route("/restore/{id}/disks/{key}/files", get(restore::browse))
         .route("/restore/{id}/disks/{key}/download", get(restore::download))
         .route("/agents", get(manage::agents).post(manage::create_agent))
+        .route("/agents/{name}/delete", post(manage::delete_agent))
         .route(
             "/credentials",
             get(manage::credentials).post(manage::create_credential),
         )
+        .route(
+            "/credentials/{name}/delete",
+            post(manage::delete_credential),
+        )
         .route("/users", get(manage::users).post(manage::create_user))
         .route("/users/{name}/delete", post(manage::delete_user))
+        .route("/users/{name}/role", post(manage::set_role))
         .route("/users/{name}/password", post(manage::set_password))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -269,8 +269,10 @@ async fn load_job(s: &ConsoleState, id: &str) -> Result<Job, PageError> {
     Ok(blocking(move || jobs.job(&id)).await?)
 }
 
-/// A job's state, progress and events; polls itself every second while the job is active.
+/// A job's state, progress and log (its record's events and what the hub logged about it);
+/// polls itself every second while the job is active.
 fn job_live(job: &Job) -> Markup {
+    let lines = super::job_logs().lines(job.job_id.as_str());
     let body = html! {
         div.card {
             div.actions {
@@ -290,30 +292,37 @@ fn job_live(job: &Job) -> Markup {
                 p { "Restore point: " a href={ "/restore/" (id) } { (id) } }
             }
         }
-        section.card {
-            h2 { "Events" }
-            ul #events {
-                li { (time(Some(job.queued_at))) " queued"
+        section.card aria-labelledby="h-log" {
+            h2 #h-log { "Log" }
+            ol.log #job-log aria-live="polite" {
+                li { (time(Some(job.queued_at))) span.lvl-info { "info" } span { "queued"
                     @if let Some(p) = &job.policy { " by policy " a href={ "/policies/" (segment(p.as_str())) } { (p) } }
-                    @if let Some(t) = job.backup_type { " (" (t) ")" } }
+                    @if let Some(t) = job.backup_type { " (" (t) ")" } } }
                 @if let Some(t) = job.started_at {
-                    li { (time(Some(t))) " started, attempt " (job.attempt.max(1))
-                        @if let Some(a) = &job.agent { " on agent " (a) } }
+                    li { (time(Some(t))) span.lvl-info { "info" } span { "started, attempt " (job.attempt.max(1))
+                        @if let Some(a) = &job.agent { " on agent " (a) } } }
+                }
+                @for line in &lines {
+                    li { (time(Some(line.at))) span class={ "lvl-" (line.level) } { (line.level) } span { (line.text) } }
                 }
                 @if let Some(t) = job.finished_at {
-                    li { (time(Some(t))) " " (job.status)
-                        @if let Some(e) = &job.error { ": " (e) } }
+                    li { (time(Some(t))) span class={ "lvl-" (if job.status == JobStatus::Completed { "info" } else { "error" }) } { (job.status) }
+                        span { "ended " (job.status) @if let Some(e) = &job.error { ": " (e) } } }
                 }
             }
+            @if lines.is_empty() { p.muted { "The hub has logged nothing about this job since it started." } }
         }
     };
-    if job.status.is_active() {
+    // Polls while the job runs, and a few seconds after it ends (its last lines come then).
+    let recent_end = job
+        .finished_at
+        .is_some_and(|t| Timestamp::now().unix_seconds() - t.unix_seconds() < 5);
+    if job.status.is_active() || recent_end {
         html! { div #job-live hx-get={ "/jobs/" (job.job_id) "/live" } hx-trigger="every 1s" hx-swap="outerHTML" { (body) } }
     } else {
         html! { div #job-live { (body) } }
     }
 }
-
 /// `POST /jobs/{id}/cancel` (operator).
 pub(super) async fn cancel_job(
     State(s): State<ConsoleState>,
@@ -327,7 +336,7 @@ pub(super) async fn cancel_job(
     let jobs = Arc::clone(&s.api.jobs);
     let target = job_id.clone();
     blocking(move || jobs.cancel(&target)).await?;
-    tracing::info!(user = %user.name, job = %job_id, "job cancelled from the console");
+    tracing::info!(user = %user.name, job_id = %job_id, "job cancelled from the console");
     user.flash(&s, format!("Job {job_id} cancelled."));
     Ok(Redirect::to(&format!("/jobs/{job_id}")).into_response())
 }

@@ -45,6 +45,14 @@ impl PageError {
         Self::new(StatusCode::FORBIDDEN, message)
     }
 
+    /// The same failure with `lead` (a sentence) before its words.
+    pub(super) fn with_lead(self, lead: &str) -> Self {
+        Self {
+            status: self.status,
+            message: format!("{lead} {}", self.message),
+        }
+    }
+
     /// 400 with its reason.
     pub(super) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
