@@ -939,6 +939,7 @@ fn console_admin_changes_roles_and_deletes_while_a_viewer_sees_no_buttons_and_is
         b.go("/agents").await;
         forge_post(&b, "/users/promoted/role").await;
         let role_refused = b.body().await;
+        b.go("/credentials").await;
         let status: Value =
             b.c.execute_async(
                 "const done = arguments[0];

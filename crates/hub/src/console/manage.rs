@@ -668,7 +668,7 @@ pub(super) async fn users(State(s): State<ConsoleState>, user: SignedIn) -> Page
                 (view::csrf(&user))
                 label { "Name" input name="name" #user-name required maxlength="64"; }
                 label { "Role" select name="role" #user-role {
-                    @for r in Role::ALL { option value=(r) { (r) } } } }
+                    @for r in Role::ALL { option value=(r) selected[r == Role::Viewer] { (r) } } } }
                 label { "Password" small { "8 characters or more" }
                     input name="password" #user-password type="password" required minlength="8" autocomplete="new-password"; }
                 button type="submit" #add-user { "Add user" }
