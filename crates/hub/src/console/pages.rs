@@ -233,6 +233,7 @@ pub(super) async fn job(
     Path(id): Path<String>,
 ) -> Page {
     let job = load_job(&s, &id).await?;
+    // Outside the part that polls, so that keyboard focus on it survives the refreshes.
     let cancel = job.status.is_active() && user.role.may_operate();
     let content = html! {
         (job_live(&job))
@@ -306,7 +307,8 @@ fn job_live(job: &Job) -> Markup {
                     li { (time(Some(line.at))) span class={ "lvl-" (line.level) } { (line.level) } span { (line.text) } }
                 }
                 @if let Some(t) = job.finished_at {
-                    li { (time(Some(t))) span class={ "lvl-" (if job.status == JobStatus::Completed { "info" } else { "error" }) } { (job.status) }
+                    @let level = if job.status == JobStatus::Completed { "info" } else { "error" };
+                    li { (time(Some(t))) span class={ "lvl-" (level) } { (level) }
                         span { "ended " (job.status) @if let Some(e) = &job.error { ": " (e) } } }
                 }
             }
