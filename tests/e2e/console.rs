@@ -160,6 +160,20 @@ impl Browser {
             .unwrap();
     }
 
+    /// Clicks `css` and waits (bounded) until the next page has replaced this one.
+    async fn click_and_load(&self, css: &str) {
+        self.c
+            .execute("document.body.dataset.stale = '1';", vec![])
+            .await
+            .unwrap();
+        self.click(css).await;
+        self.until(
+            "the next page",
+            "document.body && !document.body.dataset.stale && document.readyState === 'complete'",
+        )
+        .await;
+    }
+
     /// Signs in with the keyboard only: the name field has focus, Tab to the password, Enter.
     async fn sign_in(&self, name: &str, password: &str) {
         self.go("/login").await;
@@ -313,7 +327,7 @@ fn console_form_without_csrf_token_is_refused_403_and_changes_nothing() {
         )
         .await
         .unwrap();
-        b.click("#add-user").await;
+        b.click_and_load("#add-user").await;
         let refused = b.body().await;
         b.shot("csrf-refused").await;
         let status: Value = b
@@ -578,6 +592,28 @@ fn console_policy_created_and_run_progress_reaches_100_and_job_turns_green() {
     assert_eq!(jobs["jobs"][0]["policy"], "nightly");
 }
 
+/// A full backup of `disk` (a raw file, as disk 2000 of `vm`) by `sendense-client backup`;
+/// its point's id.
+fn client_backup(serve: &Serve, vm: &str, disk: &Path) -> String {
+    let summary = ok(&client()
+        .args([
+            "backup",
+            "--hub",
+            &serve.api,
+            "--tls-dir",
+            s(&serve.tls_dir()),
+        ])
+        .args(["--token-file", s(&serve.token()), "--vm", vm])
+        .args(["--type", "full", "--json", "--log-format", "json"])
+        .arg("--disk")
+        .arg(format!("2000={}", s(disk)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap());
+    let backup: Value = serde_json::from_str(&summary).unwrap();
+    backup["backup_id"].as_str().unwrap().to_owned()
+}
+
 /// Runs `program args`; fails naming the package when it is missing.
 fn run(program: &str, args: &[&str]) {
     let out = Command::new(program)
@@ -613,23 +649,7 @@ fn console_file_browser_downloads_a_file_from_a_point_with_its_bytes() {
         let out = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
         out.write_all_at(&bytes, 1 << 20).unwrap();
     }
-    let summary = ok(&client()
-        .args([
-            "backup",
-            "--hub",
-            &serve.api,
-            "--tls-dir",
-            s(&serve.tls_dir()),
-        ])
-        .args(["--token-file", s(&serve.token()), "--vm", "fsvm"])
-        .args(["--type", "full", "--json", "--log-format", "json"])
-        .arg("--disk")
-        .arg(format!("2000={}", s(&disk)))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap());
-    let backup: Value = serde_json::from_str(&summary).unwrap();
-    let backup_id = backup["backup_id"].as_str().unwrap().to_owned();
+    let backup_id = client_backup(&serve, "fsvm", &disk);
     let driver = Driver::start();
 
     runtime().block_on(async {
@@ -825,7 +845,7 @@ fn console_session_survives_a_hub_restart_and_sign_out_revokes_it() {
         b.go("/users").await;
         b.fill("#user-name", "made-after-restart").await;
         b.fill("#user-password", "a password 123").await;
-        b.click("#add-user").await;
+        b.click_and_load("#add-user").await;
         let added = b.text(".flash").await;
         let cookie = b.c.get_named_cookie("sendense_session").await.unwrap();
         b.click("form[action='/logout'] button").await;
@@ -891,26 +911,28 @@ fn console_admin_changes_roles_and_deletes_while_a_viewer_sees_no_buttons_and_is
                 .await
                 .unwrap();
         role.select_by_value("operator").await.unwrap();
-        b.click("form[action='/users/promoted/role'] button").await;
+        b.click_and_load("form[action='/users/promoted/role'] button")
+            .await;
         let promoted = b.text(".flash").await;
-        b.click("form[action='/users/leaver/delete'] button").await;
+        b.click_and_load("form[action='/users/leaver/delete'] button")
+            .await;
         let deleted = b.text(".flash").await;
         let own_role_forms = count(&b, &format!("form[action='/users/{}/role']", ADMIN.0)).await;
         b.shot("users-admin").await;
         b.go("/credentials").await;
-        b.click("form[action='/credentials/vc-old/delete'] button")
+        b.click_and_load("form[action='/credentials/vc-old/delete'] button")
             .await;
         let credential_deleted = b.text(".flash").await;
         b.shot("credentials-admin").await;
         b.go("/agents").await;
-        b.click("form[action='/agents/busy-agent/delete'] button")
+        b.click_and_load("form[action='/agents/busy-agent/delete'] button")
             .await;
         b.until("the refusal", "document.querySelector('.error')")
             .await;
         let agent_refused = b.text(".error").await;
         b.shot("agent-delete-refused").await;
         b.go("/agents").await;
-        b.click("form[action='/agents/old-agent/delete'] button")
+        b.click_and_load("form[action='/agents/old-agent/delete'] button")
             .await;
         let agent_deleted = b.text(".flash").await;
         b.shot("agents-admin").await;
@@ -1046,23 +1068,7 @@ fn console_restores_a_vm_into_vcenter_runs_and_discards_an_instant_recovery_and_
     // A point taken by a plain `sendense-client backup` of a disk file: no configuration.
     let disk = world._dir.path().join("plain.raw");
     std::fs::write(&disk, vec![0x42u8; 1 << 20]).unwrap();
-    let summary = ok(&client()
-        .args([
-            "backup",
-            "--hub",
-            &serve.api,
-            "--tls-dir",
-            s(&serve.tls_dir()),
-        ])
-        .args(["--token-file", s(&serve.token()), "--vm", "plainvm"])
-        .args(["--type", "full", "--json", "--log-format", "json"])
-        .arg("--disk")
-        .arg(format!("2000={}", s(&disk)))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap());
-    let plain: Value = serde_json::from_str(&summary).unwrap();
-    let plain_point = plain["backup_id"].as_str().unwrap().to_owned();
+    let plain_point = client_backup(serve, "plainvm", &disk);
     let driver = Driver::start();
 
     let (restore_job, failed_job) = runtime().block_on(async {
@@ -1102,7 +1108,8 @@ fn console_restores_a_vm_into_vcenter_runs_and_discards_an_instant_recovery_and_
         b.go("/restore").await;
         let listed = b.text("#instants").await;
         b.shot("restore-points-with-instant").await;
-        b.click("#instants form[action$='/discard'] button").await;
+        b.click_and_load("#instants form[action$='/discard'] button")
+            .await;
         let discarded = b.text(".flash").await;
         let left = b.text("#instants").await;
 
