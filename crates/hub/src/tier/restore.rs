@@ -165,6 +165,15 @@ impl Tier {
                 })?;
                 let name = format!("{folder}/{}", file.object);
                 let path = self.repo.join(&rel);
+                if let Some(dir) = path.parent() {
+                    // A new hub (after an import) has no folder for the VM's disks yet.
+                    use std::os::unix::fs::DirBuilderExt as _;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)
+                        .map_err(|e| HubError::io(dir, e))?;
+                }
                 let tmp = part_path(&path);
                 let written = handle.block_on(download(&bucket, &key, &name, file.size, &tmp));
                 let sha = match written {
@@ -240,26 +249,47 @@ impl Tier {
             }
             pending.push(record);
         }
-        // Parents first: oldest first puts every parent before its children (a child is
-        // always created after its parent).
+        // Parents first: a point is recorded once its parent is (points of one second have
+        // no order by time, so the chain's links decide), in rounds until none is left.
         pending.sort_by(|a, b| (a.created_at, &a.backup_id).cmp(&(b.created_at, &b.backup_id)));
         let mut imported = Vec::new();
-        for record in pending {
-            if self.catalog.import_backup(&record)? {
-                self.catalog
-                    .update_copy::<HubError>(&record.backup_id, target, |_| {
-                        Ok(CopyRecord {
-                            state: CopyState::Verified,
-                            ..CopyRecord::queued(
-                                record.backup_id.clone(),
-                                target.clone(),
-                                Timestamp::now(),
-                            )
-                        })
-                    })?;
-                tracing::info!(backup_id = %record.backup_id, %target, "point imported from the bucket");
-                imported.push(record.backup_id);
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut waiting = Vec::new();
+            for record in pending {
+                let parent_known = match &record.parent_backup_id {
+                    None => true,
+                    Some(parent) => self.catalog.backup(parent)?.is_some(),
+                };
+                if !parent_known {
+                    waiting.push(record);
+                    continue;
+                }
+                if self.catalog.import_backup(&record)? {
+                    self.catalog
+                        .update_copy::<HubError>(&record.backup_id, target, |_| {
+                            Ok(CopyRecord {
+                                state: CopyState::Verified,
+                                ..CopyRecord::queued(
+                                    record.backup_id.clone(),
+                                    target.clone(),
+                                    Timestamp::now(),
+                                )
+                            })
+                        })?;
+                    tracing::info!(backup_id = %record.backup_id, %target, "point imported from the bucket");
+                    imported.push(record.backup_id);
+                }
             }
+            if waiting.len() == before {
+                // No parent of the rest is in the bucket or the catalog: the first one's
+                // import names the problem.
+                if let Some(orphan) = waiting.first() {
+                    self.catalog.import_backup(orphan)?;
+                }
+                break;
+            }
+            pending = waiting;
         }
         Ok(imported)
     }
