@@ -44,10 +44,11 @@ impl Hub {
 
     /// A REST call that must succeed (2xx); its answer.
     fn ok_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let (status, value) = self.call(method.clone(), path, body);
+        let shown = method.to_string();
+        let (status, value) = self.call(method, path, body);
         assert!(
             (200..300).contains(&status),
-            "{method} {path}: {status} {value}"
+            "{shown} {path}: {status} {value}"
         );
         value
     }
@@ -170,9 +171,7 @@ fn snapshot(disk: &Path, name: &str) -> PathBuf {
 /// Whether any file under `dirs` holds `needle`.
 fn any_file_holds(dirs: &[PathBuf], needle: &[u8]) -> bool {
     dirs.iter().flat_map(|d| files_under(d)).any(|f| {
-        std::fs::read(&f)
-            .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
-            .unwrap_or(false)
+        std::fs::read(&f).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
     })
 }
 

@@ -132,8 +132,8 @@ api_bind_addr = "{admin}"
                 id.split('@').next().unwrap().to_owned()
             })
             .collect();
-        for i in 1..3 {
-            let peer = format!("{}@{}", ids[i], cluster.nodes[i].rpc);
+        for (id, node) in ids.iter().zip(&cluster.nodes).skip(1) {
+            let peer = format!("{id}@{}", node.rpc);
             cluster.cli_until_ok(0, &["node", "connect", &peer]);
         }
         for (i, id) in ids.iter().enumerate() {
