@@ -50,6 +50,19 @@ pub enum TargetCommand {
         /// The target.
         target: String,
     },
+    /// On a new hub (its key installed with import-key, the target added): record every
+    /// point the target's bucket holds that this hub does not know, parents first, as points
+    /// living only in the bucket (fetched back when restored).
+    Import {
+        /// The target.
+        target: String,
+    },
+    /// Bring an evicted point's files (and those of every evicted point it reads through)
+    /// back from the bucket into the repository, each checked against its SHA-256.
+    Fetch {
+        /// The backup id of the point.
+        backup_id: String,
+    },
     /// Write the object tier's key (64 hex digits, 0600) to FILE: without it no bucket this
     /// hub wrote can be read. Keep it away from the hub. Needs --data-dir.
     ExportKey {
@@ -130,6 +143,14 @@ pub(super) fn plan(command: &TargetCommand) -> Result<Plan, ClientError> {
             format!("/api/v1/backups/{}/copy", segment(backup_id)),
             json!({ "target": target }),
         ),
+        TargetCommand::Import { target } => Step::post(
+            format!("/api/v1/targets/{}/import", segment(target)),
+            json!({}),
+        ),
+        TargetCommand::Fetch { backup_id } => Step::post(
+            format!("/api/v1/backups/{}/fetch", segment(backup_id)),
+            json!({}),
+        ),
         // Local commands never reach the API (see `local`).
         TargetCommand::ExportKey { .. } | TargetCommand::ImportKey { .. } => {
             Step::get("/api/v1/health".into())
@@ -161,6 +182,20 @@ pub(super) fn render(out: &mut String, command: &TargetCommand, answer: &Value) 
                 out,
                 "Copy of {backup_id} to {target} queued as job {job} (ctl job show {job})."
             );
+        }
+        TargetCommand::Import { target } => {
+            let ids = answer["imported"]
+                .as_array()
+                .map(Vec::len)
+                .unwrap_or_default();
+            let _ = writeln!(out, "{ids} points imported from {target}.");
+        }
+        TargetCommand::Fetch { backup_id } => {
+            let ids = answer["fetched"]
+                .as_array()
+                .map(Vec::len)
+                .unwrap_or_default();
+            let _ = writeln!(out, "{ids} points fetched back for {backup_id}.");
         }
         TargetCommand::ExportKey { .. } | TargetCommand::ImportKey { .. } => {}
     }

@@ -244,11 +244,11 @@ fn object_chain_copied_then_new_hub_imports_and_restores_every_point_from_the_bu
     let hub_b = Hub::start(&data_b);
     ctl(&data_b, &["target", "import-key", "--key-file", s(&key)]);
     hub_b.add_target(&garage, 1);
-    let imported = hub_b.ok_call(
-        reqwest::Method::POST,
-        &format!("/api/v1/targets/{TARGET}/import"),
-        None,
-    );
+    let imported: Value = serde_json::from_str(&ctl(
+        &data_b,
+        &["--hub", &hub_b.api, "--json", "target", "import", TARGET],
+    ))
+    .unwrap();
     assert_eq!(
         imported["imported"].as_array().unwrap().len(),
         3,
