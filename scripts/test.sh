@@ -63,6 +63,22 @@ for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdkit fio systemd-analyze mkfs.ext4 
   command -v "$t" >/dev/null || { echo "error: $t still missing after install" >&2; exit 1; }
 done
 
+# The object tier's tests (tests/e2e/object.rs) run Garage, a real distributed S3 store, as
+# three nodes on loopback. It is built from crates.io once (about 10 minutes on 2 cores, at
+# opt-level 1 without LTO: the tests move a few hundred MiB) and reused from the cache on every
+# later run. Garage is AGPL: we only run it as a separate program, never link it.
+GARAGE_VERSION=2.5.0
+export SENDENSE_TOOLS="${SENDENSE_TOOLS:-$HOME/.cache/sendense-tools}"
+garage_bin="$SENDENSE_TOOLS/garage/bin/garage"
+if ! "$garage_bin" --version 2>/dev/null | grep -qF "$GARAGE_VERSION"; then
+  step "installing garage $GARAGE_VERSION into $SENDENSE_TOOLS/garage (once; cached)"
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    CARGO_PROFILE_RELEASE_LTO=false \
+    cargo install --locked garage --version "$GARAGE_VERSION" --no-default-features \
+    --features lmdb --root "$SENDENSE_TOOLS/garage"
+fi
+"$garage_bin" --version >/dev/null || { echo "error: garage missing after install" >&2; exit 1; }
+
 # --- 2. Rust checks. ---
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -10,6 +10,8 @@ use sendense_client::ClientError;
 use sendense_client::hub::{HubClient, HubOptions, Method};
 use serde_json::{Value, json};
 
+pub mod target;
+
 /// Where the hub is and how to reach it.
 #[derive(Debug, Clone, Args)]
 pub struct CtlArgs {
@@ -131,6 +133,10 @@ pub enum CtlCommand {
     Repository,
     /// The hub's metrics in Prometheus text format.
     Metrics,
+    /// Object-store targets (off-site copies): add, list, copy a point, export or import
+    /// the tier's key.
+    #[command(subcommand)]
+    Target(target::TargetCommand),
 }
 
 /// `ctl user ...`: the web console's users (`https://HOST:PORT/` of the hub's API).
@@ -499,6 +505,14 @@ impl BackupTypeArg {
 /// The hub refused or could not be reached (the error says which and why), or a local file
 /// (CA, token, password, CA for a credential) could not be read.
 pub async fn run(args: CtlArgs) -> Result<CtlOutput, ClientError> {
+    if let CtlCommand::Target(command) = &args.command
+        && let Some(done) = target::local(command, args.data_dir.as_deref())
+    {
+        return done.map(|text| CtlOutput {
+            text,
+            failed: false,
+        });
+    }
     let hub = HubClient::new(&hub_options(&args))?;
     let call = plan(&args.command)?;
     let mut answer = Value::Null;
@@ -712,6 +726,7 @@ fn plan(command: &CtlCommand) -> Result<Plan, ClientError> {
         }),
         CtlCommand::Repository => one(Step::get("/api/v1/repository".into())),
         CtlCommand::Metrics => one(Step::get("/api/v1/metrics".into())),
+        CtlCommand::Target(command) => target::plan(command),
     }
 }
 
@@ -1129,6 +1144,7 @@ fn render(command: &CtlCommand, answer: &Value, args: &CtlArgs) -> String {
         }
         CtlCommand::Repository => render_repository(&mut out, answer),
         CtlCommand::Metrics => out.push_str(answer.as_str().unwrap_or_default()),
+        CtlCommand::Target(command) => target::render(&mut out, command, answer),
         _ => fields(&mut out, answer),
     }
     out

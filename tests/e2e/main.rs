@@ -35,6 +35,8 @@ mod merge_crash;
 #[cfg(test)]
 mod nbd_source;
 #[cfg(test)]
+mod object;
+#[cfg(test)]
 mod quickstart;
 #[cfg(test)]
 mod security;

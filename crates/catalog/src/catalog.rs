@@ -67,7 +67,7 @@ const OLDEST_UPGRADABLE: u64 = 1;
 pub const FILE_NAME: &str = "catalog.redb";
 
 const SCHEMA_KEY: &str = "schema_version";
-const NEXT_SEQ_KEY: &str = "next_seq";
+pub(crate) const NEXT_SEQ_KEY: &str = "next_seq";
 
 pub(crate) const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 const VMS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("vms");
@@ -134,6 +134,7 @@ impl Catalog {
         crate::maintenance::create_tables(&txn)?;
         crate::instant::create_tables(&txn)?;
         crate::users::create_tables(&txn)?;
+        crate::tier::create_tables(&txn)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -887,7 +888,7 @@ fn is_safe_relative_path(path: &str) -> bool {
             .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
-fn expect_status(
+pub(crate) fn expect_status(
     record: &BackupRecord,
     allowed: &[BackupStatus],
     expected: &'static str,

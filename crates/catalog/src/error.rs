@@ -103,6 +103,12 @@ pub enum CatalogError {
         /// The credential asked for.
         name: CredentialName,
     },
+    /// No such object-store target.
+    #[error("Unknown target {name}")]
+    TargetNotFound {
+        /// The target asked for.
+        name: sendense_types::TargetName,
+    },
     /// A backup with this id exists already.
     #[error("Backup {backup_id} already exists")]
     BackupExists {
@@ -322,6 +328,7 @@ impl CatalogError {
             Self::VmNotFound { .. }
             | Self::BackupNotFound { .. }
             | Self::CredentialNotFound { .. }
+            | Self::TargetNotFound { .. }
             | Self::AgentNotFound { .. }
             | Self::JobNotFound { .. }
             | Self::PolicyNotFound { .. }

@@ -169,6 +169,9 @@ pub struct JobRecord {
     /// [`sendense_types::AgentJob::restore`]); `backup_id` is its point.
     #[serde(default)]
     pub restore: Option<Box<RestoreJob>>,
+    /// A copy job: the object-store target it copies to.
+    #[serde(default)]
+    pub target: Option<sendense_types::TargetName>,
 }
 
 impl JobRecord {
@@ -200,6 +203,7 @@ impl JobRecord {
             remove: Vec::new(),
             result: None,
             restore: None,
+            target: None,
         }
     }
 
@@ -1011,6 +1015,7 @@ mod tests {
             remove: Vec::new(),
             result: None,
             restore: None,
+            target: None,
         }
     }
 

@@ -56,6 +56,7 @@ pub mod jobs;
 pub mod maintenance;
 pub mod policies;
 pub mod record;
+pub mod tier;
 pub mod users;
 
 pub use catalog::{Catalog, FILE_NAME, SCHEMA_VERSION};
@@ -65,4 +66,5 @@ pub use jobs::{AgentRecord, Claim, Enrollment, JobRecord};
 pub use maintenance::{MergeDisk, MergeKind, MergePhase, MergeStep};
 pub use policies::{CompletedBackup, PolicyRecord};
 pub use record::{BackupRecord, CredentialRecord, DiskCompletion, DiskRecord, StoredVmConfig};
+pub use tier::{CopyRecord, TargetRecord, UploadRecord};
 pub use users::{SessionRecord, UserRecord};

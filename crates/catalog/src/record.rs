@@ -78,6 +78,10 @@ pub struct BackupRecord {
     /// backup; a merge rewrites the surviving record in place, so it keeps its own.
     #[serde(default)]
     pub vm_config: Option<serde_json::Value>,
+    /// Its files were removed from the repository after a verified copy: they live only in a
+    /// target's bucket (DESIGN.md "Object tier") until fetched back.
+    #[serde(default)]
+    pub evicted: bool,
 }
 
 /// What [`BackupRecord::vm_config`] found.
@@ -144,6 +148,7 @@ impl BackupRecord {
             verification: Verification::default(),
             disks,
             vm_config: None,
+            evicted: false,
             backup_id,
         }
     }
@@ -208,6 +213,7 @@ impl BackupRecord {
             failure_reason: self.failure_reason.clone(),
             full_reason: self.full_reason.clone(),
             files_missing: self.files_missing,
+            evicted: self.evicted,
             protected: self.protected,
             verification: self.verification.clone(),
             disks: self
@@ -228,6 +234,7 @@ impl BackupRecord {
                 StoredVmConfig::Known(config) => Some(*config),
                 _ => None,
             },
+            copies: Vec::new(),
         }
     }
 }
@@ -401,6 +408,7 @@ mod tests {
                         verification: Verification::default(),
                         disks,
                         vm_config: incremental.then(|| serde_json::json!({"version": 1})),
+                        evicted: !incremental,
                         vm_name,
                     }
                 },

@@ -26,6 +26,7 @@ use sendense_types::{
     JobQuery, NextJobQuery, PolicyName, PruneRequest, RegisterVmRequest, RestoreRequest,
     StartBackupRequest, Timestamp, UpdateBackupRequest, VmConfig, VmName,
 };
+use sendense_types::{CopyRequest, TargetName, TargetRequest};
 use sendense_types::{CreateUserRequest, SetPasswordRequest, UserName};
 use serde::de::DeserializeOwned;
 
@@ -36,6 +37,7 @@ use crate::error::{ErrorKind, HubError};
 use crate::hub_jobs::HubJobs;
 use crate::jobs::{BackupAccess, Jobs};
 use crate::policies::Policies;
+use crate::tier::Tier;
 use crate::users::Users;
 
 /// The routes (method, path) an agent's token may call besides `health`: its own job poll,
@@ -84,6 +86,8 @@ pub struct ApiState {
     pub hub_jobs: Arc<HubJobs>,
     /// The web console's users.
     pub users: Arc<Users>,
+    /// The object tier: targets and copies.
+    pub tier: Arc<Tier>,
 }
 
 /// The API's routes.
@@ -154,6 +158,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/vms/{name}/backup", post(backup_now))
         .route("/api/v1/vms/{name}/prune", post(prune_vm))
         .route("/api/v1/backups/{id}/verify", post(verify_backup))
+        .route("/api/v1/backups/{id}/copy", post(copy_backup))
+        .route("/api/v1/targets", post(put_target).get(list_targets))
+        .route("/api/v1/targets/{name}/import", post(import_target))
+        .route("/api/v1/backups/{id}/evict", post(evict_backup))
+        .route("/api/v1/backups/{id}/fetch", post(fetch_backup))
         .route("/api/v1/credentials/{name}/inventory", get(inventory))
         .route(
             "/api/v1/credentials/{name}/inventory/refresh",
@@ -486,6 +495,60 @@ async fn verify_backup(
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
+async fn copy_backup(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Body(req): Body<CopyRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    let accepted = blocking(move || s.hub_jobs.queue_copy(&id, &req.target, None)).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+async fn put_target(
+    State(s): State<ApiState>,
+    Body(req): Body<TargetRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let target = blocking(move || s.tier.put_target(&req)).await?;
+    Ok((StatusCode::CREATED, Json(target)))
+}
+
+async fn list_targets(State(s): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(blocking(move || s.tier.targets()).await?))
+}
+
+async fn import_target(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let name: TargetName = parse("target name", &name)?;
+    let imported = blocking(move || s.tier.import(&name)).await?;
+    Ok(Json(serde_json::json!({ "imported": imported })))
+}
+
+async fn evict_backup(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    Ok(Json(
+        blocking(move || {
+            s.tier.evict(&id)?;
+            s.engine.backup(&id)
+        })
+        .await?,
+    ))
+}
+
+async fn fetch_backup(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: BackupId = parse("backup id", &id)?;
+    let fetched = blocking(move || s.tier.fetch(&id)).await?;
+    Ok(Json(serde_json::json!({ "fetched": fetched })))
+}
+
 async fn complete_backup(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -592,7 +655,13 @@ async fn open_exports(
 ) -> ApiResult<impl IntoResponse> {
     check_access(&s, caller, &id, BackupAccess::Exports).await?;
     let id: BackupId = parse("backup id", &id)?;
-    Ok(Json(blocking(move || s.engine.open_restore(&id)).await?))
+    Ok(Json(
+        blocking(move || {
+            s.tier.fetch(&id)?;
+            s.engine.open_restore(&id)
+        })
+        .await?,
+    ))
 }
 
 async fn disk_partitions(
@@ -601,7 +670,13 @@ async fn disk_partitions(
 ) -> ApiResult<impl IntoResponse> {
     let id: BackupId = parse("backup id", &id)?;
     let key: DiskKey = parse("disk key", &key)?;
-    Ok(Json(blocking(move || s.engine.partitions(&id, key)).await?))
+    Ok(Json(
+        blocking(move || {
+            s.tier.fetch(&id)?;
+            s.engine.partitions(&id, key)
+        })
+        .await?,
+    ))
 }
 
 async fn list_files(
@@ -613,7 +688,11 @@ async fn list_files(
     let key: DiskKey = parse("disk key", &key)?;
     let Query(query) = query_or_400(query)?;
     Ok(Json(
-        blocking(move || s.engine.list_files(&id, key, &query)).await?,
+        blocking(move || {
+            s.tier.fetch(&id)?;
+            s.engine.list_files(&id, key, &query)
+        })
+        .await?,
     ))
 }
 
@@ -628,6 +707,9 @@ async fn file_content(
     let key: DiskKey = parse("disk key", &key)?;
     let Query(query) = query_or_400(query)?;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let tier = Arc::clone(&s.tier);
+    let point = id.clone();
+    blocking(move || tier.fetch(&point)).await?;
     let content = match s.engine.file_content(&id, key, &query, range).await {
         Ok(content) => content,
         Err(HubError::RangeNotSatisfiable { size }) => {
@@ -766,7 +848,11 @@ async fn start_instant(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let id: BackupId = parse("backup id", &id)?;
-    let instant = blocking(move || s.engine.start_instant(&id)).await?;
+    let instant = blocking(move || {
+        s.tier.fetch(&id)?;
+        s.engine.start_instant(&id)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(instant)))
 }
 

@@ -308,12 +308,22 @@ impl Credentials {
     }
 
     fn seal(&self, name: &CredentialName, plain: &[u8]) -> Result<Vec<u8>, HubError> {
+        self.seal_with(name.as_str().as_bytes(), plain)
+    }
+
+    fn open_sealed(&self, name: &CredentialName, sealed: &[u8]) -> Result<Vec<u8>, HubError> {
+        self.open_with(name.as_str().as_bytes(), sealed)
+    }
+
+    /// Seals another secret of the hub (an object-store target's secret key) under the same
+    /// key, bound to `aad` (which must name its kind and owner, so it never opens as another).
+    pub(crate) fn seal_with(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, HubError> {
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let mut out = plain.to_vec();
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce_bytes),
-                Aad::from(name.as_str().as_bytes()),
+                Aad::from(aad),
                 &mut out,
             )
             .map_err(|_| HubError::Crypto)?;
@@ -322,7 +332,8 @@ impl Credentials {
         Ok(sealed)
     }
 
-    fn open_sealed(&self, name: &CredentialName, sealed: &[u8]) -> Result<Vec<u8>, HubError> {
+    /// Opens what [`Credentials::seal_with`] sealed with the same `aad`.
+    pub(crate) fn open_with(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, HubError> {
         if sealed.len() < NONCE_LEN {
             return Err(HubError::Crypto);
         }
@@ -331,7 +342,7 @@ impl Credentials {
         let mut buf = body.to_vec();
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(name.as_str().as_bytes()), &mut buf)
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
             .map_err(|_| HubError::Crypto)?;
         Ok(plain.to_vec())
     }

@@ -314,14 +314,23 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         tracing::info!(jobs = renewed, "running jobs given a fresh lease");
     }
 
-    let hub_jobs = Arc::new(HubJobs::new(
+    let tier = Arc::new(crate::tier::Tier::new(
         Arc::clone(&catalog),
-        Arc::clone(&engine),
-        Arc::clone(&jobs),
-        Arc::clone(&maintenance) as Arc<dyn crate::hub_jobs::PointRemover>,
-        Arc::new(engine.verifier()),
-        Arc::new(SystemClock),
+        Arc::clone(&credentials),
+        &data,
+        &data.join(REPOSITORY_DIR),
     ));
+    let hub_jobs = Arc::new(
+        HubJobs::new(
+            Arc::clone(&catalog),
+            Arc::clone(&engine),
+            Arc::clone(&jobs),
+            Arc::clone(&maintenance) as Arc<dyn crate::hub_jobs::PointRemover>,
+            Arc::new(engine.verifier()),
+            Arc::new(SystemClock),
+        )
+        .with_tier(Arc::clone(&tier)),
+    );
     let requeued = hub_jobs.recover()?;
     if !requeued.is_empty() {
         tracing::warn!(jobs = ?requeued, "hub jobs a restart interrupted are queued again");
@@ -344,6 +353,7 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         policies: Arc::clone(&policies),
         hub_jobs: Arc::clone(&hub_jobs),
         users: Arc::new(crate::users::Users::new(Arc::clone(&catalog))?),
+        tier,
     };
     let mut api_tls = (*api_tls).clone();
     api_tls.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -1323,7 +1323,7 @@ impl Engine {
             vm_name: None,
             status: Some(BackupStatus::Completed),
         })?;
-        for record in &records {
+        for record in records.iter().filter(|r| !r.evicted) {
             let missing = record
                 .disks
                 .iter()
@@ -1424,6 +1424,12 @@ impl Engine {
     /// The API form of a record, with export names and progress while live.
     fn api_backup(&self, record: &BackupRecord, live: Option<&[WriteDisk]>) -> Backup {
         let mut backup = record.to_api();
+        match self.catalog.copies_of(&record.backup_id) {
+            Ok(copies) => backup.copies = copies.iter().map(|c| c.to_api()).collect(),
+            Err(e) => {
+                tracing::warn!(backup_id = %record.backup_id, error = %sendense_io::error_chain(&e), "cannot read a backup's copies");
+            }
+        }
         if let Some(disks) = live {
             for d in &mut backup.disks {
                 if let Some(w) = disks.iter().find(|w| w.key == d.disk_key) {

@@ -734,6 +734,66 @@ pub enum HubError {
         /// The largest body accepted.
         limit: u64,
     },
+    /// A sealed object or a manifest of the object tier was refused.
+    #[error("Object {object} of the object tier")]
+    Tier {
+        /// The object (its name in the bucket).
+        object: String,
+        /// What is wrong.
+        #[source]
+        source: sendense_tier::TierError,
+    },
+    /// An object-store target refused or failed a request.
+    #[error("Target {target}: {operation}")]
+    ObjectStore {
+        /// The target.
+        target: sendense_types::TargetName,
+        /// What the hub asked.
+        operation: String,
+        /// The store's answer.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// An object read back from a target does not match what the hub uploaded.
+    #[error(
+        "Copy of backup {backup_id} to {target}: object {object} read back does not match its SHA-256"
+    )]
+    CopyMismatch {
+        /// The point.
+        backup_id: BackupId,
+        /// The target.
+        target: sendense_types::TargetName,
+        /// The object.
+        object: String,
+    },
+    /// A point's local files cannot be dropped: no target holds a verified copy of it.
+    #[error(
+        "Backup {backup_id} has no verified copy on any target: copy it first (POST /api/v1/backups/{backup_id}/copy)"
+    )]
+    NoVerifiedCopy {
+        /// The point.
+        backup_id: BackupId,
+    },
+    /// The target's bucket cannot keep objects locked (S3 Object Lock).
+    #[error(
+        "Target {target} asks for object_lock_days = {days}, but its bucket does not support Object Lock: {reason}"
+    )]
+    ObjectLockUnsupported {
+        /// The target.
+        target: sendense_types::TargetName,
+        /// The days asked for.
+        days: u32,
+        /// What the store answered.
+        reason: String,
+    },
+    /// The object tier's key file is missing while targets or copies exist, or unreadable.
+    #[error(
+        "Object tier key {path} is missing or not 32 bytes: restore it (sendense-hub ctl target import-key) before using targets"
+    )]
+    TierKey {
+        /// The key file.
+        path: PathBuf,
+    },
 }
 
 /// How a caller should read a [`HubError`]: the HTTP status class.
@@ -843,6 +903,9 @@ impl HubError {
                 }
             }
             Self::RangeNotSatisfiable { .. } => ErrorKind::RangeNotSatisfiable,
+            Self::ObjectStore { .. } => ErrorKind::Upstream,
+            Self::NoVerifiedCopy { .. } => ErrorKind::Conflict,
+            Self::ObjectLockUnsupported { .. } => ErrorKind::BadRequest,
             Self::TooManyDownloads { .. } => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         }

@@ -36,7 +36,7 @@ use sendense_prune::{Decision, Point};
 use sendense_types::{
     Backup, BackupId, BackupQuery, BackupStatus, HeartbeatProgress, InstantId, JobAccepted, JobId,
     JobKind, JobProgress, JobQuery, JobStatus, PolicyName, PruneAnswer, PruneRequest, Retention,
-    Timestamp, UpdateBackupRequest, VerificationState, VmName,
+    TargetName, Timestamp, UpdateBackupRequest, VerificationState, VmName,
 };
 use tokio::sync::{Notify, watch};
 
@@ -44,6 +44,7 @@ use crate::engine::Engine;
 use crate::error::HubError;
 use crate::jobs::Jobs;
 use crate::scheduler::Clock;
+use crate::tier::Tier;
 use crate::verify::Verifier;
 
 /// Most hub jobs running at once.
@@ -79,6 +80,7 @@ pub struct HubJobs {
     remover: Arc<dyn PointRemover>,
     verifier: Arc<Verifier>,
     clock: Arc<dyn Clock>,
+    tier: Option<Arc<Tier>>,
     wake: Notify,
     busy: Mutex<Busy>,
 }
@@ -116,9 +118,55 @@ impl HubJobs {
             remover,
             verifier,
             clock,
+            tier: None,
             wake: Notify::new(),
             busy: Mutex::new(Busy::default()),
         }
+    }
+
+    /// The same queue, running `copy` jobs through `tier` (DESIGN.md "Object tier").
+    #[must_use]
+    pub fn with_tier(mut self, tier: Arc<Tier>) -> Self {
+        self.tier = Some(tier);
+        self
+    }
+
+    /// `POST /api/v1/backups/{id}/copy` `{target}`: queues a `copy` job of a completed point to
+    /// a target (the copy resumes what an earlier attempt uploaded).
+    ///
+    /// # Errors
+    /// Unknown backup or target (404); a point that is not completed (409); catalog errors.
+    pub fn queue_copy(
+        &self,
+        backup_id: &BackupId,
+        target: &TargetName,
+        policy: Option<PolicyName>,
+    ) -> Result<JobAccepted, HubError> {
+        let tier = self.tier()?;
+        tier.prepare_copy(backup_id, target)?;
+        let vm = self
+            .catalog
+            .backup(backup_id)?
+            .ok_or_else(|| HubError::BackupNotFound {
+                backup_id: backup_id.clone(),
+            })?
+            .vm_name;
+        let job = self.catalog.create_job(JobRecord {
+            backup_id: Some(backup_id.clone()),
+            policy,
+            target: Some(target.clone()),
+            ..hub_job(JobKind::Copy, vm)
+        })?;
+        tracing::info!(job_id = %job.job_id, %backup_id, %target, "copy job queued");
+        self.wake.notify_one();
+        Ok(JobAccepted { job_id: job.job_id })
+    }
+
+    fn tier(&self) -> Result<&Arc<Tier>, HubError> {
+        self.tier.as_ref().ok_or(HubError::InvalidInput {
+            field: "kind",
+            reason: "this hub runs without an object tier",
+        })
     }
 
     /// `PUT /api/v1/backups/{id}` `{protected}`: protects a completed point from every prune
@@ -380,12 +428,13 @@ impl HubJobs {
         let outcome = match job.kind {
             JobKind::Prune => self.run_prune(job),
             JobKind::Verify => self.run_verify(job),
+            JobKind::Copy => self.run_copy(job),
             other => Err(HubError::InvalidInput {
                 field: "kind",
                 reason: if other == JobKind::Backup {
                     "a backup job needs an agent"
                 } else {
-                    "only prune and verify jobs run inside the hub"
+                    "only prune, verify and copy jobs run inside the hub"
                 },
             }),
         };
@@ -551,6 +600,41 @@ impl HubJobs {
                         .unwrap_or_else(|| format!("backup {id} could not be verified")),
                 ),
             },
+        })
+    }
+
+    fn run_copy(&self, job: &JobRecord) -> Result<Outcome, HubError> {
+        let id = job.backup_id.clone().ok_or(HubError::InvalidInput {
+            field: "backup_id",
+            reason: "a copy job names its backup",
+        })?;
+        let target = job.target.clone().ok_or(HubError::InvalidInput {
+            field: "target",
+            reason: "a copy job names its target",
+        })?;
+        let progress = self.progress_writer(job);
+        let tier = self.tier()?;
+        let mut result = tier.copy(&id, &target, &progress)?;
+        let keep = match &job.policy {
+            Some(policy) => self
+                .catalog
+                .policy(policy)?
+                .and_then(|p| p.request.keep_local_last()),
+            None => None,
+        };
+        if let (Some(keep), Some(vm)) = (keep, &job.vm_name) {
+            let evicted = tier.keep_local_last(vm, keep)?;
+            if !evicted.is_empty() {
+                result = format!(
+                    "{result}; evicted (keep_local_last {keep}): {}",
+                    join(&evicted)
+                );
+            }
+        }
+        Ok(Outcome {
+            status: JobStatus::Completed,
+            result: Some(result),
+            error: None,
         })
     }
 

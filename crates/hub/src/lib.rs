@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod policies;
 pub mod reverify;
 pub mod scheduler;
+pub mod tier;
 pub mod tls;
 pub mod token;
 pub mod users;

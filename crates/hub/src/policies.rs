@@ -73,6 +73,8 @@ pub fn answer(
         max_chain_length: request.max_chain_length(),
         verify_after_backup: request.verify_after_backup(),
         enabled: request.enabled(),
+        copy_to: request.copy_to().cloned(),
+        keep_local_last: request.keep_local_last(),
         next_run,
         last_run,
         created_at,
@@ -341,6 +343,13 @@ impl Policies {
             for backup_id in done.iter().filter_map(|d| d.backup_id.as_ref()) {
                 if let Err(e) = hub_jobs.queue_verify_for(backup_id, Some(name.clone())) {
                     tracing::warn!(policy = %name, %backup_id, error = %sendense_io::error_chain(&e), "cannot queue the verification of a new point");
+                }
+            }
+        }
+        if let Some(target) = record.request.copy_to() {
+            for backup_id in done.iter().filter_map(|d| d.backup_id.as_ref()) {
+                if let Err(e) = hub_jobs.queue_copy(backup_id, target, Some(name.clone())) {
+                    tracing::warn!(policy = %name, %backup_id, %target, error = %sendense_io::error_chain(&e), "cannot queue the copy of a new point");
                 }
             }
         }

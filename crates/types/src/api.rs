@@ -764,6 +764,10 @@ pub struct Backup {
     /// never the parent of a new incremental.
     #[serde(default)]
     pub files_missing: bool,
+    /// Its files live only in a target's bucket (`POST /api/v1/backups/{id}/evict`); a
+    /// restore fetches them back first.
+    #[serde(default)]
+    pub evicted: bool,
     /// Never removed by a prune while set (`PUT /api/v1/backups/{id}`).
     #[serde(default)]
     pub protected: bool,
@@ -777,6 +781,9 @@ pub struct Backup {
     /// version than this build knows.
     #[serde(default)]
     pub vm_config: Option<crate::vm_config::VmConfig>,
+    /// Its copies to object-store targets (DESIGN.md "Object tier").
+    #[serde(default)]
+    pub copies: Vec<crate::tier::BackupCopy>,
 }
 
 /// `GET /api/v1/backups/chain/{vm_name}`: the full backup, then its incrementals, oldest first.

@@ -744,6 +744,8 @@ pub struct PolicyRequest {
     max_chain_length: Option<u32>,
     verify_after_backup: bool,
     enabled: bool,
+    copy_to: Option<crate::names::TargetName>,
+    keep_local_last: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -768,6 +770,10 @@ struct PolicyWire {
     verify_after_backup: bool,
     #[serde(default = "default_enabled")]
     enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    copy_to: Option<crate::names::TargetName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keep_local_last: Option<u32>,
 }
 
 const fn default_parallel() -> u32 {
@@ -810,6 +816,18 @@ impl TryFrom<PolicyWire> for PolicyRequest {
                 reason: "count must be at most 10 and delay_seconds at most 86400",
             });
         }
+        if w.keep_local_last.is_some() && w.copy_to.is_none() {
+            return Err(TypesError::InvalidField {
+                field: "keep_local_last",
+                reason: "needs copy_to (points are evicted only once copied there)",
+            });
+        }
+        if w.keep_local_last == Some(0) {
+            return Err(TypesError::InvalidField {
+                field: "keep_local_last",
+                reason: "must be at least 1 (the newest point stays local for the next incremental)",
+            });
+        }
         if w.max_chain_length == Some(0) {
             return Err(TypesError::InvalidField {
                 field: "max_chain_length",
@@ -828,6 +846,8 @@ impl TryFrom<PolicyWire> for PolicyRequest {
             max_chain_length: w.max_chain_length,
             verify_after_backup: w.verify_after_backup,
             enabled: w.enabled,
+            copy_to: w.copy_to,
+            keep_local_last: w.keep_local_last,
         })
     }
 }
@@ -846,6 +866,8 @@ impl From<PolicyRequest> for PolicyWire {
             max_chain_length: p.max_chain_length,
             verify_after_backup: p.verify_after_backup,
             enabled: p.enabled,
+            copy_to: p.copy_to,
+            keep_local_last: p.keep_local_last,
         }
     }
 }
@@ -907,6 +929,17 @@ impl PolicyRequest {
     pub fn enabled(&self) -> bool {
         self.enabled
     }
+    /// The object-store target each new point is copied to (DESIGN.md "Object tier").
+    #[must_use]
+    pub fn copy_to(&self) -> Option<&crate::names::TargetName> {
+        self.copy_to.as_ref()
+    }
+    /// With `copy_to`: how many of a VM's newest points keep their local files; older ones
+    /// are evicted once their copy is verified.
+    #[must_use]
+    pub fn keep_local_last(&self) -> Option<u32> {
+        self.keep_local_last
+    }
 }
 
 /// A policy as answered: the request's fields plus `next_run`, `last_run` and `created_at`.
@@ -935,6 +968,12 @@ pub struct Policy {
     pub verify_after_backup: bool,
     /// Whether the scheduler runs it.
     pub enabled: bool,
+    /// The object-store target each new point is copied to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_to: Option<crate::names::TargetName>,
+    /// How many of a VM's newest points keep their local files (with `copy_to`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_local_last: Option<u32>,
     /// The next time the schedule fires (`null` when disabled or never again).
     pub next_run: Option<Timestamp>,
     /// When it last ran (`null`: never).

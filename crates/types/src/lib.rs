@@ -61,6 +61,7 @@ pub mod instant;
 pub mod jobs;
 pub mod names;
 pub mod retention;
+pub mod tier;
 pub mod timestamp;
 pub mod users;
 pub mod vm_config;
@@ -83,11 +84,12 @@ pub use jobs::{
 };
 pub use names::{
     AgentName, BackupId, ChangeId, CredentialName, DiskKey, ExportName, JobId, PolicyName,
-    UserName, VmName, digest_path, image_path,
+    TargetName, UserName, VmName, digest_path, image_path,
 };
 pub use retention::{
     BadRange, PruneAnswer, PruneRequest, UpdateBackupRequest, Verification, VerificationState,
 };
+pub use tier::{BackupCopy, CopyRequest, CopyState, Target, TargetList, TargetRequest};
 pub use timestamp::{CivilTime, Timestamp};
 pub use users::{CreateUserRequest, Role, SetPasswordRequest, User, UserList};
 pub use vm_config::{

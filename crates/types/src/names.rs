@@ -146,6 +146,22 @@ impl CredentialName {
 
 string_newtype!(CredentialName);
 
+/// The name of an object-store target (DESIGN.md "Object tier"); same rules as [`VmName`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TargetName(String);
+
+impl TargetName {
+    fn validate(value: &str) -> Result<(), TypesError> {
+        check_safe_name(value).map_err(|reason| TypesError::InvalidName {
+            value: echo(value),
+            reason,
+        })
+    }
+}
+
+string_newtype!(TargetName);
+
 /// An appliance agent's name; same rules as [`VmName`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

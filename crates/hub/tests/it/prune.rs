@@ -539,6 +539,7 @@ async fn prune_job_interrupted_by_a_restart_is_queued_again_and_runs() {
                 remove: vec![old.backup_id.clone()],
                 result: None,
                 restore: None,
+                target: None,
             })
             .unwrap();
         catalog

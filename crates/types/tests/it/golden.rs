@@ -18,6 +18,7 @@ fn backup() -> Backup {
         failure_reason: None,
         full_reason: None,
         files_missing: false,
+        evicted: false,
         protected: false,
         verification: sendense_types::Verification::default(),
         disks: vec![BackupDisk {
@@ -31,6 +32,7 @@ fn backup() -> Backup {
             bytes_written: 4096,
         }],
         vm_config: None,
+        copies: Vec::new(),
     }
 }
 
@@ -46,6 +48,7 @@ fn backup_json() -> Value {
         "failure_reason": null,
         "full_reason": null,
         "files_missing": false,
+        "evicted": false,
         "protected": false,
         "verification": {"state": "unverified", "at": null, "bad_ranges": []},
         "disks": [{
@@ -58,7 +61,8 @@ fn backup_json() -> Value {
             "change_id": null,
             "bytes_written": 4096
         }],
-        "vm_config": null
+        "vm_config": null,
+        "copies": []
     })
 }
 

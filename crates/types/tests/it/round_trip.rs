@@ -102,10 +102,12 @@ fn backup() -> impl Strategy<Value = Backup> {
                 failure_reason: reason.clone(),
                 full_reason: reason,
                 files_missing: st == BackupStatus::Completed,
+                evicted: false,
                 protected: st == BackupStatus::Failed,
                 verification: sendense_types::Verification::default(),
                 disks,
                 vm_config: None,
+                copies: Vec::new(),
             },
         )
 }
