@@ -21,9 +21,9 @@ const AGENT: &str = "kvm-host1";
 
 /// The test's hook: `hook.sh DIR PHASE`, DIR holding the VM's `disk.qcow2`. Logs every call
 /// with its environment to `DIR/hook.log`; `begin` fails like virsh when `DIR/fail-begin`
-/// exists, else adds `$SENDENSE_BITMAP` and exports the disk read-only with the parent's
-/// bitmap when the image still has it; `end` stops `qemu-nbd` and waits until it is gone (it
-/// holds the image's lock).
+/// exists, hangs (after creating `DIR/begin-held`) when `DIR/hold-begin` exists, else adds `$SENDENSE_BITMAP` and exports the disk read-only with the parent's
+/// bitmap when the image still has it; `end` fails when `DIR/fail-end` exists, else stops
+/// `qemu-nbd` and waits until it is gone (it holds the image's lock).
 const HOOK: &str = r#"#!/bin/sh
 set -eu
 dir="$1"
@@ -35,6 +35,10 @@ begin)
     echo "error: failed to get domain '$SENDENSE_VM'" >&2
     exit 1
   fi
+  if [ -e "$dir/hold-begin" ]; then
+    touch "$dir/begin-held"
+    exec tail -f /dev/null
+  fi
   qemu-img bitmap --add --enable "$dir/disk.qcow2" "$SENDENSE_BITMAP"
   set --
   if [ -n "${SENDENSE_PARENT_BITMAP:-}" ] && qemu-img info --output=json "$dir/disk.qcow2" | grep -q "\"name\": \"$SENDENSE_PARENT_BITMAP\""; then
@@ -44,6 +48,10 @@ begin)
   printf '{"disks": [{"key": 2000, "uri": "nbd+unix:///disk?socket=%s"}]}\n' "$dir/nbd.sock"
   ;;
 end)
+  if [ -e "$dir/fail-end" ]; then
+    echo "error: checkpoint '$SENDENSE_BITMAP' could not be deleted" >&2
+    exit 2
+  fi
   if [ -e "$dir/qemu-nbd.pid" ]; then
     pid=$(cat "$dir/qemu-nbd.pid")
     kill "$pid" 2>/dev/null || true
@@ -256,6 +264,12 @@ fn agent_policy_backs_up_nbd_source_full_then_incremental_of_changed_blocks_then
         (&json!("completed"), &json!(AGENT), &Value::Null),
         "{job1}"
     );
+    assert!(
+        job1["result"]
+            .as_str()
+            .is_some_and(|r| r.contains("full backup: the hub has no completed backup")),
+        "the job says why auto ran a full: {job1}"
+    );
     let id1 = job1["backup_id"].as_str().unwrap().to_owned();
     let full = w.backup(&id1);
     assert_eq!(full["backup_type"], "full", "{full}");
@@ -277,7 +291,11 @@ fn agent_policy_backs_up_nbd_source_full_then_incremental_of_changed_blocks_then
 
     // 2: an incremental from the first backup's bitmap, by the policy.
     let job2 = w.run_policy();
-    assert_eq!(job2["status"], "completed", "{job2}");
+    assert_eq!(
+        (&job2["status"], &job2["result"]),
+        (&json!("completed"), &Value::Null),
+        "{job2}"
+    );
     let id2 = job2["backup_id"].as_str().unwrap().to_owned();
     let incr = w.backup(&id2);
     assert_eq!(incr["backup_type"], "incremental", "{incr}");
@@ -311,6 +329,13 @@ fn agent_policy_backs_up_nbd_source_full_then_incremental_of_changed_blocks_then
         (&job3["status"], &job3["agent"]),
         (&json!("completed"), &json!(AGENT)),
         "{job3}"
+    );
+    assert!(
+        job3["result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("full backup: ")
+                && r.contains(&format!("does not offer the dirty bitmap \"{bitmap2}\""))),
+        "the job says why auto ran a full: {job3}"
     );
     let id3 = job3["backup_id"].as_str().unwrap().to_owned();
     let again = w.backup(&id3);
@@ -378,5 +403,106 @@ fn agent_nbd_source_failing_begin_hook_fails_job_with_its_stderr_and_end_still_r
         unknown_status == 400 && unknown_body.contains("no-such-agent"),
         "{unknown_status} {unknown_body}"
     );
+    assert!(w.stop_agent());
+}
+
+#[test]
+fn agent_nbd_source_end_hook_failure_after_a_completed_backup_is_told_on_the_job() {
+    let mut w = KvmWorld::start();
+    let disk = w.make_disk("kvm01");
+    std::fs::write(w.vm_dir("kvm01").join("fail-end"), "").unwrap();
+
+    let accepted = w.call(
+        reqwest::Method::POST,
+        "/api/v1/vms/kvm01/backup",
+        Some(json!({"backup_type": "full", "agent": AGENT})),
+    );
+    let job = w.wait_job(accepted["job_id"].as_str().unwrap());
+    // The failing `end` left qemu-nbd running: stop it as the real hook would have.
+    let pid = std::fs::read_to_string(w.vm_dir("kvm01").join("qemu-nbd.pid")).unwrap();
+    ok(&Command::new("kill").arg(pid.trim()).output().unwrap());
+
+    assert_eq!(
+        job["status"], "completed",
+        "the backup itself is good: {job}"
+    );
+    let result = job["result"].as_str().unwrap_or_default();
+    assert!(
+        result.contains("the backup completed, but")
+            && result.contains("end hook")
+            && result.contains("could not be deleted"),
+        "{job}"
+    );
+    assert!(
+        !result.contains("full backup:"),
+        "a full was asked for, so no reason is told: {job}"
+    );
+    let id = job["backup_id"].as_str().unwrap();
+    assert_eq!(w.backup(id)["status"], "completed");
+    assert_same(&w.hub.image("kvm01", 2000, id), "qcow2", &disk, "qcow2");
+    assert!(w.stop_agent());
+}
+
+#[test]
+fn agent_nbd_source_job_cancelled_during_its_begin_hook_kills_the_hook_and_still_runs_end() {
+    let mut w = KvmWorld::start();
+    w.make_disk("kvm01");
+    let vm_dir = w.vm_dir("kvm01");
+    std::fs::write(vm_dir.join("hold-begin"), "").unwrap();
+
+    let accepted = w.call(
+        reqwest::Method::POST,
+        "/api/v1/vms/kvm01/backup",
+        Some(json!({"agent": AGENT})),
+    );
+    let id = accepted["job_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + DEADLINE;
+    while !vm_dir.join("begin-held").exists() {
+        assert!(Instant::now() < deadline, "the begin hook never ran");
+        let _ = w.log.recv_timeout(Duration::from_millis(100));
+    }
+    let cancelled = w.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/jobs/{id}/cancel"),
+        None,
+    );
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    // The agent learns it at its next heartbeat, kills the hook and runs `end`.
+    let deadline = Instant::now() + DEADLINE;
+    let calls = loop {
+        let calls = w.hook_log("kvm01");
+        if calls.len() >= 2 {
+            break calls;
+        }
+        assert!(Instant::now() < deadline, "end never ran: {calls:?}");
+        let _ = w.log.recv_timeout(Duration::from_millis(200));
+    };
+
+    assert!(
+        calls[0].starts_with("begin ") && calls[1].starts_with("end "),
+        "{calls:?}"
+    );
+    assert!(calls[1].contains("result=failed"), "{calls:?}");
+    let job = w.wait_job(&id);
+    assert_eq!(
+        (&job["status"], &job["backup_id"]),
+        (&json!("cancelled"), &Value::Null),
+        "{job}"
+    );
+    let backups = w.call(reqwest::Method::GET, "/api/v1/backups?vm_name=kvm01", None);
+    assert_eq!(
+        backups.as_array().map(Vec::len),
+        Some(0),
+        "no backup was started: {backups}"
+    );
+    // The agent is free for the next job.
+    std::fs::remove_file(vm_dir.join("hold-begin")).unwrap();
+    let again = w.call(
+        reqwest::Method::POST,
+        "/api/v1/vms/kvm01/backup",
+        Some(json!({"agent": AGENT})),
+    );
+    let next = w.wait_job(again["job_id"].as_str().unwrap());
+    assert_eq!(next["status"], "completed", "{next}");
     assert!(w.stop_agent());
 }

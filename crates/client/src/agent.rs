@@ -345,6 +345,9 @@ pub struct JobDone {
     pub backup_id: Option<BackupId>,
     /// The VMs an inventory job found.
     pub inventory: Option<Vec<InventoryVm>>,
+    /// What the job did worth telling the administrator (the job's `result` at the hub): why an
+    /// `auto` backup ran as a full, an end hook that failed after the backup completed.
+    pub note: Option<String>,
 }
 
 /// A job's future.
@@ -414,6 +417,7 @@ impl JobRunner for VcenterRunner {
                     Ok(JobDone {
                         backup_id: Some(summary.backup_id),
                         inventory: None,
+                        note: summary.full_reason.map(|r| format!("full backup: {r}")),
                     })
                 }
                 JobKind::Inventory => inventory(&job, &context).await,
@@ -497,6 +501,7 @@ async fn inventory(job: &AgentJob, context: &JobContext) -> Result<JobDone, Clie
     Ok(JobDone {
         backup_id: None,
         inventory: Some(vms),
+        note: None,
     })
 }
 
@@ -674,10 +679,12 @@ impl Agent {
         let finish = match (result, reason) {
             (Ok(done), _) => {
                 info!(backup_id = ?done.backup_id, "job completed");
-                FinishJobRequest::completed(done.backup_id, done.inventory).unwrap_or_else(|e| {
-                    error!(error = %e, "the job's result cannot be reported");
-                    FinishJobRequest::failed(&e.to_string(), backup_id.clone())
-                })
+                FinishJobRequest::completed(done.backup_id, done.inventory)
+                    .map(|f| f.with_result(done.note.as_deref()))
+                    .unwrap_or_else(|e| {
+                        error!(error = %e, "the job's result cannot be reported");
+                        FinishJobRequest::failed(&e.to_string(), backup_id.clone())
+                    })
             }
             (Err(e), Some(StopReason::Cancelled)) => {
                 info!(error = %sendense_io::error_chain(&e), "job stopped: cancelled at the hub");

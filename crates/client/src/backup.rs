@@ -555,6 +555,7 @@ pub fn summary(backup: &Backup, stats: &[DiskStats], seconds: f64) -> BackupSumm
         seconds,
         bytes_sent: disks.iter().map(|d| d.bytes_sent).sum(),
         disks,
+        full_reason: None,
     }
 }
 

@@ -288,8 +288,14 @@ pub async fn run_job(
     let ended = run_hook(&source, "end", &env, source.end_timeout_seconds).await;
     match (result, ended) {
         (Ok(done), Ok(_)) => Ok(done),
-        (Ok(done), Err(e)) => {
+        (Ok(mut done), Err(e)) => {
+            // The backup is good; the job says the hook failed (a checkpoint may be left).
             warn!(error = %e, "the end hook failed after a completed backup");
+            let hook = format!("the backup completed, but {e}");
+            done.note = Some(match done.note.take() {
+                Some(note) => format!("{note}; {hook}"),
+                None => hook,
+            });
             Ok(done)
         }
         (Err(e), Ok(_)) => Err(e),
@@ -339,6 +345,7 @@ async fn backup(
     Ok(JobDone {
         backup_id: Some(summary.backup_id),
         inventory: None,
+        note: summary.full_reason.map(|r| format!("full backup: {r}")),
     })
 }
 

@@ -212,9 +212,13 @@ async fn with_sources(
         head.is_some(),
         chain_reason,
     )?;
+    let mut full_reason = None;
     let backup_type = match decided {
         Decision::Full(reason) => {
             info!(vm = %options.vm, %reason, "full backup on a new chain");
+            if options.backup_type != BackupType::Full {
+                full_reason = Some(reason);
+            }
             BackupType::Full
         }
         Decision::Incremental => {
@@ -262,7 +266,7 @@ async fn with_sources(
         )
         .await
     };
-    finish_started(
+    let mut summary = finish_started(
         hub,
         &backup,
         work,
@@ -271,7 +275,9 @@ async fn with_sources(
         |e| e,
         started,
     )
-    .await
+    .await?;
+    summary.full_reason = full_reason;
+    Ok(summary)
 }
 
 /// Largest request read from an NBD source: 1 MiB. `qemu-nbd` serves each READ from a buffer
@@ -459,7 +465,7 @@ fn full_reason(opened: &[Opened], previous: &BTreeMap<DiskKey, PreviousDisk>) ->
         }
         if !o.source.bitmap_offered() {
             return Some(format!(
-                "disk {key}'s source does not offer the dirty bitmap {change_id:?} (its change id at the hub): \
+                "disk {key}'s source does not offer the dirty bitmap \"{change_id}\" (its change id at the hub): \
                  the bitmap was removed or never existed there"
             ));
         }

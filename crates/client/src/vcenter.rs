@@ -248,6 +248,7 @@ async fn with_session(
     })?;
     check_vm_disks(&vm_info)?;
     let (previous, chain_reason) = previous_disks(hub, &vm_name).await?;
+    let mut full_reason = None;
     // The type is decided from the VM's devices now, before the snapshot: the hub's start is the
     // per-VM lock and must come first. The snapshot may still force a full (see `locked`).
     let backup_type = match (
@@ -263,6 +264,7 @@ async fn with_session(
         }
         (_, Some(reason)) => {
             info!(vm = %vm_name, %reason, "full backup on a new chain");
+            full_reason = Some(reason);
             BackupType::Full
         }
         (_, None) => {
@@ -277,10 +279,22 @@ async fn with_session(
     options.tell_started(&backup.backup_id);
 
     let mut current = Some(backup);
-    let (work, removed) = locked(options, hub, session, &previous, &mut current, shutdown).await;
+    let (work, removed) = locked(
+        options,
+        hub,
+        session,
+        &previous,
+        &mut current,
+        &mut full_reason,
+        shutdown,
+    )
+    .await;
     let result = match (work, current) {
         (Ok(stats), Some(backup)) => hub.backup(&backup.backup_id).await.map(|final_state| {
-            crate::backup::summary(&final_state, &stats, started.elapsed().as_secs_f64())
+            let mut summary =
+                crate::backup::summary(&final_state, &stats, started.elapsed().as_secs_f64());
+            summary.full_reason = full_reason;
+            summary
         }),
         (Ok(_), None) => Err(ClientError::HubState {
             what: "no backup at the hub after the transfer",
@@ -421,6 +435,7 @@ async fn locked(
     session: &Session,
     previous: &BTreeMap<DiskKey, PreviousDisk>,
     current: &mut Option<Backup>,
+    full_reason: &mut Option<String>,
     mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
 ) -> (Result<Vec<DiskStats>, ClientError>, Result<(), ClientError>) {
     let Some(backup) = current.as_ref() else {
@@ -470,7 +485,7 @@ async fn locked(
     let result = if interrupted {
         Err(ClientError::Interrupted)
     } else {
-        with_snapshot(options, hub, &mut prepared, current, shutdown).await
+        with_snapshot(options, hub, &mut prepared, current, full_reason, shutdown).await
     };
     // Always remove the snapshot, success or failure.
     let removed = match prepared.finish().await {
@@ -488,6 +503,7 @@ async fn with_snapshot(
     hub: &HubClient,
     prepared: &mut Prepared,
     current: &mut Option<Backup>,
+    full_reason: &mut Option<String>,
     shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
 ) -> Result<Vec<DiskStats>, ClientError> {
     let Some(backup) = current.as_ref() else {
@@ -504,6 +520,7 @@ async fn with_snapshot(
             // CBT said no only once the snapshot existed: the incremental the hub started is
             // failed, saying why, and a full started in its place on the same snapshot.
             warn!(%reason, "the incremental is not possible: failing it at the hub and starting a full on a new chain");
+            *full_reason = Some(reason.clone());
             let vm_name = backup.vm_name.clone();
             if let Some(old) = current.take() {
                 crate::backup::fail_at_hub(

@@ -251,15 +251,7 @@ impl FileSystem for Ext4Fs {
         let reuse = matches!(&self.open_file, Some((p, f)) if p == path && f.position() == offset);
         if !reuse {
             self.open_file = None;
-            let meta = self
-                .fs
-                .symlink_metadata(path_str(path).as_str())
-                .map_err(|e| map_err(e, path))?;
-            if !meta.file_type().is_regular_file() {
-                return Err(FsError::NotAFile {
-                    path: path.to_string(),
-                });
-            }
+            let meta = self.regular_file(path)?;
             if offset >= meta.len() {
                 return Ok(0);
             }
@@ -315,6 +307,21 @@ fn read_some(file: &mut ext4_view::File, buf: &mut [u8], path: &FsPath) -> Resul
 }
 
 impl Ext4Fs {
+    /// The metadata of `path` (not following a final symlink); [`FsError::NotAFile`] unless it
+    /// is a regular file.
+    fn regular_file(&self, path: &FsPath) -> Result<Metadata, FsError> {
+        let meta = self
+            .fs
+            .symlink_metadata(path_str(path).as_str())
+            .map_err(|e| map_err(e, path))?;
+        if !meta.file_type().is_regular_file() {
+            return Err(FsError::NotAFile {
+                path: path.to_string(),
+            });
+        }
+        Ok(meta)
+    }
+
     /// Reads an extent-mapped regular file through [`ext4_map`]; `None` when `path` is read
     /// through `ext4-view` instead.
     fn read_mapped(
@@ -328,15 +335,7 @@ impl Ext4Fs {
         };
         if !matches!(&self.mapped, Some((p, _)) if p == path) {
             self.mapped = None;
-            let meta = self
-                .fs
-                .symlink_metadata(path_str(path).as_str())
-                .map_err(|e| map_err(e, path))?;
-            if !meta.file_type().is_regular_file() {
-                return Err(FsError::NotAFile {
-                    path: path.to_string(),
-                });
-            }
+            let meta = self.regular_file(path)?;
             let file = self
                 .fs
                 .open(path_str(path).as_str())

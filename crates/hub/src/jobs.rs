@@ -503,6 +503,9 @@ impl Jobs {
                     r.status = req.status();
                     r.finished_at = Some(now);
                     r.error = req.error().map(str::to_owned);
+                    if let Some(result) = req.result() {
+                        r.result = Some(result.to_owned());
+                    }
                     if r.status == JobStatus::Completed
                         && r.kind == JobKind::Inventory
                         && let Some(credential) = &r.credential

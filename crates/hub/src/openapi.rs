@@ -299,7 +299,8 @@ pub const DOCUMENT: &str = r##"{
       "FinishJobRequest": { "type": "object", "additionalProperties": false, "required": ["status"], "properties": {
         "status": { "type": "string", "enum": ["completed", "failed"] },
         "error": { "type": ["string", "null"] }, "backup_id": { "type": "string" },
-        "inventory": { "type": "array", "items": { "$ref": "#/components/schemas/InventoryVm" } } } },
+        "inventory": { "type": "array", "items": { "$ref": "#/components/schemas/InventoryVm" } },
+        "result": { "type": "string", "description": "what the job did worth telling (why an auto backup ran as a full, an end hook that failed); kept as the job's result" } } },
       "InventoryVm": { "type": "object", "properties": { "name": { "type": "string" }, "path": { "type": "string" } } },
       "Inventory": { "type": "object", "properties": {
         "credential": { "type": "string" }, "agent": { "type": ["string", "null"] },

@@ -1002,6 +1002,10 @@ pub struct BackupSummary {
     pub bytes_sent: u64,
     /// Per disk.
     pub disks: Vec<DiskSummary>,
+    /// Why this backup is a full when `auto` could have been an incremental (a new chain, a
+    /// CBT reset, a bitmap the source does not offer, ...); absent when a full was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<String>,
 }
 
 #[cfg(test)]

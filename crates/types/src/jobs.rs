@@ -542,6 +542,7 @@ pub struct FinishJobRequest {
     error: Option<String>,
     backup_id: Option<BackupId>,
     inventory: Option<Vec<InventoryVm>>,
+    result: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -554,6 +555,8 @@ struct FinishWire {
     backup_id: Option<BackupId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     inventory: Option<Vec<InventoryVm>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<String>,
 }
 
 impl TryFrom<FinishWire> for FinishJobRequest {
@@ -561,11 +564,13 @@ impl TryFrom<FinishWire> for FinishJobRequest {
 
     fn try_from(wire: FinishWire) -> Result<Self, Self::Error> {
         match wire.status {
-            JobStatus::Completed => Self::completed(wire.backup_id, wire.inventory),
+            JobStatus::Completed => Ok(Self::completed(wire.backup_id, wire.inventory)?
+                .with_result(wire.result.as_deref())),
             JobStatus::Failed => Ok(Self::failed(
                 wire.error.as_deref().unwrap_or("the agent gave no reason"),
                 wire.backup_id,
-            )),
+            )
+            .with_result(wire.result.as_deref())),
             _ => Err(TypesError::InvalidField {
                 field: "status",
                 reason: "must be completed or failed",
@@ -581,6 +586,7 @@ impl From<FinishJobRequest> for FinishWire {
             error: req.error,
             backup_id: req.backup_id,
             inventory: req.inventory,
+            result: req.result,
         }
     }
 }
@@ -612,6 +618,7 @@ impl FinishJobRequest {
             error: None,
             backup_id,
             inventory,
+            result: None,
         })
     }
 
@@ -623,7 +630,25 @@ impl FinishJobRequest {
             error: Some(cut(error, MAX_JOB_ERROR_LEN)),
             backup_id,
             inventory: None,
+            result: None,
         }
+    }
+
+    /// What the job did worth telling, in words (cut to [`MAX_JOB_ERROR_LEN`] bytes; an empty
+    /// text is none): why an `auto` backup ran as a full, a hook that failed after the backup
+    /// completed. The hub keeps it as the job's `result`.
+    #[must_use]
+    pub fn with_result(mut self, result: Option<&str>) -> Self {
+        self.result = result
+            .map(|r| cut(r.trim(), MAX_JOB_ERROR_LEN))
+            .filter(|r| !r.is_empty());
+        self
+    }
+
+    /// What the job did worth telling ([`FinishJobRequest::with_result`]).
+    #[must_use]
+    pub fn result(&self) -> Option<&str> {
+        self.result.as_deref()
     }
 
     /// `completed` or `failed`.
@@ -1122,6 +1147,27 @@ mod tests {
         let err = serde_json::from_str::<PolicyRequest>(body).expect_err("refused");
 
         assert!(err.to_string().contains("vms"), "{err}");
+    }
+
+    #[test]
+    fn finish_result_travels_trimmed_and_cut_and_an_empty_one_is_none() {
+        let req = FinishJobRequest::completed(None, None)
+            .expect("valid")
+            .with_result(Some(" full backup: bitmap b1 is gone \n"));
+        let wire = serde_json::to_string(&req).expect("serializes");
+        let back: FinishJobRequest = serde_json::from_str(&wire).expect("parses");
+
+        assert_eq!(
+            back.result(),
+            Some("full backup: bitmap b1 is gone"),
+            "{wire}"
+        );
+        let long = FinishJobRequest::failed("x", None).with_result(Some(&"é".repeat(4000)));
+        assert!(long.result().is_some_and(|r| r.len() <= MAX_JOB_ERROR_LEN));
+        let empty = FinishJobRequest::failed("x", None).with_result(Some("  "));
+        assert_eq!(empty.result(), None);
+        let plain = serde_json::to_value(FinishJobRequest::failed("x", None)).expect("serializes");
+        assert!(plain.get("result").is_none(), "{plain}");
     }
 
     #[test]

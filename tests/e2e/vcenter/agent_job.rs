@@ -163,6 +163,7 @@ async fn agent_inventory_job_lists_vms_with_paths() {
         JobDone {
             backup_id: None,
             inventory: Some(vec![vm("db01"), vm("vm1")]),
+            note: None,
         }
     );
 }

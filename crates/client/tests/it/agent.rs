@@ -350,7 +350,7 @@ impl JobRunner for TestRunner {
                 }
             };
             let result = tokio::select! {
-                () = released => Ok(JobDone { backup_id: Some(backup_id()), inventory: None }),
+                () = released => Ok(JobDone { backup_id: Some(backup_id()), inventory: None, note: None }),
                 () = context.stopped() => Err(ClientError::Interrupted),
             };
             me.with(|s| {

@@ -184,6 +184,7 @@ fn backup_summary_serializes_golden_json() {
             bytes_skipped: 924,
             seconds: 1.25,
         }],
+        full_reason: None,
     };
 
     assert_eq!(

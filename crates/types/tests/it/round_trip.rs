@@ -183,6 +183,7 @@ proptest! {
                     seconds: f64::from(q) / 4.0,
                 })
                 .collect(),
+            full_reason: (quarters % 2 == 1).then(|| "CBT was reset".to_owned()),
         };
 
         prop_assert_eq!(round_trip(&summary), summary);
