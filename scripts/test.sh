@@ -66,7 +66,8 @@ done
 # The object tier's tests (tests/e2e/object.rs) run Garage, a real distributed S3 store, as
 # three nodes on loopback. It is built from crates.io once (about 10 minutes on 2 cores, at
 # opt-level 1 without LTO: the tests move a few hundred MiB) and reused from the cache on every
-# later run. Garage is AGPL: we only run it as a separate program, never link it.
+# later run; it needs `bundled-libs` (or system libraries) beside its `lmdb` store. Garage is
+# AGPL: we only run it as a separate program, never link it.
 GARAGE_VERSION=2.5.0
 export SENDENSE_TOOLS="${SENDENSE_TOOLS:-$HOME/.cache/sendense-tools}"
 garage_bin="$SENDENSE_TOOLS/garage/bin/garage"
@@ -75,7 +76,7 @@ if ! "$garage_bin" --version 2>/dev/null | grep -qF "$GARAGE_VERSION"; then
   CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
     CARGO_PROFILE_RELEASE_LTO=false \
     cargo install --locked garage --version "$GARAGE_VERSION" --no-default-features \
-    --features lmdb --root "$SENDENSE_TOOLS/garage"
+    --features lmdb,bundled-libs --root "$SENDENSE_TOOLS/garage"
 fi
 "$garage_bin" --version >/dev/null || { echo "error: garage missing after install" >&2; exit 1; }
 

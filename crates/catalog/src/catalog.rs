@@ -275,12 +275,7 @@ impl Catalog {
                     }
                 }
             }
-            let seq = t.meta.get(NEXT_SEQ_KEY)?.map_or(0, |v| v.value());
-            let next = seq.checked_add(1).ok_or(CatalogError::InvalidRecord {
-                backup_id: record.backup_id.clone(),
-                reason: "backup sequence exhausted",
-            })?;
-            t.meta.insert(NEXT_SEQ_KEY, next)?;
+            let seq = t.take_backup_seq(&record.backup_id)?;
             let id = record.backup_id.as_str();
             let stored = StoredBackup {
                 seq,
@@ -784,6 +779,17 @@ pub(crate) struct WriteTables<'txn> {
 }
 
 impl<'txn> WriteTables<'txn> {
+    /// The next backup sequence number (the order of backups in the catalog), taken.
+    pub(crate) fn take_backup_seq(&mut self, backup_id: &BackupId) -> Result<u64> {
+        let seq = self.meta.get(NEXT_SEQ_KEY)?.map_or(0, |v| v.value());
+        let next = seq.checked_add(1).ok_or(CatalogError::InvalidRecord {
+            backup_id: backup_id.clone(),
+            reason: "backup sequence exhausted",
+        })?;
+        self.meta.insert(NEXT_SEQ_KEY, next)?;
+        Ok(seq)
+    }
+
     pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self> {
         Ok(Self {
             meta: txn.open_table(META)?,

@@ -19,8 +19,7 @@ use sendense_types::{
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{
-    Catalog, NEXT_SEQ_KEY, StoredBackup, decode, encode, expect_status, get_id, get_json,
-    load_backup,
+    Catalog, StoredBackup, decode, encode, expect_status, get_id, get_json, load_backup,
 };
 use crate::error::CatalogError;
 use crate::record::BackupRecord;
@@ -306,12 +305,7 @@ impl Catalog {
                 };
                 t.vms.insert(vm_name, encode(&vm).as_slice())?;
             }
-            let seq = t.meta.get(NEXT_SEQ_KEY)?.map_or(0, |v| v.value());
-            let next = seq.checked_add(1).ok_or(CatalogError::InvalidRecord {
-                backup_id: record.backup_id.clone(),
-                reason: "backup sequence exhausted",
-            })?;
-            t.meta.insert(NEXT_SEQ_KEY, next)?;
+            let seq = t.take_backup_seq(&record.backup_id)?;
             let mut imported = record.clone();
             imported.evicted = true;
             let newer = match get_id(&t.heads, "heads", vm_name)? {

@@ -954,11 +954,7 @@ impl Engine {
     }
 
     fn record(&self, id: &BackupId) -> Result<BackupRecord, HubError> {
-        self.catalog
-            .backup(id)?
-            .ok_or_else(|| HubError::BackupNotFound {
-                backup_id: id.clone(),
-            })
+        backup_record(&self.catalog, id)
     }
 
     /// One backup, with live progress while it runs.
@@ -1626,6 +1622,26 @@ fn remove_quietly(path: &Path) -> bool {
 
 fn sync_dir(dir: &Path) -> Result<(), HubError> {
     sendense_io::sync_dir(dir).map_err(|e| HubError::io(dir, e))
+}
+
+/// The catalog's record of backup `id`; [`HubError::BackupNotFound`] when there is none.
+pub(crate) fn backup_record(catalog: &Catalog, id: &BackupId) -> Result<BackupRecord, HubError> {
+    catalog.backup(id)?.ok_or_else(|| HubError::BackupNotFound {
+        backup_id: id.clone(),
+    })
+}
+
+/// The record of backup `id`, which must be `completed` ([`HubError::WrongStatus`] otherwise).
+pub(crate) fn completed_record(catalog: &Catalog, id: &BackupId) -> Result<BackupRecord, HubError> {
+    let record = backup_record(catalog, id)?;
+    if record.status != BackupStatus::Completed {
+        return Err(HubError::WrongStatus {
+            backup_id: id.clone(),
+            status: record.status,
+            expected: "completed",
+        });
+    }
+    Ok(record)
 }
 
 #[cfg(test)]

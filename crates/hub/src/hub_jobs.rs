@@ -144,13 +144,7 @@ impl HubJobs {
     ) -> Result<JobAccepted, HubError> {
         let tier = self.tier()?;
         tier.prepare_copy(backup_id, target)?;
-        let vm = self
-            .catalog
-            .backup(backup_id)?
-            .ok_or_else(|| HubError::BackupNotFound {
-                backup_id: backup_id.clone(),
-            })?
-            .vm_name;
+        let vm = crate::engine::backup_record(&self.catalog, backup_id)?.vm_name;
         let job = self.catalog.create_job(JobRecord {
             backup_id: Some(backup_id.clone()),
             policy,
@@ -292,19 +286,7 @@ impl HubJobs {
         backup_id: &BackupId,
         policy: Option<PolicyName>,
     ) -> Result<JobAccepted, HubError> {
-        let record = self
-            .catalog
-            .backup(backup_id)?
-            .ok_or_else(|| HubError::BackupNotFound {
-                backup_id: backup_id.clone(),
-            })?;
-        if record.status != BackupStatus::Completed {
-            return Err(HubError::WrongStatus {
-                backup_id: backup_id.clone(),
-                status: record.status,
-                expected: "completed",
-            });
-        }
+        let record = crate::engine::completed_record(&self.catalog, backup_id)?;
         let job = self.catalog.create_job(JobRecord {
             backup_id: Some(backup_id.clone()),
             policy,

@@ -86,19 +86,7 @@ impl Verifier {
         id: &BackupId,
         progress: &dyn Fn(u64, u64),
     ) -> Result<Verification, HubError> {
-        let record = self
-            .catalog
-            .backup(id)?
-            .ok_or_else(|| HubError::BackupNotFound {
-                backup_id: id.clone(),
-            })?;
-        if record.status != BackupStatus::Completed {
-            return Err(HubError::WrongStatus {
-                backup_id: id.clone(),
-                status: record.status,
-                expected: "completed",
-            });
-        }
+        let record = crate::engine::completed_record(&self.catalog, id)?;
         let _chain = self.locks.read(&record.vm_name, LOCK_WAIT)?;
         let total: u64 = record.disks.iter().map(|d| d.capacity_bytes).sum();
         let mut done = 0u64;

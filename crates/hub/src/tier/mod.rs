@@ -46,7 +46,7 @@ use std::sync::Arc;
 use sendense_catalog::{Catalog, CopyRecord, TargetRecord};
 use sendense_tier::MasterKey;
 use sendense_types::{
-    BackupId, BackupStatus, CopyState, Target, TargetList, TargetName, TargetRequest, Timestamp,
+    BackupId, CopyState, Target, TargetList, TargetName, TargetRequest, Timestamp,
 };
 
 use crate::credentials::Credentials;
@@ -218,20 +218,7 @@ impl Tier {
     }
 
     fn completed(&self, backup_id: &BackupId) -> Result<sendense_catalog::BackupRecord, HubError> {
-        let record = self
-            .catalog
-            .backup(backup_id)?
-            .ok_or_else(|| HubError::BackupNotFound {
-                backup_id: backup_id.clone(),
-            })?;
-        if record.status != BackupStatus::Completed {
-            return Err(HubError::WrongStatus {
-                backup_id: backup_id.clone(),
-                status: record.status,
-                expected: "completed",
-            });
-        }
-        Ok(record)
+        crate::engine::completed_record(&self.catalog, backup_id)
     }
 
     fn bucket(&self, target: &TargetName) -> Result<store::Bucket, HubError> {
