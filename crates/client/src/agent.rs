@@ -679,12 +679,13 @@ impl Agent {
         let finish = match (result, reason) {
             (Ok(done), _) => {
                 info!(backup_id = ?done.backup_id, "job completed");
-                FinishJobRequest::completed(done.backup_id, done.inventory)
-                    .map(|f| f.with_result(done.note.as_deref()))
-                    .unwrap_or_else(|e| {
+                match FinishJobRequest::completed(done.backup_id, done.inventory) {
+                    Ok(finish) => finish.with_result(done.note.as_deref()),
+                    Err(e) => {
                         error!(error = %e, "the job's result cannot be reported");
                         FinishJobRequest::failed(&e.to_string(), backup_id.clone())
-                    })
+                    }
+                }
             }
             (Err(e), Some(StopReason::Cancelled)) => {
                 info!(error = %sendense_io::error_chain(&e), "job stopped: cancelled at the hub");

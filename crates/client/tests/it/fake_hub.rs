@@ -223,6 +223,8 @@ fn route(
                 verification: sendense_types::Verification::default(),
                 disks,
                 vm_config: None,
+                evicted: false,
+                copies: Vec::new(),
             };
             st.backup = Some(backup.clone());
             (201, serde_json::to_string(&backup).unwrap())
