@@ -3,7 +3,7 @@
 //! them back, and enough to rebuild the catalog from the bucket alone.
 //!
 //! **Targets.** `POST /api/v1/targets` stores a bucket's endpoint, region and keys; the secret
-//! key is sealed like vCenter passwords ([`Credentials::seal_with`], bound to the target's
+//! key is sealed like vCenter passwords (`Credentials::seal_with`, bound to the target's
 //! name) and never answered. Object Lock (`object_lock_days` above 0) is refused with a clear
 //! error: the S3 client this hub uses cannot set lock headers, and a lock the store silently
 //! ignores would be a lie.
