@@ -181,7 +181,7 @@ impl Jobs {
             credential,
             ..JobRecord::queued(JobKind::Backup)
         })?;
-        tracing::info!(job_id = %record.job_id, vm = ?record.vm_name, agent = ?record.agent, "backup job queued");
+        tracing::info!(job_id = %record.job_id, vm = record.vm_name.as_ref().map_or("", VmName::as_str), agent = record.agent.as_ref().map_or("", AgentName::as_str), "backup job queued");
         self.wake(&record);
         Ok(record.job_id)
     }
@@ -240,7 +240,7 @@ impl Jobs {
             ..new_job(JobKind::Restore, agent, credential)
         })?;
         drop(plan.chain);
-        tracing::info!(job_id = %record.job_id, backup_id = %id, target, agent = ?record.agent, "restore job queued");
+        tracing::info!(job_id = %record.job_id, backup_id = %id, target, agent = record.agent.as_ref().map_or("", AgentName::as_str), "restore job queued");
         self.wake(&record);
         Ok(JobAccepted {
             job_id: record.job_id,
@@ -605,7 +605,7 @@ impl Jobs {
         }).await?;
         for (was, record) in &lapsed {
             let reason = record.error.clone().unwrap_or_else(|| "cancelled".into());
-            tracing::warn!(job_id = %record.job_id, agent = ?record.agent, status = %record.status, reason, "job lease lapsed");
+            tracing::warn!(job_id = %record.job_id, agent = record.agent.as_ref().map_or("", AgentName::as_str), status = %record.status, reason, "job lease lapsed");
             self.fail_backup_of(record, &reason).await;
             if *was == JobStatus::Running {
                 let _ = self.finished.send(record.to_api());
