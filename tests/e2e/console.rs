@@ -8,6 +8,7 @@
 //! A missing `chromium` or `chromedriver` fails the test naming the package.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,10 +34,24 @@ fn screenshot_dir() -> PathBuf {
     dir
 }
 
-/// `chromedriver` on a free loopback port, killed when dropped.
+/// `chromedriver` on a free loopback port in a process group of its own, which is killed
+/// whole when dropped: the Chromium browsers it started go with it, even when a test fails
+/// before closing its session.
 struct Driver {
-    _proc: Proc,
+    proc: Proc,
     url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.proc.0.id());
+        // Best effort: the group may already be gone.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 impl Driver {
@@ -54,6 +69,7 @@ impl Driver {
             .unwrap()
             .port();
         let child = Command::new("/usr/bin/chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdin(Stdio::null())
@@ -71,7 +87,7 @@ impl Driver {
             std::thread::sleep(Duration::from_millis(50));
         }
         Self {
-            _proc: Proc(child),
+            proc: Proc(child),
             url,
         }
     }
