@@ -611,15 +611,9 @@ fn console_policy_created_and_run_progress_reaches_100_and_job_turns_green() {
 /// A full backup of `disk` (a raw file, as disk 2000 of `vm`) by `sendense-client backup`;
 /// its point's id.
 fn client_backup(serve: &Serve, vm: &str, disk: &Path) -> String {
-    let summary = ok(&client()
-        .args([
-            "backup",
-            "--hub",
-            &serve.api,
-            "--tls-dir",
-            s(&serve.tls_dir()),
-        ])
-        .args(["--token-file", s(&serve.token()), "--vm", vm])
+    let summary = ok(&serve
+        .client_to("backup")
+        .args(["--vm", vm])
         .args(["--type", "full", "--json", "--log-format", "json"])
         .arg("--disk")
         .arg(format!("2000={}", s(disk)))

@@ -30,15 +30,9 @@ impl Hub {
 
     /// `sendense-client backup` of one raw disk (key 2000); its backup id.
     fn backup(&self, vm: &str, disk: &Path, kind: &str, extra: &[&str]) -> String {
-        let out = client()
-            .args([
-                "backup",
-                "--hub",
-                &self.api,
-                "--tls-dir",
-                s(&self.tls_dir()),
-            ])
-            .args(["--token-file", s(&self.token()), "--vm", vm])
+        let out = self
+            .client_to("backup")
+            .args(["--vm", vm])
             .args(["--type", kind, "--json", "--log-format", "json"])
             .arg("--disk")
             .arg(format!("2000={}", s(disk)))

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Proc, Serve, client, hub, ok, qemu_img, s};
+use crate::support::{Proc, Serve, hub, ok, qemu_img, s};
 
 const MIB: u64 = 1 << 20;
 /// The guest disk.
@@ -350,15 +350,9 @@ fn boot(port: &str, export: &str, certs: &Path) -> Duration {
 
 /// `sendense-client restore --from-instant` of disk 2000 into `to` in `format`.
 fn restore_from_instant(serve: &Serve, instant: &str, to: &Path, format: &str) -> Value {
-    let out = client()
-        .args([
-            "restore",
-            "--hub",
-            &serve.api,
-            "--tls-dir",
-            s(&serve.tls_dir()),
-        ])
-        .args(["--token-file", s(&serve.token()), "--from-instant", instant])
+    let out = serve
+        .client_to("restore")
+        .args(["--from-instant", instant])
         .args([
             "--disk",
             "2000",
@@ -381,15 +375,9 @@ fn instant_recovery_boots_a_backed_up_linux_disk_and_its_writes_stay_in_the_over
     let disk = bootable_disk(work.path());
     let data = work.path().join("data");
     let serve = Serve::start(&data, &[], "info");
-    let out = client()
-        .args([
-            "backup",
-            "--hub",
-            &serve.api,
-            "--tls-dir",
-            s(&serve.tls_dir()),
-        ])
-        .args(["--token-file", s(&serve.token()), "--vm", "bootme"])
+    let out = serve
+        .client_to("backup")
+        .args(["--vm", "bootme"])
         .args([
             "--disk",
             &format!("2000={}", s(&disk)),

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{
-    Serve, assert_same, client, files_under, hub, ok, s, serve_wrapper, write_random,
-};
+use crate::support::{Serve, assert_same, files_under, hub, ok, s, serve_wrapper, write_random};
 use garage::Garage;
 
 const MIB: u64 = 1 << 20;
@@ -55,15 +53,9 @@ impl Hub {
 
     /// `sendense-client backup` that must succeed; the new backup's id.
     fn backup(&self, disk: &Path, extra: &[&str]) -> String {
-        let out = client()
-            .args([
-                "backup",
-                "--hub",
-                &self.api,
-                "--tls-dir",
-                s(&self.tls_dir()),
-            ])
-            .args(["--token-file", s(&self.token()), "--vm", VM, "--json"])
+        let out = self
+            .client_to("backup")
+            .args(["--vm", VM, "--json"])
             .arg("--disk")
             .arg(format!("2000={}", s(disk)))
             .args(extra)

@@ -258,6 +258,15 @@ impl Serve {
         self.data.join("api.token")
     }
 
+    /// `sendense-client SUBCOMMAND --hub … --tls-dir … --token-file …` against this hub.
+    pub(crate) fn client_to(&self, subcommand: &str) -> Command {
+        let mut cmd = client();
+        cmd.args([subcommand, "--hub", &self.api])
+            .args(["--tls-dir", s(&self.tls_dir())])
+            .args(["--token-file", s(&self.token())]);
+        cmd
+    }
+
     /// The client certificate folder (`--tls-dir`) this hub issued.
     pub(crate) fn tls_dir(&self) -> PathBuf {
         client_tls(&self.data)
