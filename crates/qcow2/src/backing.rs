@@ -25,6 +25,7 @@ use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::Qcow2Error;
+use crate::layers::Layers;
 use crate::parse::BackingFormat;
 use crate::storage::{MemStorage, Storage};
 
@@ -135,7 +136,7 @@ impl BackingPolicy {
             _ => Path::new("."),
         };
         let root = std::fs::canonicalize(dir).map_err(|e| Qcow2Error::io("resolve", dir, e))?;
-        let (_, canonical) = resolve_file(self, image, name, &root)?;
+        let (_, canonical) = resolve_file(self, image, name, &root, &Layers::none())?;
         Ok(canonical)
     }
 
@@ -217,6 +218,7 @@ pub(crate) fn resolve_file(
     image: &Path,
     name: &str,
     root: &Path,
+    layers: &Layers,
 ) -> Result<(PathBuf, PathBuf), Qcow2Error> {
     policy.check_name(name)?;
     let rel = Path::new(name);
@@ -227,7 +229,13 @@ pub(crate) fn resolve_file(
             .parent()
             .map_or_else(|| rel.to_path_buf(), |d| d.join(rel))
     };
-    let canonical = std::fs::canonicalize(&joined).map_err(|e| {
+    let canonical = match std::fs::canonicalize(&joined) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && layers.holds_missing(&joined) => {
+            crate::layers::would_be_at(&joined)
+        }
+        other => other,
+    };
+    let canonical = canonical.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Qcow2Error::BackingMissing {
                 name: name.to_owned(),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::backing::{self, BackingPolicy, MemFolder};
 use crate::error::Qcow2Error;
 use crate::image::Image;
+use crate::layers::Layers;
 use crate::lock::{self, LockMode};
 use crate::options::{MAX_CHAIN_DEPTH, OpenOptions};
 use crate::parse::BackingFormat;
@@ -163,6 +164,7 @@ impl Image {
         let limit = opts.max_chain_depth.min(MAX_CHAIN_DEPTH);
         let mut chain = FileChain::new(path, limit, opts.backing);
         chain.writeback = opts.writeback;
+        chain.layers = opts.layers.clone();
         Self::open_layer(path, path, opts.writable, 0, &mut chain)
     }
 
@@ -180,6 +182,7 @@ impl Image {
         let mut chain = FileChain::new(path, limit, opts.backing);
         chain.trust_first = true;
         chain.writeback = opts.writeback;
+        chain.layers = opts.layers.clone();
         Self::open_layer(path, path, opts.writable, 0, &mut chain)
     }
 
@@ -245,7 +248,8 @@ impl Image {
     }
 
     /// Opens the layer at `open_at` (its canonical path, for a backing file), known to the
-    /// user as `path`.
+    /// user as `path`. A read-only layer whose file is missing is read from the chain's
+    /// [`LayerSource`](crate::LayerSource) when it holds it.
     pub(crate) fn open_layer(
         path: &Path,
         open_at: &Path,
@@ -253,11 +257,24 @@ impl Image {
         depth: usize,
         chain: &mut FileChain,
     ) -> Result<Self, Qcow2Error> {
-        let file = fs::OpenOptions::new()
+        let file = match fs::OpenOptions::new()
             .read(true)
             .write(writable)
             .open(open_at)
-            .map_err(|e| Qcow2Error::io("open", path, e))?;
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !writable => {
+                let storage = chain
+                    .layers
+                    .open_missing(open_at)
+                    .map_err(|e| Qcow2Error::io("open", path, e))?;
+                return match storage {
+                    Some(storage) => Self::from_source(storage, path, open_at, depth, chain),
+                    None => Err(Qcow2Error::io("open", path, e)),
+                };
+            }
+            Err(e) => return Err(Qcow2Error::io("open", path, e)),
+        };
         let mode = if writable {
             LockMode::Write
         } else {
@@ -275,26 +292,63 @@ impl Image {
         chain: &mut FileChain,
     ) -> Result<Self, Qcow2Error> {
         let canonical = fs::canonicalize(path).map_err(|e| Qcow2Error::io("resolve", path, e))?;
-        if chain.seen.contains(&canonical) {
-            return Err(Qcow2Error::BackingLoop { path: canonical });
-        }
-        chain.seen.push(canonical);
         let lock_file = file
             .try_clone()
             .map_err(|e| Qcow2Error::io("dup", path, e))?;
         let storage = FileStorage::with_direct_io(file, path, writable)
             .writeback(writable && depth == 0 && chain.writeback);
-        let mut img = Self::from_storage(Box::new(storage), path, writable)?;
+        let mut img =
+            Self::chain_layer(Box::new(storage), path, canonical, writable, depth, chain)?;
         img.lock_file = Some(lock_file);
+        Ok(img)
+    }
+
+    /// A read-only layer the chain's source gives for the missing file `open_at`.
+    fn from_source(
+        storage: Box<dyn Storage>,
+        path: &Path,
+        open_at: &Path,
+        depth: usize,
+        chain: &mut FileChain,
+    ) -> Result<Self, Qcow2Error> {
+        let canonical =
+            crate::layers::would_be_at(open_at).map_err(|e| Qcow2Error::io("resolve", path, e))?;
+        Self::chain_layer(storage, path, canonical, false, depth, chain)
+    }
+
+    /// The layer in `storage` (whose file is, or would be, `canonical`) and the chain below it.
+    fn chain_layer(
+        storage: Box<dyn Storage>,
+        path: &Path,
+        canonical: PathBuf,
+        writable: bool,
+        depth: usize,
+        chain: &mut FileChain,
+    ) -> Result<Self, Qcow2Error> {
+        if chain.seen.contains(&canonical) {
+            return Err(Qcow2Error::BackingLoop { path: canonical });
+        }
+        chain.seen.push(canonical.clone());
+        if depth == 0 && chain.root.is_none() && !chain.trust_first {
+            // The top layer may itself be missing (and come from the source): its folder's
+            // canonical form is the root backing files must stay in.
+            chain.root = canonical.parent().map(Path::to_path_buf);
+        }
+        let mut img = Self::from_storage(storage, path, writable)?;
         if let Some(name) = img.header.backing_file.clone() {
             let (bpath, real) = if depth == 0 && chain.trust_first {
-                let (bpath, real) =
-                    backing::resolve_file(&BackingPolicy::any(), path, &name, Path::new("/"))?;
+                let (bpath, real) = backing::resolve_file(
+                    &BackingPolicy::any(),
+                    path,
+                    &name,
+                    Path::new("/"),
+                    &chain.layers,
+                )?;
                 chain.root = real.parent().map(Path::to_path_buf);
                 (bpath, real)
             } else {
                 let root = chain.root()?;
-                backing::resolve_file(&chain.policy, path, &name, &root)?
+                backing::resolve_file(&chain.policy, path, &name, &root, &chain.layers)?
             };
             if depth + 1 > chain.limit {
                 return Err(Qcow2Error::ChainTooDeep {
@@ -303,11 +357,12 @@ impl Image {
             }
             let format = match img.header.backing_format {
                 Some(f) => f,
-                None => {
-                    let f =
-                        File::open(&real).map_err(|e| Qcow2Error::io("open backing", &bpath, e))?;
-                    probe_format(&f, &bpath)?
-                }
+                None => match File::open(&real) {
+                    Ok(f) => probe_format(&f, &bpath)?,
+                    Err(e) => {
+                        probe_format(missing(&chain.layers, &real, &bpath, e)?.as_ref(), &bpath)?
+                    }
+                },
             };
             chain.policy.check_format(&name, format)?;
             img.backing = Some(match format {
@@ -322,12 +377,35 @@ impl Image {
                     if chain.seen.contains(&real) {
                         return Err(Qcow2Error::BackingLoop { path: real });
                     }
-                    Backing::Raw(RawBacking::open(&bpath, &real)?)
+                    if real.exists() {
+                        Backing::Raw(RawBacking::open(&bpath, &real)?)
+                    } else {
+                        let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+                        let storage = missing(&chain.layers, &real, &bpath, e)?;
+                        Backing::Raw(RawBacking::from_storage(&bpath, storage, None)?)
+                    }
                 }
             });
         }
         Ok(img)
     }
+}
+
+/// The source's storage for the missing backing file `real` (named `bpath`); `e` (why the file
+/// did not open) when there is no such layer.
+fn missing(
+    layers: &Layers,
+    real: &Path,
+    bpath: &Path,
+    e: std::io::Error,
+) -> Result<Box<dyn Storage>, Qcow2Error> {
+    if e.kind() != std::io::ErrorKind::NotFound {
+        return Err(Qcow2Error::io("open backing", bpath, e));
+    }
+    layers
+        .open_missing(real)
+        .map_err(|e| Qcow2Error::io("open backing", bpath, e))?
+        .ok_or_else(|| Qcow2Error::io("open backing", bpath, e))
 }
 
 /// A file-system chain being opened: what passes from layer to layer.
@@ -345,6 +423,8 @@ pub(crate) struct FileChain {
     pub(crate) writeback: bool,
     /// Canonical paths of the layers opened so far.
     seen: Vec<PathBuf>,
+    /// Where missing read-only layers are read from.
+    pub(crate) layers: Layers,
 }
 
 impl FileChain {
@@ -357,6 +437,7 @@ impl FileChain {
             trust_first: false,
             writeback: false,
             seen: Vec::new(),
+            layers: Layers::none(),
         }
     }
 

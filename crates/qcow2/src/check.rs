@@ -75,7 +75,7 @@ pub fn check_path(path: &Path) -> Result<CheckReport, Qcow2Error> {
 pub fn check_path_with(path: &Path, opts: &OpenOptions) -> Result<CheckReport, Qcow2Error> {
     let opts = OpenOptions {
         writable: false,
-        ..*opts
+        ..opts.clone()
     };
     Image::open(path, &opts)?.check()
 }

@@ -48,6 +48,7 @@ impl Image {
             // from images below it, relative to its folder.
             chain.trust_first = true;
             chain.writeback = opts.writeback;
+            chain.layers = opts.layers.clone();
             Self::from_file(file, path, true, 0, &mut chain)
         })();
         if res.is_err() {

@@ -41,6 +41,7 @@ pub mod error;
 pub mod image;
 mod info;
 mod l2_entry;
+pub mod layers;
 mod lock;
 pub mod meta;
 mod offset;
@@ -62,6 +63,7 @@ pub use check::{CheckReport, check_path, check_path_with};
 pub use error::{ErrorKind, Qcow2Error};
 pub use image::Image;
 pub use info::{BackingInfo, ImageInfo};
+pub use layers::{LayerSource, Layers};
 pub use options::{BackingSpec, CreateOptions, OpenOptions};
 /// Chain depth limits: [`DEFAULT_CHAIN_DEPTH`] is what [`OpenOptions::read_only`],
 /// [`OpenOptions::writable`] and [`Image::create`] open (a chain writer starts a new full

@@ -1,7 +1,10 @@
 //! Options of [`crate::Image::create`] and [`crate::Image::open`], and the chain depth
 //! limits.
 
+use std::sync::Arc;
+
 use crate::backing::BackingPolicy;
+use crate::layers::{LayerSource, Layers};
 use crate::parse::BackingFormat;
 
 /// Hard upper bound on backing chain depth, whatever the caller asks for in
@@ -33,6 +36,9 @@ pub struct CreateOptions {
     /// Open the new image with writeback: small data writes go through the page cache and
     /// a flush makes them durable (see [`crate::storage`]; for scratch overlays).
     pub writeback: bool,
+    /// Where the backing chain's read-only layers whose files are missing are read from
+    /// (see [`crate::layers`]).
+    pub layers: Layers,
 }
 
 impl CreateOptions {
@@ -46,6 +52,7 @@ impl CreateOptions {
             extended_l2: false,
             backing_policy: BackingPolicy::below(),
             writeback: false,
+            layers: Layers::none(),
         }
     }
 
@@ -83,6 +90,14 @@ impl CreateOptions {
         self.backing_policy = policy;
         self
     }
+
+    /// Reads the backing chain's layers whose files are missing from `source` (the `layers`
+    /// field).
+    #[must_use]
+    pub fn layers(mut self, source: Arc<dyn LayerSource>) -> Self {
+        self.layers = Layers::from_source(source);
+        self
+    }
 }
 
 /// A backing file to record in a new overlay.
@@ -115,7 +130,7 @@ impl BackingSpec {
 }
 
 /// Options for [`crate::Image::open`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenOptions {
     /// Open the top image for writing (backing files are always read-only).
     pub writable: bool,
@@ -126,6 +141,8 @@ pub struct OpenOptions {
     /// With `writable`: small data writes of the top image go through the page cache and a
     /// flush makes them durable (see [`crate::storage`]; for scratch overlays).
     pub writeback: bool,
+    /// Where read-only layers whose files are missing are read from (see [`crate::layers`]).
+    pub layers: Layers,
 }
 
 impl OpenOptions {
@@ -137,6 +154,7 @@ impl OpenOptions {
             max_chain_depth: DEFAULT_CHAIN_DEPTH,
             backing: BackingPolicy::below(),
             writeback: false,
+            layers: Layers::none(),
         }
     }
 
@@ -148,6 +166,7 @@ impl OpenOptions {
             max_chain_depth: DEFAULT_CHAIN_DEPTH,
             backing: BackingPolicy::below(),
             writeback: false,
+            layers: Layers::none(),
         }
     }
 
@@ -169,6 +188,13 @@ impl OpenOptions {
     #[must_use]
     pub fn max_chain_depth(mut self, depth: usize) -> Self {
         self.max_chain_depth = depth;
+        self
+    }
+
+    /// Reads read-only layers whose files are missing from `source` (the `layers` field).
+    #[must_use]
+    pub fn layers(mut self, source: Arc<dyn LayerSource>) -> Self {
+        self.layers = Layers::from_source(source);
         self
     }
 }
