@@ -1,7 +1,8 @@
 //! The object tier end to end (issue #18), against a real distributed S3 store: three Garage
 //! nodes on loopback with replication 3 ([`garage`]), never a mock. The real `sendense-client`
 //! backs a raw disk up into a real `sendense-hub serve`; the hub copies points to the bucket
-//! (encrypted, resumable, verified), evicts them, fetches them back for restores, and a new
+//! (encrypted, resumable, verified), evicts them, restores, instantly recovers and browses
+//! them from the bucket (by range, through the hub's cache) or fetches them back, and a new
 //! hub rebuilds its catalog from the bucket alone. Every restored point is compared with the
 //! source by `qemu-img compare`.
 
@@ -109,6 +110,19 @@ impl Hub {
     /// The copies `GET /api/v1/backups/{id}` answers.
     fn copies(&self, id: &str) -> Value {
         self.ok_call(reqwest::Method::GET, &format!("/api/v1/backups/{id}"), None)["copies"].clone()
+    }
+
+    /// `sendense-client restore` of disk 2000 of point `id` (or, with `--from-instant`, of
+    /// an instant recovery) into the raw file `to`, which must succeed.
+    fn restore(&self, source: &[&str], to: &Path) {
+        let out = self
+            .client_to("restore")
+            .args(source)
+            .args(["--disk", "2000", "--to", s(to), "--format", "raw", "--json"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        ok(&out);
     }
 
     /// Waits until the hub logs that a part of a copy landed in the bucket.
@@ -249,19 +263,46 @@ fn object_chain_copied_then_new_hub_imports_and_restores_every_point_from_the_bu
     for (id, source) in &points {
         let backup = hub_b.ok_call(reqwest::Method::GET, &format!("/api/v1/backups/{id}"), None);
         assert_eq!(backup["evicted"], true, "{backup}");
-        // Opening the normal restore exports fetches the point (and its parents) back.
-        hub_b.ok_call(
-            reqwest::Method::POST,
-            &format!("/api/v1/backups/{id}/exports"),
-            None,
-        );
-        assert_same(&hub_b.image(VM, 2000, id), "qcow2", source, "raw");
-        hub_b.ok_call(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/backups/{id}/exports"),
-            None,
-        );
+        // The restore reads the point and its parents from the bucket, by range through the
+        // cache: nothing comes back into the repository.
+        let restored = dir.path().join(format!("restored-{id}.raw"));
+        hub_b.restore(&["--backup", id], &restored);
+        assert_same(&restored, "raw", source, "raw");
+        assert!(!hub_b.image(VM, 2000, id).exists());
     }
+    assert!(
+        hub_b.count("layer read from the bucket") >= 3,
+        "{}",
+        hub_b.all_lines()
+    );
+
+    // Instant recovery of the newest point, whose whole chain lives only in the bucket: the
+    // scratch overlay reads through to it.
+    let (newest, source) = points.last().unwrap();
+    let started = hub_b.ok_call(
+        reqwest::Method::POST,
+        &format!("/api/v1/backups/{newest}/instant"),
+        None,
+    );
+    let instant = started["instant_id"].as_str().unwrap().to_owned();
+    // A restarted hub opens the instant recovery again over the bucket's layers.
+    drop(hub_b);
+    let hub_b = Hub::start(&data_b);
+    let recovered = dir.path().join("instant.raw");
+    hub_b.restore(&["--from-instant", &instant], &recovered);
+    assert_same(&recovered, "raw", source, "raw");
+    hub_b.ok_call(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/instant/{instant}"),
+        None,
+    );
+    let repository = files_under(&dir.path().join("hub-b").join("repository"));
+    assert!(
+        !repository
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "qcow2")),
+        "{repository:?}"
+    );
 }
 
 #[test]
@@ -289,19 +330,16 @@ fn object_hub_killed_mid_copy_resumes_where_it_stopped() {
         hub.all_lines()
     );
     assert_eq!(hub.copies(&id)[0]["state"], "verified");
-    // The resumed object restores exactly: evict the point, fetch it back through its exports.
+    // The resumed object restores exactly: evict the point, restore it from the bucket.
     hub.ok_call(
         reqwest::Method::POST,
         &format!("/api/v1/backups/{id}/evict"),
         None,
     );
     assert!(!hub.image(VM, 2000, &id).exists());
-    hub.ok_call(
-        reqwest::Method::POST,
-        &format!("/api/v1/backups/{id}/exports"),
-        None,
-    );
-    assert_same(&hub.image(VM, 2000, &id), "qcow2", &disk, "raw");
+    let restored = dir.path().join("restored.raw");
+    hub.restore(&["--backup", &id], &restored);
+    assert_same(&restored, "raw", &disk, "raw");
 }
 
 #[test]
@@ -373,4 +411,64 @@ fn object_target_with_object_lock_is_refused_with_a_clear_error() {
         answer["message"].as_str().unwrap().contains("Object Lock"),
         "{answer}"
     );
+}
+
+#[test]
+fn object_bucket_only_point_is_browsed_and_its_files_read_by_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let garage = Garage::start(&dir.path().join("garage"));
+    let hub = Hub::start(&dir.path().join("hub"));
+    // An ext4 file system (the whole disk, no partition table) made by mkfs.ext4 from a tree.
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/hostname"), "bucket-only\n").unwrap();
+    let blob: String = (0..40_000u32)
+        .map(|i| format!("{i:08x} {}\n", i.wrapping_mul(2_654_435_761)))
+        .collect();
+    std::fs::write(tree.join("blob.txt"), &blob).unwrap();
+    let disk = dir.path().join("disk.raw");
+    let mkfs = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d", s(&tree), s(&disk), "32M"])
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs; scripts/test.sh installs it)");
+    assert!(mkfs.status.success(), "{mkfs:?}");
+    let id = hub.backup(&disk, &["--type", "full"]);
+    hub.add_target(&garage, 0);
+    hub.copy(&id);
+    hub.ok_call(
+        reqwest::Method::POST,
+        &format!("/api/v1/backups/{id}/evict"),
+        None,
+    );
+
+    let base = format!("/api/v1/backups/{id}/disks/2000");
+    let table = hub.ok_call(reqwest::Method::GET, &format!("{base}/partitions"), None);
+    assert_eq!(table["partitions"][0]["index"], 0, "{table}");
+    let listing = hub.ok_call(
+        reqwest::Method::GET,
+        &format!("{base}/files?partition=0&path=/etc"),
+        None,
+    );
+    assert_eq!(listing["entries"][0]["name"], "hostname", "{listing}");
+    let (status, hostname) = hub.raw(
+        reqwest::Method::GET,
+        &format!("{base}/files/content?partition=0&path=/etc/hostname"),
+        None,
+    );
+    assert_eq!((status, hostname.as_str()), (200, "bucket-only\n"));
+    let (status, got) = hub.raw(
+        reqwest::Method::GET,
+        &format!("{base}/files/content?partition=0&path=/blob.txt"),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        got == blob,
+        "blob.txt read back differs ({} bytes)",
+        got.len()
+    );
+    // Read in place: the point stays evicted, its file absent from the repository.
+    assert!(!hub.image(VM, 2000, &id).exists());
+    let backup = hub.ok_call(reqwest::Method::GET, &format!("/api/v1/backups/{id}"), None);
+    assert_eq!(backup["evicted"], true, "{backup}");
 }

@@ -655,13 +655,7 @@ async fn open_exports(
 ) -> ApiResult<impl IntoResponse> {
     check_access(&s, caller, &id, BackupAccess::Exports).await?;
     let id: BackupId = parse("backup id", &id)?;
-    Ok(Json(
-        blocking(move || {
-            s.tier.fetch(&id)?;
-            s.engine.open_restore(&id)
-        })
-        .await?,
-    ))
+    Ok(Json(blocking(move || s.engine.open_restore(&id)).await?))
 }
 
 async fn disk_partitions(
@@ -670,13 +664,7 @@ async fn disk_partitions(
 ) -> ApiResult<impl IntoResponse> {
     let id: BackupId = parse("backup id", &id)?;
     let key: DiskKey = parse("disk key", &key)?;
-    Ok(Json(
-        blocking(move || {
-            s.tier.fetch(&id)?;
-            s.engine.partitions(&id, key)
-        })
-        .await?,
-    ))
+    Ok(Json(blocking(move || s.engine.partitions(&id, key)).await?))
 }
 
 async fn list_files(
@@ -688,11 +676,7 @@ async fn list_files(
     let key: DiskKey = parse("disk key", &key)?;
     let Query(query) = query_or_400(query)?;
     Ok(Json(
-        blocking(move || {
-            s.tier.fetch(&id)?;
-            s.engine.list_files(&id, key, &query)
-        })
-        .await?,
+        blocking(move || s.engine.list_files(&id, key, &query)).await?,
     ))
 }
 
@@ -707,9 +691,6 @@ async fn file_content(
     let key: DiskKey = parse("disk key", &key)?;
     let Query(query) = query_or_400(query)?;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let tier = Arc::clone(&s.tier);
-    let point = id.clone();
-    blocking(move || tier.fetch(&point)).await?;
     let content = match s.engine.file_content(&id, key, &query, range).await {
         Ok(content) => content,
         Err(HubError::RangeNotSatisfiable { size }) => {
@@ -848,11 +829,7 @@ async fn start_instant(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let id: BackupId = parse("backup id", &id)?;
-    let instant = blocking(move || {
-        s.tier.fetch(&id)?;
-        s.engine.start_instant(&id)
-    })
-    .await?;
+    let instant = blocking(move || s.engine.start_instant(&id)).await?;
     Ok((StatusCode::CREATED, Json(instant)))
 }
 

@@ -162,6 +162,11 @@ pub struct ServeOptions {
     /// queues verify jobs for them on its own [default: never].
     #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub reverify_days: Option<u32>,
+    /// Most MiB of the local cache of chunks read from buckets (DATA/tier-cache,
+    /// emptied at each start) when a point that lives only in a bucket is
+    /// restored, instantly recovered or browsed [default: 4096].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub tier_cache_mib: Option<u64>,
     /// Log line format: a key of the config file only (on the command line it
     /// is the global --log-format, which wins).
     #[arg(skip)]
@@ -273,6 +278,7 @@ impl ServeOptions {
                 .free_space_warning_percent
                 .or(fallback.free_space_warning_percent),
             reverify_days: self.reverify_days.or(fallback.reverify_days),
+            tier_cache_mib: self.tier_cache_mib.or(fallback.tier_cache_mib),
             log_format: self.log_format.or(fallback.log_format),
         }
     }
@@ -305,6 +311,9 @@ impl ServeOptions {
                     .free_space_warning_percent
                     .unwrap_or(DEFAULT_FREE_SPACE_WARNING_PERCENT),
                 reverify_days: self.reverify_days,
+                tier_cache_mib: self
+                    .tier_cache_mib
+                    .unwrap_or(crate::tier::DEFAULT_CACHE_MIB),
             },
         })
     }

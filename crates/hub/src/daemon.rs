@@ -291,6 +291,18 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         );
     }
 
+    // Points that live only in a bucket are read from it: instant recoveries over them too.
+    let tier = Arc::new(
+        crate::tier::Tier::new(
+            Arc::clone(&catalog),
+            Arc::clone(&credentials),
+            &data,
+            &data.join(REPOSITORY_DIR),
+        )
+        .with_cache_mib(config.repository.tier_cache_mib),
+    );
+    engine.attach_tier(Arc::clone(&tier));
+
     // Instant recoveries come back under the same export names before the NBD port serves,
     // so their guests reconnect to the same URIs.
     let instants = engine.reopen_instants()?;
@@ -314,12 +326,6 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
         tracing::info!(jobs = renewed, "running jobs given a fresh lease");
     }
 
-    let tier = Arc::new(crate::tier::Tier::new(
-        Arc::clone(&catalog),
-        Arc::clone(&credentials),
-        &data,
-        &data.join(REPOSITORY_DIR),
-    ));
     let hub_jobs = Arc::new(
         HubJobs::new(
             Arc::clone(&catalog),

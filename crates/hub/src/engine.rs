@@ -188,6 +188,8 @@ pub struct RepositoryConfig {
     /// Re-verify completed points whose last verification (or completion, if never verified)
     /// is older than this many days; `None`: never on a schedule.
     pub reverify_days: Option<u32>,
+    /// Bound of the object tier's cache of chunks read from buckets, in MiB.
+    pub tier_cache_mib: u64,
 }
 
 impl Default for RepositoryConfig {
@@ -195,6 +197,7 @@ impl Default for RepositoryConfig {
         Self {
             free_space_warning_percent: DEFAULT_FREE_SPACE_WARNING_PERCENT,
             reverify_days: None,
+            tier_cache_mib: crate::tier::DEFAULT_CACHE_MIB,
         }
     }
 }
@@ -217,6 +220,8 @@ pub struct Engine {
     /// Serializes the start and discard of instant recoveries (their catalog record, exports
     /// and folder change together); held only by blocking code.
     instant_ops: Mutex<()>,
+    /// The object tier, once attached: points that live only in a bucket are read from it.
+    tier: std::sync::OnceLock<Arc<crate::tier::Tier>>,
 }
 
 impl Engine {
@@ -238,6 +243,7 @@ impl Engine {
             chain_locks: Arc::new(ChainLocks::default()),
             downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
             instant_ops: Mutex::new(()),
+            tier: std::sync::OnceLock::new(),
         }
     }
 
@@ -246,6 +252,42 @@ impl Engine {
     pub fn with_repository_config(mut self, config: RepositoryConfig) -> Self {
         self.space = config;
         self
+    }
+
+    /// Attaches the object tier: restore exports, instant recoveries and the file browser then
+    /// read points that live only in a bucket from it, by range (see [`crate::tier`]). The
+    /// first tier attached stays.
+    pub fn attach_tier(&self, tier: Arc<crate::tier::Tier>) {
+        let _ = self.tier.set(tier);
+    }
+
+    /// How the chain of point `id` opens for reading: read-only, any chain the hub wrote,
+    /// backing files in the repository, and the layers that live only in a bucket read from
+    /// it.
+    ///
+    /// # Errors
+    /// The tier's ([`crate::tier::Tier::layers_for`]).
+    pub(crate) fn point_open_options(&self, id: &BackupId) -> Result<OpenOptions, HubError> {
+        // Any chain the hub wrote opens: it never writes one longer than
+        // MAX_CHAIN_LENGTH, and older hubs at most one more.
+        let mut opts = OpenOptions::read_only()
+            .max_chain_depth(MAX_CHAIN_DEPTH)
+            .backing(BackingPolicy::repository());
+        if let Some(source) = self.point_layers(id)? {
+            opts = opts.layers(source);
+        }
+        Ok(opts)
+    }
+
+    /// The source of the layers of `id`'s chain that live only in a bucket, if any.
+    pub(crate) fn point_layers(
+        &self,
+        id: &BackupId,
+    ) -> Result<Option<Arc<dyn sendense_qcow2::LayerSource>>, HubError> {
+        match self.tier.get() {
+            Some(tier) => tier.layers_for(id),
+            None => Ok(None),
+        }
     }
 
     /// The repository settings.
@@ -1104,11 +1146,7 @@ impl Engine {
         if let Some(open) = self.live().restores.get(id) {
             return Ok(self.restore_answer(open));
         }
-        // Any chain the hub wrote opens: it never writes one longer than
-        // MAX_CHAIN_LENGTH, and older hubs at most one more.
-        let opts = OpenOptions::read_only()
-            .max_chain_depth(MAX_CHAIN_DEPTH)
-            .backing(BackingPolicy::repository());
+        let opts = self.point_open_options(id)?;
         let mut opened: Vec<(DiskKey, ExportName)> = Vec::new();
         for d in &record.disks {
             let path = self.repository.join(&d.file);

@@ -18,14 +18,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use sendense_fs::{BlockRead, Entry, EntryKind, FileSystem, FsPath};
 use sendense_io::BufPool;
-use sendense_qcow2::{BackingPolicy, Image, OpenOptions};
+use sendense_qcow2::Image;
 use sendense_types::{
     BackupId, BackupStatus, DiskKey, DiskPartitions, FileEntry, FileListing, FilesQuery,
     PartitionInfo, Timestamp,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use super::{Engine, MAX_CHAIN_DEPTH};
+use super::Engine;
 use crate::error::HubError;
 use crate::maintenance::ChainReadGuard;
 
@@ -289,9 +289,7 @@ impl Engine {
                 disk_key: key,
             })?;
         let path = self.repository.join(&disk.file);
-        let opts = OpenOptions::read_only()
-            .max_chain_depth(MAX_CHAIN_DEPTH)
-            .backing(BackingPolicy::repository());
+        let opts = self.point_open_options(id)?;
         let image = Image::open(&path, &opts).map_err(|e| HubError::image(&path, e))?;
         Ok(PointDisk {
             size: image.virtual_size(),

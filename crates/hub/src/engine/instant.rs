@@ -192,6 +192,7 @@ impl Engine {
     ) -> Result<(Vec<OpenDisk>, Vec<InstantDiskRecord>), HubError> {
         let mut disks = Vec::with_capacity(point.disks.len());
         let mut stored = Vec::with_capacity(point.disks.len());
+        let layers = self.point_layers(&point.backup_id)?;
         for d in &point.disks {
             let name = overlay_name(d.disk_key);
             let path = dir.join(&name);
@@ -202,6 +203,10 @@ impl Engine {
                 BackingSpec::qcow2(backing_name(&d.file)),
             )
             .backing_policy(BackingPolicy::repository());
+            let opts = match &layers {
+                Some(source) => opts.layers(Arc::clone(source)),
+                None => opts,
+            };
             let image = Image::create(&path, &opts).map_err(|e| HubError::image(&path, e))?;
             self.check_backing(&image, &path, &d.file)?;
             let export_name = ExportName::random();
@@ -221,11 +226,13 @@ impl Engine {
 
     /// Checks that `image`'s backing file is the repository's `file`.
     fn check_backing(&self, image: &Image, path: &Path, file: &str) -> Result<(), HubError> {
-        let expected = std::fs::canonicalize(self.repository.join(file))
+        // The point's file may be missing (a point read from a bucket): compare the paths the
+        // files have, or would have.
+        let expected = sendense_qcow2::layers::would_be_at(&self.repository.join(file))
             .map_err(|e| HubError::io(self.repository.join(file), e))?;
         let found = image
             .backing()
-            .and_then(|b| std::fs::canonicalize(b.path()).ok());
+            .and_then(|b| sendense_qcow2::layers::would_be_at(b.path()).ok());
         if found.as_deref() == Some(expected.as_path()) {
             Ok(())
         } else {
@@ -381,10 +388,13 @@ impl Engine {
         let data = self.instant_root();
         let data = data.parent().unwrap_or(&data);
         // Writeback, as the overlay was created (`scratch_overlay_options`).
-        let opts = OpenOptions::writable()
+        let mut opts = OpenOptions::writable()
             .writeback(true)
             .max_chain_depth(MAX_CHAIN_DEPTH)
             .backing(BackingPolicy::repository());
+        if let Some(source) = self.point_layers(&r.backup_id)? {
+            opts = opts.layers(source);
+        }
         let mut disks = Vec::with_capacity(r.disks.len());
         for d in &r.disks {
             let path = data.join(&d.overlay);

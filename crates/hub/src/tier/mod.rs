@@ -29,13 +29,17 @@
 //! object is read back, opened and its SHA-256 compared with the manifest: only then is the
 //! copy `verified`.
 //!
-//! **Restore from a bucket** ([`Tier::fetch`]): the files of a point and of every point it
-//! reads through, downloaded, opened chunk by chunk (each chunk authenticated), checked
-//! against the manifest's SHA-256 and written into the repository (temporary name, fsync,
-//! rename). **Import** ([`Tier::import`]): a new hub lists a target's manifests and records
+//! **Restore from a bucket.** A point that lives only in a bucket is read in place, by range
+//! through a bounded local cache (`cache.rs`, [`Tier::layers_for`]): restore exports,
+//! instant recovery and the file browser open its chain with the bucket's layers standing in
+//! for the missing files. [`Tier::fetch`] brings the files of a point and of every point it
+//! reads through back whole: downloaded, opened chunk by chunk (each chunk authenticated),
+//! checked against the manifest's SHA-256 and written into the repository (temporary name,
+//! fsync, rename). **Import** ([`Tier::import`]): a new hub lists a target's manifests and records
 //! every point they describe that it does not know, in chain order, as completed points
 //! whose files live in the bucket (fetched when restored).
 
+mod cache;
 mod copy;
 mod restore;
 mod store;
@@ -52,6 +56,7 @@ use sendense_types::{
 use crate::credentials::Credentials;
 use crate::error::HubError;
 
+pub use cache::{CACHE_DIR, ChunkCache, DEFAULT_CACHE_MIB};
 pub use copy::{PARALLEL_PARTS, PART_CHUNKS};
 
 /// The master key's file name inside the data folder.
@@ -65,6 +70,10 @@ pub struct Tier {
     credentials: Arc<Credentials>,
     data_dir: PathBuf,
     repo: PathBuf,
+    /// Bound of the cache of chunks read from buckets, in bytes.
+    cache_capacity: u64,
+    /// The cache, made (and its folder emptied) at first use.
+    cache: std::sync::Mutex<Option<Arc<ChunkCache>>>,
 }
 
 impl std::fmt::Debug for Tier {
@@ -89,7 +98,36 @@ impl Tier {
             credentials,
             data_dir: data_dir.to_owned(),
             repo: repo.to_owned(),
+            cache_capacity: DEFAULT_CACHE_MIB << 20,
+            cache: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Bounds the cache of chunks read from buckets to `mib` MiB (`--tier-cache-mib`).
+    #[must_use]
+    pub fn with_cache_mib(mut self, mib: u64) -> Self {
+        self.cache_capacity = mib.saturating_mul(1 << 20);
+        self
+    }
+
+    /// The cache of chunks read from buckets (`DATA/tier-cache`), made at first use.
+    ///
+    /// # Errors
+    /// The cache folder cannot be emptied or made.
+    pub fn cache(&self) -> Result<Arc<ChunkCache>, HubError> {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = &*cache {
+            return Ok(Arc::clone(c));
+        }
+        let made = Arc::new(ChunkCache::open(
+            &self.data_dir.join(CACHE_DIR),
+            self.cache_capacity,
+        )?);
+        *cache = Some(Arc::clone(&made));
+        Ok(made)
     }
 
     /// `POST /api/v1/targets`: stores (or replaces) a target, its secret sealed; makes the

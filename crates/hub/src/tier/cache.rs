@@ -1,0 +1,695 @@
+//! Points that live only in a bucket, read in place: by range, through a bounded local cache.
+//!
+//! A restore export, an instant recovery or the file browser opens an evicted point's chain
+//! with a [`LayerSource`] ([`Tier::layers_for`]): each layer whose file the repository no
+//! longer holds is read from the bucket of a target with a verified copy of its point, as a
+//! read-only [`Storage`] ([`BucketLayer`]). A read asks for the sealed chunks (1 MiB of
+//! plaintext each, see [`sendense_tier::seal`]) that cover it: chunks in the cache are read
+//! from there; the others are fetched with ranged GETs (neighbouring chunks in one request,
+//! the requests of one read at once), each opened (authenticated: a chunk altered in the
+//! store, moved from another object or from another place fails to open and the read fails
+//! with `EIO`), copied into the caller's buffer and kept in the cache.
+//!
+//! **The cache** ([`ChunkCache`], `DATA/tier-cache/`, emptied at each start) holds decrypted
+//! chunks in one sparse file per object, at most `--tier-cache-mib` MiB in all: when a new
+//! chunk does not fit, the chunks read least recently are dropped (their range punched out
+//! of the file) first; a chunk being read is never dropped under its reader. Two readers
+//! missing the same chunk fetch it once (the second waits for the first). The cache holds
+//! plaintext of the disks, as the repository does: same folder, same owner, mode 0600.
+//!
+//! Nothing is written to the repository: the point stays evicted, and `POST
+//! /api/v1/backups/{id}/fetch` still brings its files back whole when an administrator wants
+//! them local again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::hash::{Hash as _, Hasher as _};
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use sendense_qcow2::{LayerSource, Storage};
+use sendense_tier::seal::{HEADER_LEN, Header, ObjectCipher};
+use sendense_tier::{MasterKey, layout};
+use sendense_types::BackupId;
+
+use super::store::Bucket;
+use super::{BUCKET_PREFIX, Tier};
+use crate::error::HubError;
+
+/// The cache folder inside the data folder.
+pub const CACHE_DIR: &str = "tier-cache";
+/// Default bound of the cache, in MiB (`--tier-cache-mib`).
+pub const DEFAULT_CACHE_MIB: u64 = 4096;
+/// Most chunks one GET asks for (a read of more chunks sends several GETs at once).
+const RUN_CHUNKS: usize = 4;
+/// Locks that keep two readers from fetching the same chunk (by hash of object and chunk).
+const STRIPES: usize = 64;
+
+/// The bounded cache of decrypted chunks (see the module docs). Share one (in an `Arc`).
+pub struct ChunkCache {
+    dir: PathBuf,
+    capacity: u64,
+    state: Mutex<CacheState>,
+    fetching: Vec<Mutex<()>>,
+    /// The runtime the fetches run on: its own, so a read can wait for one from any thread
+    /// (a blocking-pool thread, a runtime's worker, a plain thread) without starving it.
+    io: IoRuntime,
+}
+
+/// A small runtime of its own, shut down without waiting when dropped (even in async code).
+struct IoRuntime(Option<tokio::runtime::Runtime>);
+
+impl IoRuntime {
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|rt| rt.handle().clone())
+    }
+}
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for ChunkCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkCache")
+            .field("dir", &self.dir)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct CacheState {
+    /// The sparse file of each object (by cache key: target and object name).
+    files: HashMap<Arc<str>, Arc<File>>,
+    chunks: HashMap<(Arc<str>, u64), Entry>,
+    /// Chunks by last use, oldest first.
+    lru: BTreeMap<u64, (Arc<str>, u64)>,
+    used: u64,
+    tick: u64,
+}
+
+struct Entry {
+    tick: u64,
+    len: u64,
+    /// Readers copying it out now: never dropped meanwhile.
+    pins: u32,
+}
+
+impl ChunkCache {
+    /// An empty cache in `dir` (whatever an earlier run left there is removed) holding at most
+    /// `capacity` bytes.
+    ///
+    /// # Errors
+    /// The folder cannot be emptied or made.
+    pub fn open(dir: &Path, capacity: u64) -> Result<Self, HubError> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(HubError::io(dir, e)),
+        }
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| HubError::io(dir, e))?;
+        }
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tier-io")
+            .enable_all()
+            .build()
+            .map_err(|e| HubError::io(dir, e))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            capacity,
+            state: Mutex::new(CacheState::default()),
+            fetching: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            io: IoRuntime(Some(io)),
+        })
+    }
+
+    /// The handle of the runtime fetches run on.
+    fn io(&self) -> Result<tokio::runtime::Handle, HubError> {
+        self.io.handle().ok_or(HubError::Worker)
+    }
+
+    /// Bytes held now.
+    #[must_use]
+    pub fn used(&self) -> u64 {
+        self.state().used
+    }
+
+    fn state(&self) -> MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Copies bytes `within` of chunk `index` of `object` (chunks of `chunk` bytes) into
+    /// `dst`, when the cache holds that chunk; answers whether it did.
+    fn read(
+        &self,
+        object: &Arc<str>,
+        index: u64,
+        chunk: u64,
+        within: u64,
+        dst: &mut [u8],
+    ) -> io::Result<bool> {
+        let file = {
+            let mut st = self.state();
+            let key = (Arc::clone(object), index);
+            let Some(entry) = st.chunks.get(&key) else {
+                return Ok(false);
+            };
+            let old = entry.tick;
+            st.tick += 1;
+            let tick = st.tick;
+            if let Some(entry) = st.chunks.get_mut(&key) {
+                entry.tick = tick;
+                entry.pins += 1;
+            }
+            st.lru.remove(&old);
+            st.lru.insert(tick, key);
+            st.files.get(object).cloned()
+        };
+        let read = match &file {
+            Some(file) => file.read_exact_at(dst, index * chunk + within),
+            None => Err(io::Error::other("cache file of a cached chunk is missing")),
+        };
+        let mut st = self.state();
+        if let Some(entry) = st.chunks.get_mut(&(Arc::clone(object), index)) {
+            entry.pins -= 1;
+        }
+        read.map(|()| true)
+    }
+
+    /// Keeps chunk `index` of `object` (chunks of `chunk` bytes), dropping the least recently
+    /// read chunks to make room; keeps nothing when it cannot (the read still succeeds).
+    fn insert(&self, object: &Arc<str>, index: u64, chunk: u64, plain: &[u8]) {
+        if let Err(e) = self.try_insert(object, index, chunk, plain) {
+            tracing::warn!(object = %object, error = %e, "cannot keep a chunk in the object tier cache");
+        }
+    }
+
+    fn try_insert(
+        &self,
+        object: &Arc<str>,
+        index: u64,
+        chunk: u64,
+        plain: &[u8],
+    ) -> io::Result<()> {
+        let len = plain.len() as u64;
+        if len > self.capacity {
+            return Ok(());
+        }
+        let key = (Arc::clone(object), index);
+        let file = {
+            let mut st = self.state();
+            if st.chunks.contains_key(&key) {
+                return Ok(());
+            }
+            let mut victims = Vec::new();
+            let mut freed = 0;
+            for (tick, k) in &st.lru {
+                if st.used + len - freed <= self.capacity {
+                    break;
+                }
+                if let Some(e) = st.chunks.get(k).filter(|e| e.pins == 0) {
+                    victims.push(*tick);
+                    freed += e.len;
+                }
+            }
+            if st.used + len - freed > self.capacity {
+                return Ok(());
+            }
+            for tick in victims {
+                let Some(k) = st.lru.remove(&tick) else {
+                    continue;
+                };
+                if let Some(e) = st.chunks.remove(&k) {
+                    st.used -= e.len;
+                    if let Some(f) = st.files.get(&k.0) {
+                        sendense_io::sparse::punch_hole(f, k.1 * chunk, e.len)?;
+                    }
+                }
+            }
+            // Room is reserved before the bytes are written, and the chunk is readable only
+            // once they are.
+            st.used += len;
+            match st.files.get(object) {
+                Some(f) => Arc::clone(f),
+                None => {
+                    let path = self.dir.join(format!("{:016x}", st.files.len()));
+                    let f = Arc::new(cache_file(&path)?);
+                    st.files.insert(Arc::clone(object), Arc::clone(&f));
+                    f
+                }
+            }
+        };
+        let written = file.write_all_at(plain, index * chunk);
+        let mut st = self.state();
+        if let Err(e) = written {
+            st.used -= len;
+            return Err(e);
+        }
+        st.tick += 1;
+        let tick = st.tick;
+        st.lru.insert(tick, key.clone());
+        st.chunks.insert(key, Entry { tick, len, pins: 0 });
+        Ok(())
+    }
+
+    /// The fetch locks of `indices` of `object`, taken in one order (no deadlock).
+    fn lock_fetches(&self, object: &str, indices: &[u64]) -> Vec<MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = indices
+            .iter()
+            .map(|i| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                object.hash(&mut h);
+                i.hash(&mut h);
+                usize::try_from(h.finish() % STRIPES as u64).unwrap_or(0)
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .filter_map(|s| self.fetching.get(s))
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+            .collect()
+    }
+}
+
+fn cache_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// One sealed object read by range as a read-only layer.
+pub(crate) struct BucketLayer {
+    bucket: Bucket,
+    name: String,
+    /// The cache's key of this object: its target and name.
+    key: Arc<str>,
+    header: Header,
+    cipher: Arc<ObjectCipher>,
+    cache: Arc<ChunkCache>,
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for BucketLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BucketLayer")
+            .field("key", &self.key)
+            .field("plain_len", &self.header.plain_len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BucketLayer {
+    /// Opens object `name` of `bucket` (reads and checks its header).
+    fn open(
+        bucket: Bucket,
+        name: String,
+        key: &MasterKey,
+        cache: Arc<ChunkCache>,
+        handle: tokio::runtime::Handle,
+    ) -> Result<Self, HubError> {
+        let head = {
+            let (bucket, name) = (bucket.clone(), name.clone());
+            run(&handle, async move {
+                bucket.get_range(&name, 0..HEADER_LEN as u64).await
+            })?
+        };
+        let tier = |source| HubError::Tier {
+            object: name.clone(),
+            source,
+        };
+        let header = Header::decode(&head).map_err(tier)?;
+        let cipher = ObjectCipher::new(key, header, &name).map_err(tier)?;
+        Ok(Self {
+            key: format!("{}/{name}", bucket.target()).into(),
+            bucket,
+            name,
+            header,
+            cipher: Arc::new(cipher),
+            cache,
+            handle,
+        })
+    }
+
+    /// Fetches and opens chunks `indices` (ascending), neighbours in one GET, the GETs at once.
+    fn fetch(&self, indices: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, HubError> {
+        if indices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &i in indices {
+            match runs.last_mut() {
+                Some((first, last)) if *last + 1 == i && (i - *first) < RUN_CHUNKS as u64 => {
+                    *last = i;
+                }
+                _ => runs.push((i, i)),
+            }
+        }
+        let requests = runs.iter().map(|&(first, last)| {
+            let range = self.header.sealed_range(first).start..self.header.sealed_range(last).end;
+            let (bucket, name) = (self.bucket.clone(), self.name.clone());
+            async move { bucket.get_range(&name, range).await }
+        });
+        let bodies = run(
+            &self.handle,
+            futures::future::try_join_all(requests.collect::<Vec<_>>()),
+        )?;
+        let tier = |source| HubError::Tier {
+            object: self.name.clone(),
+            source,
+        };
+        let mut out = Vec::with_capacity(indices.len());
+        for (&(first, last), body) in runs.iter().zip(bodies) {
+            let base = self.header.sealed_range(first).start;
+            for i in first..=last {
+                let r = self.header.sealed_range(i);
+                let at = usize::try_from(r.start - base).map_err(|_| HubError::Worker)?;
+                let len = usize::try_from(r.end - r.start).map_err(|_| HubError::Worker)?;
+                let sealed = body.get(at..at + len).ok_or_else(|| {
+                    tier(sendense_tier::TierError::Truncated {
+                        need: r.end - base,
+                        have: body.len() as u64,
+                    })
+                })?;
+                out.push((i, self.cipher.open(i, sealed).map_err(tier)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<usize, HubError> {
+        let len = self.header.plain_len();
+        if offset >= len || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = len.min(offset + buf.len() as u64);
+        let chunk = u64::from(self.header.chunk_size());
+        let index = |v: u64| usize::try_from(v).map_err(|_| HubError::Worker);
+        let n = index(end - offset)?;
+        // The part of `buf` chunk `i` covers (within `n`, so it fits a `usize`), and where in
+        // the chunk it starts.
+        let part = |i: u64| -> Result<(std::ops::Range<usize>, u64), HubError> {
+            let r = self.header.plain_range(i);
+            let from = r.start.max(offset);
+            let to = r.end.min(end);
+            Ok((index(from - offset)?..index(to - offset)?, from - r.start))
+        };
+        let io = |e: io::Error| HubError::io(&self.cache.dir, e);
+        let mut missing = Vec::new();
+        for i in self.header.chunks_covering(offset..end) {
+            let (dst, within) = part(i)?;
+            if !self
+                .cache
+                .read(&self.key, i, chunk, within, &mut buf[dst])
+                .map_err(io)?
+            {
+                missing.push(i);
+            }
+        }
+        if !missing.is_empty() {
+            let _fetching = self.cache.lock_fetches(&self.key, &missing);
+            // Another reader may have fetched some while this one waited.
+            let mut still = Vec::with_capacity(missing.len());
+            for i in missing {
+                let (dst, within) = part(i)?;
+                if !self
+                    .cache
+                    .read(&self.key, i, chunk, within, &mut buf[dst])
+                    .map_err(io)?
+                {
+                    still.push(i);
+                }
+            }
+            for (i, plain) in self.fetch(&still)? {
+                let (dst, within) = part(i)?;
+                let within = index(within)?;
+                let src = plain
+                    .get(within..within + dst.len())
+                    .ok_or(HubError::Worker)?;
+                buf[dst].copy_from_slice(src);
+                self.cache.insert(&self.key, i, chunk, &plain);
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Storage for BucketLayer {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.read(buf, offset).map_err(|e| {
+            tracing::warn!(object = %self.key, offset, error = %sendense_io::error_chain(&e), "read from the bucket failed");
+            io::Error::other(e)
+        })
+    }
+
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+
+    fn file_len(&self) -> io::Result<u64> {
+        Ok(self.header.plain_len())
+    }
+
+    fn set_len(&self, _len: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn sync_all(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn read_only() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "a layer read from a bucket is read-only",
+    )
+}
+
+/// Runs `fut` on the hub's runtime from any thread (a blocking-pool thread, or a plain one)
+/// and waits for it.
+fn run<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    fut: impl Future<Output = Result<T, HubError>> + Send + 'static,
+) -> Result<T, HubError> {
+    futures::executor::block_on(handle.spawn(fut)).map_err(|_| HubError::Worker)?
+}
+
+/// The layers of one chain that live only in buckets, by the canonical path their files had.
+#[derive(Debug)]
+pub(crate) struct TierLayers {
+    layers: HashMap<PathBuf, (Bucket, String)>,
+    key: MasterKey,
+    cache: Arc<ChunkCache>,
+    handle: tokio::runtime::Handle,
+}
+
+impl LayerSource for TierLayers {
+    fn holds(&self, path: &Path) -> bool {
+        self.layers.contains_key(path)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Storage>> {
+        let (bucket, name) = self
+            .layers
+            .get(path)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let layer = BucketLayer::open(
+            bucket.clone(),
+            name.clone(),
+            &self.key,
+            Arc::clone(&self.cache),
+            self.handle.clone(),
+        )
+        .map_err(io::Error::other)?;
+        tracing::debug!(path = %path.display(), object = %layer.key, "layer read from the bucket");
+        Ok(Box::new(layer))
+    }
+}
+
+impl Tier {
+    /// The source of the layers of `id`'s chain that live only in a bucket (evicted points:
+    /// each read from a target holding a verified copy), for opening that chain; `None` when
+    /// every layer is a local file.
+    ///
+    /// # Errors
+    /// Catalog errors; an evicted point with no verified copy on a known target
+    /// ([`HubError::NoVerifiedCopy`]); the tier key missing; a target's secret not opening.
+    pub fn layers_for(&self, id: &BackupId) -> Result<Option<Arc<dyn LayerSource>>, HubError> {
+        let mut layers = HashMap::new();
+        let mut buckets: HashMap<sendense_types::TargetName, Bucket> = HashMap::new();
+        let mut next = Some(id.clone());
+        let mut depth = 0;
+        while let Some(point) = next.take() {
+            depth += 1;
+            if depth > sendense_qcow2::MAX_CHAIN_DEPTH + 1 {
+                break;
+            }
+            let Some(record) = self.catalog.backup(&point)? else {
+                break;
+            };
+            if record.evicted {
+                let target = self
+                    .catalog
+                    .copies_of(&point)?
+                    .into_iter()
+                    .find(|c| c.state == sendense_types::CopyState::Verified)
+                    .map(|c| c.target)
+                    .ok_or_else(|| HubError::NoVerifiedCopy {
+                        backup_id: point.clone(),
+                    })?;
+                let bucket = match buckets.get(&target) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = self.bucket(&target)?;
+                        buckets.insert(target.clone(), b.clone());
+                        b
+                    }
+                };
+                let folder = layout::point_folder(BUCKET_PREFIX, &record.vm_name, &point);
+                for disk in &record.disks {
+                    let path = sendense_qcow2::layers::would_be_at(&self.repo.join(&disk.file))
+                        .map_err(|e| HubError::io(&self.repo, e))?;
+                    let name = format!("{folder}/{}", layout::image_object(disk.disk_key));
+                    layers.insert(path, (bucket.clone(), name));
+                }
+            }
+            next = record.parent_backup_id;
+        }
+        if layers.is_empty() {
+            return Ok(None);
+        }
+        let cache = self.cache()?;
+        Ok(Some(Arc::new(TierLayers {
+            layers,
+            key: self.key()?,
+            handle: cache.io()?,
+            cache,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK_LEN: usize = 4096;
+    const CHUNK: u64 = CHUNK_LEN as u64;
+
+    fn chunk(byte: u8) -> Vec<u8> {
+        vec![byte; CHUNK_LEN]
+    }
+
+    fn cached(cache: &ChunkCache, object: &Arc<str>, index: u64) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; CHUNK_LEN];
+        cache
+            .read(object, index, CHUNK, 0, &mut buf)
+            .unwrap()
+            .then_some(buf)
+    }
+
+    #[test]
+    fn a_kept_chunk_reads_back_in_part_and_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(&dir.path().join("c"), 16 * CHUNK).unwrap();
+        let object: Arc<str> = "t/a".into();
+        assert_eq!(cached(&cache, &object, 3), None);
+        let mut plain = chunk(0);
+        plain[100..200].fill(7);
+
+        cache.insert(&object, 3, CHUNK, &plain);
+
+        assert_eq!(cached(&cache, &object, 3), Some(plain));
+        let mut part = [0u8; 150];
+        assert!(cache.read(&object, 3, CHUNK, 50, &mut part).unwrap());
+        assert_eq!(&part[..50], &[0; 50]);
+        assert_eq!(&part[50..], &[7; 100]);
+        assert_eq!(cache.used(), CHUNK);
+    }
+
+    #[test]
+    fn the_least_recently_read_chunks_go_first_and_the_bound_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(&dir.path().join("c"), 3 * CHUNK).unwrap();
+        let a: Arc<str> = "t/a".into();
+        let b: Arc<str> = "t/b".into();
+        cache.insert(&a, 0, CHUNK, &chunk(1));
+        cache.insert(&a, 1, CHUNK, &chunk(2));
+        cache.insert(&b, 0, CHUNK, &chunk(3));
+        // Reading a/0 makes a/1 the oldest.
+        assert!(cached(&cache, &a, 0).is_some());
+
+        cache.insert(&b, 5, CHUNK, &chunk(4));
+
+        assert_eq!(cache.used(), 3 * CHUNK);
+        assert_eq!(cached(&cache, &a, 1), None);
+        assert_eq!(cached(&cache, &a, 0), Some(chunk(1)));
+        assert_eq!(cached(&cache, &b, 0), Some(chunk(3)));
+        assert_eq!(cached(&cache, &b, 5), Some(chunk(4)));
+        // The dropped chunk's range is punched out of its file: the disk space is bounded too.
+        let blocks: u64 = std::fs::read_dir(dir.path().join("c"))
+            .unwrap()
+            .map(|e| {
+                use std::os::unix::fs::MetadataExt as _;
+                e.unwrap().metadata().unwrap().blocks() * 512
+            })
+            .sum();
+        assert!(blocks <= 3 * CHUNK, "{blocks} bytes allocated");
+    }
+
+    #[test]
+    fn a_chunk_being_read_is_never_dropped_and_a_chunk_that_cannot_fit_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(&dir.path().join("c"), CHUNK).unwrap();
+        let a: Arc<str> = "t/a".into();
+        cache.insert(&a, 0, CHUNK, &chunk(1));
+        // A reader holds chunk 0 (pinned as `read` does while it copies).
+        if let Some(e) = cache.state().chunks.get_mut(&(Arc::clone(&a), 0)) {
+            e.pins += 1;
+        }
+
+        cache.insert(&a, 1, CHUNK, &chunk(2));
+        cache.insert(&a, 2, CHUNK, &vec![9; 2 * CHUNK_LEN]);
+
+        assert_eq!(cached(&cache, &a, 0), Some(chunk(1)));
+        assert_eq!(cached(&cache, &a, 1), None);
+        assert_eq!(cached(&cache, &a, 2), None);
+        assert_eq!(cache.used(), CHUNK);
+    }
+
+    #[test]
+    fn opening_the_cache_empties_what_an_earlier_run_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("0000000000000000"), b"stale plaintext").unwrap();
+
+        let cache = ChunkCache::open(&path, CHUNK).unwrap();
+
+        assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+        assert_eq!(cache.used(), 0);
+    }
+}
