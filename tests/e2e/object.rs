@@ -6,6 +6,7 @@
 //! source by `qemu-img compare`.
 
 mod garage;
+mod retention;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -35,9 +35,14 @@
 //! rename). **Import** ([`Tier::import`]): a new hub lists a target's manifests and records
 //! every point they describe that it does not know, in chain order, as completed points
 //! whose files live in the bucket (fetched when restored).
+//!
+//! **Retention and verification** of points in buckets (a `verify` of an evicted point reads
+//! its copies back; a prune fetches what a merge needs, copies merged points again and deletes
+//! removed points' objects): see `retain.rs` ([`SettleReport`]).
 
 mod copy;
 mod restore;
+mod retain;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +58,7 @@ use crate::credentials::Credentials;
 use crate::error::HubError;
 
 pub use copy::{PARALLEL_PARTS, PART_CHUNKS};
+pub use retain::SettleReport;
 
 /// The master key's file name inside the data folder.
 pub const KEY_FILE: &str = "tier.key";

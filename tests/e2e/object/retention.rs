@@ -1,0 +1,264 @@
+//! A policy's object-tier fields end to end: `copy_to` and `keep_local_last` on a real agent
+//! backing up its own NBD source ([`crate::agent_nbd::KvmWorld`]: `qemu-nbd`, QEMU dirty
+//! bitmaps) into a real hub that copies to three Garage nodes; then verification of points
+//! that live only in the bucket, a prune over them (chain merges fed from the bucket, merged
+//! points copied again, removed points' objects deleted), and a corrupted object found by a
+//! verification. Every restored point is compared with its source by `qemu-img compare`.
+
+use std::path::{Path, PathBuf};
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::{Hub, TARGET, garage};
+use crate::agent_nbd::{AGENT, KvmWorld, qemu_io};
+use crate::support::assert_same;
+
+const VM: &str = "kvm01";
+
+impl Hub {
+    /// Runs policy `kvm` and waits for its backup job, then for the copy job of the new point:
+    /// both must complete. Answers the new point.
+    fn run_and_copy(&self) -> String {
+        let run = self.ok_call(Method::POST, "/api/v1/policies/kvm/run", None);
+        let job = self.wait_job(run["job_ids"][0].as_str().unwrap());
+        assert_eq!(job["status"], "completed", "{job}\n{}", self.all_lines());
+        let id = job["backup_id"].as_str().unwrap().to_owned();
+        let copy = self.wait_for(|| {
+            let jobs = self.ok_call(
+                Method::GET,
+                &format!("/api/v1/jobs?vm_name={VM}&kind=copy"),
+                None,
+            );
+            jobs["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|j| j["backup_id"] == id.as_str())
+                .map(|j| j["job_id"].as_str().unwrap().to_owned())
+        });
+        let done = self.wait_job(&copy);
+        assert_eq!(done["status"], "completed", "{done}\n{}", self.all_lines());
+        id
+    }
+
+    /// Waits (bounded, on the hub's log) until `f` answers something.
+    fn wait_for<T>(&self, f: impl Fn() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + super::DEADLINE;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "not in time");
+            let _ = self.log.recv_timeout(std::time::Duration::from_millis(200));
+        }
+    }
+
+    fn get_backup(&self, id: &str) -> Value {
+        self.ok_call(Method::GET, &format!("/api/v1/backups/{id}"), None)
+    }
+
+    /// Queues a verification of `id` and waits for it; the job's answer.
+    fn verify(&self, id: &str) -> Value {
+        let queued = self.ok_call(Method::POST, &format!("/api/v1/backups/{id}/verify"), None);
+        self.wait_job(queued["job_id"].as_str().unwrap())
+    }
+
+    /// Opens the restore exports of `id` (fetching it back from the bucket when evicted),
+    /// compares its disk with `source`, closes them.
+    fn assert_restores(&self, id: &str, source: &Path) {
+        self.ok_call(Method::POST, &format!("/api/v1/backups/{id}/exports"), None);
+        assert_same(&self.image(VM, 2000, id), "qcow2", source, "qcow2");
+        self.ok_call(
+            Method::DELETE,
+            &format!("/api/v1/backups/{id}/exports"),
+            None,
+        );
+    }
+
+    fn evict(&self, id: &str) {
+        self.ok_call(Method::POST, &format!("/api/v1/backups/{id}/evict"), None);
+        assert!(!self.image(VM, 2000, id).exists());
+    }
+}
+
+/// The e2e bucket through the `object_store` crate (what the test reads and damages).
+fn bucket(garage: &garage::Garage) -> AmazonS3 {
+    AmazonS3Builder::new()
+        .with_endpoint(garage.endpoint(1))
+        .with_bucket_name(garage::BUCKET)
+        .with_region(garage::REGION)
+        .with_access_key_id(garage::ACCESS_KEY)
+        .with_secret_access_key(garage::SECRET_KEY)
+        .with_virtual_hosted_style_request(false)
+        .with_allow_http(true)
+        .build()
+        .unwrap()
+}
+
+fn block_on<T>(f: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// The point folders of [`VM`] in the bucket (`sendense/<vm>/<backup_id>`), by id.
+fn points_in_bucket(store: &AmazonS3) -> Vec<String> {
+    let listed =
+        block_on(store.list_with_delimiter(Some(&ObjectPath::from(format!("sendense/{VM}")))))
+            .unwrap();
+    let mut ids: Vec<String> = listed
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A copy of the source disk as it is now.
+fn snapshot(disk: &Path, name: &str) -> PathBuf {
+    let copy = disk.with_file_name(name);
+    std::fs::copy(disk, &copy).unwrap();
+    copy
+}
+
+#[test]
+fn object_policy_copy_to_keep_local_last_then_verify_and_prune_points_in_the_bucket() {
+    let world = KvmWorld::start();
+    let disk = world.make_disk(VM);
+    let garage = garage::Garage::start(&world.dir.path().join("garage"));
+    let KvmWorld {
+        hub,
+        agent: _agent,
+        log: _agent_log,
+        dir: _dir,
+    } = world;
+    let hub = Hub(hub);
+    hub.add_target(&garage, 0);
+    hub.ok_call(
+        Method::POST,
+        "/api/v1/policies",
+        Some(json!({
+            "name": "kvm", "schedule": "yearly", "agent": AGENT, "vms": [VM],
+            "copy_to": TARGET, "keep_local_last": 1
+        })),
+    );
+
+    // Three runs: a full, then two incrementals of the guest's writes.
+    let mut points: Vec<(String, PathBuf)> = Vec::new();
+    for step in 0..3u32 {
+        if step > 0 {
+            qemu_io(
+                &disk,
+                &[
+                    &format!("write -P 0x{:x} {}M 256k", 0x60 + step, 4 * step),
+                    &format!("write -P 0x{:x} 8M 64k", 0x70 + step),
+                ],
+            );
+        }
+        let id = hub.run_and_copy();
+        points.push((id, snapshot(&disk, &format!("p{step}.qcow2"))));
+    }
+    let ids: Vec<&str> = points.iter().map(|(id, _)| id.as_str()).collect();
+
+    // Every point has a verified copy; all but the newest live only in the bucket.
+    for (i, id) in ids.iter().enumerate() {
+        let backup = hub.get_backup(id);
+        assert_eq!(backup["copies"][0]["state"], "verified", "{backup}");
+        let newest = i == ids.len() - 1;
+        assert_eq!(backup["evicted"], !newest, "{backup}");
+        assert_eq!(hub.image(VM, 2000, id).exists(), newest, "{id}");
+    }
+    let store = bucket(&garage);
+    let mut expected: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+    expected.sort();
+    assert_eq!(points_in_bucket(&store), expected);
+
+    // A verification of a point that lives only in the bucket reads its copy back.
+    let verified = hub.verify(ids[0]);
+    assert_eq!(
+        verified["status"],
+        "completed",
+        "{verified}\n{}",
+        hub.all_lines()
+    );
+    let backup = hub.get_backup(ids[0]);
+    assert_eq!(backup["verification"]["state"], "ok", "{backup}");
+    assert_eq!(
+        backup["evicted"], true,
+        "verifying does not fetch: {backup}"
+    );
+
+    // Every point restores as its source was (the evicted ones fetched back), then the
+    // older ones are evicted again.
+    for (id, source) in &points {
+        hub.assert_restores(id, source);
+    }
+    for id in &ids[..2] {
+        hub.evict(id);
+    }
+
+    // A prune keeping the newest point removes both evicted points: their data is fetched
+    // back for the merges, the newest point (now a full) is copied again, and the removed
+    // points' objects leave the bucket.
+    let answer = hub.ok_call(
+        Method::POST,
+        &format!("/api/v1/vms/{VM}/prune"),
+        Some(json!({"retention": {"keep_last": 1}, "dry_run": false})),
+    );
+    assert_eq!(answer["remove"], json!([ids[1], ids[0]]), "{answer}");
+    let pruned = hub.wait_job(answer["job_id"].as_str().unwrap());
+    assert_eq!(
+        pruned["status"],
+        "completed",
+        "{pruned}\n{}",
+        hub.all_lines()
+    );
+    let result = pruned["result"].as_str().unwrap();
+    assert!(
+        result.contains(&format!("copied again: {} to {TARGET}", ids[2])),
+        "{result}"
+    );
+    assert!(
+        result.contains("bucket objects of removed points deleted"),
+        "{result}"
+    );
+    let chain = hub.ok_call(Method::GET, &format!("/api/v1/backups/chain/{VM}"), None);
+    assert_eq!(chain["backups"].as_array().unwrap().len(), 1, "{chain}");
+    let kept = hub.get_backup(ids[2]);
+    assert_eq!(
+        (&kept["backup_type"], &kept["copies"][0]["state"]),
+        (&json!("full"), &json!("verified")),
+        "{kept}"
+    );
+    assert_eq!(points_in_bucket(&store), [ids[2].to_owned()]);
+
+    // The kept point restores from the bucket alone.
+    hub.evict(ids[2]);
+    hub.assert_restores(ids[2], &points[2].1);
+    hub.evict(ids[2]);
+    let verified = hub.verify(ids[2]);
+    assert_eq!(verified["status"], "completed", "{verified}");
+
+    // One flipped byte in the middle of its image object: the verification fails naming it,
+    // and the copy is no longer trusted.
+    let object = ObjectPath::from(format!("sendense/{VM}/{}/disk-2000.qcow2.sealed", ids[2]));
+    let mut bytes =
+        block_on(async { store.get(&object).await.unwrap().bytes().await.unwrap() }).to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    block_on(store.put(&object, PutPayload::from(bytes))).unwrap();
+    let failed = hub.verify(ids[2]);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let backup = hub.get_backup(ids[2]);
+    assert_eq!(backup["verification"]["state"], "failed", "{backup}");
+    let message = backup["verification"]["message"].as_str().unwrap();
+    assert!(message.contains("disk-2000.qcow2.sealed"), "{message}");
+    assert_eq!(backup["copies"][0]["state"], "failed", "{backup}");
+}
