@@ -200,11 +200,7 @@ impl HubJobs {
         self.engine.vm(vm)?;
         // The catalog answers creation order: points of the same second are ordered by it.
         let points = self
-            .catalog
-            .backups(&BackupQuery {
-                vm_name: Some(vm.clone()),
-                status: Some(BackupStatus::Completed),
-            })?
+            .completed_points(vm)?
             .into_iter()
             .enumerate()
             .map(|(created, r)| Point {
@@ -221,6 +217,17 @@ impl HubJobs {
                 mark: d.mark,
             })
             .collect())
+    }
+
+    /// Every completed point of `vm`, in creation order.
+    fn completed_points(
+        &self,
+        vm: &VmName,
+    ) -> Result<Vec<sendense_catalog::BackupRecord>, HubError> {
+        Ok(self.catalog.backups(&BackupQuery {
+            vm_name: Some(vm.clone()),
+            status: Some(BackupStatus::Completed),
+        })?)
     }
 
     /// `POST /api/v1/vms/{name}/prune`: what `retention` keeps and removes of the VM's
@@ -488,11 +495,7 @@ impl HubJobs {
         // again (a merge fetches them back).
         let evicted_before: Vec<BackupId> = match &self.tier {
             Some(_) => self
-                .catalog
-                .backups(&BackupQuery {
-                    vm_name: Some(vm.clone()),
-                    status: Some(BackupStatus::Completed),
-                })?
+                .completed_points(&vm)?
                 .into_iter()
                 .filter(|r| r.evicted)
                 .map(|r| r.backup_id)

@@ -93,53 +93,43 @@ impl SettleReport {
     #[must_use]
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if !self.recopied.is_empty() {
-            parts.push(format!("copied again: {}", pairs(&self.recopied)));
-        }
-        if !self.recopy_failed.is_empty() {
-            let failed: Vec<String> = self
-                .recopy_failed
-                .iter()
-                .map(|(id, t, why)| format!("{id} to {t} ({why})"))
-                .collect();
-            parts.push(format!("not copied again: {}", failed.join(", ")));
-        }
-        if !self.evicted.is_empty() {
-            let ids: Vec<&str> = self.evicted.iter().map(BackupId::as_str).collect();
-            parts.push(format!("evicted again: {}", ids.join(", ")));
-        }
-        if !self.deleted.is_empty() {
-            let deleted: Vec<String> = self
-                .deleted
-                .iter()
-                .map(|(id, t, n)| format!("{id} from {t} ({n} objects)"))
-                .collect();
-            parts.push(format!(
-                "bucket objects of removed points deleted: {}",
-                deleted.join(", ")
-            ));
-        }
-        if !self.kept.is_empty() {
-            let kept: Vec<String> = self
-                .kept
-                .iter()
-                .map(|(id, t, why)| format!("{id} in {t} ({why})"))
-                .collect();
-            parts.push(format!(
-                "bucket objects of removed points kept: {}",
-                kept.join(", ")
-            ));
-        }
+        said(&mut parts, "copied again", &self.recopied, |(id, t)| {
+            format!("{id} to {t}")
+        });
+        said(
+            &mut parts,
+            "not copied again",
+            &self.recopy_failed,
+            |(id, t, why)| format!("{id} to {t} ({why})"),
+        );
+        said(
+            &mut parts,
+            "evicted again",
+            &self.evicted,
+            ToString::to_string,
+        );
+        said(
+            &mut parts,
+            "bucket objects of removed points deleted",
+            &self.deleted,
+            |(id, t, n)| format!("{id} from {t} ({n} objects)"),
+        );
+        said(
+            &mut parts,
+            "bucket objects of removed points kept",
+            &self.kept,
+            |(id, t, why)| format!("{id} in {t} ({why})"),
+        );
         parts.join("; ")
     }
 }
 
-fn pairs(items: &[(BackupId, TargetName)]) -> String {
-    items
-        .iter()
-        .map(|(id, t)| format!("{id} to {t}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Adds `label: item, item...` to `parts` unless `items` is empty.
+fn said<T>(parts: &mut Vec<String>, label: &str, items: &[T], show: impl Fn(&T) -> String) {
+    if !items.is_empty() {
+        let shown: Vec<String> = items.iter().map(show).collect();
+        parts.push(format!("{label}: {}", shown.join(", ")));
+    }
 }
 
 /// Why a copy's objects cannot be deleted yet (see the module docs), or `None` when they can:
@@ -476,7 +466,58 @@ fn expected_files(record: &BackupRecord, manifest: &Manifest) -> Result<(), Stri
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use sendense_catalog::{Catalog, CopyRecord, DiskCompletion, TargetRecord, UploadRecord};
+    use sendense_tier::{MANIFEST_VERSION, ManifestFile};
+    use sendense_types::{RegisterVmRequest, Vm};
+
     use super::*;
+    use crate::credentials::Credentials;
+
+    fn vm(catalog: &Catalog) -> Vm {
+        let req: RegisterVmRequest = serde_json::from_value(serde_json::json!(
+            {"name": "web01", "disks": [{"key": 2000, "capacity_bytes": 1_048_576}]}
+        ))
+        .unwrap();
+        catalog.upsert_vm(&req, Timestamp::EPOCH).unwrap()
+    }
+
+    /// A point of `vm` (a full, or an incremental of `parent`), recorded in `catalog`.
+    fn point(catalog: &Catalog, vm: &Vm, parent: Option<&BackupRecord>, n: u32) -> BackupRecord {
+        let at = Timestamp::EPOCH.saturating_add_seconds(i64::from(n));
+        let id = BackupId::from_parts(&vm.name, at, n);
+        let record = BackupRecord::new(id.clone(), vm, parent, BackupStatus::Running, at);
+        catalog.create_backup(&record).unwrap();
+        let completion = DiskCompletion {
+            disk_key: record.disks[0].disk_key,
+            change_id: Some("52 aa/1".parse().unwrap()),
+            bytes_written: 0,
+            digests: false,
+        };
+        catalog.complete_backup(&id, &[completion], at).unwrap()
+    }
+
+    fn manifest_of(record: &BackupRecord, kinds: &[FileKind]) -> Manifest {
+        Manifest {
+            format_version: MANIFEST_VERSION,
+            vm_name: record.vm_name.clone(),
+            backup_id: record.backup_id.clone(),
+            parent_backup_id: record.parent_backup_id.clone(),
+            backup: serde_json::Value::Null,
+            files: kinds
+                .iter()
+                .map(|&kind| ManifestFile {
+                    kind,
+                    disk_key: Some(record.disks[0].disk_key),
+                    object: ManifestFile::expected_object(kind, Some(record.disks[0].disk_key))
+                        .unwrap(),
+                    size: 0,
+                    sha256: String::new(),
+                })
+                .collect(),
+        }
+    }
 
     #[test]
     fn hold_reason_keeps_objects_while_a_copy_of_the_vm_there_is_not_verified() {
@@ -489,5 +530,113 @@ mod tests {
         assert!(hold_reason(&web, &t1, &pending).is_some());
         assert_eq!(hold_reason(&web, &t2, &pending), None);
         assert_eq!(hold_reason(&db, &t1, &pending), None);
+    }
+
+    #[test]
+    fn expected_files_needs_the_points_id_parent_image_and_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open_in(dir.path()).unwrap();
+        let web = vm(&catalog);
+        let full = point(&catalog, &web, None, 1);
+        let mut incr = point(&catalog, &web, Some(&full), 2);
+        incr.disks[0].digests = true;
+        let both = [FileKind::Image, FileKind::Digests];
+
+        assert_eq!(expected_files(&incr, &manifest_of(&incr, &both)), Ok(()));
+        let no_digests = expected_files(&incr, &manifest_of(&incr, &[FileKind::Image]));
+        assert!(no_digests.is_err_and(|e| e.contains("Digests")));
+        let mut other_parent = manifest_of(&incr, &both);
+        other_parent.parent_backup_id = None;
+        assert!(expected_files(&incr, &other_parent).is_err());
+        assert!(expected_files(&full, &manifest_of(&incr, &both)).is_err());
+    }
+
+    #[test]
+    fn prepare_merge_marks_the_childs_copies_to_be_made_again_from_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(Catalog::open_in(dir.path()).unwrap());
+        let credentials = Arc::new(Credentials::open(Arc::clone(&catalog), dir.path()).unwrap());
+        let tier = Tier::new(
+            Arc::clone(&catalog),
+            credentials,
+            dir.path(),
+            &dir.path().join("repository"),
+        );
+        let web = vm(&catalog);
+        let full = point(&catalog, &web, None, 1);
+        let child = point(&catalog, &web, Some(&full), 2);
+        let target: TargetName = "offsite".parse().unwrap();
+        catalog
+            .put_target(&TargetRecord {
+                name: target.clone(),
+                endpoint: "http://127.0.0.1:9".into(),
+                bucket: "b".into(),
+                region: "r".into(),
+                access_key: "k".into(),
+                sealed_secret: Vec::new(),
+                object_lock_days: 0,
+                created_at: Timestamp::EPOCH,
+            })
+            .unwrap();
+        for id in [&full.backup_id, &child.backup_id] {
+            catalog
+                .update_copy::<HubError>(id, &target, |_| {
+                    Ok(CopyRecord {
+                        state: CopyState::Verified,
+                        uploads: vec![UploadRecord {
+                            object: "disk-2000.qcow2.sealed".into(),
+                            salt: "00".into(),
+                            plain_len: 1,
+                            upload_id: None,
+                            parts: vec!["etag".into()],
+                            done: true,
+                        }],
+                        ..CopyRecord::queued(id.clone(), target.clone(), Timestamp::EPOCH)
+                    })
+                })
+                .unwrap();
+        }
+
+        let fetched = tier
+            .prepare_merge(&full.backup_id, &child.backup_id)
+            .unwrap();
+
+        assert!(fetched.is_empty(), "nothing was evicted: {fetched:?}");
+        let copy = catalog
+            .copy_record(&child.backup_id, &target)
+            .unwrap()
+            .unwrap();
+        assert_eq!((copy.state, copy.uploads.len()), (CopyState::Queued, 0));
+        assert!(
+            copy.error
+                .is_some_and(|e| e.contains(full.backup_id.as_str()))
+        );
+        let untouched = catalog
+            .copy_record(&full.backup_id, &target)
+            .unwrap()
+            .unwrap();
+        assert_eq!(untouched.state, CopyState::Verified);
+    }
+
+    #[test]
+    fn describe_names_what_was_done_and_what_a_store_refused() {
+        let id: BackupId = "backup-web01-20261207T101010-abcdef".parse().unwrap();
+        let t: TargetName = "offsite".parse().unwrap();
+        let report = SettleReport {
+            recopied: vec![(id.clone(), t.clone())],
+            deleted: vec![(id.clone(), t.clone(), 4)],
+            kept: vec![(id.clone(), t, "the store refused: locked".into())],
+            ..SettleReport::default()
+        };
+
+        assert_eq!(
+            report.describe(),
+            format!(
+                "copied again: {id} to offsite; bucket objects of removed points deleted: {id} \
+                 from offsite (4 objects); bucket objects of removed points kept: {id} in \
+                 offsite (the store refused: locked)"
+            )
+        );
+        assert_eq!(SettleReport::default().describe(), "");
     }
 }
