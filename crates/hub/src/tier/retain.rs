@@ -46,9 +46,10 @@
 //!    again the points that were evicted before the prune (now that their copies are
 //!    verified), and then [`Tier::sweep`]s: the objects of a removed point are deleted from a
 //!    bucket (its manifest first, so a half-deleted point is no point in the bucket) and its
-//!    copy record forgotten only once no point of its VM has a copy in that bucket that is
-//!    not verified: until `C`'s new copy is verified, `C`'s old copy reads through `R`'s
-//!    objects there.
+//!    copy record forgotten only once no local point of its VM has a copy in that bucket
+//!    that is not verified: until `C`'s new copy is verified, `C`'s old copy reads through
+//!    `R`'s objects there. (A failed copy of an evicted point holds nothing back: it cannot
+//!    be made again, and nothing trusts it.)
 //!
 //! A removed point nothing read through (the head, an old chain's last point, or a point
 //! `DELETE /api/v1/backups/{id}` removed) is simply swept. Every copy job sweeps too, so
@@ -133,7 +134,7 @@ fn said<T>(parts: &mut Vec<String>, label: &str, items: &[T], show: impl Fn(&T) 
 }
 
 /// Why a copy's objects cannot be deleted yet (see the module docs), or `None` when they can:
-/// `pending` holds the (VM, target) pairs with a copy that is not verified.
+/// `pending` holds the (VM, target) pairs with a copy of a local point that is not verified.
 fn hold_reason(
     vm: &VmName,
     target: &TargetName,
@@ -326,27 +327,32 @@ impl Tier {
     /// Catalog errors (a store's refusal is reported in [`SettleReport::kept`]).
     pub fn sweep(&self) -> Result<SettleReport, HubError> {
         let mut report = SettleReport::default();
-        let copies = self.catalog.copies()?;
-        let mut known: HashSet<BackupId> = HashSet::new();
         let mut gone = Vec::new();
-        for copy in &copies {
-            if known.contains(&copy.backup_id) {
-                continue;
-            }
-            if self.catalog.backup(&copy.backup_id)?.is_some() {
-                known.insert(copy.backup_id.clone());
-            } else {
-                gone.push(copy.clone());
+        for copy in self.catalog.copies()? {
+            if self.catalog.backup(&copy.backup_id)?.is_none() {
+                gone.push(copy);
             }
         }
         if gone.is_empty() {
             return Ok(report);
         }
-        let pending: HashSet<(VmName, TargetName)> = copies
-            .iter()
-            .filter(|c| known.contains(&c.backup_id) && c.state != CopyState::Verified)
-            .map(|c| (c.backup_id.vm_name(), c.target.clone()))
-            .collect();
+        // Read after the removed points were seen gone: a merge marks its child's copies to be
+        // made again before it removes a point, so a child's stale copy is seen here.
+        let mut pending: HashSet<(VmName, TargetName)> = HashSet::new();
+        for copy in self.catalog.copies()? {
+            if copy.state == CopyState::Verified {
+                continue;
+            }
+            // Only a local point's copy is made again; an evicted point's failed copy is
+            // trusted by nothing.
+            if self
+                .catalog
+                .backup(&copy.backup_id)?
+                .is_some_and(|r| !r.evicted)
+            {
+                pending.insert((copy.backup_id.vm_name(), copy.target));
+            }
+        }
         let handle = tokio::runtime::Handle::current();
         for copy in gone {
             let (id, target) = (copy.backup_id, copy.target);
