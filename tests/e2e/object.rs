@@ -67,6 +67,22 @@ impl Hub {
         summary["backup_id"].as_str().unwrap().to_owned()
     }
 
+    /// `sendense-client backup` of an incremental on `base` with the changed-areas file
+    /// `areas`; the new backup's id.
+    fn incremental(&self, disk: &Path, base: &str, areas: &Path) -> String {
+        self.backup(
+            disk,
+            &[
+                "--type",
+                "incremental",
+                "--base-backup",
+                base,
+                "--changed-areas",
+                &format!("2000={}", s(areas)),
+            ],
+        )
+    }
+
     /// Stores the cluster as target [`TARGET`], reached through node `node`.
     fn add_target(&self, garage: &Garage, node: usize) {
         self.ok_call(
@@ -198,18 +214,7 @@ fn object_chain_copied_then_new_hub_imports_and_restores_every_point_from_the_bu
             ],
             10 * step,
         );
-        let base = points.last().unwrap().0.clone();
-        let id = hub_a.backup(
-            &disk,
-            &[
-                "--type",
-                "incremental",
-                "--base-backup",
-                &base,
-                "--changed-areas",
-                &format!("2000={}", s(&areas)),
-            ],
-        );
+        let id = hub_a.incremental(&disk, &points.last().unwrap().0, &areas);
         points.push((id, snapshot(&disk, &format!("p{step}"))));
     }
     hub_a.add_target(&garage, 0);

@@ -11,9 +11,10 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
 use reqwest::Method;
+use sendense_types::BackupId;
 use serde_json::{Value, json};
 
-use super::{Hub, TARGET, garage};
+use super::{Hub, TARGET, garage, snapshot};
 use crate::agent_nbd::{AGENT, KvmWorld, qemu_io};
 use crate::support::{assert_same, ok, qemu_img, s};
 
@@ -69,9 +70,14 @@ impl Hub {
 
     /// Opens the restore exports of `id` (fetching it back from the bucket when evicted),
     /// compares its disk with `source`, closes them.
-    fn assert_restores(&self, id: &str, source: &Path) {
+    fn assert_restores(&self, id: &str, source: &Path, source_fmt: &str) {
         self.ok_call(Method::POST, &format!("/api/v1/backups/{id}/exports"), None);
-        assert_same(&self.image(VM, 2000, id), "qcow2", source, "qcow2");
+        assert_same(
+            &self.image(&vm_of(id), 2000, id),
+            "qcow2",
+            source,
+            source_fmt,
+        );
         self.ok_call(
             Method::DELETE,
             &format!("/api/v1/backups/{id}/exports"),
@@ -82,9 +88,10 @@ impl Hub {
     /// A prune keeping the `keep` newest points that must remove `removed` (newest first)
     /// and complete; its result.
     fn prune_keep_last(&self, keep: u32, removed: &[&str]) -> String {
+        let vm = vm_of(removed[0]);
         let answer = self.ok_call(
             Method::POST,
-            &format!("/api/v1/vms/{VM}/prune"),
+            &format!("/api/v1/vms/{vm}/prune"),
             Some(json!({"retention": {"keep_last": keep}, "dry_run": false})),
         );
         assert_eq!(answer["remove"], json!(removed), "{answer}");
@@ -100,7 +107,7 @@ impl Hub {
 
     fn evict(&self, id: &str) {
         self.ok_call(Method::POST, &format!("/api/v1/backups/{id}/evict"), None);
-        assert!(!self.image(VM, 2000, id).exists());
+        assert!(!self.image(&vm_of(id), 2000, id).exists());
     }
 }
 
@@ -126,10 +133,15 @@ fn block_on<T>(f: impl Future<Output = T>) -> T {
         .block_on(f)
 }
 
-/// The point folders of [`VM`] in the bucket (`sendense/<vm>/<backup_id>`), by id.
-fn points_in_bucket(store: &AmazonS3) -> Vec<String> {
+/// The VM of a backup id.
+fn vm_of(id: &str) -> String {
+    id.parse::<BackupId>().unwrap().vm_name().to_string()
+}
+
+/// The point folders of `vm` in the bucket (`sendense/<vm>/<backup_id>`), by id.
+fn points_in_bucket(store: &AmazonS3, vm: &str) -> Vec<String> {
     let listed =
-        block_on(store.list_with_delimiter(Some(&ObjectPath::from(format!("sendense/{VM}")))))
+        block_on(store.list_with_delimiter(Some(&ObjectPath::from(format!("sendense/{vm}")))))
             .unwrap();
     let mut ids: Vec<String> = listed
         .common_prefixes
@@ -138,13 +150,6 @@ fn points_in_bucket(store: &AmazonS3) -> Vec<String> {
         .collect();
     ids.sort();
     ids
-}
-
-/// A copy of the source disk as it is now.
-fn snapshot(disk: &Path, name: &str) -> PathBuf {
-    let copy = disk.with_file_name(name);
-    std::fs::copy(disk, &copy).unwrap();
-    copy
 }
 
 #[test]
@@ -212,7 +217,7 @@ fn object_policy_copy_to_keep_local_last_then_verify_and_prune_points_in_the_buc
         v.sort();
         v
     };
-    assert_eq!(points_in_bucket(&store), in_bucket(&ids));
+    assert_eq!(points_in_bucket(&store, VM), in_bucket(&ids));
 
     // A verification of a point that lives only in the bucket reads its copy back.
     let verified = hub.verify(ids[0]);
@@ -232,7 +237,7 @@ fn object_policy_copy_to_keep_local_last_then_verify_and_prune_points_in_the_buc
     // Every point restores as its source was (the evicted ones fetched back), then the
     // older ones are evicted again.
     for (id, source) in &points {
-        hub.assert_restores(id, source);
+        hub.assert_restores(id, source, "qcow2");
     }
     for id in &ids[..2] {
         hub.evict(id);
@@ -259,9 +264,9 @@ fn object_policy_copy_to_keep_local_last_then_verify_and_prune_points_in_the_buc
         (&json!("full"), &json!(true), &json!("verified")),
         "{merged}"
     );
-    assert_eq!(points_in_bucket(&store), in_bucket(&ids[1..]));
+    assert_eq!(points_in_bucket(&store, VM), in_bucket(&ids[1..]));
     // The merged point restores from the bucket alone.
-    hub.assert_restores(ids[1], &points[1].1);
+    hub.assert_restores(ids[1], &points[1].1, "qcow2");
     hub.evict(ids[1]);
 
     // Keeping one removes it (nothing reads through it): its objects leave the bucket.
@@ -270,7 +275,7 @@ fn object_policy_copy_to_keep_local_last_then_verify_and_prune_points_in_the_buc
         result.contains(&format!("deleted: {} from {TARGET}", ids[1])),
         "{result}"
     );
-    assert_eq!(points_in_bucket(&store), in_bucket(&ids[2..]));
+    assert_eq!(points_in_bucket(&store, VM), in_bucket(&ids[2..]));
 
     // The kept point, evicted, verifies from the bucket; one flipped byte in the middle of
     // its image object fails the verification naming it, and the copy is no longer trusted.
@@ -290,4 +295,76 @@ fn object_policy_copy_to_keep_local_last_then_verify_and_prune_points_in_the_buc
     let message = backup["verification"]["message"].as_str().unwrap();
     assert!(message.contains("disk-2000.qcow2.sealed"), "{message}");
     assert_eq!(backup["copies"][0]["state"], "failed", "{backup}");
+}
+
+#[test]
+fn object_prune_absorbs_an_evicted_middle_point_from_the_bucket_and_a_new_hub_rebuilds_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let garage = garage::Garage::start(&dir.path().join("garage"));
+    let data = dir.path().join("hub-a");
+    let hub = Hub::start(&data);
+    let disk = dir.path().join("disk.raw");
+    super::make_disk(&disk, 8 * super::MIB, 5);
+    let mut points = vec![(
+        hub.backup(&disk, &["--type", "full"]),
+        snapshot(&disk, "q0"),
+    )];
+    for step in 1..=2u64 {
+        let areas = super::change(&disk, &[(step * super::MIB, 256 * 1024)], 20 * step);
+        let id = hub.incremental(&disk, &points.last().unwrap().0, &areas);
+        points.push((id, snapshot(&disk, &format!("q{step}"))));
+    }
+    let ids: Vec<&str> = points.iter().map(|(id, _)| id.as_str()).collect();
+    hub.add_target(&garage, 0);
+    for id in &ids {
+        hub.copy(id);
+        hub.evict(id);
+    }
+    let vm = vm_of(ids[0]);
+
+    // The full is protected: keeping the newest removes only the middle point, whose layer
+    // the newest absorbs (all three fetched back), re-pointed at the full.
+    hub.ok_call(
+        Method::PUT,
+        &format!("/api/v1/backups/{}", ids[0]),
+        Some(json!({"protected": true})),
+    );
+    let result = hub.prune_keep_last(1, &[ids[1]]);
+    for said in [
+        format!("copied again: {} to {TARGET}", ids[2]),
+        format!("evicted again: {}, {}", ids[0], ids[2]),
+        format!("deleted: {} from {TARGET}", ids[1]),
+    ] {
+        assert!(result.contains(&said), "{said} in {result}");
+    }
+    let head = hub.get_backup(ids[2]);
+    assert_eq!(
+        (&head["parent_backup_id"], &head["evicted"]),
+        (&json!(ids[0]), &json!(true)),
+        "{head}"
+    );
+    let store = bucket(&garage);
+    let mut left = vec![ids[0].to_owned(), ids[2].to_owned()];
+    left.sort();
+    assert_eq!(points_in_bucket(&store, &vm), left);
+    for i in [2, 0] {
+        hub.assert_restores(ids[i], &points[i].1, "raw");
+    }
+
+    // The bucket alone still describes the chain: a new hub imports both points and restores
+    // the newest through the full.
+    let key = dir.path().join("tier-key.txt");
+    super::ctl(&data, &["target", "export-key", "--out", s(&key)]);
+    drop(hub);
+    let data_b = dir.path().join("hub-b");
+    let hub_b = Hub::start(&data_b);
+    super::ctl(&data_b, &["target", "import-key", "--key-file", s(&key)]);
+    hub_b.add_target(&garage, 1);
+    let imported = hub_b.ok_call(
+        Method::POST,
+        &format!("/api/v1/targets/{TARGET}/import"),
+        None,
+    );
+    assert_eq!(imported["imported"], json!([ids[0], ids[2]]), "{imported}");
+    hub_b.assert_restores(ids[2], &points[2].1, "raw");
 }
