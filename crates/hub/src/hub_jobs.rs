@@ -673,9 +673,13 @@ impl HubJobs {
             }
         }
         // Objects of removed points that waited for this copy go now.
-        let swept = tier.sweep()?.describe();
-        if !swept.is_empty() {
-            result = format!("{result}; {swept}");
+        match tier.sweep().map(|r| r.describe()) {
+            Ok(swept) if !swept.is_empty() => result = format!("{result}; {swept}"),
+            Ok(_) => {}
+            // The copy itself is done: a sweep that cannot run waits for the next one.
+            Err(e) => {
+                tracing::warn!(error = %sendense_io::error_chain(&e), "cannot sweep removed points' objects");
+            }
         }
         Ok(Outcome {
             status: JobStatus::Completed,
