@@ -17,7 +17,7 @@ use crate::support::{Proc, Serve, assert_check_clean, assert_same, client, ok, q
 const DEADLINE: Duration = Duration::from_secs(90);
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
-const AGENT: &str = "kvm-host1";
+pub(crate) const AGENT: &str = "kvm-host1";
 
 /// The test's hook: `hook.sh DIR PHASE`, DIR holding the VM's `disk.qcow2`. Logs every call
 /// with its environment to `DIR/hook.log`; `begin` fails like virsh when `DIR/fail-begin`
@@ -63,7 +63,7 @@ esac
 "#;
 
 /// Runs `qemu-io -f qcow2 -c CMD... FILE`, failing loudly when it is not installed.
-fn qemu_io(file: &Path, commands: &[&str]) {
+pub(crate) fn qemu_io(file: &Path, commands: &[&str]) {
     let mut cmd = Command::new("qemu-io");
     cmd.args(["-f", "qcow2"]);
     for c in commands {
@@ -94,15 +94,15 @@ fn top_layer_bytes(image: &Path) -> u64 {
 
 /// A real hub, agent `kvm-host1` enrolled and running with an NBD sources file listing the VMs
 /// `kvm01` and `kvm-broken`, each a folder with its own `disk.qcow2` and the test's hook.
-struct KvmWorld {
-    hub: Serve,
-    agent: Option<Proc>,
-    log: std::sync::mpsc::Receiver<Value>,
-    dir: tempfile::TempDir,
+pub(crate) struct KvmWorld {
+    pub(crate) hub: Serve,
+    pub(crate) agent: Option<Proc>,
+    pub(crate) log: std::sync::mpsc::Receiver<Value>,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl KvmWorld {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let hub = Serve::start(&data, &[], "info");
@@ -165,7 +165,7 @@ impl KvmWorld {
 
     /// The VM's source disk: a 32 MiB QCOW2 with data in three places and an allocated zero
     /// cluster.
-    fn make_disk(&self, vm: &str) -> PathBuf {
+    pub(crate) fn make_disk(&self, vm: &str) -> PathBuf {
         let file = self.vm_dir(vm).join("disk.qcow2");
         ok(&qemu_img(&[
             "create",

@@ -7,6 +7,7 @@
 //! source by `qemu-img compare`.
 
 mod garage;
+mod retention;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -65,6 +66,22 @@ impl Hub {
         let summary: Value = serde_json::from_str(&ok(&out)).unwrap();
         assert_eq!(summary["status"], "completed", "{summary}");
         summary["backup_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `sendense-client backup` of an incremental on `base` with the changed-areas file
+    /// `areas`; the new backup's id.
+    fn incremental(&self, disk: &Path, base: &str, areas: &Path) -> String {
+        self.backup(
+            disk,
+            &[
+                "--type",
+                "incremental",
+                "--base-backup",
+                base,
+                "--changed-areas",
+                &format!("2000={}", s(areas)),
+            ],
+        )
     }
 
     /// Stores the cluster as target [`TARGET`], reached through node `node`.
@@ -211,18 +228,7 @@ fn object_chain_copied_then_new_hub_imports_and_restores_every_point_from_the_bu
             ],
             10 * step,
         );
-        let base = points.last().unwrap().0.clone();
-        let id = hub_a.backup(
-            &disk,
-            &[
-                "--type",
-                "incremental",
-                "--base-backup",
-                &base,
-                "--changed-areas",
-                &format!("2000={}", s(&areas)),
-            ],
-        );
+        let id = hub_a.incremental(&disk, &points.last().unwrap().0, &areas);
         points.push((id, snapshot(&disk, &format!("p{step}"))));
     }
     hub_a.add_target(&garage, 0);

@@ -201,6 +201,39 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Every copy record, by point then target, including those of points removed since
+    /// (the object tier deletes their objects, then the record).
+    ///
+    /// # Errors
+    /// Storage or corruption errors.
+    pub fn copies(&self) -> Result<Vec<CopyRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COPIES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push(decode("copies", key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets the copy of `backup_id` to `target` (its objects are gone from the bucket);
+    /// answers whether there was one.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn delete_copy(&self, backup_id: &BackupId, target: &TargetName) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        let existed = {
+            let mut table = txn.open_table(COPIES)?;
+            table
+                .remove(copy_key(backup_id, target).as_str())?
+                .is_some()
+        };
+        txn.commit()?;
+        Ok(existed)
+    }
+
     /// Changes (or creates, `None` in `f`) the copy of `backup_id` to `target` in one
     /// transaction; answers the record as stored. The target must exist.
     ///
@@ -382,6 +415,34 @@ mod tests {
             .map(|c| c.target.to_string())
             .collect();
         assert_eq!(names, ["t1", "t2"]);
+    }
+
+    #[test]
+    fn copies_lists_every_record_and_delete_copy_forgets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open_in(dir.path()).unwrap();
+        catalog.put_target(&target("t1")).unwrap();
+        let t: TargetName = "t1".parse().unwrap();
+        let a: BackupId = "backup-vm-20261207T101010-aaaaaa".parse().unwrap();
+        let b: BackupId = "backup-vm-20261207T101010-aaaaab".parse().unwrap();
+        for id in [&a, &b] {
+            catalog
+                .update_copy::<CatalogError>(id, &t, |_| {
+                    Ok(CopyRecord::queued(id.clone(), t.clone(), Timestamp::now()))
+                })
+                .unwrap();
+        }
+
+        assert!(catalog.delete_copy(&a, &t).unwrap());
+        assert!(!catalog.delete_copy(&a, &t).unwrap());
+
+        let left: Vec<BackupId> = catalog
+            .copies()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.backup_id)
+            .collect();
+        assert_eq!(left, [b]);
     }
 
     #[test]

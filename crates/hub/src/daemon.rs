@@ -265,11 +265,20 @@ pub async fn start_on(listeners: Listeners, config: HubConfig) -> Result<Running
     // Merge steps a crash interrupted are finished first (before the API serves, and before
     // reconciliation looks at the files they leave): no point is ever half-merged when the API
     // answers.
-    let maintenance = Arc::new(Maintenance::new(
+    let tier = Arc::new(crate::tier::Tier::new(
         Arc::clone(&catalog),
-        data.join(REPOSITORY_DIR),
-        Arc::clone(&engine),
+        Arc::clone(&credentials),
+        &data,
+        &data.join(REPOSITORY_DIR),
     ));
+    let maintenance = Arc::new(
+        Maintenance::new(
+            Arc::clone(&catalog),
+            data.join(REPOSITORY_DIR),
+            Arc::clone(&engine),
+        )
+        .with_tier(Arc::clone(&tier)),
+    );
     let resumed = maintenance.resume()?;
     if resumed != ResumeReport::default() {
         tracing::warn!(

@@ -23,7 +23,14 @@
 //! **Prune.** The plan is [`sendense_prune::prune`] over every completed point of the VM (all
 //! its chains) with their `protected` flags, in the hub's time zone. A prune job holds the
 //! list of points to remove as planned; when it runs, points protected since, or gone, are
-//! skipped and its result says so.
+//! skipped and its result says so. Points evicted to buckets are planned like the others:
+//! with an object tier, the removal fetches back what a merge needs, and the job then copies
+//! merged points again, evicts again what was evicted, and deletes removed points' objects
+//! from buckets once nothing there reads through them ([`Tier::settle`]); its result says
+//! what it did and what a store refused.
+//!
+//! **Verify** of an evicted point reads its copies back from their buckets instead of its
+//! chain ([`Tier::verify_copies`]); the outcome is recorded on the point the same way.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -52,6 +59,8 @@ pub const HUB_JOB_SLOTS: usize = 2;
 /// How often the runner looks at its queue when nothing wakes it (a VM's backup job ending
 /// lets its waiting prune start).
 const POLL: Duration = Duration::from_secs(2);
+/// How long a verification of an evicted point waits for a removal of its VM's points.
+const VERIFY_LOCK_WAIT: Duration = Duration::from_secs(3600);
 /// Progress is written to the catalog at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -191,11 +200,7 @@ impl HubJobs {
         self.engine.vm(vm)?;
         // The catalog answers creation order: points of the same second are ordered by it.
         let points = self
-            .catalog
-            .backups(&BackupQuery {
-                vm_name: Some(vm.clone()),
-                status: Some(BackupStatus::Completed),
-            })?
+            .completed_points(vm)?
             .into_iter()
             .enumerate()
             .map(|(created, r)| Point {
@@ -212,6 +217,17 @@ impl HubJobs {
                 mark: d.mark,
             })
             .collect())
+    }
+
+    /// Every completed point of `vm`, in creation order.
+    fn completed_points(
+        &self,
+        vm: &VmName,
+    ) -> Result<Vec<sendense_catalog::BackupRecord>, HubError> {
+        Ok(self.catalog.backups(&BackupQuery {
+            vm_name: Some(vm.clone()),
+            status: Some(BackupStatus::Completed),
+        })?)
     }
 
     /// `POST /api/v1/vms/{name}/prune`: what `retention` keeps and removes of the VM's
@@ -475,7 +491,19 @@ impl HubJobs {
             }
         }
         let progress = self.progress_writer(job);
+        // Points in buckets before the removal: evicted again once their copies are made
+        // again (a merge fetches them back).
+        let evicted_before: Vec<BackupId> = match &self.tier {
+            Some(_) => self
+                .completed_points(&vm)?
+                .into_iter()
+                .filter(|r| r.evicted)
+                .map(|r| r.backup_id)
+                .collect(),
+            None => Vec::new(),
+        };
         let mut done = "nothing left to remove".to_owned();
+        let mut failure = None;
         while !todo.is_empty() {
             match self.remover.remove_points(&vm, &todo, &progress) {
                 Ok(report) => {
@@ -507,14 +535,35 @@ impl HubJobs {
                     restoring.extend(backup_ids);
                     restored_by.extend(job_ids);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
+        }
+        // Bucket copies follow what the removal did, also when it stopped half way.
+        let settled = match &self.tier {
+            Some(tier) => Some(tier.settle(&vm, &evicted_before, &progress)?),
+            None => None,
+        };
+        if let Some(e) = failure {
+            if let Some(settled) = settled.as_ref().map(crate::tier::SettleReport::describe)
+                && !settled.is_empty()
+            {
+                tracing::warn!(%vm, object_tier = %settled, "prune failed after part of its work");
+            }
+            return Err(e);
         }
         let mut result = format!(
             "removed {} of {} points ({done})",
             todo.len(),
             job.remove.len()
         );
+        if let Some(settled) = settled.as_ref().map(crate::tier::SettleReport::describe)
+            && !settled.is_empty()
+        {
+            result.push_str(&format!("; {settled}"));
+        }
         if !protected.is_empty() {
             result.push_str(&format!(
                 "; skipped, protected since the prune was planned: {}",
@@ -553,7 +602,17 @@ impl HubJobs {
             reason: "a verify job names its backup",
         })?;
         let progress = self.progress_writer(job);
-        let verification = self.verifier.verify(&id, &progress)?;
+        let record = crate::engine::completed_record(&self.catalog, &id)?;
+        let verification = if record.evicted {
+            // Its files live only in buckets: its copies are read back (see the object tier).
+            let _chain = self
+                .engine
+                .chain_locks()
+                .read(&record.vm_name, VERIFY_LOCK_WAIT)?;
+            self.tier()?.verify_copies(&id, &progress)?
+        } else {
+            self.verifier.verify(&id, &progress)?
+        };
         Ok(match verification.state {
             VerificationState::Ok => Outcome {
                 status: JobStatus::Completed,
@@ -611,6 +670,15 @@ impl HubJobs {
                     "{result}; evicted (keep_local_last {keep}): {}",
                     join(&evicted)
                 );
+            }
+        }
+        // Objects of removed points that waited for this copy go now.
+        match tier.sweep().map(|r| r.describe()) {
+            Ok(swept) if !swept.is_empty() => result = format!("{result}; {swept}"),
+            Ok(_) => {}
+            // The copy itself is done: a sweep that cannot run waits for the next one.
+            Err(e) => {
+                tracing::warn!(error = %sendense_io::error_chain(&e), "cannot sweep removed points' objects");
             }
         }
         Ok(Outcome {

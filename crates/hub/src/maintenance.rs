@@ -17,6 +17,15 @@
 //!
 //! A disk without a digests file on either side leaves the merged point without one.
 //!
+//! # Points in buckets
+//! With the object tier ([`Maintenance::with_tier`]), a removal decides over evicted points
+//! too. Before `R` is merged into `C`, [`Tier::prepare_merge`] fetches back `C` and every
+//! evicted point it reads through and marks `C`'s copies to be made again; `R`'s copy records
+//! outlive it, and the prune job ([`crate::hub_jobs`]) then copies `C` again, evicts again what
+//! was evicted, and deletes `R`'s objects from a bucket once nothing there reads through them
+//! ([`Tier::settle`]; the design is in the object tier's `retain.rs`). A removed point nothing
+//! reads through needs no fetch: its objects are deleted the same way.
+//!
 //! # Journal and crash safety
 //! A merge step is journalled in the catalog ([`sendense_catalog::MergeStep`]) before any
 //! file is touched, and its phase moves as it goes. Every file operation of a step is
@@ -58,6 +67,7 @@ use sendense_types::{
 
 use crate::engine::Engine;
 use crate::error::HubError;
+use crate::tier::Tier;
 
 /// How long a removal waits, by default, for a running backup or open restore exports of its
 /// VM to end before it fails.
@@ -304,6 +314,7 @@ pub struct Maintenance {
     engine: Arc<Engine>,
     locks: Arc<ChainLocks>,
     wait: Duration,
+    tier: Option<Arc<Tier>>,
 }
 
 impl Maintenance {
@@ -318,7 +329,16 @@ impl Maintenance {
             engine,
             locks,
             wait: DEFAULT_WAIT,
+            tier: None,
         }
+    }
+
+    /// The same maintenance, removing points whose files live in buckets too (see the module
+    /// docs, "Points in buckets").
+    #[must_use]
+    pub fn with_tier(mut self, tier: Arc<Tier>) -> Self {
+        self.tier = Some(tier);
+        self
     }
 
     /// How long a removal waits for the VM's running backup, open restore exports or other
@@ -587,6 +607,11 @@ impl Maintenance {
             tracing::info!(backup_id = %id, "restore point removed (nothing read through it)");
             return Ok(0);
         };
+        if let Some(tier) = &self.tier {
+            // Fetches back what the merge reads and writes; marks the child's copies to be
+            // made again (before the step is journalled).
+            tier.prepare_merge(id, &child.backup_id)?;
+        }
         let step = self.plan(&record, &child)?;
         let moved = self.estimate(&record, &all);
         self.catalog.begin_merge(&step)?;

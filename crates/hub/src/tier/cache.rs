@@ -301,7 +301,7 @@ fn cache_file(path: &Path) -> io::Result<File> {
 pub(crate) struct BucketLayer {
     bucket: Bucket,
     name: String,
-    /// The cache's key of this object: its target and name.
+    /// The cache's key of this object: its target, name and salt.
     key: Arc<str>,
     header: Header,
     cipher: Arc<ObjectCipher>,
@@ -340,7 +340,14 @@ impl BucketLayer {
         let header = Header::decode(&head).map_err(tier)?;
         let cipher = ObjectCipher::new(key, header, &name).map_err(tier)?;
         Ok(Self {
-            key: format!("{}/{name}", bucket.target()).into(),
+            // The salt is fresh at each upload: an object uploaded again under the same
+            // name (a point merged by a prune, copied again) never reads stale chunks.
+            key: format!(
+                "{}/{name}/{}",
+                bucket.target(),
+                sendense_tier::seal::hex(&header.salt())
+            )
+            .into(),
             bucket,
             name,
             header,

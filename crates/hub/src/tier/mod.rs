@@ -38,10 +38,15 @@
 //! fsync, rename). **Import** ([`Tier::import`]): a new hub lists a target's manifests and records
 //! every point they describe that it does not know, in chain order, as completed points
 //! whose files live in the bucket (fetched when restored).
+//!
+//! **Retention and verification** of points in buckets (a `verify` of an evicted point reads
+//! its copies back; a prune fetches what a merge needs, copies merged points again and deletes
+//! removed points' objects): see `retain.rs` ([`SettleReport`]).
 
 mod cache;
 mod copy;
 mod restore;
+mod retain;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -58,6 +63,7 @@ use crate::error::HubError;
 
 pub use cache::{CACHE_DIR, ChunkCache, DEFAULT_CACHE_MIB};
 pub use copy::{PARALLEL_PARTS, PART_CHUNKS};
+pub use retain::SettleReport;
 
 /// The master key's file name inside the data folder.
 pub const KEY_FILE: &str = "tier.key";

@@ -121,6 +121,30 @@ impl Bucket {
             .map_err(|e| self.error(format!("list {prefix}"), e))
     }
 
+    /// Deletes an object (deleting one that does not exist is not an error in S3).
+    pub(crate) async fn delete(&self, name: &str) -> Result<(), HubError> {
+        match self.store.delete(&Path::from(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(format!("delete {name}"), e)),
+        }
+    }
+
+    /// Deletes every object under `prefix`, the names for which `first` holds before the
+    /// others (a point's manifest goes first: a half-deleted point is then no point at all in
+    /// the bucket); answers how many were deleted.
+    pub(crate) async fn delete_prefix(
+        &self,
+        prefix: &str,
+        first: impl Fn(&str) -> bool,
+    ) -> Result<usize, HubError> {
+        let mut names = self.list(prefix).await?;
+        names.sort_by_key(|n| !first(n));
+        for name in &names {
+            self.delete(name).await?;
+        }
+        Ok(names.len())
+    }
+
     /// Starts a multipart upload of `name`; answers its id.
     pub(crate) async fn create_multipart(&self, name: &str) -> Result<String, HubError> {
         self.store
