@@ -592,6 +592,10 @@ impl Engine {
                 if !vm.disks.iter().any(|spec| spec.key == d.disk_key) {
                     continue;
                 }
+                // A point that lives only in a bucket is read from there (`open_write_disk`).
+                if record.evicted && !record.files_missing {
+                    continue;
+                }
                 if record.files_missing || !self.repository.join(&d.file).is_file() {
                     return Some(HubError::FilesMissing {
                         backup_id: record.backup_id.clone(),
@@ -662,6 +666,12 @@ impl Engine {
             && let Some(name) = Path::new(&parent_disk.file).file_name()
         {
             opts.backing = Some(BackingSpec::qcow2(name.to_string_lossy().into_owned()));
+        }
+        // Older points of the chain may live only in a bucket: copy-on-write reads them there.
+        if let Some(parent) = parent
+            && let Some(source) = self.point_layers(&parent.backup_id)?
+        {
+            opts = opts.layers(source);
         }
         let image = Image::create(&temp, &opts).map_err(|e| HubError::image(&temp, e))?;
         let export = Arc::new(Qcow2Export::new(Arc::new(image), false));
