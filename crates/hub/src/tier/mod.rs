@@ -80,6 +80,8 @@ pub struct Tier {
     cache_capacity: u64,
     /// The cache, made (and its folder emptied) at first use.
     cache: std::sync::Mutex<Option<Arc<ChunkCache>>>,
+    /// Held by a fetch ([`Tier::fetch`]).
+    fetching: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Tier {
@@ -106,6 +108,7 @@ impl Tier {
             repo: repo.to_owned(),
             cache_capacity: DEFAULT_CACHE_MIB << 20,
             cache: std::sync::Mutex::new(None),
+            fetching: std::sync::Mutex::new(()),
         }
     }
 

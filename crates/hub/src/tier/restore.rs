@@ -96,6 +96,12 @@ impl Tier {
     /// Unknown point; no target with a verified copy of an evicted point; the store; a
     /// mismatch; I/O.
     pub fn fetch(&self, backup_id: &BackupId) -> Result<Vec<BackupId>, HubError> {
+        // One fetch at a time: two of one point would write the same temporary files. The
+        // chain is read once the lock is held, so a point another fetch brought back is seen.
+        let _one = self
+            .fetching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut chain = Vec::new();
         let mut next = Some(backup_id.clone());
         while let Some(id) = next {
