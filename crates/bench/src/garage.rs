@@ -1,6 +1,8 @@
-//! A real distributed S3 store for the `object` scenario: three Garage nodes on 127.0.0.1,
-//! replication factor 3, one layout zone each, a key and a bucket, every node a guarded child
-//! ([`Proc`]: killed with the harness).
+//! A real distributed S3 store for the `object` scenario and the object tier's end-to-end
+//! tests (one launcher for both): three Garage nodes on 127.0.0.1, replication factor 3, one
+//! layout zone each, a key and a bucket ([`Access`]), every node a guarded child (killed when
+//! the cluster is dropped, and with the process that started it). Every wait is on a
+//! condition with a deadline.
 //!
 //! Garage (crates.io `garage`, AGPL) is only ever run as a separate program: `scripts/test.sh`
 //! installs it once into `$SENDENSE_TOOLS` (default `~/.cache/sendense-tools`); the harness
@@ -17,25 +19,30 @@ use crate::proc::{Proc, free_addr};
 
 /// How long the cluster may take to form, and each setup command to succeed.
 const DEADLINE: Duration = Duration::from_secs(120);
-/// Pause between attempts of a setup command that needs the cluster formed.
-const RETRY: Duration = Duration::from_millis(100);
-/// The bucket.
-pub(crate) const BUCKET: &str = "sendense-bench";
 /// The S3 region the nodes answer for.
-pub(crate) const REGION: &str = "garage";
-/// The access key (Garage ids are `GK` and 24 hex digits; secrets 64 hex digits).
-pub(crate) const ACCESS_KEY: &str = "GK0b0e0c0h0a0b0c0d0e0f0a0b";
-/// The secret key.
-pub(crate) const SECRET_KEY: &str =
-    "b0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecf";
+pub const REGION: &str = "garage";
 const RPC_SECRET: &str = "7e1d6a2f7b4c9e8d0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6072";
 
+/// The bucket and the key a cluster is made with.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    /// The bucket.
+    pub bucket: &'a str,
+    /// The key's name in Garage.
+    pub key_name: &'a str,
+    /// The access key id (`GK` and 24 hex digits).
+    pub access_key: &'a str,
+    /// The secret key (64 hex digits).
+    pub secret_key: &'a str,
+}
+
 /// The `garage` binary: `explicit`, else `$SENDENSE_GARAGE`, else what `scripts/test.sh`
-/// installs, else `garage` on `PATH`.
+/// installs into `$SENDENSE_TOOLS` (default `~/.cache/sendense-tools`), else `garage` on
+/// `PATH`.
 ///
 /// # Errors
 /// None of them exists; the message names `scripts/test.sh`.
-pub(crate) fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = explicit
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("SENDENSE_GARAGE").map(PathBuf::from))
@@ -72,20 +79,24 @@ struct Node {
     config: PathBuf,
     s3: SocketAddr,
     rpc: SocketAddr,
-    proc: Proc,
+    data: PathBuf,
+    proc: Option<Proc>,
 }
 
 /// Three Garage nodes on loopback forming one cluster with replication 3.
 #[derive(Debug)]
-pub(crate) struct Garage {
+pub struct Garage {
     bin: PathBuf,
     nodes: Vec<Node>,
 }
 
 impl Garage {
-    /// Starts three nodes under `dir` (logs in `logs`), connects them, applies a layout with
-    /// replication 3, imports the key and creates the bucket.
-    pub(crate) fn start(bin: &Path, dir: &Path, logs: &Path) -> Result<Self> {
+    /// Starts three nodes of `bin` under `dir` (their logs in `logs`), connects them, applies
+    /// a layout with replication 3, imports the key and creates the bucket of `access`.
+    ///
+    /// # Errors
+    /// A node does not start, or the cluster does not form within the deadline.
+    pub fn start(bin: &Path, dir: &Path, logs: &Path, access: &Access<'_>) -> Result<Self> {
         let mut nodes = Vec::new();
         for i in 0..3 {
             let root = dir.join(format!("garage{i}"));
@@ -129,7 +140,8 @@ api_bind_addr = "{admin}"
                 config,
                 s3,
                 rpc,
-                proc,
+                data: root.join("data"),
+                proc: Some(proc),
             });
         }
         let mut cluster = Self {
@@ -153,41 +165,64 @@ api_bind_addr = "{admin}"
             cluster.cli_until_ok(0, &["layout", "assign", "-z", &zone, "-c", "10G", id])?;
         }
         cluster.cli_until_ok(0, &["layout", "apply", "--version", "1"])?;
+        let Access {
+            bucket,
+            key_name,
+            access_key,
+            secret_key,
+        } = *access;
         cluster.cli_until_ok(
             0,
             &[
-                "key", "import", "--yes", "-n", "bench", ACCESS_KEY, SECRET_KEY,
+                "key", "import", "--yes", "-n", key_name, access_key, secret_key,
             ],
         )?;
-        cluster.cli_until_ok(0, &["bucket", "create", BUCKET])?;
+        cluster.cli_until_ok(0, &["bucket", "create", bucket])?;
         cluster.cli_until_ok(
             0,
             &[
-                "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", "bench",
+                "bucket", "allow", "--read", "--write", "--owner", bucket, "--key", key_name,
             ],
         )?;
         // Every node must see the bucket before the S3 API is used.
         for i in 0..3 {
-            cluster.cli_until_ok(i, &["bucket", "info", BUCKET])?;
+            cluster.cli_until_ok(i, &["bucket", "info", bucket])?;
         }
         for node in &mut cluster.nodes {
-            node.proc.wait_listening(node.s3)?;
+            if let Some(proc) = node.proc.as_mut() {
+                proc.wait_listening(node.s3)?;
+            }
         }
         Ok(cluster)
     }
 
-    /// The S3 endpoint (`http://127.0.0.1:PORT`) of node `i`.
-    pub(crate) fn endpoint(&self, i: usize) -> String {
+    /// The S3 endpoint (`http://127.0.0.1:PORT`) of node `i` (empty for no such node).
+    #[must_use]
+    pub fn endpoint(&self, i: usize) -> String {
         self.nodes
             .get(i)
             .map_or_else(String::new, |n| format!("http://{}", n.s3))
     }
 
-    /// CPU time used so far by every node.
-    pub(crate) fn cpu(&self) -> Duration {
+    /// The data folders of every node (where object blocks lie).
+    #[must_use]
+    pub fn data_dirs(&self) -> Vec<PathBuf> {
+        self.nodes.iter().map(|n| n.data.clone()).collect()
+    }
+
+    /// SIGKILLs node `i` (and reaps it).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(node) = self.nodes.get_mut(i) {
+            drop(node.proc.take());
+        }
+    }
+
+    /// CPU time used so far by every running node.
+    #[must_use]
+    pub fn cpu(&self) -> Duration {
         self.nodes
             .iter()
-            .filter_map(|n| n.proc.cpu())
+            .filter_map(|n| n.proc.as_ref().and_then(Proc::cpu))
             .sum::<Duration>()
     }
 
@@ -213,8 +248,9 @@ api_bind_addr = "{admin}"
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            // The cluster is still forming: ask again shortly.
-            std::thread::sleep(RETRY);
+            // A command that needs the cluster formed fails fast until it is; asking again is
+            // the wait (each attempt is a full RPC round trip, not a timed sleep).
+            std::thread::yield_now();
         }
     }
 }

@@ -15,12 +15,12 @@
 //! tokio runtimes of their own inside the harness.
 
 mod data;
-mod garage;
 mod proc;
 mod scenarios;
 mod sys;
 
 pub mod cli;
+pub mod garage;
 pub mod report;
 
 use std::path::PathBuf;

@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 
 use super::inproc::self_cpu;
 use super::{BackupRun, CLIENT_TLS_DIR, Ctx, DISK_KEY, VM, failed, loadavg};
-use crate::garage::{self, ACCESS_KEY, BUCKET, Garage, REGION, SECRET_KEY};
+use crate::garage::{self, Access, Garage, REGION};
 use crate::proc::Proc;
 use crate::report::{Measure, Outcome, Row};
 
@@ -40,6 +40,12 @@ const TARGET: &str = "bench-garage";
 const COPY_DEADLINE: Duration = Duration::from_secs(3600);
 /// Pause between two looks at the copy's state.
 const POLL: Duration = Duration::from_millis(20);
+/// The bucket.
+const BUCKET: &str = "sendense-bench";
+/// The access key (Garage ids are `GK` and 24 hex digits; secrets 64 hex digits).
+const ACCESS_KEY: &str = "GK0b0e0c0d0a0b0c0d0e0f0a0b";
+/// The secret key.
+const SECRET_KEY: &str = "b0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecf";
 /// The peer's object.
 const PEER_OBJECT: &str = "bench-peer/image.qcow2";
 
@@ -120,7 +126,13 @@ impl Ctx<'_> {
 
     fn object_inner(&self, work: &Path) -> Result<Figures> {
         let bin = garage::locate(self.opts.garage.as_deref())?;
-        let cluster = Garage::start(&bin, &work.join("garage"), &self.logs)
+        let access = Access {
+            bucket: BUCKET,
+            key_name: "bench",
+            access_key: ACCESS_KEY,
+            secret_key: SECRET_KEY,
+        };
+        let cluster = Garage::start(&bin, &work.join("garage"), &self.logs, &access)
             .context("cannot start the Garage cluster")?;
         let data_dir = work.join("hub");
         let (hub, hub_url) = self.start_hub(&data_dir)?;
