@@ -128,7 +128,8 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = parse_size)]
     pub size: u64,
     /// Folder under which the run's data folder is created (needs about 4x SIZE free; 7x for
-    /// every scenario, sparse included).
+    /// every scenario, sparse included; 9x for object, whose store keeps 3 replicas of our
+    /// copy and of the peer's).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Folder holding sendense-hub and sendense-client (default: this executable's folder).
