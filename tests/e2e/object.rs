@@ -7,6 +7,7 @@
 //! source by `qemu-img compare`.
 
 mod garage;
+mod lock;
 mod retention;
 
 use std::path::{Path, PathBuf};
@@ -399,24 +400,6 @@ fn object_evict_without_verified_copy_is_refused_and_keeps_the_files() {
         "{answer}"
     );
     assert!(hub.image(VM, 2000, &id).exists());
-}
-
-#[test]
-fn object_target_with_object_lock_is_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&dir.path().join("hub"));
-    let body = json!({
-        "name": "locked", "endpoint": "http://127.0.0.1:9", "bucket": "locked-bucket",
-        "region": "garage", "access_key": "GK1", "secret_key": "s", "object_lock_days": 30
-    });
-
-    let (status, answer) = hub.call(reqwest::Method::POST, "/api/v1/targets", Some(body));
-
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer["message"].as_str().unwrap().contains("Object Lock"),
-        "{answer}"
-    );
 }
 
 #[test]

@@ -104,6 +104,18 @@ use crate::{Options, Scenario};
 ///                Both compared with the test data. Issue 16's goal: the upload at least as
 ///                fast (ratio >= 1).
 ///
+///   object       three Garage nodes on 127.0.0.1 (replication 3; --garage PATH, else
+///                $SENDENSE_GARAGE, else what scripts/test.sh installs, else PATH), a
+///                `sendense-hub serve` and a full backup of the disk; then through the
+///                hub's API: a copy job to the cluster (POST /api/v1/backups/{id}/copy),
+///                polled until `verified` (sealed, uploaded, read back and checked) vs,
+///                right after, the `object_store` crate's own multipart upload of the
+///                point's image file (WriteMultipart, the hub's part size and
+///                concurrency) to the same bucket; and `sendense-client restore` of the
+///                point after POST /api/v1/backups/{id}/evict (it lives only in the
+///                bucket) vs of the same point while local, both compared with the test
+///                data. Issue 18's goals: copy ratio >= 0.8, restore ratio >= 0.5.
+///
 /// Our binaries are looked up beside this executable (or in --bin-dir); the peers on PATH. A
 /// peer that is not installed is reported `missing`, never estimated. Data lives in a fresh
 /// folder under --dir (default /var/tmp), removed at the end unless --keep; every child process
@@ -116,7 +128,8 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = parse_size)]
     pub size: u64,
     /// Folder under which the run's data folder is created (needs about 4x SIZE free; 7x for
-    /// every scenario, sparse included).
+    /// every scenario, sparse included; 9x for object, whose store keeps 3 replicas of our
+    /// copy and of the peer's).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Folder holding sendense-hub and sendense-client (default: this executable's folder).
@@ -132,6 +145,10 @@ pub struct Cli {
     /// Seconds each fio run of the instant scenario lasts.
     #[arg(long, value_name = "SECONDS", default_value_t = crate::DEFAULT_INSTANT_RUNTIME_SECS)]
     pub instant_runtime: u64,
+    /// The garage binary of the object scenario (default: $SENDENSE_GARAGE, then
+    /// ~/.cache/sendense-tools/garage/bin/garage as scripts/test.sh installs it, then PATH).
+    #[arg(long, value_name = "PATH")]
+    pub garage: Option<PathBuf>,
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -158,6 +175,7 @@ impl Cli {
             changed_percent: self.changed_percent,
             sparse_virtual: self.sparse_virtual,
             instant_runtime_secs: self.instant_runtime.max(1),
+            garage: self.garage.clone(),
             keep: self.keep,
             verbose: !self.quiet,
         }

@@ -20,6 +20,7 @@ mod scenarios;
 mod sys;
 
 pub mod cli;
+pub mod garage;
 pub mod report;
 
 use std::path::PathBuf;
@@ -76,11 +77,15 @@ pub enum Scenario {
     /// its disk uploaded with one `PUT`) vs `sendense-client restore` of the same point to a
     /// local raw file.
     VmRestore,
+    /// The object tier on a three-node Garage cluster: our copy job (until verified) vs the
+    /// `object_store` crate's multipart upload of the same image file; restore of the point
+    /// evicted to the bucket vs of the same point while local.
+    Object,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Qcow2,
         Self::Serve,
         Self::Memory,
@@ -95,6 +100,7 @@ impl Scenario {
         Self::Files,
         Self::NbdSource,
         Self::VmRestore,
+        Self::Object,
     ];
 
     /// The scenario's command-line name.
@@ -115,6 +121,7 @@ impl Scenario {
             Self::Files => "files",
             Self::NbdSource => "nbd-source",
             Self::VmRestore => "vm-restore",
+            Self::Object => "object",
         }
     }
 }
@@ -136,6 +143,9 @@ pub struct Options {
     pub sparse_virtual: u64,
     /// Seconds each fio run of the `instant` scenario lasts.
     pub instant_runtime_secs: u64,
+    /// The `garage` binary of the `object` scenario (default: `$SENDENSE_GARAGE`, what
+    /// `scripts/test.sh` installs, `PATH`).
+    pub garage: Option<PathBuf>,
     /// Keep the data folder.
     pub keep: bool,
     /// Print progress lines on stderr.
@@ -154,6 +164,7 @@ impl Options {
             changed_percent: 2.0,
             sparse_virtual: DEFAULT_SPARSE_VIRTUAL,
             instant_runtime_secs: DEFAULT_INSTANT_RUNTIME_SECS,
+            garage: None,
             keep: false,
             verbose: false,
         }

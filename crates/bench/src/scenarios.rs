@@ -1,6 +1,6 @@
 //! The scenarios: each runs our side and its peer back to back on the same file and produces
 //! report rows. Order is fixed (qcow2, serve, memory, nbd-tls-cost, instant, ingest, incremental,
-//! restore, sparse, files, nbd-source, vm-restore) because the incremental changes the source disk and the restore reads the
+//! restore, sparse, files, nbd-source, vm-restore, object) because the incremental changes the source disk and the restore reads the
 //! chain the backups made; `sparse` backs up whatever the source disk holds by then, twice.
 
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ mod inproc;
 mod instant;
 mod merge;
 mod nbdsource;
+mod object;
 mod sparse;
 mod verify;
 mod vmrestore;
@@ -97,6 +98,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     if wanted.contains(&Scenario::VmRestore) {
         ctx.vm_restore();
+    }
+    if wanted.contains(&Scenario::Object) {
+        ctx.object();
     }
     let machine = Machine {
         nproc: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
@@ -755,7 +759,7 @@ fn nbd_uri(addr: std::net::SocketAddr, tls_dir: Option<&Path>) -> String {
 }
 
 /// The first executable named `name` on `PATH`.
-fn tool(name: &str) -> Option<PathBuf> {
+pub(crate) fn tool(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

@@ -1,4 +1,4 @@
-//! [`TierError`]: what a sealed object or a manifest can be wrong about.
+//! [`TierError`]: what a sealed object, a manifest or an S3 document can be wrong about.
 
 /// Why a sealed object or a manifest was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +58,13 @@ pub enum TierError {
     Manifest {
         /// What is wrong.
         reason: String,
+    },
+    /// An S3 XML document (Object Lock configuration, error) that does not parse or breaks a
+    /// rule.
+    #[error("S3 XML document refused: {reason}")]
+    Xml {
+        /// What is wrong.
+        reason: &'static str,
     },
     /// The system's random source failed.
     #[error("Random source failed")]

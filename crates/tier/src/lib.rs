@@ -13,12 +13,15 @@
 //!   file of the point with its size and SHA-256: enough to rebuild a catalog from the bucket.
 //! - [`layout`]: object names, `<prefix>/<vm>/<backup_id>/<object>`: self-describing, one
 //!   folder per point.
+//! - [`lock`]: the S3 Object Lock configuration a target's bucket answers and is given, and
+//!   the `<Error>` document of a refused S3 request.
 //!
 //! Every decoder here is bounded (named limits), never panics, and has a fuzz target.
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod layout;
+pub mod lock;
 pub mod manifest;
 pub mod seal;
 

@@ -306,7 +306,9 @@ impl Ctx<'_> {
         Ok((ours, peer, split))
     }
 
-    fn restore_to_file(
+    /// `sendense-client restore --format raw` of `id` to a file in `work`, compared with the
+    /// test data and removed.
+    pub(super) fn restore_to_file(
         &self,
         hub: &Proc,
         hub_url: &str,

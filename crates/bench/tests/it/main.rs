@@ -90,7 +90,9 @@ mod smoke {
                 "files",
                 "files",
                 "nbd-source",
-                "vm-restore"
+                "vm-restore",
+                "object",
+                "object"
             ],
             "{}",
             report.render()
@@ -101,7 +103,7 @@ mod smoke {
             report.render()
         );
         assert!(report.rows.iter().all(|r| r.ratio.is_some()));
-        assert_eq!(Scenario::ALL.len(), 14);
+        assert_eq!(Scenario::ALL.len(), 15);
     }
 
     #[test]

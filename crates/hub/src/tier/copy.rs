@@ -349,13 +349,14 @@ impl Tier {
                 return Err(e);
             }
         };
-        tracing::debug!(%backup_id, %target, object = name, part, "copy part uploaded");
         self.update_upload(backup_id, target, name, |u| {
             if u.parts.len() <= part {
                 u.parts.resize(part + 1, String::new());
             }
             u.parts[part] = etag;
         })?;
+        // Logged once recorded: a hub killed after this line resumes after this part.
+        tracing::debug!(%backup_id, %target, object = name, part, "copy part uploaded");
         report(plain_bytes);
         Ok(())
     }

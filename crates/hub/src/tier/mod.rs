@@ -4,9 +4,12 @@
 //!
 //! **Targets.** `POST /api/v1/targets` stores a bucket's endpoint, region and keys; the secret
 //! key is sealed like vCenter passwords (`Credentials::seal_with`, bound to the target's
-//! name) and never answered. Object Lock (`object_lock_days` above 0) is refused with a clear
-//! error: the S3 client this hub uses cannot set lock headers, and a lock the store silently
-//! ignores would be a lie.
+//! name) and never answered. A target with `object_lock_days` N above 0 is stored only once
+//! its bucket has a default retention of N days in COMPLIANCE mode (set and read back by
+//! `tier/lock.rs` through S3's PutObjectLockConfiguration): the store then locks every object the
+//! copies write, with no per-object header, for N days. A store or bucket that cannot lock
+//! objects (Garage answers 501 NotImplemented; a bucket created without Object Lock) is
+//! refused with [`HubError::ObjectLockUnsupported`], naming the fix.
 //!
 //! **Key.** Every object is sealed ([`sendense_tier::seal`]) under the hub's master key
 //! `DATA/tier.key` (32 bytes, 0600, made with the first target). Without it a bucket is
@@ -45,8 +48,10 @@
 
 mod cache;
 mod copy;
+mod lock;
 mod restore;
 mod retain;
+mod sigv4;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -140,20 +145,18 @@ impl Tier {
     }
 
     /// `POST /api/v1/targets`: stores (or replaces) a target, its secret sealed; makes the
-    /// master key on first use. Answers the target without its secret.
+    /// master key on first use. Answers the target without its secret. With
+    /// `object_lock_days` above 0 it first gives the bucket that default retention (see
+    /// `tier/lock.rs`); nothing is stored when that fails. Runs on a blocking thread inside the
+    /// runtime.
     ///
     /// # Errors
-    /// [`HubError::ObjectLockUnsupported`] when it asks for Object Lock; key or catalog errors.
+    /// [`HubError::ObjectLockUnsupported`] when it asks for Object Lock and the store or the
+    /// bucket cannot keep objects locked; [`HubError::ObjectStore`] when the store cannot be
+    /// reached or refuses the keys; key or catalog errors.
     pub fn put_target(&self, req: &TargetRequest) -> Result<Target, HubError> {
         if req.object_lock_days() > 0 {
-            return Err(HubError::ObjectLockUnsupported {
-                target: req.name().clone(),
-                days: req.object_lock_days(),
-                reason: "this hub's S3 client cannot set Object Lock retention on uploads; \
-                         create the target with object_lock_days 0, and lock the bucket with \
-                         a default retention on the store's side if it supports one"
-                    .to_owned(),
-            });
+            tokio::runtime::Handle::current().block_on(lock::set_default_retention(req))?;
         }
         self.key_or_create()?;
         let record = TargetRecord {

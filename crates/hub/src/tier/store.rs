@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
@@ -47,7 +47,13 @@ impl Bucket {
             retry_timeout: RETRY_TIMEOUT,
             ..RetryConfig::default()
         };
-        let store = AmazonS3Builder::new()
+        let mut builder = AmazonS3Builder::new();
+        if record.object_lock_days > 0 {
+            // S3 refuses a write without a checksum into a bucket with a default retention
+            // ("Content-MD5 or x-amz-checksum- HTTP header is required"): see `lock`.
+            builder = builder.with_checksum_algorithm(Checksum::SHA256);
+        }
+        let store = builder
             .with_endpoint(record.endpoint.trim_end_matches('/'))
             .with_bucket_name(&record.bucket)
             .with_region(&record.region)
