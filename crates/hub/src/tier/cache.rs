@@ -8,7 +8,8 @@
 //! from there; the others are fetched with ranged GETs (neighbouring chunks in one request,
 //! the requests of one read at once), each opened (authenticated: a chunk altered in the
 //! store, moved from another object or from another place fails to open and the read fails
-//! with `EIO`), copied into the caller's buffer and kept in the cache.
+//! with `EIO`), copied into the caller's buffer and kept in the cache (except chunks a large,
+//! streaming read uses whole: a restore would only push out what small reads come back to).
 //!
 //! **The cache** ([`ChunkCache`], `DATA/tier-cache/`, emptied at each start) holds decrypted
 //! chunks in one sparse file per object, at most `--tier-cache-mib` MiB in all: when a new
@@ -44,8 +45,10 @@ pub const CACHE_DIR: &str = "tier-cache";
 pub const DEFAULT_CACHE_MIB: u64 = 4096;
 /// Most chunks one GET asks for (a read of more chunks sends several GETs at once).
 const RUN_CHUNKS: usize = 4;
-/// Locks that keep two readers from fetching the same chunk (by hash of object and chunk).
-const STRIPES: usize = 64;
+/// Locks that keep two readers from fetching the same chunk (by hash of object and chunk):
+/// enough that readers of different chunks (a restore has 8 reads of up to 4 chunks in
+/// flight) rarely share one and wait for each other's fetch.
+const STRIPES: usize = 4096;
 
 /// The bounded cache of decrypted chunks (see the module docs). Share one (in an `Arc`).
 pub struct ChunkCache {
@@ -446,14 +449,21 @@ impl BucketLayer {
                     still.push(i);
                 }
             }
+            // A large read (a restore, a download) streams: the chunks it uses whole are not
+            // kept, they would only push out what small reads (metadata, a guest's working
+            // set, listings) come back to; the chunks it uses in part are, as the next read
+            // wants the rest.
+            let streaming = buf.len() as u64 >= chunk;
             for (i, plain) in self.fetch(&still)? {
                 let (dst, within) = part(i)?;
                 let within = index(within)?;
                 let src = plain
                     .get(within..within + dst.len())
                     .ok_or(HubError::Worker)?;
-                buf[dst].copy_from_slice(src);
-                self.cache.insert(&self.key, i, chunk, &plain);
+                buf[dst.clone()].copy_from_slice(src);
+                if !(streaming && dst.len() == plain.len()) {
+                    self.cache.insert(&self.key, i, chunk, &plain);
+                }
             }
         }
         Ok(n)
