@@ -145,6 +145,26 @@ fn points_in_bucket(store: &AmazonS3, vm: &str) -> Vec<String> {
     ids
 }
 
+/// Waits (bounded) until the bucket lists exactly the points `want` of `vm` (a store's
+/// listing may trail its deletes for a moment); on timeout, fails with the listing and the
+/// hub's log.
+fn assert_points_in_bucket(hub: &Hub, store: &AmazonS3, vm: &str, want: &[String]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = points_in_bucket(store, vm);
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bucket lists {got:?}, expected {want:?}\n{}",
+            hub.all_lines()
+        );
+        // Waits on the hub's log: a new line (or 200 ms without one) is the next look.
+        let _ = hub.log.recv_timeout(std::time::Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn object_policy_copy_to_keep_local_last_then_verify_and_prune_points_in_the_bucket() {
     let world = KvmWorld::start();
@@ -207,7 +227,7 @@ fn object_policy_copy_to_keep_local_last_then_verify_and_prune_points_in_the_buc
         v.sort();
         v
     };
-    assert_eq!(points_in_bucket(&store, VM), in_bucket(&ids));
+    assert_points_in_bucket(&hub, &store, VM, &in_bucket(&ids));
 
     // A verification of a point that lives only in the bucket reads its copy back.
     let verified = hub.verify(ids[0]);
@@ -254,7 +274,7 @@ fn object_policy_copy_to_keep_local_last_then_verify_and_prune_points_in_the_buc
         (&json!("full"), &json!(true), &json!("verified")),
         "{merged}"
     );
-    assert_eq!(points_in_bucket(&store, VM), in_bucket(&ids[1..]));
+    assert_points_in_bucket(&hub, &store, VM, &in_bucket(&ids[1..]));
     // The merged point restores from the bucket alone.
     hub.assert_restores(ids[1], &points[1].1, "qcow2");
 
@@ -267,7 +287,7 @@ fn object_policy_copy_to_keep_local_last_then_verify_and_prune_points_in_the_buc
     ] {
         assert!(result.contains(&said), "{said} in {result}");
     }
-    assert_eq!(points_in_bucket(&store, VM), in_bucket(&ids[2..]));
+    assert_points_in_bucket(&hub, &store, VM, &in_bucket(&ids[2..]));
     hub.assert_restores(ids[2], &points[2].1, "qcow2");
 
     // The kept point, evicted, verifies from the bucket; one flipped byte in the middle of
@@ -339,7 +359,7 @@ fn object_prune_absorbs_an_evicted_middle_point_from_the_bucket_and_a_new_hub_re
     let store = bucket(&garage);
     let mut left = vec![ids[0].to_owned(), ids[2].to_owned()];
     left.sort();
-    assert_eq!(points_in_bucket(&store, &vm), left);
+    assert_points_in_bucket(&hub, &store, &vm, &left);
     for i in [2, 0] {
         hub.assert_restores(ids[i], &points[i].1, "raw");
     }
