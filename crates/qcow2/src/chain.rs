@@ -313,6 +313,11 @@ impl Image {
     ) -> Result<Self, Qcow2Error> {
         let canonical =
             crate::layers::would_be_at(open_at).map_err(|e| Qcow2Error::io("resolve", path, e))?;
+        if depth == 0 && chain.root.is_none() && !chain.trust_first {
+            // The top layer itself is missing (its folder may be too): the folder it would be
+            // in is the root backing files must stay in.
+            chain.root = canonical.parent().map(Path::to_path_buf);
+        }
         Self::chain_layer(storage, path, canonical, false, depth, chain)
     }
 
@@ -328,12 +333,7 @@ impl Image {
         if chain.seen.contains(&canonical) {
             return Err(Qcow2Error::BackingLoop { path: canonical });
         }
-        chain.seen.push(canonical.clone());
-        if depth == 0 && chain.root.is_none() && !chain.trust_first {
-            // The top layer may itself be missing (and come from the source): its folder's
-            // canonical form is the root backing files must stay in.
-            chain.root = canonical.parent().map(Path::to_path_buf);
-        }
+        chain.seen.push(canonical);
         let mut img = Self::from_storage(storage, path, writable)?;
         if let Some(name) = img.header.backing_file.clone() {
             let (bpath, real) = if depth == 0 && chain.trust_first {
