@@ -497,17 +497,71 @@ mod tests {
         s.sync_all().unwrap();
     }
 
-    /// Whether bytes `offset..offset + len` of `path` are in the page cache (a read that must
-    /// not wait answers them all).
+    /// Whether every page of bytes `offset..offset + len` of `path` is in the page cache.
+    ///
+    /// Asked with `mincore` on a mapping, which reads nothing: a probing read (even
+    /// `RWF_NOWAIT`) may start readahead and pull the very pages it asks about into the cache
+    /// when the device answers at once, which made this test fail on a fast disk.
+    #[allow(unsafe_code)]
     fn in_page_cache(path: &Path, offset: u64, len: usize) -> bool {
+        use std::os::fd::AsRawFd;
         let file = File::open(path).unwrap();
-        let mut buf = vec![0u8; len];
-        let mut iov = [io::IoSliceMut::new(&mut buf)];
-        match rustix::io::preadv2(&file, &mut iov, offset, rustix::io::ReadWriteFlags::NOWAIT) {
-            Ok(n) => n == len,
-            Err(rustix::io::Errno::AGAIN) => false,
-            Err(e) => panic!("preadv2: {e}"),
+        let file_len = usize::try_from(file.metadata().unwrap().len()).unwrap();
+        let offset = usize::try_from(offset).unwrap();
+        assert!(offset + len <= file_len, "probe past the end of {path:?}");
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
+        assert_eq!(offset % page, 0, "probe offsets are page aligned");
+        // SAFETY: a fresh read-only shared mapping of a file we hold open, never dereferenced;
+        // the kernel chooses the address.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                file_len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            map,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            io::Error::last_os_error()
+        );
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `map + offset .. + len` lies inside the mapping (checked above, page aligned)
+        // and `vec` has one byte per page of that range.
+        let r =
+            unsafe { libc::mincore(map.cast::<u8>().add(offset).cast(), len, vec.as_mut_ptr()) };
+        let err = io::Error::last_os_error();
+        // SAFETY: unmaps exactly the mapping made above, which nothing references.
+        unsafe { libc::munmap(map, file_len) };
+        assert_eq!(r, 0, "mincore: {err}");
+        vec.iter().all(|&v| v & 1 == 1)
+    }
+
+    /// A temporary folder on a file system with a page cache of its own: on tmpfs (which takes
+    /// `O_DIRECT` since Linux 6.6) every byte is always "cached", so the test would say nothing.
+    fn page_cache_dir() -> tempfile::TempDir {
+        const TMPFS_MAGIC: u64 = 0x0102_1994;
+        const RAMFS_MAGIC: u64 = 0x8584_58f6;
+        let candidates = [
+            std::env::temp_dir(),
+            std::path::PathBuf::from("/var/tmp"),
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        ];
+        for dir in &candidates {
+            let Ok(st) = rustix::fs::statfs(dir) else {
+                continue;
+            };
+            let kind = st.f_type.cast_unsigned();
+            if kind != TMPFS_MAGIC && kind != RAMFS_MAGIC {
+                return tempfile::tempdir_in(dir).unwrap();
+            }
         }
+        panic!("this test needs a disk-backed folder; all of {candidates:?} are tmpfs or ramfs");
     }
 
     fn new_storage(path: &Path, writeback: bool) -> FileStorage {
@@ -527,7 +581,7 @@ mod tests {
 
     #[test]
     fn writeback_storage_writes_small_data_through_the_page_cache_and_large_data_direct() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = page_cache_dir();
         let path = dir.path().join("f");
         let s = new_storage(&path, true);
         let mut small = AlignedBuf::zeroed(DIRECT_ALIGN);
@@ -557,7 +611,7 @@ mod tests {
 
     #[test]
     fn writable_storage_without_writeback_writes_small_aligned_data_direct() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = page_cache_dir();
         let path = dir.path().join("f");
         let s = new_storage(&path, false);
         let mut small = AlignedBuf::zeroed(DIRECT_ALIGN);
