@@ -465,9 +465,10 @@ pub(super) async fn read_manifest(
     })
 }
 
-/// Reads the sealed object `name` part by part (bounded memory), opening each chunk and
-/// handing its plaintext to `sink`; refuses an object whose header announces another
-/// length than `expected`. Answers the plaintext length.
+/// Reads the sealed object `name` in one streaming request (bounded memory: a chunk and what
+/// the connection delivers at once), opening each chunk and handing its plaintext to `sink`;
+/// refuses an object whose header announces another length than `expected`, or whose bytes
+/// end early or run past its last chunk. Answers the plaintext length.
 pub(super) async fn read_object(
     bucket: &Bucket,
     key: &MasterKey,
@@ -475,40 +476,67 @@ pub(super) async fn read_object(
     expected: u64,
     sink: &mut dyn FnMut(&[u8]) -> Result<(), HubError>,
 ) -> Result<u64, HubError> {
+    use futures::TryStreamExt;
     let tier = |source| HubError::Tier {
         object: name.to_owned(),
         source,
     };
-    let head = bucket.get_range(name, 0..HEADER_LEN as u64).await?;
-    let header = Header::decode(&head).map_err(tier)?;
-    if header.plain_len() != expected {
+    let mut stream = std::pin::pin!(bucket.get_stream(name).await?);
+    let mut pending = bytes::BytesMut::new();
+    let mut cipher: Option<ObjectCipher> = None;
+    let mut index = 0;
+    // Sealed bytes received so far.
+    let mut received = 0u64;
+    while let Some(piece) = stream.try_next().await? {
+        received += piece.len() as u64;
+        pending.extend_from_slice(&piece);
+        loop {
+            let Some(c) = &cipher else {
+                if pending.len() < HEADER_LEN {
+                    break;
+                }
+                let header = Header::decode(&pending.split_to(HEADER_LEN)).map_err(tier)?;
+                if header.plain_len() != expected {
+                    return Err(tier(sendense_tier::TierError::Truncated {
+                        need: expected,
+                        have: header.plain_len(),
+                    }));
+                }
+                cipher = Some(ObjectCipher::new(key, header, name).map_err(tier)?);
+                continue;
+            };
+            let header = c.header();
+            if index == header.chunk_count() {
+                if !pending.is_empty() || received > header.sealed_len() {
+                    return Err(tier(sendense_tier::TierError::TooLarge {
+                        len: received,
+                        max: header.sealed_len(),
+                    }));
+                }
+                break;
+            }
+            let r = header.sealed_range(index);
+            let len = usize::try_from(r.end - r.start).map_err(|_| HubError::Worker)?;
+            if pending.len() < len {
+                break;
+            }
+            sink(&c.open(index, &pending.split_to(len)).map_err(tier)?)?;
+            index += 1;
+        }
+    }
+    let Some(c) = cipher else {
         return Err(tier(sendense_tier::TierError::Truncated {
-            need: expected,
-            have: header.plain_len(),
+            need: HEADER_LEN as u64,
+            have: received,
+        }));
+    };
+    if index != c.header().chunk_count() {
+        return Err(tier(sendense_tier::TierError::Truncated {
+            need: c.header().sealed_len(),
+            have: received,
         }));
     }
-    let cipher = ObjectCipher::new(key, header, name).map_err(tier)?;
-    let mut index = 0;
-    while index < header.chunk_count() {
-        let last = (index + PART_CHUNKS).min(header.chunk_count());
-        let range = header.sealed_range(index).start..header.sealed_range(last - 1).end;
-        let bytes = bucket.get_range(name, range.clone()).await?;
-        if bytes.len() as u64 != range.end - range.start {
-            return Err(tier(sendense_tier::TierError::Truncated {
-                need: range.end - range.start,
-                have: bytes.len() as u64,
-            }));
-        }
-        for i in index..last {
-            let r = header.sealed_range(i);
-            let at = usize::try_from(r.start - range.start).map_err(|_| HubError::Worker)?;
-            let len = usize::try_from(r.end - r.start).map_err(|_| HubError::Worker)?;
-            let chunk = bytes.get(at..at + len).ok_or(HubError::Worker)?;
-            sink(&cipher.open(i, chunk).map_err(tier)?)?;
-        }
-        index = last;
-    }
-    Ok(header.plain_len())
+    Ok(c.header().plain_len())
 }
 
 fn mismatch(manifest: &Manifest, bucket: &Bucket, object: &str) -> HubError {

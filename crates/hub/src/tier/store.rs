@@ -107,6 +107,23 @@ impl Bucket {
             .map_err(|e| self.error(format!("read {name}"), e))
     }
 
+    /// Streams a whole object in one request, in the pieces the connection delivers (the
+    /// client resumes a body cut mid-way by range, as long as the object is unchanged).
+    pub(crate) async fn get_stream(
+        &self,
+        name: &str,
+    ) -> Result<impl futures::Stream<Item = Result<Bytes, HubError>> + use<>, HubError> {
+        let result = self
+            .store
+            .get(&Path::from(name))
+            .await
+            .map_err(|e| self.error(format!("read {name}"), e))?;
+        let (this, name) = (self.clone(), name.to_owned());
+        Ok(result
+            .into_stream()
+            .map_err(move |e| this.error(format!("read {name}"), e)))
+    }
+
     /// An object's size.
     pub(crate) async fn size(&self, name: &str) -> Result<u64, HubError> {
         self.store
