@@ -306,16 +306,49 @@ impl ObjectCipher {
     /// # Errors
     /// [`TierError::BadChunk`] when the index or the length does not fit the header.
     pub fn seal(&self, index: u64, plain: &[u8]) -> Result<Vec<u8>, TierError> {
+        let mut buf = Vec::with_capacity(plain.len() + TAG_LEN);
+        buf.extend_from_slice(plain);
+        let tag = self.seal_in_place(index, &mut buf)?;
+        buf.extend_from_slice(&tag);
+        Ok(buf)
+    }
+
+    /// Seals chunk `index` in place: `plain` (exactly [`Header::plain_range`] long) becomes
+    /// its ciphertext; answers the tag that follows it in the object.
+    ///
+    /// # Errors
+    /// [`TierError::BadChunk`] when the index or the length does not fit the header.
+    pub fn seal_in_place(&self, index: u64, plain: &mut [u8]) -> Result<[u8; TAG_LEN], TierError> {
         let want = self.header.plain_range(index);
         if index >= self.header.chunk_count() || plain.len() as u64 != want.end - want.start {
             return Err(TierError::BadChunk { index });
         }
-        let mut buf = Vec::with_capacity(plain.len() + TAG_LEN);
-        buf.extend_from_slice(plain);
-        self.key
-            .seal_in_place_append_tag(nonce(index), Aad::from(&self.aad), &mut buf)
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce(index), Aad::from(&self.aad), plain)
             .map_err(|_| TierError::BadChunk { index })?;
-        Ok(buf)
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Opens chunk `index` in place from its sealed bytes (ciphertext and tag); answers the
+    /// plaintext, the front of `sealed`.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn open_in_place<'a>(
+        &self,
+        index: u64,
+        sealed: &'a mut [u8],
+    ) -> Result<&'a mut [u8], TierError> {
+        let want = self.header.sealed_range(index);
+        if index >= self.header.chunk_count() || sealed.len() as u64 != want.end - want.start {
+            return Err(TierError::BadChunk { index });
+        }
+        self.key
+            .open_in_place(nonce(index), Aad::from(&self.aad), sealed)
+            .map_err(|_| TierError::Authentication { index })
     }
 
     /// Opens chunk `index` from its sealed bytes (ciphertext and tag); answers the plaintext.
@@ -324,16 +357,8 @@ impl ObjectCipher {
     /// [`TierError::BadChunk`] when the index or length does not fit the header;
     /// [`TierError::Authentication`] when the chunk does not open.
     pub fn open(&self, index: u64, sealed: &[u8]) -> Result<Vec<u8>, TierError> {
-        let want = self.header.sealed_range(index);
-        if index >= self.header.chunk_count() || sealed.len() as u64 != want.end - want.start {
-            return Err(TierError::BadChunk { index });
-        }
         let mut buf = sealed.to_vec();
-        let plain_len = self
-            .key
-            .open_in_place(nonce(index), Aad::from(&self.aad), &mut buf)
-            .map_err(|_| TierError::Authentication { index })?
-            .len();
+        let plain_len = self.open_in_place(index, &mut buf)?.len();
         buf.truncate(plain_len);
         Ok(buf)
     }
@@ -461,6 +486,32 @@ mod tests {
             .collect();
         let sealed = seal_all(&key(), "a/b", &plain).unwrap();
         assert_eq!(open_all(&key(), "a/b", &sealed, u64::MAX).unwrap(), plain);
+    }
+
+    #[test]
+    fn in_place_seal_and_open_match_the_copying_ones() {
+        let header = Header::new(4096, 4096 * 2 + 100, [7; 32]).unwrap();
+        let cipher = ObjectCipher::new(&key(), header, "n").unwrap();
+        for index in 0..header.chunk_count() {
+            let range = header.plain_range(index);
+            let plain: Vec<u8> = (range.start..range.end).map(|i| (i % 251) as u8).collect();
+            let mut buf = plain.clone();
+            let tag = cipher.seal_in_place(index, &mut buf).unwrap();
+            buf.extend_from_slice(&tag);
+            assert_eq!(buf, cipher.seal(index, &plain).unwrap());
+            assert_eq!(cipher.open_in_place(index, &mut buf).unwrap(), &plain[..]);
+        }
+        let mut short = vec![0u8; 10];
+        assert_eq!(
+            cipher.seal_in_place(0, &mut short),
+            Err(TierError::BadChunk { index: 0 })
+        );
+        let mut forged = cipher.seal(1, &vec![1u8; 4096]).unwrap();
+        forged[0] ^= 1;
+        assert_eq!(
+            cipher.open_in_place(1, &mut forged).map(|p| p.len()),
+            Err(TierError::Authentication { index: 1 })
+        );
     }
 
     #[test]

@@ -263,28 +263,44 @@ impl Tier {
         for (part, slot) in parts.iter().enumerate() {
             let first = part as u64 * PART_CHUNKS;
             let last = (first + PART_CHUNKS).min(header.chunk_count());
-            let mut body = Vec::new();
-            if part == 0 && slot.is_none() {
+            if slot.is_some() {
+                // Uploaded by an earlier attempt: only its digest.
+                let mut plain_bytes = 0;
+                for index in first..last {
+                    let plain = read_chunk(&file, path, &header, index)?;
+                    sha.update(&plain);
+                    plain_bytes += plain.len() as u64;
+                }
+                report(plain_bytes);
+                continue;
+            }
+            // The part's sealed bytes: each chunk read into its place, hashed, sealed there,
+            // its tag after it.
+            let sealed_len = header.sealed_range(last - 1).end - header.sealed_range(first).start;
+            let mut body = Vec::with_capacity(
+                usize::try_from(sealed_len).map_err(|_| HubError::Worker)? + HEADER_LEN,
+            );
+            if part == 0 {
                 body.extend_from_slice(&header.encode());
             }
             let mut plain_bytes = 0;
             for index in first..last {
-                let plain = read_chunk(&file, path, &header, index)?;
-                sha.update(&plain);
-                plain_bytes += plain.len() as u64;
-                if slot.is_none() {
-                    let sealed = cipher
-                        .seal(index, &plain)
-                        .map_err(|source| HubError::Tier {
-                            object: name.to_owned(),
-                            source,
-                        })?;
-                    body.extend_from_slice(&sealed);
-                }
-            }
-            if slot.is_some() {
-                report(plain_bytes);
-                continue;
+                let range = header.plain_range(index);
+                let len = usize::try_from(range.end - range.start).map_err(|_| HubError::Worker)?;
+                let at = body.len();
+                body.resize(at + len, 0);
+                let plain = &mut body[at..];
+                file.read_exact_at(plain, range.start)
+                    .map_err(|e| HubError::io(path, e))?;
+                sha.update(plain);
+                plain_bytes += len as u64;
+                let tag = cipher
+                    .seal_in_place(index, plain)
+                    .map_err(|source| HubError::Tier {
+                        object: name.to_owned(),
+                        source,
+                    })?;
+                body.extend_from_slice(&tag);
             }
             while in_flight.len() >= PARALLEL_PARTS {
                 self.land_part(&mut in_flight, backup_id, &target, name, report)
@@ -520,7 +536,8 @@ pub(super) async fn read_object(
             if pending.len() < len {
                 break;
             }
-            sink(&c.open(index, &pending.split_to(len)).map_err(tier)?)?;
+            let mut sealed = pending.split_to(len);
+            sink(c.open_in_place(index, &mut sealed).map_err(tier)?)?;
             index += 1;
         }
     }
