@@ -21,7 +21,7 @@
 
 use std::ops::Range;
 
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, Tag, UnboundKey};
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -351,6 +351,29 @@ impl ObjectCipher {
             .map_err(|_| TierError::Authentication { index })
     }
 
+    /// Opens chunk `index` from its sealed bytes (ciphertext and tag) straight into `out`,
+    /// which must be exactly its plaintext's length: one copy, no allocation. On an error
+    /// `out` holds no plaintext (it may hold ciphertext).
+    ///
+    /// # Errors
+    /// As [`Self::open`]; [`TierError::BadChunk`] also when `out` has the wrong length.
+    pub fn open_into(&self, index: u64, sealed: &[u8], out: &mut [u8]) -> Result<(), TierError> {
+        let want = self.header.sealed_range(index);
+        if index >= self.header.chunk_count()
+            || sealed.len() as u64 != want.end - want.start
+            || out.len() + TAG_LEN != sealed.len()
+        {
+            return Err(TierError::BadChunk { index });
+        }
+        let (ciphertext, tag) = sealed.split_at(out.len());
+        let tag = Tag::try_from(tag).map_err(|_| TierError::BadChunk { index })?;
+        out.copy_from_slice(ciphertext);
+        self.key
+            .open_in_place_separate_tag(nonce(index), Aad::from(&self.aad), tag, out, 0..)
+            .map(drop)
+            .map_err(|_| TierError::Authentication { index })
+    }
+
     /// Opens chunk `index` from its sealed bytes (ciphertext and tag); answers the plaintext.
     ///
     /// # Errors
@@ -499,6 +522,13 @@ mod tests {
             let tag = cipher.seal_in_place(index, &mut buf).unwrap();
             buf.extend_from_slice(&tag);
             assert_eq!(buf, cipher.seal(index, &plain).unwrap());
+            let mut out = vec![0u8; plain.len()];
+            cipher.open_into(index, &buf, &mut out).unwrap();
+            assert_eq!(out, plain);
+            assert_eq!(
+                cipher.open_into(index, &buf, &mut out[1..]),
+                Err(TierError::BadChunk { index })
+            );
             assert_eq!(cipher.open_in_place(index, &mut buf).unwrap(), &plain[..]);
         }
         let mut short = vec![0u8; 10];
@@ -508,6 +538,11 @@ mod tests {
         );
         let mut forged = cipher.seal(1, &vec![1u8; 4096]).unwrap();
         forged[0] ^= 1;
+        let mut out = vec![0u8; 4096];
+        assert_eq!(
+            cipher.open_into(1, &forged, &mut out),
+            Err(TierError::Authentication { index: 1 })
+        );
         assert_eq!(
             cipher.open_in_place(1, &mut forged).map(|p| p.len()),
             Err(TierError::Authentication { index: 1 })

@@ -360,8 +360,9 @@ impl BucketLayer {
         })
     }
 
-    /// Fetches and opens chunks `indices` (ascending), neighbours in one GET, the GETs at once.
-    fn fetch(&self, indices: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, HubError> {
+    /// Fetches the sealed bytes of chunks `indices` (ascending), neighbours in one GET, the
+    /// GETs at once; answers each chunk's sealed bytes (not opened yet).
+    fn fetch(&self, indices: &[u64]) -> Result<Vec<(u64, bytes::Bytes)>, HubError> {
         if indices.is_empty() {
             return Ok(Vec::new());
         }
@@ -383,10 +384,6 @@ impl BucketLayer {
             &self.handle,
             futures::future::try_join_all(requests.collect::<Vec<_>>()),
         )?;
-        let tier = |source| HubError::Tier {
-            object: self.name.clone(),
-            source,
-        };
         let mut out = Vec::with_capacity(indices.len());
         for (&(first, last), body) in runs.iter().zip(bodies) {
             let base = self.header.sealed_range(first).start;
@@ -394,16 +391,23 @@ impl BucketLayer {
                 let r = self.header.sealed_range(i);
                 let at = usize::try_from(r.start - base).map_err(|_| HubError::Worker)?;
                 let len = usize::try_from(r.end - r.start).map_err(|_| HubError::Worker)?;
-                let sealed = body.get(at..at + len).ok_or_else(|| {
-                    tier(sendense_tier::TierError::Truncated {
+                if body.len() < at + len {
+                    return Err(self.tier(sendense_tier::TierError::Truncated {
                         need: r.end - base,
                         have: body.len() as u64,
-                    })
-                })?;
-                out.push((i, self.cipher.open(i, sealed).map_err(tier)?));
+                    }));
+                }
+                out.push((i, body.slice(at..at + len)));
             }
         }
         Ok(out)
+    }
+
+    fn tier(&self, source: sendense_tier::TierError) -> HubError {
+        HubError::Tier {
+            object: self.name.clone(),
+            source,
+        }
     }
 
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<usize, HubError> {
@@ -454,16 +458,22 @@ impl BucketLayer {
             // set, listings) come back to; the chunks it uses in part are, as the next read
             // wants the rest.
             let streaming = buf.len() as u64 >= chunk;
-            for (i, plain) in self.fetch(&still)? {
+            for (i, sealed) in self.fetch(&still)? {
                 let (dst, within) = part(i)?;
+                if streaming && dst.len() + sendense_tier::TAG_LEN == sealed.len() {
+                    // Used whole and not kept: opened straight into the caller's buffer.
+                    self.cipher
+                        .open_into(i, &sealed, &mut buf[dst])
+                        .map_err(|e| self.tier(e))?;
+                    continue;
+                }
+                let plain = self.cipher.open(i, &sealed).map_err(|e| self.tier(e))?;
                 let within = index(within)?;
                 let src = plain
                     .get(within..within + dst.len())
                     .ok_or(HubError::Worker)?;
                 buf[dst.clone()].copy_from_slice(src);
-                if !(streaming && dst.len() == plain.len()) {
-                    self.cache.insert(&self.key, i, chunk, &plain);
-                }
+                self.cache.insert(&self.key, i, chunk, &plain);
             }
         }
         Ok(n)
