@@ -8,8 +8,16 @@
 //! from there; the others are fetched with ranged GETs (neighbouring chunks in one request,
 //! the requests of one read at once), each opened (authenticated: a chunk altered in the
 //! store, moved from another object or from another place fails to open and the read fails
-//! with `EIO`), copied into the caller's buffer and kept in the cache (except chunks a large,
-//! streaming read uses whole: a restore would only push out what small reads come back to).
+//! with `EIO`), copied into the caller's buffer and kept in the cache.
+//!
+//! **A large, streaming read** (a restore, a download: at least one chunk long) keeps nothing
+//! in that cache, which would only push out what small reads come back to. It fetches whole
+//! windows of [`super::PART_CHUNKS`] chunks, aligned as the copy uploaded its parts (a store
+//! then reads whole stored blocks, not two halves), starts the next [`PREFETCH_WINDOWS`]
+//! windows in the background, and keeps the sealed windows (at most [`READ_AHEAD_WINDOWS`]
+//! per layer, in memory) for the reads that follow; a read that needs a window being fetched
+//! waits for it (at most [`AHEAD_WAIT`], then fetches it itself). A chunk it uses whole is
+//! opened straight into the caller's buffer.
 //!
 //! **The cache** ([`ChunkCache`], `DATA/tier-cache/`, emptied at each start) holds decrypted
 //! chunks in one sparse file per object, at most `--tier-cache-mib` MiB in all: when a new
@@ -43,8 +51,21 @@ use crate::error::HubError;
 pub const CACHE_DIR: &str = "tier-cache";
 /// Default bound of the cache, in MiB (`--tier-cache-mib`).
 pub const DEFAULT_CACHE_MIB: u64 = 4096;
-/// Most chunks one GET asks for (a read of more chunks sends several GETs at once).
-const RUN_CHUNKS: usize = 4;
+/// Most chunks one GET of a small read asks for (a read of more chunks sends several GETs at
+/// once).
+const RUN_CHUNKS: u64 = 4;
+/// Chunks a streaming read fetches together: one uploaded part ([`super::PART_CHUNKS`]),
+/// aligned as the copy uploaded it, so that a GET asks the store for whole parts (Garage, for
+/// one, then reads and checks exactly the blocks it stored, not a neighbour's too).
+const WINDOW_CHUNKS: u64 = super::PART_CHUNKS;
+/// Windows a streaming read fetches ahead of itself, in the background.
+const PREFETCH_WINDOWS: u64 = 2;
+/// Windows of sealed chunks a layer holds for the streaming reads that follow (the oldest go
+/// first): at most this many times [`WINDOW_CHUNKS`] chunks in memory per layer.
+const READ_AHEAD_WINDOWS: usize = 6;
+/// Longest a streaming read waits for a window another read or the read-ahead is fetching
+/// before it fetches the window itself.
+const AHEAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Locks that keep two readers from fetching the same chunk (by hash of object and chunk):
 /// enough that readers of different chunks (a restore has 8 reads of up to 4 chunks in
 /// flight) rarely share one and wait for each other's fetch.
@@ -310,6 +331,82 @@ pub(crate) struct BucketLayer {
     cipher: Arc<ObjectCipher>,
     cache: Arc<ChunkCache>,
     handle: tokio::runtime::Handle,
+    /// Sealed chunks of whole windows fetched for streaming reads.
+    ahead: Arc<ReadAhead>,
+}
+
+/// The windows a layer's streaming reads fetched (sealed chunks, kept until the window is
+/// pushed out), and the windows being fetched now (a read that needs one waits for it).
+#[derive(Default)]
+struct ReadAhead {
+    state: Mutex<AheadState>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct AheadState {
+    /// Fetched windows, oldest first: each window's index and its chunks' sealed bytes.
+    windows: std::collections::VecDeque<(u64, Vec<(u64, bytes::Bytes)>)>,
+    /// Windows being fetched.
+    pending: std::collections::HashSet<u64>,
+}
+
+impl AheadState {
+    fn get(&self, index: u64) -> Option<bytes::Bytes> {
+        let w = index / WINDOW_CHUNKS;
+        let (_, chunks) = self.windows.iter().find(|(v, _)| *v == w)?;
+        chunks
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, b)| b.clone())
+    }
+
+    fn holds_window(&self, w: u64) -> bool {
+        self.pending.contains(&w) || self.windows.iter().any(|(v, _)| *v == w)
+    }
+}
+
+impl ReadAhead {
+    fn state(&self) -> MutexGuard<'_, AheadState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends the fetch of `windows`: keeps `chunks` (none when it failed), wakes the waiters.
+    fn settle(&self, windows: &[u64], chunks: &[(u64, bytes::Bytes)]) {
+        let mut st = self.state();
+        for &w in windows {
+            st.pending.remove(&w);
+            let held: Vec<_> = chunks
+                .iter()
+                .filter(|(i, _)| i / WINDOW_CHUNKS == w)
+                .cloned()
+                .collect();
+            if !held.is_empty() {
+                st.windows.retain(|(v, _)| *v != w);
+                st.windows.push_back((w, held));
+            }
+        }
+        while st.windows.len() > READ_AHEAD_WINDOWS {
+            st.windows.pop_front();
+        }
+        drop(st);
+        self.ready.notify_all();
+    }
+}
+
+/// Settles windows still pending when dropped (a fetch that failed or panicked): the readers
+/// waiting for them fetch them themselves.
+struct Pending<'a> {
+    ahead: &'a ReadAhead,
+    windows: Vec<u64>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.windows.is_empty() {
+            self.ahead.settle(&self.windows, &[]);
+        }
+    }
 }
 
 impl std::fmt::Debug for BucketLayer {
@@ -357,50 +454,24 @@ impl BucketLayer {
             cipher: Arc::new(cipher),
             cache,
             handle,
+            ahead: Arc::default(),
         })
     }
 
-    /// Fetches the sealed bytes of chunks `indices` (ascending), neighbours in one GET, the
-    /// GETs at once; answers each chunk's sealed bytes (not opened yet).
-    fn fetch(&self, indices: &[u64]) -> Result<Vec<(u64, bytes::Bytes)>, HubError> {
-        if indices.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for &i in indices {
-            match runs.last_mut() {
-                Some((first, last)) if *last + 1 == i && (i - *first) < RUN_CHUNKS as u64 => {
-                    *last = i;
-                }
-                _ => runs.push((i, i)),
-            }
-        }
-        let requests = runs.iter().map(|&(first, last)| {
-            let range = self.header.sealed_range(first).start..self.header.sealed_range(last).end;
-            let (bucket, name) = (self.bucket.clone(), self.name.clone());
-            async move { bucket.get_range(&name, range).await }
-        });
-        let bodies = run(
+    /// Fetches the sealed bytes of chunks `indices` (ascending), neighbours in one GET (a GET
+    /// never crosses a multiple of `align` chunks), the GETs at once; answers each chunk's
+    /// sealed bytes (not opened yet).
+    fn fetch(&self, indices: &[u64], align: u64) -> Result<Vec<(u64, bytes::Bytes)>, HubError> {
+        run(
             &self.handle,
-            futures::future::try_join_all(requests.collect::<Vec<_>>()),
-        )?;
-        let mut out = Vec::with_capacity(indices.len());
-        for (&(first, last), body) in runs.iter().zip(bodies) {
-            let base = self.header.sealed_range(first).start;
-            for i in first..=last {
-                let r = self.header.sealed_range(i);
-                let at = usize::try_from(r.start - base).map_err(|_| HubError::Worker)?;
-                let len = usize::try_from(r.end - r.start).map_err(|_| HubError::Worker)?;
-                if body.len() < at + len {
-                    return Err(self.tier(sendense_tier::TierError::Truncated {
-                        need: r.end - base,
-                        have: body.len() as u64,
-                    }));
-                }
-                out.push((i, body.slice(at..at + len)));
-            }
-        }
-        Ok(out)
+            fetch_chunks(
+                self.bucket.clone(),
+                self.name.clone(),
+                self.header,
+                indices.to_vec(),
+                align,
+            ),
+        )
     }
 
     fn tier(&self, source: sendense_tier::TierError) -> HubError {
@@ -408,6 +479,120 @@ impl BucketLayer {
             object: self.name.clone(),
             source,
         }
+    }
+
+    /// Starts fetching windows `windows` (already marked pending) in the background.
+    fn prefetch(&self, windows: Vec<u64>) {
+        if windows.is_empty() {
+            return;
+        }
+        let count = self.header.chunk_count();
+        let indices: Vec<u64> = windows
+            .iter()
+            .flat_map(|&w| w * WINDOW_CHUNKS..((w + 1) * WINDOW_CHUNKS).min(count))
+            .collect();
+        let ahead = Arc::clone(&self.ahead);
+        let fetch = fetch_chunks(
+            self.bucket.clone(),
+            self.name.clone(),
+            self.header,
+            indices,
+            WINDOW_CHUNKS,
+        );
+        let key = Arc::clone(&self.key);
+        self.handle.spawn(async move {
+            let pending = Pending {
+                ahead: &ahead,
+                windows,
+            };
+            match fetch.await {
+                Ok(chunks) => {
+                    let mut pending = pending;
+                    let windows = std::mem::take(&mut pending.windows);
+                    ahead.settle(&windows, &chunks);
+                }
+                Err(e) => {
+                    tracing::debug!(object = %key, error = %sendense_io::error_chain(&e), "read-ahead from the bucket failed (the reads fetch for themselves)");
+                }
+            }
+        });
+    }
+
+    /// A streaming read's chunks `missing` (ascending, none in the cache): from the windows
+    /// fetched ahead, waiting for those being fetched, fetching the rest as whole windows
+    /// (kept for the reads that follow); and the next windows started in the background.
+    fn streaming_chunks(
+        &self,
+        missing: &[u64],
+        last: u64,
+    ) -> Result<Vec<(u64, bytes::Bytes)>, HubError> {
+        let count = self.header.chunk_count();
+        let windows = count.div_ceil(WINDOW_CHUNKS);
+        let mut found = Vec::with_capacity(missing.len());
+        let mut own = Vec::new();
+        let mut prefetch = Vec::new();
+        {
+            let mut st = self.ahead.state();
+            for &i in missing {
+                let w = i / WINDOW_CHUNKS;
+                let deadline = std::time::Instant::now() + AHEAD_WAIT;
+                loop {
+                    if let Some(sealed) = st.get(i) {
+                        found.push((i, sealed));
+                        break;
+                    }
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if !st.pending.contains(&w) || left.is_zero() {
+                        if !own.contains(&w) {
+                            own.push(w);
+                        }
+                        break;
+                    }
+                    st = self
+                        .ahead
+                        .ready
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+            for &w in &own {
+                st.pending.insert(w);
+            }
+            let next = last / WINDOW_CHUNKS + 1;
+            for w in next..(next + PREFETCH_WINDOWS).min(windows) {
+                if !st.holds_window(w) {
+                    st.pending.insert(w);
+                    prefetch.push(w);
+                }
+            }
+        }
+        self.prefetch(prefetch);
+        if own.is_empty() {
+            return Ok(found);
+        }
+        let mut pending = Pending {
+            ahead: &self.ahead,
+            windows: own,
+        };
+        let indices: Vec<u64> = pending
+            .windows
+            .iter()
+            .flat_map(|&w| w * WINDOW_CHUNKS..((w + 1) * WINDOW_CHUNKS).min(count))
+            .collect();
+        let chunks = self.fetch(&indices, WINDOW_CHUNKS)?;
+        found.extend(
+            chunks
+                .iter()
+                .filter(|(i, _)| {
+                    missing.binary_search(i).is_ok() && !found.iter().any(|(j, _)| j == i)
+                })
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let windows = std::mem::take(&mut pending.windows);
+        self.ahead.settle(&windows, &chunks);
+        Ok(found)
     }
 
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<usize, HubError> {
@@ -439,42 +624,56 @@ impl BucketLayer {
                 missing.push(i);
             }
         }
-        if !missing.is_empty() {
-            let _fetching = self.cache.lock_fetches(&self.key, &missing);
-            // Another reader may have fetched some while this one waited.
-            let mut still = Vec::with_capacity(missing.len());
-            for i in missing {
+        if missing.is_empty() {
+            return Ok(n);
+        }
+        // A large read (a restore, a download) streams: it reads whole windows (uploaded
+        // parts), held in memory for the reads that follow, and the next windows ahead of
+        // it; it keeps nothing in the cache, which would only push out what small reads
+        // (metadata, a guest's working set, listings) come back to. A small read fetches its
+        // chunks alone and keeps them in the cache.
+        if buf.len() as u64 >= chunk {
+            let last = self.header.chunks_covering(offset..end).end - 1;
+            for (i, sealed) in self.streaming_chunks(&missing, last)? {
                 let (dst, within) = part(i)?;
-                if !self
-                    .cache
-                    .read(&self.key, i, chunk, within, &mut buf[dst])
-                    .map_err(io)?
-                {
-                    still.push(i);
-                }
-            }
-            // A large read (a restore, a download) streams: the chunks it uses whole are not
-            // kept, they would only push out what small reads (metadata, a guest's working
-            // set, listings) come back to; the chunks it uses in part are, as the next read
-            // wants the rest.
-            let streaming = buf.len() as u64 >= chunk;
-            for (i, sealed) in self.fetch(&still)? {
-                let (dst, within) = part(i)?;
-                if streaming && dst.len() + sendense_tier::TAG_LEN == sealed.len() {
-                    // Used whole and not kept: opened straight into the caller's buffer.
+                if dst.len() + sendense_tier::TAG_LEN == sealed.len() {
+                    // Used whole: opened straight into the caller's buffer.
                     self.cipher
                         .open_into(i, &sealed, &mut buf[dst])
                         .map_err(|e| self.tier(e))?;
-                    continue;
+                } else {
+                    let plain = self.cipher.open(i, &sealed).map_err(|e| self.tier(e))?;
+                    let within = index(within)?;
+                    let src = plain
+                        .get(within..within + dst.len())
+                        .ok_or(HubError::Worker)?;
+                    buf[dst].copy_from_slice(src);
                 }
-                let plain = self.cipher.open(i, &sealed).map_err(|e| self.tier(e))?;
-                let within = index(within)?;
-                let src = plain
-                    .get(within..within + dst.len())
-                    .ok_or(HubError::Worker)?;
-                buf[dst.clone()].copy_from_slice(src);
-                self.cache.insert(&self.key, i, chunk, &plain);
             }
+            return Ok(n);
+        }
+        let _fetching = self.cache.lock_fetches(&self.key, &missing);
+        // Another reader may have fetched some while this one waited.
+        let mut still = Vec::with_capacity(missing.len());
+        for i in missing {
+            let (dst, within) = part(i)?;
+            if !self
+                .cache
+                .read(&self.key, i, chunk, within, &mut buf[dst])
+                .map_err(io)?
+            {
+                still.push(i);
+            }
+        }
+        for (i, sealed) in self.fetch(&still, RUN_CHUNKS)? {
+            let (dst, within) = part(i)?;
+            let plain = self.cipher.open(i, &sealed).map_err(|e| self.tier(e))?;
+            let within = index(within)?;
+            let src = plain
+                .get(within..within + dst.len())
+                .ok_or(HubError::Worker)?;
+            buf[dst].copy_from_slice(src);
+            self.cache.insert(&self.key, i, chunk, &plain);
         }
         Ok(n)
     }
@@ -514,6 +713,50 @@ fn read_only() -> io::Error {
         io::ErrorKind::PermissionDenied,
         "a layer read from a bucket is read-only",
     )
+}
+
+/// Fetches the sealed bytes of chunks `indices` (ascending) of object `name`, neighbours in
+/// one GET (a GET never crosses a multiple of `align` chunks), the GETs at once; answers each
+/// chunk's sealed bytes (not opened yet).
+async fn fetch_chunks(
+    bucket: Bucket,
+    name: String,
+    header: Header,
+    indices: Vec<u64>,
+    align: u64,
+) -> Result<Vec<(u64, bytes::Bytes)>, HubError> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &i in &indices {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == i && i % align != 0 => *last = i,
+            _ => runs.push((i, i)),
+        }
+    }
+    let requests = runs.iter().map(|&(first, last)| {
+        let range = header.sealed_range(first).start..header.sealed_range(last).end;
+        bucket.get_range(&name, range)
+    });
+    let bodies = futures::future::try_join_all(requests).await?;
+    let mut out = Vec::with_capacity(indices.len());
+    for (&(first, last), body) in runs.iter().zip(bodies) {
+        let base = header.sealed_range(first).start;
+        for i in first..=last {
+            let r = header.sealed_range(i);
+            let at = usize::try_from(r.start - base).map_err(|_| HubError::Worker)?;
+            let len = usize::try_from(r.end - r.start).map_err(|_| HubError::Worker)?;
+            if body.len() < at + len {
+                return Err(HubError::Tier {
+                    object: name.clone(),
+                    source: sendense_tier::TierError::Truncated {
+                        need: r.end - base,
+                        have: body.len() as u64,
+                    },
+                });
+            }
+            out.push((i, body.slice(at..at + len)));
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `fut` on the hub's runtime from any thread (a blocking-pool thread, or a plain one)
@@ -636,6 +879,62 @@ mod tests {
             .read(object, index, CHUNK, 0, &mut buf)
             .unwrap()
             .then_some(buf)
+    }
+
+    fn sealed(byte: u8) -> bytes::Bytes {
+        bytes::Bytes::from(vec![byte; 32])
+    }
+
+    #[test]
+    fn read_ahead_keeps_the_newest_windows_and_answers_their_chunks() {
+        let ahead = ReadAhead::default();
+        let windows: Vec<u64> = (0..=READ_AHEAD_WINDOWS as u64).collect();
+        ahead.state().pending.extend(windows.iter().copied());
+        let chunks: Vec<(u64, bytes::Bytes)> = windows
+            .iter()
+            .map(|&w| (w * WINDOW_CHUNKS + 1, sealed(u8::try_from(w).unwrap())))
+            .collect();
+
+        ahead.settle(&windows, &chunks);
+
+        let st = ahead.state();
+        assert!(
+            st.pending.is_empty(),
+            "settled windows are no longer pending"
+        );
+        assert_eq!(st.windows.len(), READ_AHEAD_WINDOWS, "bounded");
+        assert_eq!(st.get(1), None, "the oldest window went first");
+        assert!(!st.holds_window(0));
+        assert_eq!(st.get(WINDOW_CHUNKS + 1), Some(sealed(1)));
+        assert_eq!(st.get(WINDOW_CHUNKS + 2), None, "a chunk not fetched");
+        assert!(st.holds_window(READ_AHEAD_WINDOWS as u64));
+    }
+
+    #[test]
+    fn a_failed_fetch_wakes_the_reads_waiting_for_its_window() {
+        let ahead = Arc::new(ReadAhead::default());
+        ahead.state().pending.insert(5);
+        let waiter = {
+            let ahead = Arc::clone(&ahead);
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                let mut st = ahead.state();
+                while st.pending.contains(&5) {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    assert!(!left.is_zero(), "never woken");
+                    st = ahead.ready.wait_timeout(st, left).unwrap().0;
+                }
+                st.get(5 * WINDOW_CHUNKS)
+            })
+        };
+
+        drop(Pending {
+            ahead: &ahead,
+            windows: vec![5],
+        });
+
+        assert_eq!(waiter.join().unwrap(), None, "woken, with nothing kept");
+        assert!(!ahead.state().holds_window(5));
     }
 
     #[test]
