@@ -163,7 +163,10 @@ impl Ctx<'_> {
         rt.block_on(api.request(Method::POST, "/api/v1/targets", Some(&target)))
             .context("POST /api/v1/targets")?;
 
-        // Ours: the copy job, until verified.
+        // Ours: the copy job, until verified. Before each timed step, what earlier steps left
+        // in the page cache is written back (`sync -f`), so that no side pays for the
+        // kernel flushing another's writes (Garage writes every object three times).
+        self.write_back(work)?;
         self.say("object: copy job to the cluster, until verified");
         let (hub0, garage0) = (hub.cpu().unwrap_or_default(), cluster.cpu());
         let started = Instant::now();
@@ -176,6 +179,7 @@ impl Ctx<'_> {
         // Peer: object_store's multipart upload of the same file, right after (its SHA-256,
         // which our copy knows from its manifest, taken before the clock starts).
         let digest = sha256_of(&image)?;
+        self.write_back(work)?;
         self.say("object: object_store multipart upload of the same image file");
         let (self0, garage0) = (self_cpu(), cluster.cpu());
         let started = Instant::now();
@@ -190,6 +194,7 @@ impl Ctx<'_> {
         self.say("object: restore of the point while local");
         let work_restore = work.join("restore");
         std::fs::create_dir_all(&work_restore)?;
+        self.write_back(work)?;
         let local = self.restore_to_file(&hub, &hub_url, &data_dir, &backup.id, &work_restore)?;
         self.say("object: evict the point, restore it from the bucket");
         rt.block_on(api.request(
@@ -201,6 +206,7 @@ impl Ctx<'_> {
         if image.exists() {
             bail!("the evicted point's image is still in the repository");
         }
+        self.write_back(work)?;
         let garage0 = cluster.cpu();
         let mut bucket =
             self.restore_to_file(&hub, &hub_url, &data_dir, &backup.id, &work_restore)?;
@@ -215,6 +221,16 @@ impl Ctx<'_> {
             bucket,
             image_len,
         })
+    }
+}
+
+impl Ctx<'_> {
+    /// Writes back the dirty pages of the file system holding `dir` (`sync -f`), untimed.
+    fn write_back(&self, dir: &Path) -> Result<()> {
+        let mut sync = std::process::Command::new("sync");
+        sync.arg("-f").arg(dir);
+        Proc::spawn("sync", sync, &self.logs, false)?.wait()?;
+        Ok(())
     }
 }
 
