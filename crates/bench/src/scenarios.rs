@@ -203,6 +203,16 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Writes back the dirty pages of the file system holding `dir` (`sync -f`), untimed:
+    /// called before a timed step, so that it does not pay for the kernel writing back what
+    /// earlier steps wrote (and the side measured next does not escape it).
+    pub(super) fn write_back(&self, dir: &Path) -> Result<()> {
+        let mut sync = Command::new("sync");
+        sync.arg("-f").arg(dir);
+        Proc::spawn("sync", sync, &self.logs, false)?.wait()?;
+        Ok(())
+    }
+
     fn say(&self, what: &str) {
         if self.opts.verbose {
             eprintln!("sendense-bench: {what}");

@@ -134,7 +134,10 @@ impl Ctx<'_> {
             .run_backup(&hub, cmd, None)
             .context("the test data disk's backup failed")?;
 
-        // Listing.
+        // Listing. Before each timed step, what earlier steps wrote (the file system, the
+        // backups) is written back first: the download and the restore both write 1 GiB
+        // with `O_DIRECT`, which waits behind the kernel's writeback.
+        self.write_back(work)?;
         let mut cmd = self.files_command(&hub_url, data_dir, "ls", &fs_backup.id);
         cmd.args(["/many", "--json"]);
         let cpu0 = hub.cpu().unwrap_or_default();
@@ -169,6 +172,7 @@ impl Ctx<'_> {
         let got = work.join("big.download");
         let mut cmd = self.files_command(&hub_url, data_dir, "get", &fs_backup.id);
         cmd.arg(BIG).arg("--to").arg(&got).arg("--json");
+        self.write_back(work)?;
         let cpu0 = hub.cpu().unwrap_or_default();
         let (secs, fin) = self.timed("client-files-get", cmd)?;
         let hub_cpu = hub.cpu().unwrap_or_default().saturating_sub(cpu0);
@@ -191,6 +195,7 @@ impl Ctx<'_> {
             .arg("--to")
             .arg(&restored)
             .args(["--format", "raw", "--json"]);
+        self.write_back(work)?;
         let cpu0 = hub.cpu().unwrap_or_default();
         let (secs, fin) = self.timed("client-restore-filedata", cmd)?;
         let hub_cpu = hub.cpu().unwrap_or_default().saturating_sub(cpu0);

@@ -224,16 +224,6 @@ impl Ctx<'_> {
     }
 }
 
-impl Ctx<'_> {
-    /// Writes back the dirty pages of the file system holding `dir` (`sync -f`), untimed.
-    fn write_back(&self, dir: &Path) -> Result<()> {
-        let mut sync = std::process::Command::new("sync");
-        sync.arg("-f").arg(dir);
-        Proc::spawn("sync", sync, &self.logs, false)?.wait()?;
-        Ok(())
-    }
-}
-
 /// The hub's part size (its copy's `PART_CHUNKS` chunks of `CHUNK_SIZE`, 1 MiB).
 fn part_size() -> usize {
     const CHUNK: usize = 1 << 20;
