@@ -261,7 +261,9 @@ impl Ctx<'_> {
             &data_dir.join("api.token"),
         );
 
-        // Ours: the upload.
+        // Ours: the upload. Before each side, what earlier steps wrote (the backup, the
+        // upload) is written back, so that neither waits behind the kernel's writeback.
+        self.write_back(work)?;
         self.say("vm-restore: the agent's restore job into the simulator");
         let cpu0 = hub.cpu().unwrap_or_default();
         let self0 = self_cpu();
@@ -297,6 +299,7 @@ impl Ctx<'_> {
         let ours = Outcome::Measured(Measure::new(secs, self.opts.size, cpu.as_secs_f64(), None));
 
         // Peer: the same point restored to a local file, right after.
+        self.write_back(work)?;
         self.say("vm-restore: sendense-client restore of the same point to a local file");
         let peer = outcome(self.restore_to_file(&hub, &hub_url, &data_dir, &backup.id, work));
         hub.stop()?;
