@@ -612,18 +612,35 @@ impl BucketLayer {
             let to = r.end.min(end);
             Ok((index(from - offset)?..index(to - offset)?, from - r.start))
         };
-        let io = |e: io::Error| HubError::io(&self.cache.dir, e);
-        let mut missing = Vec::new();
-        for i in self.header.chunks_covering(offset..end) {
-            let (dst, within) = part(i)?;
-            if !self
-                .cache
-                .read(&self.key, i, chunk, within, &mut buf[dst])
-                .map_err(io)?
-            {
-                missing.push(i);
+        // Copies into `buf` the chunks of `indices` the cache holds; answers the others.
+        let from_cache = |indices: &mut dyn Iterator<Item = u64>,
+                          buf: &mut [u8]|
+         -> Result<Vec<u64>, HubError> {
+            let mut missing = Vec::new();
+            for i in indices {
+                let (dst, within) = part(i)?;
+                if !self
+                    .cache
+                    .read(&self.key, i, chunk, within, &mut buf[dst])
+                    .map_err(|e| HubError::io(&self.cache.dir, e))?
+                {
+                    missing.push(i);
+                }
             }
-        }
+            Ok(missing)
+        };
+        // Opens chunk `i` and copies its part into `buf`; answers its plaintext.
+        let open_part = |i: u64, sealed: &[u8], buf: &mut [u8]| -> Result<Vec<u8>, HubError> {
+            let (dst, within) = part(i)?;
+            let plain = self.cipher.open(i, sealed).map_err(|e| self.tier(e))?;
+            let within = index(within)?;
+            let src = plain
+                .get(within..within + dst.len())
+                .ok_or(HubError::Worker)?;
+            buf[dst].copy_from_slice(src);
+            Ok(plain)
+        };
+        let missing = from_cache(&mut self.header.chunks_covering(offset..end), buf)?;
         if missing.is_empty() {
             return Ok(n);
         }
@@ -635,44 +652,23 @@ impl BucketLayer {
         if buf.len() as u64 >= chunk {
             let last = self.header.chunks_covering(offset..end).end - 1;
             for (i, sealed) in self.streaming_chunks(&missing, last)? {
-                let (dst, within) = part(i)?;
+                let (dst, _) = part(i)?;
                 if dst.len() + sendense_tier::TAG_LEN == sealed.len() {
                     // Used whole: opened straight into the caller's buffer.
                     self.cipher
                         .open_into(i, &sealed, &mut buf[dst])
                         .map_err(|e| self.tier(e))?;
                 } else {
-                    let plain = self.cipher.open(i, &sealed).map_err(|e| self.tier(e))?;
-                    let within = index(within)?;
-                    let src = plain
-                        .get(within..within + dst.len())
-                        .ok_or(HubError::Worker)?;
-                    buf[dst].copy_from_slice(src);
+                    open_part(i, &sealed, buf)?;
                 }
             }
             return Ok(n);
         }
         let _fetching = self.cache.lock_fetches(&self.key, &missing);
         // Another reader may have fetched some while this one waited.
-        let mut still = Vec::with_capacity(missing.len());
-        for i in missing {
-            let (dst, within) = part(i)?;
-            if !self
-                .cache
-                .read(&self.key, i, chunk, within, &mut buf[dst])
-                .map_err(io)?
-            {
-                still.push(i);
-            }
-        }
+        let still = from_cache(&mut missing.into_iter(), buf)?;
         for (i, sealed) in self.fetch(&still, RUN_CHUNKS)? {
-            let (dst, within) = part(i)?;
-            let plain = self.cipher.open(i, &sealed).map_err(|e| self.tier(e))?;
-            let within = index(within)?;
-            let src = plain
-                .get(within..within + dst.len())
-                .ok_or(HubError::Worker)?;
-            buf[dst].copy_from_slice(src);
+            let plain = open_part(i, &sealed, buf)?;
             self.cache.insert(&self.key, i, chunk, &plain);
         }
         Ok(n)
