@@ -481,16 +481,21 @@ impl BucketLayer {
         }
     }
 
+    /// The chunks of `windows` (ascending windows give ascending chunks).
+    fn window_chunks(&self, windows: &[u64]) -> Vec<u64> {
+        let count = self.header.chunk_count();
+        windows
+            .iter()
+            .flat_map(|&w| w * WINDOW_CHUNKS..((w + 1) * WINDOW_CHUNKS).min(count))
+            .collect()
+    }
+
     /// Starts fetching windows `windows` (already marked pending) in the background.
     fn prefetch(&self, windows: Vec<u64>) {
         if windows.is_empty() {
             return;
         }
-        let count = self.header.chunk_count();
-        let indices: Vec<u64> = windows
-            .iter()
-            .flat_map(|&w| w * WINDOW_CHUNKS..((w + 1) * WINDOW_CHUNKS).min(count))
-            .collect();
+        let indices = self.window_chunks(&windows);
         let ahead = Arc::clone(&self.ahead);
         let fetch = fetch_chunks(
             self.bucket.clone(),
@@ -575,11 +580,7 @@ impl BucketLayer {
             ahead: &self.ahead,
             windows: own,
         };
-        let indices: Vec<u64> = pending
-            .windows
-            .iter()
-            .flat_map(|&w| w * WINDOW_CHUNKS..((w + 1) * WINDOW_CHUNKS).min(count))
-            .collect();
+        let indices = self.window_chunks(&pending.windows);
         let chunks = self.fetch(&indices, WINDOW_CHUNKS)?;
         found.extend(
             chunks
