@@ -688,18 +688,21 @@ fn console_file_browser_downloads_a_file_from_a_point_with_its_bytes() {
             listing.contains("motd") && listing.contains("300.0 KiB"),
             "{listing}"
         );
+        // Waited for while the browser is still open: closing its session (when `b` is
+        // dropped) ends Chromium, and with it a download still in progress. Chromium writes
+        // `blob.bin.crdownload` first and renames it when complete.
+        let got = downloads.path().join("blob.bin");
+        let deadline = Instant::now() + DEADLINE;
+        while !got.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no download in {}",
+                downloads.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     });
-    // Chromium writes `blob.bin.crdownload` first and renames it when complete.
     let got = downloads.path().join("blob.bin");
-    let deadline = Instant::now() + DEADLINE;
-    while !got.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no download in {}",
-            downloads.path().display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert_eq!(std::fs::read(&got).unwrap(), payload);
 }
 
